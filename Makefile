@@ -1,0 +1,44 @@
+# Fresh machine: `make demo` sets up and runs the whole pipeline; `make test` sets up and runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data demo test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	# torch first, pinned to the builds that import beside torchvision here
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q -e '.[dev,postgres]'
+	touch $@
+
+setup: $(VENV)/.installed data
+
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
+	  else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; fi; \
+	fi
+
+demo: setup
+	$(BIN)/revit demo --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check revit tests benchmarks
+	$(BIN)/mypy revit
+
+bench: setup
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from revit.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""File helpers shared by every format: atomic writes, YAML/JSON loading with schema checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from revit.errors import FileFormatError
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename, so a crash never leaves half a file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise FileFormatError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FileFormatError(f"{path}: cannot read ({e})") from None
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file; a syntax error becomes a one-line :class:`FileFormatError`."""
+    import yaml
+
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise FileFormatError(f"{path}:{where} malformed YAML ({problem})") from None
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileFormatError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+
+
+def dump_yaml(doc: Any) -> str:
+    import yaml
+
+    return str(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100))
+
+
+def check_schema(doc: Any, kind: str, source: str = "document") -> dict[str, Any]:
+    """Check that ``doc`` is a mapping carrying ``schema: revit/<kind>/v1``; return it."""
+    if not isinstance(doc, dict):
+        raise FileFormatError(f"{source}: expected a mapping with 'schema: revit/{kind}/v1'")
+    schema = doc.get("schema")
+    want = f"revit/{kind}/v1"
+    if schema != want:
+        if isinstance(schema, str) and schema.startswith(f"revit/{kind}/"):
+            raise FileFormatError(f"{source}: unsupported schema version {schema!r} (this revit reads {want!r})")
+        raise FileFormatError(f"{source}: schema is {schema!r}, expected {want!r}")
+    return doc

@@ -1,0 +1,1 @@
+"""The ``revit`` command line: thin commands that parse, build a typed config, call the library."""

@@ -1,0 +1,68 @@
+"""Entry point of the ``revit`` console script.
+
+Each command group lives in its own module exposing ``register(subparsers)``; the module is
+imported when the parser is built, so command modules must keep heavy imports (torch) inside
+their handler functions.  A :class:`~revit.errors.RevitError` becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from revit import __version__
+from revit.errors import RevitError
+
+# command modules, in the order they appear in --help
+COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "search", "demo")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with code 2 and one line on bad usage (its default, kept explicit)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="revit",
+        description="Make Vision Transformers cheaper by redistributing their parameters (NViT/ReViT).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  revit generate --rule paper --macs 4.6G --distilled > revit_s.yaml\n"
+        "  revit model info revit_s.yaml",
+    )
+    parser.add_argument("--version", action="version", version=f"revit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"revit.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"revit.cli.{name}":
+                continue  # command group not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        rc = args.func(args)
+    except RevitError as e:
+        print(f"revit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("revit: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Exact MACs and parameter counts of a :class:`~revit.config.ViTConfig`, in pure Python.
+
+Conventions (NVIT_SPEC.md section 5):
+- ``"nvit"`` (default): every linear layer (patch embedding and classifier heads included) plus
+  the two attention matmuls (Q K^T and A V); the paper's "FLOPs" are these MACs.
+- ``"timm"``: linear layers only (no attention matmuls), as many benchmark tables print.
+LayerNorm, softmax, GELU, bias additions and the residual adds are not counted in either.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from revit.config import BlockDims, ViTConfig
+from revit.errors import ConfigError
+
+Convention = Literal["nvit", "timm"]
+CONVENTIONS: dict[str, str] = {
+    "nvit": "linear layers + attention matmuls (NViT paper)",
+    "timm": "linear layers only, no attention matmuls",
+}
+
+
+def _check(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"unknown MACs convention {convention!r}; known: {', '.join(CONVENTIONS)}")
+
+
+def block_macs(embed_dim: int, b: BlockDims, tokens: int, convention: Convention = "nvit") -> int:
+    """MACs of one block for one image of ``tokens`` tokens."""
+    _check(convention)
+    e, n = embed_dim, tokens
+    linear = n * e * b.heads * (2 * b.qk_dim + b.v_dim)  # fused qkv
+    linear += n * b.attn_v * e  # proj
+    linear += 2 * n * e * b.mlp_dim  # fc1 + fc2
+    if convention == "timm":
+        return linear
+    return linear + n * n * (b.attn_qk + b.attn_v)  # Q K^T and A V
+
+
+def block_params(embed_dim: int, b: BlockDims, qkv_bias: bool = True) -> int:
+    e = embed_dim
+    qkv_out = b.heads * (2 * b.qk_dim + b.v_dim)
+    p = 2 * e  # norm1
+    p += e * qkv_out + (qkv_out if qkv_bias else 0)
+    p += b.attn_v * e + e  # proj
+    p += 2 * e  # norm2
+    p += e * b.mlp_dim + b.mlp_dim + b.mlp_dim * e + e  # fc1, fc2
+    return p
+
+
+def stem_macs(cfg: ViTConfig) -> int:
+    """Patch embedding MACs (a conv with stride = kernel = patch size)."""
+    return cfg.num_patches * cfg.embed_dim * cfg.in_chans * cfg.patch_size**2
+
+
+def head_macs(cfg: ViTConfig) -> int:
+    """Classifier head(s) MACs: one token (or the pooled vector) per head."""
+    return cfg.embed_dim * cfg.num_classes * (2 if cfg.distilled else 1)
+
+
+def macs(cfg: ViTConfig, convention: Convention = "nvit") -> int:
+    """Multiply-accumulates of one forward pass of one image."""
+    total = stem_macs(cfg) + head_macs(cfg)
+    return total + sum(block_macs(cfg.embed_dim, b, cfg.tokens, convention) for b in cfg.blocks)
+
+
+def params(cfg: ViTConfig) -> int:
+    """Number of parameters, equal to the sum of ``numel`` over the built model."""
+    e = cfg.embed_dim
+    p = e * cfg.in_chans * cfg.patch_size**2 + e  # patch embedding conv
+    p += cfg.num_prefix_tokens * e  # cls / dist tokens
+    p += cfg.tokens * e  # positional embedding (covers the prefix tokens, as in DeiT)
+    p += sum(block_params(e, b, cfg.qkv_bias) for b in cfg.blocks)
+    p += 2 * e  # final norm (or fc_norm when pooling by average)
+    p += (e * cfg.num_classes + cfg.num_classes) * (2 if cfg.distilled else 1)
+    return p
+
+
+def format_count(n: float, unit: str = "") -> str:
+    """Human format: 4.71G, 23.1M, 150.0K."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def parse_count(text: str) -> int:
+    """Parse ``4.6G``, ``150M``, ``2e9`` or ``1200K`` into an integer."""
+    t = str(text).strip()
+    mult = 1.0
+    suffixes = {"G": 1e9, "M": 1e6, "K": 1e3, "T": 1e12}
+    if t and t[-1].upper() in suffixes:
+        mult = suffixes[t[-1].upper()]
+        t = t[:-1]
+    try:
+        value = float(t) * mult
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a count (examples: 4.6G, 150M, 2e9)") from None
+    if value <= 0:
+        raise ConfigError(f"a count must be positive, got {text!r}")
+    return int(round(value))

@@ -1,0 +1,70 @@
+"""Named configs (pure Python): the embedded default, ReViT-T/S and per-block DeiT equivalents.
+
+``import revit.models`` registers each of these in timm's registry under the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from revit.config import BlockDims, ViTConfig, uniform
+from revit.errors import UnknownNameError
+
+_IMAGENET = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000)
+
+
+def _official_rule(embed_dim: int) -> tuple[BlockDims, ...]:
+    """The official NViT code's ReViT rule for 12 blocks (NVIT_SPEC.md section 7, [C])."""
+    y, x = round(embed_dim / 200), round(embed_dim / 160)
+    heads = [10, 2 * y, 2 * y] + [4 * y] * 6 + [2 * y, 2 * y, 10]
+    qk = [16 * x, 8 * x, 8 * x] + [16 * x] * 6 + [8 * x, 8 * x, 16 * x]
+    mlp = [3 * embed_dim] * 3 + [6 * embed_dim] * 6 + [3 * embed_dim] * 3
+    return tuple(BlockDims(h, q, 64, m) for h, q, m in zip(heads, qk, mlp))
+
+
+def revit_micro() -> ViTConfig:
+    return uniform(96, 8, 4, img_size=28, patch_size=7, in_chans=1, num_classes=10, name="revit_micro")
+
+
+def revit_tiny() -> ViTConfig:
+    return ViTConfig(embed_dim=176, blocks=_official_rule(176), distilled=True, name="revit_tiny", **_IMAGENET)
+
+
+def revit_small() -> ViTConfig:
+    return ViTConfig(embed_dim=384, blocks=_official_rule(384), distilled=True, name="revit_small", **_IMAGENET)
+
+
+def _deit(name: str, embed_dim: int, heads: int, distilled: bool) -> Callable[[], ViTConfig]:
+    def make() -> ViTConfig:
+        return uniform(embed_dim, 12, heads, distilled=distilled, name=name, **_IMAGENET)
+
+    make.__name__ = name
+    make.__doc__ = f"Per-block equivalent of timm's {name.removeprefix('revit_')}."
+    return make
+
+
+PRESETS: dict[str, Callable[[], ViTConfig]] = {
+    "revit_micro": revit_micro,
+    "revit_tiny": revit_tiny,
+    "revit_small": revit_small,
+}
+for _size, (_e, _h) in {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}.items():
+    for _dist in (False, True):
+        _n = f"revit_deit_{_size}{'_distilled' if _dist else ''}_patch16_224"
+        PRESETS[_n] = _deit(_n, _e, _h, _dist)
+
+
+def get_preset(name: str) -> ViTConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise UnknownNameError(f"unknown model {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+
+
+def resolve_config(name_or_path: str) -> ViTConfig:
+    """A preset name or a path to a ViT-config YAML file."""
+    if name_or_path in PRESETS:
+        return get_preset(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        return ViTConfig.load(name_or_path)
+    return get_preset(name_or_path)
