@@ -1,0 +1,169 @@
+"""Dataset readers and the deterministic train/val/test split.
+
+``train`` and ``val`` come from the source's training set (``val`` is held out by the seed, so
+pruning and studies never select on the test set); ``test`` is the source's own test set.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from revit.errors import ConfigError, DatasetError
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+INSTALL_HINT = "apt-get install dataset-fashion-mnist"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data and how much: ``source`` is ``fashion-mnist``, ``digits`` or an ImageFolder path."""
+
+    source: str = "fashion-mnist"
+    train_limit: int | None = None  # keep this many training images (after holding out val)
+    val_size: int = 5000  # images held out of the training set for selection
+    test_limit: int | None = None
+    img_size: int | None = None  # resize to this (None: the source's own size)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for k in ("train_limit", "test_limit"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise ConfigError(f"{k} must be positive, got {v}")
+        if self.val_size < 0:
+            raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Dataset[Any]
+    val: Dataset[Any]
+    test: Dataset[Any]
+    num_classes: int
+    in_chans: int
+    img_size: int
+
+
+def fashion_mnist_dir() -> Path:
+    """The folder of the Debian package's IDX files (override with ``REVIT_FASHION_MNIST``)."""
+    env = os.environ.get("REVIT_FASHION_MNIST")
+    for d in ([env] if env else []) + list(FASHION_MNIST_DIRS):
+        if d and (Path(d) / "train-images-idx3-ubyte.gz").is_file():
+            return Path(d)
+    raise DatasetError(f"Fashion-MNIST not found in {', '.join(FASHION_MNIST_DIRS)}: run '{INSTALL_HINT}' "
+                       "(or set REVIT_FASHION_MNIST to a folder of the IDX .gz files)")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array."""
+    opener: Callable[..., Any] = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        return arr.reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise DatasetError(f"{path}: unreadable IDX file ({e})") from None
+
+
+def _to_tensor(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    return (x - mean) / std
+
+
+def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[-1] == size:
+        return x
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _fashion_mnist(spec: DataSpec) -> tuple[TensorDataset, TensorDataset, int, int]:
+    d = fashion_mnist_dir()
+    parts = []
+    for prefix in ("train", "t10k"):
+        x = _to_tensor(read_idx(d / f"{prefix}-images-idx3-ubyte.gz"), FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+        y = torch.from_numpy(read_idx(d / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
+        parts.append(TensorDataset(_resize(x, spec.img_size), y))
+    return parts[0], parts[1], 10, 1
+
+
+def _digits(spec: DataSpec) -> tuple[TensorDataset, TensorDataset, int, int]:
+    """scikit-learn's 1,797 8x8 digits; the last 20% (fixed) is the test set."""
+    from sklearn.datasets import load_digits
+
+    ds = load_digits()
+    x = torch.from_numpy(ds.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = _resize((x - 0.3) / 0.4, spec.img_size)
+    y = torch.from_numpy(ds.target.astype(np.int64))
+    cut = int(len(y) * 0.8)
+    return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:]), 10, 1
+
+
+def _image_folder(spec: DataSpec) -> tuple[Dataset[Any], Dataset[Any], int, int]:
+    """ImageNet-style tree: ``root/train/<class>/*`` and ``root/val/<class>/*`` (or one class tree)."""
+    from torchvision import datasets, transforms
+
+    root = Path(spec.source)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder (expected fashion-mnist, digits or an ImageFolder path)")
+    size = spec.img_size or 224
+    tf = transforms.Compose([
+        transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    try:
+        if (root / "train").is_dir():
+            train = datasets.ImageFolder(str(root / "train"), transform=tf)
+            test_dir = root / "val" if (root / "val").is_dir() else root / "test"
+            test: Dataset[Any] = datasets.ImageFolder(str(test_dir), transform=tf)
+        else:
+            full = datasets.ImageFolder(str(root), transform=tf)
+            perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(spec.seed + 7919)).tolist()
+            cut = int(0.9 * len(full))
+            train, test = Subset(full, perm[:cut]), Subset(full, perm[cut:])  # type: ignore[assignment]
+            return train, test, len(full.classes), 3
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DatasetError(f"{root}: not an ImageFolder tree ({e})") from None
+    return train, test, len(train.classes), 3
+
+
+DATASETS: dict[str, Callable[[DataSpec], tuple[Any, Any, int, int]]] = {
+    "fashion-mnist": _fashion_mnist,
+    "digits": _digits,
+}
+
+
+def load_splits(spec: DataSpec) -> Splits:
+    """Build the deterministic train/val/test splits of ``spec``."""
+    reader = DATASETS.get(spec.source, _image_folder)
+    train_full, test, num_classes, in_chans = reader(spec)
+    n = len(train_full)
+    val_size = min(spec.val_size, n // 5)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed)).tolist()
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if spec.train_limit is not None:
+        train_idx = train_idx[: spec.train_limit]
+    test_idx = list(range(len(test)))
+    if spec.test_limit is not None:
+        test_idx = test_idx[: spec.test_limit]
+    x0 = train_full[0][0]
+    return Splits(train=Subset(train_full, train_idx), val=Subset(train_full, val_idx),
+                  test=Subset(test, test_idx), num_classes=num_classes, in_chans=in_chans,
+                  img_size=int(x0.shape[-1]))
