@@ -1,0 +1,147 @@
+"""``revit generate``: a ViT config from a rule, at a width or for a MACs or latency budget.
+
+stdout carries the config YAML alone (or JSON with ``--json``); the summary goes to stderr.
+Torch is never imported here; a latency table is loaded only for ``--latency-ms``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from revit.cli._common import add_command, info, print_json
+from revit.errors import ConfigError
+
+
+def register(sub: Any) -> None:
+    p = add_command(sub, "generate", "generate a ViT config from a design rule for a MACs/latency budget or a width",
+                    "revit generate --rule paper --macs 4.6G --distilled > revit_s.yaml")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rule", metavar="R", help="shipped rule name (see `revit rules list`) or a rule YAML path")
+    which.add_argument("--uniform", action="store_true", help="DeiT-style uniform baseline (see --head-dim)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--macs", metavar="B", help="MACs budget, e.g. 4.6G or 150M (met within --tolerance)")
+    target.add_argument("--embed-dim", type=int, metavar="E", help="apply the rule exactly at this embedding width")
+    target.add_argument("--latency-ms", type=float, metavar="M",
+                        help="latency budget in ms per batch of the table's batch size (needs --table)")
+    p.add_argument("--table", metavar="T", help="latency table JSON (for --latency-ms)")
+    p.add_argument("--head-dim", type=int, default=None, help="uniform baseline: QK and V width per head (64)")
+    p.add_argument("--mlp-factor", type=float, default=1.0,
+                   help="with --embed-dim: scale every block's MLP width by this factor (default 1 = the rule)")
+    g = p.add_argument_group("setting (defaults: ImageNet 224/16, 12 blocks, 1000 classes)")
+    g.add_argument("--setting", choices=["imagenet", "micro"], default="imagenet",
+                   help="start from a named setting; micro = 28x28, patch 7, 1 channel, 8 blocks, 10 classes")
+    g.add_argument("--depth", type=int, help="number of blocks")
+    g.add_argument("--img-size", type=int)
+    g.add_argument("--patch-size", type=int)
+    g.add_argument("--in-chans", type=int)
+    g.add_argument("--num-classes", type=int)
+    g.add_argument("--distilled", action="store_true", help="add DeiT's distillation token and head")
+    s = p.add_argument_group("search")
+    s.add_argument("--granularity", default=None,
+                   help="auto (default: micro for images <= 64 px, else standard), standard, micro, "
+                        "or steps EMB,HEADS,QK,V,MLP such as 16,2,8,8,16")
+    s.add_argument("--convention", choices=["nvit", "timm"], default="nvit",
+                   help="MACs convention of --macs: nvit counts attention matmuls (default), timm linear only")
+    s.add_argument("--tolerance", type=float, default=0.01, help="relative tolerance on the budget (0.01)")
+    s.add_argument("--max-embed-dim", type=int, default=2048, help="widest embedding searched (2048)")
+    s.add_argument("--mlp-factor-range", default="0.5,2", metavar="LO,HI",
+                   help="interval of the global MLP factor searched for a budget (0.5,2)")
+    o = p.add_argument_group("output")
+    o.add_argument("--name", help="name written into the config")
+    o.add_argument("--out", help="write the config YAML here (atomically) instead of stdout")
+    o.add_argument("--json", action="store_true", help="print JSON: config, macs, params, mlp_factor, gap, notes")
+    p.set_defaults(func=run)
+
+
+def _setting(args: argparse.Namespace) -> Any:
+    from revit.rules.generate import SETTINGS
+
+    base = SETTINGS[args.setting]
+    over = {k: getattr(args, k) for k in ("depth", "img_size", "patch_size", "in_chans", "num_classes")
+            if getattr(args, k) is not None}
+    if args.distilled:
+        over["distilled"] = True
+    for k, v in over.items():
+        if k != "distilled" and v < (0 if k == "num_classes" else 1):
+            raise ConfigError(f"--{k.replace('_', '-')} must be positive, got {v}")
+    return dataclasses.replace(base, **over)
+
+
+def _factor_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--mlp-factor-range must be LO,HI such as 0.5,2, got {text!r}") from None
+    return lo, hi
+
+
+def _load_table(spec: str) -> Any:
+    """Load a latency table lazily (only the latency path needs the module)."""
+    try:
+        from revit.latency.table import LatencyTable
+    except ImportError:
+        raise ConfigError("latency tables are not available in this revit (revit.latency.table missing)") from None
+    path = Path(spec)
+    if not path.exists():
+        from revit.paths import shipped_dir
+
+        for cand in (shipped_dir("latency_tables") / spec, shipped_dir("latency_tables") / f"{spec}.json"):
+            if cand.exists():
+                path = cand
+                break
+    return LatencyTable.load(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from revit.rules import SearchSpace, apply_rule, generate, latency_budget, load_rule, macs_budget, uniform_rule
+
+    if args.uniform:
+        rule = uniform_rule(head_dim=args.head_dim if args.head_dim is not None else 64)
+    else:
+        if args.head_dim is not None:
+            raise ConfigError("--head-dim applies to --uniform only (a rule sets its own head widths)")
+        rule = load_rule(args.rule)
+    if args.table and args.latency_ms is None:
+        raise ConfigError("--table is used with --latency-ms only")
+    if args.mlp_factor != 1.0 and args.embed_dim is None:
+        raise ConfigError("--mlp-factor applies to --embed-dim; a budget searches the factor itself "
+                          "(limit it with --mlp-factor-range)")
+    setting = _setting(args)
+    table: Any = None
+
+    if args.embed_dim is not None:
+        result = apply_rule(rule, args.embed_dim, setting, granularity=args.granularity,
+                            mlp_factor=args.mlp_factor, name=args.name)
+    else:
+        lo, hi = _factor_range(args.mlp_factor_range)
+        space = SearchSpace(max_embed=args.max_embed_dim, min_mlp_factor=lo, max_mlp_factor=hi,
+                            tolerance=args.tolerance)
+        if args.latency_ms is not None:
+            if not args.table:
+                raise ConfigError("--latency-ms needs --table TABLE.json (a latency table; build one with "
+                                  "`revit latency build` or use one from latency_tables/)")
+            table = _load_table(args.table)
+            budget = latency_budget(args.latency_ms / 1e3, table)
+        else:
+            budget = macs_budget(args.macs, args.convention)
+        result = generate(rule, budget, setting, granularity=args.granularity, space=space, name=args.name)
+
+    notes = list(result.notes)
+    if table is not None:
+        note = getattr(table.predict(result.config), "note", "")
+        if note:
+            notes.append(f"latency: {note}")
+    for note in notes:
+        info(f"revit: note: {note}")
+    info(result.summary())
+    if args.out:
+        result.config.save(args.out)
+        info(f"wrote {args.out}")
+    if args.json:
+        print_json(result.to_json())
+    elif not args.out:
+        print(result.config.to_yaml(derived=True), end="")
+    return 0

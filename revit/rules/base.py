@@ -1,0 +1,109 @@
+"""The rule-family contract and its registry.
+
+A *family* turns (parameters, embedding width, depth, granularity, MLP factor) into per-block
+widths; a *rule* (:mod:`revit.rules.rule`) is one family plus parameter values.  Families are
+stateless and registered by name in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from revit.config import BlockDims
+from revit.errors import ConfigError
+from revit.registry import Registry
+from revit.rules.granularity import Granularity
+
+WIDTH_KINDS = ("heads", "qk_dim", "v_dim", "mlp_dim")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One family parameter: default, allowed interval and a one-line meaning."""
+
+    default: float
+    low: float
+    high: float
+    doc: str
+
+
+class RuleFamily(ABC):
+    """A parametric way of shaping a ViT.
+
+    Contract for implementations:
+    - :meth:`blocks` is pure Python and deterministic, returns exactly ``depth`` legal blocks,
+      and is non-decreasing in ``embed_dim`` and in ``mlp_factor`` for every width (generation
+      bisects on both; a family that breaks this makes budgets unreachable).
+    - ``mlp_factor == 1`` applies the family's own MLP widths unchanged; any other factor scales
+      each block's MLP width and rounds it to the granularity.
+    - :meth:`continuous` (fittable families only) gives the unrounded widths that
+      :meth:`blocks` rounds, as floats, so least squares can fit :attr:`params`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    params: ClassVar[dict[str, ParamSpec]] = {}
+    reference_depth: ClassVar[int | None] = None
+
+    @property
+    def fittable(self) -> bool:
+        """True when the family has parameters that :func:`revit.rules.fit.fit_family` can fit."""
+        return bool(self.params)
+
+    def check_params(self, given: Mapping[str, object], source: str = "rule") -> dict[str, float]:
+        """Fill defaults and validate names, types and bounds; return the full parameter dict."""
+        unknown = set(given) - set(self.params)
+        if unknown:
+            allowed = ", ".join(self.params) or "none"
+            raise ConfigError(f"{source}: unknown parameter(s) {', '.join(sorted(map(str, unknown)))} "
+                              f"for family {self.name!r}; allowed: {allowed}")
+        out: dict[str, float] = {}
+        for key, spec in self.params.items():
+            value = given.get(key, spec.default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{source}: parameter {key} must be a number, got {value!r}")
+            if not spec.low <= value <= spec.high:
+                raise ConfigError(f"{source}: parameter {key}={value} is outside [{spec.low}, {spec.high}]")
+            out[key] = float(value)
+        return out
+
+    @abstractmethod
+    def blocks(self, params: Mapping[str, float], embed_dim: int, depth: int, gran: Granularity,
+               mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
+        """The rounded widths of every block."""
+
+    def domain_notes(self, params: Mapping[str, float], embed_dim: int, depth: int) -> list[str]:
+        """Human lines saying where (embed_dim, depth) leaves the family's own domain."""
+        return []
+
+    def continuous(self, params: Mapping[str, float], embed_dim: int,
+                   positions: Sequence[float]) -> dict[str, list[float]]:
+        """Unrounded widths per kind at normalised depths ``positions`` (fittable families)."""
+        raise ConfigError(f"rule family {self.name!r} has no parameters to fit; "
+                          f"fittable: {', '.join(n for n in FAMILIES if get_family(n).fittable)}")
+
+
+FAMILIES: Registry[type[RuleFamily]] = Registry("rule family")
+
+
+def get_family(name: str) -> RuleFamily:
+    """An instance of the registered family ``name`` (unknown names list the known ones)."""
+    return FAMILIES.get(name)()
+
+
+def block_positions(depth: int) -> list[float]:
+    """Normalised depth of every block's centre: (i + 1/2) / depth."""
+    return [(i + 0.5) / depth for i in range(depth)]
+
+
+def scale_mlp(base: int, mlp_factor: float, gran: Granularity) -> int:
+    """A block's MLP width under the global factor: unchanged at 1, else rounded to the granularity."""
+    from revit.rules.granularity import round_to
+
+    if mlp_factor == 1.0:
+        return base
+    return round_to(base * mlp_factor, gran.mlp)

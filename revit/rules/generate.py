@@ -1,0 +1,340 @@
+"""Generate a config from a rule: at a given width, or for a MACs or latency budget.
+
+Generation is generic over a *cost function* (config -> float, monotone in the widths): MACs
+(:func:`macs_budget`) and predicted latency (:func:`latency_budget`) are two such functions.
+For a budget it searches the embedding width on its granularity and one global MLP factor (every
+block's MLP scaled, then rounded to its granularity) for a rounded config within the tolerance
+(1%), preferring the factor nearest 1 (the rule as written).  Pure Python: no torch, no numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from revit import counting
+from revit.config import ViTConfig
+from revit.errors import BudgetError, ConfigError, TableRangeError
+from revit.rules.granularity import Granularity
+from revit.rules.rule import Rule
+
+CostFn = Callable[[ViTConfig], float]
+FACTOR_STEP = 1000  # MLP factors are searched in steps of 1/1000
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything about the model except the widths: depth, image, patch, channels, classes, heads."""
+
+    depth: int = 12
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    distilled: bool = False
+    class_token: bool = True
+    qkv_bias: bool = True
+
+    def config(self, embed_dim: int, blocks: Any, name: str | None = None) -> ViTConfig:
+        return ViTConfig(embed_dim=embed_dim, blocks=tuple(blocks), img_size=self.img_size,
+                         patch_size=self.patch_size, in_chans=self.in_chans, num_classes=self.num_classes,
+                         distilled=self.distilled, class_token=self.class_token, qkv_bias=self.qkv_bias, name=name)
+
+
+SETTINGS: dict[str, Setting] = {
+    "imagenet": Setting(),
+    "micro": Setting(depth=8, img_size=28, patch_size=7, in_chans=1, num_classes=10),
+}
+
+
+class LatencyPredictor(Protocol):
+    """What a latency budget needs from a table (``revit.latency.table.LatencyTable`` fits)."""
+
+    batch_size: int
+
+    def predict(self, cfg: ViTConfig) -> Any:  # returns an object with ``total_s``
+        ...
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A target for a cost function; ``unit`` says how to print values of it."""
+
+    kind: str  # "macs" or "latency"
+    value: float
+    cost: CostFn
+    unit: str
+    batch_size: int | None = None
+
+    def fmt(self, x: float) -> str:
+        if self.kind == "latency":
+            per_image = f", {x * 1e3 / self.batch_size:.4g} ms/image" if self.batch_size else ""
+            return f"{x * 1e3:.4g} ms/batch{per_image}"
+        return f"{counting.format_count(x)} {self.unit}"
+
+
+def macs_budget(value: float | str, convention: counting.Convention = "nvit") -> Budget:
+    """A MACs budget (``4.6G``, ``150M`` or a number) in the given counting convention."""
+    v = counting.parse_count(value) if isinstance(value, str) else value
+    if not v > 0:
+        raise ConfigError(f"a MACs budget must be positive, got {value!r}")
+    counting._check(convention)
+    return Budget("macs", float(v), lambda cfg: float(counting.macs(cfg, convention)),
+                  "MACs" if convention == "nvit" else "MACs (linear only)")
+
+
+def latency_budget(seconds: float, table: LatencyPredictor) -> Budget:
+    """A latency budget in seconds per batch of the table's batch size, on the table's predictions.
+
+    A config the table cannot predict (outside its measured range) counts as not a candidate.
+    """
+    if not seconds > 0:
+        raise ConfigError(f"a latency budget must be positive, got {seconds!r} s")
+
+    def cost(cfg: ViTConfig) -> float:
+        try:
+            return float(table.predict(cfg).total_s)
+        except TableRangeError:
+            return math.nan
+
+    return Budget("latency", float(seconds), cost, "s", batch_size=getattr(table, "batch_size", None))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Where generation may look: embedding widths and the MLP factor interval; the tolerance."""
+
+    min_embed: int | None = None  # default: the embed granularity
+    max_embed: int = 2048
+    min_mlp_factor: float = 0.5
+    max_mlp_factor: float = 2.0
+    tolerance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_mlp_factor <= 1 <= self.max_mlp_factor:
+            raise ConfigError("the MLP factor interval must contain 1 "
+                              f"(got {self.min_mlp_factor}..{self.max_mlp_factor})")
+        if not 0 < self.tolerance < 0.5:
+            raise ConfigError(f"tolerance must be in (0, 0.5), got {self.tolerance}")
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A generated config and how it was found."""
+
+    config: ViTConfig
+    rule: Rule
+    granularity: Granularity
+    mlp_factor: float
+    budget: Budget | None = None
+    cost: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    @property
+    def gap(self) -> float | None:
+        """(cost - budget) / budget, or None without a budget."""
+        if self.budget is None or self.cost is None:
+            return None
+        return self.cost / self.budget.value - 1
+
+    def summary(self) -> str:
+        """One human line: rule, widths, MACs, params, factor and the gap to the budget."""
+        cfg = self.config
+        parts = [f"rule {self.rule.name} ({self.rule.family})", f"EMB {cfg.embed_dim}", f"depth {cfg.depth}",
+                 f"MACs {counting.format_count(counting.macs(cfg))}",
+                 f"params {counting.format_count(counting.params(cfg))}",
+                 f"MLP factor {self.mlp_factor:g}"]
+        if self.budget is not None and self.cost is not None:
+            parts.append(f"budget {self.budget.fmt(self.budget.value)}, got {self.budget.fmt(self.cost)} "
+                         f"({100 * (self.gap or 0.0):+.2f}%)")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        cfg = self.config
+        d: dict[str, Any] = {
+            "config": cfg.to_dict(), "rule": self.rule.name, "family": self.rule.family,
+            "embed_dim": cfg.embed_dim, "depth": cfg.depth, "mlp_factor": self.mlp_factor,
+            "macs": counting.macs(cfg), "macs_convention": "nvit", "macs_linear_only": counting.macs(cfg, "timm"),
+            "params": counting.params(cfg), "granularity": self.granularity.to_dict(), "notes": list(self.notes),
+        }
+        if self.budget is not None:
+            d["budget"] = {"kind": self.budget.kind, "value": self.budget.value, "unit": self.budget.unit,
+                           "batch_size": self.budget.batch_size}
+            d["cost"] = self.cost
+            d["gap"] = self.gap
+        return d
+
+
+def _name(rule: Rule, embed_dim: int, name: str | None) -> str:
+    return name or f"{rule.name}_e{embed_dim}"
+
+
+def apply_rule(rule: Rule, embed_dim: int, setting: Setting = Setting(), *, granularity: Any = None,
+               mlp_factor: float = 1.0, name: str | None = None) -> Generated:
+    """The rule evaluated exactly at ``embed_dim`` (and ``mlp_factor``) in ``setting``."""
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
+        raise ConfigError(f"embed_dim must be a positive integer, got {embed_dim!r}")
+    if not mlp_factor > 0:
+        raise ConfigError(f"the MLP factor must be positive, got {mlp_factor}")
+    gran = rule.resolve_granularity(setting.img_size, granularity)
+    blocks = rule.blocks(embed_dim, setting.depth, gran, mlp_factor)
+    cfg = setting.config(embed_dim, blocks, _name(rule, embed_dim, name))
+    return Generated(cfg, rule, gran, mlp_factor, notes=tuple(rule.domain_notes(embed_dim, setting.depth)))
+
+
+class _Search:
+    """Cached cost evaluations over (embed width, MLP factor step) for one rule and setting."""
+
+    def __init__(self, rule: Rule, setting: Setting, gran: Granularity, budget: Budget, space: SearchSpace) -> None:
+        self.rule, self.setting, self.gran, self.budget, self.space = rule, setting, gran, budget, space
+        lo = space.min_embed or gran.embed
+        lo = -(-lo // gran.embed) * gran.embed
+        if space.max_embed < lo:
+            raise ConfigError(f"max embed width {space.max_embed} is below the smallest one {lo}")
+        self.grid = list(range(lo, space.max_embed + 1, gran.embed))
+        self.k_min = math.ceil(space.min_mlp_factor * FACTOR_STEP - 1e-9)
+        self.k_max = math.floor(space.max_mlp_factor * FACTOR_STEP + 1e-9)
+        self._cache: dict[tuple[int, int], float] = {}
+
+    def config(self, e: int, k: int) -> ViTConfig:
+        blocks = self.rule.blocks(e, self.setting.depth, self.gran, k / FACTOR_STEP)
+        return self.setting.config(e, blocks)
+
+    def cost(self, e: int, k: int) -> float:
+        key = (e, k)
+        if key not in self._cache:
+            self._cache[key] = self.budget.cost(self.config(e, k))
+        return self._cache[key]
+
+    def ok(self, e: int, k: int) -> bool:
+        return not math.isnan(self.cost(e, k))
+
+    def k_range(self, e: int) -> tuple[int, int] | None:
+        """The factor steps at which ``e`` can be costed (an interval around 1), or None."""
+        if not self.ok(e, FACTOR_STEP):
+            return None
+        return self._edge(e, self.k_min, FACTOR_STEP), self._edge(e, self.k_max, FACTOR_STEP)
+
+    def _edge(self, e: int, far: int, near: int) -> int:
+        """The valid step nearest ``far`` between ``near`` (valid) and ``far`` (validity is an interval)."""
+        if self.ok(e, far):
+            return far
+        while abs(far - near) > 1:
+            mid = (far + near) // 2
+            if self.ok(e, mid):
+                near = mid
+            else:
+                far = mid
+        return near
+
+    def solve(self, e: int, kr: tuple[int, int]) -> tuple[int, float]:
+        """The factor step at ``e`` whose cost is nearest the budget (cost is monotone in it)."""
+        b = self.budget.value
+        lo, hi = kr
+        if self.cost(e, lo) >= b:
+            return lo, self.cost(e, lo)
+        if self.cost(e, hi) <= b:
+            return hi, self.cost(e, hi)
+        while hi - lo > 1:  # invariant: cost(lo) < b < cost(hi)
+            mid = (lo + hi) // 2
+            if self.cost(e, mid) < b:
+                lo = mid
+            else:
+                hi = mid
+        best = min((lo, hi), key=lambda k: (abs(self.cost(e, k) - b), abs(k - FACTOR_STEP)))
+        return best, self.cost(e, best)
+
+
+def generate(rule: Rule, budget: Budget, setting: Setting = Setting(), *, granularity: Any = None,
+             space: SearchSpace = SearchSpace(), name: str | None = None) -> Generated:
+    """The rule's config whose cost is within ``space.tolerance`` of ``budget``.
+
+    Raises :class:`BudgetError` naming the limit when the budget is below the smallest or above
+    the largest legal config of the search space (or, rarely, falls in a gap of the rounding).
+    """
+    gran = rule.resolve_granularity(setting.img_size, granularity)
+    s = _Search(rule, setting, gran, budget, space)
+    tol, b = space.tolerance, budget.value
+    valid = _valid_ends(s)
+    if not valid:
+        raise BudgetError(f"no config of rule {rule.name!r} with EMB {s.grid[0]}..{s.grid[-1]} can be costed "
+                          "(outside the latency table's measured range)")
+    i_lo, i_hi = valid
+    kr_lo, kr_hi = s.k_range(s.grid[i_lo]), s.k_range(s.grid[i_hi])
+    assert kr_lo is not None and kr_hi is not None
+    c_min, c_max = s.cost(s.grid[i_lo], kr_lo[0]), s.cost(s.grid[i_hi], kr_hi[1])
+    if c_min > b * (1 + tol):
+        raise BudgetError(f"budget {budget.fmt(b)} is below the smallest legal config of rule {rule.name!r} "
+                          f"here: {budget.fmt(c_min)} (EMB {s.grid[i_lo]}, MLP factor {kr_lo[0] / FACTOR_STEP:g}, "
+                          f"depth {setting.depth})")
+    if c_max < b * (1 - tol):
+        raise BudgetError(f"budget {budget.fmt(b)} is above the largest legal config of rule {rule.name!r} "
+                          f"here: {budget.fmt(c_max)} (EMB {s.grid[i_hi]}, MLP factor {kr_hi[1] / FACTOR_STEP:g}, "
+                          f"depth {setting.depth}; raise the maximum embed width)")
+
+    # the widest embed whose cost at factor 1 is within budget (cost is monotone in the width)
+    lo, hi = i_lo, i_hi
+    if s.cost(s.grid[lo], FACTOR_STEP) > b:
+        pivot = lo - 1
+    else:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if s.ok(s.grid[mid], FACTOR_STEP) and s.cost(s.grid[mid], FACTOR_STEP) <= b:
+                lo = mid
+            else:
+                hi = mid
+        pivot = hi if s.cost(s.grid[hi], FACTOR_STEP) <= b else lo
+
+    def within(c: float) -> bool:
+        return abs(c / b - 1) <= tol
+
+    # the rule as written (factor 1) when it already meets the budget
+    exact = [(abs(s.cost(s.grid[i], FACTOR_STEP) / b - 1), i) for i in (pivot, pivot + 1)
+             if i_lo <= i <= i_hi and s.ok(s.grid[i], FACTOR_STEP) and within(s.cost(s.grid[i], FACTOR_STEP))]
+    if exact:
+        i = min(exact)[1]
+        return _result(s, s.grid[i], FACTOR_STEP, name)
+
+    # otherwise walk outward on both sides; the first hit on a side has that side's factor nearest 1
+    hits: list[tuple[float, float, int, int]] = []
+    for direction in (+1, -1):
+        i = pivot + 1 if direction > 0 else pivot
+        while i_lo <= i <= i_hi:
+            e = s.grid[i]
+            kr = s.k_range(e)
+            if kr is not None:
+                k, c = s.solve(e, kr)
+                if within(c):
+                    hits.append((abs(math.log(k / FACTOR_STEP)), abs(c / b - 1), e, k))
+                    break
+                if direction > 0 and c > b * (1 + tol) and k == kr[0]:
+                    break  # wider embeds only cost more
+                if direction < 0 and c < b * (1 - tol) and k == kr[1]:
+                    break  # narrower embeds only cost less
+            i += direction
+    if not hits:
+        raise BudgetError(f"no config of rule {rule.name!r} is within {100 * tol:g}% of {budget.fmt(b)} "
+                          "(a gap of the rounding); try another budget, granularity or MLP factor range")
+    _, _, e, k = min(hits)
+    return _result(s, e, k, name)
+
+
+def _valid_ends(s: _Search) -> list[int]:
+    """Indices of the narrowest and widest grid widths that can be costed at factor 1 (or [])."""
+    first = next((i for i in range(len(s.grid)) if s.ok(s.grid[i], FACTOR_STEP)), None)
+    if first is None:
+        return []
+    last = next(i for i in range(len(s.grid) - 1, first - 1, -1) if s.ok(s.grid[i], FACTOR_STEP))
+    return [first, last]
+
+
+def _result(s: _Search, e: int, k: int, name: str | None) -> Generated:
+    cfg = replace(s.config(e, k), name=_name(s.rule, e, name))
+    return Generated(cfg, s.rule, s.gran, k / FACTOR_STEP, s.budget, s.cost(e, k),
+                     tuple(s.rule.domain_notes(e, s.setting.depth)))

@@ -1,0 +1,164 @@
+"""A rule: one family plus parameter values, with the depth it was made for and its provenance.
+
+On disk (``schema: revit/rule/v1``)::
+
+    schema: revit/rule/v1
+    kind: rule
+    name: paper
+    family: paper
+    description: ...
+    depth: 12                 # depth the rule was written or fitted for (informational)
+    granularity: auto         # or standard | micro | {embed, heads, qk, v, mlp}
+    params: {}                # the family's parameters; missing ones take the family default
+    provenance: {...}         # where it came from: source, traces, fit quality (R^2 per kind)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml
+from revit.config import BlockDims
+from revit.errors import ConfigError, FileFormatError, UnknownNameError
+from revit.paths import shipped_dir
+from revit.rules.base import RuleFamily, get_family
+from revit.rules.granularity import Granularity, parse_granularity
+
+SCHEMA = "revit/rule/v1"
+_KEYS = {"schema", "kind", "name", "family", "description", "depth", "granularity", "params", "provenance"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A family with parameter values (validated and completed with defaults on construction)."""
+
+    name: str
+    family: str
+    params: Mapping[str, float] = field(default_factory=dict)
+    depth: int | None = None
+    granularity: str | Mapping[str, int] | None = None  # None/'auto': chosen from the setting
+    description: str = ""
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        fam = get_family(self.family)
+        object.__setattr__(self, "params", fam.check_params(self.params, f"rule {self.name!r}"))
+        if self.granularity not in (None, "auto"):
+            parse_granularity(self.granularity, 224)  # validate now, resolve per setting later
+
+    @property
+    def family_obj(self) -> RuleFamily:
+        return get_family(self.family)
+
+    def resolve_granularity(self, img_size: int, override: Any = None) -> Granularity:
+        """The granularity for a setting: ``override`` if given, else the rule's, else auto."""
+        return parse_granularity(override if override not in (None, "auto") else self.granularity, img_size)
+
+    def blocks(self, embed_dim: int, depth: int, gran: Granularity, mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
+        """Per-block widths of this rule at ``embed_dim`` and ``depth``."""
+        return self.family_obj.blocks(self.params, embed_dim, depth, gran, mlp_factor)
+
+    def domain_notes(self, embed_dim: int, depth: int) -> list[str]:
+        return self.family_obj.domain_notes(self.params, embed_dim, depth)
+
+    # I/O -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        gran = self.granularity
+        return {
+            "schema": SCHEMA, "kind": "rule", "name": self.name, "family": self.family,
+            "description": self.description, "depth": self.depth,
+            "granularity": dict(gran) if isinstance(gran, Mapping) else (gran or "auto"),
+            "params": {k: _tidy(v) for k, v in self.params.items()},
+            "provenance": _plain(self.provenance),
+        }
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        atomic_write_text(path, self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "rule") -> Rule:
+        """Validate a parsed rule document; every problem is one-line :class:`FileFormatError`."""
+        d = check_schema(doc, "rule", source)
+        unknown = set(d) - _KEYS
+        if unknown:
+            raise FileFormatError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                                  f"allowed: {', '.join(sorted(_KEYS))}")
+        if d.get("kind", "rule") != "rule":
+            raise FileFormatError(f"{source}: kind is {d.get('kind')!r}, expected 'rule'")
+        family = d.get("family")
+        if not isinstance(family, str):
+            raise FileFormatError(f"{source}: 'family' (a rule family name) is required")
+        params = d.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise FileFormatError(f"{source}: 'params' must be a mapping of parameter names to numbers")
+        depth = d.get("depth")
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise FileFormatError(f"{source}: 'depth' must be a positive integer, got {depth!r}")
+        prov = d.get("provenance") or {}
+        if not isinstance(prov, Mapping):
+            raise FileFormatError(f"{source}: 'provenance' must be a mapping")
+        try:
+            return cls(name=str(d.get("name") or Path(source).stem), family=family, params=dict(params),
+                       depth=depth, granularity=d.get("granularity"), description=str(d.get("description") or ""),
+                       provenance=dict(prov))
+        except UnknownNameError as e:
+            raise FileFormatError(f"{source}: {e}") from None
+        except ConfigError as e:
+            msg = str(e)
+            raise FileFormatError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Rule:
+        return cls.from_dict(load_yaml(path), str(path))
+
+
+def _tidy(v: float) -> float | int:
+    """Whole numbers as ints; other values exactly (a saved rule reloads to the same widths)."""
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def _plain(obj: Any) -> Any:
+    """Convert numpy scalars, tuples and paths into YAML-safe plain types."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return round(obj, 6)
+    if hasattr(obj, "item"):
+        return _plain(obj.item())
+    return str(obj)
+
+
+def shipped_rules() -> dict[str, Path]:
+    """Names and paths of the rules shipped in ``rules/``."""
+    d = shipped_dir("rules")
+    return {p.stem: p for p in sorted(d.glob("*.yaml"), key=lambda q: q.stem)} if d.is_dir() else {}
+
+
+def uniform_rule(head_dim: int = 64, mlp_ratio: float = 4.0) -> Rule:
+    """The DeiT-style uniform baseline as a rule (head_dim per head, MLP = mlp_ratio * EMB)."""
+    return Rule(name="uniform", family="uniform", params={"head_dim": head_dim, "mlp_ratio": mlp_ratio},
+                description="DeiT-style uniform baseline")
+
+
+def load_rule(name_or_path: str) -> Rule:
+    """A shipped rule by name (``paper``), ``uniform``, or a path to a rule YAML file."""
+    shipped = shipped_rules()
+    if name_or_path in shipped:
+        return Rule.load(shipped[name_or_path])
+    if name_or_path == "uniform":
+        return uniform_rule()
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or "/" in name_or_path:
+        return Rule.load(name_or_path)
+    known = ", ".join(sorted([*shipped, "uniform"]))
+    raise UnknownNameError(f"unknown rule {name_or_path!r}; known: {known} (or a path to a rule YAML)")
