@@ -14,12 +14,14 @@ _IMAGENET = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000)
 
 
 def _official_rule(embed_dim: int) -> tuple[BlockDims, ...]:
-    """The official NViT code's ReViT rule for 12 blocks (NVIT_SPEC.md section 7, [C])."""
-    y, x = round(embed_dim / 200), round(embed_dim / 160)
-    heads = [10, 2 * y, 2 * y] + [4 * y] * 6 + [2 * y, 2 * y, 10]
-    qk = [16 * x, 8 * x, 8 * x] + [16 * x] * 6 + [8 * x, 8 * x, 16 * x]
-    mlp = [3 * embed_dim] * 3 + [6 * embed_dim] * 6 + [3 * embed_dim] * 3
-    return tuple(BlockDims(h, q, 64, m) for h, q, m in zip(heads, qk, mlp))
+    """The official NViT code's ReViT rule for 12 blocks (NVIT_SPEC.md section 7, [C]).
+
+    One source of truth: the ``paper`` rule family in :mod:`revit.rules.families`.
+    """
+    from revit.rules.families import PaperRule
+    from revit.rules.granularity import PRESETS as GRANULARITY
+
+    return PaperRule().blocks({}, embed_dim, 12, GRANULARITY["standard"])
 
 
 def revit_micro() -> ViTConfig:
