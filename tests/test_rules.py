@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,9 @@ from revit.cli.main import main
 from revit.config import BlockDims
 from revit.errors import ConfigError, FileFormatError, UnknownNameError
 from revit.rules import FAMILIES, Granularity, Rule, Setting, apply_rule, get_family, load_rule, parse_granularity
-from revit.rules.base import block_positions
 from revit.rules.families import bump, reference_block
 from revit.rules.granularity import PRESETS, round_to
-from revit.trace import Trace, TraceStep, TraceWriter
+from revit.trace import Trace
 
 STD = PRESETS["standard"]
 
@@ -186,26 +184,15 @@ ABS_TOL = {"center": 0.03, "plateau": 0.03, "softness": 0.03, "heads_end": 0.03,
 
 
 def _synthetic_trace(path: Path, embed_dim: int, depth: int, seed: int, noise: float = 0.03) -> None:
-    """A trace whose pruned step (at about 0.45 of the base MACs) is a known member plus noise."""
-    from revit.rules.generate import Setting as S
+    """A trace whose pruned step (below 0.5 of the base MACs) is a known member plus noise."""
+    from revit.rules.synthetic import write_synthetic_trace
 
-    fam = get_family("less-more-less")
-    rng = random.Random(seed)
-    w = fam.continuous(fam.check_params(TRUE), embed_dim, block_positions(depth))
-    pruned = tuple(BlockDims(*(max(1, round(w[k][i] * (1 + rng.gauss(0, noise))))
-                               for k in ("heads", "qk_dim", "v_dim", "mlp_dim"))) for i in range(depth))
-    e0 = 2 * embed_dim
-    base = S(depth=depth).config(e0, [BlockDims(e0 // 64, 64, 64, 4 * e0)] * depth)
-    mid = base.with_blocks(base.blocks, embed_dim)
-    end = base.with_blocks([BlockDims(max(1, b.heads // 2), b.qk_dim, b.v_dim, b.mlp_dim // 2) for b in pruned],
-                           embed_dim)
-    w_ = TraceWriter(path, {"base_config": base.to_dict(), "target": "macs 0.2", "criterion": "synthetic"})
-    for i, cfg in enumerate([base, mid, base.with_blocks(pruned, embed_dim), end]):
-        w_.append(TraceStep(step=i, embed_dim=cfg.embed_dim, blocks=cfg.blocks, macs=counting.macs(cfg),
-                            params=counting.params(cfg)))
-    base_macs = counting.macs(base)
-    ratios = [counting.macs(c) / base_macs for c in (mid, base.with_blocks(pruned, embed_dim), end)]
-    assert ratios[0] > 0.5 >= ratios[1] > ratios[2]  # the 0.5 read picks the known member
+    member = write_synthetic_trace(path, TRUE, embed_dim=embed_dim, depth=depth, noise=noise, seed=seed)
+    tr = Trace.load(path)
+    base_macs = counting.macs(tr.base_config)
+    ratios = [st.macs / base_macs for st in tr.steps]
+    assert ratios[1] > 0.5 >= ratios[2] > ratios[3]  # the 0.5 read picks the known member
+    assert tr.steps[2].blocks == member
 
 
 @pytest.fixture(scope="module")
