@@ -1,0 +1,187 @@
+"""``revit latency build | import-nvit | query | validate``: latency tables from the command line.
+
+``query`` stays torch-free (table + presets only); ``build`` and ``validate`` import the backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from revit.cli._common import add_command, info, print_json
+from revit.errors import ConfigError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("latency", help="build, import, query and validate latency tables",
+                       description="Latency tables: one block's latency on a grid, whole-model prediction.")
+    lsub = p.add_subparsers(dest="latency_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
+
+    b = add_command(lsub, "build", "measure a latency table on this machine (resumable)",
+                    "revit latency build --backend onnxruntime --preset micro --batch 64 "
+                    "--out latency_tables/cpu_onnxruntime_fp32_bs64_t17.json")
+    b.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), torch or tensorrt")
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None, help="preset space: micro or deit (default micro)")
+    src.add_argument("--space", default=None, help="a space YAML (schema revit/latency-space/v1)")
+    b.add_argument("--batch", type=int, default=64, help="batch size the table is measured at (default 64)")
+    b.add_argument("--out", required=True, help="output table JSON")
+    b.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT.journal.jsonl")
+    b.add_argument("--device", default=None, help="cpu (default; cuda for tensorrt), cuda, tensorrt (ORT provider)")
+    b.add_argument("--dtype", default="fp32", help="fp32 (default) or fp16 (tensorrt, torch on cuda)")
+    b.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: steadiest on shared CPUs)")
+    b.add_argument("--clock", default="auto", choices=("auto", "wall", "thread"),
+                   help="auto: thread CPU time for onnxruntime on cpu with 1 thread, else wall clock")
+    b.add_argument("--design", default="auto", choices=("auto", "full"), help="sparse grid from pilot sweeps, or full")
+    b.add_argument("--max-cells", type=int, default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
+    b.add_argument("--tol", type=float, default=0.01, help="target relative interpolation error of the knots")
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--passes", type=int, default=3, help="passes over all cells, each in random order")
+    b.add_argument("--graph", default="shared", choices=("shared", "per-cell"), help="onnxruntime block graph")
+    b.add_argument("--compile", action="store_true", help="torch backend: torch.compile each module")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_build)
+
+    i = add_command(lsub, "import-nvit", "convert NViT's latency_head.json into a revit table",
+                    "revit latency import-nvit shared/nvit/latency_head.json "
+                    "--out latency_tables/v100_nvit_bs256_t198.json")
+    i.add_argument("file")
+    i.add_argument("--out", required=True)
+    i.set_defaults(func=_import)
+
+    q = add_command(lsub, "query", "predicted latency of a model, with its per-block breakdown",
+                    "revit latency query latency_tables/cpu_onnxruntime_fp32_bs64_t17.json revit_micro")
+    q.add_argument("table")
+    q.add_argument("model", help="preset name or config YAML")
+    q.add_argument("--extrapolate", action="store_true", help="allow queries outside the measured range")
+    q.add_argument("--savings", action="store_true", help="also print the marginal saving per unit in each block")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_query)
+
+    v = add_command(lsub, "validate", "measure random whole models and compare with the table's predictions",
+                    "revit latency validate latency_tables/cpu_onnxruntime_fp32_bs64_t17.json --samples 50")
+    v.add_argument("table")
+    v.add_argument("--samples", type=int, default=20)
+    v.add_argument("--noise-k", type=int, default=10, help="copies of one config measured for the noise floor")
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--model-source", default="graph", choices=("graph", "revit-models"),
+                   help="graph: onnx.helper model; revit-models: export revit.models' model to ONNX")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--no-progress", action="store_true")
+    v.set_defaults(func=_validate)
+
+
+def _make_backend(name: str, device: str | None, dtype: str, threads: int | None, clock: str,
+                  **opts: Any) -> Any:
+    from revit.latency.backends import get_backend
+
+    if device is None:
+        device = "cuda" if name == "tensorrt" else "cpu"
+    if clock == "auto":
+        clock = "thread" if name == "onnxruntime" and device == "cpu" and threads == 1 else "wall"
+    return get_backend(name, device=device, dtype=dtype, threads=threads, clock=clock, **opts)
+
+
+def _build(a: argparse.Namespace) -> int:
+    from revit.latency.profiler import BuildSettings, build_table
+    from revit.latency.space import get_space
+
+    space = get_space(a.space or a.preset or "micro")
+    opts: dict[str, Any] = {}
+    if a.backend == "onnxruntime":
+        opts["graph"] = a.graph
+    if a.backend == "torch":
+        opts["compile"] = a.compile
+    backend = _make_backend(a.backend, a.device, a.dtype, a.threads, a.clock, **opts)
+    settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
+                             max_cells=a.max_cells, tol=a.tol, seed=a.seed)
+    table = build_table(space, backend, a.out, settings, resume=a.resume, progress=not a.no_progress)
+    d = table.metadata["design"]
+    info(f"wrote {a.out}: {table.summary()}")
+    info(f"cells measured {d['cells_measured']} ({d['ratio_to_nvit']:.1%} of NViT's 9,375; "
+         f"{d['ratio_to_full_grid']:.2%} of the full {d['full_grid_cells']}-cell grid), "
+         f"measurement time {d['build_time_s']:.0f} s")
+    return 0
+
+
+def _import(a: argparse.Namespace) -> int:
+    from revit.latency.nvit import import_nvit
+
+    table = import_nvit(a.file)
+    table.save(a.out)
+    info(f"wrote {a.out}: {table.summary()}")
+    info(f"note: {table.fixed_note}")
+    return 0
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f} ms"
+
+
+def _query(a: argparse.Namespace) -> int:
+    from revit.latency.table import LatencyTable
+    from revit.presets import resolve_config
+
+    table = LatencyTable.load(a.table)
+    cfg = resolve_config(a.model)
+    pred = table.predict(cfg, extrapolate=a.extrapolate)
+    savings = [table.marginal_savings(cfg, i, extrapolate=a.extrapolate) for i in range(cfg.depth)] \
+        if a.savings else None
+    if a.json:
+        out: dict[str, Any] = {"table": a.table, "model": a.model, **pred.to_dict()}
+        if savings is not None:
+            out["marginal_savings_s"] = savings
+        print_json(out)
+        return 0
+    print(f"table: {table.summary()}")
+    print(f"model: {cfg.name or a.model} (embed {cfg.embed_dim}, {cfg.depth} blocks, {cfg.tokens} tokens)")
+    fixed = _ms(pred.fixed_s) if pred.fixed_s is not None else "unknown"
+    print(f"predicted: {_ms(pred.total_s)} per batch of {pred.batch_size} ({_ms(pred.per_image_s)} per image); "
+          f"blocks {_ms(pred.blocks_s)}, fixed parts {fixed}")
+    if not pred.fixed_known:
+        print(f"note: {pred.note}")
+    for i, (b, s) in enumerate(zip(cfg.blocks, pred.per_block_s, strict=True)):
+        line = f"  block {i:2d}: heads {b.heads:3d} qk {b.qk_dim:3d} v {b.v_dim:3d} mlp {b.mlp_dim:5d}  {_ms(s)}"
+        if savings is not None:
+            line += "  saving/unit: " + " ".join(f"{k} {v:.3g}s" for k, v in savings[i].items() if k != "embed_dim")
+        print(line)
+    if savings is not None:
+        print(f"  embed_dim saving/unit (all blocks): {savings[0]['embed_dim']:.3g}s  (negative savings clipped at 0)")
+    return 0
+
+
+def _validate(a: argparse.Namespace) -> int:
+    from revit.latency.table import LatencyTable
+    from revit.latency.validate import validate
+
+    table = LatencyTable.load(a.table)
+    m = table.metadata
+    if m["backend"] == "nvit-official":
+        raise ConfigError(f"{a.table} is an imported NViT table (V100); validate needs a table built on this machine")
+    bs = m.get("backend_settings") or {}
+    meas = m.get("measurement") or {}
+    opts: dict[str, Any] = {"graph": bs["graph"]} if m["backend"] == "onnxruntime" and "graph" in bs else {}
+    device = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
+              "TensorrtExecutionProvider": "tensorrt"}.get(bs.get("provider", ""), None)
+    backend = _make_backend(m["backend"], device, m["dtype"], bs.get("intra_op_threads", 1),
+                            meas.get("clock", "wall"), **opts)
+    here = backend.info()
+    if here["device"] != m["device"] or here["backend_version"] != m["backend_version"]:
+        info(f"warning: table measured on {m['device']} / {m['backend']} {m['backend_version']}, "
+             f"validating on {here['device']} / {here['backend_version']}")
+    r = validate(table, backend, a.samples, seed=a.seed, noise_k=a.noise_k, model_source=a.model_source,
+                 progress=not a.no_progress)
+    if a.json:
+        print_json(r.to_dict())
+        return 0
+    print(f"table: {table.summary()}")
+    for c, p, me in zip(r.configs, r.predicted, r.measured, strict=True):
+        print(f"  embed {c.embed_dim:4d}  predicted {_ms(p)}  measured {_ms(me)}  error {(p - me) / me:+.1%}")
+    floor = "n/a" if r.noise_floor is None else f"{r.noise_floor:.2%}"
+    print(f"{len(r.configs)} configs: MAPE {r.mape:.2%}, worst {r.worst:.2%}, bias {r.bias:+.2%}; "
+          f"noise floor (one config x {len(r.noise_measurements)}) {floor}")
+    return 0

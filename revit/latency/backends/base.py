@@ -1,0 +1,109 @@
+"""The backend contract: prepare a workload (a block, the fixed parts, a whole model), then time it.
+
+A :class:`Backend` turns a description into a :class:`Workload`; ``Workload.time(n)`` runs it ``n``
+times and returns the seconds of each run (after the caller's warm-up).  Backends report their
+version and the device name that go into a table's metadata (:meth:`Backend.info`).  Constructing a
+backend whose package or device is missing raises :class:`~revit.errors.BackendUnavailableError`
+with one line saying what to install.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from revit.config import BlockDims, ViTConfig
+from revit.errors import ConfigError
+from revit.registry import Registry
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+class Workload(ABC):
+    """One prepared computation; ``time(n)`` returns ``n`` per-run durations in seconds."""
+
+    @abstractmethod
+    def time(self, n: int) -> list[float]:
+        """Run ``n`` times back to back; seconds of each run."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the workload holds (sessions, device buffers)."""
+
+
+class Backend(ABC):
+    """A way of running ViT parts on a device; one instance serves a whole table build."""
+
+    name: ClassVar[str]
+
+    def __init__(self, *, device: str = "cpu", dtype: str = "fp32", threads: int | None = 1,
+                 clock: str = "wall", **options: Any) -> None:
+        if clock not in CLOCKS:
+            raise ConfigError(f"unknown clock {clock!r}; known: {', '.join(CLOCKS)}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.device = device
+        self.dtype = dtype
+        self.threads = threads
+        self.clock_name = clock
+        self.clock = CLOCKS[clock]
+        self.options = dict(options)
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """``backend``, ``backend_version``, ``device`` (a readable name), ``dtype`` and settings."""
+
+    @abstractmethod
+    def block(self, embed_dim: int, dims: BlockDims, tokens: int, batch: int) -> Workload:
+        """One transformer block on input [batch, tokens, embed_dim]."""
+
+    @abstractmethod
+    def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
+        """Patch embedding + prefix tokens + positions, final norm and head(s), no blocks."""
+
+    @abstractmethod
+    def model(self, cfg: ViTConfig, batch: int) -> Workload:
+        """A whole model of ``cfg`` (used by validation)."""
+
+    def overhead(self, tokens: int, embed_dim: int, batch: int) -> Workload | None:
+        """An empty call of the same kind as :meth:`block`; its time is subtracted from each block's.
+
+        Whole-model latency pays the per-call overhead once while a table sums one block call per
+        block; None means the backend has no measurable per-call overhead to remove.
+        """
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release shared resources."""
+
+
+BACKENDS: Registry[type[Backend]] = Registry("latency backend")
+
+
+def get_backend(name: str, **kwargs: Any) -> Backend:
+    """Instantiate a registered backend; importing its module registers it."""
+    from revit.latency import backends  # noqa: F401  (registers the built-in backends)
+
+    return BACKENDS.get(name)(**kwargs)
+
+
+def cpu_name() -> str:
+    """A readable CPU name, with the number of logical CPUs this process may use."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return f"{name} ({n} logical CPUs)"

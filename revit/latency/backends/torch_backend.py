@@ -1,0 +1,100 @@
+"""PyTorch backend: eager modules (optionally ``torch.compile``), CUDA events on GPU.
+
+Blocks and fixed parts are :mod:`revit.latency.torch_ref` modules; whole models come from
+``revit.models.build_model`` when available (the model the pruner produces), else the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from revit.config import BlockDims, ViTConfig
+from revit.errors import BackendUnavailableError, ConfigError
+from revit.latency.backends.base import BACKENDS, Backend, Workload, cpu_name
+
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+class _TorchRun(Workload):
+    def __init__(self, backend: TorchBackend, module: Any, x: Any) -> None:
+        self.b, self.m, self.x = backend, module, x
+
+    def time(self, n: int) -> list[float]:
+        torch = self.b.torch
+        out = []
+        with torch.inference_mode():
+            if self.b.device.startswith("cuda"):
+                for _ in range(n):
+                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    s.record()
+                    self.m(self.x)
+                    e.record()
+                    e.synchronize()
+                    out.append(s.elapsed_time(e) / 1e3)
+            else:
+                clock = self.b.clock
+                for _ in range(n):
+                    t0 = clock()
+                    self.m(self.x)
+                    out.append(clock() - t0)
+        return out
+
+
+@BACKENDS.register("torch")
+class TorchBackend(Backend):
+    """torch eager (``compile=True`` for torch.compile) on cpu or cuda."""
+
+    name = "torch"
+
+    def __init__(self, *, compile: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        try:
+            import torch
+        except ImportError:
+            raise BackendUnavailableError("backend torch needs PyTorch: pip install torch") from None
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"torch dtype must be one of {', '.join(DTYPES)}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailableError("torch backend on cuda needs an NVIDIA GPU and a CUDA build of torch")
+        if self.device == "cpu" and self.dtype == "fp16":
+            raise ConfigError("fp16 on cpu is not a sensible latency target; use fp32 or bf16")
+        self.torch = torch
+        self.compile = compile
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        self.tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
+
+    def info(self) -> dict[str, Any]:
+        dev = cpu_name() if self.device == "cpu" else str(self.torch.cuda.get_device_name(self.device))
+        return {"backend": self.name, "backend_version": self.torch.__version__, "device": dev, "dtype": self.dtype,
+                "intra_op_threads": self.threads, "compile": self.compile}
+
+    def _prep(self, m: Any, x: Any) -> Workload:
+        m = m.to(self.device, self.tdtype).eval()
+        if self.compile:
+            m = self.torch.compile(m)
+        return _TorchRun(self, m, x.to(self.device, self.tdtype))
+
+    def block(self, embed_dim: int, dims: BlockDims, tokens: int, batch: int) -> Workload:
+        from revit.latency.torch_ref import Block
+
+        return self._prep(Block(embed_dim, dims), self.torch.randn(batch, tokens, embed_dim))
+
+    def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
+        from revit.latency.torch_ref import ViT
+
+        s = int(setting["img_size"])
+        return self._prep(ViT(setting, embed_dim, []), self.torch.randn(batch, int(setting["in_chans"]), s, s))
+
+    def model(self, cfg: ViTConfig, batch: int) -> Workload:
+        m: Any
+        try:
+            from revit.models import build_model
+
+            m = build_model(cfg)
+        except ImportError:
+            from revit.latency.torch_ref import vit
+
+            m = vit(cfg)
+        return self._prep(m, self.torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size))

@@ -1,0 +1,361 @@
+"""Build a latency table by measurement: a sparse grid chosen from pilot sweeps, resumable.
+
+Procedure (``design="auto"``):
+1. *Pilot*: along every axis, sweep all candidate values with the other axes held at an anchor
+   (the space's maximum and its middle).  These are measured cells like any other.
+2. *Knots*: per axis, start from the end points and greedily add the candidate where piecewise
+   linear interpolation of the sweeps errs most, until the worst error is below ``tol`` (never
+   below twice the pilot's own relative noise) and the grid fits in ``max_cells``.  Multilinear
+   interpolation is exact for products of linear terms (MACs are such products), so knots are
+   only needed where the device steps or bends.
+3. *Grid*: measure every knot combination, plus the fixed parts at each ``embed_dim`` knot and an
+   empty call (its per-call overhead is subtracted from each block: a whole model pays it once).
+
+Every cell is measured in ``passes`` passes; each pass visits the pending work in a fresh random
+order, so load changes on a shared machine spread over all cells instead of biasing some.  A cell's
+value is the median of its ``passes x repeats`` samples (after ``warmup`` runs per pass); its
+spread is their interquartile range.  Each measurement is appended to ``OUT.journal.jsonl`` as one
+line (written, flushed and fsynced in one call), so a killed build resumes with nothing measured lost.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from revit import __version__
+from revit.config import BlockDims
+from revit.errors import ConfigError, FileFormatError
+from revit.latency.backends.base import Backend
+from revit.latency.space import AXES, Space
+from revit.latency.table import FixedParts, LatencyTable
+
+NVIT_CELLS = 9375
+Cell = tuple[int, int, int, int, int]
+
+
+@dataclass
+class BuildSettings:
+    """How to measure: batch size, warm-up, repeats and passes, design and its cell budget."""
+
+    batch: int = 64
+    warmup: int = 2
+    repeats: int = 5
+    passes: int = 3
+    design: str = "auto"  # auto | full
+    max_cells: int = NVIT_CELLS // 10
+    tol: float = 0.01
+    seed: int = 0
+
+    def check(self) -> None:
+        for k in ("batch", "repeats", "passes", "max_cells"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1")
+        if self.warmup < 0:
+            raise ConfigError("warmup must be >= 0")
+        if self.design not in ("auto", "full"):
+            raise ConfigError(f"design must be 'auto' or 'full', got {self.design!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Journal:
+    """Append-only JSON lines: a header, then one line per measurement (or design decision)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def append(self, record: dict[str, Any]) -> None:
+        """One ``write`` of one complete line, flushed and fsynced: a crash loses at most this line."""
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Header and records; a truncated last line (a crash mid-write) is dropped, other damage is an error."""
+        lines = self.path.read_bytes().split(b"\n")
+        recs: list[dict[str, Any]] = []
+        for i, raw in enumerate(lines):
+            if not raw.strip():
+                continue
+            try:
+                recs.append(json.loads(raw))
+            except json.JSONDecodeError:
+                if i >= len(lines) - 2:  # the last line, cut short by a crash
+                    continue
+                raise FileFormatError(f"{self.path}: line {i + 1} is corrupted; delete the journal to rebuild") \
+                    from None
+        if not recs or recs[0].get("type") != "header":
+            raise FileFormatError(f"{self.path}: not a revit build journal (no header line)")
+        return recs[0], recs[1:]
+
+
+def pilot_cells(space: Space) -> list[Cell]:
+    """1-D sweeps of every axis through two anchors: the space's maximum and its middle."""
+    top = tuple(space.axes[a][-1] for a in AXES)
+    mid = tuple(space.axes[a][len(space.axes[a]) // 2] for a in AXES)
+    cells: list[Cell] = []
+    for anchor in (top, mid):
+        for j, a in enumerate(AXES):
+            for v in space.axes[a]:
+                c = list(anchor)
+                c[j] = v
+                t = (c[0], c[1], c[2], c[3], c[4])
+                if t not in cells:
+                    cells.append(t)
+    return cells
+
+
+def _median3(y: np.ndarray) -> np.ndarray:
+    """Running median of 3: drops isolated outliers (a burst of load) but keeps steps wider than one point."""
+    if y.size < 3:
+        return y
+    z = y.copy()
+    z[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
+    return z
+
+
+def _greedy_knots(xs: list[int], curves: list[np.ndarray], tol: float) -> list[int]:
+    """Fewest knots (end points first) so that linear interpolation of every curve errs <= tol (relative)."""
+    curves = [_median3(np.asarray(y, dtype=np.float64)) for y in curves]
+    knots = {0, len(xs) - 1}
+    x = np.asarray(xs, dtype=np.float64)
+    while True:
+        worst, where = 0.0, -1
+        k = sorted(knots)
+        for y in curves:
+            err = np.abs(np.interp(x, x[k], y[k]) - y) / np.maximum(y, 1e-12)
+            i = int(np.argmax(err))
+            if err[i] > worst:
+                worst, where = float(err[i]), i
+        if worst <= tol or where < 0 or where in knots:
+            return [xs[i] for i in sorted(knots)]
+        knots.add(where)
+
+
+def choose_knots(space: Space, values: dict[Cell, float], noise: float, tol: float,
+                 budget: int) -> tuple[dict[str, tuple[int, ...]], float]:
+    """Knots per axis from the pilot sweeps; raises the tolerance until the grid fits ``budget`` cells."""
+    top = tuple(space.axes[a][-1] for a in AXES)
+    mid = tuple(space.axes[a][len(space.axes[a]) // 2] for a in AXES)
+    tol = max(tol, 2 * noise)
+    while True:
+        knots: dict[str, tuple[int, ...]] = {}
+        for j, a in enumerate(AXES):
+            xs = list(space.axes[a])
+            curves = []
+            for anchor in (top, mid):
+                ys = []
+                for v in xs:
+                    c = list(anchor)
+                    c[j] = v
+                    ys.append(values[(c[0], c[1], c[2], c[3], c[4])])
+                curves.append(np.asarray(ys))
+            knots[a] = tuple(_greedy_knots(xs, curves, tol))
+        n = int(np.prod([len(v) for v in knots.values()]))
+        if n <= budget:
+            return knots, tol
+        tol *= 1.25
+
+
+@dataclass
+class _State:
+    samples: dict[tuple[Any, ...], list[list[float]]] = field(default_factory=dict)
+    done: set[tuple[Any, ...]] = field(default_factory=set)
+    design: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        key = _key(rec["what"], rec.get("cell"))
+        self.samples.setdefault(key, []).append(rec["samples"])
+        self.done.add((*key, rec["pass"]))
+        self.seconds += float(rec.get("dt", 0.0))
+
+    def median(self, key: tuple[Any, ...]) -> float:
+        return float(np.median(np.concatenate(self.samples[key])))
+
+    def value_noise(self, key: tuple[Any, ...]) -> float:
+        """Standard error of a cell's value, from the scatter of its per-pass medians (0 with one pass)."""
+        meds = [float(np.median(x)) for x in self.samples[key]]
+        return float(np.std(meds, ddof=1) / np.sqrt(len(meds))) if len(meds) > 1 else 0.0
+
+    def iqr(self, key: tuple[Any, ...]) -> float:
+        q1, q3 = np.percentile(np.concatenate(self.samples[key]), [25, 75])
+        return float(q3 - q1)
+
+
+def _key(what: str, cell: Any) -> tuple[Any, ...]:
+    if what == "block":
+        return ("block", *cell)
+    if what == "fixed":
+        return ("fixed", int(cell))
+    return (what,)
+
+
+def _workload(backend: Backend, key: tuple[Any, ...], space: Space, batch: int) -> Any:
+    if key[0] == "block":
+        e, h, q, v, m = key[1:]
+        return backend.block(e, BlockDims(h, q, v, m), space.tokens, batch)
+    if key[0] == "fixed":
+        return backend.fixed(space.setting, key[1], batch)
+    top_e = space.axes["embed_dim"][-1]
+    return backend.overhead(space.tokens, top_e, batch)
+
+
+def _header(space: Space, backend: Backend, s: BuildSettings) -> dict[str, Any]:
+    info = backend.info()
+    return {"type": "header", "schema": "revit/latency-build-journal/v1", "space": space.to_dict(),
+            "backend": info, "clock": backend.clock_name, "settings": s.to_dict(), "revit_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _check_resume(old: dict[str, Any], new: dict[str, Any], journal: Journal) -> None:
+    for k in ("space", "clock", "settings"):
+        if old.get(k) != new.get(k):
+            raise ConfigError(f"{journal.path}: the journal was started with different {k}; "
+                              f"rerun with the same options or delete it to start over")
+    ob, nb = old.get("backend", {}), new.get("backend", {})
+    for k in ("backend", "backend_version", "device", "dtype", "intra_op_threads", "graph"):
+        if ob.get(k) != nb.get(k):
+            raise ConfigError(f"{journal.path}: the journal was measured with {k}={ob.get(k)!r}, "
+                              f"now {nb.get(k)!r}; a table must come from one setup")
+
+
+def journal_path(out: str | os.PathLike[str]) -> Path:
+    return Path(str(out) + ".journal.jsonl")
+
+
+def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], settings: BuildSettings | None = None,
+                *, resume: bool = False, progress: bool = True,
+                on_measure: Callable[[int], None] | None = None) -> LatencyTable:
+    """Measure ``space`` on ``backend`` and write the table to ``out`` (see the module docstring)."""
+    s = settings or BuildSettings()
+    s.check()
+    journal = journal_path(out)
+    header = _header(space, backend, s)
+    state = _State()
+    if journal.exists():
+        if not resume:
+            raise ConfigError(f"{journal} exists (an unfinished build); pass --resume to continue it or delete it")
+        old, recs = Journal(journal).read()
+        _check_resume(old, header, Journal(journal))
+        header = old
+        for r in recs:
+            if r.get("type") == "measure":
+                state.add(r)
+            elif r.get("type") == "design":
+                state.design = r
+    else:
+        Journal(journal).append(header)
+    jr = Journal(journal)
+    counter = [0]
+
+    def run(keys: Iterable[tuple[Any, ...]], label: str) -> None:
+        keys = list(dict.fromkeys(keys))
+        todo = [(k, p) for p in range(s.passes) for k in keys if (*k, p) not in state.done]
+        if not todo:
+            return
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=label, unit="meas", disable=not progress, leave=False)
+        try:
+            for p in range(s.passes):
+                batch_todo = [k for k, pp in todo if pp == p]
+                random.Random(s.seed * 1000 + p + len(state.done)).shuffle(batch_todo)
+                for k in batch_todo:
+                    t0 = time.perf_counter()
+                    w = _workload(backend, k, space, s.batch)
+                    if w is None:
+                        samples = [0.0]
+                    else:
+                        w.time(s.warmup)
+                        samples = w.time(s.repeats)
+                        w.close()
+                    rec = {"type": "measure", "what": k[0], "cell": list(k[1:]) if k[0] == "block" else
+                           (k[1] if k[0] == "fixed" else None), "pass": p, "samples": samples,
+                           "dt": round(time.perf_counter() - t0, 6)}
+                    jr.append(rec)
+                    state.add(rec)
+                    counter[0] += 1
+                    bar.update(1)
+                    if on_measure is not None:
+                        on_measure(counter[0])
+        finally:
+            bar.close()
+
+    # 1-2. design
+    if s.design == "full":
+        knots = dict(space.axes)
+        if space.full_grid_cells > s.max_cells:
+            raise ConfigError(f"the full grid of space {space.name} has {space.full_grid_cells} cells, more than "
+                              f"--max-cells {s.max_cells}; use --design auto")
+        design_info: dict[str, Any] = {"design": "full"}
+    elif state.design is not None:
+        knots = {a: tuple(v) for a, v in state.design["knots"].items()}
+        design_info = {k: v for k, v in state.design.items() if k != "type"}
+    else:
+        pilot = pilot_cells(space)
+        run([("overhead",)] + [("block", *c) for c in pilot], "pilot sweeps")
+        pv = {c: state.median(("block", *c)) for c in pilot}
+        noise = float(np.median([state.value_noise(("block", *c)) / max(pv[c], 1e-12) for c in pilot]))
+        knots, tol = choose_knots(space, pv, noise, s.tol, s.max_cells - len(pilot))
+        design_info = {"design": "auto", "knots": {a: list(v) for a, v in knots.items()}, "pilot_cells": len(pilot),
+                       "pilot_noise": round(noise, 5), "tol_used": round(tol, 5)}
+        jr.append({"type": "design", **design_info})
+    grid = [tuple(c) for c in itertools.product(*(knots[a] for a in AXES))]
+    fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
+    run([("overhead",)] + [("block", *c) for c in grid] + fixed_keys, "grid")
+
+    # 3. assemble
+    overhead = state.median(("overhead",)) if ("overhead",) in state.samples else 0.0
+    shape = tuple(len(knots[a]) for a in AXES)
+    values = np.zeros(shape)
+    spread = np.zeros(shape)
+    for idx in itertools.product(*(range(n) for n in shape)):
+        c = tuple(knots[a][i] for a, i in zip(AXES, idx, strict=True))
+        values[idx] = max(state.median(("block", *c)) - overhead, 0.0)
+        spread[idx] = state.iqr(("block", *c))
+    fixed = FixedParts(setting=dict(space.setting), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
+                       values=tuple(state.median(k) for k in fixed_keys),
+                       spread=tuple(state.iqr(k) for k in fixed_keys))
+    measured = len({k for k in state.samples if k[0] == "block"})
+    info = header["backend"]
+    metadata = {
+        "device": info["device"], "backend": info["backend"], "backend_version": info["backend_version"],
+        "dtype": info["dtype"], "batch_size": s.batch, "tokens": space.tokens,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "revit_version": __version__,
+        "measurement": {"warmup": s.warmup, "repeats": s.repeats, "passes": s.passes,
+                        "statistic": "median of passes x repeats samples", "spread": "interquartile range (s)",
+                        "clock": header["clock"], "order": "random per pass, passes interleaved in time",
+                        "overhead_subtracted_s": overhead},
+        "backend_settings": {k: v for k, v in info.items()
+                             if k not in ("backend", "backend_version", "device", "dtype")},
+        "space": space.to_dict(),
+        "design": {**design_info, "cells_measured": measured, "full_grid_cells": space.full_grid_cells,
+                   "nvit_cells": NVIT_CELLS, "ratio_to_nvit": round(measured / NVIT_CELLS, 4),
+                   "ratio_to_full_grid": round(measured / space.full_grid_cells, 5),
+                   "build_time_s": round(state.seconds, 1), "max_cells": s.max_cells},
+    }
+    table = LatencyTable({a: knots[a] for a in AXES}, values, metadata=metadata, spread=spread, fixed=fixed,
+                         source=str(out))
+    table.save(out)
+    journal.unlink()
+    return table

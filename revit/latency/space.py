@@ -1,0 +1,127 @@
+"""The dimension space a table covers: candidate values per axis (the pruning granularity) and the
+model setting (image size, patch, classes) that fixes the token count and the fixed parts.
+
+YAML form (``schema: revit/latency-space/v1``)::
+
+    name: micro
+    depth: 8                      # depth of the models validation draws
+    setting: {img_size: 28, patch_size: 7, in_chans: 1, num_classes: 10, distilled: false, class_token: true}
+    axes:
+      embed_dim: {min: 32, max: 96, step: 8}
+      heads: [1, 2, 3, 4]         # or an explicit list
+      ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from revit._io import check_schema, load_yaml
+from revit.config import BLOCK_KEYS
+from revit.errors import ConfigError
+
+AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
+
+
+@dataclass(frozen=True)
+class Space:
+    """Candidate values per axis and the setting of the models a table serves."""
+
+    name: str
+    axes: dict[str, tuple[int, ...]]
+    setting: dict[str, Any]
+    depth: int
+
+    def __post_init__(self) -> None:
+        if set(self.axes) != set(AXES):
+            raise ConfigError(f"space {self.name}: axes must be exactly {', '.join(AXES)}")
+        for a, vals in self.axes.items():
+            if not vals or any(v < 1 for v in vals) or list(vals) != sorted(set(vals)):
+                raise ConfigError(f"space {self.name}: axis {a} needs increasing positive integers")
+        missing = {"img_size", "patch_size", "in_chans", "num_classes", "distilled", "class_token"} - set(self.setting)
+        if missing:
+            raise ConfigError(f"space {self.name}: setting lacks {', '.join(sorted(missing))}")
+        if self.setting["img_size"] % self.setting["patch_size"]:
+            raise ConfigError(f"space {self.name}: img_size is not a multiple of patch_size")
+
+    @property
+    def tokens(self) -> int:
+        s = self.setting
+        return (s["img_size"] // s["patch_size"]) ** 2 + int(bool(s["class_token"])) + int(bool(s["distilled"]))
+
+    @property
+    def full_grid_cells(self) -> int:
+        n = 1
+        for v in self.axes.values():
+            n *= len(v)
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "revit/latency-space/v1", "name": self.name, "depth": self.depth,
+                "setting": dict(self.setting), "axes": {a: list(self.axes[a]) for a in AXES}}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "space") -> Space:
+        d = check_schema(d, "latency-space", source)
+        axes: dict[str, tuple[int, ...]] = {}
+        raw = d.get("axes")
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{source}: 'axes' must map {', '.join(AXES)} to {{min, max, step}} or a list")
+        for a in AXES:
+            spec = raw.get(a)
+            if isinstance(spec, Mapping):
+                try:
+                    lo, hi, step = int(spec["min"]), int(spec["max"]), int(spec.get("step", 1))
+                except (KeyError, TypeError, ValueError):
+                    raise ConfigError(f"{source}: axis {a} needs integer min, max (and step)") from None
+                if step < 1 or hi < lo:
+                    raise ConfigError(f"{source}: axis {a} needs min <= max and step >= 1")
+                axes[a] = tuple(range(lo, hi + 1, step))
+            elif isinstance(spec, list) and all(isinstance(v, int) for v in spec):
+                axes[a] = tuple(spec)
+            else:
+                raise ConfigError(f"{source}: axis {a} missing or malformed")
+        try:
+            return cls(name=str(d.get("name", source)), axes=axes, setting=dict(d.get("setting") or {}),
+                       depth=int(d.get("depth", 12)))
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Space:
+        return cls.from_dict(load_yaml(path), str(path))
+
+
+def _rng(lo: int, hi: int, step: int) -> tuple[int, ...]:
+    return tuple(range(lo, hi + 1, step))
+
+
+def micro() -> Space:
+    """DESIGN.md's micro family: 28x28x1, patch 7 (17 tokens), 8 blocks, granularity EMB 8/QK 4/V 4/MLP 8."""
+    return Space("micro", {"embed_dim": _rng(32, 96, 8), "heads": _rng(1, 4, 1), "qk_dim": _rng(4, 24, 4),
+                           "v_dim": _rng(4, 24, 4), "mlp_dim": _rng(8, 384, 8)},
+                 {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "distilled": False,
+                  "class_token": True}, depth=8)
+
+
+def deit() -> Space:
+    """DeiT-B-sized space at 224/16 distilled (198 tokens), NViT's granularity (EMB 16... coarser here)."""
+    return Space("deit", {"embed_dim": _rng(192, 768, 64), "heads": _rng(2, 12, 2), "qk_dim": _rng(8, 64, 8),
+                          "v_dim": _rng(8, 64, 8), "mlp_dim": _rng(128, 3072, 128)},
+                 {"img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000, "distilled": True,
+                  "class_token": True}, depth=12)
+
+
+PRESETS = {"micro": micro, "deit": deit}
+
+
+def get_space(name_or_path: str) -> Space:
+    """A preset space name (micro, deit) or a space YAML file."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]()
+    if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
+        return Space.load(name_or_path)
+    raise ConfigError(f"unknown space {name_or_path!r}; presets: {', '.join(PRESETS)} (or a SPACE.yaml)")

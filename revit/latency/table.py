@@ -1,0 +1,336 @@
+"""Latency tables: one block's latency on a 5-D grid, multilinear lookup, whole-model prediction.
+
+A table stores, for one device/backend/dtype/batch size/token count, the median latency in seconds
+of *one transformer block* for one batch at every grid point of the axes ``embed_dim, heads,
+qk_dim, v_dim, mlp_dim`` (``qk_dim``/``v_dim`` per head), the spread of each cell, and the latency
+of the fixed parts (patch embedding, final norm, classifier heads) per ``embed_dim``.  Lookups use
+scipy's ``RegularGridInterpolator`` (multilinear), as NViT's official code does.
+
+This module is torch-free on purpose: ``revit latency query`` and ``revit generate --latency-ms``
+read tables without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from revit._io import atomic_write_text, check_schema, load_json
+from revit.config import BLOCK_KEYS, BlockDims, ViTConfig
+from revit.errors import ConfigError, FileFormatError, TableRangeError
+
+SCHEMA = "revit/latency-table/v1"
+KIND = "latency-table"
+AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
+SAVING_KINDS: tuple[str, ...] = (*BLOCK_KEYS, "embed_dim")
+REQUIRED_METADATA = ("device", "backend", "backend_version", "dtype", "batch_size", "tokens", "created",
+                     "revit_version", "measurement")
+# the fields of a ViTConfig that fix the cost of the parts outside the blocks
+SETTING_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "distilled", "class_token")
+
+
+def config_setting(cfg: ViTConfig) -> dict[str, Any]:
+    """The part of a config that the fixed parts' latency depends on, besides ``embed_dim``."""
+    return {k: getattr(cfg, k) for k in SETTING_KEYS}
+
+
+@dataclass(frozen=True)
+class FixedParts:
+    """Latency of everything outside the blocks (patch embedding + tokens, final norm, heads) per embed_dim."""
+
+    setting: dict[str, Any]
+    embed_dim: tuple[float, ...]
+    values: tuple[float, ...]
+    spread: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.embed_dim) != len(self.values) or not self.embed_dim:
+            raise FileFormatError("fixed parts: 'embed_dim' and 'values' must be non-empty and of equal length")
+        if any(b <= a for a, b in zip(self.embed_dim, self.embed_dim[1:], strict=False)):
+            raise FileFormatError("fixed parts: 'embed_dim' must be strictly increasing")
+        if not all(math.isfinite(v) for v in self.values):
+            raise FileFormatError("fixed parts: values must be finite numbers")
+
+    def latency(self, embed_dim: float, extrapolate: bool = False) -> float:
+        """Piecewise-linear lookup in embed_dim (linear extrapolation only when asked)."""
+        xs, ys = self.embed_dim, self.values
+        if not xs[0] <= embed_dim <= xs[-1]:
+            if not extrapolate:
+                raise TableRangeError(f"embed_dim={embed_dim:g} is outside the fixed parts' measured range "
+                                      f"[{xs[0]:g}, {xs[-1]:g}]; pass extrapolate=True (--extrapolate) to extrapolate")
+            if len(xs) == 1:
+                return float(ys[0])
+            i = 0 if embed_dim < xs[0] else len(xs) - 2
+            return float(ys[i] + (ys[i + 1] - ys[i]) * (embed_dim - xs[i]) / (xs[i + 1] - xs[i]))
+        return float(np.interp(embed_dim, xs, ys))
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"setting": dict(self.setting), "embed_dim": list(self.embed_dim),
+                             "values": list(self.values)}
+        if self.spread is not None:
+            d["spread"] = list(self.spread)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> FixedParts:
+        if not isinstance(d, Mapping) or not {"setting", "embed_dim", "values"} <= set(d):
+            raise FileFormatError(f"{source}: 'fixed' must be null or a mapping with setting, embed_dim, values")
+        try:
+            spread = d.get("spread")
+            return cls(setting=dict(d["setting"]), embed_dim=tuple(float(x) for x in d["embed_dim"]),
+                       values=tuple(float(x) for x in d["values"]),
+                       spread=None if spread is None else tuple(float(x) for x in spread))
+        except (TypeError, ValueError) as e:
+            raise FileFormatError(f"{source}: malformed 'fixed' section ({e})") from None
+        except FileFormatError as e:
+            raise FileFormatError(f"{source}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted whole-model latency for one batch of the table's batch size (seconds)."""
+
+    per_block_s: tuple[float, ...]
+    fixed_s: float | None
+    batch_size: int
+    note: str = ""
+    blocks_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks_s", float(sum(self.per_block_s)))
+
+    @property
+    def fixed_known(self) -> bool:
+        """False when the table has no measurement of the parts outside the blocks (NViT's has none)."""
+        return self.fixed_s is not None
+
+    @property
+    def total_s(self) -> float:
+        """Blocks plus fixed parts (blocks only when the fixed parts are unknown; see ``fixed_known``)."""
+        return self.blocks_s + (self.fixed_s or 0.0)
+
+    @property
+    def per_image_s(self) -> float:
+        return self.total_s / self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total_s": self.total_s, "per_image_s": self.per_image_s, "batch_size": self.batch_size,
+                "blocks_s": self.blocks_s, "fixed_s": self.fixed_s, "fixed_known": self.fixed_known,
+                "per_block_s": list(self.per_block_s), "note": self.note}
+
+
+def _nested(a: np.ndarray) -> Any:
+    return a.tolist()
+
+
+class LatencyTable:
+    """One block's latency on a grid over (embed_dim, heads, qk_dim, v_dim, mlp_dim), plus fixed parts."""
+
+    def __init__(self, axes: Mapping[str, Sequence[float]], values: Any, *, metadata: Mapping[str, Any],
+                 spread: Any = None, fixed: FixedParts | None = None, fixed_note: str = "",
+                 source: str = "latency table") -> None:
+        self.source = source
+        if set(axes) != set(AXES):
+            raise FileFormatError(f"{source}: axes must be exactly {', '.join(AXES)}; got {', '.join(axes)}")
+        self.axes: dict[str, tuple[float, ...]] = {}
+        for name in AXES:
+            try:
+                pts = tuple(float(x) for x in axes[name])
+            except (TypeError, ValueError):
+                raise FileFormatError(f"{source}: axis {name} must be a list of numbers") from None
+            if not pts or any(b <= a for a, b in zip(pts, pts[1:], strict=False)):
+                raise FileFormatError(f"{source}: axis {name} must be non-empty and strictly increasing")
+            self.axes[name] = pts
+        shape = tuple(len(self.axes[a]) for a in AXES)
+        self.values = self._array(values, shape, "values")
+        self.spread = None if spread is None else self._array(spread, shape, "spread")
+        missing = [k for k in REQUIRED_METADATA if k not in metadata]
+        if missing:
+            raise FileFormatError(f"{source}: metadata lacks {', '.join(missing)}")
+        self.metadata: dict[str, Any] = dict(metadata)
+        for k in ("batch_size", "tokens"):
+            if isinstance(self.metadata[k], bool) or not isinstance(self.metadata[k], int) or self.metadata[k] < 1:
+                raise FileFormatError(f"{source}: metadata {k} must be a positive integer")
+        self.fixed = fixed
+        self.fixed_note = fixed_note
+        self._interp: Any = None
+
+    def _array(self, data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+        try:
+            a = np.asarray(data, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise FileFormatError(f"{self.source}: {what} is not a regular numeric array (truncated or edited?)") \
+                from None
+        if a.ndim == 1 and a.size == int(np.prod(shape)):
+            a = a.reshape(shape)
+        if a.shape != shape:
+            raise FileFormatError(f"{self.source}: {what} has shape {a.shape}, axes need {shape}")
+        if not np.all(np.isfinite(a)):
+            raise FileFormatError(f"{self.source}: {what} contains non-finite entries")
+        return a
+
+    # properties ------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return int(self.metadata["batch_size"])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.metadata["tokens"])
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.values.size)
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return {a: (pts[0], pts[-1]) for a, pts in self.axes.items()}
+
+    # lookups ---------------------------------------------------------------------------------
+    def _interpolator(self) -> Any:
+        if self._interp is None:
+            from scipy.interpolate import RegularGridInterpolator
+
+            self._interp = RegularGridInterpolator(tuple(np.asarray(self.axes[a]) for a in AXES), self.values,
+                                                   method="linear", bounds_error=False, fill_value=None)
+        return self._interp
+
+    def _check_range(self, points: np.ndarray) -> None:
+        for j, a in enumerate(AXES):
+            lo, hi = self.axes[a][0], self.axes[a][-1]
+            col = points[:, j]
+            bad = col[(col < lo) | (col > hi)]
+            if bad.size:
+                raise TableRangeError(f"{a}={bad[0]:g} is outside the table's measured range [{lo:g}, {hi:g}] "
+                                      f"({self.source}); pass extrapolate=True (--extrapolate) to extrapolate linearly")
+
+    def lookup(self, points: Any, extrapolate: bool = False) -> np.ndarray:
+        """Block latencies (s) at rows ``(embed_dim, heads, qk_dim, v_dim, mlp_dim)``; vectorised."""
+        pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
+        if pts.shape[1] != len(AXES):
+            raise ConfigError(f"a lookup point has {len(AXES)} coordinates ({', '.join(AXES)})")
+        if not extrapolate:
+            self._check_range(pts)
+        return np.asarray(self._interpolator()(pts), dtype=np.float64)
+
+    def block_latency(self, embed_dim: float, dims: BlockDims, extrapolate: bool = False) -> float:
+        """Seconds for one block of these widths on one batch of ``batch_size`` images."""
+        return float(self.lookup([(embed_dim, dims.heads, dims.qk_dim, dims.v_dim, dims.mlp_dim)], extrapolate)[0])
+
+    def _check_config(self, cfg: ViTConfig) -> None:
+        if cfg.tokens != self.tokens:
+            raise ConfigError(f"the config has {cfg.tokens} tokens but the table was measured at {self.tokens} "
+                              f"({self.source}); build a table for this image/patch size")
+
+    def fixed_latency(self, cfg: ViTConfig, extrapolate: bool = False) -> tuple[float | None, str]:
+        """Fixed-part seconds for ``cfg`` (None when unknown) and a note saying why when unknown."""
+        if self.fixed is None:
+            return None, self.fixed_note or "this table has no measurement of the fixed parts (unknown, not zero)"
+        want = config_setting(cfg)
+        have = {k: self.fixed.setting.get(k) for k in SETTING_KEYS}
+        if want != have:
+            diff = ", ".join(f"{k} {want[k]} vs {have[k]}" for k in SETTING_KEYS if want[k] != have[k])
+            return None, f"fixed parts unknown for this setting ({diff} measured); blocks only"
+        return self.fixed.latency(cfg.embed_dim, extrapolate), ""
+
+    def predict(self, cfg: ViTConfig, extrapolate: bool = False) -> Prediction:
+        """Sum of per-block lookups plus the fixed parts, per batch of the table's batch size."""
+        self._check_config(cfg)
+        pts = [(cfg.embed_dim, b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in cfg.blocks]
+        per_block = tuple(float(x) for x in self.lookup(pts, extrapolate))
+        fixed, note = self.fixed_latency(cfg, extrapolate)
+        return Prediction(per_block_s=per_block, fixed_s=fixed, batch_size=self.batch_size, note=note)
+
+    def marginal_savings(self, cfg: ViTConfig, block_index: int, units: Mapping[str, int] | None = None, *,
+                         clip: bool = True, extrapolate: bool = False) -> dict[str, float]:
+        """Seconds saved by removing one unit of each kind: in block ``block_index`` for heads, qk_dim,
+        v_dim, mlp_dim; summed over all blocks for embed_dim.
+
+        ``units`` gives each kind's unit size (the pruning granularity, default 1).  A removal that would
+        leave less than one unit is impossible and saves 0.  Noisy tables can give negative savings;
+        they are clipped at 0 unless ``clip=False``.
+        """
+        if not 0 <= block_index < cfg.depth:
+            raise ConfigError(f"block index {block_index} out of range for a {cfg.depth}-block config")
+        u = {k: 1 for k in SAVING_KINDS}
+        if units:
+            unknown = set(units) - set(SAVING_KINDS)
+            if unknown:
+                raise ConfigError(f"unknown unit kind(s) {', '.join(sorted(unknown))}; "
+                                  f"known: {', '.join(SAVING_KINDS)}")
+            u.update({k: int(v) for k, v in units.items()})
+        e = cfg.embed_dim
+        b = cfg.blocks[block_index]
+        base = np.array([e, b.heads, b.qk_dim, b.v_dim, b.mlp_dim], dtype=np.float64)
+        out: dict[str, float] = {}
+        rows: list[np.ndarray] = [base]
+        kinds: list[str] = []
+        for j, k in enumerate(BLOCK_KEYS, start=1):
+            if base[j] - u[k] < u[k]:
+                out[k] = 0.0
+                continue
+            r = base.copy()
+            r[j] -= u[k]
+            rows.append(r)
+            kinds.append(k)
+        lat = self.lookup(np.stack(rows), extrapolate)
+        for k, v in zip(kinds, lat[1:], strict=True):
+            out[k] = float(lat[0] - v)
+        if e - u["embed_dim"] < u["embed_dim"]:
+            out["embed_dim"] = 0.0
+        else:
+            pts = np.array([(e, d.heads, d.qk_dim, d.v_dim, d.mlp_dim) for d in cfg.blocks], dtype=np.float64)
+            low = pts.copy()
+            low[:, 0] -= u["embed_dim"]
+            out["embed_dim"] = float(np.sum(self.lookup(pts, extrapolate) - self.lookup(low, extrapolate)))
+        if clip:
+            out = {k: max(v, 0.0) for k, v in out.items()}
+        return {k: out[k] for k in SAVING_KINDS}
+
+    # I/O -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "kind": KIND,
+            "metadata": self.metadata,
+            "axes": {a: [int(x) if float(x).is_integer() else x for x in self.axes[a]] for a in AXES},
+            "values": _nested(self.values),
+            "spread": None if self.spread is None else _nested(self.spread),
+            "fixed": None if self.fixed is None else self.fixed.to_dict(),
+            "fixed_note": self.fixed_note,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "latency table") -> LatencyTable:
+        d = check_schema(doc, KIND, source)
+        for k in ("metadata", "axes", "values"):
+            if k not in d:
+                raise FileFormatError(f"{source}: missing '{k}'")
+        if not isinstance(d["metadata"], Mapping) or not isinstance(d["axes"], Mapping):
+            raise FileFormatError(f"{source}: 'metadata' and 'axes' must be mappings")
+        fixed = d.get("fixed")
+        return cls(d["axes"], d["values"], metadata=d["metadata"], spread=d.get("spread"),
+                   fixed=None if fixed is None else FixedParts.from_dict(fixed, source),
+                   fixed_note=str(d.get("fixed_note") or ""), source=source)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
+        """Read a table; a truncated, corrupted or foreign file gives a one-line FileFormatError."""
+        return cls.from_dict(load_json(path), str(path))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temp file + rename)."""
+        import json
+
+        atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")) + "\n")
+        self.source = str(path)
+
+    def summary(self) -> str:
+        m = self.metadata
+        meas = m.get("measurement") or {}
+        return (f"{m['device']} | {m['backend']} {m['backend_version']} | {m['dtype']} | batch {self.batch_size} | "
+                f"{self.tokens} tokens | {self.n_cells} cells | statistic {meas.get('statistic', '?')}")

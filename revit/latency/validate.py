@@ -1,0 +1,156 @@
+"""Validate a table against whole-model measurements: random configs, predicted vs measured.
+
+Configs are drawn inside the table's range on the space's granularity (so almost all are off the
+grid and none was measured while building).  Each model is timed with the table's protocol
+(warm-up, repeats, passes in random order).  One config is additionally measured as ``noise_k``
+independent copies in the same run: the spread of those copies is the *noise floor*, the error
+a perfect predictor would still show on this machine at this moment.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from revit.config import BlockDims, ViTConfig
+from revit.errors import ConfigError
+from revit.latency.backends.base import Backend, Workload
+from revit.latency.table import AXES, LatencyTable
+
+
+def candidates(table: LatencyTable) -> dict[str, list[int]]:
+    """Values to draw per axis: the space's granularity when recorded, else every integer in range."""
+    space = table.metadata.get("space")
+    if space and "axes" in space:
+        return {a: [int(v) for v in space["axes"][a]] for a in AXES}
+    return {a: list(range(max(1, int(lo)), int(hi) + 1)) for a, (lo, hi) in table.ranges().items()}
+
+
+def setting_of(table: LatencyTable) -> tuple[dict[str, Any], int]:
+    """The model setting and depth the table serves (from its space or fixed parts)."""
+    space = table.metadata.get("space")
+    if space:
+        return dict(space["setting"]), int(space.get("depth", 12))
+    if table.fixed is not None:
+        return dict(table.fixed.setting), 12
+    raise ConfigError("the table records no model setting (img_size, patch, classes); validation needs one")
+
+
+def random_configs(table: LatencyTable, n: int, seed: int = 0, depth: int | None = None) -> list[ViTConfig]:
+    """``n`` random per-block configs inside the table's range (independent widths per block)."""
+    cand = candidates(table)
+    setting, d = setting_of(table)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        blocks = tuple(BlockDims(rng.choice(cand["heads"]), rng.choice(cand["qk_dim"]), rng.choice(cand["v_dim"]),
+                                 rng.choice(cand["mlp_dim"])) for _ in range(depth or d))
+        out.append(ViTConfig(embed_dim=rng.choice(cand["embed_dim"]), blocks=blocks, **setting))
+    return out
+
+
+@dataclass
+class ValidationResult:
+    """Per-config predicted and measured seconds (per batch), the errors and the noise floor."""
+
+    configs: list[ViTConfig]
+    predicted: list[float]
+    measured: list[float]
+    noise_measurements: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rel_errors(self) -> np.ndarray:
+        p, m = np.asarray(self.predicted), np.asarray(self.measured)
+        return np.asarray((p - m) / m)
+
+    @property
+    def mape(self) -> float:
+        return float(np.mean(np.abs(self.rel_errors)))
+
+    @property
+    def worst(self) -> float:
+        return float(np.max(np.abs(self.rel_errors)))
+
+    @property
+    def bias(self) -> float:
+        return float(np.mean(self.rel_errors))
+
+    @property
+    def noise_floor(self) -> float | None:
+        """Mean absolute relative deviation of repeated measurements of one config from their median."""
+        if len(self.noise_measurements) < 2:
+            return None
+        m = np.asarray(self.noise_measurements)
+        return float(np.mean(np.abs(m - np.median(m)) / np.median(m)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": len(self.configs), "mape": self.mape, "worst": self.worst, "bias": self.bias,
+                "noise_floor": self.noise_floor, "noise_measurements": self.noise_measurements,
+                "seconds": round(self.seconds, 1),
+                "rows": [{"embed_dim": c.embed_dim, "predicted_s": p, "measured_s": m, "error": (p - m) / m}
+                         for c, p, m in zip(self.configs, self.predicted, self.measured, strict=True)]}
+
+
+def _model_workload(backend: Backend, cfg: ViTConfig, batch: int, source: str, tmp: str) -> Workload:
+    if source == "graph":
+        return backend.model(cfg, batch)
+    if source == "revit-models":
+        import torch
+
+        from revit.models import build_model
+        from revit.models.export import export_onnx
+
+        path = os.path.join(tmp, f"m{id(cfg)}.onnx")
+        model = build_model(cfg).eval()
+        export_onnx(model, path, torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size))
+        onnx_file = getattr(backend, "onnx_file", None)
+        if onnx_file is None:
+            raise ConfigError("--model-source revit-models needs the onnxruntime backend")
+        w: Workload = onnx_file(path, cfg, batch)
+        return w
+    raise ConfigError(f"model source must be 'graph' or 'revit-models', got {source!r}")
+
+
+def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int = 1, noise_k: int = 10,
+             warmup: int | None = None, repeats: int | None = None, passes: int | None = None,
+             model_source: str = "graph", progress: bool = True, configs: list[ViTConfig] | None = None
+             ) -> ValidationResult:
+    """Measure ``samples`` random whole models (plus ``noise_k`` copies of the first) against predictions."""
+    meas = table.metadata.get("measurement") or {}
+    warmup = int(meas.get("warmup") or 2) if warmup is None else warmup
+    repeats = int(meas.get("repeats") or 5) if repeats is None else repeats
+    passes = int(meas.get("passes") or 3) if passes is None else passes
+    cfgs = configs if configs is not None else random_configs(table, samples, seed)
+    predicted = [table.predict(c).total_s for c in cfgs]
+    batch = table.batch_size
+    t_start = time.perf_counter()
+    from tqdm import tqdm
+
+    items = list(range(len(cfgs))) + [-(k + 1) for k in range(noise_k if cfgs else 0)]
+    with tempfile.TemporaryDirectory() as tmp:
+        loads = {i: _model_workload(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
+                 for i in items}
+        got: dict[int, list[float]] = {i: [] for i in items}
+        bar = tqdm(total=len(items) * passes, desc="validate", unit="model", disable=not progress, leave=False)
+        rng = random.Random(seed)
+        for _ in range(passes):
+            order = items[:]
+            rng.shuffle(order)
+            for i in order:
+                w = loads[i]
+                w.time(warmup)
+                got[i] += w.time(repeats)
+                bar.update(1)
+        bar.close()
+        for w in loads.values():
+            w.close()
+    measured = [float(np.median(got[i])) for i in range(len(cfgs))]
+    noise = [float(np.median(got[i])) for i in items if i < 0]
+    return ValidationResult(cfgs, predicted, measured, noise, time.perf_counter() - t_start)

@@ -1,0 +1,273 @@
+"""Latency builds: ONNX graphs vs a torch reference, backends' contract, sparse design, resume, validation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from revit.cli.main import main
+from revit.config import BlockDims, ViTConfig
+from revit.errors import BackendUnavailableError, ConfigError
+from revit.latency import graphs
+from revit.latency.backends import BACKENDS, Backend, Workload, get_backend
+from revit.latency.profiler import BuildSettings, Journal, build_table, journal_path
+from revit.latency.space import Space
+from revit.latency.table import LatencyTable
+from revit.latency.validate import random_configs, validate
+
+SETTING = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "distilled": False, "class_token": True}
+DIMS = [BlockDims(3, 8, 12, 40), BlockDims(2, 16, 4, 24), BlockDims(1, 4, 4, 8)]
+
+
+# an independent torch reference of the block (written from the spec, not from revit's code) --------
+def ref_block(x: torch.Tensor, w: Mapping[str, np.ndarray], d: BlockDims) -> torch.Tensor:
+    t = {k: torch.from_numpy(np.array(v)) for k, v in w.items()}
+    b, n, e = x.shape
+    h = F.layer_norm(x, (e,), t["ln1_w"], t["ln1_b"], eps=1e-6)
+    qkv = h @ t["qkv_w"] + t["qkv_b"]
+    hq = d.heads * d.qk_dim
+    q = qkv[..., :hq].reshape(b, n, d.heads, d.qk_dim).permute(0, 2, 1, 3)
+    k = qkv[..., hq:2 * hq].reshape(b, n, d.heads, d.qk_dim).permute(0, 2, 1, 3)
+    v = qkv[..., 2 * hq:].reshape(b, n, d.heads, d.v_dim).permute(0, 2, 1, 3)
+    a = torch.softmax(q @ k.transpose(-1, -2) / d.qk_dim ** 0.5, dim=-1)
+    o = (a @ v).permute(0, 2, 1, 3).reshape(b, n, d.heads * d.v_dim)
+    x = x + o @ t["proj_w"] + t["proj_b"]
+    h = F.layer_norm(x, (e,), t["ln2_w"], t["ln2_b"], eps=1e-6)
+    m = h @ t["fc1_w"] + t["fc1_b"]
+    m = 0.5 * m * (1 + torch.erf(m / 2 ** 0.5))
+    return x + m @ t["fc2_w"] + t["fc2_b"]
+
+
+def ref_model(inits: Mapping[str, np.ndarray], cfg: ViTConfig, img: torch.Tensor) -> torch.Tensor:
+    t = {k: torch.from_numpy(np.asarray(v).copy()) for k, v in inits.items()}
+    x = F.conv2d(img, t["patch_w"], t["patch_b"], stride=cfg.patch_size).flatten(2).transpose(1, 2)
+    if "prefix" in t:
+        x = torch.cat([t["prefix"].expand(x.shape[0], -1, -1), x], 1)
+    x = x + t["pos"]
+    for i, d in enumerate(cfg.blocks):
+        x = ref_block(x, {k[len(f"blk{i}_"):]: v for k, v in inits.items() if k.startswith(f"blk{i}_")}, d)
+    x = F.layer_norm(x, (cfg.embed_dim,), t["norm_w"], t["norm_b"], eps=1e-6)
+    out = x[:, 0] @ t["head_w"] + t["head_b"]
+    if cfg.distilled:
+        out = (out + x[:, 1] @ t["headd_w"] + t["headd_b"]) / 2
+    return out
+
+
+def _ort(model: Any) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("d", DIMS, ids=str)
+def test_shared_block_graph_matches_reference(d: BlockDims) -> None:
+    sess = _ort(graphs.shared_block_graph())
+    rng = np.random.default_rng(0)
+    for e in (16, 24):
+        w = graphs.block_weights(e, d, rng)
+        x = rng.standard_normal((2, 17, e)).astype(np.float32)
+        (y,) = sess.run(None, {"x": x, **w, **graphs.block_shapes(d)})
+        np.testing.assert_allclose(y, ref_block(torch.from_numpy(x), w, d).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_block_graph_matches_revit_models_block() -> None:
+    layers = pytest.importorskip("revit.models.layers")
+    d = DIMS[0]
+    blk = layers.Block(24, d).eval()
+    w = graphs.block_weights(24, d, np.random.default_rng(1))
+    with torch.no_grad():
+        for mod, a, b in ((blk.norm1, "ln1_w", "ln1_b"), (blk.norm2, "ln2_w", "ln2_b")):
+            mod.weight.copy_(torch.from_numpy(w[a]))
+            mod.bias.copy_(torch.from_numpy(w[b]))
+        for lin, a, b in ((blk.attn.qkv, "qkv_w", "qkv_b"), (blk.attn.proj, "proj_w", "proj_b"),
+                          (blk.mlp.fc1, "fc1_w", "fc1_b"), (blk.mlp.fc2, "fc2_w", "fc2_b")):
+            lin.weight.copy_(torch.from_numpy(w[a]).T)
+            lin.bias.copy_(torch.from_numpy(w[b]))
+    x = np.random.default_rng(2).standard_normal((2, 17, 24)).astype(np.float32)
+    (y,) = _ort(graphs.shared_block_graph()).run(None, {"x": x, **w, **graphs.block_shapes(d)})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, blk(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_tensorrt_onnx_graphs_run_in_onnxruntime(distilled: bool) -> None:
+    """The static graphs the TensorRT backend parses, executed by onnxruntime against the reference."""
+    import onnx.numpy_helper as nh
+
+    from revit.latency.backends.tensorrt import TensorRTBackend
+
+    cfg = ViTConfig(embed_dim=24, blocks=tuple(DIMS), **{**SETTING, "distilled": distilled})  # type: ignore[arg-type]
+    model = TensorRTBackend.model_onnx(cfg, 3)
+    inits = {i.name: nh.to_array(i) for i in model.graph.initializer}
+    img = np.random.default_rng(4).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    (y,) = _ort(model).run(None, {"image": img})
+    np.testing.assert_allclose(y, ref_model(inits, cfg, torch.from_numpy(img)).numpy(), rtol=1e-4, atol=1e-5)
+    blk = TensorRTBackend.block_onnx(24, DIMS[1], cfg.tokens, 2)
+    bw = {i.name[2:]: nh.to_array(i) for i in blk.graph.initializer if i.name.startswith("b_")}
+    x = np.random.default_rng(5).standard_normal((2, cfg.tokens, 24)).astype(np.float32)
+    (yb,) = _ort(blk).run(None, {"x": x})
+    np.testing.assert_allclose(yb, ref_block(torch.from_numpy(x), bw, DIMS[1]).numpy(), rtol=1e-4, atol=1e-5)
+    fixed = TensorRTBackend.fixed_onnx({**SETTING, "distilled": distilled}, 24, 3)
+    assert _ort(fixed).run(None, {"image": img})[0].shape == (3, 10)
+
+
+# backends: one contract, parametrized over the registry ------------------------------------------
+@pytest.mark.parametrize("name", BACKENDS.names())
+def test_backend_contract(name: str) -> None:
+    try:
+        b = get_backend(name)
+    except BackendUnavailableError as e:
+        assert name == "tensorrt", f"{name} should be available here: {e}"
+        msg = str(e)
+        assert "\n" not in msg and "pip install" in msg and "NVIDIA GPU" in msg
+        return
+    info = b.info()
+    assert {"backend", "backend_version", "device", "dtype"} <= set(info) and info["backend"] == name
+    cfg = ViTConfig(embed_dim=16, blocks=tuple(DIMS[1:]), **SETTING)  # type: ignore[arg-type]
+    for w in (b.block(16, DIMS[0], 17, 2), b.fixed(SETTING, 16, 2), b.model(cfg, 2)):
+        w.time(1)
+        t = w.time(3)
+        assert len(t) == 3 and all(x > 0 for x in t)
+        w.close()
+
+
+def test_tensorrt_cli_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        get_backend("tensorrt")
+        pytest.skip("tensorrt and a GPU are available here")
+    except BackendUnavailableError:
+        pass
+    rc = main(["latency", "build", "--backend", "tensorrt", "--preset", "micro", "--out", str(tmp_path / "t.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "tensorrt" in err and "NVIDIA GPU" in err and "pip install" in err
+    assert not (tmp_path / "t.json").exists()
+
+
+# a synthetic backend: exact, fast, counts its calls ------------------------------------------------
+class _Const(Workload):
+    def __init__(self, v: float) -> None:
+        self.v = v
+
+    def time(self, n: int) -> list[float]:
+        return [self.v] * n
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def __init__(self, fn: Callable[[int, BlockDims], float], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.fn, self.calls = fn, 0
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": "fake", "backend_version": "1", "device": "unit test", "dtype": "fp32"}
+
+    def block(self, embed_dim: int, dims: BlockDims, tokens: int, batch: int) -> Workload:
+        self.calls += 1
+        return _Const(self.fn(embed_dim, dims))
+
+    def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
+        return _Const(1e-5 * embed_dim)
+
+    def model(self, cfg: ViTConfig, batch: int) -> Workload:
+        return _Const(sum(self.fn(cfg.embed_dim, b) for b in cfg.blocks) + 1e-5 * cfg.embed_dim)
+
+
+def stepped(e: int, d: BlockDims) -> float:
+    """MACs-like (multilinear) cost plus a step when mlp_dim passes 128 (a kernel switch)."""
+    macs = e * d.heads * (2 * d.qk_dim + d.v_dim) + d.heads * d.v_dim * e + 2 * e * d.mlp_dim + 17 * d.heads * d.qk_dim
+    return 1e-4 + 1e-8 * macs + (2e-4 if d.mlp_dim > 128 else 0.0)
+
+
+def micro_space() -> Space:
+    from revit.latency.space import micro
+
+    return micro()
+
+
+def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
+    b = FakeBackend(stepped)
+    t = build_table(micro_space(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+                    progress=False)
+    d = t.metadata["design"]
+    assert d["cells_measured"] <= 937 and d["cells_measured"] == b.calls
+    assert {128, 136} <= set(t.axes["mlp_dim"])  # the step is bracketed by knots
+    assert len(t.axes["heads"]) == 2 and len(t.axes["qk_dim"]) == 2  # linear axes need only their ends
+    for cfg in random_configs(t, 20, seed=3):
+        want = sum(stepped(cfg.embed_dim, blk) for blk in cfg.blocks) + 1e-5 * cfg.embed_dim
+        assert t.predict(cfg).total_s == pytest.approx(want, rel=0.01)
+    assert not journal_path(tmp_path / "t.json").exists()
+
+
+def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
+    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4, 8), "v_dim": (4,),
+                           "mlp_dim": (8, 16)}, SETTING, depth=2)
+    s = BuildSettings(passes=2, repeats=2, warmup=0, design="full")
+    out = tmp_path / "t.json"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(k: int) -> Callable[[int], None]:
+        def cb(n: int) -> None:
+            if n == k:
+                raise Stop
+
+        return cb
+
+    first = FakeBackend(lambda e, d: 1.0)
+    with pytest.raises(Stop):
+        build_table(space, first, out, s, progress=False, on_measure=stop_after(6))
+    header, recs = Journal(journal_path(out)).read()
+    assert header["type"] == "header" and len(recs) == 6
+    # a crash in the middle of a line: the partial line is dropped, nothing else
+    with open(journal_path(out), "a") as f:
+        f.write('{"type": "measure", "what": "block", "cel')
+    with pytest.raises(ConfigError, match="--resume"):
+        build_table(space, FakeBackend(lambda e, d: 3.0), out, s, progress=False)
+    with pytest.raises(ConfigError, match="different settings"):
+        build_table(space, FakeBackend(lambda e, d: 3.0), out, BuildSettings(passes=3, repeats=2, warmup=0,
+                    design="full"), resume=True, progress=False)
+    second = FakeBackend(lambda e, d: 3.0)
+    t = build_table(space, second, out, s, resume=True, progress=False)
+    # 8 cells x 2 passes, + overhead (None here) x 2, + 2 fixed x 2 = 22 measurements; 6 were kept
+    first_blocks = [r for r in recs if r["what"] == "block"]
+    assert second.calls == 16 - len(first_blocks)
+    by_pass = {tuple(r["cell"]) for r in first_blocks}
+    for cell in by_pass:  # measured once by each backend: median of [1, 1, 3, 3] = 2
+        idx = tuple(t.axes[a].index(float(v)) for a, v in zip(t.axes, cell, strict=True))
+        assert t.values[idx] == pytest.approx(2.0)
+    others = [c for c in np.ndindex(t.values.shape)
+              if tuple(int(t.axes[a][i]) for a, i in zip(t.axes, c, strict=True)) not in by_pass]
+    assert all(t.values[c] == pytest.approx(3.0) for c in others)
+
+
+def test_validation_of_an_exact_table_has_zero_error(tmp_path: Path) -> None:
+    b = FakeBackend(stepped)
+    t = build_table(micro_space(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+                    progress=False)
+    r = validate(t, b, 10, noise_k=3, progress=False)
+    assert len(r.measured) == 10 and r.mape < 0.01 and r.noise_floor == 0.0
+
+
+def test_real_build_and_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 4-cell onnxruntime table, its query and validate commands (small, seconds)."""
+    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
+                  SETTING, depth=2)
+    out = tmp_path / "t.json"
+    t = build_table(space, get_backend("onnxruntime", clock="thread"), out,
+                    BuildSettings(batch=4, passes=1, repeats=3, warmup=1, design="full"), progress=False)
+    assert t.metadata["measurement"]["clock"] == "thread" and t.metadata["backend_settings"]["intra_op_threads"] == 1
+    assert (t.values > 0).all() and t.fixed is not None
+    back = LatencyTable.load(out)
+    assert back.metadata == t.metadata
+    assert main(["latency", "validate", str(out), "--samples", "3", "--noise-k", "2", "--json", "--no-progress"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["samples"] == 3 and res["mape"] < 1.0 and res["noise_floor"] is not None
