@@ -201,3 +201,26 @@ def test_built_model_counts_the_same():
         cfg = generate(load_rule(rule), macs_budget(budget), SETTINGS[setting]).config
         m = models.build_model(cfg)
         assert sum(p.numel() for p in m.parameters()) == counting.params(cfg), (rule, budget)
+
+
+def test_real_latency_table_if_available(capsys):
+    """With the shipped micro table (when revit.latency.table is built): budget met, range named."""
+    from revit.paths import shipped_dir
+
+    pytest.importorskip("revit.latency.table", reason="revit.latency.table is not importable yet")
+    table = shipped_dir("latency_tables") / "cpu_onnxruntime_fp32_bs64_t17.json"
+    if not table.exists():
+        pytest.skip("the shipped micro latency table is not present")
+    from revit.latency.table import LatencyTable
+
+    t = LatencyTable.load(table)
+    rc, out, err = run_cli(capsys, "generate", "--setting", "micro", "--uniform", "--latency-ms", "20",
+                           "--table", str(table), "--json")
+    assert rc == 0
+    rep = json.loads(out)
+    cfg = ViTConfig.from_dict(rep["config"])
+    assert cfg.blocks[0].qk_dim == 24  # micro granularity: uniform heads of 24 by default
+    assert abs(t.predict(cfg).total_s / 0.020 - 1) <= 0.01
+    rc, out, err = run_cli(capsys, "generate", "--setting", "micro", "--rule", "less-more-less",
+                           "--latency-ms", "1000", "--table", str(table))
+    assert rc == 2 and "measured range ends there" in err and err.count("\n") == 1

@@ -110,7 +110,9 @@ def test_lml_member_shipped_is_near_paper():
     b, p = lml.blocks(384, 12, STD), paper.blocks(384, 12, STD)
     assert [x.mlp_dim for x in b] == [x.mlp_dim for x in p]
     assert b[0].heads < b[6].heads and b[0].qk_dim < b[6].qk_dim
-    assert abs(counting.macs(apply_rule(lml, 384).config) / counting.macs(apply_rule(paper, 384).config) - 1) < 0.03
+    # V scales with EMB in the family (paper keeps 64): the fit's compromise is V 48 at EMB 384, about -6% MACs
+    assert b[6].v_dim == 48
+    assert abs(counting.macs(apply_rule(lml, 384).config) / counting.macs(apply_rule(paper, 384).config) - 1) < 0.07
 
 
 # --- registry, granularity, rule files -------------------------------------------------------
@@ -177,7 +179,7 @@ def test_cli_rules_list_and_show(capsys):
 
 # --- fitting ---------------------------------------------------------------------------------
 TRUE = dict(center=0.55, plateau=0.45, softness=0.06, heads_per_emb=0.025, heads_end=0.45, qk_per_emb=0.07,
-            qk_end=0.6, v_dim=56.0, v_end=0.8, mlp_per_emb=5.0, mlp_end=0.4)
+            qk_end=0.6, v_per_emb=0.1, v_end=0.8, mlp_per_emb=5.0, mlp_end=0.4)
 # stated tolerance: shape parameters within 0.03 absolute, ratios and V within 3% relative
 ABS_TOL = {"center": 0.03, "plateau": 0.03, "softness": 0.03, "heads_end": 0.03, "qk_end": 0.03, "v_end": 0.03,
            "mlp_end": 0.03}

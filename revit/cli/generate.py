@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
     target.add_argument("--latency-ms", type=float, metavar="M",
                         help="latency budget in ms per batch of the table's batch size (needs --table)")
     p.add_argument("--table", metavar="T", help="latency table JSON (for --latency-ms)")
-    p.add_argument("--head-dim", type=int, default=None, help="uniform baseline: QK and V width per head (64)")
+    p.add_argument("--head-dim", type=int, default=None,
+                   help="uniform baseline: QK and V width per head (64; 24 with the micro granularity)")
     p.add_argument("--mlp-factor", type=float, default=1.0,
                    help="with --embed-dim: scale every block's MLP width by this factor (default 1 = the rule)")
     g = p.add_argument_group("setting (defaults: ImageNet 224/16, 12 blocks, 1000 classes)")
@@ -96,10 +97,24 @@ def _load_table(spec: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from revit.rules import SearchSpace, apply_rule, generate, latency_budget, load_rule, macs_budget, uniform_rule
+    from revit.rules import (
+        SearchSpace,
+        apply_rule,
+        generate,
+        latency_budget,
+        load_rule,
+        macs_budget,
+        parse_granularity,
+        uniform_rule,
+    )
+    from revit.rules.granularity import PRESETS as GRANULARITY_PRESETS
 
+    setting = _setting(args)
     if args.uniform:
-        rule = uniform_rule(head_dim=args.head_dim if args.head_dim is not None else 64)
+        if args.head_dim is None:  # 64 as DeiT; 24 (the micro preset's heads) with the micro granularity
+            micro = parse_granularity(args.granularity, setting.img_size) == GRANULARITY_PRESETS["micro"]
+            args.head_dim = 24 if micro else 64
+        rule = uniform_rule(head_dim=args.head_dim)
     else:
         if args.head_dim is not None:
             raise ConfigError("--head-dim applies to --uniform only (a rule sets its own head widths)")
@@ -109,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     if args.mlp_factor != 1.0 and args.embed_dim is None:
         raise ConfigError("--mlp-factor applies to --embed-dim; a budget searches the factor itself "
                           "(limit it with --mlp-factor-range)")
-    setting = _setting(args)
     table: Any = None
 
     if args.embed_dim is not None:

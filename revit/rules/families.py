@@ -119,7 +119,7 @@ def bump(t: float, center: float, plateau: float, softness: float) -> float:
     return raw(t) / raw(center)
 
 
-LML_KINDS = {"heads": "heads_per_emb", "qk_dim": "qk_per_emb", "v_dim": "v_dim", "mlp_dim": "mlp_per_emb"}
+LML_KINDS = {"heads": "heads_per_emb", "qk_dim": "qk_per_emb", "v_dim": "v_per_emb", "mlp_dim": "mlp_per_emb"}
 
 
 @FAMILIES.register("less-more-less")
@@ -127,8 +127,10 @@ class LessMoreLess(RuleFamily):
     """Width profile over normalised depth (a smooth plateau) times per-kind ratios to EMB.
 
     width_k(t) = base_k * (end_k + (1 - end_k) * bump(t; center, plateau, softness)), with
-    base = heads_per_emb*E, qk_per_emb*E (per head), v_dim (per head, absolute), mlp_per_emb*E;
-    each block is then rounded to the granularity.  end_k < 1 gives narrow ends (less-more-less).
+    base = heads_per_emb*E, qk_per_emb*E and v_per_emb*E (both per head), mlp_per_emb*E; each block
+    is then rounded to the granularity.  end_k < 1 gives narrow ends (less-more-less).  Every kind
+    scales with E (V too, although the paper keeps V = 64) so that one member serves ImageNet and
+    micro settings alike.
     """
 
     name = "less-more-less"
@@ -141,7 +143,7 @@ class LessMoreLess(RuleFamily):
         "heads_end": ParamSpec(0.5, 0.05, 3.0, "heads at the ends relative to the plateau"),
         "qk_per_emb": ParamSpec(1 / 12, 1e-4, 2.0, "QK width per head per EMB channel on the plateau"),
         "qk_end": ParamSpec(0.5, 0.05, 3.0, "QK per head at the ends relative to the plateau"),
-        "v_dim": ParamSpec(64.0, 1.0, 1024.0, "V width per head on the plateau (absolute)"),
+        "v_per_emb": ParamSpec(1 / 6, 1e-4, 2.0, "V width per head per EMB channel on the plateau"),
         "v_end": ParamSpec(1.0, 0.05, 3.0, "V per head at the ends relative to the plateau"),
         "mlp_per_emb": ParamSpec(6.0, 0.05, 32.0, "MLP width per EMB channel on the plateau"),
         "mlp_end": ParamSpec(0.5, 0.05, 3.0, "MLP at the ends relative to the plateau"),
@@ -152,7 +154,7 @@ class LessMoreLess(RuleFamily):
         p = params
         b = [bump(t, p["center"], p["plateau"], p["softness"]) for t in positions]
         base = {"heads": p["heads_per_emb"] * embed_dim, "qk_dim": p["qk_per_emb"] * embed_dim,
-                "v_dim": p["v_dim"], "mlp_dim": p["mlp_per_emb"] * embed_dim}
+                "v_dim": p["v_per_emb"] * embed_dim, "mlp_dim": p["mlp_per_emb"] * embed_dim}
         ends = {"heads": p["heads_end"], "qk_dim": p["qk_end"], "v_dim": p["v_end"], "mlp_dim": p["mlp_end"]}
         return {k: [base[k] * (ends[k] + (1 - ends[k]) * bi) for bi in b] for k in LML_KINDS}
 

@@ -163,7 +163,9 @@ def fit_family(family: str, samples: Sequence[Sample], *, name: str | None = Non
         if best is None or r.cost < best.cost:
             best = r
     assert best is not None
-    params = full(best.x)
+    # 6 significant digits: beyond the data's precision, and readable in the saved rule
+    params = {k: min(max(float(f"{v:.6g}"), fam.params[k].low), fam.params[k].high) if k in free else v
+              for k, v in full(best.x).items()}
 
     r2: dict[str, float | None] = {}
     rmse: dict[str, float] = {}
@@ -200,12 +202,10 @@ def _starts(specs: Mapping[str, Any], free: Sequence[str], samples: Sequence[Sam
             fixed: Mapping[str, float]) -> list[dict[str, float]]:
     """Starting points: data-derived ratios and a few profile shapes (the fit is not convex)."""
     start = {k: float(s.default) for k, s in specs.items()}
-    per_emb = {"heads": "heads_per_emb", "qk_dim": "qk_per_emb", "mlp_dim": "mlp_per_emb"}
+    per_emb = {"heads": "heads_per_emb", "qk_dim": "qk_per_emb", "v_dim": "v_per_emb", "mlp_dim": "mlp_per_emb"}
     for kind, key in per_emb.items():
         if key in specs:
             start[key] = max(max(s.widths(kind)) / s.embed_dim for s in samples)
-    if "v_dim" in specs:
-        start["v_dim"] = max(max(s.widths("v_dim")) for s in samples)
     for kind, key in (("heads", "heads_end"), ("qk_dim", "qk_end"), ("v_dim", "v_end"), ("mlp_dim", "mlp_end")):
         if key in specs:
             start[key] = min(min(s.widths(kind)) / max(s.widths(kind)) for s in samples)

@@ -216,10 +216,16 @@ class _Search:
         return not math.isnan(self.cost(e, k))
 
     def k_range(self, e: int) -> tuple[int, int] | None:
-        """The factor steps at which ``e`` can be costed (an interval around 1), or None."""
-        if not self.ok(e, FACTOR_STEP):
-            return None
-        return self._edge(e, self.k_min, FACTOR_STEP), self._edge(e, self.k_max, FACTOR_STEP)
+        """The factor steps at which ``e`` can be costed (an interval), or None.
+
+        Costable configs form an interval in the factor (a table's MLP axis is an interval);
+        it is searched from factor 1 when that is costable, else from the smallest factor.
+        """
+        if self.ok(e, FACTOR_STEP):
+            return self._edge(e, self.k_min, FACTOR_STEP), self._edge(e, self.k_max, FACTOR_STEP)
+        if self.ok(e, self.k_min):
+            return self.k_min, self._edge(e, FACTOR_STEP, self.k_min)
+        return None
 
     def _edge(self, e: int, far: int, near: int) -> int:
         """The valid step nearest ``far`` between ``near`` (valid) and ``far`` (validity is an interval)."""
@@ -274,9 +280,11 @@ def generate(rule: Rule, budget: Budget, setting: Setting = Setting(), *, granul
                           f"here: {budget.fmt(c_min)} (EMB {s.grid[i_lo]}, MLP factor {kr_lo[0] / FACTOR_STEP:g}, "
                           f"depth {setting.depth})")
     if c_max < b * (1 - tol):
+        hint = ("the latency table's measured range ends there" if i_hi < len(s.grid) - 1 or kr_hi[1] < s.k_max
+                else "raise the maximum embed width")
         raise BudgetError(f"budget {budget.fmt(b)} is above the largest legal config of rule {rule.name!r} "
                           f"here: {budget.fmt(c_max)} (EMB {s.grid[i_hi]}, MLP factor {kr_hi[1] / FACTOR_STEP:g}, "
-                          f"depth {setting.depth}; raise the maximum embed width)")
+                          f"depth {setting.depth}; {hint})")
 
     # the widest embed whose cost at factor 1 is within budget (cost is monotone in the width)
     lo, hi = i_lo, i_hi
@@ -326,11 +334,11 @@ def generate(rule: Rule, budget: Budget, setting: Setting = Setting(), *, granul
 
 
 def _valid_ends(s: _Search) -> list[int]:
-    """Indices of the narrowest and widest grid widths that can be costed at factor 1 (or [])."""
-    first = next((i for i in range(len(s.grid)) if s.ok(s.grid[i], FACTOR_STEP)), None)
+    """Indices of the narrowest and widest grid widths that can be costed at some factor (or [])."""
+    first = next((i for i in range(len(s.grid)) if s.k_range(s.grid[i]) is not None), None)
     if first is None:
         return []
-    last = next(i for i in range(len(s.grid) - 1, first - 1, -1) if s.ok(s.grid[i], FACTOR_STEP))
+    last = next(i for i in range(len(s.grid) - 1, first - 1, -1) if s.k_range(s.grid[i]) is not None)
     return [first, last]
 
 
