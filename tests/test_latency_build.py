@@ -197,7 +197,7 @@ def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
     t = build_table(micro_space(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
                     progress=False)
     d = t.metadata["design"]
-    assert d["cells_measured"] <= 937 and d["cells_measured"] == b.calls
+    assert d["cells_measured"] <= 937 and d["cells_measured"] == b.calls - 1  # + the reference block
     assert {128, 136} <= set(t.axes["mlp_dim"])  # the step is bracketed by knots
     assert len(t.axes["heads"]) == 2 and len(t.axes["qk_dim"]) == 2  # linear axes need only their ends
     for cfg in random_configs(t, 20, seed=3):
@@ -209,7 +209,7 @@ def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
 def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
     space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4, 8), "v_dim": (4,),
                            "mlp_dim": (8, 16)}, SETTING, depth=2)
-    s = BuildSettings(passes=2, repeats=2, warmup=0, design="full")
+    s = BuildSettings(passes=2, repeats=2, warmup=0, design="full", reference=False)
     out = tmp_path / "t.json"
 
     class Stop(Exception):
@@ -234,7 +234,7 @@ def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
         build_table(space, FakeBackend(lambda e, d: 3.0), out, s, progress=False)
     with pytest.raises(ConfigError, match="different settings"):
         build_table(space, FakeBackend(lambda e, d: 3.0), out, BuildSettings(passes=3, repeats=2, warmup=0,
-                    design="full"), resume=True, progress=False)
+                    design="full", reference=False), resume=True, progress=False)
     second = FakeBackend(lambda e, d: 3.0)
     t = build_table(space, second, out, s, resume=True, progress=False)
     # 8 cells x 2 passes, + overhead (None here) x 2, + 2 fixed x 2 = 22 measurements; 6 were kept
@@ -271,3 +271,55 @@ def test_real_build_and_validate_end_to_end(tmp_path: Path, capsys: pytest.Captu
     assert main(["latency", "validate", str(out), "--samples", "3", "--noise-k", "2", "--json", "--no-progress"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["samples"] == 3 and res["mape"] < 1.0 and res["noise_floor"] is not None
+
+
+class LoadedBackend(FakeBackend):
+    """Every new workload sees a different machine load (x1 .. x2.5); a reference timed around it sees the same."""
+
+    def __init__(self, fn: Callable[[int, BlockDims], float]) -> None:
+        super().__init__(fn)
+        self.load, self.k = 1.0, 0
+        outer = self
+
+        class _Loaded(Workload):
+            def __init__(self, v: float) -> None:
+                self.v = v
+
+            def time(self, n: int) -> list[float]:
+                return [self.v * outer.load] * n
+
+        self._Loaded = _Loaded
+
+    def _next(self, v: float) -> Workload:
+        self.k += 1
+        self.load = 1.0 + 0.5 * (self.k % 4)
+        return self._Loaded(v)
+
+    def block(self, embed_dim: int, dims: BlockDims, tokens: int, batch: int) -> Workload:
+        self.calls += 1
+        return self._next(self.fn(embed_dim, dims))
+
+    def model(self, cfg: ViTConfig, batch: int) -> Workload:
+        return self._next(sum(self.fn(cfg.embed_dim, b) for b in cfg.blocks) + 1e-5 * cfg.embed_dim)
+
+    def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
+        return self._next(1e-5 * embed_dim)
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_reference_normalisation_removes_common_mode_load(tmp_path: Path, reference: bool) -> None:
+    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1, 2), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
+                  SETTING, depth=2)
+    b = LoadedBackend(stepped)
+    t = build_table(space, b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0, design="full",
+                    reference=reference), progress=False)
+    ratios = [t.block_latency(e, BlockDims(h, 4, 4, m)) / stepped(e, BlockDims(h, 4, 4, m))
+              for e in (16, 32) for h in (1, 2) for m in (8, 32)]
+    spread = max(ratios) / min(ratios) - 1
+    if reference:
+        assert spread < 1e-9  # every cell off by the same factor: the reference's median load
+        assert t.metadata["measurement"]["reference"]["cell"]["embed_dim"] in (16, 32)
+        r = validate(t, b, 6, noise_k=3, progress=False)
+        assert r.normalised and r.mape < 1e-6 and r.raw_mape > 0.05
+    else:
+        assert spread > 0.2 and t.metadata["measurement"]["reference"] is None

@@ -42,6 +42,8 @@ def register(sub: Any) -> None:
     b.add_argument("--passes", type=int, default=3, help="passes over all cells, each in random order")
     b.add_argument("--graph", default="shared", choices=("shared", "per-cell"), help="onnxruntime block graph")
     b.add_argument("--compile", action="store_true", help="torch backend: torch.compile each module")
+    b.add_argument("--no-reference", action="store_true",
+                   help="do not normalise by a reference block timed around each measurement")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_build)
@@ -98,7 +100,7 @@ def _build(a: argparse.Namespace) -> int:
         opts["compile"] = a.compile
     backend = _make_backend(a.backend, a.device, a.dtype, a.threads, a.clock, **opts)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
-                             max_cells=a.max_cells, tol=a.tol, seed=a.seed)
+                             max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference)
     table = build_table(space, backend, a.out, settings, resume=a.resume, progress=not a.no_progress)
     d = table.metadata["design"]
     info(f"wrote {a.out}: {table.summary()}")
@@ -184,4 +186,7 @@ def _validate(a: argparse.Namespace) -> int:
     floor = "n/a" if r.noise_floor is None else f"{r.noise_floor:.2%}"
     print(f"{len(r.configs)} configs: MAPE {r.mape:.2%}, worst {r.worst:.2%}, bias {r.bias:+.2%}; "
           f"noise floor (one config x {len(r.noise_measurements)}) {floor}")
+    if r.normalised:
+        raw_floor = "n/a" if r.raw_noise_floor is None else f"{r.raw_noise_floor:.2%}"
+        print(f"(load-normalised by the table's reference block; raw: MAPE {r.raw_mape:.2%}, noise floor {raw_floor})")
     return 0

@@ -56,6 +56,8 @@ class BuildSettings:
     max_cells: int = NVIT_CELLS // 10
     tol: float = 0.01
     seed: int = 0
+    reference: bool = True  # normalise by a reference block timed around each measurement
+    reference_runs: int = 3
 
     def check(self) -> None:
         for k in ("batch", "repeats", "passes", "max_cells"):
@@ -178,28 +180,42 @@ def choose_knots(space: Space, values: dict[Cell, float], noise: float, tol: flo
 
 @dataclass
 class _State:
+    """Everything measured so far; with a reference, samples are kept as ratios to the reference."""
+
     samples: dict[tuple[Any, ...], list[list[float]]] = field(default_factory=dict)
     done: set[tuple[Any, ...]] = field(default_factory=set)
+    refs: list[float] = field(default_factory=list)
     design: dict[str, Any] | None = None
     seconds: float = 0.0
 
     def add(self, rec: dict[str, Any]) -> None:
         key = _key(rec["what"], rec.get("cell"))
-        self.samples.setdefault(key, []).append(rec["samples"])
+        samples = rec["samples"]
+        ref = rec.get("ref")
+        if ref:
+            r = float(np.mean(ref))
+            self.refs.extend(ref)
+            samples = [x / r for x in samples]
+        self.samples.setdefault(key, []).append(samples)
         self.done.add((*key, rec["pass"]))
         self.seconds += float(rec.get("dt", 0.0))
 
+    @property
+    def scale(self) -> float:
+        """Seconds per unit of ratio: the reference's median over the whole build (1 without reference)."""
+        return float(np.median(self.refs)) if self.refs else 1.0
+
     def median(self, key: tuple[Any, ...]) -> float:
-        return float(np.median(np.concatenate(self.samples[key])))
+        return float(np.median(np.concatenate(self.samples[key]))) * self.scale
 
     def value_noise(self, key: tuple[Any, ...]) -> float:
         """Standard error of a cell's value, from the scatter of its per-pass medians (0 with one pass)."""
         meds = [float(np.median(x)) for x in self.samples[key]]
-        return float(np.std(meds, ddof=1) / np.sqrt(len(meds))) if len(meds) > 1 else 0.0
+        return float(np.std(meds, ddof=1) / np.sqrt(len(meds))) * self.scale if len(meds) > 1 else 0.0
 
     def iqr(self, key: tuple[Any, ...]) -> float:
         q1, q3 = np.percentile(np.concatenate(self.samples[key]), [25, 75])
-        return float(q3 - q1)
+        return float(q3 - q1) * self.scale
 
 
 def _key(what: str, cell: Any) -> tuple[Any, ...]:
@@ -218,6 +234,12 @@ def _workload(backend: Backend, key: tuple[Any, ...], space: Space, batch: int) 
         return backend.fixed(space.setting, key[1], batch)
     top_e = space.axes["embed_dim"][-1]
     return backend.overhead(space.tokens, top_e, batch)
+
+
+def reference_cell(space: Space) -> Cell:
+    """The block timed around every measurement to remove common-mode load: the space's middle."""
+    c = tuple(space.axes[a][len(space.axes[a]) // 2] for a in AXES)
+    return (c[0], c[1], c[2], c[3], c[4])
 
 
 def _header(space: Space, backend: Backend, s: BuildSettings) -> dict[str, Any]:
@@ -267,6 +289,15 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
         Journal(journal).append(header)
     jr = Journal(journal)
     counter = [0]
+    ref_cell = reference_cell(space)
+    ref_w = None
+    if s.reference:
+        ref_w = _workload(backend, ("block", *ref_cell), space, s.batch)
+        ref_w.time(max(s.warmup, 1))
+
+    def ref_time() -> float:
+        assert ref_w is not None
+        return float(np.median(ref_w.time(s.reference_runs)))
 
     def run(keys: Iterable[tuple[Any, ...]], label: str) -> None:
         keys = list(dict.fromkeys(keys))
@@ -283,15 +314,22 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
                 for k in batch_todo:
                     t0 = time.perf_counter()
                     w = _workload(backend, k, space, s.batch)
+                    ref: list[float] = []
                     if w is None:
                         samples = [0.0]
                     else:
                         w.time(s.warmup)
+                        if ref_w is not None:
+                            ref.append(ref_time())
                         samples = w.time(s.repeats)
+                        if ref_w is not None:
+                            ref.append(ref_time())
                         w.close()
                     rec = {"type": "measure", "what": k[0], "cell": list(k[1:]) if k[0] == "block" else
                            (k[1] if k[0] == "fixed" else None), "pass": p, "samples": samples,
                            "dt": round(time.perf_counter() - t0, 6)}
+                    if ref:
+                        rec["ref"] = ref
                     jr.append(rec)
                     state.add(rec)
                     counter[0] += 1
@@ -345,7 +383,13 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
         "measurement": {"warmup": s.warmup, "repeats": s.repeats, "passes": s.passes,
                         "statistic": "median of passes x repeats samples", "spread": "interquartile range (s)",
                         "clock": header["clock"], "order": "random per pass, passes interleaved in time",
-                        "overhead_subtracted_s": overhead},
+                        "overhead_subtracted_s": overhead,
+                        "reference": None if not s.reference else {
+                            "cell": dict(zip(AXES, ref_cell, strict=True)), "median_s": state.scale,
+                            "runs": s.reference_runs,
+                            "note": "every sample is divided by the reference block timed just before and after "
+                                    "it and multiplied by the reference's median over the build (removes "
+                                    "common-mode load changes on a shared machine)"}},
         "backend_settings": {k: v for k, v in info.items()
                              if k not in ("backend", "backend_version", "device", "dtype")},
         "space": space.to_dict(),

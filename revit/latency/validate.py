@@ -5,6 +5,10 @@ grid and none was measured while building).  Each model is timed with the table'
 (warm-up, repeats, passes in random order).  One config is additionally measured as ``noise_k``
 independent copies in the same run: the spread of those copies is the *noise floor*, the error
 a perfect predictor would still show on this machine at this moment.
+
+When the table was built with a reference block (see :mod:`revit.latency.profiler`), each model's
+samples are divided by the same reference timed around them and scaled by the table's reference
+median, so build-time and validation-time load levels cancel; the raw figures are kept as well.
 """
 
 from __future__ import annotations
@@ -64,6 +68,22 @@ class ValidationResult:
     measured: list[float]
     noise_measurements: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    raw_measured: list[float] = field(default_factory=list)
+    raw_noise_measurements: list[float] = field(default_factory=list)
+    normalised: bool = False
+
+    @property
+    def raw_mape(self) -> float:
+        """MAPE against the measurements before reference normalisation (same as ``mape`` without one)."""
+        p, m = np.asarray(self.predicted), np.asarray(self.raw_measured or self.measured)
+        return float(np.mean(np.abs((p - m) / m)))
+
+    @property
+    def raw_noise_floor(self) -> float | None:
+        m = np.asarray(self.raw_noise_measurements or self.noise_measurements)
+        if m.size < 2:
+            return None
+        return float(np.mean(np.abs(m - np.median(m)) / np.median(m)))
 
     @property
     def rel_errors(self) -> np.ndarray:
@@ -93,6 +113,7 @@ class ValidationResult:
     def to_dict(self) -> dict[str, Any]:
         return {"samples": len(self.configs), "mape": self.mape, "worst": self.worst, "bias": self.bias,
                 "noise_floor": self.noise_floor, "noise_measurements": self.noise_measurements,
+                "normalised": self.normalised, "raw_mape": self.raw_mape, "raw_noise_floor": self.raw_noise_floor,
                 "seconds": round(self.seconds, 1),
                 "rows": [{"embed_dim": c.embed_dim, "predicted_s": p, "measured_s": m, "error": (p - m) / m}
                          for c, p, m in zip(self.configs, self.predicted, self.measured, strict=True)]}
@@ -134,10 +155,19 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
     from tqdm import tqdm
 
     items = list(range(len(cfgs))) + [-(k + 1) for k in range(noise_k if cfgs else 0)]
+    ref_info = meas.get("reference")
+    ref_w = None
+    if ref_info:
+        c = ref_info["cell"]
+        ref_w = backend.block(int(c["embed_dim"]), BlockDims(int(c["heads"]), int(c["qk_dim"]), int(c["v_dim"]),
+                                                             int(c["mlp_dim"])), table.tokens, batch)
+        ref_w.time(max(warmup, 1))
+    ref_runs = int(ref_info.get("runs", 3)) if ref_info else 0
     with tempfile.TemporaryDirectory() as tmp:
         loads = {i: _model_workload(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
                  for i in items}
         got: dict[int, list[float]] = {i: [] for i in items}
+        ratio: dict[int, list[float]] = {i: [] for i in items}
         bar = tqdm(total=len(items) * passes, desc="validate", unit="model", disable=not progress, leave=False)
         rng = random.Random(seed)
         for _ in range(passes):
@@ -146,11 +176,22 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
             for i in order:
                 w = loads[i]
                 w.time(warmup)
-                got[i] += w.time(repeats)
+                r0 = float(np.median(ref_w.time(ref_runs))) if ref_w is not None else 1.0
+                t = w.time(repeats)
+                r1 = float(np.median(ref_w.time(ref_runs))) if ref_w is not None else 1.0
+                got[i] += t
+                ratio[i] += [x / ((r0 + r1) / 2) for x in t]
                 bar.update(1)
         bar.close()
         for w in loads.values():
             w.close()
-    measured = [float(np.median(got[i])) for i in range(len(cfgs))]
-    noise = [float(np.median(got[i])) for i in items if i < 0]
-    return ValidationResult(cfgs, predicted, measured, noise, time.perf_counter() - t_start)
+    raw = [float(np.median(got[i])) for i in range(len(cfgs))]
+    raw_noise = [float(np.median(got[i])) for i in items if i < 0]
+    if ref_w is None:
+        return ValidationResult(cfgs, predicted, raw, raw_noise, time.perf_counter() - t_start, raw, raw_noise)
+    ref_w.close()
+    assert ref_info is not None
+    scale = float(ref_info["median_s"])
+    measured = [float(np.median(ratio[i])) * scale for i in range(len(cfgs))]
+    noise = [float(np.median(ratio[i])) * scale for i in items if i < 0]
+    return ValidationResult(cfgs, predicted, measured, noise, time.perf_counter() - t_start, raw, raw_noise, True)
