@@ -104,17 +104,12 @@ def run(args: argparse.Namespace) -> int:
         latency_budget,
         load_rule,
         macs_budget,
-        parse_granularity,
         uniform_rule,
     )
-    from revit.rules.granularity import PRESETS as GRANULARITY_PRESETS
 
     setting = _setting(args)
     if args.uniform:
-        if args.head_dim is None:  # 64 as DeiT; 24 (the micro preset's heads) with the micro granularity
-            micro = parse_granularity(args.granularity, setting.img_size) == GRANULARITY_PRESETS["micro"]
-            args.head_dim = 24 if micro else 64
-        rule = uniform_rule(head_dim=args.head_dim)
+        rule = uniform_rule(head_dim=args.head_dim or 0)  # 0: 64, or 24 with the micro granularity
     else:
         if args.head_dim is not None:
             raise ConfigError("--head-dim applies to --uniform only (a rule sets its own head widths)")

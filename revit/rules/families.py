@@ -170,12 +170,16 @@ class LessMoreLess(RuleFamily):
 
 @FAMILIES.register("uniform")
 class Uniform(RuleFamily):
-    """DeiT-style baseline: every block equal, heads = E/head_dim (at least 1), MLP = ratio * E."""
+    """DeiT-style baseline: every block equal, heads = E/head_dim (at least 1), MLP = ratio * EMB.
+
+    ``head_dim`` 0 means auto: 64 (DeiT) with the standard granularity, 24 (the micro preset's
+    heads) when the granularity's QK step is below 8.
+    """
 
     name = "uniform"
-    description = "DeiT-style uniform blocks: heads of head_dim, MLP = mlp_ratio * EMB"
+    description = "DeiT-style uniform blocks: heads of head_dim (auto 64, micro 24), MLP = mlp_ratio * EMB"
     params = {
-        "head_dim": ParamSpec(64.0, 1.0, 1024.0, "QK and V width per head"),
+        "head_dim": ParamSpec(0.0, 0.0, 1024.0, "QK and V width per head (0 = auto: 64, or 24 when micro)"),
         "mlp_ratio": ParamSpec(4.0, 0.05, 32.0, "MLP width per EMB channel"),
     }
 
@@ -189,9 +193,15 @@ class Uniform(RuleFamily):
             raise ConfigError(f"{source}: head_dim must be an integer, got {out['head_dim']}")
         return out
 
+    @staticmethod
+    def head_dim(params: Mapping[str, float], gran: Granularity) -> int:
+        """The head width used: the parameter, or the auto default for the granularity."""
+        hd = int(params["head_dim"])
+        return hd if hd > 0 else (64 if gran.qk >= 8 else 24)
+
     def blocks(self, params: Mapping[str, float], embed_dim: int, depth: int, gran: Granularity,
                mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
-        hd = int(params["head_dim"])
+        hd = self.head_dim(params, gran)
         heads = max(1, int(math.floor(embed_dim / hd + 0.5)))
         base = params["mlp_ratio"] * embed_dim
         mlp = int(base) if mlp_factor == 1.0 and base == int(base) else round_to(base * mlp_factor, gran.mlp)

@@ -145,8 +145,8 @@ def shipped_rules() -> dict[str, Path]:
     return {p.stem: p for p in sorted(d.glob("*.yaml"), key=lambda q: q.stem)} if d.is_dir() else {}
 
 
-def uniform_rule(head_dim: int = 64, mlp_ratio: float = 4.0) -> Rule:
-    """The DeiT-style uniform baseline as a rule (head_dim per head, MLP = mlp_ratio * EMB)."""
+def uniform_rule(head_dim: int = 0, mlp_ratio: float = 4.0) -> Rule:
+    """The DeiT-style uniform baseline as a rule (head_dim per head, 0 = auto; MLP = mlp_ratio * EMB)."""
     return Rule(name="uniform", family="uniform", params={"head_dim": head_dim, "mlp_ratio": mlp_ratio},
                 description="DeiT-style uniform baseline")
 
