@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise-k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--model-source", default="graph", choices=("graph", "revit-models"))
+    ap.add_argument("--export-check", type=int, default=5,
+                    help="also validate N configs exported by revit.models (torch.onnx, ~8 s each); 0 to skip")
     ap.add_argument("--progress", action="store_true")
     a = ap.parse_args(argv)
 
@@ -68,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     if floor is not None:
         print(f"noise floor   {floor:.2%} (one config measured {len(r.noise_measurements)} times in the same run)"
               f"   MAPE / noise floor = {r.mape / max(floor, 1e-12):.1f}x")
+    if r.normalised:
+        print(f"raw           without load normalisation: MAPE {r.raw_mape:.2%}, noise floor "
+              f"{(r.raw_noise_floor or 0):.2%}")
+    if a.export_check > 0:
+        try:
+            import revit.models  # noqa: F401
+        except ImportError:
+            print("export check  skipped: revit.models is not available")
+        else:
+            x = validate(table, backend, a.export_check, seed=a.seed + 100, noise_k=0, model_source="revit-models",
+                         progress=a.progress)
+            print(f"export check  {a.export_check} configs exported by revit.models (torch.onnx dynamo): "
+                  f"MAPE {x.mape:.2%}, worst {x.worst:.2%}, bias {x.bias:+.2%}")
     ok = r.mape <= 0.05
     print("verdict       " + ("MAPE <= 5%" if ok else "MAPE > 5%: compare with the noise floor above"))
     return 0

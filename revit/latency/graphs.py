@@ -57,7 +57,7 @@ def block_shapes(dims: BlockDims) -> dict[str, np.ndarray]:
         "q_shape": np.array([0, 0, h, q], np.int64),
         "v_shape": np.array([0, 0, h, v], np.int64),
         "merge_shape": np.array([0, 0, h * v], np.int64),
-        "scale": np.array(q ** -0.5, np.float32),
+        "scale": np.array(q ** -0.25, np.float32),  # applied to q and to k: product q ** -0.5
     }
 
 
@@ -85,8 +85,10 @@ def _block_nodes(p: str, x: str, w: Mapping[str, str], s: Mapping[str, str], out
         n("Transpose", [p + "k1"], "kt", perm=[0, 2, 3, 1]),
         n("Reshape", [p + "v0", s["v_shape"]], "v1"),
         n("Transpose", [p + "v1"], "v", perm=[0, 2, 1, 3]),
-        n("MatMul", [p + "q", p + "kt"], "scores0"),
-        n("Mul", [p + "scores0", s["scale"]], "scores"),
+        # scale split over q and k (sqrt each), as torch's exporter writes scaled_dot_product_attention
+        n("Mul", [p + "q", s["scale"]], "qs"),
+        n("Mul", [p + "kt", s["scale"]], "kts"),
+        n("MatMul", [p + "qs", p + "kts"], "scores"),
         n("Softmax", [p + "scores"], "attn", axis=-1),
         n("MatMul", [p + "attn", p + "v"], "ctx0"),
         n("Transpose", [p + "ctx0"], "ctx1", perm=[0, 2, 1, 3]),
@@ -97,12 +99,12 @@ def _block_nodes(p: str, x: str, w: Mapping[str, str], s: Mapping[str, str], out
         n("LayerNormalization", [p + "x1", w["ln2_w"], w["ln2_b"]], "ln2", axis=-1, epsilon=LN_EPS),
         n("MatMul", [p + "ln2", w["fc1_w"]], "fc1_0"),
         n("Add", [p + "fc1_0", w["fc1_b"]], "fc1"),
-        # exact GELU: x * 0.5 * (1 + erf(x / sqrt 2)); onnxruntime fuses the pattern
+        # exact GELU written as torch's exporter writes it: x * (0.5 * (1 + erf(x / sqrt 2)))
         n("Div", [p + "fc1", "c_sqrt2"], "g0"),
         n("Erf", [p + "g0"], "g1"),
         n("Add", [p + "g1", "c_one"], "g2"),
-        n("Mul", [p + "fc1", p + "g2"], "g3"),
-        n("Mul", [p + "g3", "c_half"], "gelu"),
+        n("Mul", ["c_half", p + "g2"], "g3"),
+        n("Mul", [p + "fc1", p + "g3"], "gelu"),
         n("MatMul", [p + "gelu", w["fc2_w"]], "fc2_0"),
         n("Add", [p + "fc2_0", w["fc2_b"]], "fc2"),
         H("Add", [p + "x1", p + "fc2"], [out], name=p + "out"),
@@ -165,8 +167,12 @@ def block_graph(embed_dim: int, dims: BlockDims, tokens: int, batch: int, seed: 
 
 
 def _front_back(setting: Mapping[str, Any], embed_dim: int, batch: int, rng: np.random.Generator,
-                blocks: list[tuple[BlockDims, bool]]) -> Any:
-    """Patch embedding + tokens -> ``blocks`` -> final norm -> head(s), as one graph."""
+                blocks: list[tuple[BlockDims, bool]], dynamic_batch: bool = False) -> Any:
+    """Patch embedding + tokens -> ``blocks`` -> final norm -> head(s), as one graph.
+
+    ``dynamic_batch`` makes the batch dimension symbolic, as ``revit model export-onnx`` does (it
+    changes which fusions onnxruntime applies); TensorRT gets static shapes.
+    """
     onnx = _onnx()
     nh, H, T = onnx.numpy_helper, onnx.helper.make_node, onnx.TensorProto
     vi = onnx.helper.make_tensor_value_info
@@ -181,7 +187,7 @@ def _front_back(setting: Mapping[str, Any], embed_dim: int, batch: int, rng: np.
 
     inits = _constants() + [
         nh.from_array(r(e, c, p, p), "patch_w"), nh.from_array(r(e), "patch_b"),
-        nh.from_array(np.array([batch, e, n_patch], np.int64), "patch_shape"),
+        nh.from_array(np.array([0 if dynamic_batch else batch, e, n_patch], np.int64), "patch_shape"),
         nh.from_array(r(1, tokens, e), "pos"),
         nh.from_array((1 + r(e)), "norm_w"), nh.from_array(r(e), "norm_b"),
     ]
@@ -193,7 +199,12 @@ def _front_back(setting: Mapping[str, Any], embed_dim: int, batch: int, rng: np.
     x = "pe2"
     if prefix:
         inits.append(nh.from_array(r(1, prefix, e), "prefix"))
-        inits.append(nh.from_array(np.array([batch, prefix, e], np.int64), "prefix_shape"))
+        if dynamic_batch:
+            inits.append(nh.from_array(np.array([prefix, e], np.int64), "prefix_tail"))
+            nodes += [H("Shape", ["image"], ["batch_dim"], name="batch_dim", start=0, end=1),
+                      H("Concat", ["batch_dim", "prefix_tail"], ["prefix_shape"], name="prefix_shape", axis=0)]
+        else:
+            inits.append(nh.from_array(np.array([batch, prefix, e], np.int64), "prefix_shape"))
         nodes += [H("Expand", ["prefix", "prefix_shape"], ["prefix_b"], name="prefix_expand"),
                   H("Concat", ["prefix_b", x], ["tok0"], name="concat_tokens", axis=1)]
         x = "tok0"
@@ -225,22 +236,24 @@ def _front_back(setting: Mapping[str, Any], embed_dim: int, batch: int, rng: np.
                       H("Mul", ["logits1", "c_half"], ["logits2"], name="avg_heads")]
             out = "logits2"
     nodes.append(H("Identity", [out], ["logits"], name="out"))
-    g = onnx.helper.make_graph(nodes, "revit_vit", [vi("image", T.FLOAT, [batch, c, img, img])],
-                               [vi("logits", T.FLOAT, [batch, classes if classes > 0 else e])], initializer=inits)
+    b: int | str = "B" if dynamic_batch else batch
+    g = onnx.helper.make_graph(nodes, "revit_vit", [vi("image", T.FLOAT, [b, c, img, img])],
+                               [vi("logits", T.FLOAT, [b, classes if classes > 0 else e])], initializer=inits)
     return _model(g)
 
 
-def fixed_graph(setting: Mapping[str, Any], embed_dim: int, batch: int, seed: int = 0) -> Any:
+def fixed_graph(setting: Mapping[str, Any], embed_dim: int, batch: int, seed: int = 0,
+                dynamic_batch: bool = False) -> Any:
     """Everything outside the blocks: patch embedding, prefix tokens + positions, final norm, head(s)."""
-    return _front_back(setting, embed_dim, batch, np.random.default_rng(seed), [])
+    return _front_back(setting, embed_dim, batch, np.random.default_rng(seed), [], dynamic_batch)
 
 
-def model_graph(cfg: ViTConfig, batch: int, seed: int = 0) -> Any:
+def model_graph(cfg: ViTConfig, batch: int, seed: int = 0, dynamic_batch: bool = False) -> Any:
     """A whole ViT of ``cfg`` with random weights (same operators as the block and fixed graphs)."""
     from revit.latency.table import config_setting
 
     return _front_back(config_setting(cfg), cfg.embed_dim, batch, np.random.default_rng(seed),
-                       [(b, cfg.qkv_bias) for b in cfg.blocks])
+                       [(b, cfg.qkv_bias) for b in cfg.blocks], dynamic_batch)
 
 
 def empty_graph(tokens: int, embed_dim: int) -> Any:

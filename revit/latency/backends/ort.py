@@ -132,12 +132,12 @@ class OrtBackend(Backend):
         return _Run(self, self._shared, feeds)
 
     def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
-        return self._image_run(graphs.fixed_graph(setting, embed_dim, batch), setting, batch)
+        return self._image_run(graphs.fixed_graph(setting, embed_dim, batch, dynamic_batch=True), setting, batch)
 
     def model(self, cfg: ViTConfig, batch: int) -> Workload:
         from revit.latency.table import config_setting
 
-        return self._image_run(graphs.model_graph(cfg, batch), config_setting(cfg), batch)
+        return self._image_run(graphs.model_graph(cfg, batch, dynamic_batch=True), config_setting(cfg), batch)
 
     def onnx_file(self, path: str, cfg: ViTConfig, batch: int) -> Workload:
         """Time an ONNX file (e.g. ``revit model export-onnx`` output) with this backend's settings."""
