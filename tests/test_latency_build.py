@@ -323,3 +323,32 @@ def test_reference_normalisation_removes_common_mode_load(tmp_path: Path, refere
         assert r.normalised and r.mape < 1e-6 and r.raw_mape > 0.05
     else:
         assert spread > 0.2 and t.metadata["measurement"]["reference"] is None
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_model_graph_computes_the_revit_model(distilled: bool) -> None:
+    """The whole-model graph validation times is the function of ``revit.models.build_model`` (same weights)."""
+    models = pytest.importorskip("revit.models")
+    import onnx.numpy_helper as nh
+
+    cfg = ViTConfig(embed_dim=24, blocks=tuple(DIMS), **{**SETTING, "distilled": distilled})  # type: ignore[arg-type]
+    g = graphs.model_graph(cfg, 2, dynamic_batch=True)
+    w = {i.name: torch.from_numpy(nh.to_array(i).copy()) for i in g.graph.initializer}
+    sd = {"cls_token": w["prefix"][:, :1], "pos_embed": w["pos"], "patch_embed.proj.weight": w["patch_w"],
+          "patch_embed.proj.bias": w["patch_b"], "norm.weight": w["norm_w"], "norm.bias": w["norm_b"],
+          "head.weight": w["head_w"].T, "head.bias": w["head_b"]}
+    if distilled:
+        sd.update({"dist_token": w["prefix"][:, 1:2], "head_dist.weight": w["headd_w"].T,
+                   "head_dist.bias": w["headd_b"]})
+    names = {"norm1": "ln1", "norm2": "ln2", "attn.qkv": "qkv", "attn.proj": "proj", "mlp.fc1": "fc1", "mlp.fc2": "fc2"}
+    for i in range(cfg.depth):
+        for mod, short in names.items():
+            wt = w[f"blk{i}_{short}_w"]
+            sd[f"blocks.{i}.{mod}.weight"] = wt if short.startswith("ln") else wt.T
+            sd[f"blocks.{i}.{mod}.bias"] = w[f"blk{i}_{short}_b"]
+    model = models.build_model(cfg).eval()
+    model.load_state_dict(sd)
+    img = np.random.default_rng(6).standard_normal((3, 1, 28, 28)).astype(np.float32)  # batch 3: dynamic
+    (y,) = _ort(g).run(None, {"image": img})
+    with torch.no_grad():
+        np.testing.assert_allclose(y, model(torch.from_numpy(img)).numpy(), rtol=1e-4, atol=1e-5)
