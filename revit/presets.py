@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from revit.config import BlockDims, ViTConfig, uniform
 from revit.errors import UnknownNameError
 
-_IMAGENET = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000)
+_IMAGENET: dict[str, Any] = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000)
 
 
 def _official_rule(embed_dim: int) -> tuple[BlockDims, ...]:

@@ -60,6 +60,11 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
+def size(ds: Dataset[Any]) -> int:
+    """Number of items of a map-style dataset (torch's Dataset type does not declare ``__len__``)."""
+    return len(ds)  # type: ignore[arg-type]
+
+
 # --- distributed helpers ------------------------------------------------------------------------
 def dist_info() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside torchrun."""
@@ -111,7 +116,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 def loader(ds: Dataset[Any], batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
            rank: int = 0, world: int = 1) -> DataLoader[Any]:
-    sampler = GlobalBatchSampler(len(ds), batch_size, seed, rank, world, shuffle, drop_last)  # type: ignore[arg-type]
+    sampler = GlobalBatchSampler(size(ds), batch_size, seed, rank, world, shuffle, drop_last)
     return DataLoader(ds, batch_sampler=sampler, num_workers=0)
 
 
@@ -131,7 +136,7 @@ def evaluate(model: nn.Module, ds: Dataset[Any], batch_size: int = 512) -> float
     if world > 1:
         dist.all_reduce(correct)
     model.train(was_training)
-    return float(correct[0] / max(correct[1], 1))
+    return float(correct[0]) / max(float(correct[1]), 1.0)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -143,8 +148,9 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases, norms and embeddings/tokens (as timm)."""
-    skip = getattr(model, "no_weight_decay", lambda: set())()
-    decay, no_decay = [], []
+    skip: set[str] = getattr(model, "no_weight_decay", lambda: set())()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -176,7 +182,7 @@ def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
     dl = loader(train_ds, cfg.batch_size, cfg.seed, rank=rank, world=world)
     steps_per_epoch = len(dl) if cfg.max_steps_per_epoch is None else min(len(dl), cfg.max_steps_per_epoch)
     if steps_per_epoch == 0:
-        raise ConfigError(f"training set of {len(train_ds)} images is smaller than one batch of {cfg.batch_size}")
+        raise ConfigError(f"training set of {size(train_ds)} images is smaller than one batch of {cfg.batch_size}")
     opt = make_optimizer(model, cfg)
     sched = CosineLRScheduler(opt, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.min_lr,
                               warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=cfg.lr * 0.01,
@@ -236,7 +242,7 @@ def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
             "epoch": epoch + 1, "train_loss": float(total[0] / total[1]), "steps": count,
             "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
         }
-        if val_ds is not None and len(val_ds) > 0:  # type: ignore[arg-type]
+        if val_ds is not None and size(val_ds) > 0:
             record["val_acc"] = evaluate(model, val_ds, cfg.eval_batch_size)
         result.history.append(record)
         if rank == 0:

@@ -137,7 +137,7 @@ def _image_folder(spec: DataSpec) -> tuple[Dataset[Any], Dataset[Any], int, int]
             full = datasets.ImageFolder(str(root), transform=tf)
             perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(spec.seed + 7919)).tolist()
             cut = int(0.9 * len(full))
-            train, test = Subset(full, perm[:cut]), Subset(full, perm[cut:])  # type: ignore[assignment]
+            train, test = Subset(full, perm[:cut]), Subset(full, perm[cut:])
             return train, test, len(full.classes), 3
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"{root}: not an ImageFolder tree ({e})") from None

@@ -97,8 +97,8 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], heads: int | list[int
         e, in_chans, p, _ = pw.shape
         depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
         pos = sd["pos_embed"].shape[1]
-    except KeyError as e:
-        raise CheckpointError(f"state dict lacks {e}: not a timm ViT/DeiT") from None
+    except KeyError as err:
+        raise CheckpointError(f"state dict lacks {err}: not a timm ViT/DeiT") from None
     class_token = "cls_token" in sd
     distilled = "dist_token" in sd
     prefix = int(class_token) + int(distilled)
@@ -121,7 +121,7 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], heads: int | list[int
         blocks.append(BlockDims(h, qk, attn_v // h, mlp))
     return ViTConfig(embed_dim=int(e), blocks=tuple(blocks), img_size=grid * int(p), patch_size=int(p),
                      in_chans=int(in_chans), num_classes=num_classes, distilled=distilled,
-                     class_token=class_token, qkv_bias=f"blocks.0.attn.qkv.bias" in sd)
+                     class_token=class_token, qkv_bias="blocks.0.attn.qkv.bias" in sd)
 
 
 def config_from_timm(model: nn.Module) -> ViTConfig:
@@ -140,6 +140,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         "global pool other than token/avg": model.global_pool not in ("token", "avg"),
         "patch-embed norm": not isinstance(getattr(model.patch_embed, "norm", nn.Identity()), nn.Identity),
     }
+    blk: Any
     for i, blk in enumerate(model.blocks):
         checks[f"layer scale (block {i})"] = not isinstance(blk.ls1, nn.Identity)
         checks[f"QK normalisation (block {i})"] = not isinstance(blk.attn.q_norm, nn.Identity)
@@ -152,7 +153,7 @@ def config_from_timm(model: nn.Module) -> ViTConfig:
         raise CheckpointError(f"{name}: average pooling with a class token is not supported")
     if model.global_pool == "token" and isinstance(model.norm, nn.Identity):
         raise CheckpointError(f"{name}: token pooling with fc_norm instead of norm is not supported")
-    heads = [int(b.attn.num_heads) for b in model.blocks]
+    heads = [int(b.attn.num_heads) for b in model.blocks]  # type: ignore[union-attr, arg-type]
     return config_from_state_dict(model.state_dict(), heads=heads)
 
 

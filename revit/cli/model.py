@@ -1,0 +1,119 @@
+"""``revit model info|export-onnx|convert``: inspect a config, export it, convert timm checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from revit import counting
+from revit.cli._common import add_command, info, print_json
+from revit.config import ViTConfig
+from revit.presets import resolve_config
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("model", help="inspect, export and convert models")
+    msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+
+    q = add_command(msub, "info", "dims per block, params and MACs (both conventions) of a model",
+                    "revit model info revit_small   |   revit model info pruned.yaml --json")
+    q.add_argument("model", help="registered name (revit_micro, revit_small, ...) or a ViT-config YAML")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_info)
+
+    e = add_command(msub, "export-onnx", "export a model (random init or a checkpoint) to ONNX",
+                    "revit model export-onnx revit_micro --out micro.onnx --checkpoint run/model.safetensors")
+    e.add_argument("model", help="registered name or ViT-config YAML")
+    e.add_argument("--out", required=True, help="ONNX file to write")
+    e.add_argument("--checkpoint", help="local .pth/.safetensors weights matching the config")
+    e.add_argument("--batch", type=int, default=2, help="example batch size (the batch axis stays dynamic)")
+    e.set_defaults(func=cmd_export)
+
+    c = add_command(msub, "convert", "convert a local timm ViT/DeiT checkpoint into a revit config + weights",
+                    "revit model convert deit_small_patch16_224 --checkpoint deit_s.pth --out runs/deit_s")
+    c.add_argument("timm_name", help="timm architecture of the checkpoint (e.g. deit_tiny_distilled_patch16_224)")
+    c.add_argument("--checkpoint", help="local weights file (.pth/.safetensors); without it, timm's random init")
+    c.add_argument("--out", required=True, help="folder for config.yaml and model.safetensors")
+    c.set_defaults(func=cmd_convert)
+
+
+def describe(cfg: ViTConfig) -> dict[str, Any]:
+    """Per-block dims and whole-model counts, as printed by ``model info``."""
+    return {
+        "name": cfg.name, "embed_dim": cfg.embed_dim, "depth": cfg.depth, "tokens": cfg.tokens,
+        "img_size": cfg.img_size, "patch_size": cfg.patch_size, "num_classes": cfg.num_classes,
+        "distilled": cfg.distilled,
+        "blocks": [{**b.to_dict(), "macs": counting.block_macs(cfg.embed_dim, b, cfg.tokens),
+                    "params": counting.block_params(cfg.embed_dim, b, cfg.qkv_bias)} for b in cfg.blocks],
+        "params": counting.params(cfg),
+        "macs": counting.macs(cfg, "nvit"),
+        "macs_linear_only": counting.macs(cfg, "timm"),
+        "conventions": {"macs": counting.CONVENTIONS["nvit"], "macs_linear_only": counting.CONVENTIONS["timm"]},
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args.model)
+    d = describe(cfg)
+    if args.json:
+        print_json(d)
+        return 0
+    fc = counting.format_count
+    print(f"{cfg.name or args.model}: embed {cfg.embed_dim}, depth {cfg.depth}, {cfg.tokens} tokens "
+          f"({cfg.img_size}px / patch {cfg.patch_size}), {cfg.num_classes} classes"
+          f"{', distilled' if cfg.distilled else ''}")
+    print(f"{'block':>5} {'heads':>5} {'qk/h':>5} {'v/h':>5} {'mlp':>6} {'MACs':>9} {'params':>9}")
+    for i, b in enumerate(d["blocks"]):
+        print(f"{i:>5} {b['heads']:>5} {b['qk_dim']:>5} {b['v_dim']:>5} {b['mlp_dim']:>6} "
+              f"{fc(b['macs']):>9} {fc(b['params']):>9}")
+    print(f"params {fc(d['params'])} ({d['params']:,})")
+    print(f"MACs   {fc(d['macs'])} ({d['macs']:,})  [{counting.CONVENTIONS['nvit']}]")
+    print(f"MACs   {fc(d['macs_linear_only'])} ({d['macs_linear_only']:,})  [{counting.CONVENTIONS['timm']}]")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from revit.models import build_model
+    from revit.models.export import export_onnx
+
+    cfg = resolve_config(args.model)
+    model = build_model(cfg, checkpoint=args.checkpoint)
+    x = torch.randn(args.batch, cfg.in_chans, cfg.img_size, cfg.img_size)
+    path = export_onnx(model, args.out, x)
+    info(f"wrote {path} (input 'images' [batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}], output 'logits')")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import timm
+    from safetensors.torch import save_file
+
+    from revit._io import atomic_write_bytes
+    from revit.errors import ConfigError
+    from revit.models import from_timm, load_state_dict
+
+    try:
+        tm = timm.create_model(args.timm_name, pretrained=False)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown timm model {args.timm_name!r} ({e})") from None
+    if args.checkpoint:
+        from revit.models.checkpoint import check_compatible
+
+        sd = load_state_dict(args.checkpoint)
+        check_compatible(tm, sd, args.checkpoint)
+        tm.load_state_dict(sd)
+    model = from_timm(tm)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save(out / "config.yaml")  # type: ignore[union-attr, operator]
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f.name)
+        atomic_write_bytes(out / "model.safetensors", Path(f.name).read_bytes())
+    info(f"wrote {out / 'config.yaml'} and {out / 'model.safetensors'}")
+    return 0

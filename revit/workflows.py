@@ -1,0 +1,80 @@
+"""Library entry points behind the thin CLI commands (train a config into a run folder, the demo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from revit._io import atomic_write_text
+from revit.config import ViTConfig
+from revit.data import DataSpec
+from revit.errors import ConfigError
+from revit.train import TrainConfig
+
+
+def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
+    """Write a state dict as safetensors, atomically."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.PathLike[str], *,
+                 init: str | None = None, teacher: str | None = None, teacher_weights: str | None = None,
+                 resume: bool = False, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` on ``data`` into run folder ``out``; returns the metrics written to metrics.json."""
+    import torch
+
+    from revit import counting
+    from revit.data import load_splits
+    from revit.models import build_model
+    from revit.presets import resolve_config
+    from revit.train import dist_info, evaluate, init_distributed, size, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    rank, _ = init_distributed()
+    splits = load_splits(data)
+    if (splits.in_chans, splits.num_classes) != (cfg.in_chans, cfg.num_classes):
+        raise ConfigError(f"config expects {cfg.in_chans} channel(s) and {cfg.num_classes} classes; "
+                          f"{data.source} has {splits.in_chans} and {splits.num_classes}")
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, checkpoint=init, drop_path_rate=tc.drop_path_rate)
+    t_model = None
+    if teacher:
+        t_model = build_model(resolve_config(teacher), checkpoint=teacher_weights)
+    out = Path(out)
+    if not resume and (out / "checkpoint.pt").exists():
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+    t0 = time.perf_counter()
+    result = train(model, splits.train, splits.val, tc, out, teacher=t_model, resume=resume, progress=progress)
+    test_acc = evaluate(model, splits.test, tc.eval_batch_size)
+    metrics = {
+        "test_acc": test_acc, "val_acc": result.final.get("val_acc"), "train_loss": result.final.get("train_loss"),
+        "epochs": tc.epochs, "seconds": time.perf_counter() - t0,
+        "seconds_per_epoch": sum(r["seconds"] for r in result.history) / max(len(result.history), 1),
+        "macs": counting.macs(cfg), "params": counting.params(cfg), "train_images": size(splits.train),
+    }
+    if dist_info()[0] == 0:
+        save_weights(model, out / "model.safetensors")
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+        if progress:
+            print(f"test top-1 {test_acc:.4f}  ({size(splits.test)} images)  -> {out}", flush=True)
+    return metrics

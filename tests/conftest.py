@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny configs and models built in the tests (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture
+def tiny_cfg():
+    from revit.config import BlockDims, ViTConfig
+
+    return ViTConfig(embed_dim=32, blocks=(BlockDims(2, 8, 16, 64), BlockDims(3, 4, 8, 40), BlockDims(1, 16, 4, 24)),
+                     img_size=16, patch_size=4, in_chans=1, num_classes=5)
+
+
+def run_cli(args, capsys=None):
+    """Run ``revit ARGS`` in-process; returns (code, stdout, stderr) when capsys is given."""
+    from revit.cli.main import main
+
+    code = main([str(a) for a in args])
+    if capsys is None:
+        return code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cli(capsys):
+    return lambda *args: run_cli(args, capsys)
+
+
+def python() -> str:
+    return sys.executable
