@@ -3,14 +3,15 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 
-.PHONY: setup data demo test test-slow lint bench clean
+.PHONY: setup data test-deps demo test test-slow lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
 	# torch first, pinned to the builds that import beside torchvision here
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q -e '.[dev,postgres]'
@@ -27,7 +28,14 @@ data:
 demo: setup
 	$(BIN)/revit demo --out runs/demo
 
-test: setup
+# the study tests start a real PostgreSQL server (Debian's postgresql package)
+test-deps:
+	@if [ -z "$(PG_INITDB)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q postgresql; \
+	  else echo "PostgreSQL server missing: 'sudo apt-get install postgresql' (its tests are skipped without it)"; fi; \
+	fi
+
+test: setup test-deps
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
