@@ -1,7 +1,8 @@
 """PyTorch backend: eager modules (optionally ``torch.compile``), CUDA events on GPU.
 
-Blocks and fixed parts are :mod:`revit.latency.torch_ref` modules; whole models come from
-``revit.models.build_model`` when available (the model the pruner produces), else the reference.
+Blocks, fixed parts and whole models come from ``revit.models`` when it is available (the modules
+the pruner produces: a ``Block``, and a model whose ``blocks`` are emptied for the fixed parts), so
+per-module overheads of eager mode are the model's own; otherwise from :mod:`revit.latency.torch_ref`.
 """
 
 from __future__ import annotations
@@ -77,15 +78,31 @@ class TorchBackend(Backend):
         return _TorchRun(self, m, x.to(self.device, self.tdtype))
 
     def block(self, embed_dim: int, dims: BlockDims, tokens: int, batch: int) -> Workload:
-        from revit.latency.torch_ref import Block
+        m: Any
+        try:
+            from revit.models.layers import Block
 
-        return self._prep(Block(embed_dim, dims), self.torch.randn(batch, tokens, embed_dim))
+            m = Block(embed_dim, dims)
+        except ImportError:
+            from revit.latency.torch_ref import Block as RefBlock
+
+            m = RefBlock(embed_dim, dims)
+        return self._prep(m, self.torch.randn(batch, tokens, embed_dim))
 
     def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
-        from revit.latency.torch_ref import ViT
-
         s = int(setting["img_size"])
-        return self._prep(ViT(setting, embed_dim, []), self.torch.randn(batch, int(setting["in_chans"]), s, s))
+        x = self.torch.randn(batch, int(setting["in_chans"]), s, s)
+        m: Any
+        try:
+            from revit.models import build_model
+
+            m = build_model(ViTConfig(embed_dim=embed_dim, blocks=(BlockDims(1, 1, 1, 1),), **setting))
+            m.blocks = self.torch.nn.Sequential()
+        except ImportError:
+            from revit.latency.torch_ref import ViT
+
+            m = ViT(setting, embed_dim, [])
+        return self._prep(m, x)
 
     def model(self, cfg: ViTConfig, batch: int) -> Workload:
         m: Any
