@@ -107,3 +107,23 @@ def test_process_exit_code_is_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "revit", "model", "info", str(tmp_path / "x.yaml")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file" in r.stderr
+
+
+def test_convert_local_timm_checkpoint(cli, tmp_path):
+    import timm
+
+    from revit.models import build_model
+    from revit.presets import resolve_config
+
+    t = timm.create_model("deit_tiny_distilled_patch16_224")
+    torch.save({"model": t.state_dict()}, tmp_path / "deit.pth")
+    code, _, err = cli("model", "convert", "deit_tiny_distilled_patch16_224", "--checkpoint", tmp_path / "deit.pth",
+                       "--out", tmp_path / "conv")
+    assert code == 0, err
+    cfg = resolve_config(str(tmp_path / "conv" / "config.yaml"))
+    r = build_model(cfg, checkpoint=tmp_path / "conv" / "model.safetensors").eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(r(x), t.eval()(x), atol=1e-5, rtol=0)
+    _one_line_error(*cli("model", "convert", "deit_small_patch16_224", "--checkpoint", tmp_path / "deit.pth",
+                         "--out", tmp_path / "bad"), "shape mismatch")

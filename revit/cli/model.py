@@ -33,6 +33,8 @@ def register(sub: Any) -> None:
                     "revit model convert deit_small_patch16_224 --checkpoint deit_s.pth --out runs/deit_s")
     c.add_argument("timm_name", help="timm architecture of the checkpoint (e.g. deit_tiny_distilled_patch16_224)")
     c.add_argument("--checkpoint", help="local weights file (.pth/.safetensors); without it, timm's random init")
+    c.add_argument("--pretrained", action="store_true",
+                   help="download timm's weights from the hub (needs network; prefer --checkpoint FILE)")
     c.add_argument("--out", required=True, help="folder for config.yaml and model.safetensors")
     c.set_defaults(func=cmd_convert)
 
@@ -96,10 +98,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from revit.errors import ConfigError
     from revit.models import from_timm, load_state_dict
 
+    from revit.errors import CheckpointError
+
+    if args.pretrained and args.checkpoint:
+        raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")
     try:
         tm = timm.create_model(args.timm_name, pretrained=False)
     except RuntimeError as e:
         raise ConfigError(f"unknown timm model {args.timm_name!r} ({e})") from None
+    if args.pretrained:
+        try:
+            tm = timm.create_model(args.timm_name, pretrained=True)
+        except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "no weights"
+            raise CheckpointError(f"could not download {args.timm_name} weights ({type(e).__name__}); "
+                                  "offline? pass a local file with --checkpoint FILE") from None
     if args.checkpoint:
         from revit.models.checkpoint import check_compatible
 
