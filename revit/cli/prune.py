@@ -1,0 +1,109 @@
+"""``revit prune``: global Hessian-aware, latency-aware pruning of a ViT to a MACs or latency target."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from revit.cli._common import add_command, info
+
+CRITERIA_NAMES = ("hessian", "nvit-code", "taylor", "magnitude", "random")
+
+
+def register(sub: Any) -> None:
+    p = add_command(sub, "prune", "prune a ViT globally (NViT saliency, latency/MACs penalty) and export it",
+                    "revit prune --model revit_micro --checkpoint runs/micro-base/model.safetensors "
+                    "--data fashion-mnist --target-macs 0.5 --out runs/micro-prune\n"
+                    "  torchrun --nproc-per-node 2 -m revit prune --model revit_micro --data digits "
+                    "--target-latency 0.6 --table latency_tables/X.json --out runs/p")
+    p.add_argument("--model", required=True, help="registered name or ViT-config YAML")
+    p.add_argument("--checkpoint", help="weights to start from (.safetensors/.pth matching the config)")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits, or an ImageFolder path")
+    p.add_argument("--train-limit", type=int, help="use this many training images (default: all)")
+    p.add_argument("--val-size", type=int, default=5000, help="images held out of the training set")
+    p.add_argument("--test-limit", type=int, help="score the pruned model on this many test images (0: none)")
+    tgt = p.add_mutually_exclusive_group(required=True)
+    tgt.add_argument("--target-macs", type=float, metavar="R", help="stop at R x the base MACs (0 < R < 1)")
+    tgt.add_argument("--target-latency", type=float, metavar="R", help="stop at R x the base latency (needs --table)")
+    p.add_argument("--table", help="latency table (JSON) for --target-latency and the latency penalty")
+    p.add_argument("--criterion", default="hessian", choices=CRITERIA_NAMES)
+    p.add_argument("--interval", type=int, default=100, help="batches between pruning steps (NViT: 100)")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--per-step", type=int, help="units removed per step (default 2, as NViT)")
+    step.add_argument("--step-fraction", type=float, help="remove units until the cost fell by this fraction "
+                                                          "of the base cost per step")
+    p.add_argument("--eta", type=float, default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
+                                                         "weighs a median saliency; 0 = no penalty")
+    p.add_argument("--granularity", default="auto", help="auto, standard, micro, one, or E,H,QK,V,MLP steps")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (split across processes)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate while pruning (constant)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL to the unpruned model")
+    p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the cross-entropy")
+    p.add_argument("--temperature", type=float, default=3.0, help="distillation temperature (NViT: 3)")
+    p.add_argument("--eval-size", type=int, default=1000, help="held-out images scored at every step (0: none)")
+    p.add_argument("--max-steps", type=int, default=10000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the batch order")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--out", required=True, help="run folder: trace.jsonl, pruned.yaml/.safetensors, metrics, plots")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from RUN_DIR/state.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prune)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from revit.data import DataSpec, load_splits
+    from revit.errors import ConfigError
+    from revit.models import build_model
+    from revit.presets import resolve_config
+    from revit.prune import PruneConfig, Pruner
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = None
+    if args.target_latency is not None and not args.table:
+        raise ConfigError("--target-latency needs --table TABLE.json")
+    cfg = resolve_config(args.model)
+    if args.table:
+        from revit.errors import TableRangeError
+        from revit.latency.table import LatencyTable
+
+        table = LatencyTable.load(args.table)
+        try:
+            table.predict(cfg)
+        except TableRangeError as e:
+            raise TableRangeError(f"the latency table does not cover the model: {str(e).split('; pass')[0]}") from None
+    pc = PruneConfig(
+        target=args.target_latency if args.target_latency is not None else args.target_macs,
+        target_kind="latency" if args.target_latency is not None else "macs",
+        criterion=args.criterion, interval=args.interval,
+        per_step=None if args.step_fraction is not None else (args.per_step or 2), step_fraction=args.step_fraction,
+        eta=args.eta, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        kl_weight=args.kl_weight, ce_weight=args.ce_weight, temperature=args.temperature,
+        granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,
+    )
+    if args.target_latency is None and table is not None:
+        info("note: the latency table sets the penalty; the run stops on the MACs target")
+    torch.manual_seed(args.seed)
+    splits = load_splits(DataSpec(source=args.data, train_limit=args.train_limit, val_size=args.val_size,
+                                  test_limit=args.test_limit or None, seed=args.seed, img_size=cfg.img_size))
+    if splits.num_classes != cfg.num_classes or splits.in_chans != cfg.in_chans:
+        raise ConfigError(f"{args.data} has {splits.num_classes} classes and {splits.in_chans} channel(s); the model "
+                          f"expects {cfg.num_classes} and {cfg.in_chans}")
+    model = build_model(cfg, checkpoint=args.checkpoint)
+    pruner = Pruner(model, splits.train, splits.val, pc, args.out, table=table, resume=args.resume,
+                    progress=not args.no_progress, test_ds=None if args.test_limit == 0 else splits.test)
+    res = pruner.run()
+    if pruner.rank == 0:
+        m = res.metrics
+        from revit.counting import format_count
+
+        acc = " ".join(f"{k}={m[k]:.4f}" for k in ("val_accuracy", "test_accuracy") if k in m)
+        info(f"pruned in {res.steps} steps: MACs {format_count(m['base']['macs'])} -> "
+             f"{format_count(m['pruned']['macs'])} ({m['macs_ratio']:.3f}), params {format_count(m['base']['params'])}"
+             f" -> {format_count(m['pruned']['params'])}, {pruner.cost.name} ratio {m['cost_ratio']:.3f}; {acc}; "
+             f"absolute eta {m['eta_abs']}; dense vs masked max |diff| {m['dense_vs_masked_max_abs_diff']:.2e}")
+        info(f"wrote {args.out}/trace.jsonl, pruned.yaml, pruned.safetensors, metrics.json, plots/")
+    return 0
