@@ -92,13 +92,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import timm
-    from safetensors.torch import save_file
 
-    from revit._io import atomic_write_bytes
-    from revit.errors import ConfigError
+    from revit.errors import CheckpointError, ConfigError
     from revit.models import from_timm, load_state_dict
-
-    from revit.errors import CheckpointError
+    from revit.workflows import save_weights
 
     if args.pretrained and args.checkpoint:
         raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")
@@ -122,10 +119,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model.config.save(out / "config.yaml")  # type: ignore[union-attr, operator]
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f.name)
-        atomic_write_bytes(out / "model.safetensors", Path(f.name).read_bytes())
+    save_weights(model, out / "model.safetensors")
     info(f"wrote {out / 'config.yaml'} and {out / 'model.safetensors'}")
     return 0
