@@ -15,7 +15,10 @@ from revit.errors import ConfigError
 
 def register(sub: Any) -> None:
     p = sub.add_parser("latency", help="build, import, query and validate latency tables",
-                       description="Latency tables: one block's latency on a grid, whole-model prediction.")
+                       description="Latency tables: one block's latency on a grid, whole-model prediction.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  revit latency query latency_tables/cpu_onnxruntime_fp32_bs64_t17.json "
+                              "revit_micro --savings")
     lsub = p.add_subparsers(dest="latency_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
 
