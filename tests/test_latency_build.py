@@ -258,19 +258,27 @@ def test_validation_of_an_exact_table_has_zero_error(tmp_path: Path) -> None:
 
 
 def test_real_build_and_validate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A 4-cell onnxruntime table, its query and validate commands (small, seconds)."""
+    """A 4-cell onnxruntime table from a space YAML through the CLI, then query and validate (seconds)."""
+    import yaml
+
     space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
                   SETTING, depth=2)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space.to_dict()))
     out = tmp_path / "t.json"
-    t = build_table(space, get_backend("onnxruntime", clock="thread"), out,
-                    BuildSettings(batch=4, passes=1, repeats=3, warmup=1, design="full"), progress=False)
+    assert main(["latency", "build", "--space", str(tmp_path / "space.yaml"), "--design", "full", "--batch", "4",
+                 "--passes", "1", "--repeats", "3", "--warmup", "1", "--out", str(out), "--no-progress"]) == 0
+    t = LatencyTable.load(out)
     assert t.metadata["measurement"]["clock"] == "thread" and t.metadata["backend_settings"]["intra_op_threads"] == 1
-    assert (t.values > 0).all() and t.fixed is not None
-    back = LatencyTable.load(out)
-    assert back.metadata == t.metadata
+    assert t.metadata["space"] == space.to_dict() and t.n_cells == 4
+    assert (t.values > 0).all() and t.fixed is not None and t.fixed.setting == SETTING
+    capsys.readouterr()
     assert main(["latency", "validate", str(out), "--samples", "3", "--noise-k", "2", "--json", "--no-progress"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["samples"] == 3 and res["mape"] < 1.0 and res["noise_floor"] is not None
+    assert res["samples"] == 3 and res["mape"] < 1.0 and res["noise_floor"] is not None and res["normalised"]
+    cfg = random_configs(t, 1, seed=9)[0]
+    cfg.save(tmp_path / "c.yaml")
+    assert main(["latency", "query", str(out), str(tmp_path / "c.yaml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_s"] == pytest.approx(t.predict(cfg).total_s)
 
 
 class LoadedBackend(FakeBackend):
