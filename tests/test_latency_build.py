@@ -235,11 +235,17 @@ def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="different settings"):
         build_table(space, FakeBackend(lambda e, d: 3.0), out, BuildSettings(passes=3, repeats=2, warmup=0,
                     design="full", reference=False), resume=True, progress=False)
+    # killed again after 3 more measurements: the journal stays readable (the partial line was dropped)
+    with pytest.raises(Stop):
+        build_table(space, FakeBackend(lambda e, d: 3.0), out, s, resume=True, progress=False,
+                    on_measure=stop_after(3))
+    _, recs2 = Journal(journal_path(out)).read()
+    assert recs2[:6] == recs and len(recs2) == 9
     second = FakeBackend(lambda e, d: 3.0)
     t = build_table(space, second, out, s, resume=True, progress=False)
     # 8 cells x 2 passes, + overhead (None here) x 2, + 2 fixed x 2 = 22 measurements; 6 were kept
     first_blocks = [r for r in recs if r["what"] == "block"]
-    assert second.calls == 16 - len(first_blocks)
+    assert second.calls == 16 - len([r for r in recs2 if r["what"] == "block"])
     by_pass = {tuple(r["cell"]) for r in first_blocks}
     for cell in by_pass:  # measured once by each backend: median of [1, 1, 3, 3] = 2
         idx = tuple(t.axes[a].index(float(v)) for a, v in zip(t.axes, cell, strict=True))

@@ -91,6 +91,13 @@ class Journal:
         finally:
             os.close(fd)
 
+    def repair(self) -> None:
+        """Drop a partial last line (a crash mid-write) so that further appends start on a fresh line."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+
     def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Header and records; a truncated last line (a crash mid-write) is dropped, other damage is an error."""
         lines = self.path.read_bytes().split(b"\n")
@@ -101,7 +108,7 @@ class Journal:
             try:
                 recs.append(json.loads(raw))
             except json.JSONDecodeError:
-                if i >= len(lines) - 2:  # the last line, cut short by a crash
+                if i == len(lines) - 1:  # no newline after it: cut short by a crash
                     continue
                 raise FileFormatError(f"{self.path}: line {i + 1} is corrupted; delete the journal to rebuild") \
                     from None
@@ -279,6 +286,7 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
             raise ConfigError(f"{journal} exists (an unfinished build); pass --resume to continue it or delete it")
         old, recs = Journal(journal).read()
         _check_resume(old, header, Journal(journal))
+        Journal(journal).repair()
         header = old
         for r in recs:
             if r.get("type") == "measure":
