@@ -43,3 +43,7 @@ class DatasetError(RevitError):
 
 class BackendUnavailableError(RevitError):
     """A latency backend (or a study storage) cannot run here: missing package or device."""
+
+
+class StorageError(RevitError):
+    """A study storage cannot be opened or used (unreachable database, unwritable journal file)."""

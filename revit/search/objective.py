@@ -1,0 +1,246 @@
+"""The study objective: sampled rule parameters -> config for the budget -> scratch training -> top-1.
+
+:class:`StudyObjective` is an ordinary Optuna objective (``objective(trial) -> value``), so it runs
+under any study or alone with :class:`optuna.trial.FixedTrial`.  What a trial is comes from its
+user attributes, which enqueued trials carry from the start:
+
+- ``role=candidate`` (the default): the rule family's parameters are *suggested* (``trial.suggest_float``)
+  and the config is generated for the budget (also suggested when the spec searches it);
+- ``role=baseline`` with ``arm`` and ``budget``: the arm's rule (uniform DeiT-style, ``paper``, a file)
+  scaled to the same budget with the same MLP-factor knob, so comparisons are at equal MACs (1%);
+- ``seed``: the training seed (default: the spec's first seed).
+
+It returns the held-out (validation) top-1 and, for a two-objective study, MACs or predicted
+latency; test top-1, MACs, params, latency, per-block widths and the per-epoch curve are stored as
+user attributes.  Single-objective candidate trials report per-epoch accuracy to the pruner.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from revit import counting
+from revit.errors import BudgetError, ConfigError
+from revit.search.spec import BaselineSpec, StudySpec
+
+ROLE, ARM, SEED, GROUP = "role", "arm", "seed", "group"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A generated config and how it was made (what the trial trains)."""
+
+    generated: Any  # revit.rules.Generated
+    role: str
+    arm: str
+    budget: float
+    rule_params: dict[str, float]
+
+    @property
+    def config(self) -> Any:
+        return self.generated.config
+
+
+def _budget(spec: StudySpec, value: float, table: Any) -> Any:
+    from revit.rules import latency_budget, macs_budget
+
+    return macs_budget(value) if spec.budget.kind == "macs" else latency_budget(value, table)
+
+
+def _generate(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str) -> Any:
+    from revit.rules import SearchSpace, generate
+
+    space = SearchSpace(min_mlp_factor=spec.mlp_factor[0], max_mlp_factor=spec.mlp_factor[1])
+    return generate(rule, _budget(spec, budget_value, table), spec.setting_obj(), granularity=spec.granularity,
+                    space=space, name=name)
+
+
+def candidate_rule(spec: StudySpec, values: dict[str, float]) -> Any:
+    """The rule of a candidate: the base rule's parameters with the sampled ``values`` on top."""
+    from revit.rules import Rule, load_rule
+
+    params: dict[str, float] = {}
+    granularity = None
+    if spec.base_rule:
+        base = load_rule(spec.base_rule)
+        if base.family != spec.family:
+            raise ConfigError(f"space.base rule {spec.base_rule!r} is of family {base.family!r}, "
+                              f"not {spec.family!r}")
+        params, granularity = dict(base.params), base.granularity
+    params.update(values)
+    return Rule(name=f"{spec.family}-candidate", family=spec.family, params=params, granularity=granularity)
+
+
+def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: Any = None) -> Arm:
+    """The config of baseline ``b`` at ``budget_value``; raises :class:`BudgetError`/:class:`ConfigError`
+    when it cannot be built, and :class:`OutsideDomainError` when the rule leaves its own domain."""
+    from revit.rules import Rule, load_rule
+
+    rule = load_rule(b.rule)
+    if b.params:
+        rule = Rule(name=rule.name, family=rule.family, params={**rule.params, **b.params},
+                    granularity=rule.granularity, description=rule.description)
+    gen = _generate(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
+    outside = [n for n in gen.notes if "outside the domain" in n]
+    if outside:
+        raise OutsideDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {outside[0]}")
+    return Arm(gen, "baseline", b.arm, budget_value, dict(rule.params))
+
+
+class OutsideDomainError(ConfigError):
+    """A baseline rule would be applied outside the domain it was written for (it is left out)."""
+
+
+class StudyObjective:
+    """``objective(trial)``: build the trial's config, train it from scratch, return held-out top-1.
+
+    Data and the latency table are loaded once per process (first call) and reused.
+    """
+
+    def __init__(self, spec: StudySpec, *, progress: bool = False, log: Any = None) -> None:
+        self.spec = spec
+        self.progress = progress
+        self.log = log or (lambda msg: None)
+        self._splits: Any = None
+        self._table: Any = None
+        self._table_loaded = False
+
+    # cheap parts (no torch) -------------------------------------------------------------------
+    def table(self) -> Any:
+        """The spec's latency table, or None."""
+        if not self._table_loaded:
+            if self.spec.latency_table:
+                from revit.latency.table import LatencyTable
+
+                self._table = LatencyTable.load(self.spec.latency_table)
+            self._table_loaded = True
+        return self._table
+
+    def arm(self, trial: Any) -> Arm:
+        """The config a trial trains; suggests the search parameters for a candidate trial."""
+        spec = self.spec
+        role = trial.user_attrs.get(ROLE, "candidate")
+        if role == "baseline":
+            name = trial.user_attrs[ARM]
+            b = next((b for b in spec.baselines if b.arm == name), None)
+            if b is None:
+                raise ConfigError(f"trial {trial.number}: baseline arm {name!r} is not in the spec; "
+                                  f"known: {', '.join(x.arm for x in spec.baselines)}")
+            return baseline_arm(spec, b, float(trial.user_attrs["budget"]), self.table())
+        if role != "candidate":
+            raise ConfigError(f"trial {trial.number}: unknown role {role!r} (candidate or baseline)")
+        values = {p.name: trial.suggest_float(p.name, p.low, p.high, log=p.log) for p in spec.search_params}
+        bs = spec.budget
+        if bs.value is not None:
+            budget = bs.value
+        else:
+            assert bs.low is not None and bs.high is not None
+            budget = trial.suggest_float("budget", bs.low, bs.high, log=bs.log)
+        rule = candidate_rule(spec, values)
+        gen = _generate(spec, rule, budget, self.table(), name=f"trial_{trial.number}")
+        return Arm(gen, "candidate", f"{spec.family}-search", budget, dict(rule.params))
+
+    def describe(self, trial: Any, arm: Arm) -> dict[str, Any]:
+        """The user attributes that say what a trial trained (before training)."""
+        cfg = arm.config
+        seed = int(trial.user_attrs.get(SEED, self.spec.seeds[0]))
+        attrs: dict[str, Any] = {
+            ROLE: arm.role, ARM: arm.arm, SEED: seed, "budget": arm.budget,
+            "macs": counting.macs(cfg), "params": counting.params(cfg), "embed_dim": cfg.embed_dim,
+            "mlp_factor": arm.generated.mlp_factor,
+            "blocks": [[b.heads, b.qk_dim, b.v_dim, b.mlp_dim] for b in cfg.blocks],
+        }
+        if arm.role == "baseline":
+            attrs[GROUP] = f"{arm.arm}@{self.spec.budget.fmt(arm.budget)}"
+        else:
+            attrs[GROUP] = f"trial-{trial.user_attrs.get('repeat_of', trial.user_attrs.get('retry_of', trial.number))}"
+        table = self.table()
+        if table is not None:
+            from revit.errors import TableRangeError
+
+            try:
+                attrs["latency_ms"] = 1e3 * float(table.predict(cfg).total_s)
+            except TableRangeError:
+                attrs["latency_ms"] = None
+        return attrs
+
+    # the objective ------------------------------------------------------------------------------
+    def __call__(self, trial: Any) -> float | tuple[float, float]:
+        import optuna
+
+        try:
+            arm = self.arm(trial)
+        except BudgetError as e:
+            # an infeasible point of the space: pruned (not failed), with the reason kept
+            trial.set_user_attr("infeasible", str(e))
+            trial.set_user_attr(ROLE, trial.user_attrs.get(ROLE, "candidate"))
+            raise optuna.TrialPruned(str(e)) from None
+        attrs = self.describe(trial, arm)
+        for k, v in attrs.items():
+            if trial.user_attrs.get(k) != v:
+                trial.set_user_attr(k, v)
+        self.log(f"trial {trial.number} ({attrs[ROLE]} {attrs[ARM]}, seed {attrs[SEED]}): "
+                 f"EMB {attrs['embed_dim']}, MACs {counting.format_count(attrs['macs'])}, "
+                 f"MLP factor {attrs['mlp_factor']:g}")
+        prunable = (not self.spec.multi_objective and attrs[ROLE] == "candidate"
+                    and "repeat_of" not in trial.user_attrs and self.spec.pruner.get("name") not in ("none", "nop"))
+        val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
+        trial.set_user_attr("val_acc", val)
+        trial.set_user_attr("test_acc", test)
+        trial.set_user_attr("val_curve", history)
+        trial.set_user_attr("train_seconds", round(seconds, 2))
+        self.log(f"trial {trial.number}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
+        if self.spec.multi_objective:
+            second = self.spec.objectives[1]
+            cost = float(attrs["macs"]) if second == "macs" else attrs.get("latency_ms")
+            if cost is None:
+                raise ConfigError(f"trial {trial.number}: the latency table cannot predict this config")
+            return val, cost
+        return val
+
+    def splits(self) -> Any:
+        if self._splits is None:
+            from revit.data import load_splits
+
+            self._splits = load_splits(self.spec.data_spec())
+        return self._splits
+
+    def train(self, cfg: Any, seed: int, trial: Any = None) -> tuple[float, float, list[float], float]:
+        """Scratch-train ``cfg`` with the spec's recipe; (val top-1, test top-1, val curve, seconds)."""
+        import optuna
+        import torch
+
+        from revit.models import build_model
+        from revit.train import evaluate, size, train
+
+        if torch.get_num_threads() != self.spec.threads:
+            torch.set_num_threads(self.spec.threads)
+        splits = self.splits()
+        if (splits.in_chans, splits.num_classes, splits.img_size) != (cfg.in_chans, cfg.num_classes, cfg.img_size):
+            raise ConfigError(f"the setting makes {cfg.img_size}px {cfg.in_chans}-channel inputs and "
+                              f"{cfg.num_classes} classes; the data has {splits.img_size}px, {splits.in_chans} "
+                              f"channel(s), {splits.num_classes} classes")
+        if size(splits.val) == 0:
+            raise ConfigError("the study needs held-out images: data.val_size must be > 0")
+        tc = self.spec.train_config(seed)
+        torch.manual_seed(seed)
+        model = build_model(cfg, drop_path_rate=tc.drop_path_rate)
+        curve: list[float] = []
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            curve.append(float(record["val_acc"]))
+            if trial is not None:
+                trial.report(float(record["val_acc"]), int(record["epoch"]))
+                if trial.should_prune():
+                    trial.set_user_attr("val_curve", curve)
+                    raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val top-1 {record['val_acc']:.4f})")
+
+        t0 = time.perf_counter()
+        train(model, splits.train, splits.val, tc, on_epoch=on_epoch, progress=self.progress)
+        test = evaluate(model, splits.test, tc.eval_batch_size)
+        return curve[-1], test, curve, time.perf_counter() - t0
+
+
+__all__ = ["Arm", "OutsideDomainError", "StudyObjective", "baseline_arm", "candidate_rule"]

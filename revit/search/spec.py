@@ -1,0 +1,401 @@
+"""The study spec (``schema: revit/study/v1``): a typed, validated description of one study.
+
+On disk (YAML in ``search/``)::
+
+    schema: revit/study/v1
+    kind: study
+    name: fashion-mnist
+    storage: null                 # any storage URL (revit.search.storage); null: sqlite:///runs/studies/NAME.db
+    objectives: [accuracy]        # accuracy, then optionally macs or latency (-> multi-objective)
+    sampler: {name: tpe, seed: 0} # tpe | random | nsga2 | gp | qmc (+ their keyword arguments)
+    pruner: {name: median}        # median | hyperband | percentile | none (single objective only)
+    n_trials: 12                  # candidate (sampled) trials; baselines and repeats come on top
+    setting: micro                # SETTINGS name or {depth, img_size, patch_size, in_chans, num_classes}
+    budget: {macs: 8M}            # or {latency_ms: 2.5, table: FILE} or {macs: {low: 5M, high: 12M}} (searched)
+    latency_table: FILE           # optional: predicted latency as a user attribute of every trial
+    space:
+      family: less-more-less      # a rule family with parameters
+      base: less-more-less        # rule whose values the unsearched parameters take (name or YAML path)
+      params: {plateau: [0.2, 1.0], mlp_end: [0.25, 1.0]}   # searched: [low, high] or {low, high, log}
+      granularity: auto
+      mlp_factor: [0.5, 2.0]      # interval of the global MLP factor that generation may use
+    data: {source: fashion-mnist, train_limit: 20000, val_size: 5000}
+    train: {epochs: 4, batch_size: 128, lr: 0.001}          # revit.train.TrainConfig fields
+    threads: 1                    # torch threads per worker
+    seeds: [0, 1, 2]              # baselines and repeated candidates run with each seed
+    repeats: {top_k: 2}           # the best candidates re-run with the other seeds
+    baselines: [{rule: uniform}, {rule: paper}]   # rule name/path (+ params), scaled to the same budget
+
+Baselines and repeats live in the same study as *enqueued trials*, tagged with user attributes
+(``role=baseline``/``candidate``, ``arm``, ``seed``, ``group``); see :mod:`revit.search.runner`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from revit import counting
+from revit._io import check_schema, load_yaml
+from revit.data import DataSpec
+from revit.errors import ConfigError, FileFormatError, UnknownNameError
+from revit.paths import shipped_dir
+
+SCHEMA = "revit/study/v1"
+OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "latency": "minimize"}
+_KEYS = {"schema", "kind", "name", "description", "storage", "objectives", "sampler", "pruner", "n_trials",
+         "setting", "budget", "latency_table", "space", "data", "train", "threads", "seeds", "repeats",
+         "baselines", "heartbeat_s", "grace_s"}
+_TRAIN_KEYS = {"epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing",
+               "drop_path_rate", "grad_clip", "eval_batch_size", "max_steps_per_epoch"}
+_DATA_KEYS = {"source", "train_limit", "val_size", "test_limit", "img_size", "seed"}
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    """One searched parameter: a float interval, optionally log-scaled."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A fixed budget (``value``) or a searched interval (``low``..``high``), in MACs or latency."""
+
+    kind: str  # "macs" or "latency"
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = True
+    table: str | None = None  # latency table for a latency budget
+
+    @property
+    def searched(self) -> bool:
+        return self.value is None
+
+    def fmt(self, v: float) -> str:
+        return f"{counting.format_count(v)} MACs" if self.kind == "macs" else f"{v * 1e3:.4g} ms"
+
+    def describe(self) -> str:
+        if self.value is not None:
+            return self.fmt(self.value)
+        assert self.low is not None and self.high is not None
+        return f"{self.fmt(self.low)} .. {self.fmt(self.high)} (searched)"
+
+    def baseline_values(self) -> list[float]:
+        """Budgets at which baselines run: the fixed one, or low, geometric middle and high."""
+        if self.value is not None:
+            return [self.value]
+        assert self.low is not None and self.high is not None
+        return [self.low, math.sqrt(self.low * self.high), self.high]
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """A baseline arm: a rule (``uniform``, ``paper``, a path) with optional parameter overrides."""
+
+    rule: str
+    params: Mapping[str, float] = field(default_factory=dict)
+    name: str | None = None
+
+    @property
+    def arm(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.rule}({_short(self.params)})" if self.params else self.rule
+
+
+def _short(params: Mapping[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in params.items())
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study spec (see the module docstring for the YAML)."""
+
+    name: str
+    budget: BudgetSpec
+    family: str
+    search_params: tuple[ParamRange, ...]
+    base_rule: str | None = None
+    granularity: Any = None
+    mlp_factor: tuple[float, float] = (0.5, 2.0)
+    storage: str | None = None
+    objectives: tuple[str, ...] = ("accuracy",)
+    sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "tpe"})
+    pruner: Mapping[str, Any] = field(default_factory=lambda: {"name": "median"})
+    n_trials: int = 10
+    setting: Mapping[str, Any] = field(default_factory=dict)
+    latency_table: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    threads: int = 1
+    seeds: tuple[int, ...] = (0,)
+    repeat_top_k: int = 2
+    baselines: tuple[BaselineSpec, ...] = ()
+    heartbeat_s: float = 20.0
+    grace_s: float = 120.0
+    description: str = ""
+    source: str = "spec"
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(**dict(self.data))
+
+    def storage_url(self, override: str | None = None) -> str:
+        from revit.search.storage import default_storage, normalize_url
+
+        return normalize_url(override or self.storage or default_storage(self.name))
+
+    def setting_obj(self) -> Any:
+        from revit.rules import SETTINGS, Setting
+
+        s = dict(self.setting)
+        base = s.pop("preset", None)
+        if base is not None:
+            return Setting(**{**SETTINGS[base].__dict__, **s})
+        return Setting(**s)
+
+    def train_config(self, seed: int) -> Any:
+        from revit.train import TrainConfig
+
+        return TrainConfig(**{**dict(self.train), "seed": seed})
+
+    # ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, doc: Any, source: str = "spec") -> StudySpec:
+        """Validate a parsed spec; every problem is one line naming the key and the fix."""
+        d = check_schema(doc, "study", source)
+        unknown = set(d) - _KEYS
+        if unknown:
+            raise FileFormatError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                                  f"allowed: {', '.join(sorted(_KEYS))}")
+        if d.get("kind", "study") != "study":
+            raise FileFormatError(f"{source}: kind is {d.get('kind')!r}, expected 'study'")
+        try:
+            return cls._build(d, source)
+        except (ConfigError, UnknownNameError) as e:
+            msg = str(e)
+            raise FileFormatError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    @classmethod
+    def _build(cls, d: Mapping[str, Any], source: str) -> StudySpec:
+        from revit.rules import SETTINGS, get_family
+        from revit.search.samplers import check_pruner, check_sampler
+
+        name = d.get("name") or Path(source).stem
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"name must be letters, digits, '-', '_' or '.', got {name!r}")
+        objectives = tuple(d.get("objectives") or ("accuracy",))
+        bad = [o for o in objectives if o not in OBJECTIVES]
+        if bad or objectives[0] != "accuracy" or len(objectives) > 2 or len(set(objectives)) != len(objectives):
+            raise ConfigError(f"objectives must be [accuracy] or [accuracy, macs|latency], got {list(objectives)}")
+        sampler = _named(d.get("sampler"), "sampler", "tpe")
+        pruner = _named(d.get("pruner"), "pruner", "median")
+        check_sampler(sampler, len(objectives))
+        check_pruner(pruner)
+        if len(objectives) > 1 and pruner["name"] not in ("none", "nop"):
+            raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
+                              "set pruner: {name: none}")
+
+        setting_raw = d.get("setting", "micro")
+        if isinstance(setting_raw, str):
+            if setting_raw not in SETTINGS:
+                raise UnknownNameError(f"setting: unknown {setting_raw!r}; known: {', '.join(SETTINGS)} "
+                                       "(or a mapping depth, img_size, patch_size, in_chans, num_classes)")
+            setting: dict[str, Any] = {"preset": setting_raw}
+        elif isinstance(setting_raw, Mapping):
+            setting = dict(setting_raw)
+        else:
+            raise ConfigError("setting must be a name (micro, imagenet) or a mapping")
+
+        budget = _budget(d.get("budget"), d.get("latency_table"))
+        space = d.get("space")
+        if not isinstance(space, Mapping) or "family" not in space:
+            raise ConfigError("space: a mapping with 'family' (a rule family) and 'params' (searched ranges)")
+        unknown = set(space) - {"family", "base", "params", "granularity", "mlp_factor"}
+        if unknown:
+            raise ConfigError(f"space: unknown key(s) {', '.join(sorted(unknown))}; "
+                              "allowed: family, base, params, granularity, mlp_factor")
+        family = str(space["family"])
+        fam = get_family(family)
+        ranges = []
+        for pname, r in (space.get("params") or {}).items():
+            if pname not in fam.params:
+                raise ConfigError(f"space.params: {pname!r} is not a parameter of family {family!r}; "
+                                  f"known: {', '.join(fam.params) or 'none'}")
+            ranges.append(_range(pname, r, fam.params[pname].low, fam.params[pname].high))
+        if not ranges:
+            raise ConfigError(f"space.params: give at least one parameter of {family!r} to search: "
+                              f"{', '.join(fam.params)}")
+        mf = space.get("mlp_factor", [0.5, 2.0])
+        if not (isinstance(mf, Sequence) and len(mf) == 2 and all(isinstance(x, (int, float)) for x in mf)):
+            raise ConfigError(f"space.mlp_factor must be [low, high], got {mf!r}")
+
+        data = dict(d.get("data") or {})
+        _only(data, _DATA_KEYS, "data")
+        DataSpec(**data)  # validates
+        train = dict(d.get("train") or {})
+        _only(train, _TRAIN_KEYS, "train")
+        from revit.train import TrainConfig
+
+        TrainConfig(**train)  # validates
+        seeds = tuple(int(s) for s in (d.get("seeds") or (0,)))
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
+        repeats = d.get("repeats") or {}
+        top_k = int(repeats.get("top_k", 2)) if isinstance(repeats, Mapping) else int(repeats)
+        baselines = tuple(_baseline(b) for b in (d.get("baselines") or ()))
+        arms = [b.arm for b in baselines]
+        if len(set(arms)) != len(arms):
+            raise ConfigError(f"baselines: two arms have the same name ({arms}); give each a 'name'")
+        n_trials = d.get("n_trials", 10)
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
+            raise ConfigError(f"n_trials must be a non-negative integer, got {n_trials!r}")
+        threads = int(d.get("threads", 1))
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        if "latency" in objectives and not (budget.table or d.get("latency_table")):
+            raise ConfigError("objective 'latency' needs latency_table: FILE (or a latency budget with a table)")
+        return cls(
+            name=name, budget=budget, family=family, search_params=tuple(ranges),
+            base_rule=space.get("base"), granularity=space.get("granularity"),
+            mlp_factor=(float(mf[0]), float(mf[1])), storage=d.get("storage"), objectives=objectives,
+            sampler=sampler, pruner=pruner, n_trials=n_trials, setting=setting,
+            latency_table=_table_path(d.get("latency_table") or budget.table), data=data, train=train, threads=threads,
+            seeds=seeds, repeat_top_k=top_k, baselines=baselines,
+            heartbeat_s=float(d.get("heartbeat_s", 20.0)), grace_s=float(d.get("grace_s", 120.0)),
+            description=str(d.get("description") or ""), source=source,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> StudySpec:
+        return cls.from_dict(load_yaml(path), str(path))
+
+
+def _table_path(p: Any) -> str | None:
+    """A latency table path as given, or the shipped table of that name when the path does not exist."""
+    if not p:
+        return None
+    if not isinstance(p, str):
+        raise ConfigError(f"latency_table must be a path, got {p!r}")
+    if Path(p).is_file():
+        return p
+    shipped = shipped_dir("latency_tables") / Path(p).name
+    if shipped.is_file():
+        return str(shipped)
+    raise ConfigError(f"latency table {p!r} not found (shipped: "
+                      f"{', '.join(q.name for q in shipped_dir('latency_tables').glob('*.json'))})")
+
+
+def _only(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(d) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _named(v: Any, what: str, default: str) -> dict[str, Any]:
+    if v is None:
+        return {"name": default}
+    if isinstance(v, str):
+        return {"name": v}
+    if isinstance(v, Mapping) and isinstance(v.get("name"), str):
+        return dict(v)
+    raise ConfigError(f"{what} must be a name or a mapping with 'name' (and keyword arguments), got {v!r}")
+
+
+def _num(v: Any, what: str) -> float:
+    if isinstance(v, str):
+        return float(counting.parse_count(v))
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{what} must be a number, got {v!r}")
+    return float(v)
+
+
+def _budget(raw: Any, table: Any) -> BudgetSpec:
+    if not isinstance(raw, Mapping) or len(set(raw) & {"macs", "latency_ms"}) != 1:
+        raise ConfigError("budget: give exactly one of macs (4.6G, 8M, or {low, high}) and latency_ms "
+                          "(with table: FILE)")
+    _only(raw, {"macs", "latency_ms", "table", "log"}, "budget")
+    kind = "macs" if "macs" in raw else "latency"
+    v = raw["macs"] if kind == "macs" else raw["latency_ms"]
+    scale = 1.0 if kind == "macs" else 1e-3
+
+    def conv(x: Any, what: str) -> float:
+        if kind == "latency" and isinstance(x, str):
+            raise ConfigError(f"{what} must be a number of milliseconds, got {x!r}")
+        out = _num(x, what) * scale
+        if not out > 0:
+            raise ConfigError(f"{what} must be positive, got {x!r}")
+        return out
+
+    tbl = raw.get("table") or table
+    if kind == "latency" and not tbl:
+        raise ConfigError("a latency budget needs budget.table (a latency table JSON)")
+    if isinstance(v, Mapping):
+        lo, hi = conv(v.get("low"), "budget low"), conv(v.get("high"), "budget high")
+        if not lo < hi:
+            raise ConfigError(f"budget: low must be below high ({v!r})")
+        return BudgetSpec(kind, low=lo, high=hi, log=bool(raw.get("log", True)), table=_table_path(tbl))
+    return BudgetSpec(kind, value=conv(v, "budget"), table=_table_path(tbl))
+
+
+def _range(name: str, r: Any, lo: float, hi: float) -> ParamRange:
+    if isinstance(r, Sequence) and not isinstance(r, str) and len(r) == 2:
+        out = ParamRange(name, float(r[0]), float(r[1]))
+    elif isinstance(r, Mapping) and {"low", "high"} <= set(r):
+        out = ParamRange(name, float(r["low"]), float(r["high"]), bool(r.get("log", False)))
+    else:
+        raise ConfigError(f"space.params.{name}: give [low, high] or {{low, high, log}}, got {r!r}")
+    if not lo <= out.low < out.high <= hi:
+        raise ConfigError(f"space.params.{name}: [{out.low}, {out.high}] must be an interval inside the "
+                          f"family's bounds [{lo}, {hi}]")
+    if out.log and out.low <= 0:
+        raise ConfigError(f"space.params.{name}: a log range needs low > 0")
+    return out
+
+
+def _baseline(b: Any) -> BaselineSpec:
+    if isinstance(b, str):
+        return BaselineSpec(b)
+    if isinstance(b, Mapping) and isinstance(b.get("rule"), str):
+        _only(b, {"rule", "params", "name"}, "baselines[]")
+        return BaselineSpec(b["rule"], dict(b.get("params") or {}), b.get("name"))
+    raise ConfigError(f"baselines: each is a rule name or {{rule, params, name}}, got {b!r}")
+
+
+def resolve_spec(name_or_path: str) -> Path:
+    """A shipped spec by name (``smoke``) or a path to a spec YAML."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = shipped_dir("search") / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    if name_or_path.endswith((".yaml", ".yml")):
+        raise FileFormatError(f"{name_or_path}: no such file")
+    known = sorted(q.stem for q in shipped_dir("search").glob("*.yaml"))
+    raise UnknownNameError(f"unknown study spec {name_or_path!r}; shipped: {', '.join(known)} (or a YAML path)")
+
+
+def load_spec(name_or_path: str) -> StudySpec:
+    """Load a study spec from a path or a shipped name."""
+    return StudySpec.load(resolve_spec(name_or_path))
+
+
+__all__ = ["BaselineSpec", "BudgetSpec", "ParamRange", "StudySpec", "load_spec", "resolve_spec"]

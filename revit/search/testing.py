@@ -1,0 +1,99 @@
+"""Test support: every storage mode by name, and a throw-away PostgreSQL server.
+
+Like Optuna's ``optuna/testing/storages.py``: tests parametrize over :data:`STORAGE_MODES` and get
+a URL from :func:`storage_url`.  :func:`postgres_server` starts a real server with Debian's
+``initdb``/``pg_ctl`` in a temporary folder on a free port and stops it afterwards; as root (which
+``initdb`` refuses) it runs the server as the unprivileged user ``nobody`` through ``runuser``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+STORAGE_MODES = ("sqlite", "journal", "postgresql")
+
+
+class PostgresUnavailable(RuntimeError):
+    """The PostgreSQL server binaries or the psycopg2 driver are missing (the message says which)."""
+
+
+def pg_bindir() -> Path | None:
+    """Folder of ``initdb``/``pg_ctl``: ``$PG_BINDIR``, Debian's newest ``/usr/lib/postgresql/*/bin``, or PATH."""
+    env = os.environ.get("PG_BINDIR")
+    cands = [env] if env else []
+    cands += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    for c in cands:
+        if c and (Path(c) / "initdb").is_file() and (Path(c) / "pg_ctl").is_file():
+            return Path(c)
+    which = shutil.which("initdb")
+    return Path(which).parent if which and shutil.which("pg_ctl") else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def postgres_server(user: str = "nobody") -> Iterator[str]:
+    """Start a PostgreSQL server for the duration of the block; yield its URL (trust auth, user ``revit``)."""
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        raise PostgresUnavailable("psycopg2 missing: pip install 'revit[postgres]'") from None
+    bindir = pg_bindir()
+    if bindir is None:
+        raise PostgresUnavailable("PostgreSQL server binaries missing: apt-get install postgresql")
+    root = Path(tempfile.mkdtemp(prefix="revit-pg-"))
+    as_root = os.geteuid() == 0
+    prefix: list[str] = []
+    if as_root:
+        import pwd
+
+        pw = pwd.getpwnam(user)
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        prefix = ["runuser", "-u", user, "--"]
+    data, log, port = root / "data", root / "server.log", free_port()
+
+    def run(*cmd: str) -> None:
+        r = subprocess.run(prefix + list(cmd), capture_output=True, text=True, cwd=root, timeout=120)
+        if r.returncode != 0:
+            raise PostgresUnavailable(f"{Path(cmd[0]).name} failed: {(r.stderr or r.stdout).strip()[-500:]}")
+
+    started = False
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "revit", "--auth=trust", "-E", "UTF8", "--no-sync")
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        started = True
+        yield f"postgresql://revit@127.0.0.1:{port}/postgres"
+    finally:
+        if started:
+            subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                           capture_output=True, cwd=root, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def storage_url(mode: str, tmp: str | os.PathLike[str], pg_url: str | None = None, name: str = "study") -> str:
+    """A fresh storage URL of ``mode`` under ``tmp`` (PostgreSQL: the running server's URL)."""
+    if mode == "sqlite":
+        return f"sqlite:///{Path(tmp) / name}.db"
+    if mode == "journal":
+        return f"journal:{Path(tmp) / name}.log"
+    if mode == "postgresql":
+        if pg_url is None:
+            raise PostgresUnavailable("no PostgreSQL server")
+        return pg_url
+    raise ValueError(f"unknown storage mode {mode!r}; known: {', '.join(STORAGE_MODES)}")
+
+
+__all__ = ["STORAGE_MODES", "PostgresUnavailable", "free_port", "pg_bindir", "postgres_server", "storage_url"]

@@ -1,0 +1,309 @@
+"""Search studies: spec validation, storages (one contract suite), objective, runner, faults, report."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import FixedTrial, TrialState
+
+from revit import counting
+from revit.errors import FileFormatError, StorageError, UnknownNameError
+from revit.paths import shipped_dir
+from revit.search.spec import StudySpec, load_spec
+from revit.search.storage import STORAGES, normalize_url, open_storage
+from revit.search.testing import STORAGE_MODES, PostgresUnavailable, postgres_server, storage_url
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_doc(**over):
+    """A study on scikit-learn digits (8x8), 2 blocks, 1 epoch: about a second per trial."""
+    doc = {
+        "schema": "revit/study/v1", "kind": "study", "name": "tiny",
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        "pruner": {"name": "median", "n_startup_trials": 1},
+        "n_trials": 3,
+        "setting": {"depth": 2, "img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10},
+        "budget": {"macs": "200K"},
+        "space": {"family": "less-more-less", "base": "less-more-less",
+                  "params": {"plateau": [0.2, 1.0], "mlp_end": [0.25, 1.0]}},
+        "data": {"source": "digits", "val_size": 300},
+        "train": {"epochs": 1, "batch_size": 64},
+        "seeds": [0, 1], "repeats": {"top_k": 1},
+        "baselines": [{"rule": "uniform"}, {"rule": "paper"}],
+        "heartbeat_s": 1, "grace_s": 30,
+    }
+    doc.update(over)
+    return doc
+
+
+def tiny_spec(**over) -> StudySpec:
+    return StudySpec.from_dict(tiny_doc(**over), "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    try:
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(params=STORAGE_MODES)
+def url(request, tmp_path):
+    pg = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    return storage_url(request.param, tmp_path, pg)
+
+
+# spec ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted(shipped_dir("search").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_specs_load(path):
+    spec = load_spec(str(path))
+    assert spec.name == path.stem
+    assert spec.directions[0] == "maximize"
+    assert spec.baselines and spec.baselines[0].rule == "uniform"
+    assert load_spec(path.stem) == spec  # also by shipped name
+
+
+@pytest.mark.parametrize("over, msg", [
+    ({"sampler": {"name": "nope"}}, "unknown sampler 'nope'; known: "),
+    ({"pruner": {"name": "nope"}}, "unknown pruner 'nope'; known: "),
+    ({"sampler": {"name": "tpe", "bogus": 1}}, "unknown argument(s) bogus"),
+    ({"objectives": ["accuracy", "macs"]}, "pruners need a single objective"),
+    ({"objectives": ["macs"]}, "objectives must be"),
+    ({"space": {"family": "less-more-less", "params": {"nope": [0, 1]}}}, "'nope' is not a parameter"),
+    ({"space": {"family": "less-more-less", "params": {"plateau": [0.0, 9.0]}}}, "inside the family's bounds"),
+    ({"space": {"family": "nope", "params": {}}}, "unknown rule family 'nope'"),
+    ({"budget": {"flops": "1G"}}, "budget: give exactly one of"),
+    ({"budget": {"latency_ms": 2}}, "needs budget.table"),
+    ({"data": {"source": "digits", "bogus": 1}}, "data: unknown key(s) bogus"),
+    ({"train": {"epochs": 0}}, "epochs"),
+    ({"seeds": [0, 0]}, "seeds must be distinct"),
+    ({"setting": "mega"}, "unknown 'mega'"),
+    ({"extra": 1}, "unknown key(s) extra"),
+])
+def test_bad_spec_is_one_clear_line(over, msg):
+    with pytest.raises(FileFormatError) as e:
+        tiny_spec(**over)
+    assert msg in str(e.value) and str(e.value).startswith("tiny.yaml: ") and "\n" not in str(e.value)
+
+
+def test_bad_spec_from_cli_exits_2(tmp_path, cli):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(tiny_doc(sampler={"name": "nope"})))
+    code, out, err = cli("search", "run", p, "--storage", tmp_path / "s.db")
+    assert code == 2 and "unknown sampler 'nope'; known:" in err and err.count("\n") == 1
+    assert not (tmp_path / "s.db").exists()
+
+
+# storages: one contract suite ------------------------------------------------------------------------
+def test_storage_contract(url):
+    """Create, write, reopen from a second handle: both see the same trials and attributes."""
+    st = open_storage(url)
+    name = f"contract-{os.getpid()}-{Path(str(url)).name}"
+    s = optuna.create_study(storage=st, study_name=name, direction="maximize")
+    s.enqueue_trial({"x": 0.25}, user_attrs={"role": "baseline"})
+    s.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    s2 = optuna.load_study(study_name=name, storage=open_storage(url))
+    assert [t.state for t in s2.trials] == [TrialState.COMPLETE] * 3
+    assert s2.trials[0].params == {"x": 0.25} and s2.trials[0].user_attrs == {"role": "baseline"}
+    assert s2.best_value == max(t.value for t in s.trials)
+
+
+@pytest.mark.parametrize("url, scheme", [("runs/x.db", "sqlite:///runs/x.db"), ("a/b.log", "journal:a/b.log"),
+                                         ("postgres://u@h/db", "postgresql://u@h/db"),
+                                         ("sqlite:////abs/x.db", "sqlite:////abs/x.db")])
+def test_normalize_url(url, scheme):
+    assert normalize_url(url) == scheme
+
+
+@pytest.mark.parametrize("url, msg", [("redis://localhost", "unknown storage 'redis'"),
+                                      ("notes.txt", "not a URL and not a file ending in")])
+def test_unknown_storage_lists_known(url, msg):
+    with pytest.raises(UnknownNameError) as e:
+        open_storage(url)
+    assert msg in str(e.value) and all(k in str(e.value) for k in STORAGES.names())
+
+
+def test_unreachable_database_clear_error_nothing_written(tmp_path, cli, monkeypatch):
+    from revit.search.testing import free_port
+
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(tiny_doc()))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    url = f"postgresql://revit:secret@127.0.0.1:{free_port()}/studies"
+    code, out, err = cli("search", "run", spec, "--storage", url)
+    assert code == 2 and err.startswith("revit: error: cannot reach the study database") and err.count("\n") == 1
+    assert "secret" not in err and "***" in err  # the password is not printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+    with pytest.raises(StorageError):
+        open_storage(url)
+
+
+def test_worker_needs_existing_study(tmp_path):
+    from revit.search.runner import join_study
+
+    with pytest.raises(StorageError, match="no study 'tiny'.*start it with 'revit search run"):
+        join_study(tiny_spec(), f"journal:{tmp_path}/j.log")
+
+
+# objective ---------------------------------------------------------------------------------------------
+def test_objective_with_fixed_trial_candidate():
+    from revit.search.objective import StudyObjective
+
+    spec = tiny_spec()
+    obj = StudyObjective(spec)
+    trial = FixedTrial({"plateau": 0.6, "mlp_end": 0.5}, number=7)
+    value = obj(trial)
+    u = trial.user_attrs
+    assert 0.0 <= value <= 1.0 and value == u["val_acc"] and 0.0 <= u["test_acc"] <= 1.0
+    assert u["role"] == "candidate" and u["seed"] == 0 and u["group"] == "trial-7"
+    assert abs(u["macs"] / 200e3 - 1) <= 0.01  # the budget is met within 1%
+    assert len(u["blocks"]) == 2 and len(u["val_curve"]) == 1
+    # the config is the rule with the sampled values on top of the base rule's
+    from revit.rules import load_rule
+
+    base = load_rule("less-more-less").params
+    arm = obj.arm(FixedTrial({"plateau": 0.6, "mlp_end": 0.5}))
+    assert arm.rule_params == {**base, "plateau": 0.6, "mlp_end": 0.5}
+
+
+def test_objective_with_fixed_trial_baseline_is_uniform_at_same_budget():
+    from revit.search.objective import StudyObjective
+
+    obj = StudyObjective(tiny_spec())
+    trial = FixedTrial({})
+    for k, v in {"role": "baseline", "arm": "uniform", "seed": 1, "budget": 200e3}.items():
+        trial.set_user_attr(k, v)
+    arm = obj.arm(trial)
+    assert arm.role == "baseline" and len(set(arm.config.blocks)) == 1  # uniform blocks
+    assert abs(counting.macs(arm.config) / 200e3 - 1) <= 0.01
+
+
+def test_infeasible_point_is_pruned_with_reason():
+    from revit.search.objective import StudyObjective
+
+    obj = StudyObjective(tiny_spec(budget={"macs": "1K"}))
+    trial = FixedTrial({"plateau": 0.5, "mlp_end": 0.5})
+    with pytest.raises(optuna.TrialPruned):
+        obj(trial)
+    assert "below the smallest legal config" in trial.user_attrs["infeasible"]
+
+
+# runner -------------------------------------------------------------------------------------------------
+def test_run_study_baselines_candidates_repeats(tmp_path):
+    from revit.search.runner import run_study
+
+    spec = tiny_spec()
+    logs: list[str] = []
+    study = run_study(spec, f"sqlite:///{tmp_path}/s.db", log=logs.append)
+    trials = study.get_trials()
+    by_role = {r: [t for t in trials if t.user_attrs.get("role") == r] for r in ("baseline", "candidate")}
+    # uniform x 2 seeds; paper is outside its domain at this width and is left out, with the reason
+    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in by_role["baseline"]) == [("uniform", 0),
+                                                                                                ("uniform", 1)]
+    assert any("outside the domain of rule 'paper'" in s for s in study.user_attrs["skipped_baselines"])
+    originals = [t for t in by_role["candidate"] if "repeat_of" not in t.user_attrs]
+    repeats = [t for t in by_role["candidate"] if "repeat_of" in t.user_attrs]
+    assert len(originals) == 3 and len(repeats) == 1 and len(trials) == 2 + 3 + 1
+    best = max((t for t in originals if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert repeats[0].user_attrs["repeat_of"] == best.number and repeats[0].params == best.params
+    assert repeats[0].user_attrs["seed"] == 1 and repeats[0].user_attrs["group"] == f"trial-{best.number}"
+    # resuming adds nothing: baselines are not enqueued twice, the candidate budget is spent
+    again = run_study(spec, f"sqlite:///{tmp_path}/s.db", log=logs.append)
+    assert len(again.get_trials()) == len(trials)
+
+
+def test_trial_that_raises_fails_and_study_goes_on(tmp_path):
+    from revit.search.objective import StudyObjective
+    from revit.search.runner import open_study, run_worker
+
+    spec = tiny_spec(baselines=[])
+    study = open_study(spec, f"journal:{tmp_path}/j.log")
+    inner = StudyObjective(spec)
+
+    def flaky(trial):
+        if trial.number == 1:
+            raise RuntimeError("boom")
+        return inner(trial)
+
+    stats = run_worker(spec, study, objective=flaky, log=lambda m: None)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert stats.trials == {"COMPLETE": [0, 2], "FAIL": [1]}
+    assert study.trials[1].user_attrs["error"] == "RuntimeError: boom"
+
+
+def test_stale_trial_of_dead_worker_failed_and_retried_once(tmp_path):
+    from revit.search.runner import HEARTBEAT, WORKER, open_study, reap_stale
+
+    spec = tiny_spec(baselines=[])
+    study = open_study(spec, f"journal:{tmp_path}/j.log")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    t = study.ask({"plateau": optuna.distributions.FloatDistribution(0.2, 1.0)})
+    t.set_user_attr(WORKER, f"{__import__('socket').gethostname()}:{dead.pid}")
+    t.set_user_attr(HEARTBEAT, 0.0)
+    alive = study.ask()
+    alive.set_user_attr(WORKER, f"{__import__('socket').gethostname()}:{os.getpid()}")
+    assert reap_stale(study, spec.grace_s, log=lambda m: None) == [t.number]
+    trials = study.get_trials()
+    assert trials[t.number].state == TrialState.FAIL and trials[alive.number].state == TrialState.RUNNING
+    retry = [x for x in trials if x.user_attrs.get("retry_of") == t.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+    assert retry[0].system_attrs["fixed_params"] == t.params
+    assert reap_stale(study, spec.grace_s, log=lambda m: None) == []  # nothing twice
+
+
+def test_report_groups_mean_std_and_files(tmp_path):
+    from revit.search.report import groups_of, pareto_front, write_report
+    from revit.search.runner import run_study
+
+    spec = tiny_spec(n_trials=2)
+    study = run_study(spec, f"sqlite:///{tmp_path}/s.db", log=lambda m: None)
+    summary = write_report(spec, study, tmp_path / "rep")
+    for name in ("report.md", "report.json", "accuracy_vs_macs.png", "best_blocks.png", "history.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    uni = [t.user_attrs["test_acc"] for t in study.trials if t.user_attrs.get("arm") == "uniform"]
+    g = next(g for g in groups_of(study.trials) if g.arm == "uniform")
+    assert g.n == 2 and g.mean_std("test_acc") == pytest.approx((statistics.fmean(uni), statistics.stdev(uni)))
+    c = summary["comparison"]
+    assert c["uniform_n"] == 2 and c["best_n"] == 2  # the best candidate was repeated with seed 1
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "optuna-dashboard" in md and "| uniform@200.00K MACs | baseline |" in md
+    assert pareto_front([(1, 0.5), (2, 0.4), (2, 0.7), (3, 0.6), (0.5, 0.1)]) == [4, 0, 2]
+
+
+def test_search_cli_run_report(tmp_path, cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(tiny_doc(n_trials=1, seeds=[0], baselines=[{"rule": "uniform"}])))
+    code, out, err = cli("search", "run", p, "--quiet")
+    assert code == 0 and "study tiny: 2 trials (COMPLETE 2)" in err
+    assert (tmp_path / "runs" / "studies" / "tiny.db").is_file()  # the default storage
+    code, out, err = cli("search", "report", p, "--out", "rep")
+    assert code == 0 and "best candidate trial-1 (n=1)" in out and (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_search_parser_is_light():
+    code = ("import sys; from revit.cli.main import build_parser; build_parser(); "
+            "print('torch' in sys.modules, 'optuna' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_unknown_spec_name_lists_shipped():
+    with pytest.raises(UnknownNameError, match="shipped: fashion-mnist, imagenet-deit-s, smoke"):
+        load_spec("nope")
+    with pytest.raises(FileFormatError, match="x: .*budget"):
+        StudySpec.from_dict(tiny_doc(budget={"macs": 0}), "x")
