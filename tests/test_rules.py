@@ -260,3 +260,17 @@ def test_fit_to_paper_nearest_member(capsys):
     rep = json.loads(capsys.readouterr().out)
     assert rep["r2"]["mlp_dim"] > 0.999 and rep["r2"]["v_dim"] is None
     assert rep["rule"]["params"]["mlp_per_emb"] == pytest.approx(6.0, rel=0.01)
+
+
+def test_fit_to_a_real_micro_trace_reproduces_the_shipped_rule():
+    """rules/micro-fit.yaml was fitted to a real revit_micro trace (tests/fixtures): refitting gives it back."""
+    from revit.rules.fit import fit_family, samples_from_traces
+
+    fixture = Path(__file__).parent / "fixtures" / "micro_prune_trace.jsonl"
+    samples = samples_from_traces([fixture], at_ratio=0.5)
+    assert samples[0].info["macs_ratio"] == pytest.approx(0.4995, abs=1e-4)
+    res = fit_family("less-more-less", samples)
+    shipped = load_rule(str(Path(__file__).parents[1] / "rules" / "micro-fit.yaml"))
+    for k, v in shipped.params.items():
+        assert res.rule.params[k] == pytest.approx(v, rel=1e-3, abs=1e-4), k
+    assert res.r2["mlp_dim"] > 0.85  # the MLP profile is what the family captures best on this trace
