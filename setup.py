@@ -3,9 +3,13 @@
 Everything else is in pyproject.toml; ``revit.paths.shipped_dir`` finds the folders either way.
 """
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-SHIPPED = {"rules": ["*.yaml"], "search": ["*.yaml"], "latency_tables": ["*.json"]}
+HERE = Path(__file__).resolve().parent
+SHIPPED = {k: v for k, v in {"rules": ["*.yaml"], "search": ["*.yaml"], "latency_tables": ["*.json"]}.items()
+           if (HERE / k).is_dir()}
 
 setup(
     packages=find_packages(include=["revit", "revit.*"]) + [f"revit._shipped.{k}" for k in SHIPPED],
