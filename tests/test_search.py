@@ -19,30 +19,10 @@ from revit.paths import shipped_dir
 from revit.search.spec import StudySpec, load_spec
 from revit.search.storage import STORAGES, normalize_url, open_storage
 from revit.search.testing import STORAGE_MODES, PostgresUnavailable, postgres_server, storage_url
+from revit.search.testing import tiny_study_doc as tiny_doc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_doc(**over):
-    """A study on scikit-learn digits (8x8), 2 blocks, 1 epoch: about a second per trial."""
-    doc = {
-        "schema": "revit/study/v1", "kind": "study", "name": "tiny",
-        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-        "pruner": {"name": "median", "n_startup_trials": 1},
-        "n_trials": 3,
-        "setting": {"depth": 2, "img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10},
-        "budget": {"macs": "200K"},
-        "space": {"family": "less-more-less", "base": "less-more-less",
-                  "params": {"plateau": [0.2, 1.0], "mlp_end": [0.25, 1.0]}},
-        "data": {"source": "digits", "val_size": 300},
-        "train": {"epochs": 1, "batch_size": 64},
-        "seeds": [0, 1], "repeats": {"top_k": 1},
-        "baselines": [{"rule": "uniform"}, {"rule": "paper"}],
-        "heartbeat_s": 1, "grace_s": 30,
-    }
-    doc.update(over)
-    return doc
 
 
 def tiny_spec(**over) -> StudySpec:

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 STORAGE_MODES = ("sqlite", "journal", "postgresql")
 
@@ -83,6 +84,27 @@ def postgres_server(user: str = "nobody") -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def tiny_study_doc(**over: Any) -> dict[str, Any]:
+    """A study spec document on scikit-learn digits (8x8), 2 blocks, 1 epoch: about a second per trial."""
+    doc: dict[str, Any] = {
+        "schema": "revit/study/v1", "kind": "study", "name": "tiny",
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        "pruner": {"name": "median", "n_startup_trials": 1},
+        "n_trials": 3,
+        "setting": {"depth": 2, "img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10},
+        "budget": {"macs": "200K"},
+        "space": {"family": "less-more-less", "base": "less-more-less",
+                  "params": {"plateau": [0.2, 1.0], "mlp_end": [0.25, 1.0]}},
+        "data": {"source": "digits", "val_size": 300},
+        "train": {"epochs": 1, "batch_size": 64},
+        "seeds": [0, 1], "repeats": {"top_k": 1},
+        "baselines": [{"rule": "uniform"}, {"rule": "paper"}],
+        "heartbeat_s": 1, "grace_s": 30,
+    }
+    doc.update(over)
+    return doc
+
+
 def storage_url(mode: str, tmp: str | os.PathLike[str], pg_url: str | None = None, name: str = "study") -> str:
     """A fresh storage URL of ``mode`` under ``tmp`` (PostgreSQL: the running server's URL)."""
     if mode == "sqlite":
@@ -96,4 +118,5 @@ def storage_url(mode: str, tmp: str | os.PathLike[str], pg_url: str | None = Non
     raise ValueError(f"unknown storage mode {mode!r}; known: {', '.join(STORAGE_MODES)}")
 
 
-__all__ = ["STORAGE_MODES", "PostgresUnavailable", "free_port", "pg_bindir", "postgres_server", "storage_url"]
+__all__ = ["STORAGE_MODES", "PostgresUnavailable", "free_port", "pg_bindir", "postgres_server", "storage_url",
+           "tiny_study_doc"]
