@@ -5,32 +5,34 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, info
+from revit.cli._common import add_command
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "demo", "run the pipeline on the embedded default (Fashion-MNIST, revit_micro)",
+    p = add_command(sub, "demo", "run the whole pipeline on the embedded default (Fashion-MNIST, revit_micro): "
+                    "latency table, prune, fit a rule, generate configs, a short study, a report",
                     "revit demo --out runs/demo")
-    p.add_argument("--out", default="runs/demo", help="report folder")
-    p.add_argument("--train-limit", type=int, default=10000, help="training images (subset for speed)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", default="runs/demo", help="demo folder (stages already done there are reused)")
+    p.add_argument("--train-limit", type=int, help="training images of the base and pruning stages (default 8000)")
+    p.add_argument("--study-train-limit", type=int, help="training images per study trial (default 5000)")
+    p.add_argument("--epochs", type=int, help="epochs per study trial (default 2)")
+    p.add_argument("--candidates", type=int, help="candidate trials of the study (default 3)")
+    p.add_argument("--workers", type=int, help="study worker processes (default 2)")
+    p.add_argument("--threads", type=int, help="torch threads of the single-process stages (default 2)")
+    p.add_argument("--table", help="latency table JSON (default: the shipped micro table)")
+    p.add_argument("--quick", action="store_true", help="a one-minute plan with tiny subsets (smoke test)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from revit import counting
-    from revit.data import DataSpec
-    from revit.presets import get_preset
-    from revit.train import TrainConfig
-    from revit.workflows import run_training
+    import dataclasses
 
-    cfg = get_preset("revit_micro")
-    info(f"demo: revit_micro ({counting.format_count(counting.macs(cfg))} MACs, "
-         f"{counting.format_count(counting.params(cfg))} params) on Fashion-MNIST, "
-         f"{args.train_limit} training images, {args.epochs} epochs")
-    m = run_training(cfg, DataSpec(train_limit=args.train_limit, val_size=2000), TrainConfig(epochs=args.epochs),
-                     f"{args.out}/train-micro", threads=args.threads)
-    print(f"revit_micro: test top-1 {m['test_acc']:.4f}, {counting.format_count(m['macs'])} MACs, "
-          f"{counting.format_count(m['params'])} params, {m['seconds_per_epoch']:.0f} s/epoch")
+    from revit.search.demo import DemoPlan, run_demo
+
+    plan = DemoPlan.quick() if args.quick else DemoPlan()
+    over = {"train_images": args.train_limit, "study_train_images": args.study_train_limit,
+            "study_epochs": args.epochs, "study_candidates": args.candidates, "workers": args.workers,
+            "threads": args.threads, "table": args.table}
+    plan = dataclasses.replace(plan, **{k: v for k, v in over.items() if v is not None})
+    run_demo(args.out, plan)
     return 0

@@ -1,0 +1,50 @@
+"""The demo: its plan and study spec (fast), and the whole quick pipeline (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from revit.search.demo import DemoPlan, write_study_spec
+from revit.search.spec import StudySpec
+
+
+def test_plan_lines_print_sizes_and_schedules():
+    plan = DemoPlan()
+    text = "\n".join(plan.lines())
+    for s in ("8000 training / 2000 held-out / 2000 test images", "to 0.5 of the predicted latency",
+              "a step every 10 batches", "3 candidate(s)", "seeds [0, 1]", "2 worker process(es)"):
+        assert s in text
+
+
+def test_demo_study_spec_is_a_valid_spec(tmp_path):
+    rule = tmp_path / "r.yaml"
+    rule.write_text("schema: revit/rule/v1\nkind: rule\nname: r\nfamily: less-more-less\nparams: {}\n")
+    path = write_study_spec(tmp_path / "study", DemoPlan(), rule, 0.023)
+    spec = StudySpec.load(path)
+    assert spec.budget.kind == "latency" and spec.budget.value == pytest.approx(0.023)
+    assert spec.base_rule == str(rule) and [b.arm for b in spec.baselines] == ["uniform", "paper", "fitted-rule"]
+    assert spec.storage_url().startswith("journal:") and spec.n_trials == 3
+
+
+def test_demo_cli_options(monkeypatch):
+    from revit.cli.main import build_parser
+
+    args = build_parser().parse_args(["demo", "--out", "x", "--candidates", "5", "--quick"])
+    assert args.candidates == 5 and args.quick and args.out == "x"
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    from revit.search.demo import run_demo
+
+    lines: list[str] = []
+    summary = run_demo(tmp_path / "demo", DemoPlan.quick(), log=lines.append)
+    rep = tmp_path / "demo" / "report"
+    for f in ("README.md", "summary.json", "widths_vs_step.png", "final_profile.png", "fit.png", "configs.png",
+              "study/accuracy_vs_macs.png", "study/best_blocks.png", "study/history.png", "study/report.md"):
+        assert (rep / f).is_file(), f
+    assert 0.4 <= summary["prune"]["cost_ratio"] <= 0.5
+    assert json.loads((rep / "summary.json").read_text())["configs"]["uniform"]["embed_dim"] > 0
+    assert any(line.startswith("[demo 7/7]") for line in (x.strip() for x in lines))
