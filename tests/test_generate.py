@@ -15,7 +15,17 @@ from revit import counting
 from revit.cli.main import main
 from revit.config import ViTConfig
 from revit.errors import BudgetError, TableRangeError
-from revit.rules import SETTINGS, SearchSpace, Setting, apply_rule, generate, load_rule, macs_budget, uniform_rule
+from revit.rules import (
+    SETTINGS,
+    SearchSpace,
+    Setting,
+    apply_rule,
+    generate,
+    load_rule,
+    macs_budget,
+    shipped_rules,
+    uniform_rule,
+)
 from revit.rules.generate import latency_budget
 
 REVIT_S = [(10, 32, 64, 1152), (4, 16, 64, 1152), (4, 16, 64, 1152)] + [(8, 32, 64, 2304)] * 6 + \
@@ -97,7 +107,7 @@ def test_budget_above_maximum_names_it():
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--rule", "wiggly", "--macs", "4G"], "known: less-more-less, paper, paper-table6, uniform"),
+    (["--rule", "wiggly", "--macs", "4G"], "known: " + ", ".join(sorted({*shipped_rules(), "uniform"}))),
     (["--rule", "paper", "--latency-ms", "50"], "--latency-ms needs --table"),
     (["--rule", "paper", "--macs", "lots"], "cannot read 'lots' as a count"),
     (["--uniform", "--macs", "4G", "--granularity", "fine"], "EMB,HEADS,QK,V,MLP"),
