@@ -263,6 +263,16 @@ def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, st
         summary["comparison"] = {"best": best.name, "best_test": bv, "best_val": bh, "best_n": best.n,
                                  "best_macs": best.macs, "uniform": uniform.name, "uniform_test": uv,
                                  "uniform_val": uh, "uniform_n": uniform.n, "uniform_macs": uniform.macs}
+    if uniform is not None:
+        rivals = ([best] if best is not None else []) + [g for g in baselines if g is not uniform]
+        lines += ["", "## Every rule-generated arm vs the uniform baseline (test top-1, mean ± std over seeds)", "",
+                  "| arm | group | seeds | test top-1 % | held-out % | MACs | minus uniform (points) |",
+                  "|---|---|---|---|---|---|---|"]
+        ut = uniform.mean_std("test_acc")[0]
+        for g in [*rivals, uniform]:
+            m = g.mean_std("test_acc")
+            lines.append(f"| {g.arm} | {g.name} | {g.n} | {_pm(m)} | {_pm(g.mean_std('val_acc'))} | "
+                         f"{counting.format_count(g.macs)} | {'' if g is uniform else f'{100 * (m[0] - ut):+.2f}'} |")
     lat = any(g.latency_ms is not None for g in groups)
     lines += ["", "## Configs (complete trials grouped by config; best held-out first)", "",
               "| group | role | arm | seeds | held-out top-1 % | test top-1 % | MACs | params | EMB | MLP factor |"
