@@ -7,6 +7,9 @@ worker runs ``revit search worker --timeout SECONDS``.  Throughput = complete tr
 end - first trial start) x 3600, so interpreter start-up does not count.  Checks that the counts add
 up: the trials each worker says it ran sum to the trials in the storage, every trial is finished
 (none RUNNING or WAITING) and each was run by exactly one worker.  Goal: 2 workers >= 1.7x of 1.
+"time in trials" (sum of trial durations / (workers x span)) says how much of the workers' time went
+to trials rather than to the storage and the sampler; "mean trial s" growing with 2 workers means the
+two processes did not get two cores (other load on the machine: the load average is printed).
 
     python benchmarks/study_scaling.py [--seconds 120] [--storages journal,postgresql] [--train-limit 2000]
 """
@@ -73,7 +76,8 @@ def measure(url: str, workers: int, seconds: float, tmp: Path, train_limit: int)
     start = min(t.datetime_start for t in done)
     end = max(t.datetime_complete for t in done)
     span = (end - start).total_seconds()
-    return {"workers": workers, "trials": len(trials), "complete": len(done), "span_s": span,
+    busy = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done) / (workers * span)
+    return {"workers": workers, "trials": len(trials), "complete": len(done), "span_s": span, "busy": busy,
             "per_hour": 3600 * len(done) / span if span > 0 else float("nan"),
             "per_worker": [n for _, n in reported], "counts_add_up": ok,
             "mean_trial_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done) / len(done)}
@@ -111,15 +115,18 @@ def main() -> None:
                 rows.append(r)
                 print(f"{storage:10s} {workers} worker(s): {r['complete']:3d} complete of {r['trials']} trials "
                       f"(per worker {r['per_worker']}, counts add up: {r['counts_add_up']}), "
-                      f"{r['per_hour']:.0f} trials/h, mean trial {r['mean_trial_s']:.1f} s", flush=True)
+                      f"{r['per_hour']:.0f} trials/h, mean trial {r['mean_trial_s']:.1f} s, workers busy "
+                      f"{100 * r['busy']:.0f}% of the span, load {os.getloadavg()[0]:.1f}", flush=True)
     print(f"load average after: {os.getloadavg()}")
-    print("\n| storage | workers | complete trials (per worker) | counts add up | trials/hour | 2w / 1w |")
-    print("|---|---|---|---|---|---|")
+    print("\n| storage | workers | complete trials (per worker) | counts add up | trials/hour | 2w / 1w | mean trial s "
+          "| time in trials |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         one = next(x for x in rows if x["storage"] == r["storage"] and x["workers"] == 1)
         ratio = f"{r['per_hour'] / one['per_hour']:.2f}x" if r["workers"] == 2 else ""
         print(f"| {r['storage']} | {r['workers']} | {r['complete']} ({' + '.join(map(str, r['per_worker']))}) | "
-              f"{r['counts_add_up']} | {r['per_hour']:.0f} | {ratio} |")
+              f"{r['counts_add_up']} | {r['per_hour']:.0f} | {ratio} | {r['mean_trial_s']:.1f} | "
+              f"{100 * r['busy']:.0f}% |")
     if not all(r["counts_add_up"] for r in rows):
         raise SystemExit("trial counts do not add up")
 
