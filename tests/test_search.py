@@ -287,3 +287,26 @@ def test_unknown_spec_name_lists_shipped():
         load_spec("nope")
     with pytest.raises(FileFormatError, match="x: .*budget"):
         StudySpec.from_dict(tiny_doc(budget={"macs": 0}), "x")
+
+
+def test_multi_objective_study_with_searched_budget(tmp_path):
+    """accuracy + MACs with NSGA-II and the budget searched: two values per trial, baselines at 3 budgets."""
+    from revit.search.report import write_report
+    from revit.search.runner import run_study
+
+    spec = tiny_spec(objectives=["accuracy", "macs"], pruner={"name": "none"},
+                     sampler={"name": "nsga2", "seed": 0, "population_size": 2},
+                     budget={"macs": {"low": "150K", "high": "400K"}}, seeds=[0], n_trials=2,
+                     baselines=[{"rule": "uniform"}])
+    assert spec.directions == ["maximize", "minimize"]
+    study = run_study(spec, f"journal:{tmp_path}/j.log", log=lambda m: None)
+    trials = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    base = sorted(t.user_attrs["budget"] for t in trials if t.user_attrs["role"] == "baseline")
+    assert base == pytest.approx([150e3, (150e3 * 400e3) ** 0.5, 400e3])
+    for t in trials:
+        assert len(t.values) == 2 and t.values[1] == t.user_attrs["macs"]
+        assert abs(t.user_attrs["macs"] / t.user_attrs["budget"] - 1) <= 0.01
+    cands = [t for t in trials if t.user_attrs["role"] == "candidate"]
+    assert len(cands) == 2 and all(150e3 <= t.params["budget"] <= 400e3 for t in cands)
+    write_report(spec, study, tmp_path / "rep")
+    assert (tmp_path / "rep" / "accuracy_vs_macs.png").is_file()
