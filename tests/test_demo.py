@@ -14,7 +14,7 @@ def test_plan_lines_print_sizes_and_schedules():
     plan = DemoPlan()
     text = "\n".join(plan.lines())
     for s in ("8000 training / 2000 held-out / 2000 test images", "to 0.5 of the predicted latency",
-              "a step every 10 batches", "4 candidate(s)", "seeds [0, 1]", "2 worker process(es)"):
+              "a step every 10 batches", "3 candidate(s)", "seeds [0, 1]", "2 worker process(es)"):
         assert s in text
 
 
@@ -25,7 +25,7 @@ def test_demo_study_spec_is_a_valid_spec(tmp_path):
     spec = StudySpec.load(path)
     assert spec.budget.kind == "latency" and spec.budget.value == pytest.approx(0.023)
     assert spec.base_rule == str(rule) and [b.arm for b in spec.baselines] == ["uniform", "paper", "fitted-rule"]
-    assert spec.storage_url().startswith("journal:") and spec.n_trials == 4
+    assert spec.storage_url().startswith("journal:") and spec.n_trials == 3
 
 
 def test_demo_cli_options(monkeypatch):
