@@ -310,3 +310,23 @@ def test_multi_objective_study_with_searched_budget(tmp_path):
     assert len(cands) == 2 and all(150e3 <= t.params["budget"] <= 400e3 for t in cands)
     write_report(spec, study, tmp_path / "rep")
     assert (tmp_path / "rep" / "accuracy_vs_macs.png").is_file()
+
+
+def test_repeats_wait_for_running_candidates_of_other_workers(tmp_path):
+    """The best candidates are chosen only after every candidate finished (a late better one counts)."""
+    import socket
+    import threading
+
+    from revit.search.runner import WORKER, enqueue_repeats, open_study, wait_for_candidates
+
+    spec = tiny_spec(baselines=[])
+    study = open_study(spec, f"journal:{tmp_path}/j.log")
+    dist = {"plateau": optuna.distributions.FloatDistribution(0.2, 1.0)}
+    early = study.ask(dist)
+    study.tell(early, 0.5)
+    late = study.ask(dist)  # still running in "another worker" (this live process)
+    late.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+    threading.Timer(0.5, lambda: study.tell(late, 0.9)).start()
+    wait_for_candidates(spec, study, poll_s=0.1, log=lambda m: None)
+    assert study.trials[late.number].state == TrialState.COMPLETE
+    assert enqueue_repeats(spec, study) == [late.number]

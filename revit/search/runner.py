@@ -261,6 +261,27 @@ def run_worker(spec: StudySpec, study: Any, *, objective: Callable[[Any], Any] |
     return stats
 
 
+def wait_for_candidates(spec: StudySpec, study: Any, *, poll_s: float = 5.0,
+                        log: Callable[[str], None] = _say) -> None:
+    """Block until no original candidate trial is RUNNING (other workers' trials included).
+
+    Stale trials of dead workers are failed (and retried) meanwhile, so this cannot hang on them.
+    """
+    from optuna.trial import TrialState
+
+    said = False
+    while True:
+        reap_stale(study, spec.grace_s, log=log)
+        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if _is_original_candidate(t)]
+        if not running:
+            return
+        if not said:
+            log(f"waiting for candidate trial(s) {running} of other workers before choosing the repeats")
+            said = True
+        time.sleep(poll_s)
+
+
 def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | None = None, repeats: bool = True,
               timeout: float | None = None, log: Callable[[str], None] = _say) -> Any:
     """``revit search run``: create or resume the study, baselines, candidates, then repeats."""
@@ -274,6 +295,7 @@ def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | No
         f"baselines {[b.arm for b in spec.baselines]}")
     run_worker(spec, study, objective=objective, n_trials=n_trials, timeout=timeout, log=log)
     if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
+        wait_for_candidates(spec, study, log=log)  # pick the best among *all* candidates, not the finished ones
         best = enqueue_repeats(spec, study)
         if best:
             log(f"repeating the best candidates {best} with seeds {list(spec.seeds[1:])}")
@@ -291,4 +313,4 @@ def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, ti
 
 
 __all__ = ["WorkerStats", "enqueue_baselines", "enqueue_repeats", "join_study", "open_study", "reap_stale",
-           "run_study", "run_worker", "worker_id"]
+           "run_study", "run_worker", "wait_for_candidates", "worker_id"]
