@@ -1,0 +1,492 @@
+"""Pruning quality on Fashion-MNIST: revit criteria vs Torch-Pruning, equal training budgets (issue 4).
+
+One base model (a timm ``VisionTransformer`` of the revit_micro shape: patch 7, 8 blocks, embed 96,
+4 heads, MLP 384, 28x28x1, 10 classes, converted to revit by ``from_timm`` so every method starts
+from the same weights) is trained once and cached.  It is pruned to each MACs ratio by
+
+- revit ``hessian``, ``nvit-code``, ``magnitude`` (global, MACs penalty eta 1, pruning while
+  training with KL to the unpruned model + CE, stopped at the first step under the target);
+- ``uniform``: Torch-Pruning local pruning (the same ratio in every layer), L2 magnitude;
+- ``tp-taylor`` / ``tp-hessian``: Torch-Pruning 1.6 global ``GroupTaylorImportance`` /
+  ``GroupHessianImportance`` (head dims pruned in all heads alike, as Torch-Pruning's timm ViT
+  example), from gradients of ``--calib-batches`` batches.
+
+Torch-Pruning methods prune in one shot; their pruning ratio is bisected so that the MACs land at
+the largest value <= the target (the same stopping rule as revit's).  Training budgets count
+optimizer steps after the base: revit's pruning phase (``--prune-share`` of the shortest budget)
+plus its fine-tune equals the peers' fine-tune.  Every fine-tune: AdamW, cosine from ``--lr``,
+CE + KL (T=3) to the unpruned base.  Each budget fine-tunes from the same pruned model.
+
+Reported per method and ratio (mean +- std over seeds): MACs (NViT convention) and params, latency
+measured with onnxruntime CPU (1 thread, thread clock, batch 64, interleaved with the base,
+medians), test top-1 right after pruning (revit: at the end of its pruning phase) and after each
+budget.  Everything is cached under ``--out``: the base, each pruned model, and one JSON per
+(method, ratio, seed), so a killed run resumes.
+
+Full scale (about 3 h on 2 free cores):
+    python benchmarks/prune_quality.py --base-epochs 15 --seeds 0,1,2
+Reduced scale used for the README figures: see docs/readme_prune.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from revit.train import size
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REVIT_METHODS = ("hessian", "nvit-code", "magnitude")
+TP_METHODS = ("uniform", "tp-taylor", "tp-hessian")
+ALL_METHODS = REVIT_METHODS + TP_METHODS
+# settings that change results: a cache folder holds one combination only
+RESULT_KEYS = ("base_epochs", "train_limit", "val_size", "test_limit", "batch_size", "base_lr", "lr", "budgets",
+               "prune_share", "prune_steps", "calib_batches", "tp_iters")
+
+
+def log(msg: str) -> None:
+    """Timestamped progress line on stdout."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def config_of(model: nn.Module) -> Any:
+    """The ViTConfig of a ReViT (typed loosely: nn.Module attributes read as Tensor | Module)."""
+    return cast(Any, model).config
+
+
+def micro_timm() -> nn.Module:
+    """The timm ViT of the revit_micro shape (what Torch-Pruning can trace)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=96, depth=8,
+                             num_heads=4, mlp_ratio=4.0, qkv_bias=True)
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """Config YAML + safetensors next to each other (atomic weights)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config_of(model).save(path.with_suffix(".yaml"))
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_model(path: Path) -> nn.Module:
+    """Rebuild a ReViT saved by :func:`save_model`."""
+    from revit.config import ViTConfig
+    from revit.models import build_model
+
+    return build_model(ViTConfig.load(path.with_suffix(".yaml")), checkpoint=path)
+
+
+# --- base --------------------------------------------------------------------------------------
+def get_base(args: argparse.Namespace, splits: Any, out: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Train (or load the cached) base model; returns it and its summary."""
+    from revit.models import from_timm
+    from revit.train import TrainConfig, evaluate, train
+
+    path, info_path = out / "base" / "model.safetensors", out / "base" / "base.json"
+    if path.is_file() and info_path.is_file():
+        return load_model(path), json.loads(info_path.read_text())
+    torch.manual_seed(0)
+    model = from_timm(micro_timm())
+    log(f"training the base: {args.base_epochs} epochs on {size(splits.train)} images")
+    t0 = time.perf_counter()
+    tc = TrainConfig(epochs=args.base_epochs, batch_size=args.batch_size, lr=args.base_lr, seed=0)
+    hist = train(model, splits.train, splits.val if size(splits.val) else None, tc, out_dir=out / "base" / "train",
+                 resume=True, progress=False)
+    info = {"epochs": args.base_epochs, "train_images": size(splits.train), "test_images": size(splits.test),
+            "test_top1": evaluate(model, splits.test), "history": hist.history,
+            "seconds": time.perf_counter() - t0}
+    save_model(model, path)
+    write_json(info_path, info)
+    return model, info
+
+
+# --- Torch-Pruning -----------------------------------------------------------------------------
+def _tp_hessian_cls() -> type:
+    """GroupHessianImportance with a working accumulate_grad.
+
+    Torch-Pruning 1.6.1 tests ``name not in self._accu_grad`` on a dict keyed by the parameter, so
+    every sample *replaces* the accumulated squared gradient and only the last sample counts; this
+    subclass sums over all samples as documented.
+    """
+    import torch_pruning as tp
+
+    class FixedHessian(tp.importance.GroupHessianImportance):
+        def accumulate_grad(self, model: nn.Module) -> None:
+            for p in model.parameters():
+                if p.grad is None:
+                    continue
+                g2 = p.grad.detach().pow(2)
+                if p in self._accu_grad:
+                    self._accu_grad[p] += g2
+                    self._counter[p] += 1
+                else:
+                    self._accu_grad[p] = g2.clone()
+                    self._counter[p] = 1
+
+    return FixedHessian
+
+
+def _tp_importance(method: str) -> Any:
+    import torch_pruning as tp
+
+    if method == "tp-taylor":
+        return tp.importance.GroupTaylorImportance()
+    if method == "tp-hessian":
+        return _tp_hessian_cls()()
+    return tp.importance.GroupMagnitudeImportance(p=2)
+
+
+def _calibrate(model: nn.Module, imp: Any, method: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Gradients for Taylor (summed batch gradients) or per-sample squared gradients for Hessian."""
+    model.zero_grad()
+    if method == "tp-taylor":
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+    elif method == "tp-hessian":
+        imp.zero_grad()
+        for x, y in batches:
+            for i in range(len(y)):  # per-sample loss, as Torch-Pruning's example (one forward each)
+                model.zero_grad()
+                F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+                imp.accumulate_grad(model)
+
+
+def _clone_with_grads(model: nn.Module, imp: Any, method: str) -> tuple[nn.Module, Any]:
+    """A deep copy of the model carrying the gradients / Hessian accumulators of the original."""
+    m = copy.deepcopy(model)
+    src = dict(model.named_parameters())
+    new_imp = _tp_importance(method)
+    for n, p in m.named_parameters():
+        g = src[n].grad
+        p.grad = None if g is None else g.clone()
+        if method == "tp-hessian" and src[n] in imp._accu_grad:
+            new_imp._accu_grad[p] = imp._accu_grad[src[n]].clone()
+            new_imp._counter[p] = imp._counter[src[n]]
+    return m, new_imp
+
+
+def _tp_trial(timm_model: nn.Module, imp: Any, method: str, ratio: float) -> nn.Module:
+    """Prune a copy by Torch-Pruning at channel ratio ``ratio``; returns the revit model."""
+    import torch_pruning as tp
+    from timm.models.vision_transformer import Attention
+
+    from revit.models import from_timm
+
+    m, imp2 = _clone_with_grads(timm_model, imp, method)
+    num_heads = {a.qkv: a.num_heads for a in m.modules() if isinstance(a, Attention)}
+    pruner = tp.pruner.MetaPruner(m, torch.randn(1, 1, 28, 28), importance=imp2, global_pruning=method != "uniform",
+                                  pruning_ratio=ratio, max_pruning_ratio=0.95, ignored_layers=[m.head],
+                                  num_heads=num_heads, prune_num_heads=False, prune_head_dims=True)
+    for g in pruner.step(interactive=True):
+        g.prune()
+    for a in m.modules():
+        if isinstance(a, Attention):
+            a.num_heads = pruner.num_heads[a.qkv]
+            a.head_dim = a.qkv.out_features // (3 * a.num_heads)
+            a.attn_dim = a.num_heads * a.head_dim
+            a.scale = a.head_dim**-0.5
+    return from_timm(m)
+
+
+def tp_prune(base: nn.Module, method: str, ratio: float, batches: list[tuple[torch.Tensor, torch.Tensor]],
+             iters: int) -> tuple[nn.Module, dict[str, Any]]:
+    """One-shot Torch-Pruning to the largest MACs <= ``ratio`` x base (bisection on the pruning ratio)."""
+    import warnings
+
+    from revit import counting
+    from revit.models import to_timm
+
+    base_macs = counting.macs(config_of(base))
+    timm_model = to_timm(copy.deepcopy(base)).train()
+    imp = _tp_importance(method)
+    _calibrate(timm_model, imp, method, batches)
+
+    def macs_of(m: nn.Module) -> float:
+        return counting.macs(config_of(m)) / base_macs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lo, hi = 0.0, 0.95
+        best = _tp_trial(timm_model, imp, method, hi)
+        reached = macs_of(best) <= ratio
+        best_r = hi
+        if reached:
+            for _ in range(iters):
+                mid = (lo + hi) / 2
+                cand = _tp_trial(timm_model, imp, method, mid)
+                if macs_of(cand) <= ratio:
+                    best, best_r, hi = cand, mid, mid
+                else:
+                    lo = mid
+    return best, {"pruning_ratio": best_r, "reached_target": reached}
+
+
+# --- revit -------------------------------------------------------------------------------------
+def revit_prune(base: nn.Module, method: str, ratio: float, splits: Any, seed: int, args: argparse.Namespace,
+                prune_batches: int, work: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """revit's pruning phase (training while pruning), ``--prune-steps`` steps over ``prune_batches``."""
+    from revit.prune import PruneConfig, Pruner
+
+    interval = max(1, prune_batches // args.prune_steps)
+    pc = PruneConfig(target=ratio, criterion=method, interval=interval, per_step=None,
+                     step_fraction=(1 - ratio) / args.prune_steps, batch_size=args.batch_size, lr=args.lr,
+                     grad_clip=1.0, kl_weight=1.0, ce_weight=1.0, temperature=3.0, eval_size=0, seed=seed)
+    if work.exists() and not (work / "state.pt").is_file():
+        shutil.rmtree(work)  # killed before its first saved step
+    torch.manual_seed(seed)
+    res = Pruner(copy.deepcopy(base), splits.train, None, pc, work, resume=True, progress=False).run()
+    return res.model, {"interval": interval, "step_fraction": pc.step_fraction, "steps": res.steps,
+                       "prune_batches": res.metrics["batches"], "eta_abs": res.metrics["eta_abs"]}
+
+
+# --- fine-tune, measure ------------------------------------------------------------------------
+def finetune(model: nn.Module, teacher: nn.Module, splits: Any, steps: int, seed: int,
+             args: argparse.Namespace) -> float:
+    """``steps`` optimizer steps of CE + KL(T=3) to the base, cosine lr; returns test top-1."""
+    from revit.train import TrainConfig, evaluate, train
+
+    if steps > 0:
+        per_epoch = size(splits.train) // args.batch_size
+        epochs = math.ceil(steps / per_epoch)  # more than an epoch: equal slices (rounded up) of each epoch
+        tc = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr * 0.02,
+                         warmup_epochs=0.0, label_smoothing=0.0, distill_weight=1.0, distill_temperature=3.0,
+                         grad_clip=1.0, seed=seed, max_steps_per_epoch=math.ceil(steps / epochs))
+        train(model, splits.train, None, tc, teacher=teacher, progress=False)
+    return evaluate(model, splits.test)
+
+
+def measure_latency(cfgs: list[Any], batch: int = 64, passes: int = 3, repeats: int = 5, warmup: int = 2,
+                    seed: int = 0) -> list[float]:
+    """Median seconds per batch of each config, onnxruntime CPU, 1 thread, thread clock, interleaved."""
+    from prune_latency import measure_models
+
+    return measure_models(cfgs, batch=batch, passes=passes, repeats=repeats, warmup=warmup, seed=seed)
+
+
+def calib_batches(splits: Any, n: int, batch: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` training batches in a seeded order (Torch-Pruning's gradient estimate)."""
+    from revit.prune.pruner import _fetch
+
+    g = torch.Generator().manual_seed(10_000 + seed)
+    order = torch.randperm(size(splits.train), generator=g).tolist()
+    return [_fetch(splits.train, order[i * batch:(i + 1) * batch]) for i in range(n)]
+
+
+def run_one(method: str, ratio: float, seed: int, base: nn.Module, teacher: nn.Module, splits: Any,
+            args: argparse.Namespace, out: Path, budgets: dict[str, int],
+            base_latency: Callable[[Any], tuple[float, float]]) -> dict[str, Any]:
+    """Prune, measure and fine-tune one (method, ratio, seed); cached at every stage."""
+    from revit import counting
+    from revit.train import evaluate
+
+    key = f"{method}_r{ratio:g}_s{seed}"
+    final = out / "results" / f"{key}.json"
+    if final.is_file():
+        return dict(json.loads(final.read_text()))
+    stage = out / "work" / key
+    pruned_path, pruned_info = stage / "pruned.safetensors", stage / "pruned.json"
+    prune_batches = round(args.prune_share * min(budgets.values()))
+    if pruned_path.is_file() and pruned_info.is_file():
+        info = json.loads(pruned_info.read_text())
+    else:
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        if method in REVIT_METHODS:
+            model, extra = revit_prune(base, method, ratio, splits, seed, args, prune_batches, stage / "prune")
+        else:
+            model, extra = tp_prune(base, method, ratio, calib_batches(splits, args.calib_batches, args.batch_size,
+                                                                        seed), args.tp_iters)
+            extra["prune_batches"] = 0
+        model.eval()
+        cfg = config_of(model)
+        lat, lat_ratio = base_latency(cfg)
+        info = {"method": method, "ratio": ratio, "seed": seed, "top1_after_pruning": evaluate(model, splits.test),
+                "macs": counting.macs(cfg), "macs_ratio": counting.macs(cfg) / counting.macs(config_of(base)),
+                "params": counting.params(cfg), "latency_ms": lat * 1e3, "latency_ratio_to_base": lat_ratio,
+                "config": cfg.to_dict(), "prune_seconds": time.perf_counter() - t0, **extra}
+        save_model(model, pruned_path)
+        write_json(pruned_info, info)
+        shutil.rmtree(stage / "prune", ignore_errors=True)
+    result = dict(info)
+    for name, total in budgets.items():
+        bpath = stage / f"budget_{name}.json"
+        if bpath.is_file():
+            result[f"top1_{name}"] = json.loads(bpath.read_text())["top1"]
+            continue
+        steps = total - int(info["prune_batches"])
+        if steps < 0:
+            raise SystemExit(f"{key}: pruning used {info['prune_batches']} batches, more than the {name} budget "
+                             f"{total}")
+        t0 = time.perf_counter()
+        model = load_model(pruned_path)
+        acc = finetune(model, teacher, splits, steps, seed, args)
+        write_json(bpath, {"top1": acc, "finetune_steps": steps, "budget_steps": total,
+                           "seconds": time.perf_counter() - t0})
+        result[f"top1_{name}"] = acc
+    write_json(final, result)
+    if args.clean:
+        shutil.rmtree(stage, ignore_errors=True)
+    return result
+
+
+def _ms(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not xs:
+        return "-"
+    m = statistics.mean(xs) * scale
+    s = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
+    return f"{m:.{digits}f} +- {s:.{digits}f}"
+
+
+def joint_latency(results: list[dict[str, Any]], base_cfg: Any, passes: int) -> None:
+    """Re-time every pruned model and the base together, interleaved (``latency_*`` fields, in place)."""
+    from revit.config import ViTConfig
+
+    cfgs = [base_cfg] + [ViTConfig.from_dict(r["config"]) for r in results]
+    lat = measure_latency(cfgs, passes=passes)
+    for r, t in zip(results, lat[1:], strict=True):
+        r["latency_ms"], r["latency_ratio_to_base"] = t * 1e3, t / lat[0]
+    log(f"joint latency: {len(cfgs)} models x {passes} passes, base {lat[0] * 1e3:.2f} ms per batch of 64")
+
+
+def report(results: list[dict[str, Any]], budgets: dict[str, int], base_info: dict[str, Any]) -> str:
+    """A Markdown table: mean +- std over seeds per (method, ratio)."""
+    lines = [f"base: {base_info['epochs']} epochs on {base_info['train_images']} images, test top-1 "
+             f"{base_info['test_top1'] * 100:.2f}% ({base_info['test_images']} test images)", ""]
+    head = ["ratio", "method", "seeds", "MACs", "params", "latency ms (x base)", "top-1 after pruning"]
+    head += [f"top-1 after {n} ({t} steps)" for n, t in budgets.items()]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = sorted({(r["ratio"], r["method"]) for r in results}, key=lambda k: (-k[0], ALL_METHODS.index(k[1])))
+    for ratio, method in keys:
+        rs = [r for r in results if r["ratio"] == ratio and r["method"] == method]
+        missed = "*" if any(r.get("reached_target") is False for r in rs) else ""
+        row = [f"{ratio:g}", method, str(len(rs)),
+               f"{statistics.mean(r['macs'] for r in rs) / 1e6:.2f}M "
+               f"({statistics.mean(r['macs_ratio'] for r in rs):.3f}){missed}",
+               f"{statistics.mean(r['params'] for r in rs) / 1e3:.0f}K",
+               f"{statistics.mean(r['latency_ms'] for r in rs):.2f} "
+               f"({statistics.mean(r['latency_ratio_to_base'] for r in rs):.3f})",
+               _ms([r["top1_after_pruning"] for r in rs])]
+        row += [_ms([r[f"top1_{n}"] for r in rs if f"top1_{n}" in r]) for n in budgets]
+        lines.append("| " + " | ".join(row) + " |")
+    if any(r.get("reached_target") is False for r in results):
+        lines += ["", "* Torch-Pruning could not reach the target at its largest pruning ratio (0.95): MACs above it"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse the scale, then run every (seed, ratio, method) not cached yet and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench-prune-quality", help="cache folder (base, pruned models, JSON)")
+    ap.add_argument("--base-epochs", type=int, default=15)
+    ap.add_argument("--train-limit", type=int, default=None, help="training images (default: all 55,000)")
+    ap.add_argument("--val-size", type=int, default=5000)
+    ap.add_argument("--test-limit", type=int, default=None, help="test images scored (default: all 10,000)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS))
+    ap.add_argument("--ratios", default="0.5,0.25", help="MACs targets as fractions of the base")
+    ap.add_argument("--budgets", default="0.25,1", help="training budgets after the base, in epochs")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--base-lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-4, help="lr of revit's pruning phase and of every fine-tune")
+    ap.add_argument("--prune-share", type=float, default=0.5,
+                    help="revit's pruning phase: share of the shortest budget")
+    ap.add_argument("--prune-steps", type=int, default=10, help="revit's pruning steps (step fraction (1-r)/steps)")
+    ap.add_argument("--calib-batches", type=int, default=4, help="Torch-Pruning gradient batches")
+    ap.add_argument("--tp-iters", type=int, default=10, help="bisection steps on Torch-Pruning's pruning ratio")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--report-only", action="store_true", help="print the table of the cached results, run nothing")
+    ap.add_argument("--latency-passes", type=int, default=10,
+                    help="re-time all models together for the table with this many interleaved passes (0: keep the "
+                         "per-run timings)")
+    ap.add_argument("--clean", action="store_true", help="delete per-run work folders once their JSON is written")
+    args = ap.parse_args()
+
+    from revit.data import DataSpec, load_splits
+
+    torch.set_num_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(ALL_METHODS)
+    if unknown:
+        raise SystemExit(f"unknown method(s) {sorted(unknown)}; known: {', '.join(ALL_METHODS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    out = Path(args.out)
+    settings = {k: getattr(args, k) for k in RESULT_KEYS}
+    sp = out / "settings.json"
+    if sp.is_file() and json.loads(sp.read_text()) != settings:
+        old = json.loads(sp.read_text())
+        diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
+        raise SystemExit(f"{out} caches results of other settings ({diff}); use another --out")
+    write_json(sp, settings)
+    splits = load_splits(DataSpec("fashion-mnist", train_limit=args.train_limit, val_size=args.val_size,
+                                  test_limit=args.test_limit, seed=0))
+    per_epoch = size(splits.train) // args.batch_size
+    budgets = {f"{float(b):g}ep": max(1, round(float(b) * per_epoch)) for b in args.budgets.split(",")}
+    print(f"settings: {json.dumps(settings)}\n  methods {methods}, ratios {ratios}, seeds {seeds}, threads "
+          f"{args.threads}; {size(splits.train)} train / {size(splits.test)} test images, {per_epoch} batches of "
+          f"{args.batch_size} per epoch; budgets (optimizer steps after the base) {budgets}; revit pruning phase "
+          f"{round(args.prune_share * min(budgets.values()))} batches in {args.prune_steps} steps; cache {out}",
+          flush=True)
+    base, base_info = get_base(args, splits, out)
+    base.eval()
+    teacher = copy.deepcopy(base).requires_grad_(False)  # train() freezes its teacher in place; base stays trainable
+    log(f"base: {base_info['epochs']} epochs, test top-1 {base_info['test_top1']:.4f}")
+
+    def base_latency(cfg: Any) -> tuple[float, float]:
+        lat = measure_latency([config_of(base), cfg])
+        return lat[1], lat[1] / lat[0]
+
+    results = []
+    for seed in seeds:  # seed-major: a partial run still covers every method
+        for ratio in ratios:
+            for method in methods:
+                if args.report_only:
+                    f = out / "results" / f"{method}_r{ratio:g}_s{seed}.json"
+                    if f.is_file():
+                        results.append(json.loads(f.read_text()))
+                    continue
+                t0 = time.perf_counter()
+                r = run_one(method, ratio, seed, base, teacher, splits, args, out, budgets, base_latency)
+                results.append(r)
+                accs = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.startswith("top1"))
+                log(f"{method} r={ratio:g} seed {seed}: MACs {r['macs_ratio']:.3f}, latency "
+                    f"x{r['latency_ratio_to_base']:.3f}, {accs} ({time.perf_counter() - t0:.0f} s)")
+    if not results:
+        raise SystemExit("no results yet")
+    if args.latency_passes:
+        joint_latency(results, config_of(base), args.latency_passes)
+    table = report(results, budgets, base_info)
+    (out / "report.md").write_text(f"settings: {json.dumps(settings)}\n\n{table}\n")
+    print(table, flush=True)
+
+
+if __name__ == "__main__":
+    main()
