@@ -18,7 +18,7 @@ def register(sub: Any) -> None:
     p.add_argument("--epochs", type=int, help="epochs per study trial (default 2)")
     p.add_argument("--candidates", type=int, help="candidate trials of the study (default 3)")
     p.add_argument("--workers", type=int, help="study worker processes (default 2)")
-    p.add_argument("--threads", type=int, help="torch threads of the single-process stages (default 2)")
+    p.add_argument("--threads", type=int, help="torch threads of the single-process stages (default 1)")
     p.add_argument("--table", help="latency table JSON (default: the shipped micro table)")
     p.add_argument("--quick", action="store_true", help="a one-minute plan with tiny subsets (smoke test)")
     p.set_defaults(func=cmd_demo)
