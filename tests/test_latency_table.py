@@ -279,3 +279,11 @@ def test_import_nvit_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["latency", "query", str(out), "revit_deit_base_distilled_patch16_224", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["total_s"] == pytest.approx(0.9698, abs=1e-3) and res["fixed_known"] is False
+
+
+def test_marginal_savings_only_some_kinds(table: LatencyTable) -> None:
+    """``only`` computes just the kinds asked for, so a kind at the range's edge does not raise."""
+    cfg = _cfg(72, [BlockDims(2, 4, 8, 64)])  # qk_dim at the table's lower bound
+    full = table.marginal_savings(cfg, 0, {"heads": 1, "v_dim": 4, "mlp_dim": 8, "qk_dim": 4, "embed_dim": 8})
+    part = table.marginal_savings(cfg, 0, {"mlp_dim": 8}, only=["mlp_dim"])
+    assert list(part) == ["mlp_dim"] and part["mlp_dim"] == pytest.approx(full["mlp_dim"])

@@ -281,3 +281,27 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path, cli: Any, launcher: st
     assert rel < 1e-5, rel  # measured: 7e-7 (float sums in another order)
     (tmp_path / "score_rel_diff.txt").write_text(f"{rel:.3e}\n")
     print(f"max relative EMA score difference 1 vs 2 processes: {rel:.3e}")
+
+
+def test_latency_target_with_the_shipped_table_stays_inside_it(tmp_path):
+    """The pruner never leaves the table's measured range (its minimum widths are raised to it)."""
+    import json as _json
+
+    from revit.cli.main import main as cli_main
+    from revit.latency.table import LatencyTable
+    from revit.paths import shipped_dir
+    from revit.trace import Trace
+
+    table_path = shipped_dir("latency_tables") / "cpu_onnxruntime_fp32_bs64_t17.json"
+    rc = cli_main(["prune", "--model", "revit_micro", "--data", "digits", "--train-limit", "256", "--val-size", "64",
+                   "--test-limit", "64", "--target-latency", "0.5", "--table", str(table_path), "--interval", "2",
+                   "--step-fraction", "0.1", "--batch-size", "32", "--threads", "1", "--out", str(tmp_path / "run"),
+                   "--no-progress"])
+    assert rc == 0
+    lo = {k: v[0] for k, v in LatencyTable.load(table_path).ranges().items()}
+    for st in Trace.load(tmp_path / "run" / "trace.jsonl").steps:
+        assert st.embed_dim >= lo["embed_dim"]
+        for b in st.blocks:
+            assert all(getattr(b, k) >= lo[k] for k in ("heads", "qk_dim", "v_dim", "mlp_dim"))
+    metrics = _json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["target"]["kind"] == "latency" and metrics["cost_ratio"] <= 0.5

@@ -246,9 +246,11 @@ class LatencyTable:
         return Prediction(per_block_s=per_block, fixed_s=fixed, batch_size=self.batch_size, note=note)
 
     def marginal_savings(self, cfg: ViTConfig, block_index: int, units: Mapping[str, int] | None = None, *,
-                         clip: bool = True, extrapolate: bool = False) -> dict[str, float]:
+                         clip: bool = True, extrapolate: bool = False,
+                         only: Sequence[str] | None = None) -> dict[str, float]:
         """Seconds saved by removing one unit of each kind: in block ``block_index`` for heads, qk_dim,
-        v_dim, mlp_dim; summed over all blocks for embed_dim.
+        v_dim, mlp_dim; summed over all blocks for embed_dim.  ``only`` limits the work (and the
+        range checks) to those kinds; the result then holds only them.
 
         ``units`` gives each kind's unit size (the pruning granularity, default 1).  A removal that would
         leave less than one unit is impossible and saves 0.  Noisy tables can give negative savings;
@@ -269,7 +271,10 @@ class LatencyTable:
         out: dict[str, float] = {}
         rows: list[np.ndarray] = [base]
         kinds: list[str] = []
+        want = set(SAVING_KINDS if only is None else only)
         for j, k in enumerate(BLOCK_KEYS, start=1):
+            if k not in want:
+                continue
             if base[j] - u[k] < u[k]:
                 out[k] = 0.0
                 continue
@@ -280,7 +285,9 @@ class LatencyTable:
         lat = self.lookup(np.stack(rows), extrapolate)
         for k, v in zip(kinds, lat[1:], strict=True):
             out[k] = float(lat[0] - v)
-        if e - u["embed_dim"] < u["embed_dim"]:
+        if "embed_dim" not in want:
+            pass
+        elif e - u["embed_dim"] < u["embed_dim"]:
             out["embed_dim"] = 0.0
         else:
             pts = np.array([(e, d.heads, d.qk_dim, d.v_dim, d.mlp_dim) for d in cfg.blocks], dtype=np.float64)
@@ -289,7 +296,7 @@ class LatencyTable:
             out["embed_dim"] = float(np.sum(self.lookup(pts, extrapolate) - self.lookup(low, extrapolate)))
         if clip:
             out = {k: max(v, 0.0) for k, v in out.items()}
-        return {k: out[k] for k in SAVING_KINDS}
+        return {k: out[k] for k in SAVING_KINDS if k in want}
 
     # I/O -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

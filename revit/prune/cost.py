@@ -10,6 +10,7 @@ NViT's eta = 5e-4 per second belongs to its loss scale (KL weight 1e5) and V100 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -24,8 +25,8 @@ class LatencyTableLike(Protocol):
 
     def predict(self, cfg: ViTConfig) -> Any: ...  # .total_s
 
-    def marginal_savings(self, cfg: ViTConfig, block_index: int, units: dict[str, int] | None = None
-                         ) -> dict[str, float]: ...
+    def marginal_savings(self, cfg: ViTConfig, block_index: int, units: dict[str, int] | None = None,
+                         *, only: Sequence[str] | None = None) -> dict[str, float]: ...
 
 
 class CostModel(Protocol):
@@ -86,7 +87,8 @@ class LatencyCost:
             if len(self._cache) > 10000:
                 self._cache.clear()
             self._cache[key] = self.table.marginal_savings(cfg, block if block is not None else 0,
-                                                           units={_TABLE_KIND[kind]: units})
+                                                           units={_TABLE_KIND[kind]: units},
+                                                           only=[_TABLE_KIND[kind]])
         return float(self._cache[key][_TABLE_KIND[kind]])
 
     def format(self, value: float) -> str:

@@ -172,6 +172,12 @@ class Pruner:
                 raise TableRangeError(f"the latency table does not cover the model: {e}") from None
         self.unit = resolve_granularity(cfg.granularity, self.base.img_size)
         self.minimum = dict(self.unit)
+        if table is not None and hasattr(table, "ranges"):
+            # never prune below what the table measured: a prediction there would be extrapolated
+            for kind, (lo, _) in table.ranges().items():
+                if kind in self.minimum:
+                    step = self.unit[kind]
+                    self.minimum[kind] = max(self.minimum[kind], int(math.ceil(lo / step)) * step)
         self.base_cost = self.cost.cost(self.base)
         self.target_cost = cfg.target * self.base_cost
         floor = self.cost.cost(min_config(self.base, self.minimum))

@@ -91,24 +91,6 @@ class DemoPlan:
         ]
 
 
-class _Extrapolating:
-    """A latency table that extrapolates outside its measured range (for the pruner's floor check).
-
-    The pruner costs the all-minimum config (EMB 8 in the micro granularity) before it starts, which
-    lies below the micro table's range (EMB 32..96); the demo prunes to half the latency, inside it.
-    """
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-        self.batch_size = table.batch_size
-
-    def predict(self, cfg: Any) -> Any:
-        return self.table.predict(cfg, extrapolate=True)
-
-    def marginal_savings(self, cfg: Any, block_index: int, units: dict[str, int] | None = None) -> dict[str, float]:
-        return dict(self.table.marginal_savings(cfg, block_index, units, extrapolate=True))
-
-
 def _stage(log: Callable[[str], None], i: int, name: str) -> float:
     log(f"\n[demo {i}/7] {name}")
     return time.perf_counter()
@@ -177,7 +159,7 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
         pc = PruneConfig(target=plan.prune_target, target_kind="latency", interval=plan.prune_interval,
                          per_step=None, step_fraction=plan.prune_step_fraction, lr=plan.prune_lr,
                          batch_size=plan.batch_size, eval_size=plan.prune_eval)
-        Pruner(model, splits.train, splits.val, pc, prune_dir, table=_Extrapolating(table), resume=True,
+        Pruner(model, splits.train, splits.val, pc, prune_dir, table=table, resume=True,
                test_ds=splits.test).run()
     pm = json.loads((prune_dir / "metrics.json").read_text())
     from revit.config import ViTConfig
