@@ -45,8 +45,15 @@ lint: setup
 	$(BIN)/ruff check revit tests benchmarks
 	$(BIN)/mypy revit
 
+# each speed/quality figure of the README, at the scale it was measured (prune_quality: see README for full scale)
 bench: setup
-	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/generate_speed.py
+	$(BIN)/python benchmarks/latency_accuracy.py
+	$(BIN)/python benchmarks/train_micro.py --threads 1
+	$(BIN)/python benchmarks/prune_overhead.py
+	$(BIN)/python benchmarks/prune_latency.py
+	$(BIN)/python benchmarks/study_scaling.py --seconds 80
+	$(BIN)/python benchmarks/prune_quality.py --out runs/bench-prune-quality-12k --base-epochs 6 --train-limit 12000 --val-size 200
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
