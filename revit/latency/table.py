@@ -285,11 +285,9 @@ class LatencyTable:
         lat = self.lookup(np.stack(rows), extrapolate)
         for k, v in zip(kinds, lat[1:], strict=True):
             out[k] = float(lat[0] - v)
-        if "embed_dim" not in want:
-            pass
-        elif e - u["embed_dim"] < u["embed_dim"]:
+        if "embed_dim" in want and e - u["embed_dim"] < u["embed_dim"]:
             out["embed_dim"] = 0.0
-        else:
+        elif "embed_dim" in want:
             pts = np.array([(e, d.heads, d.qk_dim, d.v_dim, d.mlp_dim) for d in cfg.blocks], dtype=np.float64)
             low = pts.copy()
             low[:, 0] -= u["embed_dim"]
