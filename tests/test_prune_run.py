@@ -135,8 +135,8 @@ class _FakeTable:
         total = sum(self.block(cfg.embed_dim, b) for b in cfg.blocks)
         return type("P", (), {"total_s": total})()
 
-    def marginal_savings(self, cfg: ViTConfig, block_index: int,
-                         units: dict[str, int] | None = None) -> dict[str, float]:
+    def marginal_savings(self, cfg: ViTConfig, block_index: int, units: dict[str, int] | None = None,
+                         *, only: Any = None) -> dict[str, float]:
         from dataclasses import replace
 
         u = units or {}
@@ -150,7 +150,7 @@ class _FakeTable:
             out[k] = self.block(cfg.embed_dim, b) - self.block(cfg.embed_dim, replace(b, **{k: getattr(b, k) - n}))
         n = u.get("embed_dim", 1)
         out["embed_dim"] = sum(self.block(cfg.embed_dim, d) - self.block(cfg.embed_dim - n, d) for d in cfg.blocks)
-        return out
+        return out if only is None else {k: out[k] for k in only}
 
 
 def test_latency_target_with_a_table(tmp_path: Path, splits: Any) -> None:
