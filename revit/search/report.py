@@ -167,6 +167,13 @@ def _accuracy_plot(trials: Sequence[Any], groups: Sequence[Group], path: Path, t
                     color=f"C{i + 1}", mfc="none", mew=2, label=f"baseline {g.arm} (n={g.n})", zorder=4)
     ax.set_xlabel("MACs (M, attention matmuls included)")
     ax.set_ylabel("held-out top-1 (%)")
+    _finish(fig, ax, title, path)
+
+
+def _finish(fig: Any, ax: Any, title: str, path: Path) -> None:
+    """Title, grid and legend on ``ax``; save ``fig`` to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -202,12 +209,7 @@ def _history_plot(trials: Sequence[Any], path: Path, title: str) -> None:
     ax.scatter([], [], color="C1", marker="s", label="baseline")
     ax.set_xlabel("trial")
     ax.set_ylabel("held-out top-1 (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, title, path)
 
 
 def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, storage_url: str | None = None,
