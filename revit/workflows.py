@@ -12,7 +12,7 @@ from revit._io import atomic_write_text
 from revit.config import ViTConfig
 from revit.data import DataSpec
 from revit.errors import ConfigError
-from revit.train import TrainConfig
+from revit.recipes import TrainConfig
 
 
 def save_weights(model: Any, path: str | os.PathLike[str]) -> None:

@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from revit.presets import resolve_config
-    from revit.train import TrainConfig
+    from revit.recipes import TrainConfig
     from revit.workflows import run_training
 
     cfg = resolve_config(args.config)

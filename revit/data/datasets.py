@@ -18,31 +18,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from revit.errors import ConfigError, DatasetError
+from revit.data.spec import DataSpec
+from revit.errors import DatasetError
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which data and how much: ``source`` is ``fashion-mnist``, ``digits`` or an ImageFolder path."""
-
-    source: str = "fashion-mnist"
-    train_limit: int | None = None  # keep this many training images (after holding out val)
-    val_size: int = 5000  # images held out of the training set for selection
-    test_limit: int | None = None
-    img_size: int | None = None  # resize to this (None: the source's own size)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for k in ("train_limit", "test_limit"):
-            v = getattr(self, k)
-            if v is not None and v < 1:
-                raise ConfigError(f"{k} must be positive, got {v}")
-        if self.val_size < 0:
-            raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
 
 
 @dataclass(frozen=True)

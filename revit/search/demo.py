@@ -137,7 +137,7 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
         base_metrics = json.loads((base_dir / "metrics.json").read_text())
         log(f"  reusing {base_dir}")
     else:
-        from revit.train import TrainConfig
+        from revit.recipes import TrainConfig
         from revit.workflows import run_training
 
         shutil.rmtree(base_dir, ignore_errors=True)

@@ -171,7 +171,7 @@ class StudySpec:
         return Setting(**s)
 
     def train_config(self, seed: int) -> Any:
-        from revit.train import TrainConfig
+        from revit.recipes import TrainConfig
 
         return TrainConfig(**{**dict(self.train), "seed": seed})
 
@@ -251,7 +251,7 @@ class StudySpec:
         DataSpec(**data)  # validates
         train = dict(d.get("train") or {})
         _only(train, _TRAIN_KEYS, "train")
-        from revit.train import TrainConfig
+        from revit.recipes import TrainConfig
 
         TrainConfig(**train)  # validates
         seeds = tuple(int(s) for s in (d.get("seeds") or (0,)))
