@@ -10,6 +10,7 @@ NViT's eta = 5e-4 per second belongs to its loss scale (KL weight 1e5) and V100 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -39,6 +40,8 @@ class CostModel(Protocol):
 
     def format(self, value: float) -> str: ...
 
+    def minimum_widths(self) -> dict[str, int]: ...
+
 
 def shrink(cfg: ViTConfig, kind: str, block: int | None, units: int) -> ViTConfig:
     """``cfg`` with ``units`` fewer of ``kind`` (in ``block``; the embedding for ``embed_dim``)."""
@@ -64,6 +67,9 @@ class MacsCost:
 
     def format(self, value: float) -> str:
         return counting.format_count(value)
+
+    def minimum_widths(self) -> dict[str, int]:
+        return {}
 
 
 class LatencyCost:
@@ -93,6 +99,13 @@ class LatencyCost:
 
     def format(self, value: float) -> str:
         return f"{value * 1e3:.3f}ms"
+
+    def minimum_widths(self) -> dict[str, int]:
+        """The table's measured lower bounds: a smaller width would be an extrapolated prediction."""
+        ranges = getattr(self.table, "ranges", None)
+        if ranges is None:
+            return {}
+        return {k: int(math.ceil(lo)) for k, (lo, _) in ranges().items() if k in _TABLE_KIND}
 
 
 def min_config(cfg: ViTConfig, minimum: dict[str, int]) -> ViTConfig:

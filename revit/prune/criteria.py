@@ -30,41 +30,81 @@ Scores = dict[int, torch.Tensor]
 CRITERIA: Registry[type[Criterion]] = Registry("importance criterion")
 
 
-def _axis_sum(t: torch.Tensor, axis: int) -> torch.Tensor:
-    """Sum of ``t`` over every axis but ``axis`` (float64)."""
-    dims = [d for d in range(t.ndim) if d != axis]
-    t = t.double()
-    return t.sum(dim=dims) if dims else t
+class _Plan:
+    """Precomputed index tensors of one group's slices: where each entry's sum goes (per device).
+
+    Built once per (group, device), so a scoring call only sums axes and scatters (no index
+    arithmetic per batch); this is what keeps the saliency bookkeeping cheap.
+    """
+
+    def __init__(self, group: Group, slices: tuple[Slice, ...], units: Any, n_units: int) -> None:
+        self.size, self.n_units = group.size, n_units
+        self.parts: list[tuple[str, int, torch.Tensor, torch.Tensor]] = []
+        for s in slices:
+            u = torch.zeros_like(s.coord) if units is None else units(s)
+            ok = (s.coord >= 0) & (u >= 0)
+            pos = torch.nonzero(ok).flatten()
+            self.parts.append((s.param, s.axis, pos, s.coord[pos] * n_units + u[pos]))
+        self._on: dict[torch.device, list[tuple[str, int, torch.Tensor, torch.Tensor]]] = {}
+
+    def on(self, device: torch.device) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
+        if device not in self._on:
+            self._on[device] = [(p, a, pos.to(device), flat.to(device)) for p, a, pos, flat in self.parts]
+        return self._on[device]
+
+    def sums(self, per_param: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of ``per_param`` over the entries each index owns, per unit: (size, n_units), float64."""
+        device = next(iter(per_param.values())).device if per_param else torch.device("cpu")
+        out = torch.zeros(self.size * self.n_units, dtype=torch.float64, device=device)
+        for param, axis, pos, flat in self.on(device):
+            t = per_param[param]
+            dims = [d for d in range(t.ndim) if d != axis]
+            r = t.sum(dim=dims, dtype=torch.float64) if dims else t.double()
+            out.index_add_(0, flat, r.index_select(0, pos))
+        return out.view(self.size, self.n_units)
 
 
 def index_sums(group: Group, per_param: Mapping[str, torch.Tensor], slices: tuple[Slice, ...] | None = None,
                units: Any = None, n_units: int = 1) -> torch.Tensor:
-    """Sum of ``per_param`` over the entries each index owns: shape (size, n_units).
+    """Sum of ``per_param`` over the entries each index owns: shape (size, n_units) (uncached form).
 
     ``units(slice) -> (unit id per position, or -1 to skip)`` splits an index's entries into units
     (per head, per module); by default every entry of an index is one unit.
     """
-    out = torch.zeros(group.size, n_units, dtype=torch.float64)
-    for s in slices if slices is not None else group.slices:
-        r = _axis_sum(per_param[s.param], s.axis)
-        u = torch.zeros_like(s.coord) if units is None else units(s)
-        ok = (s.coord >= 0) & (u >= 0)
-        out.index_put_((s.coord[ok], u[ok]), r[ok], accumulate=True)
-    return out
+    return _Plan(group, slices if slices is not None else group.slices, units, n_units).sums(per_param)
 
 
 class Criterion(ABC):
     """Scores every index of every group from one batch.
 
     Contract: ``__call__(params, grads)`` gets the current parameters and their (all-reduced)
-    gradients by name and returns, per group id, a float64 tensor of ``group.size`` scores;
-    it must not modify its inputs.  Stateful criteria implement ``state_dict``/``load_state_dict``.
+    gradients by name and returns, per group id, a float64 tensor of ``group.size`` scores on the
+    parameters' device; it must not modify its inputs.  A criterion may be built without a
+    structure (``Hessian()``, as Torch-Pruning's importance objects) and bound to one by the pruner
+    with :meth:`bind`.  Stateful criteria implement ``state_dict``/``load_state_dict``.
     """
 
     needs_grad: bool = True
 
-    def __init__(self, structure: Structure, seed: int = 0) -> None:
+    def __init__(self, structure: Structure | None = None, seed: int = 0) -> None:
+        self.seed = seed
+        self._plans: dict[int, _Plan] = {}
+        if structure is not None:
+            self.bind(structure)
+
+    def bind(self, structure: Structure) -> Criterion:
+        """Attach the model's structure (and precompute the per-group plans); returns ``self``."""
         self.structure = structure
+        self._plans = {g.gid: self._plan(g) for g in structure.groups}
+        return self
+
+    def _plan(self, g: Group) -> _Plan:
+        return _Plan(g, g.slices, None, 1)
+
+    def _sums(self, per_param: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        if not hasattr(self, "structure"):
+            raise TypeError(f"{type(self).__name__} is not bound to a model structure: call bind(structure)")
+        return {gid: plan.sums(per_param) for gid, plan in self._plans.items()}
 
     @abstractmethod
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores: ...
@@ -77,7 +117,12 @@ class Criterion(ABC):
 
 
 def _wg(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: params[k].detach().double() * grads[k].double() for k in grads}
+    """w * dL/dw per parameter, in the parameter's precision (sums are taken in float64)."""
+    out = {}
+    for k, g in grads.items():
+        w = params[k].detach()
+        out[k] = w * g if w.dtype == g.dtype else w.float() * g.float()
+    return out
 
 
 @CRITERIA.register("hessian")
@@ -85,8 +130,7 @@ class Hessian(Criterion):
     """The paper's saliency: squared gate gradient, (sum over owned entries of w * dL/dw)^2."""
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        wg = _wg(params, grads)
-        return {g.gid: index_sums(g, wg)[:, 0] ** 2 for g in self.structure.groups}
+        return {gid: v[:, 0] ** 2 for gid, v in self._sums(_wg(params, grads)).items()}
 
 
 @CRITERIA.register("taylor")
@@ -94,8 +138,7 @@ class Taylor(Criterion):
     """Absolute first-order Taylor term of removing the index: |sum w * dL/dw|."""
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        wg = _wg(params, grads)
-        return {g.gid: index_sums(g, wg)[:, 0].abs() for g in self.structure.groups}
+        return {gid: v[:, 0].abs() for gid, v in self._sums(_wg(params, grads)).items()}
 
 
 @CRITERIA.register("magnitude")
@@ -106,7 +149,7 @@ class Magnitude(Criterion):
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
         sq = {k: v.detach().double() ** 2 for k, v in params.items()}
-        return {g.gid: index_sums(g, sq)[:, 0].sqrt() for g in self.structure.groups}
+        return {gid: v[:, 0].sqrt() for gid, v in self._sums(sq).items()}
 
 
 @CRITERIA.register("random")
@@ -115,12 +158,14 @@ class Random(Criterion):
 
     needs_grad = False
 
-    def __init__(self, structure: Structure, seed: int = 0) -> None:
-        super().__init__(structure, seed)
+    def __init__(self, structure: Structure | None = None, seed: int = 0) -> None:
         self.gen = torch.Generator().manual_seed(seed + 12345)
+        super().__init__(structure, seed)
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        return {g.gid: torch.rand(g.size, generator=self.gen, dtype=torch.float64) for g in self.structure.groups}
+        device = next(iter(params.values())).device if params else torch.device("cpu")
+        return {g.gid: torch.rand(g.size, generator=self.gen, dtype=torch.float64).to(device)
+                for g in self.structure.groups}
 
     def state_dict(self) -> dict[str, Any]:
         return {"gen": self.gen.get_state()}
@@ -148,10 +193,13 @@ class NvitCode(Criterion):
     The normalisers are the official constants for 12 blocks (pass ``normalisers`` to change them).
     """
 
-    def __init__(self, structure: Structure, seed: int = 0, normalisers: Mapping[str, float] | None = None) -> None:
-        super().__init__(structure, seed)
+    def __init__(self, structure: Structure | None = None, seed: int = 0,
+                 normalisers: Mapping[str, float] | None = None) -> None:
         self.norm = dict(NVIT_NORMALISERS, **(normalisers or {}))
-        self._plan = {g.gid: self._units(g) for g in structure.groups}
+        super().__init__(structure, seed)
+
+    def _plan(self, g: Group) -> _Plan:
+        return _Plan(g, *self._units(g))
 
     def _units(self, g: Group) -> tuple[tuple[Slice, ...], Any, int]:
         st = self.structure
@@ -176,17 +224,13 @@ class NvitCode(Criterion):
         return out, (lambda s: head_coord(st, s, block)), nh
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        wg = _wg(params, grads)
-        res: Scores = {}
-        for g in self.structure.groups:
-            sl, units, n = self._plan[g.gid]
-            res[g.gid] = ((index_sums(g, wg, sl, units, n) / self.norm[g.kind]) ** 2).sum(dim=1)
-        return res
+        kinds = {g.gid: g.kind for g in self.structure.groups}
+        return {gid: ((v / self.norm[kinds[gid]]) ** 2).sum(dim=1) for gid, v in self._sums(_wg(params, grads)).items()}
 
 
 def build_criterion(name: str, structure: Structure, seed: int = 0) -> Criterion:
     """The criterion registered under ``name`` (an unknown name lists the known ones)."""
-    return CRITERIA.get(name)(structure, seed)
+    return CRITERIA.get(name)(seed=seed).bind(structure)
 
 
 class ScoreAccumulator:

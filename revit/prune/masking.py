@@ -28,13 +28,14 @@ class Masks:
         self.structure = structure
         self.alive: dict[int, torch.Tensor] = {g.gid: torch.ones(g.size, dtype=torch.bool) for g in structure.groups}
         self._keep: dict[str, torch.Tensor] = {}
+        self._cast: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         self._embed_keep = torch.ones(structure.embed.size)
         self._hooks: list[Any] = []
         self.refresh()
 
     def refresh(self) -> None:
         """Recompute the keep masks after ``alive`` changed."""
-        self._keep = {}
+        self._keep, self._cast = {}, {}
         for name, axes in self.structure.axis_coords.items():
             keep: torch.Tensor | None = None
             for ax in range(len(axes)):
@@ -55,22 +56,29 @@ class Masks:
     def config(self, base: ViTConfig) -> ViTConfig:
         return self.structure.config(base, self.alive)
 
+    def _on(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The keep mask of ``name`` in ``like``'s dtype and device (cached until the next refresh)."""
+        key = (name, like.device, like.dtype)
+        if key not in self._cast:
+            self._cast[key] = self._keep[name].to(device=like.device, dtype=like.dtype)
+        return self._cast[key]
+
     @torch.no_grad()
     def apply(self, model: nn.Module) -> None:
         """Zero every removed entry of the model's parameters."""
         params = dict(model.named_parameters())
-        for name, keep in self._keep.items():
+        for name in self._keep:
             p = params[name]
-            p.mul_(keep.to(p.dtype).to(p.device))
+            p.mul_(self._on(name, p))
 
     @torch.no_grad()
     def zero_grads(self, model: nn.Module) -> None:
         """Zero the gradients of removed entries (so optimizer moments stay zero there)."""
         params = dict(model.named_parameters())
-        for name, keep in self._keep.items():
+        for name in self._keep:
             g = params[name].grad
             if g is not None:
-                g.mul_(keep.to(g.dtype).to(g.device))
+                g.mul_(self._on(name, g))
 
     def install(self, model: nn.Module) -> None:
         """Make the model's residual-stream LayerNorms normalise over kept channels only."""
@@ -87,8 +95,8 @@ class Masks:
         m = self._embed_keep
         if bool((m > 0).all()):
             return None
-        x = inputs[0]
-        m = m.to(x.dtype).to(x.device)
+        x = inputs[0].float()  # in fp32 under autocast too, as LayerNorm itself
+        m = m.to(device=x.device, dtype=x.dtype)
         n = m.sum()
         mu = (x * m).sum(-1, keepdim=True) / n
         xc = (x - mu) * m
@@ -96,10 +104,10 @@ class Masks:
         y = xc / torch.sqrt(var + mod.eps)  # type: ignore[operator]
         w, b = getattr(mod, "weight", None), getattr(mod, "bias", None)
         if isinstance(w, torch.Tensor):
-            y = y * w
+            y = y * w.float()
         if isinstance(b, torch.Tensor):
-            y = y + b
-        return y * m
+            y = y + b.float()
+        return (y * m).to(output.dtype)
 
 
 def dense_state_dict(model: nn.Module, structure: Structure,

@@ -1,0 +1,306 @@
+"""``GlobalPruner``: NViT's global, Hessian-aware, latency-aware pruning inside the user's own loop.
+
+In the style of Torch-Pruning's pruners::
+
+    pruner = GlobalPruner(model, example_inputs=x, target_macs=0.5, criterion="hessian", total_steps=N)
+    net = pruner.model                  # a revit model (converted from a timm ViT if needed)
+    for ...:                            # the user's loop, loss and optimizer
+        loss.backward(); pruner.accumulate(); opt.step(); pruner.step()
+    dense, trace = pruner.export()
+
+``accumulate()`` reads the gradients now in ``pruner.model`` (after ``scaler.unscale_(opt)`` with a
+GradScaler, once per optimizer step with gradient accumulation, the all-reduced ones under DDP).
+``step()`` re-applies the masks and, when the schedule says so, removes the globally cheapest
+units (:mod:`revit.prune.policy`).  Masks keep parameter shapes until :meth:`export`, so the
+user's optimizer stays valid; under DDP rank 0 decides and broadcasts.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from revit import counting
+from revit.config import ViTConfig
+from revit.errors import BudgetError, ConfigError, TableRangeError
+from revit.prune.cost import CostModel, LatencyCost, LatencyTableLike, MacsCost, min_config
+from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator
+from revit.prune.granularity import resolve_granularity
+from revit.prune.masking import Masks, rebuild_dense
+from revit.prune.policy import Schedule, choose
+from revit.prune.structure import Structure, derive_structure
+from revit.trace import SCHEMA, Trace, TraceStep
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def as_revit(model: nn.Module) -> nn.Module:
+    """``model`` itself when it is a revit model, else the equivalent revit model of a timm ViT/DeiT."""
+    if isinstance(getattr(model, "config", None), ViTConfig):
+        return model
+    from revit.models import from_timm
+
+    p0 = next(model.parameters())
+    return from_timm(model).to(device=p0.device, dtype=p0.dtype).train(model.training)
+
+
+class GlobalPruner:
+    """Prune every width of every block of a ViT jointly to a MACs or latency target.
+
+    ``target_macs``/``target_latency`` are fractions of the base model's cost.  ``criterion`` is a
+    registered name (``hessian``, ``nvit-code``, ``taylor``, ``magnitude``, ``random``) or a
+    :class:`~revit.prune.criteria.Criterion` object; ``penalty`` a cost model object or None (the
+    table's latency when ``table`` is given, else MACs).  ``total_steps`` spreads the removals so the
+    target is reached by then; ``interval`` with ``per_step`` or ``step_fraction`` is NViT's fixed
+    schedule instead.  ``evaluator(model) -> accuracy`` is called after every pruning step.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor | None = None, *,
+                 target_macs: float | None = None, target_latency: float | None = None,
+                 table: LatencyTableLike | None = None, criterion: str | Criterion = "hessian",
+                 penalty: CostModel | None = None, total_steps: int | None = None, prune_steps: int | None = None,
+                 interval: int | None = None, per_step: int | None = None, step_fraction: float | None = None,
+                 eta: float = 1.0, ema: float = 0.9, granularity: str | Mapping[str, int] = "auto", seed: int = 0,
+                 evaluator: Callable[[nn.Module], float | None] | None = None) -> None:
+        self.model = as_revit(model)
+        self.base: ViTConfig = self.model.config  # type: ignore[assignment]
+        self.rank, self.world = _dist()
+        self._check_numbers(target_macs=target_macs, target_latency=target_latency, eta=eta, ema=ema)
+        if (target_macs is None) == (target_latency is None):
+            raise ConfigError("give exactly one of target_macs and target_latency (fractions of the base cost)")
+        if target_latency is not None and table is None and not isinstance(penalty, LatencyCost):
+            raise ConfigError("a latency target needs a latency table (table=...)")
+        self.penalty: CostModel = penalty or (LatencyCost(table) if table is not None else MacsCost())
+        latency = self.penalty if isinstance(self.penalty, LatencyCost) else (
+            LatencyCost(table) if table is not None else None)
+        self.latency: CostModel | None = latency
+        self.cost: CostModel = latency if target_latency is not None and latency is not None else MacsCost()
+        self.ratio = float(target_latency if target_latency is not None else target_macs)  # type: ignore[arg-type]
+        self.eta, self.seed = eta, seed
+        self.unit = resolve_granularity(dict(granularity) if isinstance(granularity, Mapping) else granularity,
+                                        self.base.img_size)
+        self.minimum = self._minimum()
+        for m in (self.cost, self.penalty):
+            try:
+                m.cost(self.base)
+            except TableRangeError as e:
+                raise TableRangeError(f"the latency table does not cover the model: {e.args[0]}") from None
+        self.base_cost = self.cost.cost(self.base)
+        self.target_cost = self.ratio * self.base_cost
+        self._check_reachable()
+        self.schedule = self._schedule(total_steps, prune_steps, interval, per_step, step_fraction)
+        self.total_steps = total_steps
+        self.structure: Structure = derive_structure(self.model, example_inputs)
+        self.masks = Masks(self.structure)
+        self.masks.install(self.model)
+        self.criterion = self._criterion(criterion)
+        self.acc = ScoreAccumulator(ema)
+        self.evaluator = evaluator
+        self.calls, self.steps = 0, 0
+        self.eta_abs: float | None = None
+        self._loss = [0.0, 0]
+        self._warned = False
+        self.steps_log: list[TraceStep] = []
+        self._record(loss=None, extra={"batches": 0, "removed": []})
+
+    # --- construction helpers --------------------------------------------------------------------
+    @staticmethod
+    def _check_numbers(**values: float | None) -> None:
+        for name, v in values.items():
+            if v is not None and not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v}")
+        for name in ("target_macs", "target_latency"):
+            v = values.get(name)
+            if v is not None and not 0 < v < 1:
+                raise ConfigError(f"{name} must be a fraction in (0, 1) of the base cost, got {v}")
+        eta, ema = values["eta"], values["ema"]
+        if eta is not None and eta < 0:
+            raise ConfigError(f"eta must be >= 0, got {eta}")
+        if ema is not None and not 0 <= ema < 1:
+            raise ConfigError(f"ema must be in [0, 1), got {ema}")
+
+    def _minimum(self) -> dict[str, int]:
+        """The granularity, raised to a latency table's measured range (never extrapolate a prediction)."""
+        minimum = dict(self.unit)
+        for m in (self.cost, self.penalty):
+            for kind, lo in m.minimum_widths().items():
+                step = self.unit[kind]
+                minimum[kind] = max(minimum[kind], int(math.ceil(lo / step)) * step)
+        return minimum
+
+    def _check_reachable(self) -> None:
+        floor = self.cost.cost(min_config(self.base, self.minimum))
+        if floor > self.target_cost:
+            mins = ", ".join(f"{k} {v}" for k, v in self.minimum.items())
+            raise BudgetError(f"target {self.ratio:g} x base {self.cost.name} = {self.cost.format(self.target_cost)} "
+                              f"cannot be reached: the minimum widths ({mins}) still cost {self.cost.format(floor)} "
+                              f"({floor / self.base_cost:.3f} of the base); raise the target or lower the granularity")
+
+    @staticmethod
+    def _schedule(total_steps: int | None, prune_steps: int | None, interval: int | None, per_step: int | None,
+                  step_fraction: float | None) -> Schedule:
+        fixed = interval is not None or per_step is not None or step_fraction is not None
+        if fixed:
+            if per_step is None and step_fraction is None:
+                per_step = 2
+            return Schedule(interval=interval or 100, per_step=per_step, step_fraction=step_fraction)
+        if total_steps is None:
+            raise ConfigError("give total_steps (the schedule spreads the removals over it) or NViT's fixed "
+                              "schedule (interval with per_step or step_fraction)")
+        return Schedule.by_budget(total_steps, prune_steps)
+
+    def _criterion(self, criterion: str | Criterion) -> Criterion:
+        if isinstance(criterion, Criterion):
+            return criterion.bind(self.structure)
+        if not isinstance(criterion, str):
+            raise ConfigError(f"criterion must be a name ({', '.join(CRITERIA.names())}) or a Criterion object")
+        return CRITERIA.get(criterion)(seed=self.seed).bind(self.structure)
+
+    # --- the loop --------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        """Whether the target is met."""
+        return self.cost.cost(self.current_config()) <= self.target_cost
+
+    def current_config(self) -> ViTConfig:
+        return self.masks.config(self.base)
+
+    @torch.no_grad()
+    def accumulate(self, loss: float | torch.Tensor | None = None) -> None:
+        """Score every index from the gradients now in ``self.model`` (call after backward, before the
+        optimizer step); also zeroes the gradients of removed entries.  ``loss`` is averaged into the trace."""
+        self.masks.zero_grads(self.model)
+        if not self.done:
+            params = dict(self.model.named_parameters())
+            grads = {k: p.grad for k, p in params.items() if p.grad is not None}
+            if self.criterion.needs_grad and not grads:
+                raise ConfigError("accumulate() found no gradients: call it after loss.backward()")
+            self.acc.add(self.criterion(params, grads))
+        if loss is not None:
+            self._loss[0] += float(loss)
+            self._loss[1] += 1
+
+    def step(self) -> bool:
+        """Re-apply the masks; prune when the schedule says so.  Returns whether units were removed."""
+        self.masks.apply(self.model)
+        self.calls += 1
+        if self.done or not self.schedule.due(self.calls):
+            return False
+        budget = self.schedule.budget
+        if budget is not None and self.calls > budget and not self._warned and self.rank == 0:
+            self._warned = True
+            warnings.warn(f"the budget of {budget} steps ended before the target was met; pruning continues "
+                          f"every {self.schedule.interval} steps until it is", stacklevel=2)
+        self._prune()
+        return True
+
+    def _prune(self) -> None:
+        scores = self.acc.end_interval()
+        if not scores:
+            raise ConfigError("step() is due but no scores were accumulated: call accumulate() after backward")
+        for gid, s in scores.items():
+            if not bool(torch.isfinite(s).all()):
+                raise BudgetError(f"non-finite saliency in {self.structure.groups[gid].name} at pruning step "
+                                  f"{self.steps + 1}; lower the learning rate (or the loss scale)")
+        start = self.cost.cost(self.current_config())
+        goal, max_units = self.schedule.goal(self.steps + 1, start, self.base_cost, self.target_cost)
+        removed: list[dict[str, Any]] = []
+        if self.rank == 0:
+            ch = choose(self.structure.groups, scores, self.masks.alive, unit=self.unit, minimum=self.minimum,
+                        config_of=lambda a: self.structure.config(self.base, a), cost=self.cost,
+                        penalty=self.penalty, goal=goal, eta=self.eta, eta_abs=self.eta_abs, max_units=max_units)
+            self.masks.alive = {gid: a.clone() for gid, a in ch.alive.items()}
+            removed, self.eta_abs = list(ch.removed), ch.eta_abs
+        if self.world > 1:
+            box: list[Any] = [removed, self.eta_abs]
+            dist.broadcast_object_list(box, 0)
+            removed, self.eta_abs = box
+            device = next(self.model.parameters()).device
+            backend = dist.get_backend()
+            for gid in sorted(self.masks.alive):
+                t = self.masks.alive[gid].to(torch.uint8)
+                t = t.to(device) if backend == "nccl" else t
+                dist.broadcast(t, 0)
+                self.masks.alive[gid] = t.cpu().bool()
+        self.masks.refresh()
+        self.masks.apply(self.model)
+        self.steps += 1
+        loss = self._loss[0] / self._loss[1] if self._loss[1] else None
+        self._loss = [0.0, 0]
+        self._record(loss=loss, extra={"batches": self.calls, "eta_abs": self.eta_abs, "removed": removed,
+                                       self.cost.name: self.cost.cost(self.current_config())})
+
+    def _record(self, loss: float | None, extra: dict[str, Any]) -> None:
+        cfg = self.current_config()
+        acc = self.evaluator(self.model) if self.evaluator is not None else None
+        lat = self.latency.cost(cfg) if self.latency is not None else None
+        self.steps_log.append(TraceStep(step=self.steps, embed_dim=cfg.embed_dim, blocks=cfg.blocks,
+                                        macs=counting.macs(cfg), params=counting.params(cfg), latency=lat,
+                                        loss=loss, accuracy=acc, extra=extra))
+
+    # --- results ---------------------------------------------------------------------------------
+    def header(self, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The trace header: base config, target, criterion, penalty, schedule and granularity."""
+        return {"schema": SCHEMA, "base_config": self.base.to_dict(),
+                "target": {"kind": self.cost.name, "ratio": self.ratio, "value": self.target_cost,
+                           "base": self.base_cost},
+                "criterion": self.criterion_name, "penalty": self.penalty.name,
+                "schedule": self.schedule.describe(), "settings": dict(settings or {}), "granularity": self.unit,
+                "world_size": self.world, "macs_convention": counting.CONVENTIONS["nvit"]}
+
+    @property
+    def criterion_name(self) -> str:
+        return next((n for n in CRITERIA.names() if CRITERIA.get(n) is type(self.criterion)),
+                    type(self.criterion).__name__)
+
+    @property
+    def trace(self) -> Trace:
+        return Trace(header=self.header(), steps=tuple(self.steps_log))
+
+    def export(self) -> tuple[nn.Module, Trace]:
+        """The dense pruned model (a timm-registered revit model, same outputs) and the dimension trace."""
+        dense = rebuild_dense(self.model, self.structure, self.masks.alive)
+        return dense.train(self.model.training), self.trace
+
+    # --- resume ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the policy needs to continue (device-agnostic: tensors on the CPU)."""
+        cpu = _to_cpu
+        return {"alive": cpu(self.masks.alive), "acc": cpu(self.acc.state_dict()),
+                "criterion": cpu(self.criterion.state_dict()), "calls": self.calls, "steps": self.steps,
+                "eta_abs": self.eta_abs, "loss": list(self._loss), "trace": [s.to_dict() for s in self.steps_log]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        device = next(self.model.parameters()).device
+        self.masks.alive = {int(k): v.clone().cpu().bool() for k, v in state["alive"].items()}
+        self.masks.refresh()
+        self.acc.load_state_dict(_to(state["acc"], device))
+        self.criterion.load_state_dict(state["criterion"])
+        self.calls, self.steps, self.eta_abs = int(state["calls"]), int(state["steps"]), state["eta_abs"]
+        self._loss = list(state["loss"])
+        self.steps_log = [TraceStep.from_dict(d) for d in state["trace"]]
+        self.masks.apply(self.model)
+
+
+def _to_cpu(x: Any) -> Any:
+    return _to(x, torch.device("cpu"))
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_to(v, device) for v in x)
+    return x

@@ -1,0 +1,187 @@
+"""The pruning policy as pure functions: candidates, eta calibration, global choice, the schedule.
+
+Nothing here touches a model.  Given per-index scores, which indices are alive, the granularity
+and a cost model, :func:`choose` removes the globally cheapest units one at a time, NViT's rule
+(NVIT_SPEC.md sections 3-4): every (kind, block) family offers its ``unit`` lowest-scoring alive
+indices as one candidate, whose score is ``saliency - eta * saving``; the lowest score goes, the
+config shrinks, savings are recomputed, and so on until the step's goal cost is met.
+:class:`Schedule` says when a pruning step happens and what cost it aims at.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from revit.config import ViTConfig
+from revit.errors import BudgetError, ConfigError
+
+
+class GroupLike(Protocol):
+    """What the policy needs to know of a group (``revit.prune.structure.Group`` provides it)."""
+
+    gid: int
+    kind: str
+    block: int | None
+    size: int
+
+    @property
+    def name(self) -> str: ...
+
+
+class CostLike(Protocol):
+    """A cost model: whole-config cost and the saving of removing units (``revit.prune.cost``)."""
+
+    name: str
+
+    def cost(self, cfg: ViTConfig) -> float: ...
+
+    def saving(self, cfg: ViTConfig, kind: str, block: int | None, units: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The ``unit`` lowest-scoring alive indices of one group, offered for removal together."""
+
+    gid: int
+    indices: tuple[int, ...]
+    saliency: float
+    saving: float
+
+    def score(self, eta_abs: float) -> float:
+        return self.saliency - eta_abs * self.saving
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What one pruning step removed, the new alive masks and the (possibly just calibrated) eta."""
+
+    removed: tuple[dict[str, Any], ...]
+    alive: dict[int, torch.Tensor] = field(repr=False)
+    eta_abs: float
+
+
+def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], alive: Mapping[int, torch.Tensor],
+               unit: Mapping[str, int], minimum: Mapping[str, int], cfg: ViTConfig,
+               penalty: CostLike) -> list[Candidate]:
+    """One candidate per group that can still lose ``unit[kind]`` indices without going below its minimum."""
+    out = []
+    for g in groups:
+        a = alive[g.gid]
+        u = unit[g.kind]
+        if int(a.sum()) - u < min(minimum[g.kind], g.size):
+            continue  # at its minimum: no candidate, no penalty
+        s = scores[g.gid].detach().double().cpu().clone()
+        s[~a.cpu()] = math.inf
+        order = torch.argsort(s, stable=True)[:u]
+        out.append(Candidate(g.gid, tuple(int(i) for i in order), float(s[order].sum()),
+                             float(penalty.saving(cfg, g.kind, g.block, u))))
+    return out
+
+
+def calibrate_eta(eta: float, cands: Sequence[Candidate]) -> float:
+    """Scale-free eta -> absolute: a median saving weighs ``eta`` median saliencies (0 when undefined)."""
+    if eta == 0 or not cands:
+        return 0.0
+    sal = torch.tensor([c.saliency for c in cands], dtype=torch.float64)
+    sav = torch.tensor([c.saving for c in cands if c.saving > 0], dtype=torch.float64)
+    if sav.numel() == 0 or float(sal.median()) <= 0:
+        return 0.0
+    return eta * float(sal.median()) / float(sav.median())
+
+
+def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], alive: Mapping[int, torch.Tensor], *,
+           unit: Mapping[str, int], minimum: Mapping[str, int], config_of: Callable[[Mapping[int, torch.Tensor]],
+                                                                                    ViTConfig],
+           cost: CostLike, penalty: CostLike, goal: float, eta: float, eta_abs: float | None = None,
+           max_units: int | None = None) -> Choice:
+    """Remove the lowest-scoring candidates one at a time until ``cost <= goal`` (or ``max_units`` removals).
+
+    ``eta_abs`` None calibrates it from the first candidate list (:func:`calibrate_eta`).  Ties go
+    to the lower group id.  Raises :class:`BudgetError` when every group is at its minimum first.
+    """
+    by_gid = {g.gid: g for g in groups}
+    now = {gid: a.clone() for gid, a in alive.items()}
+    removed: list[dict[str, Any]] = []
+    while True:
+        cfg = config_of(now)
+        if cost.cost(cfg) <= goal or (max_units is not None and len(removed) >= max_units):
+            break
+        cands = candidates(groups, scores, now, unit, minimum, cfg, penalty)
+        if not cands:
+            raise BudgetError("every width is at its minimum before the target was reached")
+        if eta_abs is None:
+            eta_abs = calibrate_eta(eta, cands)
+        best = min(cands, key=lambda c: (c.score(eta_abs), c.gid))  # type: ignore[arg-type]
+        now[best.gid][list(best.indices)] = False
+        removed.append({"group": by_gid[best.gid].name, "units": len(best.indices), "indices": list(best.indices),
+                        "saliency": best.saliency, "saving": best.saving, "score": best.score(eta_abs)})
+    return Choice(tuple(removed), now, 0.0 if eta_abs is None else eta_abs)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When pruning steps happen and which cost each aims at.
+
+    - *by budget* (``total_steps`` given): ``prune_steps`` steps, one every ``interval`` calls, the
+      k-th aiming at ``base - k/K (base - target)``, so the target is reached by the end of the
+      budget; if it is not (minimum widths, rounding), pruning goes on every interval until it is.
+    - *fixed* (NViT's): a step every ``interval`` calls that removes ``per_step`` units, or units
+      until the cost fell by ``step_fraction`` of the base cost, until the target.
+    """
+
+    interval: int
+    prune_steps: int | None = None  # K, by budget
+    per_step: int | None = None
+    step_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.interval < 1:
+            raise ConfigError(f"interval must be >= 1, got {self.interval}")
+        modes = sum(x is not None for x in (self.prune_steps, self.per_step, self.step_fraction))
+        if modes != 1:
+            raise ConfigError("a schedule needs exactly one of prune_steps (by budget), per_step or step_fraction")
+        if self.prune_steps is not None and self.prune_steps < 1:
+            raise ConfigError(f"prune_steps must be >= 1, got {self.prune_steps}")
+        if self.per_step is not None and self.per_step < 1:
+            raise ConfigError(f"per_step must be >= 1, got {self.per_step}")
+        if self.step_fraction is not None and not 0 < self.step_fraction < 1:
+            raise ConfigError(f"step_fraction must be in (0, 1), got {self.step_fraction}")
+
+    @classmethod
+    def by_budget(cls, total_steps: int, prune_steps: int | None = None, min_interval: int = 2,
+                  max_prune_steps: int = 32) -> Schedule:
+        """Spread the removals over ``total_steps`` calls: K steps, at least ``min_interval`` apart."""
+        if total_steps < 1:
+            raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
+        k = prune_steps or max(1, min(max_prune_steps, total_steps // min_interval))
+        k = min(k, total_steps)
+        return cls(interval=max(1, total_steps // k), prune_steps=k)
+
+    @property
+    def budget(self) -> int | None:
+        """Calls by which the target should be reached (by-budget schedules)."""
+        return None if self.prune_steps is None else self.prune_steps * self.interval
+
+    def due(self, calls: int) -> bool:
+        """Whether a pruning step happens after the ``calls``-th call."""
+        return calls > 0 and calls % self.interval == 0
+
+    def goal(self, k: int, start_cost: float, base_cost: float, target_cost: float) -> tuple[float, int | None]:
+        """(goal cost, max units) of the ``k``-th pruning step (1-based), which starts at ``start_cost``."""
+        if self.prune_steps is not None:
+            frac = min(1.0, k / self.prune_steps)
+            return max(target_cost, base_cost - frac * (base_cost - target_cost)), None
+        if self.step_fraction is not None:
+            return max(target_cost, start_cost - self.step_fraction * base_cost), None
+        return target_cost, self.per_step
+
+    def describe(self) -> str:
+        if self.prune_steps is not None:
+            return f"{self.prune_steps} steps, one every {self.interval} batches (by budget)"
+        what = f"{self.per_step} units" if self.per_step is not None else f"{self.step_fraction:g} of the base cost"
+        return f"a step every {self.interval} batches removing {what}, until the target"
