@@ -47,3 +47,7 @@ class BackendUnavailableError(RevitError):
 
 class StorageError(RevitError):
     """A study storage cannot be opened or used (unreachable database, unwritable journal file)."""
+
+
+class DeviceError(RevitError):
+    """A device was asked for that this machine does not have (``cuda`` without a GPU, a bad index)."""

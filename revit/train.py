@@ -8,10 +8,9 @@ process), and DDP averages gradients, so a run's loss does not depend on the pro
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from revit._io import atomic_write_text
 from revit.errors import CheckpointError, ConfigError
 from revit.recipes import TrainConfig
+from revit.runtime import GlobalBatchSampler, dist_info, init_distributed, make_loader, size
+
+__all__ = ["GlobalBatchSampler", "TrainConfig", "TrainResult", "dist_info", "distillation_loss", "evaluate",
+           "init_distributed", "loader", "make_optimizer", "size", "train"]
 
 
 @dataclass
@@ -36,64 +39,10 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def size(ds: Dataset[Any]) -> int:
-    """Number of items of a map-style dataset (torch's Dataset type does not declare ``__len__``)."""
-    return len(ds)  # type: ignore[arg-type]
-
-
-# --- distributed helpers ------------------------------------------------------------------------
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed() -> tuple[int, int]:
-    """Initialise the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist_info()
-
-
-class GlobalBatchSampler(Sampler[list[int]]):
-    """Yields this rank's slice of each global batch of a seeded permutation (drop_last).
-
-    With W processes, rank r gets items [r*B/W, (r+1)*B/W) of every global batch of size B, so
-    the union over ranks equals the single-process batch.
-    """
-
-    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1,
-                 shuffle: bool = True, drop_last: bool = True) -> None:
-        if global_batch % world:
-            raise ConfigError(f"batch size {global_batch} is not divisible by {world} processes")
-        self.n, self.batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
-        self.shuffle, self.drop_last, self.epoch = shuffle, drop_last, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.batch if self.drop_last else math.ceil(self.n / self.batch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        per = self.batch // self.world
-        for i in range(len(self)):
-            b = order[i * self.batch:(i + 1) * self.batch]
-            if self.world > 1:
-                per = math.ceil(len(b) / self.world)
-            yield b[self.rank * per:(self.rank + 1) * per]
-
-
 def loader(ds: Dataset[Any], batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
            rank: int = 0, world: int = 1) -> DataLoader[Any]:
-    sampler = GlobalBatchSampler(size(ds), batch_size, seed, rank, world, shuffle, drop_last)
-    return DataLoader(ds, batch_sampler=sampler, num_workers=0)
+    """A single-process-loading DataLoader of the global batches (see :func:`revit.runtime.make_loader`)."""
+    return make_loader(ds, batch_size, seed, rank=rank, world=world, shuffle=shuffle, drop_last=drop_last)
 
 
 @torch.no_grad()
