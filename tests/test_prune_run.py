@@ -101,14 +101,14 @@ class _Kill(Exception):
 
 def test_resume_reproduces_uninterrupted_trace(tmp_path: Path, splits: Any) -> None:
     """Killed after the trace line of step 3 but before its state was saved; resumed run == uninterrupted."""
-    from revit.prune import Pruner, prune
+    from revit.prune import PruneRun, prune
 
     cfg = _cfg(target=0.4, per_step=2)
     prune(_model(), splits.train, splits.val, cfg, tmp_path / "full", progress=False)
 
-    class Killed(Pruner):
+    class Killed(PruneRun):
         def _save_state(self) -> None:
-            if self.step == 3:
+            if self.pruner.steps == 3:
                 raise _Kill
             super()._save_state()
 
@@ -116,8 +116,8 @@ def test_resume_reproduces_uninterrupted_trace(tmp_path: Path, splits: Any) -> N
         Killed(_model(), splits.train, splits.val, cfg, tmp_path / "cut", progress=False).run()
     assert len(_trace(tmp_path / "cut" / "trace.jsonl")) == 4  # steps 0..3, state at step 2
     with pytest.raises(Exception, match="resume"):
-        Pruner(_model(), splits.train, splits.val, cfg, tmp_path / "cut", progress=False)
-    Pruner(_model(), splits.train, splits.val, cfg, tmp_path / "cut", resume=True, progress=False).run()
+        PruneRun(_model(), splits.train, splits.val, cfg, tmp_path / "cut", progress=False)
+    PruneRun(_model(), splits.train, splits.val, cfg, tmp_path / "cut", resume=True, progress=False).run()
     full, cut = _trace(tmp_path / "full" / "trace.jsonl"), _trace(tmp_path / "cut" / "trace.jsonl")
     assert len(full) > 5
     assert cut == full  # widths, MACs, loss, accuracy, removed units and their scores, bit for bit
@@ -169,27 +169,27 @@ def test_latency_target_with_a_table(tmp_path: Path, splits: Any) -> None:
 
 def test_unreachable_target_fails_before_training(tmp_path: Path, splits: Any) -> None:
     from revit.errors import BudgetError
-    from revit.prune import Pruner
+    from revit.prune import PruneRun
 
     with pytest.raises(BudgetError, match="cannot be reached"):
-        Pruner(_model(), splits.train, None, _cfg(target=0.01, granularity="micro"), tmp_path, progress=False)
+        PruneRun(_model(), splits.train, None, _cfg(target=0.01, granularity="micro"), tmp_path, progress=False)
     assert not (tmp_path / "trace.jsonl").exists()
 
 
 def test_nan_loss_stops_and_keeps_last_good_state(tmp_path: Path, splits: Any) -> None:
-    from revit.prune import PruneError, Pruner
+    from revit.prune import PruneError, PruneRun
 
-    class Poisoned(Pruner):
-        def _prune_step(self) -> None:
-            super()._prune_step()
-            if self.step == 2:
+    class Poisoned(PruneRun):
+        def _after_prune_step(self) -> None:
+            super()._after_prune_step()
+            if self.pruner.steps == 2:
                 with torch.no_grad():
                     cast(Any, self.model).head.weight.fill_(float("nan"))
 
     with pytest.raises(PruneError, match="last good state \\(step 2\\)"):
         Poisoned(_model(), splits.train, None, _cfg(target=0.3), tmp_path, progress=False).run()
     state = torch.load(tmp_path / "state.pt", weights_only=False)
-    assert state["step"] == 2 and torch.isfinite(state["model"]["head.weight"]).all()
+    assert state["pruner"]["steps"] == 2 and torch.isfinite(state["model"]["head.weight"]).all()
 
 
 def _env() -> dict[str, str]:
@@ -275,8 +275,8 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path, cli: Any, launcher: st
         assert [r["group"] for r in a["removed"]] == [r["group"] for r in b["removed"]]
         if a["loss"] is not None:
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    s1 = torch.load(tmp_path / "one" / "state.pt", weights_only=False)["acc"]["ema"]
-    s2 = torch.load(tmp_path / "two" / "state.pt", weights_only=False)["acc"]["ema"]
+    s1 = torch.load(tmp_path / "one" / "state.pt", weights_only=False)["pruner"]["acc"]["ema"]
+    s2 = torch.load(tmp_path / "two" / "state.pt", weights_only=False)["pruner"]["acc"]["ema"]
     rel = max(float(((s1[k] - s2[k]).abs() / (s1[k].abs().max() + 1e-30)).max()) for k in s1)
     assert rel < 1e-5, rel  # measured: 7e-7 (float sums in another order)
     (tmp_path / "score_rel_diff.txt").write_text(f"{rel:.3e}\n")

@@ -27,11 +27,16 @@ def register(sub: Any) -> None:
     tgt.add_argument("--target-latency", type=float, metavar="R", help="stop at R x the base latency (needs --table)")
     p.add_argument("--table", help="latency table (JSON) for --target-latency and the latency penalty")
     p.add_argument("--criterion", default="hessian", choices=CRITERIA_NAMES)
-    p.add_argument("--interval", type=int, default=100, help="batches between pruning steps (NViT: 100)")
+    p.add_argument("--epochs", type=float, default=1.0,
+                   help="budget: the removals are spread so the target is reached within this many epochs "
+                        "(default 1)")
+    p.add_argument("--prune-steps", type=int, help="number of pruning steps within the budget (default: automatic)")
+    p.add_argument("--interval", type=int, help="NViT's fixed schedule: batches between pruning steps (NViT: 100); "
+                                                "with --per-step/--step-fraction the run goes on until the target")
     step = p.add_mutually_exclusive_group()
-    step.add_argument("--per-step", type=int, help="units removed per step (default 2, as NViT)")
-    step.add_argument("--step-fraction", type=float, help="remove units until the cost fell by this fraction "
-                                                          "of the base cost per step")
+    step.add_argument("--per-step", type=int, help="fixed schedule: units removed per step (NViT: 2)")
+    step.add_argument("--step-fraction", type=float, help="fixed schedule: remove units until the cost fell by this "
+                                                          "fraction of the base cost per step")
     p.add_argument("--eta", type=float, default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
                                                          "weighs a median saliency; 0 = no penalty")
     p.add_argument("--granularity", default="auto", help="auto, standard, micro, one, or E,H,QK,V,MLP steps")
@@ -45,6 +50,10 @@ def register(sub: Any) -> None:
     p.add_argument("--max-steps", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the batch order")
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast precision of the "
+                   "forward pass (saliency stays in fp32/fp64)")
+    p.add_argument("-j", "--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--out", required=True, help="run folder: trace.jsonl, pruned.yaml/.safetensors, metrics, plots")
     p.add_argument("--resume", action="store_true", help="continue a killed run from RUN_DIR/state.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -58,7 +67,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from revit.errors import ConfigError
     from revit.models import build_model
     from revit.presets import resolve_config
-    from revit.prune import PruneConfig, Pruner
+    from revit.prune import PruneConfig, PruneRun
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -67,19 +76,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError("--target-latency needs --table TABLE.json")
     cfg = resolve_config(args.model)
     if args.table:
-        from revit.errors import TableRangeError
         from revit.latency.table import LatencyTable
 
         table = LatencyTable.load(args.table)
-        try:
-            table.predict(cfg)
-        except TableRangeError as e:
-            raise TableRangeError(f"the latency table does not cover the model: {str(e).split('; pass')[0]}") from None
     pc = PruneConfig(
         target=args.target_latency if args.target_latency is not None else args.target_macs,
         target_kind="latency" if args.target_latency is not None else "macs",
-        criterion=args.criterion, interval=args.interval,
-        per_step=None if args.step_fraction is not None else (args.per_step or 2), step_fraction=args.step_fraction,
+        criterion=args.criterion, epochs=args.epochs, prune_steps=args.prune_steps, interval=args.interval,
+        per_step=args.per_step, step_fraction=args.step_fraction, device=args.device, amp=args.amp,
+        workers=args.workers,
         eta=args.eta, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         kl_weight=args.kl_weight, ce_weight=args.ce_weight, temperature=args.temperature,
         granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,
@@ -93,8 +98,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.data} has {splits.num_classes} classes and {splits.in_chans} channel(s); the model "
                           f"expects {cfg.num_classes} and {cfg.in_chans}")
     model = build_model(cfg, checkpoint=args.checkpoint)
-    pruner = Pruner(model, splits.train, splits.val, pc, args.out, table=table, resume=args.resume,
+    pruner = PruneRun(model, splits.train, splits.val, pc, args.out, table=table, resume=args.resume,
                     progress=not args.no_progress, test_ds=None if args.test_limit == 0 else splits.test)
+    if pruner.rank == 0:
+        info(f"schedule: {pruner.pruner.schedule.describe()}; {pruner.per_epoch} batches per epoch; "
+             f"device {pruner.device}, amp {args.amp}")
     res = pruner.run()
     if pruner.rank == 0:
         m = res.metrics
@@ -103,7 +111,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         acc = " ".join(f"{k}={m[k]:.4f}" for k in ("val_accuracy", "test_accuracy") if k in m)
         info(f"pruned in {res.steps} steps: MACs {format_count(m['base']['macs'])} -> "
              f"{format_count(m['pruned']['macs'])} ({m['macs_ratio']:.3f}), params {format_count(m['base']['params'])}"
-             f" -> {format_count(m['pruned']['params'])}, {pruner.cost.name} ratio {m['cost_ratio']:.3f}; {acc}; "
+             f" -> {format_count(m['pruned']['params'])}, {m['target']['kind']} ratio {m['cost_ratio']:.3f}; {acc}; "
              f"absolute eta {m['eta_abs']}; dense vs masked max |diff| {m['dense_vs_masked_max_abs_diff']:.2e}")
         info(f"wrote {args.out}/trace.jsonl, pruned.yaml, pruned.safetensors, metrics.json, plots/")
     return 0

@@ -1,16 +1,20 @@
-"""Global Hessian-aware, latency-aware structural pruning (NViT): structure, criteria, loop, export.
+"""Global Hessian-aware, latency-aware structural pruning (NViT): structure, criteria, policy, pruner, run.
 
 Imports flow one way: ``structure`` (groups from the model) <- ``criteria`` (scores) <-
-``masking`` (masks, dense rebuild) <- ``pruner`` (policy: ranking, schedule, state, trace).
+``masking`` (masks, dense rebuild) <- ``policy`` (pure: rank and choose) <- ``global_pruner``
+(the library object for the user's own loop) <- ``run`` (revit's loop: DDP, state, teacher, export).
 """
 
 from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_criterion
+from revit.prune.global_pruner import GlobalPruner, as_revit
 from revit.prune.masking import Masks, rebuild_dense
-from revit.prune.pruner import PruneConfig, PruneError, Pruner, PruneResult, prune
+from revit.prune.policy import Candidate, Choice, Schedule, calibrate_eta, candidates, choose
+from revit.prune.run import PruneConfig, PruneError, PruneResult, PruneRun, prune
 from revit.prune.structure import KINDS, Group, Structure, StructureError, derive_structure
 
 __all__ = [
-    "CRITERIA", "KINDS", "Criterion", "Group", "Masks", "PruneConfig", "PruneError", "PruneResult", "Pruner",
-    "ScoreAccumulator", "Structure", "StructureError", "build_criterion", "derive_structure", "prune",
+    "CRITERIA", "KINDS", "Candidate", "Choice", "Criterion", "GlobalPruner", "Group", "Masks", "PruneConfig",
+    "PruneError", "PruneResult", "PruneRun", "Schedule", "ScoreAccumulator", "Structure", "StructureError",
+    "as_revit", "build_criterion", "calibrate_eta", "candidates", "choose", "derive_structure", "prune",
     "rebuild_dense",
 ]

@@ -35,13 +35,8 @@ from revit.prune.granularity import resolve_granularity
 from revit.prune.masking import Masks, rebuild_dense
 from revit.prune.policy import Schedule, choose
 from revit.prune.structure import Structure, derive_structure
+from revit.runtime import dist_info
 from revit.trace import SCHEMA, Trace, TraceStep
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def as_revit(model: nn.Module) -> nn.Module:
@@ -74,7 +69,7 @@ class GlobalPruner:
                  evaluator: Callable[[nn.Module], float | None] | None = None) -> None:
         self.model = as_revit(model)
         self.base: ViTConfig = self.model.config  # type: ignore[assignment]
-        self.rank, self.world = _dist()
+        self.rank, self.world = dist_info()
         self._check_numbers(target_macs=target_macs, target_latency=target_latency, eta=eta, ema=ema)
         if (target_macs is None) == (target_latency is None):
             raise ConfigError("give exactly one of target_macs and target_latency (fractions of the base cost)")
@@ -221,24 +216,31 @@ class GlobalPruner:
                         penalty=self.penalty, goal=goal, eta=self.eta, eta_abs=self.eta_abs, max_units=max_units)
             self.masks.alive = {gid: a.clone() for gid, a in ch.alive.items()}
             removed, self.eta_abs = list(ch.removed), ch.eta_abs
+        loss_sum = torch.tensor(self._loss, dtype=torch.float64)
         if self.world > 1:
-            box: list[Any] = [removed, self.eta_abs]
-            dist.broadcast_object_list(box, 0)
-            removed, self.eta_abs = box
-            device = next(self.model.parameters()).device
-            backend = dist.get_backend()
-            for gid in sorted(self.masks.alive):
-                t = self.masks.alive[gid].to(torch.uint8)
-                t = t.to(device) if backend == "nccl" else t
-                dist.broadcast(t, 0)
-                self.masks.alive[gid] = t.cpu().bool()
+            removed = self._broadcast(removed, loss_sum)
         self.masks.refresh()
         self.masks.apply(self.model)
         self.steps += 1
-        loss = self._loss[0] / self._loss[1] if self._loss[1] else None
+        loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else None
         self._loss = [0.0, 0]
         self._record(loss=loss, extra={"batches": self.calls, "eta_abs": self.eta_abs, "removed": removed,
                                        self.cost.name: self.cost.cost(self.current_config())})
+
+    def _broadcast(self, removed: list[dict[str, Any]], loss_sum: torch.Tensor) -> list[dict[str, Any]]:
+        """Rank 0's choice to every process; the loss summed over processes (in place)."""
+        box: list[Any] = [removed, self.eta_abs]
+        dist.broadcast_object_list(box, 0)
+        removed, self.eta_abs = box
+        device = next(self.model.parameters()).device if dist.get_backend() == "nccl" else torch.device("cpu")
+        for gid in sorted(self.masks.alive):
+            t = self.masks.alive[gid].to(device=device, dtype=torch.uint8)
+            dist.broadcast(t, 0)
+            self.masks.alive[gid] = t.cpu().bool()
+        t = loss_sum.to(device)
+        dist.all_reduce(t)
+        loss_sum.copy_(t.cpu())
+        return removed
 
     def _record(self, loss: float | None, extra: dict[str, Any]) -> None:
         cfg = self.current_config()
@@ -275,7 +277,7 @@ class GlobalPruner:
     # --- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything the policy needs to continue (device-agnostic: tensors on the CPU)."""
-        cpu = _to_cpu
+        cpu = to_cpu
         return {"alive": cpu(self.masks.alive), "acc": cpu(self.acc.state_dict()),
                 "criterion": cpu(self.criterion.state_dict()), "calls": self.calls, "steps": self.steps,
                 "eta_abs": self.eta_abs, "loss": list(self._loss), "trace": [s.to_dict() for s in self.steps_log]}
@@ -292,7 +294,8 @@ class GlobalPruner:
         self.masks.apply(self.model)
 
 
-def _to_cpu(x: Any) -> Any:
+def to_cpu(x: Any) -> Any:
+    """``x`` (a tensor or nested dict/list of them) with every tensor on the CPU (device-agnostic state)."""
     return _to(x, torch.device("cpu"))
 
 

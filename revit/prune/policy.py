@@ -24,10 +24,17 @@ from revit.errors import BudgetError, ConfigError
 class GroupLike(Protocol):
     """What the policy needs to know of a group (``revit.prune.structure.Group`` provides it)."""
 
-    gid: int
-    kind: str
-    block: int | None
-    size: int
+    @property
+    def gid(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def block(self) -> int | None: ...
+
+    @property
+    def size(self) -> int: ...
 
     @property
     def name(self) -> str: ...
@@ -116,7 +123,8 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
             raise BudgetError("every width is at its minimum before the target was reached")
         if eta_abs is None:
             eta_abs = calibrate_eta(eta, cands)
-        best = min(cands, key=lambda c: (c.score(eta_abs), c.gid))  # type: ignore[arg-type]
+        e = eta_abs
+        best = min(cands, key=lambda c: (c.score(e), c.gid))
         now[best.gid][list(best.indices)] = False
         removed.append({"group": by_gid[best.gid].name, "units": len(best.indices), "indices": list(best.indices),
                         "saliency": best.saliency, "saving": best.saving, "score": best.score(eta_abs)})

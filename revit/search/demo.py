@@ -152,15 +152,15 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
     if not (prune_dir / "metrics.json").is_file():
         from revit.data import load_splits
         from revit.models import build_model
-        from revit.prune import PruneConfig, Pruner
+        from revit.prune import PruneConfig, PruneRun
 
         splits = load_splits(_data(plan))
         model = build_model(base_cfg, checkpoint=str(base_dir / "model.safetensors"))
         pc = PruneConfig(target=plan.prune_target, target_kind="latency", interval=plan.prune_interval,
                          per_step=None, step_fraction=plan.prune_step_fraction, lr=plan.prune_lr,
                          batch_size=plan.batch_size, eval_size=plan.prune_eval)
-        Pruner(model, splits.train, splits.val, pc, prune_dir, table=table, resume=True,
-               test_ds=splits.test).run()
+        PruneRun(model, splits.train, splits.val, pc, prune_dir, table=table, resume=True,
+                 test_ds=splits.test).run()
     pm = json.loads((prune_dir / "metrics.json").read_text())
     from revit.config import ViTConfig
 

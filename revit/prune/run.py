@@ -1,0 +1,397 @@
+"""A whole pruning run into a folder: ``GlobalPruner`` inside revit's fine-tuning loop.
+
+Between pruning steps the weights train with KL distillation from the frozen unpruned model plus
+cross-entropy (NVIT_SPEC.md section 4), on any device, with optional autocast, under ``torchrun``.
+The run writes ``trace.jsonl`` (a line per pruning step), ``state.pt`` (everything needed to
+resume, saved atomically right after the start and after every pruning step, device-agnostic),
+and at the end ``pruned.yaml``, ``pruned.safetensors``, ``metrics.json`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from revit import counting
+from revit._io import atomic_write_text
+from revit.config import ViTConfig
+from revit.errors import CheckpointError, ConfigError, RevitError
+from revit.prune.cost import LatencyTableLike
+from revit.prune.criteria import CRITERIA
+from revit.prune.global_pruner import GlobalPruner, to_cpu
+from revit.runtime import (
+    AMP_MODES,
+    GlobalBatchSampler,
+    autocast,
+    grad_scaler,
+    init_distributed,
+    resolve_device,
+    size,
+    to_device,
+)
+from revit.trace import Trace, TraceWriter
+
+
+class PruneError(RevitError):
+    """The pruning run cannot go on (non-finite loss, ...); the last good state is kept."""
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """A pruning run's recipe; ``target`` is a fraction of the base MACs (or latency, with a table).
+
+    The schedule is *by budget* (``epochs``: the removals are spread so the target is reached by
+    the end of that many epochs) unless ``interval``/``per_step``/``step_fraction`` give NViT's fixed
+    schedule (a step every ``interval`` batches removing ``per_step`` units, until the target).
+    """
+
+    target: float = 0.5
+    target_kind: str = "macs"  # "macs" or "latency" (needs a table)
+    criterion: str = "hessian"
+    epochs: float = 1.0
+    prune_steps: int | None = None  # by budget: number of pruning steps (None: automatic)
+    interval: int | None = None
+    per_step: int | None = None
+    step_fraction: float | None = None
+    eta: float = 1.0  # scale-free penalty weight (0: no penalty)
+    ema: float = 0.9
+    batch_size: int = 128  # global batch
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    kl_weight: float = 1.0
+    ce_weight: float = 1.0
+    temperature: float = 3.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    granularity: str = "auto"
+    eval_size: int = 1000  # held-out images scored after every step (0: never)
+    max_steps: int = 10000
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        for k, v in asdict(self).items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{k} must be a finite number, got {v}")
+        if not 0 < self.target < 1:
+            raise ConfigError(f"target must be a fraction in (0, 1) of the base cost, got {self.target}")
+        if self.per_step is not None and self.step_fraction is not None:
+            raise ConfigError("give at most one of per_step and step_fraction")
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or self.max_steps < 1:
+            raise ConfigError("epochs, batch_size, lr and max_steps must be positive")
+        if self.interval is not None and self.interval < 1:
+            raise ConfigError(f"interval must be >= 1, got {self.interval}")
+        if self.eta < 0 or not 0 <= self.ema < 1:
+            raise ConfigError(f"eta must be >= 0 and ema in [0, 1) (got {self.eta}, {self.ema})")
+        if self.eval_size < 0 or self.workers < 0:
+            raise ConfigError("eval_size and workers must be >= 0")
+        if self.target_kind not in ("macs", "latency"):
+            raise ConfigError(f"target_kind must be macs or latency, got {self.target_kind!r}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        CRITERIA.get(self.criterion)  # raises with the known names
+
+    @property
+    def fixed_schedule(self) -> bool:
+        return self.interval is not None or self.per_step is not None or self.step_fraction is not None
+
+
+@dataclass
+class PruneResult:
+    """What a run produced: the dense model, its config and the headline numbers."""
+
+    model: nn.Module
+    config: ViTConfig
+    metrics: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+
+
+class _Skip(Sampler[list[int]]):
+    """The batches of a :class:`GlobalBatchSampler` epoch after the first ``skip`` (a resumed epoch)."""
+
+    def __init__(self, inner: GlobalBatchSampler, skip: int) -> None:
+        self.inner, self.skip = inner, skip
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for j, b in enumerate(self.inner):
+            if j >= self.skip:
+                yield b
+
+
+class PruneRun:
+    """One pruning run of a revit model into ``out_dir``; build it, then call :meth:`run`."""
+
+    def __init__(self, model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: PruneConfig,
+                 out_dir: str | os.PathLike[str], *, table: LatencyTableLike | None = None, resume: bool = False,
+                 progress: bool = True, test_ds: Dataset[Any] | None = None) -> None:
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world = init_distributed(self.device)
+        self.cfg, self.progress = cfg, progress
+        self.train_ds, self.val_ds, self.test_ds = train_ds, val_ds, test_ds
+        self.out = Path(out_dir)
+        self.trace_path, self.state_path = self.out / "trace.jsonl", self.out / "state.pt"
+        self.teacher_path = self.out / "teacher.safetensors"
+        self.per_epoch = len(GlobalBatchSampler(size(train_ds), cfg.batch_size, cfg.seed, 0, self.world))
+        if self.per_epoch == 0:
+            raise ConfigError(f"training set of {size(train_ds)} images is smaller than one batch of {cfg.batch_size}")
+        total = None if cfg.fixed_schedule else max(1, round(cfg.epochs * self.per_epoch))
+        if cfg.target_kind == "latency" and table is None:
+            raise ConfigError("a latency target needs a latency table (--table)")
+        model = model.to(self.device)
+        lat = cfg.target_kind == "latency"
+        self.pruner = GlobalPruner(model, table=table, criterion=cfg.criterion, total_steps=total,
+                                   prune_steps=cfg.prune_steps, interval=cfg.interval, per_step=cfg.per_step,
+                                   step_fraction=cfg.step_fraction, eta=cfg.eta, ema=cfg.ema,
+                                   granularity=cfg.granularity, seed=cfg.seed, evaluator=self._evaluate,
+                                   target_macs=None if lat else cfg.target, target_latency=cfg.target if lat else None)
+        self.model = self.pruner.model
+        self.base = self.pruner.base
+        from revit.train import TrainConfig, make_optimizer
+
+        self.opt = make_optimizer(self.model, TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
+        self.scaler = grad_scaler(self.device, cfg.amp)
+        self.finished = False
+        if resume and self.state_path.is_file():
+            self._load_state()
+        else:
+            if not resume and self.trace_path.exists() and self.trace_path.stat().st_size > 0:
+                raise ConfigError(f"{self.out} already holds a pruning run; pass resume=True (--resume) or a new --out")
+            self._start()
+        self.teacher = self._teacher()
+
+    # --- setup and persistence -----------------------------------------------------------------
+    def _start(self) -> None:
+        """Write the teacher, the trace header with step 0 and a first state (resumable from here on)."""
+        if self.rank == 0:
+            from safetensors.torch import save_file
+
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = self.out / ".teacher.safetensors.tmp"
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, str(tmp))
+            os.replace(tmp, self.teacher_path)
+            self._write_trace()
+        self._save_state()
+        self._barrier()
+
+    def _write_trace(self) -> None:
+        tr = self.pruner.trace
+        header = self.pruner.header(settings=asdict(self.cfg))
+        lines = [json.dumps(header)] + [json.dumps(s.to_dict()) for s in tr.steps]
+        atomic_write_text(self.trace_path, "\n".join(lines) + "\n")
+
+    def _teacher(self) -> nn.Module:
+        """The frozen unpruned model, read back from the run folder (so a resumed run has the same one)."""
+        from safetensors.torch import load_file
+
+        from revit.models import build_model
+
+        self._barrier()
+        teacher = build_model(self.base).to(self.device)
+        teacher.load_state_dict(load_file(str(self.teacher_path)))
+        return teacher.eval().requires_grad_(False)
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _state(self) -> dict[str, Any]:
+        return {"model": to_cpu(self.model.state_dict()), "optimizer": to_cpu(self.opt.state_dict()),
+                "pruner": self.pruner.state_dict(), "rng": torch.get_rng_state(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "settings": asdict(self.cfg), "base_config": self.base.to_dict(), "finished": self.finished}
+
+    def _save_state(self) -> None:
+        if self.rank != 0:
+            return
+        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
+        torch.save(self._state(), tmp)
+        os.replace(tmp, self.state_path)
+
+    def _load_state(self) -> None:
+        st = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        same = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "workers")}
+        if {k: st["settings"].get(k) for k in same} != same:
+            diff = [k for k, v in same.items() if st["settings"].get(k) != v]
+            raise CheckpointError(f"{self.state_path}: written with other settings ({', '.join(diff)}); "
+                                  "resume with the same options or use a new --out")
+        if st["base_config"] != self.base.to_dict():
+            raise CheckpointError(f"{self.state_path}: written for another model; use a new --out")
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])  # moves the moments to the parameters' device
+        self.pruner.load_state_dict(st["pruner"])
+        if self.scaler is not None and st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        self.finished = bool(st.get("finished", False))
+        torch.set_rng_state(st["rng"])
+        if self.rank == 0:  # the trace as of the saved state (drops lines written after it)
+            self._write_trace()
+        self._barrier()
+
+    # --- training --------------------------------------------------------------------------------
+    def _evaluate(self, model: nn.Module) -> float | None:
+        from revit.train import evaluate
+
+        ds, limit = self.val_ds, self.cfg.eval_size
+        if ds is None or limit == 0 or size(ds) == 0:
+            return None
+        return evaluate(model, Subset(ds, list(range(min(limit, size(ds))))))
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, skip = divmod(self.pruner.calls, self.per_epoch)
+        while True:
+            sampler = GlobalBatchSampler(size(self.train_ds), self.cfg.batch_size, self.cfg.seed, self.rank,
+                                         self.world)
+            sampler.set_epoch(epoch)
+            dl = DataLoader(self.train_ds, batch_sampler=_Skip(sampler, skip), num_workers=self.cfg.workers,
+                            pin_memory=self.device.type == "cuda")
+            yield from dl
+            epoch, skip = epoch + 1, 0
+
+    def _train_batch(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+        from revit.train import distillation_loss
+
+        x, y = to_device((x, y), self.device)
+        with autocast(self.device, self.cfg.amp):
+            logits = net(x)
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+        logits, t_logits = logits.float(), t_logits.float()
+        loss = self.cfg.ce_weight * F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        loss = loss + self.cfg.kl_weight * distillation_loss(logits, t_logits, self.cfg.temperature)
+        if not torch.isfinite(loss):
+            raise PruneError(f"the loss became {loss.item()} at batch {self.pruner.calls + 1} (after step "
+                             f"{self.pruner.steps}); the last good state (step {self.pruner.steps}) is kept in "
+                             f"{self.state_path}: lower the learning rate and rerun with --resume")
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        self.pruner.accumulate(loss.detach())  # after unscale_: true gradients, all-reduced under DDP
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        return float(loss.item())
+
+    def run(self) -> PruneResult:
+        """Prune until the target is met, then rebuild, export and return the dense model."""
+        from tqdm import tqdm
+
+        self.model.train()
+        net: nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        sched = self.pruner.schedule
+        bar = tqdm(desc="prune", disable=not self.progress or self.rank != 0, dynamic_ncols=True, unit="batch",
+                   total=sched.budget, initial=self.pruner.calls, mininterval=1.0)
+        t0 = time.perf_counter()
+        batches = self._batches()
+        while not self.finished:
+            x, y = next(batches)
+            loss = self._train_batch(net, x, y)
+            pruned = self.pruner.step()
+            bar.update()
+            if pruned:
+                self._after_prune_step()
+            if self.pruner.calls % 5 == 0 or self.finished:
+                bar.set_postfix_str(self._status(loss))
+            if self.pruner.steps >= self.cfg.max_steps and not self.finished:
+                from revit.errors import BudgetError
+
+                raise BudgetError(f"stopped after max_steps={self.cfg.max_steps} steps before reaching the target")
+        bar.close()
+        return self.finish(time.perf_counter() - t0)
+
+    def _status(self, loss: float) -> str:
+        p = self.pruner
+        cfg = p.current_config()
+        left = f"/{p.schedule.prune_steps}" if p.schedule.prune_steps else ""
+        lat = f" latency {p.latency.format(p.latency.cost(cfg))}" if p.latency is not None else ""
+        return (f"step {p.steps}{left} {p.cost.name} {p.cost.format(p.cost.cost(cfg))} -> target "
+                f"{p.cost.format(p.target_cost)}{lat} MACs {counting.format_count(counting.macs(cfg))} loss {loss:.3f}")
+
+    def _after_prune_step(self) -> None:
+        self.finished = self.pruner.done
+        if self.rank == 0:
+            TraceWriter(self.trace_path).append(self.pruner.steps_log[-1])
+        self._save_state()
+        self._barrier()
+
+    # --- the end -------------------------------------------------------------------------------
+    def finish(self, seconds: float = 0.0) -> PruneResult:
+        """Rebuild the dense model, check it against the masked one, export files and plots."""
+        from revit.train import evaluate
+
+        self.model.eval()
+        dense, _ = self.pruner.export()
+        dense.eval()
+        gap = self._dense_gap(dense)
+        p, cfg = self.pruner, self.pruner.current_config()
+        metrics: dict[str, Any] = {
+            "schema": "revit/prune-metrics/v1", "steps": p.steps, "batches": p.calls,
+            "criterion": self.cfg.criterion, "target": {"kind": p.cost.name, "ratio": self.cfg.target},
+            "schedule": p.schedule.describe(), "eta": self.cfg.eta, "eta_abs": p.eta_abs, "cost_unit": p.cost.unit,
+            "penalty": p.penalty.name,
+            "base": {"macs": counting.macs(self.base), "params": counting.params(self.base), "cost": p.base_cost},
+            "pruned": {"macs": counting.macs(cfg), "params": counting.params(cfg), "cost": p.cost.cost(cfg)},
+            "macs_ratio": counting.macs(cfg) / counting.macs(self.base), "cost_ratio": p.cost.cost(cfg) / p.base_cost,
+            "dense_vs_masked_max_abs_diff": gap, "seconds": seconds, "world_size": self.world,
+            "device": str(self.device), "amp": self.cfg.amp,
+        }
+        if self.val_ds is not None and size(self.val_ds):
+            metrics["val_accuracy"] = evaluate(dense, self.val_ds)
+        if self.test_ds is not None and size(self.test_ds):
+            metrics["test_accuracy"] = evaluate(dense, self.test_ds)
+        if self.rank == 0:
+            from safetensors.torch import save_file
+
+            from revit.prune.plots import plot_trace
+
+            cfg.save(self.out / "pruned.yaml")
+            tmp = self.out / ".pruned.safetensors.tmp"
+            save_file({k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}, str(tmp))
+            os.replace(tmp, self.out / "pruned.safetensors")
+            atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
+            plot_trace(self.trace_path, self.out / "plots")
+        return PruneResult(model=dense, config=cfg, metrics=metrics, steps=p.steps)
+
+    @torch.no_grad()
+    def _dense_gap(self, dense: nn.Module) -> float | None:
+        ds = self.val_ds if self.val_ds is not None and size(self.val_ds) else self.train_ds
+        x = torch.stack([ds[i][0] for i in range(min(64, size(ds)))]).to(self.device)
+        return float((self.model(x) - dense(x)).abs().max())
+
+    @property
+    def trace(self) -> Trace:
+        return Trace.load(self.trace_path)
+
+
+def prune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: PruneConfig,
+          out_dir: str | os.PathLike[str], *, table: LatencyTableLike | None = None, resume: bool = False,
+          progress: bool = True, test_ds: Dataset[Any] | None = None) -> PruneResult:
+    """Prune ``model`` to ``cfg.target`` of its MACs (or latency with ``table``) into ``out_dir``."""
+    return PruneRun(model, train_ds, val_ds, cfg, out_dir, table=table, resume=resume, progress=progress,
+                    test_ds=test_ds).run()
