@@ -1,0 +1,164 @@
+"""GlobalPruner as a library: the README loop on a plain timm ViT, objects for criterion and cost, AMP, resume."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def flop_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """MACs of one forward pass counted by torch's FlopCounterMode (math attention), independently of revit."""
+    model.eval()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        model(x)
+    return int(fc.get_total_flops() // 2)
+
+
+def readme_example() -> str:
+    text = README.read_text()
+    m = re.search(r"<!-- example: global-pruner -->\n```python\n(.*?)```", text, re.S)
+    assert m, "the README lost its GlobalPruner example"
+    return m.group(1)
+
+
+def test_readme_loop_on_a_timm_vit() -> None:
+    """The README's snippet, verbatim: <= 50% MACs by FlopCounterMode, dense == masked within 1e-4."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    ns: dict[str, Any] = {}
+    torch.manual_seed(0)
+    exec(compile(readme_example(), str(README), "exec"), ns)
+    model, pruner, dense, trace = ns["model"], ns["pruner"], ns["dense"], ns["trace"]
+    assert isinstance(model, VisionTransformer) and not hasattr(model, "config")
+    x = torch.randn(4, 1, 28, 28)
+    base, pruned = flop_macs(model, x[:1]), flop_macs(dense, x[:1])
+    assert pruned <= 0.5 * base, (pruned, base)
+    assert trace.steps[-1].macs == pruned and trace.steps[0].macs == base  # revit's counting == torch's
+    net = pruner.model.eval()
+    with torch.no_grad():
+        diff = float((net(x) - dense.eval()(x)).abs().max())
+    assert diff <= 1e-4, diff
+    assert pruner.steps == len(trace.steps) - 1 <= pruner.schedule.prune_steps  # reached within the budget
+    assert pruner.done
+    assert type(dense) is type(net) and dense.config == trace.steps[-1].config(trace.base_config)
+
+
+def _tiny() -> Any:
+    from revit.config import BlockDims, ViTConfig
+    from revit.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(embed_dim=16, blocks=(BlockDims(2, 4, 4, 32),) * 2, img_size=8, patch_size=2, in_chans=1,
+                    num_classes=10)
+    return build_model(cfg)
+
+
+def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
+
+
+def _run(pruner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], scaler: Any = None) -> None:
+    net = pruner.model
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    for xb, yb in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=scaler is not None):
+            loss = F.cross_entropy(net(xb).float(), yb)
+        opt.zero_grad()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        pruner.accumulate(loss)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        pruner.step()
+
+
+def test_objects_in_place_of_names_give_the_same_run() -> None:
+    from revit.prune import GlobalPruner
+    from revit.prune.cost import MacsCost
+    from revit.prune.criteria import Hessian
+
+    batches = _batches(12)
+    a = GlobalPruner(_tiny(), target_macs=0.6, criterion="hessian", total_steps=12, granularity="one")
+    _run(a, batches)
+    b = GlobalPruner(_tiny(), target_macs=0.6, criterion=Hessian(), penalty=MacsCost(), total_steps=12,
+                     granularity="one")
+    _run(b, batches)
+    assert [s.to_dict() for s in a.trace.steps] == [s.to_dict() for s in b.trace.steps]
+    assert a.done and a.trace.header["criterion"] == "hessian"
+
+
+def test_budget_is_met_and_masks_keep_shapes() -> None:
+    from revit.prune import GlobalPruner
+
+    p = GlobalPruner(_tiny(), target_macs=0.5, total_steps=20, granularity="one")
+    shapes = {k: v.shape for k, v in p.model.state_dict().items()}
+    _run(p, _batches(20))
+    assert p.done and p.calls == 20
+    assert {k: v.shape for k, v in p.model.state_dict().items()} == shapes
+    macs = [s.macs for s in p.trace.steps]
+    assert macs[-1] <= 0.5 * macs[0] < macs[-2]
+    # the k-th step aims at base - k/K (base - target): never far below its goal
+    k_total = p.schedule.prune_steps
+    for k, m in enumerate(macs[1:], start=1):
+        goal = macs[0] - min(1.0, k / k_total) * 0.5 * macs[0]
+        assert m <= goal
+
+
+def test_gradscaler_path_and_state_round_trip() -> None:
+    """A GradScaler loop (accumulate after unscale_) prunes; state_dict resumes the policy exactly."""
+    from revit.prune import GlobalPruner
+
+    batches = _batches(16, seed=1)
+    full = GlobalPruner(_tiny(), target_macs=0.6, total_steps=16, granularity="one")
+    _run(full, batches, scaler=torch.amp.GradScaler("cpu"))
+    assert full.done
+
+    model = _tiny()
+    first = GlobalPruner(model, target_macs=0.6, total_steps=16, granularity="one")
+    _run(first, batches[:8], scaler=torch.amp.GradScaler("cpu"))
+    state = first.state_dict()
+    assert all(t.device.type == "cpu" for t in state["alive"].values())
+    second = GlobalPruner(model, target_macs=0.6, total_steps=16, granularity="one")
+    second.load_state_dict(state)
+    assert second.current_config() == first.current_config() and second.calls == 8
+
+
+def test_bad_arguments_are_one_clear_error() -> None:
+    from revit.errors import ConfigError
+    from revit.prune import GlobalPruner
+
+    for kw, msg in ((dict(target_macs=0.5), "total_steps"), (dict(target_macs=float("nan"), total_steps=4), "finite"),
+                    (dict(target_macs=1.5, total_steps=4), "fraction"), (dict(total_steps=4), "exactly one"),
+                    (dict(target_latency=0.5, total_steps=4), "latency table"),
+                    (dict(target_macs=0.5, total_steps=4, eta=-1.0), "eta")):
+        with pytest.raises(ConfigError, match=msg):
+            GlobalPruner(_tiny(), **kw)  # type: ignore[arg-type]
+    p = GlobalPruner(_tiny(), target_macs=0.5, total_steps=2, granularity="one")
+    p.step()
+    with pytest.raises(ConfigError, match="accumulate"):
+        p.step()
