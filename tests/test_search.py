@@ -68,7 +68,7 @@ def test_shipped_specs_load(path):
     ({"data": {"source": "digits", "bogus": 1}}, "data: unknown key(s) bogus"),
     ({"train": {"epochs": 0}}, "epochs"),
     ({"seeds": [0, 0]}, "seeds must be distinct"),
-    ({"setting": "mega"}, "unknown 'mega'"),
+    ({"setting": "mega"}, "unknown setting 'mega'"),
     ({"extra": 1}, "unknown key(s) extra"),
 ])
 def test_bad_spec_is_one_clear_line(over, msg):

@@ -238,7 +238,7 @@ def _workload(backend: Backend, key: tuple[Any, ...], space: Space, batch: int) 
         e, h, q, v, m = key[1:]
         return backend.block(e, BlockDims(h, q, v, m), space.tokens, batch)
     if key[0] == "fixed":
-        return backend.fixed(space.setting, key[1], batch)
+        return backend.fixed(space.setting.fixed_parts(), key[1], batch)
     top_e = space.axes["embed_dim"][-1]
     return backend.overhead(space.tokens, top_e, batch)
 
@@ -379,7 +379,7 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
         c = tuple(knots[a][i] for a, i in zip(AXES, idx, strict=True))
         values[idx] = max(state.median(("block", *c)) - overhead, 0.0)
         spread[idx] = state.iqr(("block", *c))
-    fixed = FixedParts(setting=dict(space.setting), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
+    fixed = FixedParts(setting=space.setting.fixed_parts(), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
                        values=tuple(state.median(k) for k in fixed_keys),
                        spread=tuple(state.iqr(k) for k in fixed_keys))
     measured = len({k for k in state.samples if k[0] == "block"})

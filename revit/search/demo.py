@@ -222,7 +222,7 @@ def generate_configs(rule_path: Path, budget_s: float, table: Any, out: Path, pr
                      log: Callable[[str], None]) -> dict[str, Any]:
     """The fitted rule, uniform and paper configs for the latency budget; YAMLs and a per-block plot."""
     from revit.errors import BudgetError
-    from revit.rules import SETTINGS, Rule, generate, latency_budget, load_rule, uniform_rule
+    from revit.rules import Rule, Setting, generate, latency_budget, load_rule, uniform_rule
 
     out.mkdir(parents=True, exist_ok=True)
     budget = latency_budget(budget_s, table)
@@ -231,7 +231,7 @@ def generate_configs(rule_path: Path, budget_s: float, table: Any, out: Path, pr
     cfgs: dict[str, Any] = {"pruned (trace end)": pruned}
     for r in rules:
         try:
-            g = generate(r, budget, SETTINGS["micro"], name=f"{r.name}_demo")
+            g = generate(r, budget, Setting.PRESETS["micro"], name=f"{r.name}_demo")
         except BudgetError as e:
             log(f"  {r.name}: not generated: {e}")
             made[r.name] = {"error": str(e)}

@@ -10,7 +10,8 @@ On disk (YAML in ``search/``)::
     sampler: {name: tpe, seed: 0} # tpe | random | nsga2 | gp | qmc (+ their keyword arguments)
     pruner: {name: median}        # median | hyperband | percentile | none (single objective only)
     n_trials: 12                  # candidate (sampled) trials; baselines and repeats come on top
-    setting: micro                # SETTINGS name or {depth, img_size, patch_size, in_chans, num_classes}
+    setting: micro                # a Setting preset (micro, imagenet) or its fields, optionally on a preset:
+                                  # {preset: micro, num_classes: 5} or {depth, img_size, patch_size, in_chans, ...}
     budget: {macs: 8M}            # or {latency_ms: 2.5, table: FILE} or {macs: {low: 5M, high: 12M}} (searched)
     latency_table: FILE           # optional: predicted latency as a user attribute of every trial
     space:
@@ -41,6 +42,7 @@ from typing import Any
 
 from revit import counting
 from revit._io import check_schema, load_yaml
+from revit.config import Setting
 from revit.data import DataSpec
 from revit.errors import ConfigError, FileFormatError, UnknownNameError
 from revit.paths import shipped_dir
@@ -132,7 +134,7 @@ class StudySpec:
     sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "tpe"})
     pruner: Mapping[str, Any] = field(default_factory=lambda: {"name": "median"})
     n_trials: int = 10
-    setting: Mapping[str, Any] = field(default_factory=dict)
+    setting: Setting = Setting.PRESETS["micro"]
     latency_table: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)
@@ -161,15 +163,6 @@ class StudySpec:
 
         return normalize_url(override or self.storage or default_storage(self.name))
 
-    def setting_obj(self) -> Any:
-        from revit.rules import SETTINGS, Setting
-
-        s = dict(self.setting)
-        base = s.pop("preset", None)
-        if base is not None:
-            return Setting(**{**SETTINGS[base].__dict__, **s})
-        return Setting(**s)
-
     def train_config(self, seed: int) -> Any:
         from revit.recipes import TrainConfig
 
@@ -194,7 +187,7 @@ class StudySpec:
 
     @classmethod
     def _build(cls, d: Mapping[str, Any], source: str) -> StudySpec:
-        from revit.rules import SETTINGS, get_family
+        from revit.rules import get_family
         from revit.search.samplers import check_pruner, check_sampler
 
         name = d.get("name") or Path(source).stem
@@ -212,16 +205,7 @@ class StudySpec:
             raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
                               "set pruner: {name: none}")
 
-        setting_raw = d.get("setting", "micro")
-        if isinstance(setting_raw, str):
-            if setting_raw not in SETTINGS:
-                raise UnknownNameError(f"setting: unknown {setting_raw!r}; known: {', '.join(SETTINGS)} "
-                                       "(or a mapping depth, img_size, patch_size, in_chans, num_classes)")
-            setting: dict[str, Any] = {"preset": setting_raw}
-        elif isinstance(setting_raw, Mapping):
-            setting = dict(setting_raw)
-        else:
-            raise ConfigError("setting must be a name (micro, imagenet) or a mapping")
+        setting = Setting.parse(d.get("setting", "micro"), "setting")
 
         budget = _budget(d.get("budget"), d.get("latency_table"))
         space = d.get("space")
