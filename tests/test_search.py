@@ -54,6 +54,28 @@ def test_shipped_specs_load(path):
     assert load_spec(path.stem) == spec  # also by shipped name
 
 
+def test_spec_sections_are_typed_and_keyed_by_their_fields():
+    from dataclasses import fields
+
+    from revit.config import Setting
+    from revit.data.spec import DataSpec
+    from revit.recipes import TrainConfig
+
+    spec = tiny_spec(train={"epochs": 2, "lr": 0.01}, data={"source": "digits", "val_size": 50},
+                     setting={"preset": "micro", "num_classes": 10}, sampler={"name": "tpe", "seed": 3})
+    assert spec.train == TrainConfig(epochs=2, lr=0.01)
+    assert spec.train_config(7) == TrainConfig(epochs=2, lr=0.01, seed=7)
+    assert spec.data == DataSpec(source="digits", val_size=50) and spec.setting == Setting.PRESETS["micro"]
+    assert spec.sampler.name == "tpe" and dict(spec.sampler) == {"name": "tpe", "seed": 3}
+    with pytest.raises(FileFormatError) as e:
+        tiny_spec(train={"bogus": 1})
+    allowed = str(e.value).split("allowed: ")[1].split(", ")
+    assert allowed == [f.name for f in fields(TrainConfig) if f.name not in ("seed", "distill_weight",
+                                                                               "distill_temperature")]
+    with pytest.raises(FileFormatError, match=r"train: unknown key\(s\) seed"):
+        tiny_spec(train={"seed": 1})  # seeds come from the spec's seeds
+
+
 @pytest.mark.parametrize("over, msg", [
     ({"sampler": {"name": "nope"}}, "unknown sampler 'nope'; known: "),
     ({"pruner": {"name": "nope"}}, "unknown pruner 'nope'; known: "),

@@ -179,7 +179,7 @@ class StudyObjective:
                  f"EMB {attrs['embed_dim']}, MACs {counting.format_count(attrs['macs'])}, "
                  f"MLP factor {attrs['mlp_factor']:g}")
         prunable = (not self.spec.multi_objective and attrs[ROLE] == "candidate"
-                    and "repeat_of" not in trial.user_attrs and self.spec.pruner.get("name") not in ("none", "nop"))
+                    and "repeat_of" not in trial.user_attrs and self.spec.pruner.name not in ("none", "nop"))
         val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
         trial.set_user_attr("val_acc", val)
         trial.set_user_attr("test_acc", test)
@@ -198,7 +198,7 @@ class StudyObjective:
         if self._splits is None:
             from revit.data import load_splits
 
-            self._splits = load_splits(self.spec.data_spec())
+            self._splits = load_splits(self.spec.data)
         return self._splits
 
     def train(self, cfg: Any, seed: int, trial: Any = None) -> tuple[float, float, list[float], float]:
