@@ -352,9 +352,9 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "config") -> ViTConfig:
-        d = check_schema(d, "vit-config", source)
         setting_keys = [f.name for f in fields(Setting) if f.name != "depth"]
-        check_keys(d, ["schema", "name", "embed_dim", *setting_keys, "blocks", "derived"], source)
+        d = check_schema(d, "vit-config", source, keys=["schema", "name", "embed_dim", *setting_keys, "blocks",
+                                                         "derived"])
         if "embed_dim" not in d or "blocks" not in d:
             raise ConfigError(f"{source}: 'embed_dim' and 'blocks' are required")
         blocks = d["blocks"]

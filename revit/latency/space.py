@@ -21,7 +21,7 @@ from typing import Any
 
 from revit._io import check_schema, load_yaml
 from revit.config import BLOCK_KEYS, Setting
-from revit.errors import ConfigError, check_keys
+from revit.errors import ConfigError
 
 AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
 
@@ -62,8 +62,7 @@ class Space:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "space") -> Space:
-        d = check_schema(d, "latency-space", source)
-        check_keys(d, ("schema", "name", "depth", "setting", "axes"), source)
+        d = check_schema(d, "latency-space", source, keys=("schema", "name", "depth", "setting", "axes"))
         axes: dict[str, tuple[int, ...]] = {}
         raw = d.get("axes")
         if not isinstance(raw, Mapping):

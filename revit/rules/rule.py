@@ -23,7 +23,7 @@ from typing import Any
 
 from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml
 from revit.config import BlockDims, Granularity
-from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_keys
+from revit.errors import ConfigError, FileFormatError, UnknownNameError
 from revit.paths import shipped_dir
 from revit.rules.base import DomainNote, RuleFamily, get_family
 
@@ -88,10 +88,7 @@ class Rule:
     @classmethod
     def from_dict(cls, doc: Any, source: str = "rule") -> Rule:
         """Validate a parsed rule document; every problem is one-line :class:`FileFormatError`."""
-        d = check_schema(doc, "rule", source)
-        check_keys(d, _KEYS, source, error=FileFormatError)
-        if d.get("kind", "rule") != "rule":
-            raise FileFormatError(f"{source}: kind is {d.get('kind')!r}, expected 'rule'")
+        d = check_schema(doc, "rule", source, keys=_KEYS)
         family = d.get("family")
         if not isinstance(family, str):
             raise FileFormatError(f"{source}: 'family' (a rule family name) is required")

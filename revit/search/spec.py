@@ -196,10 +196,7 @@ class StudySpec:
     @classmethod
     def from_dict(cls, doc: Any, source: str = "spec") -> StudySpec:
         """Validate a parsed spec; every problem is one line naming the key and the fix."""
-        d = check_schema(doc, "study", source)
-        check_keys(d, _KEYS, source, error=FileFormatError)
-        if d.get("kind", "study") != "study":
-            raise FileFormatError(f"{source}: kind is {d.get('kind')!r}, expected 'study'")
+        d = check_schema(doc, "study", source, keys=_KEYS)
         try:
             return cls._build(d, source)
         except (ConfigError, UnknownNameError) as e:
