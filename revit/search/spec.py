@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from revit import counting
 from revit._io import check_schema, load_yaml
 from revit.config import Setting
+from revit.cost import MacsCost
 from revit.data.spec import DataSpec
 from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_keys
 from revit.paths import shipped_dir
@@ -83,7 +84,7 @@ class BudgetSpec:
         return self.value is None
 
     def fmt(self, v: float) -> str:
-        return f"{counting.format_count(v)} MACs" if self.kind == "macs" else f"{v * 1e3:.4g} ms"
+        return MacsCost().format(v) if self.kind == "macs" else f"{v * 1e3:.4g} ms"
 
     def describe(self) -> str:
         if self.value is not None:
