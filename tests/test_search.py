@@ -180,6 +180,19 @@ def test_objective_with_fixed_trial_candidate():
     assert arm.rule_params == {**base, "plateau": 0.6, "mlp_end": 0.5}
 
 
+def test_baseline_outside_its_rule_domain_is_a_typed_error():
+    from revit.errors import OutsideDomainError, RuleDomainError
+    from revit.search.objective import baseline_arm
+
+    spec = tiny_spec()
+    paper = next(b for b in spec.baselines if b.rule == "paper")
+    with pytest.raises(RuleDomainError) as e:
+        baseline_arm(spec, paper, spec.budget.baseline_values()[0])
+    assert isinstance(e.value, OutsideDomainError) and "outside the domain of rule 'paper'" in str(e.value)
+    uniform = next(b for b in spec.baselines if b.rule == "uniform")
+    assert not baseline_arm(spec, uniform, spec.budget.baseline_values()[0]).generated.outside_domain
+
+
 def test_objective_with_fixed_trial_baseline_is_uniform_at_same_budget():
     from revit.search.objective import StudyObjective
 
