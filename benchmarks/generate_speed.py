@@ -43,7 +43,7 @@ def main() -> None:
 
     from revit import counting
     from revit.config import ViTConfig
-    from revit.rules import SETTINGS, generate, load_rule, macs_budget
+    from revit.rules import Setting, generate, load_rule, macs_budget
 
     n = args.budgets
     sweeps = [("imagenet", r, 1e9, 20e9) for r in ("paper", "less-more-less", "uniform")]
@@ -58,7 +58,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for i in range(n):
             b = lo * (hi / lo) ** (i / (n - 1))
-            g = generate(rule, macs_budget(b), SETTINGS[setting])
+            g = generate(rule, macs_budget(b), Setting.PRESETS[setting])
             m = counting.macs(ViTConfig.from_yaml_text(g.config.to_yaml()))
             errs.append(abs(m / b - 1))
             factors.append(g.mlp_factor)

@@ -281,9 +281,9 @@ def build_and_validate(backend_name: str, device: torch.device, dtype: str, out:
 # --- (e) latency-aware vs MACs-only pruning -------------------------------------------------------------
 def _prune_once(base_sd: dict[str, torch.Tensor], cfg: Any, device: torch.device, table: Any, latency_aware: bool,
                 steps: int, batch: int, eta: float) -> Any:
+    from revit.cost import LatencyCost, MacsCost
     from revit.models import build_model
     from revit.prune import GlobalPruner
-    from revit.prune.cost import LatencyCost, MacsCost
 
     model = build_model(cfg).to(device)
     model.load_state_dict(base_sd)

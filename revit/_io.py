@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from revit.errors import FileFormatError
+from revit.errors import FileFormatError, check_keys
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -76,8 +77,9 @@ def dump_yaml(doc: Any) -> str:
     return str(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100))
 
 
-def check_schema(doc: Any, kind: str, source: str = "document") -> dict[str, Any]:
-    """Check that ``doc`` is a mapping carrying ``schema: revit/<kind>/v1``; return it."""
+def check_schema(doc: Any, kind: str, source: str = "document", keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """Check that ``doc`` is a mapping carrying ``schema: revit/<kind>/v1`` (and ``kind``, when it has one,
+    equal to ``kind``), with no keys outside ``keys`` when given; return it."""
     if not isinstance(doc, dict):
         raise FileFormatError(f"{source}: expected a mapping with 'schema: revit/{kind}/v1'")
     schema = doc.get("schema")
@@ -86,4 +88,8 @@ def check_schema(doc: Any, kind: str, source: str = "document") -> dict[str, Any
         if isinstance(schema, str) and schema.startswith(f"revit/{kind}/"):
             raise FileFormatError(f"{source}: unsupported schema version {schema!r} (this revit reads {want!r})")
         raise FileFormatError(f"{source}: schema is {schema!r}, expected {want!r}")
+    if keys is not None:
+        check_keys(doc, keys, source, error=FileFormatError)
+    if doc.get("kind", kind) != kind:
+        raise FileFormatError(f"{source}: kind is {doc.get('kind')!r}, expected {kind!r}")
     return doc

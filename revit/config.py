@@ -1,21 +1,24 @@
-"""The ViT config passed between every stage: per-block dims and the model setting.
+"""The types passed between every stage: granularity, model setting, per-block dims, ViT config.
 
-``qk_dim`` and ``v_dim`` are *per head*.  Configs are frozen; YAML carries
-``schema: revit/vit-config/v1`` and is validated on load (derived numbers in a file are ignored).
+All of them are frozen and torch-free.  ``qk_dim`` and ``v_dim`` are *per head*; field names are
+the config's everywhere (DESIGN.md).  YAML carries ``schema: revit/vit-config/v1`` and is
+validated on load (derived numbers in a file are ignored).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml
-from revit.errors import ConfigError
+from revit.errors import ConfigError, check_keys
 
 SCHEMA = "revit/vit-config/v1"
 BLOCK_KEYS = ("heads", "qk_dim", "v_dim", "mlp_dim")
+WIDTH_KINDS = ("embed_dim", *BLOCK_KEYS)  # the five prunable widths, in the order of "E,H,Q,V,M"
 
 
 def _check_int(value: Any, what: str, minimum: int = 1) -> int:
@@ -32,6 +35,180 @@ def _check_bool(value: Any, what: str) -> bool:
     return value
 
 
+# granularity ---------------------------------------------------------------------------------
+_OLD_GRANULARITY_KEYS = {"embed": "embed_dim", "qk": "qk_dim", "v": "v_dim", "mlp": "mlp_dim"}
+AUTO_MICRO_MAX_IMG = 64  # ``auto`` picks ``micro`` for images of at most this many pixels a side
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """The step of every prunable width, which is also its minimum (a width never rounds to zero).
+
+    NViT prunes in units (EMB 16, heads 2, QK 8, V 8, MLP 16; NVIT_SPEC.md section 1) so that dims
+    stay friendly to tensor cores; small models need finer steps (``micro``: 8, 1, 4, 4, 8).
+    """
+
+    embed_dim: int = 16
+    heads: int = 2
+    qk_dim: int = 8
+    v_dim: int = 8
+    mlp_dim: int = 16
+
+    PRESETS: ClassVar[dict[str, Granularity]]
+
+    def __post_init__(self) -> None:
+        for k in WIDTH_KINDS:
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"granularity {k} must be a positive integer, got {v!r}")
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in WIDTH_KINDS}
+
+    def describe(self) -> str:
+        """One line for humans: ``EMB 16 HEADS 2 QK 8 V 8 MLP 16``."""
+        labels = ("EMB", "HEADS", "QK", "V", "MLP")
+        return " ".join(f"{lab} {getattr(self, k)}" for lab, k in zip(labels, WIDTH_KINDS, strict=True))
+
+    def round_to(self, kind: str, x: float) -> int:
+        """``x`` rounded to the nearest multiple of this kind's step (halves up), never below the step."""
+        step = getattr(self, kind)
+        return max(step, int(math.floor(x / step + 0.5)) * step)
+
+    @classmethod
+    def auto(cls, img_size: int) -> Granularity:
+        """What ``auto`` means for a setting: ``micro`` for images of at most 64 px a side, else ``standard``."""
+        return cls.PRESETS["micro" if img_size <= AUTO_MICRO_MAX_IMG else "standard"]
+
+    @classmethod
+    def parse(cls, spec: Any, img_size: int) -> Granularity:
+        """``auto``/None, a preset name, ``"E,H,Q,V,M"``, a mapping of the five widths, or a Granularity.
+
+        Mappings may use the old short keys (embed, heads, qk, v, mlp) of earlier rule files;
+        missing widths take the standard steps.
+        """
+        if spec is None or spec == "auto":
+            return cls.auto(img_size)
+        if isinstance(spec, Granularity):
+            return spec
+        if isinstance(spec, Mapping):
+            d = {_OLD_GRANULARITY_KEYS.get(str(k), str(k)): v for k, v in spec.items()}
+            check_keys(d, WIDTH_KINDS, "granularity")
+            return cls(**d)
+        if isinstance(spec, str):
+            if spec in cls.PRESETS:
+                return cls.PRESETS[spec]
+            parts = spec.split(",")
+            if len(parts) == len(WIDTH_KINDS) and all(p.strip().isdigit() for p in parts):
+                return cls(*(int(p) for p in parts))
+        raise ConfigError(f"granularity {spec!r}: use auto, {', '.join(cls.PRESETS)} or five steps "
+                          f"EMB,HEADS,QK,V,MLP such as 16,2,8,8,16")
+
+
+Granularity.PRESETS = {
+    "standard": Granularity(16, 2, 8, 8, 16),
+    "micro": Granularity(8, 1, 4, 4, 8),
+    "one": Granularity(1, 1, 1, 1, 1),
+}
+
+
+# setting ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """Everything about a ViT except its widths: image, patch, channels, classes, tokens, depth.
+
+    ``depth`` matters where a setting makes configs (rule generation, latency spaces); a
+    :class:`ViTConfig`'s setting always has the depth of its blocks.
+    """
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    distilled: bool = False
+    class_token: bool = True
+    qkv_bias: bool = True
+    depth: int = 12
+
+    # what the latency of the parts outside the blocks (patch embedding, tokens, heads) depends on
+    FIXED_PARTS_KEYS: ClassVar[tuple[str, ...]] = ("img_size", "patch_size", "in_chans", "num_classes",
+                                                   "distilled", "class_token")
+    PRESETS: ClassVar[dict[str, Setting]]
+
+    def __post_init__(self) -> None:
+        for k in ("img_size", "patch_size", "in_chans", "depth"):
+            _check_int(getattr(self, k), k)
+        _check_int(self.num_classes, "num_classes", minimum=0)
+        for k in ("distilled", "class_token", "qkv_bias"):
+            _check_bool(getattr(self, k), k)
+        if self.img_size % self.patch_size:
+            raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.distilled and not self.class_token:
+            raise ConfigError("a distilled model needs class_token: true")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.class_token) + int(self.distilled)
+
+    @property
+    def tokens(self) -> int:
+        """Sequence length seen by every block: patches plus class and distillation tokens."""
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def global_pool(self) -> str:
+        return "token" if self.class_token else "avg"
+
+    def fixed_parts(self) -> dict[str, Any]:
+        """The fields that fix the cost of the parts outside the blocks (besides ``embed_dim``)."""
+        return {k: getattr(self, k) for k in self.FIXED_PARTS_KEYS}
+
+    def to_dict(self, depth: bool = True) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if depth or f.name != "depth"}
+
+    def config(self, embed_dim: int, blocks: Sequence[BlockDims], name: str | None = None) -> ViTConfig:
+        """The ViT of this setting with these widths (``depth`` blocks)."""
+        if len(blocks) != self.depth:
+            raise ConfigError(f"the setting has depth {self.depth}, got {len(blocks)} blocks")
+        return ViTConfig(embed_dim, tuple(blocks), self, name=name)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "setting", base: Setting | None = None) -> Setting:
+        """Read a mapping of setting fields on top of ``base`` (or of its ``preset``: a preset name)."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{source} must be a mapping of {', '.join(f.name for f in fields(cls))}")
+        check_keys(d, ("preset", *(f.name for f in fields(cls))), source)
+        over = {str(k): v for k, v in d.items() if k != "preset"}
+        start = cls.parse(d["preset"], source) if "preset" in d else (base or cls())
+        try:
+            return replace(start, **over)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def parse(cls, spec: Any, source: str = "setting") -> Setting:
+        """A preset name (``imagenet``, ``micro``), a mapping (optionally with ``preset``) or a Setting."""
+        if isinstance(spec, Setting):
+            return spec
+        if isinstance(spec, str):
+            if spec not in cls.PRESETS:
+                raise ConfigError(f"{source}: unknown setting {spec!r}; known: {', '.join(cls.PRESETS)} "
+                                  f"(or a mapping of {', '.join(f.name for f in fields(cls))})")
+            return cls.PRESETS[spec]
+        return cls.from_dict(spec, source)
+
+
+Setting.PRESETS = {
+    "imagenet": Setting(),
+    "micro": Setting(img_size=28, patch_size=7, in_chans=1, num_classes=10, depth=8),
+}
+
+
+# blocks and configs ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockDims:
     """Widths of one transformer block: heads, QK and V width *per head*, MLP hidden width."""
@@ -62,127 +239,138 @@ class BlockDims:
     def from_dict(cls, d: Any, where: str = "block") -> BlockDims:
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where} must be a mapping with keys {', '.join(BLOCK_KEYS)}, got {d!r}")
-        unknown = set(d) - set(BLOCK_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                              f"allowed: {', '.join(BLOCK_KEYS)}")
+        check_keys(d, BLOCK_KEYS, where)
         missing = [k for k in BLOCK_KEYS if k not in d]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
         return cls(**{k: _check_int(d[k], f"{where} {k}") for k in BLOCK_KEYS})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ViTConfig:
-    """A per-block ViT/DeiT: the setting (image, patch, classes, tokens) and every block's widths."""
+    """A per-block ViT/DeiT: its :class:`Setting` (image, patch, classes, tokens) and every block's widths.
+
+    Built as ``ViTConfig(embed_dim, blocks, setting)`` or with the setting's fields as keywords
+    (``ViTConfig(embed_dim=96, blocks=..., img_size=28, patch_size=7)``, on top of ``setting`` when
+    both are given); the setting's fields read as attributes (``cfg.img_size``) and are flat in YAML.
+    """
 
     embed_dim: int
     blocks: tuple[BlockDims, ...]
-    img_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    distilled: bool = False
-    class_token: bool = True
-    qkv_bias: bool = True
+    setting: Setting
     name: str | None = field(default=None, compare=False)
+
+    def __init__(self, embed_dim: int, blocks: Sequence[BlockDims], setting: Setting | None = None, *,
+                 name: str | None = None, **setting_fields: Any) -> None:
+        check_keys(setting_fields, [f.name for f in fields(Setting)], "ViTConfig", what="argument")
+        blocks = tuple(blocks)
+        if "depth" in setting_fields and setting_fields["depth"] != len(blocks):
+            raise ConfigError(f"depth {setting_fields['depth']} given with {len(blocks)} blocks")
+        setting = replace(setting or Setting(), **{**setting_fields, "depth": max(1, len(blocks))})
+        object.__setattr__(self, "embed_dim", embed_dim)
+        object.__setattr__(self, "blocks", blocks)
+        object.__setattr__(self, "setting", setting)
+        object.__setattr__(self, "name", name)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         _check_int(self.embed_dim, "embed_dim")
-        _check_int(self.img_size, "img_size")
-        _check_int(self.patch_size, "patch_size")
-        _check_int(self.in_chans, "in_chans")
-        _check_int(self.num_classes, "num_classes", minimum=0)
-        _check_bool(self.distilled, "distilled")
-        _check_bool(self.class_token, "class_token")
-        _check_bool(self.qkv_bias, "qkv_bias")
-        if not isinstance(self.blocks, tuple):
-            object.__setattr__(self, "blocks", tuple(self.blocks))
         if len(self.blocks) == 0:
             raise ConfigError("a ViT needs at least one block (depth 0 given)")
         for i, b in enumerate(self.blocks):
             if not isinstance(b, BlockDims):
                 raise ConfigError(f"block {i} must be a BlockDims, got {type(b).__name__}")
-        if self.img_size % self.patch_size:
-            raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
-        if self.distilled and not self.class_token:
-            raise ConfigError("a distilled model needs class_token: true")
 
-    # derived numbers -------------------------------------------------------------------------
+    # the setting's fields and derived numbers --------------------------------------------------
+    @property
+    def img_size(self) -> int:
+        return self.setting.img_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.setting.patch_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.setting.in_chans
+
+    @property
+    def num_classes(self) -> int:
+        return self.setting.num_classes
+
+    @property
+    def distilled(self) -> bool:
+        return self.setting.distilled
+
+    @property
+    def class_token(self) -> bool:
+        return self.setting.class_token
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.setting.qkv_bias
+
     @property
     def depth(self) -> int:
         return len(self.blocks)
 
     @property
     def num_patches(self) -> int:
-        return (self.img_size // self.patch_size) ** 2
+        return self.setting.num_patches
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + int(self.distilled)
+        return self.setting.num_prefix_tokens
 
     @property
     def tokens(self) -> int:
         """Sequence length seen by every block: patches plus class and distillation tokens."""
-        return self.num_patches + self.num_prefix_tokens
+        return self.setting.tokens
 
     @property
     def global_pool(self) -> str:
-        return "token" if self.class_token else "avg"
+        return self.setting.global_pool
 
     def is_uniform(self) -> bool:
         return all(b == self.blocks[0] for b in self.blocks)
 
     def with_blocks(self, blocks: Sequence[BlockDims], embed_dim: int | None = None) -> ViTConfig:
-        return replace(self, blocks=tuple(blocks), embed_dim=embed_dim or self.embed_dim, name=None)
+        return ViTConfig(embed_dim or self.embed_dim, tuple(blocks), self.setting)
 
     # I/O ------------------------------------------------------------------------------------
-    def to_dict(self, derived: bool = False) -> dict[str, Any]:
+    def to_dict(self, derived: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The YAML document; ``derived`` (e.g. :func:`revit.counting.derived`) is written as information."""
         d: dict[str, Any] = {"schema": SCHEMA}
         if self.name:
             d["name"] = self.name
-        for f in fields(self):
-            if f.name in ("blocks", "name"):
-                continue
-            d[f.name] = getattr(self, f.name)
+        d["embed_dim"] = self.embed_dim
+        d.update(self.setting.to_dict(depth=False))
         d["blocks"] = [b.to_dict() for b in self.blocks]
-        if derived:
-            from revit import counting
-
-            d["derived"] = {
-                "tokens": self.tokens,
-                "params": counting.params(self),
-                "macs": counting.macs(self),
-                "macs_linear_only": counting.macs(self, convention="timm"),
-                "note": "informational; recomputed on load, never trusted",
-            }
+        if derived is not None:
+            d["derived"] = dict(derived)
         return d
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "config") -> ViTConfig:
-        d = check_schema(d, "vit-config", source)
-        allowed = {f.name for f in fields(cls)} | {"schema", "derived"}
-        unknown = set(d) - allowed
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                              f"allowed: {', '.join(sorted(allowed))}")
+        setting_keys = [f.name for f in fields(Setting) if f.name != "depth"]
+        d = check_schema(d, "vit-config", source, keys=["schema", "name", "embed_dim", *setting_keys, "blocks",
+                                                         "derived"])
         if "embed_dim" not in d or "blocks" not in d:
             raise ConfigError(f"{source}: 'embed_dim' and 'blocks' are required")
         blocks = d["blocks"]
         if not isinstance(blocks, list):
             raise ConfigError(f"{source}: 'blocks' must be a list of {{heads, qk_dim, v_dim, mlp_dim}}")
-        kw = {k: v for k, v in d.items() if k not in ("schema", "derived", "blocks")}
-        name = kw.pop("name", None)
+        name = d.get("name")
         if name is not None and not isinstance(name, str):
             raise ConfigError(f"{source}: name must be a string")
         try:
-            return cls(blocks=tuple(BlockDims.from_dict(b, f"{source}: block {i}") for i, b in enumerate(blocks)),
-                       name=name, **kw)
+            dims = tuple(BlockDims.from_dict(b, f"{source}: block {i}") for i, b in enumerate(blocks))
+            return cls(d["embed_dim"], dims, name=name, **{k: d[k] for k in setting_keys if k in d})
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(source) else f"{source}: {msg}") from None
 
-    def to_yaml(self, derived: bool = False) -> str:
+    def to_yaml(self, derived: Mapping[str, Any] | None = None) -> str:
         return dump_yaml(self.to_dict(derived=derived))
 
     @classmethod
@@ -197,7 +385,7 @@ class ViTConfig:
             raise FileFormatError(f"{source}: malformed YAML ({str(e).splitlines()[0]})") from None
         return cls.from_dict(doc, source)
 
-    def save(self, path: str | os.PathLike[str], derived: bool = True) -> None:
+    def save(self, path: str | os.PathLike[str], derived: Mapping[str, Any] | None = None) -> None:
         atomic_write_text(path, self.to_yaml(derived=derived))
 
     @classmethod

@@ -9,7 +9,7 @@ LayerNorm, softmax, GELU, bias additions and the residual adds are not counted i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from revit.config import BlockDims, ViTConfig
 from revit.errors import ConfigError
@@ -75,6 +75,12 @@ def params(cfg: ViTConfig) -> int:
     p += 2 * e  # final norm (or fc_norm when pooling by average)
     p += (e * cfg.num_classes + cfg.num_classes) * (2 if cfg.distilled else 1)
     return p
+
+
+def derived(cfg: ViTConfig) -> dict[str, Any]:
+    """The derived numbers written into a config file for information (never trusted on load)."""
+    return {"tokens": cfg.tokens, "params": params(cfg), "macs": macs(cfg), "macs_linear_only": macs(cfg, "timm"),
+            "note": "informational; recomputed on load, never trusted"}
 
 
 def format_count(n: float, unit: str = "") -> str:

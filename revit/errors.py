@@ -5,9 +5,20 @@ The CLI turns a ``RevitError`` into one line on stderr and exit code 2; anything
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class RevitError(Exception):
-    """Base of every error caused by bad input or an unusable environment."""
+    """Base of every error caused by bad input or an unusable environment.
+
+    ``message`` says what is wrong and ``hint`` (optional) how to fix it; ``str(e)`` joins them with
+    ``"; "``, so a caller that rewords the error can keep the fact and drop or replace the fix.
+    """
+
+    def __init__(self, message: str = "", *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message}; {hint}" if hint else message)
 
 
 class ConfigError(RevitError):
@@ -29,8 +40,20 @@ class BudgetError(RevitError):
     """A MACs or latency budget cannot be met by any legal config."""
 
 
-class TableRangeError(RevitError):
+class OutsideDomainError(RevitError):
+    """A query falls outside the domain a model was made for (a rule's widths, a table's measured range)."""
+
+
+class TableRangeError(OutsideDomainError):
     """A latency-table query falls outside the measured range."""
+
+
+class RuleDomainError(OutsideDomainError, ConfigError):
+    """A rule would be applied outside the domain it was written for (e.g. the paper rule below EMB 100)."""
+
+
+class RunExistsError(ConfigError):
+    """An output folder already holds a run; ``hint`` says how to resume it or where else to write."""
 
 
 class CheckpointError(RevitError):
@@ -51,3 +74,15 @@ class StorageError(RevitError):
 
 class DeviceError(RevitError):
     """A device was asked for that this machine does not have (``cuda`` without a GPU, a bad index)."""
+
+
+def check_keys(given: Iterable[object], allowed: Iterable[str], where: str, *, what: str = "key",
+               error: type[RevitError] = ConfigError) -> None:
+    """Raise ``error`` naming the unknown keys of ``given`` and listing the ``allowed`` ones.
+
+    The one unknown-key check of revit: configs, rules, specs and options all report the same way.
+    """
+    allowed = list(allowed)
+    unknown = sorted({str(k) for k in given} - set(allowed))
+    if unknown:
+        raise error(f"{where}: unknown {what}(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or 'none'}")

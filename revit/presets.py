@@ -19,10 +19,10 @@ def _official_rule(embed_dim: int) -> tuple[BlockDims, ...]:
 
     One source of truth: the ``paper`` rule family in :mod:`revit.rules.families`.
     """
+    from revit.config import Granularity
     from revit.rules.families import PaperRule
-    from revit.rules.granularity import PRESETS as GRANULARITY
 
-    return PaperRule().blocks({}, embed_dim, 12, GRANULARITY["standard"])
+    return PaperRule().blocks({}, embed_dim, 12, Granularity.PRESETS["standard"])
 
 
 def revit_micro() -> ViTConfig:

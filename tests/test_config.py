@@ -22,7 +22,9 @@ def test_round_trip_keeps_per_block_dims(tiny_cfg, tmp_path):
 
 
 def test_derived_numbers_in_file_are_ignored(tiny_cfg, tmp_path):
-    d = tiny_cfg.to_dict(derived=True)
+    from revit import counting
+
+    d = tiny_cfg.to_dict(derived=counting.derived(tiny_cfg))
     d["derived"]["macs"] = 1  # a lie in the file must not matter
     assert ViTConfig.from_dict(d) == tiny_cfg
 
@@ -78,3 +80,49 @@ def test_official_rule_presets_match_spec():
     t = get_preset("revit_tiny")  # EMB 176: y = round(0.88) = 1, x = round(1.1) = 1
     assert [b.heads for b in t.blocks] == [10, 2, 2, 4, 4, 4, 4, 4, 4, 2, 2, 10]
     assert [b.qk_dim for b in t.blocks] == [16, 8, 8, 16, 16, 16, 16, 16, 16, 8, 8, 16]
+
+
+def test_setting_is_composed_and_flat_in_yaml():
+    from dataclasses import replace
+
+    from revit.config import Setting
+
+    s = Setting.PRESETS["micro"]
+    cfg = uniform(96, 8, 4, img_size=28, patch_size=7, in_chans=1, num_classes=10)
+    assert cfg.setting == s and cfg.tokens == s.tokens == 17 and cfg.img_size == 28 and cfg.depth == s.depth
+    assert ViTConfig(96, cfg.blocks, s) == cfg == s.config(96, cfg.blocks)
+    assert replace(cfg, num_classes=5).setting == replace(s, num_classes=5)  # flat keywords still work
+    d = cfg.to_dict()
+    assert "setting" not in d and "depth" not in d and d["img_size"] == 28 and d["qkv_bias"] is True
+    assert ViTConfig(96, cfg.blocks[:3], s).setting.depth == 3  # a config's setting has its blocks' depth
+    with pytest.raises(ConfigError, match="unknown argument.*colour"):
+        ViTConfig(96, cfg.blocks, colour=1)
+    with pytest.raises(ConfigError, match="setting has depth 8, got 2 blocks"):
+        s.config(96, cfg.blocks[:2])
+
+
+def test_setting_parse():
+    from revit.config import Setting
+
+    assert Setting.parse("imagenet") == Setting()
+    assert Setting.parse({"preset": "micro", "num_classes": 5}).num_classes == 5
+    assert Setting.parse({"depth": 4, "img_size": 32, "patch_size": 4}).tokens == 65
+    assert Setting(distilled=True).fixed_parts() == {"img_size": 224, "patch_size": 16, "in_chans": 3,
+                                                     "num_classes": 1000, "distilled": True, "class_token": True}
+    with pytest.raises(ConfigError, match="unknown setting 'cifar'; known: imagenet, micro"):
+        Setting.parse("cifar")
+    with pytest.raises(ConfigError, match=r"spec: unknown key\(s\) colour; allowed: preset, img_size"):
+        Setting.parse({"colour": 1}, "spec")
+    with pytest.raises(ConfigError, match="not a multiple of patch_size"):
+        Setting.parse({"img_size": 30})
+
+
+def test_errors_keep_the_fix_apart():
+    from revit.errors import OutsideDomainError, RevitError, TableRangeError, UnknownNameError, check_keys
+
+    e = TableRangeError("embed_dim=8 is outside", hint="pass extrapolate=True")
+    assert isinstance(e, OutsideDomainError) and str(e) == "embed_dim=8 is outside; pass extrapolate=True"
+    assert e.message == "embed_dim=8 is outside" and e.hint == "pass extrapolate=True"
+    assert str(UnknownNameError("unknown x")) == "unknown x" and RevitError("a").hint is None
+    with pytest.raises(ConfigError, match=r"^train: unknown key\(s\) a, b; allowed: lr, epochs$"):
+        check_keys({"lr": 1, "b": 2, "a": 3}, ["lr", "epochs"], "train")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from revit.search.demo import DemoPlan, write_study_spec
 from revit.search.spec import StudySpec
+from revit.workflows.demo import DemoPlan, write_study_spec
 
 
 def test_plan_lines_print_sizes_and_schedules():
@@ -37,7 +37,7 @@ def test_demo_cli_options(monkeypatch):
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
-    from revit.search.demo import run_demo
+    from revit.workflows.demo import run_demo
 
     lines: list[str] = []
     summary = run_demo(tmp_path / "demo", DemoPlan.quick(), log=lines.append)

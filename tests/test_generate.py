@@ -16,7 +16,6 @@ from revit.cli.main import main
 from revit.config import ViTConfig
 from revit.errors import BudgetError, TableRangeError
 from revit.rules import (
-    SETTINGS,
     SearchSpace,
     Setting,
     apply_rule,
@@ -67,17 +66,17 @@ SWEEP_MICRO = [5e6 * 12 ** (i / 11) for i in range(12)]  # 5M .. 60M
 def test_budget_sweep_within_one_percent(setting, rule, budgets):
     r = load_rule(rule)
     for b in budgets:
-        g = generate(r, macs_budget(b), SETTINGS[setting])
+        g = generate(r, macs_budget(b), Setting.PRESETS[setting])
         # independent recount from the YAML text a user would get
-        cfg = ViTConfig.from_yaml_text(g.config.to_yaml(derived=True))
+        cfg = ViTConfig.from_yaml_text(g.config.to_yaml(derived=counting.derived(g.config)))
         assert abs(counting.macs(cfg) / b - 1) <= 0.01, (rule, b, counting.macs(cfg))
-        assert cfg.depth == SETTINGS[setting].depth and cfg.img_size == SETTINGS[setting].img_size
+        assert cfg.depth == Setting.PRESETS[setting].depth and cfg.img_size == Setting.PRESETS[setting].img_size
         assert 0.5 <= g.mlp_factor <= 2.0
 
 
 def test_micro_uses_micro_granularity():
-    g = generate(load_rule("less-more-less"), macs_budget("20M"), SETTINGS["micro"])
-    assert g.granularity.embed == 8 and g.embed_dim % 8 == 0
+    g = generate(load_rule("less-more-less"), macs_budget("20M"), Setting.PRESETS["micro"])
+    assert g.granularity.embed_dim == 8 and g.embed_dim % 8 == 0
     assert all(b.mlp_dim % 8 == 0 and b.qk_dim % 4 == 0 for b in g.config.blocks)
 
 
@@ -199,11 +198,12 @@ def test_generate_cold_start_is_fast():
 
 
 def test_built_model_counts_the_same():
-    models = pytest.importorskip("revit.models", reason="revit.models (the model builder) is not importable yet")
+    from revit import models
+
     for rule, budget, setting in [("paper", "1G", "imagenet"), ("less-more-less", "2G", "imagenet"),
                                   ("uniform", "1G", "imagenet"), ("less-more-less", "20M", "micro"),
                                   ("uniform", "10M", "micro")]:
-        cfg = generate(load_rule(rule), macs_budget(budget), SETTINGS[setting]).config
+        cfg = generate(load_rule(rule), macs_budget(budget), Setting.PRESETS[setting]).config
         m = models.build_model(cfg)
         assert sum(p.numel() for p in m.parameters()) == counting.params(cfg), (rule, budget)
 

@@ -98,8 +98,8 @@ def _run(pruner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], scaler: 
 
 
 def test_objects_in_place_of_names_give_the_same_run() -> None:
+    from revit.cost import MacsCost
     from revit.prune import GlobalPruner
-    from revit.prune.cost import MacsCost
     from revit.prune.criteria import Hessian
 
     batches = _batches(12)

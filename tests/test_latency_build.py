@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from revit.cli.main import main
-from revit.config import BlockDims, ViTConfig
+from revit.config import BlockDims, Setting, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency import graphs
 from revit.latency.backends import BACKENDS, Backend, Workload, get_backend
@@ -78,7 +78,8 @@ def test_shared_block_graph_matches_reference(d: BlockDims) -> None:
 
 
 def test_block_graph_matches_revit_models_block() -> None:
-    layers = pytest.importorskip("revit.models.layers")
+    from revit.models import layers
+
     d = DIMS[0]
     blk = layers.Block(24, d).eval()
     w = graphs.block_weights(24, d, np.random.default_rng(1))
@@ -208,7 +209,7 @@ def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
 
 def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
     space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4, 8), "v_dim": (4,),
-                           "mlp_dim": (8, 16)}, SETTING, depth=2)
+                           "mlp_dim": (8, 16)}, Setting(**SETTING, depth=2))
     s = BuildSettings(passes=2, repeats=2, warmup=0, design="full", reference=False)
     out = tmp_path / "t.json"
 
@@ -268,7 +269,7 @@ def test_real_build_and_validate_end_to_end(tmp_path: Path, capsys: pytest.Captu
     import yaml
 
     space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
-                  SETTING, depth=2)
+                  Setting(**SETTING, depth=2))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space.to_dict()))
     out = tmp_path / "t.json"
     assert main(["latency", "build", "--space", str(tmp_path / "space.yaml"), "--design", "full", "--batch", "4",
@@ -323,7 +324,7 @@ class LoadedBackend(FakeBackend):
 @pytest.mark.parametrize("reference", [True, False])
 def test_reference_normalisation_removes_common_mode_load(tmp_path: Path, reference: bool) -> None:
     space = Space("tiny", {"embed_dim": (16, 32), "heads": (1, 2), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
-                  SETTING, depth=2)
+                  Setting(**SETTING, depth=2))
     b = LoadedBackend(stepped)
     t = build_table(space, b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0, design="full",
                     reference=reference), progress=False)
@@ -342,8 +343,9 @@ def test_reference_normalisation_removes_common_mode_load(tmp_path: Path, refere
 @pytest.mark.parametrize("distilled", [False, True])
 def test_model_graph_computes_the_revit_model(distilled: bool) -> None:
     """The whole-model graph validation times is the function of ``revit.models.build_model`` (same weights)."""
-    models = pytest.importorskip("revit.models")
     import onnx.numpy_helper as nh
+
+    from revit import models
 
     cfg = ViTConfig(embed_dim=24, blocks=tuple(DIMS), **{**SETTING, "distilled": distilled})  # type: ignore[arg-type]
     g = graphs.model_graph(cfg, 2, dynamic_batch=True)

@@ -128,6 +128,11 @@ def test_resume_reproduces_uninterrupted_trace(tmp_path: Path, splits: Any) -> N
 class _FakeTable:
     """A latency table with a known, non-linear cost: heads are expensive, MLP neurons cheap."""
 
+    batch_size = 1
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return {k: (1.0, 1e9) for k in ("embed_dim", "heads", "qk_dim", "v_dim", "mlp_dim")}
+
     def block(self, e: int, b: BlockDims) -> float:
         return 1e-3 * (5 * b.heads + 0.5 * e * (b.heads * (2 * b.qk_dim + b.v_dim)) / 64 + 0.02 * b.mlp_dim) + 1e-4 * e
 

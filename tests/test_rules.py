@@ -10,12 +10,11 @@ from revit import counting
 from revit.cli.main import main
 from revit.config import BlockDims
 from revit.errors import ConfigError, FileFormatError, UnknownNameError
-from revit.rules import FAMILIES, Granularity, Rule, Setting, apply_rule, get_family, load_rule, parse_granularity
+from revit.rules import FAMILIES, Granularity, Rule, Setting, apply_rule, get_family, load_rule
 from revit.rules.families import bump, reference_block
-from revit.rules.granularity import PRESETS, round_to
 from revit.trace import Trace
 
-STD = PRESETS["standard"]
+STD = Granularity.PRESETS["standard"]
 
 # NVIT_SPEC.md section 7 [C] at EMB 384 written out by hand: y = round(1.92) = 2, x = round(2.4) = 2
 REVIT_S = [(10, 32, 64, 1152), (4, 16, 64, 1152), (4, 16, 64, 1152)] + [(8, 32, 64, 2304)] * 6 + \
@@ -65,13 +64,13 @@ def test_paper_other_depth_keeps_wide_middle_half_and_warns():
     g = apply_rule(load_rule("paper"), 384, Setting(depth=8))
     heads = [b.heads for b in g.config.blocks]
     assert heads == [10, 4, 8, 8, 8, 8, 4, 10]  # first/last quarter narrow ends, middle half wide
-    assert any("12 blocks" in n for n in g.notes)
+    assert any("12 blocks" in n.text for n in g.notes) and not g.outside_domain
 
 
 def test_paper_outside_domain_clamps_and_warns():
     g = apply_rule(load_rule("paper"), 96, Setting())
     assert min(b.heads for b in g.config.blocks) == 2 and min(b.qk_dim for b in g.config.blocks) == 8
-    assert any("outside the domain" in n for n in g.notes)
+    assert len(g.outside_domain) == 1 and "EMB 96" in g.outside_domain[0].text
 
 
 def test_presets_use_paper_family():
@@ -131,13 +130,25 @@ def test_unknown_family_lists_known():
 
 
 def test_granularity_auto_and_parsing():
-    assert parse_granularity("auto", 28) == Granularity(8, 1, 4, 4, 8)
-    assert parse_granularity(None, 224) == Granularity(16, 2, 8, 8, 16)
-    assert parse_granularity("32,4,16,16,32", 224) == Granularity(32, 4, 16, 16, 32)
-    assert parse_granularity({"mlp": 64}, 224).mlp == 64
+    assert Granularity.parse("auto", 28) == Granularity(8, 1, 4, 4, 8) == Granularity.parse("micro", 224)
+    assert Granularity.parse(None, 224) == Granularity(16, 2, 8, 8, 16) == Granularity.auto(65)
+    assert Granularity.parse("one", 224).to_dict() == dict.fromkeys(("embed_dim", "heads", "qk_dim", "v_dim",
+                                                                     "mlp_dim"), 1)
+    assert Granularity.parse("32,4,16,16,32", 224) == Granularity(32, 4, 16, 16, 32)
+    g = Granularity(32, 4, 16, 16, 32)
+    assert Granularity.parse(g, 28) is g and Granularity.parse(g.to_dict(), 28) == g
+    assert Granularity.parse({"mlp_dim": 64}, 224).mlp_dim == 64
+    assert Granularity.parse({"embed": 8, "qk": 4, "mlp": 64}, 224) == Granularity(8, 2, 4, 8, 64)  # old keys
+    assert Granularity(8, 1, 4, 4, 8).describe() == "EMB 8 HEADS 1 QK 4 V 4 MLP 8"
     with pytest.raises(ConfigError, match="EMB,HEADS,QK,V,MLP"):
-        parse_granularity("fine", 224)
-    assert round_to(3, 8) == 8 and round_to(12, 8) == 16 and round_to(11.9, 8) == 8
+        Granularity.parse("fine", 224)
+    with pytest.raises(ConfigError, match="unknown key.*colour; allowed: embed_dim, heads"):
+        Granularity.parse({"colour": 3}, 224)
+    with pytest.raises(ConfigError, match="heads must be a positive integer"):
+        Granularity.parse("8,0,4,4,8", 224)
+    s = Granularity(8, 1, 4, 4, 8)
+    assert s.round_to("mlp_dim", 3) == 8 and s.round_to("mlp_dim", 12) == 16 and s.round_to("mlp_dim", 11.9) == 8
+    assert s.round_to("heads", 0.2) == 1 and s.round_to("qk_dim", 10) == 12
 
 
 def test_rule_yaml_round_trip(tmp_path):

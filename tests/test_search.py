@@ -54,6 +54,28 @@ def test_shipped_specs_load(path):
     assert load_spec(path.stem) == spec  # also by shipped name
 
 
+def test_spec_sections_are_typed_and_keyed_by_their_fields():
+    from dataclasses import fields
+
+    from revit.config import Setting
+    from revit.data.spec import DataSpec
+    from revit.recipes import TrainConfig
+
+    spec = tiny_spec(train={"epochs": 2, "lr": 0.01}, data={"source": "digits", "val_size": 50},
+                     setting={"preset": "micro", "num_classes": 10}, sampler={"name": "tpe", "seed": 3})
+    assert spec.train == TrainConfig(epochs=2, lr=0.01)
+    assert spec.train_config(7) == TrainConfig(epochs=2, lr=0.01, seed=7)
+    assert spec.data == DataSpec(source="digits", val_size=50) and spec.setting == Setting.PRESETS["micro"]
+    assert spec.sampler.name == "tpe" and dict(spec.sampler) == {"name": "tpe", "seed": 3}
+    with pytest.raises(FileFormatError) as e:
+        tiny_spec(train={"bogus": 1})
+    allowed = str(e.value).split("allowed: ")[1].split(", ")
+    assert allowed == [f.name for f in fields(TrainConfig) if f.name not in ("seed", "distill_weight",
+                                                                               "distill_temperature")]
+    with pytest.raises(FileFormatError, match=r"train: unknown key\(s\) seed"):
+        tiny_spec(train={"seed": 1})  # seeds come from the spec's seeds
+
+
 @pytest.mark.parametrize("over, msg", [
     ({"sampler": {"name": "nope"}}, "unknown sampler 'nope'; known: "),
     ({"pruner": {"name": "nope"}}, "unknown pruner 'nope'; known: "),
@@ -68,7 +90,7 @@ def test_shipped_specs_load(path):
     ({"data": {"source": "digits", "bogus": 1}}, "data: unknown key(s) bogus"),
     ({"train": {"epochs": 0}}, "epochs"),
     ({"seeds": [0, 0]}, "seeds must be distinct"),
-    ({"setting": "mega"}, "unknown 'mega'"),
+    ({"setting": "mega"}, "unknown setting 'mega'"),
     ({"extra": 1}, "unknown key(s) extra"),
 ])
 def test_bad_spec_is_one_clear_line(over, msg):
@@ -156,6 +178,19 @@ def test_objective_with_fixed_trial_candidate():
     base = load_rule("less-more-less").params
     arm = obj.arm(FixedTrial({"plateau": 0.6, "mlp_end": 0.5}))
     assert arm.rule_params == {**base, "plateau": 0.6, "mlp_end": 0.5}
+
+
+def test_baseline_outside_its_rule_domain_is_a_typed_error():
+    from revit.errors import OutsideDomainError, RuleDomainError
+    from revit.search.objective import baseline_arm
+
+    spec = tiny_spec()
+    paper = next(b for b in spec.baselines if b.rule == "paper")
+    with pytest.raises(RuleDomainError) as e:
+        baseline_arm(spec, paper, spec.budget.baseline_values()[0])
+    assert isinstance(e.value, OutsideDomainError) and "outside the domain of rule 'paper'" in str(e.value)
+    uniform = next(b for b in spec.baselines if b.rule == "uniform")
+    assert not baseline_arm(spec, uniform, spec.budget.baseline_values()[0]).generated.outside_domain
 
 
 def test_objective_with_fixed_trial_baseline_is_uniform_at_same_budget():

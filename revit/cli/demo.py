@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from revit.search.demo import DemoPlan, run_demo
+    from revit.workflows.demo import DemoPlan, run_demo
 
     plan = DemoPlan.quick() if args.quick else DemoPlan()
     over = {"train_images": args.train_limit, "study_train_images": args.study_train_limit,

@@ -7,11 +7,10 @@ Torch is never imported here; a latency table is loaded only for ``--latency-ms`
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 from revit.cli._common import add_command, info, print_json
+from revit.config import Setting
 from revit.errors import ConfigError
 
 
@@ -32,7 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument("--mlp-factor", type=float, default=1.0,
                    help="with --embed-dim: scale every block's MLP width by this factor (default 1 = the rule)")
     g = p.add_argument_group("setting (defaults: ImageNet 224/16, 12 blocks, 1000 classes)")
-    g.add_argument("--setting", choices=["imagenet", "micro"], default="imagenet",
+    g.add_argument("--setting", choices=sorted(Setting.PRESETS), default="imagenet",
                    help="start from a named setting; micro = 28x28, patch 7, 1 channel, 8 blocks, 10 classes")
     g.add_argument("--depth", type=int, help="number of blocks")
     g.add_argument("--img-size", type=int)
@@ -57,18 +56,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _setting(args: argparse.Namespace) -> Any:
-    from revit.rules.generate import SETTINGS
-
-    base = SETTINGS[args.setting]
+def _setting(args: argparse.Namespace) -> Setting:
+    """The named setting with the flags given on top (validated by :class:`Setting`)."""
     over = {k: getattr(args, k) for k in ("depth", "img_size", "patch_size", "in_chans", "num_classes")
             if getattr(args, k) is not None}
     if args.distilled:
         over["distilled"] = True
-    for k, v in over.items():
-        if k != "distilled" and v < (0 if k == "num_classes" else 1):
-            raise ConfigError(f"--{k.replace('_', '-')} must be positive, got {v}")
-    return dataclasses.replace(base, **over)
+    return Setting.from_dict(over, "options", base=Setting.PRESETS[args.setting])
 
 
 def _factor_range(text: str) -> tuple[float, float]:
@@ -80,23 +74,14 @@ def _factor_range(text: str) -> tuple[float, float]:
 
 
 def _load_table(spec: str) -> Any:
-    """Load a latency table lazily (only the latency path needs the module)."""
-    try:
-        from revit.latency.table import LatencyTable
-    except ImportError:
-        raise ConfigError("latency tables are not available in this revit (revit.latency.table missing)") from None
-    path = Path(spec)
-    if not path.exists():
-        from revit.paths import shipped_dir
+    """Load a latency table (a path or a shipped table's name) lazily: only the latency path needs numpy."""
+    from revit.latency.table import LatencyTable, resolve_table
 
-        for cand in (shipped_dir("latency_tables") / spec, shipped_dir("latency_tables") / f"{spec}.json"):
-            if cand.exists():
-                path = cand
-                break
-    return LatencyTable.load(path)
+    return LatencyTable.load(resolve_table(spec))
 
 
 def run(args: argparse.Namespace) -> int:
+    from revit import counting
     from revit.rules import (
         SearchSpace,
         apply_rule,
@@ -138,19 +123,19 @@ def run(args: argparse.Namespace) -> int:
             budget = macs_budget(args.macs, args.convention)
         result = generate(rule, budget, setting, granularity=args.granularity, space=space, name=args.name)
 
-    notes = list(result.notes)
+    notes = [n.text for n in result.notes]
     if table is not None:
-        note = getattr(table.predict(result.config), "note", "")
+        note = table.predict(result.config).note
         if note:
             notes.append(f"latency: {note}")
     for note in notes:
         info(f"revit: note: {note}")
     info(result.summary())
     if args.out:
-        result.config.save(args.out)
+        result.config.save(args.out, derived=counting.derived(result.config))
         info(f"wrote {args.out}")
     if args.json:
         print_json(result.to_json())
     elif not args.out:
-        print(result.config.to_yaml(derived=True), end="")
+        print(result.config.to_yaml(derived=counting.derived(result.config)), end="")
     return 0

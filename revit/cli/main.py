@@ -37,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"revit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"revit.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"revit.cli.{name}":
-                continue  # command group not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(f"revit.cli.{name}").register(sub)
     return parser
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from revit import __version__
 from revit.config import BlockDims
-from revit.errors import ConfigError, FileFormatError
+from revit.errors import ConfigError, FileFormatError, RunExistsError
 from revit.latency.backends.base import Backend
 from revit.latency.space import AXES, Space
 from revit.latency.table import FixedParts, LatencyTable
@@ -238,7 +238,7 @@ def _workload(backend: Backend, key: tuple[Any, ...], space: Space, batch: int) 
         e, h, q, v, m = key[1:]
         return backend.block(e, BlockDims(h, q, v, m), space.tokens, batch)
     if key[0] == "fixed":
-        return backend.fixed(space.setting, key[1], batch)
+        return backend.fixed(space.setting.fixed_parts(), key[1], batch)
     top_e = space.axes["embed_dim"][-1]
     return backend.overhead(space.tokens, top_e, batch)
 
@@ -279,98 +279,125 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
     s = settings or BuildSettings()
     s.check()
     journal = journal_path(out)
-    header = _header(space, backend, s)
+    header, state = _open_journal(journal, _header(space, backend, s), resume)
+    m = _Measurer(space, backend, s, state, Journal(journal), progress, on_measure)
+    knots, design_info = _design(space, s, state, m)
+    grid = [tuple(c) for c in itertools.product(*(knots[a] for a in AXES))]
+    fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
+    m.run([("overhead",)] + [("block", *c) for c in grid] + fixed_keys, "grid")
+    table = _assemble(space, s, state, header, knots, design_info, m.ref_cell, str(out))
+    table.save(out)
+    journal.unlink()
+    return table
+
+
+def _open_journal(journal: Path, header: dict[str, Any], resume: bool) -> tuple[dict[str, Any], _State]:
+    """Start a journal, or continue one (``resume``) from its records; the header in force and the state."""
     state = _State()
-    if journal.exists():
-        if not resume:
-            raise ConfigError(f"{journal} exists (an unfinished build); pass --resume to continue it or delete it")
-        old, recs = Journal(journal).read()
-        _check_resume(old, header, Journal(journal))
-        Journal(journal).repair()
-        header = old
-        for r in recs:
-            if r.get("type") == "measure":
-                state.add(r)
-            elif r.get("type") == "design":
-                state.design = r
-    else:
+    if not journal.exists():
         Journal(journal).append(header)
-    jr = Journal(journal)
-    counter = [0]
-    ref_cell = reference_cell(space)
-    ref_w = None
-    if s.reference:
-        ref_w = _workload(backend, ("block", *ref_cell), space, s.batch)
-        ref_w.time(max(s.warmup, 1))
+        return header, state
+    if not resume:
+        raise RunExistsError(f"{journal} exists (an unfinished build)",
+                             hint="pass --resume to continue it or delete it")
+    old, recs = Journal(journal).read()
+    _check_resume(old, header, Journal(journal))
+    Journal(journal).repair()
+    for r in recs:
+        if r.get("type") == "measure":
+            state.add(r)
+        elif r.get("type") == "design":
+            state.design = r
+    return old, state
 
-    def ref_time() -> float:
-        assert ref_w is not None
-        return float(np.median(ref_w.time(s.reference_runs)))
 
-    def run(keys: Iterable[tuple[Any, ...]], label: str) -> None:
+class _Measurer:
+    """Times workloads pass by pass in random order, journals every sample, brackets each by the reference."""
+
+    def __init__(self, space: Space, backend: Backend, s: BuildSettings, state: _State, journal: Journal,
+                 progress: bool, on_measure: Callable[[int], None] | None) -> None:
+        self.space, self.backend, self.s, self.state, self.journal = space, backend, s, state, journal
+        self.progress, self.on_measure, self.count = progress, on_measure, 0
+        self.ref_cell = reference_cell(space)
+        self.ref_w = None
+        if s.reference:
+            self.ref_w = _workload(backend, ("block", *self.ref_cell), space, s.batch)
+            self.ref_w.time(max(s.warmup, 1))
+
+    def ref_time(self) -> float:
+        assert self.ref_w is not None
+        return float(np.median(self.ref_w.time(self.s.reference_runs)))
+
+    def run(self, keys: Iterable[tuple[Any, ...]], label: str) -> None:
+        """Measure every key not yet measured in every pass (what the journal holds is skipped)."""
+        s, state = self.s, self.state
         keys = list(dict.fromkeys(keys))
         todo = [(k, p) for p in range(s.passes) for k in keys if (*k, p) not in state.done]
         if not todo:
             return
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc=label, unit="meas", disable=not progress, leave=False)
+        bar = tqdm(total=len(todo), desc=label, unit="meas", disable=not self.progress, leave=False)
         try:
             for p in range(s.passes):
                 batch_todo = [k for k, pp in todo if pp == p]
                 random.Random(s.seed * 1000 + p + len(state.done)).shuffle(batch_todo)
                 for k in batch_todo:
-                    t0 = time.perf_counter()
-                    w = _workload(backend, k, space, s.batch)
-                    ref: list[float] = []
-                    if w is None:
-                        samples = [0.0]
-                    else:
-                        w.time(s.warmup)
-                        if ref_w is not None:
-                            ref.append(ref_time())
-                        samples = w.time(s.repeats)
-                        if ref_w is not None:
-                            ref.append(ref_time())
-                        w.close()
-                    rec = {"type": "measure", "what": k[0], "cell": list(k[1:]) if k[0] == "block" else
-                           (k[1] if k[0] == "fixed" else None), "pass": p, "samples": samples,
-                           "dt": round(time.perf_counter() - t0, 6)}
-                    if ref:
-                        rec["ref"] = ref
-                    jr.append(rec)
-                    state.add(rec)
-                    counter[0] += 1
+                    self.measure(k, p)
                     bar.update(1)
-                    if on_measure is not None:
-                        on_measure(counter[0])
         finally:
             bar.close()
 
-    # 1-2. design
+    def measure(self, k: tuple[Any, ...], p: int) -> None:
+        t0 = time.perf_counter()
+        w = _workload(self.backend, k, self.space, self.s.batch)
+        ref: list[float] = []
+        if w is None:
+            samples = [0.0]
+        else:
+            w.time(self.s.warmup)
+            if self.ref_w is not None:
+                ref.append(self.ref_time())
+            samples = w.time(self.s.repeats)
+            if self.ref_w is not None:
+                ref.append(self.ref_time())
+            w.close()
+        rec = {"type": "measure", "what": k[0], "cell": list(k[1:]) if k[0] == "block" else
+               (k[1] if k[0] == "fixed" else None), "pass": p, "samples": samples,
+               "dt": round(time.perf_counter() - t0, 6)}
+        if ref:
+            rec["ref"] = ref
+        self.journal.append(rec)
+        self.state.add(rec)
+        self.count += 1
+        if self.on_measure is not None:
+            self.on_measure(self.count)
+
+
+def _design(space: Space, s: BuildSettings, state: _State, m: _Measurer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The knots per axis: the full grid, the journal's design, or an auto design from pilot sweeps."""
     if s.design == "full":
-        knots = dict(space.axes)
         if space.full_grid_cells > s.max_cells:
             raise ConfigError(f"the full grid of space {space.name} has {space.full_grid_cells} cells, more than "
                               f"--max-cells {s.max_cells}; use --design auto")
-        design_info: dict[str, Any] = {"design": "full"}
-    elif state.design is not None:
-        knots = {a: tuple(v) for a, v in state.design["knots"].items()}
-        design_info = {k: v for k, v in state.design.items() if k != "type"}
-    else:
-        pilot = pilot_cells(space)
-        run([("overhead",)] + [("block", *c) for c in pilot], "pilot sweeps")
-        pv = {c: state.median(("block", *c)) for c in pilot}
-        noise = float(np.median([state.value_noise(("block", *c)) / max(pv[c], 1e-12) for c in pilot]))
-        knots, tol = choose_knots(space, pv, noise, s.tol, s.max_cells - len(pilot))
-        design_info = {"design": "auto", "knots": {a: list(v) for a, v in knots.items()}, "pilot_cells": len(pilot),
-                       "pilot_noise": round(noise, 5), "tol_used": round(tol, 5)}
-        jr.append({"type": "design", **design_info})
-    grid = [tuple(c) for c in itertools.product(*(knots[a] for a in AXES))]
-    fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
-    run([("overhead",)] + [("block", *c) for c in grid] + fixed_keys, "grid")
+        return dict(space.axes), {"design": "full"}
+    if state.design is not None:
+        return ({a: tuple(v) for a, v in state.design["knots"].items()},
+                {k: v for k, v in state.design.items() if k != "type"})
+    pilot = pilot_cells(space)
+    m.run([("overhead",)] + [("block", *c) for c in pilot], "pilot sweeps")
+    pv = {c: state.median(("block", *c)) for c in pilot}
+    noise = float(np.median([state.value_noise(("block", *c)) / max(pv[c], 1e-12) for c in pilot]))
+    knots, tol = choose_knots(space, pv, noise, s.tol, s.max_cells - len(pilot))
+    design_info = {"design": "auto", "knots": {a: list(v) for a, v in knots.items()}, "pilot_cells": len(pilot),
+                   "pilot_noise": round(noise, 5), "tol_used": round(tol, 5)}
+    m.journal.append({"type": "design", **design_info})
+    return knots, design_info
 
-    # 3. assemble
+
+def _assemble(space: Space, s: BuildSettings, state: _State, header: dict[str, Any], knots: dict[str, Any],
+              design_info: dict[str, Any], ref_cell: Cell, source: str) -> LatencyTable:
+    """The table from the measurements: block values less the call overhead, spreads, fixed parts, metadata."""
     overhead = state.median(("overhead",)) if ("overhead",) in state.samples else 0.0
     shape = tuple(len(knots[a]) for a in AXES)
     values = np.zeros(shape)
@@ -379,7 +406,8 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
         c = tuple(knots[a][i] for a, i in zip(AXES, idx, strict=True))
         values[idx] = max(state.median(("block", *c)) - overhead, 0.0)
         spread[idx] = state.iqr(("block", *c))
-    fixed = FixedParts(setting=dict(space.setting), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
+    fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
+    fixed = FixedParts(setting=space.setting.fixed_parts(), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
                        values=tuple(state.median(k) for k in fixed_keys),
                        spread=tuple(state.iqr(k) for k in fixed_keys))
     measured = len({k for k in state.samples if k[0] == "block"})
@@ -406,8 +434,5 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
                    "ratio_to_full_grid": round(measured / space.full_grid_cells, 5),
                    "build_time_s": round(state.seconds, 1), "max_cells": s.max_cells},
     }
-    table = LatencyTable({a: knots[a] for a in AXES}, values, metadata=metadata, spread=spread, fixed=fixed,
-                         source=str(out))
-    table.save(out)
-    journal.unlink()
-    return table
+    return LatencyTable({a: knots[a] for a in AXES}, values, metadata=metadata, spread=spread, fixed=fixed,
+                        source=source)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from revit._io import check_schema, load_yaml
-from revit.config import BLOCK_KEYS
+from revit.config import BLOCK_KEYS, Setting
 from revit.errors import ConfigError
 
 AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
@@ -28,12 +28,11 @@ AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
 
 @dataclass(frozen=True)
 class Space:
-    """Candidate values per axis and the setting of the models a table serves."""
+    """Candidate values per axis and the setting (with the depth validation draws) of the models a table serves."""
 
     name: str
     axes: dict[str, tuple[int, ...]]
-    setting: dict[str, Any]
-    depth: int
+    setting: Setting
 
     def __post_init__(self) -> None:
         if set(self.axes) != set(AXES):
@@ -41,16 +40,14 @@ class Space:
         for a, vals in self.axes.items():
             if not vals or any(v < 1 for v in vals) or list(vals) != sorted(set(vals)):
                 raise ConfigError(f"space {self.name}: axis {a} needs increasing positive integers")
-        missing = {"img_size", "patch_size", "in_chans", "num_classes", "distilled", "class_token"} - set(self.setting)
-        if missing:
-            raise ConfigError(f"space {self.name}: setting lacks {', '.join(sorted(missing))}")
-        if self.setting["img_size"] % self.setting["patch_size"]:
-            raise ConfigError(f"space {self.name}: img_size is not a multiple of patch_size")
+
+    @property
+    def depth(self) -> int:
+        return self.setting.depth
 
     @property
     def tokens(self) -> int:
-        s = self.setting
-        return (s["img_size"] // s["patch_size"]) ** 2 + int(bool(s["class_token"])) + int(bool(s["distilled"]))
+        return self.setting.tokens
 
     @property
     def full_grid_cells(self) -> int:
@@ -61,11 +58,11 @@ class Space:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "revit/latency-space/v1", "name": self.name, "depth": self.depth,
-                "setting": dict(self.setting), "axes": {a: list(self.axes[a]) for a in AXES}}
+                "setting": self.setting.to_dict(depth=False), "axes": {a: list(self.axes[a]) for a in AXES}}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "space") -> Space:
-        d = check_schema(d, "latency-space", source)
+        d = check_schema(d, "latency-space", source, keys=("schema", "name", "depth", "setting", "axes"))
         axes: dict[str, tuple[int, ...]] = {}
         raw = d.get("axes")
         if not isinstance(raw, Mapping):
@@ -84,11 +81,8 @@ class Space:
                 axes[a] = tuple(spec)
             else:
                 raise ConfigError(f"{source}: axis {a} missing or malformed")
-        try:
-            return cls(name=str(d.get("name", source)), axes=axes, setting=dict(d.get("setting") or {}),
-                       depth=int(d.get("depth", 12)))
-        except ConfigError as e:
-            raise ConfigError(f"{source}: {e}") from None
+        setting = Setting.from_dict({**(d.get("setting") or {}), "depth": d.get("depth", 12)}, f"{source}: setting")
+        return cls(name=str(d.get("name", source)), axes=axes, setting=setting)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Space:
@@ -102,17 +96,13 @@ def _rng(lo: int, hi: int, step: int) -> tuple[int, ...]:
 def micro() -> Space:
     """DESIGN.md's micro family: 28x28x1, patch 7 (17 tokens), 8 blocks, granularity EMB 8/QK 4/V 4/MLP 8."""
     return Space("micro", {"embed_dim": _rng(32, 96, 8), "heads": _rng(1, 4, 1), "qk_dim": _rng(4, 24, 4),
-                           "v_dim": _rng(4, 24, 4), "mlp_dim": _rng(8, 384, 8)},
-                 {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "distilled": False,
-                  "class_token": True}, depth=8)
+                           "v_dim": _rng(4, 24, 4), "mlp_dim": _rng(8, 384, 8)}, Setting.PRESETS["micro"])
 
 
 def deit() -> Space:
     """DeiT-B-sized space at 224/16 distilled (198 tokens), NViT's granularity (EMB 16... coarser here)."""
     return Space("deit", {"embed_dim": _rng(192, 768, 64), "heads": _rng(2, 12, 2), "qk_dim": _rng(8, 64, 8),
-                          "v_dim": _rng(8, 64, 8), "mlp_dim": _rng(128, 3072, 128)},
-                 {"img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000, "distilled": True,
-                  "class_token": True}, depth=12)
+                          "v_dim": _rng(8, 64, 8), "mlp_dim": _rng(128, 3072, 128)}, Setting(distilled=True))
 
 
 PRESETS = {"micro": micro, "deit": deit}

@@ -16,13 +16,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from revit._io import atomic_write_text, check_schema, load_json
-from revit.config import BLOCK_KEYS, BlockDims, ViTConfig
-from revit.errors import ConfigError, FileFormatError, TableRangeError
+from revit.config import BLOCK_KEYS, BlockDims, Setting, ViTConfig
+from revit.errors import ConfigError, FileFormatError, TableRangeError, check_keys
+from revit.paths import shipped_dir
 
 SCHEMA = "revit/latency-table/v1"
 KIND = "latency-table"
@@ -30,13 +32,25 @@ AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
 SAVING_KINDS: tuple[str, ...] = (*BLOCK_KEYS, "embed_dim")
 REQUIRED_METADATA = ("device", "backend", "backend_version", "dtype", "batch_size", "tokens", "created",
                      "revit_version", "measurement")
-# the fields of a ViTConfig that fix the cost of the parts outside the blocks
-SETTING_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "distilled", "class_token")
+EXTRAPOLATE_HINT = "pass extrapolate=True (--extrapolate) to extrapolate linearly"
 
 
 def config_setting(cfg: ViTConfig) -> dict[str, Any]:
     """The part of a config that the fixed parts' latency depends on, besides ``embed_dim``."""
-    return {k: getattr(cfg, k) for k in SETTING_KEYS}
+    return cfg.setting.fixed_parts()
+
+
+def resolve_table(name_or_path: str | os.PathLike[str]) -> Path:
+    """A table file: the path as given when it exists, else the shipped table of that name (``.json`` optional)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_dir("latency_tables")
+    for cand in (shipped / path.name, shipped / f"{path.name}.json"):
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(q.name for q in shipped.glob("*.json"))) or "none"
+    raise FileFormatError(f"{name_or_path}: no such latency table (shipped: {known})")
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ class FixedParts:
         if not xs[0] <= embed_dim <= xs[-1]:
             if not extrapolate:
                 raise TableRangeError(f"embed_dim={embed_dim:g} is outside the fixed parts' measured range "
-                                      f"[{xs[0]:g}, {xs[-1]:g}]; pass extrapolate=True (--extrapolate) to extrapolate")
+                                      f"[{xs[0]:g}, {xs[-1]:g}]", hint=EXTRAPOLATE_HINT)
             if len(xs) == 1:
                 return float(ys[0])
             i = 0 if embed_dim < xs[0] else len(xs) - 2
@@ -206,7 +220,7 @@ class LatencyTable:
             bad = col[(col < lo) | (col > hi)]
             if bad.size:
                 raise TableRangeError(f"{a}={bad[0]:g} is outside the table's measured range [{lo:g}, {hi:g}] "
-                                      f"({self.source}); pass extrapolate=True (--extrapolate) to extrapolate linearly")
+                                      f"({self.source})", hint=EXTRAPOLATE_HINT)
 
     def lookup(self, points: Any, extrapolate: bool = False) -> np.ndarray:
         """Block latencies (s) at rows ``(embed_dim, heads, qk_dim, v_dim, mlp_dim)``; vectorised."""
@@ -231,9 +245,9 @@ class LatencyTable:
         if self.fixed is None:
             return None, self.fixed_note or "this table has no measurement of the fixed parts (unknown, not zero)"
         want = config_setting(cfg)
-        have = {k: self.fixed.setting.get(k) for k in SETTING_KEYS}
+        have = {k: self.fixed.setting.get(k) for k in Setting.FIXED_PARTS_KEYS}
         if want != have:
-            diff = ", ".join(f"{k} {want[k]} vs {have[k]}" for k in SETTING_KEYS if want[k] != have[k])
+            diff = ", ".join(f"{k} {want[k]} vs {have[k]}" for k in want if want[k] != have[k])
             return None, f"fixed parts unknown for this setting ({diff} measured); blocks only"
         return self.fixed.latency(cfg.embed_dim, extrapolate), ""
 
@@ -260,10 +274,7 @@ class LatencyTable:
             raise ConfigError(f"block index {block_index} out of range for a {cfg.depth}-block config")
         u = {k: 1 for k in SAVING_KINDS}
         if units:
-            unknown = set(units) - set(SAVING_KINDS)
-            if unknown:
-                raise ConfigError(f"unknown unit kind(s) {', '.join(sorted(unknown))}; "
-                                  f"known: {', '.join(SAVING_KINDS)}")
+            check_keys(units, SAVING_KINDS, "marginal_savings units", what="kind")
             u.update({k: int(v) for k, v in units.items()})
         e = cfg.embed_dim
         b = cfg.blocks[block_index]

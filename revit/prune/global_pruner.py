@@ -27,11 +27,10 @@ import torch.distributed as dist
 from torch import nn
 
 from revit import counting
-from revit.config import ViTConfig
+from revit.config import Granularity, ViTConfig
+from revit.cost import CostModel, LatencyCost, LatencyTableLike, MacsCost, min_config
 from revit.errors import BudgetError, ConfigError, TableRangeError
-from revit.prune.cost import CostModel, LatencyCost, LatencyTableLike, MacsCost, min_config
 from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator
-from revit.prune.granularity import resolve_granularity
 from revit.prune.masking import Masks, rebuild_dense
 from revit.prune.policy import Schedule, choose
 from revit.prune.structure import Structure, derive_structure
@@ -65,7 +64,8 @@ class GlobalPruner:
                  table: LatencyTableLike | None = None, criterion: str | Criterion = "hessian",
                  penalty: CostModel | None = None, total_steps: int | None = None, prune_steps: int | None = None,
                  interval: int | None = None, per_step: int | None = None, step_fraction: float | None = None,
-                 eta: float = 1.0, ema: float = 0.9, granularity: str | Mapping[str, int] = "auto", seed: int = 0,
+                 eta: float = 1.0, ema: float = 0.9, granularity: str | Mapping[str, int] | Granularity = "auto",
+                 seed: int = 0,
                  evaluator: Callable[[nn.Module], float | None] | None = None) -> None:
         self.model = as_revit(model)
         self.base: ViTConfig = self.model.config  # type: ignore[assignment]
@@ -82,14 +82,13 @@ class GlobalPruner:
         self.cost: CostModel = latency if target_latency is not None and latency is not None else MacsCost()
         self.ratio = float(target_latency if target_latency is not None else target_macs)  # type: ignore[arg-type]
         self.eta, self.seed = eta, seed
-        self.unit = resolve_granularity(dict(granularity) if isinstance(granularity, Mapping) else granularity,
-                                        self.base.img_size)
+        self.unit = Granularity.parse(granularity, self.base.img_size).to_dict()
         self.minimum = self._minimum()
         for m in (self.cost, self.penalty):
             try:
                 m.cost(self.base)
             except TableRangeError as e:
-                raise TableRangeError(f"the latency table does not cover the model: {e.args[0]}") from None
+                raise TableRangeError(f"the latency table does not cover the model: {e.message}") from None
         self.base_cost = self.cost.cost(self.base)
         self.target_cost = self.ratio * self.base_cost
         self._check_reachable()

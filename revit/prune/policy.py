@@ -41,7 +41,7 @@ class GroupLike(Protocol):
 
 
 class CostLike(Protocol):
-    """A cost model: whole-config cost and the saving of removing units (``revit.prune.cost``)."""
+    """A cost model: whole-config cost and the saving of removing units (``revit.cost``)."""
 
     name: str
 

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from revit import counting
 from revit._io import atomic_write_text
 from revit.config import ViTConfig
+from revit.cost import LatencyTableLike
 from revit.errors import CheckpointError, ConfigError, RevitError
-from revit.prune.cost import LatencyTableLike
 from revit.prune.criteria import CRITERIA
 from revit.prune.global_pruner import GlobalPruner, to_cpu
 from revit.runtime import (
@@ -370,7 +370,7 @@ class PruneRun:
 
             from revit.prune.plots import plot_trace
 
-            cfg.save(self.out / "pruned.yaml")
+            cfg.save(self.out / "pruned.yaml", derived=counting.derived(cfg))
             tmp = self.out / ".pruned.safetensors.tmp"
             save_file({k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}, str(tmp))
             os.replace(tmp, self.out / "pruned.safetensors")

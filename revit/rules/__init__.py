@@ -1,27 +1,25 @@
 """Design rules: rule families, rules on disk, generation for a budget, fitting to traces.
 
 Light to import (no torch, no numpy); fitting imports numpy/scipy and plotting matplotlib
-only when called.
+only when called.  :class:`Granularity` and :class:`Setting` live in :mod:`revit.config`.
 """
 
+from revit.config import Granularity, Setting
 from revit.rules import families as _families  # noqa: F401  (registers the families)
-from revit.rules.base import FAMILIES, ParamSpec, RuleFamily, get_family
+from revit.rules.base import FAMILIES, DomainNote, ParamSpec, RuleFamily, get_family
 from revit.rules.generate import (
-    SETTINGS,
     Budget,
     Generated,
     SearchSpace,
-    Setting,
     apply_rule,
     generate,
     latency_budget,
     macs_budget,
 )
-from revit.rules.granularity import Granularity, parse_granularity
 from revit.rules.rule import Rule, load_rule, shipped_rules, uniform_rule
 
 __all__ = [
-    "FAMILIES", "SETTINGS", "Budget", "Generated", "Granularity", "ParamSpec", "Rule", "RuleFamily",
+    "FAMILIES", "Budget", "DomainNote", "Generated", "Granularity", "ParamSpec", "Rule", "RuleFamily",
     "SearchSpace", "Setting", "apply_rule", "generate", "get_family", "latency_budget", "load_rule",
-    "macs_budget", "parse_granularity", "shipped_rules", "uniform_rule",
+    "macs_budget", "shipped_rules", "uniform_rule",
 ]

@@ -13,12 +13,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from revit.config import BlockDims
-from revit.errors import ConfigError
+from revit.config import BlockDims, Granularity
+from revit.errors import ConfigError, check_keys
 from revit.registry import Registry
-from revit.rules.granularity import Granularity
 
 WIDTH_KINDS = ("heads", "qk_dim", "v_dim", "mlp_dim")
+
+
+@dataclass(frozen=True)
+class DomainNote:
+    """One line about how a rule is applied; ``outside`` when it leaves the domain it was written for."""
+
+    text: str
+    outside: bool = False
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -56,11 +66,7 @@ class RuleFamily(ABC):
 
     def check_params(self, given: Mapping[str, object], source: str = "rule") -> dict[str, float]:
         """Fill defaults and validate names, types and bounds; return the full parameter dict."""
-        unknown = set(given) - set(self.params)
-        if unknown:
-            allowed = ", ".join(self.params) or "none"
-            raise ConfigError(f"{source}: unknown parameter(s) {', '.join(sorted(map(str, unknown)))} "
-                              f"for family {self.name!r}; allowed: {allowed}")
+        check_keys(given, self.params, f"{source} (family {self.name!r})", what="parameter")
         out: dict[str, float] = {}
         for key, spec in self.params.items():
             value = given.get(key, spec.default)
@@ -76,8 +82,8 @@ class RuleFamily(ABC):
                mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
         """The rounded widths of every block."""
 
-    def domain_notes(self, params: Mapping[str, float], embed_dim: int, depth: int) -> list[str]:
-        """Human lines saying where (embed_dim, depth) leaves the family's own domain."""
+    def domain_notes(self, params: Mapping[str, float], embed_dim: int, depth: int) -> list[DomainNote]:
+        """Notes on how (embed_dim, depth) is mapped onto the family; ``outside`` ones leave its domain."""
         return []
 
     def continuous(self, params: Mapping[str, float], embed_dim: int,
@@ -102,8 +108,6 @@ def block_positions(depth: int) -> list[float]:
 
 def scale_mlp(base: int, mlp_factor: float, gran: Granularity) -> int:
     """A block's MLP width under the global factor: unchanged at 1, else rounded to the granularity."""
-    from revit.rules.granularity import round_to
-
     if mlp_factor == 1.0:
         return base
-    return round_to(base * mlp_factor, gran.mlp)
+    return gran.round_to("mlp_dim", base * mlp_factor)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from revit.config import BlockDims
+from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError
-from revit.rules.base import FAMILIES, ParamSpec, RuleFamily, block_positions, scale_mlp
-from revit.rules.granularity import Granularity, round_to
+from revit.rules.base import FAMILIES, DomainNote, ParamSpec, RuleFamily, block_positions, scale_mlp
 
 REF_DEPTH = 12  # both paper rules are written for 12 blocks
 MIN_HEADS, MIN_QK = 2, 8  # what section 7 keeps when a paper rule leaves its domain
@@ -61,14 +60,15 @@ class PaperRule(RuleFamily):
             out.append(BlockDims(max(MIN_HEADS, h), max(MIN_QK, q), v, scale_mlp(m, mlp_factor, gran)))
         return tuple(out)
 
-    def domain_notes(self, params: Mapping[str, float], embed_dim: int, depth: int) -> list[str]:
+    def domain_notes(self, params: Mapping[str, float], embed_dim: int, depth: int) -> list[DomainNote]:
         notes = []
         if depth != REF_DEPTH:
-            notes.append(f"rule 'paper' is written for 12 blocks; each of the {depth} blocks takes the rule "
-                         "block at its normalised depth (first/last quarter = ends, middle half = wide)")
+            notes.append(DomainNote(f"rule 'paper' is written for 12 blocks; each of the {depth} blocks takes "
+                                    "the rule block at its normalised depth (first/last quarter = ends, "
+                                    "middle half = wide)"))
         if round(embed_dim / 200) == 0 or round(embed_dim / 160) == 0:
-            notes.append(f"EMB {embed_dim} is outside the domain of rule 'paper' (EMB > 100): "
-                         f"heads kept >= {MIN_HEADS} and QK per head >= {MIN_QK}")
+            notes.append(DomainNote(f"EMB {embed_dim} is outside the domain of rule 'paper' (EMB > 100): "
+                                    f"heads kept >= {MIN_HEADS} and QK per head >= {MIN_QK}", outside=True))
         return notes
 
 
@@ -87,18 +87,18 @@ class PaperTable6Rule(RuleFamily):
         for i in range(depth):
             eps = 2 if _is_wide(reference_block(i, depth)) else 1
             h = max(gran.heads, round(eps * e / 100 / gran.heads) * gran.heads)
-            q = max(gran.qk, round(eps * e / 20 / gran.qk) * gran.qk)
+            q = max(gran.qk_dim, round(eps * e / 20 / gran.qk_dim) * gran.qk_dim)
             out.append(BlockDims(h, q, 64, scale_mlp(3 * eps * e, mlp_factor, gran)))
         return tuple(out)
 
-    def domain_notes(self, params: Mapping[str, float], embed_dim: int, depth: int) -> list[str]:
+    def domain_notes(self, params: Mapping[str, float], embed_dim: int, depth: int) -> list[DomainNote]:
         notes = []
         if depth != REF_DEPTH:
-            notes.append(f"rule 'paper-table6' is written for 12 blocks; eps = 2 in the middle half of the "
-                         f"{depth} blocks by normalised depth")
+            notes.append(DomainNote(f"rule 'paper-table6' is written for 12 blocks; eps = 2 in the middle half "
+                                    f"of the {depth} blocks by normalised depth"))
         if embed_dim <= 100:
-            notes.append(f"EMB {embed_dim} is outside the domain of rule 'paper-table6' (EMB > 100): "
-                         "heads and QK per head kept at their granularity minimum")
+            notes.append(DomainNote(f"EMB {embed_dim} is outside the domain of rule 'paper-table6' (EMB > 100): "
+                                    "heads and QK per head kept at their granularity minimum", outside=True))
         return notes
 
 
@@ -162,8 +162,8 @@ class LessMoreLess(RuleFamily):
                mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
         w = self.continuous(params, embed_dim, block_positions(depth))
         return tuple(
-            BlockDims(round_to(w["heads"][i], gran.heads), round_to(w["qk_dim"][i], gran.qk),
-                      round_to(w["v_dim"][i], gran.v), round_to(w["mlp_dim"][i] * mlp_factor, gran.mlp))
+            BlockDims(gran.round_to("heads", w["heads"][i]), gran.round_to("qk_dim", w["qk_dim"][i]),
+                      gran.round_to("v_dim", w["v_dim"][i]), gran.round_to("mlp_dim", w["mlp_dim"][i] * mlp_factor))
             for i in range(depth)
         )
 
@@ -197,12 +197,12 @@ class Uniform(RuleFamily):
     def head_dim(params: Mapping[str, float], gran: Granularity) -> int:
         """The head width used: the parameter, or the auto default for the granularity."""
         hd = int(params["head_dim"])
-        return hd if hd > 0 else (64 if gran.qk >= 8 else 24)
+        return hd if hd > 0 else (64 if gran.qk_dim >= 8 else 24)
 
     def blocks(self, params: Mapping[str, float], embed_dim: int, depth: int, gran: Granularity,
                mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
         hd = self.head_dim(params, gran)
         heads = max(1, int(math.floor(embed_dim / hd + 0.5)))
         base = params["mlp_ratio"] * embed_dim
-        mlp = int(base) if mlp_factor == 1.0 and base == int(base) else round_to(base * mlp_factor, gran.mlp)
+        mlp = int(base) if mlp_factor == 1.0 and base == int(base) else gran.round_to("mlp_dim", base * mlp_factor)
         return tuple(BlockDims(heads, hd, hd, mlp) for _ in range(depth))

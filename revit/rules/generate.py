@@ -1,7 +1,7 @@
 """Generate a config from a rule: at a given width, or for a MACs or latency budget.
 
-Generation is generic over a *cost function* (config -> float, monotone in the widths): MACs
-(:func:`macs_budget`) and predicted latency (:func:`latency_budget`) are two such functions.
+Generation is generic over a :class:`~revit.cost.CostModel` (monotone in the widths): MACs
+(:func:`macs_budget`) and predicted latency (:func:`latency_budget`) are two such models.
 For a budget it searches the embedding width on its granularity and one global MLP factor (every
 block's MLP scaled, then rounded to its granularity) for a rounded config within the tolerance
 (1%), preferring the factor nearest 1 (the rule as written).  Pure Python: no torch, no numpy.
@@ -10,69 +10,40 @@ block's MLP scaled, then rounded to its granularity) for a rounded config within
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from revit import counting
-from revit.config import ViTConfig
-from revit.errors import BudgetError, ConfigError, TableRangeError
-from revit.rules.granularity import Granularity
+from revit.config import Granularity, Setting, ViTConfig
+from revit.cost import CostModel, LatencyCost, LatencyTableLike, MacsCost
+from revit.errors import BudgetError, ConfigError, OutsideDomainError
+from revit.rules.base import DomainNote
 from revit.rules.rule import Rule
 
-CostFn = Callable[[ViTConfig], float]
 FACTOR_STEP = 1000  # MLP factors are searched in steps of 1/1000
 
 
 @dataclass(frozen=True)
-class Setting:
-    """Everything about the model except the widths: depth, image, patch, channels, classes, heads."""
-
-    depth: int = 12
-    img_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    distilled: bool = False
-    class_token: bool = True
-    qkv_bias: bool = True
-
-    def config(self, embed_dim: int, blocks: Any, name: str | None = None) -> ViTConfig:
-        return ViTConfig(embed_dim=embed_dim, blocks=tuple(blocks), img_size=self.img_size,
-                         patch_size=self.patch_size, in_chans=self.in_chans, num_classes=self.num_classes,
-                         distilled=self.distilled, class_token=self.class_token, qkv_bias=self.qkv_bias, name=name)
-
-
-SETTINGS: dict[str, Setting] = {
-    "imagenet": Setting(),
-    "micro": Setting(depth=8, img_size=28, patch_size=7, in_chans=1, num_classes=10),
-}
-
-
-class LatencyPredictor(Protocol):
-    """What a latency budget needs from a table (``revit.latency.table.LatencyTable`` fits)."""
-
-    batch_size: int
-
-    def predict(self, cfg: ViTConfig) -> Any:  # returns an object with ``total_s``
-        ...
-
-
-@dataclass(frozen=True)
 class Budget:
-    """A target for a cost function; ``unit`` says how to print values of it."""
+    """A target value of a cost model (MACs per image, or latency per batch of a table)."""
 
-    kind: str  # "macs" or "latency"
+    model: CostModel
     value: float
-    cost: CostFn
-    unit: str
-    batch_size: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.model.name
+
+    @property
+    def unit(self) -> str:
+        return self.model.unit
 
     def fmt(self, x: float) -> str:
-        if self.kind == "latency":
-            per_image = f", {x * 1e3 / self.batch_size:.4g} ms/image" if self.batch_size else ""
-            return f"{x * 1e3:.4g} ms/batch{per_image}"
-        return f"{counting.format_count(x)} {self.unit}"
+        return self.model.format(x)
+
+    def to_json(self) -> dict[str, Any]:
+        batch = self.model.batch_size if isinstance(self.model, LatencyCost) else None
+        return {"kind": self.kind, "value": self.value, "unit": self.unit, "batch_size": batch}
 
 
 def macs_budget(value: float | str, convention: counting.Convention = "nvit") -> Budget:
@@ -80,26 +51,17 @@ def macs_budget(value: float | str, convention: counting.Convention = "nvit") ->
     v = counting.parse_count(value) if isinstance(value, str) else value
     if not v > 0:
         raise ConfigError(f"a MACs budget must be positive, got {value!r}")
-    counting._check(convention)
-    return Budget("macs", float(v), lambda cfg: float(counting.macs(cfg, convention)),
-                  "MACs" if convention == "nvit" else "MACs (linear only)")
+    return Budget(MacsCost(convention), float(v))
 
 
-def latency_budget(seconds: float, table: LatencyPredictor) -> Budget:
+def latency_budget(seconds: float, table: LatencyTableLike) -> Budget:
     """A latency budget in seconds per batch of the table's batch size, on the table's predictions.
 
     A config the table cannot predict (outside its measured range) counts as not a candidate.
     """
     if not seconds > 0:
         raise ConfigError(f"a latency budget must be positive, got {seconds!r} s")
-
-    def cost(cfg: ViTConfig) -> float:
-        try:
-            return float(table.predict(cfg).total_s)
-        except TableRangeError:
-            return math.nan
-
-    return Budget("latency", float(seconds), cost, "s", batch_size=getattr(table, "batch_size", None))
+    return Budget(LatencyCost(table), float(seconds))
 
 
 @dataclass(frozen=True)
@@ -130,11 +92,16 @@ class Generated:
     mlp_factor: float
     budget: Budget | None = None
     cost: float | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[DomainNote, ...] = field(default_factory=tuple)
 
     @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
+
+    @property
+    def outside_domain(self) -> tuple[DomainNote, ...]:
+        """The notes saying the rule was applied outside the domain it was written for."""
+        return tuple(n for n in self.notes if n.outside)
 
     @property
     def gap(self) -> float | None:
@@ -161,11 +128,11 @@ class Generated:
             "config": cfg.to_dict(), "rule": self.rule.name, "family": self.rule.family,
             "embed_dim": cfg.embed_dim, "depth": cfg.depth, "mlp_factor": self.mlp_factor,
             "macs": counting.macs(cfg), "macs_convention": "nvit", "macs_linear_only": counting.macs(cfg, "timm"),
-            "params": counting.params(cfg), "granularity": self.granularity.to_dict(), "notes": list(self.notes),
+            "params": counting.params(cfg), "granularity": self.granularity.to_dict(),
+            "notes": [n.text for n in self.notes],
         }
         if self.budget is not None:
-            d["budget"] = {"kind": self.budget.kind, "value": self.budget.value, "unit": self.budget.unit,
-                           "batch_size": self.budget.batch_size}
+            d["budget"] = self.budget.to_json()
             d["cost"] = self.cost
             d["gap"] = self.gap
         return d
@@ -193,11 +160,11 @@ class _Search:
 
     def __init__(self, rule: Rule, setting: Setting, gran: Granularity, budget: Budget, space: SearchSpace) -> None:
         self.rule, self.setting, self.gran, self.budget, self.space = rule, setting, gran, budget, space
-        lo = space.min_embed or gran.embed
-        lo = -(-lo // gran.embed) * gran.embed
+        lo = space.min_embed or gran.embed_dim
+        lo = -(-lo // gran.embed_dim) * gran.embed_dim
         if space.max_embed < lo:
             raise ConfigError(f"max embed width {space.max_embed} is below the smallest one {lo}")
-        self.grid = list(range(lo, space.max_embed + 1, gran.embed))
+        self.grid = list(range(lo, space.max_embed + 1, gran.embed_dim))
         self.k_min = math.ceil(space.min_mlp_factor * FACTOR_STEP - 1e-9)
         self.k_max = math.floor(space.max_mlp_factor * FACTOR_STEP + 1e-9)
         self._cache: dict[tuple[int, int], float] = {}
@@ -209,8 +176,15 @@ class _Search:
     def cost(self, e: int, k: int) -> float:
         key = (e, k)
         if key not in self._cache:
-            self._cache[key] = self.budget.cost(self.config(e, k))
+            try:
+                self._cache[key] = self.budget.model.cost(self.config(e, k))
+            except OutsideDomainError:  # e.g. outside the latency table's measured range: not a candidate
+                self._cache[key] = math.nan
         return self._cache[key]
+
+    def within(self, c: float) -> bool:
+        """Whether cost ``c`` is within the tolerance of the budget."""
+        return abs(c / self.budget.value - 1) <= self.space.tolerance
 
     def ok(self, e: int, k: int) -> bool:
         return not math.isnan(self.cost(e, k))
@@ -266,71 +240,79 @@ def generate(rule: Rule, budget: Budget, setting: Setting = Setting(), *, granul
     """
     gran = rule.resolve_granularity(setting.img_size, granularity)
     s = _Search(rule, setting, gran, budget, space)
-    tol, b = space.tolerance, budget.value
+    i_lo, i_hi = _reachable(s)
+    pivot = _pivot(s, i_lo, i_hi)
+    # the rule as written (factor 1) when it already meets the budget
+    exact = [(abs(s.cost(s.grid[i], FACTOR_STEP) / budget.value - 1), i) for i in (pivot, pivot + 1)
+             if i_lo <= i <= i_hi and s.ok(s.grid[i], FACTOR_STEP) and s.within(s.cost(s.grid[i], FACTOR_STEP))]
+    if exact:
+        return _result(s, s.grid[min(exact)[1]], FACTOR_STEP, name)
+    # otherwise walk outward on both sides; the first hit on a side has that side's factor nearest 1
+    hits = [hit for direction in (+1, -1) if (hit := _walk(s, pivot, direction, i_lo, i_hi)) is not None]
+    if not hits:
+        raise BudgetError(f"no config of rule {rule.name!r} is within {100 * space.tolerance:g}% of "
+                          f"{budget.fmt(budget.value)} (a gap of the rounding); try another budget, granularity "
+                          "or MLP factor range")
+    _, _, e, k = min(hits)
+    return _result(s, e, k, name)
+
+
+def _reachable(s: _Search) -> tuple[int, int]:
+    """Grid indices of the narrowest and widest costable widths; BudgetError when the budget is out of reach."""
     valid = _valid_ends(s)
+    b, tol, rule = s.budget.value, s.space.tolerance, s.rule.name
     if not valid:
-        raise BudgetError(f"no config of rule {rule.name!r} with EMB {s.grid[0]}..{s.grid[-1]} can be costed "
+        raise BudgetError(f"no config of rule {rule!r} with EMB {s.grid[0]}..{s.grid[-1]} can be costed "
                           "(outside the latency table's measured range)")
     i_lo, i_hi = valid
     kr_lo, kr_hi = s.k_range(s.grid[i_lo]), s.k_range(s.grid[i_hi])
     assert kr_lo is not None and kr_hi is not None
     c_min, c_max = s.cost(s.grid[i_lo], kr_lo[0]), s.cost(s.grid[i_hi], kr_hi[1])
+    fmt = s.budget.fmt
     if c_min > b * (1 + tol):
-        raise BudgetError(f"budget {budget.fmt(b)} is below the smallest legal config of rule {rule.name!r} "
-                          f"here: {budget.fmt(c_min)} (EMB {s.grid[i_lo]}, MLP factor {kr_lo[0] / FACTOR_STEP:g}, "
-                          f"depth {setting.depth})")
+        raise BudgetError(f"budget {fmt(b)} is below the smallest legal config of rule {rule!r} "
+                          f"here: {fmt(c_min)} (EMB {s.grid[i_lo]}, MLP factor {kr_lo[0] / FACTOR_STEP:g}, "
+                          f"depth {s.setting.depth})")
     if c_max < b * (1 - tol):
         hint = ("the latency table's measured range ends there" if i_hi < len(s.grid) - 1 or kr_hi[1] < s.k_max
                 else "raise the maximum embed width")
-        raise BudgetError(f"budget {budget.fmt(b)} is above the largest legal config of rule {rule.name!r} "
-                          f"here: {budget.fmt(c_max)} (EMB {s.grid[i_hi]}, MLP factor {kr_hi[1] / FACTOR_STEP:g}, "
-                          f"depth {setting.depth}; {hint})")
+        raise BudgetError(f"budget {fmt(b)} is above the largest legal config of rule {rule!r} "
+                          f"here: {fmt(c_max)} (EMB {s.grid[i_hi]}, MLP factor {kr_hi[1] / FACTOR_STEP:g}, "
+                          f"depth {s.setting.depth}; {hint})")
+    return i_lo, i_hi
 
-    # the widest embed whose cost at factor 1 is within budget (cost is monotone in the width)
-    lo, hi = i_lo, i_hi
+
+def _pivot(s: _Search, lo: int, hi: int) -> int:
+    """Index of the widest embed whose cost at factor 1 is within budget (cost is monotone in the width)."""
+    b = s.budget.value
     if s.cost(s.grid[lo], FACTOR_STEP) > b:
-        pivot = lo - 1
-    else:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if s.ok(s.grid[mid], FACTOR_STEP) and s.cost(s.grid[mid], FACTOR_STEP) <= b:
-                lo = mid
-            else:
-                hi = mid
-        pivot = hi if s.cost(s.grid[hi], FACTOR_STEP) <= b else lo
+        return lo - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if s.ok(s.grid[mid], FACTOR_STEP) and s.cost(s.grid[mid], FACTOR_STEP) <= b:
+            lo = mid
+        else:
+            hi = mid
+    return hi if s.cost(s.grid[hi], FACTOR_STEP) <= b else lo
 
-    def within(c: float) -> bool:
-        return abs(c / b - 1) <= tol
 
-    # the rule as written (factor 1) when it already meets the budget
-    exact = [(abs(s.cost(s.grid[i], FACTOR_STEP) / b - 1), i) for i in (pivot, pivot + 1)
-             if i_lo <= i <= i_hi and s.ok(s.grid[i], FACTOR_STEP) and within(s.cost(s.grid[i], FACTOR_STEP))]
-    if exact:
-        i = min(exact)[1]
-        return _result(s, s.grid[i], FACTOR_STEP, name)
-
-    # otherwise walk outward on both sides; the first hit on a side has that side's factor nearest 1
-    hits: list[tuple[float, float, int, int]] = []
-    for direction in (+1, -1):
-        i = pivot + 1 if direction > 0 else pivot
-        while i_lo <= i <= i_hi:
-            e = s.grid[i]
-            kr = s.k_range(e)
-            if kr is not None:
-                k, c = s.solve(e, kr)
-                if within(c):
-                    hits.append((abs(math.log(k / FACTOR_STEP)), abs(c / b - 1), e, k))
-                    break
-                if direction > 0 and c > b * (1 + tol) and k == kr[0]:
-                    break  # wider embeds only cost more
-                if direction < 0 and c < b * (1 - tol) and k == kr[1]:
-                    break  # narrower embeds only cost less
-            i += direction
-    if not hits:
-        raise BudgetError(f"no config of rule {rule.name!r} is within {100 * tol:g}% of {budget.fmt(b)} "
-                          "(a gap of the rounding); try another budget, granularity or MLP factor range")
-    _, _, e, k = min(hits)
-    return _result(s, e, k, name)
+def _walk(s: _Search, pivot: int, direction: int, i_lo: int, i_hi: int) -> tuple[float, float, int, int] | None:
+    """The first width from ``pivot`` in ``direction`` with a factor that meets the budget, as a sort key."""
+    b, tol = s.budget.value, s.space.tolerance
+    i = pivot + 1 if direction > 0 else pivot
+    while i_lo <= i <= i_hi:
+        e = s.grid[i]
+        kr = s.k_range(e)
+        if kr is not None:
+            k, c = s.solve(e, kr)
+            if s.within(c):
+                return abs(math.log(k / FACTOR_STEP)), abs(c / b - 1), e, k
+            if direction > 0 and c > b * (1 + tol) and k == kr[0]:
+                return None  # wider embeds only cost more
+            if direction < 0 and c < b * (1 - tol) and k == kr[1]:
+                return None  # narrower embeds only cost less
+        i += direction
+    return None
 
 
 def _valid_ends(s: _Search) -> list[int]:

@@ -8,7 +8,7 @@ On disk (``schema: revit/rule/v1``)::
     family: paper
     description: ...
     depth: 12                 # depth the rule was written or fitted for (informational)
-    granularity: auto         # or standard | micro | {embed, heads, qk, v, mlp}
+    granularity: auto         # or standard | micro | one | "E,H,Q,V,M" | {embed_dim, heads, qk_dim, v_dim, mlp_dim}
     params: {}                # the family's parameters; missing ones take the family default
     provenance: {...}         # where it came from: source, traces, fit quality (R^2 per kind)
 """
@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml
-from revit.config import BlockDims
+from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError, FileFormatError, UnknownNameError
 from revit.paths import shipped_dir
-from revit.rules.base import RuleFamily, get_family
-from revit.rules.granularity import Granularity, parse_granularity
+from revit.rules.base import DomainNote, RuleFamily, get_family
 
 SCHEMA = "revit/rule/v1"
-_KEYS = {"schema", "kind", "name", "family", "description", "depth", "granularity", "params", "provenance"}
+_KEYS = ("schema", "kind", "name", "family", "description", "depth", "granularity", "params", "provenance")
 
 
 @dataclass(frozen=True)
@@ -40,15 +39,19 @@ class Rule:
     family: str
     params: Mapping[str, float] = field(default_factory=dict)
     depth: int | None = None
-    granularity: str | Mapping[str, int] | None = None  # None/'auto': chosen from the setting
+    granularity: str | Granularity | None = None  # None/'auto': chosen from the setting; or a preset name
     description: str = ""
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         fam = get_family(self.family)
         object.__setattr__(self, "params", fam.check_params(self.params, f"rule {self.name!r}"))
-        if self.granularity not in (None, "auto"):
-            parse_granularity(self.granularity, 224)  # validate now, resolve per setting later
+        gran = self.granularity
+        if gran == "auto":
+            object.__setattr__(self, "granularity", None)
+        elif gran is not None and not (isinstance(gran, str) and gran in Granularity.PRESETS):
+            # validate now (a preset name stays a name; auto resolves per setting later)
+            object.__setattr__(self, "granularity", Granularity.parse(gran, 224))
 
     @property
     def family_obj(self) -> RuleFamily:
@@ -56,13 +59,13 @@ class Rule:
 
     def resolve_granularity(self, img_size: int, override: Any = None) -> Granularity:
         """The granularity for a setting: ``override`` if given, else the rule's, else auto."""
-        return parse_granularity(override if override not in (None, "auto") else self.granularity, img_size)
+        return Granularity.parse(override if override not in (None, "auto") else self.granularity, img_size)
 
     def blocks(self, embed_dim: int, depth: int, gran: Granularity, mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
         """Per-block widths of this rule at ``embed_dim`` and ``depth``."""
         return self.family_obj.blocks(self.params, embed_dim, depth, gran, mlp_factor)
 
-    def domain_notes(self, embed_dim: int, depth: int) -> list[str]:
+    def domain_notes(self, embed_dim: int, depth: int) -> list[DomainNote]:
         return self.family_obj.domain_notes(self.params, embed_dim, depth)
 
     # I/O -----------------------------------------------------------------------------------
@@ -71,7 +74,7 @@ class Rule:
         return {
             "schema": SCHEMA, "kind": "rule", "name": self.name, "family": self.family,
             "description": self.description, "depth": self.depth,
-            "granularity": dict(gran) if isinstance(gran, Mapping) else (gran or "auto"),
+            "granularity": gran.to_dict() if isinstance(gran, Granularity) else (gran or "auto"),
             "params": {k: _tidy(v) for k, v in self.params.items()},
             "provenance": _plain(self.provenance),
         }
@@ -85,13 +88,7 @@ class Rule:
     @classmethod
     def from_dict(cls, doc: Any, source: str = "rule") -> Rule:
         """Validate a parsed rule document; every problem is one-line :class:`FileFormatError`."""
-        d = check_schema(doc, "rule", source)
-        unknown = set(d) - _KEYS
-        if unknown:
-            raise FileFormatError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                                  f"allowed: {', '.join(sorted(_KEYS))}")
-        if d.get("kind", "rule") != "rule":
-            raise FileFormatError(f"{source}: kind is {d.get('kind')!r}, expected 'rule'")
+        d = check_schema(doc, "rule", source, keys=_KEYS)
         family = d.get("family")
         if not isinstance(family, str):
             raise FileFormatError(f"{source}: 'family' (a rule family name) is required")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
+from dataclasses import replace
 
 from revit import counting
-from revit.config import BlockDims
+from revit.config import BlockDims, Setting
 from revit.rules.base import WIDTH_KINDS, block_positions, get_family
-from revit.rules.generate import Setting
 from revit.trace import TraceStep, TraceWriter
 
 
@@ -28,8 +28,7 @@ def write_synthetic_trace(path: str | os.PathLike[str], params: Mapping[str, flo
     w = fam.continuous(full, embed_dim, block_positions(depth))
     member = tuple(BlockDims(*(max(1, round(w[k][i] * (1 + rng.gauss(0, noise)))) for k in WIDTH_KINDS))
                    for i in range(depth))
-    s = setting or Setting(depth=depth)
-    s = Setting(**{**s.__dict__, "depth": depth})
+    s = replace(setting or Setting(), depth=depth)
     e0 = 2 * embed_dim
     base = s.config(e0, [BlockDims(max(1, e0 // 64), 64, 64, 4 * e0)] * depth, name="synthetic-base")
     steps = [base, base.with_blocks(base.blocks, embed_dim), base.with_blocks(member, embed_dim),

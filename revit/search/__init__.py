@@ -7,8 +7,7 @@ Light to import (no torch, no optuna): the pieces import what they need when cal
 - :mod:`revit.search.samplers` - samplers and pruners by name,
 - :mod:`revit.search.objective` - the objective (testable with ``optuna.trial.FixedTrial``),
 - :mod:`revit.search.runner` - run / join a study, baselines and repeats, stale-trial recovery,
-- :mod:`revit.search.report` - markdown + PNG report,
-- :mod:`revit.search.demo` - the end-to-end demo pipeline.
+- :mod:`revit.search.report` - markdown + PNG report.
 """
 
 from revit.search.spec import BaselineSpec, BudgetSpec, ParamRange, StudySpec, load_spec, resolve_spec

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from revit import counting
-from revit.errors import BudgetError, ConfigError
+from revit.errors import BudgetError, ConfigError, OutsideDomainError, RuleDomainError
 from revit.search.spec import BaselineSpec, StudySpec
 
 ROLE, ARM, SEED, GROUP = "role", "arm", "seed", "group"
@@ -53,7 +53,7 @@ def _generate(spec: StudySpec, rule: Any, budget_value: float, table: Any, name:
     from revit.rules import SearchSpace, generate
 
     space = SearchSpace(min_mlp_factor=spec.mlp_factor[0], max_mlp_factor=spec.mlp_factor[1])
-    return generate(rule, _budget(spec, budget_value, table), spec.setting_obj(), granularity=spec.granularity,
+    return generate(rule, _budget(spec, budget_value, table), spec.setting, granularity=spec.granularity,
                     space=space, name=name)
 
 
@@ -75,7 +75,8 @@ def candidate_rule(spec: StudySpec, values: dict[str, float]) -> Any:
 
 def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: Any = None) -> Arm:
     """The config of baseline ``b`` at ``budget_value``; raises :class:`BudgetError`/:class:`ConfigError`
-    when it cannot be built, and :class:`OutsideDomainError` when the rule leaves its own domain."""
+    when it cannot be built, and :class:`~revit.errors.RuleDomainError` (an ``OutsideDomainError``) when
+    the rule leaves its own domain (the baseline is then left out)."""
     from revit.rules import Rule, load_rule
 
     rule = load_rule(b.rule)
@@ -83,14 +84,9 @@ def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: A
         rule = Rule(name=rule.name, family=rule.family, params={**rule.params, **b.params},
                     granularity=rule.granularity, description=rule.description)
     gen = _generate(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
-    outside = [n for n in gen.notes if "outside the domain" in n]
-    if outside:
-        raise OutsideDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {outside[0]}")
+    if gen.outside_domain:
+        raise RuleDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {gen.outside_domain[0]}")
     return Arm(gen, "baseline", b.arm, budget_value, dict(rule.params))
-
-
-class OutsideDomainError(ConfigError):
-    """A baseline rule would be applied outside the domain it was written for (it is left out)."""
 
 
 class StudyObjective:
@@ -158,11 +154,9 @@ class StudyObjective:
             attrs[GROUP] = f"trial-{trial.user_attrs.get('repeat_of', trial.user_attrs.get('retry_of', trial.number))}"
         table = self.table()
         if table is not None:
-            from revit.errors import TableRangeError
-
             try:
                 attrs["latency_ms"] = 1e3 * float(table.predict(cfg).total_s)
-            except TableRangeError:
+            except OutsideDomainError:
                 attrs["latency_ms"] = None
         return attrs
 
@@ -185,7 +179,7 @@ class StudyObjective:
                  f"EMB {attrs['embed_dim']}, MACs {counting.format_count(attrs['macs'])}, "
                  f"MLP factor {attrs['mlp_factor']:g}")
         prunable = (not self.spec.multi_objective and attrs[ROLE] == "candidate"
-                    and "repeat_of" not in trial.user_attrs and self.spec.pruner.get("name") not in ("none", "nop"))
+                    and "repeat_of" not in trial.user_attrs and self.spec.pruner.name not in ("none", "nop"))
         val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
         trial.set_user_attr("val_acc", val)
         trial.set_user_attr("test_acc", test)
@@ -204,7 +198,7 @@ class StudyObjective:
         if self._splits is None:
             from revit.data import load_splits
 
-            self._splits = load_splits(self.spec.data_spec())
+            self._splits = load_splits(self.spec.data)
         return self._splits
 
     def train(self, cfg: Any, seed: int, trial: Any = None) -> tuple[float, float, list[float], float]:

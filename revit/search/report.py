@@ -14,7 +14,7 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -238,48 +238,84 @@ def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, st
                  f"per-block widths: best candidates and baselines ({spec.name})")
     _history_plot(trials, plots["history"], f"optimisation history ({spec.name})")
 
-    lines = [f"# Study `{spec.name}`", "",
-             f"- spec: `{spec.source}`; storage: `{url}`",
-             f"- objective(s): {', '.join(spec.objectives)}; sampler {spec.sampler.get('name')}, "
-             f"pruner {spec.pruner.get('name')}; budget {spec.budget.describe()}",
-             f"- data: {json.dumps(dict(spec.data))}; training: {json.dumps(dict(spec.train))}; "
-             f"seeds {list(spec.seeds)}",
-             f"- trials: {len(trials)} ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})",
-             "- accuracy: *held-out* = validation split carved from the training set (the value optimised); "
-             "*test* = the dataset's own test set (never used for selection); mean ± std over seeds", ""]
-    for s in study.user_attrs.get("skipped_baselines", []):
-        lines.append(f"- baseline left out: {s}")
     summary: dict[str, Any] = {"study": spec.name, "storage": url, "states": states, "groups": []}
+    lines = _header(spec, url, len(trials), states)
+    lines += [f"- baseline left out: {s}" for s in study.user_attrs.get("skipped_baselines", [])]
     if best is not None and uniform is not None:
-        bv, uv = best.mean_std("test_acc"), uniform.mean_std("test_acc")
-        bh, uh = best.mean_std("val_acc"), uniform.mean_std("val_acc")
-        verdict = "better" if bv[0] > uv[0] else "worse" if bv[0] < uv[0] else "equal"
-        lines += ["", "## Best rule-generated config vs uniform baseline", "",
-                  f"- best candidate `{best.name}` ({best.n} seed(s)): test top-1 **{_pm(bv)}%**, held-out {_pm(bh)}%, "
-                  f"MACs {counting.format_count(best.macs)}, EMB {best.first.user_attrs.get('embed_dim')}",
-                  f"- uniform baseline `{uniform.name}` ({uniform.n} seed(s)): test top-1 **{_pm(uv)}%**, held-out "
-                  f"{_pm(uh)}%, MACs {counting.format_count(uniform.macs)}, "
-                  f"EMB {uniform.first.user_attrs.get('embed_dim')}",
-                  f"- difference (candidate - uniform): test {100 * (bv[0] - uv[0]):+.2f} points "
-                  f"({verdict}; compare with the stds), MACs {100 * (best.macs / uniform.macs - 1):+.2f}%"]
-        summary["comparison"] = {"best": best.name, "best_test": bv, "best_val": bh, "best_n": best.n,
-                                 "best_macs": best.macs, "uniform": uniform.name, "uniform_test": uv,
-                                 "uniform_val": uh, "uniform_n": uniform.n, "uniform_macs": uniform.macs}
+        lines += _comparison(best, uniform, summary)
     if uniform is not None:
-        rivals = ([best] if best is not None else []) + [g for g in baselines if g is not uniform]
-        lines += ["", "## Every rule-generated arm vs the uniform baseline (test top-1, mean ± std over seeds)", "",
-                  "| arm | group | seeds | test top-1 % | held-out % | MACs | minus uniform (points) |",
-                  "|---|---|---|---|---|---|---|"]
-        ut = uniform.mean_std("test_acc")[0]
-        for g in [*rivals, uniform]:
-            m = g.mean_std("test_acc")
-            lines.append(f"| {g.arm} | {g.name} | {g.n} | {_pm(m)} | {_pm(g.mean_std('val_acc'))} | "
-                         f"{counting.format_count(g.macs)} | {'' if g is uniform else f'{100 * (m[0] - ut):+.2f}'} |")
+        lines += _versus_uniform(([best] if best is not None else []) + [g for g in baselines if g is not uniform],
+                                 uniform)
+    lines += _configs_table(groups, summary)
+    lines += _blocks_table(shown + baselines)
+    if best is not None and best.first.params:
+        lines += ["", f"Rule parameters of `{best.name}`: "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in best.first.params.items())]
+    lines += _trials_table(trials)
+    lines += ["", "## Plots", ""] + [f"![{k}]({p.name})" for k, p in plots.items()]
+    lines += ["", "## Open in optuna-dashboard", "", "```", dashboard_hint(url), "```",
+              "Trials carry the user attributes role, arm, seed, group, macs, params, latency_ms, "
+              "blocks, val_acc and test_acc (filter on role=baseline to see the baselines).", ""]
+    atomic_write_text(out_dir / "report.md", "\n".join(lines))
+    summary["plots"] = {k: str(p) for k, p in plots.items()}
+    atomic_write_text(out_dir / "report.json", json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _given(obj: Any) -> dict[str, Any]:
+    """The fields of a dataclass value that differ from their defaults (what a spec set)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if getattr(obj, f.name) != f.default}
+
+
+def _header(spec: StudySpec, url: str, n_trials: int, states: dict[str, int]) -> list[str]:
+    return [f"# Study `{spec.name}`", "",
+            f"- spec: `{spec.source}`; storage: `{url}`",
+            f"- objective(s): {', '.join(spec.objectives)}; sampler {spec.sampler.name}, "
+            f"pruner {spec.pruner.name}; budget {spec.budget.describe()}",
+            f"- data: {json.dumps(_given(spec.data))}; training: {json.dumps(_given(spec.train))} "
+            f"(other fields at their defaults); seeds {list(spec.seeds)}",
+            f"- trials: {n_trials} ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})",
+            "- accuracy: *held-out* = validation split carved from the training set (the value optimised); "
+            "*test* = the dataset's own test set (never used for selection); mean ± std over seeds", ""]
+
+
+def _comparison(best: Group, uniform: Group, summary: dict[str, Any]) -> list[str]:
+    """The headline: the best rule-generated config against the uniform baseline."""
+    bv, uv = best.mean_std("test_acc"), uniform.mean_std("test_acc")
+    bh, uh = best.mean_std("val_acc"), uniform.mean_std("val_acc")
+    verdict = "better" if bv[0] > uv[0] else "worse" if bv[0] < uv[0] else "equal"
+    summary["comparison"] = {"best": best.name, "best_test": bv, "best_val": bh, "best_n": best.n,
+                             "best_macs": best.macs, "uniform": uniform.name, "uniform_test": uv,
+                             "uniform_val": uh, "uniform_n": uniform.n, "uniform_macs": uniform.macs}
+    return ["", "## Best rule-generated config vs uniform baseline", "",
+            f"- best candidate `{best.name}` ({best.n} seed(s)): test top-1 **{_pm(bv)}%**, held-out {_pm(bh)}%, "
+            f"MACs {counting.format_count(best.macs)}, EMB {best.first.user_attrs.get('embed_dim')}",
+            f"- uniform baseline `{uniform.name}` ({uniform.n} seed(s)): test top-1 **{_pm(uv)}%**, held-out "
+            f"{_pm(uh)}%, MACs {counting.format_count(uniform.macs)}, "
+            f"EMB {uniform.first.user_attrs.get('embed_dim')}",
+            f"- difference (candidate - uniform): test {100 * (bv[0] - uv[0]):+.2f} points "
+            f"({verdict}; compare with the stds), MACs {100 * (best.macs / uniform.macs - 1):+.2f}%"]
+
+
+def _versus_uniform(rivals: list[Group], uniform: Group) -> list[str]:
+    lines = ["", "## Every rule-generated arm vs the uniform baseline (test top-1, mean ± std over seeds)", "",
+             "| arm | group | seeds | test top-1 % | held-out % | MACs | minus uniform (points) |",
+             "|---|---|---|---|---|---|---|"]
+    ut = uniform.mean_std("test_acc")[0]
+    for g in [*rivals, uniform]:
+        m = g.mean_std("test_acc")
+        lines.append(f"| {g.arm} | {g.name} | {g.n} | {_pm(m)} | {_pm(g.mean_std('val_acc'))} | "
+                     f"{counting.format_count(g.macs)} | {'' if g is uniform else f'{100 * (m[0] - ut):+.2f}'} |")
+    return lines
+
+
+def _configs_table(groups: list[Group], summary: dict[str, Any]) -> list[str]:
+    """One row per config (complete trials grouped), also appended to ``summary['groups']``."""
     lat = any(g.latency_ms is not None for g in groups)
-    lines += ["", "## Configs (complete trials grouped by config; best held-out first)", "",
-              "| group | role | arm | seeds | held-out top-1 % | test top-1 % | MACs | params | EMB | MLP factor |"
-              + (" latency ms/batch |" if lat else ""),
-              "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if lat else "")]
+    lines = ["", "## Configs (complete trials grouped by config; best held-out first)", "",
+             "| group | role | arm | seeds | held-out top-1 % | test top-1 % | MACs | params | EMB | MLP factor |"
+             + (" latency ms/batch |" if lat else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if lat else "")]
     for g in groups:
         u = g.first.user_attrs
         row = (f"| {g.name} | {g.role} | {g.arm} | {g.n} | {_pm(g.mean_std('val_acc'))} "
@@ -293,17 +329,22 @@ def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, st
                                   "latency_ms": g.latency_ms, "embed_dim": u.get("embed_dim"),
                                   "blocks": u.get("blocks"), "params": dict(g.first.params),
                                   "trials": [t.number for t in g.trials]})
-    lines += ["", "## Per-block widths of the best configs", "", "| group | EMB | blocks (heads/qk/v/mlp) |",
-              "|---|---|---|"]
-    for g in shown + baselines:
+    return lines
+
+
+def _blocks_table(groups: list[Group]) -> list[str]:
+    lines = ["", "## Per-block widths of the best configs", "", "| group | EMB | blocks (heads/qk/v/mlp) |",
+             "|---|---|---|"]
+    for g in groups:
         u = g.first.user_attrs
         blocks = " ".join("/".join(str(x) for x in b) for b in u.get("blocks") or [])
         lines.append(f"| {g.name} | {u.get('embed_dim')} | {blocks} |")
-    if best is not None and best.first.params:
-        lines += ["", f"Rule parameters of `{best.name}`: "
-                  + ", ".join(f"{k}={v:.4g}" for k, v in best.first.params.items())]
-    lines += ["", "## All trials", "", "| # | state | role | arm | seed | held-out | test | MACs | worker | note |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    return lines
+
+
+def _trials_table(trials: list[Any]) -> list[str]:
+    lines = ["", "## All trials", "", "| # | state | role | arm | seed | held-out | test | MACs | worker | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for t in sorted(trials, key=lambda t: t.number):
         u = t.user_attrs
         note = u.get("infeasible") or (f"retry of {u['retry_of']}" if "retry_of" in u else "") or (
@@ -314,14 +355,7 @@ def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, st
                      f"| {u.get('seed', '')} | "
                      f"{'' if va is None else f'{100 * va:.2f}'} | {'' if te is None else f'{100 * te:.2f}'} | "
                      f"{counting.format_count(u['macs']) if 'macs' in u else ''} | {u.get('worker', '')} | {note} |")
-    lines += ["", "## Plots", ""] + [f"![{k}]({p.name})" for k, p in plots.items()]
-    lines += ["", "## Open in optuna-dashboard", "", "```", dashboard_hint(url), "```",
-              "Trials carry the user attributes role, arm, seed, group, macs, params, latency_ms, "
-              "blocks, val_acc and test_acc (filter on role=baseline to see the baselines).", ""]
-    atomic_write_text(out_dir / "report.md", "\n".join(lines))
-    summary["plots"] = {k: str(p) for k, p in plots.items()}
-    atomic_write_text(out_dir / "report.json", json.dumps(summary, indent=1, default=str))
-    return summary
+    return lines
 
 
 __all__ = ["Group", "best_candidate", "dashboard_hint", "groups_of", "pareto_front", "write_report"]

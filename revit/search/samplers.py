@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from revit.errors import ConfigError
+from revit.errors import ConfigError, check_keys
 from revit.registry import Registry
 
 SamplerFactory = Callable[..., Any]
@@ -31,10 +31,7 @@ for _name, _cls in (("median", "MedianPruner"), ("hyperband", "HyperbandPruner")
 def _kwargs(cls: Any, given: Mapping[str, Any], what: str) -> dict[str, Any]:
     kw = {k: v for k, v in given.items() if k != "name"}
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-    unknown = set(kw) - set(accepted)
-    if unknown:
-        raise ConfigError(f"{what} {given['name']!r}: unknown argument(s) {', '.join(sorted(unknown))}; "
-                          f"accepted: {', '.join(accepted)}")
+    check_keys(kw, accepted, f"{what} {given['name']!r}", what="argument")
     return kw
 
 

@@ -10,7 +10,8 @@ On disk (YAML in ``search/``)::
     sampler: {name: tpe, seed: 0} # tpe | random | nsga2 | gp | qmc (+ their keyword arguments)
     pruner: {name: median}        # median | hyperband | percentile | none (single objective only)
     n_trials: 12                  # candidate (sampled) trials; baselines and repeats come on top
-    setting: micro                # SETTINGS name or {depth, img_size, patch_size, in_chans, num_classes}
+    setting: micro                # a Setting preset (micro, imagenet) or its fields, optionally on a preset:
+                                  # {preset: micro, num_classes: 5} or {depth, img_size, patch_size, in_chans, ...}
     budget: {macs: 8M}            # or {latency_ms: 2.5, table: FILE} or {macs: {low: 5M, high: 12M}} (searched)
     latency_table: FILE           # optional: predicted latency as a user attribute of every trial
     space:
@@ -19,8 +20,8 @@ On disk (YAML in ``search/``)::
       params: {plateau: [0.2, 1.0], mlp_end: [0.25, 1.0]}   # searched: [low, high] or {low, high, log}
       granularity: auto
       mlp_factor: [0.5, 2.0]      # interval of the global MLP factor that generation may use
-    data: {source: fashion-mnist, train_limit: 20000, val_size: 5000}
-    train: {epochs: 4, batch_size: 128, lr: 0.001}          # revit.train.TrainConfig fields
+    data: {source: fashion-mnist, train_limit: 20000, val_size: 5000}   # revit.data.DataSpec fields
+    train: {epochs: 4, batch_size: 128, lr: 0.001}          # revit.recipes.TrainConfig fields (not seed)
     threads: 1                    # torch threads per worker
     seeds: [0, 1, 2]              # baselines and repeated candidates run with each seed
     repeats: {top_k: 2}           # the best candidates re-run with the other seeds
@@ -34,25 +35,27 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from revit import counting
 from revit._io import check_schema, load_yaml
-from revit.data import DataSpec
-from revit.errors import ConfigError, FileFormatError, UnknownNameError
+from revit.config import Setting
+from revit.cost import MacsCost
+from revit.data.spec import DataSpec
+from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_keys
 from revit.paths import shipped_dir
+from revit.recipes import TrainConfig
 
 SCHEMA = "revit/study/v1"
 OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "latency": "minimize"}
-_KEYS = {"schema", "kind", "name", "description", "storage", "objectives", "sampler", "pruner", "n_trials",
+_KEYS = ("schema", "kind", "name", "description", "storage", "objectives", "sampler", "pruner", "n_trials",
          "setting", "budget", "latency_table", "space", "data", "train", "threads", "seeds", "repeats",
-         "baselines", "heartbeat_s", "grace_s"}
-_TRAIN_KEYS = {"epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs", "label_smoothing",
-               "drop_path_rate", "grad_clip", "eval_batch_size", "max_steps_per_epoch"}
-_DATA_KEYS = {"source", "train_limit", "val_size", "test_limit", "img_size", "seed"}
+         "baselines", "heartbeat_s", "grace_s")
+# TrainConfig fields a study sets itself: the seed comes from ``seeds``; trials train from scratch, no teacher
+_TRAIN_SET_BY_STUDY = ("seed", "distill_weight", "distill_temperature")
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class BudgetSpec:
         return self.value is None
 
     def fmt(self, v: float) -> str:
-        return f"{counting.format_count(v)} MACs" if self.kind == "macs" else f"{v * 1e3:.4g} ms"
+        return MacsCost().format(v) if self.kind == "macs" else f"{v * 1e3:.4g} ms"
 
     def describe(self) -> str:
         if self.value is not None:
@@ -117,6 +120,34 @@ def _short(params: Mapping[str, float]) -> str:
 
 
 @dataclass(frozen=True)
+class PluginSpec(Mapping[str, Any]):
+    """An Optuna sampler or pruner by name with its keyword arguments; reads as ``{name, **kwargs}``."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.name if key == "name" else self.kwargs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("name", *self.kwargs))
+
+    def __len__(self) -> int:
+        return 1 + len(self.kwargs)
+
+    @classmethod
+    def parse(cls, v: Any, what: str, default: str) -> PluginSpec:
+        """``None`` (the default), a name, or a mapping with ``name`` and keyword arguments."""
+        if v is None:
+            return cls(default)
+        if isinstance(v, str):
+            return cls(v)
+        if isinstance(v, Mapping) and isinstance(v.get("name"), str):
+            return cls(v["name"], {str(k): x for k, x in v.items() if k != "name"})
+        raise ConfigError(f"{what} must be a name or a mapping with 'name' (and keyword arguments), got {v!r}")
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study spec (see the module docstring for the YAML)."""
 
@@ -129,13 +160,13 @@ class StudySpec:
     mlp_factor: tuple[float, float] = (0.5, 2.0)
     storage: str | None = None
     objectives: tuple[str, ...] = ("accuracy",)
-    sampler: Mapping[str, Any] = field(default_factory=lambda: {"name": "tpe"})
-    pruner: Mapping[str, Any] = field(default_factory=lambda: {"name": "median"})
+    sampler: PluginSpec = PluginSpec("tpe")
+    pruner: PluginSpec = PluginSpec("median")
     n_trials: int = 10
-    setting: Mapping[str, Any] = field(default_factory=dict)
+    setting: Setting = Setting.PRESETS["micro"]
     latency_table: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-    train: Mapping[str, Any] = field(default_factory=dict)
+    data: DataSpec = DataSpec()
+    train: TrainConfig = TrainConfig()
     threads: int = 1
     seeds: tuple[int, ...] = (0,)
     repeat_top_k: int = 2
@@ -153,39 +184,20 @@ class StudySpec:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def data_spec(self) -> DataSpec:
-        return DataSpec(**dict(self.data))
-
     def storage_url(self, override: str | None = None) -> str:
         from revit.search.storage import default_storage, normalize_url
 
         return normalize_url(override or self.storage or default_storage(self.name))
 
-    def setting_obj(self) -> Any:
-        from revit.rules import SETTINGS, Setting
-
-        s = dict(self.setting)
-        base = s.pop("preset", None)
-        if base is not None:
-            return Setting(**{**SETTINGS[base].__dict__, **s})
-        return Setting(**s)
-
-    def train_config(self, seed: int) -> Any:
-        from revit.recipes import TrainConfig
-
-        return TrainConfig(**{**dict(self.train), "seed": seed})
+    def train_config(self, seed: int) -> TrainConfig:
+        """The training recipe of one run: the spec's, with this run's seed."""
+        return replace(self.train, seed=seed)
 
     # ---------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, doc: Any, source: str = "spec") -> StudySpec:
         """Validate a parsed spec; every problem is one line naming the key and the fix."""
-        d = check_schema(doc, "study", source)
-        unknown = set(d) - _KEYS
-        if unknown:
-            raise FileFormatError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                                  f"allowed: {', '.join(sorted(_KEYS))}")
-        if d.get("kind", "study") != "study":
-            raise FileFormatError(f"{source}: kind is {d.get('kind')!r}, expected 'study'")
+        d = check_schema(doc, "study", source, keys=_KEYS)
         try:
             return cls._build(d, source)
         except (ConfigError, UnknownNameError) as e:
@@ -194,7 +206,7 @@ class StudySpec:
 
     @classmethod
     def _build(cls, d: Mapping[str, Any], source: str) -> StudySpec:
-        from revit.rules import SETTINGS, get_family
+        from revit.rules import get_family
         from revit.search.samplers import check_pruner, check_sampler
 
         name = d.get("name") or Path(source).stem
@@ -204,33 +216,21 @@ class StudySpec:
         bad = [o for o in objectives if o not in OBJECTIVES]
         if bad or objectives[0] != "accuracy" or len(objectives) > 2 or len(set(objectives)) != len(objectives):
             raise ConfigError(f"objectives must be [accuracy] or [accuracy, macs|latency], got {list(objectives)}")
-        sampler = _named(d.get("sampler"), "sampler", "tpe")
-        pruner = _named(d.get("pruner"), "pruner", "median")
+        sampler = PluginSpec.parse(d.get("sampler"), "sampler", "tpe")
+        pruner = PluginSpec.parse(d.get("pruner"), "pruner", "median")
         check_sampler(sampler, len(objectives))
         check_pruner(pruner)
-        if len(objectives) > 1 and pruner["name"] not in ("none", "nop"):
+        if len(objectives) > 1 and pruner.name not in ("none", "nop"):
             raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
                               "set pruner: {name: none}")
 
-        setting_raw = d.get("setting", "micro")
-        if isinstance(setting_raw, str):
-            if setting_raw not in SETTINGS:
-                raise UnknownNameError(f"setting: unknown {setting_raw!r}; known: {', '.join(SETTINGS)} "
-                                       "(or a mapping depth, img_size, patch_size, in_chans, num_classes)")
-            setting: dict[str, Any] = {"preset": setting_raw}
-        elif isinstance(setting_raw, Mapping):
-            setting = dict(setting_raw)
-        else:
-            raise ConfigError("setting must be a name (micro, imagenet) or a mapping")
+        setting = Setting.parse(d.get("setting", "micro"), "setting")
 
         budget = _budget(d.get("budget"), d.get("latency_table"))
         space = d.get("space")
         if not isinstance(space, Mapping) or "family" not in space:
             raise ConfigError("space: a mapping with 'family' (a rule family) and 'params' (searched ranges)")
-        unknown = set(space) - {"family", "base", "params", "granularity", "mlp_factor"}
-        if unknown:
-            raise ConfigError(f"space: unknown key(s) {', '.join(sorted(unknown))}; "
-                              "allowed: family, base, params, granularity, mlp_factor")
+        check_keys(space, ("family", "base", "params", "granularity", "mlp_factor"), "space")
         family = str(space["family"])
         fam = get_family(family)
         ranges = []
@@ -246,14 +246,8 @@ class StudySpec:
         if not (isinstance(mf, Sequence) and len(mf) == 2 and all(isinstance(x, (int, float)) for x in mf)):
             raise ConfigError(f"space.mlp_factor must be [low, high], got {mf!r}")
 
-        data = dict(d.get("data") or {})
-        _only(data, _DATA_KEYS, "data")
-        DataSpec(**data)  # validates
-        train = dict(d.get("train") or {})
-        _only(train, _TRAIN_KEYS, "train")
-        from revit.recipes import TrainConfig
-
-        TrainConfig(**train)  # validates
+        data = _typed(DataSpec, d.get("data"), "data")
+        train = _typed(TrainConfig, d.get("train"), "train", exclude=_TRAIN_SET_BY_STUDY)
         seeds = tuple(int(s) for s in (d.get("seeds") or (0,)))
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
@@ -293,30 +287,28 @@ def _table_path(p: Any) -> str | None:
         return None
     if not isinstance(p, str):
         raise ConfigError(f"latency_table must be a path, got {p!r}")
-    if Path(p).is_file():
-        return p
-    shipped = shipped_dir("latency_tables") / Path(p).name
-    if shipped.is_file():
-        return str(shipped)
-    raise ConfigError(f"latency table {p!r} not found (shipped: "
-                      f"{', '.join(q.name for q in shipped_dir('latency_tables').glob('*.json'))})")
+    from revit.latency.table import resolve_table
+
+    found = resolve_table(p)
+    return p if found == Path(p) else str(found)
 
 
-def _only(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(d) - allowed
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"allowed: {', '.join(sorted(allowed))}")
+T = TypeVar("T")
 
 
-def _named(v: Any, what: str, default: str) -> dict[str, Any]:
-    if v is None:
-        return {"name": default}
-    if isinstance(v, str):
-        return {"name": v}
-    if isinstance(v, Mapping) and isinstance(v.get("name"), str):
-        return dict(v)
-    raise ConfigError(f"{what} must be a name or a mapping with 'name' (and keyword arguments), got {v!r}")
+def _typed(cls: type[T], raw: Any, where: str, exclude: Sequence[str] = ()) -> T:
+    """A typed section (``cls``'s dataclass fields, less ``exclude``) from a mapping; validated by ``cls``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {raw!r}")
+    check_keys(raw, [f.name for f in fields(cls) if f.name not in exclude], where)  # type: ignore[arg-type]
+    try:
+        return cls(**raw)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _num(v: Any, what: str) -> float:
@@ -331,7 +323,7 @@ def _budget(raw: Any, table: Any) -> BudgetSpec:
     if not isinstance(raw, Mapping) or len(set(raw) & {"macs", "latency_ms"}) != 1:
         raise ConfigError("budget: give exactly one of macs (4.6G, 8M, or {low, high}) and latency_ms "
                           "(with table: FILE)")
-    _only(raw, {"macs", "latency_ms", "table", "log"}, "budget")
+    check_keys(raw, ("macs", "latency_ms", "table", "log"), "budget")
     kind = "macs" if "macs" in raw else "latency"
     v = raw["macs"] if kind == "macs" else raw["latency_ms"]
     scale = 1.0 if kind == "macs" else 1e-3
@@ -374,7 +366,7 @@ def _baseline(b: Any) -> BaselineSpec:
     if isinstance(b, str):
         return BaselineSpec(b)
     if isinstance(b, Mapping) and isinstance(b.get("rule"), str):
-        _only(b, {"rule", "params", "name"}, "baselines[]")
+        check_keys(b, ("rule", "params", "name"), "baselines[]")
         return BaselineSpec(b["rule"], dict(b.get("params") or {}), b.get("name"))
     raise ConfigError(f"baselines: each is a rule name or {{rule, params, name}}, got {b!r}")
 

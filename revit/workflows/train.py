@@ -1,4 +1,4 @@
-"""Library entry points behind the thin CLI commands (train a config into a run folder, the demo)."""
+"""Train a config from scratch (or from weights) into a run folder: the library side of ``revit train``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from revit._io import atomic_write_text
 from revit.config import ViTConfig
 from revit.data import DataSpec
-from revit.errors import ConfigError
+from revit.errors import ConfigError, RunExistsError
 from revit.recipes import TrainConfig
 
 
@@ -59,10 +59,11 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
         t_model = build_model(resolve_config(teacher), checkpoint=teacher_weights)
     out = Path(out)
     if not resume and (out / "checkpoint.pt").exists():
-        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+        raise RunExistsError(f"{out} already holds a training run",
+                             hint="pass --resume to continue it or choose another --out")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.yaml")
+        cfg.save(out / "config.yaml", derived=counting.derived(cfg))
     t0 = time.perf_counter()
     result = train(model, splits.train, splits.val, tc, out, teacher=t_model, resume=resume, progress=progress)
     test_acc = evaluate(model, splits.test, tc.eval_batch_size)

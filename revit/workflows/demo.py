@@ -121,7 +121,6 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
     torch.set_num_threads(plan.threads)
     base_cfg = get_preset("revit_micro")
 
-    # 1. latency table --------------------------------------------------------------------------
     t0 = _stage(log, 1, "latency table")
     table = LatencyTable.load(plan.table_path())
     base_lat = float(table.predict(base_cfg).total_s)
@@ -130,25 +129,64 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
     summary["base_latency_ms"] = base_lat * 1e3
     timings["table"] = time.perf_counter() - t0
 
-    # 2. base model -------------------------------------------------------------------------------
     t0 = _stage(log, 2, "train the base model (revit_micro)")
-    base_dir = root / "1-base"
+    summary["base"] = _base_stage(root / "1-base", base_cfg, plan, log)
+    timings["base"] = time.perf_counter() - t0
+
+    t0 = _stage(log, 3, f"prune revit_micro to {plan.prune_target:g} of its predicted latency")
+    pruned, summary["prune"] = _prune_stage(root / "2-prune", root / "1-base", base_cfg, table, plan, log)
+    timings["prune"] = time.perf_counter() - t0
+
+    t0 = _stage(log, 4, "fit the less-more-less rule to the trace")
+    rule_path, summary["fit_r2"] = _rule_stage(root / "3-rule", root / "2-prune", log)
+    timings["rule"] = time.perf_counter() - t0
+
+    t0 = _stage(log, 5, "generate configs for the latency budget")
+    budget_s = plan.prune_target * base_lat
+    summary["configs"] = generate_configs(rule_path, budget_s, table, root / "4-configs", pruned, log)
+    timings["configs"] = time.perf_counter() - t0
+
+    t0 = _stage(log, 6, "study: searched family vs baselines, scratch-trained")
+    study_dir = root / "5-study"
+    spec_path = write_study_spec(study_dir, plan, rule_path, budget_s)
+    spec, study, url = run_parallel_study(spec_path, study_dir, plan, log)
+    timings["study"] = time.perf_counter() - t0
+
+    t0 = _stage(log, 7, "report")
+    from revit.search.report import write_report
+
+    rep = root / "report"
+    summary["study"] = write_report(spec, study, rep / "study", storage_url=url).get("comparison")
+    timings["report"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+    summary["seconds"] = timings
+    write_demo_readme(root, rep, plan, summary)
+    atomic_write_text(rep / "summary.json", json.dumps(summary, indent=1, default=str))
+    log(f"\ndemo done in {timings['total'] / 60:.1f} min "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items() if k != 'total')}); report: {rep / 'README.md'}")
+    return summary
+
+
+def _base_stage(base_dir: Path, base_cfg: Any, plan: DemoPlan, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train the base model into ``base_dir`` (reused when finished); its test top-1 and MACs."""
     if (base_dir / "metrics.json").is_file():
-        base_metrics = json.loads((base_dir / "metrics.json").read_text())
+        metrics = json.loads((base_dir / "metrics.json").read_text())
         log(f"  reusing {base_dir}")
     else:
         from revit.recipes import TrainConfig
-        from revit.workflows import run_training
+        from revit.workflows.train import run_training
 
         shutil.rmtree(base_dir, ignore_errors=True)
         tc = TrainConfig(epochs=plan.base_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.2)
-        base_metrics = run_training(base_cfg, _data(plan), tc, base_dir, threads=plan.threads)
-    summary["base"] = {"test_acc": base_metrics["test_acc"], "macs": base_metrics["macs"]}
-    timings["base"] = time.perf_counter() - t0
+        metrics = run_training(base_cfg, _data(plan), tc, base_dir, threads=plan.threads)
+    return {"test_acc": metrics["test_acc"], "macs": metrics["macs"]}
 
-    # 3. prune --------------------------------------------------------------------------------------
-    t0 = _stage(log, 3, f"prune revit_micro to {plan.prune_target:g} of its predicted latency")
-    prune_dir = root / "2-prune"
+
+def _prune_stage(prune_dir: Path, base_dir: Path, base_cfg: Any, table: Any, plan: DemoPlan,
+                 log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """Prune the base to the plan's latency target (resumed when killed); the pruned config and its numbers."""
+    from revit.config import ViTConfig
+
     if not (prune_dir / "metrics.json").is_file():
         from revit.data import load_splits
         from revit.models import build_model
@@ -162,20 +200,17 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
         PruneRun(model, splits.train, splits.val, pc, prune_dir, table=table, resume=True,
                  test_ds=splits.test).run()
     pm = json.loads((prune_dir / "metrics.json").read_text())
-    from revit.config import ViTConfig
-
     pruned = ViTConfig.load(prune_dir / "pruned.yaml")
     log(f"  pruned in {pm['steps']} steps: MACs {counting.format_count(pm['base']['macs'])} -> "
         f"{counting.format_count(pm['pruned']['macs'])}, latency ratio {pm['cost_ratio']:.3f}, "
         f"test top-1 {pm.get('test_accuracy', float('nan')):.4f}; trace {prune_dir / 'trace.jsonl'}")
-    summary["prune"] = {k: pm.get(k) for k in ("steps", "macs_ratio", "cost_ratio", "test_accuracy", "val_accuracy")}
-    timings["prune"] = time.perf_counter() - t0
+    return pruned, {k: pm.get(k) for k in ("steps", "macs_ratio", "cost_ratio", "test_accuracy", "val_accuracy")}
 
-    # 4. fit the rule --------------------------------------------------------------------------------
-    t0 = _stage(log, 4, "fit the less-more-less rule to the trace")
+
+def _rule_stage(rule_dir: Path, prune_dir: Path, log: Callable[[str], None]) -> tuple[Path, Any]:
+    """Fit less-more-less to the pruning trace; the rule file and the fit's R^2."""
     from revit.rules.fit import fit_family, plot_fit, samples_from_traces
 
-    rule_dir = root / "3-rule"
     rule_dir.mkdir(exist_ok=True)
     fit = fit_family("less-more-less", samples_from_traces([prune_dir / "trace.jsonl"]), name="demo-fit",
                      provenance={"fitted_to": "traces", "demo": True})
@@ -184,45 +219,14 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
     plot_fit(fit, rule_dir / "fit.png", title="less-more-less fitted to the demo's pruning trace")
     for line in fit.summary_lines():
         log(f"  {line}")
-    summary["fit_r2"] = fit.r2
-    timings["rule"] = time.perf_counter() - t0
-
-    # 5. configs for the budget --------------------------------------------------------------------------
-    t0 = _stage(log, 5, "generate configs for the latency budget")
-    budget_s = plan.prune_target * base_lat
-    configs = generate_configs(rule_path, budget_s, table, root / "4-configs", pruned, log)
-    summary["configs"] = configs
-    timings["configs"] = time.perf_counter() - t0
-
-    # 6. study -----------------------------------------------------------------------------------------
-    t0 = _stage(log, 6, "study: searched family vs baselines, scratch-trained")
-    study_dir = root / "5-study"
-    spec_path = write_study_spec(study_dir, plan, rule_path, budget_s)
-    spec, study, url = run_parallel_study(spec_path, study_dir, plan, log)
-    timings["study"] = time.perf_counter() - t0
-
-    # 7. report ------------------------------------------------------------------------------------------
-    t0 = _stage(log, 7, "report")
-    from revit.search.report import write_report
-
-    rep = root / "report"
-    s = write_report(spec, study, rep / "study", storage_url=url)
-    summary["study"] = s.get("comparison")
-    timings["report"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    summary["seconds"] = timings
-    write_demo_readme(root, rep, plan, summary)
-    atomic_write_text(rep / "summary.json", json.dumps(summary, indent=1, default=str))
-    log(f"\ndemo done in {timings['total'] / 60:.1f} min "
-        f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items() if k != 'total')}); report: {rep / 'README.md'}")
-    return summary
+    return rule_path, fit.r2
 
 
 def generate_configs(rule_path: Path, budget_s: float, table: Any, out: Path, pruned: Any,
                      log: Callable[[str], None]) -> dict[str, Any]:
     """The fitted rule, uniform and paper configs for the latency budget; YAMLs and a per-block plot."""
     from revit.errors import BudgetError
-    from revit.rules import SETTINGS, Rule, generate, latency_budget, load_rule, uniform_rule
+    from revit.rules import Rule, Setting, generate, latency_budget, load_rule, uniform_rule
 
     out.mkdir(parents=True, exist_ok=True)
     budget = latency_budget(budget_s, table)
@@ -231,12 +235,12 @@ def generate_configs(rule_path: Path, budget_s: float, table: Any, out: Path, pr
     cfgs: dict[str, Any] = {"pruned (trace end)": pruned}
     for r in rules:
         try:
-            g = generate(r, budget, SETTINGS["micro"], name=f"{r.name}_demo")
+            g = generate(r, budget, Setting.PRESETS["micro"], name=f"{r.name}_demo")
         except BudgetError as e:
             log(f"  {r.name}: not generated: {e}")
             made[r.name] = {"error": str(e)}
             continue
-        g.config.save(out / f"{r.name}.yaml")
+        g.config.save(out / f"{r.name}.yaml", derived=counting.derived(g.config))
         log(f"  {g.summary()}")
         for n in g.notes:
             log(f"    note: {n}")

@@ -1,0 +1,10 @@
+"""Whole-pipeline runs that chain the stages: train a config into a run folder, the end-to-end demo.
+
+The CLI's ``train`` and ``demo`` commands are thin users of these; importing the package is light
+(torch, data and models load inside the functions).
+"""
+
+from revit.workflows.demo import DemoPlan, run_demo
+from revit.workflows.train import run_training, save_weights
+
+__all__ = ["DemoPlan", "run_demo", "run_training", "save_weights"]
