@@ -203,10 +203,11 @@ def part_b(device: torch.device, dry: bool, budget: Budget) -> dict[str, Any]:
     t_prune: list[float] = []
 
     rounds = 5
+    per = max(1, steps // rounds)
     for _ in range(rounds):
-        t_plain += train_steps(plain, device, amp, batch, img, chans, classes, steps // rounds, 2,
+        t_plain += train_steps(plain, device, amp, batch, img, chans, classes, per, 2,
                                Budget(budget.left() / 4))
-        t_prune += train_steps(pruner.model, device, amp, batch, img, chans, classes, steps // rounds, 2,
+        t_prune += train_steps(pruner.model, device, amp, batch, img, chans, classes, per, 2,
                                Budget(budget.left() / 4), before=pruner.accumulate, after=pruner.step)
     # one real pruning decision (rank, choose, masks) timed on its own
     pruner.schedule = Schedule(interval=1, per_step=8)
@@ -236,14 +237,14 @@ def _backend(name: str, device: torch.device, dtype: str, dry: bool) -> Any:
 
 
 def _space(dry: bool) -> Any:
+    from revit.config import Setting
     from revit.latency.space import Space, deit
 
     if not dry:
         return deit()
     return Space("dry", {"embed_dim": (32, 64), "heads": (1, 2), "qk_dim": (4, 8), "v_dim": (4, 8),
                          "mlp_dim": (16, 64)},
-                 {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "distilled": True,
-                  "class_token": True}, depth=2)
+                 Setting(img_size=28, patch_size=7, in_chans=1, num_classes=10, distilled=True, depth=2))
 
 
 def build_and_validate(backend_name: str, device: torch.device, dtype: str, out: Path, dry: bool,
@@ -253,7 +254,7 @@ def build_and_validate(backend_name: str, device: torch.device, dtype: str, out:
 
     backend = _backend(backend_name, device, dtype, dry)
     space = _space(dry)
-    cells = 8 if dry else 400
+    cells = 32 if dry else 400
     settings = BuildSettings(batch=4 if dry else 64, max_cells=cells, warmup=1 if dry else 3,
                              repeats=2 if dry else 5, passes=1 if dry else 3)
     path = out / f"{backend_name}_{dtype}_table.json"

@@ -160,6 +160,19 @@ def _greedy_knots(xs: list[int], curves: list[np.ndarray], tol: float) -> list[i
         knots.add(where)
 
 
+def check_cell_budget(space: Space, s: BuildSettings) -> None:
+    """Refuse (before any journal exists) a cell budget that no design can meet."""
+    if s.design == "full":
+        if space.full_grid_cells > s.max_cells:
+            raise ConfigError(f"the full grid of space {space.name} has {space.full_grid_cells} cells > --max-cells "
+                              f"{s.max_cells}; use --design auto or raise --max-cells")
+        return
+    least = int(np.prod([min(2, len(v)) for v in space.axes.values()]))  # each axis keeps its two ends
+    if least > s.max_cells:
+        raise ConfigError(f"space {space.name} needs at least {least} cells (the two ends of every axis) > "
+                          f"--max-cells {s.max_cells}; raise --max-cells")
+
+
 def choose_knots(space: Space, values: dict[Cell, float], noise: float, tol: float,
                  budget: int) -> tuple[dict[str, tuple[int, ...]], float]:
     """Knots per axis from the pilot sweeps; raises the tolerance until the grid fits ``budget`` cells."""
@@ -182,6 +195,8 @@ def choose_knots(space: Space, values: dict[Cell, float], noise: float, tol: flo
         n = int(np.prod([len(v) for v in knots.values()]))
         if n <= budget:
             return knots, tol
+        if all(len(v) <= 2 for v in knots.values()):
+            raise ConfigError(f"no design of space {space.name} fits {budget} cells (the axis ends alone need {n})")
         tol *= 1.25
 
 
@@ -278,6 +293,7 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
     """Measure ``space`` on ``backend`` and write the table to ``out`` (see the module docstring)."""
     s = settings or BuildSettings()
     s.check()
+    check_cell_budget(space, s)
     journal = journal_path(out)
     header, state = _open_journal(journal, _header(space, backend, s), resume)
     m = _Measurer(space, backend, s, state, Journal(journal), progress, on_measure)
@@ -376,10 +392,7 @@ class _Measurer:
 
 def _design(space: Space, s: BuildSettings, state: _State, m: _Measurer) -> tuple[dict[str, Any], dict[str, Any]]:
     """The knots per axis: the full grid, the journal's design, or an auto design from pilot sweeps."""
-    if s.design == "full":
-        if space.full_grid_cells > s.max_cells:
-            raise ConfigError(f"the full grid of space {space.name} has {space.full_grid_cells} cells, more than "
-                              f"--max-cells {s.max_cells}; use --design auto")
+    if s.design == "full":  # its size was checked by check_cell_budget
         return dict(space.axes), {"design": "full"}
     if state.design is not None:
         return ({a: tuple(v) for a, v in state.design["knots"].items()},
