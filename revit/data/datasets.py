@@ -153,13 +153,14 @@ def load_splits(spec: DataSpec, train_config: TrainConfig | None = None, *, mode
 
     tc = train_config or TrainConfig()
     reader = DATASETS.get(spec.source)
+    val_full: Dataset[Any]
     if reader is None:
         folder, num_classes, in_chans = _image_folder(spec, tc, model)
         train_full, val_full, test = folder.train, folder.eval, folder.test
         img_size = int(val_full[0][0].shape[-1])
     else:
         train_full, test, num_classes, in_chans = reader(spec)
-        val_full: Dataset[Any] = train_full
+        val_full = train_full
         img_size = int(train_full[0][0].shape[-1])
         tf = tensor_train_transform(tc, img_size)
         if tf is not None:
