@@ -1,0 +1,166 @@
+"""The training loop at its users' scale, checked on the CPU: device choice, mixed precision, loader
+workers, gradient accumulation, device-agnostic checkpoints, the DeiT recipe on a real ImageFolder."""
+
+import copy
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from revit.config import uniform
+from revit.data import DataSpec, load_splits
+from revit.errors import CheckpointError, ConfigError
+from revit.models import build_model
+from revit.recipes import TrainConfig
+from revit.runtime import GlobalBatchSampler
+from revit.train import evaluate, load_checkpoint_state, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_splits(DataSpec("digits", img_size=8, val_size=300))
+
+
+def _cfg(**kw):
+    return uniform(32, 2, 2, **{"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, **kw})
+
+
+def test_train_config_validates_new_fields():
+    for bad in ({"device": "gpu"}, {"amp": "fp8"}, {"recipe": "vit"}, {"grad_accum": 0}, {"loader_workers": -1},
+                {"mixup": float("nan")}, {"random_erase": 1.5}, {"model_ema_decay": 1.0}, {"lr": float("inf")},
+                {"compile": "yes"}, {"distill_type": "soft"}, {"label_smoothing": 1.0}):
+        with pytest.raises(ConfigError) as e:
+            TrainConfig(**bad)
+        assert next(iter(bad)) in str(e.value) and "\n" not in str(e.value)
+    tc = TrainConfig.for_recipe("deit", batch_size=256, grad_accum=2, lr=None)
+    assert tc.lr == pytest.approx(5e-4 * 512 / 512) and tc.warmup_epochs == 5 and tc.drop_path_rate == 0.1
+    r = tc.resolved()
+    assert (r.mixup, r.cutmix, r.random_erase, r.auto_augment, r.distill_type) == (
+        0.8, 1.0, 0.25, "rand-m9-mstd0.5-inc1", "hard")
+    assert TrainConfig.for_recipe("deit", mixup=0.0).resolved().mixup == 0.0  # an explicit value wins
+    assert TrainConfig(loader_workers=3).workers == 3
+
+
+def test_cli_trains_bf16_with_two_loader_workers(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "revit", "train", "revit_micro", "--data", "fashion-mnist", "--train-limit", "512",
+           "--val-size", "256", "--test-limit", "256", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+           "--amp", "bf16", "--workers", "2", "--threads", "1", "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    log = json.loads((out / "log.jsonl").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert log["steps"] == 8 and np.isfinite(log["train_loss"]) and 0.0 <= metrics["test_acc"] <= 1.0
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["train_config"]["amp"] == "bf16" and state["train_config"]["loader_workers"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_cli_cuda_without_gpu_is_one_line_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "revit", "train", "revit_micro", "--device", "cuda", "--out",
+                        str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no CUDA GPU" in p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_grad_accum_equals_one_step_at_double_batch(digits, monkeypatch):
+    """2 micro-batches of B accumulated (loss / 2 each) = one optimizer step on the 2B batch.
+
+    With plain SGD (linear in the gradient, unlike Adam) so that a wrong loss scale shows.
+    """
+    import revit.train
+
+    monkeypatch.setattr(revit.train, "make_optimizer", lambda m, c: torch.optim.SGD(m.parameters(), lr=c.lr))
+
+    def run(batch, accum):
+        torch.manual_seed(0)
+        model = build_model(_cfg())
+        tc = TrainConfig(epochs=1, batch_size=batch, grad_accum=accum, lr=0.05, max_steps_per_epoch=4,
+                         grad_clip=None, device="cpu")
+        res = train(model, digits.train, None, tc, progress=False)
+        return model, res.final
+
+    m1, r1 = run(32, 1)
+    m2, r2 = run(16, 2)
+    assert r1["steps"] == r2["steps"] == 4
+    assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_fp16_with_grad_scaler_and_bf16_train_on_cpu(digits):
+    for amp in ("fp16", "bf16"):
+        torch.manual_seed(0)
+        model = build_model(_cfg())
+        res = train(model, digits.train, digits.val, TrainConfig(epochs=2, batch_size=32, lr=3e-3, amp=amp,
+                                                                 device="cpu"), progress=False)
+        assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+        assert res.final["val_acc"] > 0.5
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+
+
+def test_checkpoint_is_cpu_and_resumes_under_other_runtime_fields(digits, tmp_path):
+    """A CPU-written checkpoint loads through the one map_location path; device/workers may change."""
+    base = TrainConfig(epochs=2, batch_size=64, lr=2e-3, max_steps_per_epoch=5, device="cpu")
+    torch.manual_seed(0)
+    ref = build_model(_cfg())
+    train(ref, digits.train, None, base, tmp_path / "ref", progress=False)
+
+    def stop(rec):
+        raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model(_cfg()), digits.train, None, base, tmp_path / "b", on_epoch=stop, progress=False)
+    state = load_checkpoint_state(tmp_path / "b" / "checkpoint.pt")
+    tensors = [v for v in state["model"].values()] + [
+        t for s in state["optimizer"]["state"].values() for t in s.values() if isinstance(t, torch.Tensor)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    moved = dataclasses.replace(base, device="auto", loader_workers=2)
+    m = build_model(_cfg())
+    train(m, digits.train, None, moved, tmp_path / "b", resume=True, progress=False)
+    for (k, a), b in zip(ref.state_dict().items(), m.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)
+    other = dataclasses.replace(base, recipe="deit")
+    with pytest.raises(CheckpointError, match="another training recipe"):
+        train(build_model(_cfg()), digits.train, None, other, tmp_path / "b", resume=True, progress=False)
+
+
+def test_hard_distillation_trains_the_dist_head_on_teacher_argmax(digits):
+    """One step's recorded loss = CE(class head, labels) + w * CE(dist head, teacher argmax)."""
+    torch.manual_seed(1)
+    teacher = build_model(_cfg())
+    torch.manual_seed(2)
+    student = build_model(_cfg(distilled=True))
+    before = copy.deepcopy(student)
+    tc = TrainConfig(epochs=1, batch_size=32, lr=1e-3, max_steps_per_epoch=1, label_smoothing=0.0,
+                     distill_weight=0.7, recipe="deit", mixup=0.0, cutmix=0.0, random_erase=0.0, device="cpu")
+    train_ds = load_splits(DataSpec("digits", img_size=8, val_size=300), tc).train
+    torch.manual_seed(3)
+    res = train(student, train_ds, None, tc, teacher=teacher, progress=False)
+    # the same first batch, through the same augmentation RNG
+    idx = next(iter(GlobalBatchSampler(len(train_ds), 32, seed=0)))
+    torch.manual_seed(0)
+    x = torch.stack([train_ds[i][0] for i in idx])
+    y = torch.tensor([int(train_ds[i][1]) for i in idx])
+    before.train()
+    before.distilled_training = True
+    cls, dist = before(x)
+    manual = F.cross_entropy(cls, y) + 0.7 * F.cross_entropy(dist, teacher(x).argmax(-1))
+    assert res.final["train_loss"] == pytest.approx(manual.item(), rel=1e-5)
+    assert student.distilled_training is False  # restored: eval averages both heads as DeiT
+
+
+def test_model_ema_is_evaluated(digits):
+    torch.manual_seed(0)
+    model = build_model(_cfg())
+    res = train(model, digits.train, digits.val, TrainConfig(epochs=1, batch_size=32, lr=3e-3, model_ema=True,
+                                                             model_ema_decay=0.9, device="cpu"), progress=False)
+    assert res.ema is not None and "val_acc_ema" in res.final
+    assert res.final["val_acc_ema"] == pytest.approx(evaluate(res.ema, digits.val))
+    assert any(not torch.equal(a, b) for a, b in zip(res.ema.parameters(), model.parameters(), strict=True))
