@@ -164,3 +164,81 @@ def test_model_ema_is_evaluated(digits):
     assert res.ema is not None and "val_acc_ema" in res.final
     assert res.final["val_acc_ema"] == pytest.approx(evaluate(res.ema, digits.val))
     assert any(not torch.equal(a, b) for a, b in zip(res.ema.parameters(), model.parameters(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def fm_folder(tmp_path_factory):
+    """Fashion-MNIST images written as an RGB PNG ImageFolder (train/ and val/ class trees)."""
+    from PIL import Image
+
+    from revit.data.datasets import fashion_mnist_dir, read_idx
+
+    d = fashion_mnist_dir()
+    x, y = read_idx(d / "train-images-idx3-ubyte.gz"), read_idx(d / "train-labels-idx1-ubyte.gz")
+    root = tmp_path_factory.mktemp("fm_png")
+    count: dict[tuple[str, int], int] = {}
+    for img, label in zip(x[:600], y[:600], strict=True):
+        split = "val" if count.get(("val", int(label)), 0) < 3 and count.get(("train", int(label)), 0) >= 8 else "train"
+        n = count.get((split, int(label)), 0)
+        if n >= (8 if split == "train" else 3):
+            continue
+        count[(split, int(label))] = n + 1
+        (root / split / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).convert("RGB").save(root / split / f"c{label}" / f"{n}.png")
+    return root
+
+
+def test_deit_recipe_on_an_image_folder_uses_timm_transforms(fm_folder, monkeypatch):
+    import timm
+    from timm.data import IMAGENET_DEFAULT_MEAN
+    from timm.loss import SoftTargetCrossEntropy
+
+    cfg = _cfg(img_size=32, patch_size=8, in_chans=3)
+    tc = TrainConfig.for_recipe("deit", epochs=1, batch_size=16, loader_workers=2, device="cpu")
+    model = build_model(cfg)
+    splits = load_splits(DataSpec(str(fm_folder), val_size=10, img_size=32), tc, model=model)
+    assert (splits.num_classes, splits.in_chans, len(splits.train), len(splits.val), len(splits.test)) == (
+        10, 3, 70, 10, 30)
+    train_tf = splits.train.dataset.transform
+    names = [type(t).__name__ for t in train_tf.transforms]
+    assert {"RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment", "RandomErasing"} <= set(names)
+    assert all(type(t).__module__.startswith(("timm.", "torchvision.")) for t in train_tf.transforms)
+    a, b = splits.train[0][0], splits.train[0][0]  # the same image, drawn twice (two epochs)
+    assert a.shape == (3, 32, 32) and not torch.equal(a, b)
+    v1, v2 = splits.val[0][0], splits.val[0][0]
+    assert torch.equal(v1, v2)  # evaluation transform: deterministic
+    norm = [t for t in splits.val.dataset.transform.transforms if type(t).__name__ == "Normalize"][0]
+    assert list(norm.mean) == pytest.approx(IMAGENET_DEFAULT_MEAN)
+    inception = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)  # mean 0.5 in its cfg
+    other = load_splits(DataSpec(str(fm_folder), val_size=10, img_size=32), tc, model=inception)
+    norm = [t for t in other.val.dataset.transform.transforms if type(t).__name__ == "Normalize"][0]
+    assert list(norm.mean) == pytest.approx(inception.pretrained_cfg["mean"]) != pytest.approx(IMAGENET_DEFAULT_MEAN)
+
+    targets = []
+    forward = SoftTargetCrossEntropy.forward
+
+    def spy(self, x, target):
+        targets.append(target.detach().clone())
+        return forward(self, x, target)
+
+    monkeypatch.setattr(SoftTargetCrossEntropy, "forward", spy)
+    res = train(model, splits.train, splits.val, tc, progress=False)
+    assert res.final["steps"] == 4 and np.isfinite(res.final["train_loss"]) and len(targets) == 4
+    for t in targets:
+        assert t.shape == (16, 10)
+        torch.testing.assert_close(t.sum(-1), torch.ones(16))
+        assert t.max() < 1.0 and (t > 0.2).sum(-1).ge(1).all()  # smoothed and mixed: no one-hot rows
+        assert ((t > 0.05).sum(-1) >= 2).any()  # at least one row mixes two classes
+
+
+def test_tensor_datasets_get_only_tensor_augmentations(digits):
+    tc = TrainConfig(recipe="deit")
+    s = load_splits(DataSpec("digits", img_size=8, val_size=300), tc)
+    plain = load_splits(DataSpec("digits", img_size=8, val_size=300))
+    assert s.train.indices == plain.train.indices
+    torch.manual_seed(0)
+    changed = sum(not torch.equal(s.train[i][0], plain.train[i][0]) for i in range(20))
+    assert changed >= 15  # random resized crop (+ erasing) on nearly every image
+    assert all(torch.equal(s.val[i][0], plain.val[i][0]) for i in range(20))  # held-out images untouched
+    assert s.train[0][0].shape == plain.train[0][0].shape
+    assert torch.equal(load_splits(DataSpec("digits", img_size=8), TrainConfig()).train[0][0], plain.train[0][0])
