@@ -70,9 +70,12 @@ def _spec(args: argparse.Namespace) -> Any:
         spec = dataclasses.replace(spec, threads=args.threads)
     over = {key: getattr(args, a) for a, key in _TRAIN_OVERRIDES.items() if getattr(args, a, None) is not None}
     if over:
-        train = {**dict(spec.train), **over}
-        TrainConfig(**train)  # validates: one line, exit 2
-        spec = dataclasses.replace(spec, train=train)
+        if isinstance(spec.train, TrainConfig):  # a typed spec: replace() validates (one line, exit 2)
+            spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **over))
+        else:
+            train = {**dict(spec.train), **over}
+            TrainConfig(**train)  # validates
+            spec = dataclasses.replace(spec, train=train)
     return spec
 
 
@@ -80,7 +83,8 @@ def _check_device(spec: Any) -> None:
     """Fail before the first trial (one line, exit 2) when the trials' device is not on this machine."""
     from revit.runtime import resolve_device
 
-    resolve_device(str(spec.train.get("device", "auto")))
+    train = spec.train
+    resolve_device(str(train.device if hasattr(train, "device") else train.get("device", "auto")))
 
 
 def _worker_args(args: argparse.Namespace) -> list[str]:
