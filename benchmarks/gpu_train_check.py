@@ -2,7 +2,7 @@
 
 Runs from the checkout with ``PYTHONPATH=.``; imports neither optuna nor ``revit.search``.  Parts:
 (1) ``train()`` on ``cuda`` with amp off/bf16/fp16 (GradScaler), channels_last, grad accumulation,
-2 loader workers and model EMA, on a synthetic 28x28 task a linear rule labels; (2) a run checkpointed
+2 loader workers and model EMA, on synthetic 28x28 class templates under noise; (2) a run checkpointed
 on the GPU resumes on the CPU (and ends where the uninterrupted GPU run ends, up to float round-off);
 (3) a torch-backend fp16 latency table built with CUDA graphs on a tiny space, then validated on the
 device and dtype it records.  Writes ``OUT/gpu_train_check.json`` after every part.
@@ -24,16 +24,19 @@ def _task(n: int, seed: int = 0) -> Any:
     from torch.utils.data import TensorDataset
 
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 28, 28, generator=g)
-    w = torch.randn(10, 28 * 28, generator=torch.Generator().manual_seed(99))
-    y = (x.flatten(1) @ w.T).argmax(-1)
+    templates = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(99))
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = 0.5 * templates[y] + torch.randn(n, 1, 28, 28, generator=g)  # a class template under noise
     return TensorDataset(x, y)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda", help="cuda (default); cpu checks the script's logic only")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a logic check on the CPU)")
     args = ap.parse_args()
+    n_train, epochs = (1024, 1) if args.quick else (8192, 3)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {}
@@ -49,11 +52,11 @@ def main() -> None:
     from revit.runtime import device_name, resolve_device
     from revit.train import evaluate, train
 
-    dev = resolve_device("auto")
+    dev = resolve_device(args.device)
     res["device"] = device_name(dev)
     res["torch"] = torch.__version__
     cfg = uniform(64, 4, 4, img_size=28, patch_size=7, in_chans=1, num_classes=10)
-    tr, va = _task(8192, 0), _task(2048, 1)
+    tr, va = _task(n_train, 0), _task(2048, 1)
 
     # (1) the loop on the GPU
     for name, kw in [("fp32", {}), ("bf16", {"amp": "bf16"}), ("fp16", {"amp": "fp16"}),
@@ -63,9 +66,10 @@ def main() -> None:
             torch.manual_seed(0)
             m = build_model(cfg)
             t0 = time.perf_counter()
-            r = train(m, tr, va, TrainConfig(epochs=3, batch_size=128, lr=2e-3, device="cuda", **kw), progress=False)
+            r = train(m, tr, va, TrainConfig(epochs=epochs, batch_size=128, lr=2e-3, device=str(dev), **kw),
+                      progress=False)
             res[name] = {"val_acc": r.final["val_acc"], "train_loss": r.final["train_loss"],
-                         "s_per_epoch": round((time.perf_counter() - t0) / 3, 2),
+                         "s_per_epoch": round((time.perf_counter() - t0) / epochs, 2),
                          "param_device": str(next(m.parameters()).device)}
             if r.ema is not None:
                 res[name]["val_acc_ema"] = r.final.get("val_acc_ema")
@@ -75,7 +79,7 @@ def main() -> None:
 
     # (2) GPU checkpoint -> CPU resume
     try:
-        tc = TrainConfig(epochs=2, batch_size=128, lr=2e-3, max_steps_per_epoch=10, device="cuda")
+        tc = TrainConfig(epochs=2, batch_size=128, lr=2e-3, max_steps_per_epoch=4, device=str(dev))
         torch.manual_seed(0)
         ref = build_model(cfg)
         train(ref, tr, None, tc, out / "ref", progress=False)
@@ -113,22 +117,30 @@ def main() -> None:
                    "class_token": True}
         space = Space("tiny-gpu", {"embed_dim": (192, 384), "heads": (3, 6), "qk_dim": (32, 64), "v_dim": (64,),
                                    "mlp_dim": (768, 1536)}, setting, depth=12)
-        for graphs in (False, True):
+        cuda = dev.type == "cuda"
+        if not cuda:
+            space = Space("tiny-cpu", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,),
+                                       "mlp_dim": (8, 32)}, {**setting, "img_size": 8, "patch_size": 4}, depth=2)
+        for graphs in ((False, True) if cuda else (False,)):
             t0 = time.perf_counter()
-            b = TorchBackend(device="cuda", dtype="fp16", cuda_graphs=graphs, threads=None)
+            b = TorchBackend(device=str(dev), dtype="fp16" if cuda else "bf16", cuda_graphs=graphs,
+                             threads=None if cuda else 1)
             path = out / f"tbl_graphs{int(graphs)}" / "t.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            build_table(space, b, path, BuildSettings(batch=64, design="full", passes=2, repeats=10, warmup=3),
+            build_table(space, b, path, BuildSettings(batch=64 if cuda else 4, design="full", passes=2,
+                                                      repeats=10 if cuda else 2, warmup=3 if cuda else 1),
                         progress=False)
             t = LatencyTable.load(path)
             vb = backend_for_table(t)
-            v = validate(t, vb, 10, noise_k=5, progress=False)
-            res[f"latency_fp16_cuda_graphs_{graphs}"] = {
+            v = validate(t, vb, 10 if cuda else 2, noise_k=5 if cuda else 2, progress=False)
+            res[f"latency_{b.dtype}_cuda_graphs_{graphs}"] = {
                 "cells": t.n_cells, "build_s": round(time.perf_counter() - t0, 1),
                 "validated_on": [vb.device, vb.dtype, getattr(vb, "cuda_graphs", None)],
                 "metadata_backend_settings": t.metadata["backend_settings"], "mape": v.mape,
-                "noise_floor": v.noise_floor, "deit_s_like_pred_ms": 1e3 * t.predict(
-                    uniform(384, 12, 6, **setting)).total_s}
+                "noise_floor": v.noise_floor}
+            if cuda:
+                res[f"latency_{b.dtype}_cuda_graphs_{graphs}"]["deit_s_like_pred_ms"] = 1e3 * t.predict(
+                    uniform(384, 12, 6, **setting)).total_s
             save()
     except Exception as e:  # noqa: BLE001
         res["latency"] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-1500:]}
