@@ -242,3 +242,28 @@ def test_tensor_datasets_get_only_tensor_augmentations(digits):
     assert all(torch.equal(s.val[i][0], plain.val[i][0]) for i in range(20))  # held-out images untouched
     assert s.train[0][0].shape == plain.train[0][0].shape
     assert torch.equal(load_splits(DataSpec("digits", img_size=8), TrainConfig()).train[0][0], plain.train[0][0])
+
+
+def _two_runs(digits, **kw):
+    out = []
+    for extra in ({}, kw):
+        torch.manual_seed(0)
+        model = build_model(_cfg())
+        res = train(model, digits.train, None, TrainConfig(epochs=1, batch_size=32, lr=3e-3, max_steps_per_epoch=6,
+                                                           device="cpu", **extra), progress=False)
+        out.append((model, res.final["train_loss"]))
+    return out
+
+
+def test_channels_last_changes_layout_not_results(digits):
+    (m1, l1), (m2, l2) = _two_runs(digits, channels_last=True)
+    assert l2 == pytest.approx(l1, rel=1e-5)
+    for a, b in zip(m1.parameters(), m2.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_eager(digits):
+    (m1, l1), (m2, l2) = _two_runs(digits, compile=True)
+    assert l2 == pytest.approx(l1, rel=1e-3)
+    assert "_orig_mod" not in "".join(m2.state_dict())  # checkpoints keep the plain names
