@@ -298,9 +298,10 @@ def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
             "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
         }
         if val_ds is not None and size(val_ds) > 0:
-            record["val_acc"] = evaluate(model, val_ds, cfg.eval_batch_size, amp=cfg.amp)
+            record["val_acc"] = evaluate(model, val_ds, cfg.eval_batch_size, amp=cfg.amp, workers=cfg.loader_workers)
             if ema is not None:
-                record["val_acc_ema"] = evaluate(ema.module, val_ds, cfg.eval_batch_size, amp=cfg.amp)
+                record["val_acc_ema"] = evaluate(ema.module, val_ds, cfg.eval_batch_size, amp=cfg.amp,
+                                                  workers=cfg.loader_workers)
         result.history.append(record)
         if rank == 0:
             if out is not None and ckpt is not None:

@@ -66,7 +66,7 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
         cfg.save(out / "config.yaml")
     t0 = time.perf_counter()
     result = train(model, splits.train, splits.val, tc, out, teacher=t_model, resume=resume, progress=progress)
-    test_acc = evaluate(model, splits.test, tc.eval_batch_size, amp=tc.amp)
+    test_acc = evaluate(model, splits.test, tc.eval_batch_size, amp=tc.amp, workers=tc.loader_workers)
     metrics = {
         "test_acc": test_acc, "val_acc": result.final.get("val_acc"), "train_loss": result.final.get("train_loss"),
         "epochs": tc.epochs, "seconds": time.perf_counter() - t0,
@@ -74,7 +74,8 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
         "macs": counting.macs(cfg), "params": counting.params(cfg), "train_images": size(splits.train),
     }
     if result.ema is not None:
-        metrics["test_acc_ema"] = evaluate(result.ema, splits.test, tc.eval_batch_size, amp=tc.amp)
+        metrics["test_acc_ema"] = evaluate(result.ema, splits.test, tc.eval_batch_size, amp=tc.amp,
+                                           workers=tc.loader_workers)
     if dist_info()[0] == 0:
         save_weights(model, out / "model.safetensors")
         if result.ema is not None:

@@ -240,7 +240,7 @@ class StudyObjective:
 
         t0 = time.perf_counter()
         train(model, splits.train, splits.val, tc, on_epoch=on_epoch, progress=self.progress)
-        test = evaluate(model, splits.test, tc.eval_batch_size, amp=tc.amp)
+        test = evaluate(model, splits.test, tc.eval_batch_size, amp=tc.amp, workers=tc.loader_workers)
         return curve[-1], test, curve, time.perf_counter() - t0
 
 
