@@ -4,6 +4,7 @@ workers, gradient accumulation, device-agnostic checkpoints, the DeiT recipe on 
 import copy
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -267,3 +268,47 @@ def test_compiled_model_trains_like_eager(digits):
     (m1, l1), (m2, l2) = _two_runs(digits, compile=True)
     assert l2 == pytest.approx(l1, rel=1e-3)
     assert "_orig_mod" not in "".join(m2.state_dict())  # checkpoints keep the plain names
+
+
+def test_fp16_resume_restores_the_grad_scaler(digits, tmp_path):
+    """An fp16 run stopped after epoch 1 and resumed ends where the uninterrupted one does (scaler state too)."""
+    tc = TrainConfig(epochs=2, batch_size=64, lr=2e-3, max_steps_per_epoch=5, amp="fp16", device="cpu")
+
+    def run(out, stop_after=None):
+        torch.manual_seed(0)
+        model = build_model(_cfg())
+
+        def stop(rec):
+            if stop_after and rec["epoch"] == stop_after:
+                raise KeyboardInterrupt
+
+        try:
+            train(model, digits.train, None, tc, out, on_epoch=stop, progress=False)
+        except KeyboardInterrupt:
+            model = build_model(_cfg())
+            train(model, digits.train, None, tc, out, resume=True, progress=False)
+        return model, load_checkpoint_state(out / "checkpoint.pt")
+
+    m1, s1 = run(tmp_path / "a")
+    m2, s2 = run(tmp_path / "b", stop_after=1)
+    assert s1["scaler"]["scale"] == s2["scaler"]["scale"] and s1["scaler"]["_growth_tracker"] == 10
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_with_accumulation_match_one(tmp_path):
+    """2 gloo processes x 2 accumulated micro-batches of 32 = 1 process, batch 64 (DDP no_sync path)."""
+    common = ["train", "revit_micro", "--data", "fashion-mnist", "--train-limit", "1024", "--val-size", "500",
+              "--test-limit", "200", "--epochs", "1", "--threads", "1", "--workers", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "revit", *common, "--batch-size", "64", "--out", tmp_path / "one"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                    "revit", *common, "--batch-size", "32", "--grad-accum", "2", "--out", tmp_path / "two"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    one = json.loads((tmp_path / "one" / "log.jsonl").read_text())
+    two = json.loads((tmp_path / "two" / "log.jsonl").read_text())
+    assert one["steps"] == two["steps"] == 16
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+    assert two["val_acc"] == pytest.approx(one["val_acc"], abs=2 / 500)
