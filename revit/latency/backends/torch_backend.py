@@ -48,6 +48,10 @@ class _TorchRun(Workload):
                     out.append(clock() - t0)
         return out
 
+    def close(self) -> None:
+        """Drop the module, input and captured graph (its memory pool) of this workload."""
+        self.m = self.x = None
+
 
 def _capture(torch: Any, module: Any, x: Any) -> Any:
     """``module(x)`` captured as a CUDA graph; returns a callable that replays it (same input buffer)."""
