@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from revit.errors import ConfigError, DeviceError
+from revit.recipes import AMP_MODES
 
-AMP_MODES = ("off", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 T = TypeVar("T")

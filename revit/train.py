@@ -1,12 +1,16 @@
-"""The one training loop: AdamW, timm cosine schedule with warm-up, label smoothing, optional KL
-distillation from a frozen teacher, per-epoch checkpoints with resume, JSON-lines log, DDP.
+"""The one training loop: AdamW, timm cosine schedule with warm-up, label smoothing or Mixup/CutMix,
+optional distillation from a frozen teacher (KL, or DeiT's hard labels), per-epoch checkpoints with
+resume, JSON-lines log, DDP; on any device, with mixed precision and gradient accumulation.
 
 Under ``torchrun`` each process takes its slice of every *global* batch (same order as one
-process), and DDP averages gradients, so a run's loss does not depend on the process count.
+process), and DDP averages gradients, so a run's loss does not depend on the process count
+(Mixup/CutMix, which mix within each process's slice, are the exception).  Checkpoints hold CPU
+tensors and load with ``map_location="cpu"`` on every device, so a run resumes on another device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -23,16 +28,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from revit._io import atomic_write_text
 from revit.errors import CheckpointError, ConfigError
-from revit.recipes import TrainConfig
-from revit.runtime import GlobalBatchSampler, dist_info, init_distributed, make_loader, size
+from revit.recipes import TrainConfig, same_recipe
+from revit.runtime import (
+    GlobalBatchSampler,
+    autocast,
+    dist_info,
+    grad_scaler,
+    init_distributed,
+    make_loader,
+    resolve_device,
+    size,
+    to_device,
+)
 
 __all__ = ["GlobalBatchSampler", "TrainConfig", "TrainResult", "dist_info", "distillation_loss", "evaluate",
-           "init_distributed", "loader", "make_optimizer", "size", "train"]
+           "init_distributed", "load_checkpoint_state", "loader", "make_optimizer", "size", "to_cpu", "train"]
 
 
 @dataclass
 class TrainResult:
+    """Per-epoch records of a run, and its EMA model when ``model_ema`` was on."""
+
     history: list[dict[str, Any]] = field(default_factory=list)
+    ema: nn.Module | None = None
 
     @property
     def final(self) -> dict[str, Any]:
@@ -46,17 +64,22 @@ def loader(ds: Dataset[Any], batch_size: int, seed: int = 0, shuffle: bool = Tru
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, ds: Dataset[Any], batch_size: int = 512) -> float:
-    """Top-1 accuracy (in [0, 1]) of ``model`` on ``ds``; sharded and all-reduced under DDP."""
+def evaluate(model: nn.Module, ds: Dataset[Any], batch_size: int = 512, *, amp: str = "off",
+             workers: int = 0) -> float:
+    """Top-1 accuracy (in [0, 1]) of ``model`` on ``ds``, on the model's device; sharded and all-reduced
+    under DDP."""
     rank, world = dist_info()
     was_training = model.training
     model.eval()
-    correct = torch.zeros(2, dtype=torch.float64)
-    dl = loader(ds, batch_size * world, shuffle=False, drop_last=False, rank=rank, world=world)
     device = next(model.parameters()).device
+    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    dl = make_loader(ds, batch_size * world, shuffle=False, drop_last=False, rank=rank, world=world,
+                     workers=workers, device=device)
     for x, y in dl:
-        out = model(x.to(device))
-        correct[0] += (out.argmax(-1).cpu() == y).sum().item()
+        x, y = to_device((x, y), device)
+        with autocast(device, amp):
+            out = model(x)
+        correct[0] += (out.argmax(-1) == y).sum()
         correct[1] += len(y)
     if world > 1:
         dist.all_reduce(correct)
@@ -72,16 +95,35 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases, norms and embeddings/tokens (as timm)."""
-    skip: set[str] = getattr(model, "no_weight_decay", lambda: set())()
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name in skip or name.endswith(".bias") else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    """AdamW (timm's ``create_optimizer_v2``): no weight decay on biases, norms and ``no_weight_decay`` names."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts/lists of tensors) with every tensor copied to the CPU, for device-agnostic files."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A training checkpoint's contents on the CPU, whatever device wrote it (the one load path).
+
+    Models and optimizers then copy the tensors to their own device in ``load_state_dict``.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a revit training checkpoint")
+    return state
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -90,98 +132,196 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _set_distilled_training(model: nn.Module, on: bool) -> bool:
+    """Make a distilled model (DeiT dist token) return (class, distillation) logits in training."""
+    setter = getattr(model, "set_distilled_training", None)
+    if callable(setter):
+        setter(on)
+        return True
+    if getattr(model, "dist_token", None) is not None and hasattr(model, "distilled_training"):
+        object.__setattr__(model, "distilled_training", on)
+        return True
+    return False
+
+
+def _num_classes(model: nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError("Mixup/CutMix need a classifier with a num_classes attribute")
+    return n
+
+
 def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: TrainConfig,
           out_dir: str | os.PathLike[str] | None = None, teacher: nn.Module | None = None, resume: bool = False,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True) -> TrainResult:
-    """Train ``model`` in place; returns per-epoch records (loss, val accuracy, lr, seconds).
+    """Train ``model`` in place on ``cfg.device``; returns per-epoch records (loss, val accuracy, lr, seconds).
 
-    With ``out_dir``: ``checkpoint.pt`` after every epoch (atomic) and ``log.jsonl``; ``resume``
-    continues from the last completed epoch.  ``on_epoch`` may raise to stop (e.g. an Optuna prune).
+    The model (and the teacher) stay on that device afterwards.  With ``out_dir``: ``checkpoint.pt``
+    after every epoch (atomic, CPU tensors) and ``log.jsonl``; ``resume`` continues from the last
+    completed epoch (on any device).  ``on_epoch`` may raise to stop (e.g. an Optuna prune).
     """
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
     from timm.scheduler import CosineLRScheduler
     from tqdm import tqdm
 
-    rank, world = init_distributed()
+    r = cfg.resolved()
+    device = resolve_device(cfg.device)
+    rank, world = init_distributed(device)
     torch.manual_seed(cfg.seed)
     out = Path(out_dir) if out_dir is not None else None
-    dl = loader(train_ds, cfg.batch_size, cfg.seed, rank=rank, world=world)
-    steps_per_epoch = len(dl) if cfg.max_steps_per_epoch is None else min(len(dl), cfg.max_steps_per_epoch)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    dl = make_loader(train_ds, cfg.batch_size, cfg.seed, rank=rank, world=world, workers=cfg.loader_workers,
+                     device=device)
+    accum = cfg.grad_accum
+    steps_per_epoch = len(dl) // accum
+    if cfg.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     if steps_per_epoch == 0:
-        raise ConfigError(f"training set of {size(train_ds)} images is smaller than one batch of {cfg.batch_size}")
+        raise ConfigError(f"training set of {size(train_ds)} images is smaller than one optimizer step of "
+                          f"{cfg.batch_size} x {accum} images")
+    mixup: Any = None
+    if r.mixup or r.cutmix:
+        if (cfg.batch_size // world) % 2:
+            raise ConfigError(f"Mixup/CutMix need an even batch per process, got {cfg.batch_size // world}")
+        mixup = Mixup(mixup_alpha=float(r.mixup or 0.0), cutmix_alpha=float(r.cutmix or 0.0),
+                      label_smoothing=cfg.label_smoothing, num_classes=_num_classes(model))
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    if mixup is not None:
+        criterion = SoftTargetCrossEntropy()
+    else:
+        def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
     opt = make_optimizer(model, cfg)
+    scaler = grad_scaler(device, cfg.amp)
     sched = CosineLRScheduler(opt, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.min_lr,
                               warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=cfg.lr * 0.01,
                               t_in_epochs=False)
+    distill = teacher is not None and cfg.distill_weight > 0
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    two_heads = distill and _set_distilled_training(model, True)
+    ema: Any = None
+    if cfg.model_ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True)
     ddp_model: nn.Module = model
     if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model)
-    if teacher is not None:
-        teacher.eval().requires_grad_(False)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward: Callable[..., Any] = torch.compile(ddp_model) if cfg.compile else ddp_model
     result, start_epoch = TrainResult(), 0
     ckpt = out / "checkpoint.pt" if out is not None else None
     if resume and ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state.get("train_config") != asdict(cfg):
+        state = load_checkpoint_state(ckpt)
+        if not same_recipe(state.get("train_config") or {}, cfg):
             raise CheckpointError(f"{ckpt}: was written with another training recipe; use a new --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("model_ema") is not None:
+            ema.module.load_state_dict(state["model_ema"])
         start_epoch, result.history = state["epoch"] + 1, state["history"]
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     elif out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if (out / "log.jsonl").exists() and not resume:
             (out / "log.jsonl").unlink()
-    device = next(model.parameters()).device
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with autocast(device, cfg.amp):
+            logits = forward(x)
+            cls_out, dist_out = logits if isinstance(logits, tuple) else (logits, logits)
+            loss = criterion(cls_out, target)
+            if distill:
+                assert teacher is not None
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                if r.distill_type == "hard":
+                    loss = loss + cfg.distill_weight * F.cross_entropy(dist_out, t_logits.argmax(-1))
+                else:
+                    loss = loss + cfg.distill_weight * distillation_loss(dist_out.float(), t_logits.float(),
+                                                                          cfg.distill_temperature)
+        return loss
+
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
         dl.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        total, count = torch.zeros(2, dtype=torch.float64), 0
+        np.random.seed((cfg.seed * 1_000_003 + epoch) % 2**32)  # timm's Mixup draws from numpy
+        total = torch.zeros(2, dtype=torch.float64, device=device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
                    leave=False, dynamic_ncols=True)
-        for i, (x, y) in enumerate(dl):
-            if i >= steps_per_epoch:
-                break
-            x, y = x.to(device), y.to(device)
-            logits = ddp_model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if teacher is not None and cfg.distill_weight > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = loss + cfg.distill_weight * distillation_loss(logits, t_logits, cfg.distill_temperature)
+        batches = iter(dl)
+        for i in range(steps_per_epoch):
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for k in range(accum):
+                x, y = to_device(next(batches), device, cfg.channels_last)
+                target = y
+                if mixup is not None:
+                    x, target = mixup(x, y)
+                no_sync = world > 1 and k < accum - 1
+                with ddp_model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                    loss = loss_of(x, y, target)
+                    scaled = loss / accum
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                total[0] += loss.detach().double() * len(y)
+                total[1] += len(y)
+            if scaler is not None:
+                scaler.unscale_(opt)
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             step = epoch * steps_per_epoch + i + 1
+            if ema is not None:
+                ema.update(model, step=step)
             sched.step_update(step)
-            total += torch.tensor([loss.item() * len(y), len(y)], dtype=torch.float64)
-            count += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if progress and rank == 0 and (i % 10 == 0 or i == steps_per_epoch - 1):
+                bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.update()
         bar.close()
+        del batches
         if world > 1:
             dist.all_reduce(total)
         record: dict[str, Any] = {
-            "epoch": epoch + 1, "train_loss": float(total[0] / total[1]), "steps": count,
+            "epoch": epoch + 1, "train_loss": float(total[0] / total[1]), "steps": steps_per_epoch,
             "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
         }
         if val_ds is not None and size(val_ds) > 0:
-            record["val_acc"] = evaluate(model, val_ds, cfg.eval_batch_size)
+            record["val_acc"] = evaluate(model, val_ds, cfg.eval_batch_size, amp=cfg.amp, workers=cfg.loader_workers)
+            if ema is not None:
+                record["val_acc_ema"] = evaluate(ema.module, val_ds, cfg.eval_batch_size, amp=cfg.amp,
+                                                  workers=cfg.loader_workers)
         result.history.append(record)
         if rank == 0:
             if out is not None and ckpt is not None:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
-                _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                                    "history": result.history, "rng": torch.get_rng_state(),
-                                    "train_config": asdict(cfg)}, ckpt)
+                _atomic_torch_save(to_cpu({
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                    "history": result.history, "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "model_ema": ema.module.state_dict() if ema is not None else None,
+                    "train_config": asdict(cfg)}), ckpt)
             if progress:
                 msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
                 print(msg, flush=True)
         if on_epoch is not None:
             on_epoch(record)
+    if two_heads:
+        _set_distilled_training(model, False)
+    result.ema = ema.module if ema is not None else None
     if out is not None and rank == 0:
         atomic_write_text(out / "history.json", json.dumps(result.history, indent=1))
     return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from revit.cli._common import add_command, info, print_json
@@ -45,6 +46,8 @@ def register(sub: Any) -> None:
     b.add_argument("--passes", type=int, default=3, help="passes over all cells, each in random order")
     b.add_argument("--graph", default="shared", choices=("shared", "per-cell"), help="onnxruntime block graph")
     b.add_argument("--compile", action="store_true", help="torch backend: torch.compile each module")
+    b.add_argument("--cuda-graphs", action="store_true",
+                   help="torch backend on cuda: time CUDA-graph replays (no launch overhead; recorded in the table)")
     b.add_argument("--no-reference", action="store_true",
                    help="do not normalise by a reference block timed around each measurement")
     b.add_argument("--seed", type=int, default=0)
@@ -101,9 +104,13 @@ def _build(a: argparse.Namespace) -> int:
         opts["graph"] = a.graph
     if a.backend == "torch":
         opts["compile"] = a.compile
+        opts["cuda_graphs"] = a.cuda_graphs
+    elif a.cuda_graphs:
+        raise ConfigError("--cuda-graphs is an option of --backend torch (on cuda)")
     backend = _make_backend(a.backend, a.device, a.dtype, a.threads, a.clock, **opts)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
                              max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)  # --out into a folder that does not exist yet
     table = build_table(space, backend, a.out, settings, resume=a.resume, progress=not a.no_progress)
     d = table.metadata["design"]
     info(f"wrote {a.out}: {table.summary()}")
@@ -161,19 +168,11 @@ def _query(a: argparse.Namespace) -> int:
 
 def _validate(a: argparse.Namespace) -> int:
     from revit.latency.table import LatencyTable
-    from revit.latency.validate import validate
+    from revit.latency.validate import backend_for_table, validate
 
     table = LatencyTable.load(a.table)
     m = table.metadata
-    if m["backend"] == "nvit-official":
-        raise ConfigError(f"{a.table} is an imported NViT table (V100); validate needs a table built on this machine")
-    bs = m.get("backend_settings") or {}
-    meas = m.get("measurement") or {}
-    opts: dict[str, Any] = {"graph": bs["graph"]} if m["backend"] == "onnxruntime" and "graph" in bs else {}
-    device = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
-              "TensorrtExecutionProvider": "tensorrt"}.get(bs.get("provider", ""), None)
-    backend = _make_backend(m["backend"], device, m["dtype"], bs.get("intra_op_threads", 1),
-                            meas.get("clock", "wall"), **opts)
+    backend = backend_for_table(table)
     here = backend.info()
     if here["device"] != m["device"] or here["backend_version"] != m["backend_version"]:
         info(f"warning: table measured on {m['device']} / {m['backend']} {m['backend_version']}, "

@@ -21,13 +21,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=usage)
 
     r = add_command(ss, "run", "create or resume a study: baselines, sampled candidates, repeats with other seeds",
-                    "revit search run search/fashion-mnist.yaml --storage journal:runs/studies/fm.log")
+                    "revit search run search/fashion-mnist.yaml --storage journal:runs/studies/fm.log\n"
+                    "  revit search run search/imagenet-deit-s.yaml --gpus 0,1,2,3 --storage journal:runs/deit-s.log")
     _common(r)
     r.add_argument("--no-repeats", action="store_true", help="do not re-run the best candidates with other seeds")
+    r.add_argument("--gpus", help="comma-separated GPU indices (0,1,2,3): one worker process per GPU on the same "
+                                  "storage, this process waits for them (default: trials run in this process)")
     r.set_defaults(func=cmd_run)
 
     w = add_command(ss, "worker", "join a running study from another process or machine",
-                    "revit search worker search/fashion-mnist.yaml --storage postgresql://revit@db:5432/studies")
+                    "revit search worker search/imagenet-deit-s.yaml --device cuda:1 "
+                    "--storage postgresql://revit@db:5432/studies")
     _common(w, storage_required=True)
     w.add_argument("--max-trials", type=int, help="stop after this many trials of this worker")
     w.set_defaults(func=cmd_worker)
@@ -48,15 +52,60 @@ def _common(p: argparse.ArgumentParser, storage_required: bool = False) -> None:
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: the spec's)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--device", help="device of this process's trials: auto, cpu, cuda, cuda:N (default: the spec's "
+                                    "train.device, else auto)")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision of the trials (default: the spec's)")
+    p.add_argument("--loader-workers", type=int, metavar="N", help="DataLoader workers per trial (default: the spec's)")
+
+
+_TRAIN_OVERRIDES = {"device": "device", "amp": "amp", "loader_workers": "loader_workers"}
 
 
 def _spec(args: argparse.Namespace) -> Any:
+    from revit.recipes import TrainConfig
     from revit.search.spec import load_spec
 
     spec = load_spec(args.spec)
     if getattr(args, "threads", None):
         spec = dataclasses.replace(spec, threads=args.threads)
+    over = {key: getattr(args, a) for a, key in _TRAIN_OVERRIDES.items() if getattr(args, a, None) is not None}
+    if over:
+        if isinstance(spec.train, TrainConfig):  # a typed spec: replace() validates (one line, exit 2)
+            spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **over))
+        else:
+            train = {**dict(spec.train), **over}
+            TrainConfig(**train)  # validates
+            spec = dataclasses.replace(spec, train=train)
     return spec
+
+
+def _check_device(spec: Any) -> None:
+    """Fail before the first trial (one line, exit 2) when the trials' device is not on this machine."""
+    from revit.runtime import resolve_device
+
+    train = spec.train
+    resolve_device(str(train.device if hasattr(train, "device") else train.get("device", "auto")))
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The options a ``run --gpus`` passes on to its worker processes (all but --device)."""
+    out = []
+    for flag in ("threads", "amp", "loader_workers"):
+        v = getattr(args, flag, None)
+        if v is not None:
+            out += [f"--{flag.replace('_', '-')}", str(v)]
+    return out + (["--quiet"] if args.quiet else [])
+
+
+def _gpus(text: str) -> list[str]:
+    """``0,1,3`` -> [cuda:0, cuda:1, cuda:3], each checked to exist (one line and exit 2 otherwise)."""
+    from revit.errors import ConfigError
+    from revit.runtime import resolve_device
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise ConfigError(f"--gpus takes distinct GPU indices separated by commas (0,1,2,3), got {text!r}")
+    return [str(resolve_device(f"cuda:{p}")) for p in parts]
 
 
 def _optuna_logging(quiet: bool) -> None:
@@ -69,8 +118,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from revit.search.runner import run_study
 
     spec = _spec(args)
+    devices = _gpus(args.gpus) if args.gpus else None
+    if devices is None:
+        _check_device(spec)
     _optuna_logging(args.quiet)
-    study = run_study(spec, args.storage, n_trials=args.n_trials, repeats=not args.no_repeats, timeout=args.timeout)
+    study = run_study(spec, args.storage, n_trials=args.n_trials, repeats=not args.no_repeats, timeout=args.timeout,
+                      devices=devices, worker_args=_worker_args(args))
     _summary(study)
     info(f"report: revit search report {args.spec} --storage '{spec.storage_url(args.storage)}' --out DIR")
     return 0
@@ -80,6 +133,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from revit.search.runner import join_study
 
     spec = _spec(args)
+    _check_device(spec)
     _optuna_logging(args.quiet)
     stats = join_study(spec, args.storage, n_trials=args.n_trials, timeout=args.timeout, max_trials=args.max_trials)
     info(f"worker {stats.worker}: {stats.count} trial(s) in {stats.seconds:.0f} s "

@@ -18,23 +18,58 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
 
 
+def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--workers") -> None:
+    """Device and speed options shared by train and prune (``loader_flag``: --workers/-j, or
+    --loader-workers where --workers already counts processes)."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                   help="mixed precision: autocast in bf16, or fp16 with a GradScaler (CPU bf16 is emulated: slow)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for images and the model")
+    p.add_argument("--grad-accum", type=int, default=1, metavar="N",
+                   help="micro-batches of --batch-size per optimizer step")
+    flags = (loader_flag, "-j") if loader_flag == "--workers" else (loader_flag,)
+    p.add_argument(*flags, dest="loader_workers", type=int, default=0, metavar="N",
+                   help="DataLoader worker processes per training process")
+
+
+def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields of :func:`add_runtime_args`."""
+    return {"device": args.device, "amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
+            "grad_accum": args.grad_accum, "loader_workers": args.loader_workers}
+
+
 def register(sub: Any) -> None:
     p = add_command(sub, "train", "train a config from scratch or from --init weights",
                     "revit train revit_micro --data fashion-mnist --epochs 3 --out runs/micro\n"
+                    "  revit train revit_deit_small_patch16_224 --data /datasets/imagenet --recipe deit --amp bf16 "
+                    "-j 8 --epochs 300 --batch-size 256 --out runs/deit-s\n"
                     "  torchrun --nproc-per-node 2 -m revit train revit_micro --epochs 1 --out runs/micro-ddp")
     p.add_argument("config", help="registered name or ViT-config YAML")
     add_data_args(p)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128, help="global batch (split across processes)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=0.5)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--drop-path", type=float, default=0.0)
+    p.add_argument("--recipe", default="basic", choices=("basic", "deit"),
+                   help="basic: AdamW lr 1e-3, 0.5 warm-up epochs, no augmentation on tensor datasets; deit: "
+                        "DeiT's (lr 5e-4 x batch/512, wd 0.05, 5 warm-up epochs, drop path 0.1, RandAugment, "
+                        "random erasing 0.25, Mixup 0.8/CutMix 1.0, hard-label distillation)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--weight-decay", type=float, help="default: 0.05")
+    p.add_argument("--warmup-epochs", type=float, help="default: the recipe's (basic 0.5, deit 5)")
+    p.add_argument("--label-smoothing", type=float, help="default: 0.1")
+    p.add_argument("--drop-path", type=float, help="default: the recipe's (basic 0, deit 0.1)")
+    p.add_argument("--mixup", type=float, help="Mixup alpha (default: the recipe's; basic 0, deit 0.8)")
+    p.add_argument("--cutmix", type=float, help="CutMix alpha (default: the recipe's; basic 0, deit 1.0)")
+    p.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3)")
+    p.add_argument("--model-ema-decay", type=float, default=0.99996)
+    add_runtime_args(p)
     p.add_argument("--init", help="start from these weights (.safetensors/.pth matching the config)")
     p.add_argument("--teacher", help="distill from this config/name (with --teacher-weights)")
     p.add_argument("--teacher-weights", help="weights of the teacher")
-    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of the KL term when --teacher is set")
+    p.add_argument("--distill-weight", type=float, default=1.0,
+                   help="weight of the distillation term when --teacher is set")
+    p.add_argument("--distill-type", choices=("kl", "hard"),
+                   help="kl: KL at --temperature; hard: CE on the teacher's argmax (DeiT); default: the recipe's")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--out", required=True, help="run folder: checkpoint, log.jsonl, model.safetensors, metrics")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
@@ -47,11 +82,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from revit.workflows import run_training
 
     cfg = resolve_config(args.config)
-    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                     warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-                     drop_path_rate=args.drop_path, seed=args.seed,
-                     distill_weight=args.distill_weight if args.teacher else 0.0,
-                     distill_temperature=args.temperature)
+    tc = TrainConfig.for_recipe(
+        args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, drop_path_rate=args.drop_path,
+        seed=args.seed, distill_weight=args.distill_weight if args.teacher else 0.0,
+        distill_temperature=args.temperature, distill_type=args.distill_type, mixup=args.mixup, cutmix=args.cutmix,
+        model_ema=args.model_ema, model_ema_decay=args.model_ema_decay, **runtime_kwargs(args))
     run_training(cfg, data_spec_from_args(args, cfg.img_size), tc, args.out, init=args.init,
                  teacher=args.teacher, teacher_weights=args.teacher_weights, resume=args.resume,
                  threads=args.threads)

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from revit.data.spec import DataSpec
 from revit.errors import DatasetError
+from revit.recipes import TrainConfig
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
@@ -97,32 +98,42 @@ def _digits(spec: DataSpec) -> tuple[TensorDataset, TensorDataset, int, int]:
     return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:]), 10, 1
 
 
-def _image_folder(spec: DataSpec) -> tuple[Dataset[Any], Dataset[Any], int, int]:
-    """ImageNet-style tree: ``root/train/<class>/*`` and ``root/val/<class>/*`` (or one class tree)."""
-    from torchvision import datasets, transforms
+class _Folder:
+    """An ImageFolder source read twice: with the training and with the evaluation transform."""
+
+    def __init__(self, train: Dataset[Any], evaluation: Dataset[Any], test: Dataset[Any]) -> None:
+        self.train, self.eval, self.test = train, evaluation, test
+
+
+def _image_folder(spec: DataSpec, tc: TrainConfig, model: Any) -> tuple[_Folder, int, int]:
+    """ImageNet-style tree: ``root/train/<class>/*`` and ``root/val/<class>/*`` (or one class tree).
+
+    Training images go through the recipe's timm training transform; held-out and test images
+    through timm's evaluation transform (mean/std from the model's data config).
+    """
+    from torchvision import datasets
+
+    from revit.data.transforms import data_config, image_transforms
 
     root = Path(spec.source)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder (expected fashion-mnist, digits or an ImageFolder path)")
-    size = spec.img_size or 224
-    tf = transforms.Compose([
-        transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(),
-        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    ])
+    train_tf, eval_tf = image_transforms(tc, data_config(3, spec.img_size or 224, model))
     try:
         if (root / "train").is_dir():
-            train = datasets.ImageFolder(str(root / "train"), transform=tf)
             test_dir = root / "val" if (root / "val").is_dir() else root / "test"
-            test: Dataset[Any] = datasets.ImageFolder(str(test_dir), transform=tf)
+            train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
+            folder = _Folder(train, datasets.ImageFolder(str(root / "train"), transform=eval_tf),
+                             datasets.ImageFolder(str(test_dir), transform=eval_tf))
         else:
-            full = datasets.ImageFolder(str(root), transform=tf)
-            perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(spec.seed + 7919)).tolist()
-            cut = int(0.9 * len(full))
-            train, test = Subset(full, perm[:cut]), Subset(full, perm[cut:])
-            return train, test, len(full.classes), 3
+            train = datasets.ImageFolder(str(root), transform=train_tf)
+            full_eval = datasets.ImageFolder(str(root), transform=eval_tf)
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(spec.seed + 7919)).tolist()
+            cut = int(0.9 * len(train))
+            folder = _Folder(Subset(train, perm[:cut]), Subset(full_eval, perm[:cut]), Subset(full_eval, perm[cut:]))
     except (FileNotFoundError, RuntimeError) as e:
         raise DatasetError(f"{root}: not an ImageFolder tree ({e})") from None
-    return train, test, len(train.classes), 3
+    return folder, len(train.classes), 3
 
 
 DATASETS: dict[str, Callable[[DataSpec], tuple[Any, Any, int, int]]] = {
@@ -131,20 +142,37 @@ DATASETS: dict[str, Callable[[DataSpec], tuple[Any, Any, int, int]]] = {
 }
 
 
-def load_splits(spec: DataSpec) -> Splits:
-    """Build the deterministic train/val/test splits of ``spec``."""
-    reader = DATASETS.get(spec.source, _image_folder)
-    train_full, test, num_classes, in_chans = reader(spec)
-    n = len(train_full)
+def load_splits(spec: DataSpec, train_config: TrainConfig | None = None, *, model: Any = None) -> Splits:
+    """Build the deterministic train/val/test splits of ``spec``.
+
+    ``train_config`` chooses the training augmentation (its recipe; default ``basic``), ``model``
+    the evaluation mean/std of an ImageFolder (timm's data config; revit models: ImageNet's).
+    Only ``train`` is augmented; ``val`` and ``test`` use the evaluation transform.
+    """
+    from revit.data.transforms import Transformed, tensor_train_transform
+
+    tc = train_config or TrainConfig()
+    reader = DATASETS.get(spec.source)
+    val_full: Dataset[Any]
+    if reader is None:
+        folder, num_classes, in_chans = _image_folder(spec, tc, model)
+        train_full, val_full, test = folder.train, folder.eval, folder.test
+        img_size = int(val_full[0][0].shape[-1])
+    else:
+        train_full, test, num_classes, in_chans = reader(spec)
+        val_full = train_full
+        img_size = int(train_full[0][0].shape[-1])
+        tf = tensor_train_transform(tc, img_size)
+        if tf is not None:
+            train_full = Transformed(train_full, tf)
+    n = len(train_full)  # type: ignore[arg-type]
     val_size = min(spec.val_size, n // 5)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed)).tolist()
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     if spec.train_limit is not None:
         train_idx = train_idx[: spec.train_limit]
-    test_idx = list(range(len(test)))
+    test_idx = list(range(len(test)))  # type: ignore[arg-type]
     if spec.test_limit is not None:
         test_idx = test_idx[: spec.test_limit]
-    x0 = train_full[0][0]
-    return Splits(train=Subset(train_full, train_idx), val=Subset(train_full, val_idx),
-                  test=Subset(test, test_idx), num_classes=num_classes, in_chans=in_chans,
-                  img_size=int(x0.shape[-1]))
+    return Splits(train=Subset(train_full, train_idx), val=Subset(val_full, val_idx),
+                  test=Subset(test, test_idx), num_classes=num_classes, in_chans=in_chans, img_size=img_size)

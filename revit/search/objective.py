@@ -198,7 +198,8 @@ class StudyObjective:
         if self._splits is None:
             from revit.data import load_splits
 
-            self._splits = load_splits(self.spec.data)
+            # the recipe chooses the training augmentation (timm transforms; deit: RandAugment, erasing)
+            self._splits = load_splits(self.spec.data, self.spec.train_config(self.spec.seeds[0]))
         return self._splits
 
     def train(self, cfg: Any, seed: int, trial: Any = None) -> tuple[float, float, list[float], float]:
@@ -233,7 +234,7 @@ class StudyObjective:
 
         t0 = time.perf_counter()
         train(model, splits.train, splits.val, tc, on_epoch=on_epoch, progress=self.progress)
-        test = evaluate(model, splits.test, tc.eval_batch_size)
+        test = evaluate(model, splits.test, tc.eval_batch_size, amp=tc.amp, workers=tc.loader_workers)
         return curve[-1], test, curve, time.perf_counter() - t0
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from revit.errors import ConfigError, StorageError
@@ -282,24 +284,70 @@ def wait_for_candidates(spec: StudySpec, study: Any, *, poll_s: float = 5.0,
         time.sleep(poll_s)
 
 
+def spawn_workers(spec: StudySpec, storage: str, devices: Sequence[str], *, n_trials: int | None = None,
+                  timeout: float | None = None, worker_args: Sequence[str] = (),
+                  log: Callable[[str], None] = _say) -> list[int]:
+    """Start one ``revit search worker`` process per device (``--device D``) on ``storage``; wait for all.
+
+    Returns their exit codes.  The spec must come from a file (the workers read it again);
+    ``worker_args`` are extra worker options (``--threads``, ``--amp``, ``--quiet``...).
+    """
+    if not Path(spec.source).is_file():
+        raise ConfigError(f"worker processes read the spec from its file, and {spec.source!r} is none")
+    base = [sys.executable, "-m", "revit", "search", "worker", spec.source, "--storage", storage, *worker_args]
+    if n_trials is not None:
+        base += ["--n-trials", str(n_trials)]
+    if timeout is not None:
+        base += ["--timeout", str(timeout)]
+    procs = []
+    for d in devices:
+        procs.append((d, subprocess.Popen([*base, "--device", d])))
+        log(f"worker process {procs[-1][1].pid} on {d}")
+    codes = []
+    try:
+        for d, p in procs:
+            codes.append(p.wait())
+            if codes[-1] != 0:
+                log(f"worker process {p.pid} on {d} exited with code {codes[-1]}")
+    except BaseException:
+        for _, p in procs:
+            if p.poll() is None:
+                p.terminate()
+        raise
+    return codes
+
+
 def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | None = None, repeats: bool = True,
-              timeout: float | None = None, log: Callable[[str], None] = _say) -> Any:
-    """``revit search run``: create or resume the study, baselines, candidates, then repeats."""
+              timeout: float | None = None, log: Callable[[str], None] = _say, devices: Sequence[str] | None = None,
+              worker_args: Sequence[str] = ()) -> Any:
+    """``revit search run``: create or resume the study, baselines, candidates, then repeats.
+
+    With ``devices`` (``--gpus``: one ``cuda:N`` each), the trials run in one worker process per
+    device on the same storage (:func:`spawn_workers`) while this process waits; otherwise here.
+    """
     study = open_study(spec, storage, create=True)
     objective = StudyObjective(spec, log=log)
     skipped = enqueue_baselines(spec, study, objective)
     for s in skipped:
         log(f"baseline left out: {s}")
-    log(f"study {spec.name!r} in {spec.storage_url(storage)}: budget {spec.budget.describe()}, "
+    url = spec.storage_url(storage)
+    log(f"study {spec.name!r} in {url}: budget {spec.budget.describe()}, "
         f"{n_trials if n_trials is not None else spec.n_trials} candidate trials, seeds {list(spec.seeds)}, "
         f"baselines {[b.arm for b in spec.baselines]}")
-    run_worker(spec, study, objective=objective, n_trials=n_trials, timeout=timeout, log=log)
+
+    def work() -> None:
+        if devices:
+            spawn_workers(spec, url, devices, n_trials=n_trials, timeout=timeout, worker_args=worker_args, log=log)
+        else:
+            run_worker(spec, study, objective=objective, n_trials=n_trials, timeout=timeout, log=log)
+
+    work()
     if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
         wait_for_candidates(spec, study, log=log)  # pick the best among *all* candidates, not the finished ones
         best = enqueue_repeats(spec, study)
         if best:
             log(f"repeating the best candidates {best} with seeds {list(spec.seeds[1:])}")
-            run_worker(spec, study, objective=objective, n_trials=n_trials, timeout=timeout, log=log)
+            work()
     return study
 
 
@@ -313,4 +361,4 @@ def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, ti
 
 
 __all__ = ["WorkerStats", "enqueue_baselines", "enqueue_repeats", "join_study", "open_study", "reap_stale",
-           "run_study", "run_worker", "wait_for_candidates", "worker_id"]
+           "run_study", "run_worker", "spawn_workers", "wait_for_candidates", "worker_id"]

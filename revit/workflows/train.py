@@ -26,7 +26,7 @@ def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
@@ -43,17 +43,18 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
     from revit.data import load_splits
     from revit.models import build_model
     from revit.presets import resolve_config
+    from revit.runtime import resolve_device
     from revit.train import dist_info, evaluate, init_distributed, size, train
 
     if threads:
         torch.set_num_threads(threads)
-    rank, _ = init_distributed()
-    splits = load_splits(data)
+    rank, _ = init_distributed(resolve_device(tc.device))
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg, checkpoint=init, drop_path_rate=tc.drop_path_rate)
+    splits = load_splits(data, tc, model=model)
     if (splits.in_chans, splits.num_classes) != (cfg.in_chans, cfg.num_classes):
         raise ConfigError(f"config expects {cfg.in_chans} channel(s) and {cfg.num_classes} classes; "
                           f"{data.source} has {splits.in_chans} and {splits.num_classes}")
-    torch.manual_seed(tc.seed)
-    model = build_model(cfg, checkpoint=init, drop_path_rate=tc.drop_path_rate)
     t_model = None
     if teacher:
         t_model = build_model(resolve_config(teacher), checkpoint=teacher_weights)
@@ -66,15 +67,20 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
         cfg.save(out / "config.yaml", derived=counting.derived(cfg))
     t0 = time.perf_counter()
     result = train(model, splits.train, splits.val, tc, out, teacher=t_model, resume=resume, progress=progress)
-    test_acc = evaluate(model, splits.test, tc.eval_batch_size)
+    test_acc = evaluate(model, splits.test, tc.eval_batch_size, amp=tc.amp, workers=tc.loader_workers)
     metrics = {
         "test_acc": test_acc, "val_acc": result.final.get("val_acc"), "train_loss": result.final.get("train_loss"),
         "epochs": tc.epochs, "seconds": time.perf_counter() - t0,
         "seconds_per_epoch": sum(r["seconds"] for r in result.history) / max(len(result.history), 1),
         "macs": counting.macs(cfg), "params": counting.params(cfg), "train_images": size(splits.train),
     }
+    if result.ema is not None:
+        metrics["test_acc_ema"] = evaluate(result.ema, splits.test, tc.eval_batch_size, amp=tc.amp,
+                                           workers=tc.loader_workers)
     if dist_info()[0] == 0:
         save_weights(model, out / "model.safetensors")
+        if result.ema is not None:
+            save_weights(result.ema, out / "model_ema.safetensors")
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
         if progress:
             print(f"test top-1 {test_acc:.4f}  ({size(splits.test)} images)  -> {out}", flush=True)

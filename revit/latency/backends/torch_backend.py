@@ -1,5 +1,10 @@
 """PyTorch backend: eager modules (optionally ``torch.compile``), CUDA events on GPU.
 
+On CUDA, ``cuda_graphs=True`` captures each workload once as a CUDA graph and times its replays:
+the per-kernel launch overhead of eager mode disappears, which is closer to a deployed engine
+(TensorRT, a captured serving graph).  The choice is recorded in the table's metadata
+(``backend_settings.cuda_graphs``, with ``torch_device``), and validation replays the same way.
+
 Blocks, fixed parts and whole models come from ``revit.models`` when it is available (the modules
 the pruner produces: a ``Block``, and a model whose ``blocks`` are emptied for the fixed parts), so
 per-module overheads of eager mode are the model's own; otherwise from :mod:`revit.latency.torch_ref`.
@@ -20,6 +25,8 @@ DTYPES = ("fp32", "fp16", "bf16")
 class _TorchRun(Workload):
     def __init__(self, backend: TorchBackend, module: Any, x: Any) -> None:
         self.b, self.m, self.x = backend, module, x
+        if backend.cuda_graphs:
+            self.m = _capture(backend.torch, module, x)
 
     def time(self, n: int) -> list[float]:
         torch = self.b.torch
@@ -41,14 +48,38 @@ class _TorchRun(Workload):
                     out.append(clock() - t0)
         return out
 
+    def close(self) -> None:
+        """Drop the module, input and captured graph (its memory pool) of this workload."""
+        self.m = self.x = None
+
+
+def _capture(torch: Any, module: Any, x: Any) -> Any:
+    """``module(x)`` captured as a CUDA graph; returns a callable that replays it (same input buffer)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode():
+        with torch.cuda.stream(s):
+            for _ in range(3):  # warm-up on a side stream, as torch.cuda.graphs requires
+                module(x)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            module(x)
+
+    def replay(_: Any) -> None:
+        graph.replay()
+
+    replay.graph = graph  # type: ignore[attr-defined]  # keep the graph (and its memory pool) alive
+    return replay
+
 
 @BACKENDS.register("torch")
 class TorchBackend(Backend):
-    """torch eager (``compile=True`` for torch.compile) on cpu or cuda."""
+    """torch eager (``compile=True`` for torch.compile) on cpu or cuda (``cuda_graphs=True``: graph replays)."""
 
     name = "torch"
 
-    def __init__(self, *, compile: bool = False, **kw: Any) -> None:
+    def __init__(self, *, compile: bool = False, cuda_graphs: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
         try:
             import torch
@@ -60,8 +91,14 @@ class TorchBackend(Backend):
             raise BackendUnavailableError("torch backend on cuda needs an NVIDIA GPU and a CUDA build of torch")
         if self.device == "cpu" and self.dtype == "fp16":
             raise ConfigError("fp16 on cpu is not a sensible latency target; use fp32 or bf16")
+        if cuda_graphs and not self.device.startswith("cuda"):
+            raise ConfigError("CUDA graphs need --device cuda (they time GPU kernel launches)")
+        if cuda_graphs and compile:
+            raise ConfigError("use either --compile or --cuda-graphs (torch.compile's reduce-overhead mode "
+                              "captures graphs itself)")
         self.torch = torch
         self.compile = compile
+        self.cuda_graphs = cuda_graphs
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         self.tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
@@ -69,7 +106,8 @@ class TorchBackend(Backend):
     def info(self) -> dict[str, Any]:
         dev = cpu_name() if self.device == "cpu" else str(self.torch.cuda.get_device_name(self.device))
         return {"backend": self.name, "backend_version": self.torch.__version__, "device": dev, "dtype": self.dtype,
-                "intra_op_threads": self.threads, "compile": self.compile}
+                "intra_op_threads": self.threads, "compile": self.compile, "cuda_graphs": self.cuda_graphs,
+                "torch_device": self.device}
 
     def _prep(self, m: Any, x: Any) -> Workload:
         m = m.to(self.device, self.tdtype).eval()
