@@ -254,7 +254,7 @@ def build_and_validate(backend_name: str, device: torch.device, dtype: str, out:
 
     backend = _backend(backend_name, device, dtype, dry)
     space = _space(dry)
-    cells = 32 if dry else 400
+    cells = 48 if dry else 400
     settings = BuildSettings(batch=4 if dry else 64, max_cells=cells, warmup=1 if dry else 3,
                              repeats=2 if dry else 5, passes=1 if dry else 3)
     path = out / f"{backend_name}_{dtype}_table.json"

@@ -168,9 +168,10 @@ def check_cell_budget(space: Space, s: BuildSettings) -> None:
                               f"{s.max_cells}; use --design auto or raise --max-cells")
         return
     least = int(np.prod([min(2, len(v)) for v in space.axes.values()]))  # each axis keeps its two ends
-    if least > s.max_cells:
-        raise ConfigError(f"space {space.name} needs at least {least} cells (the two ends of every axis) > "
-                          f"--max-cells {s.max_cells}; raise --max-cells")
+    pilot = len(pilot_cells(space))
+    if least + pilot > s.max_cells:
+        raise ConfigError(f"space {space.name} needs at least {least + pilot} cells ({pilot} pilot cells and the two "
+                          f"ends of every axis) > --max-cells {s.max_cells}; raise --max-cells")
 
 
 def choose_knots(space: Space, values: dict[Cell, float], noise: float, tol: float,
