@@ -107,6 +107,7 @@ def main() -> None:
 
     # (3) CUDA-graph fp16 latency table, validated on its own device and dtype
     try:
+        from revit.config import Setting
         from revit.latency.backends.torch_backend import TorchBackend
         from revit.latency.profiler import BuildSettings, build_table
         from revit.latency.space import Space
@@ -116,11 +117,12 @@ def main() -> None:
         setting = {"img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000, "distilled": False,
                    "class_token": True}
         space = Space("tiny-gpu", {"embed_dim": (192, 384), "heads": (3, 6), "qk_dim": (32, 64), "v_dim": (64,),
-                                   "mlp_dim": (768, 1536)}, setting, depth=12)
+                                   "mlp_dim": (768, 1536)}, Setting(**setting, depth=12))
         cuda = dev.type == "cuda"
         if not cuda:
             space = Space("tiny-cpu", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,),
-                                       "mlp_dim": (8, 32)}, {**setting, "img_size": 8, "patch_size": 4}, depth=2)
+                                       "mlp_dim": (8, 32)}, Setting(**{**setting, "img_size": 8, "patch_size": 4},
+                                                                     depth=2))
         for graphs in ((False, True) if cuda else (False,)):
             t0 = time.perf_counter()
             b = TorchBackend(device=str(dev), dtype="fp16" if cuda else "bf16", cuda_graphs=graphs,

@@ -85,6 +85,7 @@ class Criterion(ABC):
     """
 
     needs_grad: bool = True
+    capturable: bool = True  # pure tensor work on the parameters' device: can be replayed as a CUDA graph
 
     def __init__(self, structure: Structure | None = None, seed: int = 0) -> None:
         self.seed = seed
@@ -157,6 +158,7 @@ class Random(Criterion):
     """Uniform random scores from a seeded generator (identical on every process)."""
 
     needs_grad = False
+    capturable = False  # draws from a CPU generator
 
     def __init__(self, structure: Structure | None = None, seed: int = 0) -> None:
         self.gen = torch.Generator().manual_seed(seed + 12345)

@@ -65,8 +65,8 @@ class GlobalPruner:
                  penalty: CostModel | None = None, total_steps: int | None = None, prune_steps: int | None = None,
                  interval: int | None = None, per_step: int | None = None, step_fraction: float | None = None,
                  eta: float = 1.0, ema: float = 0.9, granularity: str | Mapping[str, int] | Granularity = "auto",
-                 seed: int = 0,
-                 evaluator: Callable[[nn.Module], float | None] | None = None) -> None:
+                 seed: int = 0, evaluator: Callable[[nn.Module], float | None] | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         self.model = as_revit(model)
         self.base: ViTConfig = self.model.config  # type: ignore[assignment]
         self.rank, self.world = dist_info()
@@ -99,6 +99,8 @@ class GlobalPruner:
         self.masks.install(self.model)
         self.criterion = self._criterion(criterion)
         self.acc = ScoreAccumulator(ema)
+        self.cuda_graphs = cuda_graphs
+        self._graph: _GraphedScores | None = None
         self.evaluator = evaluator
         self.calls, self.steps = 0, 0
         self.eta_abs: float | None = None
@@ -179,7 +181,11 @@ class GlobalPruner:
             grads = {k: p.grad for k, p in params.items() if p.grad is not None}
             if self.criterion.needs_grad and not grads:
                 raise ConfigError("accumulate() found no gradients: call it after loss.backward()")
-            self.acc.add(self.criterion(params, grads))
+            if self._use_graph(params, grads):
+                assert self._graph is not None
+                self._graph.add(grads)
+            else:
+                self.acc.add(self.criterion(params, grads))
         if loss is not None:
             self._loss[0] += float(loss)
             self._loss[1] += 1
@@ -198,7 +204,24 @@ class GlobalPruner:
         self._prune()
         return True
 
+    def _use_graph(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> bool:
+        """Whether to score through a CUDA graph (auto: on CUDA, for criteria that can be captured)."""
+        if self._graph is not None and self._graph.names == sorted(grads):
+            return True
+        device = next(iter(params.values())).device
+        if self.cuda_graphs is False or device.type != "cuda" or not self.criterion.capturable:
+            return False
+        self._flush_graph()
+        self._graph = _GraphedScores(self.criterion, params, grads)
+        return True
+
+    def _flush_graph(self) -> None:
+        """Move the graph's summed scores into the accumulator (before a step or a state save)."""
+        if self._graph is not None and self._graph.count:
+            self._graph.flush_into(self.acc)
+
     def _prune(self) -> None:
+        self._flush_graph()
         scores = self.acc.end_interval()
         if not scores:
             raise ConfigError("step() is due but no scores were accumulated: call accumulate() after backward")
@@ -277,6 +300,7 @@ class GlobalPruner:
     def state_dict(self) -> dict[str, Any]:
         """Everything the policy needs to continue (device-agnostic: tensors on the CPU)."""
         cpu = to_cpu
+        self._flush_graph()
         return {"alive": cpu(self.masks.alive), "acc": cpu(self.acc.state_dict()),
                 "criterion": cpu(self.criterion.state_dict()), "calls": self.calls, "steps": self.steps,
                 "eta_abs": self.eta_abs, "loss": list(self._loss), "trace": [s.to_dict() for s in self.steps_log]}
@@ -291,6 +315,47 @@ class GlobalPruner:
         self._loss = list(state["loss"])
         self.steps_log = [TraceStep.from_dict(d) for d in state["trace"]]
         self.masks.apply(self.model)
+
+
+class _GraphedScores:
+    """``criterion(params, grads)`` summed into static buffers by one CUDA-graph replay per call.
+
+    Scoring is hundreds of small kernels (a product, axis sums and a scatter per tensor slice);
+    on a GPU their launches cost more than the arithmetic, so they are captured once and replayed.
+    The gradients are copied into static buffers first (one multi-tensor copy), since a training
+    loop that zeroes with ``set_to_none`` gets new gradient tensors every step.
+    """
+
+    def __init__(self, criterion: Criterion, params: Mapping[str, torch.Tensor],
+                 grads: Mapping[str, torch.Tensor]) -> None:
+        self.names = sorted(grads)
+        self.static = {k: grads[k].detach().clone() for k in self.names}
+        p = {k: v.detach() for k, v in params.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up (index tensors move to the device) on a side stream
+                out = criterion(p, self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.gids = sorted(out)
+        self.sums = [torch.zeros_like(out[g]) for g in self.gids]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            out = criterion(p, self.static)
+            torch._foreach_add_(self.sums, [out[g] for g in self.gids])
+        self.count = 0
+
+    def add(self, grads: Mapping[str, torch.Tensor]) -> None:
+        torch._foreach_copy_([self.static[k] for k in self.names], [grads[k].detach() for k in self.names])
+        self.graph.replay()
+        self.count += 1
+
+    def flush_into(self, acc: ScoreAccumulator) -> None:
+        for g, v in zip(self.gids, self.sums, strict=True):
+            acc.sum[g] = acc.sum[g] + v if g in acc.sum else v.clone()
+        acc.count += self.count
+        torch._foreach_zero_(self.sums)
+        self.count = 0
 
 
 def to_cpu(x: Any) -> Any:

@@ -65,20 +65,21 @@ class Masks:
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> None:
-        """Zero every removed entry of the model's parameters."""
+        """Zero every removed entry of the model's parameters (one fused multi-tensor multiply)."""
         params = dict(model.named_parameters())
-        for name in self._keep:
-            p = params[name]
-            p.mul_(self._on(name, p))
+        ts: list[torch.Tensor] = [params[name] for name in self._keep]
+        if ts:
+            keeps: list[torch.Tensor] = [self._on(name, t) for name, t in zip(self._keep, ts, strict=True)]
+            torch._foreach_mul_(ts, keeps)
 
     @torch.no_grad()
     def zero_grads(self, model: nn.Module) -> None:
         """Zero the gradients of removed entries (so optimizer moments stay zero there)."""
         params = dict(model.named_parameters())
-        for name in self._keep:
-            g = params[name].grad
-            if g is not None:
-                g.mul_(self._on(name, g))
+        pairs: list[tuple[str, torch.Tensor]] = [(n, g) for n in self._keep if (g := params[n].grad) is not None]
+        if pairs:
+            keeps: list[torch.Tensor] = [self._on(name, g) for name, g in pairs]
+            torch._foreach_mul_([g for _, g in pairs], keeps)
 
     def install(self, model: nn.Module) -> None:
         """Make the model's residual-stream LayerNorms normalise over kept channels only."""
@@ -124,7 +125,7 @@ def dense_state_dict(model: nn.Module, structure: Structure,
             if scale is not None:
                 shape = [1] * t.ndim
                 shape[ax] = -1
-                t = t * scale.to(t.dtype).view(shape)
+                t = t * scale.to(device=t.device, dtype=t.dtype).view(shape)
             t = t.index_select(ax, torch.nonzero(keep).flatten().to(t.device))
         out[name] = t.contiguous().clone()
     for name, b in model.named_buffers():

@@ -69,7 +69,9 @@ def _capture(torch: Any, module: Any, x: Any) -> Any:
     def replay(_: Any) -> None:
         graph.replay()
 
-    replay.graph = graph  # type: ignore[attr-defined]  # keep the graph (and its memory pool) alive
+    # keep the graph (and its memory pool) and the module whose weights it reads alive as long as the replay
+    replay.graph = graph  # type: ignore[attr-defined]
+    replay.module = module  # type: ignore[attr-defined]
     return replay
 
 
