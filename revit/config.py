@@ -85,6 +85,8 @@ class ViTConfig:
     distilled: bool = False
     class_token: bool = True
     qkv_bias: bool = True
+    init_values: float | None = None  # layer scale (timm ls1/ls2, DeiT-III): initial gamma; None = none
+    no_embed_class: bool = False  # DeiT-III position embedding: patches only, prefix tokens added after
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +98,11 @@ class ViTConfig:
         _check_bool(self.distilled, "distilled")
         _check_bool(self.class_token, "class_token")
         _check_bool(self.qkv_bias, "qkv_bias")
+        _check_bool(self.no_embed_class, "no_embed_class")
+        if self.init_values is not None and (isinstance(self.init_values, bool)
+                                             or not isinstance(self.init_values, (int, float))
+                                             or not self.init_values > 0):
+            raise ConfigError(f"init_values (layer scale) must be a positive number or null, got {self.init_values!r}")
         if not isinstance(self.blocks, tuple):
             object.__setattr__(self, "blocks", tuple(self.blocks))
         if len(self.blocks) == 0:
