@@ -135,9 +135,9 @@ _SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id")
 def _create(variant: str | None, pretrained: bool = False, *, config: Any = None, **kwargs: Any) -> ReViT:
     """Build through timm's ``build_model_with_cfg`` (pretrained cfg, weights, ``features_only``)."""
     cfg = as_config(config) if config is not None else PRESETS[variant]()  # type: ignore[index]
-    if variant is None or config is not None:
+    if (variant is None or config is not None) and not kwargs.get("pretrained_cfg"):
         # a config of its own: its pretrained cfg follows the config, not a preset
-        kwargs.setdefault("pretrained_cfg", pretrained_cfg(cfg, architecture=variant or cfg.name or "revit"))
+        kwargs["pretrained_cfg"] = pretrained_cfg(cfg, architecture=variant or cfg.name or "revit")
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and not any(overlay.get(k) for k in _SOURCE_KEYS) \
             and not any((kwargs.get("pretrained_cfg") or {}).get(k) for k in _SOURCE_KEYS):
