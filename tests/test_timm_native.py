@@ -209,6 +209,7 @@ def test_deit3_converts_exactly_both_ways(tmp_path, cli):
     assert code == 0, err
     cfg = ViTConfig.load(tmp_path / "out" / "config.yaml")
     assert cfg.init_values == 1e-6 and cfg.no_embed_class and cfg.tokens == 197
+    assert counting.params(cfg) == sum(p.numel() for p in t.parameters())
     sd = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert sd.keys() == t.state_dict().keys()
     assert all(torch.equal(sd[k], v) for k, v in t.state_dict().items())
@@ -277,3 +278,37 @@ def test_no_import_cycles_in_models():
 
     cycles = [m for m in graph if m != "revit.models" and m in reach(m, set()) - {"revit.models"}]
     assert not cycles, cycles
+
+
+def test_prune_with_layer_scale_dense_equals_masked():
+    """DeiT-III-style blocks: the structure puts every gamma in the EMB family; the dense export slices them."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from revit.prune import Masks, derive_structure, rebuild_dense
+
+    torch.manual_seed(0)
+    t = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=5, embed_dim=32, depth=2, num_heads=2,
+                          init_values=0.5, no_embed_class=True)
+    model = rm.from_timm(t).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    s = derive_structure(model)
+    emb = {sl.param for sl in s.embed.slices}
+    assert {f"blocks.{i}.ls{j}.gamma" for i in range(2) for j in (1, 2)} <= emb
+    masks = Masks(s)
+    masks.install(model)
+    gen = torch.Generator().manual_seed(1)
+    for g in s.groups:
+        masks.alive[g.gid][torch.randperm(g.size, generator=gen)[: max(1, g.size // 3)]] = False
+    masks.refresh()
+    masks.apply(model)
+    dense = rebuild_dense(model, s, masks.alive).eval()
+    keep = masks.alive[s.embed.gid]
+    assert dense.config.init_values == 0.5 and dense.config.embed_dim == int(keep.sum())
+    assert rm.count_params(dense) == counting.params(dense.config)
+    torch.testing.assert_close(dense.blocks[1].ls2.gamma, model.blocks[1].ls2.gamma[keep], atol=0, rtol=0)
+    x = torch.randn(8, 1, 16, 16)
+    with torch.no_grad():
+        assert (model(x) - dense(x)).abs().max().item() < 1e-5
+        model.blocks[0].ls1.gamma.mul_(2)  # the gammas matter: scaling one changes the masked output
+        assert (model(x) - dense(x)).abs().max().item() > 1e-3
