@@ -126,7 +126,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     model = from_timm(tm)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model.config.save(out / "config.yaml")  # type: ignore[union-attr, operator]
+    model.config.save(out / "config.yaml")
     save_weights(model, out / "model.safetensors")
     info(f"wrote {out / 'config.yaml'} and {out / 'model.safetensors'}")
     return 0

@@ -53,7 +53,7 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, dims: BlockDims, qkv_bias: bool = True, proj_drop: float = 0.0,
                  attn_drop: float = 0.0, drop_path: float = 0.0, init_values: float | None = None,
-                 norm_layer: Callable[..., nn.Module] = LayerNorm, act_layer: Callable[..., nn.Module] = nn.GELU,
+                 norm_layer: Callable[..., nn.Module] = LayerNorm, act_layer: type[nn.Module] = nn.GELU,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
@@ -90,7 +90,7 @@ class PerBlock:
 
     def __call__(self, *, dim: int, depth: int, qkv_bias: bool, init_values: float | None, proj_drop: float,
                  attn_drop: float, drop_path: float, norm_layer: Callable[..., nn.Module],
-                 act_layer: Callable[..., nn.Module], mlp_layer: Any = Mlp, device: Any = None, dtype: Any = None,
+                 act_layer: type[nn.Module], mlp_layer: Any = Mlp, device: Any = None, dtype: Any = None,
                  **options: Any) -> Block:
         bad = [k for k, v in options.items() if k in _TIMM_BLOCK_DEFAULTS and v != _TIMM_BLOCK_DEFAULTS[k]]
         if bad or mlp_layer is not Mlp:

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -25,7 +25,7 @@ from torch import nn
 from revit.config import ViTConfig
 from revit.errors import CheckpointError, ConfigError
 from revit.models.checkpoint import load_checkpoint
-from revit.models.layers import PerBlock
+from revit.models.layers import Block, PerBlock
 from revit.presets import PRESETS
 
 # Fashion-MNIST's statistics (revit.data.datasets normalises with the same numbers)
@@ -103,7 +103,7 @@ class ReViT(VisionTransformer):
         if h != w or ph != pw:
             raise ConfigError(f"input {h}x{w} / patch {ph}x{pw} is not square: no ViTConfig describes it")
         now = replace(c, img_size=h, patch_size=ph, in_chans=self.in_chans, num_classes=self.num_classes,
-                      blocks=tuple(b.dims for b in self.blocks))  # type: ignore[union-attr]
+                      blocks=tuple(cast(Block, b).dims for b in self.blocks))
         return now if now == c else replace(now, name=None)
 
 
@@ -144,7 +144,7 @@ def _create(variant: str | None, pretrained: bool = False, *, config: Any = None
         raise CheckpointError(f"{variant or cfg.name} has no hub weights; pass a local file: "
                               "checkpoint_path=FILE or pretrained_cfg_overlay=dict(file=FILE)")
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(  # type: ignore[no-any-return]
+    return build_model_with_cfg(
         ReViTDistilled if cfg.distilled else ReViT, variant or cfg.name or "revit", pretrained,
         model_cfg=cfg, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
