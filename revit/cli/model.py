@@ -120,9 +120,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                                   "offline? pass a local file with --checkpoint FILE") from None
     if args.checkpoint:
         sd, note = read_state_dict(args.checkpoint, use_ema=args.use_ema)  # timm's loader
-        info(note)
         check_compatible(tm, sd, args.checkpoint)
         tm.load_state_dict(sd)
+        info(note)
     model = from_timm(tm)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
