@@ -312,3 +312,18 @@ def test_prune_with_layer_scale_dense_equals_masked():
         assert (model(x) - dense(x)).abs().max().item() < 1e-5
         model.blocks[0].ls1.gamma.mul_(2)  # the gammas matter: scaling one changes the masked output
         assert (model(x) - dense(x)).abs().max().item() > 1e-3
+
+
+def test_local_weights_through_timm_factory(tmp_path):
+    """timm's own ways to load local weights: pretrained_cfg_overlay=dict(file=...) and checkpoint_path=."""
+    torch.manual_seed(0)
+    src = timm.create_model("revit_micro")
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "w.pth.tar")
+    a = timm.create_model("revit_micro", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth.tar")))
+    b = timm.create_model("revit_micro", checkpoint_path=str(tmp_path / "w.pth.tar"))
+    for m in (a, b):
+        assert all(torch.equal(m.state_dict()[k], v) for k, v in src.state_dict().items())
+    c = timm.create_model("revit_micro", pretrained=True, num_classes=3, in_chans=3,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth.tar")))
+    assert c.head.out_features == 3 and torch.equal(c.blocks[0].mlp.fc1.weight, src.blocks[0].mlp.fc1.weight)
+    torch.testing.assert_close(c.patch_embed.proj.weight.sum(1), src.patch_embed.proj.weight.sum(1))
