@@ -327,3 +327,11 @@ def test_local_weights_through_timm_factory(tmp_path):
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth.tar")))
     assert c.head.out_features == 3 and torch.equal(c.blocks[0].mlp.fc1.weight, src.blocks[0].mlp.fc1.weight)
     torch.testing.assert_close(c.patch_embed.proj.weight.sum(1), src.patch_embed.proj.weight.sum(1))
+
+
+def test_config_name_only_while_the_preset_is_unchanged():
+    assert timm.create_model("revit_micro", drop_path_rate=0.1).config.name == "revit_micro"
+    assert timm.create_model("revit_micro", num_classes=3).config.name is None
+    m = timm.create_model("revit_micro", init_values=1e-4)
+    assert m.config.init_values == 1e-4 and m.blocks[0].ls2.gamma.shape == (96,)
+    assert timm.create_model("revit_micro", init_values=0).config.init_values is None

@@ -77,10 +77,13 @@ class ReViT(VisionTransformer):
             changes["img_size"] = _square(img_size, "img_size")
         if patch_size is not None:
             changes["patch_size"] = _square(patch_size, "patch_size")
-        for k, v in (("in_chans", in_chans), ("num_classes", num_classes), ("init_values", init_values)):
+        for k, v in (("in_chans", in_chans), ("num_classes", num_classes)):
             if v is not None:
                 changes[k] = v
-        c = replace(base, **changes) if any(getattr(base, k) != v for k, v in changes.items()) else base
+        if init_values is not None:
+            changes["init_values"] = init_values or None  # as timm: 0 means no layer scale
+        changed = any(getattr(base, k) != v for k, v in changes.items())
+        c = replace(base, **changes, name=None) if changed else base
         if c.distilled and c.no_embed_class:
             raise ConfigError("a distilled model with no_embed_class is not supported (timm's DeiT has none)")
         super().__init__(
