@@ -62,4 +62,4 @@ clean:
 # but the DeiT-B-sized ones, next to timm's deit_tiny_patch16_224; prints per-model counts
 .PHONY: test-timm
 test-timm: setup
-	$(BIN)/python tests/timm_suite/run.py --threads 2 --json build/timm-suite/counts.json
+	$(BIN)/python tests/timm_suite/run.py --threads 1 --json build/timm-suite/counts.json

@@ -19,7 +19,7 @@ RUN = Path(__file__).resolve().parent / "timm_suite" / "run.py"
 
 def _run(tmp_path: Path, *args: str) -> dict[str, dict[str, int]]:
     out = tmp_path / "counts.json"
-    proc = subprocess.run([sys.executable, str(RUN), "--threads", "2", "--json", str(out), *args],
+    proc = subprocess.run([sys.executable, str(RUN), "--threads", "1", "--json", str(out), *args],
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return json.loads(out.read_text())["models"]  # type: ignore[no-any-return]

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", help="revit models to test (default: every revit_* but DeiT-B-sized)")
     ap.add_argument("--no-reference", action="store_true", help=f"do not run timm's {REFERENCE} alongside")
     ap.add_argument("--dest", type=Path, default=ROOT / "build" / "timm-suite", help="sdist cache folder")
-    ap.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads")
     ap.add_argument("--json", type=Path, help="write the per-model counts here")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args(argv)
