@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, cast
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -43,6 +42,18 @@ def as_config(config: ViTConfig | Mapping[str, Any] | str | os.PathLike[str]) ->
 
         return resolve_config(str(config))
     raise ConfigError(f"config must be a ViTConfig, a dict or a YAML path, got {type(config).__name__}")
+
+
+# the config fields a timm factory argument or a model change can set (ViTConfig keyword arguments)
+_SETTING_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "distilled", "class_token", "qkv_bias",
+                 "init_values", "no_embed_class")
+
+
+def _updated(c: ViTConfig, blocks: Any = None, **changes: Any) -> ViTConfig:
+    """``c`` with setting fields (and blocks) changed; the preset name is kept only when nothing changed."""
+    kw = {k: getattr(c, k) for k in _SETTING_KEYS}
+    new = ViTConfig(embed_dim=c.embed_dim, blocks=tuple(blocks or c.blocks), **{**kw, **changes})
+    return c if new == c else new
 
 
 def _square(size: Any, what: str) -> int:
@@ -82,8 +93,7 @@ class ReViT(VisionTransformer):
                 changes[k] = v
         if init_values is not None:
             changes["init_values"] = init_values or None  # as timm: 0 means no layer scale
-        changed = any(getattr(base, k) != v for k, v in changes.items())
-        c = replace(base, **changes, name=None) if changed else base
+        c = _updated(base, **changes)
         if c.distilled and c.no_embed_class:
             raise ConfigError("a distilled model with no_embed_class is not supported (timm's DeiT has none)")
         super().__init__(
@@ -105,9 +115,8 @@ class ReViT(VisionTransformer):
         (h, w), (ph, pw) = self.patch_embed.img_size, self.patch_embed.patch_size
         if h != w or ph != pw:
             raise ConfigError(f"input {h}x{w} / patch {ph}x{pw} is not square: no ViTConfig describes it")
-        now = replace(c, img_size=h, patch_size=ph, in_chans=self.in_chans, num_classes=self.num_classes,
-                      blocks=tuple(cast(Block, b).dims for b in self.blocks))
-        return now if now == c else replace(now, name=None)
+        return _updated(c, blocks=[cast(Block, b).dims for b in self.blocks], img_size=h, patch_size=ph,
+                        in_chans=self.in_chans, num_classes=self.num_classes)
 
 
 class ReViTDistilled(VisionTransformerDistilled, ReViT):
