@@ -57,3 +57,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# timm's own tests/test_models.py (sdist of the installed timm, from the package index) on every revit_* model
+# but the DeiT-B-sized ones, next to timm's deit_tiny_patch16_224; prints per-model counts
+.PHONY: test-timm
+test-timm: setup
+	$(BIN)/python tests/timm_suite/run.py --threads 1 --json build/timm-suite/counts.json

@@ -128,6 +128,8 @@ class Setting:
     distilled: bool = False
     class_token: bool = True
     qkv_bias: bool = True
+    init_values: float | None = None  # layer scale (timm ls1/ls2, DeiT-III): initial gamma; None = none
+    no_embed_class: bool = False  # DeiT-III position embedding: patches only, prefix tokens added after
     depth: int = 12
 
     # what the latency of the parts outside the blocks (patch embedding, tokens, heads) depends on
@@ -139,8 +141,12 @@ class Setting:
         for k in ("img_size", "patch_size", "in_chans", "depth"):
             _check_int(getattr(self, k), k)
         _check_int(self.num_classes, "num_classes", minimum=0)
-        for k in ("distilled", "class_token", "qkv_bias"):
+        for k in ("distilled", "class_token", "qkv_bias", "no_embed_class"):
             _check_bool(getattr(self, k), k)
+        if self.init_values is not None and (isinstance(self.init_values, bool)
+                                             or not isinstance(self.init_values, (int, float))
+                                             or not self.init_values > 0):
+            raise ConfigError(f"init_values (layer scale) must be a positive number or null, got {self.init_values!r}")
         if self.img_size % self.patch_size:
             raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.distilled and not self.class_token:
@@ -309,6 +315,14 @@ class ViTConfig:
     @property
     def qkv_bias(self) -> bool:
         return self.setting.qkv_bias
+
+    @property
+    def init_values(self) -> float | None:
+        return self.setting.init_values
+
+    @property
+    def no_embed_class(self) -> bool:
+        return self.setting.no_embed_class
 
     @property
     def depth(self) -> int:

@@ -70,8 +70,9 @@ def params(cfg: ViTConfig) -> int:
     e = cfg.embed_dim
     p = e * cfg.in_chans * cfg.patch_size**2 + e  # patch embedding conv
     p += cfg.num_prefix_tokens * e  # cls / dist tokens
-    p += cfg.tokens * e  # positional embedding (covers the prefix tokens, as in DeiT)
+    p += (cfg.num_patches if cfg.no_embed_class else cfg.tokens) * e  # position embedding (DeiT: + prefix)
     p += sum(block_params(e, b, cfg.qkv_bias) for b in cfg.blocks)
+    p += 2 * e * cfg.depth if cfg.init_values else 0  # layer scale gammas (ls1, ls2)
     p += 2 * e  # final norm (or fc_norm when pooling by average)
     p += (e * cfg.num_classes + cfg.num_classes) * (2 if cfg.distilled else 1)
     return p

@@ -72,7 +72,7 @@ def test_distilled_conversion_keeps_both_heads():
 
 
 @pytest.mark.parametrize("kwargs, part", [
-    (dict(init_values=1e-5), "layer scale"),
+    (dict(scale_mlp_norm=True), "MLP norm"),
     (dict(reg_tokens=4), "register tokens"),
     (dict(qk_norm=True), "QK normalisation"),
     (dict(pre_norm=True), "pre-norm"),

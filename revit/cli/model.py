@@ -25,14 +25,18 @@ def register(sub: Any) -> None:
                     "revit model export-onnx revit_micro --out micro.onnx --checkpoint run/model.safetensors")
     e.add_argument("model", help="registered name or ViT-config YAML")
     e.add_argument("--out", required=True, help="ONNX file to write")
-    e.add_argument("--checkpoint", help="local .pth/.safetensors weights matching the config")
+    e.add_argument("--checkpoint", help="local weights matching the config (.pth/.pth.tar/.safetensors)")
+    e.add_argument("--use-ema", action="store_true", help="take a timm train.py checkpoint's EMA weights")
     e.add_argument("--batch", type=int, default=2, help="example batch size (the batch axis stays dynamic)")
     e.set_defaults(func=cmd_export)
 
     c = add_command(msub, "convert", "convert a local timm ViT/DeiT checkpoint into a revit config + weights",
                     "revit model convert deit_small_patch16_224 --checkpoint deit_s.pth --out runs/deit_s")
     c.add_argument("timm_name", help="timm architecture of the checkpoint (e.g. deit_tiny_distilled_patch16_224)")
-    c.add_argument("--checkpoint", help="local weights file (.pth/.safetensors); without it, timm's random init")
+    c.add_argument("--checkpoint", help="local weights (.pth/.safetensors, or timm train.py's last.pth.tar / "
+                   "model_best.pth.tar); without it, timm's random init")
+    c.add_argument("--use-ema", action="store_true",
+                   help="take the EMA weights (state_dict_ema) of a timm train.py checkpoint instead of the plain ones")
     c.add_argument("--pretrained", action="store_true",
                    help="download timm's weights from the hub (needs network; prefer --checkpoint FILE)")
     c.add_argument("--out", required=True, help="folder for config.yaml and model.safetensors")
@@ -77,11 +81,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from revit.models import build_model
+    from revit.models import build_model, load_checkpoint
     from revit.models.export import export_onnx
 
     cfg = resolve_config(args.model)
-    model = build_model(cfg, checkpoint=args.checkpoint)
+    model = build_model(cfg)
+    if args.checkpoint:
+        info(load_checkpoint(model, args.checkpoint, use_ema=args.use_ema))
     x = torch.randn(args.batch, cfg.in_chans, cfg.img_size, cfg.img_size)
     path = export_onnx(model, args.out, x)
     info(f"wrote {path} (input 'images' [batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}], output 'logits')")
@@ -94,11 +100,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     import timm
 
     from revit.errors import CheckpointError, ConfigError
-    from revit.models import from_timm, load_state_dict
+    from revit.models import from_timm, read_state_dict
+    from revit.models.checkpoint import check_compatible
     from revit.workflows import save_weights
 
     if args.pretrained and args.checkpoint:
         raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")
+    if args.use_ema and not args.checkpoint:
+        raise ConfigError("--use-ema picks the EMA weights of a --checkpoint FILE; give one")
     try:
         tm = timm.create_model(args.timm_name, pretrained=False)
     except RuntimeError as e:
@@ -110,15 +119,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
             raise CheckpointError(f"could not download {args.timm_name} weights ({type(e).__name__}); "
                                   "offline? pass a local file with --checkpoint FILE") from None
     if args.checkpoint:
-        from revit.models.checkpoint import check_compatible
-
-        sd = load_state_dict(args.checkpoint)
+        sd, note = read_state_dict(args.checkpoint, use_ema=args.use_ema)  # timm's loader
         check_compatible(tm, sd, args.checkpoint)
         tm.load_state_dict(sd)
+        info(note)
     model = from_timm(tm)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model.config.save(out / "config.yaml")  # type: ignore[union-attr, operator]
+    model.config.save(out / "config.yaml")
     save_weights(model, out / "model.safetensors")
     info(f"wrote {out / 'config.yaml'} and {out / 'model.safetensors'}")
     return 0

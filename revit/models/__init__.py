@@ -1,16 +1,15 @@
-"""ReViT models on timm layers; importing this registers every preset in timm's registry."""
+"""ReViT models on timm's VisionTransformer; importing this registers every preset in timm's registry."""
 
 from revit.models.checkpoint import (
     config_from_state_dict,
-    config_from_timm,
-    from_timm,
     load_checkpoint,
     load_state_dict,
-    to_timm,
+    read_state_dict,
 )
-from revit.models.vit import ReViT, build_model, count_params
+from revit.models.convert import config_from_timm, from_timm, to_timm
+from revit.models.vit import ReViT, ReViTDistilled, as_config, build_model, count_params, pretrained_cfg
 
 __all__ = [
-    "ReViT", "build_model", "config_from_state_dict", "config_from_timm", "count_params", "from_timm",
-    "load_checkpoint", "load_state_dict", "to_timm",
+    "ReViT", "ReViTDistilled", "as_config", "build_model", "config_from_state_dict", "config_from_timm",
+    "count_params", "from_timm", "load_checkpoint", "load_state_dict", "pretrained_cfg", "read_state_dict", "to_timm",
 ]

@@ -1,12 +1,16 @@
-"""Checkpoints: timm ViT/DeiT <-> ReViT conversion, and local ``.pth``/``.safetensors`` loading.
+"""Checkpoint files: reading them through timm's loader, checking them against a model, inferring a config.
 
-The per-block model uses timm's parameter names and layouts, so a timm state dict needs no
-renaming: conversion infers the :class:`ViTConfig` and checks every shape.  Parts the per-block
-model lacks (layer scale, register tokens, QK norm, ...) are refused with their name.
+Files are read by ``timm.models.load_state_dict``: ``.pth``/``.pth.tar``/``.bin``/``.safetensors``,
+timm ``train.py`` checkpoints (``last.pth.tar``, ``model_best.pth.tar``: ``state_dict`` and
+``state_dict_ema``), DeiT's ``{"model": ...}`` and DDP/``torch.compile`` prefixes.  The plain
+weights are used unless ``use_ema`` asks for the EMA ones, and :func:`read_state_dict` says which
+part it took.  The per-block model uses timm's parameter names, so a timm state dict needs no
+renaming; parts the per-block model lacks (register tokens, QK norm, ...) are refused with their name.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,35 +24,60 @@ from revit.errors import CheckpointError
 
 # key fragment -> the part it belongs to, for parts ReViT does not model
 _UNSUPPORTED_KEYS = {
-    ".ls1.": "layer scale (ls1/ls2)", ".ls2.": "layer scale (ls1/ls2)", "reg_token": "register tokens",
+    "reg_token": "register tokens",
     "q_norm": "QK normalisation", "k_norm": "QK normalisation", "attn.norm.": "attention output norm",
     "norm_pre": "pre-norm (norm_pre)", "attn_pool": "attention pooling head", "patch_embed.norm": "patch-embed norm",
     "mlp.norm.": "MLP norm (scale_mlp_norm)", "fc1_g": "gated MLP (SwiGLU)", "fc1_x": "gated MLP (SwiGLU)",
     "pre_logits": "pre-logits layer",
 }
+# the parts of a checkpoint dict that hold weights, in timm's order of preference
+EMA_KEYS = ("state_dict_ema", "model_ema")
+PLAIN_KEYS = ("state_dict", "model")
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a local ``.pth``/``.pt``/``.bin``/``.safetensors`` file into a flat state dict."""
+def _wrapper_keys(path: Path) -> list[str]:
+    """The top-level keys of a ``torch.save``-d dict (read lazily: tensors land on the meta device)."""
+    if path.suffix == ".safetensors":
+        return []
+    with torch.serialization.safe_globals([argparse.Namespace]):  # timm train.py saves its args
+        try:
+            obj = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
+            obj = torch.load(path, map_location="meta", weights_only=True)
+    return [str(k) for k, v in obj.items() if isinstance(v, Mapping)] if isinstance(obj, Mapping) else []
+
+
+def read_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """The flat state dict of a checkpoint file (via timm's loader) and a line saying which weights it holds."""
+    from timm.models import load_state_dict as timm_load_state_dict
+
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(p))
-        else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
+        parts = _wrapper_keys(p)
+        sd: Any = timm_load_state_dict(str(p), use_ema=use_ema)
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
-    for wrapper in ("state_dict_ema", "model_ema", "model", "state_dict"):
-        if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
-            sd = sd[wrapper]
-            break
-    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    ema = next((k for k in EMA_KEYS if k in parts), None)
+    plain = next((k for k in PLAIN_KEYS if k in parts), None)
+    if use_ema and ema is None:
+        raise CheckpointError(f"{path}: has no EMA weights (no {' or '.join(EMA_KEYS)}); drop --use-ema")
+    if use_ema:
+        note = f"{path}: using the EMA weights ({ema})"
+    elif plain is not None:
+        note = f"{path}: using the plain weights ({plain})" + (
+            f"; it also has EMA weights ({ema}): --use-ema / use_ema=True takes those" if ema else "")
+    else:
+        note = f"{path}: using its state dict"
+    return dict(sd), note
+
+
+def load_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Read a local checkpoint file into a flat state dict (plain weights unless ``use_ema``)."""
+    return read_state_dict(path, use_ema)[0]
 
 
 def _refuse_unsupported(keys: Any, source: str) -> None:
@@ -77,19 +106,24 @@ def check_compatible(model: nn.Module, sd: Mapping[str, torch.Tensor], source: s
         raise CheckpointError(f"{source} does not match the config: " + "; ".join(problems))
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a local checkpoint into ``model`` after checking it matches exactly."""
-    sd = load_state_dict(path)
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], use_ema: bool = False) -> str:
+    """Load a local checkpoint into ``model`` after checking it matches exactly; returns which weights it took."""
+    sd, note = read_state_dict(path, use_ema)
     check_compatible(model, sd, str(path))
     model.load_state_dict(sd, strict=True)
+    return note
 
 
 def config_from_state_dict(sd: Mapping[str, torch.Tensor], heads: int | list[int] | None = None,
-                           head_dim: int = 64, qk_dim: int | list[int] | None = None) -> ViTConfig:
+                           head_dim: int = 64, qk_dim: int | list[int] | None = None,
+                           init_values: float = 1e-6) -> ViTConfig:
     """Infer a :class:`ViTConfig` from a timm-layout state dict.
 
     Head counts are not visible in the tensors: pass ``heads`` (per model or per block), else
     ``embed_dim // head_dim``.  ``qk_dim`` per head defaults to the V width (timm: QK == V).
+    Layer scale (``ls1.gamma``) is recorded with ``init_values`` (its initial value is not in the
+    tensors; DeiT-III's 1e-6 by default), and a position embedding without prefix rows as
+    ``no_embed_class``.
     """
     _refuse_unsupported(sd.keys(), "state dict")
     try:
@@ -97,14 +131,18 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], heads: int | list[int
         e, in_chans, p, _ = pw.shape
         depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
         pos = sd["pos_embed"].shape[1]
-    except KeyError as err:
+    except (KeyError, ValueError) as err:
         raise CheckpointError(f"state dict lacks {err}: not a timm ViT/DeiT") from None
     class_token = "cls_token" in sd
     distilled = "dist_token" in sd
     prefix = int(class_token) + int(distilled)
     grid = round((pos - prefix) ** 0.5)
+    no_embed_class = False
     if grid * grid != pos - prefix:
-        raise CheckpointError(f"pos_embed has {pos} tokens: not {prefix} prefix tokens + a square grid")
+        grid = round(pos**0.5)
+        no_embed_class = prefix > 0 and grid * grid == pos
+        if not no_embed_class:
+            raise CheckpointError(f"pos_embed has {pos} tokens: not {prefix} prefix tokens + a square grid")
     head = sd.get("head.weight")
     num_classes = int(head.shape[0]) if head is not None else 0
     blocks = []
@@ -121,75 +159,5 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], heads: int | list[int
         blocks.append(BlockDims(h, qk, attn_v // h, mlp))
     return ViTConfig(embed_dim=int(e), blocks=tuple(blocks), img_size=grid * int(p), patch_size=int(p),
                      in_chans=int(in_chans), num_classes=num_classes, distilled=distilled,
-                     class_token=class_token, qkv_bias="blocks.0.attn.qkv.bias" in sd)
-
-
-def config_from_timm(model: nn.Module) -> ViTConfig:
-    """The :class:`ViTConfig` of a timm ``VisionTransformer`` (or DeiT distilled), or a clear refusal."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    if not isinstance(model, VisionTransformer):
-        raise CheckpointError(f"{type(model).__name__} is not a timm VisionTransformer")
-    name = type(model).__name__
-    checks = {
-        "register tokens": getattr(model, "reg_token", None) is not None,
-        "pre-norm (norm_pre)": not isinstance(model.norm_pre, nn.Identity),
-        "no_embed_class position embedding": bool(getattr(model, "no_embed_class", False)),
-        "attention pooling head": getattr(model, "attn_pool", None) is not None,
-        "dynamic image size": bool(getattr(model, "dynamic_img_size", False)),
-        "global pool other than token/avg": model.global_pool not in ("token", "avg"),
-        "patch-embed norm": not isinstance(getattr(model.patch_embed, "norm", nn.Identity()), nn.Identity),
-    }
-    blk: Any
-    for i, blk in enumerate(model.blocks):
-        checks[f"layer scale (block {i})"] = not isinstance(blk.ls1, nn.Identity)
-        checks[f"QK normalisation (block {i})"] = not isinstance(blk.attn.q_norm, nn.Identity)
-        checks[f"activation other than GELU (block {i})"] = not isinstance(getattr(blk.mlp, "act", None), nn.GELU)
-        checks[f"LayerNorm eps other than 1e-6 (block {i})"] = getattr(blk.norm1, "eps", None) != 1e-6
-    bad = [k for k, v in checks.items() if v]
-    if bad:
-        raise CheckpointError(f"{name} has {bad[0]}, which revit's per-block ViT does not support")
-    if model.global_pool == "avg" and model.cls_token is not None:
-        raise CheckpointError(f"{name}: average pooling with a class token is not supported")
-    if model.global_pool == "token" and isinstance(model.norm, nn.Identity):
-        raise CheckpointError(f"{name}: token pooling with fc_norm instead of norm is not supported")
-    heads = [int(b.attn.num_heads) for b in model.blocks]  # type: ignore[union-attr, arg-type]
-    return config_from_state_dict(model.state_dict(), heads=heads)
-
-
-def from_timm(model: nn.Module) -> nn.Module:
-    """Convert a timm ViT/DeiT model into the equivalent :class:`~revit.models.ReViT` (same outputs)."""
-    from revit.models.vit import build_model
-
-    cfg = config_from_timm(model)
-    out = build_model(cfg)
-    sd = model.state_dict()
-    check_compatible(out, sd, type(model).__name__)
-    out.load_state_dict(sd, strict=True)
-    return out
-
-
-def to_timm(model: nn.Module) -> nn.Module:
-    """Convert a uniform ReViT with QK == V back into timm's ``VisionTransformer``(``Distilled``)."""
-    from timm.models.deit import VisionTransformerDistilled
-    from timm.models.vision_transformer import VisionTransformer
-
-    cfg: ViTConfig = model.config  # type: ignore[assignment]
-    b0 = cfg.blocks[0]
-    if not cfg.is_uniform():
-        raise CheckpointError("timm's ViT needs identical blocks; this config's blocks differ")
-    if b0.qk_dim != b0.v_dim:
-        raise CheckpointError(f"timm's ViT needs QK width == V width per head (got {b0.qk_dim} vs {b0.v_dim})")
-    if b0.attn_v != cfg.embed_dim:
-        raise CheckpointError(f"timm's ViT needs heads x head_dim == embed_dim ({b0.attn_v} vs {cfg.embed_dim})")
-    cls = VisionTransformerDistilled if cfg.distilled else VisionTransformer
-    kw: dict[str, Any] = dict(
-        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, num_classes=cfg.num_classes,
-        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=b0.heads, mlp_ratio=b0.mlp_dim / cfg.embed_dim,
-        qkv_bias=cfg.qkv_bias, class_token=cfg.class_token, global_pool=cfg.global_pool,
-    )
-    out = cls(**kw)
-    sd = model.state_dict()
-    check_compatible(out, sd, "ReViT")
-    out.load_state_dict(sd, strict=True)
-    return out
+                     class_token=class_token, qkv_bias="blocks.0.attn.qkv.bias" in sd,
+                     init_values=init_values if "blocks.0.ls1.gamma" in sd else None, no_embed_class=no_embed_class)

@@ -1,134 +1,187 @@
-"""The ReViT model: a timm-style ViT/DeiT whose blocks each have their own widths.
+"""The ReViT model: timm's ``VisionTransformer`` (and DeiT's distilled one) with per-block widths.
 
-Every model (dense preset, pruned, rule-generated, converted timm checkpoint) is built by one
-function, :func:`build_model`, from a :class:`~revit.config.ViTConfig`.
+:class:`ReViT` *is* a timm ``VisionTransformer``: timm's constructor builds it, with a block
+factory that gives every block its own widths, so the whole timm model API (``forward_features``,
+``forward_head``, ``reset_classifier``, ``forward_intermediates``, ``set_input_size``, ...) is
+timm's own code.  Every model (dense preset, pruned, rule-generated, converted checkpoint) is made
+by timm's ``build_model_with_cfg`` from a :class:`~revit.config.ViTConfig`, with a pretrained cfg
+(input size, mean/std, classifier names) derived from that config.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from collections.abc import Mapping
+from typing import Any, cast
 
-import torch
-from timm.layers import PatchEmbed, trunc_normal_
-from timm.models import register_model
-from timm.models.vision_transformer import init_weights_vit_timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
 from revit.config import ViTConfig
-from revit.models.layers import LN_EPS, Block
+from revit.errors import CheckpointError, ConfigError
+from revit.models.checkpoint import load_checkpoint
+from revit.models.layers import Block, PerBlock
 from revit.presets import PRESETS
 
+# Fashion-MNIST's statistics (revit.data.datasets normalises with the same numbers)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 
-class ReViT(nn.Module):
-    """Vision Transformer with per-block heads, QK/V width per head and MLP width.
 
-    Parameter names equal timm's ``VisionTransformer`` (and ``VisionTransformerDistilled`` when
-    ``distilled``): eval outputs of a converted timm model are identical.
+def as_config(config: ViTConfig | Mapping[str, Any] | str | os.PathLike[str]) -> ViTConfig:
+    """A :class:`ViTConfig` from a config, its dict form, a YAML path or a preset name."""
+    if isinstance(config, ViTConfig):
+        return config
+    if isinstance(config, Mapping):
+        return ViTConfig.from_dict(dict(config), "config")
+    if isinstance(config, (str, os.PathLike)):
+        from revit.presets import resolve_config
+
+        return resolve_config(str(config))
+    raise ConfigError(f"config must be a ViTConfig, a dict or a YAML path, got {type(config).__name__}")
+
+
+# the config fields a timm factory argument or a model change can set (ViTConfig keyword arguments)
+_SETTING_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "distilled", "class_token", "qkv_bias",
+                 "init_values", "no_embed_class")
+
+
+def _updated(c: ViTConfig, blocks: Any = None, **changes: Any) -> ViTConfig:
+    """``c`` with setting fields (and blocks) changed; the preset name is kept only when nothing changed."""
+    kw = {k: getattr(c, k) for k in _SETTING_KEYS}
+    new = ViTConfig(embed_dim=c.embed_dim, blocks=tuple(blocks or c.blocks), **{**kw, **changes})
+    return c if new == c else new
+
+
+def _square(size: Any, what: str) -> int:
+    """An int from timm's int-or-(h, w) size argument; per-block configs are square."""
+    if isinstance(size, int):
+        return size
+    h, w = (int(s) for s in size)
+    if h != w:
+        raise ConfigError(f"{what} {h}x{w}: revit configs are square (one {what})")
+    return h
+
+
+class ReViT(VisionTransformer):
+    """Vision Transformer with per-block heads, QK/V width per head and MLP width (timm's ViT otherwise).
+
+    ``cfg`` gives the per-block widths and the setting; the timm factory arguments ``img_size``,
+    ``patch_size``, ``in_chans``, ``num_classes`` and ``init_values`` override its setting, and
+    :attr:`config` always describes the model as it is.  Parameter names equal timm's, so eval
+    outputs of a converted timm model are identical.
     """
 
-    def __init__(self, cfg: ViTConfig, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0) -> None:
-        super().__init__()
-        self.cfg = cfg
-        e = cfg.embed_dim
-        self.num_classes = cfg.num_classes
-        self.num_prefix_tokens = cfg.num_prefix_tokens
-        self.global_pool = cfg.global_pool
-        self.embed_dim = self.num_features = e
-        self.distilled_training = False  # as timm: return (cls, dist) logits in training when set
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, e)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, e)) if cfg.class_token else None
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, e)) if cfg.distilled else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.tokens, e))
-        self.pos_drop = nn.Dropout(drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, cfg.depth)]
-        self.blocks = nn.Sequential(*[
-            Block(e, d, cfg.qkv_bias, drop_rate, attn_drop_rate, dpr[i]) for i, d in enumerate(cfg.blocks)
-        ])
-        use_fc_norm = cfg.global_pool == "avg"
-        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(e, eps=LN_EPS)
-        self.fc_norm = nn.LayerNorm(e, eps=LN_EPS) if use_fc_norm else nn.Identity()
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(e, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        if cfg.distilled:
-            self.head_dist = nn.Linear(e, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self.init_weights()
+    def __init__(self, cfg: ViTConfig | Mapping[str, Any] | str | os.PathLike[str], *,
+                 img_size: int | tuple[int, int] | None = None, patch_size: int | tuple[int, int] | None = None,
+                 in_chans: int | None = None, num_classes: int | None = None, global_pool: str | None = None,
+                 init_values: float | None = None, fc_norm: bool | None = None, drop_rate: float = 0.0,
+                 pos_drop_rate: float = 0.0, patch_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, weight_init: str = "",
+                 fix_init: bool = False, device: Any = None, dtype: Any = None) -> None:
+        base = as_config(cfg)
+        changes: dict[str, Any] = {}
+        if img_size is not None:
+            changes["img_size"] = _square(img_size, "img_size")
+        if patch_size is not None:
+            changes["patch_size"] = _square(patch_size, "patch_size")
+        for k, v in (("in_chans", in_chans), ("num_classes", num_classes)):
+            if v is not None:
+                changes[k] = v
+        if init_values is not None:
+            changes["init_values"] = init_values or None  # as timm: 0 means no layer scale
+        c = _updated(base, **changes)
+        if c.distilled and c.no_embed_class:
+            raise ConfigError("a distilled model with no_embed_class is not supported (timm's DeiT has none)")
+        super().__init__(
+            img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
+            global_pool=c.global_pool if global_pool is None else global_pool,  # type: ignore[arg-type]
+            embed_dim=c.embed_dim, depth=c.depth, num_heads=c.blocks[0].heads, qkv_bias=c.qkv_bias,
+            init_values=c.init_values, class_token=c.class_token, no_embed_class=c.no_embed_class, fc_norm=fc_norm,
+            drop_rate=drop_rate, pos_drop_rate=pos_drop_rate, patch_drop_rate=patch_drop_rate,
+            proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            weight_init=weight_init, fix_init=fix_init, block_fn=PerBlock(c.blocks),  # type: ignore[arg-type]
+            device=device, dtype=dtype,
+        )
+        self._revit_config = c
 
     @property
     def config(self) -> ViTConfig:
-        """The config this model was built from (its per-block dims and setting)."""
-        return self.cfg
-
-    def init_weights(self) -> None:
-        """timm's original ViT initialisation (truncated normal 0.02, zero biases)."""
-        trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.normal_(self.cls_token, std=1e-6)
-        if self.dist_token is not None:
-            trunc_normal_(self.dist_token, std=0.02)
-        for name, m in self.named_modules():
-            if m is not self:
-                init_weights_vit_timm(m, name)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "dist_token"}
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
-        if prefix:
-            x = torch.cat([*prefix, x], dim=1)
-        return self.pos_drop(x + self.pos_embed)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(x))
-        x = self.blocks(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if self.cfg.distilled:
-            x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
-            if pre_logits:
-                return (x + x_dist) / 2
-            x, x_dist = self.head(x), self.head_dist(x_dist)
-            if self.distilled_training and self.training and not torch.jit.is_scripting():
-                return x, x_dist
-            return (x + x_dist) / 2
-        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
-        x = self.head_drop(self.fc_norm(x))
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))  # type: ignore[return-value]
+        """The config of the model as it is now (after ``reset_classifier``, ``set_input_size``, pruning)."""
+        c = self._revit_config
+        (h, w), (ph, pw) = self.patch_embed.img_size, self.patch_embed.patch_size
+        if h != w or ph != pw:
+            raise ConfigError(f"input {h}x{w} / patch {ph}x{pw} is not square: no ViTConfig describes it")
+        return _updated(c, blocks=[cast(Block, b).dims for b in self.blocks], img_size=h, patch_size=ph,
+                        in_chans=self.in_chans, num_classes=self.num_classes)
 
 
-_TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+class ReViTDistilled(VisionTransformerDistilled, ReViT):
+    """ReViT with DeiT's distillation token and head (timm's ``VisionTransformerDistilled`` on top)."""
 
 
-def build_model(cfg: ViTConfig, *, checkpoint: str | os.PathLike[str] | None = None, **kwargs: Any) -> ReViT:
+def pretrained_cfg(cfg: ViTConfig, **overrides: Any) -> dict[str, Any]:
+    """timm's pretrained cfg for a config: input size, normalisation, classifier names, first conv.
+
+    One-channel configs are normalised with Fashion-MNIST's statistics, others with ImageNet's.
+    """
+    gray = cfg.in_chans == 1
+    return {
+        "url": "", "num_classes": cfg.num_classes, "input_size": (cfg.in_chans, cfg.img_size, cfg.img_size),
+        "pool_size": None, "fixed_input_size": True,
+        "crop_pct": 1.0 if gray else 0.9, "interpolation": "bilinear" if gray else "bicubic",
+        "mean": FASHION_MNIST_MEAN if gray else IMAGENET_DEFAULT_MEAN,
+        "std": FASHION_MNIST_STD if gray else IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": ("head", "head_dist") if cfg.distilled else "head",
+        **overrides,
+    }
+
+
+default_cfgs = generate_default_cfgs({name: pretrained_cfg(make()) for name, make in PRESETS.items()})
+_SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id")
+
+
+def _create(variant: str | None, pretrained: bool = False, *, config: Any = None, **kwargs: Any) -> ReViT:
+    """Build through timm's ``build_model_with_cfg`` (pretrained cfg, weights, ``features_only``)."""
+    cfg = as_config(config) if config is not None else PRESETS[variant]()  # type: ignore[index]
+    if (variant is None or config is not None) and not kwargs.get("pretrained_cfg"):
+        # a config of its own: its pretrained cfg follows the config, not a preset
+        kwargs["pretrained_cfg"] = pretrained_cfg(cfg, architecture=variant or cfg.name or "revit")
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and not any(overlay.get(k) for k in _SOURCE_KEYS) \
+            and not any((kwargs.get("pretrained_cfg") or {}).get(k) for k in _SOURCE_KEYS):
+        raise CheckpointError(f"{variant or cfg.name} has no hub weights; pass a local file: "
+                              "checkpoint_path=FILE or pretrained_cfg_overlay=dict(file=FILE)")
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(
+        ReViTDistilled if cfg.distilled else ReViT, variant or cfg.name or "revit", pretrained,
+        model_cfg=cfg, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
+    )
+
+
+def build_model(cfg: ViTConfig | Mapping[str, Any] | str | os.PathLike[str], *,
+                checkpoint: str | os.PathLike[str] | None = None, use_ema: bool = False, **kwargs: Any) -> ReViT:
     """Build a :class:`ReViT` from ``cfg`` (the one build path), optionally loading a local checkpoint.
 
-    ``kwargs`` are regularisation settings (``drop_rate``, ``drop_path_rate``, ``attn_drop_rate``).
+    ``kwargs`` are timm factory arguments (``drop_path_rate``, ``num_classes``, ``device``, ...).
+    A timm ``train.py`` checkpoint gives its plain weights unless ``use_ema``; when it holds both,
+    the choice is printed to stderr.
     """
-    for k in _TIMM_KWARGS:
-        kwargs.pop(k, None)
-    model = ReViT(cfg, **kwargs)
+    model = _create(None, config=as_config(cfg), **kwargs)
     if checkpoint is not None:
-        from revit.models.checkpoint import load_checkpoint
-
-        load_checkpoint(model, checkpoint)
+        note = load_checkpoint(model, checkpoint, use_ema)
+        if "EMA" in note:
+            print(note, file=sys.stderr)
     return model
 
 
 def _make_entrypoint(name: str) -> Any:
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> ReViT:
-        checkpoint = kwargs.pop("checkpoint_path", None) or kwargs.pop("checkpoint", None)
-        if pretrained and checkpoint is None:
-            from revit.errors import CheckpointError
-
-            raise CheckpointError(f"{name} has no hub weights; pass a local file: checkpoint_path=FILE")
-        return build_model(PRESETS[name](), checkpoint=checkpoint, **kwargs)
+        return _create(name, pretrained, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
@@ -136,9 +189,12 @@ def _make_entrypoint(name: str) -> Any:
     return entrypoint
 
 
-for _name in PRESETS:
+__all__ = ["ReViT", "ReViTDistilled", "as_config", "build_model", "count_params", "pretrained_cfg"]
+for _name in PRESETS:  # register_model adds each name to __all__
     globals()[_name] = register_model(_make_entrypoint(_name))
 
 
 def count_params(model: nn.Module) -> int:
+    """Number of parameters of a model."""
     return sum(p.numel() for p in model.parameters())
+
