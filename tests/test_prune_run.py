@@ -310,3 +310,19 @@ def test_latency_target_with_the_shipped_table_stays_inside_it(tmp_path):
             assert all(getattr(b, k) >= lo[k] for k in ("heads", "qk_dim", "v_dim", "mlp_dim"))
     metrics = _json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["target"]["kind"] == "latency" and metrics["cost_ratio"] <= 0.5
+
+
+def test_bf16_autocast_on_cpu_and_a_missing_gpu(tmp_path: Path, splits: Any, cli: Any) -> None:
+    """``--amp bf16`` prunes on the CPU (saliency in float64 all the same); ``--device cuda`` without one: exit 2."""
+    from revit import counting
+    from revit.prune import prune
+
+    res = prune(_model(), splits.train, None, _cfg(amp="bf16", device="cpu"), tmp_path / "a", progress=False)
+    assert counting.macs(res.config) <= 0.6 * counting.macs(TINY)
+    assert res.metrics["amp"] == "bf16" and res.metrics["device"] == "cpu"
+    assert res.metrics["dense_vs_masked_max_abs_diff"] < 1e-5
+    if not torch.cuda.is_available():
+        code, _, err = cli("prune", "--model", "revit_micro", "--data", "digits", "--target-macs", "0.5",
+                           "--device", "cuda", "--out", tmp_path / "b")
+        assert code == 2 and "cuda" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "b").exists()

@@ -20,6 +20,10 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, help="study worker processes (default 2)")
     p.add_argument("--threads", type=int, help="torch threads of the single-process stages (default 1)")
     p.add_argument("--table", help="latency table JSON (default: the shipped micro table)")
+    p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="autocast of every training stage (default off)")
+    p.add_argument("--loader-workers", type=int, help="DataLoader workers per process (default 0; --workers "
+                                                      "counts study processes)")
     p.add_argument("--quick", action="store_true", help="a one-minute plan with tiny subsets (smoke test)")
     p.set_defaults(func=cmd_demo)
 
@@ -32,7 +36,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     plan = DemoPlan.quick() if args.quick else DemoPlan()
     over = {"train_images": args.train_limit, "study_train_images": args.study_train_limit,
             "study_epochs": args.epochs, "study_candidates": args.candidates, "workers": args.workers,
-            "threads": args.threads, "table": args.table}
+            "threads": args.threads, "table": args.table, "device": args.device, "amp": args.amp,
+            "loader_workers": args.loader_workers}
     plan = dataclasses.replace(plan, **{k: v for k, v in over.items() if v is not None})
+    from revit.runtime import check_amp, resolve_device
+
+    resolve_device(plan.device)  # a missing GPU is one line and exit 2 before anything runs
+    check_amp(plan.amp)
     run_demo(args.out, plan)
     return 0

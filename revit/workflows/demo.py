@@ -61,6 +61,9 @@ class DemoPlan:
     threads: int = 1
     batch_size: int = 128
     table: str | None = None  # latency table (default: the shipped micro table)
+    device: str = "auto"  # every stage that trains or scores (auto: CUDA when available)
+    amp: str = "off"
+    loader_workers: int = 0  # DataLoader workers per process (``workers`` counts study processes)
 
     @classmethod
     def quick(cls) -> DemoPlan:
@@ -78,7 +81,8 @@ class DemoPlan:
             f"data: Fashion-MNIST, {self.train_images} training / {self.val_images} held-out / "
             f"{self.test_images} test images (28x28, seed 0)",
             f"latency table: {self.table_path()}",
-            f"base: revit_micro, {self.base_epochs} epoch(s), batch {self.batch_size}, {self.threads} thread(s)",
+            f"base: revit_micro, {self.base_epochs} epoch(s), batch {self.batch_size}, {self.threads} thread(s), "
+            f"device {self.device}, amp {self.amp}, {self.loader_workers} loader worker(s)",
             f"prune: to {self.prune_target:g} of the predicted latency, hessian saliency + latency penalty, a step "
             f"every {self.prune_interval} batches removing {self.prune_step_fraction:g} of the base latency, "
             f"lr {self.prune_lr:g}, {self.prune_eval} held-out images scored per step",
@@ -177,7 +181,8 @@ def _base_stage(base_dir: Path, base_cfg: Any, plan: DemoPlan, log: Callable[[st
         from revit.workflows.train import run_training
 
         shutil.rmtree(base_dir, ignore_errors=True)
-        tc = TrainConfig(epochs=plan.base_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.2)
+        tc = TrainConfig(epochs=plan.base_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.2,
+                         device=plan.device, amp=plan.amp, loader_workers=plan.loader_workers)
         metrics = run_training(base_cfg, _data(plan), tc, base_dir, threads=plan.threads)
     return {"test_acc": metrics["test_acc"], "macs": metrics["macs"]}
 
@@ -196,7 +201,8 @@ def _prune_stage(prune_dir: Path, base_dir: Path, base_cfg: Any, table: Any, pla
         model = build_model(base_cfg, checkpoint=str(base_dir / "model.safetensors"))
         pc = PruneConfig(target=plan.prune_target, target_kind="latency", interval=plan.prune_interval,
                          per_step=None, step_fraction=plan.prune_step_fraction, lr=plan.prune_lr,
-                         batch_size=plan.batch_size, eval_size=plan.prune_eval)
+                         batch_size=plan.batch_size, eval_size=plan.prune_eval, device=plan.device, amp=plan.amp,
+                         workers=plan.loader_workers)
         PruneRun(model, splits.train, splits.val, pc, prune_dir, table=table, resume=True,
                  test_ds=splits.test).run()
     pm = json.loads((prune_dir / "metrics.json").read_text())
@@ -292,7 +298,8 @@ def write_study_spec(study_dir: Path, plan: DemoPlan, rule_path: Path, budget_s:
                              "heads_end": [0.25, 1.0], "qk_end": [0.25, 1.0]}},
         "data": {"source": "fashion-mnist", "train_limit": plan.study_train_images, "val_size": plan.val_images,
                  "test_limit": plan.test_images},
-        "train": {"epochs": plan.study_epochs, "batch_size": plan.batch_size, "lr": 0.002, "warmup_epochs": 0.2},
+        "train": {"epochs": plan.study_epochs, "batch_size": plan.batch_size, "lr": 0.002, "warmup_epochs": 0.2,
+                  "device": plan.device, "amp": plan.amp, "loader_workers": plan.loader_workers},
         "threads": 1,
         "seeds": list(plan.seeds),
         "repeats": {"top_k": plan.repeat_top_k},
