@@ -49,18 +49,35 @@ def read_text(path: str | os.PathLike[str]) -> str:
         raise FileFormatError(f"{path}: cannot read ({e})") from None
 
 
-def load_yaml(path: str | os.PathLike[str]) -> Any:
-    """Parse a YAML file; a syntax error becomes a one-line :class:`FileFormatError`."""
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text strictly: a syntax error or a key given twice is a one-line :class:`FileFormatError`."""
     import yaml
 
-    text = read_text(path)
+    class _Strict(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for k, _ in node.value:
+            key = loader.construct_object(k)
+            if key in seen:
+                raise FileFormatError(f"{source}: line {k.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return loader.construct_mapping(node)
+
+    _Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Strict)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise FileFormatError(f"{path}:{where} malformed YAML ({problem})") from None
+        raise FileFormatError(f"{source}:{where} malformed YAML ({problem})") from None
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file strictly (see :func:`parse_yaml`)."""
+    return parse_yaml(read_text(path), str(path))
 
 
 def load_json(path: str | os.PathLike[str]) -> Any:

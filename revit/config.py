@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml
+from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml, parse_yaml
 from revit.errors import ConfigError, check_keys
 
 SCHEMA = "revit/vit-config/v1"
@@ -389,15 +389,7 @@ class ViTConfig:
 
     @classmethod
     def from_yaml_text(cls, text: str, source: str = "config") -> ViTConfig:
-        import yaml
-
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            from revit.errors import FileFormatError
-
-            raise FileFormatError(f"{source}: malformed YAML ({str(e).splitlines()[0]})") from None
-        return cls.from_dict(doc, source)
+        return cls.from_dict(parse_yaml(text, source), source)
 
     def save(self, path: str | os.PathLike[str], derived: Mapping[str, Any] | None = None) -> None:
         atomic_write_text(path, self.to_yaml(derived=derived))

@@ -126,3 +126,19 @@ def test_errors_keep_the_fix_apart():
     assert str(UnknownNameError("unknown x")) == "unknown x" and RevitError("a").hint is None
     with pytest.raises(ConfigError, match=r"^train: unknown key\(s\) a, b; allowed: lr, epochs$"):
         check_keys({"lr": 1, "b": 2, "a": 3}, ["lr", "epochs"], "train")
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    """YAML would keep the last value silently; revit names the key and its line instead."""
+    import pytest
+
+    from revit.config import ViTConfig
+    from revit.errors import FileFormatError
+
+    p = tmp_path / "dup.yaml"
+    p.write_text("schema: revit/vit-config/v1\nembed_dim: 64\nimg_size: 28\nembed_dim: 96\npatch_size: 7\n"
+                 "in_chans: 1\nnum_classes: 10\nblocks: [{heads: 2, qk_dim: 8, v_dim: 8, mlp_dim: 32}]\n")
+    with pytest.raises(FileFormatError, match="line 4: key 'embed_dim' is given twice"):
+        ViTConfig.load(p)
+    ok = p.read_text().replace("embed_dim: 96\n", "")
+    assert ViTConfig.from_yaml_text(ok).embed_dim == 64
