@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -12,13 +10,7 @@ from revit.config import BlockDims, ViTConfig
 KIND_ORDER = ("embed_dim", "heads", "qk_dim", "v_dim", "mlp_dim")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on these small models extra threads only add contention on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def spec_owned(cfg: ViTConfig, params: dict[str, torch.Tensor], kind: str, block: int | None,

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,13 +18,7 @@ TINY = ViTConfig(embed_dim=16, blocks=(BlockDims(2, 4, 4, 32), BlockDims(2, 4, 4
                  in_chans=1, num_classes=10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on tiny models extra threads only add contention on a busy machine (about 3x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
