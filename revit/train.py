@@ -151,6 +151,213 @@ def _num_classes(model: nn.Module) -> int:
     return n
 
 
+class _Trainer:
+    """One run of :func:`train`: its loader, loss, optimizer, schedule, EMA and DDP wrapper, and its epochs."""
+
+    def __init__(self, model: nn.Module, train_ds: Dataset[Any], cfg: TrainConfig, teacher: nn.Module | None,
+                 progress: bool) -> None:
+        self.model, self.cfg, self.teacher, self.progress = model, cfg, teacher, progress
+        self.r = cfg.resolved()
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world = init_distributed(self.device)
+        torch.manual_seed(cfg.seed)
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self._setup_data(train_ds)
+        self._setup_optimizer()
+        self._setup_models()
+        self.result = TrainResult()
+
+    def _setup_data(self, train_ds: Dataset[Any]) -> None:
+        """The loader of global batches, the steps per epoch, Mixup/CutMix and the criterion."""
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        cfg, r, world = self.cfg, self.r, self.world
+        self.dl = make_loader(train_ds, cfg.batch_size, cfg.seed, rank=self.rank, world=world,
+                              workers=cfg.loader_workers, device=self.device)
+        self.accum = cfg.grad_accum
+        self.steps_per_epoch = len(self.dl) // self.accum
+        if cfg.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"training set of {size(train_ds)} images is smaller than one optimizer step of "
+                              f"{cfg.batch_size} x {self.accum} images")
+        self.mixup: Any = None
+        if r.mixup or r.cutmix:
+            if (cfg.batch_size // world) % 2:
+                raise ConfigError(f"Mixup/CutMix need an even batch per process, got {cfg.batch_size // world}")
+            self.mixup = Mixup(mixup_alpha=float(r.mixup or 0.0), cutmix_alpha=float(r.cutmix or 0.0),
+                               label_smoothing=cfg.label_smoothing, num_classes=_num_classes(self.model))
+        self.criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+        if self.mixup is not None:
+            self.criterion = SoftTargetCrossEntropy()
+        else:
+            def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                return F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+            self.criterion = criterion
+
+    def _setup_optimizer(self) -> None:
+        """AdamW, the gradient scaler of mixed precision and the per-step cosine schedule."""
+        from timm.scheduler import CosineLRScheduler
+
+        cfg, steps = self.cfg, self.steps_per_epoch
+        self.opt = make_optimizer(self.model, cfg)
+        self.scaler = grad_scaler(self.device, cfg.amp)
+        self.sched = CosineLRScheduler(self.opt, t_initial=cfg.epochs * steps, lr_min=cfg.min_lr,
+                                       warmup_t=int(cfg.warmup_epochs * steps), warmup_lr_init=cfg.lr * 0.01,
+                                       t_in_epochs=False)
+
+    def _setup_models(self) -> None:
+        """The frozen teacher, the distilled head switch, the EMA copy and the DDP/compiled forward."""
+        cfg, model, device = self.cfg, self.model, self.device
+        self.distill = self.teacher is not None and cfg.distill_weight > 0
+        if self.teacher is not None:
+            self.teacher.to(device).eval().requires_grad_(False)
+        self.two_heads = self.distill and _set_distilled_training(model, True)
+        self.ema: Any = None
+        if cfg.model_ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True)
+        self.ddp_model: nn.Module = model
+        if self.world > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward: Callable[..., Any] = torch.compile(self.ddp_model) if cfg.compile else self.ddp_model
+
+    def start(self, out: Path | None, resume: bool) -> int:
+        """The first epoch to run: after the checkpoint's with ``resume``, else 0 (with a fresh log)."""
+        ckpt = out / "checkpoint.pt" if out is not None else None
+        if resume and ckpt is not None and ckpt.is_file():
+            return self._load(ckpt)
+        if out is not None and self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            if (out / "log.jsonl").exists() and not resume:
+                (out / "log.jsonl").unlink()
+        return 0
+
+    def _load(self, ckpt: Path) -> int:
+        """Restore model, optimizer, scaler, EMA, history and RNG from ``ckpt``; the next epoch."""
+        state = load_checkpoint_state(ckpt)
+        if not same_recipe(state.get("train_config") or {}, self.cfg):
+            raise CheckpointError(f"{ckpt}: was written with another training recipe; use a new --out")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("model_ema") is not None:
+            self.ema.module.load_state_dict(state["model_ema"])
+        self.result.history = state["history"]
+        torch.set_rng_state(state["rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        return int(state["epoch"]) + 1
+
+    def loss_of(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of one micro-batch: the criterion, plus the teacher's distillation term."""
+        cfg = self.cfg
+        with autocast(self.device, cfg.amp):
+            logits = self.forward(x)
+            cls_out, dist_out = logits if isinstance(logits, tuple) else (logits, logits)
+            loss = self.criterion(cls_out, target)
+            if self.distill:
+                assert self.teacher is not None
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+                if self.r.distill_type == "hard":
+                    loss = loss + cfg.distill_weight * F.cross_entropy(dist_out, t_logits.argmax(-1))
+                else:
+                    loss = loss + cfg.distill_weight * distillation_loss(dist_out.float(), t_logits.float(),
+                                                                          cfg.distill_temperature)
+        return loss
+
+    def step(self, batches: Any, total: torch.Tensor) -> torch.Tensor:
+        """One optimizer step over ``accum`` micro-batches (summed into ``total``); the last micro-batch's loss."""
+        opt, scaler, accum = self.opt, self.scaler, self.accum
+        opt.zero_grad(set_to_none=True)
+        for k in range(accum):
+            x, y = to_device(next(batches), self.device, self.cfg.channels_last)
+            target = y
+            if self.mixup is not None:
+                x, target = self.mixup(x, y)
+            no_sync = self.world > 1 and k < accum - 1
+            with self.ddp_model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
+                loss = self.loss_of(x, target)
+                scaled = loss / accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            total[0] += loss.detach().double() * len(y)
+            total[1] += len(y)
+        if scaler is not None:
+            scaler.unscale_(opt)
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return loss
+
+    def epoch(self, epoch: int) -> torch.Tensor:
+        """Train one epoch; the all-reduced (loss sum, image count)."""
+        from tqdm import tqdm
+
+        cfg, steps = self.cfg, self.steps_per_epoch
+        show = self.progress and self.rank == 0
+        self.model.train()
+        self.dl.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        np.random.seed((cfg.seed * 1_000_003 + epoch) % 2**32)  # timm's Mixup draws from numpy
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
+                   dynamic_ncols=True)
+        batches = iter(self.dl)
+        for i in range(steps):
+            loss = self.step(batches, total)
+            step = epoch * steps + i + 1
+            if self.ema is not None:
+                self.ema.update(self.model, step=step)
+            self.sched.step_update(step)
+            if show and (i % 10 == 0 or i == steps - 1):
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update()
+        bar.close()
+        del batches
+        if self.world > 1:
+            dist.all_reduce(total)
+        return total
+
+    def record(self, epoch: int, total: torch.Tensor, t0: float, val_ds: Dataset[Any] | None) -> dict[str, Any]:
+        """The epoch's record (loss, steps, lr, seconds, val accuracy of the model and its EMA), appended."""
+        cfg = self.cfg
+        record: dict[str, Any] = {
+            "epoch": epoch + 1, "train_loss": float(total[0] / total[1]), "steps": self.steps_per_epoch,
+            "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+        }
+        if val_ds is not None and size(val_ds) > 0:
+            record["val_acc"] = evaluate(self.model, val_ds, cfg.eval_batch_size, amp=cfg.amp,
+                                         workers=cfg.loader_workers)
+            if self.ema is not None:
+                record["val_acc_ema"] = evaluate(self.ema.module, val_ds, cfg.eval_batch_size, amp=cfg.amp,
+                                                 workers=cfg.loader_workers)
+        self.result.history.append(record)
+        return record
+
+    def save(self, out: Path, epoch: int, record: dict[str, Any]) -> None:
+        """Append ``record`` to ``log.jsonl`` and write ``checkpoint.pt`` (atomic, CPU tensors)."""
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        ema, scaler = self.ema, self.scaler
+        _atomic_torch_save(to_cpu({
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,
+            "history": self.result.history, "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "model_ema": ema.module.state_dict() if ema is not None else None,
+            "train_config": asdict(self.cfg)}), out / "checkpoint.pt")
+
+
 def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: TrainConfig,
           out_dir: str | os.PathLike[str] | None = None, teacher: nn.Module | None = None, resume: bool = False,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True) -> TrainResult:
@@ -160,168 +367,24 @@ def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
     after every epoch (atomic, CPU tensors) and ``log.jsonl``; ``resume`` continues from the last
     completed epoch (on any device).  ``on_epoch`` may raise to stop (e.g. an Optuna prune).
     """
-    from timm.data import Mixup
-    from timm.loss import SoftTargetCrossEntropy
-    from timm.scheduler import CosineLRScheduler
-    from tqdm import tqdm
-
-    r = cfg.resolved()
-    device = resolve_device(cfg.device)
-    rank, world = init_distributed(device)
-    torch.manual_seed(cfg.seed)
+    t = _Trainer(model, train_ds, cfg, teacher, progress)
     out = Path(out_dir) if out_dir is not None else None
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    dl = make_loader(train_ds, cfg.batch_size, cfg.seed, rank=rank, world=world, workers=cfg.loader_workers,
-                     device=device)
-    accum = cfg.grad_accum
-    steps_per_epoch = len(dl) // accum
-    if cfg.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"training set of {size(train_ds)} images is smaller than one optimizer step of "
-                          f"{cfg.batch_size} x {accum} images")
-    mixup: Any = None
-    if r.mixup or r.cutmix:
-        if (cfg.batch_size // world) % 2:
-            raise ConfigError(f"Mixup/CutMix need an even batch per process, got {cfg.batch_size // world}")
-        mixup = Mixup(mixup_alpha=float(r.mixup or 0.0), cutmix_alpha=float(r.cutmix or 0.0),
-                      label_smoothing=cfg.label_smoothing, num_classes=_num_classes(model))
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    if mixup is not None:
-        criterion = SoftTargetCrossEntropy()
-    else:
-        def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
-    opt = make_optimizer(model, cfg)
-    scaler = grad_scaler(device, cfg.amp)
-    sched = CosineLRScheduler(opt, t_initial=cfg.epochs * steps_per_epoch, lr_min=cfg.min_lr,
-                              warmup_t=int(cfg.warmup_epochs * steps_per_epoch), warmup_lr_init=cfg.lr * 0.01,
-                              t_in_epochs=False)
-    distill = teacher is not None and cfg.distill_weight > 0
-    if teacher is not None:
-        teacher.to(device).eval().requires_grad_(False)
-    two_heads = distill and _set_distilled_training(model, True)
-    ema: Any = None
-    if cfg.model_ema:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=True)
-    ddp_model: nn.Module = model
-    if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    forward: Callable[..., Any] = torch.compile(ddp_model) if cfg.compile else ddp_model
-    result, start_epoch = TrainResult(), 0
-    ckpt = out / "checkpoint.pt" if out is not None else None
-    if resume and ckpt is not None and ckpt.is_file():
-        state = load_checkpoint_state(ckpt)
-        if not same_recipe(state.get("train_config") or {}, cfg):
-            raise CheckpointError(f"{ckpt}: was written with another training recipe; use a new --out")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("model_ema") is not None:
-            ema.module.load_state_dict(state["model_ema"])
-        start_epoch, result.history = state["epoch"] + 1, state["history"]
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-    elif out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if (out / "log.jsonl").exists() and not resume:
-            (out / "log.jsonl").unlink()
-
-    def loss_of(x: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with autocast(device, cfg.amp):
-            logits = forward(x)
-            cls_out, dist_out = logits if isinstance(logits, tuple) else (logits, logits)
-            loss = criterion(cls_out, target)
-            if distill:
-                assert teacher is not None
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                if r.distill_type == "hard":
-                    loss = loss + cfg.distill_weight * F.cross_entropy(dist_out, t_logits.argmax(-1))
-                else:
-                    loss = loss + cfg.distill_weight * distillation_loss(dist_out.float(), t_logits.float(),
-                                                                          cfg.distill_temperature)
-        return loss
-
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(t.start(out, resume), cfg.epochs):
         t0 = time.perf_counter()
-        model.train()
-        dl.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        np.random.seed((cfg.seed * 1_000_003 + epoch) % 2**32)  # timm's Mixup draws from numpy
-        total = torch.zeros(2, dtype=torch.float64, device=device)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0,
-                   leave=False, dynamic_ncols=True)
-        batches = iter(dl)
-        for i in range(steps_per_epoch):
-            opt.zero_grad(set_to_none=True)
-            for k in range(accum):
-                x, y = to_device(next(batches), device, cfg.channels_last)
-                target = y
-                if mixup is not None:
-                    x, target = mixup(x, y)
-                no_sync = world > 1 and k < accum - 1
-                with ddp_model.no_sync() if no_sync else contextlib.nullcontext():  # type: ignore[operator]
-                    loss = loss_of(x, y, target)
-                    scaled = loss / accum
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                total[0] += loss.detach().double() * len(y)
-                total[1] += len(y)
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            step = epoch * steps_per_epoch + i + 1
-            if ema is not None:
-                ema.update(model, step=step)
-            sched.step_update(step)
-            if progress and rank == 0 and (i % 10 == 0 or i == steps_per_epoch - 1):
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            bar.update()
-        bar.close()
-        del batches
-        if world > 1:
-            dist.all_reduce(total)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "train_loss": float(total[0] / total[1]), "steps": steps_per_epoch,
-            "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-        }
-        if val_ds is not None and size(val_ds) > 0:
-            record["val_acc"] = evaluate(model, val_ds, cfg.eval_batch_size, amp=cfg.amp, workers=cfg.loader_workers)
-            if ema is not None:
-                record["val_acc_ema"] = evaluate(ema.module, val_ds, cfg.eval_batch_size, amp=cfg.amp,
-                                                  workers=cfg.loader_workers)
-        result.history.append(record)
-        if rank == 0:
-            if out is not None and ckpt is not None:
-                with open(out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                _atomic_torch_save(to_cpu({
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                    "history": result.history, "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "model_ema": ema.module.state_dict() if ema is not None else None,
-                    "train_config": asdict(cfg)}), ckpt)
+        total = t.epoch(epoch)
+        record = t.record(epoch, total, t0, val_ds)
+        if t.rank == 0:
+            if out is not None:
+                t.save(out, epoch, record)
             if progress:
                 msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
                 print(msg, flush=True)
         if on_epoch is not None:
             on_epoch(record)
-    if two_heads:
+    if t.two_heads:
         _set_distilled_training(model, False)
-    result.ema = ema.module if ema is not None else None
-    if out is not None and rank == 0:
+    result = t.result
+    result.ema = t.ema.module if t.ema is not None else None
+    if out is not None and t.rank == 0:
         atomic_write_text(out / "history.json", json.dumps(result.history, indent=1))
     return result

@@ -24,7 +24,7 @@ import numpy as np
 
 from revit.config import BlockDims, ViTConfig
 from revit.errors import ConfigError
-from revit.latency.backends.base import Backend, Workload
+from revit.latency.backends import Backend, Workload, get_backend
 from revit.latency.table import AXES, LatencyTable
 
 _ORT_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
@@ -39,8 +39,6 @@ def backend_for_table(table: LatencyTable) -> Backend:
     ``compile``/``cuda_graphs`` settings, so an fp16 CUDA table is validated in fp16 on CUDA; when
     that device is missing here the backend raises :class:`~revit.errors.BackendUnavailableError`.
     """
-    from revit.latency.backends import get_backend
-
     m = table.metadata
     if m.get("backend") == "nvit-official":
         raise ConfigError(f"{table.source or 'the table'} is an imported NViT table (V100); validate needs a table "

@@ -15,8 +15,8 @@ parameter-axis coupling graph that the kinds are read from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -122,9 +122,8 @@ def _block_of(param: str) -> int | None:
     return None
 
 
-def derive_structure(model: nn.Module, example: torch.Tensor | None = None) -> Structure:
-    """Trace ``model`` and derive its pruning groups (kinds recognised from the coupling pattern)."""
-    import networkx as nx
+def _trace(model: nn.Module, example: torch.Tensor | None) -> torch.fx.GraphModule:
+    """Trace ``model`` with fx and propagate shapes of ``example`` (default: from ``model.config``)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     cfg: ViTConfig | None = getattr(model, "config", None)
@@ -146,48 +145,59 @@ def derive_structure(model: nn.Module, example: torch.Tensor | None = None) -> S
         raise StructureError(f"cannot trace the model with torch.fx ({type(e).__name__}: {str(e)[:200]})") from None
     finally:
         model.train(was_training)
-    an = Analyzer(model, gm)
-    an.run()
-    dims = an.dims
-    external = {dims.find(a) for a in an.external}
-    query = {dims.find(a) for a in an.query_atoms}
-    query_or_key = query | {dims.find(a) for a in an.key_atoms}
+    return gm
 
-    # coordinates of every parameter axis; occurrences of each atom class
-    axis_coords: dict[str, list[dict[int, torch.Tensor]]] = {}
-    occ: dict[int, list[Slice]] = {}
-    factor_outer: set[int] = set()
-    factor_inner: set[int] = set()
-    under_query: set[int] = set()
+
+@dataclass
+class _Atoms:
+    """What the parameter axes say about each atom class: coordinates, occurrences, factor roles."""
+
+    axis_coords: dict[str, list[dict[int, torch.Tensor]]] = field(default_factory=dict)
+    occ: dict[int, list[Slice]] = field(default_factory=dict)
+    factor_outer: set[int] = field(default_factory=set)
+    factor_inner: set[int] = field(default_factory=set)
+    under_query: set[int] = field(default_factory=set)
+
+
+def _collect_atoms(an: Analyzer, query_or_key: set[int]) -> _Atoms:
+    """Coordinates of every parameter axis and the occurrences and factor roles of each atom class."""
+    dims = an.dims
+    out = _Atoms()
 
     def walk(tree: tuple[Any, ...], in_query: bool) -> None:
         if tree[0] == "atom":
             if in_query:
-                under_query.add(tree[1])
+                out.under_query.add(tree[1])
             return
         in_query = in_query or tree[1] in query_or_key
         kids = tree[2:]
         if tree[0] == "prod":
             for k in kids[:-1]:
-                factor_outer.add(k[1])
-            factor_inner.add(kids[-1][1])
+                out.factor_outer.add(k[1])
+            out.factor_inner.add(kids[-1][1])
         for k in kids:
             walk(k, in_query)
 
     for name, atoms in an.param_atoms.items():
-        axis_coords[name] = []
+        out.axis_coords[name] = []
         for ax, a in enumerate(atoms):
             coords = dims.coords(a)
-            axis_coords[name].append(coords)
+            out.axis_coords[name].append(coords)
             walk(dims.tree(a), False)
             pa = an.param_axes[name][ax]
             for atom, c in coords.items():
                 if atom in dims.defn:
                     continue
-                occ.setdefault(atom, []).append(Slice(name, ax, pa.role, pa.module, c))
-    # coupling graph over parameter axes (networkx components name the families we found)
+                out.occ.setdefault(atom, []).append(Slice(name, ax, pa.role, pa.module, c))
+    return out
+
+
+def _candidates(at: _Atoms, external: set[int], sizes: Sequence[int]) -> list[int]:
+    """Atom classes that are layer widths, in the order networkx lists the coupling graph's components."""
+    import networkx as nx
+
     g = nx.Graph()
-    for atom, slices in occ.items():
+    for atom, slices in at.occ.items():
         g.add_node(("atom", atom))
         for s in slices:
             g.add_edge(("atom", atom), (s.param, s.axis))
@@ -197,41 +207,59 @@ def derive_structure(model: nn.Module, example: torch.Tensor | None = None) -> S
             if node[0] != "atom":
                 continue
             atom = node[1]
-            sl = occ[atom]
-            if atom in external or (dims.size[atom] <= 1 and atom not in factor_outer):
+            if atom in external or (sizes[atom] <= 1 and atom not in at.factor_outer):
                 continue
-            if not any(s.role in ("out", "in") for s in sl):
+            if not any(s.role in ("out", "in") for s in at.occ[atom]):
                 continue  # tokens/positions: no layer width
             candidates.append(atom)
-    groups: list[Group] = []
-    for atom in candidates:
-        sl = occ[atom]
-        blocks = {_block_of(s.param) for s in sl}
-        if len(blocks) > 1 or None in blocks:
-            kind, block = "embed_dim", None
-        else:
-            block = next(iter(blocks))
-            if atom in factor_outer:
-                kind = "heads"
-            elif atom in factor_inner:
-                kind = "qk_dim" if atom in under_query else "v_dim"
-            else:
-                kind = "mlp_dim"
-        groups.append(Group(-1, kind, block, dims.size[atom], atom, tuple(sl)))
+    return candidates
+
+
+def _group(at: _Atoms, atom: int, size: int) -> Group:
+    """The (unnumbered) group of one candidate atom, its kind read from where the atom occurs."""
+    sl = at.occ[atom]
+    blocks = {_block_of(s.param) for s in sl}
+    if len(blocks) > 1 or None in blocks:
+        return Group(-1, "embed_dim", None, size, atom, tuple(sl))
+    if atom in at.factor_outer:
+        kind = "heads"
+    elif atom in at.factor_inner:
+        kind = "qk_dim" if atom in at.under_query else "v_dim"
+    else:
+        kind = "mlp_dim"
+    return Group(-1, kind, next(iter(blocks)), size, atom, tuple(sl))
+
+
+def _numbered(groups: list[Group]) -> tuple[list[Group], int]:
+    """Groups sorted by (block, kind) and numbered; the depth, after checking each block is complete."""
     order = {k: i for i, k in enumerate(KINDS)}
-    groups.sort(key=lambda x: (-1 if x.block is None else x.block, order[x.kind]))
+    groups = sorted(groups, key=lambda x: (-1 if x.block is None else x.block, order[x.kind]))
     groups = [Group(i, x.kind, x.block, x.size, x.atom, x.slices) for i, x in enumerate(groups)]
-    embeds = [x for x in groups if x.kind == "embed_dim"]
     depth = 1 + max((x.block for x in groups if x.block is not None), default=-1)
     for b in range(depth):
         kinds = sorted(x.kind for x in groups if x.block == b)
         if kinds != sorted(BLOCK_KINDS):
             raise StructureError(f"block {b}: found dimension families {kinds}, expected one each of "
                                  f"{', '.join(BLOCK_KINDS)}")
+    return groups, depth
+
+
+def derive_structure(model: nn.Module, example: torch.Tensor | None = None) -> Structure:
+    """Trace ``model`` and derive its pruning groups (kinds recognised from the coupling pattern)."""
+    gm = _trace(model, example)
+    an = Analyzer(model, gm)
+    an.run()
+    dims = an.dims
+    external = {dims.find(a) for a in an.external}
+    query = {dims.find(a) for a in an.query_atoms}
+    query_or_key = query | {dims.find(a) for a in an.key_atoms}
+    at = _collect_atoms(an, query_or_key)
+    groups, depth = _numbered([_group(at, a, dims.size[a]) for a in _candidates(at, external, dims.size)])
+    embeds = [x for x in groups if x.kind == "embed_dim"]
     if len(embeds) != 1:
         raise StructureError(f"expected one shared embedding width, found {len(embeds)}")
     norms = [n for n in an.norms if any(s.param == f"{n}.weight" for s in embeds[0].slices)]
-    return Structure(groups, axis_coords, an.param_axes, query, norms, depth)
+    return Structure(groups, at.axis_coords, an.param_axes, query, norms, depth)
 
 
 def in_query(structure: Structure, s: Slice) -> torch.Tensor:

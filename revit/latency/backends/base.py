@@ -81,13 +81,6 @@ class Backend(ABC):
 BACKENDS: Registry[type[Backend]] = Registry("latency backend")
 
 
-def get_backend(name: str, **kwargs: Any) -> Backend:
-    """Instantiate a registered backend; importing its module registers it."""
-    from revit.latency import backends  # noqa: F401  (registers the built-in backends)
-
-    return BACKENDS.get(name)(**kwargs)
-
-
 def cpu_name() -> str:
     """A readable CPU name, with the number of logical CPUs this process may use."""
     import os
