@@ -173,7 +173,8 @@ class Uniform(RuleFamily):
     """DeiT-style baseline: every block equal, heads = E/head_dim (at least 1), MLP = ratio * EMB.
 
     ``head_dim`` 0 means auto: 64 (DeiT) with the standard granularity, 24 (the micro preset's
-    heads) when the granularity's QK step is below 8.
+    heads) when the granularity's QK step is below 8.  ``heads_per_emb`` > 0 sets the head count
+    to ``heads_per_emb * EMB`` instead, so the attention width (heads x head_dim) may differ from EMB.
     """
 
     name = "uniform"
@@ -181,6 +182,7 @@ class Uniform(RuleFamily):
     params = {
         "head_dim": ParamSpec(0.0, 0.0, 1024.0, "QK and V width per head (0 = auto: 64, or 24 when micro)"),
         "mlp_ratio": ParamSpec(4.0, 0.05, 32.0, "MLP width per EMB channel"),
+        "heads_per_emb": ParamSpec(0.0, 0.0, 1.0, "heads per EMB channel (0 = EMB / head_dim, DeiT's choice)"),
     }
 
     @property
@@ -202,7 +204,8 @@ class Uniform(RuleFamily):
     def blocks(self, params: Mapping[str, float], embed_dim: int, depth: int, gran: Granularity,
                mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
         hd = self.head_dim(params, gran)
-        heads = max(1, int(math.floor(embed_dim / hd + 0.5)))
+        per_emb = params.get("heads_per_emb", 0.0)
+        heads = max(1, int(math.floor((per_emb * embed_dim if per_emb > 0 else embed_dim / hd) + 0.5)))
         base = params["mlp_ratio"] * embed_dim
         mlp = int(base) if mlp_factor == 1.0 and base == int(base) else gran.round_to("mlp_dim", base * mlp_factor)
         return tuple(BlockDims(heads, hd, hd, mlp) for _ in range(depth))

@@ -4,8 +4,11 @@
 under any study or alone with :class:`optuna.trial.FixedTrial`.  What a trial is comes from its
 user attributes, which enqueued trials carry from the start:
 
-- ``role=candidate`` (the default): the rule family's parameters are *suggested* (``trial.suggest_float``)
-  and the config is generated for the budget (also suggested when the spec searches it);
+- ``role=candidate`` (the default) with ``family``: that searched family's parameters are *suggested*
+  (``suggest_float``; ``suggest_int`` for a uniform ``head_dim``) and the config is generated for the
+  budget (also suggested when the spec searches it): the embedding width (and the global MLP factor)
+  are solved as ``revit generate`` does, for a uniform family exactly as ``revit generate --uniform``;
+  a trial without ``family`` belongs to the first searched family;
 - ``role=baseline`` with ``arm`` and ``budget``: the arm's rule (uniform DeiT-style, ``paper``, a file)
   scaled to the same budget with the same MLP-factor knob, so comparisons are at equal MACs (1%);
 - ``seed``: the training seed (default: the spec's first seed).
@@ -23,9 +26,9 @@ from typing import Any
 
 from revit import counting
 from revit.errors import BudgetError, ConfigError, OutsideDomainError, RuleDomainError
-from revit.search.spec import BaselineSpec, StudySpec
+from revit.search.spec import BaselineSpec, FamilySpace, StudySpec
 
-ROLE, ARM, SEED, GROUP = "role", "arm", "seed", "group"
+ROLE, ARM, SEED, GROUP, FAMILY = "role", "arm", "seed", "group", "family"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Arm:
     arm: str
     budget: float
     rule_params: dict[str, float]
+    family: str = ""  # the trial's family tag: a searched family's name, or baseline:ARM
 
     @property
     def config(self) -> Any:
@@ -49,28 +53,32 @@ def _budget(spec: StudySpec, value: float, table: Any) -> Any:
     return macs_budget(value) if spec.budget.kind == "macs" else latency_budget(value, table)
 
 
-def _generate(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str) -> Any:
+def _generate(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str,
+              space: FamilySpace | None = None) -> Any:
+    """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family)."""
     from revit.rules import SearchSpace, generate
 
-    space = SearchSpace(min_mlp_factor=spec.mlp_factor[0], max_mlp_factor=spec.mlp_factor[1])
-    return generate(rule, _budget(spec, budget_value, table), spec.setting, granularity=spec.granularity,
-                    space=space, name=name)
+    fs = space or spec.spaces[0]
+    knobs = SearchSpace(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
+    return generate(rule, _budget(spec, budget_value, table), spec.setting, granularity=fs.granularity,
+                    space=knobs, name=name)
 
 
-def candidate_rule(spec: StudySpec, values: dict[str, float]) -> Any:
-    """The rule of a candidate: the base rule's parameters with the sampled ``values`` on top."""
+def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace | None = None) -> Any:
+    """The rule of a candidate of ``space`` (default: the first family): the base rule's parameters
+    (or the family's defaults) with the sampled ``values`` on top."""
     from revit.rules import Rule, load_rule
 
+    fs = space or spec.spaces[0]
     params: dict[str, float] = {}
     granularity = None
-    if spec.base_rule:
-        base = load_rule(spec.base_rule)
-        if base.family != spec.family:
-            raise ConfigError(f"space.base rule {spec.base_rule!r} is of family {base.family!r}, "
-                              f"not {spec.family!r}")
+    if fs.base_rule:
+        base = load_rule(fs.base_rule)
+        if base.family != fs.family:
+            raise ConfigError(f"space.base rule {fs.base_rule!r} is of family {base.family!r}, not {fs.family!r}")
         params, granularity = dict(base.params), base.granularity
     params.update(values)
-    return Rule(name=f"{spec.family}-candidate", family=spec.family, params=params, granularity=granularity)
+    return Rule(name=f"{fs.name}-candidate", family=fs.family, params=params, granularity=granularity)
 
 
 def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: Any = None) -> Arm:
@@ -86,7 +94,7 @@ def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: A
     gen = _generate(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
     if gen.outside_domain:
         raise RuleDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {gen.outside_domain[0]}")
-    return Arm(gen, "baseline", b.arm, budget_value, dict(rule.params))
+    return Arm(gen, "baseline", b.arm, budget_value, dict(rule.params), family=f"baseline:{b.arm}")
 
 
 class StudyObjective:
@@ -127,23 +135,30 @@ class StudyObjective:
             return baseline_arm(spec, b, float(trial.user_attrs["budget"]), self.table())
         if role != "candidate":
             raise ConfigError(f"trial {trial.number}: unknown role {role!r} (candidate or baseline)")
-        values = {p.name: trial.suggest_float(p.name, p.low, p.high, log=p.log) for p in spec.search_params}
+        fs = spec.space(trial.user_attrs.get(FAMILY))
+        values: dict[str, float] = {}
+        for p in fs.params:
+            name = spec.optuna_name(fs, p.name)
+            if p.step is not None:
+                values[p.name] = float(trial.suggest_int(name, int(p.low), int(p.high), step=p.step, log=p.log))
+            else:
+                values[p.name] = trial.suggest_float(name, p.low, p.high, log=p.log)
         bs = spec.budget
         if bs.value is not None:
             budget = bs.value
         else:
             assert bs.low is not None and bs.high is not None
             budget = trial.suggest_float("budget", bs.low, bs.high, log=bs.log)
-        rule = candidate_rule(spec, values)
-        gen = _generate(spec, rule, budget, self.table(), name=f"trial_{trial.number}")
-        return Arm(gen, "candidate", f"{spec.family}-search", budget, dict(rule.params))
+        rule = candidate_rule(spec, values, fs)
+        gen = _generate(spec, rule, budget, self.table(), name=f"trial_{trial.number}", space=fs)
+        return Arm(gen, "candidate", f"{fs.name}-search", budget, dict(rule.params), family=fs.name)
 
     def describe(self, trial: Any, arm: Arm) -> dict[str, Any]:
         """The user attributes that say what a trial trained (before training)."""
         cfg = arm.config
         seed = int(trial.user_attrs.get(SEED, self.spec.seeds[0]))
         attrs: dict[str, Any] = {
-            ROLE: arm.role, ARM: arm.arm, SEED: seed, "budget": arm.budget,
+            ROLE: arm.role, FAMILY: arm.family, ARM: arm.arm, SEED: seed, "budget": arm.budget,
             "macs": counting.macs(cfg), "params": counting.params(cfg), "embed_dim": cfg.embed_dim,
             "mlp_factor": arm.generated.mlp_factor,
             "blocks": [[b.heads, b.qk_dim, b.v_dim, b.mlp_dim] for b in cfg.blocks],
@@ -170,12 +185,14 @@ class StudyObjective:
             # an infeasible point of the space: pruned (not failed), with the reason kept
             trial.set_user_attr("infeasible", str(e))
             trial.set_user_attr(ROLE, trial.user_attrs.get(ROLE, "candidate"))
+            if trial.user_attrs[ROLE] == "candidate":
+                trial.set_user_attr(FAMILY, self.spec.space(trial.user_attrs.get(FAMILY)).name)
             raise optuna.TrialPruned(str(e)) from None
         attrs = self.describe(trial, arm)
         for k, v in attrs.items():
             if trial.user_attrs.get(k) != v:
                 trial.set_user_attr(k, v)
-        self.log(f"trial {trial.number} ({attrs[ROLE]} {attrs[ARM]}, seed {attrs[SEED]}): "
+        self.log(f"trial {trial.number} ({attrs[ROLE]} {attrs[ARM]}, family {attrs[FAMILY]}, seed {attrs[SEED]}): "
                  f"EMB {attrs['embed_dim']}, MACs {counting.format_count(attrs['macs'])}, "
                  f"MLP factor {attrs['mlp_factor']:g}")
         prunable = (not self.spec.multi_objective and attrs[ROLE] == "candidate"

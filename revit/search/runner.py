@@ -1,8 +1,11 @@
 """Create, join and finish studies: baselines and repeats as enqueued trials, workers, stale trials.
 
-A study is run by one ``run`` process (creates the study, enqueues the baselines, samples candidates,
-then enqueues and runs the repeats of the best candidates) and any number of ``worker`` processes
-(join, take waiting trials first, sample candidates until the spec's ``n_trials`` are taken).
+A study is run by one ``run`` process (creates the study, enqueues the baselines and ``n_trials``
+candidates *per searched family*, runs them, then enqueues and runs the repeats of each family's
+best candidates) and any number of ``worker`` processes (join, take waiting trials; when none waits,
+enqueue one more candidate of the family with the fewest until every family has ``n_trials``).
+Candidates are enqueued with their ``family`` tag and no parameters: the family's own sampler
+(:mod:`revit.search.perfamily`) draws them when the trial starts, from that family's trials only.
 Enqueued trials are claimed atomically by Optuna's storages, so a trial runs in one worker only.
 
 Faults: a trial that raises is marked FAIL and the worker goes on.  A worker that dies leaves its
@@ -26,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from revit.errors import ConfigError, StorageError
-from revit.search.objective import ROLE, SEED, OutsideDomainError, StudyObjective, baseline_arm
-from revit.search.samplers import build_pruner, build_sampler
+from revit.search.objective import FAMILY, ROLE, SEED, OutsideDomainError, StudyObjective, baseline_arm
+from revit.search.samplers import build_family_pruner, build_family_sampler
 from revit.search.spec import StudySpec
 from revit.search.storage import open_storage
 
@@ -56,7 +59,8 @@ def open_study(spec: StudySpec, storage: str | None = None, *, create: bool = Tr
     sampler_spec = dict(spec.sampler)
     if sampler_seed_offset and sampler_spec.get("seed") is not None:
         sampler_spec["seed"] = int(sampler_spec["seed"]) + sampler_seed_offset
-    sampler, pruner = build_sampler(sampler_spec), build_pruner(spec.pruner)
+    sampler = build_family_sampler(sampler_spec, spec.family_names)
+    pruner = build_family_pruner(spec.pruner, spec.family_names[0])
     st = open_storage(url)
     if create:
         directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
@@ -76,6 +80,7 @@ def open_study(spec: StudySpec, storage: str | None = None, *, create: bool = Tr
     if create and "spec" not in study.user_attrs:
         study.set_user_attr("spec", {"source": spec.source, "objectives": list(spec.objectives),
                                      "budget": spec.budget.describe(), "family": spec.family,
+                                     "families": spec.family_names,
                                      "n_trials": spec.n_trials, "seeds": list(spec.seeds)})
     return study
 
@@ -117,18 +122,51 @@ def _is_original_candidate(t: Any) -> bool:
     return u.get(ROLE, "candidate") == "candidate" and "repeat_of" not in u and "retry_of" not in u
 
 
+def family_of(spec: StudySpec, t: Any) -> str:
+    """A trial's family tag (untagged candidates: the first searched family; baselines: baseline:ARM)."""
+    from revit.search.perfamily import trial_family
+
+    return trial_family(t, spec.family_names[0])
+
+
+def enqueue_candidates(spec: StudySpec, study: Any, n_per_family: int | None = None, *, at_most: int | None = None,
+                       trials: Sequence[Any] | None = None) -> int:
+    """Enqueue candidates until every searched family has ``n_per_family`` (default: the spec's ``n_trials``).
+
+    Round robin over the families, the one with the fewest first, so the families advance together;
+    ``at_most`` caps how many this call adds.  Returns how many it enqueued.
+    """
+    target = spec.n_trials if n_per_family is None else n_per_family
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    count = dict.fromkeys(spec.family_names, 0)
+    for t in trials:
+        if _is_original_candidate(t) and family_of(spec, t) in count:
+            count[family_of(spec, t)] += 1
+    added = 0
+    while at_most is None or added < at_most:
+        short = [f for f in spec.family_names if count[f] < target]
+        if not short:
+            break
+        fam = min(short, key=lambda f: count[f])  # min keeps the spec order among ties
+        study.enqueue_trial({}, user_attrs={ROLE: "candidate", FAMILY: fam})
+        count[fam] += 1
+        added += 1
+    return added
+
+
 def enqueue_repeats(spec: StudySpec, study: Any) -> list[int]:
-    """Enqueue the best ``repeat_top_k`` complete candidates with every other seed; return their numbers."""
+    """Enqueue each family's best ``repeat_top_k`` complete candidates with every other seed; return them."""
     from optuna.trial import TrialState
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _is_original_candidate(t)]
     done.sort(key=lambda t: -t.values[0])
-    best = done[: spec.repeat_top_k]
+    best = [t for fam in spec.family_names for t in [t for t in done if family_of(spec, t) == fam][: spec.repeat_top_k]]
     have = {(t.user_attrs.get("repeat_of"), t.user_attrs.get(SEED)) for t in study.get_trials(deepcopy=False)}
     for t in best:
         for seed in spec.seeds[1:]:
             if (t.number, seed) not in have:
-                study.enqueue_trial(dict(t.params), user_attrs={ROLE: "candidate", SEED: seed, "repeat_of": t.number})
+                study.enqueue_trial(dict(t.params), user_attrs={ROLE: "candidate", FAMILY: family_of(spec, t),
+                                                                SEED: seed, "repeat_of": t.number})
     return [t.number for t in best]
 
 
@@ -169,7 +207,8 @@ def reap_stale(study: Any, grace_s: float, *, retry: bool = True, log: Callable[
         failed.append(t.number)
         reason = f"worker {w or '?'} is gone" if w_host == host else f"no heartbeat for {now - beat:.0f} s"
         if retry and "retry_of" not in t.user_attrs and t.number not in retried:
-            attrs = {k: v for k, v in t.user_attrs.items() if k in (ROLE, "arm", SEED, "budget", "repeat_of")}
+            attrs = {k: v for k, v in t.user_attrs.items()
+                     if k in (ROLE, FAMILY, "arm", SEED, "budget", "repeat_of")}
             attrs["retry_of"] = t.number
             study.enqueue_trial(dict(t.params), user_attrs=attrs)
             log(f"trial {t.number} failed ({reason}); enqueued a retry")
@@ -218,7 +257,7 @@ class WorkerStats:
 def run_worker(spec: StudySpec, study: Any, *, objective: Callable[[Any], Any] | None = None,
                n_trials: int | None = None, max_trials: int | None = None, timeout: float | None = None,
                log: Callable[[str], None] = _say) -> WorkerStats:
-    """Run trials until the study has ``n_trials`` candidates (default: the spec's) and no waiting trial.
+    """Run trials until every family has ``n_trials`` candidates (default: the spec's) and no trial waits.
 
     Also stops after ``max_trials`` trials of this worker or once ``timeout`` seconds have passed
     (a trial started before the deadline finishes).  A trial that raises is FAIL and the loop goes on.
@@ -255,8 +294,7 @@ def run_worker(spec: StudySpec, study: Any, *, objective: Callable[[Any], Any] |
         reap_stale(study, spec.grace_s, log=log)
         trials = study.get_trials(deepcopy=False)
         waiting = sum(t.state == TrialState.WAITING for t in trials)
-        taken = sum(t.state != TrialState.WAITING and _is_original_candidate(t) for t in trials)
-        if waiting == 0 and taken >= target:
+        if waiting == 0 and not enqueue_candidates(spec, study, target, at_most=1, trials=trials):
             break
         study.optimize(wrapped, n_trials=1, catch=(Exception,), callbacks=[record])
     stats.seconds = time.monotonic() - t0
@@ -330,10 +368,11 @@ def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | No
     skipped = enqueue_baselines(spec, study, objective)
     for s in skipped:
         log(f"baseline left out: {s}")
+    enqueue_candidates(spec, study, n_trials)
     url = spec.storage_url(storage)
     log(f"study {spec.name!r} in {url}: budget {spec.budget.describe()}, "
-        f"{n_trials if n_trials is not None else spec.n_trials} candidate trials, seeds {list(spec.seeds)}, "
-        f"baselines {[b.arm for b in spec.baselines]}")
+        f"{n_trials if n_trials is not None else spec.n_trials} candidate trials per family "
+        f"{spec.family_names}, seeds {list(spec.seeds)}, baselines {[b.arm for b in spec.baselines]}")
 
     def work() -> None:
         if devices:
@@ -360,5 +399,5 @@ def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, ti
     return run_worker(spec, study, n_trials=n_trials, timeout=timeout, max_trials=max_trials, log=log)
 
 
-__all__ = ["WorkerStats", "enqueue_baselines", "enqueue_repeats", "join_study", "open_study", "reap_stale",
-           "run_study", "run_worker", "spawn_workers", "wait_for_candidates", "worker_id"]
+__all__ = ["WorkerStats", "enqueue_baselines", "enqueue_candidates", "enqueue_repeats", "family_of", "join_study",
+           "open_study", "reap_stale", "run_study", "run_worker", "spawn_workers", "wait_for_candidates", "worker_id"]

@@ -7,7 +7,7 @@ object; unknown names list the known ones, unknown keyword arguments name the ac
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from revit.errors import ConfigError, check_keys
@@ -74,4 +74,33 @@ def build_pruner(spec: Mapping[str, Any]) -> Any:
         raise ConfigError(f"pruner {spec['name']!r}: {e}") from None
 
 
-__all__ = ["PRUNERS", "SAMPLERS", "build_pruner", "build_sampler", "check_pruner", "check_sampler"]
+def build_family_sampler(spec: Mapping[str, Any], families: Sequence[str]) -> Any:
+    """A :class:`~revit.search.perfamily.FamilySampler`: one sampler of ``spec`` per family.
+
+    Family ``i`` gets the spec's seed + ``i`` (its own stream); trials of other families
+    (baselines) go to a random sampler, which they never ask for a value.
+    """
+    import optuna
+
+    from revit.search.perfamily import FamilySampler
+
+    seed = spec.get("seed")
+    samplers = {}
+    for i, fam in enumerate(families):
+        one = dict(spec)
+        if seed is not None:
+            one["seed"] = int(seed) + i
+        samplers[fam] = build_sampler(one)
+    return FamilySampler(samplers, families[0], optuna.samplers.RandomSampler(seed))
+
+
+def build_family_pruner(spec: Mapping[str, Any], default_family: str) -> Any:
+    """A :class:`~revit.search.perfamily.FamilyPruner`: one pruner of ``spec`` per family."""
+    from revit.search.perfamily import FamilyPruner
+
+    build_pruner(spec)  # refuse a bad spec now, not at the first report
+    return FamilyPruner(lambda: build_pruner(spec), default_family)
+
+
+__all__ = ["PRUNERS", "SAMPLERS", "build_family_pruner", "build_family_sampler", "build_pruner", "build_sampler",
+           "check_pruner", "check_sampler"]

@@ -14,12 +14,15 @@ On disk (YAML in ``search/``)::
                                   # {preset: micro, num_classes: 5} or {depth, img_size, patch_size, in_chans, ...}
     budget: {macs: 8M}            # or {latency_ms: 2.5, table: FILE} or {macs: {low: 5M, high: 12M}} (searched)
     latency_table: FILE           # optional: predicted latency as a user attribute of every trial
-    space:
-      family: less-more-less      # a rule family with parameters
-      base: less-more-less        # rule whose values the unsearched parameters take (name or YAML path)
-      params: {plateau: [0.2, 1.0], mlp_end: [0.25, 1.0]}   # searched: [low, high] or {low, high, log}
-      granularity: auto
-      mlp_factor: [0.5, 2.0]      # interval of the global MLP factor that generation may use
+    space:                        # one searched family, or a list of them (n_trials candidates each)
+      - family: less-more-less    # a rule family with parameters
+        base: less-more-less      # rule whose values the unsearched parameters take (name or YAML path)
+        params: {plateau: [0.2, 1.0], mlp_end: [0.25, 1.0]}   # searched: [low, high] or {low, high, log}
+        granularity: auto
+        mlp_factor: [0.5, 2.0]    # interval of the global MLP factor that generation may use
+      - family: uniform           # every block equal; EMB solved for the budget (revit generate --uniform)
+        name: uniform             # the trials' ``family`` tag (default: the family); unique
+        params: {head_dim: [8, 32], mlp_ratio: [1.0, 6.0]}   # head_dim: integers on the QK step
     data: {source: fashion-mnist, train_limit: 20000, val_size: 5000}   # revit.data.DataSpec fields
     train: {epochs: 4, batch_size: 128, lr: 0.001}          # revit.recipes.TrainConfig fields (not seed)
     threads: 1                    # torch threads per worker
@@ -27,8 +30,10 @@ On disk (YAML in ``search/``)::
     repeats: {top_k: 2}           # the best candidates re-run with the other seeds
     baselines: [{rule: uniform}, {rule: paper}]   # rule name/path (+ params), scaled to the same budget
 
-Baselines and repeats live in the same study as *enqueued trials*, tagged with user attributes
-(``role=baseline``/``candidate``, ``arm``, ``seed``, ``group``); see :mod:`revit.search.runner`.
+Baselines, candidates and repeats live in the same study as *enqueued trials*, tagged with user
+attributes (``role=baseline``/``candidate``, ``family``, ``arm``, ``seed``, ``group``); see
+:mod:`revit.search.runner`.  With several families, Optuna parameter names carry the family tag
+(``uniform.head_dim``) so that each family's parameters stay its own.
 """
 
 from __future__ import annotations
@@ -66,6 +71,26 @@ class ParamRange:
     low: float
     high: float
     log: bool = False
+    step: int | None = None  # an integer parameter (Optuna's suggest_int) on this step
+
+    @property
+    def integer(self) -> bool:
+        return self.step is not None
+
+
+@dataclass(frozen=True)
+class FamilySpace:
+    """One searched family: a rule family, its searched ranges, and the rule the other parameters keep.
+
+    ``name`` tags its trials (user attribute ``family``); ``base_rule`` None means the family's defaults.
+    """
+
+    name: str
+    family: str
+    params: tuple[ParamRange, ...]
+    base_rule: str | None = None
+    granularity: Any = None
+    mlp_factor: tuple[float, float] = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -153,11 +178,7 @@ class StudySpec:
 
     name: str
     budget: BudgetSpec
-    family: str
-    search_params: tuple[ParamRange, ...]
-    base_rule: str | None = None
-    granularity: Any = None
-    mlp_factor: tuple[float, float] = (0.5, 2.0)
+    spaces: tuple[FamilySpace, ...]
     storage: str | None = None
     objectives: tuple[str, ...] = ("accuracy",)
     sampler: PluginSpec = PluginSpec("tpe")
@@ -175,6 +196,45 @@ class StudySpec:
     grace_s: float = 120.0
     description: str = ""
     source: str = "spec"
+
+    # the first searched family (what a study of one family searches; the baselines' generation knobs)
+    @property
+    def family(self) -> str:
+        return self.spaces[0].family
+
+    @property
+    def search_params(self) -> tuple[ParamRange, ...]:
+        return self.spaces[0].params
+
+    @property
+    def base_rule(self) -> str | None:
+        return self.spaces[0].base_rule
+
+    @property
+    def granularity(self) -> Any:
+        return self.spaces[0].granularity
+
+    @property
+    def mlp_factor(self) -> tuple[float, float]:
+        return self.spaces[0].mlp_factor
+
+    @property
+    def family_names(self) -> list[str]:
+        """The ``family`` tags of the searched families, in spec order."""
+        return [s.name for s in self.spaces]
+
+    def space(self, name: str | None) -> FamilySpace:
+        """The searched family tagged ``name`` (None: the first, for trials without a tag)."""
+        if name is None:
+            return self.spaces[0]
+        for s in self.spaces:
+            if s.name == name:
+                return s
+        raise ConfigError(f"family {name!r} is not searched by this study; known: {', '.join(self.family_names)}")
+
+    def optuna_name(self, space: FamilySpace, param: str) -> str:
+        """The Optuna parameter name of ``param`` of ``space``: prefixed by the family tag when several."""
+        return f"{space.name}.{param}" if len(self.spaces) > 1 else param
 
     @property
     def directions(self) -> list[str]:
@@ -206,7 +266,6 @@ class StudySpec:
 
     @classmethod
     def _build(cls, d: Mapping[str, Any], source: str) -> StudySpec:
-        from revit.rules import get_family
         from revit.search.samplers import check_pruner, check_sampler
 
         name = d.get("name") or Path(source).stem
@@ -227,24 +286,7 @@ class StudySpec:
         setting = Setting.parse(d.get("setting", "micro"), "setting")
 
         budget = _budget(d.get("budget"), d.get("latency_table"))
-        space = d.get("space")
-        if not isinstance(space, Mapping) or "family" not in space:
-            raise ConfigError("space: a mapping with 'family' (a rule family) and 'params' (searched ranges)")
-        check_keys(space, ("family", "base", "params", "granularity", "mlp_factor"), "space")
-        family = str(space["family"])
-        fam = get_family(family)
-        ranges = []
-        for pname, r in (space.get("params") or {}).items():
-            if pname not in fam.params:
-                raise ConfigError(f"space.params: {pname!r} is not a parameter of family {family!r}; "
-                                  f"known: {', '.join(fam.params) or 'none'}")
-            ranges.append(_range(pname, r, fam.params[pname].low, fam.params[pname].high))
-        if not ranges:
-            raise ConfigError(f"space.params: give at least one parameter of {family!r} to search: "
-                              f"{', '.join(fam.params)}")
-        mf = space.get("mlp_factor", [0.5, 2.0])
-        if not (isinstance(mf, Sequence) and len(mf) == 2 and all(isinstance(x, (int, float)) for x in mf)):
-            raise ConfigError(f"space.mlp_factor must be [low, high], got {mf!r}")
+        spaces = _spaces(d.get("space"), setting)
 
         data = _typed(DataSpec, d.get("data"), "data")
         train = _typed(TrainConfig, d.get("train"), "train", exclude=_TRAIN_SET_BY_STUDY)
@@ -266,9 +308,7 @@ class StudySpec:
         if "latency" in objectives and not (budget.table or d.get("latency_table")):
             raise ConfigError("objective 'latency' needs latency_table: FILE (or a latency budget with a table)")
         return cls(
-            name=name, budget=budget, family=family, search_params=tuple(ranges),
-            base_rule=space.get("base"), granularity=space.get("granularity"),
-            mlp_factor=(float(mf[0]), float(mf[1])), storage=d.get("storage"), objectives=objectives,
+            name=name, budget=budget, spaces=spaces, storage=d.get("storage"), objectives=objectives,
             sampler=sampler, pruner=pruner, n_trials=n_trials, setting=setting,
             latency_table=_table_path(d.get("latency_table") or budget.table), data=data, train=train, threads=threads,
             seeds=seeds, repeat_top_k=top_k, baselines=baselines,
@@ -347,18 +387,83 @@ def _budget(raw: Any, table: Any) -> BudgetSpec:
     return BudgetSpec(kind, value=conv(v, "budget"), table=_table_path(tbl))
 
 
-def _range(name: str, r: Any, lo: float, hi: float) -> ParamRange:
+# integer parameters of a family (searched with suggest_int) -> the granularity field giving their default step
+_INTEGER_PARAMS = {("uniform", "head_dim"): "qk_dim"}
+_SPACE_KEYS = ("family", "name", "base", "params", "granularity", "mlp_factor")
+
+
+def _spaces(raw: Any, setting: Setting) -> tuple[FamilySpace, ...]:
+    """``space:``: one family (a mapping) or a list of them, each tagged by a unique ``name``."""
+    if isinstance(raw, Mapping):
+        return (_space(raw, "space", setting),)
+    if isinstance(raw, Sequence) and not isinstance(raw, str) and raw:
+        out = tuple(_space(x, f"space[{i}]", setting) for i, x in enumerate(raw))
+        names = [s.name for s in out]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"space: two families have the same name ({', '.join(names)}); give each a 'name'")
+        return out
+    raise ConfigError("space: a mapping with 'family' (a rule family) and 'params' (searched ranges), "
+                      "or a list of such mappings (one per searched family)")
+
+
+def _space(raw: Any, where: str, setting: Setting) -> FamilySpace:
+    from revit.config import Granularity
+    from revit.rules import get_family
+
+    if not isinstance(raw, Mapping) or "family" not in raw:
+        raise ConfigError(f"{where}: a mapping with 'family' (a rule family) and 'params' (searched ranges)")
+    check_keys(raw, _SPACE_KEYS, where)
+    family = str(raw["family"])
+    fam = get_family(family)
+    name = str(raw.get("name") or family)
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"{where}.name must be letters, digits, '-', '_' or '.', got {name!r}")
+    ranges = []
+    params = raw.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{where}.params must be a mapping of parameter names to [low, high], got {params!r}")
+    for pname, r in params.items():
+        if pname not in fam.params:
+            raise ConfigError(f"{where}.params: {pname!r} is not a parameter of family {family!r}; "
+                              f"known: {', '.join(fam.params) or 'none'}")
+        step = None
+        if (family, pname) in _INTEGER_PARAMS:
+            gran = Granularity.parse(raw.get("granularity"), setting.img_size)
+            step = int(getattr(gran, _INTEGER_PARAMS[family, pname]))
+        ranges.append(_range(pname, r, fam.params[pname].low, fam.params[pname].high, f"{where}.params", step))
+    if not ranges:
+        raise ConfigError(f"{where}.params: give at least one parameter of {family!r} to search: "
+                          f"{', '.join(fam.params)}")
+    mf = raw.get("mlp_factor", [0.5, 2.0])
+    if not (isinstance(mf, Sequence) and len(mf) == 2 and all(isinstance(x, (int, float)) for x in mf)):
+        raise ConfigError(f"{where}.mlp_factor must be [low, high], got {mf!r}")
+    return FamilySpace(name, family, tuple(ranges), raw.get("base"), raw.get("granularity"),
+                       (float(mf[0]), float(mf[1])))
+
+
+def _range(name: str, r: Any, lo: float, hi: float, where: str = "space.params",
+           step: int | None = None) -> ParamRange:
+    """A searched interval inside the family's bounds; ``step``: an integer parameter (default step)."""
     if isinstance(r, Sequence) and not isinstance(r, str) and len(r) == 2:
-        out = ParamRange(name, float(r[0]), float(r[1]))
+        out = ParamRange(name, float(r[0]), float(r[1]), step=step)
     elif isinstance(r, Mapping) and {"low", "high"} <= set(r):
-        out = ParamRange(name, float(r["low"]), float(r["high"]), bool(r.get("log", False)))
+        check_keys(r, ("low", "high", "log") + (("step",) if step is not None else ()), f"{where}.{name}")
+        out = ParamRange(name, float(r["low"]), float(r["high"]), bool(r.get("log", False)),
+                         int(r.get("step", step)) if step is not None else None)
     else:
-        raise ConfigError(f"space.params.{name}: give [low, high] or {{low, high, log}}, got {r!r}")
+        raise ConfigError(f"{where}.{name}: give [low, high] or {{low, high, log}}, got {r!r}")
     if not lo <= out.low < out.high <= hi:
-        raise ConfigError(f"space.params.{name}: [{out.low}, {out.high}] must be an interval inside the "
+        raise ConfigError(f"{where}.{name}: [{out.low}, {out.high}] must be an interval inside the "
                           f"family's bounds [{lo}, {hi}]")
     if out.log and out.low <= 0:
-        raise ConfigError(f"space.params.{name}: a log range needs low > 0")
+        raise ConfigError(f"{where}.{name}: a log range needs low > 0")
+    if out.step is not None:
+        if out.log and out.step != 1:
+            raise ConfigError(f"{where}.{name}: a log range of an integer parameter needs step 1")
+        if out.step < 1 or out.low < 1 or not (out.low.is_integer() and out.high.is_integer()) \
+                or (out.high - out.low) % out.step:
+            raise ConfigError(f"{where}.{name}: an integer parameter needs integer low >= 1 and high with "
+                              f"high - low a multiple of the step {out.step}, got [{out.low:g}, {out.high:g}]")
     return out
 
 
@@ -390,4 +495,4 @@ def load_spec(name_or_path: str) -> StudySpec:
     return StudySpec.load(resolve_spec(name_or_path))
 
 
-__all__ = ["BaselineSpec", "BudgetSpec", "ParamRange", "StudySpec", "load_spec", "resolve_spec"]
+__all__ = ["BaselineSpec", "BudgetSpec", "FamilySpace", "ParamRange", "StudySpec", "load_spec", "resolve_spec"]
