@@ -236,6 +236,23 @@ def test_family_samplers_get_their_own_seeds():
     assert draws(fs.samplers["b"]) == draws(optuna.samplers.RandomSampler(6))
 
 
+def test_candidates_are_enqueued_round_robin_up_to_n_trials_per_family(tmp_path):
+    from revit.search.runner import enqueue_candidates, open_study
+
+    spec = two_family_spec(n_trials=3)
+    study = open_study(spec, f"journal:{tmp_path}/j.log")
+    study.enqueue_trial({}, user_attrs={"role": "baseline", "arm": "uniform", "seed": 0, "budget": 200e3})
+    assert enqueue_candidates(spec, study) == 6
+    tags = [t.user_attrs.get("family") for t in study.get_trials()]
+    assert tags == [None] + ["less-more-less", "uniform"] * 3  # the baseline counts for no family
+    assert enqueue_candidates(spec, study) == 0  # resuming adds nothing
+    # a worker's top-up (at most one at a time) goes to the family with the fewest
+    study.enqueue_trial({}, user_attrs={"role": "candidate", "family": "uniform"})
+    assert enqueue_candidates(spec, study, 4, at_most=1) == 1
+    assert study.get_trials()[-1].user_attrs["family"] == "less-more-less"
+    assert enqueue_candidates(spec, study, 4, at_most=1) == 0
+
+
 # end to end ------------------------------------------------------------------------------------------------
 def _welch_by_hand(a, b):
     """Welch's difference, 95% interval and p-value from the formulas (numpy + the t distribution)."""
