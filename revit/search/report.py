@@ -17,184 +17,30 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from revit import counting
 from revit._io import atomic_write_text
+from revit.search.report_plots import _accuracy_plot, _blocks_plot, _colors, _comparison_plot, _history_plot
+from revit.search.results import (
+    Group,
+    Welch,
+    best_candidate,
+    best_rule_group,
+    compare,
+    family_bests,
+    groups_of,
+    pareto_front,
+    pm,
+    reference_group,
+    welch,
+)
 from revit.search.spec import StudySpec
 
-
-@dataclass
-class Group:
-    """Complete trials sharing one config (up to the seed)."""
-
-    name: str
-    role: str
-    arm: str
-    family: str = ""
-    trials: list[Any] = field(default_factory=list)
-
-    def values(self, key: str) -> list[float]:
-        """The metric ``key`` of every complete trial of the group (one per seed)."""
-        return self._vals(key)
-
-    def _vals(self, key: str) -> list[float]:
-        return [float(t.user_attrs[key]) for t in self.trials if t.user_attrs.get(key) is not None]
-
-    def mean_std(self, key: str) -> tuple[float, float]:
-        v = self._vals(key)
-        if not v:
-            return math.nan, math.nan
-        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-    @property
-    def n(self) -> int:
-        return len(self.trials)
-
-    @property
-    def macs(self) -> float:
-        return statistics.fmean(self._vals("macs"))
-
-    @property
-    def latency_ms(self) -> float | None:
-        v = self._vals("latency_ms")
-        return statistics.fmean(v) if v else None
-
-    @property
-    def first(self) -> Any:
-        return min(self.trials, key=lambda t: t.number)
-
-
-def groups_of(trials: Sequence[Any], default_family: str = "candidate") -> list[Group]:
-    """Complete trials grouped by their ``group`` tag, best mean held-out top-1 first.
-
-    A group's family is its trials' ``family`` tag (untagged candidates: ``default_family``).
-    """
-    from optuna.trial import TrialState
-
-    from revit.search.perfamily import trial_family
-
-    out: dict[str, Group] = {}
-    for t in trials:
-        if t.state != TrialState.COMPLETE or t.user_attrs.get("val_acc") is None:
-            continue
-        u = t.user_attrs
-        name = str(u.get("group", f"trial-{t.number}"))
-        g = out.setdefault(name, Group(name, str(u.get("role", "candidate")), str(u.get("arm", "?")),
-                                       trial_family(t, default_family)))
-        g.trials.append(t)
-    return sorted(out.values(), key=lambda g: -g.mean_std("val_acc")[0])
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points not dominated in (lower cost, higher accuracy), by increasing cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
-def best_candidate(groups: Sequence[Group]) -> Group | None:
-    """The candidate group to compare: the best mean held-out top-1 among those with the most seeds."""
-    cands = [g for g in groups if g.role == "candidate"]
-    if not cands:
-        return None
-    most = max(g.n for g in cands)
-    return max((g for g in cands if g.n == most), key=lambda g: g.mean_std("val_acc")[0])
-
-
-def family_bests(groups: Sequence[Group]) -> dict[str, Group]:
-    """Each searched family's best config (:func:`best_candidate` within the family), in first-seen order."""
-    out: dict[str, Group] = {}
-    for fam in dict.fromkeys(g.family for g in groups if g.role == "candidate"):
-        best = best_candidate([g for g in groups if g.family == fam])
-        if best is not None:
-            out[fam] = best
-    return out
-
-
-@dataclass(frozen=True)
-class Welch:
-    """Welch's comparison of arm ``a`` against arm ``b`` on one metric over seeds (a - b)."""
-
-    a: str
-    b: str
-    metric: str
-    n_a: int
-    n_b: int
-    diff: float
-    low: float  # 95% interval of the difference of the means (Welch-Satterthwaite degrees of freedom)
-    high: float
-    df: float
-    p: float  # two-sided p-value of Welch's t-test (no difference)
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def describe(self) -> str:
-        """``+1.23 points, 95% interval [+0.4, +2.1] (Welch, df 3.1), p = 0.012, n = 3 vs 3``."""
-        head = f"{100 * self.diff:+.2f} points"
-        if math.isnan(self.low):
-            why = "fewer than 2 seeds on a side" if min(self.n_a, self.n_b) < 2 else "no spread over seeds"
-            return f"{head} (no interval: {why}; n = {self.n_a} vs {self.n_b})"
-        return (f"{head}, 95% interval [{100 * self.low:+.2f}, {100 * self.high:+.2f}] (Welch, df {self.df:.1f}), "
-                f"p = {self.p:.3g}, n = {self.n_a} vs {self.n_b} seeds")
-
-
-def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float, float]:
-    """(mean(a) - mean(b), interval low, high, degrees of freedom, two-sided p) by Welch's t-test.
-
-    NaN interval and p with fewer than 2 values on a side or no spread on either (scipy.stats).
-    """
-    import warnings
-
-    from scipy import stats
-
-    diff = statistics.fmean(a) - statistics.fmean(b) if a and b else math.nan
-    if len(a) < 2 or len(b) < 2 or (statistics.stdev(a) == 0 and statistics.stdev(b) == 0):
-        return diff, math.nan, math.nan, math.nan, math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        r = stats.ttest_ind(list(a), list(b), equal_var=False)
-        ci = r.confidence_interval(level)
-    return diff, float(ci.low), float(ci.high), float(r.df), float(r.pvalue)
-
-
-def compare(a: Group, b: Group, metric: str = "test_acc") -> Welch:
-    """Welch's comparison of groups ``a`` and ``b`` on ``metric`` over their seeds."""
-    va, vb = a.values(metric), b.values(metric)
-    diff, low, high, df, p = welch(va, vb)
-    return Welch(a.name, b.name, metric, len(va), len(vb), diff, low, high, df, p)
-
-
-def reference_group(spec: StudySpec, bests: dict[str, Group], baselines: Sequence[Group]) -> Group | None:
-    """The uniform side of a comparison: the best searched uniform config (on held-out), else the
-    uniform baseline."""
-    uni = [bests[s.name] for s in spec.spaces if s.family == "uniform" and s.name in bests]
-    if uni:
-        return max(uni, key=lambda g: g.mean_std("val_acc")[0])
-    return next((g for g in baselines if g.arm.startswith("uniform")), None)
-
-
-def best_rule_group(spec: StudySpec, bests: dict[str, Group]) -> Group | None:
-    """The rule side: the best (on held-out) of the searched families that are not uniform."""
-    rules = [bests[s.name] for s in spec.spaces if s.family != "uniform" and s.name in bests]
-    return max(rules, key=lambda g: g.mean_std("val_acc")[0]) if rules else None
-
-
-def _pm(ms: tuple[float, float], pct: bool = True) -> str:
-    m, s = ms
-    if math.isnan(m):
-        return "-"
-    k = 100 if pct else 1
-    return f"{k * m:.2f} ± {k * s:.2f}"
+__all__ = ["Group", "Welch", "best_candidate", "best_rule_group", "compare", "dashboard_hint", "family_bests",
+           "groups_of", "pareto_front", "reference_group", "welch", "write_report"]
 
 
 def dashboard_hint(url: str) -> str:
@@ -204,155 +50,6 @@ def dashboard_hint(url: str) -> str:
         return (f"pip install optuna-dashboard && optuna-dashboard {path}   "
                 "(a journal file is opened by its path; recent optuna-dashboard versions read it directly)")
     return f"pip install optuna-dashboard && optuna-dashboard '{url}'"
-
-
-def _colors(groups: Sequence[Group], order: Sequence[str] = ()) -> dict[str, str]:
-    """One matplotlib colour per family: the searched families in spec ``order``, then the baselines."""
-    fams = list(dict.fromkeys([*order, *[g.family for g in groups if g.role == "candidate"],
-                               *[g.family for g in groups if g.role != "candidate"]]))
-    return {f: f"C{i % 10}" for i, f in enumerate(fams)}
-
-
-def _blocks_plot(groups: Sequence[Group], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = ("heads", "qk_dim", "v_dim", "mlp_dim")
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
-    for gi, g in enumerate(groups):
-        blocks = g.first.user_attrs.get("blocks") or []
-        style = "--" if g.role == "baseline" else "-"
-        label = (f"{g.name} ({g.family}, EMB {g.first.user_attrs.get('embed_dim')}, "
-                 f"{_pm(g.mean_std('val_acc'))}%)")
-        for i, ax in enumerate(axes):
-            ax.plot(range(1, len(blocks) + 1), [b[i] for b in blocks], style, marker="o", ms=3,
-                    label=label if i == 0 else None, color=f"C{gi % 10}")
-    for kind, ax in zip(kinds, axes, strict=True):
-        ax.set_title(kind + (" (per head)" if kind in ("qk_dim", "v_dim") else ""))
-        ax.set_xlabel("block")
-        ax.grid(alpha=0.3)
-    fig.legend(loc="lower center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12 + 0.03 * max(0, len(groups) - 4), 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _accuracy_plot(trials: Sequence[Any], groups: Sequence[Group], path: Path, title: str,
-                   colors: dict[str, str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    cg = [g for g in groups if g.role == "candidate"]
-    for fam in dict.fromkeys(g.family for g in cg):
-        ts = [t for g in cg if g.family == fam for t in g.trials]
-        ax.scatter([t.user_attrs["macs"] / 1e6 for t in ts], [100 * t.user_attrs["val_acc"] for t in ts],
-                   s=16, color=colors[fam], alpha=0.5, label=f"{fam} candidates (each seed)")
-    pts = [(g.macs, g.mean_std("val_acc")[0]) for g in cg]
-    front = pareto_front(pts)
-    if len(front) > 1:
-        ax.plot([pts[i][0] / 1e6 for i in front], [100 * pts[i][1] for i in front], "-", color="0.5", lw=1,
-                label="Pareto front (candidate means)")
-    for fam, best in family_bests(groups).items():
-        m, sd = best.mean_std("val_acc")
-        ax.errorbar([best.macs / 1e6], [100 * m], yerr=[100 * sd], fmt="*", ms=14, color=colors[fam], capsize=4,
-                    zorder=4, mec="k", label=f"best {fam}: {best.name} (n={best.n})")
-    markers = "sD^vP"
-    for i, g in enumerate([g for g in groups if g.role == "baseline"]):
-        m, sd = g.mean_std("val_acc")
-        ax.errorbar([g.macs / 1e6], [100 * m], yerr=[100 * sd], fmt=markers[i % len(markers)], ms=9, capsize=4,
-                    color=colors[g.family], mfc="none", mew=2, label=f"baseline {g.arm} (n={g.n})", zorder=4)
-    ax.set_xlabel("MACs (M, attention matmuls included)")
-    ax.set_ylabel("held-out top-1 (%)")
-    _finish(fig, ax, title, path)
-
-
-def _comparison_plot(arms: Sequence[Group], ref: Group, head: Welch | None, colors: dict[str, str], path: Path,
-                     title: str) -> None:
-    """Test top-1 of each compared arm: every seed, the mean and its 95% t-interval; the reference dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy import stats
-
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.55 * len(arms)))
-    for y, g in enumerate(arms):
-        v = [100 * x for x in g.values("test_acc")]
-        if not v:
-            continue
-        ax.scatter(v, [y] * len(v), color=colors.get(g.family, "0.3"), s=18, alpha=0.6)
-        m = statistics.fmean(v)
-        half = float(stats.t.ppf(0.975, len(v) - 1)) * statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0
-        ax.errorbar([m], [y], xerr=[half], fmt="o" if g.role == "candidate" else "s", ms=8, capsize=5,
-                    color=colors.get(g.family, "0.3"), mec="k", zorder=3)
-    ax.axvline(statistics.fmean([100 * x for x in ref.values("test_acc")]), ls="--", color="0.4", lw=1)
-    ax.set_yticks(range(len(arms)))
-    ax.set_yticklabels([f"{g.family}: {g.name} (n={g.n})" if g.role == "candidate" else f"{g.family} (n={g.n})"
-                        for g in arms], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("test top-1 (%): each seed, mean and its 95% t-interval; dashed: reference mean")
-    sub = ""
-    if head is not None:
-        text = head.describe()
-        cut = text.find(", p = ")
-        sub = f"\nbest rule - best uniform: {text[:cut]}\n{text[cut + 2:]}" if cut > 0 else f"\n{text}"
-    ax.set_title(title + sub, fontsize=9)
-    ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _finish(fig: Any, ax: Any, title: str, path: Path) -> None:
-    """Title, grid and legend on ``ax``; save ``fig`` to ``path`` and close it."""
-    import matplotlib.pyplot as plt
-
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _history_plot(trials: Sequence[Any], path: Path, title: str, default_family: str,
-                  colors: dict[str, str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from revit.search.perfamily import trial_family
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    done = [t for t in sorted(trials, key=lambda t: t.number)
-            if t.user_attrs.get("val_acc") is not None and t.state.name == "COMPLETE"]
-    fams = list(dict.fromkeys(trial_family(t, default_family) for t in done
-                              if t.user_attrs.get("role", "candidate") == "candidate"))
-    for i, fam in enumerate(fams):
-        ts = [t for t in done if t.user_attrs.get("role", "candidate") == "candidate"
-              and trial_family(t, default_family) == fam]
-        color = colors.get(fam, f"C{i % 10}")
-        ax.scatter([t.number for t in ts], [100 * t.user_attrs["val_acc"] for t in ts], color=color, s=18,
-                   label=f"{fam} candidate")
-        best, xs, ys = -math.inf, [], []
-        for t in ts:
-            best = max(best, t.user_attrs["val_acc"])
-            xs.append(t.number)
-            ys.append(100 * best)
-        ax.step(xs, ys, where="post", color=color, label=f"best {fam} so far")
-    base = [t for t in done if t.user_attrs.get("role") == "baseline"]
-    ax.scatter([t.number for t in base], [100 * t.user_attrs["val_acc"] for t in base], color="0.4", marker="s",
-               s=18, label="baseline")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("held-out top-1 (%)")
-    _finish(fig, ax, title, path)
 
 
 def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, storage_url: str | None = None,
@@ -449,11 +146,11 @@ def _comparison(best: Group, ref: Group, head: Welch | None, summary: dict[str, 
                              "uniform_family": ref.family, "uniform_test": uv, "uniform_val": uh, "uniform_n": ref.n,
                              "uniform_macs": ref.macs}
     lines = ["", "## Best rule-generated config vs best uniform config", "",
-             f"- best `{best.family}` config `{best.name}` ({best.n} seed(s)): test top-1 **{_pm(bv)}%**, "
-             f"held-out {_pm(bh)}%, MACs {counting.format_count(best.macs)}, "
+             f"- best `{best.family}` config `{best.name}` ({best.n} seed(s)): test top-1 **{pm(bv)}%**, "
+             f"held-out {pm(bh)}%, MACs {counting.format_count(best.macs)}, "
              f"EMB {best.first.user_attrs.get('embed_dim')}",
              f"- {'best searched uniform config' if ref.role == 'candidate' else 'uniform baseline'} `{ref.name}` "
-             f"({ref.family}, {ref.n} seed(s)): test top-1 **{_pm(uv)}%**, held-out {_pm(uh)}%, "
+             f"({ref.family}, {ref.n} seed(s)): test top-1 **{pm(uv)}%**, held-out {pm(uh)}%, "
              f"MACs {counting.format_count(ref.macs)}, EMB {ref.first.user_attrs.get('embed_dim')}"]
     if head is not None:
         summary["headline"] = head.to_json()
@@ -485,7 +182,7 @@ def _versus_reference(rivals: list[Group], ref: Group, summary: dict[str, Any]) 
             cells = [f"{100 * w.diff:+.2f}",
                      "-" if math.isnan(w.low) else f"[{100 * w.low:+.2f}, {100 * w.high:+.2f}]",
                      "-" if math.isnan(w.p) else f"{w.p:.3g}"]
-        lines.append(f"| {g.family} | {g.name} | {g.n} | {_pm(m)} | {_pm(g.mean_std('val_acc'))} | "
+        lines.append(f"| {g.family} | {g.name} | {g.n} | {pm(m)} | {pm(g.mean_std('val_acc'))} | "
                      f"{counting.format_count(g.macs)} | {' | '.join(cells)} |")
     return lines
 
@@ -499,8 +196,8 @@ def _configs_table(groups: list[Group], summary: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if lat else "")]
     for g in groups:
         u = g.first.user_attrs
-        row = (f"| {g.name} | {g.role} | {g.family} | {g.arm} | {g.n} | {_pm(g.mean_std('val_acc'))} "
-               f"| {_pm(g.mean_std('test_acc'))} | {counting.format_count(g.macs)} "
+        row = (f"| {g.name} | {g.role} | {g.family} | {g.arm} | {g.n} | {pm(g.mean_std('val_acc'))} "
+               f"| {pm(g.mean_std('test_acc'))} | {counting.format_count(g.macs)} "
                f"| {counting.format_count(u.get('params', 0))} | {u.get('embed_dim')} | {u.get('mlp_factor', 1):g} |")
         if lat:
             row += f" {g.latency_ms:.3f} |" if g.latency_ms is not None else " - |"

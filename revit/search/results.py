@@ -1,0 +1,183 @@
+"""Study results as groups of trials (a config over its seeds) and Welch comparisons between them.
+
+Used by the report (tables, JSON) and its plots; no plotting and no file I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from revit.search.spec import StudySpec
+
+
+@dataclass
+class Group:
+    """Complete trials sharing one config (up to the seed)."""
+
+    name: str
+    role: str
+    arm: str
+    family: str = ""
+    trials: list[Any] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        """The metric ``key`` of every complete trial of the group (one per seed)."""
+        return self._vals(key)
+
+    def _vals(self, key: str) -> list[float]:
+        return [float(t.user_attrs[key]) for t in self.trials if t.user_attrs.get(key) is not None]
+
+    def mean_std(self, key: str) -> tuple[float, float]:
+        v = self._vals(key)
+        if not v:
+            return math.nan, math.nan
+        return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+    @property
+    def n(self) -> int:
+        return len(self.trials)
+
+    @property
+    def macs(self) -> float:
+        return statistics.fmean(self._vals("macs"))
+
+    @property
+    def latency_ms(self) -> float | None:
+        v = self._vals("latency_ms")
+        return statistics.fmean(v) if v else None
+
+    @property
+    def first(self) -> Any:
+        return min(self.trials, key=lambda t: t.number)
+
+
+def groups_of(trials: Sequence[Any], default_family: str = "candidate") -> list[Group]:
+    """Complete trials grouped by their ``group`` tag, best mean held-out top-1 first.
+
+    A group's family is its trials' ``family`` tag (untagged candidates: ``default_family``).
+    """
+    from optuna.trial import TrialState
+
+    from revit.search.perfamily import trial_family
+
+    out: dict[str, Group] = {}
+    for t in trials:
+        if t.state != TrialState.COMPLETE or t.user_attrs.get("val_acc") is None:
+            continue
+        u = t.user_attrs
+        name = str(u.get("group", f"trial-{t.number}"))
+        g = out.setdefault(name, Group(name, str(u.get("role", "candidate")), str(u.get("arm", "?")),
+                                       trial_family(t, default_family)))
+        g.trials.append(t)
+    return sorted(out.values(), key=lambda g: -g.mean_std("val_acc")[0])
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated in (lower cost, higher accuracy), by increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def best_candidate(groups: Sequence[Group]) -> Group | None:
+    """The candidate group to compare: the best mean held-out top-1 among those with the most seeds."""
+    cands = [g for g in groups if g.role == "candidate"]
+    if not cands:
+        return None
+    most = max(g.n for g in cands)
+    return max((g for g in cands if g.n == most), key=lambda g: g.mean_std("val_acc")[0])
+
+
+def family_bests(groups: Sequence[Group]) -> dict[str, Group]:
+    """Each searched family's best config (:func:`best_candidate` within the family), in first-seen order."""
+    out: dict[str, Group] = {}
+    for fam in dict.fromkeys(g.family for g in groups if g.role == "candidate"):
+        best = best_candidate([g for g in groups if g.family == fam])
+        if best is not None:
+            out[fam] = best
+    return out
+
+
+@dataclass(frozen=True)
+class Welch:
+    """Welch's comparison of arm ``a`` against arm ``b`` on one metric over seeds (a - b)."""
+
+    a: str
+    b: str
+    metric: str
+    n_a: int
+    n_b: int
+    diff: float
+    low: float  # 95% interval of the difference of the means (Welch-Satterthwaite degrees of freedom)
+    high: float
+    df: float
+    p: float  # two-sided p-value of Welch's t-test (no difference)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def describe(self) -> str:
+        """``+1.23 points, 95% interval [+0.4, +2.1] (Welch, df 3.1), p = 0.012, n = 3 vs 3``."""
+        head = f"{100 * self.diff:+.2f} points"
+        if math.isnan(self.low):
+            why = "fewer than 2 seeds on a side" if min(self.n_a, self.n_b) < 2 else "no spread over seeds"
+            return f"{head} (no interval: {why}; n = {self.n_a} vs {self.n_b})"
+        return (f"{head}, 95% interval [{100 * self.low:+.2f}, {100 * self.high:+.2f}] (Welch, df {self.df:.1f}), "
+                f"p = {self.p:.3g}, n = {self.n_a} vs {self.n_b} seeds")
+
+
+def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float, float]:
+    """(mean(a) - mean(b), interval low, high, degrees of freedom, two-sided p) by Welch's t-test.
+
+    NaN interval and p with fewer than 2 values on a side or no spread on either (scipy.stats).
+    """
+    import warnings
+
+    from scipy import stats
+
+    diff = statistics.fmean(a) - statistics.fmean(b) if a and b else math.nan
+    if len(a) < 2 or len(b) < 2 or (statistics.stdev(a) == 0 and statistics.stdev(b) == 0):
+        return diff, math.nan, math.nan, math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = stats.ttest_ind(list(a), list(b), equal_var=False)
+        ci = r.confidence_interval(level)
+    return diff, float(ci.low), float(ci.high), float(r.df), float(r.pvalue)
+
+
+def compare(a: Group, b: Group, metric: str = "test_acc") -> Welch:
+    """Welch's comparison of groups ``a`` and ``b`` on ``metric`` over their seeds."""
+    va, vb = a.values(metric), b.values(metric)
+    diff, low, high, df, p = welch(va, vb)
+    return Welch(a.name, b.name, metric, len(va), len(vb), diff, low, high, df, p)
+
+
+def reference_group(spec: StudySpec, bests: dict[str, Group], baselines: Sequence[Group]) -> Group | None:
+    """The uniform side of a comparison: the best searched uniform config (on held-out), else the
+    uniform baseline."""
+    uni = [bests[s.name] for s in spec.spaces if s.family == "uniform" and s.name in bests]
+    if uni:
+        return max(uni, key=lambda g: g.mean_std("val_acc")[0])
+    return next((g for g in baselines if g.arm.startswith("uniform")), None)
+
+
+def best_rule_group(spec: StudySpec, bests: dict[str, Group]) -> Group | None:
+    """The rule side: the best (on held-out) of the searched families that are not uniform."""
+    rules = [bests[s.name] for s in spec.spaces if s.family != "uniform" and s.name in bests]
+    return max(rules, key=lambda g: g.mean_std("val_acc")[0]) if rules else None
+
+
+def pm(ms: tuple[float, float], pct: bool = True) -> str:
+    m, s = ms
+    if math.isnan(m):
+        return "-"
+    k = 100 if pct else 1
+    return f"{k * m:.2f} ± {k * s:.2f}"
