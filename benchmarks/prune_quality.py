@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from revit.train import size
+from revit.runtime import size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
