@@ -36,7 +36,10 @@ budget.  Everything is cached under ``--out``: the base, each pruned model, and 
 
 Full scale (about 3 h on 2 free cores):
     python benchmarks/prune_quality.py --base-epochs 15 --seeds 0,1,2
-Reduced scale used for the README figures: see docs/readme_prune.md.
+Reduced scale used for the README figures (``--mirror`` keeps the small result files to commit; runs found there
+are not re-run, so a run resumes on another machine):
+    python benchmarks/prune_quality.py --out runs/bench-prune-quality-12k --base-epochs 6 --train-limit 12000 \
+        --val-size 2000 --test-limit 5000 --seeds 0,1,2 --prune-steps 6 --mirror benchmarks/results/prune-quality-12k
 """
 
 from __future__ import annotations
