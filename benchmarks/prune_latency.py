@@ -82,8 +82,8 @@ def main() -> None:
     from revit.latency.table import LatencyTable
     from revit.models import build_model
     from revit.presets import get_preset
-    from revit.prune import PruneConfig, Pruner
-    from revit.train import size
+    from revit.prune import PruneConfig, PruneRun
+    from revit.runtime import size
 
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"{args.checkpoint} not found: train revit_micro first (docs/readme_prune.md) or pass "
@@ -108,7 +108,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = build_model(base_cfg, checkpoint=args.checkpoint)
             t0 = time.perf_counter()
-            res = Pruner(model, splits.train, None, pc, out / name.replace(" ", "_"), table=tbl, resume=True,
+            res = PruneRun(model, splits.train, None, pc, out / name.replace(" ", "_"), table=tbl, resume=True,
                          progress=False, test_ds=splits.test).run()
             macs = counting.macs(res.config)
             runs[name] = {"config": res.config, "macs": macs, "params": counting.params(res.config),

@@ -1,9 +1,10 @@
 """Time per pruning-loop training step with and without the saliency bookkeeping (issue 4; goal <= 5%).
 
-On revit_micro (Fashion-MNIST batches of 128, one thread), one :class:`revit.prune.Pruner` runs its
-own training step (forward, frozen-teacher forward, CE + KL, backward, gradient masks, AdamW,
-weight masks) in three variants, interleaved in rounds so that load changes on a shared machine
-hit all of them alike:
+On revit_micro (Fashion-MNIST batches of 128, one thread), one :class:`revit.prune.PruneRun` runs
+its own training step (``_train_batch``: forward, frozen-teacher forward, CE + KL, backward,
+``GlobalPruner.accumulate`` (gradient masks + saliency), AdamW; then ``GlobalPruner.step``: weight
+masks and the schedule check) in three variants, interleaved in rounds so that load changes on a
+shared machine hit all of them alike:
 
 - ``plain``: the same step on the unmasked model (no mask hooks, no saliency) - context only;
 - ``no-saliency``: the pruner's step with the criterion and the score accumulator switched off;
@@ -19,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,8 +46,10 @@ def main() -> None:
     from revit.data import DataSpec, load_splits
     from revit.models import build_model
     from revit.presets import get_preset
-    from revit.prune import PruneConfig, Pruner
-    from revit.prune.pruner import _fetch
+    from revit.prune import PruneConfig, PruneRun
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from prune_quality import fetch
 
     torch.set_num_threads(args.threads)
     if args.clock == "thread" and args.threads != 1:
@@ -53,37 +58,41 @@ def main() -> None:
     cfg = get_preset("revit_micro")
     splits = load_splits(DataSpec("fashion-mnist", train_limit=4096, val_size=0, test_limit=1))
     n_batches = 8
-    batches = [_fetch(splits.train, list(range(i * args.batch_size, (i + 1) * args.batch_size)))
+    batches = [fetch(splits.train, list(range(i * args.batch_size, (i + 1) * args.batch_size)))
                for i in range(n_batches)]
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
-    pruners: dict[str, Pruner] = {}
+    runs: dict[str, PruneRun] = {}
     tmp = tempfile.mkdtemp(prefix="prune_overhead_")
-    for crit in criteria:
+
+    def make_run(crit: str, folder: str) -> PruneRun:
         torch.manual_seed(0)
-        pc = PruneConfig(target=0.5, criterion=crit, interval=10**9, batch_size=args.batch_size, lr=3e-4,
-                         eval_size=0)
-        pruners[crit] = Pruner(build_model(cfg), splits.train, None, pc, f"{tmp}/{crit}", progress=False)
-        pruners[crit].model.train()
-    torch.manual_seed(0)
-    plain_pruner = Pruner(build_model(cfg), splits.train, None, PruneConfig(target=0.5, interval=10**9, lr=3e-4,
-                                                                            eval_size=0, criterion="random"),
-                          f"{tmp}/plain", progress=False)
-    plain_pruner.masks.remove()  # no mask hooks on this one
-    plain_model = plain_pruner.model.train()
+        pc = PruneConfig(target=0.5, criterion=crit, interval=10**9, per_step=2, batch_size=args.batch_size,
+                         lr=3e-4, eval_size=0, device="cpu")
+        run = PruneRun(build_model(cfg), splits.train, None, pc, f"{tmp}/{folder}", progress=False)
+        run.model.train()
+        return run
+
+    for crit in criteria:
+        runs[crit] = make_run(crit, crit)
+    plain_run = make_run("random", "plain")
+    plain_run.pruner.masks.remove()  # no mask hooks on this one
+    plain_model = plain_run.model
 
     def plain_step(x: torch.Tensor, y: torch.Tensor) -> None:
         from revit.train import distillation_loss
 
         logits = plain_model(x)
         with torch.no_grad():
-            t = plain_pruner.teacher(x)
+            t = plain_run.teacher(x)
         loss = torch.nn.functional.cross_entropy(logits, y) + distillation_loss(logits, t, 3.0)
-        plain_pruner.opt.zero_grad(set_to_none=True)
+        plain_run.opt.zero_grad(set_to_none=True)
         loss.backward()
-        plain_pruner.opt.step()
+        plain_run.opt.step()
 
     class _Off:
         """Stands in for the criterion and the accumulator: does nothing."""
+
+        needs_grad = False
 
         def __call__(self, *a: Any) -> dict[int, torch.Tensor]:
             return {}
@@ -98,6 +107,7 @@ def main() -> None:
 
         def __init__(self, crit: Any, acc: Any) -> None:
             self.crit, self.acc, self.t = crit, acc, 0.0
+            self.needs_grad = crit.needs_grad
 
         def __call__(self, *a: Any) -> Any:
             t0 = clock()
@@ -110,7 +120,8 @@ def main() -> None:
             self.acc.add(*a)
             self.t += clock() - t0
 
-    def pruner_step(p: Pruner, saliency: bool) -> Any:
+    def pruner_step(run: PruneRun, saliency: bool) -> Any:
+        p = run.pruner
         crit, acc = p.criterion, p.acc
 
         def step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -120,7 +131,8 @@ def main() -> None:
             else:
                 p.criterion, p.acc = timed, timed  # type: ignore[assignment]
             try:
-                p._train_batch(p.model, x, y)
+                run._train_batch(run.model, x, y)
+                p.step()
             finally:
                 p.criterion, p.acc = crit, acc
             if saliency:
@@ -129,9 +141,9 @@ def main() -> None:
         return step
 
     variants: dict[str, Any] = {"plain": plain_step}
-    for crit, p in pruners.items():
-        variants[f"{crit}/no-saliency"] = pruner_step(p, False)
-        variants[f"{crit}/saliency"] = pruner_step(p, True)
+    for crit, run in runs.items():
+        variants[f"{crit}/no-saliency"] = pruner_step(run, False)
+        variants[f"{crit}/saliency"] = pruner_step(run, True)
     times: dict[str, list[float]] = {k: [] for k in variants}
     books: dict[str, list[float]] = {c: [] for c in criteria}
     for fn in variants.values():  # warm-up
@@ -151,9 +163,10 @@ def main() -> None:
                 if name.endswith("/saliency"):
                     books[name.split("/")[0]].append(book[-1])
     # one pruning step (ranking + removal + trace + state), for scale
-    p0 = pruners[criteria[0]]
+    r0 = runs[criteria[0]]
     t0 = clock()
-    p0._prune_step()
+    r0.pruner._prune()  # what step() does when the schedule says so (private: the schedule here never does)
+    r0._after_prune_step()
     prune_step_s = clock() - t0
 
     med = {k: statistics.median(v) for k, v in times.items()}

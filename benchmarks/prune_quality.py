@@ -4,15 +4,26 @@ One base model (a timm ``VisionTransformer`` of the revit_micro shape: patch 7, 
 4 heads, MLP 384, 28x28x1, 10 classes, converted to revit by ``from_timm`` so every method starts
 from the same weights) is trained once and cached.  It is pruned to each MACs ratio by
 
-- revit ``hessian``, ``nvit-code``, ``magnitude`` (global, MACs penalty eta 1, pruning while
-  training with KL to the unpruned model + CE, stopped at the first step under the target);
+- revit ``hessian``, ``nvit-code``, ``magnitude``: ``revit.prune.GlobalPruner`` with
+  ``total_steps`` = the pruning phase's optimizer steps and ``prune_steps`` = ``--prune-steps``
+  (global, MACs penalty eta 1), inside this script's own loop: KL to the unpruned model + CE,
+  AdamW, gradient clipping 1; the phase stops at the first pruning step under the target;
 - ``uniform``: Torch-Pruning local pruning (the same ratio in every layer), L2 magnitude;
 - ``tp-taylor`` / ``tp-hessian``: Torch-Pruning 1.6 global ``GroupTaylorImportance`` /
-  ``GroupHessianImportance`` (head dims pruned in all heads alike, as Torch-Pruning's timm ViT
-  example), from gradients of ``--calib-batches`` batches.
+  ``GroupHessianImportance``, from gradients of ``--calib-batches`` batches;
+- ``tp-isomorphic``: Torch-Pruning's Isomorphic pruning (``isomorphic=True``: global ranking
+  within each group of isomorphic structures), Taylor importance.
 
-Torch-Pruning methods prune in one shot; their pruning ratio is bisected so that the MACs land at
-the largest value <= the target (the same stopping rule as revit's).  Training budgets count
+Torch-Pruning runs with its defaults (``max_pruning_ratio`` 1.0) on every structure its timm ViT
+example prunes (EMB, MLP hidden width, head dims alike in all heads; only the classifier
+ignored).  It prunes in one shot; its global pruning ratio is searched over (0, 1] - a grid scan
+to the first ratio whose MACs are <= the target, then bisection below it - so that the MACs land
+at the largest value <= the target (the same stopping rule as revit's).  The search scans because
+the MACs are not monotone in the ratio (Torch-Pruning skips a group whose every channel falls
+under the global threshold, so a larger ratio can keep EMB whole).  A pruned model that revit's
+config cannot express (a width pruned to zero, say) keeps its timm form; its MACs are then counted
+by Torch-Pruning's ``count_ops_and_params`` (ratio to the same counter on the base) and the table
+marks it.  Training budgets count
 optimizer steps after the base: revit's pruning phase (``--prune-share`` of the shortest budget)
 plus its fine-tune equals the peers' fine-tune.  Every fine-tune: AdamW, cosine from ``--lr``,
 CE + KL (T=3) to the unpruned base.  Each budget fine-tunes from the same pruned model.
@@ -25,7 +36,10 @@ budget.  Everything is cached under ``--out``: the base, each pruned model, and 
 
 Full scale (about 3 h on 2 free cores):
     python benchmarks/prune_quality.py --base-epochs 15 --seeds 0,1,2
-Reduced scale used for the README figures: see docs/readme_prune.md.
+Reduced scale used for the README figures (``--mirror`` keeps the small result files to commit; runs found there
+are not re-run, so a run resumes on another machine):
+    python benchmarks/prune_quality.py --out runs/bench-prune-quality-12k --base-epochs 6 --train-limit 12000 \
+        --val-size 2000 --test-limit 5000 --seeds 0,1,2 --prune-steps 6 --mirror benchmarks/results/prune-quality-12k
 """
 
 from __future__ import annotations
@@ -47,16 +61,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from revit.train import size
+from revit.runtime import size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REVIT_METHODS = ("hessian", "nvit-code", "magnitude")
-TP_METHODS = ("uniform", "tp-taylor", "tp-hessian")
+TP_METHODS = ("uniform", "tp-taylor", "tp-hessian", "tp-isomorphic")
 ALL_METHODS = REVIT_METHODS + TP_METHODS
 # settings that change results: a cache folder holds one combination only
 RESULT_KEYS = ("base_epochs", "train_limit", "val_size", "test_limit", "batch_size", "base_lr", "lr", "budgets",
-               "prune_share", "prune_steps", "calib_batches", "tp_iters")
+               "prune_share", "prune_steps", "calib_batches", "tp_iters", "tp_max_ratio", "revit_pruner")
+TP_MAX_RATIO = 1.0  # Torch-Pruning's default max_pruning_ratio, and the top of the ratio search
+TP_GRID = 50  # grid points of the ratio scan over (0, TP_MAX_RATIO]
 
 
 def log(msg: str) -> None:
@@ -85,23 +101,51 @@ def micro_timm() -> nn.Module:
                              num_heads=4, mlp_ratio=4.0, qkv_bias=True)
 
 
+def is_revit(model: nn.Module) -> bool:
+    """Whether ``model`` is a revit model (else a pruned timm model revit's config cannot express)."""
+    return hasattr(model, "config")
+
+
 def save_model(model: nn.Module, path: Path) -> None:
-    """Config YAML + safetensors next to each other (atomic weights)."""
+    """Config YAML + safetensors next to each other (atomic weights); a timm fallback model is pickled whole."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_revit(model):
+        tmp = path.with_name(f".{path.name}.pt.tmp")
+        torch.save(model, tmp)
+        os.replace(tmp, path.with_suffix(".pt"))
+        return
     config_of(model).save(path.with_suffix(".yaml"))
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     os.replace(tmp, path)
 
 
+def saved(path: Path) -> bool:
+    """Whether :func:`save_model` wrote ``path`` (either form)."""
+    return path.is_file() or path.with_suffix(".pt").is_file()
+
+
 def load_model(path: Path) -> nn.Module:
-    """Rebuild a ReViT saved by :func:`save_model`."""
+    """Rebuild a model saved by :func:`save_model`."""
     from revit.config import ViTConfig
     from revit.models import build_model
 
+    if path.with_suffix(".pt").is_file():
+        return cast(nn.Module, torch.load(path.with_suffix(".pt"), weights_only=False))
     return build_model(ViTConfig.load(path.with_suffix(".yaml")), checkpoint=path)
+
+
+def fetch(ds: Any, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch by index (fast path for a Subset of a TensorDataset, as revit's data splits are)."""
+    from torch.utils.data import Subset, TensorDataset, default_collate
+
+    if isinstance(ds, Subset) and isinstance(ds.dataset, TensorDataset):
+        rows = torch.as_tensor([ds.indices[i] for i in idx])
+        return ds.dataset.tensors[0][rows], ds.dataset.tensors[1][rows]
+    x, y = default_collate([ds[i] for i in idx])
+    return x, y
 
 
 # --- base --------------------------------------------------------------------------------------
@@ -157,7 +201,7 @@ def _tp_hessian_cls() -> type:
 def _tp_importance(method: str) -> Any:
     import torch_pruning as tp
 
-    if method == "tp-taylor":
+    if method in ("tp-taylor", "tp-isomorphic"):
         return tp.importance.GroupTaylorImportance()
     if method == "tp-hessian":
         return _tp_hessian_cls()()
@@ -167,7 +211,7 @@ def _tp_importance(method: str) -> Any:
 def _calibrate(model: nn.Module, imp: Any, method: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Gradients for Taylor (summed batch gradients) or per-sample squared gradients for Hessian."""
     model.zero_grad()
-    if method == "tp-taylor":
+    if method in ("tp-taylor", "tp-isomorphic"):
         for x, y in batches:
             F.cross_entropy(model(x), y).backward()
     elif method == "tp-hessian":
@@ -194,7 +238,8 @@ def _clone_with_grads(model: nn.Module, imp: Any, method: str) -> tuple[nn.Modul
 
 
 def _tp_trial(timm_model: nn.Module, imp: Any, method: str, ratio: float) -> nn.Module:
-    """Prune a copy by Torch-Pruning at channel ratio ``ratio``; returns the revit model."""
+    """Prune a copy by Torch-Pruning at pruning ratio ``ratio``: the revit model, or the timm one if
+    revit's config cannot express it."""
     import torch_pruning as tp
     from timm.models.vision_transformer import Attention
 
@@ -203,8 +248,9 @@ def _tp_trial(timm_model: nn.Module, imp: Any, method: str, ratio: float) -> nn.
     m, imp2 = _clone_with_grads(timm_model, imp, method)
     num_heads = {a.qkv: a.num_heads for a in m.modules() if isinstance(a, Attention)}
     pruner = tp.pruner.MetaPruner(m, torch.randn(1, 1, 28, 28), importance=imp2, global_pruning=method != "uniform",
-                                  pruning_ratio=ratio, max_pruning_ratio=0.95, ignored_layers=[m.head],
-                                  num_heads=num_heads, prune_num_heads=False, prune_head_dims=True)
+                                  isomorphic=method == "tp-isomorphic", pruning_ratio=ratio,
+                                  max_pruning_ratio=TP_MAX_RATIO, ignored_layers=[m.head], num_heads=num_heads,
+                                  prune_num_heads=False, prune_head_dims=True)
     for g in pruner.step(interactive=True):
         g.prune()
     for a in m.modules():
@@ -213,12 +259,28 @@ def _tp_trial(timm_model: nn.Module, imp: Any, method: str, ratio: float) -> nn.
             a.head_dim = a.qkv.out_features // (3 * a.num_heads)
             a.attn_dim = a.num_heads * a.head_dim
             a.scale = a.head_dim**-0.5
-    return from_timm(m)
+    try:
+        return from_timm(m)
+    except Exception:  # a width revit's config cannot express: keep the timm model, counted by Torch-Pruning
+        for p in m.parameters():
+            p.grad = None
+        return m
+
+
+def tp_macs(model: nn.Module) -> float:
+    """MACs by Torch-Pruning's own counter (``count_ops_and_params``) on one 28x28x1 image."""
+    import torch_pruning as tp
+
+    return float(tp.utils.count_ops_and_params(model, torch.randn(1, 1, 28, 28))[0])
 
 
 def tp_prune(base: nn.Module, method: str, ratio: float, batches: list[tuple[torch.Tensor, torch.Tensor]],
              iters: int) -> tuple[nn.Module, dict[str, Any]]:
-    """One-shot Torch-Pruning to the largest MACs <= ``ratio`` x base (bisection on the pruning ratio)."""
+    """One-shot Torch-Pruning to the largest MACs <= ``ratio`` x base.
+
+    The MACs are not monotone in Torch-Pruning's ratio, so: scan a grid over (0, TP_MAX_RATIO] up to the
+    first ratio whose MACs are <= the target, then bisect between it and the grid point below.
+    """
     import warnings
 
     from revit import counting
@@ -226,45 +288,87 @@ def tp_prune(base: nn.Module, method: str, ratio: float, batches: list[tuple[tor
 
     base_macs = counting.macs(config_of(base))
     timm_model = to_timm(copy.deepcopy(base)).train()
+    tp_base = tp_macs(timm_model)
     imp = _tp_importance(method)
     _calibrate(timm_model, imp, method, batches)
 
     def macs_of(m: nn.Module) -> float:
-        return counting.macs(config_of(m)) / base_macs
+        return counting.macs(config_of(m)) / base_macs if is_revit(m) else tp_macs(m) / tp_base
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lo, hi = 0.0, 0.95
-        best = _tp_trial(timm_model, imp, method, hi)
-        reached = macs_of(best) <= ratio
-        best_r = hi
-        if reached:
+        best: nn.Module | None = None
+        lo, hi, trials = 0.0, TP_MAX_RATIO, 0
+        lowest: tuple[float, float] = (math.inf, TP_MAX_RATIO)
+        for i in range(1, TP_GRID + 1):
+            r = TP_MAX_RATIO * i / TP_GRID
+            cand = _tp_trial(timm_model, imp, method, r)
+            trials += 1
+            m = macs_of(cand)
+            lowest = min(lowest, (m, r))
+            if m <= ratio:
+                best, hi = cand, r
+                break
+            lo = r
+        reached = best is not None
+        if best is None:  # never reached: keep the smallest model the search saw
+            best, hi = _tp_trial(timm_model, imp, method, lowest[1]), lowest[1]
+        else:
             for _ in range(iters):
                 mid = (lo + hi) / 2
                 cand = _tp_trial(timm_model, imp, method, mid)
+                trials += 1
                 if macs_of(cand) <= ratio:
-                    best, best_r, hi = cand, mid, mid
+                    best, hi = cand, mid
                 else:
                     lo = mid
-    return best, {"pruning_ratio": best_r, "reached_target": reached}
+    info: dict[str, Any] = {"pruning_ratio": hi, "reached_target": reached, "tp_trials": trials,
+                            "max_pruning_ratio": TP_MAX_RATIO}
+    if not is_revit(best):
+        info.update(macs_counter="torch-pruning", macs_tp=tp_macs(best), macs_tp_base=tp_base,
+                    params_tp=sum(p.numel() for p in best.parameters()))
+    return best, info
 
 
 # --- revit -------------------------------------------------------------------------------------
-def revit_prune(base: nn.Module, method: str, ratio: float, splits: Any, seed: int, args: argparse.Namespace,
-                prune_batches: int, work: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """revit's pruning phase (training while pruning), ``--prune-steps`` steps over ``prune_batches``."""
-    from revit.prune import PruneConfig, Pruner
+def revit_prune(base: nn.Module, teacher: nn.Module, method: str, ratio: float, splits: Any, seed: int,
+                args: argparse.Namespace, prune_batches: int) -> tuple[nn.Module, dict[str, Any]]:
+    """revit's pruning phase: ``GlobalPruner(total_steps=prune_batches, prune_steps=--prune-steps)`` inside this
+    script's loop (CE + KL(T=3) to the base, AdamW, clip 1), until the first pruning step under the target."""
+    from revit.prune import GlobalPruner
+    from revit.runtime import GlobalBatchSampler
+    from revit.train import TrainConfig, distillation_loss, make_optimizer
 
-    interval = max(1, prune_batches // args.prune_steps)
-    pc = PruneConfig(target=ratio, criterion=method, interval=interval, per_step=None,
-                     step_fraction=(1 - ratio) / args.prune_steps, batch_size=args.batch_size, lr=args.lr,
-                     grad_clip=1.0, kl_weight=1.0, ce_weight=1.0, temperature=3.0, eval_size=0, seed=seed)
-    if work.exists() and not (work / "state.pt").is_file():
-        shutil.rmtree(work)  # killed before its first saved step
     torch.manual_seed(seed)
-    res = Pruner(copy.deepcopy(base), splits.train, None, pc, work, resume=True, progress=False).run()
-    return res.model, {"interval": interval, "step_fraction": pc.step_fraction, "steps": res.steps,
-                       "prune_batches": res.metrics["batches"], "eta_abs": res.metrics["eta_abs"]}
+    pruner = GlobalPruner(copy.deepcopy(base).train(), target_macs=ratio, criterion=method,
+                          total_steps=prune_batches, prune_steps=args.prune_steps, eta=1.0, seed=seed)
+    net = pruner.model
+    opt = make_optimizer(net, TrainConfig(lr=args.lr, weight_decay=0.05))
+    sampler = GlobalBatchSampler(size(splits.train), args.batch_size, seed)
+    epoch = 0
+    while not pruner.done:
+        sampler.set_epoch(epoch)
+        for idx in sampler:
+            x, y = fetch(splits.train, idx)
+            logits = net(x)
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = F.cross_entropy(logits, y) + distillation_loss(logits, t_logits, 3.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            pruner.accumulate(loss.detach())
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            pruner.step()
+            if pruner.done:
+                break
+            if pruner.calls > 10 * prune_batches:
+                raise SystemExit(f"{method} r={ratio:g}: {pruner.calls} batches without reaching the target")
+        epoch += 1
+    dense, trace = pruner.export()
+    return dense, {"schedule": pruner.schedule.describe(), "steps": pruner.steps, "prune_batches": pruner.calls,
+                   "eta_abs": pruner.eta_abs,
+                   "trace": [{k: v for k, v in st.to_dict().items() if k != "extra"} for st in trace.steps]}
 
 
 # --- fine-tune, measure ------------------------------------------------------------------------
@@ -293,11 +397,9 @@ def measure_latency(cfgs: list[Any], batch: int = 64, passes: int = 3, repeats: 
 
 def calib_batches(splits: Any, n: int, batch: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` training batches in a seeded order (Torch-Pruning's gradient estimate)."""
-    from revit.prune.pruner import _fetch
-
     g = torch.Generator().manual_seed(10_000 + seed)
     order = torch.randperm(size(splits.train), generator=g).tolist()
-    return [_fetch(splits.train, order[i * batch:(i + 1) * batch]) for i in range(n)]
+    return [fetch(splits.train, order[i * batch:(i + 1) * batch]) for i in range(n)]
 
 
 def run_one(method: str, ratio: float, seed: int, base: nn.Module, teacher: nn.Module, splits: Any,
@@ -314,27 +416,31 @@ def run_one(method: str, ratio: float, seed: int, base: nn.Module, teacher: nn.M
     stage = out / "work" / key
     pruned_path, pruned_info = stage / "pruned.safetensors", stage / "pruned.json"
     prune_batches = round(args.prune_share * min(budgets.values()))
-    if pruned_path.is_file() and pruned_info.is_file():
+    if saved(pruned_path) and pruned_info.is_file():
         info = json.loads(pruned_info.read_text())
     else:
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         if method in REVIT_METHODS:
-            model, extra = revit_prune(base, method, ratio, splits, seed, args, prune_batches, stage / "prune")
+            model, extra = revit_prune(base, teacher, method, ratio, splits, seed, args, prune_batches)
         else:
             model, extra = tp_prune(base, method, ratio, calib_batches(splits, args.calib_batches, args.batch_size,
                                                                         seed), args.tp_iters)
             extra["prune_batches"] = 0
         model.eval()
-        cfg = config_of(model)
-        lat, lat_ratio = base_latency(cfg)
-        info = {"method": method, "ratio": ratio, "seed": seed, "top1_after_pruning": evaluate(model, splits.test),
-                "macs": counting.macs(cfg), "macs_ratio": counting.macs(cfg) / counting.macs(config_of(base)),
-                "params": counting.params(cfg), "latency_ms": lat * 1e3, "latency_ratio_to_base": lat_ratio,
-                "config": cfg.to_dict(), "prune_seconds": time.perf_counter() - t0, **extra}
+        info = {"method": method, "ratio": ratio, "seed": seed, "top1_after_pruning": evaluate(model, splits.test)}
+        if is_revit(model):
+            cfg = config_of(model)
+            lat, lat_ratio = base_latency(cfg)
+            info.update(macs=counting.macs(cfg), macs_ratio=counting.macs(cfg) / counting.macs(config_of(base)),
+                        params=counting.params(cfg), latency_ms=lat * 1e3, latency_ratio_to_base=lat_ratio,
+                        config=cfg.to_dict())
+        else:  # revit's config cannot express it: Torch-Pruning's own counter, no latency (ONNX export is revit's)
+            info.update(macs=extra["macs_tp"], macs_ratio=extra["macs_tp"] / extra["macs_tp_base"],
+                        params=extra["params_tp"], latency_ms=None, latency_ratio_to_base=None, config=None)
+        info.update(prune_seconds=time.perf_counter() - t0, **extra)
         save_model(model, pruned_path)
         write_json(pruned_info, info)
-        shutil.rmtree(stage / "prune", ignore_errors=True)
     result = dict(info)
     for name, total in budgets.items():
         bpath = stage / f"budget_{name}.json"
@@ -352,6 +458,8 @@ def run_one(method: str, ratio: float, seed: int, base: nn.Module, teacher: nn.M
                            "seconds": time.perf_counter() - t0})
         result[f"top1_{name}"] = acc
     write_json(final, result)
+    if args.mirror:
+        write_json(Path(args.mirror) / "results" / final.name, result)
     if args.clean:
         shutil.rmtree(stage, ignore_errors=True)
     return result
@@ -369,9 +477,10 @@ def joint_latency(results: list[dict[str, Any]], base_cfg: Any, passes: int) -> 
     """Re-time every pruned model and the base together, interleaved (``latency_*`` fields, in place)."""
     from revit.config import ViTConfig
 
-    cfgs = [base_cfg] + [ViTConfig.from_dict(r["config"]) for r in results]
+    timed = [r for r in results if r.get("config")]  # a timm fallback model has no latency
+    cfgs = [base_cfg] + [ViTConfig.from_dict(r["config"]) for r in timed]
     lat = measure_latency(cfgs, passes=passes)
-    for r, t in zip(results, lat[1:], strict=True):
+    for r, t in zip(timed, lat[1:], strict=True):
         r["latency_ms"], r["latency_ratio_to_base"] = t * 1e3, t / lat[0]
     log(f"joint latency: {len(cfgs)} models x {passes} passes, base {lat[0] * 1e3:.2f} ms per batch of 64")
 
@@ -387,17 +496,24 @@ def report(results: list[dict[str, Any]], budgets: dict[str, int], base_info: di
     for ratio, method in keys:
         rs = [r for r in results if r["ratio"] == ratio and r["method"] == method]
         missed = "*" if any(r.get("reached_target") is False for r in rs) else ""
+        missed += "+" if any(r.get("macs_counter") == "torch-pruning" for r in rs) else ""
+        timed = [r for r in rs if r.get("latency_ms") is not None]
+        lat = (f"{statistics.mean(r['latency_ms'] for r in timed):.2f} "
+               f"({statistics.mean(r['latency_ratio_to_base'] for r in timed):.3f})") if timed else "-"
         row = [f"{ratio:g}", method, str(len(rs)),
                f"{statistics.mean(r['macs'] for r in rs) / 1e6:.2f}M "
                f"({statistics.mean(r['macs_ratio'] for r in rs):.3f}){missed}",
-               f"{statistics.mean(r['params'] for r in rs) / 1e3:.0f}K",
-               f"{statistics.mean(r['latency_ms'] for r in rs):.2f} "
-               f"({statistics.mean(r['latency_ratio_to_base'] for r in rs):.3f})",
+               f"{statistics.mean(r['params'] for r in rs) / 1e3:.0f}K", lat,
                _ms([r["top1_after_pruning"] for r in rs])]
         row += [_ms([r[f"top1_{n}"] for r in rs if f"top1_{n}" in r]) for n in budgets]
         lines.append("| " + " | ".join(row) + " |")
     if any(r.get("reached_target") is False for r in results):
-        lines += ["", "* Torch-Pruning could not reach the target at its largest pruning ratio (0.95): MACs above it"]
+        lines += ["", f"* Torch-Pruning did not reach the target at any pruning ratio up to {TP_MAX_RATIO:g}: the "
+                      "smallest model it produced, MACs above the target"]
+    if any(r.get("macs_counter") == "torch-pruning" for r in results):
+        lines += ["", "+ a width revit's config cannot express (kept in timm form): MACs and params counted by "
+                      "Torch-Pruning's count_ops_and_params (ratio to the same counter on the base), latency not "
+                      "timed, mean over such seeds mixed with revit-counted ones if any"]
     return "\n".join(lines)
 
 
@@ -427,6 +543,9 @@ def main() -> None:
                     help="re-time all models together for the table with this many interleaved passes (0: keep the "
                          "per-run timings)")
     ap.add_argument("--clean", action="store_true", help="delete per-run work folders once their JSON is written")
+    ap.add_argument("--mirror", default=None,
+                    help="also keep the small result files (settings, base summary, per-run JSON, report) here, e.g. "
+                         "under benchmarks/results/ to commit them; runs found there are not re-run")
     args = ap.parse_args()
 
     from revit.data import DataSpec, load_splits
@@ -439,13 +558,21 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
     out = Path(args.out)
-    settings = {k: getattr(args, k) for k in RESULT_KEYS}
-    sp = out / "settings.json"
-    if sp.is_file() and json.loads(sp.read_text()) != settings:
-        old = json.loads(sp.read_text())
-        diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
-        raise SystemExit(f"{out} caches results of other settings ({diff}); use another --out")
-    write_json(sp, settings)
+    settings = {k: getattr(args, k) for k in RESULT_KEYS if hasattr(args, k)}
+    settings.update(tp_max_ratio=TP_MAX_RATIO, revit_pruner="GlobalPruner(total_steps)")
+    mirror = Path(args.mirror) if args.mirror else None
+    for folder in (out, mirror):
+        sp = folder / "settings.json" if folder else None
+        if sp is not None and sp.is_file() and json.loads(sp.read_text()) != settings:
+            old = json.loads(sp.read_text())
+            diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
+            raise SystemExit(f"{folder} caches results of other settings ({diff}); use another --out / --mirror")
+        if sp is not None:
+            write_json(sp, settings)
+    if mirror is not None:  # resume elsewhere: results committed in the mirror count as done
+        for f in sorted((mirror / "results").glob("*.json")):
+            if not (out / "results" / f.name).is_file():
+                write_json(out / "results" / f.name, json.loads(f.read_text()))
     splits = load_splits(DataSpec("fashion-mnist", train_limit=args.train_limit, val_size=args.val_size,
                                   test_limit=args.test_limit, seed=0))
     per_epoch = size(splits.train) // args.batch_size
@@ -459,6 +586,8 @@ def main() -> None:
     base.eval()
     teacher = copy.deepcopy(base).requires_grad_(False)  # train() freezes its teacher in place; base stays trainable
     log(f"base: {base_info['epochs']} epochs, test top-1 {base_info['test_top1']:.4f}")
+    if mirror is not None:
+        write_json(mirror / "base.json", {k: v for k, v in base_info.items()})
 
     def base_latency(cfg: Any) -> tuple[float, float]:
         lat = measure_latency([config_of(base), cfg])
@@ -477,14 +606,17 @@ def main() -> None:
                 r = run_one(method, ratio, seed, base, teacher, splits, args, out, budgets, base_latency)
                 results.append(r)
                 accs = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.startswith("top1"))
+                lat = r["latency_ratio_to_base"]
                 log(f"{method} r={ratio:g} seed {seed}: MACs {r['macs_ratio']:.3f}, latency "
-                    f"x{r['latency_ratio_to_base']:.3f}, {accs} ({time.perf_counter() - t0:.0f} s)")
+                    f"{'-' if lat is None else f'x{lat:.3f}'}, {accs} ({time.perf_counter() - t0:.0f} s)")
     if not results:
         raise SystemExit("no results yet")
     if args.latency_passes:
         joint_latency(results, config_of(base), args.latency_passes)
     table = report(results, budgets, base_info)
-    (out / "report.md").write_text(f"settings: {json.dumps(settings)}\n\n{table}\n")
+    for folder in (out, mirror):
+        if folder is not None:
+            (folder / "report.md").write_text(f"settings: {json.dumps(settings)}\n\n{table}\n")
     print(table, flush=True)
 
 
