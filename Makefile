@@ -45,15 +45,18 @@ lint: setup
 	$(BIN)/ruff check revit tests benchmarks
 	$(BIN)/mypy revit
 
-# each speed/quality figure of the README, at the scale it was measured (prune_quality: see README for full scale)
+# each speed/quality figure of the README, at the scale it was measured (prune_quality: see README for full scale;
+# the GPU figures come from `PYTHONPATH=. python benchmarks/gpu_check.py --out DIR` on an NVIDIA GPU)
 bench: setup
 	$(BIN)/python benchmarks/generate_speed.py
 	$(BIN)/python benchmarks/latency_accuracy.py
 	$(BIN)/python benchmarks/train_micro.py --threads 1
+	$(BIN)/python benchmarks/amp_micro.py --threads 1
 	$(BIN)/python benchmarks/prune_overhead.py
 	$(BIN)/python benchmarks/prune_latency.py
 	$(BIN)/python benchmarks/study_scaling.py --seconds 80
-	$(BIN)/python benchmarks/prune_quality.py --out runs/bench-prune-quality-12k --base-epochs 6 --train-limit 12000 --val-size 200
+	$(BIN)/python benchmarks/prune_quality.py --out runs/bench-prune-quality-12k --base-epochs 6 --train-limit 12000 \
+	  --val-size 2000 --test-limit 5000 --seeds 0,1,2 --prune-steps 6 --mirror benchmarks/results/prune-quality-12k
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
