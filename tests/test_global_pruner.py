@@ -70,9 +70,10 @@ def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
 
 
-def _run(pruner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], scaler: Any = None) -> None:
+def _run(pruner: Any, batches: list[tuple[torch.Tensor, torch.Tensor]], scaler: Any = None,
+         opt: Any = None) -> None:
     net = pruner.model
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt = opt if opt is not None else torch.optim.AdamW(net.parameters(), lr=1e-3)
     for xb, yb in batches:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=scaler is not None):
             loss = F.cross_entropy(net(xb).float(), yb)
@@ -156,3 +157,39 @@ def test_bad_arguments_are_one_clear_error() -> None:
     p.step()
     with pytest.raises(ConfigError, match="accumulate"):
         p.step()
+
+
+def test_graphed_scoring_bookkeeping_equals_eager() -> None:
+    """The CUDA-graph path's sums, flushes and state saves give the eager run's trace (graph replaced by an
+    eager stand-in with the same bookkeeping, since this machine has no GPU)."""
+    from revit.prune import GlobalPruner
+    from revit.prune.global_pruner import _GraphedScores
+
+    class EagerGraph(_GraphedScores):
+        def __init__(self, criterion: Any, params: Any, grads: Any) -> None:  # no capture: same sums, eagerly
+            self.criterion, self.params, self.names, self.count = criterion, params, sorted(grads), 0
+            out = criterion(params, grads)
+            self.gids = sorted(out)
+            self.sums = [torch.zeros_like(out[g]) for g in self.gids]
+
+        def add(self, grads: Any) -> None:
+            out = self.criterion(self.params, grads)
+            torch._foreach_add_(self.sums, [out[g] for g in self.gids])
+            self.count += 1
+
+    batches = _batches(12, seed=2)
+    eager = GlobalPruner(_tiny(), target_macs=0.6, total_steps=12, granularity="one")
+    _run(eager, batches)
+    graphed = GlobalPruner(_tiny(), target_macs=0.6, total_steps=12, granularity="one")
+    params = dict(graphed.model.named_parameters())
+    graphed._graph = EagerGraph(graphed.criterion, params, {k: torch.zeros_like(p) for k, p in params.items()})
+    opt = torch.optim.AdamW(graphed.model.parameters(), lr=1e-3)
+    _run(graphed, batches[:5], opt=opt)
+    assert graphed._graph.count == 1  # call 5 is pending in the graph's sums (steps at calls 2 and 4)
+    state = graphed.state_dict()  # flushes the pending sums into the accumulator
+    assert graphed._graph.count == 0 and graphed.acc.count == 1
+    _run(graphed, batches[5:], opt=opt)
+    for a, b in zip(graphed.trace.steps, eager.trace.steps, strict=True):
+        da, db = a.to_dict(), b.to_dict()
+        assert da == db, {k: (da[k], db[k]) for k in da if da[k] != db[k]}
+    assert state["calls"] == 5

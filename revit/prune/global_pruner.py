@@ -181,11 +181,7 @@ class GlobalPruner:
             grads = {k: p.grad for k, p in params.items() if p.grad is not None}
             if self.criterion.needs_grad and not grads:
                 raise ConfigError("accumulate() found no gradients: call it after loss.backward()")
-            if self._use_graph(params, grads):
-                assert self._graph is not None
-                self._graph.add(grads)
-            else:
-                self.acc.add(self.criterion(params, grads))
+            self._score(params, grads)
         if loss is not None:
             self._loss[0] += float(loss)
             self._loss[1] += 1
@@ -204,16 +200,38 @@ class GlobalPruner:
         self._prune()
         return True
 
-    def _use_graph(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> bool:
-        """Whether to score through a CUDA graph (auto: on CUDA, for criteria that can be captured)."""
+    def _score(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> None:
+        """Add this batch's scores: through the CUDA graph when there is a valid one, else eagerly."""
         if self._graph is not None and self._graph.names == sorted(grads):
-            return True
+            self._graph.add(grads)
+            return
         device = next(iter(params.values())).device
         if self.cuda_graphs is False or device.type != "cuda" or not self.criterion.capturable:
-            return False
+            self.acc.add(self.criterion(params, grads))
+            return
         self._flush_graph()
-        self._graph = _GraphedScores(self.criterion, params, grads)
-        return True
+        self._graph = self._capture(params, grads)
+        if self._graph is None:
+            self.acc.add(self.criterion(params, grads))
+
+    def _capture(self, params: Mapping[str, torch.Tensor],
+                 grads: Mapping[str, torch.Tensor]) -> _GraphedScores | None:
+        """A graph of the criterion, checked once against the eager scores (it adds this batch's scores);
+        None, with a warning and eager scoring from then on, if capture fails or the scores differ."""
+        try:
+            g = _GraphedScores(self.criterion, params, grads)
+            g.add(grads)
+            eager = self.criterion(params, grads)
+            ok = all(torch.allclose(v, eager[gid], rtol=1e-6, atol=1e-30) for gid, v in zip(g.gids, g.sums,
+                                                                                           strict=True))
+            why = "its scores differ from the eager criterion's"
+        except RuntimeError as e:
+            ok, why = False, f"capture failed ({type(e).__name__}: {str(e)[:120]})"
+        if ok:
+            return g
+        warnings.warn(f"scoring through a CUDA graph is off: {why}; scoring eagerly", stacklevel=3)
+        self.cuda_graphs = False
+        return None
 
     def _flush_graph(self) -> None:
         """Move the graph's summed scores into the accumulator (before a step or a state save)."""
