@@ -320,7 +320,7 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
     claim.begin()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     header, state = _open_journal(claim.journal, _header(space, backend, s), resume)
-    m = _Measurer(space, backend, s, state, Journal(journal), progress, on_measure)
+    m = _Measurer(space, backend, s, state, Journal(claim.journal), progress, on_measure)
     knots, design_info = _design(space, s, state, m)
     grid = [tuple(c) for c in itertools.product(*(knots[a] for a in AXES))]
     fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
