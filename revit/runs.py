@@ -40,6 +40,20 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+# runs whose output is one file: the bytes near its start that say the kind
+FILE_SIGNATURES: dict[str, bytes] = {"latency-build": b'"revit/latency-table/'}
+
+
+def file_kind(path: str | os.PathLike[str]) -> str | None:
+    """The kind of run whose output file ``path`` is (``latency-build`` for a latency table), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    return next((k for k, sig in FILE_SIGNATURES.items() if sig in head), None)
+
+
 class RunKindError(RunExistsError):
     """An output folder holds a run of another kind (or files that are no revit run)."""
 
@@ -155,7 +169,9 @@ def claim_run(folder: str | os.PathLike[str], kind: str, *, resume: bool = False
         raise ValueError(f"unknown run kind {kind!r}")
     f = Path(folder)
     if f.exists() and not f.is_dir():
-        raise RunKindError(f"{f} is a file, not a run folder", hint=f"give a folder as {flag}")
+        other = file_kind(f)
+        what = f"{_article(other)} {other} output file" if other else "a file"
+        raise RunKindError(f"{f} is {what}, not {_article(kind)} {kind} run folder", hint=f"choose another {flag}")
     if not f.exists() or not any(f.iterdir()):
         return Claim(f, kind, "new")
     found = read_marker(f)
@@ -200,7 +216,9 @@ def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[s
     may go on; ``is_kind`` says whether an existing file is this kind's output.  Reads only."""
     p, j = Path(path), Path(journal)
     if p.is_dir():
-        raise RunKindError(f"{p} is a folder, not {_article(kind)} {kind} output file", hint=f"give a file as {flag}")
+        found = read_marker(p) if any(p.iterdir()) else None
+        what = f"holds {_article(found.kind)} {found.kind} run" if found else "is a folder"
+        raise RunKindError(f"{p} {what}, not {_article(kind)} {kind} output file", hint=f"choose another {flag}")
     if p.exists() and not is_kind(p):
         raise RunKindError(f"{p} is a file that is not {_article(kind)} {kind} output",
                            hint=f"choose another {flag}")

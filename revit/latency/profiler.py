@@ -39,7 +39,7 @@ from revit.errors import ConfigError, FileFormatError, RunExistsError
 from revit.latency.backends.base import Backend
 from revit.latency.space import AXES, Space
 from revit.latency.table import FixedParts, LatencyTable
-from revit.runs import FileClaim, claim_output_file
+from revit.runs import FileClaim, claim_output_file, file_kind
 
 NVIT_CELLS = 9375
 Cell = tuple[int, int, int, int, int]
@@ -289,21 +289,11 @@ def journal_path(out: str | os.PathLike[str]) -> Path:
     return Path(str(out) + ".journal.jsonl")
 
 
-def is_table_file(path: Path) -> bool:
-    """Whether ``path`` is a revit latency table (what a finished build wrote), by its schema line."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return b'"revit/latency-table/' in head
-
-
 def claim_build(out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> FileClaim:
     """Check (reading only) that a build may write table ``out`` and its journal: the rules of run folders
     (:func:`revit.runs.claim_output_file`): a finished table needs ``overwrite``, a journal ``resume``."""
-    return claim_output_file(out, journal_path(out), "latency-build", is_table_file, resume=resume,
-                             overwrite=overwrite)
+    return claim_output_file(out, journal_path(out), "latency-build", lambda p: file_kind(p) == "latency-build",
+                             resume=resume, overwrite=overwrite)
 
 
 def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], settings: BuildSettings | None = None,

@@ -27,6 +27,9 @@ def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a saved file gets the usual mode
         os.replace(tmp, p)
     finally:
         if os.path.exists(tmp):
