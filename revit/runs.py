@@ -25,7 +25,7 @@ from typing import Any
 
 from revit import __version__
 from revit._io import atomic_write_text, load_json
-from revit.errors import FileFormatError, RunExistsError, check_keys
+from revit.errors import FileFormatError, RevitError, RunExistsError, check_keys
 
 MARKER = ".revit-run.json"
 SCHEMA = "revit/run/v1"
@@ -52,6 +52,41 @@ def file_kind(path: str | os.PathLike[str]) -> str | None:
     except OSError:
         return None
     return next((k for k, sig in FILE_SIGNATURES.items() if sig in head), None)
+
+
+class OutputWriteError(RevitError):
+    """An output file could not be written (full or read-only disk); no temp file was left behind."""
+
+
+def _write_failed(e: BaseException) -> bool:
+    """Whether ``e`` is a failed write: an OSError, torch.save's zip-writer error, safetensors' I/O error."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e)
+    return any(w in text for w in ("inline_container", "PytorchStreamWriter", "I/O error", "os error"))
+
+
+def save_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *,
+                hint: str = "free space or fix permissions, then rerun with --resume") -> None:
+    """``write(tmp)`` a temp file next to ``path`` and rename it over ``path`` (atomic: a reader or a crash sees
+    the old file or the new one).  A failed write removes the temp file and is one line naming ``path``."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    try:
+        write(tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # the usual mode of a saved file
+        os.replace(tmp, p)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        if not _write_failed(e):
+            raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "no space left or the write failed"
+        raise OutputWriteError(f"cannot write {p} ({why})", hint=hint) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class RunKindError(RunExistsError):
@@ -237,5 +272,6 @@ def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[s
     return FileClaim(p, j, "new")
 
 
-__all__ = ["KINDS", "MARKER", "Claim", "FileClaim", "FinishedRunError", "RunKindError",
-           "RunMarker", "UnfinishedRunError", "claim_output_file", "claim_run", "read_marker", "write_marker"]
+__all__ = ["KINDS", "MARKER", "Claim", "FileClaim", "FinishedRunError", "OutputWriteError", "RunKindError",
+           "RunMarker", "UnfinishedRunError", "claim_output_file", "claim_run", "file_kind", "read_marker",
+           "save_atomic", "write_marker"]

@@ -128,9 +128,9 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from revit.runs import save_atomic
+
+    save_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _set_distilled_training(model: nn.Module, on: bool) -> bool:

@@ -385,3 +385,45 @@ def test_study_worker_killed_mid_trial(tmp_path: Path) -> None:
 @pytest.mark.parametrize("seed", range(3))
 def test_study_worker_killed_at_a_random_time(tmp_path: Path, seed: int) -> None:
     kill_and_resume_worker(tmp_path, {"after_s": random.Random(seed).uniform(3.0, 15.0)})
+
+
+# --- a full disk at the first state save --------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A tmpfs mounted under tmp_path (root only), yielding (folder, resize(kib))."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+
+    def mount(kib: int, remount: bool = False) -> None:
+        opts = f"{'remount,' if remount else ''}size={kib}k"
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(disk)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+
+    yield disk, mount
+    subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_prune_with_a_full_disk_at_the_first_state_save(prune_ref: tuple[Path, Path], small_disk: Any) -> None:
+    """Issue 10 item 2: the first state.pt does not fit: one line, no temp file, and --resume (after freeing
+    space) gives the uninterrupted run."""
+    cfg, ref = prune_ref
+    disk, mount = small_disk
+    teacher, state = (ref / "teacher.safetensors").stat().st_size, (ref / "state.pt").stat().st_size
+    kib = (teacher + len((ref / "trace.jsonl").read_text().splitlines()[0]) + 16 * 1024) // 1024 + 4
+    assert state > kib * 1024 - teacher  # the teacher fits, the state cannot
+    mount(kib)
+    out = disk / "p"
+    args = ["prune", "--model", cfg, *PRUNE, "--out", out]
+    r = revit(args, expect=2)
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("revit: error: cannot write") and "state.pt" in lines[-1], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    no_temp_files(disk)
+    assert (out / "teacher.safetensors").is_file() and not (out / "state.pt").exists()
+    mount(16 * 1024, remount=True)  # space freed
+    assert "--resume" in revit(args, expect=2).stderr
+    revit(args + ["--resume"])
+    check_prune_equal(out, ref)

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from revit.cost import LatencyTableLike
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.prune.criteria import CRITERIA
 from revit.prune.global_pruner import GlobalPruner, to_cpu
+from revit.runs import save_atomic
 from revit.runtime import (
     AMP_MODES,
     GlobalBatchSampler,
@@ -187,7 +188,7 @@ class PruneRun:
 
             self.claim.begin()
             sd = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-            _save_atomic(self.teacher_path, lambda tmp: save_file(sd, str(tmp)))
+            save_atomic(self.teacher_path, lambda tmp: save_file(sd, str(tmp)))
             self._write_trace()
         self._save_state()
         self._barrier()
@@ -228,7 +229,7 @@ class PruneRun:
         if self.rank != 0:
             return
         state = self._state()
-        _save_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
+        save_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def _load_state(self) -> None:
         st = torch.load(self.state_path, map_location="cpu", weights_only=False)
@@ -379,7 +380,7 @@ class PruneRun:
 
             cfg.save(self.out / "pruned.yaml", derived=counting.derived(cfg))
             sd = {k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}
-            _save_atomic(self.out / "pruned.safetensors", lambda tmp: save_file(sd, str(tmp)))
+            save_atomic(self.out / "pruned.safetensors", lambda tmp: save_file(sd, str(tmp)))
             plot_trace(self.trace_path, self.out / "plots")
             atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
             self.claim.finish()
@@ -403,22 +404,3 @@ def prune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
     return PruneRun(model, train_ds, val_ds, cfg, out_dir, table=table, resume=resume, progress=progress,
                     test_ds=test_ds, overwrite=overwrite).run()
 
-
-def _save_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temp file next to ``path`` and rename it; on a write error (full or read-only disk) no temp
-    file stays and the error is one line (the run resumes from its last good state with --resume)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
-        # torch.save reports a full disk as a RuntimeError of its zip writer ("inline_container")
-        if isinstance(e, RuntimeError) and not any(w in str(e) for w in ("inline_container", "StreamWriter")):
-            raise
-        why = e.strerror if isinstance(e, OSError) and e.strerror else "the disk is full or the write failed"
-        raise PruneError(f"cannot write {path} ({why})",
-                         hint="free space or fix permissions, then rerun with --resume") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -16,24 +16,14 @@ from revit.recipes import TrainConfig
 
 
 def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
-    """Write a state dict as safetensors, atomically."""
-    import tempfile
-
+    """Write a state dict as safetensors, atomically (a failed write is one line, no temp file left)."""
     from safetensors.torch import save_file
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a saved file gets the usual mode
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from revit.runs import save_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_atomic(path, lambda tmp: save_file(sd, str(tmp)), hint="free space or fix permissions, then rerun")
 
 
 def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.PathLike[str], *,
