@@ -86,7 +86,7 @@ def no_temp_files(root: Path) -> None:
 
 
 def finished(out: Path) -> bool:
-    return bool(json.loads((out / MARKER).read_text())["finished"])
+    return (out / MARKER).is_file() and bool(json.loads((out / MARKER).read_text())["finished"])
 
 
 def tiny_cfg(path: Path) -> Path:
@@ -128,7 +128,7 @@ def kill_and_resume_prune(prune_ref: tuple[Path, Path], out: Path, kills: list[d
     args = ["prune", "--model", cfg, *PRUNE, "--out", out]
     for k in kills:
         r = revit(args + (["--resume"] if out.exists() else []), **k, expect=None)
-        if r.returncode == 0:  # a random time after the end: nothing to resume
+        if r.returncode == 0 or finished(out):  # killed after the end (or on the way out): nothing to resume
             break
         assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
         if out.exists() and any(out.iterdir()):  # a killed run is refused without --resume, untouched
@@ -212,7 +212,7 @@ def kill_and_resume_train(train_ref: tuple[Path, Path], out: Path, kills: list[d
     args = ["train", cfg, *TRAIN, "--out", out]
     for k in kills:
         r = revit(args + (["--resume"] if out.exists() else []), **k, expect=None)
-        if r.returncode == 0:
+        if r.returncode == 0 or finished(out):
             break
         assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     else:
