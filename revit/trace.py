@@ -40,7 +40,8 @@ class TraceStep:
             "latency": self.latency, "macs": int(self.macs), "params": int(self.params), "loss": self.loss,
             "accuracy": self.accuracy,
         }
-        d.update(self.extra)
+        for k, v in self.extra.items():  # never over a known field (a pruner's cost entry "macs" is a float)
+            d.setdefault(k, v)
         return d
 
     @classmethod

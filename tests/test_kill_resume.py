@@ -157,7 +157,7 @@ def test_prune_killed_before_its_first_state_save_resumes(prune_ref: tuple[Path,
 
 
 PRUNE_POINTS = [
-    ("revit.prune.run:_save_atomic", 1, "before"),  # marker only: before the teacher
+    ("revit.prune.run:save_atomic", 1, "before"),  # marker only: before the teacher
     ("revit.prune.run:PruneRun._save_state", 1, "after"),  # the first state, nothing trained
     ("revit.trace:TraceWriter.append", 2, "after"),  # step 2's trace line written, its state not
     ("revit.prune.run:PruneRun._save_state", 3, "after"),  # after step 2's state
