@@ -4,7 +4,8 @@ Between pruning steps the weights train with KL distillation from the frozen unp
 cross-entropy (NVIT_SPEC.md section 4), on any device, with optional autocast, under ``torchrun``.
 The run writes ``trace.jsonl`` (a line per pruning step), ``state.pt`` (everything needed to
 resume, saved atomically right after the start and after every pruning step, device-agnostic),
-and at the end ``pruned.yaml``, ``pruned.safetensors``, ``metrics.json`` and ``plots/``.
+and at the end ``pruned.yaml``, ``pruned.safetensors``, ``metrics.json`` and ``plots/``.  The folder is claimed
+with :func:`revit.runs.claim_run` (kind ``prune``) before anything is written.
 """
 
 from __future__ import annotations
@@ -403,4 +404,3 @@ def prune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
     """Prune ``model`` to ``cfg.target`` of its MACs (or latency with ``table``) into ``out_dir``."""
     return PruneRun(model, train_ds, val_ds, cfg, out_dir, table=table, resume=resume, progress=progress,
                     test_ds=test_ds, overwrite=overwrite).run()
-
