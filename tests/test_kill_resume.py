@@ -6,7 +6,9 @@ call, before or after it runs: exact windows such as "the trace line is written 
 equal the uninterrupted one: byte-identical trace, weights and configs where the run is deterministic
 (prune, train); for a latency build nothing measured is lost or measured twice and the table is the one
 its measurements give; for a study every trial is accounted for and the killed one failed and was retried.
-The default suite runs one kill of each command; ``-m slow`` runs every named point and the random ones.
+The default suite kills prune (twice: before its first state save, and a full disk there), train and a latency
+build once each (a worker is killed mid-trial in tests/test_search_workers.py); ``-m slow`` runs every named
+point and the random ones.
 """
 
 from __future__ import annotations
@@ -396,6 +398,7 @@ def kill_and_resume_worker(tmp_path: Path, kill: dict[str, Any]) -> None:
     assert len(baselines) == 1
 
 
+@pytest.mark.slow  # the default suite kills a worker mid-trial on a journal: tests/test_search_workers.py
 def test_study_worker_killed_mid_trial(tmp_path: Path) -> None:
     """The worker dies in its second trial's second epoch (sqlite storage)."""
     kill_and_resume_worker(tmp_path, {"hook": ("revit.train:_Trainer.epoch", 4, "before")})
