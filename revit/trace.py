@@ -37,10 +37,11 @@ class TraceStep:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "step": self.step, "embed_dim": self.embed_dim, "blocks": [b.to_dict() for b in self.blocks],
-            "latency": self.latency, "macs": self.macs, "params": self.params, "loss": self.loss,
+            "latency": self.latency, "macs": int(self.macs), "params": int(self.params), "loss": self.loss,
             "accuracy": self.accuracy,
         }
-        d.update(self.extra)
+        for k, v in self.extra.items():  # never over a known field (a pruner's cost entry "macs" is a float)
+            d.setdefault(k, v)
         return d
 
     @classmethod

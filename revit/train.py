@@ -51,6 +51,7 @@ class TrainResult:
 
     history: list[dict[str, Any]] = field(default_factory=list)
     ema: nn.Module | None = None
+    prior_seconds: float = 0.0  # wall time of the earlier segments of a resumed run (to their last checkpoint)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -127,9 +128,9 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from revit.runs import save_atomic
+
+    save_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _set_distilled_training(model: nn.Module, on: bool) -> bool:
@@ -157,6 +158,7 @@ class _Trainer:
     def __init__(self, model: nn.Module, train_ds: Dataset[Any], cfg: TrainConfig, teacher: nn.Module | None,
                  progress: bool) -> None:
         self.model, self.cfg, self.teacher, self.progress = model, cfg, teacher, progress
+        self.t_start = time.perf_counter()
         self.r = cfg.resolved()
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
@@ -231,7 +233,11 @@ class _Trainer:
         """The first epoch to run: after the checkpoint's with ``resume``, else 0 (with a fresh log)."""
         ckpt = out / "checkpoint.pt" if out is not None else None
         if resume and ckpt is not None and ckpt.is_file():
-            return self._load(ckpt)
+            epoch = self._load(ckpt)
+            if self.rank == 0:  # the log as of the checkpoint (drops a line written after it by a killed run)
+                atomic_write_text(ckpt.with_name("log.jsonl"), "".join(json.dumps(r) + "\n"
+                                                                       for r in self.result.history))
+            return epoch
         if out is not None and self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             if (out / "log.jsonl").exists() and not resume:
@@ -250,6 +256,7 @@ class _Trainer:
         if self.ema is not None and state.get("model_ema") is not None:
             self.ema.module.load_state_dict(state["model_ema"])
         self.result.history = state["history"]
+        self.result.prior_seconds = float(state.get("seconds", sum(r["seconds"] for r in state["history"])))
         torch.set_rng_state(state["rng"])
         if self.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
@@ -355,6 +362,7 @@ class _Trainer:
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "model_ema": ema.module.state_dict() if ema is not None else None,
+            "seconds": self.result.prior_seconds + time.perf_counter() - self.t_start,
             "train_config": asdict(self.cfg)}), out / "checkpoint.pt")
 
 

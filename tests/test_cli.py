@@ -97,7 +97,7 @@ def test_train_refuses_to_overwrite_a_run(cli, tmp_path):
     code, _, _ = cli(*args)
     assert code == 0
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
-    _one_line_error(*cli(*args), "--resume")
+    _one_line_error(*cli(*args), "--overwrite")
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["test_acc"] <= 1 and metrics["macs"] == 15_560_640

@@ -48,3 +48,23 @@ def test_quick_demo_end_to_end(tmp_path):
     assert 0.4 <= summary["prune"]["cost_ratio"] <= 0.5
     assert json.loads((rep / "summary.json").read_text())["configs"]["uniform"]["embed_dim"] > 0
     assert any(line.startswith("[demo 7/7]") for line in (x.strip() for x in lines))
+    # a finished demo is not redone without --overwrite (every file kept) ...
+    from revit.runs import FinishedRunError, RunMarker, read_marker, write_marker
+
+    def sums():
+        return {p: p.read_bytes() for p in (tmp_path / "demo").rglob("*") if p.is_file()}
+
+    before = sums()
+    with pytest.raises(FinishedRunError):
+        run_demo(tmp_path / "demo", DemoPlan.quick(), log=lines.append)
+    assert sums() == before
+    # ... and a killed one continues, reusing its finished stages (each its own run folder)
+    assert {read_marker(tmp_path / "demo" / d).kind for d in ("1-base", "2-prune")} == {"train", "prune"}
+    write_marker(tmp_path / "demo", RunMarker("demo", "2026-01-01T00:00:00+00:00", finished=False))
+    (rep / "summary.json").unlink()
+    lines.clear()
+    run_demo(tmp_path / "demo", DemoPlan.quick(), log=lines.append)
+    assert any("reusing" in x and "1-base" in x for x in lines) and (rep / "summary.json").is_file()
+    for f in ("1-base/model.safetensors", "2-prune/pruned.safetensors", "2-prune/trace.jsonl"):
+        assert (tmp_path / "demo" / f).read_bytes() == before[tmp_path / "demo" / f]
+    assert read_marker(tmp_path / "demo").finished  # type: ignore[union-attr]

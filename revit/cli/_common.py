@@ -25,3 +25,9 @@ def print_json(obj: Any) -> None:
 def info(msg: str) -> None:
     """A human line for stderr (summaries, progress notes), keeping stdout for data."""
     print(msg, file=sys.stderr)
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: replace a finished run of the same kind in ``--out`` (never a folder of another kind)."""
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the finished run of this kind in --out (or start an unfinished one over)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command
+from revit.cli._common import add_command, add_overwrite_arg
 
 
 def register(sub: Any) -> None:
@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
     p.add_argument("--loader-workers", type=int, help="DataLoader workers per process (default 0; --workers "
                                                       "counts study processes)")
     p.add_argument("--quick", action="store_true", help="a one-minute plan with tiny subsets (smoke test)")
+    add_overwrite_arg(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -43,5 +44,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     resolve_device(plan.device)  # a missing GPU is one line and exit 2 before anything runs
     check_amp(plan.amp)
-    run_demo(args.out, plan)
+    run_demo(args.out, plan, overwrite=args.overwrite)
     return 0

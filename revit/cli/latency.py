@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from revit.cli._common import add_command, info, print_json
+from revit.cli._common import add_command, add_overwrite_arg, info, print_json
 from revit.errors import ConfigError
 
 
@@ -33,6 +32,7 @@ def register(sub: Any) -> None:
     b.add_argument("--batch", type=int, default=64, help="batch size the table is measured at (default 64)")
     b.add_argument("--out", required=True, help="output table JSON")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT.journal.jsonl")
+    add_overwrite_arg(b)
     b.add_argument("--device", default=None, help="cpu (default; cuda for tensorrt), cuda, tensorrt (ORT provider)")
     b.add_argument("--dtype", default="fp32", help="fp32 (default) or fp16 (tensorrt, torch on cuda)")
     b.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: steadiest on shared CPUs)")
@@ -110,8 +110,8 @@ def _build(a: argparse.Namespace) -> int:
     backend = _make_backend(a.backend, a.device, a.dtype, a.threads, a.clock, **opts)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
                              max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)  # --out into a folder that does not exist yet
-    table = build_table(space, backend, a.out, settings, resume=a.resume, progress=not a.no_progress)
+    table = build_table(space, backend, a.out, settings, resume=a.resume, overwrite=a.overwrite,
+                        progress=not a.no_progress)
     d = table.metadata["design"]
     info(f"wrote {a.out}: {table.summary()}")
     info(f"cells measured {d['cells_measured']} ({d['ratio_to_nvit']:.1%} of NViT's 9,375; "

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from revit import counting
-from revit.cli._common import add_command, info, print_json
+from revit.cli._common import add_command, add_overwrite_arg, info, print_json
 from revit.config import ViTConfig
 from revit.presets import resolve_config
 
@@ -40,6 +40,7 @@ def register(sub: Any) -> None:
     c.add_argument("--pretrained", action="store_true",
                    help="download timm's weights from the hub (needs network; prefer --checkpoint FILE)")
     c.add_argument("--out", required=True, help="folder for config.yaml and model.safetensors")
+    add_overwrite_arg(c)
     c.set_defaults(func=cmd_convert)
 
 
@@ -102,12 +103,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from revit.errors import CheckpointError, ConfigError
     from revit.models import from_timm, read_state_dict
     from revit.models.checkpoint import check_compatible
+    from revit.runs import claim_run
     from revit.workflows import save_weights
 
     if args.pretrained and args.checkpoint:
         raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")
     if args.use_ema and not args.checkpoint:
         raise ConfigError("--use-ema picks the EMA weights of a --checkpoint FILE; give one")
+    claim = claim_run(args.out, "model-convert", resume=True, overwrite=args.overwrite)  # a killed convert reruns
     try:
         tm = timm.create_model(args.timm_name, pretrained=False)
     except RuntimeError as e:
@@ -125,8 +128,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         info(note)
     model = from_timm(tm)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim.begin()
     model.config.save(out / "config.yaml")
     save_weights(model, out / "model.safetensors")
+    claim.finish()
     info(f"wrote {out / 'config.yaml'} and {out / 'model.safetensors'}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, info
+from revit.cli._common import add_command, add_overwrite_arg, info
 
 CRITERIA_NAMES = ("hessian", "nvit-code", "taylor", "magnitude", "random")
 
@@ -56,6 +56,7 @@ def register(sub: Any) -> None:
     p.add_argument("-j", "--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--out", required=True, help="run folder: trace.jsonl, pruned.yaml/.safetensors, metrics, plots")
     p.add_argument("--resume", action="store_true", help="continue a killed run from RUN_DIR/state.pt")
+    add_overwrite_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prune)
 
@@ -68,7 +69,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from revit.models import build_model
     from revit.presets import resolve_config
     from revit.prune import PruneConfig, PruneRun
+    from revit.runs import claim_run
 
+    claim_run(args.out, "prune", resume=args.resume, overwrite=args.overwrite)  # before loading any data
     if args.threads:
         torch.set_num_threads(args.threads)
     table = None
@@ -99,7 +102,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                           f"expects {cfg.num_classes} and {cfg.in_chans}")
     model = build_model(cfg, checkpoint=args.checkpoint)
     pruner = PruneRun(model, splits.train, splits.val, pc, args.out, table=table, resume=args.resume,
-                    progress=not args.no_progress, test_ds=None if args.test_limit == 0 else splits.test)
+                    progress=not args.no_progress, test_ds=None if args.test_limit == 0 else splits.test,
+                    overwrite=args.overwrite)
     if pruner.rank == 0:
         info(f"schedule: {pruner.pruner.schedule.describe()}; {pruner.per_epoch} batches per epoch; "
              f"device {pruner.device}, amp {args.amp}")

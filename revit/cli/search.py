@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from revit.cli._common import add_command, info
+from revit.cli._common import add_command, add_overwrite_arg, info
 
 
 def register(sub: Any) -> None:
@@ -41,6 +41,7 @@ def register(sub: Any) -> None:
     rp.add_argument("spec", help="study spec YAML (or a shipped name: smoke, fashion-mnist, imagenet-deit-s)")
     rp.add_argument("--storage", help="storage URL (default: the spec's, else sqlite:///runs/studies/NAME.db)")
     rp.add_argument("--out", required=True, help="report folder")
+    add_overwrite_arg(rp)
     rp.set_defaults(func=cmd_report)
 
 
@@ -150,12 +151,16 @@ def _summary(study: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from revit.runs import claim_run
     from revit.search.report import write_report
     from revit.search.runner import open_study
 
+    claim = claim_run(args.out, "study-report", resume=True, overwrite=args.overwrite)  # a killed report reruns
     spec = _spec(args)
     study = open_study(spec, args.storage, create=False)
+    claim.begin()
     s = write_report(spec, study, args.out, storage_url=spec.storage_url(args.storage))
+    claim.finish()
     c = s.get("comparison")
     if c:
         print(f"best candidate {c['best']} (n={c['best_n']}): test top-1 {100 * c['best_test'][0]:.2f} ± "

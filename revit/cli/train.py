@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command
+from revit.cli._common import add_command, add_overwrite_arg
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -73,6 +73,8 @@ def register(sub: Any) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--out", required=True, help="run folder: checkpoint, log.jsonl, model.safetensors, metrics")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    add_overwrite_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar and no per-epoch lines")
     p.set_defaults(func=cmd_train)
 
 
@@ -90,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_ema=args.model_ema, model_ema_decay=args.model_ema_decay, **runtime_kwargs(args))
     run_training(cfg, data_spec_from_args(args, cfg.img_size), tc, args.out, init=args.init,
                  teacher=args.teacher, teacher_weights=args.teacher_weights, resume=args.resume,
-                 threads=args.threads)
+                 overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress)
     return 0
 
 

@@ -39,6 +39,7 @@ from revit.errors import ConfigError, FileFormatError, RunExistsError
 from revit.latency.backends.base import Backend
 from revit.latency.space import AXES, Space
 from revit.latency.table import FixedParts, LatencyTable
+from revit.runs import FileClaim, claim_output_file, file_kind
 
 NVIT_CELLS = 9375
 Cell = tuple[int, int, int, int, int]
@@ -288,23 +289,35 @@ def journal_path(out: str | os.PathLike[str]) -> Path:
     return Path(str(out) + ".journal.jsonl")
 
 
+def claim_build(out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> FileClaim:
+    """Check (reading only) that a build may write table ``out`` and its journal: the rules of run folders
+    (:func:`revit.runs.claim_output_file`): a finished table needs ``overwrite``, a journal ``resume``."""
+    return claim_output_file(out, journal_path(out), "latency-build", lambda p: file_kind(p) == "latency-build",
+                             resume=resume, overwrite=overwrite)
+
+
 def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], settings: BuildSettings | None = None,
-                *, resume: bool = False, progress: bool = True,
+                *, resume: bool = False, overwrite: bool = False, progress: bool = True,
                 on_measure: Callable[[int], None] | None = None) -> LatencyTable:
-    """Measure ``space`` on ``backend`` and write the table to ``out`` (see the module docstring)."""
+    """Measure ``space`` on ``backend`` and write the table to ``out`` (see the module docstring).
+
+    Every check (settings, cell budget, the output and its journal) passes before the journal is created.
+    """
     s = settings or BuildSettings()
     s.check()
     check_cell_budget(space, s)
-    journal = journal_path(out)
-    header, state = _open_journal(journal, _header(space, backend, s), resume)
-    m = _Measurer(space, backend, s, state, Journal(journal), progress, on_measure)
+    claim = claim_build(out, resume=resume, overwrite=overwrite)
+    claim.begin()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    header, state = _open_journal(claim.journal, _header(space, backend, s), resume)
+    m = _Measurer(space, backend, s, state, Journal(claim.journal), progress, on_measure)
     knots, design_info = _design(space, s, state, m)
     grid = [tuple(c) for c in itertools.product(*(knots[a] for a in AXES))]
     fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
     m.run([("overhead",)] + [("block", *c) for c in grid] + fixed_keys, "grid")
     table = _assemble(space, s, state, header, knots, design_info, m.ref_cell, str(out))
     table.save(out)
-    journal.unlink()
+    claim.journal.unlink()
     return table
 
 

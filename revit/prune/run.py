@@ -4,7 +4,8 @@ Between pruning steps the weights train with KL distillation from the frozen unp
 cross-entropy (NVIT_SPEC.md section 4), on any device, with optional autocast, under ``torchrun``.
 The run writes ``trace.jsonl`` (a line per pruning step), ``state.pt`` (everything needed to
 resume, saved atomically right after the start and after every pruning step, device-agnostic),
-and at the end ``pruned.yaml``, ``pruned.safetensors``, ``metrics.json`` and ``plots/``.
+and at the end ``pruned.yaml``, ``pruned.safetensors``, ``metrics.json`` and ``plots/``.  The folder is claimed
+with :func:`revit.runs.claim_run` (kind ``prune``) before anything is written.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from revit.cost import LatencyTableLike
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.prune.criteria import CRITERIA
 from revit.prune.global_pruner import GlobalPruner, to_cpu
+from revit.runs import save_atomic
 from revit.runtime import (
     AMP_MODES,
     GlobalBatchSampler,
@@ -140,7 +142,11 @@ class PruneRun:
 
     def __init__(self, model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: PruneConfig,
                  out_dir: str | os.PathLike[str], *, table: LatencyTableLike | None = None, resume: bool = False,
-                 progress: bool = True, test_ds: Dataset[Any] | None = None) -> None:
+                 progress: bool = True, test_ds: Dataset[Any] | None = None, overwrite: bool = False) -> None:
+        from revit.runs import claim_run
+
+        self._t0, self.prior_seconds = time.perf_counter(), 0.0
+        self.claim = claim_run(out_dir, "prune", resume=resume, overwrite=overwrite)  # reads only
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
         self.cfg, self.progress = cfg, progress
@@ -168,11 +174,10 @@ class PruneRun:
         self.opt = make_optimizer(self.model, TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
         self.scaler = grad_scaler(self.device, cfg.amp)
         self.finished = False
-        if resume and self.state_path.is_file():
+        self._barrier()  # every rank checked the folder before rank 0 writes
+        if self.claim.resuming and self.state_path.is_file():
             self._load_state()
-        else:
-            if not resume and self.trace_path.exists() and self.trace_path.stat().st_size > 0:
-                raise ConfigError(f"{self.out} already holds a pruning run; pass resume=True (--resume) or a new --out")
+        else:  # new, overwrite, or a run killed before its first state save: (re)start from step 0
             self._start()
         self.teacher = self._teacher()
 
@@ -182,10 +187,9 @@ class PruneRun:
         if self.rank == 0:
             from safetensors.torch import save_file
 
-            self.out.mkdir(parents=True, exist_ok=True)
-            tmp = self.out / ".teacher.safetensors.tmp"
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}, str(tmp))
-            os.replace(tmp, self.teacher_path)
+            self.claim.begin()
+            sd = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+            save_atomic(self.teacher_path, lambda tmp: save_file(sd, str(tmp)))
             self._write_trace()
         self._save_state()
         self._barrier()
@@ -215,14 +219,18 @@ class PruneRun:
         return {"model": to_cpu(self.model.state_dict()), "optimizer": to_cpu(self.opt.state_dict()),
                 "pruner": self.pruner.state_dict(), "rng": torch.get_rng_state(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "settings": asdict(self.cfg), "base_config": self.base.to_dict(), "finished": self.finished}
+                "settings": asdict(self.cfg), "base_config": self.base.to_dict(), "finished": self.finished,
+                "seconds": self.elapsed()}
+
+    def elapsed(self) -> float:
+        """Wall seconds of the whole run: every earlier segment (to its last state save) and this one."""
+        return self.prior_seconds + time.perf_counter() - self._t0
 
     def _save_state(self) -> None:
         if self.rank != 0:
             return
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
-        torch.save(self._state(), tmp)
-        os.replace(tmp, self.state_path)
+        state = self._state()
+        save_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def _load_state(self) -> None:
         st = torch.load(self.state_path, map_location="cpu", weights_only=False)
@@ -239,8 +247,10 @@ class PruneRun:
         if self.scaler is not None and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.finished = bool(st.get("finished", False))
+        self.prior_seconds = float(st.get("seconds", 0.0))
         torch.set_rng_state(st["rng"])
         if self.rank == 0:  # the trace as of the saved state (drops lines written after it)
+            self.claim.begin()
             self._write_trace()
         self._barrier()
 
@@ -307,7 +317,6 @@ class PruneRun:
         sched = self.pruner.schedule
         bar = tqdm(desc="prune", disable=not self.progress or self.rank != 0, dynamic_ncols=True, unit="batch",
                    total=sched.budget, initial=self.pruner.calls, mininterval=1.0)
-        t0 = time.perf_counter()
         batches = self._batches()
         while not self.finished:
             x, y = next(batches)
@@ -323,7 +332,7 @@ class PruneRun:
 
                 raise BudgetError(f"stopped after max_steps={self.cfg.max_steps} steps before reaching the target")
         bar.close()
-        return self.finish(time.perf_counter() - t0)
+        return self.finish(self.elapsed())
 
     def _status(self, loss: float) -> str:
         p = self.pruner
@@ -371,11 +380,11 @@ class PruneRun:
             from revit.prune.plots import plot_trace
 
             cfg.save(self.out / "pruned.yaml", derived=counting.derived(cfg))
-            tmp = self.out / ".pruned.safetensors.tmp"
-            save_file({k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}, str(tmp))
-            os.replace(tmp, self.out / "pruned.safetensors")
-            atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
+            sd = {k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}
+            save_atomic(self.out / "pruned.safetensors", lambda tmp: save_file(sd, str(tmp)))
             plot_trace(self.trace_path, self.out / "plots")
+            atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
+            self.claim.finish()
         return PruneResult(model=dense, config=cfg, metrics=metrics, steps=p.steps)
 
     @torch.no_grad()
@@ -391,7 +400,7 @@ class PruneRun:
 
 def prune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: PruneConfig,
           out_dir: str | os.PathLike[str], *, table: LatencyTableLike | None = None, resume: bool = False,
-          progress: bool = True, test_ds: Dataset[Any] | None = None) -> PruneResult:
+          progress: bool = True, test_ds: Dataset[Any] | None = None, overwrite: bool = False) -> PruneResult:
     """Prune ``model`` to ``cfg.target`` of its MACs (or latency with ``table``) into ``out_dir``."""
     return PruneRun(model, train_ds, val_ds, cfg, out_dir, table=table, resume=resume, progress=progress,
-                    test_ds=test_ds).run()
+                    test_ds=test_ds, overwrite=overwrite).run()

@@ -106,16 +106,27 @@ def _data(plan: DemoPlan, train: int | None = None) -> Any:
     return DataSpec(train_limit=train or plan.train_images, val_size=plan.val_images, test_limit=plan.test_images)
 
 
-def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
+def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwrite: bool = False,
              log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict[str, Any]:
-    """Run every stage into ``out``; return a summary (also written to ``out/report/summary.json``)."""
+    """Run every stage into ``out``; return a summary (also written to ``out/report/summary.json``).
+
+    ``out`` is a demo run folder (:mod:`revit.runs`): an unfinished demo continues, reusing its finished
+    stages; a finished one is only redone from scratch with ``overwrite``.
+    """
     import torch
 
     from revit.latency.table import LatencyTable
     from revit.presets import get_preset
+    from revit.runs import claim_run
 
+    claim = claim_run(out, "demo", resume=True, overwrite=overwrite)
+    table_path = Path(plan.table_path())
+    if not table_path.is_file():
+        from revit.errors import ConfigError
+
+        raise ConfigError(f"latency table {table_path}: no such file")
     root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    claim.begin()
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"plan": dataclasses.asdict(plan)}
@@ -166,6 +177,7 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *,
     summary["seconds"] = timings
     write_demo_readme(root, rep, plan, summary)
     atomic_write_text(rep / "summary.json", json.dumps(summary, indent=1, default=str))
+    claim.finish()
     log(f"\ndemo done in {timings['total'] / 60:.1f} min "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items() if k != 'total')}); report: {rep / 'README.md'}")
     return summary

@@ -11,46 +11,49 @@ from typing import Any
 from revit._io import atomic_write_text
 from revit.config import ViTConfig
 from revit.data import DataSpec
-from revit.errors import ConfigError, RunExistsError
+from revit.errors import ConfigError
 from revit.recipes import TrainConfig
 
 
 def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
-    """Write a state dict as safetensors, atomically."""
-    import tempfile
-
+    """Write a state dict as safetensors, atomically (a failed write is one line, no temp file left)."""
     from safetensors.torch import save_file
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from revit.runs import save_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_atomic(path, lambda tmp: save_file(sd, str(tmp)), hint="free space or fix permissions, then rerun")
 
 
 def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.PathLike[str], *,
                  init: str | None = None, teacher: str | None = None, teacher_weights: str | None = None,
-                 resume: bool = False, threads: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` on ``data`` into run folder ``out``; returns the metrics written to metrics.json."""
+                 resume: bool = False, overwrite: bool = False, threads: int | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` on ``data`` into run folder ``out``; returns the metrics written to metrics.json.
+
+    Nothing is written to ``out`` before every check passed: the folder claim (:func:`revit.runs.claim_run`)
+    and, with ``resume``, the model config and the recipe of the run being continued.
+    """
     import torch
 
     from revit import counting
     from revit.data import load_splits
     from revit.models import build_model
     from revit.presets import resolve_config
+    from revit.runs import claim_run
     from revit.runtime import resolve_device
     from revit.train import dist_info, evaluate, init_distributed, size, train
 
+    t0 = time.perf_counter()
+    claim = claim_run(out, "train", resume=resume, overwrite=overwrite)
     if threads:
         torch.set_num_threads(threads)
-    rank, _ = init_distributed(resolve_device(tc.device))
+    rank, world = init_distributed(resolve_device(tc.device))
     torch.manual_seed(tc.seed)
     model = build_model(cfg, checkpoint=init, drop_path_rate=tc.drop_path_rate)
+    if claim.resuming:
+        check_resume(claim.folder, cfg, tc, model)
     splits = load_splits(data, tc, model=model)
     if (splits.in_chans, splits.num_classes) != (cfg.in_chans, cfg.num_classes):
         raise ConfigError(f"config expects {cfg.in_chans} channel(s) and {cfg.num_classes} classes; "
@@ -59,18 +62,17 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
     if teacher:
         t_model = build_model(resolve_config(teacher), checkpoint=teacher_weights)
     out = Path(out)
-    if not resume and (out / "checkpoint.pt").exists():
-        raise RunExistsError(f"{out} already holds a training run",
-                             hint="pass --resume to continue it or choose another --out")
+    if world > 1:  # every rank checked the folder before rank 0 writes its marker
+        torch.distributed.barrier()
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        claim.begin()
         cfg.save(out / "config.yaml", derived=counting.derived(cfg))
-    t0 = time.perf_counter()
-    result = train(model, splits.train, splits.val, tc, out, teacher=t_model, resume=resume, progress=progress)
+    result = train(model, splits.train, splits.val, tc, out, teacher=t_model, resume=claim.resuming,
+                   progress=progress)
     test_acc = evaluate(model, splits.test, tc.eval_batch_size, amp=tc.amp, workers=tc.loader_workers)
     metrics = {
         "test_acc": test_acc, "val_acc": result.final.get("val_acc"), "train_loss": result.final.get("train_loss"),
-        "epochs": tc.epochs, "seconds": time.perf_counter() - t0,
+        "epochs": tc.epochs, "seconds": result.prior_seconds + time.perf_counter() - t0,
         "seconds_per_epoch": sum(r["seconds"] for r in result.history) / max(len(result.history), 1),
         "macs": counting.macs(cfg), "params": counting.params(cfg), "train_images": size(splits.train),
     }
@@ -82,6 +84,34 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
         if result.ema is not None:
             save_weights(result.ema, out / "model_ema.safetensors")
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+        claim.finish()
         if progress:
             print(f"test top-1 {test_acc:.4f}  ({size(splits.test)} images)  -> {out}", flush=True)
     return metrics
+
+
+def check_resume(out: Path, cfg: ViTConfig, tc: TrainConfig, model: Any) -> None:
+    """Refuse (before anything is written) to continue a run of another model config or recipe."""
+    from revit.errors import CheckpointError
+    from revit.recipes import same_recipe
+    from revit.train import load_checkpoint_state
+
+    if (out / "config.yaml").is_file():
+        old = ViTConfig.load(out / "config.yaml")
+        if old != cfg:
+            raise CheckpointError(f"{out} holds a training run of another model config "
+                                  f"(embed {old.embed_dim}, depth {old.depth}; now embed {cfg.embed_dim}, depth "
+                                  f"{cfg.depth})", hint="resume with the same config or use a new --out")
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        return
+    state = load_checkpoint_state(ckpt)
+    if not same_recipe(state.get("train_config") or {}, tc):
+        raise CheckpointError(f"{ckpt}: was written with another training recipe",
+                              hint="resume with the same options or use a new --out")
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if want != got:
+        bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+        raise CheckpointError(f"{ckpt}: holds weights of another model ({len(bad)} tensor(s) differ, e.g. {bad[0]})",
+                              hint="resume with the same config or use a new --out")
