@@ -108,8 +108,17 @@ def main() -> None:
             torch.manual_seed(0)
             model = build_model(base_cfg, checkpoint=args.checkpoint)
             t0 = time.perf_counter()
-            res = PruneRun(model, splits.train, None, pc, out / name.replace(" ", "_"), table=tbl, resume=True,
-                         progress=False, test_ds=splits.test).run()
+            folder = out / name.replace(" ", "_")
+            if (folder / "metrics.json").is_file():  # finished by an earlier invocation: reuse it
+                from types import SimpleNamespace
+
+                from revit.config import ViTConfig
+
+                m = json.loads((folder / "metrics.json").read_text())
+                res: Any = SimpleNamespace(config=ViTConfig.load(folder / "pruned.yaml"), steps=m["steps"], metrics=m)
+            else:
+                res = PruneRun(model, splits.train, None, pc, folder, table=tbl, resume=True, progress=False,
+                               test_ds=splits.test).run()
             macs = counting.macs(res.config)
             runs[name] = {"config": res.config, "macs": macs, "params": counting.params(res.config),
                           "predicted_s": table.predict(res.config).total_s, "steps": res.steps,
