@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,16 @@ class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 2 and one line on bad usage (its default, kept explicit)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def one_line(text: str) -> str:
+    """An error message as one plain line: ANSI colour codes removed, line breaks joined with '; '."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
+    return "; ".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except RevitError as e:
-        print(f"revit: error: {e}", file=sys.stderr)
+        print(f"revit: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output on a read-only or full disk, a folder given as a file: one line
+        from revit.validation import OUTPUT_ERRNOS, output_error
+
+        if e.errno not in OUTPUT_ERRNOS or not e.filename:
+            raise
+        print(f"revit: error: {one_line(str(output_error(e, e.filename)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("revit: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ from revit import counting
 from revit.cli._common import add_command, info, print_json
 from revit.config import ViTConfig
 from revit.presets import resolve_config
+from revit.validation import check_output_dir, check_output_file, count
 
 
 def register(sub: Any) -> None:
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
     e.add_argument("--out", required=True, help="ONNX file to write")
     e.add_argument("--checkpoint", help="local weights matching the config (.pth/.pth.tar/.safetensors)")
     e.add_argument("--use-ema", action="store_true", help="take a timm train.py checkpoint's EMA weights")
-    e.add_argument("--batch", type=int, default=2, help="example batch size (the batch axis stays dynamic)")
+    e.add_argument("--batch", type=count(), default=2, help="example batch size (the batch axis stays dynamic)")
     e.set_defaults(func=cmd_export)
 
     c = add_command(msub, "convert", "convert a local timm ViT/DeiT checkpoint into a revit config + weights",
@@ -84,6 +85,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from revit.models import build_model, load_checkpoint
     from revit.models.export import export_onnx
 
+    check_output_file(args.out)
     cfg = resolve_config(args.model)
     model = build_model(cfg)
     if args.checkpoint:
@@ -92,6 +94,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_onnx(model, args.out, x)
     info(f"wrote {path} (input 'images' [batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}], output 'logits')")
     return 0
+
+
+HUB_HOST = "huggingface.co"
+
+
+def _check_online(timeout: float = 3.0) -> None:
+    """Fail at once (one line) when the hub cannot be reached, instead of retrying for a minute."""
+    import os
+    import socket
+    import threading
+
+    from revit.errors import CheckpointError
+
+    hint = "pass a local file with --checkpoint FILE"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise CheckpointError(f"--pretrained needs the Hugging Face hub but HF_HUB_OFFLINE is set; {hint}")
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)  # name resolution ignores socket timeouts
+    t.start()
+    t.join(timeout + 0.5)
+    if not ok:
+        raise CheckpointError(f"--pretrained: cannot reach {HUB_HOST} (offline?); {hint}")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -108,6 +140,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")
     if args.use_ema and not args.checkpoint:
         raise ConfigError("--use-ema picks the EMA weights of a --checkpoint FILE; give one")
+    check_output_dir(args.out)
+    if args.pretrained:
+        _check_online()
     try:
         tm = timm.create_model(args.timm_name, pretrained=False)
     except RuntimeError as e:
