@@ -18,7 +18,8 @@ import argparse
 import errno
 import math
 import os
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,35 @@ def count_text() -> Callable[[str], str]:
     return parse
 
 
+def check_fields(cls: type, raw: Mapping[str, Any], where: str, *, error: type[RevitError] = ConfigError) -> None:
+    """Check each value of ``raw`` against the annotation of ``cls``'s dataclass field of that name.
+
+    ``int`` fields take integers, ``float`` fields finite numbers, ``str``/``bool`` their own type, and
+    ``X | None`` also ``None``: a YAML value of the wrong type (``lr: fast``, ``train_limit: lots``) is
+    one line naming ``where.key``, not a traceback deep inside the consumer.
+    """
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        v, hint = raw[f.name], hints.get(f.name)
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if v is None and type(None) in args:
+            continue
+        name = f"{where}.{f.name}"
+        if int in args and float not in args:
+            check_int(v, name, error=error)
+        elif float in args:
+            check_number(v, name, error=error)
+        elif str in args and not isinstance(v, str):
+            raise error(f"{name} must be a string, got {v!r}")
+        elif bool in args and not isinstance(v, bool):
+            raise error(f"{name} must be true or false, got {v!r}")
+
+
 # memory ----------------------------------------------------------------------------------------
 def memory_bytes() -> int:
     """The memory this process may use: physical RAM, or the cgroup limit when lower."""
@@ -247,6 +277,6 @@ def check_input_file(path: str | os.PathLike[str], what: str, *, error: type[Rev
     return p
 
 
-__all__ = ["OUTPUT_ERRNOS", "check_count", "check_fits_memory", "check_input_file", "check_int", "check_number",
+__all__ = ["OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory", "check_input_file", "check_int", "check_number",
            "check_optional", "check_output_dir", "check_output_file", "count", "count_text", "fraction",
            "format_bytes", "integer", "memory_bytes", "non_negative", "number", "output_error", "range_problem"]

@@ -48,6 +48,7 @@ from revit.data.spec import DataSpec
 from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_keys
 from revit.paths import shipped_dir
 from revit.recipes import TrainConfig
+from revit.validation import check_count, check_fields, check_int, check_number
 
 SCHEMA = "revit/study/v1"
 OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "latency": "minimize"}
@@ -243,16 +244,20 @@ class StudySpec:
             raise ConfigError(f"space.params: give at least one parameter of {family!r} to search: "
                               f"{', '.join(fam.params)}")
         mf = space.get("mlp_factor", [0.5, 2.0])
-        if not (isinstance(mf, Sequence) and len(mf) == 2 and all(isinstance(x, (int, float)) for x in mf)):
+        if not (isinstance(mf, Sequence) and not isinstance(mf, str) and len(mf) == 2):
             raise ConfigError(f"space.mlp_factor must be [low, high], got {mf!r}")
+        for x in mf:
+            check_number(x, "space.mlp_factor", 0, lo_open=True)
+        if not mf[0] <= mf[1]:
+            raise ConfigError(f"space.mlp_factor must be [low, high] with low <= high, got {list(mf)}")
 
         data = _typed(DataSpec, d.get("data"), "data")
         train = _typed(TrainConfig, d.get("train"), "train", exclude=_TRAIN_SET_BY_STUDY)
-        seeds = tuple(int(s) for s in (d.get("seeds") or (0,)))
-        if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
+        seeds = _seeds(d.get("seeds"))
         repeats = d.get("repeats") or {}
-        top_k = int(repeats.get("top_k", 2)) if isinstance(repeats, Mapping) else int(repeats)
+        if isinstance(repeats, Mapping):
+            check_keys(repeats, ("top_k",), "repeats")
+        top_k = check_int(repeats.get("top_k", 2) if isinstance(repeats, Mapping) else repeats, "repeats.top_k", 0)
         baselines = tuple(_baseline(b) for b in (d.get("baselines") or ()))
         arms = [b.arm for b in baselines]
         if len(set(arms)) != len(arms):
@@ -260,9 +265,7 @@ class StudySpec:
         n_trials = d.get("n_trials", 10)
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
             raise ConfigError(f"n_trials must be a non-negative integer, got {n_trials!r}")
-        threads = int(d.get("threads", 1))
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
+        threads = check_count(d.get("threads", 1), "threads")
         if "latency" in objectives and not (budget.table or d.get("latency_table")):
             raise ConfigError("objective 'latency' needs latency_table: FILE (or a latency budget with a table)")
         return cls(
@@ -272,7 +275,8 @@ class StudySpec:
             sampler=sampler, pruner=pruner, n_trials=n_trials, setting=setting,
             latency_table=_table_path(d.get("latency_table") or budget.table), data=data, train=train, threads=threads,
             seeds=seeds, repeat_top_k=top_k, baselines=baselines,
-            heartbeat_s=float(d.get("heartbeat_s", 20.0)), grace_s=float(d.get("grace_s", 120.0)),
+            heartbeat_s=float(check_number(d.get("heartbeat_s", 20.0), "heartbeat_s", 0, lo_open=True)),
+            grace_s=float(check_number(d.get("grace_s", 120.0), "grace_s", 0, lo_open=True)),
             description=str(d.get("description") or ""), source=source,
         )
 
@@ -303,6 +307,7 @@ def _typed(cls: type[T], raw: Any, where: str, exclude: Sequence[str] = ()) -> T
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {raw!r}")
     check_keys(raw, [f.name for f in fields(cls) if f.name not in exclude], where)  # type: ignore[arg-type]
+    check_fields(cls, raw, where)
     try:
         return cls(**raw)
     except TypeError as e:
@@ -314,9 +319,7 @@ def _typed(cls: type[T], raw: Any, where: str, exclude: Sequence[str] = ()) -> T
 def _num(v: Any, what: str) -> float:
     if isinstance(v, str):
         return float(counting.parse_count(v))
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{what} must be a number, got {v!r}")
-    return float(v)
+    return float(check_number(v, what))
 
 
 def _budget(raw: Any, table: Any) -> BudgetSpec:
@@ -348,10 +351,16 @@ def _budget(raw: Any, table: Any) -> BudgetSpec:
 
 
 def _range(name: str, r: Any, lo: float, hi: float) -> ParamRange:
+    where = f"space.params.{name}"
     if isinstance(r, Sequence) and not isinstance(r, str) and len(r) == 2:
-        out = ParamRange(name, float(r[0]), float(r[1]))
+        out = ParamRange(name, float(check_number(r[0], f"{where} low")), float(check_number(r[1], f"{where} high")))
     elif isinstance(r, Mapping) and {"low", "high"} <= set(r):
-        out = ParamRange(name, float(r["low"]), float(r["high"]), bool(r.get("log", False)))
+        check_keys(r, ("low", "high", "log"), where)
+        log = r.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{where}.log must be true or false, got {log!r}")
+        out = ParamRange(name, float(check_number(r["low"], f"{where} low")),
+                         float(check_number(r["high"], f"{where} high")), log)
     else:
         raise ConfigError(f"space.params.{name}: give [low, high] or {{low, high, log}}, got {r!r}")
     if not lo <= out.low < out.high <= hi:
@@ -367,8 +376,86 @@ def _baseline(b: Any) -> BaselineSpec:
         return BaselineSpec(b)
     if isinstance(b, Mapping) and isinstance(b.get("rule"), str):
         check_keys(b, ("rule", "params", "name"), "baselines[]")
-        return BaselineSpec(b["rule"], dict(b.get("params") or {}), b.get("name"))
+        params = b.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"baselines[].params must be a mapping of rule parameters, got {params!r}")
+        for k, v in params.items():
+            check_number(v, f"baselines[].params.{k}")
+        name = b.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"baselines[].name must be a string, got {name!r}")
+        return BaselineSpec(b["rule"], dict(params), name)
     raise ConfigError(f"baselines: each is a rule name or {{rule, params, name}}, got {b!r}")
+
+
+def _seeds(raw: Any) -> tuple[int, ...]:
+    """``seeds``: a list of distinct integers >= 0 (default and empty: ``[0]``)."""
+    if raw is None or (isinstance(raw, list) and not raw):
+        return (0,)
+    if isinstance(raw, (str, Mapping)) or not isinstance(raw, Sequence):
+        raise ConfigError(f"seeds must be a list of integers, got {raw!r}")
+    seeds = tuple(check_int(s, "seeds[]", 0) for s in raw)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
+    return seeds
+
+
+def check_budget(spec: StudySpec) -> None:
+    """Refuse a budget no config of the study can meet (``macs: 900T`` or ``1K``), before a study exists.
+
+    Each budget the study uses (the fixed one; low and high when searched) must be reachable by at
+    least one of its arms: the baselines' rules and the searched family at the middle of its ranges.
+    """
+    from revit.errors import BudgetError, OutsideDomainError
+    from revit.search.objective import _generate, baseline_arm, candidate_rule
+
+    table = None
+    if spec.budget.kind == "latency" and spec.budget.table:
+        from revit.latency.table import LatencyTable
+
+        table = LatencyTable.load(spec.budget.table)
+    mid = {r.name: (math.sqrt(r.low * r.high) if r.log else (r.low + r.high) / 2) for r in spec.search_params}
+    b = spec.budget
+    for value in ([b.value] if b.value is not None else [b.low, b.high]):
+        assert value is not None
+        errors: list[str] = []
+        try:
+            _generate(spec, candidate_rule(spec, mid), value, table, name="check")
+            continue
+        except (BudgetError, OutsideDomainError) as e:
+            errors.append(str(e))
+        for arm in spec.baselines:
+            try:
+                baseline_arm(spec, arm, value, table)
+                break
+            except (BudgetError, OutsideDomainError) as e:
+                errors.append(str(e))
+        else:
+            raise ConfigError(f"budget {spec.budget.fmt(value)} cannot be met by any config of this study "
+                              f"(setting {spec.setting.img_size}px/{spec.setting.patch_size}, depth "
+                              f"{spec.setting.depth}): {errors[0]}")
+
+
+def check_data(spec: StudySpec) -> None:
+    """Refuse data that cannot load or does not fit the setting (classes, channels), before a study exists."""
+    from revit.data import DATASETS, load_splits
+
+    src = spec.data.source
+    if DATASETS.get(src) is None and not Path(src).is_dir():
+        raise ConfigError(f"data.source {src!r}: no such dataset or folder (known: {', '.join(DATASETS)}, "
+                          "or an ImageFolder path)")
+    splits = load_splits(spec.data, spec.train_config(spec.seeds[0]))
+    want = (spec.setting.num_classes, spec.setting.in_chans)
+    if spec.setting.num_classes and (splits.num_classes, splits.in_chans) != want:
+        raise ConfigError(f"data.source {src!r} has {splits.num_classes} classes and {splits.in_chans} channel(s); "
+                          f"the setting has {want[0]} and {want[1]}")
+
+
+def check_study(spec: StudySpec, *, data: bool = True) -> None:
+    """Everything that would make every trial fail (budget, data, setting), checked before the study is created."""
+    check_budget(spec)
+    if data:
+        check_data(spec)
 
 
 def resolve_spec(name_or_path: str) -> Path:
@@ -390,4 +477,5 @@ def load_spec(name_or_path: str) -> StudySpec:
     return StudySpec.load(resolve_spec(name_or_path))
 
 
-__all__ = ["BaselineSpec", "BudgetSpec", "ParamRange", "StudySpec", "load_spec", "resolve_spec"]
+__all__ = ["BaselineSpec", "BudgetSpec", "ParamRange", "StudySpec", "check_budget", "check_data", "check_study",
+           "load_spec", "resolve_spec"]
