@@ -277,6 +277,6 @@ def check_input_file(path: str | os.PathLike[str], what: str, *, error: type[Rev
     return p
 
 
-__all__ = ["OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory", "check_input_file", "check_int", "check_number",
-           "check_optional", "check_output_dir", "check_output_file", "count", "count_text", "fraction",
+__all__ = ["OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory", "check_input_file", "check_int",
+           "check_number", "check_optional", "check_output_dir", "check_output_file", "count", "count_text", "fraction",
            "format_bytes", "integer", "memory_bytes", "non_negative", "number", "output_error", "range_problem"]

@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
     which.add_argument("--rule", metavar="R", help="shipped rule name (see `revit rules list`) or a rule YAML path")
     which.add_argument("--uniform", action="store_true", help="DeiT-style uniform baseline (see --head-dim)")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--macs", metavar="B", type=count_text(), help="MACs budget, e.g. 4.6G or 150M (met within --tolerance)")
+    target.add_argument("--macs", metavar="B", type=count_text(),
+                        help="MACs budget, e.g. 4.6G or 150M (met within --tolerance)")
     target.add_argument("--embed-dim", type=count(), metavar="E", help="apply the rule exactly at this embedding width")
     target.add_argument("--latency-ms", type=number(0, lo_open=True), metavar="M",
                         help="latency budget in ms per batch of the table's batch size (needs --table)")
@@ -46,7 +47,8 @@ def register(sub: Any) -> None:
                         "or steps EMB,HEADS,QK,V,MLP such as 16,2,8,8,16")
     s.add_argument("--convention", choices=["nvit", "timm"], default="nvit",
                    help="MACs convention of --macs: nvit counts attention matmuls (default), timm linear only")
-    s.add_argument("--tolerance", type=number(0, lo_open=True), default=0.01, help="relative tolerance on the budget (0.01)")
+    s.add_argument("--tolerance", type=number(0, lo_open=True),
+                   default=0.01, help="relative tolerance on the budget (0.01)")
     s.add_argument("--max-embed-dim", type=count(), default=2048, help="widest embedding searched (2048)")
     s.add_argument("--mlp-factor-range", default="0.5,2", metavar="LO,HI",
                    help="interval of the global MLP factor searched for a budget (0.5,2)")

@@ -41,7 +41,8 @@ def register(sub: Any) -> None:
                    help="auto: thread CPU time for onnxruntime on cpu with 1 thread, else wall clock")
     b.add_argument("--design", default="auto", choices=("auto", "full"), help="sparse grid from pilot sweeps, or full")
     b.add_argument("--max-cells", type=count(), default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
-    b.add_argument("--tol", type=number(0, lo_open=True), default=0.01, help="target relative interpolation error of the knots")
+    b.add_argument("--tol", type=number(0, lo_open=True),
+                   default=0.01, help="target relative interpolation error of the knots")
     b.add_argument("--warmup", type=non_negative(), default=2)
     b.add_argument("--repeats", type=count(), default=5)
     b.add_argument("--passes", type=count(), default=3, help="passes over all cells, each in random order")
@@ -76,7 +77,8 @@ def register(sub: Any) -> None:
                     "revit latency validate latency_tables/cpu_onnxruntime_fp32_bs64_t17.json --samples 50")
     v.add_argument("table")
     v.add_argument("--samples", type=count(), default=20)
-    v.add_argument("--noise-k", type=non_negative(), default=10, help="copies of one config measured for the noise floor")
+    v.add_argument("--noise-k", type=non_negative(),
+                   default=10, help="copies of one config measured for the noise floor")
     v.add_argument("--seed", type=non_negative(), default=1)
     v.add_argument("--model-source", default="graph", choices=("graph", "revit-models"),
                    help="graph: onnx.helper model; revit-models: export revit.models' model to ONNX")

@@ -22,10 +22,12 @@ def register(sub: Any) -> None:
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits, or an ImageFolder path")
     p.add_argument("--train-limit", type=count(), help="use this many training images (default: all)")
     p.add_argument("--val-size", type=non_negative(), default=5000, help="images held out of the training set")
-    p.add_argument("--test-limit", type=non_negative(), help="score the pruned model on this many test images (0: none)")
+    p.add_argument("--test-limit", type=non_negative(),
+                   help="score the pruned model on this many test images (0: none)")
     tgt = p.add_mutually_exclusive_group(required=True)
     tgt.add_argument("--target-macs", type=fraction(), metavar="R", help="stop at R x the base MACs (0 < R < 1)")
-    tgt.add_argument("--target-latency", type=fraction(), metavar="R", help="stop at R x the base latency (needs --table)")
+    tgt.add_argument("--target-latency", type=fraction(),
+                     metavar="R", help="stop at R x the base latency (needs --table)")
     p.add_argument("--table", help="latency table (JSON) for --target-latency and the latency penalty")
     p.add_argument("--criterion", default="hessian", choices=CRITERIA_NAMES)
     p.add_argument("--epochs", type=number(0, lo_open=True), default=1.0,
@@ -36,18 +38,22 @@ def register(sub: Any) -> None:
                                                 "with --per-step/--step-fraction the run goes on until the target")
     step = p.add_mutually_exclusive_group()
     step.add_argument("--per-step", type=count(), help="fixed schedule: units removed per step (NViT: 2)")
-    step.add_argument("--step-fraction", type=fraction(), help="fixed schedule: remove units until the cost fell by this "
-                                                          "fraction of the base cost per step")
+    step.add_argument("--step-fraction", type=fraction(),
+                      help="fixed schedule: remove units until the cost fell by this "
+                           "fraction of the base cost per step")
     p.add_argument("--eta", type=number(0), default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
                                                          "weighs a median saliency; 0 = no penalty")
     p.add_argument("--granularity", default="auto", help="auto, standard, micro, one, or E,H,QK,V,MLP steps")
     p.add_argument("--batch-size", type=count(), default=128, help="global batch (split across processes)")
-    p.add_argument("--lr", type=number(0, lo_open=True), default=1e-4, help="AdamW learning rate while pruning (constant)")
+    p.add_argument("--lr", type=number(0, lo_open=True),
+                   default=1e-4, help="AdamW learning rate while pruning (constant)")
     p.add_argument("--weight-decay", type=number(0), default=0.05)
     p.add_argument("--kl-weight", type=number(0), default=1.0, help="weight of the KL to the unpruned model")
     p.add_argument("--ce-weight", type=number(0), default=1.0, help="weight of the cross-entropy")
-    p.add_argument("--temperature", type=number(0, lo_open=True), default=3.0, help="distillation temperature (NViT: 3)")
-    p.add_argument("--eval-size", type=non_negative(), default=1000, help="held-out images scored at every step (0: none)")
+    p.add_argument("--temperature", type=number(0, lo_open=True),
+                   default=3.0, help="distillation temperature (NViT: 3)")
+    p.add_argument("--eval-size", type=non_negative(),
+                   default=1000, help="held-out images scored at every step (0: none)")
     p.add_argument("--max-steps", type=count(), default=10000)
     p.add_argument("--seed", type=non_negative(), default=0, help="seed of the split and the batch order")
     p.add_argument("--threads", type=count(), help="torch CPU threads per process")

@@ -42,8 +42,10 @@ def register(sub: Any) -> None:
     fit.add_argument("--depth", type=count(), default=12, help="with --to-rule: depth at which the rule is read (12)")
     fit.add_argument("--family", default="less-more-less", help="family to fit (default less-more-less)")
     at = fit.add_mutually_exclusive_group()
-    at.add_argument("--at-ratio", type=fraction(hi_open=False), help="read each trace at the first step with MACs <= R x base")
-    at.add_argument("--at-latency-ratio", type=fraction(hi_open=False), help="read at the first step with latency <= R x base")
+    at.add_argument("--at-ratio", type=fraction(hi_open=False),
+                    help="read each trace at the first step with MACs <= R x base")
+    at.add_argument("--at-latency-ratio", type=fraction(hi_open=False),
+                    help="read at the first step with latency <= R x base")
     at.add_argument("--at-step", type=non_negative(), help="read at this step number (default: the last step)")
     fit.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                      help="hold a parameter fixed (repeatable), e.g. --fix v_end=1")

@@ -56,7 +56,8 @@ def _common(p: argparse.ArgumentParser, storage_required: bool = False) -> None:
     p.add_argument("--device", help="device of this process's trials: auto, cpu, cuda, cuda:N (default: the spec's "
                                     "train.device, else auto)")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision of the trials (default: the spec's)")
-    p.add_argument("--loader-workers", type=non_negative(), metavar="N", help="DataLoader workers per trial (default: the spec's)")
+    p.add_argument("--loader-workers", type=non_negative(),
+                   metavar="N", help="DataLoader workers per trial (default: the spec's)")
 
 
 _TRAIN_OVERRIDES = {"device": "device", "amp": "amp", "loader_workers": "loader_workers"}

@@ -13,7 +13,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     """Dataset options shared by train, prune and demo."""
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits, or an ImageFolder path")
     p.add_argument("--train-limit", type=count(), help="use this many training images (default: all)")
-    p.add_argument("--val-size", type=non_negative(), default=5000, help="images held out of the training set for selection")
+    p.add_argument("--val-size", type=non_negative(),
+                   default=5000, help="images held out of the training set for selection")
     p.add_argument("--test-limit", type=count(), help="evaluate on this many test images (default: all)")
     p.add_argument("--seed", type=non_negative(), default=0, help="seed of the split, the init and the batch order")
     p.add_argument("--threads", type=count(), help="torch CPU threads per process")
