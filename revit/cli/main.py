@@ -21,10 +21,11 @@ COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "s
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with code 2 and one line on bad usage (its default, kept explicit)."""
+    """argparse that exits with code 2 and one line on bad usage, prefixed ``revit: error:`` as every error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+        where = self.prog.removeprefix("revit").strip()  # the subcommand, e.g. "latency build"
+        self.exit(2, f"revit: error: {where + ': ' if where else ''}{one_line(message)}\n")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -53,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, 2) or --help/--version (0): returned, as every other exit
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
