@@ -135,11 +135,12 @@ def run(args: argparse.Namespace) -> int:
         note = table.predict(result.config).note
         if note:
             notes.append(f"latency: {note}")
+    if args.out:  # written before anything is printed: a failed write is the only line on stderr
+        result.config.save(args.out, derived=counting.derived(result.config))
     for note in notes:
         info(f"revit: note: {note}")
     info(result.summary())
     if args.out:
-        result.config.save(args.out, derived=counting.derived(result.config))
         info(f"wrote {args.out}")
     if args.json:
         print_json(result.to_json())

@@ -127,11 +127,12 @@ def _check_online(timeout: float = 3.0) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    import shutil
     from pathlib import Path
 
     import timm
 
-    from revit.errors import CheckpointError, ConfigError
+    from revit.errors import CheckpointError, ConfigError, RevitError
     from revit.models import from_timm, read_state_dict
     from revit.models.checkpoint import check_compatible
     from revit.workflows import save_weights
@@ -160,8 +161,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
         info(note)
     model = from_timm(tm)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.save(out / "config.yaml")
-    save_weights(model, out / "model.safetensors")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        model.config.save(out / "config.yaml")
+        save_weights(model, out / "model.safetensors")
+    except (OSError, RevitError):  # a full disk: no half-converted folder left behind
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     info(f"wrote {out / 'config.yaml'} and {out / 'model.safetensors'}")
     return 0

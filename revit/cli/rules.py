@@ -152,10 +152,11 @@ def run_fit(args: argparse.Namespace) -> int:
     name = args.name or (Path(args.out).stem if args.out else None)
     result = fit_family(args.family, samples, name=name, fixed=_parse_fix(args.fix), provenance=prov,
                         description=args.description)
+    if args.out:  # written before anything is printed: a failed write is the only line on stderr
+        result.rule.save(args.out)
     for line in result.summary_lines():
         info(line)
     if args.out:
-        result.rule.save(args.out)
         info(f"wrote {args.out}")
     plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     if plot and not args.no_plot:

@@ -16,21 +16,13 @@ from revit.recipes import TrainConfig
 
 
 def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
-    """Write a state dict as safetensors, atomically."""
-    import tempfile
-
+    """Write a state dict as safetensors, atomically (a full or read-only disk is one OutputError line)."""
     from safetensors.torch import save_file
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from revit._io import atomic_output
+
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
 def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.PathLike[str], *,
