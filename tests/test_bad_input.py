@@ -609,4 +609,7 @@ def test_unwritable_disk_slow_writers(kind: str, tmpfs: Path, ws: Path, capsys: 
                   f"{tmpfs}/run"]):
         rc, out, err = run_in(ws, argv, capsys, monkeypatch)
         assert_refused(rc, out, err, str(tmpfs))
-        assert snapshot(tmpfs) == before
+        after = snapshot(tmpfs)
+        new = {k for k in set(after) - set(before) if not any(q.startswith(f"{k}/") for q in after)}
+        assert {k: v for k, v in after.items() if k in before} == before  # no old file touched
+        assert all(after[k] == "dir" for k in set(after) - set(before)) and not (new - {"run"}), after  # no file
