@@ -36,7 +36,7 @@ TABLE = ROOT / "latency_tables" / "cpu_onnxruntime_fp32_bs64_t17.json"
 SPEC: dict[str, Any] = {
     "schema": "revit/study/v1", "kind": "study", "name": "bad", "setting": "micro", "budget": {"macs": "4M"},
     "space": {"family": "less-more-less", "params": {"plateau": [0.2, 1.0]}},
-    "data": {"source": "digits", "train_limit": 200, "val_size": 50, "test_limit": 50},
+    "data": {"source": "digits", "train_limit": 200, "val_size": 50, "test_limit": 50, "img_size": 28},
     "train": {"epochs": 1, "batch_size": 64}, "baselines": [{"rule": "uniform"}],
 }
 SPACE: dict[str, Any] = {
@@ -258,6 +258,16 @@ SPEC_BAD: dict[str, tuple[str, Any, str]] = {
     "data-nonexistent": ("data.source", "/nonexistent", "/nonexistent"),
     "setting-classes": ("setting", {"preset": "micro", "num_classes": 5}, "classes"),
     "setting-patch-0": ("setting", {"preset": "micro", "patch_size": 0}, "patch_size"),
+    "data-8px": ("data.img_size", None, "8px"),
+    "data-no-val": ("data.val_size", 0, "held-out"),
+    "storage-int": ("storage", 5, "storage"),
+    "baseline-unknown": ("baselines", ["nope"], "nope"),
+    "base-unknown": ("space.base", "nope", "nope"),
+    "budget-log-maybe": ("budget", {"macs": {"low": "2M", "high": "8M"}, "log": "maybe"}, "budget.log"),
+    "description-list": ("description", [1], "description"),
+    "family-unknown": ("space.family", "wiggly", "wiggly"),
+    "param-unknown": ("space.params", {"wobble": [0, 1]}, "wobble"),
+    "param-outside": ("space.params.plateau", [0.2, 9.0], "space.params.plateau"),
 }
 for cid, (key, value, needle) in SPEC_BAD.items():
     case(f"spec-{cid}", f"search run spec_{cid}.yaml", needle, {f"spec_{cid}.yaml": _yaml(_set(SPEC, key, value))})
@@ -349,6 +359,21 @@ case("prune-latency-no-table", "prune --model revit_micro --target-latency 0.5 -
 
 CASE_IDS = [c.id for c in CASES]
 assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"
+
+
+# the unmutated inputs are valid: every refusal above comes from its one bad value -------------
+def test_base_inputs_are_valid(ws: Path) -> None:
+    from revit.config import ViTConfig
+    from revit.latency.nvit import import_nvit
+    from revit.latency.space import Space
+    from revit.latency.table import LatencyTable
+    from revit.search.spec import check_study, load_spec
+
+    check_study(load_spec(str(ws / "spec.yaml")))  # budget reachable, data loads and fits the setting
+    Space.load(ws / "space.yaml")
+    LatencyTable.load(ws / "table.json")
+    assert import_nvit(ws / "nvit.json").n_cells == 3 * 2 * 1 * 2 * 2
+    assert ViTConfig.load(ws / "micro.yaml").embed_dim == 32
 
 
 # machinery -------------------------------------------------------------------------------------

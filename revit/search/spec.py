@@ -268,16 +268,22 @@ class StudySpec:
         threads = check_count(d.get("threads", 1), "threads")
         if "latency" in objectives and not (budget.table or d.get("latency_table")):
             raise ConfigError("objective 'latency' needs latency_table: FILE (or a latency budget with a table)")
+        storage = d.get("storage")
+        if storage is not None and not isinstance(storage, str):
+            raise ConfigError(f"storage must be a storage URL or path, got {storage!r}")
+        description = d.get("description") or ""
+        if not isinstance(description, str):
+            raise ConfigError(f"description must be a string, got {description!r}")
         return cls(
             name=name, budget=budget, family=family, search_params=tuple(ranges),
             base_rule=space.get("base"), granularity=space.get("granularity"),
-            mlp_factor=(float(mf[0]), float(mf[1])), storage=d.get("storage"), objectives=objectives,
+            mlp_factor=(float(mf[0]), float(mf[1])), storage=storage, objectives=objectives,
             sampler=sampler, pruner=pruner, n_trials=n_trials, setting=setting,
             latency_table=_table_path(d.get("latency_table") or budget.table), data=data, train=train, threads=threads,
             seeds=seeds, repeat_top_k=top_k, baselines=baselines,
             heartbeat_s=float(check_number(d.get("heartbeat_s", 20.0), "heartbeat_s", 0, lo_open=True)),
             grace_s=float(check_number(d.get("grace_s", 120.0), "grace_s", 0, lo_open=True)),
-            description=str(d.get("description") or ""), source=source,
+            description=description, source=source,
         )
 
     @classmethod
@@ -339,6 +345,8 @@ def _budget(raw: Any, table: Any) -> BudgetSpec:
             raise ConfigError(f"{what} must be positive, got {x!r}")
         return out
 
+    if not isinstance(raw.get("log", True), bool):
+        raise ConfigError(f"budget.log must be true or false, got {raw['log']!r}")
     tbl = raw.get("table") or table
     if kind == "latency" and not tbl:
         raise ConfigError("a latency budget needs budget.table (a latency table JSON)")
@@ -444,15 +452,29 @@ def check_data(spec: StudySpec) -> None:
     if DATASETS.get(src) is None and not Path(src).is_dir():
         raise ConfigError(f"data.source {src!r}: no such dataset or folder (known: {', '.join(DATASETS)}, "
                           "or an ImageFolder path)")
+    from revit.train import size
+
     splits = load_splits(spec.data, spec.train_config(spec.seeds[0]))
-    want = (spec.setting.num_classes, spec.setting.in_chans)
-    if spec.setting.num_classes and (splits.num_classes, splits.in_chans) != want:
-        raise ConfigError(f"data.source {src!r} has {splits.num_classes} classes and {splits.in_chans} channel(s); "
-                          f"the setting has {want[0]} and {want[1]}")
+    st = spec.setting
+    if (splits.in_chans, splits.num_classes, splits.img_size) != (st.in_chans, st.num_classes, st.img_size):
+        raise ConfigError(f"data.source {src!r} has {splits.img_size}px, {splits.in_chans} channel(s), "
+                          f"{splits.num_classes} classes; the setting makes {st.img_size}px {st.in_chans}-channel "
+                          f"inputs and {st.num_classes} classes (data.img_size resizes)")
+    if size(splits.val) == 0:
+        raise ConfigError("the study needs held-out images: data.val_size must be > 0")
+
+
+def check_rules(spec: StudySpec) -> None:
+    """Every rule the study names (baselines, space.base) exists: an unknown one is refused before the study."""
+    from revit.rules import load_rule
+
+    for name in [b.rule for b in spec.baselines] + ([spec.base_rule] if spec.base_rule else []):
+        load_rule(name)
 
 
 def check_study(spec: StudySpec, *, data: bool = True) -> None:
     """Everything that would make every trial fail (budget, data, setting), checked before the study is created."""
+    check_rules(spec)
     check_budget(spec)
     if data:
         check_data(spec)
