@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import math
 import os
 import types
@@ -178,6 +179,7 @@ def check_fields(cls: type, raw: Mapping[str, Any], where: str, *, error: type[R
 
 
 # memory ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def memory_bytes() -> int:
     """The memory this process may use: physical RAM, or the cgroup limit when lower."""
     try:

@@ -355,6 +355,8 @@ case("convert-pretrained-offline", "model convert vit_tiny_patch16_224 --pretrai
 case("generate-macs-unreachable", f"{GEN_NO_TARGET} --macs 900T", "above the largest")
 case("rules-show-unknown", "rules show wiggly", "wiggly")
 case("query-missing-table", "latency query nope.json revit_micro", "nope.json")
+case("demo-table-negative", "demo --out d --table table_negative.json", "negative or non-finite")
+case("build-batch-huge", "latency build --preset micro --out t.json --batch 1000000000", "memory")
 case("prune-latency-no-table", "prune --model revit_micro --target-latency 0.5 --out run", "--table")
 
 CASE_IDS = [c.id for c in CASES]
@@ -638,3 +640,49 @@ def test_unwritable_disk_slow_writers(kind: str, tmpfs: Path, ws: Path, capsys: 
         new = {k for k in set(after) - set(before) if not any(q.startswith(f"{k}/") for q in after)}
         assert {k: v for k, v in after.items() if k in before} == before  # no old file touched
         assert all(after[k] == "dir" for k in set(after) - set(before)) and not (new - {"run"}), after  # no file
+
+
+# the layer's own pieces --------------------------------------------------------------------------
+def test_atomic_output_failure_leaves_nothing(tmp_path: Path) -> None:
+    """A writer that fails midway: no temp file, the old file intact; a folder as the target: OutputError."""
+    from revit._io import atomic_output, atomic_write_text
+    from revit.errors import OutputError
+
+    old = tmp_path / "out.bin"
+    old.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_output(old) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"] and old.read_bytes() == b"old"
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="is a directory"):
+        atomic_write_text(tmp_path / "d", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "out.bin"]
+
+
+@pytest.mark.parametrize("value,ok", [(1, True), (0.5, True), (0, False), (-1, False), (float("nan"), False),
+                                      (float("inf"), False), (True, False), ("1", False), (None, False)])
+def test_check_number(value: Any, ok: bool) -> None:
+    """Finite, real and in range, or one ConfigError naming the value's name."""
+    from revit.errors import ConfigError
+    from revit.validation import check_number
+
+    if ok:
+        assert check_number(value, "x", 0, lo_open=True) == value
+    else:
+        with pytest.raises(ConfigError, match="^x must be"):
+            check_number(value, "x", 0, lo_open=True)
+
+
+def test_memory_check_matches_parameter_count() -> None:
+    """The refusal threshold is the fp32 weight size against this machine's memory, from the exact count."""
+    from revit import counting
+    from revit.config import uniform
+    from revit.errors import ConfigError
+    from revit.validation import memory_bytes
+
+    small = uniform(64, 2, 2, img_size=28, patch_size=7, in_chans=1, num_classes=10)
+    per_width = 4 * counting.params(small) / 64**2  # weights grow ~ embed^2 (MLP and attention)
+    embed = int((memory_bytes() / per_width) ** 0.5 * 2)
+    with pytest.raises(ConfigError, match="memory"):
+        uniform(embed, 2, 2, img_size=28, patch_size=7, in_chans=1, num_classes=10)

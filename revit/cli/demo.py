@@ -43,6 +43,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from revit.runtime import check_amp, resolve_device
 
     check_output_dir(args.out)
+    if args.table:  # a broken table is refused before the demo folder is made, not at stage 1
+        from revit.latency.table import LatencyTable
+
+        LatencyTable.load(args.table)
     resolve_device(plan.device)  # a missing GPU is one line and exit 2 before anything runs
     check_amp(plan.amp)
     run_demo(args.out, plan)
