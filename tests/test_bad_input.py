@@ -128,12 +128,17 @@ POS = ["nan", "inf", "-1", "0", "1e400"]  # finite numbers > 0
 NONNEG_F = ["nan", "-inf", "-0.5", "1e400"]  # finite numbers >= 0
 FRACTION = ["0", "1", "1.5", "nan", "-0.1"]  # (0, 1)
 
+# the other arguments of each base fail fast on their own (an output that is a file, a broken table, an
+# impossible budget), so an option value wrongly accepted ends in a quick refusal, never in a real run
 GEN = "generate --uniform --setting micro --macs 4M"
 GEN_NO_TARGET = "generate --uniform --setting micro"
-TRAIN = "train revit_micro --out run"
-PRUNE = "prune --model revit_micro --target-macs 0.5 --out run"
-PRUNE_NO_TARGET = "prune --model revit_micro --out run"
-BUILD = "latency build --out t.json"
+TRAIN = "train revit_micro --out existing.txt"
+PRUNE = "prune --model revit_micro --target-macs 0.5 --out existing.txt"
+PRUNE_NO_TARGET = "prune --model revit_micro --out existing.txt"
+BUILD = "latency build --out folder"
+VALIDATE = "latency validate table_negative.json"
+SEARCH = "search run spec_budget-900T.yaml"
+DEMO = "demo --out existing.txt"
 OPTIONS: list[tuple[str, str, list[str]]] = [
     (GEN_NO_TARGET, "--macs", ["nan", "inf", "1e400", "-4M", "0", "lots", "-inf"]),
     (GEN_NO_TARGET, "--embed-dim", COUNT),
@@ -153,7 +158,7 @@ OPTIONS: list[tuple[str, str, list[str]]] = [
     ("rules fit fixtures/t.jsonl", "--at-ratio", ["0", "1.5", "nan", "-0.1"]),
     ("rules fit fixtures/t.jsonl", "--at-latency-ratio", ["0", "inf"]),
     ("rules fit fixtures/t.jsonl", "--at-step", NONNEG),
-    ("model export-onnx revit_micro --out m.onnx", "--batch", COUNT),
+    ("model export-onnx revit_micro --out folder", "--batch", COUNT),
     (TRAIN, "--threads", ["-1", "0", "many"]),
     (TRAIN, "--epochs", ["0", "-3", "2.5"]),
     (TRAIN, "--batch-size", ["0", "-128"]),
@@ -194,13 +199,13 @@ OPTIONS: list[tuple[str, str, list[str]]] = [
     (PRUNE, "--workers", ["-1"]),
     (PRUNE, "--train-limit", ["0"]),
     (PRUNE, "--test-limit", ["-1"]),
-    ("demo --out d", "--workers", ["0"]),
-    ("demo --out d", "--threads", ["-1"]),
-    ("demo --out d", "--epochs", ["0"]),
-    ("demo --out d", "--candidates", ["-2"]),
-    ("demo --out d", "--train-limit", ["0"]),
-    ("demo --out d", "--study-train-limit", ["0"]),
-    ("demo --out d", "--loader-workers", ["-1"]),
+    (DEMO, "--workers", ["0"]),
+    (DEMO, "--threads", ["-1"]),
+    (DEMO, "--epochs", ["0"]),
+    (DEMO, "--candidates", ["-2"]),
+    (DEMO, "--train-limit", ["0"]),
+    (DEMO, "--study-train-limit", ["0"]),
+    (DEMO, "--loader-workers", ["-1"]),
     (BUILD, "--batch", ["0", "-64"]),
     (BUILD, "--threads", ["-1"]),
     (BUILD, "--max-cells", ["0"]),
@@ -209,13 +214,13 @@ OPTIONS: list[tuple[str, str, list[str]]] = [
     (BUILD, "--repeats", ["0"]),
     (BUILD, "--passes", ["0"]),
     (BUILD, "--seed", ["-1"]),
-    ("latency validate table.json", "--samples", ["0", "-1", "x"]),
-    ("latency validate table.json", "--noise-k", ["-1"]),
-    ("latency validate table.json", "--seed", ["-1"]),
-    ("search run spec.yaml", "--threads", ["-1", "many"]),
-    ("search run spec.yaml", "--n-trials", ["-1"]),
-    ("search run spec.yaml", "--timeout", ["nan", "0", "-5"]),
-    ("search run spec.yaml", "--loader-workers", ["-1"]),
+    (VALIDATE, "--samples", ["0", "-1", "x"]),
+    (VALIDATE, "--noise-k", ["-1"]),
+    (VALIDATE, "--seed", ["-1"]),
+    (SEARCH, "--threads", ["-1", "many"]),
+    (SEARCH, "--n-trials", ["-1"]),
+    (SEARCH, "--timeout", ["nan", "0", "-5"]),
+    (SEARCH, "--loader-workers", ["-1"]),
     ("search worker spec.yaml --storage s.db", "--max-trials", ["0"]),
     ("search worker spec.yaml --storage s.db", "--threads", ["0"]),
 ]
@@ -303,7 +308,8 @@ for cid, cell, where in [("negative", -1e-3, "values"), ("nan", float("nan"), "v
     case(f"generate-table-{cid}", f"generate --rule paper --setting micro --latency-ms 5 --table {name}",
          "negative or non-finite", {name: _table_with(cell, where)})
 case("validate-table-negative", "latency validate table_negative.json --samples 2", "negative or non-finite")
-case("prune-table-negative", f"{PRUNE} --table table_negative.json", "negative or non-finite")
+case("prune-table-negative", "prune --model revit_micro --target-macs 0.5 --out run --table table_negative.json",
+     "negative or non-finite")
 for cid, cell, needle in [("negative", -0.5, "must be >= 0"), ("nan", float("nan"), "must be a finite number"),
                           ("text", "abc", "must be a number"), ("null", None, "must be a number")]:
     case(f"import-nvit-{cid}", f"latency import-nvit nvit_{cid}.json --out imported.json",
@@ -350,6 +356,9 @@ case("report-out-file", "search report spec.yaml --out existing.txt", "existing.
 case("train-teacher-no-weights", f"{TRAIN} --teacher revit_micro", "--teacher-weights")
 case("train-teacher-weights-alone", f"{TRAIN} --teacher-weights w.safetensors", "--teacher")
 case("train-teacher-both", f"{TRAIN} --teacher revit_micro --teacher-weights w --teacher-random-init", "not both")
+case("convert-pickled-module", "model convert vit_tiny_patch16_224 --checkpoint module.pth --out conv", "module.pth")
+case("convert-missing-checkpoint", "model convert vit_tiny_patch16_224 --checkpoint nope.pth --out conv", "nope.pth")
+case("convert-unknown-model", "model convert vit_wobbly --out conv", "vit_wobbly")
 case("convert-pretrained-offline", "model convert vit_tiny_patch16_224 --pretrained --out conv", "HF_HUB_OFFLINE",
      env={"HF_HUB_OFFLINE": "1"})
 case("generate-macs-unreachable", f"{GEN_NO_TARGET} --macs 900T", "above the largest")
@@ -357,6 +366,8 @@ case("rules-show-unknown", "rules show wiggly", "wiggly")
 case("query-missing-table", "latency query nope.json revit_micro", "nope.json")
 case("demo-table-negative", "demo --out d --table table_negative.json", "negative or non-finite")
 case("build-batch-huge", "latency build --preset micro --out t.json --batch 1000000000", "memory")
+case("train-threads-dashdash", f"{TRAIN} --threads=--", "--threads")  # argparse alone would store []
+case("prune-eta-dashdash", f"{PRUNE} --eta=--", "--eta")
 case("prune-latency-no-table", "prune --model revit_micro --target-latency 0.5 --out run", "--table")
 
 CASE_IDS = [c.id for c in CASES]
@@ -396,6 +407,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
+    import torch
+
+    torch.save(torch.nn.Linear(2, 2), root / "module.pth")  # a pickled nn.Module, not a state dict
     return root
 
 
@@ -449,12 +463,12 @@ BAD_FLOATS = st.one_of(
     st.text(alphabet="abcxyz,;_", min_size=1, max_size=6),
 )
 NON_NEGATIVE_FLOAT_OPTIONS = [(PRUNE, "--eta"), (TRAIN, "--weight-decay"), (TRAIN, "--mixup"),
-                              (PRUNE, "--kl-weight"), (BUILD, "--tol"), ("search run spec.yaml", "--timeout"),
+                              (PRUNE, "--kl-weight"), (BUILD, "--tol"), (SEARCH, "--timeout"),
                               (TRAIN, "--lr"), (GEN_NO_TARGET, "--latency-ms"), (PRUNE, "--lr")]
 BAD_INTS = st.one_of(st.integers(max_value=0).map(str), st.floats(allow_nan=True).map(repr),
-                     st.text(alphabet="abc.-", min_size=1, max_size=4))
-COUNT_OPTIONS = [(TRAIN, "--threads"), (PRUNE, "--threads"), ("latency validate table.json", "--samples"),
-                 ("model export-onnx revit_micro --out m.onnx", "--batch"), ("rules show paper", "--depth"),
+                     st.text(alphabet="abc.-", min_size=1, max_size=4), st.just("--"))
+COUNT_OPTIONS = [(TRAIN, "--threads"), (PRUNE, "--threads"), (VALIDATE, "--samples"),
+                 ("model export-onnx revit_micro --out folder", "--batch"), ("rules show paper", "--depth"),
                  (GEN_NO_TARGET, "--embed-dim"), (BUILD, "--max-cells"), (TRAIN, "--epochs")]
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -12,6 +12,7 @@ import importlib
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from revit import __version__
 from revit.errors import RevitError
@@ -22,6 +23,12 @@ COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "s
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 2 and one line on bad usage, prefixed ``revit: error:`` as every error."""
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # argparse drops a lone "--" value (``--threads=--``) and stores [] without calling ``type``
+        if arg_strings == ["--"] and action.nargs is None and action.option_strings:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected a value, got '--'")
+        return super()._get_values(action, arg_strings)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         where = self.prog.removeprefix("revit").strip()  # the subcommand, e.g. "latency build"
