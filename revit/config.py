@@ -294,8 +294,8 @@ class ViTConfig:
         from revit import counting
         from revit.validation import check_fits_memory
 
-        check_fits_memory(4 * counting.params(self), f"a config of {counting.format_count(counting.params(self))} "
-                                                     "parameters (fp32 weights)")
+        n = counting.params(self)
+        check_fits_memory(4 * n, f"a config of {counting.format_count(n)} parameters (fp32 weights)")
 
     # the setting's fields and derived numbers --------------------------------------------------
     @property
