@@ -204,12 +204,13 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} EiB"  # pragma: no cover
 
 
-def check_fits_memory(nbytes: float, what: str, *, error: type[RevitError] = ConfigError) -> None:
+def check_fits_memory(nbytes: float, what: str, *, hint: str = "use smaller widths",
+                      error: type[RevitError] = ConfigError) -> None:
     """Refuse, before any allocation, something that needs more than this machine's memory."""
     avail = memory_bytes()
     if not math.isfinite(nbytes) or nbytes > avail:
         raise error(f"{what} needs {format_bytes(nbytes)} of memory, more than this machine's "
-                    f"{format_bytes(avail)}; use smaller widths")
+                    f"{format_bytes(avail)}; {hint}")
 
 
 # paths -----------------------------------------------------------------------------------------

@@ -294,6 +294,8 @@ SPACE_BAD: dict[str, tuple[str, Any, str]] = {
     "min-text": ("axes.v_dim", {"min": "four", "max": 8}, "min"),
     "list-text": ("axes.mlp_dim", ["8", "16"], "mlp_dim"),
     "setting-text": ("setting", "micro", "setting"),
+    "depth-1e8": ("depth", 10**8, "fewer blocks"),
+    "tokens-1e10": ("setting", {"img_size": 100000, "patch_size": 1, "in_chans": 1, "num_classes": 10}, "memory"),
 }
 for cid, (key, value, needle) in SPACE_BAD.items():
     case(f"space-{cid}", f"latency build --space space_{cid}.yaml --out t.json", needle,
@@ -330,6 +332,8 @@ case("generate-embed-1e9", "generate --uniform --setting micro --embed-dim 10000
 case("generate-embed-1e6", "generate --rule paper --embed-dim 1000000", "memory")
 case("train-config-embed-1e9", "train cfg_embed-1e9.yaml --out run", "memory")
 case("export-config-embed-1e9", "model export-onnx cfg_embed-1e9.yaml --out m.onnx", "memory")
+case("generate-depth-1e8", f"{GEN_NO_TARGET} --embed-dim 64 --depth 100000000", "fewer blocks")
+case("rules-show-depth-1e8", "rules show paper --depth 100000000", "fewer blocks")
 case("generate-factor-range-nan", f"{GEN} --mlp-factor-range nan,2", "--mlp-factor-range")
 case("generate-factor-range-reversed", f"{GEN} --mlp-factor-range 2,0.5", "--mlp-factor-range")
 case("rules-fit-fix-nan", "rules fit --to-rule paper --fix v_end=nan", "--fix v_end")
