@@ -9,7 +9,9 @@ from revit import counting
 from revit.cli._common import add_command, info, print_json
 from revit.config import ViTConfig
 from revit.presets import resolve_config
-from revit.validation import check_output_dir, check_output_file, count
+from revit.validation import check_fits_memory, check_output_dir, check_output_file, integer
+
+MAX_EXPORT_BATCH = 4096  # the exported graph's dynamic batch axis goes up to this
 
 
 def register(sub: Any) -> None:
@@ -28,7 +30,8 @@ def register(sub: Any) -> None:
     e.add_argument("--out", required=True, help="ONNX file to write")
     e.add_argument("--checkpoint", help="local weights matching the config (.pth/.pth.tar/.safetensors)")
     e.add_argument("--use-ema", action="store_true", help="take a timm train.py checkpoint's EMA weights")
-    e.add_argument("--batch", type=count(), default=2, help="example batch size (the batch axis stays dynamic)")
+    e.add_argument("--batch", type=integer(1, MAX_EXPORT_BATCH), default=2,
+                   help=f"example batch size, at most {MAX_EXPORT_BATCH} (the batch axis stays dynamic)")
     e.set_defaults(func=cmd_export)
 
     c = add_command(msub, "convert", "convert a local timm ViT/DeiT checkpoint into a revit config + weights",
@@ -87,6 +90,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_output_file(args.out)
     cfg = resolve_config(args.model)
+    widest = max([cfg.embed_dim] + [max(b.mlp_dim, b.heads * (2 * b.qk_dim + b.v_dim)) for b in cfg.blocks])
+    check_fits_memory(4 * args.batch * (cfg.in_chans * cfg.img_size**2 + 4 * cfg.tokens * widest),
+                      f"an example batch of {args.batch}", hint="use a smaller --batch")
     model = build_model(cfg)
     if args.checkpoint:
         info(load_checkpoint(model, args.checkpoint, use_ema=args.use_ema))
