@@ -115,9 +115,19 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
 
 
 def load_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file strictly: a syntax error or a key given twice in one object is one line."""
     text = read_text(path)
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise FileFormatError(f"{path}: key {k!r} is given twice in one object")
+            out[k] = v
+        return out
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as e:
         raise FileFormatError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
 

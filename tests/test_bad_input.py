@@ -309,6 +309,8 @@ for cid, cell, where in [("negative", -1e-3, "values"), ("nan", float("nan"), "v
          {name: _table_with(cell, where)})
     case(f"generate-table-{cid}", f"generate --rule paper --setting micro --latency-ms 5 --table {name}",
          "negative or non-finite", {name: _table_with(cell, where)})
+case("query-table-duplicate-key", "latency query table_dup.json revit_micro", "given twice",
+     {"table_dup.json": TABLE.read_text().replace('"fixed_note":', '"kind":"latency-table","fixed_note":', 1)})
 case("validate-table-negative", "latency validate table_negative.json --samples 2", "negative or non-finite")
 case("prune-table-negative", "prune --model revit_micro --target-macs 0.5 --out run --table table_negative.json",
      "negative or non-finite")
