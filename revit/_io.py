@@ -61,6 +61,7 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
 
 
 def _disk_full(folder: Path) -> bool:
+    """Whether ``folder``'s file system has (almost) no space left: the cause of a writer's own error."""
     try:
         st = os.statvfs(folder)
     except OSError:

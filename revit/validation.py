@@ -31,6 +31,7 @@ Number = int | float
 
 # numbers ---------------------------------------------------------------------------------------
 def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    """``>= 0 and < 1``: the range as the error message states it."""
     parts = []
     if lo is not None:
         parts.append(f"{'>' if lo_open else '>='} {lo:g}")
@@ -197,6 +198,7 @@ def memory_bytes() -> int:
 
 
 def format_bytes(n: float) -> str:
+    """``7.9 TiB``: a size for messages."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -229,6 +231,7 @@ def output_error(e: OSError, path: str | os.PathLike[str]) -> OutputError:
 
 
 def _existing_ancestor(p: Path) -> Path:
+    """``p`` or its nearest existing parent (where a new output's folders would be created)."""
     q = p
     while not q.exists() and q != q.parent:
         q = q.parent
@@ -246,6 +249,7 @@ def _check_writable_dir(folder: Path, name: str, path: str | os.PathLike[str]) -
 
 
 def _read_only(p: Path) -> bool:
+    """Whether ``p`` lies on a file system mounted read-only (root passes ``os.access`` there)."""
     try:
         return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
     except OSError:
