@@ -706,3 +706,21 @@ def test_memory_check_matches_parameter_count() -> None:
     embed = int((memory_bytes() / per_width) ** 0.5 * 2)
     with pytest.raises(ConfigError, match="memory"):
         uniform(embed, 2, 2, img_size=28, patch_size=7, in_chans=1, num_classes=10)
+
+
+def test_pretrained_unreachable_hub_fails_at_once(ws: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HF_HUB_OFFLINE, an unreachable hub is one line within seconds (timm's retries took 53 s)."""
+    import time
+
+    import revit.cli.model as model_cli
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(model_cli, "HUB_HOST", "192.0.2.1")  # TEST-NET-1: never routed
+    before = snapshot(ws)
+    t0 = time.perf_counter()
+    rc, out, err = run_in(ws, ["model", "convert", "vit_tiny_patch16_224", "--pretrained", "--out", "conv"], capsys,
+                          monkeypatch)
+    assert_refused(rc, out, err, "cannot reach 192.0.2.1")
+    assert time.perf_counter() - t0 < 15
+    assert snapshot(ws) == before
