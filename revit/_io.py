@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +20,53 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path next to ``path``; on success it replaces ``path``, on any failure it is removed.
+
+    For writers that take a file name (``safetensors.save_file``, ``torch.save``, ONNX): a crash never
+    leaves half a file and never touches an existing one.  An unwritable destination (a folder given
+    as a file, a read-only or full disk) is one :class:`~revit.errors.OutputError` line naming ``path``.
+    """
+    from revit.validation import check_output_file, output_error
+
+    p = check_output_file(path, "output")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=suffix)
+    except OSError as e:
+        raise output_error(e, path) from None
+    tmp = Path(name)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        yield tmp
         os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except OSError as e:
+        raise output_error(e, path) from None
+    except Exception:
+        if _disk_full(p.parent):  # writers that wrap ENOSPC in their own errors (torch.save, safetensors)
+            raise output_error(OSError(errno.ENOSPC, "no space left on device"), path) from None
         raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether ``folder``'s file system has (almost) no space left: the cause of a writer's own error."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 16)
 
 
 def _umask() -> int:
@@ -81,9 +116,19 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
 
 
 def load_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file strictly: a syntax error or a key given twice in one object is one line."""
     text = read_text(path)
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise FileFormatError(f"{path}: key {k!r} is given twice in one object")
+            out[k] = v
+        return out
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as e:
         raise FileFormatError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
 

@@ -151,6 +151,16 @@ class Setting:
             raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.distilled and not self.class_token:
             raise ConfigError("a distilled model needs class_token: true")
+        self.check_memory()
+
+    BLOCK_OVERHEAD_BYTES: ClassVar[int] = 64 << 10  # Python objects of one built block (modules, their dicts)
+
+    def check_memory(self) -> None:
+        """Refuse a depth whose blocks cannot even be represented here (depth 10^8), before any is made."""
+        from revit.validation import check_fits_memory
+
+        check_fits_memory(self.depth * self.BLOCK_OVERHEAD_BYTES, f"a model of {self.depth} blocks",
+                          hint="use fewer blocks")
 
     @property
     def num_patches(self) -> int:
@@ -286,6 +296,16 @@ class ViTConfig:
         for i, b in enumerate(self.blocks):
             if not isinstance(b, BlockDims):
                 raise ConfigError(f"block {i} must be a BlockDims, got {type(b).__name__}")
+        self.check_memory()
+
+    def check_memory(self) -> None:
+        """Refuse a config whose fp32 weights cannot fit in this machine's memory (embed 10^9), before
+        anything is allocated; counting is exact and cheap, so every config is checked when made."""
+        from revit import counting
+        from revit.validation import check_fits_memory
+
+        n = counting.params(self)
+        check_fits_memory(4 * n, f"a config of {counting.format_count(n)} parameters (fp32 weights)")
 
     # the setting's fields and derived numbers --------------------------------------------------
     @property

@@ -9,6 +9,7 @@ LayerNorm, softmax, GELU, bias additions and the residual adds are not counted i
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from revit.config import BlockDims, ViTConfig
@@ -104,6 +105,6 @@ def parse_count(text: str) -> int:
         value = float(t) * mult
     except ValueError:
         raise ConfigError(f"cannot read {text!r} as a count (examples: 4.6G, 150M, 2e9)") from None
-    if value <= 0:
-        raise ConfigError(f"a count must be positive, got {text!r}")
+    if not math.isfinite(value) or value <= 0:  # nan, inf, 1e400
+        raise ConfigError(f"a count must be a finite positive number, got {text!r}")
     return int(round(value))

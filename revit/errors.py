@@ -86,3 +86,7 @@ def check_keys(given: Iterable[object], allowed: Iterable[str], where: str, *, w
     unknown = sorted({str(k) for k in given} - set(allowed))
     if unknown:
         raise error(f"{where}: unknown {what}(s) {', '.join(unknown)}; allowed: {', '.join(allowed) or 'none'}")
+
+
+class OutputError(RevitError):
+    """An output path cannot be written: a folder given as a file, a read-only or full disk, no permission."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from revit import __version__
 from revit._io import atomic_write_text, load_json
-from revit.errors import FileFormatError, RevitError, RunExistsError, check_keys
+from revit.errors import FileFormatError, OutputError, RunExistsError, check_keys
 
 MARKER = ".revit-run.json"
 SCHEMA = "revit/run/v1"
@@ -54,39 +54,21 @@ def file_kind(path: str | os.PathLike[str]) -> str | None:
     return next((k for k, sig in FILE_SIGNATURES.items() if sig in head), None)
 
 
-class OutputWriteError(RevitError):
-    """An output file could not be written (full or read-only disk); no temp file was left behind."""
-
-
-def _write_failed(e: BaseException) -> bool:
-    """Whether ``e`` is a failed write: an OSError, torch.save's zip-writer error, safetensors' I/O error."""
-    if isinstance(e, OSError):
-        return True
-    text = str(e)
-    return any(w in text for w in ("inline_container", "PytorchStreamWriter", "I/O error", "os error"))
+OutputWriteError = OutputError  # the one error of a failed write (revit.errors.OutputError)
 
 
 def save_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *,
                 hint: str = "free space or fix permissions, then rerun with --resume") -> None:
     """``write(tmp)`` a temp file next to ``path`` and rename it over ``path`` (atomic: a reader or a crash sees
-    the old file or the new one).  A failed write removes the temp file and is one line naming ``path``."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
+    the old file or the new one).  A failed write removes the temp file and is one line naming ``path``
+    (:func:`revit._io.atomic_output`, the one atomic writer), with ``hint`` as the fix."""
+    from revit._io import atomic_output
+
     try:
-        write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # the usual mode of a saved file
-        os.replace(tmp, p)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        if not _write_failed(e):
-            raise
-        why = e.strerror if isinstance(e, OSError) and e.strerror else "no space left or the write failed"
-        raise OutputWriteError(f"cannot write {p} ({why})", hint=hint) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_output(path) as tmp:
+            write(tmp)
+    except OutputError as e:
+        raise OutputError(e.message, hint=hint) from None
 
 
 class RunKindError(RunExistsError):

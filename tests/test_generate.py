@@ -108,7 +108,7 @@ def test_budget_above_maximum_names_it():
 @pytest.mark.parametrize("argv,needle", [
     (["--rule", "wiggly", "--macs", "4G"], "known: " + ", ".join(sorted({*shipped_rules(), "uniform"}))),
     (["--rule", "paper", "--latency-ms", "50"], "--latency-ms needs --table"),
-    (["--rule", "paper", "--macs", "lots"], "cannot read 'lots' as a count"),
+    (["--rule", "paper", "--macs", "lots"], "generate: argument --macs: cannot read 'lots' as a count"),
     (["--uniform", "--macs", "4G", "--granularity", "fine"], "EMB,HEADS,QK,V,MLP"),
     (["--rule", "paper", "--head-dim", "32", "--macs", "4G"], "--head-dim applies to --uniform only"),
     (["--rule", "paper", "--macs", "4G", "--mlp-factor", "2"], "--mlp-factor applies to --embed-dim"),

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg
+from revit.validation import check_output_dir, count, non_negative
 
 
 def register(sub: Any) -> None:
@@ -13,16 +14,16 @@ def register(sub: Any) -> None:
                     "latency table, prune, fit a rule, generate configs, a short study, a report",
                     "revit demo --out runs/demo")
     p.add_argument("--out", default="runs/demo", help="demo folder (stages already done there are reused)")
-    p.add_argument("--train-limit", type=int, help="training images of the base and pruning stages (default 8000)")
-    p.add_argument("--study-train-limit", type=int, help="training images per study trial (default 5000)")
-    p.add_argument("--epochs", type=int, help="epochs per study trial (default 2)")
-    p.add_argument("--candidates", type=int, help="candidate trials of the study (default 3)")
-    p.add_argument("--workers", type=int, help="study worker processes (default 2)")
-    p.add_argument("--threads", type=int, help="torch threads of the single-process stages (default 1)")
+    p.add_argument("--train-limit", type=count(), help="training images of the base and pruning stages (default 8000)")
+    p.add_argument("--study-train-limit", type=count(), help="training images per study trial (default 5000)")
+    p.add_argument("--epochs", type=count(), help="epochs per study trial (default 2)")
+    p.add_argument("--candidates", type=count(), help="candidate trials of the study (default 3)")
+    p.add_argument("--workers", type=count(), help="study worker processes (default 2)")
+    p.add_argument("--threads", type=count(), help="torch threads of the single-process stages (default 1)")
     p.add_argument("--table", help="latency table JSON (default: the shipped micro table)")
     p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="autocast of every training stage (default off)")
-    p.add_argument("--loader-workers", type=int, help="DataLoader workers per process (default 0; --workers "
+    p.add_argument("--loader-workers", type=non_negative(), help="DataLoader workers per process (default 0; --workers "
                                                       "counts study processes)")
     p.add_argument("--quick", action="store_true", help="a one-minute plan with tiny subsets (smoke test)")
     add_overwrite_arg(p)
@@ -42,6 +43,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     plan = dataclasses.replace(plan, **{k: v for k, v in over.items() if v is not None})
     from revit.runtime import check_amp, resolve_device
 
+    check_output_dir(args.out)
+    if args.table:  # a broken table is refused before the demo folder is made, not at stage 1
+        from revit.latency.table import LatencyTable
+
+        LatencyTable.load(args.table)
     resolve_device(plan.device)  # a missing GPU is one line and exit 2 before anything runs
     check_amp(plan.amp)
     run_demo(args.out, plan, overwrite=args.overwrite)

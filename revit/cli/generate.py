@@ -12,6 +12,7 @@ from typing import Any
 from revit.cli._common import add_command, info, print_json
 from revit.config import Setting
 from revit.errors import ConfigError
+from revit.validation import check_output_file, count, count_text, non_negative, number, range_problem
 
 
 def register(sub: Any) -> None:
@@ -21,23 +22,24 @@ def register(sub: Any) -> None:
     which.add_argument("--rule", metavar="R", help="shipped rule name (see `revit rules list`) or a rule YAML path")
     which.add_argument("--uniform", action="store_true", help="DeiT-style uniform baseline (see --head-dim)")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--macs", metavar="B", help="MACs budget, e.g. 4.6G or 150M (met within --tolerance)")
-    target.add_argument("--embed-dim", type=int, metavar="E", help="apply the rule exactly at this embedding width")
-    target.add_argument("--latency-ms", type=float, metavar="M",
+    target.add_argument("--macs", metavar="B", type=count_text(),
+                        help="MACs budget, e.g. 4.6G or 150M (met within --tolerance)")
+    target.add_argument("--embed-dim", type=count(), metavar="E", help="apply the rule exactly at this embedding width")
+    target.add_argument("--latency-ms", type=number(0, lo_open=True), metavar="M",
                         help="latency budget in ms per batch of the table's batch size (needs --table)")
     p.add_argument("--table", metavar="T", help="latency table JSON (for --latency-ms)")
-    p.add_argument("--head-dim", type=int, default=None,
+    p.add_argument("--head-dim", type=count(), default=None,
                    help="uniform baseline: QK and V width per head (64; 24 with the micro granularity)")
-    p.add_argument("--mlp-factor", type=float, default=1.0,
+    p.add_argument("--mlp-factor", type=number(0, lo_open=True), default=1.0,
                    help="with --embed-dim: scale every block's MLP width by this factor (default 1 = the rule)")
     g = p.add_argument_group("setting (defaults: ImageNet 224/16, 12 blocks, 1000 classes)")
     g.add_argument("--setting", choices=sorted(Setting.PRESETS), default="imagenet",
                    help="start from a named setting; micro = 28x28, patch 7, 1 channel, 8 blocks, 10 classes")
-    g.add_argument("--depth", type=int, help="number of blocks")
-    g.add_argument("--img-size", type=int)
-    g.add_argument("--patch-size", type=int)
-    g.add_argument("--in-chans", type=int)
-    g.add_argument("--num-classes", type=int)
+    g.add_argument("--depth", type=count(), help="number of blocks")
+    g.add_argument("--img-size", type=count())
+    g.add_argument("--patch-size", type=count())
+    g.add_argument("--in-chans", type=count())
+    g.add_argument("--num-classes", type=non_negative(), help="0: a headless model (as in timm)")
     g.add_argument("--distilled", action="store_true", help="add DeiT's distillation token and head")
     s = p.add_argument_group("search")
     s.add_argument("--granularity", default=None,
@@ -45,8 +47,9 @@ def register(sub: Any) -> None:
                         "or steps EMB,HEADS,QK,V,MLP such as 16,2,8,8,16")
     s.add_argument("--convention", choices=["nvit", "timm"], default="nvit",
                    help="MACs convention of --macs: nvit counts attention matmuls (default), timm linear only")
-    s.add_argument("--tolerance", type=float, default=0.01, help="relative tolerance on the budget (0.01)")
-    s.add_argument("--max-embed-dim", type=int, default=2048, help="widest embedding searched (2048)")
+    s.add_argument("--tolerance", type=number(0, lo_open=True),
+                   default=0.01, help="relative tolerance on the budget (0.01)")
+    s.add_argument("--max-embed-dim", type=count(), default=2048, help="widest embedding searched (2048)")
     s.add_argument("--mlp-factor-range", default="0.5,2", metavar="LO,HI",
                    help="interval of the global MLP factor searched for a budget (0.5,2)")
     o = p.add_argument_group("output")
@@ -70,6 +73,8 @@ def _factor_range(text: str) -> tuple[float, float]:
         lo, hi = (float(x) for x in text.split(","))
     except ValueError:
         raise ConfigError(f"--mlp-factor-range must be LO,HI such as 0.5,2, got {text!r}") from None
+    if range_problem(lo, 0, lo_open=True) or range_problem(hi, 0, lo_open=True) or not lo <= hi:
+        raise ConfigError(f"--mlp-factor-range must be finite positive LO <= HI, got {text!r}")
     return lo, hi
 
 
@@ -92,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         uniform_rule,
     )
 
+    if args.out:
+        check_output_file(args.out)
     setting = _setting(args)
     if args.uniform:
         rule = uniform_rule(head_dim=args.head_dim or 0)  # 0: 64, or 24 with the micro granularity
@@ -128,11 +135,12 @@ def run(args: argparse.Namespace) -> int:
         note = table.predict(result.config).note
         if note:
             notes.append(f"latency: {note}")
+    if args.out:  # written before anything is printed: a failed write is the only line on stderr
+        result.config.save(args.out, derived=counting.derived(result.config))
     for note in notes:
         info(f"revit: note: {note}")
     info(result.summary())
     if args.out:
-        result.config.save(args.out, derived=counting.derived(result.config))
         info(f"wrote {args.out}")
     if args.json:
         print_json(result.to_json())

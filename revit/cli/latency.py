@@ -11,6 +11,7 @@ from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json
 from revit.errors import ConfigError
+from revit.validation import check_output_file, count, non_negative, number
 
 
 def register(sub: Any) -> None:
@@ -29,28 +30,29 @@ def register(sub: Any) -> None:
     src = b.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, help="preset space: micro or deit (default micro)")
     src.add_argument("--space", default=None, help="a space YAML (schema revit/latency-space/v1)")
-    b.add_argument("--batch", type=int, default=64, help="batch size the table is measured at (default 64)")
+    b.add_argument("--batch", type=count(), default=64, help="batch size the table is measured at (default 64)")
     b.add_argument("--out", required=True, help="output table JSON")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT.journal.jsonl")
     add_overwrite_arg(b)
     b.add_argument("--device", default=None, help="cpu (default; cuda for tensorrt), cuda, tensorrt (ORT provider)")
     b.add_argument("--dtype", default="fp32", help="fp32 (default) or fp16 (tensorrt, torch on cuda)")
-    b.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1: steadiest on shared CPUs)")
+    b.add_argument("--threads", type=count(), default=1, help="intra-op threads (default 1: steadiest on shared CPUs)")
     b.add_argument("--clock", default="auto", choices=("auto", "wall", "thread"),
                    help="auto: thread CPU time for onnxruntime on cpu with 1 thread, else wall clock")
     b.add_argument("--design", default="auto", choices=("auto", "full"), help="sparse grid from pilot sweeps, or full")
-    b.add_argument("--max-cells", type=int, default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
-    b.add_argument("--tol", type=float, default=0.01, help="target relative interpolation error of the knots")
-    b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--passes", type=int, default=3, help="passes over all cells, each in random order")
+    b.add_argument("--max-cells", type=count(), default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
+    b.add_argument("--tol", type=number(0, lo_open=True),
+                   default=0.01, help="target relative interpolation error of the knots")
+    b.add_argument("--warmup", type=non_negative(), default=2)
+    b.add_argument("--repeats", type=count(), default=5)
+    b.add_argument("--passes", type=count(), default=3, help="passes over all cells, each in random order")
     b.add_argument("--graph", default="shared", choices=("shared", "per-cell"), help="onnxruntime block graph")
     b.add_argument("--compile", action="store_true", help="torch backend: torch.compile each module")
     b.add_argument("--cuda-graphs", action="store_true",
                    help="torch backend on cuda: time CUDA-graph replays (no launch overhead; recorded in the table)")
     b.add_argument("--no-reference", action="store_true",
                    help="do not normalise by a reference block timed around each measurement")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=non_negative(), default=0)
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_build)
 
@@ -68,14 +70,16 @@ def register(sub: Any) -> None:
     q.add_argument("--extrapolate", action="store_true", help="allow queries outside the measured range")
     q.add_argument("--savings", action="store_true", help="also print the marginal saving per unit in each block")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--out", help="write the output (text, or JSON with --json) to this file, atomically")
     q.set_defaults(func=_query)
 
     v = add_command(lsub, "validate", "measure random whole models and compare with the table's predictions",
                     "revit latency validate latency_tables/cpu_onnxruntime_fp32_bs64_t17.json --samples 50")
     v.add_argument("table")
-    v.add_argument("--samples", type=int, default=20)
-    v.add_argument("--noise-k", type=int, default=10, help="copies of one config measured for the noise floor")
-    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--samples", type=count(), default=20)
+    v.add_argument("--noise-k", type=non_negative(),
+                   default=10, help="copies of one config measured for the noise floor")
+    v.add_argument("--seed", type=non_negative(), default=1)
     v.add_argument("--model-source", default="graph", choices=("graph", "revit-models"),
                    help="graph: onnx.helper model; revit-models: export revit.models' model to ONNX")
     v.add_argument("--json", action="store_true")
@@ -95,9 +99,10 @@ def _make_backend(name: str, device: str | None, dtype: str, threads: int | None
 
 
 def _build(a: argparse.Namespace) -> int:
-    from revit.latency.profiler import BuildSettings, build_table
-    from revit.latency.space import get_space
+    from revit.latency.profiler import BuildSettings, build_table, check_cell_budget
+    from revit.latency.space import check_space_memory, get_space
 
+    check_output_file(a.out)
     space = get_space(a.space or a.preset or "micro")
     opts: dict[str, Any] = {}
     if a.backend == "onnxruntime":
@@ -110,6 +115,9 @@ def _build(a: argparse.Namespace) -> int:
     backend = _make_backend(a.backend, a.device, a.dtype, a.threads, a.clock, **opts)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
                              max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference)
+    settings.check()  # every refusal comes before the journal is created
+    check_cell_budget(space, settings)
+    check_space_memory(space, a.batch)
     table = build_table(space, backend, a.out, settings, resume=a.resume, overwrite=a.overwrite,
                         progress=not a.no_progress)
     d = table.metadata["design"]
@@ -123,6 +131,7 @@ def _build(a: argparse.Namespace) -> int:
 def _import(a: argparse.Namespace) -> int:
     from revit.latency.nvit import import_nvit
 
+    check_output_file(a.out)
     table = import_nvit(a.file)
     table.save(a.out)
     info(f"wrote {a.out}: {table.summary()}")
@@ -135,9 +144,14 @@ def _ms(s: float) -> str:
 
 
 def _query(a: argparse.Namespace) -> int:
+    import json
+
+    from revit._io import atomic_write_text
     from revit.latency.table import LatencyTable
     from revit.presets import resolve_config
 
+    if a.out:
+        check_output_file(a.out)
     table = LatencyTable.load(a.table)
     cfg = resolve_config(a.model)
     pred = table.predict(cfg, extrapolate=a.extrapolate)
@@ -147,23 +161,35 @@ def _query(a: argparse.Namespace) -> int:
         out: dict[str, Any] = {"table": a.table, "model": a.model, **pred.to_dict()}
         if savings is not None:
             out["marginal_savings_s"] = savings
-        print_json(out)
-        return 0
-    print(f"table: {table.summary()}")
-    print(f"model: {cfg.name or a.model} (embed {cfg.embed_dim}, {cfg.depth} blocks, {cfg.tokens} tokens)")
+        text = json.dumps(out, indent=2) + "\n"
+    else:
+        text = "".join(f"{line}\n" for line in _query_lines(table, cfg, a.model, pred, savings))
+    if a.out:
+        atomic_write_text(a.out, text)
+        info(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _query_lines(table: Any, cfg: Any, model: str, pred: Any, savings: list[dict[str, float]] | None) -> list[str]:
+    """The human-readable answer of ``latency query``."""
+    lines = [f"table: {table.summary()}",
+             f"model: {cfg.name or model} (embed {cfg.embed_dim}, {cfg.depth} blocks, {cfg.tokens} tokens)"]
     fixed = _ms(pred.fixed_s) if pred.fixed_s is not None else "unknown"
-    print(f"predicted: {_ms(pred.total_s)} per batch of {pred.batch_size} ({_ms(pred.per_image_s)} per image); "
-          f"blocks {_ms(pred.blocks_s)}, fixed parts {fixed}")
+    lines.append(f"predicted: {_ms(pred.total_s)} per batch of {pred.batch_size} ({_ms(pred.per_image_s)} per "
+                 f"image); blocks {_ms(pred.blocks_s)}, fixed parts {fixed}")
     if not pred.fixed_known:
-        print(f"note: {pred.note}")
+        lines.append(f"note: {pred.note}")
     for i, (b, s) in enumerate(zip(cfg.blocks, pred.per_block_s, strict=True)):
         line = f"  block {i:2d}: heads {b.heads:3d} qk {b.qk_dim:3d} v {b.v_dim:3d} mlp {b.mlp_dim:5d}  {_ms(s)}"
         if savings is not None:
             line += "  saving/unit: " + " ".join(f"{k} {v:.3g}s" for k, v in savings[i].items() if k != "embed_dim")
-        print(line)
+        lines.append(line)
     if savings is not None:
-        print(f"  embed_dim saving/unit (all blocks): {savings[0]['embed_dim']:.3g}s  (negative savings clipped at 0)")
-    return 0
+        lines.append(f"  embed_dim saving/unit (all blocks): {savings[0]['embed_dim']:.3g}s  "
+                     "(negative savings clipped at 0)")
+    return lines
 
 
 def _validate(a: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from revit import __version__
 from revit.errors import RevitError
@@ -20,10 +22,26 @@ COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "s
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that exits with code 2 and one line on bad usage (its default, kept explicit)."""
+    """argparse that exits with code 2 and one line on bad usage, prefixed ``revit: error:`` as every error."""
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # argparse drops a lone "--" value (``--threads=--``) and stores [] without calling ``type``
+        if arg_strings == ["--"] and action.nargs is None and action.option_strings:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected a value, got '--'")
+        return super()._get_values(action, arg_strings)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        where = self.prog.removeprefix("revit").strip()  # the subcommand, e.g. "latency build"
+        self.exit(2, f"revit: error: {where + ': ' if where else ''}{one_line(message)}\n")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def one_line(text: str) -> str:
+    """An error message as one plain line: ANSI colour codes removed, line breaks joined with '; '."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
+    return "; ".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,14 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, 2) or --help/--version (0): returned, as every other exit
+        return e.code if isinstance(e.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
     try:
         rc = args.func(args)
     except RevitError as e:
-        print(f"revit: error: {e}", file=sys.stderr)
+        print(f"revit: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output on a read-only or full disk, a folder given as a file: one line
+        from revit.validation import OUTPUT_ERRNOS, output_error
+
+        if e.errno not in OUTPUT_ERRNOS or not e.filename:
+            raise
+        print(f"revit: error: {one_line(str(output_error(e, e.filename)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("revit: interrupted", file=sys.stderr)

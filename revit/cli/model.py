@@ -9,6 +9,9 @@ from revit import counting
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json
 from revit.config import ViTConfig
 from revit.presets import resolve_config
+from revit.validation import check_fits_memory, check_output_dir, check_output_file, integer
+
+MAX_EXPORT_BATCH = 4096  # the exported graph's dynamic batch axis goes up to this
 
 
 def register(sub: Any) -> None:
@@ -27,7 +30,8 @@ def register(sub: Any) -> None:
     e.add_argument("--out", required=True, help="ONNX file to write")
     e.add_argument("--checkpoint", help="local weights matching the config (.pth/.pth.tar/.safetensors)")
     e.add_argument("--use-ema", action="store_true", help="take a timm train.py checkpoint's EMA weights")
-    e.add_argument("--batch", type=int, default=2, help="example batch size (the batch axis stays dynamic)")
+    e.add_argument("--batch", type=integer(1, MAX_EXPORT_BATCH), default=2,
+                   help=f"example batch size, at most {MAX_EXPORT_BATCH} (the batch axis stays dynamic)")
     e.set_defaults(func=cmd_export)
 
     c = add_command(msub, "convert", "convert a local timm ViT/DeiT checkpoint into a revit config + weights",
@@ -85,7 +89,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from revit.models import build_model, load_checkpoint
     from revit.models.export import export_onnx
 
+    check_output_file(args.out)
     cfg = resolve_config(args.model)
+    widest = max([cfg.embed_dim] + [max(b.mlp_dim, b.heads * (2 * b.qk_dim + b.v_dim)) for b in cfg.blocks])
+    check_fits_memory(4 * args.batch * (cfg.in_chans * cfg.img_size**2 + 4 * cfg.tokens * widest),
+                      f"an example batch of {args.batch}", hint="use a smaller --batch")
     model = build_model(cfg)
     if args.checkpoint:
         info(load_checkpoint(model, args.checkpoint, use_ema=args.use_ema))
@@ -95,12 +103,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+HUB_HOST = "huggingface.co"
+
+
+def _check_online(timeout: float = 3.0) -> None:
+    """Fail at once (one line) when the hub cannot be reached, instead of retrying for a minute."""
+    import os
+    import socket
+    import threading
+
+    from revit.errors import CheckpointError
+
+    hint = "pass a local file with --checkpoint FILE"
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise CheckpointError(f"--pretrained needs the Hugging Face hub but HF_HUB_OFFLINE is set; {hint}")
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)  # name resolution ignores socket timeouts
+    t.start()
+    t.join(timeout + 0.5)
+    if not ok:
+        raise CheckpointError(f"--pretrained: cannot reach {HUB_HOST} (offline?); {hint}")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
+    import shutil
     from pathlib import Path
 
     import timm
 
-    from revit.errors import CheckpointError, ConfigError
+    from revit.errors import CheckpointError, ConfigError, RevitError
     from revit.models import from_timm, read_state_dict
     from revit.models.checkpoint import check_compatible
     from revit.runs import claim_run
@@ -110,7 +149,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")
     if args.use_ema and not args.checkpoint:
         raise ConfigError("--use-ema picks the EMA weights of a --checkpoint FILE; give one")
+    check_output_dir(args.out)
     claim = claim_run(args.out, "model-convert", resume=True, overwrite=args.overwrite)  # a killed convert reruns
+    if args.pretrained:
+        _check_online()
     try:
         tm = timm.create_model(args.timm_name, pretrained=False)
     except RuntimeError as e:
@@ -128,9 +170,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
         info(note)
     model = from_timm(tm)
     out = Path(args.out)
-    claim.begin()
-    model.config.save(out / "config.yaml")
-    save_weights(model, out / "model.safetensors")
+    created = not out.exists()
+    try:
+        claim.begin()
+        model.config.save(out / "config.yaml")
+        save_weights(model, out / "model.safetensors")
+    except (OSError, RevitError):  # a full disk: no half-converted folder left behind
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     claim.finish()
     info(f"wrote {out / 'config.yaml'} and {out / 'model.safetensors'}")
     return 0

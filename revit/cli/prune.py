@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info
+from revit.validation import check_output_dir, count, fraction, non_negative, number
 
 CRITERIA_NAMES = ("hessian", "nvit-code", "taylor", "magnitude", "random")
 
@@ -19,41 +20,47 @@ def register(sub: Any) -> None:
     p.add_argument("--model", required=True, help="registered name or ViT-config YAML")
     p.add_argument("--checkpoint", help="weights to start from (.safetensors/.pth matching the config)")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits, or an ImageFolder path")
-    p.add_argument("--train-limit", type=int, help="use this many training images (default: all)")
-    p.add_argument("--val-size", type=int, default=5000, help="images held out of the training set")
-    p.add_argument("--test-limit", type=int, help="score the pruned model on this many test images (0: none)")
+    p.add_argument("--train-limit", type=count(), help="use this many training images (default: all)")
+    p.add_argument("--val-size", type=non_negative(), default=5000, help="images held out of the training set")
+    p.add_argument("--test-limit", type=non_negative(),
+                   help="score the pruned model on this many test images (0: none)")
     tgt = p.add_mutually_exclusive_group(required=True)
-    tgt.add_argument("--target-macs", type=float, metavar="R", help="stop at R x the base MACs (0 < R < 1)")
-    tgt.add_argument("--target-latency", type=float, metavar="R", help="stop at R x the base latency (needs --table)")
+    tgt.add_argument("--target-macs", type=fraction(), metavar="R", help="stop at R x the base MACs (0 < R < 1)")
+    tgt.add_argument("--target-latency", type=fraction(),
+                     metavar="R", help="stop at R x the base latency (needs --table)")
     p.add_argument("--table", help="latency table (JSON) for --target-latency and the latency penalty")
     p.add_argument("--criterion", default="hessian", choices=CRITERIA_NAMES)
-    p.add_argument("--epochs", type=float, default=1.0,
+    p.add_argument("--epochs", type=number(0, lo_open=True), default=1.0,
                    help="budget: the removals are spread so the target is reached within this many epochs "
                         "(default 1)")
-    p.add_argument("--prune-steps", type=int, help="number of pruning steps within the budget (default: automatic)")
-    p.add_argument("--interval", type=int, help="NViT's fixed schedule: batches between pruning steps (NViT: 100); "
+    p.add_argument("--prune-steps", type=count(), help="number of pruning steps within the budget (default: automatic)")
+    p.add_argument("--interval", type=count(), help="NViT's fixed schedule: batches between pruning steps (NViT: 100); "
                                                 "with --per-step/--step-fraction the run goes on until the target")
     step = p.add_mutually_exclusive_group()
-    step.add_argument("--per-step", type=int, help="fixed schedule: units removed per step (NViT: 2)")
-    step.add_argument("--step-fraction", type=float, help="fixed schedule: remove units until the cost fell by this "
-                                                          "fraction of the base cost per step")
-    p.add_argument("--eta", type=float, default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
+    step.add_argument("--per-step", type=count(), help="fixed schedule: units removed per step (NViT: 2)")
+    step.add_argument("--step-fraction", type=fraction(),
+                      help="fixed schedule: remove units until the cost fell by this "
+                           "fraction of the base cost per step")
+    p.add_argument("--eta", type=number(0), default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
                                                          "weighs a median saliency; 0 = no penalty")
     p.add_argument("--granularity", default="auto", help="auto, standard, micro, one, or E,H,QK,V,MLP steps")
-    p.add_argument("--batch-size", type=int, default=128, help="global batch (split across processes)")
-    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate while pruning (constant)")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--kl-weight", type=float, default=1.0, help="weight of the KL to the unpruned model")
-    p.add_argument("--ce-weight", type=float, default=1.0, help="weight of the cross-entropy")
-    p.add_argument("--temperature", type=float, default=3.0, help="distillation temperature (NViT: 3)")
-    p.add_argument("--eval-size", type=int, default=1000, help="held-out images scored at every step (0: none)")
-    p.add_argument("--max-steps", type=int, default=10000)
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the batch order")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--batch-size", type=count(), default=128, help="global batch (split across processes)")
+    p.add_argument("--lr", type=number(0, lo_open=True),
+                   default=1e-4, help="AdamW learning rate while pruning (constant)")
+    p.add_argument("--weight-decay", type=number(0), default=0.05)
+    p.add_argument("--kl-weight", type=number(0), default=1.0, help="weight of the KL to the unpruned model")
+    p.add_argument("--ce-weight", type=number(0), default=1.0, help="weight of the cross-entropy")
+    p.add_argument("--temperature", type=number(0, lo_open=True),
+                   default=3.0, help="distillation temperature (NViT: 3)")
+    p.add_argument("--eval-size", type=non_negative(),
+                   default=1000, help="held-out images scored at every step (0: none)")
+    p.add_argument("--max-steps", type=count(), default=10000)
+    p.add_argument("--seed", type=non_negative(), default=0, help="seed of the split and the batch order")
+    p.add_argument("--threads", type=count(), help="torch CPU threads per process")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast precision of the "
                    "forward pass (saliency stays in fp32/fp64)")
-    p.add_argument("-j", "--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("-j", "--workers", type=non_negative(), default=0, help="DataLoader worker processes")
     p.add_argument("--out", required=True, help="run folder: trace.jsonl, pruned.yaml/.safetensors, metrics, plots")
     p.add_argument("--resume", action="store_true", help="continue a killed run from RUN_DIR/state.pt")
     add_overwrite_arg(p)
@@ -71,6 +78,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from revit.prune import PruneConfig, PruneRun
     from revit.runs import claim_run
 
+    check_output_dir(args.out)
     claim_run(args.out, "prune", resume=args.resume, overwrite=args.overwrite)  # before loading any data
     if args.threads:
         torch.set_num_threads(args.threads)

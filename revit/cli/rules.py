@@ -11,6 +11,7 @@ from typing import Any
 
 from revit.cli._common import add_command, info, print_json
 from revit.errors import ConfigError
+from revit.validation import check_number, check_output_file, count, fraction, non_negative
 
 
 def register(sub: Any) -> None:
@@ -26,8 +27,8 @@ def register(sub: Any) -> None:
     sh = add_command(rs, "show", "print a rule (YAML) and its widths at one embedding width",
                      "revit rules show paper --embed-dim 384")
     sh.add_argument("rule", help="shipped rule name, uniform, or a rule YAML path")
-    sh.add_argument("--embed-dim", type=int, default=384, help="width at which to print the blocks (384)")
-    sh.add_argument("--depth", type=int, default=None, help="depth (default: the rule's, else 12)")
+    sh.add_argument("--embed-dim", type=count(), default=384, help="width at which to print the blocks (384)")
+    sh.add_argument("--depth", type=count(), default=None, help="depth (default: the rule's, else 12)")
     sh.set_defaults(func=run_show)
 
     fit = add_command(rs, "fit", "fit a rule family to the widths of pruning traces (or of another rule)",
@@ -38,12 +39,14 @@ def register(sub: Any) -> None:
                      help="fit to another rule's widths instead of traces (e.g. paper: the nearest member)")
     fit.add_argument("--embed-dims", default="192,256,384,512,768",
                      help="with --to-rule: embedding widths at which the rule is read (192,256,384,512,768)")
-    fit.add_argument("--depth", type=int, default=12, help="with --to-rule: depth at which the rule is read (12)")
+    fit.add_argument("--depth", type=count(), default=12, help="with --to-rule: depth at which the rule is read (12)")
     fit.add_argument("--family", default="less-more-less", help="family to fit (default less-more-less)")
     at = fit.add_mutually_exclusive_group()
-    at.add_argument("--at-ratio", type=float, help="read each trace at the first step with MACs <= R x base")
-    at.add_argument("--at-latency-ratio", type=float, help="read at the first step with latency <= R x base")
-    at.add_argument("--at-step", type=int, help="read at this step number (default: the last step)")
+    at.add_argument("--at-ratio", type=fraction(hi_open=False),
+                    help="read each trace at the first step with MACs <= R x base")
+    at.add_argument("--at-latency-ratio", type=fraction(hi_open=False),
+                    help="read at the first step with latency <= R x base")
+    at.add_argument("--at-step", type=non_negative(), help="read at this step number (default: the last step)")
     fit.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                      help="hold a parameter fixed (repeatable), e.g. --fix v_end=1")
     fit.add_argument("--name", help="name of the fitted rule (default: the output file's stem)")
@@ -87,7 +90,7 @@ def run_show(args: argparse.Namespace) -> int:
     from revit.rules import Setting, apply_rule, load_rule
 
     rule = load_rule(args.rule)
-    depth = args.depth or rule.depth or 12
+    depth = args.depth if args.depth is not None else (rule.depth or 12)
     g = apply_rule(rule, args.embed_dim, Setting(depth=depth))
     print(rule.to_yaml(), end="")
     print(f"# at EMB {args.embed_dim}, depth {depth} (ImageNet 224/16): "
@@ -107,7 +110,7 @@ def _parse_fix(items: list[str]) -> dict[str, float]:
         try:
             if not sep:
                 raise ValueError
-            out[key.strip()] = float(val)
+            out[key.strip()] = check_number(float(val), f"--fix {key.strip()}")
         except ValueError:
             raise ConfigError(f"--fix expects NAME=VALUE such as v_end=1, got {it!r}") from None
     return out
@@ -128,6 +131,9 @@ def run_fit(args: argparse.Namespace) -> int:
     from revit.rules.fit import fit_family, plot_fit, samples_from_rule, samples_from_traces
 
     FAMILIES.get(args.family)  # unknown family: one line listing the known ones
+    for path, flag in ((args.out, "--out"), (None if args.no_plot else args.plot, "--plot")):
+        if path:
+            check_output_file(path, flag)
     if args.to_rule and args.traces:
         raise ConfigError("give traces or --to-rule, not both")
     if args.to_rule:
@@ -146,10 +152,11 @@ def run_fit(args: argparse.Namespace) -> int:
     name = args.name or (Path(args.out).stem if args.out else None)
     result = fit_family(args.family, samples, name=name, fixed=_parse_fix(args.fix), provenance=prov,
                         description=args.description)
+    if args.out:  # written before anything is printed: a failed write is the only line on stderr
+        result.rule.save(args.out)
     for line in result.summary_lines():
         info(line)
     if args.out:
-        result.rule.save(args.out)
         info(f"wrote {args.out}")
     plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     if plot and not args.no_plot:

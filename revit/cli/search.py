@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info
+from revit.validation import check_output_dir, count, non_negative, number
 
 
 def register(sub: Any) -> None:
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
                     "revit search worker search/imagenet-deit-s.yaml --device cuda:1 "
                     "--storage postgresql://revit@db:5432/studies")
     _common(w, storage_required=True)
-    w.add_argument("--max-trials", type=int, help="stop after this many trials of this worker")
+    w.add_argument("--max-trials", type=count(), help="stop after this many trials of this worker")
     w.set_defaults(func=cmd_worker)
 
     rp = add_command(ss, "report", "markdown table and PNG plots (accuracy vs MACs, Pareto front, per-block dims)",
@@ -49,14 +50,15 @@ def _common(p: argparse.ArgumentParser, storage_required: bool = False) -> None:
     p.add_argument("spec", help="study spec YAML (or a shipped name: smoke, fashion-mnist, imagenet-deit-s)")
     p.add_argument("--storage", required=storage_required,
                    help="storage URL: sqlite:///F.db, postgresql://..., journal:F.log, or a .db/.log path")
-    p.add_argument("--n-trials", type=int, help="candidate trials of the whole study (default: the spec's)")
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--threads", type=int, help="torch threads per worker (default: the spec's)")
+    p.add_argument("--n-trials", type=non_negative(), help="candidate trials of the whole study (default: the spec's)")
+    p.add_argument("--timeout", type=number(0, lo_open=True), help="stop starting trials after this many seconds")
+    p.add_argument("--threads", type=count(), help="torch threads per worker (default: the spec's)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.add_argument("--device", help="device of this process's trials: auto, cpu, cuda, cuda:N (default: the spec's "
                                     "train.device, else auto)")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision of the trials (default: the spec's)")
-    p.add_argument("--loader-workers", type=int, metavar="N", help="DataLoader workers per trial (default: the spec's)")
+    p.add_argument("--loader-workers", type=non_negative(),
+                   metavar="N", help="DataLoader workers per trial (default: the spec's)")
 
 
 _TRAIN_OVERRIDES = {"device": "device", "amp": "amp", "loader_workers": "loader_workers"}
@@ -122,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices = _gpus(args.gpus) if args.gpus else None
     if devices is None:
         _check_device(spec)
+    _check_new_study(spec, args.storage)
     _optuna_logging(args.quiet)
     study = run_study(spec, args.storage, n_trials=args.n_trials, repeats=not args.no_repeats, timeout=args.timeout,
                       devices=devices, worker_args=_worker_args(args))
@@ -130,11 +133,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_storage_exists(spec: Any, storage: str | None) -> None:
+    """A worker or report joins an existing study: a missing local database is refused, never created empty."""
+    from revit.errors import StorageError
+    from revit.search.storage import backend_for
+
+    url = spec.storage_url(storage)
+    path = backend_for(url).local_path(url)
+    if path is not None and not path.is_file():
+        raise StorageError(f"{path}: no such study storage (start the study with 'revit search run {spec.source} "
+                           f"--storage {url}')")
+
+
+def _check_new_study(spec: Any, storage: str | None) -> None:
+    """Before a new study's storage is created: refuse a budget, data or setting with which every trial fails."""
+    from revit.search.spec import check_study
+    from revit.search.storage import backend_for
+
+    url = spec.storage_url(storage)
+    path = backend_for(url).local_path(url)
+    check_study(spec, data=path is None or not path.exists())  # a resumed study loaded its data before
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from revit.search.runner import join_study
 
     spec = _spec(args)
     _check_device(spec)
+    _check_storage_exists(spec, args.storage)
     _optuna_logging(args.quiet)
     stats = join_study(spec, args.storage, n_trials=args.n_trials, timeout=args.timeout, max_trials=args.max_trials)
     info(f"worker {stats.worker}: {stats.count} trial(s) in {stats.seconds:.0f} s "
@@ -155,8 +181,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from revit.search.report import write_report
     from revit.search.runner import open_study
 
+    check_output_dir(args.out)
     claim = claim_run(args.out, "study-report", resume=True, overwrite=args.overwrite)  # a killed report reruns
     spec = _spec(args)
+    _check_storage_exists(spec, args.storage)
     study = open_study(spec, args.storage, create=False)
     claim.begin()
     s = write_report(spec, study, args.out, storage_url=spec.storage_url(args.storage))

@@ -6,16 +6,18 @@ import argparse
 from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg
+from revit.validation import check_output_dir, count, non_negative, number
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """Dataset options shared by train, prune and demo."""
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits, or an ImageFolder path")
-    p.add_argument("--train-limit", type=int, help="use this many training images (default: all)")
-    p.add_argument("--val-size", type=int, default=5000, help="images held out of the training set for selection")
-    p.add_argument("--test-limit", type=int, help="evaluate on this many test images (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the init and the batch order")
-    p.add_argument("--threads", type=int, help="torch CPU threads per process")
+    p.add_argument("--train-limit", type=count(), help="use this many training images (default: all)")
+    p.add_argument("--val-size", type=non_negative(),
+                   default=5000, help="images held out of the training set for selection")
+    p.add_argument("--test-limit", type=count(), help="evaluate on this many test images (default: all)")
+    p.add_argument("--seed", type=non_negative(), default=0, help="seed of the split, the init and the batch order")
+    p.add_argument("--threads", type=count(), help="torch CPU threads per process")
 
 
 def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--workers") -> None:
@@ -26,10 +28,10 @@ def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--worker
                    help="mixed precision: autocast in bf16, or fp16 with a GradScaler (CPU bf16 is emulated: slow)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for images and the model")
-    p.add_argument("--grad-accum", type=int, default=1, metavar="N",
+    p.add_argument("--grad-accum", type=count(), default=1, metavar="N",
                    help="micro-batches of --batch-size per optimizer step")
     flags = (loader_flag, "-j") if loader_flag == "--workers" else (loader_flag,)
-    p.add_argument(*flags, dest="loader_workers", type=int, default=0, metavar="N",
+    p.add_argument(*flags, dest="loader_workers", type=non_negative(), default=0, metavar="N",
                    help="DataLoader worker processes per training process")
 
 
@@ -47,30 +49,32 @@ def register(sub: Any) -> None:
                     "  torchrun --nproc-per-node 2 -m revit train revit_micro --epochs 1 --out runs/micro-ddp")
     p.add_argument("config", help="registered name or ViT-config YAML")
     add_data_args(p)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128, help="global batch (split across processes)")
+    p.add_argument("--epochs", type=count(), default=3)
+    p.add_argument("--batch-size", type=count(), default=128, help="global batch (split across processes)")
     p.add_argument("--recipe", default="basic", choices=("basic", "deit"),
                    help="basic: AdamW lr 1e-3, 0.5 warm-up epochs, no augmentation on tensor datasets; deit: "
                         "DeiT's (lr 5e-4 x batch/512, wd 0.05, 5 warm-up epochs, drop path 0.1, RandAugment, "
                         "random erasing 0.25, Mixup 0.8/CutMix 1.0, hard-label distillation)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    p.add_argument("--weight-decay", type=float, help="default: 0.05")
-    p.add_argument("--warmup-epochs", type=float, help="default: the recipe's (basic 0.5, deit 5)")
-    p.add_argument("--label-smoothing", type=float, help="default: 0.1")
-    p.add_argument("--drop-path", type=float, help="default: the recipe's (basic 0, deit 0.1)")
-    p.add_argument("--mixup", type=float, help="Mixup alpha (default: the recipe's; basic 0, deit 0.8)")
-    p.add_argument("--cutmix", type=float, help="CutMix alpha (default: the recipe's; basic 0, deit 1.0)")
+    p.add_argument("--lr", type=number(0, lo_open=True), help="peak learning rate (default: the recipe's)")
+    p.add_argument("--weight-decay", type=number(0), help="default: 0.05")
+    p.add_argument("--warmup-epochs", type=number(0), help="default: the recipe's (basic 0.5, deit 5)")
+    p.add_argument("--label-smoothing", type=number(0, 1, hi_open=True), help="default: 0.1")
+    p.add_argument("--drop-path", type=number(0, 1, hi_open=True), help="default: the recipe's (basic 0, deit 0.1)")
+    p.add_argument("--mixup", type=number(0), help="Mixup alpha (default: the recipe's; basic 0, deit 0.8)")
+    p.add_argument("--cutmix", type=number(0), help="CutMix alpha (default: the recipe's; basic 0, deit 1.0)")
     p.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3)")
-    p.add_argument("--model-ema-decay", type=float, default=0.99996)
+    p.add_argument("--model-ema-decay", type=number(0, 1, lo_open=True, hi_open=True), default=0.99996)
     add_runtime_args(p)
     p.add_argument("--init", help="start from these weights (.safetensors/.pth matching the config)")
     p.add_argument("--teacher", help="distill from this config/name (with --teacher-weights)")
-    p.add_argument("--teacher-weights", help="weights of the teacher")
-    p.add_argument("--distill-weight", type=float, default=1.0,
+    p.add_argument("--teacher-weights", help="weights of the teacher (required with --teacher)")
+    p.add_argument("--teacher-random-init", action="store_true",
+                   help="distill from a randomly initialised --teacher on purpose (no --teacher-weights)")
+    p.add_argument("--distill-weight", type=number(0), default=1.0,
                    help="weight of the distillation term when --teacher is set")
     p.add_argument("--distill-type", choices=("kl", "hard"),
                    help="kl: KL at --temperature; hard: CE on the teacher's argmax (DeiT); default: the recipe's")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=number(0, lo_open=True), default=1.0)
     p.add_argument("--out", required=True, help="run folder: checkpoint, log.jsonl, model.safetensors, metrics")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     add_overwrite_arg(p)
@@ -83,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from revit.recipes import TrainConfig
     from revit.workflows import run_training
 
+    check_teacher(args)
+    check_output_dir(args.out)
     cfg = resolve_config(args.config)
     tc = TrainConfig.for_recipe(
         args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -94,6 +100,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                  teacher=args.teacher, teacher_weights=args.teacher_weights, resume=args.resume,
                  overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress)
     return 0
+
+
+def check_teacher(args: argparse.Namespace) -> None:
+    """A teacher needs its weights: distilling from a random init is refused unless asked for explicitly."""
+    from revit.errors import ConfigError
+
+    if args.teacher and not args.teacher_weights and not args.teacher_random_init:
+        raise ConfigError(f"--teacher {args.teacher} needs --teacher-weights FILE (or --teacher-random-init to "
+                          "distill from a random init on purpose)")
+    if not args.teacher and (args.teacher_weights or args.teacher_random_init):
+        raise ConfigError("--teacher-weights/--teacher-random-init need --teacher CONFIG")
+    if args.teacher_weights and args.teacher_random_init:
+        raise ConfigError("give --teacher-weights or --teacher-random-init, not both")
 
 
 def data_spec_from_args(args: argparse.Namespace, img_size: int | None) -> Any:

@@ -38,6 +38,18 @@ def _keys(d: Any, kind: str, where: str) -> dict[tuple[int, ...], Any]:
     return out
 
 
+def _cell(x: Any, where: str) -> float:
+    """One latency of the table: a finite number >= 0 (a negative or NaN cell would predict nonsense)."""
+    from revit.validation import check_number
+
+    if isinstance(x, str):  # the official file stores numbers; a numeric string is read as the official code does
+        try:
+            x = float(x)
+        except ValueError:
+            raise FileFormatError(f"{where} must be a number, got {x!r}") from None
+    return float(check_number(x, where, 0, error=FileFormatError))
+
+
 def import_nvit(path: str | os.PathLike[str]) -> LatencyTable:
     """Read NViT's ``latency_head.json`` and return the equivalent revit table (EMB=0 plane, MLP 1 -> 0)."""
     src = str(path)
@@ -61,7 +73,8 @@ def import_nvit(path: str | os.PathLike[str]) -> LatencyTable:
                     for l_, v in enumerate(vs):
                         row = raw[f"EMB_{e}"][f"QK_{h}_{q}"][f"V_{v}"]
                         for m, mm in enumerate(mlps):
-                            grid[i + 1, j, k, l_, m] = float(row[f"MLP_{mm}"])
+                            grid[i + 1, j, k, l_, m] = _cell(row[f"MLP_{mm}"],
+                                                             f"{src}: EMB_{e}/QK_{h}_{q}/V_{v}/MLP_{mm}")
     except (KeyError, TypeError, ValueError) as e:
         raise FileFormatError(f"{src}: incomplete or malformed NViT table (missing or bad entry {e})") from None
     axes = {"embed_dim": [0, *embs], "heads": heads, "qk_dim": qks, "v_dim": vs, "mlp_dim": [0, *mlps[1:]]}

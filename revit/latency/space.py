@@ -21,7 +21,7 @@ from typing import Any
 
 from revit._io import check_schema, load_yaml
 from revit.config import BLOCK_KEYS, Setting
-from revit.errors import ConfigError
+from revit.errors import ConfigError, check_keys
 
 AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
 
@@ -40,6 +40,7 @@ class Space:
         for a, vals in self.axes.items():
             if not vals or any(v < 1 for v in vals) or list(vals) != sorted(set(vals)):
                 raise ConfigError(f"space {self.name}: axis {a} needs increasing positive integers")
+        check_space_memory(self)
 
     @property
     def depth(self) -> int:
@@ -70,23 +71,61 @@ class Space:
         for a in AXES:
             spec = raw.get(a)
             if isinstance(spec, Mapping):
-                try:
-                    lo, hi, step = int(spec["min"]), int(spec["max"]), int(spec.get("step", 1))
-                except (KeyError, TypeError, ValueError):
-                    raise ConfigError(f"{source}: axis {a} needs integer min, max (and step)") from None
-                if step < 1 or hi < lo:
-                    raise ConfigError(f"{source}: axis {a} needs min <= max and step >= 1")
-                axes[a] = tuple(range(lo, hi + 1, step))
-            elif isinstance(spec, list) and all(isinstance(v, int) for v in spec):
+                axes[a] = _axis_range(spec, f"{source}: axis {a}")
+            elif isinstance(spec, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+                if len(spec) > MAX_AXIS_VALUES:
+                    raise ConfigError(f"{source}: axis {a} has {len(spec)} values; at most {MAX_AXIS_VALUES}")
                 axes[a] = tuple(spec)
             else:
                 raise ConfigError(f"{source}: axis {a} missing or malformed")
-        setting = Setting.from_dict({**(d.get("setting") or {}), "depth": d.get("depth", 12)}, f"{source}: setting")
+        raw_setting = d.get("setting") or {}
+        if not isinstance(raw_setting, Mapping):
+            raise ConfigError(f"{source}: 'setting' must be a mapping of setting fields, got {raw_setting!r}")
+        setting = Setting.from_dict({**raw_setting, "depth": d.get("depth", 12)}, f"{source}: setting")
         return cls(name=str(d.get("name", source)), axes=axes, setting=setting)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Space:
         return cls.from_dict(load_yaml(path), str(path))
+
+
+MAX_AXIS_VALUES = 4096  # far beyond any measurable table; refuses a 1e9-wide axis before building it
+
+
+def _axis_range(spec: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    """An axis ``{min, max, step}``: integers, min <= max, step >= 1, at most MAX_AXIS_VALUES values."""
+    from revit.validation import check_int
+
+    if "min" not in spec or "max" not in spec:
+        raise ConfigError(f"{where} needs integer min, max (and step)")
+    check_keys(spec, ("min", "max", "step"), where)
+    lo = check_int(spec["min"], f"{where} min", 1)
+    hi = check_int(spec["max"], f"{where} max", lo)
+    step = check_int(spec.get("step", 1), f"{where} step", 1)
+    n = (hi - lo) // step + 1
+    if n > MAX_AXIS_VALUES:
+        raise ConfigError(f"{where} has {n} values ({lo}..{hi} step {step}); at most {MAX_AXIS_VALUES}")
+    return tuple(range(lo, hi + 1, step))
+
+
+def block_bytes(space: Space, batch: int = 1) -> int:
+    """Bytes of the widest block of ``space`` in fp32: its weights, plus its activations at ``batch``.
+
+    Activations count the widest per-token tensor (QKV, MLP hidden) and the attention matrix.
+    """
+    ax = {a: max(v) for a, v in space.axes.items()}
+    e, h, q, v, m = ax["embed_dim"], ax["heads"], ax["qk_dim"], ax["v_dim"], ax["mlp_dim"]
+    weights = e * h * (2 * q + v) + h * v * e + 2 * e * m + 8 * e
+    t = space.tokens
+    acts = batch * t * max(h * (2 * q + v), m, e) + batch * h * t * t
+    return 4 * (weights + 3 * acts)
+
+
+def check_space_memory(space: Space, batch: int = 1) -> None:
+    """Refuse a space whose widest block (at ``batch``) cannot be allocated here, before any allocation."""
+    from revit.validation import check_fits_memory
+
+    check_fits_memory(block_bytes(space, batch), f"space {space.name}: the widest block at batch {batch}")
 
 
 def _rng(lo: int, hi: int, step: int) -> tuple[int, ...]:

@@ -12,7 +12,6 @@ read tables without importing torch.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,16 @@ SAVING_KINDS: tuple[str, ...] = (*BLOCK_KEYS, "embed_dim")
 REQUIRED_METADATA = ("device", "backend", "backend_version", "dtype", "batch_size", "tokens", "created",
                      "revit_version", "measurement")
 EXTRAPOLATE_HINT = "pass extrapolate=True (--extrapolate) to extrapolate linearly"
+
+
+def _check_cells(a: np.ndarray, what: str) -> None:
+    """Latencies and spreads are finite and never negative: a NaN or negative cell is a broken table."""
+    bad = ~np.isfinite(a) | (a < 0)
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = f" at {list(idx)}" if a.ndim > 1 else (f" at index {idx[0]}" if idx else "")
+        raise FileFormatError(f"{what} has a negative or non-finite entry {float(a[idx]):g}{where}; "
+                              "latencies are finite and >= 0")
 
 
 def config_setting(cfg: ViTConfig) -> dict[str, Any]:
@@ -67,8 +76,9 @@ class FixedParts:
             raise FileFormatError("fixed parts: 'embed_dim' and 'values' must be non-empty and of equal length")
         if any(b <= a for a, b in zip(self.embed_dim, self.embed_dim[1:], strict=False)):
             raise FileFormatError("fixed parts: 'embed_dim' must be strictly increasing")
-        if not all(math.isfinite(v) for v in self.values):
-            raise FileFormatError("fixed parts: values must be finite numbers")
+        _check_cells(np.asarray(self.values, dtype=np.float64), "fixed parts: values")
+        if self.spread is not None:
+            _check_cells(np.asarray(self.spread, dtype=np.float64), "fixed parts: spread")
 
     def latency(self, embed_dim: float, extrapolate: bool = False) -> float:
         """Piecewise-linear lookup in embed_dim (linear extrapolation only when asked)."""
@@ -184,8 +194,7 @@ class LatencyTable:
             a = a.reshape(shape)
         if a.shape != shape:
             raise FileFormatError(f"{self.source}: {what} has shape {a.shape}, axes need {shape}")
-        if not np.all(np.isfinite(a)):
-            raise FileFormatError(f"{self.source}: {what} contains non-finite entries")
+        _check_cells(a, f"{self.source}: {what}")
         return a
 
     # properties ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from revit._io import atomic_output
 from revit.config import ViTConfig
 
 
@@ -16,21 +17,19 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example: torch.T
                 dynamic_batch: bool = True, opset: int = 18) -> Path:
     """Export ``model`` (eval mode) to ``path`` with input ``images`` and output ``logits``.
 
-    The file is written next to its destination and renamed, so a failed export leaves no file.
+    The file is written next to its destination and renamed (:func:`revit._io.atomic_output`), so a failed
+    export leaves no file and an unwritable ``path`` is one line.
     """
     cfg: ViTConfig = model.config  # type: ignore[assignment]
     if example is None:
         example = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.onnx")
     model = model.eval()
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad():
+    with atomic_output(out, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(model, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
                                  dynamic_shapes=dynamic, opset_version=opset, verbose=False)
         assert prog is not None
         prog.save(str(tmp))
-    os.replace(tmp, out)
     return out

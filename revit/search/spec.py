@@ -53,6 +53,7 @@ from revit.data.spec import DataSpec
 from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_keys
 from revit.paths import shipped_dir
 from revit.recipes import TrainConfig
+from revit.validation import check_count, check_fields, check_int, check_number
 
 SCHEMA = "revit/study/v1"
 OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "latency": "minimize"}
@@ -290,11 +291,11 @@ class StudySpec:
 
         data = _typed(DataSpec, d.get("data"), "data")
         train = _typed(TrainConfig, d.get("train"), "train", exclude=_TRAIN_SET_BY_STUDY)
-        seeds = tuple(int(s) for s in (d.get("seeds") or (0,)))
-        if len(set(seeds)) != len(seeds):
-            raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
+        seeds = _seeds(d.get("seeds"))
         repeats = d.get("repeats") or {}
-        top_k = int(repeats.get("top_k", 2)) if isinstance(repeats, Mapping) else int(repeats)
+        if isinstance(repeats, Mapping):
+            check_keys(repeats, ("top_k",), "repeats")
+        top_k = check_int(repeats.get("top_k", 2) if isinstance(repeats, Mapping) else repeats, "repeats.top_k", 0)
         baselines = tuple(_baseline(b) for b in (d.get("baselines") or ()))
         arms = [b.arm for b in baselines]
         if len(set(arms)) != len(arms):
@@ -302,18 +303,23 @@ class StudySpec:
         n_trials = d.get("n_trials", 10)
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
             raise ConfigError(f"n_trials must be a non-negative integer, got {n_trials!r}")
-        threads = int(d.get("threads", 1))
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
+        threads = check_count(d.get("threads", 1), "threads")
         if "latency" in objectives and not (budget.table or d.get("latency_table")):
             raise ConfigError("objective 'latency' needs latency_table: FILE (or a latency budget with a table)")
+        storage = d.get("storage")
+        if storage is not None and not isinstance(storage, str):
+            raise ConfigError(f"storage must be a storage URL or path, got {storage!r}")
+        description = d.get("description") or ""
+        if not isinstance(description, str):
+            raise ConfigError(f"description must be a string, got {description!r}")
         return cls(
-            name=name, budget=budget, spaces=spaces, storage=d.get("storage"), objectives=objectives,
+            name=name, budget=budget, spaces=spaces, storage=storage, objectives=objectives,
             sampler=sampler, pruner=pruner, n_trials=n_trials, setting=setting,
             latency_table=_table_path(d.get("latency_table") or budget.table), data=data, train=train, threads=threads,
             seeds=seeds, repeat_top_k=top_k, baselines=baselines,
-            heartbeat_s=float(d.get("heartbeat_s", 20.0)), grace_s=float(d.get("grace_s", 120.0)),
-            description=str(d.get("description") or ""), source=source,
+            heartbeat_s=float(check_number(d.get("heartbeat_s", 20.0), "heartbeat_s", 0, lo_open=True)),
+            grace_s=float(check_number(d.get("grace_s", 120.0), "grace_s", 0, lo_open=True)),
+            description=description, source=source,
         )
 
     @classmethod
@@ -343,6 +349,7 @@ def _typed(cls: type[T], raw: Any, where: str, exclude: Sequence[str] = ()) -> T
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {raw!r}")
     check_keys(raw, [f.name for f in fields(cls) if f.name not in exclude], where)  # type: ignore[arg-type]
+    check_fields(cls, raw, where)
     try:
         return cls(**raw)
     except TypeError as e:
@@ -354,9 +361,7 @@ def _typed(cls: type[T], raw: Any, where: str, exclude: Sequence[str] = ()) -> T
 def _num(v: Any, what: str) -> float:
     if isinstance(v, str):
         return float(counting.parse_count(v))
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{what} must be a number, got {v!r}")
-    return float(v)
+    return float(check_number(v, what))
 
 
 def _budget(raw: Any, table: Any) -> BudgetSpec:
@@ -376,6 +381,8 @@ def _budget(raw: Any, table: Any) -> BudgetSpec:
             raise ConfigError(f"{what} must be positive, got {x!r}")
         return out
 
+    if not isinstance(raw.get("log", True), bool):
+        raise ConfigError(f"budget.log must be true or false, got {raw['log']!r}")
     tbl = raw.get("table") or table
     if kind == "latency" and not tbl:
         raise ConfigError("a latency budget needs budget.table (a latency table JSON)")
@@ -435,8 +442,12 @@ def _space(raw: Any, where: str, setting: Setting) -> FamilySpace:
         raise ConfigError(f"{where}.params: give at least one parameter of {family!r} to search: "
                           f"{', '.join(fam.params)}")
     mf = raw.get("mlp_factor", [0.5, 2.0])
-    if not (isinstance(mf, Sequence) and len(mf) == 2 and all(isinstance(x, (int, float)) for x in mf)):
+    if not (isinstance(mf, Sequence) and not isinstance(mf, str) and len(mf) == 2):
         raise ConfigError(f"{where}.mlp_factor must be [low, high], got {mf!r}")
+    for x in mf:
+        check_number(x, f"{where}.mlp_factor", 0, lo_open=True)
+    if not mf[0] <= mf[1]:
+        raise ConfigError(f"{where}.mlp_factor must be [low, high] with low <= high, got {list(mf)}")
     return FamilySpace(name, family, tuple(ranges), raw.get("base"), raw.get("granularity"),
                        (float(mf[0]), float(mf[1])))
 
@@ -444,12 +455,18 @@ def _space(raw: Any, where: str, setting: Setting) -> FamilySpace:
 def _range(name: str, r: Any, lo: float, hi: float, where: str = "space.params",
            step: int | None = None) -> ParamRange:
     """A searched interval inside the family's bounds; ``step``: an integer parameter (default step)."""
+    at = f"{where}.{name}"
     if isinstance(r, Sequence) and not isinstance(r, str) and len(r) == 2:
-        out = ParamRange(name, float(r[0]), float(r[1]), step=step)
+        out = ParamRange(name, float(check_number(r[0], f"{at} low")), float(check_number(r[1], f"{at} high")),
+                         step=step)
     elif isinstance(r, Mapping) and {"low", "high"} <= set(r):
-        check_keys(r, ("low", "high", "log") + (("step",) if step is not None else ()), f"{where}.{name}")
-        out = ParamRange(name, float(r["low"]), float(r["high"]), bool(r.get("log", False)),
-                         int(r.get("step", step)) if step is not None else None)
+        check_keys(r, ("low", "high", "log") + (("step",) if step is not None else ()), at)
+        log = r.get("log", False)
+        if not isinstance(log, bool):
+            raise ConfigError(f"{at}.log must be true or false, got {log!r}")
+        out = ParamRange(name, float(check_number(r["low"], f"{at} low")),
+                         float(check_number(r["high"], f"{at} high")), log,
+                         int(check_number(r.get("step", step), f"{at}.step", 1)) if step is not None else None)
     else:
         raise ConfigError(f"{where}.{name}: give [low, high] or {{low, high, log}}, got {r!r}")
     if not lo <= out.low < out.high <= hi:
@@ -472,8 +489,120 @@ def _baseline(b: Any) -> BaselineSpec:
         return BaselineSpec(b)
     if isinstance(b, Mapping) and isinstance(b.get("rule"), str):
         check_keys(b, ("rule", "params", "name"), "baselines[]")
-        return BaselineSpec(b["rule"], dict(b.get("params") or {}), b.get("name"))
+        params = b.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"baselines[].params must be a mapping of rule parameters, got {params!r}")
+        for k, v in params.items():
+            check_number(v, f"baselines[].params.{k}")
+        name = b.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"baselines[].name must be a string, got {name!r}")
+        return BaselineSpec(b["rule"], dict(params), name)
     raise ConfigError(f"baselines: each is a rule name or {{rule, params, name}}, got {b!r}")
+
+
+def _seeds(raw: Any) -> tuple[int, ...]:
+    """``seeds``: a list of distinct integers >= 0 (default and empty: ``[0]``)."""
+    if raw is None or (isinstance(raw, list) and not raw):
+        return (0,)
+    if isinstance(raw, (str, Mapping)) or not isinstance(raw, Sequence):
+        raise ConfigError(f"seeds must be a list of integers, got {raw!r}")
+    seeds = tuple(check_int(s, "seeds[]", 0) for s in raw)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
+    return seeds
+
+
+def _searched_families(spec: StudySpec) -> list[tuple[Any, tuple[ParamRange, ...]]]:
+    """(space, searched ranges) of every searched family; the space is None for a one-family spec.
+
+    Written for both spec shapes: one ``space:`` mapping, and the list of families (``spec.spaces``).
+    """
+    spaces = getattr(spec, "spaces", None)
+    return [(fs, tuple(fs.params)) for fs in spaces] if spaces else [(None, spec.search_params)]
+
+
+def _middle(r: ParamRange) -> float:
+    """The middle of a searched range (geometric when log-scaled; on the step of an integer parameter)."""
+    v = math.sqrt(r.low * r.high) if r.log else (r.low + r.high) / 2
+    step = getattr(r, "step", None)
+    return float(min(max(round(v / step) * step, r.low), r.high)) if step else v
+
+
+def check_budget(spec: StudySpec) -> None:
+    """Refuse a budget no config of the study can meet (``macs: 900T`` or ``1K``), before a study exists.
+
+    Each budget the study uses (the fixed one; low and high when searched) must be reachable by at
+    least one of its arms: a searched family at the middle of its ranges, or a baseline.
+    """
+    from revit.errors import BudgetError, OutsideDomainError
+    from revit.search.objective import _generate, baseline_arm, candidate_rule
+
+    table = None
+    if spec.budget.kind == "latency" and spec.budget.table:
+        from revit.latency.table import LatencyTable
+
+        table = LatencyTable.load(spec.budget.table)
+    b = spec.budget
+    for value in ([b.value] if b.value is not None else [b.low, b.high]):
+        assert value is not None
+        errors: list[str] = []
+        for fs, ranges in _searched_families(spec):
+            kw = {} if fs is None else {"space": fs}
+            try:
+                _generate(spec, candidate_rule(spec, {r.name: _middle(r) for r in ranges}, **kw), value, table,
+                          name="check", **kw)
+                break
+            except (BudgetError, OutsideDomainError) as e:
+                errors.append(str(e))
+        else:
+            for arm in spec.baselines:
+                try:
+                    baseline_arm(spec, arm, value, table)
+                    break
+                except (BudgetError, OutsideDomainError) as e:
+                    errors.append(str(e))
+            else:
+                raise ConfigError(f"budget {spec.budget.fmt(value)} cannot be met by any config of this study "
+                                  f"(setting {spec.setting.img_size}px/{spec.setting.patch_size}, depth "
+                                  f"{spec.setting.depth}): {errors[0]}")
+
+
+def check_data(spec: StudySpec) -> None:
+    """Refuse data that cannot load or does not fit the setting (classes, channels), before a study exists."""
+    from revit.data import DATASETS, load_splits
+
+    src = spec.data.source
+    if DATASETS.get(src) is None and not Path(src).is_dir():
+        raise ConfigError(f"data.source {src!r}: no such dataset or folder (known: {', '.join(DATASETS)}, "
+                          "or an ImageFolder path)")
+    from revit.train import size
+
+    splits = load_splits(spec.data, spec.train_config(spec.seeds[0]))
+    st = spec.setting
+    if (splits.in_chans, splits.num_classes, splits.img_size) != (st.in_chans, st.num_classes, st.img_size):
+        raise ConfigError(f"data.source {src!r} has {splits.img_size}px, {splits.in_chans} channel(s), "
+                          f"{splits.num_classes} classes; the setting makes {st.img_size}px {st.in_chans}-channel "
+                          f"inputs and {st.num_classes} classes (data.img_size resizes)")
+    if size(splits.val) == 0:
+        raise ConfigError("the study needs held-out images: data.val_size must be > 0")
+
+
+def check_rules(spec: StudySpec) -> None:
+    """Every rule the study names (baselines, space.base) exists: an unknown one is refused before the study."""
+    from revit.rules import load_rule
+
+    bases = [fs.base_rule if fs is not None else spec.base_rule for fs, _ in _searched_families(spec)]
+    for name in [b.rule for b in spec.baselines] + [r for r in bases if r]:
+        load_rule(name)
+
+
+def check_study(spec: StudySpec, *, data: bool = True) -> None:
+    """Everything that would make every trial fail (budget, data, setting), checked before the study is created."""
+    check_rules(spec)
+    check_budget(spec)
+    if data:
+        check_data(spec)
 
 
 def resolve_spec(name_or_path: str) -> Path:
@@ -495,4 +624,5 @@ def load_spec(name_or_path: str) -> StudySpec:
     return StudySpec.load(resolve_spec(name_or_path))
 
 
-__all__ = ["BaselineSpec", "BudgetSpec", "FamilySpace", "ParamRange", "StudySpec", "load_spec", "resolve_spec"]
+__all__ = ["BaselineSpec", "BudgetSpec", "FamilySpace", "ParamRange", "StudySpec", "check_budget", "check_data",
+           "check_study", "load_spec", "resolve_spec"]

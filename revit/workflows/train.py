@@ -16,14 +16,13 @@ from revit.recipes import TrainConfig
 
 
 def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
-    """Write a state dict as safetensors, atomically (a failed write is one line, no temp file left)."""
+    """Write a state dict as safetensors, atomically (a full or read-only disk is one OutputError line)."""
     from safetensors.torch import save_file
 
-    from revit.runs import save_atomic
+    from revit._io import atomic_output
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_atomic(path, lambda tmp: save_file(sd, str(tmp)), hint="free space or fix permissions, then rerun")
+    with atomic_output(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
 def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.PathLike[str], *,

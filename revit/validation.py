@@ -1,0 +1,289 @@
+"""The one validation layer of revit: numbers, sizes and output paths, for options and file values alike.
+
+Two faces over the same checks:
+
+- argparse ``type=`` factories (:func:`number`, :func:`integer`, :func:`count`, :func:`count_text`):
+  a bad option value becomes argparse's one-line usage error naming the option, exit 2;
+- plain checkers (:func:`check_number`, :func:`check_int`, :func:`check_count`, :func:`check_fits_memory`,
+  :func:`check_output_file`, :func:`check_output_dir`, :func:`check_input_file`) for values read from
+  files and for paths: they raise a :class:`~revit.errors.RevitError` (one line, exit 2 in the CLI).
+
+A number is *valid* when it is a real int/float (not a bool, not a string), finite (no NaN, no inf,
+no ``1e400`` that overflows to inf) and inside its range.  Torch-free and cheap to import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import math
+import os
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from revit.errors import ConfigError, OutputError, RevitError
+
+Number = int | float
+
+
+# numbers ---------------------------------------------------------------------------------------
+def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    """``>= 0 and < 1``: the range as the error message states it."""
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    return " and ".join(parts)
+
+
+def range_problem(value: Number, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                  hi_open: bool = False) -> str | None:
+    """Why ``value`` is not a finite number in the range, or None when it is."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
+    if too_low or too_high:
+        return f"must be {_range_text(lo, hi, lo_open, hi_open)}"
+    return None
+
+
+def check_number(value: Any, name: str, lo: float | None = None, hi: float | None = None, *,
+                 lo_open: bool = False, hi_open: bool = False, integer: bool = False,
+                 error: type[RevitError] = ConfigError) -> Any:
+    """``value`` when it is a finite number (an int when ``integer``) in the range; else ``error`` naming it.
+
+    Strings are refused (``lr: fast``, ``seeds: [zero]``); YAML gives numbers as numbers.
+    """
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise error(f"{name} must be {kind}, got {value!r}")
+    problem = range_problem(value, lo, hi, lo_open=lo_open, hi_open=hi_open)
+    if problem:
+        raise error(f"{name} {problem}, got {value!r}")
+    return value
+
+
+def check_int(value: Any, name: str, lo: int | None = None, hi: int | None = None, *,
+              error: type[RevitError] = ConfigError) -> int:
+    """An integer in ``[lo, hi]`` (see :func:`check_number`)."""
+    return int(check_number(value, name, lo, hi, integer=True, error=error))
+
+
+def check_count(value: Any, name: str, *, error: type[RevitError] = ConfigError) -> int:
+    """A count: an integer >= 1."""
+    return check_int(value, name, 1, error=error)
+
+
+def check_optional(value: Any, check: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    """``None``, or ``check(value, name, ...)``."""
+    return None if value is None else check(value, name, *args, **kwargs)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite float in the range (``nan``, ``inf``, ``1e400`` and out-of-range refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        problem = range_problem(v, lo, hi, lo_open=lo_open, hi_open=hi_open)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in ``[lo, hi]``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        problem = range_problem(v, lo, hi)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def count() -> Callable[[str], int]:
+    """argparse type: an integer >= 1 (sizes, samples, epochs, threads)."""
+    return integer(1)
+
+
+def non_negative() -> Callable[[str], int]:
+    """argparse type: an integer >= 0 (worker counts, seeds, ``0: none`` options)."""
+    return integer(0)
+
+
+def fraction(*, lo_open: bool = True, hi_open: bool = True) -> Callable[[str], float]:
+    """argparse type: a number in (0, 1) (ends included when asked)."""
+    return number(0.0, 1.0, lo_open=lo_open, hi_open=hi_open)
+
+
+def count_text() -> Callable[[str], str]:
+    """argparse type: a positive, finite count such as ``4.6G``, ``150M`` or ``2e9`` (kept as text)."""
+
+    def parse(text: str) -> str:
+        from revit.counting import parse_count
+
+        try:
+            parse_count(text)
+        except RevitError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    parse.__name__ = "count"
+    return parse
+
+
+def check_fields(cls: type, raw: Mapping[str, Any], where: str, *, error: type[RevitError] = ConfigError) -> None:
+    """Check each value of ``raw`` against the annotation of ``cls``'s dataclass field of that name.
+
+    ``int`` fields take integers, ``float`` fields finite numbers, ``str``/``bool`` their own type, and
+    ``X | None`` also ``None``: a YAML value of the wrong type (``lr: fast``, ``train_limit: lots``) is
+    one line naming ``where.key``, not a traceback deep inside the consumer.
+    """
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        v, hint = raw[f.name], hints.get(f.name)
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if v is None and type(None) in args:
+            continue
+        name = f"{where}.{f.name}"
+        if int in args and float not in args:
+            check_int(v, name, error=error)
+        elif float in args:
+            check_number(v, name, error=error)
+        elif str in args and not isinstance(v, str):
+            raise error(f"{name} must be a string, got {v!r}")
+        elif bool in args and not isinstance(v, bool):
+            raise error(f"{name} must be true or false, got {v!r}")
+
+
+# memory ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def memory_bytes() -> int:
+    """The memory this process may use: physical RAM, or the cgroup limit when lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = 1 << 62
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(f).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return int(total)
+
+
+def format_bytes(n: float) -> str:
+    """``7.9 TiB``: a size for messages."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"  # pragma: no cover
+
+
+def check_fits_memory(nbytes: float, what: str, *, hint: str = "use smaller widths",
+                      error: type[RevitError] = ConfigError) -> None:
+    """Refuse, before any allocation, something that needs more than this machine's memory."""
+    avail = memory_bytes()
+    if not math.isfinite(nbytes) or nbytes > avail:
+        raise error(f"{what} needs {format_bytes(nbytes)} of memory, more than this machine's "
+                    f"{format_bytes(avail)}; {hint}")
+
+
+# paths -----------------------------------------------------------------------------------------
+_REASONS = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EISDIR: "is a directory",
+            errno.ENOTDIR: "a parent is not a directory", errno.EDQUOT: "disk quota exceeded",
+            errno.EEXIST: "exists", errno.ENAMETOOLONG: "name too long", errno.EFBIG: "file too large"}
+# errors that come from where an output goes, not from a bug: the CLI reports them in one line
+OUTPUT_ERRNOS = frozenset(_REASONS) - {errno.EEXIST}
+
+
+def output_error(e: OSError, path: str | os.PathLike[str]) -> OutputError:
+    """An :class:`OutputError` naming ``path`` and the reason of ``e`` (no space, read-only, ...)."""
+    reason = _REASONS.get(e.errno or 0) or e.strerror or type(e).__name__
+    return OutputError(f"cannot write {path}: {reason}")
+
+
+def _existing_ancestor(p: Path) -> Path:
+    """``p`` or its nearest existing parent (where a new output's folders would be created)."""
+    q = p
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    return q
+
+
+def _check_writable_dir(folder: Path, name: str, path: str | os.PathLike[str]) -> None:
+    """The nearest existing ancestor of ``folder`` is a folder this process can write in."""
+    anc = _existing_ancestor(folder)
+    if not anc.is_dir():
+        raise OutputError(f"{name} {path}: {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK) or _read_only(anc):
+        why = "read-only file system" if _read_only(anc) else "permission denied"
+        raise OutputError(f"{name} {path}: cannot write in {anc} ({why})")
+
+
+def _read_only(p: Path) -> bool:
+    """Whether ``p`` lies on a file system mounted read-only (root passes ``os.access`` there)."""
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_output_file(path: str | os.PathLike[str], name: str = "--out") -> Path:
+    """An output file path that can be written: not a directory, its folder creatable and writable."""
+    p = Path(path)
+    if str(path) == "" or p.is_dir() or str(path).endswith(os.sep):
+        raise OutputError(f"{name} {path}: is a directory; give a file path")
+    _check_writable_dir(p.parent, name, path)
+    return p
+
+
+def check_output_dir(path: str | os.PathLike[str], name: str = "--out") -> Path:
+    """An output folder that can be created or written: not an existing file, writable."""
+    p = Path(path)
+    if str(path) == "":
+        raise OutputError(f"{name}: give a folder")
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{name} {path}: is a file, not a folder")
+    _check_writable_dir(p, name, path)
+    return p
+
+
+def check_input_file(path: str | os.PathLike[str], what: str, *, error: type[RevitError] = ConfigError) -> Path:
+    """An existing regular file (a database, a table) that must not be created by opening it."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} {path}: no such file")
+    return p
+
+
+__all__ = ["OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory", "check_input_file", "check_int",
+           "check_number", "check_optional", "check_output_dir", "check_output_file", "count", "count_text", "fraction",
+           "format_bytes", "integer", "memory_bytes", "non_negative", "number", "output_error", "range_problem"]

@@ -1,0 +1,726 @@
+"""Bad input, across every subcommand: exit 2, one stderr line, no traceback, no file created or touched.
+
+A table of cases runs through the CLI entry point ``revit.cli.main.main(argv)`` in one shared folder
+(cwd) holding every input file; each case checks the exit code, that stderr is exactly one
+``revit: error: ...`` line naming the culprit, and that the folder's listing and every file's
+checksum are unchanged (no database, journal, run folder or ``.tmp`` left behind).  Hypothesis draws
+bad numbers for options and wrong-typed YAML values; a sample of cases runs in real subprocesses
+(``python -m revit``); read-only and full disks are real tmpfs mounts when the tests run as root.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from revit.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "latency_tables" / "cpu_onnxruntime_fp32_bs64_t17.json"
+
+
+# the shared folder -------------------------------------------------------------------------------
+SPEC: dict[str, Any] = {
+    "schema": "revit/study/v1", "kind": "study", "name": "bad", "setting": "micro", "budget": {"macs": "4M"},
+    "space": {"family": "less-more-less", "params": {"plateau": [0.2, 1.0]}},
+    "data": {"source": "digits", "train_limit": 200, "val_size": 50, "test_limit": 50, "img_size": 28},
+    "train": {"epochs": 1, "batch_size": 64}, "baselines": [{"rule": "uniform"}],
+}
+SPACE: dict[str, Any] = {
+    "schema": "revit/latency-space/v1", "name": "s", "depth": 4,
+    "setting": {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10},
+    "axes": {"embed_dim": {"min": 32, "max": 96, "step": 32}, "heads": [1, 2], "qk_dim": [4, 8], "v_dim": [4, 8],
+             "mlp_dim": [8, 16]},
+}
+CONFIG: dict[str, Any] = {
+    "schema": "revit/vit-config/v1", "embed_dim": 32, "img_size": 28, "patch_size": 7, "in_chans": 1,
+    "num_classes": 10, "blocks": [{"heads": 2, "qk_dim": 8, "v_dim": 8, "mlp_dim": 64}] * 2,
+}
+
+
+def _nvit_table() -> dict[str, Any]:
+    """A small table in NViT's own format (EMB_e / QK_h_q / V_v / MLP_m), every cell positive."""
+    return {f"EMB_{e}": {f"QK_{h}_16": {f"V_{v}": {f"MLP_{m}": 1e-3 * (1 + e / 256 + h + v / 16 + m / 128)
+                                                  for m in (1, 128)} for v in (16, 32)} for h in (1, 2)}
+            for e in (256, 512)}
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``doc`` with ``a.b.c`` set to ``value``."""
+    out = copy.deepcopy(doc)
+    *path, last = dotted.split(".")
+    d = out
+    for k in path:
+        d = d[k]
+    d[last] = value
+    return out
+
+
+def _yaml(doc: Any) -> str:
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _table_with(cell: Any, where: str = "values") -> str:
+    doc = json.loads(TABLE.read_text())
+    if where == "values":
+        doc["values"][0][0][0][0][0] = cell
+    elif where == "spread":
+        doc["spread"][1][0][1][0][2] = cell
+    else:
+        doc["fixed"]["values"][0] = cell
+    return json.dumps(doc)
+
+
+def _nvit_with(cell: Any) -> str:
+    doc = _nvit_table()
+    doc["EMB_512"]["QK_2_16"]["V_32"]["MLP_128"] = cell
+    return json.dumps(doc)
+
+
+FILES: dict[str, str] = {
+    "spec.yaml": _yaml(SPEC),
+    "space.yaml": _yaml(SPACE),
+    "micro.yaml": _yaml(CONFIG),
+    "table.json": TABLE.read_text(),
+    "nvit.json": json.dumps(_nvit_table()),
+    "existing.txt": "a file that is not a folder\n",
+    "folder/keep.txt": "a folder that is not a file\n",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: the argv (relative to the shared folder), a needle stderr must hold, files it needs."""
+
+    id: str
+    argv: tuple[str, ...]
+    needle: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+CASES: list[Case] = []
+
+
+def case(id: str, argv: list[str] | str, needle: str = "", files: dict[str, str] | None = None,
+         env: dict[str, str] | None = None) -> None:
+    argv = argv.split() if isinstance(argv, str) else argv
+    CASES.append(Case(id, tuple(argv), needle, files or {}, env or {}))
+
+
+# 1. every numeric option of every subcommand ----------------------------------------------------
+COUNT = ["0", "-1", "abc", "1.5"]  # integers >= 1
+NONNEG = ["-1", "x"]  # integers >= 0
+POS = ["nan", "inf", "-1", "0", "1e400"]  # finite numbers > 0
+NONNEG_F = ["nan", "-inf", "-0.5", "1e400"]  # finite numbers >= 0
+FRACTION = ["0", "1", "1.5", "nan", "-0.1"]  # (0, 1)
+
+# the other arguments of each base fail fast on their own (an output that is a file, a broken table, an
+# impossible budget), so an option value wrongly accepted ends in a quick refusal, never in a real run
+GEN = "generate --uniform --setting micro --macs 4M"
+GEN_NO_TARGET = "generate --uniform --setting micro"
+TRAIN = "train revit_micro --out existing.txt"
+PRUNE = "prune --model revit_micro --target-macs 0.5 --out existing.txt"
+PRUNE_NO_TARGET = "prune --model revit_micro --out existing.txt"
+BUILD = "latency build --out folder"
+VALIDATE = "latency validate table_negative.json"
+SEARCH = "search run spec_budget-900T.yaml"
+DEMO = "demo --out existing.txt"
+OPTIONS: list[tuple[str, str, list[str]]] = [
+    (GEN_NO_TARGET, "--macs", ["nan", "inf", "1e400", "-4M", "0", "lots", "-inf"]),
+    (GEN_NO_TARGET, "--embed-dim", COUNT),
+    (GEN_NO_TARGET, "--latency-ms", POS),
+    (GEN, "--head-dim", COUNT),
+    (GEN_NO_TARGET.replace("--uniform", "--rule paper") + " --embed-dim 64", "--mlp-factor", POS),
+    (GEN, "--depth", COUNT),
+    (GEN, "--img-size", COUNT),
+    (GEN, "--patch-size", ["0", "-7"]),
+    (GEN, "--in-chans", ["0", "three"]),
+    (GEN, "--num-classes", NONNEG),
+    (GEN, "--tolerance", POS),
+    (GEN, "--max-embed-dim", ["0", "-2048"]),
+    ("rules show paper", "--embed-dim", COUNT),
+    ("rules show paper", "--depth", COUNT),
+    ("rules fit --to-rule paper", "--depth", ["0", "-12"]),
+    ("rules fit fixtures/t.jsonl", "--at-ratio", ["0", "1.5", "nan", "-0.1"]),
+    ("rules fit fixtures/t.jsonl", "--at-latency-ratio", ["0", "inf"]),
+    ("rules fit fixtures/t.jsonl", "--at-step", NONNEG),
+    ("model export-onnx revit_micro --out folder", "--batch", [*COUNT, "4097"]),
+    (TRAIN, "--threads", ["-1", "0", "many"]),
+    (TRAIN, "--epochs", ["0", "-3", "2.5"]),
+    (TRAIN, "--batch-size", ["0", "-128"]),
+    (TRAIN, "--train-limit", ["0", "-5"]),
+    (TRAIN, "--test-limit", ["0"]),
+    (TRAIN, "--val-size", ["-1"]),
+    (TRAIN, "--seed", ["-1"]),
+    (TRAIN, "--grad-accum", ["0"]),
+    (TRAIN, "--workers", ["-1"]),
+    (TRAIN, "--lr", ["nan", "0", "-1e-3", "fast"]),
+    (TRAIN, "--weight-decay", ["nan", "-0.05"]),
+    (TRAIN, "--warmup-epochs", ["-1", "inf"]),
+    (TRAIN, "--label-smoothing", ["1", "nan"]),
+    (TRAIN, "--drop-path", ["1.5", "-0.1"]),
+    (TRAIN, "--mixup", ["-0.8"]),
+    (TRAIN, "--cutmix", ["nan"]),
+    (TRAIN, "--model-ema-decay", ["1", "0"]),
+    (TRAIN, "--distill-weight", ["-1"]),
+    (TRAIN, "--temperature", ["0", "nan"]),
+    (PRUNE, "--eta", ["nan", "inf", "-1", "1e400"]),
+    (PRUNE_NO_TARGET, "--target-macs", FRACTION),
+    (PRUNE_NO_TARGET, "--target-latency", ["0", "2"]),
+    (PRUNE, "--threads", ["-1", "0"]),
+    (PRUNE, "--epochs", ["0", "nan"]),
+    (PRUNE, "--prune-steps", ["0"]),
+    (PRUNE, "--interval", ["0"]),
+    (PRUNE, "--per-step", ["0"]),
+    (PRUNE, "--step-fraction", ["1", "0"]),
+    (PRUNE, "--batch-size", ["0"]),
+    (PRUNE, "--lr", ["0", "nan"]),
+    (PRUNE, "--weight-decay", ["-1"]),
+    (PRUNE, "--kl-weight", ["-1"]),
+    (PRUNE, "--ce-weight", ["nan"]),
+    (PRUNE, "--temperature", ["0"]),
+    (PRUNE, "--eval-size", ["-1"]),
+    (PRUNE, "--max-steps", ["0"]),
+    (PRUNE, "--seed", ["-1"]),
+    (PRUNE, "--workers", ["-1"]),
+    (PRUNE, "--train-limit", ["0"]),
+    (PRUNE, "--test-limit", ["-1"]),
+    (DEMO, "--workers", ["0"]),
+    (DEMO, "--threads", ["-1"]),
+    (DEMO, "--epochs", ["0"]),
+    (DEMO, "--candidates", ["-2"]),
+    (DEMO, "--train-limit", ["0"]),
+    (DEMO, "--study-train-limit", ["0"]),
+    (DEMO, "--loader-workers", ["-1"]),
+    (BUILD, "--batch", ["0", "-64"]),
+    (BUILD, "--threads", ["-1"]),
+    (BUILD, "--max-cells", ["0"]),
+    (BUILD, "--tol", ["nan", "-1", "0", "inf"]),
+    (BUILD, "--warmup", ["-1"]),
+    (BUILD, "--repeats", ["0"]),
+    (BUILD, "--passes", ["0"]),
+    (BUILD, "--seed", ["-1"]),
+    (VALIDATE, "--samples", ["0", "-1", "x"]),
+    (VALIDATE, "--noise-k", ["-1"]),
+    (VALIDATE, "--seed", ["-1"]),
+    (SEARCH, "--threads", ["-1", "many"]),
+    (SEARCH, "--n-trials", ["-1"]),
+    (SEARCH, "--timeout", ["nan", "0", "-5"]),
+    (SEARCH, "--loader-workers", ["-1"]),
+    ("search worker spec.yaml --storage s.db", "--max-trials", ["0"]),
+    ("search worker spec.yaml --storage s.db", "--threads", ["0"]),
+]
+GROUPS = ("model", "latency", "rules", "search")  # commands with subcommands
+for base, opt, values in OPTIONS:
+    words = base.split()
+    for v in values:
+        case(f"{'-'.join(words[:2]) if words[0] in GROUPS else words[0]}{opt}={v}", [*words, opt, v],
+             opt)
+
+# 2. numbers and types read from files ---------------------------------------------------------
+SPEC_BAD: dict[str, tuple[str, Any, str]] = {
+    "params-abc": ("space.params.plateau", ["abc", 1.0], "space.params.plateau"),
+    "params-nan": ("space.params.plateau", [float("nan"), 1.0], "space.params.plateau"),
+    "seeds-zero": ("seeds", ["zero"], "seeds"),
+    "seeds-negative": ("seeds", [-1], "seeds"),
+    "seeds-twice": ("seeds", [0, 0], "seeds"),
+    "threads-many": ("threads", "many", "threads"),
+    "threads-0": ("threads", 0, "threads"),
+    "lr-fast": ("train.lr", "fast", "train.lr"),
+    "lr-nan": ("train.lr", float("nan"), "lr"),
+    "epochs-0": ("train.epochs", 0, "epochs"),
+    "batch-1.5": ("train.batch_size", 1.5, "train.batch_size"),
+    "train-limit-lots": ("data.train_limit", "lots", "data.train_limit"),
+    "val-size-negative": ("data.val_size", -3, "val_size"),
+    "heartbeat-soon": ("heartbeat_s", "soon", "heartbeat_s"),
+    "heartbeat-inf": ("heartbeat_s", float("inf"), "heartbeat_s"),
+    "grace-negative": ("grace_s", -1, "grace_s"),
+    "n-trials-negative": ("n_trials", -1, "n_trials"),
+    "top-k-many": ("repeats", {"top_k": "many"}, "repeats.top_k"),
+    "mlp-factor-zero": ("space.mlp_factor", [0, 2], "space.mlp_factor"),
+    "mlp-factor-text": ("space.mlp_factor", ["low", 2], "space.mlp_factor"),
+    "baseline-param-abc": ("baselines", [{"rule": "uniform", "params": {"x": "abc"}}], "baselines"),
+    "budget-900T": ("budget", {"macs": "900T"}, "cannot be met"),
+    "budget-1K": ("budget", {"macs": "1K"}, "cannot be met"),
+    "budget-nan": ("budget", {"macs": "nan"}, "finite"),
+    "budget-inf": ("budget", {"macs": float("inf")}, "budget"),
+    "budget-negative": ("budget", {"macs": -5}, "budget"),
+    "budget-range-reversed": ("budget", {"macs": {"low": "8M", "high": "2M"}}, "low must be below high"),
+    "data-nonexistent": ("data.source", "/nonexistent", "/nonexistent"),
+    "setting-classes": ("setting", {"preset": "micro", "num_classes": 5}, "classes"),
+    "setting-patch-0": ("setting", {"preset": "micro", "patch_size": 0}, "patch_size"),
+    "data-8px": ("data.img_size", None, "8px"),
+    "data-no-val": ("data.val_size", 0, "held-out"),
+    "storage-int": ("storage", 5, "storage"),
+    "baseline-unknown": ("baselines", ["nope"], "nope"),
+    "base-unknown": ("space.base", "nope", "nope"),
+    "budget-log-maybe": ("budget", {"macs": {"low": "2M", "high": "8M"}, "log": "maybe"}, "budget.log"),
+    "description-list": ("description", [1], "description"),
+    "family-unknown": ("space.family", "wiggly", "wiggly"),
+    "param-unknown": ("space.params", {"wobble": [0, 1]}, "wobble"),
+    "param-outside": ("space.params.plateau", [0.2, 9.0], "space.params.plateau"),
+}
+for cid, (key, value, needle) in SPEC_BAD.items():
+    case(f"spec-{cid}", f"search run spec_{cid}.yaml", needle, {f"spec_{cid}.yaml": _yaml(_set(SPEC, key, value))})
+case("spec-duplicate-key", "search run spec_dup.yaml", "given twice",
+     {"spec_dup.yaml": _yaml(SPEC) + "threads: 1\nthreads: 2\n"})
+case("worker-missing-sqlite", "search worker spec.yaml --storage missing.db", "no such study storage")
+case("worker-missing-journal", "search worker spec.yaml --storage journal:missing.log", "no such study storage")
+case("report-missing-sqlite", "search report spec.yaml --storage sqlite:///missing.db --out rep", "missing.db")
+case("report-default-storage", "search report spec.yaml --out rep", "no such study storage")
+
+SPACE_BAD: dict[str, tuple[str, Any, str]] = {
+    "img-size-text": ("setting.img_size", "28", "img_size"),
+    "patch-size-0": ("setting.patch_size", 0, "patch_size"),
+    "depth-four": ("depth", "four", "depth"),
+    "embed-1e9": ("axes.embed_dim", {"min": 32, "max": 10**9, "step": 8}, "at most"),
+    "embed-1e9-wide": ("axes.embed_dim", {"min": 10**8, "max": 10**9, "step": 10**8}, "memory"),
+    "step-0": ("axes.heads", {"min": 1, "max": 4, "step": 0}, "step"),
+    "min-negative": ("axes.qk_dim", {"min": -8, "max": 8}, "min"),
+    "min-text": ("axes.v_dim", {"min": "four", "max": 8}, "min"),
+    "list-text": ("axes.mlp_dim", ["8", "16"], "mlp_dim"),
+    "setting-text": ("setting", "micro", "setting"),
+    "depth-1e8": ("depth", 10**8, "fewer blocks"),
+    "tokens-1e10": ("setting", {"img_size": 100000, "patch_size": 1, "in_chans": 1, "num_classes": 10}, "memory"),
+}
+for cid, (key, value, needle) in SPACE_BAD.items():
+    case(f"space-{cid}", f"latency build --space space_{cid}.yaml --out t.json", needle,
+         {f"space_{cid}.yaml": _yaml(_set(SPACE, key, value))})
+
+for cid, cell, where in [("negative", -1e-3, "values"), ("nan", float("nan"), "values"),
+                         ("spread-negative", -1.0, "spread"), ("fixed-negative", -1e-3, "fixed"),
+                         ("fixed-nan", float("nan"), "fixed")]:
+    name = f"table_{cid}.json"
+    case(f"query-table-{cid}", f"latency query {name} revit_micro", "negative or non-finite",
+         {name: _table_with(cell, where)})
+    case(f"generate-table-{cid}", f"generate --rule paper --setting micro --latency-ms 5 --table {name}",
+         "negative or non-finite", {name: _table_with(cell, where)})
+case("query-table-duplicate-key", "latency query table_dup.json revit_micro", "given twice",
+     {"table_dup.json": TABLE.read_text().replace('"fixed_note":', '"kind":"latency-table","fixed_note":', 1)})
+case("validate-table-negative", "latency validate table_negative.json --samples 2", "negative or non-finite")
+case("prune-table-negative", "prune --model revit_micro --target-macs 0.5 --out run --table table_negative.json",
+     "negative or non-finite")
+for cid, cell, needle in [("negative", -0.5, "must be >= 0"), ("nan", float("nan"), "must be a finite number"),
+                          ("text", "abc", "must be a number"), ("null", None, "must be a number")]:
+    case(f"import-nvit-{cid}", f"latency import-nvit nvit_{cid}.json --out imported.json",
+         f"EMB_512/QK_2_16/V_32/MLP_128 {needle}",
+         {f"nvit_{cid}.json": _nvit_with(cell)})
+
+for cid, doc, needle in [
+    ("embed-1e9", _set(CONFIG, "embed_dim", 10**9), "memory"),
+    ("embed-text", _set(CONFIG, "embed_dim", "32"), "embed_dim"),
+    ("heads-0", _set(CONFIG, "blocks", [{"heads": 0, "qk_dim": 8, "v_dim": 8, "mlp_dim": 64}]), "heads"),
+    ("img-size-float", _set(CONFIG, "img_size", 28.0), "img_size"),
+    ("patch-mismatch", _set(CONFIG, "patch_size", 5), "multiple"),
+]:
+    case(f"model-info-{cid}", f"model info cfg_{cid}.yaml", needle, {f"cfg_{cid}.yaml": _yaml(doc)})
+case("config-duplicate-key", "model info cfg_dup.yaml", "given twice",
+     {"cfg_dup.yaml": _yaml(CONFIG) + "embed_dim: 64\n"})
+case("generate-embed-1e9", "generate --uniform --setting micro --embed-dim 1000000000", "memory")
+case("generate-embed-1e6", "generate --rule paper --embed-dim 1000000", "memory")
+case("train-config-embed-1e9", "train cfg_embed-1e9.yaml --out run", "memory")
+case("export-config-embed-1e9", "model export-onnx cfg_embed-1e9.yaml --out m.onnx", "memory")
+case("generate-depth-1e8", f"{GEN_NO_TARGET} --embed-dim 64 --depth 100000000", "fewer blocks")
+case("rules-show-depth-1e8", "rules show paper --depth 100000000", "fewer blocks")
+case("generate-factor-range-nan", f"{GEN} --mlp-factor-range nan,2", "--mlp-factor-range")
+case("generate-factor-range-reversed", f"{GEN} --mlp-factor-range 2,0.5", "--mlp-factor-range")
+case("rules-fit-fix-nan", "rules fit --to-rule paper --fix v_end=nan", "--fix v_end")
+case("rules-fit-embed-dims", "rules fit --to-rule paper --embed-dims 192,-1", "--embed-dims")
+
+# 3. outputs, runs and settings that cannot work ----------------------------------------------
+case("generate-out-dir", f"{GEN} --out folder", "folder")
+case("generate-out-under-file", f"{GEN} --out existing.txt/cfg.yaml", "not a directory")
+case("generate-out-trailing-slash", f"{GEN} --out newdir/", "is a directory")
+case("rules-fit-out-dir", "rules fit --to-rule paper --no-plot --out folder", "folder")
+case("rules-fit-plot-dir", "rules fit --to-rule paper --out r.yaml --plot folder", "--plot")
+case("query-out-dir", "latency query table.json revit_micro --out folder", "folder")
+case("query-out-under-file", "latency query table.json revit_micro --json --out existing.txt/q.json", "existing.txt")
+case("import-nvit-out-dir", "latency import-nvit nvit.json --out folder", "folder")
+case("build-out-dir", "latency build --space space.yaml --out folder", "folder")
+case("build-full-design-cells", "latency build --space space.yaml --out t.json --design full --max-cells 10",
+     "--max-cells")
+case("export-out-dir", "model export-onnx revit_micro --out folder", "folder")
+case("convert-out-file", "model convert vit_tiny_patch16_224 --out existing.txt", "existing.txt")
+case("train-out-file", "train revit_micro --out existing.txt", "existing.txt")
+case("prune-out-file", "prune --model revit_micro --target-macs 0.5 --out existing.txt", "existing.txt")
+case("demo-out-file", "demo --out existing.txt", "existing.txt")
+case("report-out-file", "search report spec.yaml --out existing.txt", "existing.txt")
+case("train-teacher-no-weights", f"{TRAIN} --teacher revit_micro", "--teacher-weights")
+case("train-teacher-weights-alone", f"{TRAIN} --teacher-weights w.safetensors", "--teacher")
+case("train-teacher-both", f"{TRAIN} --teacher revit_micro --teacher-weights w --teacher-random-init", "not both")
+case("convert-pickled-module", "model convert vit_tiny_patch16_224 --checkpoint module.pth --out conv", "module.pth")
+case("convert-missing-checkpoint", "model convert vit_tiny_patch16_224 --checkpoint nope.pth --out conv", "nope.pth")
+case("convert-unknown-model", "model convert vit_wobbly --out conv", "vit_wobbly")
+case("convert-pretrained-offline", "model convert vit_tiny_patch16_224 --pretrained --out conv", "HF_HUB_OFFLINE",
+     env={"HF_HUB_OFFLINE": "1"})
+case("generate-macs-unreachable", f"{GEN_NO_TARGET} --macs 900T", "above the largest")
+case("rules-show-unknown", "rules show wiggly", "wiggly")
+case("query-missing-table", "latency query nope.json revit_micro", "nope.json")
+case("demo-table-negative", "demo --out d --table table_negative.json", "negative or non-finite")
+case("build-batch-huge", "latency build --preset micro --out t.json --batch 1000000000", "memory")
+case("train-threads-dashdash", f"{TRAIN} --threads=--", "--threads")  # argparse alone would store []
+case("prune-eta-dashdash", f"{PRUNE} --eta=--", "--eta")
+case("prune-latency-no-table", "prune --model revit_micro --target-latency 0.5 --out run", "--table")
+
+CASE_IDS = [c.id for c in CASES]
+assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"
+
+
+# the unmutated inputs are valid: every refusal above comes from its one bad value -------------
+def test_base_inputs_are_valid(ws: Path) -> None:
+    from revit.config import ViTConfig
+    from revit.latency.nvit import import_nvit
+    from revit.latency.space import Space
+    from revit.latency.table import LatencyTable
+    from revit.search.spec import check_study, load_spec
+
+    check_study(load_spec(str(ws / "spec.yaml")))  # budget reachable, data loads and fits the setting
+    Space.load(ws / "space.yaml")
+    LatencyTable.load(ws / "table.json")
+    assert import_nvit(ws / "nvit.json").n_cells == 3 * 2 * 1 * 2 * 2
+    assert ViTConfig.load(ws / "micro.yaml").embed_dim == 32
+
+
+# machinery -------------------------------------------------------------------------------------
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (hidden ones too) with the sha256 of its bytes ('dir' for folders)."""
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared folder: every case's input files, a trace for ``rules fit``."""
+    root = tmp_path_factory.mktemp("bad_input")
+    files = dict(FILES)
+    for c in CASES:
+        files.update(c.files)
+    files["fixtures/t.jsonl"] = (ROOT / "tests" / "fixtures" / "micro_prune_trace.jsonl").read_text()
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    import torch
+
+    torch.save(torch.nn.Linear(2, 2), root / "module.pth")  # a pickled nn.Module, not a state dict
+    return root
+
+
+def assert_refused(rc: int, out: str, err: str, needle: str) -> None:
+    """Exit 2, exactly one plain ``revit: error:`` line on stderr naming ``needle``, no traceback."""
+    assert rc == 2, f"exit {rc}; stderr: {err!r}"
+    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
+    assert err.startswith("revit: error: "), err
+    assert "Traceback" not in err and "\x1b" not in err, err
+    assert needle in err, f"{needle!r} not in {err!r}"
+
+
+def run_in(ws: Path, argv: list[str] | tuple[str, ...], capsys: pytest.CaptureFixture[str],
+           monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    monkeypatch.chdir(ws)
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    capsys.readouterr()
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("c", CASES, ids=CASE_IDS)
+def test_bad_input(c: Case, ws: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    before = snapshot(ws)
+    rc, out, err = run_in(ws, c.argv, capsys, monkeypatch, c.env)
+    assert_refused(rc, out, err, c.needle)
+    assert snapshot(ws) == before, "a refused command created, changed or removed a file"
+
+
+def test_case_count_and_coverage() -> None:
+    """At least 150 cases, and every subcommand is among them."""
+    from revit.cli.main import build_parser
+
+    assert len(CASES) >= 150
+    subs = set()
+    parser = build_parser()
+    for name, p in parser._subparsers._group_actions[0].choices.items():  # type: ignore[union-attr]
+        inner = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
+        subs |= {f"{name} {s}" for s in inner[0].choices} if inner else {name}
+    seen = {" ".join(c.argv[:2]) if c.argv[0] in GROUPS else c.argv[0] for c in CASES}
+    missing = {s for s in subs if s not in seen and s != "rules list"}  # `rules list` takes no input
+    assert not missing, f"subcommands without a bad-input case: {sorted(missing)}"
+
+
+# hypothesis: bad numbers for options, wrong-typed YAML values -----------------------------------
+BAD_FLOATS = st.one_of(
+    st.sampled_from(["nan", "NaN", "inf", "-inf", "1e400", "-1e400", "infinity"]),
+    st.floats(max_value=-1e-6, allow_nan=False, allow_infinity=False).map(repr),
+    st.text(alphabet="abcxyz,;_", min_size=1, max_size=6),
+)
+NON_NEGATIVE_FLOAT_OPTIONS = [(PRUNE, "--eta"), (TRAIN, "--weight-decay"), (TRAIN, "--mixup"),
+                              (PRUNE, "--kl-weight"), (BUILD, "--tol"), (SEARCH, "--timeout"),
+                              (TRAIN, "--lr"), (GEN_NO_TARGET, "--latency-ms"), (PRUNE, "--lr")]
+BAD_INTS = st.one_of(st.integers(max_value=0).map(str), st.floats(allow_nan=True).map(repr),
+                     st.text(alphabet="abc.-", min_size=1, max_size=4), st.just("--"))
+COUNT_OPTIONS = [(TRAIN, "--threads"), (PRUNE, "--threads"), (VALIDATE, "--samples"),
+                 ("model export-onnx revit_micro --out folder", "--batch"), ("rules show paper", "--depth"),
+                 (GEN_NO_TARGET, "--embed-dim"), (BUILD, "--max-cells"), (TRAIN, "--epochs")]
+HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@HYP
+@given(opt=st.sampled_from(NON_NEGATIVE_FLOAT_OPTIONS), value=BAD_FLOATS)
+def test_bad_float_options(opt: tuple[str, str], value: str, ws: Path, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    base, flag = opt
+    rc, out, err = run_in(ws, [*base.split(), f"{flag}={value}"], capsys, monkeypatch)
+    assert_refused(rc, out, err, f"argument {flag}")
+
+
+@HYP
+@given(opt=st.sampled_from(COUNT_OPTIONS), value=BAD_INTS)
+def test_bad_count_options(opt: tuple[str, str], value: str, ws: Path, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    base, flag = opt
+    rc, out, err = run_in(ws, [*base.split(), f"{flag}={value}"], capsys, monkeypatch)
+    assert_refused(rc, out, err, f"argument {flag}")
+
+
+WRONG_TYPED = st.one_of(st.text(min_size=1, max_size=8), st.booleans(), st.lists(st.integers(), max_size=2),
+                        st.dictionaries(st.sampled_from("ab"), st.integers(), min_size=1, max_size=1))
+SPEC_NUMERIC_KEYS = ["threads", "heartbeat_s", "grace_s", "n_trials", "train.lr", "train.epochs",
+                     "train.batch_size", "train.weight_decay", "data.train_limit", "data.val_size"]
+
+
+@HYP
+@given(key=st.sampled_from(SPEC_NUMERIC_KEYS), value=WRONG_TYPED)
+def test_spec_values_of_the_wrong_type(key: str, value: Any, tmp_path_factory: pytest.TempPathFactory,
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path_factory.mktemp("spec")
+    (d / "s.yaml").write_text(_yaml(_set(SPEC, key, value)))
+    before = snapshot(d)
+    rc, out, err = run_in(d, ["search", "run", "s.yaml"], capsys, monkeypatch)
+    assert_refused(rc, out, err, key.split(".")[-1])
+    assert snapshot(d) == before
+
+
+@HYP
+@given(key=st.sampled_from(["setting.img_size", "setting.patch_size", "depth", "setting.in_chans"]),
+       value=st.one_of(st.text(max_size=4), st.integers(max_value=0), st.floats(), st.booleans()))
+def test_space_values_of_the_wrong_type(key: str, value: Any, tmp_path_factory: pytest.TempPathFactory,
+                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path_factory.mktemp("space")
+    (d / "s.yaml").write_text(_yaml(_set(SPACE, key, value)))
+    before = snapshot(d)
+    rc, out, err = run_in(d, ["latency", "build", "--space", "s.yaml", "--out", "t.json"], capsys, monkeypatch)
+    assert_refused(rc, out, err, key.split(".")[-1])
+    assert snapshot(d) == before
+
+
+@HYP
+@given(cell=st.one_of(st.floats(max_value=-1e-12), st.just(float("nan")), st.just(float("inf"))))
+def test_table_cells(cell: float, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str],
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path_factory.mktemp("table")
+    (d / "t.json").write_text(_table_with(cell))
+    (d / "n.json").write_text(_nvit_with(cell))
+    before = snapshot(d)
+    rc, out, err = run_in(d, ["latency", "query", "t.json", "revit_micro"], capsys, monkeypatch)
+    assert_refused(rc, out, err, "t.json")
+    rc, out, err = run_in(d, ["latency", "import-nvit", "n.json", "--out", "x.json"], capsys, monkeypatch)
+    assert_refused(rc, out, err, "n.json")
+    assert snapshot(d) == before
+
+
+# real processes --------------------------------------------------------------------------------
+SUBPROCESS_IDS = [
+    "generate--macs=nan", "generate--macs=1e400", "generate--embed-dim=0", "rules-show--depth=0",
+    "train--threads=-1", "prune--eta=nan", "model-export-onnx--batch=0", "latency-validate--samples=0",
+    "latency-validate--noise-k=-1", "latency-build--tol=nan", "search-run--threads=many", "demo--workers=0",
+    "spec-params-abc", "spec-seeds-zero", "spec-lr-fast",
+    "spec-budget-900T", "space-img-size-text", "space-depth-four", "query-table-negative", "import-nvit-negative",
+    "model-info-embed-1e9", "generate-out-dir", "query-out-dir", "worker-missing-sqlite", "train-teacher-no-weights",
+]
+
+
+def test_subprocess_sample(ws: Path) -> None:
+    """The same refusals from real ``python -m revit`` processes: exit code 2 and one stderr line."""
+    by_id = {c.id: c for c in CASES}
+    assert len(SUBPROCESS_IDS) >= 20
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    before = snapshot(ws)
+    procs = []
+    for cid in SUBPROCESS_IDS:
+        c = by_id[cid]
+        procs.append((c, subprocess.Popen([sys.executable, "-m", "revit", *c.argv], cwd=ws, env={**env, **c.env},
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        if len(procs) % 4 == 0:  # a few at a time on a small machine
+            procs[-1][1].wait()
+    for c, p in procs:
+        out, err = p.communicate(timeout=120)
+        assert_refused(p.returncode, out, err, c.needle)
+    assert snapshot(ws) == before
+
+
+# read-only and full disks (real tmpfs mounts; root only) -------------------------------------
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs mounted at a fresh folder (skipped with the reason when mounting is not allowed)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; read-only and full-disk outputs are not tested here")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
+    try:
+        (mnt / "old.yaml").write_text("kept: true\n")
+        (mnt / "old").mkdir()
+        (mnt / "old" / "config.yaml").write_text("kept: true\n")
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(mnt: Path) -> None:
+    """Fill the file system to the last byte (ENOSPC on the next write)."""
+    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    for chunk in (b"\0" * 4096, b"\0"):
+        try:
+            while True:
+                os.write(fd, chunk)
+        except OSError:
+            pass
+    os.close(fd)
+
+
+def _remount_ro(mnt: Path) -> None:
+    r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot remount read-only ({r.stderr.strip()})")
+
+
+DISK_CASES = {
+    "generate-new": ["generate", "--uniform", "--setting", "micro", "--macs", "4M", "--out", "{m}/new.yaml"],
+    "generate-replace": ["generate", "--uniform", "--setting", "micro", "--macs", "4M", "--out", "{m}/old.yaml"],
+    "rules-fit": ["rules", "fit", "--to-rule", "paper", "--no-plot", "--out", "{m}/rule.yaml"],
+    "query": ["latency", "query", str(TABLE), "revit_micro", "--out", "{m}/q.txt"],
+    "import-nvit": ["latency", "import-nvit", "{ws}/nvit.json", "--out", "{m}/old.yaml"],
+    "convert": ["model", "convert", "vit_tiny_patch16_224", "--out", "{m}/conv"],
+}
+
+
+@pytest.mark.parametrize("kind", ["read-only", "full"])
+@pytest.mark.parametrize("name", list(DISK_CASES))
+def test_unwritable_disk(name: str, kind: str, tmpfs: Path, ws: Path, capsys: pytest.CaptureFixture[str],
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An output on a read-only or full disk: one line naming the path, exit 2, no temp file, old files intact."""
+    if kind == "full":
+        _fill(tmpfs)
+    else:
+        _remount_ro(tmpfs)
+    before = snapshot(tmpfs)
+    argv = [a.format(m=tmpfs, ws=ws) for a in DISK_CASES[name]]
+    out_path = argv[argv.index("--out") + 1]
+    rc, out, err = run_in(ws, argv, capsys, monkeypatch)
+    if name == "convert" and kind == "full" and rc == 2:
+        out_path = str(tmpfs / "conv")  # the folder is named; its files are under it
+    assert_refused(rc, out, err, out_path if kind == "read-only" else str(tmpfs))
+    assert snapshot(tmpfs) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["read-only", "full"])
+def test_unwritable_disk_slow_writers(kind: str, tmpfs: Path, ws: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX export and a short training run on a read-only or full disk (torch export and training: slow)."""
+    if kind == "full":
+        _fill(tmpfs)
+    else:
+        _remount_ro(tmpfs)
+    before = snapshot(tmpfs)
+    for argv in (["model", "export-onnx", "revit_micro", "--out", f"{tmpfs}/m.onnx"],
+                 ["train", "revit_micro", "--data", "digits", "--train-limit", "64", "--val-size", "32",
+                  "--test-limit", "32", "--epochs", "1", "--batch-size", "32", "--threads", "1", "--out",
+                  f"{tmpfs}/run"]):
+        rc, out, err = run_in(ws, argv, capsys, monkeypatch)
+        assert_refused(rc, out, err, str(tmpfs))
+        after = snapshot(tmpfs)
+        new = {k for k in set(after) - set(before) if not any(q.startswith(f"{k}/") for q in after)}
+        assert {k: v for k, v in after.items() if k in before} == before  # no old file touched
+        assert all(after[k] == "dir" for k in set(after) - set(before)) and not (new - {"run"}), after  # no file
+
+
+# the layer's own pieces --------------------------------------------------------------------------
+def test_atomic_output_failure_leaves_nothing(tmp_path: Path) -> None:
+    """A writer that fails midway: no temp file, the old file intact; a folder as the target: OutputError."""
+    from revit._io import atomic_output, atomic_write_text
+    from revit.errors import OutputError
+
+    old = tmp_path / "out.bin"
+    old.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_output(old) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer died")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"] and old.read_bytes() == b"old"
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="is a directory"):
+        atomic_write_text(tmp_path / "d", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "out.bin"]
+
+
+@pytest.mark.parametrize("value,ok", [(1, True), (0.5, True), (0, False), (-1, False), (float("nan"), False),
+                                      (float("inf"), False), (True, False), ("1", False), (None, False)])
+def test_check_number(value: Any, ok: bool) -> None:
+    """Finite, real and in range, or one ConfigError naming the value's name."""
+    from revit.errors import ConfigError
+    from revit.validation import check_number
+
+    if ok:
+        assert check_number(value, "x", 0, lo_open=True) == value
+    else:
+        with pytest.raises(ConfigError, match="^x must be"):
+            check_number(value, "x", 0, lo_open=True)
+
+
+def test_memory_check_matches_parameter_count() -> None:
+    """The refusal threshold is the fp32 weight size against this machine's memory, from the exact count."""
+    from revit import counting
+    from revit.config import uniform
+    from revit.errors import ConfigError
+    from revit.validation import memory_bytes
+
+    small = uniform(64, 2, 2, img_size=28, patch_size=7, in_chans=1, num_classes=10)
+    per_width = 4 * counting.params(small) / 64**2  # weights grow ~ embed^2 (MLP and attention)
+    embed = int((memory_bytes() / per_width) ** 0.5 * 2)
+    with pytest.raises(ConfigError, match="memory"):
+        uniform(embed, 2, 2, img_size=28, patch_size=7, in_chans=1, num_classes=10)
+
+
+def test_pretrained_unreachable_hub_fails_at_once(ws: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without HF_HUB_OFFLINE, an unreachable hub is one line within seconds (timm's retries took 53 s)."""
+    import time
+
+    import revit.cli.model as model_cli
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(model_cli, "HUB_HOST", "192.0.2.1")  # TEST-NET-1: never routed
+    before = snapshot(ws)
+    t0 = time.perf_counter()
+    rc, out, err = run_in(ws, ["model", "convert", "vit_tiny_patch16_224", "--pretrained", "--out", "conv"], capsys,
+                          monkeypatch)
+    assert_refused(rc, out, err, "cannot reach 192.0.2.1")
+    assert time.perf_counter() - t0 < 15
+    assert snapshot(ws) == before
