@@ -296,16 +296,6 @@ class ViTConfig:
         for i, b in enumerate(self.blocks):
             if not isinstance(b, BlockDims):
                 raise ConfigError(f"block {i} must be a BlockDims, got {type(b).__name__}")
-        self.check_memory()
-
-    def check_memory(self) -> None:
-        """Refuse a config whose fp32 weights cannot fit in this machine's memory (embed 10^9), before
-        anything is allocated; counting is exact and cheap, so every config is checked when made."""
-        from revit import counting
-        from revit.validation import check_fits_memory
-
-        n = counting.params(self)
-        check_fits_memory(4 * n, f"a config of {counting.format_count(n)} parameters (fp32 weights)")
 
     # the setting's fields and derived numbers --------------------------------------------------
     @property

@@ -13,7 +13,7 @@ import math
 from typing import Any, Literal
 
 from revit.config import BlockDims, ViTConfig
-from revit.errors import ConfigError
+from revit.errors import ConfigError, RevitError
 
 Convention = Literal["nvit", "timm"]
 CONVENTIONS: dict[str, str] = {
@@ -108,3 +108,27 @@ def parse_count(text: str) -> int:
     if not math.isfinite(value) or value <= 0:  # nan, inf, 1e400
         raise ConfigError(f"a count must be a finite positive number, got {text!r}")
     return int(round(value))
+
+
+def check_memory(cfg: ViTConfig) -> None:
+    """Refuse a config whose fp32 weights cannot fit in this machine's memory (embed 10^9) before anything
+    is allocated; the exact count is cheap, so every config a command loads, generates or builds is checked."""
+    from revit.validation import check_fits_memory
+
+    n = params(cfg)
+    check_fits_memory(4 * n, f"a config of {format_count(n)} parameters (fp32 weights)")
+
+
+def count_text() -> Any:
+    """argparse type: a positive, finite count such as ``4.6G``, ``150M`` or ``2e9`` (kept as text)."""
+    import argparse
+
+    def parse(text: str) -> str:
+        try:
+            parse_count(text)
+        except RevitError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+
+    parse.__name__ = "count"
+    return parse

@@ -69,5 +69,9 @@ def resolve_config(name_or_path: str) -> ViTConfig:
     if name_or_path in PRESETS:
         return get_preset(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
-        return ViTConfig.load(name_or_path)
+        from revit import counting
+
+        cfg = ViTConfig.load(name_or_path)
+        counting.check_memory(cfg)  # before any command allocates it
+        return cfg
     return get_preset(name_or_path)

@@ -2,7 +2,7 @@
 
 Two faces over the same checks:
 
-- argparse ``type=`` factories (:func:`number`, :func:`integer`, :func:`count`, :func:`count_text`):
+- argparse ``type=`` factories (:func:`number`, :func:`integer`, :func:`count`):
   a bad option value becomes argparse's one-line usage error naming the option, exit 2;
 - plain checkers (:func:`check_number`, :func:`check_int`, :func:`check_count`, :func:`check_fits_memory`,
   :func:`check_output_file`, :func:`check_output_dir`, :func:`check_input_file`) for values read from
@@ -132,22 +132,6 @@ def non_negative() -> Callable[[str], int]:
 def fraction(*, lo_open: bool = True, hi_open: bool = True) -> Callable[[str], float]:
     """argparse type: a number in (0, 1) (ends included when asked)."""
     return number(0.0, 1.0, lo_open=lo_open, hi_open=hi_open)
-
-
-def count_text() -> Callable[[str], str]:
-    """argparse type: a positive, finite count such as ``4.6G``, ``150M`` or ``2e9`` (kept as text)."""
-
-    def parse(text: str) -> str:
-        from revit.counting import parse_count
-
-        try:
-            parse_count(text)
-        except RevitError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        return text
-
-    parse.__name__ = "count"
-    return parse
 
 
 def check_fields(cls: type, raw: Mapping[str, Any], where: str, *, error: type[RevitError] = ConfigError) -> None:
@@ -285,5 +269,5 @@ def check_input_file(path: str | os.PathLike[str], what: str, *, error: type[Rev
 
 
 __all__ = ["OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory", "check_input_file", "check_int",
-           "check_number", "check_optional", "check_output_dir", "check_output_file", "count", "count_text", "fraction",
+           "check_number", "check_optional", "check_output_dir", "check_output_file", "count", "fraction",
            "format_bytes", "integer", "memory_bytes", "non_negative", "number", "output_error", "range_problem"]

@@ -386,7 +386,8 @@ def test_base_inputs_are_valid(ws: Path) -> None:
     from revit.latency.nvit import import_nvit
     from revit.latency.space import Space
     from revit.latency.table import LatencyTable
-    from revit.search.spec import check_study, load_spec
+    from revit.search.checks import check_study
+    from revit.search.spec import load_spec
 
     check_study(load_spec(str(ws / "spec.yaml")))  # budget reachable, data loads and fits the setting
     Space.load(ws / "space.yaml")
@@ -705,7 +706,8 @@ def test_memory_check_matches_parameter_count() -> None:
     per_width = 4 * counting.params(small) / 64**2  # weights grow ~ embed^2 (MLP and attention)
     embed = int((memory_bytes() / per_width) ** 0.5 * 2)
     with pytest.raises(ConfigError, match="memory"):
-        uniform(embed, 2, 2, img_size=28, patch_size=7, in_chans=1, num_classes=10)
+        counting.check_memory(uniform(embed, 2, 2, img_size=28, patch_size=7, in_chans=1, num_classes=10))
+    counting.check_memory(small)
 
 
 def test_pretrained_unreachable_hub_fails_at_once(ws: Path, capsys: pytest.CaptureFixture[str],

@@ -11,8 +11,9 @@ from typing import Any
 
 from revit.cli._common import add_command, info, print_json
 from revit.config import Setting
+from revit.counting import count_text
 from revit.errors import ConfigError
-from revit.validation import check_output_file, count, count_text, non_negative, number, range_problem
+from revit.validation import check_output_file, count, non_negative, number, range_problem
 
 
 def register(sub: Any) -> None:
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             budget = macs_budget(args.macs, args.convention)
         result = generate(rule, budget, setting, granularity=args.granularity, space=space, name=args.name)
 
+    counting.check_memory(result.config)  # a width no machine here could hold (--embed-dim 1e9)
     notes = [n.text for n in result.notes]
     if table is not None:
         note = table.predict(result.config).note

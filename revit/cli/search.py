@@ -147,7 +147,7 @@ def _check_storage_exists(spec: Any, storage: str | None) -> None:
 
 def _check_new_study(spec: Any, storage: str | None) -> None:
     """Before a new study's storage is created: refuse a budget, data or setting with which every trial fails."""
-    from revit.search.spec import check_study
+    from revit.search.checks import check_study
     from revit.search.storage import backend_for
 
     url = spec.storage_url(storage)

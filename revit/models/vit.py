@@ -171,7 +171,11 @@ def build_model(cfg: ViTConfig | Mapping[str, Any] | str | os.PathLike[str], *,
     A timm ``train.py`` checkpoint gives its plain weights unless ``use_ema``; when it holds both,
     the choice is printed to stderr.
     """
-    model = _create(None, config=as_config(cfg), **kwargs)
+    from revit import counting
+
+    config = as_config(cfg)
+    counting.check_memory(config)  # refuse before allocating
+    model = _create(None, config=config, **kwargs)
     if checkpoint is not None:
         note = load_checkpoint(model, checkpoint, use_ema)
         if "EMA" in note:

@@ -53,6 +53,7 @@ from revit.data.spec import DataSpec
 from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_keys
 from revit.paths import shipped_dir
 from revit.recipes import TrainConfig
+from revit.search.space import FamilySpace, ParamRange, parse_spaces
 from revit.validation import check_count, check_fields, check_int, check_number
 
 SCHEMA = "revit/study/v1"
@@ -62,36 +63,6 @@ _KEYS = ("schema", "kind", "name", "description", "storage", "objectives", "samp
          "baselines", "heartbeat_s", "grace_s")
 # TrainConfig fields a study sets itself: the seed comes from ``seeds``; trials train from scratch, no teacher
 _TRAIN_SET_BY_STUDY = ("seed", "distill_weight", "distill_temperature")
-
-
-@dataclass(frozen=True)
-class ParamRange:
-    """One searched parameter: a float interval, optionally log-scaled."""
-
-    name: str
-    low: float
-    high: float
-    log: bool = False
-    step: int | None = None  # an integer parameter (Optuna's suggest_int) on this step
-
-    @property
-    def integer(self) -> bool:
-        return self.step is not None
-
-
-@dataclass(frozen=True)
-class FamilySpace:
-    """One searched family: a rule family, its searched ranges, and the rule the other parameters keep.
-
-    ``name`` tags its trials (user attribute ``family``); ``base_rule`` None means the family's defaults.
-    """
-
-    name: str
-    family: str
-    params: tuple[ParamRange, ...]
-    base_rule: str | None = None
-    granularity: Any = None
-    mlp_factor: tuple[float, float] = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -287,7 +258,7 @@ class StudySpec:
         setting = Setting.parse(d.get("setting", "micro"), "setting")
 
         budget = _budget(d.get("budget"), d.get("latency_table"))
-        spaces = _spaces(d.get("space"), setting)
+        spaces = parse_spaces(d.get("space"), setting)
 
         data = _typed(DataSpec, d.get("data"), "data")
         train = _typed(TrainConfig, d.get("train"), "train", exclude=_TRAIN_SET_BY_STUDY)
@@ -394,96 +365,6 @@ def _budget(raw: Any, table: Any) -> BudgetSpec:
     return BudgetSpec(kind, value=conv(v, "budget"), table=_table_path(tbl))
 
 
-# integer parameters of a family (searched with suggest_int) -> the granularity field giving their default step
-_INTEGER_PARAMS = {("uniform", "head_dim"): "qk_dim"}
-_SPACE_KEYS = ("family", "name", "base", "params", "granularity", "mlp_factor")
-
-
-def _spaces(raw: Any, setting: Setting) -> tuple[FamilySpace, ...]:
-    """``space:``: one family (a mapping) or a list of them, each tagged by a unique ``name``."""
-    if isinstance(raw, Mapping):
-        return (_space(raw, "space", setting),)
-    if isinstance(raw, Sequence) and not isinstance(raw, str) and raw:
-        out = tuple(_space(x, f"space[{i}]", setting) for i, x in enumerate(raw))
-        names = [s.name for s in out]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"space: two families have the same name ({', '.join(names)}); give each a 'name'")
-        return out
-    raise ConfigError("space: a mapping with 'family' (a rule family) and 'params' (searched ranges), "
-                      "or a list of such mappings (one per searched family)")
-
-
-def _space(raw: Any, where: str, setting: Setting) -> FamilySpace:
-    from revit.config import Granularity
-    from revit.rules import get_family
-
-    if not isinstance(raw, Mapping) or "family" not in raw:
-        raise ConfigError(f"{where}: a mapping with 'family' (a rule family) and 'params' (searched ranges)")
-    check_keys(raw, _SPACE_KEYS, where)
-    family = str(raw["family"])
-    fam = get_family(family)
-    name = str(raw.get("name") or family)
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"{where}.name must be letters, digits, '-', '_' or '.', got {name!r}")
-    ranges = []
-    params = raw.get("params") or {}
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"{where}.params must be a mapping of parameter names to [low, high], got {params!r}")
-    for pname, r in params.items():
-        if pname not in fam.params:
-            raise ConfigError(f"{where}.params: {pname!r} is not a parameter of family {family!r}; "
-                              f"known: {', '.join(fam.params) or 'none'}")
-        step = None
-        if (family, pname) in _INTEGER_PARAMS:
-            gran = Granularity.parse(raw.get("granularity"), setting.img_size)
-            step = int(getattr(gran, _INTEGER_PARAMS[family, pname]))
-        ranges.append(_range(pname, r, fam.params[pname].low, fam.params[pname].high, f"{where}.params", step))
-    if not ranges:
-        raise ConfigError(f"{where}.params: give at least one parameter of {family!r} to search: "
-                          f"{', '.join(fam.params)}")
-    mf = raw.get("mlp_factor", [0.5, 2.0])
-    if not (isinstance(mf, Sequence) and not isinstance(mf, str) and len(mf) == 2):
-        raise ConfigError(f"{where}.mlp_factor must be [low, high], got {mf!r}")
-    for x in mf:
-        check_number(x, f"{where}.mlp_factor", 0, lo_open=True)
-    if not mf[0] <= mf[1]:
-        raise ConfigError(f"{where}.mlp_factor must be [low, high] with low <= high, got {list(mf)}")
-    return FamilySpace(name, family, tuple(ranges), raw.get("base"), raw.get("granularity"),
-                       (float(mf[0]), float(mf[1])))
-
-
-def _range(name: str, r: Any, lo: float, hi: float, where: str = "space.params",
-           step: int | None = None) -> ParamRange:
-    """A searched interval inside the family's bounds; ``step``: an integer parameter (default step)."""
-    at = f"{where}.{name}"
-    if isinstance(r, Sequence) and not isinstance(r, str) and len(r) == 2:
-        out = ParamRange(name, float(check_number(r[0], f"{at} low")), float(check_number(r[1], f"{at} high")),
-                         step=step)
-    elif isinstance(r, Mapping) and {"low", "high"} <= set(r):
-        check_keys(r, ("low", "high", "log") + (("step",) if step is not None else ()), at)
-        log = r.get("log", False)
-        if not isinstance(log, bool):
-            raise ConfigError(f"{at}.log must be true or false, got {log!r}")
-        out = ParamRange(name, float(check_number(r["low"], f"{at} low")),
-                         float(check_number(r["high"], f"{at} high")), log,
-                         int(check_number(r.get("step", step), f"{at}.step", 1)) if step is not None else None)
-    else:
-        raise ConfigError(f"{where}.{name}: give [low, high] or {{low, high, log}}, got {r!r}")
-    if not lo <= out.low < out.high <= hi:
-        raise ConfigError(f"{where}.{name}: [{out.low}, {out.high}] must be an interval inside the "
-                          f"family's bounds [{lo}, {hi}]")
-    if out.log and out.low <= 0:
-        raise ConfigError(f"{where}.{name}: a log range needs low > 0")
-    if out.step is not None:
-        if out.log and out.step != 1:
-            raise ConfigError(f"{where}.{name}: a log range of an integer parameter needs step 1")
-        if out.step < 1 or out.low < 1 or not (out.low.is_integer() and out.high.is_integer()) \
-                or (out.high - out.low) % out.step:
-            raise ConfigError(f"{where}.{name}: an integer parameter needs integer low >= 1 and high with "
-                              f"high - low a multiple of the step {out.step}, got [{out.low:g}, {out.high:g}]")
-    return out
-
-
 def _baseline(b: Any) -> BaselineSpec:
     if isinstance(b, str):
         return BaselineSpec(b)
@@ -513,98 +394,6 @@ def _seeds(raw: Any) -> tuple[int, ...]:
     return seeds
 
 
-def _searched_families(spec: StudySpec) -> list[tuple[Any, tuple[ParamRange, ...]]]:
-    """(space, searched ranges) of every searched family; the space is None for a one-family spec.
-
-    Written for both spec shapes: one ``space:`` mapping, and the list of families (``spec.spaces``).
-    """
-    spaces = getattr(spec, "spaces", None)
-    return [(fs, tuple(fs.params)) for fs in spaces] if spaces else [(None, spec.search_params)]
-
-
-def _middle(r: ParamRange) -> float:
-    """The middle of a searched range (geometric when log-scaled; on the step of an integer parameter)."""
-    v = math.sqrt(r.low * r.high) if r.log else (r.low + r.high) / 2
-    step = getattr(r, "step", None)
-    return float(min(max(round(v / step) * step, r.low), r.high)) if step else v
-
-
-def check_budget(spec: StudySpec) -> None:
-    """Refuse a budget no config of the study can meet (``macs: 900T`` or ``1K``), before a study exists.
-
-    Each budget the study uses (the fixed one; low and high when searched) must be reachable by at
-    least one of its arms: a searched family at the middle of its ranges, or a baseline.
-    """
-    from revit.errors import BudgetError, OutsideDomainError
-    from revit.search.objective import _generate, baseline_arm, candidate_rule
-
-    table = None
-    if spec.budget.kind == "latency" and spec.budget.table:
-        from revit.latency.table import LatencyTable
-
-        table = LatencyTable.load(spec.budget.table)
-    b = spec.budget
-    for value in ([b.value] if b.value is not None else [b.low, b.high]):
-        assert value is not None
-        errors: list[str] = []
-        for fs, ranges in _searched_families(spec):
-            kw = {} if fs is None else {"space": fs}
-            try:
-                _generate(spec, candidate_rule(spec, {r.name: _middle(r) for r in ranges}, **kw), value, table,
-                          name="check", **kw)
-                break
-            except (BudgetError, OutsideDomainError) as e:
-                errors.append(str(e))
-        else:
-            for arm in spec.baselines:
-                try:
-                    baseline_arm(spec, arm, value, table)
-                    break
-                except (BudgetError, OutsideDomainError) as e:
-                    errors.append(str(e))
-            else:
-                raise ConfigError(f"budget {spec.budget.fmt(value)} cannot be met by any config of this study "
-                                  f"(setting {spec.setting.img_size}px/{spec.setting.patch_size}, depth "
-                                  f"{spec.setting.depth}): {errors[0]}")
-
-
-def check_data(spec: StudySpec) -> None:
-    """Refuse data that cannot load or does not fit the setting (classes, channels), before a study exists."""
-    from revit.data import DATASETS, load_splits
-
-    src = spec.data.source
-    if DATASETS.get(src) is None and not Path(src).is_dir():
-        raise ConfigError(f"data.source {src!r}: no such dataset or folder (known: {', '.join(DATASETS)}, "
-                          "or an ImageFolder path)")
-    from revit.train import size
-
-    splits = load_splits(spec.data, spec.train_config(spec.seeds[0]))
-    st = spec.setting
-    if (splits.in_chans, splits.num_classes, splits.img_size) != (st.in_chans, st.num_classes, st.img_size):
-        raise ConfigError(f"data.source {src!r} has {splits.img_size}px, {splits.in_chans} channel(s), "
-                          f"{splits.num_classes} classes; the setting makes {st.img_size}px {st.in_chans}-channel "
-                          f"inputs and {st.num_classes} classes (data.img_size resizes)")
-    if size(splits.val) == 0:
-        raise ConfigError("the study needs held-out images: data.val_size must be > 0")
-
-
-def check_rules(spec: StudySpec) -> None:
-    """Every rule the study names (baselines, space.base) exists: an unknown one is refused before the study."""
-    from revit.rules import load_rule
-
-    bases = [fs.base_rule if fs is not None else spec.base_rule for fs, _ in _searched_families(spec)]
-    for name in [b.rule for b in spec.baselines] + [r for r in bases if r]:
-        load_rule(name)
-
-
-def check_study(spec: StudySpec, *, data: bool = True) -> None:
-    """Everything that would make every trial fail (budget, data, setting), checked before the study is created."""
-    check_rules(spec)
-    check_budget(spec)
-    if data:
-        check_data(spec)
-
-
 def resolve_spec(name_or_path: str) -> Path:
     """A shipped spec by name (``smoke``) or a path to a spec YAML."""
     p = Path(name_or_path)
@@ -624,5 +413,4 @@ def load_spec(name_or_path: str) -> StudySpec:
     return StudySpec.load(resolve_spec(name_or_path))
 
 
-__all__ = ["BaselineSpec", "BudgetSpec", "FamilySpace", "ParamRange", "StudySpec", "check_budget", "check_data",
-           "check_study", "load_spec", "resolve_spec"]
+__all__ = ["BaselineSpec", "BudgetSpec", "FamilySpace", "ParamRange", "StudySpec", "load_spec", "resolve_spec"]
