@@ -10,8 +10,7 @@ import pytest
 from revit.cli.main import main
 from revit.rules import load_rule
 from revit.rules.base import WIDTH_KINDS
-from revit.rules.fit import (bootstrap_fit, fit_family, profile_contrasts, regions, samples_from_traces,
-                             select_step)
+from revit.rules.fit import bootstrap_fit, fit_family, profile_contrasts, regions, samples_from_traces, select_step
 from revit.rules.synthetic import linear_profile, write_profile_trace, write_synthetic_trace
 from revit.trace import Trace
 

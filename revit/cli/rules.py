@@ -132,8 +132,14 @@ def _embed_dims(text: str) -> list[int]:
 
 def run_fit(args: argparse.Namespace) -> int:
     from revit.rules import FAMILIES, load_rule
-    from revit.rules.fit import (bootstrap_fit, fit_family, plot_fit, samples_from_rule, samples_from_traces,
-                                 with_bootstrap)
+    from revit.rules.fit import (
+        bootstrap_fit,
+        fit_family,
+        plot_fit,
+        samples_from_rule,
+        samples_from_traces,
+        with_bootstrap,
+    )
 
     FAMILIES.get(args.family)  # unknown family: one line listing the known ones
     if args.to_rule and args.traces:
