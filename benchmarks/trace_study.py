@@ -23,13 +23,17 @@ TRACES = Path("benchmarks/results/traces")
 FIGS = Path("docs/figures")
 
 
-def _revit(*args: str) -> None:
-    """Run ``revit ARGS`` in a child process with one thread; fail loudly."""
+def _revit(*args: str, stdout: Path | None = None) -> None:
+    """Run ``revit ARGS`` in a child process with one thread (stdout to a file if given); fail loudly."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "revit", *args]
     print("$ revit " + " ".join(args), flush=True)
     t0 = time.time()
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    if stdout is None:
+        subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    else:
+        with open(ROOT / stdout, "w") as f:
+            subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=f)
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
 
 
@@ -59,8 +63,8 @@ def fit(base: str, seeds: list[int], n_boot: int) -> None:
     traces = [str(TRACES / f"{base}-s{s}.jsonl") for s in seeds]
     _revit("rules", "fit", *traces, "--family", "less-more-less", "--at-ratio", "0.5", "--bootstrap",
            str(n_boot), "--seed", "0", "--name", f"{base}-traces-fit",
-           "--out", f"benchmarks/results/traces/{base}-fit.yaml", "--plot", str(FIGS / f"traces_fit_{base}.png"),
-           "--report", f"benchmarks/results/traces/{base}-fit.json")
+           "--out", str(TRACES / f"{base}-fit.yaml"), "--plot", str(FIGS / f"traces_fit_{base}.png"), "--json",
+           stdout=TRACES / f"{base}-fit.json")
 
 
 def main() -> int:
