@@ -54,7 +54,7 @@ def prune(base: str, seed: int) -> None:
     shutil.copyfile(ROOT / out / "trace.jsonl", ROOT / TRACES / f"{base}-s{seed}.jsonl")
     shutil.copyfile(ROOT / out / "metrics.json", ROOT / TRACES / f"{base}-s{seed}.metrics.json")
     for png in sorted((ROOT / out / "plots").glob("*.png")):
-        if seed == 0 or "profile" in png.name:
+        if seed == 0:
             shutil.copyfile(png, ROOT / FIGS / f"traces_{base}_s{seed}_{png.name}")
 
 
