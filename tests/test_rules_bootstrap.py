@@ -89,6 +89,7 @@ def test_non_monotone_verdict_negative_for_monotone_profile(tmp_path):
         last = sum(sum(r[9:]) for r in rel) / 9
         assert c.diff == pytest.approx(middle - max(first, last), abs=1e-9)
         assert boot.contrast_interval[k][1] < 0  # significantly narrower in the middle than at the first end
+        assert boot.first_last_interval[k][0] > 0  # and significantly falling over depth
     assert profile_contrasts(samples) == boot.contrast
 
 

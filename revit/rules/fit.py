@@ -306,6 +306,8 @@ class Bootstrap:
     intervals: dict[str, tuple[float, float]]  # free parameter -> (low, high)
     contrast: dict[str, ProfileContrast]  # on the data (not resampled)
     contrast_interval: dict[str, tuple[float, float]]  # kind -> interval of ProfileContrast.diff
+    first_last_interval: dict[str, tuple[float, float]]  # kind -> interval of first minus last quarter
+    at_bound: tuple[str, ...]  # fitted parameters on a bound of their range (their interval is one-sided)
     draws: dict[str, list[float]]  # parameter or "diff:<kind>" -> the n resampled values
 
     def verdict(self, kind: str) -> str:
@@ -323,6 +325,7 @@ class Bootstrap:
             "n": self.n, "seed": self.seed, "unit": self.unit, "level": self.level,
             "method": "percentile bootstrap; each resample refitted from the point estimate",
             "intervals": {k: [float(f"{lo:.4g}"), float(f"{hi:.4g}")] for k, (lo, hi) in self.intervals.items()},
+            "at_bound": list(self.at_bound),
             "non_monotone": {
                 "test": "relative width: mean of the middle half minus the larger of the first- and last-quarter "
                         "means; less-more-less when its interval is above 0",
@@ -331,19 +334,25 @@ class Bootstrap:
                               "diff": round(c.diff, 4),
                               "interval": [round(self.contrast_interval[k][0], 4),
                                            round(self.contrast_interval[k][1], 4)],
-                              "verdict": self.verdict(k)} for k, c in self.contrast.items()},
+                              "verdict": self.verdict(k), "first_minus_last": round(c.first - c.last, 4),
+                              "first_minus_last_interval": [round(self.first_last_interval[k][0], 4),
+                                                            round(self.first_last_interval[k][1], 4)]}
+                          for k, c in self.contrast.items()},
             },
         }
 
     def summary_lines(self) -> list[str]:
         pct = f"{100 * self.level:g}%"
         lines = [f"bootstrap: {self.n} resamples ({self.unit}), seed {self.seed}, {pct} percentile intervals:"]
-        lines += [f"  {k:14s} [{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in self.intervals.items()]
+        lines += [f"  {k:14s} [{lo:.4g}, {hi:.4g}]" + ("  (fit on a bound of the range)" if k in self.at_bound else "")
+                  for k, (lo, hi) in self.intervals.items()]
         lines.append("middle half minus the wider end (relative width), per kind:")
         for k, c in self.contrast.items():
             lo, hi = self.contrast_interval[k]
+            flo, fhi = self.first_last_interval[k]
             lines.append(f"  {k:8s} ends {c.first:.3f} / {c.last:.3f}  middle {c.middle:.3f}  "
-                         f"diff {c.diff:+.3f} [{lo:+.3f}, {hi:+.3f}]  {self.verdict(k)}")
+                         f"diff {c.diff + 0.0:+.3f} [{lo + 0.0:+.3f}, {hi + 0.0:+.3f}]  {self.verdict(k)}; "
+                         f"first - last {c.first - c.last:+.3f} [{flo + 0.0:+.3f}, {fhi + 0.0:+.3f}]")
         lines.append("significantly non-monotone (less-more-less in some kind): "
                      + ("yes" if self.non_monotone() else "no"))
         return lines
@@ -390,6 +399,7 @@ def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str =
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in free}
     draws.update({f"diff:{k}": [] for k in WIDTH_KINDS})
+    draws.update({f"first-last:{k}": [] for k in WIDTH_KINDS})
     for _ in range(n):
         chosen, picks = _resample(result.samples, unit, rng)
         data = []
@@ -400,6 +410,7 @@ def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str =
             draws[k].append(float(v))
         for k, c in profile_contrasts(chosen, picks).items():
             draws[f"diff:{k}"].append(c.diff)
+            draws[f"first-last:{k}"].append(c.first - c.last)
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
 
     def interval(vals: list[float]) -> tuple[float, float]:
@@ -409,7 +420,16 @@ def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str =
     return Bootstrap(n=n, seed=seed, unit=unit, level=level,
                      intervals={k: interval(draws[k]) for k in free},
                      contrast=profile_contrasts(result.samples),
-                     contrast_interval={k: interval(draws[f"diff:{k}"]) for k in WIDTH_KINDS}, draws=draws)
+                     contrast_interval={k: interval(draws[f"diff:{k}"]) for k in WIDTH_KINDS},
+                     first_last_interval={k: interval(draws[f"first-last:{k}"]) for k in WIDTH_KINDS},
+                     at_bound=tuple(k for k in free if _on_bound(x0[k], fam.params[k].low, fam.params[k].high)),
+                     draws=draws)
+
+
+def _on_bound(v: float, lo: float, hi: float) -> bool:
+    """Whether ``v`` sits on (within 1e-6 of the range of) a bound of [lo, hi]."""
+    tol = 1e-6 * (hi - lo)
+    return v <= lo + tol or v >= hi - tol
 
 
 def with_bootstrap(result: FitResult, boot: Bootstrap) -> FitResult:
