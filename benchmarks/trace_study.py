@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASES = {"micro": "revit_micro", "micro12": "benchmarks/configs/micro12.yaml"}
+BASES = {"micro": "revit_micro", "micro12": "benchmarks/configs/micro12.yaml",
+         "micro_p4": "benchmarks/configs/micro_p4.yaml"}
 DATA = ["--data", "fashion-mnist", "--train-limit", "12000", "--val-size", "2000", "--test-limit", "2000",
         "--threads", "1"]
 OUT = Path("runs/traces")
