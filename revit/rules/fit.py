@@ -472,12 +472,14 @@ def plot_fit(result: FitResult, path: str | os.PathLike[str], title: str | None 
         for j, s in enumerate(result.samples):
             c = colors[j % len(colors)]
             pos = block_positions(len(s.blocks))
-            label = f"EMB {s.embed_dim}" + (f" ({Path(s.source).parent.name or s.source})" if "trace" in s.info else "")
+            src = Path(s.source)
+            run = src.parent.name if src.name == "trace.jsonl" else src.stem
+            label = f"EMB {s.embed_dim}" + (f" ({run or s.source})" if "trace" in s.info else "")
             ax.plot(pos, s.widths(kind), "o", color=c, label=f"observed {label}")
             ax.plot(dense, fam.continuous(result.rule.params, s.embed_dim, dense)[kind], "-", color=c, alpha=0.7)
             if bands and j == min(i for i, t in enumerate(result.samples) if t.embed_dim == s.embed_dim):
                 lo, hi = bands[s.embed_dim][kind]
-                ax.fill_between(dense, lo, hi, color=c, alpha=0.15, lw=0)
+                ax.fill_between(dense, lo, hi, color="gray", alpha=0.2, lw=0)
             gran = result.rule.resolve_granularity(s.img_size)
             rounded = fam.blocks(result.rule.params, s.embed_dim, len(s.blocks), gran)
             ax.plot(pos, [getattr(b, kind) for b in rounded], "x", color=c, alpha=0.8)
