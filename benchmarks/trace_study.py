@@ -68,15 +68,47 @@ def fit(base: str, seeds: list[int], n_boot: int) -> None:
            stdout=TRACES / f"{base}-fit.json")
 
 
+def report(bases: list[str]) -> None:
+    """Markdown tables from the fit reports: parameters with intervals, and the region contrasts per kind."""
+    import json
+
+    reps = {b: json.loads((ROOT / TRACES / f"{b}-fit.json").read_text()) for b in bases}
+    print("| parameter | " + " | ".join(bases) + " |")
+    print("|---|" + "---|" * len(bases))
+    for k in reps[bases[0]]["rule"]["params"]:
+        cells = []
+        for b in bases:
+            v = reps[b]["rule"]["params"][k]
+            lo, hi = reps[b]["bootstrap"]["intervals"][k]
+            bound = " (bound)" if k in reps[b]["bootstrap"]["at_bound"] else ""
+            cells.append(f"{v:.4g} [{lo:.4g}, {hi:.4g}]{bound}")
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print()
+    print("| base | kind | R^2 | first / middle / last | middle - wider end [95%] | verdict | first - last [95%] |")
+    print("|---|---|---|---|---|---|---|")
+    for b in bases:
+        nm = reps[b]["bootstrap"]["non_monotone"]["kinds"]
+        for k, c in nm.items():
+            r2 = reps[b]["r2"][k]
+            lo, hi = c["interval"]
+            flo, fhi = c["first_minus_last_interval"]
+            print(f"| {b} | {k} | {'n/a' if r2 is None else f'{r2:.2f}'} | {c['first']:.2f} / {c['middle']:.2f} / "
+                  f"{c['last']:.2f} | {c['diff'] + 0:+.3f} [{lo + 0:+.3f}, {hi + 0:+.3f}] | {c['verdict']} | "
+                  f"{c['first_minus_last'] + 0:+.3f} [{flo + 0:+.3f}, {fhi + 0:+.3f}] |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bases", default="micro,micro12")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--bootstrap", type=int, default=200)
-    ap.add_argument("--only", choices=("train", "prune", "fit"))
+    ap.add_argument("--only", choices=("train", "prune", "fit", "report"))
     a = ap.parse_args()
     bases = a.bases.split(",")
     seeds = [int(s) for s in a.seeds.split(",")]
+    if a.only == "report":
+        report(bases)
+        return 0
     for b in bases:
         if a.only in (None, "train"):
             train(b)
