@@ -320,7 +320,10 @@ class Bootstrap:
         return any(self.verdict(k) == "less-more-less" for k in WIDTH_KINDS)
 
     def to_dict(self) -> dict[str, Any]:
-        """What the rule's provenance stores (rounded)."""
+        """What the rule's provenance stores (rounded; -0.0 written as 0.0)."""
+
+        def r4(v: float) -> float:
+            return round(v, 4) + 0.0
         return {
             "n": self.n, "seed": self.seed, "unit": self.unit, "level": self.level,
             "method": "percentile bootstrap; each resample refitted from the point estimate",
@@ -330,13 +333,13 @@ class Bootstrap:
                 "test": "relative width: mean of the middle half minus the larger of the first- and last-quarter "
                         "means; less-more-less when its interval is above 0",
                 "significant": self.non_monotone(),
-                "kinds": {k: {"first": round(c.first, 4), "middle": round(c.middle, 4), "last": round(c.last, 4),
-                              "diff": round(c.diff, 4),
-                              "interval": [round(self.contrast_interval[k][0], 4),
-                                           round(self.contrast_interval[k][1], 4)],
-                              "verdict": self.verdict(k), "first_minus_last": round(c.first - c.last, 4),
-                              "first_minus_last_interval": [round(self.first_last_interval[k][0], 4),
-                                                            round(self.first_last_interval[k][1], 4)]}
+                "kinds": {k: {"first": r4(c.first), "middle": r4(c.middle), "last": r4(c.last),
+                              "diff": r4(c.diff),
+                              "interval": [r4(self.contrast_interval[k][0]),
+                                           r4(self.contrast_interval[k][1])],
+                              "verdict": self.verdict(k), "first_minus_last": r4(c.first - c.last),
+                              "first_minus_last_interval": [r4(self.first_last_interval[k][0]),
+                                                            r4(self.first_last_interval[k][1])]}
                           for k, c in self.contrast.items()},
             },
         }
