@@ -366,12 +366,9 @@ def _resample(samples: Sequence[Sample], unit: str, rng: Any) -> tuple[list[Samp
     chosen = list(samples)
     if unit in ("traces", "traces+blocks"):
         chosen = [samples[int(i)] for i in rng.integers(0, len(samples), len(samples))]
-    picks = []
-    for s in chosen:
-        if unit == "traces":
-            picks.append(list(range(len(s.blocks))))
-        else:
-            picks.append([int(r[i]) for r in regions(len(s.blocks)) for i in rng.integers(0, len(r), len(r))])
+    picks = [list(range(len(s.blocks))) if unit == "traces"
+             else [int(r[i]) for r in regions(len(s.blocks)) for i in rng.integers(0, len(r), len(r))]
+             for s in chosen]
     return chosen, picks
 
 
@@ -417,8 +414,7 @@ def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str =
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
 
     def interval(vals: list[float]) -> tuple[float, float]:
-        lo, hi = np.percentile(np.array(vals), q)
-        return float(lo), float(hi)
+        return float(np.percentile(vals, q[0])), float(np.percentile(vals, q[1]))
 
     return Bootstrap(n=n, seed=seed, unit=unit, level=level,
                      intervals={k: interval(draws[k]) for k in free},
@@ -431,8 +427,7 @@ def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str =
 
 def _on_bound(v: float, lo: float, hi: float) -> bool:
     """Whether ``v`` sits on (within 1e-6 of the range of) a bound of [lo, hi]."""
-    tol = 1e-6 * (hi - lo)
-    return v <= lo + tol or v >= hi - tol
+    return v <= lo + 1e-6 * (hi - lo) or v >= hi - 1e-6 * (hi - lo)
 
 
 def with_bootstrap(result: FitResult, boot: Bootstrap) -> FitResult:
