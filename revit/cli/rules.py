@@ -49,6 +49,13 @@ def register(sub: Any) -> None:
     at.add_argument("--at-step", type=non_negative(), help="read at this step number (default: the last step)")
     fit.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                      help="hold a parameter fixed (repeatable), e.g. --fix v_end=1")
+    fit.add_argument("--bootstrap", type=int, metavar="N",
+                     help="resamples for 95%% percentile intervals per parameter and the non-monotone test "
+                          "(default: 200 with traces, 0 = none with --to-rule)")
+    fit.add_argument("--bootstrap-unit", default="auto", choices=("auto", "blocks", "traces", "traces+blocks"),
+                     help="what is resampled: blocks within each region, whole traces, or both "
+                          "(auto: traces+blocks with several traces, blocks with one)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (0)")
     fit.add_argument("--name", help="name of the fitted rule (default: the output file's stem)")
     fit.add_argument("--description", help="one-line description written into the rule")
     fit.add_argument("--out", help="write the fitted rule YAML here (default: stdout)")
@@ -128,7 +135,14 @@ def _embed_dims(text: str) -> list[int]:
 
 def run_fit(args: argparse.Namespace) -> int:
     from revit.rules import FAMILIES, load_rule
-    from revit.rules.fit import fit_family, plot_fit, samples_from_rule, samples_from_traces
+    from revit.rules.fit import (
+        bootstrap_fit,
+        fit_family,
+        plot_fit,
+        samples_from_rule,
+        samples_from_traces,
+        with_bootstrap,
+    )
 
     FAMILIES.get(args.family)  # unknown family: one line listing the known ones
     for path, flag in ((args.out, "--out"), (None if args.no_plot else args.plot, "--plot")):
@@ -152,19 +166,24 @@ def run_fit(args: argparse.Namespace) -> int:
     name = args.name or (Path(args.out).stem if args.out else None)
     result = fit_family(args.family, samples, name=name, fixed=_parse_fix(args.fix), provenance=prov,
                         description=args.description)
+    n_boot = args.bootstrap if args.bootstrap is not None else (0 if args.to_rule else 200)
+    boot = None
+    if n_boot:
+        boot = bootstrap_fit(result, n=n_boot, seed=args.seed, unit=args.bootstrap_unit)
+        result = with_bootstrap(result, boot)
     if args.out:  # written before anything is printed: a failed write is the only line on stderr
         result.rule.save(args.out)
-    for line in result.summary_lines():
+    for line in result.summary_lines() + (boot.summary_lines() if boot else []):
         info(line)
     if args.out:
         info(f"wrote {args.out}")
     plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     if plot and not args.no_plot:
-        plot_fit(result, plot)
+        plot_fit(result, plot, boot=boot)
         info(f"wrote {plot}")
     if args.json:
         print_json({"rule": result.rule.to_dict(), "r2": result.r2, "rmse": result.rmse, "max_abs": result.max_abs,
-                    "residuals": result.residuals})
+                    "residuals": result.residuals, "bootstrap": boot.to_dict() if boot else None})
     elif not args.out:
         print(result.rule.to_yaml(), end="")
     return 0

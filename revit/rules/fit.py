@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,6 @@ def fit_family(family: str, samples: Sequence[Sample], *, name: str | None = Non
                description: str | None = None) -> FitResult:
     """Least-squares fit of ``family``'s parameters (except ``fixed``) to the samples' widths."""
     import numpy as np
-    from scipy.optimize import least_squares
 
     fam = get_family(family)
     if not fam.fittable:
@@ -138,34 +137,22 @@ def fit_family(family: str, samples: Sequence[Sample], *, name: str | None = Non
     free = [k for k in fam.params if k not in fixed]
     if not free:
         raise ConfigError("every parameter is fixed; nothing to fit")
-    lo = np.array([fam.params[k].low for k in free])
-    hi = np.array([fam.params[k].high for k in free])
-    positions = [block_positions(len(s.blocks)) for s in samples]
-    obs = [{k: np.array(s.widths(k)) for k in WIDTH_KINDS} for s in samples]
-    scale = [{k: max(float(o[k].mean()), 1e-9) for k in WIDTH_KINDS} for o in obs]
+    data = _prepare(samples)
+    best = None
+    for x0 in _starts(fam.params, free, samples, fixed):
+        x, cost = _solve(fam, free, fixed, data, x0)
+        if best is None or cost < best[1]:
+            best = (x, cost)
+    assert best is not None
 
     def full(x: Any) -> dict[str, float]:
         return {**fixed, **{k: float(v) for k, v in zip(free, x, strict=True)}}
 
-    def residuals(x: Any) -> Any:
-        p = full(x)
-        res = []
-        for s, pos, o, sc in zip(samples, positions, obs, scale, strict=True):
-            pred = fam.continuous(p, s.embed_dim, pos)
-            for k in WIDTH_KINDS:
-                res.append((np.asarray(pred[k]) - o[k]) / sc[k])
-        return np.concatenate(res)
-
-    best = None
-    for x0 in _starts(fam.params, free, samples, fixed):
-        x0 = np.clip(np.array([x0[k] for k in free]), lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo))
-        r = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac", max_nfev=2000)
-        if best is None or r.cost < best.cost:
-            best = r
-    assert best is not None
+    positions = [d[1] for d in data]
+    obs = [d[2] for d in data]
     # 6 significant digits: beyond the data's precision, and readable in the saved rule
     params = {k: min(max(float(f"{v:.6g}"), fam.params[k].low), fam.params[k].high) if k in free else v
-              for k, v in full(best.x).items()}
+              for k, v in full(best[0]).items()}
 
     r2: dict[str, float | None] = {}
     rmse: dict[str, float] = {}
@@ -198,6 +185,42 @@ def fit_family(family: str, samples: Sequence[Sample], *, name: str | None = Non
     return FitResult(rule, tuple(samples), r2, rmse, max_abs, resid)
 
 
+def _prepare(samples: Sequence[Sample]) -> list[tuple[int, Any, dict[str, Any], dict[str, float]]]:
+    """Per sample: EMB, block positions, observed widths per kind and the per-kind scale (mean width)."""
+    import numpy as np
+
+    out = []
+    for s in samples:
+        o = {k: np.array(s.widths(k)) for k in WIDTH_KINDS}
+        out.append((s.embed_dim, np.array(block_positions(len(s.blocks))), o,
+                    {k: max(float(o[k].mean()), 1e-9) for k in WIDTH_KINDS}))
+    return out
+
+
+def _solve(fam: Any, free: Sequence[str], fixed: Mapping[str, float],
+           data: Sequence[tuple[int, Any, dict[str, Any], dict[str, float]]],
+           x0: Mapping[str, float]) -> tuple[Any, float]:
+    """One bounded least-squares solve from ``x0``: the free parameters' values and the cost."""
+    import numpy as np
+    from scipy.optimize import least_squares
+
+    lo = np.array([fam.params[k].low for k in free])
+    hi = np.array([fam.params[k].high for k in free])
+
+    def residuals(x: Any) -> Any:
+        p = {**fixed, **{k: float(v) for k, v in zip(free, x, strict=True)}}
+        res = []
+        for emb, pos, o, sc in data:
+            pred = fam.continuous(p, emb, pos)
+            for k in WIDTH_KINDS:
+                res.append((np.asarray(pred[k]) - o[k]) / sc[k])
+        return np.concatenate(res)
+
+    start = np.clip(np.array([x0[k] for k in free]), lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo))
+    r = least_squares(residuals, start, bounds=(lo, hi), x_scale="jac", max_nfev=2000)
+    return r.x, float(r.cost)
+
+
 def _starts(specs: Mapping[str, Any], free: Sequence[str], samples: Sequence[Sample],
             fixed: Mapping[str, float]) -> list[dict[str, float]]:
     """Starting points: data-derived ratios and a few profile shapes (the fit is not convex)."""
@@ -222,8 +245,215 @@ def _starts(specs: Mapping[str, Any], free: Sequence[str], samples: Sequence[Sam
     return out
 
 
-def plot_fit(result: FitResult, path: str | os.PathLike[str], title: str | None = None) -> None:
-    """Observed widths (dots), the fitted profile (line) and its rounded widths (crosses), per kind."""
+# --- bootstrap intervals and the non-monotone test ------------------------------------------
+BOOT_UNITS = ("auto", "blocks", "traces", "traces+blocks")
+
+
+def regions(depth: int) -> tuple[range, range, range]:
+    """First quarter, middle half and last quarter of the blocks (at least one block per end)."""
+    q = max(1, round(depth / 4))
+    if depth < 3:
+        raise ConfigError(f"the non-monotone test needs at least 3 blocks, got {depth}")
+    return range(q), range(q, depth - q), range(depth - q, depth)
+
+
+@dataclass(frozen=True)
+class ProfileContrast:
+    """One kind's relative widths (block width / the sample's mean width) by region, pooled over samples."""
+
+    first: float
+    middle: float
+    last: float
+
+    @property
+    def diff(self) -> float:
+        """Middle minus the wider end: > 0 when the middle is wider than both ends."""
+        return self.middle - max(self.first, self.last)
+
+
+def profile_contrasts(samples: Sequence[Sample],
+                      picks: Sequence[Sequence[int]] | None = None) -> dict[str, ProfileContrast]:
+    """Per kind, the pooled mean relative width of the first quarter, middle half and last quarter.
+
+    ``picks`` (per sample, block indices, repeats allowed) selects a resample; widths are divided by
+    the sample's own mean over all its blocks so that traces at different EMB pool.
+    """
+    out = {}
+    for k in WIDTH_KINDS:
+        sums = [0.0, 0.0, 0.0]
+        counts = [0, 0, 0]
+        for j, s in enumerate(samples):
+            w = s.widths(k)
+            mean = max(sum(w) / len(w), 1e-9)
+            reg = regions(len(w))
+            for i in (picks[j] if picks is not None else range(len(w))):
+                r = 0 if i in reg[0] else (1 if i in reg[1] else 2)
+                sums[r] += w[i] / mean
+                counts[r] += 1
+        first, middle, last = (sums[r] / max(counts[r], 1) for r in range(3))
+        out[k] = ProfileContrast(first, middle, last)
+    return out
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Percentile intervals of the fitted parameters and of the middle-minus-ends contrast per kind."""
+
+    n: int
+    seed: int
+    unit: str
+    level: float
+    intervals: dict[str, tuple[float, float]]  # free parameter -> (low, high)
+    contrast: dict[str, ProfileContrast]  # on the data (not resampled)
+    contrast_interval: dict[str, tuple[float, float]]  # kind -> interval of ProfileContrast.diff
+    first_last_interval: dict[str, tuple[float, float]]  # kind -> interval of first minus last quarter
+    at_bound: tuple[str, ...]  # fitted parameters on a bound of their range (their interval is one-sided)
+    draws: dict[str, list[float]]  # parameter or "diff:<kind>" -> the n resampled values
+
+    def verdict(self, kind: str) -> str:
+        """``less-more-less`` when the contrast's interval is above 0, ``middle narrower`` when below."""
+        lo, hi = self.contrast_interval[kind]
+        return "less-more-less" if lo > 0 else ("middle narrower than an end" if hi < 0 else "not significant")
+
+    def non_monotone(self) -> bool:
+        """True when some kind is significantly wider in the middle than at both ends."""
+        return any(self.verdict(k) == "less-more-less" for k in WIDTH_KINDS)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the rule's provenance stores (rounded; -0.0 written as 0.0)."""
+
+        def r4(v: float) -> float:
+            return round(v, 4) + 0.0
+        return {
+            "n": self.n, "seed": self.seed, "unit": self.unit, "level": self.level,
+            "method": "percentile bootstrap; each resample refitted from the point estimate",
+            "intervals": {k: [float(f"{lo:.4g}"), float(f"{hi:.4g}")] for k, (lo, hi) in self.intervals.items()},
+            "at_bound": list(self.at_bound),
+            "non_monotone": {
+                "test": "relative width: mean of the middle half minus the larger of the first- and last-quarter "
+                        "means; less-more-less when its interval is above 0",
+                "significant": self.non_monotone(),
+                "kinds": {k: {"first": r4(c.first), "middle": r4(c.middle), "last": r4(c.last),
+                              "diff": r4(c.diff),
+                              "interval": [r4(self.contrast_interval[k][0]),
+                                           r4(self.contrast_interval[k][1])],
+                              "verdict": self.verdict(k), "first_minus_last": r4(c.first - c.last),
+                              "first_minus_last_interval": [r4(self.first_last_interval[k][0]),
+                                                            r4(self.first_last_interval[k][1])]}
+                          for k, c in self.contrast.items()},
+            },
+        }
+
+    def summary_lines(self) -> list[str]:
+        pct = f"{100 * self.level:g}%"
+        lines = [f"bootstrap: {self.n} resamples ({self.unit}), seed {self.seed}, {pct} percentile intervals:"]
+        lines += [f"  {k:14s} [{lo:.4g}, {hi:.4g}]" + ("  (fit on a bound of the range)" if k in self.at_bound else "")
+                  for k, (lo, hi) in self.intervals.items()]
+        lines.append("middle half minus the wider end (relative width), per kind:")
+        for k, c in self.contrast.items():
+            lo, hi = self.contrast_interval[k]
+            flo, fhi = self.first_last_interval[k]
+            lines.append(f"  {k:8s} ends {c.first:.3f} / {c.last:.3f}  middle {c.middle:.3f}  "
+                         f"diff {c.diff + 0.0:+.3f} [{lo + 0.0:+.3f}, {hi + 0.0:+.3f}]  {self.verdict(k)}; "
+                         f"first - last {c.first - c.last:+.3f} [{flo + 0.0:+.3f}, {fhi + 0.0:+.3f}]")
+        lines.append("significantly non-monotone (less-more-less in some kind): "
+                     + ("yes" if self.non_monotone() else "no"))
+        return lines
+
+
+def _resample(samples: Sequence[Sample], unit: str, rng: Any) -> tuple[list[Sample], list[list[int]]]:
+    """One resample: which samples (whole traces) and which of their blocks (within each region)."""
+    chosen = list(samples)
+    if unit in ("traces", "traces+blocks"):
+        chosen = [samples[int(i)] for i in rng.integers(0, len(samples), len(samples))]
+    picks = [list(range(len(s.blocks))) if unit == "traces"
+             else [int(r[i]) for r in regions(len(s.blocks)) for i in rng.integers(0, len(r), len(r))]
+             for s in chosen]
+    return chosen, picks
+
+
+def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str = "auto",
+                  level: float = 0.95) -> Bootstrap:
+    """Resample the fitted samples ``n`` times, refit and take percentile intervals.
+
+    ``unit``: ``blocks`` resamples blocks within each region of each trace; ``traces`` whole traces;
+    ``traces+blocks`` (``auto`` with several traces) both, in two stages; ``auto`` with one trace is
+    ``blocks``.  Each refit starts from the point estimate (one solve), which keeps 200 resamples fast.
+    """
+    import numpy as np
+
+    if n < 10:
+        raise ConfigError(f"--bootstrap needs at least 10 resamples, got {n}")
+    if unit not in BOOT_UNITS:
+        raise ConfigError(f"--bootstrap-unit must be one of {', '.join(BOOT_UNITS)}, got {unit!r}")
+    if unit == "auto":
+        unit = "traces+blocks" if len(result.samples) > 1 else "blocks"
+    if unit == "traces" and len(result.samples) < 2:
+        raise ConfigError("--bootstrap-unit traces needs at least 2 traces")
+    if not 0 < level < 1:
+        raise ConfigError(f"the interval level must be in (0, 1), got {level}")
+    fam = result.rule.family_obj
+    fixed = dict(result.rule.provenance.get("fixed") or {})
+    free = [k for k in fam.params if k not in fixed]
+    x0 = {k: float(result.rule.params[k]) for k in free}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in free}
+    draws.update({f"diff:{k}": [] for k in WIDTH_KINDS})
+    draws.update({f"first-last:{k}": [] for k in WIDTH_KINDS})
+    for _ in range(n):
+        chosen, picks = _resample(result.samples, unit, rng)
+        data = []
+        for (emb, pos, o, sc), pk in zip(_prepare(chosen), picks, strict=True):
+            data.append((emb, pos[pk], {k: v[pk] for k, v in o.items()}, sc))
+        x, _cost = _solve(fam, free, fixed, data, x0)
+        for k, v in zip(free, x, strict=True):
+            draws[k].append(float(v))
+        for k, c in profile_contrasts(chosen, picks).items():
+            draws[f"diff:{k}"].append(c.diff)
+            draws[f"first-last:{k}"].append(c.first - c.last)
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+
+    def interval(vals: list[float]) -> tuple[float, float]:
+        return float(np.percentile(vals, q[0])), float(np.percentile(vals, q[1]))
+
+    return Bootstrap(n=n, seed=seed, unit=unit, level=level,
+                     intervals={k: interval(draws[k]) for k in free},
+                     contrast=profile_contrasts(result.samples),
+                     contrast_interval={k: interval(draws[f"diff:{k}"]) for k in WIDTH_KINDS},
+                     first_last_interval={k: interval(draws[f"first-last:{k}"]) for k in WIDTH_KINDS},
+                     at_bound=tuple(k for k in free if _on_bound(x0[k], fam.params[k].low, fam.params[k].high)),
+                     draws=draws)
+
+
+def _on_bound(v: float, lo: float, hi: float) -> bool:
+    """Whether ``v`` sits on (within 1e-6 of the range of) a bound of [lo, hi]."""
+    return v <= lo + 1e-6 * (hi - lo) or v >= hi - 1e-6 * (hi - lo)
+
+
+def with_bootstrap(result: FitResult, boot: Bootstrap) -> FitResult:
+    """The fit result whose rule's provenance also stores the bootstrap intervals and verdicts."""
+    rule = replace(result.rule, provenance={**result.rule.provenance, "bootstrap": boot.to_dict()})
+    return replace(result, rule=rule)
+
+
+def _band(result: FitResult, boot: Bootstrap, embed_dim: int, dense: Sequence[float]) -> dict[str, Any]:
+    """Per kind, the pointwise percentile band of the resampled fitted profiles at ``dense`` positions."""
+    import numpy as np
+
+    fam = result.rule.family_obj
+    free = list(boot.intervals)
+    curves: dict[str, list[list[float]]] = {k: [] for k in WIDTH_KINDS}
+    for j in range(boot.n):
+        p = {**result.rule.params, **{k: boot.draws[k][j] for k in free}}
+        for k, v in fam.continuous(p, embed_dim, dense).items():
+            curves[k].append(v)
+    q = [100 * (1 - boot.level) / 2, 100 * (1 + boot.level) / 2]
+    return {k: np.percentile(np.array(v), q, axis=0) for k, v in curves.items()}
+
+
+def plot_fit(result: FitResult, path: str | os.PathLike[str], title: str | None = None,
+             boot: Bootstrap | None = None) -> None:
+    """Observed widths (dots), the fitted profile (line, with its bootstrap band) and rounded widths (crosses)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,13 +465,19 @@ def plot_fit(result: FitResult, path: str | os.PathLike[str], title: str | None 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     dense = [i / 200 for i in range(201)]
+    bands = {e: _band(result, boot, e, dense) for e in {s.embed_dim for s in result.samples}} if boot else {}
     for ax, kind in zip(axes.flat, WIDTH_KINDS, strict=True):
         for j, s in enumerate(result.samples):
             c = colors[j % len(colors)]
             pos = block_positions(len(s.blocks))
-            label = f"EMB {s.embed_dim}" + (f" ({Path(s.source).parent.name or s.source})" if "trace" in s.info else "")
+            src = Path(s.source)
+            run = src.parent.name if src.name == "trace.jsonl" else src.stem
+            label = f"EMB {s.embed_dim}" + (f" ({run or s.source})" if "trace" in s.info else "")
             ax.plot(pos, s.widths(kind), "o", color=c, label=f"observed {label}")
             ax.plot(dense, fam.continuous(result.rule.params, s.embed_dim, dense)[kind], "-", color=c, alpha=0.7)
+            if bands and j == min(i for i, t in enumerate(result.samples) if t.embed_dim == s.embed_dim):
+                lo, hi = bands[s.embed_dim][kind]
+                ax.fill_between(dense, lo, hi, color="gray", alpha=0.2, lw=0)
             gran = result.rule.resolve_granularity(s.img_size)
             rounded = fam.blocks(result.rule.params, s.embed_dim, len(s.blocks), gran)
             ax.plot(pos, [getattr(b, kind) for b in rounded], "x", color=c, alpha=0.8)
@@ -250,7 +486,8 @@ def plot_fit(result: FitResult, path: str | os.PathLike[str], title: str | None 
         ax.set_xlabel("normalised depth")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title or f"{result.rule.family} fit: dots observed, line fitted, x rounded")
+    band = f", band {100 * boot.level:g}% bootstrap" if boot else ""
+    fig.suptitle(title or f"{result.rule.family} fit: dots observed, line fitted{band}, x rounded")
     fig.tight_layout()
     import io
 
