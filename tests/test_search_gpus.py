@@ -48,7 +48,7 @@ def test_gpu_flags_without_gpu_are_one_line(args, tmp_path):
 
 
 def test_bad_gpu_list_and_bad_override(tmp_path):
-    for extra, msg in ((["--gpus", "0,x"], "distinct GPU indices"), (["--loader-workers", "-1"], "loader_workers")):
+    for extra, msg in ((["--gpus", "0,x"], "distinct GPU indices"), (["--loader-workers", "-1"], "--loader-workers")):
         p = subprocess.run([sys.executable, "-m", "revit", "search", "run", "smoke", *extra, "--storage",
                             f"journal:{tmp_path}/x.log"], capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and msg in p.stderr and p.stderr.count("\n") == 1, p.stderr

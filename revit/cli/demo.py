@@ -41,8 +41,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "threads": args.threads, "table": args.table, "device": args.device, "amp": args.amp,
             "loader_workers": args.loader_workers}
     plan = dataclasses.replace(plan, **{k: v for k, v in over.items() if v is not None})
+    from revit.runs import claim_run
     from revit.runtime import check_amp, resolve_device
 
+    claim_run(args.out, "demo", resume=True, overwrite=args.overwrite)  # reads only; names another kind first
     check_output_dir(args.out)
     if args.table:  # a broken table is refused before the demo folder is made, not at stage 1
         from revit.latency.table import LatencyTable

@@ -99,9 +99,10 @@ def _make_backend(name: str, device: str | None, dtype: str, threads: int | None
 
 
 def _build(a: argparse.Namespace) -> int:
-    from revit.latency.profiler import BuildSettings, build_table, check_cell_budget
+    from revit.latency.profiler import BuildSettings, build_table, check_cell_budget, claim_build
     from revit.latency.space import check_space_memory, get_space
 
+    claim_build(a.out, resume=a.resume, overwrite=a.overwrite)  # a run of another kind is named first
     check_output_file(a.out)
     space = get_space(a.space or a.preset or "micro")
     opts: dict[str, Any] = {}

@@ -149,8 +149,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")
     if args.use_ema and not args.checkpoint:
         raise ConfigError("--use-ema picks the EMA weights of a --checkpoint FILE; give one")
-    check_output_dir(args.out)
     claim = claim_run(args.out, "model-convert", resume=True, overwrite=args.overwrite)  # a killed convert reruns
+    check_output_dir(args.out)
     if args.pretrained:
         _check_online()
     try:

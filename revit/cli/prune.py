@@ -78,8 +78,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from revit.prune import PruneConfig, PruneRun
     from revit.runs import claim_run
 
-    check_output_dir(args.out)
     claim_run(args.out, "prune", resume=args.resume, overwrite=args.overwrite)  # before loading any data
+    check_output_dir(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     table = None

@@ -181,8 +181,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from revit.search.report import write_report
     from revit.search.runner import open_study
 
-    check_output_dir(args.out)
     claim = claim_run(args.out, "study-report", resume=True, overwrite=args.overwrite)  # a killed report reruns
+    check_output_dir(args.out)
     spec = _spec(args)
     _check_storage_exists(spec, args.storage)
     study = open_study(spec, args.storage, create=False)

@@ -85,9 +85,11 @@ def register(sub: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from revit.presets import resolve_config
     from revit.recipes import TrainConfig
+    from revit.runs import claim_run
     from revit.workflows import run_training
 
     check_teacher(args)
+    claim_run(args.out, "train", resume=args.resume, overwrite=args.overwrite)  # reads only; names another kind
     check_output_dir(args.out)
     cfg = resolve_config(args.config)
     tc = TrainConfig.for_recipe(
