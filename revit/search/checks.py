@@ -75,16 +75,9 @@ def check_data(spec: StudySpec) -> None:
     if DATASETS.get(src) is None and not Path(src).is_dir():
         raise ConfigError(f"data.source {src!r}: no such dataset or folder (known: {', '.join(DATASETS)}, "
                           "or an ImageFolder path)")
-    from revit.train import size
+    from revit.search.objective import check_splits
 
-    splits = load_splits(spec.data, spec.train_config(spec.seeds[0]))
-    st = spec.setting
-    if (splits.in_chans, splits.num_classes, splits.img_size) != (st.in_chans, st.num_classes, st.img_size):
-        raise ConfigError(f"data.source {src!r} has {splits.img_size}px, {splits.in_chans} channel(s), "
-                          f"{splits.num_classes} classes; the setting makes {st.img_size}px {st.in_chans}-channel "
-                          f"inputs and {st.num_classes} classes (data.img_size resizes)")
-    if size(splits.val) == 0:
-        raise ConfigError("the study needs held-out images: data.val_size must be > 0")
+    check_splits(load_splits(spec.data, spec.train_config(spec.seeds[0])), spec.setting, src)
 
 
 def check_rules(spec: StudySpec) -> None:

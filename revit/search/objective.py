@@ -225,17 +225,12 @@ class StudyObjective:
         import torch
 
         from revit.models import build_model
-        from revit.train import evaluate, size, train
+        from revit.train import evaluate, train
 
         if torch.get_num_threads() != self.spec.threads:
             torch.set_num_threads(self.spec.threads)
         splits = self.splits()
-        if (splits.in_chans, splits.num_classes, splits.img_size) != (cfg.in_chans, cfg.num_classes, cfg.img_size):
-            raise ConfigError(f"the setting makes {cfg.img_size}px {cfg.in_chans}-channel inputs and "
-                              f"{cfg.num_classes} classes; the data has {splits.img_size}px, {splits.in_chans} "
-                              f"channel(s), {splits.num_classes} classes")
-        if size(splits.val) == 0:
-            raise ConfigError("the study needs held-out images: data.val_size must be > 0")
+        check_splits(splits, cfg, self.spec.data.source)
         tc = self.spec.train_config(seed)
         torch.manual_seed(seed)
         model = build_model(cfg, drop_path_rate=tc.drop_path_rate)
@@ -256,3 +251,17 @@ class StudyObjective:
 
 
 __all__ = ["Arm", "OutsideDomainError", "StudyObjective", "baseline_arm", "candidate_rule"]
+
+
+def check_splits(splits: Any, setting: Any, source: str) -> None:
+    """The data fits the study's setting (image size, channels, classes) and has held-out images."""
+    from revit.train import size
+
+    if (splits.in_chans, splits.num_classes, splits.img_size) != (setting.in_chans, setting.num_classes,
+                                                                  setting.img_size):
+        raise ConfigError(f"data.source {source!r} has {splits.img_size}px, {splits.in_chans} channel(s), "
+                          f"{splits.num_classes} classes; the setting makes {setting.img_size}px "
+                          f"{setting.in_chans}-channel inputs and {setting.num_classes} classes (data.img_size "
+                          "resizes)")
+    if size(splits.val) == 0:
+        raise ConfigError("the study needs held-out images: data.val_size must be > 0")
