@@ -101,6 +101,7 @@ class GlobalPruner:
         self.acc = ScoreAccumulator(ema)
         self.cuda_graphs = cuda_graphs
         self._graph: _GraphedScores | None = None
+        self._done: bool | None = None  # cached by ``done``; reset whenever the masks change
         self.evaluator = evaluator
         self.calls, self.steps = 0, 0
         self.eta_abs: float | None = None
@@ -165,8 +166,10 @@ class GlobalPruner:
     # --- the loop --------------------------------------------------------------------------------
     @property
     def done(self) -> bool:
-        """Whether the target is met."""
-        return self.cost.cost(self.current_config()) <= self.target_cost
+        """Whether the target is met (costed once per mask change, not on every batch)."""
+        if self._done is None:
+            self._done = self.cost.cost(self.current_config()) <= self.target_cost
+        return self._done
 
     def current_config(self) -> ViTConfig:
         return self.masks.config(self.base)
@@ -260,6 +263,7 @@ class GlobalPruner:
         if self.world > 1:
             removed = self._broadcast(removed, loss_sum)
         self.masks.refresh()
+        self._done = None
         self.masks.apply(self.model)
         self.steps += 1
         loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else None
@@ -327,6 +331,7 @@ class GlobalPruner:
         device = next(self.model.parameters()).device
         self.masks.alive = {int(k): v.clone().cpu().bool() for k, v in state["alive"].items()}
         self.masks.refresh()
+        self._done = None
         self.acc.load_state_dict(_to(state["acc"], device))
         self.criterion.load_state_dict(state["criterion"])
         self.calls, self.steps, self.eta_abs = int(state["calls"]), int(state["steps"]), state["eta_abs"]
