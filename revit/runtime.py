@@ -5,7 +5,8 @@ grad scaler and DataLoader from here, so they behave the same on a CPU, one GPU 
 
 - :func:`resolve_device` turns ``auto|cpu|cuda|cuda:N`` into a ``torch.device`` (under torchrun a
   plain ``cuda`` binds ``cuda:$LOCAL_RANK``);
-- :func:`init_distributed` starts the process group (NCCL for CUDA devices, gloo for CPUs);
+- :func:`init_distributed` starts the process group (NCCL for CUDA devices, gloo for CPUs) and
+  :func:`shutdown_distributed` ends it before the process exits;
 - :func:`autocast` / :func:`grad_scaler` implement ``--amp off|bf16|fp16``;
 - :func:`make_loader` yields this rank's slice of the same *global* batches for any process count
   and any number of loader workers (:class:`GlobalBatchSampler`).
@@ -107,6 +108,23 @@ def init_distributed(device: torch.device | None = None) -> tuple[int, int]:
     return dist_info()
 
 
+def shutdown_distributed(clean: bool = True) -> None:
+    """End the process group this process started, if any, before the interpreter exits.
+
+    A gloo/NCCL group left alive at exit can abort the process ("terminate called without an active
+    exception") while its peer still talks to it. On a ``clean`` exit every rank meets at a barrier
+    first, so no rank closes its connections while another still uses them; after an error the group
+    is destroyed at once (a peer waiting on it then fails instead of hanging).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if clean:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 # --- mixed precision ---------------------------------------------------------------------------------
 def check_amp(amp: str) -> str:
     """``amp`` if it is one of :data:`AMP_MODES`, else a :class:`ConfigError`."""
@@ -204,4 +222,5 @@ def to_device(batch: T, device: torch.device, channels_last: bool = False) -> T:
 
 
 __all__ = ["AMP_MODES", "GlobalBatchSampler", "autocast", "check_amp", "device_name", "dist_info",
-           "grad_scaler", "init_distributed", "make_loader", "resolve_device", "size", "to_device"]
+           "grad_scaler", "init_distributed", "make_loader", "resolve_device", "shutdown_distributed", "size",
+           "to_device"]

@@ -68,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    clean = False
     try:
         rc = args.func(args)
+        clean = True
     except RevitError as e:
         print(f"revit: error: {one_line(str(e))}", file=sys.stderr)
         return 2
@@ -83,7 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("revit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _end_process_group(clean)
     return int(rc or 0)
+
+
+def _end_process_group(clean: bool) -> None:
+    """Close a torchrun process group the command started (torch is imported only if it already was)."""
+    if "torch.distributed" in sys.modules:
+        from revit.runtime import shutdown_distributed
+
+        shutdown_distributed(clean)
 
 
 if __name__ == "__main__":
