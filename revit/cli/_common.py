@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from revit.validation import count, non_negative
+
 
 def add_command(sub: Any, name: str, help: str, example: str) -> argparse.ArgumentParser:
     """Add a sub-command whose --help ends with an example."""
@@ -31,3 +33,43 @@ def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
     """``--overwrite``: replace a finished run of the same kind in ``--out`` (never a folder of another kind)."""
     p.add_argument("--overwrite", action="store_true",
                    help="replace the finished run of this kind in --out (or start an unfinished one over)")
+
+
+def add_data_args(p: argparse.ArgumentParser, *, test_limit_zero: bool = False) -> None:
+    """Dataset options shared by train and prune (``test_limit_zero``: ``--test-limit 0`` skips the test set)."""
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits, or an ImageFolder path")
+    p.add_argument("--train-limit", type=count(), help="use this many training images (default: all)")
+    p.add_argument("--val-size", type=non_negative(),
+                   default=5000, help="images held out of the training set for selection")
+    if test_limit_zero:
+        p.add_argument("--test-limit", type=non_negative(),
+                       help="score on this many test images (default: all; 0: none)")
+    else:
+        p.add_argument("--test-limit", type=count(), help="evaluate on this many test images (default: all)")
+    p.add_argument("--seed", type=non_negative(), default=0,
+                   help="seed of the split, the batch order and any random init")
+    p.add_argument("--threads", type=count(), help="torch CPU threads per process")
+
+
+def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--workers", training: bool = True) -> None:
+    """Device and speed options shared by train and prune (``loader_flag``: --workers/-j, or
+    --loader-workers where --workers already counts processes; ``training``: also --compile,
+    --channels-last and --grad-accum, which only the training loop implements)."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                   help="mixed precision: autocast in bf16, or fp16 with a GradScaler (CPU bf16 is emulated: slow; "
+                   "saliency stays in fp32)")
+    if training:
+        p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+        p.add_argument("--channels-last", action="store_true", help="NHWC memory format for images and the model")
+        p.add_argument("--grad-accum", type=count(), default=1, metavar="N",
+                       help="micro-batches of --batch-size per optimizer step")
+    flags = (loader_flag, "-j") if loader_flag == "--workers" else (loader_flag,)
+    p.add_argument(*flags, dest="loader_workers", type=non_negative(), default=0, metavar="N",
+                   help="DataLoader worker processes per process")
+
+
+def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields of :func:`add_runtime_args`."""
+    return {"device": args.device, "amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
+            "grad_accum": args.grad_accum, "loader_workers": args.loader_workers}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info
+from revit.cli._common import add_command, add_data_args, add_overwrite_arg, add_runtime_args, info
 from revit.validation import check_output_dir, count, fraction, non_negative, number
 
 CRITERIA_NAMES = ("hessian", "nvit-code", "taylor", "magnitude", "random")
@@ -19,11 +19,7 @@ def register(sub: Any) -> None:
                     "--target-latency 0.6 --table latency_tables/X.json --out runs/p")
     p.add_argument("--model", required=True, help="registered name or ViT-config YAML")
     p.add_argument("--checkpoint", help="weights to start from (.safetensors/.pth matching the config)")
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits, or an ImageFolder path")
-    p.add_argument("--train-limit", type=count(), help="use this many training images (default: all)")
-    p.add_argument("--val-size", type=non_negative(), default=5000, help="images held out of the training set")
-    p.add_argument("--test-limit", type=non_negative(),
-                   help="score the pruned model on this many test images (0: none)")
+    add_data_args(p, test_limit_zero=True)
     tgt = p.add_mutually_exclusive_group(required=True)
     tgt.add_argument("--target-macs", type=fraction(), metavar="R", help="stop at R x the base MACs (0 < R < 1)")
     tgt.add_argument("--target-latency", type=fraction(),
@@ -55,12 +51,7 @@ def register(sub: Any) -> None:
     p.add_argument("--eval-size", type=non_negative(),
                    default=1000, help="held-out images scored at every step (0: none)")
     p.add_argument("--max-steps", type=count(), default=10000)
-    p.add_argument("--seed", type=non_negative(), default=0, help="seed of the split and the batch order")
-    p.add_argument("--threads", type=count(), help="torch CPU threads per process")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="autocast precision of the "
-                   "forward pass (saliency stays in fp32/fp64)")
-    p.add_argument("-j", "--workers", type=non_negative(), default=0, help="DataLoader worker processes")
+    add_runtime_args(p, training=False)
     p.add_argument("--out", required=True, help="run folder: trace.jsonl, pruned.yaml/.safetensors, metrics, plots")
     p.add_argument("--resume", action="store_true", help="continue a killed run from RUN_DIR/state.pt")
     add_overwrite_arg(p)
@@ -95,7 +86,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         target_kind="latency" if args.target_latency is not None else "macs",
         criterion=args.criterion, epochs=args.epochs, prune_steps=args.prune_steps, interval=args.interval,
         per_step=args.per_step, step_fraction=args.step_fraction, device=args.device, amp=args.amp,
-        workers=args.workers,
+        workers=args.loader_workers,
         eta=args.eta, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         kl_weight=args.kl_weight, ce_weight=args.ce_weight, temperature=args.temperature,
         granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,

@@ -5,40 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg
-from revit.validation import check_output_dir, count, non_negative, number
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """Dataset options shared by train, prune and demo."""
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, digits, or an ImageFolder path")
-    p.add_argument("--train-limit", type=count(), help="use this many training images (default: all)")
-    p.add_argument("--val-size", type=non_negative(),
-                   default=5000, help="images held out of the training set for selection")
-    p.add_argument("--test-limit", type=count(), help="evaluate on this many test images (default: all)")
-    p.add_argument("--seed", type=non_negative(), default=0, help="seed of the split, the init and the batch order")
-    p.add_argument("--threads", type=count(), help="torch CPU threads per process")
-
-
-def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--workers") -> None:
-    """Device and speed options shared by train and prune (``loader_flag``: --workers/-j, or
-    --loader-workers where --workers already counts processes)."""
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
-                   help="mixed precision: autocast in bf16, or fp16 with a GradScaler (CPU bf16 is emulated: slow)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for images and the model")
-    p.add_argument("--grad-accum", type=count(), default=1, metavar="N",
-                   help="micro-batches of --batch-size per optimizer step")
-    flags = (loader_flag, "-j") if loader_flag == "--workers" else (loader_flag,)
-    p.add_argument(*flags, dest="loader_workers", type=non_negative(), default=0, metavar="N",
-                   help="DataLoader worker processes per training process")
-
-
-def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields of :func:`add_runtime_args`."""
-    return {"device": args.device, "amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
-            "grad_accum": args.grad_accum, "loader_workers": args.loader_workers}
+from revit.cli._common import add_command, add_data_args, add_overwrite_arg, add_runtime_args, runtime_kwargs
+from revit.validation import check_output_dir, count, number
 
 
 def register(sub: Any) -> None:
