@@ -11,7 +11,7 @@ shared machine hit all of them alike:
 - ``saliency``: the pruner's step as it runs (criterion on the gradients + interval accumulator).
 
 Overhead = median(saliency) / median(no-saliency) - 1, per criterion.  Pruning steps themselves
-(ranking, removal, trace, state) happen once per interval and are timed separately, per call.
+(ranking, removal, trace record) happen once per interval and are timed separately, per call.
 Usage: python benchmarks/prune_overhead.py [--rounds 12] [--steps 4] [--criteria hessian,nvit-code]
 """
 
@@ -162,11 +162,10 @@ def main() -> None:
                 times[name].append(clock() - t0)
                 if name.endswith("/saliency"):
                     books[name.split("/")[0]].append(book[-1])
-    # one pruning step (ranking + removal + trace + state), for scale
+    # one pruning step (ranking + removal + trace record), for scale
     r0 = runs[criteria[0]]
     t0 = clock()
-    r0.pruner._prune()  # what step() does when the schedule says so (private: the schedule here never does)
-    r0._after_prune_step()
+    r0.pruner.prune_now()  # what step() does when the schedule says so (the schedule here never does)
     prune_step_s = clock() - t0
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -190,7 +189,7 @@ def main() -> None:
               f"goal); bookkeeping timed directly {statistics.median(books[crit]) * 1e3:.1f} ms = "
               f"{direct * 100:.1f}% of a step; pruner step with saliency vs plain training "
               f"x{med[f'{crit}/saliency'] / med['plain']:.3f}")
-    print(f"one pruning step (rank, remove, trace, save state): {prune_step_s * 1e3:.0f} ms, once per interval")
+    print(f"one pruning step (rank, remove, trace record): {prune_step_s * 1e3:.0f} ms, once per interval")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,27 @@ def test_graphed_scoring_bookkeeping_equals_eager() -> None:
         da, db = a.to_dict(), b.to_dict()
         assert da == db, {k: (da[k], db[k]) for k in da if da[k] != db[k]}
     assert state["calls"] == 5
+
+
+def test_prune_now_steps_off_schedule_like_a_due_step() -> None:
+    """prune_now() removes exactly what a due step() would, from the same scores; after the target it refuses."""
+    import copy
+
+    from revit.errors import BudgetError
+    from revit.prune import GlobalPruner
+
+    net = _tiny()
+    a = GlobalPruner(copy.deepcopy(net), target_macs=0.5, total_steps=4, granularity="one")
+    b = GlobalPruner(copy.deepcopy(net), target_macs=0.5, total_steps=4, granularity="one")
+    b.schedule = dataclasses.replace(b.schedule, interval=10**6)  # its schedule never falls due
+    first = _batches(a.schedule.interval)
+    _run(a, first)
+    _run(b, first)
+    assert b.steps == 0 and a.steps == 1
+    b.prune_now()
+    assert [s.to_dict() for s in b.trace.steps] == [s.to_dict() for s in a.trace.steps]
+    while not b.done:
+        _run(b, _batches(1, seed=b.steps))
+        b.prune_now()
+    with pytest.raises(BudgetError, match="already met"):
+        b.prune_now()

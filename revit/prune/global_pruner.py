@@ -200,7 +200,7 @@ class GlobalPruner:
             self._warned = True
             warnings.warn(f"the budget of {budget} steps ended before the target was met; pruning continues "
                           f"every {self.schedule.interval} steps until it is", stacklevel=2)
-        self._prune()
+        self.prune_now()
         return True
 
     def _score(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> None:
@@ -241,7 +241,11 @@ class GlobalPruner:
         if self._graph is not None and self._graph.count:
             self._graph.flush_into(self.acc)
 
-    def _prune(self) -> None:
+    def prune_now(self) -> None:
+        """One pruning step at once, whatever the schedule says (what :meth:`step` does when one is due):
+        rank the accumulated scores, remove units toward the target, record the step in the trace."""
+        if self.done:
+            raise BudgetError("the target is already met: nothing left to prune")
         self._flush_graph()
         scores = self.acc.end_interval()
         if not scores:
