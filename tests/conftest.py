@@ -21,6 +21,43 @@ def tiny_cfg():
                      img_size=16, patch_size=4, in_chans=1, num_classes=5)
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits at 8x8 with 300 images held out: the small real dataset of the training tests."""
+    from revit.data import DataSpec, load_splits
+
+    return load_splits(DataSpec("digits", img_size=8, val_size=300))
+
+
+@pytest.fixture
+def train_resumed():
+    """``run(make_model, tc, train_ds, val_ds, out, stop_after=None) -> model``: ``train()`` into ``out``;
+    with ``stop_after``, interrupted after that epoch and resumed in ``out`` from a freshly built model
+    under another RNG state, as a killed run restarts."""
+
+    def run(make_model, tc, train_ds, val_ds, out, stop_after=None):
+        import torch
+
+        from revit.train import train
+
+        torch.manual_seed(0)
+        model = make_model()
+
+        def stop(rec):
+            if stop_after and rec["epoch"] == stop_after:
+                raise KeyboardInterrupt
+
+        try:
+            train(model, train_ds, val_ds, tc, out, on_epoch=stop, progress=False)
+        except KeyboardInterrupt:
+            torch.manual_seed(123)
+            model = make_model()
+            train(model, train_ds, val_ds, tc, out, resume=True, progress=False)
+        return model
+
+    return run
+
+
 def run_cli(args, capsys=None):
     """Run ``revit ARGS`` in-process; returns (code, stdout, stderr) when capsys is given."""
     from revit.cli.main import main

@@ -6,14 +6,8 @@ import sys
 import pytest
 import torch
 
-from revit.data import DataSpec, load_splits
 from revit.models import build_model
 from revit.train import GlobalBatchSampler, TrainConfig, evaluate, train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_splits(DataSpec("digits", img_size=8, val_size=300))
 
 
 def _cfg():
@@ -39,23 +33,11 @@ def test_global_batches_are_split_across_ranks():
         assert two[0][i] + two[1][i] == b
 
 
-def test_resume_equals_uninterrupted_run(digits, tmp_path):
+def test_resume_equals_uninterrupted_run(digits, tmp_path, train_resumed):
     tc = TrainConfig(epochs=2, batch_size=64, lr=2e-3, max_steps_per_epoch=6)
 
     def run(out, stop_after=None):
-        torch.manual_seed(0)
-        model = build_model(_cfg())
-
-        def stop(rec):
-            if stop_after and rec["epoch"] == stop_after:
-                raise KeyboardInterrupt
-
-        try:
-            train(model, digits.train, digits.val, tc, out, on_epoch=stop, progress=False)
-        except KeyboardInterrupt:
-            torch.manual_seed(123)  # a resumed process starts from another RNG state
-            model = build_model(_cfg())
-            train(model, digits.train, digits.val, tc, out, resume=True, progress=False)
+        model = train_resumed(lambda: build_model(_cfg()), tc, digits.train, digits.val, out, stop_after)
         return model, [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
 
     m1, log1 = run(tmp_path / "a")

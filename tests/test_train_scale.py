@@ -22,11 +22,6 @@ from revit.runtime import GlobalBatchSampler
 from revit.train import evaluate, load_checkpoint_state, train
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_splits(DataSpec("digits", img_size=8, val_size=300))
-
-
 def _cfg(**kw):
     return uniform(32, 2, 2, **{"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, **kw})
 
@@ -270,23 +265,12 @@ def test_compiled_model_trains_like_eager(digits):
     assert "_orig_mod" not in "".join(m2.state_dict())  # checkpoints keep the plain names
 
 
-def test_fp16_resume_restores_the_grad_scaler(digits, tmp_path):
+def test_fp16_resume_restores_the_grad_scaler(digits, tmp_path, train_resumed):
     """An fp16 run stopped after epoch 1 and resumed ends where the uninterrupted one does (scaler state too)."""
     tc = TrainConfig(epochs=2, batch_size=64, lr=2e-3, max_steps_per_epoch=5, amp="fp16", device="cpu")
 
     def run(out, stop_after=None):
-        torch.manual_seed(0)
-        model = build_model(_cfg())
-
-        def stop(rec):
-            if stop_after and rec["epoch"] == stop_after:
-                raise KeyboardInterrupt
-
-        try:
-            train(model, digits.train, None, tc, out, on_epoch=stop, progress=False)
-        except KeyboardInterrupt:
-            model = build_model(_cfg())
-            train(model, digits.train, None, tc, out, resume=True, progress=False)
+        model = train_resumed(lambda: build_model(_cfg()), tc, digits.train, None, out, stop_after)
         return model, load_checkpoint_state(out / "checkpoint.pt")
 
     m1, s1 = run(tmp_path / "a")
