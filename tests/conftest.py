@@ -58,6 +58,19 @@ def train_resumed():
     return run
 
 
+@pytest.fixture(scope="module")
+def pg_url():
+    """A throw-away PostgreSQL server's URL, one per test module so that study names never meet across modules
+    (skips without Debian's postgresql)."""
+    from revit.search.testing import PostgresUnavailable, postgres_server
+
+    try:
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailable as e:
+        pytest.skip(str(e))
+
+
 def run_cli(args, capsys=None):
     """Run ``revit ARGS`` in-process; returns (code, stdout, stderr) when capsys is given."""
     from revit.cli.main import main

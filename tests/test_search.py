@@ -18,7 +18,7 @@ from revit.errors import FileFormatError, StorageError, UnknownNameError
 from revit.paths import shipped_dir
 from revit.search.spec import StudySpec, load_spec
 from revit.search.storage import STORAGES, normalize_url, open_storage
-from revit.search.testing import STORAGE_MODES, PostgresUnavailable, postgres_server, storage_url
+from revit.search.testing import STORAGE_MODES, storage_url
 from revit.search.testing import tiny_study_doc as tiny_doc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -27,15 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_spec(**over) -> StudySpec:
     return StudySpec.from_dict(tiny_doc(**over), "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    try:
-        with postgres_server() as url:
-            yield url
-    except PostgresUnavailable as e:
-        pytest.skip(str(e))
 
 
 @pytest.fixture(params=STORAGE_MODES)

@@ -15,19 +15,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from revit.search.testing import PostgresUnavailable, postgres_server, storage_url
+from revit.search.testing import storage_url
 from revit.search.testing import tiny_study_doc as tiny_doc
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    try:
-        with postgres_server() as url:
-            yield url
-    except PostgresUnavailable as e:
-        pytest.skip(str(e))
 
 
 def _url(mode, tmp_path, request):
