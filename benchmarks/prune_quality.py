@@ -507,6 +507,7 @@ def report(results: list[dict[str, Any]], budgets: dict[str, int], base_info: di
                _ms([r["top1_after_pruning"] for r in rs])]
         row += [_ms([r[f"top1_{n}"] for r in rs if f"top1_{n}" in r]) for n in budgets]
         lines.append("| " + " | ".join(row) + " |")
+    lines += contrasts(results, budgets)
     if any(r.get("reached_target") is False for r in results):
         lines += ["", f"* Torch-Pruning did not reach the target at any pruning ratio up to {TP_MAX_RATIO:g}: the "
                       "smallest model it produced, MACs above the target"]
@@ -515,6 +516,33 @@ def report(results: list[dict[str, Any]], budgets: dict[str, int], base_info: di
                       "Torch-Pruning's count_ops_and_params (ratio to the same counter on the base), latency not "
                       "timed, mean over such seeds mixed with revit-counted ones if any"]
     return "\n".join(lines)
+
+
+def contrasts(results: list[dict[str, Any]], budgets: dict[str, int], ref: str = "hessian") -> list[str]:
+    """Markdown rows: ``ref`` minus each other method per (ratio, budget), in points, with a 95% Welch
+    interval and p-value over the seeds (revit.search.results.welch); [] with fewer than 2 seeds."""
+    from revit.search.results import welch
+
+    ratios = sorted({r["ratio"] for r in results}, reverse=True)
+    peers = [m for m in ALL_METHODS if m != ref and any(r["method"] == m for r in results)]
+    stages = ["after_pruning", *budgets]
+    rows = []
+    for ratio in ratios:
+        for stage in stages:
+            key = "top1_after_pruning" if stage == "after_pruning" else f"top1_{stage}"
+            mine = [r[key] for r in results if r["method"] == ref and r["ratio"] == ratio and key in r]
+            cells = []
+            for m in peers:
+                theirs = [r[key] for r in results if r["method"] == m and r["ratio"] == ratio and key in r]
+                d, lo, hi, _, pv = welch(mine, theirs)
+                cells.append("-" if math.isnan(d) else f"{100 * d:+.1f}" if math.isnan(lo) else
+                             f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}], p {pv:.2g}")
+            rows.append(f"| {ratio:g}, {stage.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    if not rows or not any("[" in r for r in rows):
+        return []
+    return ["", f"`{ref}` minus each method, top-1 points (mean over seeds, 95% Welch interval, p-value):", "",
+            "| ratio, stage | " + " | ".join(f"vs {m}" for m in peers) + " |", "|" + "---|" * (len(peers) + 1),
+            *rows]
 
 
 def main() -> None:
