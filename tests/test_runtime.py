@@ -1,3 +1,6 @@
+import argparse
+import importlib
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -79,3 +82,25 @@ def test_to_device_nested_and_channels_last():
     assert ys.dtype == torch.int64
     d = to_device({"x": x, "n": 3}, torch.device("cpu"))
     assert d["n"] == 3 and d["x"] is x
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_cli_ends_the_process_group_it_started(tmp_path, monkeypatch, clean):
+    """A command that started a process group leaves none behind, on success (barrier first) and after an
+    error (no barrier), so no gloo thread is left to abort the process at exit."""
+    import torch.distributed as dist
+
+    cli_main = importlib.import_module("revit.cli.main")
+
+    def command(args):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        assert dist.is_initialized()
+        if not clean:
+            raise ConfigError("bad input after the group started")
+        return 0
+
+    parser = cli_main.build_parser()
+    monkeypatch.setattr(cli_main, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(func=command))
+    assert cli_main.main([]) == (0 if clean else 2)
+    assert not dist.is_initialized()
