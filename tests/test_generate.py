@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -183,18 +181,6 @@ def test_generate_does_not_import_torch():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout[-300:] + p.stderr[-300:]
     assert "LOADED []" in p.stdout
-
-
-def test_generate_cold_start_is_fast():
-    """Goal < 1 s (benchmarks/generate_speed.py measures the median); loose bound on a shared CI box."""
-    best = math.inf
-    for _ in range(2):
-        t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "revit", "generate", "--rule", "paper", "--macs", "4.6G"],
-                           capture_output=True, text=True, timeout=60)
-        best = min(best, time.perf_counter() - t0)
-        assert p.returncode == 0, p.stderr
-    assert best < 2.0
 
 
 def test_built_model_counts_the_same():
