@@ -29,6 +29,15 @@ def info(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def add_run_folder_args(p: argparse.ArgumentParser, contents: str, state_file: str, progress: str) -> None:
+    """``--out`` (a run folder holding ``contents``), ``--resume`` (from ``RUN_DIR/state_file``), ``--overwrite``
+    and ``--no-progress`` (help: ``progress``): the tail of every command that owns a run folder and can resume."""
+    p.add_argument("--out", required=True, help=f"run folder: {contents}")
+    p.add_argument("--resume", action="store_true", help=f"continue a killed run from RUN_DIR/{state_file}")
+    add_overwrite_arg(p)
+    p.add_argument("--no-progress", action="store_true", help=progress)
+
+
 def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
     """``--overwrite``: replace a finished run of the same kind in ``--out`` (never a folder of another kind)."""
     p.add_argument("--overwrite", action="store_true",

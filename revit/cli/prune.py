@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_data_args, add_overwrite_arg, add_runtime_args, info
+from revit.cli._common import add_command, add_data_args, add_run_folder_args, add_runtime_args, info
 from revit.validation import check_output_dir, count, fraction, non_negative, number
 
 CRITERIA_NAMES = ("hessian", "nvit-code", "taylor", "magnitude", "random")
@@ -52,10 +52,7 @@ def register(sub: Any) -> None:
                    default=1000, help="held-out images scored at every step (0: none)")
     p.add_argument("--max-steps", type=count(), default=10000)
     add_runtime_args(p, training=False)
-    p.add_argument("--out", required=True, help="run folder: trace.jsonl, pruned.yaml/.safetensors, metrics, plots")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from RUN_DIR/state.pt")
-    add_overwrite_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_folder_args(p, "trace.jsonl, pruned.yaml/.safetensors, metrics, plots", "state.pt", "no progress bar")
     p.set_defaults(func=cmd_prune)
 
 

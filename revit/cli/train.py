@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_data_args, add_overwrite_arg, add_runtime_args, runtime_kwargs
+from revit.cli._common import add_command, add_data_args, add_run_folder_args, add_runtime_args, runtime_kwargs
 from revit.validation import check_output_dir, count, number
 
 
@@ -43,10 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument("--distill-type", choices=("kl", "hard"),
                    help="kl: KL at --temperature; hard: CE on the teacher's argmax (DeiT); default: the recipe's")
     p.add_argument("--temperature", type=number(0, lo_open=True), default=1.0)
-    p.add_argument("--out", required=True, help="run folder: checkpoint, log.jsonl, model.safetensors, metrics")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    add_overwrite_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar and no per-epoch lines")
+    add_run_folder_args(p, "checkpoint, log.jsonl, model.safetensors, metrics", "checkpoint.pt",
+                        "no progress bar and no per-epoch lines")
     p.set_defaults(func=cmd_train)
 
 
