@@ -247,6 +247,22 @@ def test_accumulator_interval_mean_and_ema() -> None:
     assert acc.end_interval()[0].item() == pytest.approx(0.9 * 2.0 + 0.1 * 20.0)
 
 
+def test_accumulator_state_is_a_copy_of_sums_added_in_place() -> None:
+    """Sums are added to in place (one multi-tensor add): a state taken, or loaded, must not follow them."""
+    from revit.prune import ScoreAccumulator
+
+    acc = ScoreAccumulator(0.9)
+    acc.add({0: torch.tensor([1.0, 2.0]), 1: torch.tensor([5.0])})
+    state = acc.state_dict()
+    acc.add({0: torch.tensor([1.0, 1.0]), 1: torch.tensor([1.0])})
+    assert state["sum"][0].tolist() == [1.0, 2.0] and state["count"] == 1
+    other = ScoreAccumulator()
+    other.load_state_dict(state)
+    other.add({0: torch.tensor([3.0, 3.0]), 1: torch.tensor([0.0])})
+    assert state["sum"][0].tolist() == [1.0, 2.0]
+    assert other.end_interval()[0].tolist() == [2.0, 2.5] and acc.end_interval()[1].tolist() == [3.0]
+
+
 def test_masked_model_equals_dense_rebuild() -> None:
     from revit import counting
     from revit.models import build_model, count_params

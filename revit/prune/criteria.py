@@ -30,38 +30,104 @@ Scores = dict[int, torch.Tensor]
 CRITERIA: Registry[type[Criterion]] = Registry("importance criterion")
 
 
-class _Plan:
-    """Precomputed index tensors of one group's slices: where each entry's sum goes (per device).
+def _reduce(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """``t`` summed over every axis but ``axis``, in float64 (a vector of ``t.shape[axis]``)."""
+    dims = [d for d in range(t.ndim) if d != axis]
+    return t.sum(dim=dims, dtype=torch.float64) if dims else t.double()
 
-    Built once per (group, device), so a scoring call only sums axes and scatters (no index
-    arithmetic per batch); this is what keeps the saliency bookkeeping cheap.
+
+class _Plan:
+    """Precomputed index tensors of one group's slices: where each entry's sum goes.
+
+    ``parts``: per slice ``(param, axis, positions along the axis, flat output index, axis length)``.
+    Built once per group, so a scoring call only sums axes and scatters (no index arithmetic per batch).
     """
 
     def __init__(self, group: Group, slices: tuple[Slice, ...], units: Any, n_units: int) -> None:
         self.size, self.n_units = group.size, n_units
-        self.parts: list[tuple[str, int, torch.Tensor, torch.Tensor]] = []
+        self.parts: list[tuple[str, int, torch.Tensor, torch.Tensor, int]] = []
         for s in slices:
             u = torch.zeros_like(s.coord) if units is None else units(s)
             ok = (s.coord >= 0) & (u >= 0)
             pos = torch.nonzero(ok).flatten()
-            self.parts.append((s.param, s.axis, pos, s.coord[pos] * n_units + u[pos]))
-        self._on: dict[torch.device, list[tuple[str, int, torch.Tensor, torch.Tensor]]] = {}
-
-    def on(self, device: torch.device) -> list[tuple[str, int, torch.Tensor, torch.Tensor]]:
-        if device not in self._on:
-            self._on[device] = [(p, a, pos.to(device), flat.to(device)) for p, a, pos, flat in self.parts]
-        return self._on[device]
+            self.parts.append((s.param, s.axis, pos, s.coord[pos] * n_units + u[pos], s.coord.numel()))
 
     def sums(self, per_param: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Sum of ``per_param`` over the entries each index owns, per unit: (size, n_units), float64."""
         device = next(iter(per_param.values())).device if per_param else torch.device("cpu")
         out = torch.zeros(self.size * self.n_units, dtype=torch.float64, device=device)
-        for param, axis, pos, flat in self.on(device):
-            t = per_param[param]
-            dims = [d for d in range(t.ndim) if d != axis]
-            r = t.sum(dim=dims, dtype=torch.float64) if dims else t.double()
-            out.index_add_(0, flat, r.index_select(0, pos))
+        for param, axis, pos, flat, _ in self.parts:
+            out.index_add_(0, flat.to(device), _reduce(per_param[param], axis).index_select(0, pos.to(device)))
         return out.view(self.size, self.n_units)
+
+
+class _FusedPlan:
+    """Every group's plan fused into one scatter: a scoring call sums each (parameter, axis) once,
+    gathers all owned positions with one ``index_select`` and adds them into one flat float64 buffer
+    with one ``index_add_``; each group's scores are a view of that buffer.
+
+    Per call this is O(parameters) kernels instead of O(slices x groups) (DeiT-S: 1277 -> ~300 ops),
+    which is what a GPU step's bookkeeping costs: launches, not arithmetic.  Index tensors are moved
+    to a device once.
+    """
+
+    def __init__(self, plans: Mapping[int, _Plan]) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        self.keys: list[tuple[str, int]] = []
+        self.spans: dict[int, tuple[int, int, int]] = {}  # gid -> (offset, size, units per index)
+        src: list[torch.Tensor] = []
+        dst: list[torch.Tensor] = []
+        index_of: list[torch.Tensor] = []  # flat entry -> its index's position in the per-index vector
+        n_in = n_out = n_index = 0
+        for gid, plan in plans.items():
+            for param, axis, pos, flat, length in plan.parts:
+                if (param, axis) not in offsets:
+                    offsets[(param, axis)] = n_in
+                    self.keys.append((param, axis))
+                    n_in += length
+                src.append(pos + offsets[(param, axis)])
+                dst.append(flat + n_out)
+            self.spans[gid] = (n_out, plan.size, plan.n_units)
+            index_of.append(torch.arange(plan.size).repeat_interleave(plan.n_units) + n_index)
+            n_out += plan.size * plan.n_units
+            n_index += plan.size
+        self.total, self.n_index = n_out, n_index
+        empty = torch.zeros(0, dtype=torch.long)
+        self._cpu = tuple(torch.cat(x) if x else empty for x in (src, dst, index_of))
+        self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(gather positions, scatter positions, index of each entry) on ``device``, moved once."""
+        if device not in self._on:
+            self._on[device] = tuple(t.to(device) for t in self._cpu)
+        return self._on[device]
+
+    def flat(self, per_param: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """All groups' per-unit sums in one float64 vector (group ``gid`` at its span)."""
+        device = next(iter(per_param.values())).device if per_param else torch.device("cpu")
+        src, dst, _ = self.on(device)
+        out = torch.zeros(self.total, dtype=torch.float64, device=device)
+        if self.keys:
+            # 1-D tensors go in as they are: cat promotes them to float64 exactly, without a copy kernel each
+            reduced = torch.cat([t if t.ndim == 1 else _reduce(t, a)
+                                 for t, a in ((per_param[p], a) for p, a in self.keys)])
+            reduced = reduced.double() if reduced.dtype != torch.float64 else reduced
+            out.index_add_(0, dst, reduced.index_select(0, src))
+        return out
+
+    def split(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Views of a flat vector (or a per-entry function of it) as ``{gid: (size, n_units)}``."""
+        return {gid: flat[o:o + size * n].view(size, n) for gid, (o, size, n) in self.spans.items()}
+
+    def per_index(self, flat: torch.Tensor) -> dict[int, torch.Tensor]:
+        """A flat per-unit vector summed over each index's units (one scatter), as ``{gid: (size,)}``."""
+        index_of = self.on(flat.device)[2]
+        out = torch.zeros(self.n_index, dtype=flat.dtype, device=flat.device).index_add_(0, index_of, flat)
+        spans, n = {}, 0
+        for gid, (_, size, _) in self.spans.items():
+            spans[gid] = out[n:n + size]
+            n += size
+        return spans
 
 
 def index_sums(group: Group, per_param: Mapping[str, torch.Tensor], slices: tuple[Slice, ...] | None = None,
@@ -90,6 +156,7 @@ class Criterion(ABC):
     def __init__(self, structure: Structure | None = None, seed: int = 0) -> None:
         self.seed = seed
         self._plans: dict[int, _Plan] = {}
+        self._fused = _FusedPlan({})
         if structure is not None:
             self.bind(structure)
 
@@ -97,15 +164,25 @@ class Criterion(ABC):
         """Attach the model's structure (and precompute the per-group plans); returns ``self``."""
         self.structure = structure
         self._plans = {g.gid: self._plan(g) for g in structure.groups}
+        self._fused = _FusedPlan(self._plans)
         return self
 
     def _plan(self, g: Group) -> _Plan:
         return _Plan(g, g.slices, None, 1)
 
-    def _sums(self, per_param: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    def _flat_sums(self, per_param: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Every group's per-unit sums of ``per_param`` in one flat float64 vector (see :class:`_FusedPlan`)."""
         if not hasattr(self, "structure"):
             raise TypeError(f"{type(self).__name__} is not bound to a model structure: call bind(structure)")
-        return {gid: plan.sums(per_param) for gid, plan in self._plans.items()}
+        return self._fused.flat(per_param)
+
+    def _sums(self, per_param: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Per group, the (size, n_units) sums of ``per_param`` over the entries each index owns."""
+        return self._fused.split(self._flat_sums(per_param))
+
+    def _scores(self, flat: torch.Tensor) -> Scores:
+        """Per-group scores from a flat per-index vector (groups of one unit per index)."""
+        return {gid: v[:, 0] for gid, v in self._fused.split(flat).items()}
 
     @abstractmethod
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores: ...
@@ -118,12 +195,14 @@ class Criterion(ABC):
 
 
 def _wg(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """w * dL/dw per parameter, in the parameter's precision (sums are taken in float64)."""
-    out = {}
-    for k, g in grads.items():
-        w = params[k].detach()
-        out[k] = w * g if w.dtype == g.dtype else w.float() * g.float()
-    return out
+    """w * dL/dw per parameter, in the parameter's precision (sums are taken in float64); one
+    multi-tensor multiply when weights and gradients share a dtype and device (the usual case)."""
+    names = list(grads)
+    ws = [params[k].detach() for k in names]
+    gs = [grads[k] for k in names]
+    if names and all(w.dtype == g.dtype and w.device == g.device for w, g in zip(ws, gs, strict=True)):
+        return dict(zip(names, torch._foreach_mul(ws, gs), strict=True))
+    return {k: w * g if w.dtype == g.dtype else w.float() * g.float() for k, w, g in zip(names, ws, gs, strict=True)}
 
 
 @CRITERIA.register("hessian")
@@ -131,7 +210,7 @@ class Hessian(Criterion):
     """The paper's saliency: squared gate gradient, (sum over owned entries of w * dL/dw)^2."""
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        return {gid: v[:, 0] ** 2 for gid, v in self._sums(_wg(params, grads)).items()}
+        return self._scores(self._flat_sums(_wg(params, grads)) ** 2)
 
 
 @CRITERIA.register("taylor")
@@ -139,7 +218,7 @@ class Taylor(Criterion):
     """Absolute first-order Taylor term of removing the index: |sum w * dL/dw|."""
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        return {gid: v[:, 0].abs() for gid, v in self._sums(_wg(params, grads)).items()}
+        return self._scores(self._flat_sums(_wg(params, grads)).abs())
 
 
 @CRITERIA.register("magnitude")
@@ -150,7 +229,7 @@ class Magnitude(Criterion):
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
         sq = {k: v.detach().double() ** 2 for k, v in params.items()}
-        return {gid: v[:, 0].sqrt() for gid, v in self._sums(sq).items()}
+        return self._scores(self._flat_sums(sq).sqrt())
 
 
 @CRITERIA.register("random")
@@ -225,9 +304,19 @@ class NvitCode(Criterion):
             return out, unit_q, nh
         return out, (lambda s: head_coord(st, s, block)), nh
 
+    def bind(self, structure: Structure) -> Criterion:
+        super().bind(structure)
+        kinds = {g.gid: g.kind for g in structure.groups}
+        self._norm = torch.cat([torch.full((size * n,), self.norm[kinds[gid]], dtype=torch.float64)
+                                for gid, (_, size, n) in self._fused.spans.items()]) if kinds else torch.zeros(0)
+        self._norm_on: dict[torch.device, torch.Tensor] = {}
+        return self
+
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        kinds = {g.gid: g.kind for g in self.structure.groups}
-        return {gid: ((v / self.norm[kinds[gid]]) ** 2).sum(dim=1) for gid, v in self._sums(_wg(params, grads)).items()}
+        flat = self._flat_sums(_wg(params, grads))
+        if flat.device not in self._norm_on:
+            self._norm_on[flat.device] = self._norm.to(flat.device)
+        return self._fused.per_index((flat / self._norm_on[flat.device]) ** 2)
 
 
 def build_criterion(name: str, structure: Structure, seed: int = 0) -> Criterion:
@@ -248,8 +337,12 @@ class ScoreAccumulator:
         self.ema: Scores = {}
 
     def add(self, scores: Scores) -> None:
-        for k, v in scores.items():
-            self.sum[k] = self.sum[k] + v if k in self.sum else v.clone()
+        if self.sum and self.sum.keys() == scores.keys():  # one multi-tensor add into the owned sums
+            keys = list(self.sum)
+            torch._foreach_add_([self.sum[k] for k in keys], [scores[k] for k in keys])
+        else:
+            for k, v in scores.items():
+                self.sum[k] = self.sum[k] + v if k in self.sum else v.clone()
         self.count += 1
 
     def end_interval(self) -> Scores:
@@ -262,8 +355,10 @@ class ScoreAccumulator:
         return self.ema
 
     def state_dict(self) -> dict[str, Any]:
-        return {"momentum": self.momentum, "sum": self.sum, "count": self.count, "ema": self.ema}
+        # copies: the sums are added to in place, so a state taken now must not follow them
+        return {"momentum": self.momentum, "sum": {k: v.clone() for k, v in self.sum.items()}, "count": self.count,
+                "ema": dict(self.ema)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.momentum, self.sum, self.count, self.ema = (state["momentum"], dict(state["sum"]), int(state["count"]),
-                                                         dict(state["ema"]))
+        self.momentum, self.count, self.ema = state["momentum"], int(state["count"]), dict(state["ema"])
+        self.sum = {k: v.clone() for k, v in state["sum"].items()}  # added to in place: never the caller's tensors
