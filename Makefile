@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python benchmarks/train_micro.py --threads 1
 	$(BIN)/python benchmarks/amp_micro.py --threads 1
 	$(BIN)/python benchmarks/prune_overhead.py
+	$(BIN)/python benchmarks/saliency_kernels.py
 	$(BIN)/python benchmarks/prune_latency.py
 	$(BIN)/python benchmarks/study_scaling.py --seconds 80
 	$(BIN)/python benchmarks/prune_quality.py --out runs/bench-prune-quality-12k --base-epochs 6 --train-limit 12000 \
