@@ -105,7 +105,7 @@ class GlobalPruner:
         self.evaluator = evaluator
         self.calls, self.steps = 0, 0
         self.eta_abs: float | None = None
-        self._loss = [0.0, 0]
+        self._loss: list[Any] = [0.0, 0]  # (sum: a float or a 0-d float64 tensor on the loss's device, count)
         self._warned = False
         self.steps_log: list[TraceStep] = []
         self._record(loss=None, extra={"batches": 0, "removed": []})
@@ -185,8 +185,8 @@ class GlobalPruner:
             if self.criterion.needs_grad and not grads:
                 raise ConfigError("accumulate() found no gradients: call it after loss.backward()")
             self._score(params, grads)
-        if loss is not None:
-            self._loss[0] += float(loss)
+        if loss is not None:  # a tensor loss is summed on its device: no sync per call
+            self._loss[0] = self._loss[0] + (loss.detach().double() if isinstance(loss, torch.Tensor) else float(loss))
             self._loss[1] += 1
 
     def step(self) -> bool:
@@ -263,7 +263,7 @@ class GlobalPruner:
                         penalty=self.penalty, goal=goal, eta=self.eta, eta_abs=self.eta_abs, max_units=max_units)
             self.masks.alive = {gid: a.clone() for gid, a in ch.alive.items()}
             removed, self.eta_abs = list(ch.removed), ch.eta_abs
-        loss_sum = torch.tensor(self._loss, dtype=torch.float64)
+        loss_sum = torch.tensor([float(self._loss[0]), self._loss[1]], dtype=torch.float64)
         if self.world > 1:
             removed = self._broadcast(removed, loss_sum)
         self.masks.refresh()
@@ -329,7 +329,8 @@ class GlobalPruner:
         self._flush_graph()
         return {"alive": cpu(self.masks.alive), "acc": cpu(self.acc.state_dict()),
                 "criterion": cpu(self.criterion.state_dict()), "calls": self.calls, "steps": self.steps,
-                "eta_abs": self.eta_abs, "loss": list(self._loss), "trace": [s.to_dict() for s in self.steps_log]}
+                "eta_abs": self.eta_abs, "loss": [float(self._loss[0]), self._loss[1]],
+                "trace": [s.to_dict() for s in self.steps_log]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         device = next(self.model.parameters()).device

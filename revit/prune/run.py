@@ -274,7 +274,7 @@ class PruneRun:
             yield from dl
             epoch, skip = epoch + 1, 0
 
-    def _train_batch(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _train_batch(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from revit.train import distillation_loss
 
         x, y = to_device((x, y), self.device)
@@ -285,10 +285,6 @@ class PruneRun:
         logits, t_logits = logits.float(), t_logits.float()
         loss = self.cfg.ce_weight * F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         loss = loss + self.cfg.kl_weight * distillation_loss(logits, t_logits, self.cfg.temperature)
-        if not torch.isfinite(loss):
-            raise PruneError(f"the loss became {loss.item()} at batch {self.pruner.calls + 1} (after step "
-                             f"{self.pruner.steps}); the last good state (step {self.pruner.steps}) is kept in "
-                             f"{self.state_path}: lower the learning rate and rerun with --resume")
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -303,7 +299,19 @@ class PruneRun:
             self.scaler.update()
         else:
             self.opt.step()
-        return float(loss.item())
+        return loss.detach()
+
+    def _check_loss(self, loss: torch.Tensor, batch: int) -> float:
+        """The loss as a float (a device sync), or a :class:`PruneError` if it is not finite.
+
+        Checked every few batches and before every pruning step, not per batch, so the GPU is not
+        synchronised on every step; the state saved at the last pruning step stays the last good one."""
+        value = float(loss)
+        if not math.isfinite(value):
+            raise PruneError(f"the loss became {value} by batch {batch} (after step "
+                             f"{self.pruner.steps}); the last good state (step {self.pruner.steps}) is kept in "
+                             f"{self.state_path}: lower the learning rate and rerun with --resume")
+        return value
 
     def run(self) -> PruneResult:
         """Prune until the target is met, then rebuild, export and return the dense model."""
@@ -321,12 +329,15 @@ class PruneRun:
         while not self.finished:
             x, y = next(batches)
             loss = self._train_batch(net, x, y)
+            calls = self.pruner.calls + 1
+            checked = calls % 5 == 0 or sched.due(calls)
+            value = self._check_loss(loss, calls) if checked else None
             pruned = self.pruner.step()
             bar.update()
             if pruned:
                 self._after_prune_step()
-            if self.pruner.calls % 5 == 0 or self.finished:
-                bar.set_postfix_str(self._status(loss))
+            if value is not None or self.finished:
+                bar.set_postfix_str(self._status(self._check_loss(loss, calls) if value is None else value))
             if self.pruner.steps >= self.cfg.max_steps and not self.finished:
                 from revit.errors import BudgetError
 
