@@ -97,6 +97,16 @@ class MacsCost(CostModel):
     def cost(self, cfg: ViTConfig) -> float:
         return float(counting.macs(cfg, self.convention))
 
+    def saving(self, cfg: ViTConfig, kind: str, block: int | None, units: int) -> float:
+        """A block width changes that block's MACs only: priced on the block (the pruner asks this for
+        every group at every removal); the embedding changes everything and is priced on the model."""
+        if kind == "embed_dim" or block is None:
+            return super().saving(cfg, kind, block, units)
+        b = cfg.blocks[block]
+        new = replace(b, **{kind: getattr(b, kind) - units})
+        return float(counting.block_macs(cfg.embed_dim, b, cfg.tokens, self.convention)
+                     - counting.block_macs(cfg.embed_dim, new, cfg.tokens, self.convention))
+
     def format(self, value: float) -> str:
         return f"{counting.format_count(value)} {self.unit}"
 

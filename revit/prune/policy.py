@@ -74,19 +74,27 @@ class Choice:
 
 def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], alive: Mapping[int, torch.Tensor],
                unit: Mapping[str, int], minimum: Mapping[str, int], cfg: ViTConfig,
-               penalty: CostLike) -> list[Candidate]:
-    """One candidate per group that can still lose ``unit[kind]`` indices without going below its minimum."""
+               penalty: CostLike, lowest: dict[int, tuple[int, tuple[int, ...], float]] | None = None
+               ) -> list[Candidate]:
+    """One candidate per group that can still lose ``unit[kind]`` indices without going below its minimum.
+
+    ``lowest`` caches each group's (alive count, lowest indices, their saliency) between calls; the
+    caller drops a group's entry when its alive mask changes (savings are always recomputed).
+    """
     out = []
+    lowest = {} if lowest is None else lowest
     for g in groups:
         a = alive[g.gid]
         u = unit[g.kind]
-        if int(a.sum()) - u < min(minimum[g.kind], g.size):
+        if g.gid not in lowest:
+            s = scores[g.gid].detach().double().cpu().clone()
+            s[~a.cpu()] = math.inf
+            order = torch.argsort(s, stable=True)[:u]
+            lowest[g.gid] = (int(a.sum()), tuple(int(i) for i in order), float(s[order].sum()))
+        n_alive, indices, saliency = lowest[g.gid]
+        if n_alive - u < min(minimum[g.kind], g.size):
             continue  # at its minimum: no candidate, no penalty
-        s = scores[g.gid].detach().double().cpu().clone()
-        s[~a.cpu()] = math.inf
-        order = torch.argsort(s, stable=True)[:u]
-        out.append(Candidate(g.gid, tuple(int(i) for i in order), float(s[order].sum()),
-                             float(penalty.saving(cfg, g.kind, g.block, u))))
+        out.append(Candidate(g.gid, indices, saliency, float(penalty.saving(cfg, g.kind, g.block, u))))
     return out
 
 
@@ -112,13 +120,16 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
     to the lower group id.  Raises :class:`BudgetError` when every group is at its minimum first.
     """
     by_gid = {g.gid: g for g in groups}
+    # one copy to the host for the whole step: scores may live on a GPU, and candidates() reads them per removal
+    scores = {gid: v.detach().double().cpu() for gid, v in scores.items()}
     now = {gid: a.clone() for gid, a in alive.items()}
     removed: list[dict[str, Any]] = []
+    lowest: dict[int, tuple[int, tuple[int, ...], float]] = {}
     while True:
         cfg = config_of(now)
         if cost.cost(cfg) <= goal or (max_units is not None and len(removed) >= max_units):
             break
-        cands = candidates(groups, scores, now, unit, minimum, cfg, penalty)
+        cands = candidates(groups, scores, now, unit, minimum, cfg, penalty, lowest)
         if not cands:
             raise BudgetError("every width is at its minimum before the target was reached")
         if eta_abs is None:
@@ -126,6 +137,7 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
         e = eta_abs
         best = min(cands, key=lambda c: (c.score(e), c.gid))
         now[best.gid][list(best.indices)] = False
+        del lowest[best.gid]  # only this group's alive mask changed
         removed.append({"group": by_gid[best.gid].name, "units": len(best.indices), "indices": list(best.indices),
                         "saliency": best.saliency, "saving": best.saving, "score": best.score(eta_abs)})
     return Choice(tuple(removed), now, 0.0 if eta_abs is None else eta_abs)
