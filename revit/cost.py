@@ -115,7 +115,7 @@ class LatencyCost(CostModel):
     """Whole-model latency predicted by a table, in seconds per batch of the table's batch size.
 
     Savings come from the table's marginal savings (negative ones clipped at zero by the table) and
-    are cached per (config, block, kind, units).
+    are cached per (embedding, the block's widths, kind, units).
     """
 
     name, unit = "latency", "s"
@@ -133,7 +133,10 @@ class LatencyCost(CostModel):
         return float(self.table.predict(cfg).total_s)
 
     def saving(self, cfg: ViTConfig, kind: str, block: int | None, units: int) -> float:
-        key = (cfg.embed_dim, cfg.blocks, block or 0, kind, units)
+        # a block width's saving depends on that block's widths and the embedding only (the table is per
+        # block): keyed so, it is reused across removals elsewhere; the embedding's depends on every block
+        where = cfg.blocks if kind == "embed_dim" or block is None else cfg.blocks[block]
+        key = (cfg.embed_dim, where, kind, units)
         if key not in self._cache:
             if len(self._cache) > self._CACHE_SIZE:
                 self._cache.clear()
