@@ -66,8 +66,8 @@ def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--worker
     --channels-last and --grad-accum, which only the training loop implements)."""
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
-                   help="mixed precision: autocast in bf16, or fp16 with a GradScaler (CPU bf16 is emulated: slow; "
-                   "saliency stays in fp32)")
+                   help="mixed precision: autocast in bf16, or fp16 with a GradScaler (slow on CPUs without native "
+                   "bf16; losses, saliency and scores stay in fp32)")
     if training:
         p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
         p.add_argument("--channels-last", action="store_true", help="NHWC memory format for images and the model")

@@ -50,7 +50,8 @@ def register(sub: Any) -> None:
                    default=3.0, help="distillation temperature (NViT: 3)")
     p.add_argument("--eval-size", type=non_negative(),
                    default=1000, help="held-out images scored at every step (0: none)")
-    p.add_argument("--max-steps", type=count(), default=10000)
+    p.add_argument("--max-steps", type=count(), default=10000,
+                   help="give up (exit 2) after this many pruning steps without reaching the target")
     add_runtime_args(p, training=False)
     add_run_folder_args(p, "trace.jsonl, pruned.yaml/.safetensors, metrics, plots", "state.pt", "no progress bar")
     p.set_defaults(func=cmd_prune)
