@@ -76,6 +76,34 @@ def test_latency_cost_uses_the_table_and_caches():
         c.cost(ViTConfig(8, CFG.blocks, CFG.setting))
 
 
+def test_block_savings_equal_whole_model_recounts_for_every_kind_and_block():
+    """MacsCost prices a block width on its block alone: equal to recounting the whole model."""
+    for conv in ("nvit", "timm"):
+        m = MacsCost(conv)
+        for block in range(CFG.depth):
+            for kind in ("heads", "qk_dim", "v_dim", "mlp_dim"):
+                want = counting.macs(CFG, conv) - counting.macs(shrink(CFG, kind, block, 1), conv)
+                assert m.saving(CFG, kind, block, 1) == want > 0
+
+
+def test_latency_savings_are_reused_across_changes_elsewhere_only():
+    """A block width's cached saving survives a change in another block, not one in its own block or EMB."""
+    t = Table()
+    c = LatencyCost(t)
+    c.saving(CFG, "mlp_dim", 0, 8)
+    other = shrink(CFG, "heads", 1, 1)  # block 1 changed: block 0's saving is the same number
+    assert c.saving(other, "mlp_dim", 0, 8) == pytest.approx(
+        (counting.macs(other) - counting.macs(shrink(other, "mlp_dim", 0, 8))) * 1e-9)
+    assert t.calls == 1
+    for changed in (shrink(CFG, "mlp_dim", 0, 8), shrink(CFG, "embed_dim", None, 8)):
+        got = c.saving(changed, "mlp_dim", 0, 8)
+        assert got == pytest.approx((counting.macs(changed) - counting.macs(shrink(changed, "mlp_dim", 0, 8))) * 1e-9)
+    assert t.calls == 3
+    c.saving(CFG, "embed_dim", None, 8)
+    c.saving(other, "embed_dim", None, 8)  # the embedding's saving depends on every block: not reused
+    assert t.calls == 5
+
+
 def test_build_cost():
     m = MacsCost()
     assert build_cost(m) is m and isinstance(build_cost("macs"), MacsCost)
