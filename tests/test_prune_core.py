@@ -293,3 +293,21 @@ def test_masked_model_equals_dense_rebuild() -> None:
         assert gap < 1e-5
         masks.remove()  # without the masked LayerNorm the zeroed EMB channels change the statistics
         assert (model(x) - dense(x)).abs().max().item() > 1e-3
+
+
+def test_fused_scoring_launches_fewer_kernels_for_the_same_scores() -> None:
+    """benchmarks/saliency_kernels.py on revit_micro: the fused plan's scores equal the per-group path's, with
+    several times fewer kernels per call and one accumulator add."""
+    import sys
+    from pathlib import Path
+
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import saliency_kernels
+    finally:
+        sys.path.remove(bench)
+    for row in saliency_kernels.measure("revit_micro", ["hessian", "nvit-code"]):
+        assert row["max_rel_diff"] < 1e-12
+        assert row["kernels_fused"] * 4 < row["kernels_per_group_path"]
+        assert row["kernels_add"] == 1 < row["kernels_per_group_add"] == row["groups"]
