@@ -53,7 +53,10 @@ class _Plan:
             self.parts.append((s.param, s.axis, pos, s.coord[pos] * n_units + u[pos], s.coord.numel()))
 
     def sums(self, per_param: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Sum of ``per_param`` over the entries each index owns, per unit: (size, n_units), float64."""
+        """Sum of ``per_param`` over the entries each index owns, per unit: (size, n_units), float64.
+
+        One group on its own (the reference path of ``benchmarks/saliency_kernels.py``); criteria score
+        through :class:`_FusedPlan`."""
         device = next(iter(per_param.values())).device if per_param else torch.device("cpu")
         out = torch.zeros(self.size * self.n_units, dtype=torch.float64, device=device)
         for param, axis, pos, flat, _ in self.parts:
@@ -66,9 +69,9 @@ class _FusedPlan:
     gathers all owned positions with one ``index_select`` and adds them into one flat float64 buffer
     with one ``index_add_``; each group's scores are a view of that buffer.
 
-    Per call this is O(parameters) kernels instead of O(slices x groups) (DeiT-S: 1277 -> ~300 ops),
-    which is what a GPU step's bookkeeping costs: launches, not arithmetic.  Index tensors are moved
-    to a device once.
+    Per call this is O(parameters) kernels instead of O(slices x groups) (DeiT-S hessian: 1027 -> 106,
+    ``benchmarks/saliency_kernels.py``), which is what a GPU step's bookkeeping costs: launches, not
+    arithmetic.  Index tensors are moved to a device once.
     """
 
     def __init__(self, plans: Mapping[int, _Plan]) -> None:
@@ -110,8 +113,7 @@ class _FusedPlan:
         if self.keys:
             # 1-D tensors go in as they are: cat promotes them to float64 exactly, without a copy kernel each
             reduced = torch.cat([t if t.ndim == 1 else _reduce(t, a)
-                                 for t, a in ((per_param[p], a) for p, a in self.keys)])
-            reduced = reduced.double() if reduced.dtype != torch.float64 else reduced
+                                 for t, a in ((per_param[p], a) for p, a in self.keys)]).double()
             out.index_add_(0, dst, reduced.index_select(0, src))
         return out
 
@@ -128,16 +130,6 @@ class _FusedPlan:
             spans[gid] = out[n:n + size]
             n += size
         return spans
-
-
-def index_sums(group: Group, per_param: Mapping[str, torch.Tensor], slices: tuple[Slice, ...] | None = None,
-               units: Any = None, n_units: int = 1) -> torch.Tensor:
-    """Sum of ``per_param`` over the entries each index owns: shape (size, n_units) (uncached form).
-
-    ``units(slice) -> (unit id per position, or -1 to skip)`` splits an index's entries into units
-    (per head, per module); by default every entry of an index is one unit.
-    """
-    return _Plan(group, slices if slices is not None else group.slices, units, n_units).sums(per_param)
 
 
 class Criterion(ABC):
@@ -175,10 +167,6 @@ class Criterion(ABC):
         if not hasattr(self, "structure"):
             raise TypeError(f"{type(self).__name__} is not bound to a model structure: call bind(structure)")
         return self._fused.flat(per_param)
-
-    def _sums(self, per_param: Mapping[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Per group, the (size, n_units) sums of ``per_param`` over the entries each index owns."""
-        return self._fused.split(self._flat_sums(per_param))
 
     def _scores(self, flat: torch.Tensor) -> Scores:
         """Per-group scores from a flat per-index vector (groups of one unit per index)."""
