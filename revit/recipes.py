@@ -21,6 +21,8 @@ AMP_MODES = ("off", "bf16", "fp16")  # as revit.runtime.AMP_MODES (this module s
 DISTILL_TYPES = ("kl", "hard")
 DEIT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
 # fields that say where and how fast a run goes, not what it learns: a checkpoint resumes under other values
+# upper bounds a run can honour (a larger value is a typo, and would overflow or never end)
+MAX_EPOCHS, MAX_BATCH, MAX_LR = 100_000, 1 << 20, 100.0
 RUNTIME_FIELDS = ("device", "amp", "compile", "channels_last", "loader_workers", "eval_batch_size")
 
 # augmentation values of each recipe (what ``None`` in those fields means)
@@ -82,8 +84,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not _finite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
-                              f"{self.lr})")
+            raise ConfigError(f"epochs, batch_size and lr must be positive (got {str(self.epochs)[:20]}, "
+                              f"{str(self.batch_size)[:20]}, {str(self.lr)[:20]})")
+        if self.epochs > MAX_EPOCHS or self.batch_size > MAX_BATCH or self.lr > MAX_LR:
+            raise ConfigError(f"epochs, batch_size and lr must be at most {MAX_EPOCHS}, {MAX_BATCH} and {MAX_LR:g} "
+                              f"(got {str(self.epochs)[:20]}, {str(self.batch_size)[:20]}, {str(self.lr)[:20]})")
         for k in ("min_lr", "weight_decay", "warmup_epochs", "distill_weight", "drop_path_rate"):
             _check(k, getattr(self, k), 0.0, None)
         _check("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)

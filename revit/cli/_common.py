@@ -29,6 +29,30 @@ def info(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
+def setup_logging(level: int) -> None:
+    """revit's log lines on stderr at ``level`` (plain messages); set once per process."""
+    import logging
+
+    class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to whatever ``sys.stderr`` is now (a test's capture, a redirected stream)."""
+
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:
+            pass
+
+    root = logging.getLogger("revit")
+    root.setLevel(level)
+    if not any(isinstance(h, logging.StreamHandler) for h in root.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.propagate = False
+
+
 def add_run_folder_args(p: argparse.ArgumentParser, contents: str, state_file: str, progress: str) -> None:
     """``--out`` (a run folder holding ``contents``), ``--resume`` (from ``RUN_DIR/state_file``), ``--overwrite``
     and ``--no-progress`` (help: ``progress``): the tail of every command that owns a run folder and can resume."""

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info
+from revit.cli._common import add_command, add_overwrite_arg, info, print_json
 from revit.validation import check_output_dir, count, non_negative, number
 
 
@@ -37,11 +37,19 @@ def register(sub: Any) -> None:
     w.add_argument("--max-trials", type=count(), help="stop after this many trials of this worker")
     w.set_defaults(func=cmd_worker)
 
+    st = add_command(ss, "status", "trials of each part of a study (family studies, baselines) by state",
+                     "revit search status search/smoke.yaml --storage runs/studies/smoke.db")
+    st.add_argument("spec", help="study spec YAML (or a shipped name: smoke, fashion-mnist, imagenet-deit-s)")
+    st.add_argument("--storage", help="storage URL (default: the spec's, else sqlite:///runs/studies/NAME.db)")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(func=cmd_status)
+
     rp = add_command(ss, "report", "markdown table and PNG plots (accuracy vs MACs, Pareto front, per-block dims)",
                      "revit search report search/smoke.yaml --out runs/smoke-report")
     rp.add_argument("spec", help="study spec YAML (or a shipped name: smoke, fashion-mnist, imagenet-deit-s)")
     rp.add_argument("--storage", help="storage URL (default: the spec's, else sqlite:///runs/studies/NAME.db)")
     rp.add_argument("--out", required=True, help="report folder")
+    rp.add_argument("--json", action="store_true", help="print the report's summary as one JSON object")
     add_overwrite_arg(rp)
     rp.set_defaults(func=cmd_report)
 
@@ -53,7 +61,9 @@ def _common(p: argparse.ArgumentParser, storage_required: bool = False) -> None:
     p.add_argument("--n-trials", type=non_negative(), help="candidate trials of the whole study (default: the spec's)")
     p.add_argument("--timeout", type=number(0, lo_open=True), help="stop starting trials after this many seconds")
     p.add_argument("--threads", type=count(), help="torch threads per worker (default: the spec's)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final line")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug lines, and Optuna's own log")
+    p.add_argument("--json", action="store_true", help="end with one JSON object on stdout (trials by state)")
     p.add_argument("--device", help="device of this process's trials: auto, cpu, cuda, cuda:N (default: the spec's "
                                     "train.device, else auto)")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision of the trials (default: the spec's)")
@@ -111,10 +121,42 @@ def _gpus(text: str) -> list[str]:
     return [str(resolve_device(f"cuda:{p}")) for p in parts]
 
 
-def _optuna_logging(quiet: bool) -> None:
+def _logging(args: argparse.Namespace) -> None:
+    """revit's search lines at INFO (WARNING with --quiet); Optuna's own logger only with -v, so nothing
+    is said twice."""
+    import logging
+
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING if quiet else optuna.logging.INFO)
+    from revit.cli._common import setup_logging
+
+    verbose = getattr(args, "verbose", False)
+    setup_logging(logging.DEBUG if verbose else logging.WARNING if args.quiet else logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+
+
+def _sigterm_is_interrupt() -> None:
+    """SIGTERM stops a study as Ctrl-C does: the running trial is marked interrupted and retried later."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
+def _finish(args: argparse.Namespace, studies: Any, extra: dict[str, Any] | None = None) -> int:
+    """The last line counts the trials by state; exit 1 when a trial failed and no retry made it good."""
+    from revit.search.runner import tally
+
+    t = tally(studies)
+    if getattr(args, "json", False):
+        print_json({"study": studies.name, "storage": studies.url, "states": t.states, "failed": t.unrecovered,
+                    "studies": {part: s.study_name for part, s in studies.parts()}, **(extra or {})})
+    info(t.line(studies.name))
+    return 1 if t.unrecovered else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,24 +166,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices = _gpus(args.gpus) if args.gpus else None
     if devices is None:
         _check_device(spec)
+    _logging(args)
     _check_new_study(spec, args.storage)
-    _optuna_logging(args.quiet)
-    study = run_study(spec, args.storage, n_trials=args.n_trials, repeats=not args.no_repeats, timeout=args.timeout,
-                      devices=devices, worker_args=_worker_args(args))
-    _summary(study)
-    info(f"report: revit search report {args.spec} --storage '{spec.storage_url(args.storage)}' --out DIR")
-    return 0
+    _sigterm_is_interrupt()
+    studies = run_study(spec, args.storage, n_trials=args.n_trials, repeats=not args.no_repeats,
+                        timeout=args.timeout, devices=devices, worker_args=_worker_args(args))
+    info(f"report: revit search report {args.spec} --storage '{studies.url}' --out DIR")
+    return _finish(args, studies)
 
 
 def _check_storage_exists(spec: Any, storage: str | None) -> None:
-    """A worker or report joins an existing study: a missing local database is refused, never created empty."""
+    """A worker or report joins an existing study: a missing or empty local storage is refused, never created."""
     from revit.errors import StorageError
     from revit.search.storage import backend_for
 
     url = spec.storage_url(storage)
     path = backend_for(url).local_path(url)
-    if path is not None and not path.is_file():
-        raise StorageError(f"{path}: no such study storage (start the study with 'revit search run {spec.source} "
+    if path is not None and (not path.is_file() or path.stat().st_size == 0):
+        what = "no such study storage" if not path.is_file() else "an empty file, not a study storage"
+        raise StorageError(f"{path}: {what} (start the study with 'revit search run {spec.source} "
                            f"--storage {url}')")
 
 
@@ -152,47 +195,71 @@ def _check_new_study(spec: Any, storage: str | None) -> None:
 
     url = spec.storage_url(storage)
     path = backend_for(url).local_path(url)
-    check_study(spec, data=path is None or not path.exists())  # a resumed study loaded its data before
+    fresh = path is None or not path.exists() or path.stat().st_size == 0
+    check_study(spec, data=fresh)  # a resumed study loaded its data before
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from revit.search.runner import join_study
+    from revit.search.studies import open_studies
 
     spec = _spec(args)
     _check_device(spec)
     _check_storage_exists(spec, args.storage)
-    _optuna_logging(args.quiet)
+    _logging(args)
+    _sigterm_is_interrupt()
     stats = join_study(spec, args.storage, n_trials=args.n_trials, timeout=args.timeout, max_trials=args.max_trials)
     info(f"worker {stats.worker}: {stats.count} trial(s) in {stats.seconds:.0f} s "
          f"({', '.join(f'{k} {len(v)}' for k, v in sorted(stats.trials.items())) or 'none'})")
+    studies = open_studies(spec, args.storage, create=False, read_only=True)
+    return _finish(args, studies, {"worker": stats.worker, "trials": stats.trials})
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from revit.search.runner import candidate_counts, tally
+    from revit.search.studies import open_studies
+
+    spec = _spec(args)
+    _check_storage_exists(spec, args.storage)
+    studies = open_studies(spec, args.storage, create=False, read_only=True)
+    t = tally(studies)
+    counts = candidate_counts(studies)
+    if args.json:
+        print_json({"study": studies.name, "storage": studies.url, "states": t.states, "failed": t.unrecovered,
+                    "candidates": counts, "n_trials": spec.n_trials,
+                    "studies": {part: s.study_name for part, s in studies.parts()}})
+        return 0
+    for part, s in studies.parts():
+        states: dict[str, int] = {}
+        for tr in s.get_trials(deepcopy=False):
+            states[tr.state.name] = states.get(tr.state.name, 0) + 1
+        done = f", {counts[part]}/{spec.n_trials} candidates" if part in counts else ""
+        print(f"{s.study_name}: {sum(states.values())} trials "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(states.items())) or 'none'}){done}")
+    print(t.line(studies.name))
     return 0
-
-
-def _summary(study: Any) -> None:
-    states: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    counts = ", ".join(f"{k} {v}" for k, v in states.items())
-    info(f"study {study.study_name}: {sum(states.values())} trials ({counts})")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from revit.runs import claim_run
     from revit.search.report import write_report
-    from revit.search.runner import open_study
+    from revit.search.results import pm
+    from revit.search.studies import open_studies
 
-    claim = claim_run(args.out, "study-report", resume=True, overwrite=args.overwrite)  # a killed report reruns
-    check_output_dir(args.out)
     spec = _spec(args)
     _check_storage_exists(spec, args.storage)
-    study = open_study(spec, args.storage, create=False)
+    studies = open_studies(spec, args.storage, create=False, read_only=True)
+    claim = claim_run(args.out, "study-report", resume=True, overwrite=args.overwrite)  # a killed report reruns
+    check_output_dir(args.out)
     claim.begin()
-    s = write_report(spec, study, args.out, storage_url=spec.storage_url(args.storage))
+    s = write_report(spec, studies, args.out, storage_url=studies.url)
     claim.finish()
+    if args.json:
+        print_json(s)
+        return 0
     c = s.get("comparison")
     if c:
-        print(f"best candidate {c['best']} (n={c['best_n']}): test top-1 {100 * c['best_test'][0]:.2f} ± "
-              f"{100 * c['best_test'][1]:.2f}%; uniform {c['uniform']} (n={c['uniform_n']}): "
-              f"{100 * c['uniform_test'][0]:.2f} ± {100 * c['uniform_test'][1]:.2f}%")
+        print(f"best candidate {c['best']} (n={c['best_n']}): test top-1 {pm(c['best_test'])}%; "
+              f"uniform {c['uniform']} (n={c['uniform_n']}): {pm(c['uniform_test'])}%")
     info(f"wrote {args.out}/report.md, report.json, {', '.join(p.split('/')[-1] for p in s['plots'].values())}")
     return 0

@@ -4,8 +4,10 @@ Light to import (no torch, no optuna): the pieces import what they need when cal
 
 - :mod:`revit.search.spec` - the study spec (``schema: revit/study/v1``),
 - :mod:`revit.search.storage` - storages by URL (SQLite default, PostgreSQL, journal file, ...),
+- :mod:`revit.search.journal` - journal files: refuse what is not one, recover a torn tail,
 - :mod:`revit.search.samplers` - samplers and pruners by name,
-- :mod:`revit.search.perfamily` - one sampler stream and one pruner per searched family,
+- :mod:`revit.search.studies` - one Optuna study per searched family plus one for the baselines,
+- :mod:`revit.search.attrs` - the trials' user attributes, one named key each,
 - :mod:`revit.search.objective` - the objective (testable with ``optuna.trial.FixedTrial``),
 - :mod:`revit.search.runner` - run / join a study, baselines and repeats, stale-trial recovery,
 - :mod:`revit.search.report` - markdown + PNG report.

@@ -4,6 +4,7 @@ searched family or baseline, and the data loads and fits the setting (``revit se
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,12 @@ from typing import Any
 from revit.errors import ConfigError
 from revit.search.spec import ParamRange, StudySpec
 
+log = logging.getLogger(__name__)
+
 
 def _searched_families(spec: StudySpec) -> list[tuple[Any, tuple[ParamRange, ...]]]:
-    """(space, searched ranges) of every searched family; the space is None for a one-family spec.
-
-    Written for both spec shapes: one ``space:`` mapping, and the list of families (``spec.spaces``).
-    """
-    spaces = getattr(spec, "spaces", None)
-    return [(fs, tuple(fs.params)) for fs in spaces] if spaces else [(None, spec.search_params)]
+    """(space, searched ranges) of every searched family."""
+    return [(fs, tuple(fs.params)) for fs in spec.spaces]
 
 
 def _middle(r: ParamRange) -> float:
@@ -35,7 +34,7 @@ def check_budget(spec: StudySpec) -> None:
     least one of its arms: a searched family at the middle of its ranges, or a baseline.
     """
     from revit.errors import BudgetError, OutsideDomainError
-    from revit.search.objective import _generate, baseline_arm, candidate_rule
+    from revit.search.objective import generate_arm, baseline_arm, candidate_rule
 
     table = None
     if spec.budget.kind == "latency" and spec.budget.table:
@@ -47,10 +46,9 @@ def check_budget(spec: StudySpec) -> None:
         assert value is not None
         errors: list[str] = []
         for fs, ranges in _searched_families(spec):
-            kw = {} if fs is None else {"space": fs}
             try:
-                _generate(spec, candidate_rule(spec, {r.name: _middle(r) for r in ranges}, **kw), value, table,
-                          name="check", **kw)
+                generate_arm(spec, candidate_rule(spec, {r.name: _middle(r) for r in ranges}, fs), value, table,
+                             name="check", space=fs)
                 break
             except (BudgetError, OutsideDomainError) as e:
                 errors.append(str(e))
@@ -84,14 +82,73 @@ def check_rules(spec: StudySpec) -> None:
     """Every rule the study names (baselines, space.base) exists: an unknown one is refused before the study."""
     from revit.rules import load_rule
 
-    bases = [fs.base_rule if fs is not None else spec.base_rule for fs, _ in _searched_families(spec)]
+    bases = [fs.base_rule for fs in spec.spaces]
     for name in [b.rule for b in spec.baselines] + [r for r in bases if r]:
         load_rule(name)
 
 
+def table_coverage(spec: StudySpec, samples: int = 64) -> dict[str, float]:
+    """The share of each searched family's space whose configs the latency table can predict.
+
+    ``samples`` points per family (a scrambled Sobol sequence over its ranges; the budget at its middle
+    when searched) are generated as trials would be; a point the budget cannot reach does not count.
+    """
+    from scipy.stats import qmc
+
+    from revit.errors import BudgetError, OutsideDomainError
+    from revit.latency.table import LatencyTable
+    from revit.search.objective import candidate_rule, generate_arm
+
+    assert spec.latency_table is not None
+    table = LatencyTable.load(spec.latency_table)
+    b = spec.budget
+    budget = b.value if b.value is not None else math.sqrt(float(b.low) * float(b.high))  # type: ignore[arg-type]
+    out: dict[str, float] = {}
+    for fs in spec.spaces:
+        pts = qmc.Sobol(len(fs.params), seed=0).random(samples)
+        inside = feasible = 0
+        for u in pts:
+            values = {}
+            for r, x in zip(fs.params, u, strict=True):
+                v = math.exp(math.log(r.low) + x * (math.log(r.high) - math.log(r.low))) if r.log else \
+                    r.low + x * (r.high - r.low)
+                values[r.name] = float(min(max(round(v / r.step) * r.step, r.low), r.high)) if r.step else v
+            try:
+                gen = generate_arm(spec, candidate_rule(spec, values, fs), budget, table, name="check", space=fs)
+            except (BudgetError, OutsideDomainError):
+                continue
+            feasible += 1
+            try:
+                table.predict(gen.config)
+                inside += 1
+            except OutsideDomainError:
+                pass
+        out[fs.name] = inside / feasible if feasible else 0.0
+    return out
+
+
+def check_table_coverage(spec: StudySpec) -> dict[str, float]:
+    """With a latency objective: log how much of each family's space the table covers; refuse a family
+    the table cannot price at all (every trial would be pruned)."""
+    if "latency" not in spec.objectives:
+        return {}
+    cov = table_coverage(spec)
+    for fam, share in cov.items():
+        log.info("latency table covers %.0f%% of family %s's space (the rest is pruned as infeasible)",
+                 100 * share, fam)
+    empty = [f for f, share in cov.items() if share == 0]
+    if empty:
+        raise ConfigError(f"the latency table {spec.latency_table} predicts no config of famil"
+                          f"{'ies' if len(empty) > 1 else 'y'} {', '.join(empty)}: narrow the ranges or use a "
+                          "table with wider axes")
+    return cov
+
+
 def check_study(spec: StudySpec, *, data: bool = True) -> None:
-    """Everything that would make every trial fail (budget, data, setting), checked before the study is created."""
+    """Everything that would make every trial fail (budget, data, setting, a table that prices no config),
+    checked before the study is created."""
     check_rules(spec)
     check_budget(spec)
+    check_table_coverage(spec)
     if data:
         check_data(spec)

@@ -24,11 +24,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import logging
+
 from revit import counting
 from revit.errors import BudgetError, ConfigError, OutsideDomainError, RuleDomainError
+from revit.search.attrs import ARM, FAMILY, GROUP, INFEASIBLE, REPEAT_OF, RETRY_OF, ROLE, SEED
 from revit.search.spec import BaselineSpec, FamilySpace, StudySpec
 
-ROLE, ARM, SEED, GROUP, FAMILY = "role", "arm", "seed", "group", "family"
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,10 @@ def _budget(spec: StudySpec, value: float, table: Any) -> Any:
     return macs_budget(value) if spec.budget.kind == "macs" else latency_budget(value, table)
 
 
-def _generate(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str,
+def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str,
               space: FamilySpace | None = None) -> Any:
-    """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family)."""
+    """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family):
+    what a trial of that family (or a baseline) trains."""
     from revit.rules import SearchSpace, generate
 
     fs = space or spec.spaces[0]
@@ -91,7 +95,7 @@ def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: A
     if b.params:
         rule = Rule(name=rule.name, family=rule.family, params={**rule.params, **b.params},
                     granularity=rule.granularity, description=rule.description)
-    gen = _generate(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
+    gen = generate_arm(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
     if gen.outside_domain:
         raise RuleDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {gen.outside_domain[0]}")
     return Arm(gen, "baseline", b.arm, budget_value, dict(rule.params), family=f"baseline:{b.arm}")
@@ -106,7 +110,7 @@ class StudyObjective:
     def __init__(self, spec: StudySpec, *, progress: bool = False, log: Any = None) -> None:
         self.spec = spec
         self.progress = progress
-        self.log = log or (lambda msg: None)
+        self.log = log or _log.info
         self._splits: Any = None
         self._table: Any = None
         self._table_loaded = False
@@ -138,7 +142,7 @@ class StudyObjective:
         fs = spec.space(trial.user_attrs.get(FAMILY))
         values: dict[str, float] = {}
         for p in fs.params:
-            name = spec.optuna_name(fs, p.name)
+            name = p.name  # each family is its own Optuna study, so its parameters keep their names
             if p.step is not None:
                 values[p.name] = float(trial.suggest_int(name, int(p.low), int(p.high), step=p.step, log=p.log))
             else:
@@ -150,7 +154,7 @@ class StudyObjective:
             assert bs.low is not None and bs.high is not None
             budget = trial.suggest_float("budget", bs.low, bs.high, log=bs.log)
         rule = candidate_rule(spec, values, fs)
-        gen = _generate(spec, rule, budget, self.table(), name=f"trial_{trial.number}", space=fs)
+        gen = generate_arm(spec, rule, budget, self.table(), name=f"trial_{trial.number}", space=fs)
         return Arm(gen, "candidate", f"{fs.name}-search", budget, dict(rule.params), family=fs.name)
 
     def describe(self, trial: Any, arm: Arm) -> dict[str, Any]:
@@ -166,7 +170,8 @@ class StudyObjective:
         if arm.role == "baseline":
             attrs[GROUP] = f"{arm.arm}@{self.spec.budget.fmt(arm.budget)}"
         else:
-            attrs[GROUP] = f"trial-{trial.user_attrs.get('repeat_of', trial.user_attrs.get('retry_of', trial.number))}"
+            first = trial.user_attrs.get(REPEAT_OF, trial.user_attrs.get(RETRY_OF, trial.number))
+            attrs[GROUP] = f"{arm.family}#{first}"
         table = self.table()
         if table is not None:
             try:
@@ -183,7 +188,7 @@ class StudyObjective:
             arm = self.arm(trial)
         except BudgetError as e:
             # an infeasible point of the space: pruned (not failed), with the reason kept
-            trial.set_user_attr("infeasible", str(e))
+            trial.set_user_attr(INFEASIBLE, str(e))
             trial.set_user_attr(ROLE, trial.user_attrs.get(ROLE, "candidate"))
             if trial.user_attrs[ROLE] == "candidate":
                 trial.set_user_attr(FAMILY, self.spec.space(trial.user_attrs.get(FAMILY)).name)
@@ -192,23 +197,24 @@ class StudyObjective:
         for k, v in attrs.items():
             if trial.user_attrs.get(k) != v:
                 trial.set_user_attr(k, v)
+        second = self.spec.objectives[1] if self.spec.multi_objective else None
+        if second == "latency" and attrs.get("latency_ms") is None:
+            why = f"the latency table {self.spec.latency_table} cannot predict this config (outside its axes)"
+            trial.set_user_attr(INFEASIBLE, why)
+            raise optuna.TrialPruned(why)
         self.log(f"trial {trial.number} ({attrs[ROLE]} {attrs[ARM]}, family {attrs[FAMILY]}, seed {attrs[SEED]}): "
                  f"EMB {attrs['embed_dim']}, MACs {counting.format_count(attrs['macs'])}, "
                  f"MLP factor {attrs['mlp_factor']:g}")
         prunable = (not self.spec.multi_objective and attrs[ROLE] == "candidate"
-                    and "repeat_of" not in trial.user_attrs and self.spec.pruner.name not in ("none", "nop"))
+                    and REPEAT_OF not in trial.user_attrs and self.spec.pruner.name not in ("none", "nop"))
         val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
         trial.set_user_attr("val_acc", val)
         trial.set_user_attr("test_acc", test)
         trial.set_user_attr("val_curve", history)
         trial.set_user_attr("train_seconds", round(seconds, 2))
         self.log(f"trial {trial.number}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
-        if self.spec.multi_objective:
-            second = self.spec.objectives[1]
-            cost = float(attrs["macs"]) if second == "macs" else attrs.get("latency_ms")
-            if cost is None:
-                raise ConfigError(f"trial {trial.number}: the latency table cannot predict this config")
-            return val, cost
+        if second is not None:
+            return val, float(attrs["macs"]) if second == "macs" else float(attrs["latency_ms"])
         return val
 
     def splits(self) -> Any:
@@ -250,7 +256,7 @@ class StudyObjective:
         return curve[-1], test, curve, time.perf_counter() - t0
 
 
-__all__ = ["Arm", "OutsideDomainError", "StudyObjective", "baseline_arm", "candidate_rule"]
+__all__ = ["Arm", "OutsideDomainError", "StudyObjective", "baseline_arm", "candidate_rule", "generate_arm"]
 
 
 def check_splits(splits: Any, setting: Any, source: str) -> None:

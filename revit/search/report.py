@@ -37,7 +37,9 @@ from revit.search.results import (
     reference_group,
     welch,
 )
+from revit.search.attrs import trial_ref
 from revit.search.spec import StudySpec
+from revit.search.studies import BASELINES, StudySet, part_name
 
 __all__ = ["Group", "Welch", "best_candidate", "best_rule_group", "compare", "dashboard_hint", "family_bests",
            "groups_of", "pareto_front", "reference_group", "welch", "write_report"]
@@ -52,9 +54,10 @@ def dashboard_hint(url: str) -> str:
     return f"pip install optuna-dashboard && optuna-dashboard '{url}'"
 
 
-def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, storage_url: str | None = None,
+def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], *, storage_url: str | None = None,
                  top: int = 3) -> dict[str, Any]:
-    """Write ``report.md``, ``report.json`` and the PNG plots into ``out``; return the summary.
+    """Write ``report.md``, ``report.json`` and the PNG plots of ``study`` (all its parts) into ``out``;
+    return the summary.  Reads the storage only.
 
     The summary has ``families`` (each searched family's best), ``comparisons`` (every family's best
     and every baseline minus the reference, Welch on test top-1), ``headline`` (best rule minus best
@@ -62,10 +65,9 @@ def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, st
     """
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trials = study.get_trials(deepcopy=False)
-    first = spec.family_names[0]
-    groups = groups_of(trials, first)
-    url = storage_url or spec.storage_url()
+    trials = study.trials()
+    groups = groups_of(trials)
+    url = storage_url or study.url
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
@@ -90,12 +92,13 @@ def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, st
     shown += [g for g in bests.values() if g not in shown]
     _blocks_plot(shown + baselines, plots["best_blocks"],
                  f"per-block widths: best candidates and baselines ({spec.name})")
-    _history_plot(trials, plots["history"], f"optimisation history ({spec.name})", first, colors)
+    _history_plot(trials, plots["history"], f"optimisation history ({spec.name})", colors)
 
     summary: dict[str, Any] = {"study": spec.name, "storage": url, "states": states, "groups": [],
                                "families": {f: {"best": g.name, "n": g.n, "val": g.mean_std("val_acc"),
                                                 "test": g.mean_std("test_acc"), "macs": g.macs,
-                                                "trials": [t.number for t in g.trials]} for f, g in bests.items()}}
+                                                "trials": [trial_ref(t) for t in g.trials]}
+                                           for f, g in bests.items()}}
     lines = _header(spec, url, len(trials), states)
     lines += [f"- baseline left out: {s}" for s in study.user_attrs.get("skipped_baselines", [])]
     if best is not None and ref is not None and best is not ref:
@@ -111,9 +114,11 @@ def write_report(spec: StudySpec, study: Any, out: str | os.PathLike[str], *, st
     lines += _trials_table(trials)
     lines += ["", "## Plots", ""] + [f"![{k}]({p.name})" for k, p in plots.items()]
     lines += ["", "## Open in optuna-dashboard", "", "```", dashboard_hint(url), "```",
-              "Trials carry the user attributes role, family, arm, seed, group, macs, params, latency_ms, "
-              "blocks, val_acc and test_acc (filter on role=baseline to see the baselines, on family to see "
-              "one searched family).", ""]
+              f"Each searched family is its own Optuna study ({', '.join(f'`{part_name(spec.name, f)}`' for f in spec.family_names)}) "
+              f"and the baselines are `{part_name(spec.name, BASELINES)}`, all in this storage: "
+              f"`optuna.load_study(study_name='{part_name(spec.name, spec.family_names[0])}', storage=...).best_trial` "
+              "is that family's best candidate.  Trials carry the user attributes role, family, arm, seed, group, "
+              "macs, params, latency_ms, blocks, val_acc and test_acc.", ""]
     atomic_write_text(out_dir / "report.md", "\n".join(lines))
     summary["plots"] = {k: str(p) for k, p in plots.items()}
     atomic_write_text(out_dir / "report.json", json.dumps(summary, indent=1, default=str))
@@ -206,7 +211,7 @@ def _configs_table(groups: list[Group], summary: dict[str, Any]) -> list[str]:
                                   "val": g.mean_std("val_acc"), "test": g.mean_std("test_acc"), "macs": g.macs,
                                   "latency_ms": g.latency_ms, "embed_dim": u.get("embed_dim"),
                                   "blocks": u.get("blocks"), "params": dict(g.first.params),
-                                  "trials": [t.number for t in g.trials]})
+                                  "trials": [trial_ref(t) for t in g.trials]})
     return lines
 
 
@@ -224,13 +229,13 @@ def _trials_table(trials: list[Any]) -> list[str]:
     lines = ["", "## All trials", "",
              "| # | state | role | family | arm | seed | held-out | test | MACs | worker | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for t in sorted(trials, key=lambda t: t.number):
+    for t in trials:
         u = t.user_attrs
         note = u.get("infeasible") or (f"retry of {u['retry_of']}" if "retry_of" in u else "") or (
             f"repeat of {u['repeat_of']}" if "repeat_of" in u else "") or u.get("error", "")
         note = str(note).splitlines()[0][:80] if note else ""
         va, te = u.get("val_acc"), u.get("test_acc")
-        lines.append(f"| {t.number} | {t.state.name} | {u.get('role', '')} | {u.get('family', '')} "
+        lines.append(f"| {trial_ref(t)} | {t.state.name} | {u.get('role', '')} | {u.get('family', '')} "
                      f"| {u.get('arm', '')} "
                      f"| {u.get('seed', '')} | "
                      f"{'' if va is None else f'{100 * va:.2f}'} | {'' if te is None else f'{100 * te:.2f}'} | "

@@ -65,12 +65,12 @@ def _accuracy_plot(trials: Sequence[Any], groups: Sequence[Group], path: Path, t
                 label="Pareto front (candidate means)")
     for fam, best in family_bests(groups).items():
         m, sd = best.mean_std("val_acc")
-        ax.errorbar([best.macs / 1e6], [100 * m], yerr=[100 * sd], fmt="*", ms=14, color=colors[fam], capsize=4,
+        ax.errorbar([best.macs / 1e6], [100 * m], yerr=[0.0 if math.isnan(sd) else 100 * sd], fmt="*", ms=14, color=colors[fam], capsize=4,
                     zorder=4, mec="k", label=f"best {fam}: {best.name} (n={best.n})")
     markers = "sD^vP"
     for i, g in enumerate([g for g in groups if g.role == "baseline"]):
         m, sd = g.mean_std("val_acc")
-        ax.errorbar([g.macs / 1e6], [100 * m], yerr=[100 * sd], fmt=markers[i % len(markers)], ms=9, capsize=4,
+        ax.errorbar([g.macs / 1e6], [100 * m], yerr=[0.0 if math.isnan(sd) else 100 * sd], fmt=markers[i % len(markers)], ms=9, capsize=4,
                     color=colors[g.family], mfc="none", mew=2, label=f"baseline {g.arm} (n={g.n})", zorder=4)
     ax.set_xlabel("MACs (M, attention matmuls included)")
     ax.set_ylabel("held-out top-1 (%)")
@@ -126,23 +126,22 @@ def _finish(fig: Any, ax: Any, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _history_plot(trials: Sequence[Any], path: Path, title: str, default_family: str,
-                  colors: dict[str, str]) -> None:
+def _history_plot(trials: Sequence[Any], path: Path, title: str, colors: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from revit.search.perfamily import trial_family
+    from revit.search.attrs import trial_family
 
     fig, ax = plt.subplots(figsize=(7, 4))
     done = [t for t in sorted(trials, key=lambda t: t.number)
             if t.user_attrs.get("val_acc") is not None and t.state.name == "COMPLETE"]
-    fams = list(dict.fromkeys(trial_family(t, default_family) for t in done
+    fams = list(dict.fromkeys(trial_family(t) for t in done
                               if t.user_attrs.get("role", "candidate") == "candidate"))
     for i, fam in enumerate(fams):
         ts = [t for t in done if t.user_attrs.get("role", "candidate") == "candidate"
-              and trial_family(t, default_family) == fam]
+              and trial_family(t) == fam]
         color = colors.get(fam, f"C{i % 10}")
         ax.scatter([t.number for t in ts], [100 * t.user_attrs["val_acc"] for t in ts], color=color, s=18,
                    label=f"{fam} candidate")
@@ -155,6 +154,6 @@ def _history_plot(trials: Sequence[Any], path: Path, title: str, default_family:
     base = [t for t in done if t.user_attrs.get("role") == "baseline"]
     ax.scatter([t.number for t in base], [100 * t.user_attrs["val_acc"] for t in base], color="0.4", marker="s",
                s=18, label="baseline")
-    ax.set_xlabel("trial")
+    ax.set_xlabel("trial (its number in its family's study)")
     ax.set_ylabel("held-out top-1 (%)")
     _finish(fig, ax, title, path)

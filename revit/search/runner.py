@@ -1,22 +1,23 @@
-"""Create, join and finish studies: baselines and repeats as enqueued trials, workers, stale trials.
+"""Create, join and finish studies: baselines, candidates and repeats, workers, stale and interrupted trials.
 
-A study is run by one ``run`` process (creates the study, enqueues the baselines and ``n_trials``
-candidates *per searched family*, runs them, then enqueues and runs the repeats of each family's
-best candidates) and any number of ``worker`` processes (join, take waiting trials; when none waits,
-enqueue one more candidate of the family with the fewest until every family has ``n_trials``).
-Candidates are enqueued with their ``family`` tag and no parameters: the family's own sampler
-(:mod:`revit.search.perfamily`) draws them when the trial starts, from that family's trials only.
-Enqueued trials are claimed atomically by Optuna's storages, so a trial runs in one worker only.
+A study (:class:`~revit.search.studies.StudySet`) is run by one ``run`` process (creates the parts,
+enqueues the baselines, runs trials, then enqueues and runs the repeats of each family's best
+candidates) and any number of ``worker`` processes (join, run trials).  Each process loops: take a
+waiting trial of any part (baselines first), else start one new candidate in the family with the
+fewest, until every family has ``n_trials``.  A new candidate is an ordinary ``optimize`` trial of its
+family's study, drawn by that study's own sampler; nothing is queued ahead, so ``n_trials`` costs
+nothing until trials run.  Optuna's storages hand a waiting trial to one worker only.
 
-Faults: a trial that raises is marked FAIL and the worker goes on.  A worker that dies leaves its
-trial RUNNING; every worker, before each trial, marks such *stale* trials FAIL and enqueues one
-retry (same parameters and tags, ``retry_of``).  A trial is stale when its worker process is gone
-(same host) or its heartbeat (a user attribute refreshed every ``heartbeat_s``) is older than
-``grace_s`` (other hosts).
+Faults: a trial that raises is FAIL (its error kept as a user attribute) and the loop goes on.  A
+worker that dies leaves its trial RUNNING; every worker, before each trial, marks such *stale* trials
+FAIL and enqueues one retry (same parameters and tags, ``retry_of``).  A trial is stale when its worker
+process is gone (same host) or its heartbeat is older than ``grace_s`` (other hosts).  A trial stopped
+by Ctrl-C or SIGTERM is FAIL with ``interrupted`` and is retried by the next run or worker.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -28,79 +29,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revit.errors import ConfigError, StorageError
-from revit.search.objective import FAMILY, ROLE, SEED, OutsideDomainError, StudyObjective, baseline_arm
-from revit.search.samplers import build_family_pruner, build_family_sampler
+from revit.errors import BudgetError, ConfigError, OutsideDomainError
+from revit.search import attrs as A
+from revit.search.objective import StudyObjective, baseline_arm
 from revit.search.spec import StudySpec
-from revit.search.storage import open_storage
+from revit.search.studies import BASELINES, StudySet, open_studies
 
-WORKER, HEARTBEAT = "worker", "heartbeat"
-_RESULT_ATTRS = {WORKER, HEARTBEAT, "val_acc", "test_acc", "val_curve", "train_seconds", "infeasible"}
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_study(spec: StudySpec, storage: str | None = None, *, create: bool = True,
-               sampler_seed_offset: int = 0) -> Any:
-    """The study of ``spec`` in ``storage`` (default: the spec's); ``create`` makes it if missing.
-
-    Raises :class:`StorageError` when the storage cannot be reached, when joining a study that does
-    not exist, or when the stored study has other directions than the spec.
-    """
-    import optuna
-
-    url = spec.storage_url(storage)
-    sampler_spec = dict(spec.sampler)
-    if sampler_seed_offset and sampler_spec.get("seed") is not None:
-        sampler_spec["seed"] = int(sampler_spec["seed"]) + sampler_seed_offset
-    sampler = build_family_sampler(sampler_spec, spec.family_names)
-    pruner = build_family_pruner(spec.pruner, spec.family_names[0])
-    st = open_storage(url)
-    if create:
-        directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
-        study = optuna.create_study(storage=st, study_name=spec.name, directions=directions,
-                                    sampler=sampler, pruner=pruner, load_if_exists=True)
-    else:
-        try:
-            study = optuna.load_study(study_name=spec.name, storage=st, sampler=sampler, pruner=pruner)
-        except KeyError:
-            raise StorageError(f"no study {spec.name!r} in {url}; start it with 'revit search run "
-                               f"{spec.source} --storage {url}'") from None
-    want = [d.upper() for d in spec.directions]
-    have = [d.name for d in study.directions]
-    if have != want:
-        raise StorageError(f"study {spec.name!r} in {url} has directions {have}, the spec {want}; "
-                           "use another name or storage")
-    if create and "spec" not in study.user_attrs:
-        study.set_user_attr("spec", {"source": spec.source, "objectives": list(spec.objectives),
-                                     "budget": spec.budget.describe(), "family": spec.family,
-                                     "families": spec.family_names,
-                                     "n_trials": spec.n_trials, "seeds": list(spec.seeds)})
-    return study
-
-
 def _key(t: Any) -> tuple[Any, ...]:
     u = t.user_attrs
-    return (u.get("arm"), u.get(SEED), u.get("budget"))
+    return (u.get(A.ARM), u.get(A.SEED), u.get(A.BUDGET))
 
 
-def enqueue_baselines(spec: StudySpec, study: Any, objective: StudyObjective | None = None) -> list[str]:
+def enqueue_baselines(ss: StudySet, objective: StudyObjective | None = None) -> list[str]:
     """Enqueue every baseline arm x budget x seed not yet in the study; return notes on arms left out.
 
     A baseline that cannot be built (outside its rule's domain, budget unreachable) is left out and
-    the reason is returned and stored as the study user attribute ``skipped_baselines``.
+    the reason is returned and stored as the baselines study's user attribute ``skipped_baselines``.
     """
-    from revit.errors import BudgetError
-
+    spec, study = ss.spec, ss.baselines
     objective = objective or StudyObjective(spec)
     have = {_key(t) for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get(ROLE) == "baseline" and "retry_of" not in t.user_attrs}
+            if t.user_attrs.get(A.ROLE) == A.BASELINE and A.RETRY_OF not in t.user_attrs}
     skipped: list[str] = []
     for b in spec.baselines:
         for budget in spec.budget.baseline_values():
@@ -111,63 +67,38 @@ def enqueue_baselines(spec: StudySpec, study: Any, objective: StudyObjective | N
                 continue
             for seed in spec.seeds:
                 if (b.arm, seed, budget) not in have:
-                    study.enqueue_trial({}, user_attrs={ROLE: "baseline", "arm": b.arm, SEED: seed, "budget": budget})
+                    study.enqueue_trial({}, user_attrs={A.ROLE: A.BASELINE, A.ARM: b.arm, A.SEED: seed,
+                                                        A.BUDGET: budget, A.FAMILY: f"baseline:{b.arm}"})
     if skipped and study.user_attrs.get("skipped_baselines") != skipped:
         study.set_user_attr("skipped_baselines", skipped)
     return skipped
 
 
-def _is_original_candidate(t: Any) -> bool:
-    u = t.user_attrs
-    return u.get(ROLE, "candidate") == "candidate" and "repeat_of" not in u and "retry_of" not in u
+def candidate_counts(ss: StudySet) -> dict[str, int]:
+    """Original candidates (any state) per family, in spec order."""
+    return {fam: sum(A.is_original_candidate(t) for t in s.get_trials(deepcopy=False))
+            for fam, s in ss.families.items()}
 
 
-def family_of(spec: StudySpec, t: Any) -> str:
-    """A trial's family tag (untagged candidates: the first searched family; baselines: baseline:ARM)."""
-    from revit.search.perfamily import trial_family
-
-    return trial_family(t, spec.family_names[0])
-
-
-def enqueue_candidates(spec: StudySpec, study: Any, n_per_family: int | None = None, *, at_most: int | None = None,
-                       trials: Sequence[Any] | None = None) -> int:
-    """Enqueue candidates until every searched family has ``n_per_family`` (default: the spec's ``n_trials``).
-
-    Round robin over the families, the one with the fewest first, so the families advance together;
-    ``at_most`` caps how many this call adds.  Returns how many it enqueued.
-    """
-    target = spec.n_trials if n_per_family is None else n_per_family
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    count = dict.fromkeys(spec.family_names, 0)
-    for t in trials:
-        if _is_original_candidate(t) and family_of(spec, t) in count:
-            count[family_of(spec, t)] += 1
-    added = 0
-    while at_most is None or added < at_most:
-        short = [f for f in spec.family_names if count[f] < target]
-        if not short:
-            break
-        fam = min(short, key=lambda f: count[f])  # min keeps the spec order among ties
-        study.enqueue_trial({}, user_attrs={ROLE: "candidate", FAMILY: fam})
-        count[fam] += 1
-        added += 1
-    return added
-
-
-def enqueue_repeats(spec: StudySpec, study: Any) -> list[int]:
-    """Enqueue each family's best ``repeat_top_k`` complete candidates with every other seed; return them."""
+def enqueue_repeats(ss: StudySet) -> list[tuple[str, int]]:
+    """Enqueue each family's best ``repeat_top_k`` complete candidates with every other seed; return them
+    as (family, trial number)."""
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _is_original_candidate(t)]
-    done.sort(key=lambda t: -t.values[0])
-    best = [t for fam in spec.family_names for t in [t for t in done if family_of(spec, t) == fam][: spec.repeat_top_k]]
-    have = {(t.user_attrs.get("repeat_of"), t.user_attrs.get(SEED)) for t in study.get_trials(deepcopy=False)}
-    for t in best:
-        for seed in spec.seeds[1:]:
-            if (t.number, seed) not in have:
-                study.enqueue_trial(dict(t.params), user_attrs={ROLE: "candidate", FAMILY: family_of(spec, t),
-                                                                SEED: seed, "repeat_of": t.number})
-    return [t.number for t in best]
+    spec = ss.spec
+    best: list[tuple[str, int]] = []
+    for fam, study in ss.families.items():
+        trials = study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE and A.is_original_candidate(t)]
+        done.sort(key=lambda t: -t.values[0])
+        have = {(t.user_attrs.get(A.REPEAT_OF), t.user_attrs.get(A.SEED)) for t in trials}
+        for t in done[: spec.repeat_top_k]:
+            best.append((fam, t.number))
+            for seed in spec.seeds[1:]:
+                if (t.number, seed) not in have:
+                    study.enqueue_trial(dict(t.params), user_attrs={A.ROLE: A.CANDIDATE, A.FAMILY: fam, A.SEED: seed,
+                                                                    A.REPEAT_OF: t.number})
+    return best
 
 
 def _pid_alive(pid: int) -> bool:
@@ -180,24 +111,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def reap_stale(study: Any, grace_s: float, *, retry: bool = True, log: Callable[[str], None] = _say) -> list[int]:
-    """Mark trials of dead workers FAIL and enqueue one retry each; return the failed numbers."""
+def _retry(study: Any, t: Any, reason: str) -> None:
+    attrs = {k: v for k, v in t.user_attrs.items() if k in A.IDENTITY}
+    attrs[A.RETRY_OF] = t.number
+    study.enqueue_trial(dict(t.params), user_attrs=attrs)
+    log.info("trial %s of %s %s; enqueued a retry", t.number, study.study_name, reason)
+
+
+def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
+    """Mark trials of dead workers FAIL, and enqueue one retry of each and of each interrupted trial.
+
+    Returns the numbers of the trials failed here.  A dead worker's trial is retried once (a retry
+    that dies too is not); an interrupted trial is always retried, as the user stopped it, not a fault.
+    """
     from optuna.trial import TrialState
 
     now, host = time.time(), socket.gethostname()
     failed = []
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {t.user_attrs.get(A.RETRY_OF) for t in trials}
     for t in trials:
+        can_retry = retry and A.RETRY_OF not in t.user_attrs and t.number not in retried
+        if t.state == TrialState.FAIL and t.user_attrs.get(A.INTERRUPTED) and retry and t.number not in retried:
+            _retry(study, t, "was interrupted")
+            retried.add(t.number)
+            continue
         if t.state != TrialState.RUNNING:
             continue
-        w = str(t.user_attrs.get(WORKER, ""))
-        beat = float(t.user_attrs.get(HEARTBEAT) or (t.datetime_start.timestamp() if t.datetime_start else now))
+        w = str(t.user_attrs.get(A.WORKER, ""))
+        beat = float(t.user_attrs.get(A.HEARTBEAT) or (t.datetime_start.timestamp() if t.datetime_start else now))
         w_host, _, w_pid = w.rpartition(":")
-        if w_host == host and w_pid.isdigit():
-            stale = not _pid_alive(int(w_pid))
-        else:
-            stale = now - beat > grace_s
+        stale = not _pid_alive(int(w_pid)) if w_host == host and w_pid.isdigit() else now - beat > grace_s
         if not stale:
             continue
         try:
@@ -205,15 +149,13 @@ def reap_stale(study: Any, grace_s: float, *, retry: bool = True, log: Callable[
         except (RuntimeError, ValueError):
             continue  # another worker got there first
         failed.append(t.number)
-        reason = f"worker {w or '?'} is gone" if w_host == host else f"no heartbeat for {now - beat:.0f} s"
-        if retry and "retry_of" not in t.user_attrs and t.number not in retried:
-            attrs = {k: v for k, v in t.user_attrs.items()
-                     if k in (ROLE, FAMILY, "arm", SEED, "budget", "repeat_of")}
-            attrs["retry_of"] = t.number
-            study.enqueue_trial(dict(t.params), user_attrs=attrs)
-            log(f"trial {t.number} failed ({reason}); enqueued a retry")
+        reason = f"failed (worker {w or '?'} is gone)" if w_host == host else \
+            f"failed (no heartbeat for {now - beat:.0f} s)"
+        if can_retry:
+            _retry(study, t, reason)
+            retried.add(t.number)
         else:
-            log(f"trial {t.number} failed ({reason}); already retried once, not again")
+            log.warning("trial %s of %s %s; already retried once, not again", t.number, study.study_name, reason)
     return failed
 
 
@@ -228,7 +170,7 @@ class _Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.trial.set_user_attr(HEARTBEAT, time.time())
+                self.trial.set_user_attr(A.HEARTBEAT, time.time())
             except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
                 pass
 
@@ -243,10 +185,10 @@ class _Heartbeat:
 
 @dataclass
 class WorkerStats:
-    """What one worker did (its trial numbers by final state)."""
+    """What one worker did: its trials as ``part#number`` by final state."""
 
     worker: str
-    trials: dict[str, list[int]] = field(default_factory=dict)
+    trials: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -254,55 +196,85 @@ class WorkerStats:
         return sum(len(v) for v in self.trials.values())
 
 
-def run_worker(spec: StudySpec, study: Any, *, objective: Callable[[Any], Any] | None = None,
-               n_trials: int | None = None, max_trials: int | None = None, timeout: float | None = None,
-               log: Callable[[str], None] = _say) -> WorkerStats:
+def _next_part(ss: StudySet, target: int) -> tuple[str, Any] | None:
+    """The part to run a trial of: one with a waiting trial (baselines first), else the family with the
+    fewest original candidates below ``target``; None when the study has nothing left to run."""
+    from optuna.trial import TrialState
+
+    for part, study in ss.parts():
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return part, study
+    counts = candidate_counts(ss)
+    short = [f for f in ss.families if counts[f] < target]
+    if not short:
+        return None
+    fam = min(short, key=lambda f: counts[f])  # min keeps the spec order among ties
+    return fam, ss.families[fam]
+
+
+def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n_trials: int | None = None,
+               max_trials: int | None = None, timeout: float | None = None) -> WorkerStats:
     """Run trials until every family has ``n_trials`` candidates (default: the spec's) and no trial waits.
 
     Also stops after ``max_trials`` trials of this worker or once ``timeout`` seconds have passed
     (a trial started before the deadline finishes).  A trial that raises is FAIL and the loop goes on.
     """
     import optuna
-    from optuna.trial import TrialState
 
+    spec = ss.spec
     target = spec.n_trials if n_trials is None else n_trials
-    obj = objective or StudyObjective(spec, log=log)
+    obj = objective or StudyObjective(spec)
     me = worker_id()
     stats = WorkerStats(me)
     t0 = time.monotonic()
 
-    def wrapped(trial: Any) -> Any:
-        trial.set_user_attr(WORKER, me)
-        trial.set_user_attr(HEARTBEAT, time.time())
-        with _Heartbeat(trial, spec.heartbeat_s):
-            try:
-                return obj(trial)
-            except optuna.TrialPruned:
-                raise
-            except Exception as e:
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])  # shown in the report
-                raise
+    def wrapped(part: str) -> Callable[[Any], Any]:
+        def run(trial: Any) -> Any:
+            if A.ROLE not in trial.user_attrs:
+                if part == BASELINES:  # another worker took the waiting baseline first
+                    trial.set_user_attr(A.INFEASIBLE, "no baseline was left waiting (another worker took it)")
+                    raise optuna.TrialPruned("no baseline left")
+                trial.set_user_attr(A.ROLE, A.CANDIDATE)
+                trial.set_user_attr(A.FAMILY, part)
+            trial.set_user_attr(A.WORKER, me)
+            trial.set_user_attr(A.HEARTBEAT, time.time())
+            with _Heartbeat(trial, spec.heartbeat_s):
+                try:
+                    return obj(trial)
+                except optuna.TrialPruned:
+                    raise
+                except KeyboardInterrupt:
+                    trial.set_user_attr(A.INTERRUPTED, True)  # the next run or worker retries it
+                    raise
+                except Exception as e:
+                    trial.set_user_attr(A.ERROR, f"{type(e).__name__}: {e}"[:500])  # shown in the report
+                    raise
+        return run
 
-    def record(study: Any, ft: Any) -> None:
-        stats.trials.setdefault(ft.state.name, []).append(ft.number)
+    def record(part: str) -> Callable[[Any, Any], None]:
+        def cb(study: Any, ft: Any) -> None:
+            stats.trials.setdefault(ft.state.name, []).append(f"{part}#{ft.number}")
+            if ft.state.name == "FAIL":
+                log.warning("trial %s#%s failed: %s", part, ft.number, ft.user_attrs.get(A.ERROR, "?"))
+        return cb
 
     while True:
         if timeout is not None and time.monotonic() - t0 >= timeout:
             break
         if max_trials is not None and stats.count >= max_trials:
             break
-        reap_stale(study, spec.grace_s, log=log)
-        trials = study.get_trials(deepcopy=False)
-        waiting = sum(t.state == TrialState.WAITING for t in trials)
-        if waiting == 0 and not enqueue_candidates(spec, study, target, at_most=1, trials=trials):
+        for _, study in ss.parts():
+            recover(study, spec.grace_s)
+        nxt = _next_part(ss, target)
+        if nxt is None:
             break
-        study.optimize(wrapped, n_trials=1, catch=(Exception,), callbacks=[record])
+        part, study = nxt
+        study.optimize(wrapped(part), n_trials=1, catch=(Exception,), callbacks=[record(part)])
     stats.seconds = time.monotonic() - t0
     return stats
 
 
-def wait_for_candidates(spec: StudySpec, study: Any, *, poll_s: float = 5.0,
-                        log: Callable[[str], None] = _say) -> None:
+def wait_for_candidates(ss: StudySet, *, poll_s: float = 5.0) -> None:
     """Block until no original candidate trial is RUNNING (other workers' trials included).
 
     Stale trials of dead workers are failed (and retried) meanwhile, so this cannot hang on them.
@@ -311,24 +283,27 @@ def wait_for_candidates(spec: StudySpec, study: Any, *, poll_s: float = 5.0,
 
     said = False
     while True:
-        reap_stale(study, spec.grace_s, log=log)
-        running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if _is_original_candidate(t)]
+        running = []
+        for fam, study in ss.families.items():
+            recover(study, ss.spec.grace_s)
+            running += [f"{fam}#{t.number}" for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                        if A.is_original_candidate(t)]
         if not running:
             return
         if not said:
-            log(f"waiting for candidate trial(s) {running} of other workers before choosing the repeats")
+            log.info("waiting for candidate trial(s) %s of other workers before choosing the repeats", running)
             said = True
         time.sleep(poll_s)
 
 
-def spawn_workers(spec: StudySpec, storage: str, devices: Sequence[str], *, n_trials: int | None = None,
-                  timeout: float | None = None, worker_args: Sequence[str] = (),
-                  log: Callable[[str], None] = _say) -> list[int]:
-    """Start one ``revit search worker`` process per device (``--device D``) on ``storage``; wait for all.
+def start_workers(spec: StudySpec, storage: str, devices: Sequence[str | None], *, n_trials: int | None = None,
+                  timeout: float | None = None, worker_args: Sequence[str] = (), env: dict[str, str] | None = None,
+                  log_dir: Path | None = None) -> list[tuple[str, Any]]:
+    """Start one ``revit search worker`` process per entry of ``devices`` (``--device D``; None: the spec's).
 
-    Returns their exit codes.  The spec must come from a file (the workers read it again);
-    ``worker_args`` are extra worker options (``--threads``, ``--amp``, ``--quiet``...).
+    The spec must come from a file (the workers read it again); ``worker_args`` are extra worker
+    options (``--threads``, ``--amp``, ``--quiet``...); with ``log_dir`` each worker writes to
+    ``worker-I.log`` there.  Returns (label, process) pairs for :func:`wait_workers`.
     """
     if not Path(spec.source).is_file():
         raise ConfigError(f"worker processes read the spec from its file, and {spec.source!r} is none")
@@ -337,67 +312,137 @@ def spawn_workers(spec: StudySpec, storage: str, devices: Sequence[str], *, n_tr
         base += ["--n-trials", str(n_trials)]
     if timeout is not None:
         base += ["--timeout", str(timeout)]
-    procs = []
-    for d in devices:
-        procs.append((d, subprocess.Popen([*base, "--device", d])))
-        log(f"worker process {procs[-1][1].pid} on {d}")
+    procs: list[tuple[str, Any]] = []
+    try:
+        for i, d in enumerate(devices):
+            cmd = [*base, "--device", d] if d else base
+            if log_dir is not None:
+                with open(log_dir / f"worker-{i + 1}.log", "ab") as out:  # the child keeps its own handle
+                    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            else:
+                p = subprocess.Popen(cmd, env=env)
+            procs.append((f"{p.pid}" + (f" on {d}" if d else ""), p))
+            log.info("worker process %s", procs[-1][0])
+    except BaseException:
+        stop_workers(procs)
+        raise
+    return procs
+
+
+def stop_workers(procs: Sequence[tuple[str, Any]]) -> None:
+    """Terminate the worker processes still running (their trials are retried by the next run)."""
+    for _, p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for _, p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def wait_workers(procs: Sequence[tuple[str, Any]]) -> list[int]:
+    """Wait for the worker processes; return their exit codes (stops them all if this one is interrupted)."""
     codes = []
     try:
-        for d, p in procs:
+        for label, p in procs:
             codes.append(p.wait())
             if codes[-1] != 0:
-                log(f"worker process {p.pid} on {d} exited with code {codes[-1]}")
+                log.warning("worker process %s exited with code %s", label, codes[-1])
     except BaseException:
-        for _, p in procs:
-            if p.poll() is None:
-                p.terminate()
+        stop_workers(procs)
         raise
     return codes
 
 
+def spawn_workers(spec: StudySpec, storage: str, devices: Sequence[str | None], **kw: Any) -> list[int]:
+    """:func:`start_workers`, then :func:`wait_workers`: one worker process per device; their exit codes."""
+    return wait_workers(start_workers(spec, storage, devices, **kw))
+
+
 def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | None = None, repeats: bool = True,
-              timeout: float | None = None, log: Callable[[str], None] = _say, devices: Sequence[str] | None = None,
-              worker_args: Sequence[str] = ()) -> Any:
+              timeout: float | None = None, devices: Sequence[str] | None = None, worker_args: Sequence[str] = (),
+              objective: Callable[[Any], Any] | None = None) -> StudySet:
     """``revit search run``: create or resume the study, baselines, candidates, then repeats.
 
     With ``devices`` (``--gpus``: one ``cuda:N`` each), the trials run in one worker process per
     device on the same storage (:func:`spawn_workers`) while this process waits; otherwise here.
     """
-    study = open_study(spec, storage, create=True)
-    objective = StudyObjective(spec, log=log)
-    skipped = enqueue_baselines(spec, study, objective)
+    ss = open_studies(spec, storage, create=True)
+    obj = objective or StudyObjective(spec)
+    skipped = enqueue_baselines(ss, obj if isinstance(obj, StudyObjective) else None)
     for s in skipped:
-        log(f"baseline left out: {s}")
-    enqueue_candidates(spec, study, n_trials)
-    url = spec.storage_url(storage)
-    log(f"study {spec.name!r} in {url}: budget {spec.budget.describe()}, "
-        f"{n_trials if n_trials is not None else spec.n_trials} candidate trials per family "
-        f"{spec.family_names}, seeds {list(spec.seeds)}, baselines {[b.arm for b in spec.baselines]}")
+        log.info("baseline left out: %s", s)
+    log.info("study %r in %s: budget %s, %s candidate trials per family %s, seeds %s, baselines %s", spec.name,
+             ss.url, spec.budget.describe(), n_trials if n_trials is not None else spec.n_trials, spec.family_names,
+             list(spec.seeds), [b.arm for b in spec.baselines])
 
     def work() -> None:
         if devices:
-            spawn_workers(spec, url, devices, n_trials=n_trials, timeout=timeout, worker_args=worker_args, log=log)
+            spawn_workers(spec, ss.url, devices, n_trials=n_trials, timeout=timeout, worker_args=worker_args)
         else:
-            run_worker(spec, study, objective=objective, n_trials=n_trials, timeout=timeout, log=log)
+            run_worker(ss, objective=obj, n_trials=n_trials, timeout=timeout)
 
     work()
     if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
-        wait_for_candidates(spec, study, log=log)  # pick the best among *all* candidates, not the finished ones
-        best = enqueue_repeats(spec, study)
+        wait_for_candidates(ss)  # pick the best among *all* candidates, not the finished ones
+        best = enqueue_repeats(ss)
         if best:
-            log(f"repeating the best candidates {best} with seeds {list(spec.seeds[1:])}")
+            log.info("repeating the best candidates %s with seeds %s", [f"{f}#{n}" for f, n in best],
+                     list(spec.seeds[1:]))
             work()
-    return study
+    return ss
 
 
 def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, timeout: float | None = None,
-               max_trials: int | None = None, log: Callable[[str], None] = _say) -> WorkerStats:
+               max_trials: int | None = None, objective: Callable[[Any], Any] | None = None) -> WorkerStats:
     """``revit search worker``: join an existing study and run trials until it is done."""
     if not storage:
         raise ConfigError("a worker needs --storage URL (the storage the study runs in)")
-    study = open_study(spec, storage, create=False, sampler_seed_offset=os.getpid())
-    return run_worker(spec, study, n_trials=n_trials, timeout=timeout, max_trials=max_trials, log=log)
+    ss = open_studies(spec, storage, create=False, seed_offset=os.getpid())
+    return run_worker(ss, n_trials=n_trials, timeout=timeout, max_trials=max_trials, objective=objective)
 
 
-__all__ = ["WorkerStats", "enqueue_baselines", "enqueue_candidates", "enqueue_repeats", "family_of", "join_study",
-           "open_study", "reap_stale", "run_study", "run_worker", "spawn_workers", "wait_for_candidates", "worker_id"]
+@dataclass(frozen=True)
+class Tally:
+    """A study's trials by state, and the failures no retry made good."""
+
+    states: dict[str, int]
+    unrecovered: list[str]  # part#number of FAIL trials without a COMPLETE or PRUNED retry
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
+
+    def line(self, name: str) -> str:
+        """``study NAME: 12 trials (COMPLETE 10, PRUNED 1, FAIL 1); 1 failed: uniform#3``."""
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.states.items())) or "none"
+        tail = f"; {len(self.unrecovered)} failed: {', '.join(self.unrecovered[:10])}" if self.unrecovered else ""
+        return f"study {name}: {self.total} trials ({counts}){tail}"
+
+
+def tally(ss: StudySet) -> Tally:
+    """Count the trials of every part by state; list the failed ones that were not retried successfully."""
+    from optuna.trial import TrialState
+
+    states: dict[str, int] = {}
+    bad: list[str] = []
+    for part, study in ss.parts():
+        trials = study.get_trials(deepcopy=False)
+        ok = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+        retries = [(t.user_attrs.get(A.RETRY_OF), t.number) for t in trials if A.RETRY_OF in t.user_attrs]
+        grew = True
+        while grew:  # a trial is made good by a retry that ended well, or was itself made good (chains)
+            before = len(ok)
+            ok |= {of for of, n in retries if n in ok}
+            grew = len(ok) > before
+        for t in trials:
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+            if t.state == TrialState.FAIL and t.number not in ok:
+                bad.append(f"{part}#{t.number}")
+    return Tally(states, bad)
+
+
+__all__ = ["Tally", "WorkerStats", "candidate_counts", "enqueue_baselines", "enqueue_repeats", "join_study", "recover",
+           "run_study", "run_worker", "spawn_workers", "start_workers", "stop_workers", "tally", "wait_for_candidates",
+           "wait_workers", "worker_id"]

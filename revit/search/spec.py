@@ -54,9 +54,12 @@ from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_k
 from revit.paths import shipped_dir
 from revit.recipes import TrainConfig
 from revit.search.space import FamilySpace, ParamRange, parse_spaces
-from revit.validation import check_count, check_fields, check_int, check_number
+from revit.validation import check_fields, check_int, check_number
 
 SCHEMA = "revit/study/v1"
+MAX_TRIALS = 100_000  # candidates per family: far beyond any study, short of filling a disk
+MAX_THREADS = 1024
+SEED_MAX = 2**31 - 1  # torch.manual_seed and numpy take it
 OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "latency": "minimize"}
 _KEYS = ("schema", "kind", "name", "description", "storage", "objectives", "sampler", "pruner", "n_trials",
          "setting", "budget", "latency_table", "space", "data", "train", "threads", "seeds", "repeats",
@@ -204,10 +207,6 @@ class StudySpec:
                 return s
         raise ConfigError(f"family {name!r} is not searched by this study; known: {', '.join(self.family_names)}")
 
-    def optuna_name(self, space: FamilySpace, param: str) -> str:
-        """The Optuna parameter name of ``param`` of ``space``: prefixed by the family tag when several."""
-        return f"{space.name}.{param}" if len(self.spaces) > 1 else param
-
     @property
     def directions(self) -> list[str]:
         return [OBJECTIVES[o] for o in self.objectives]
@@ -243,13 +242,15 @@ class StudySpec:
         name = d.get("name") or Path(source).stem
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise ConfigError(f"name must be letters, digits, '-', '_' or '.', got {name!r}")
-        objectives = tuple(d.get("objectives") or ("accuracy",))
+        raw_obj = d.get("objectives") or ["accuracy"]
+        if not isinstance(raw_obj, list) or not all(isinstance(o, str) for o in raw_obj):
+            raise ConfigError(f"objectives must be [accuracy] or [accuracy, macs|latency], got {str(raw_obj)[:60]}")
+        objectives = tuple(raw_obj)
         bad = [o for o in objectives if o not in OBJECTIVES]
         if bad or objectives[0] != "accuracy" or len(objectives) > 2 or len(set(objectives)) != len(objectives):
             raise ConfigError(f"objectives must be [accuracy] or [accuracy, macs|latency], got {list(objectives)}")
         sampler = PluginSpec.parse(d.get("sampler"), "sampler", "tpe")
         pruner = PluginSpec.parse(d.get("pruner"), "pruner", "median")
-        check_sampler(sampler, len(objectives))
         check_pruner(pruner)
         if len(objectives) > 1 and pruner.name not in ("none", "nop"):
             raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
@@ -259,6 +260,10 @@ class StudySpec:
 
         budget = _budget(d.get("budget"), d.get("latency_table"))
         spaces = parse_spaces(d.get("space"), setting)
+        if any(s.name == "baselines" for s in spaces):
+            raise ConfigError("space: 'baselines' names the baselines' study; give the family another 'name'")
+        finite = budget.value is not None and all(p.integer for s in spaces for p in s.params)
+        check_sampler(sampler, len(objectives), finite=finite)
 
         data = _typed(DataSpec, d.get("data"), "data")
         train = _typed(TrainConfig, d.get("train"), "train", exclude=_TRAIN_SET_BY_STUDY)
@@ -267,14 +272,17 @@ class StudySpec:
         if isinstance(repeats, Mapping):
             check_keys(repeats, ("top_k",), "repeats")
         top_k = check_int(repeats.get("top_k", 2) if isinstance(repeats, Mapping) else repeats, "repeats.top_k", 0)
-        baselines = tuple(_baseline(b) for b in (d.get("baselines") or ()))
+        raw_base = d.get("baselines") or []
+        if not isinstance(raw_base, list):
+            raise ConfigError(f"baselines must be a list of rule names or {{rule, params, name}}, got {str(raw_base)[:60]}")
+        baselines = tuple(_baseline(b) for b in raw_base)
         arms = [b.arm for b in baselines]
         if len(set(arms)) != len(arms):
             raise ConfigError(f"baselines: two arms have the same name ({arms}); give each a 'name'")
         n_trials = d.get("n_trials", 10)
-        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
-            raise ConfigError(f"n_trials must be a non-negative integer, got {n_trials!r}")
-        threads = check_count(d.get("threads", 1), "threads")
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or not 0 <= n_trials <= MAX_TRIALS:
+            raise ConfigError(f"n_trials must be an integer in [0, {MAX_TRIALS}] (per family), got {str(n_trials)[:40]}")
+        threads = check_int(d.get("threads", 1), "threads", 1, MAX_THREADS)
         if "latency" in objectives and not (budget.table or d.get("latency_table")):
             raise ConfigError("objective 'latency' needs latency_table: FILE (or a latency budget with a table)")
         storage = d.get("storage")
@@ -388,7 +396,7 @@ def _seeds(raw: Any) -> tuple[int, ...]:
         return (0,)
     if isinstance(raw, (str, Mapping)) or not isinstance(raw, Sequence):
         raise ConfigError(f"seeds must be a list of integers, got {raw!r}")
-    seeds = tuple(check_int(s, "seeds[]", 0) for s in raw)
+    seeds = tuple(check_int(s, "seeds[]", 0, SEED_MAX) for s in raw)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
     return seeds

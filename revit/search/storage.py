@@ -45,8 +45,8 @@ class StorageBackend(ABC):
     description: ClassVar[str]
 
     @abstractmethod
-    def open(self, url: str) -> BaseStorage:
-        """Open (and create if needed) the storage at ``url``."""
+    def open(self, url: str, read_only: bool = False) -> BaseStorage:
+        """Open (and create if needed) the storage at ``url``; ``read_only``: never write to it (a report)."""
 
     def local_path(self, url: str) -> Path | None:
         """The local file the storage lives in, if any (for messages and clean-up)."""
@@ -73,24 +73,32 @@ class _RDB(StorageBackend):
         """SQLAlchemy engine arguments (a liveness check on pooled connections)."""
         return {"pool_pre_ping": True}
 
-    def open(self, url: str) -> BaseStorage:
+    unreachable_hint: ClassVar[str] = " (is the server running and the URL right?)"
+
+    def connect_url(self, url: str, read_only: bool) -> str:
+        """The SQLAlchemy URL to connect with (a read-only variant where the database offers one)."""
+        return url
+
+    def open(self, url: str, read_only: bool = False) -> BaseStorage:
         self._check_driver()
         import sqlalchemy.exc
         from optuna.storages import RDBStorage
 
         engine_kwargs = self.engine_kwargs()
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs)
+            return RDBStorage(self.connect_url(url, read_only), engine_kwargs=engine_kwargs,
+                              skip_table_creation=read_only)
         except sqlalchemy.exc.ArgumentError as e:
-            raise StorageError(f"invalid storage URL {_redact(url)!r}: {e}") from None
+            raise StorageError(f"invalid storage URL {_redact(url)!r}: {_first(e)}") from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
-            cause = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(getattr(e, "orig", e)).strip() else str(e)
-            raise StorageError(f"cannot reach the study database {_redact(url)}: {cause} "
-                               "(is the server running and the URL right?)") from None
+            raise StorageError(f"cannot use the study database {_redact(url)}: {_first(getattr(e, 'orig', e))}"
+                               f"{self.unreachable_hint}") from None
         except sqlalchemy.exc.SQLAlchemyError as e:
-            raise StorageError(f"study database {_redact(url)}: {str(e).splitlines()[0]}") from None
+            raise StorageError(f"study database {_redact(url)}: {_first(e)}") from None
         except ImportError as e:
             raise BackendUnavailableError(f"storage {_redact(url)}: driver missing ({e}){self.driver_hint}") from None
+        except (ValueError, TypeError) as e:  # a malformed URL (a port that is no number, an open bracket)
+            raise StorageError(f"invalid storage URL {_redact(url)!r}: {_first(e)}") from None
 
 
 @STORAGES.register("sqlite")
@@ -101,18 +109,27 @@ class SQLiteStorage(_RDB):
     multi_host = False
     description = "SQLite file (default): sqlite:///runs/studies/NAME.db"
 
+    unreachable_hint = ""  # a file: the cause (disk full, read-only, not a database) says it all
+
     def local_path(self, url: str) -> Path | None:
         path = url.split(":///", 1)[1] if ":///" in url else ""
         return Path(path) if path and path != ":memory:" else None
 
-    def open(self, url: str) -> BaseStorage:
+    def connect_url(self, url: str, read_only: bool) -> str:
         path = self.local_path(url)
-        if path is not None:
+        return f"sqlite:///file:{path}?mode=ro&uri=true" if read_only and path is not None else url
+
+    def open(self, url: str, read_only: bool = False) -> BaseStorage:
+        path = self.local_path(url)
+        if path is None:
+            raise StorageError(f"storage {url!r} is an in-memory database, which vanishes with the process; "
+                               "give a file: sqlite:///runs/studies/NAME.db")
+        if not read_only:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StorageError(f"cannot create the folder of {path}: {e.strerror}") from None
-        return super().open(url)
+        return super().open(url, read_only)
 
 
 @STORAGES.register("postgresql")
@@ -124,8 +141,8 @@ class PostgresStorage(_RDB):
     description = "PostgreSQL server: postgresql://USER[:PASSWORD]@HOST:PORT/DB (pip install 'revit[postgres]')"
     driver_hint = "; the driver comes with pip install 'revit[postgres]'"
 
-    def open(self, url: str) -> BaseStorage:
-        return super().open(self.with_driver(url))
+    def open(self, url: str, read_only: bool = False) -> BaseStorage:
+        return super().open(self.with_driver(url), read_only)
 
     def engine_kwargs(self) -> dict[str, Any]:
         # an unreachable host fails in 10 s instead of the OS's TCP timeout
@@ -175,23 +192,36 @@ class JournalStorage(StorageBackend):
             raise StorageError("journal storage needs a file path: journal:runs/studies/NAME.log")
         return Path(rest)
 
-    def open(self, url: str) -> BaseStorage:
+    def open(self, url: str, read_only: bool = False) -> BaseStorage:
         from optuna.storages import JournalStorage as _Journal
         from optuna.storages.journal import JournalFileBackend
 
+        from revit.search.journal import check_journal, repair_torn_tail
+
         path = self.local_path(url)
         assert path is not None
+        check_journal(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab"):
-                pass
+            if not read_only:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab"):
+                    pass
+                repair_torn_tail(path)
+            return _Journal(JournalFileBackend(str(path)))
         except OSError as e:
             raise StorageError(f"cannot open the journal file {path}: {e.strerror}") from None
-        return _Journal(JournalFileBackend(str(path)))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise StorageError(f"journal file {path} is corrupt: {_first(e)}") from None
 
 
 _SUFFIXES = {".db": "sqlite", ".sqlite": "sqlite", ".sqlite3": "sqlite",
              ".log": "journal", ".journal": "journal", ".jsonl": "journal"}
+
+
+def _first(e: object) -> str:
+    """The first line of an error, at most 200 characters."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def normalize_url(url: str) -> str:
@@ -200,6 +230,9 @@ def normalize_url(url: str) -> str:
         return "postgresql://" + url[len("postgres://"):]
     if _SCHEME.match(url) and "://" in url or url.startswith("journal:"):
         return url
+    if any(c in url for c in "?#"):
+        raise StorageError(f"storage path {url[:80]!r} has '?' or '#', which a database URL reads as the start of "
+                           "its options; rename the file")
     suffix = Path(url).suffix.lower()
     if suffix in _SUFFIXES:
         kind = _SUFFIXES[suffix]
@@ -223,10 +256,13 @@ def backend_for(url: str) -> StorageBackend:
                                f"{', '.join(STORAGES.names())} (or a path ending in .db or .log)") from None
 
 
-def open_storage(url: str) -> BaseStorage:
-    """Open the storage at ``url`` (a URL or a ``.db``/``.log`` path); see :class:`StorageBackend`."""
+def open_storage(url: str, read_only: bool = False) -> BaseStorage:
+    """Open the storage at ``url`` (a URL or a ``.db``/``.log`` path); see :class:`StorageBackend`.
+
+    ``read_only``: never write (no tables created, no journal repaired), as a report must not.
+    """
     url = normalize_url(os.fspath(url))
-    return backend_for(url).open(url)
+    return backend_for(url).open(url, read_only)
 
 
 def default_storage(study_name: str, root: str | os.PathLike[str] = "runs/studies") -> str:

@@ -325,32 +325,28 @@ def write_study_spec(study_dir: Path, plan: DemoPlan, rule_path: Path, budget_s:
 def run_parallel_study(spec_path: Path, study_dir: Path, plan: DemoPlan,
                        log: Callable[[str], None]) -> tuple[Any, Any, str]:
     """Run the study with ``plan.workers`` processes: this one plus ``revit search worker`` subprocesses."""
-    from revit.search.runner import enqueue_baselines, enqueue_repeats, open_study, run_worker
+    from revit.search.runner import enqueue_baselines, enqueue_repeats, run_worker, start_workers, wait_workers
     from revit.search.spec import StudySpec
+    from revit.search.studies import open_studies
 
     spec = StudySpec.load(spec_path)
-    url = spec.storage_url()
-    study = open_study(spec, url)
-    for s in enqueue_baselines(spec, study):
+    studies = open_studies(spec)
+    for s in enqueue_baselines(studies):
         log(f"  baseline left out: {s}")
-    log(f"  storage {url}; watch it live: optuna-dashboard {url.split(':', 1)[1]}")
+    log(f"  storage {studies.url}; watch it live: optuna-dashboard {studies.url.split(':', 1)[1]}")
 
     def phase(name: str) -> None:
-        procs = []
-        for i in range(plan.workers - 1):
-            logf = open(study_dir / f"worker-{name}-{i + 1}.log", "w")  # noqa: SIM115 - closed below
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            procs.append((subprocess.Popen([sys.executable, "-m", "revit", "search", "worker", str(spec_path),
-                                            "--storage", url, "--quiet"], stdout=logf, stderr=subprocess.STDOUT,
-                                           env=env), logf))
+        logs = study_dir / f"workers-{name}"
+        logs.mkdir(exist_ok=True)
+        procs = start_workers(spec, studies.url, [None] * (plan.workers - 1), worker_args=["--quiet"],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, log_dir=logs)
         if procs:
-            log(f"  {name}: {len(procs)} extra worker process(es), logs in {study_dir}/worker-{name}-*.log")
-        stats = run_worker(spec, study, log=lambda m: log(f"  {m}"))
-        for p, f in procs:
-            p.wait()
-            f.close()
-        log(f"  {name}: this process ran {stats.count} trial(s); workers exited "
-            f"{[p.returncode for p, _ in procs]}")
+            log(f"  {name}: {len(procs)} extra worker process(es), logs in {logs}/")
+        try:
+            stats = run_worker(studies)
+        finally:
+            codes = wait_workers(procs)
+        log(f"  {name}: this process ran {stats.count} trial(s); workers exited {codes}")
 
     import torch
 
@@ -358,11 +354,11 @@ def run_parallel_study(spec_path: Path, study_dir: Path, plan: DemoPlan,
     torch.set_num_threads(1)
     try:
         phase("search")
-        if len(spec.seeds) > 1 and spec.repeat_top_k > 0 and enqueue_repeats(spec, study):
+        if len(spec.seeds) > 1 and spec.repeat_top_k > 0 and enqueue_repeats(studies):
             phase("repeats")
     finally:
         torch.set_num_threads(threads)
-    return spec, study, url
+    return spec, studies, studies.url
 
 
 def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, Any]) -> None:
@@ -386,9 +382,10 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
               f"- configs: {json.dumps(summary['configs'], default=str)}"]
     c = summary.get("study")
     if c:
-        lines.append(f"- study: best candidate {c['best']} test top-1 {100 * c['best_test'][0]:.2f} ± "
-                     f"{100 * c['best_test'][1]:.2f}% (n={c['best_n']}) vs uniform {100 * c['uniform_test'][0]:.2f} ± "
-                     f"{100 * c['uniform_test'][1]:.2f}% (n={c['uniform_n']}); details in study/report.md")
+        from revit.search.results import pm
+
+        lines.append(f"- study: best candidate {c['best']} test top-1 {pm(c['best_test'])}% (n={c['best_n']}) vs "
+                     f"uniform {c['uniform']} {pm(c['uniform_test'])}% (n={c['uniform_n']}); details in study/report.md")
     lines.append(f"- wall time: {', '.join(f'{k} {v:.0f} s' for k, v in t.items())}")
     lines += ["", "## Plots", ""]
     for title, p in figs:

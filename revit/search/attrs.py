@@ -1,0 +1,68 @@
+"""The user attributes a study's trials carry: one named key each, and the reads that interpret them.
+
+Every module of :mod:`revit.search` reads and writes trial attributes through these names, so a key is
+spelled once.  What a trial *is* (``role``, ``family``, ``arm``, ``seed``, ``budget``, ``repeat_of``,
+``retry_of``) is set when it is enqueued or started; what it *gave* (accuracies, MACs, widths) when it ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# what a trial is
+ROLE = "role"  # "candidate" (sampled by its family's sampler) or "baseline"
+FAMILY = "family"  # the searched family's tag (candidates); baselines: "baseline:ARM"
+ARM = "arm"  # the baseline arm, or "FAMILY-search" for candidates
+SEED = "seed"  # the training seed
+BUDGET = "budget"  # the MACs or latency budget it was generated for
+GROUP = "group"  # the config over seeds it belongs to (a candidate and its repeats; a baseline arm at a budget)
+REPEAT_OF = "repeat_of"  # the trial number (same family study) whose config it repeats with another seed
+RETRY_OF = "retry_of"  # the trial number (same study) it retries after a dead worker or an interrupt
+
+# how it ran
+WORKER = "worker"  # host:pid of the process running it
+HEARTBEAT = "heartbeat"  # unix time, refreshed while it runs
+INTERRUPTED = "interrupted"  # set when Ctrl-C stopped it (the next run retries it)
+ERROR = "error"  # "Type: message" of the exception that failed it
+INFEASIBLE = "infeasible"  # why it was pruned before training (budget unreachable, outside the table)
+
+# what it gave
+VAL_ACC, TEST_ACC, VAL_CURVE, TRAIN_SECONDS = "val_acc", "test_acc", "val_curve", "train_seconds"
+MACS, PARAMS, LATENCY_MS, EMBED_DIM, MLP_FACTOR, BLOCKS = (
+    "macs", "params", "latency_ms", "embed_dim", "mlp_factor", "blocks")
+
+CANDIDATE, BASELINE = "candidate", "baseline"
+IDENTITY = (ROLE, FAMILY, ARM, SEED, BUDGET, REPEAT_OF)  # what a retry copies from the trial it retries
+
+
+def role(trial: Any) -> str:
+    """``candidate`` or ``baseline`` (a trial that has not started yet counts as a candidate)."""
+    return str(trial.user_attrs.get(ROLE, CANDIDATE))
+
+
+def trial_family(trial: Any) -> str:
+    """The family tag of a trial: its ``family`` attribute, or ``baseline:ARM`` for a baseline."""
+    u = trial.user_attrs
+    if FAMILY in u:
+        return str(u[FAMILY])
+    if u.get(ROLE) == BASELINE:
+        return f"baseline:{u.get(ARM)}"
+    return "?"
+
+
+def trial_ref(trial: Any) -> str:
+    """``PART#NUMBER``: a trial's name across the study's parts (trial numbers count per part)."""
+    part = "baselines" if trial.user_attrs.get(ROLE) == BASELINE else trial.user_attrs.get(FAMILY, "?")
+    return f"{part}#{trial.number}"
+
+
+def is_original_candidate(trial: Any) -> bool:
+    """A sampled candidate (not a repeat with another seed, not a retry)."""
+    u = trial.user_attrs
+    return u.get(ROLE, CANDIDATE) == CANDIDATE and REPEAT_OF not in u and RETRY_OF not in u
+
+
+__all__ = ["ARM", "BASELINE", "BLOCKS", "BUDGET", "CANDIDATE", "EMBED_DIM", "ERROR", "FAMILY", "GROUP", "HEARTBEAT",
+           "IDENTITY", "INFEASIBLE", "INTERRUPTED", "LATENCY_MS", "MACS", "MLP_FACTOR", "PARAMS", "REPEAT_OF",
+           "RETRY_OF", "ROLE", "SEED", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC", "VAL_CURVE", "WORKER",
+           "is_original_candidate", "role", "trial_family", "trial_ref"]

@@ -1,0 +1,184 @@
+"""A revit study as Optuna studies: one per searched family and one for the baselines, in one storage.
+
+Optuna's pattern for separate searches is separate studies, so each searched family of a spec named
+``NAME`` is the Optuna study ``NAME/FAMILY`` (its own sampler, seed and pruner, its trials only), and
+the baselines are ``NAME/baselines``.  Optuna's own tools read them as they are: ``load_study(...)``
+of a family study gives that family's ``best_trial``, and optuna-dashboard lists every part.
+:class:`StudySet` is the group as revit's commands see it: one study with parts.
+
+Every part stores the spec's *fingerprint* (what decides the trials: budget, spaces, data, recipe,
+seeds, baselines, objectives, sampler); a process whose spec has another one is refused, so a worker
+with an edited spec cannot join silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from revit.errors import StorageError
+from revit.search.samplers import build_pruner, build_sampler
+from revit.search.spec import StudySpec
+from revit.search.storage import open_storage
+
+log = logging.getLogger(__name__)
+
+BASELINES = "baselines"  # the part holding the baselines (no family may take this name)
+SPEC_ATTR = "spec"  # study user attribute: what the spec was, with its fingerprint
+_SEED_STRIDE = 7919  # a resumed family sampler's seed moves by this per trial already in its study
+
+
+def part_name(study: str, part: str) -> str:
+    """The Optuna study name of one part: ``NAME/FAMILY`` or ``NAME/baselines``."""
+    return f"{study}/{part}"
+
+
+def fingerprint(spec: StudySpec) -> str:
+    """A short hash of everything that decides what the trials are (not how or where they run)."""
+    from revit.recipes import RUNTIME_FIELDS
+
+    train = {f.name: getattr(spec.train, f.name) for f in fields(spec.train) if f.name not in RUNTIME_FIELDS}
+    doc = {"objectives": list(spec.objectives), "budget": asdict(spec.budget),
+           "spaces": [asdict(s) for s in spec.spaces], "setting": asdict(spec.setting), "data": asdict(spec.data),
+           "train": train, "seeds": list(spec.seeds), "repeat_top_k": spec.repeat_top_k,
+           "baselines": [asdict(b) for b in spec.baselines],
+           "sampler": [spec.sampler.name, dict(spec.sampler.kwargs)],
+           "pruner": [spec.pruner.name, dict(spec.pruner.kwargs)]}
+    text = json.dumps(doc, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StudySet:
+    """The Optuna studies of one revit study: ``families`` (tag -> study, spec order) and ``baselines``."""
+
+    spec: StudySpec
+    url: str
+    families: dict[str, Any]
+    baselines: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def parts(self) -> Iterator[tuple[str, Any]]:
+        """(part, study): the baselines first, then the families in spec order."""
+        yield BASELINES, self.baselines
+        yield from self.families.items()
+
+    def trials(self, states: Sequence[Any] | None = None) -> list[Any]:
+        """Every trial of every part (baselines first), as frozen trials."""
+        return [t for _, s in self.parts() for t in s.get_trials(deepcopy=False, states=states)]
+
+    def states(self) -> dict[str, int]:
+        """Trial counts by state name over all parts."""
+        out: dict[str, int] = {}
+        for t in self.trials():
+            out[t.state.name] = out.get(t.state.name, 0) + 1
+        return out
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        """The baselines part's study attributes (the study-wide notes, such as skipped baselines)."""
+        return dict(self.baselines.user_attrs)
+
+
+def _names(storage: Any, url: str) -> list[str]:
+    import optuna
+
+    try:
+        return list(optuna.study.get_all_study_names(storage))
+    except Exception as e:  # noqa: BLE001 - any storage failure is one line
+        raise StorageError(f"cannot read the studies in {url}: {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _refuse_legacy(spec: StudySpec, storage: Any, url: str, names: list[str]) -> None:
+    """A study written by revit before one-study-per-family is refused, never misreported."""
+    import optuna
+
+    if spec.name not in names:
+        return
+    try:
+        old = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        return
+    if SPEC_ATTR in old.user_attrs:
+        raise StorageError(f"{url} holds study {spec.name!r} in revit's old single-study layout, which this "
+                           f"version does not read; re-run it into a new storage: revit search run {spec.source} "
+                           f"--storage NEW_URL (optuna.load_study still reads the old one)")
+
+
+def open_studies(spec: StudySpec, storage: str | None = None, *, create: bool = True, seed_offset: int = 0,
+                 read_only: bool = False) -> StudySet:
+    """The Optuna studies of ``spec`` in ``storage`` (default: the spec's); ``create`` makes missing parts.
+
+    Each family study gets its own sampler: the spec's seed plus the family's index, plus ``seed_offset``
+    (a worker's), plus a stride per trial its study already holds, so a resumed run does not draw the
+    configs it drew before.  Raises :class:`StorageError` when the storage cannot be read, when joining
+    a study that does not exist, when a stored part has other directions or another spec fingerprint,
+    and for a study in the old single-study layout.
+    """
+    import optuna
+
+    url = spec.storage_url(storage)
+    st = open_storage(url, read_only=read_only)
+    names = _names(st, url)
+    _refuse_legacy(spec, st, url, names)
+    wanted = [BASELINES, *spec.family_names]
+    missing = [p for p in wanted if part_name(spec.name, p) not in names]
+    if missing and not create:
+        if len(missing) == len(wanted):
+            raise StorageError(f"no study {spec.name!r} in {url}; start it with 'revit search run {spec.source} "
+                               f"--storage {url}'")
+        raise StorageError(f"study {spec.name!r} in {url} has no part {', '.join(missing)}: its spec had other "
+                           "families; use the spec it was started with")
+    fp = fingerprint(spec)
+    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
+    parts: dict[str, Any] = {}
+    for i, part in enumerate(wanted):
+        name = part_name(spec.name, part)
+        if name in names:
+            study = optuna.load_study(study_name=name, storage=st)
+            _check_part(spec, study, name, url, fp)
+        else:
+            study = optuna.create_study(storage=st, study_name=name, directions=directions, load_if_exists=True)
+            _check_part(spec, study, name, url, fp)
+            if SPEC_ATTR not in study.user_attrs:
+                study.set_user_attr(SPEC_ATTR, _spec_attr(spec, part, fp))
+        if part == BASELINES:
+            study.sampler = optuna.samplers.RandomSampler()  # baselines have no parameters to sample
+            study.pruner = optuna.pruners.NopPruner()
+        elif not read_only:
+            have = len(study.get_trials(deepcopy=False))
+            study.sampler = build_sampler(spec.sampler, i - 1 + seed_offset + _SEED_STRIDE * have)
+            study.pruner = build_pruner(spec.pruner)
+        parts[part] = study
+    baselines = parts.pop(BASELINES)
+    return StudySet(spec, url, parts, baselines)
+
+
+def _spec_attr(spec: StudySpec, part: str, fp: str) -> dict[str, Any]:
+    return {"source": spec.source, "fingerprint": fp, "part": part, "objectives": list(spec.objectives),
+            "budget": spec.budget.describe(), "families": spec.family_names, "n_trials": spec.n_trials,
+            "seeds": list(spec.seeds)}
+
+
+def _check_part(spec: StudySpec, study: Any, name: str, url: str, fp: str) -> None:
+    want = [d.upper() for d in spec.directions]
+    have = [d.name for d in study.directions]
+    if have != want:
+        raise StorageError(f"study {name!r} in {url} has directions {have}, the spec {want}; "
+                           "use another name or storage")
+    stored = study.user_attrs.get(SPEC_ATTR, {})
+    theirs = stored.get("fingerprint") if isinstance(stored, dict) else None
+    if theirs is not None and theirs != fp:
+        raise StorageError(f"study {name!r} in {url} was started from another spec (fingerprint {theirs}, this "
+                           f"spec {fp}: budget, families, data, recipe, seeds, baselines or sampler differ); "
+                           "use the spec it was started with, or another name or storage")
+
+
+__all__ = ["BASELINES", "SPEC_ATTR", "StudySet", "fingerprint", "open_studies", "part_name"]
