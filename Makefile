@@ -5,16 +5,20 @@ BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 
-.PHONY: setup data test-deps demo test test-slow lint bench clean
+LOCK := constraints.txt
+LATEST := .venv-latest
+EXTRAS := dev,postgres
+
+.PHONY: setup data test-deps demo test test-slow test-latest lock lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
-	# torch first, pinned to the builds that import beside torchvision here
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
-	$(BIN)/pip install -q -e '.[dev,postgres]'
+# every package at the version the whole suite last passed with ($(LOCK)); `make test-latest` + `make lock` refresh it
+$(VENV)/.installed: pyproject.toml setup.py $(LOCK) | $(BIN)/python
+	$(BIN)/pip install -q -c $(LOCK) torch torchvision
+	$(BIN)/pip install -q -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $@
 
 setup: $(VENV)/.installed data
@@ -38,6 +42,22 @@ test-deps:
 test: setup test-deps
 	$(BIN)/python -m pytest -q
 
+# the canary: a separate venv with the newest versions pyproject.toml allows, running the default suite
+test-latest: data test-deps
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 || $(LATEST)/bin/pip install -q torch torchvision
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	$(LATEST)/bin/pip list --format=freeze 2>/dev/null | grep -i -E '^(optuna|timm|torch|onnxruntime|sqlalchemy|scipy|numpy)=' || true
+	$(LATEST)/bin/python -m pytest -q
+
+# re-pin the lock to what `make test-latest` just passed with
+lock:
+	@test -x $(LATEST)/bin/pip || { echo "run 'make test-latest' first: the lock pins what it passed with"; exit 1; }
+	$(LATEST)/bin/pip freeze --exclude-editable | grep -v '^#' > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	@echo "$(LOCK) re-pinned; commit it after 'make test' passes on it"
+
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
@@ -60,7 +80,7 @@ bench: setup
 	  --val-size 2000 --test-limit 5000 --seeds 0,1,2 --prune-steps 6 --mirror benchmarks/results/prune-quality-12k
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(LATEST) build dist *.egg-info
 
 # timm's own tests/test_models.py (sdist of the installed timm, from the package index) on every revit_* model
 # but the DeiT-B-sized ones, next to timm's deit_tiny_patch16_224; prints per-model counts

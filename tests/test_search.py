@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -160,7 +161,7 @@ def test_objective_with_fixed_trial_candidate():
     value = obj(trial)
     u = trial.user_attrs
     assert 0.0 <= value <= 1.0 and value == u["val_acc"] and 0.0 <= u["test_acc"] <= 1.0
-    assert u["role"] == "candidate" and u["seed"] == 0 and u["group"] == "trial-7"
+    assert u["role"] == "candidate" and u["seed"] == 0 and u["group"] == "less-more-less#7"
     assert abs(u["macs"] / 200e3 - 1) <= 0.01  # the budget is met within 1%
     assert len(u["blocks"]) == 2 and len(u["val_curve"]) == 1
     # the config is the rule with the sampled values on top of the base rule's
@@ -211,31 +212,38 @@ def test_run_study_baselines_candidates_repeats(tmp_path):
     from revit.search.runner import run_study
 
     spec = tiny_spec()
-    logs: list[str] = []
-    study = run_study(spec, f"sqlite:///{tmp_path}/s.db", log=logs.append)
-    trials = study.get_trials()
-    by_role = {r: [t for t in trials if t.user_attrs.get("role") == r] for r in ("baseline", "candidate")}
+    url = f"sqlite:///{tmp_path}/s.db"
+    ss = run_study(spec, url)
+    # one Optuna study per searched family, one for the baselines, all in the same storage
+    assert sorted(optuna.study.get_all_study_names(url)) == ["tiny/baselines", "tiny/less-more-less"]
+    base, fam = ss.baselines.get_trials(), ss.families["less-more-less"].get_trials()
     # uniform x 2 seeds; paper is outside its domain at this width and is left out, with the reason
-    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in by_role["baseline"]) == [("uniform", 0),
-                                                                                                ("uniform", 1)]
-    assert any("outside the domain of rule 'paper'" in s for s in study.user_attrs["skipped_baselines"])
-    originals = [t for t in by_role["candidate"] if "repeat_of" not in t.user_attrs]
-    repeats = [t for t in by_role["candidate"] if "repeat_of" in t.user_attrs]
-    assert len(originals) == 3 and len(repeats) == 1 and len(trials) == 2 + 3 + 1
+    assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in base) == [("uniform", 0), ("uniform", 1)]
+    assert all(t.user_attrs["role"] == "baseline" and t.params == {} for t in base)
+    assert any("outside the domain of rule 'paper'" in s for s in ss.user_attrs["skipped_baselines"])
+    originals = [t for t in fam if "repeat_of" not in t.user_attrs]
+    repeats = [t for t in fam if "repeat_of" in t.user_attrs]
+    assert len(originals) == 3 and len(repeats) == 1 and all(t.user_attrs["role"] == "candidate" for t in fam)
     best = max((t for t in originals if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert repeats[0].user_attrs["repeat_of"] == best.number and repeats[0].params == best.params
-    assert repeats[0].user_attrs["seed"] == 1 and repeats[0].user_attrs["group"] == f"trial-{best.number}"
+    assert repeats[0].user_attrs["seed"] == 1 and repeats[0].user_attrs["group"] == f"less-more-less#{best.number}"
+    # Optuna's own view: the family study's best trial is a candidate of that family, never a baseline
+    loaded = optuna.load_study(study_name="tiny/less-more-less", storage=url)
+    assert loaded.best_trial.user_attrs["role"] == "candidate"
+    assert loaded.best_trial.user_attrs["family"] == "less-more-less"
+    assert loaded.best_trial.value == max(t.value for t in fam if t.state == TrialState.COMPLETE)
     # resuming adds nothing: baselines are not enqueued twice, the candidate budget is spent
-    again = run_study(spec, f"sqlite:///{tmp_path}/s.db", log=logs.append)
-    assert len(again.get_trials()) == len(trials)
+    again = run_study(spec, url)
+    assert len(again.trials()) == len(ss.trials()) == 2 + 3 + 1
 
 
 def test_trial_that_raises_fails_and_study_goes_on(tmp_path):
     from revit.search.objective import StudyObjective
-    from revit.search.runner import open_study, run_worker
+    from revit.search.runner import run_worker, tally
+    from revit.search.studies import open_studies
 
     spec = tiny_spec(baselines=[])
-    study = open_study(spec, f"journal:{tmp_path}/j.log")
+    ss = open_studies(spec, f"journal:{tmp_path}/j.log")
     inner = StudyObjective(spec)
 
     def flaky(trial):
@@ -243,18 +251,23 @@ def test_trial_that_raises_fails_and_study_goes_on(tmp_path):
             raise RuntimeError("boom")
         return inner(trial)
 
-    stats = run_worker(spec, study, objective=flaky, log=lambda m: None)
-    states = [t.state for t in study.get_trials()]
+    stats = run_worker(ss, objective=flaky)
+    states = [t.state for t in ss.trials()]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
-    assert stats.trials == {"COMPLETE": [0, 2], "FAIL": [1]}
-    assert study.trials[1].user_attrs["error"] == "RuntimeError: boom"
+    assert stats.trials == {"COMPLETE": ["less-more-less#0", "less-more-less#2"], "FAIL": ["less-more-less#1"]}
+    assert ss.trials()[1].user_attrs["error"] == "RuntimeError: boom"
+    t = tally(ss)
+    assert t.unrecovered == ["less-more-less#1"] and t.states == {"COMPLETE": 2, "FAIL": 1}
+    assert t.line("tiny") == "study tiny: 3 trials (COMPLETE 2, FAIL 1); 1 failed: less-more-less#1"
 
 
 def test_stale_trial_of_dead_worker_failed_and_retried_once(tmp_path):
-    from revit.search.runner import HEARTBEAT, WORKER, open_study, reap_stale
+    from revit.search.attrs import HEARTBEAT, WORKER
+    from revit.search.runner import recover
+    from revit.search.studies import open_studies
 
     spec = tiny_spec(baselines=[])
-    study = open_study(spec, f"journal:{tmp_path}/j.log")
+    study = open_studies(spec, f"journal:{tmp_path}/j.log").families["less-more-less"]
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     t = study.ask({"plateau": optuna.distributions.FloatDistribution(0.2, 1.0)})
@@ -262,13 +275,13 @@ def test_stale_trial_of_dead_worker_failed_and_retried_once(tmp_path):
     t.set_user_attr(HEARTBEAT, 0.0)
     alive = study.ask()
     alive.set_user_attr(WORKER, f"{__import__('socket').gethostname()}:{os.getpid()}")
-    assert reap_stale(study, spec.grace_s, log=lambda m: None) == [t.number]
+    assert recover(study, spec.grace_s) == [t.number]
     trials = study.get_trials()
     assert trials[t.number].state == TrialState.FAIL and trials[alive.number].state == TrialState.RUNNING
     retry = [x for x in trials if x.user_attrs.get("retry_of") == t.number]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING
     assert retry[0].system_attrs["fixed_params"] == t.params
-    assert reap_stale(study, spec.grace_s, log=lambda m: None) == []  # nothing twice
+    assert recover(study, spec.grace_s) == []  # nothing twice
 
 
 def test_report_groups_mean_std_and_files(tmp_path):
@@ -276,17 +289,18 @@ def test_report_groups_mean_std_and_files(tmp_path):
     from revit.search.runner import run_study
 
     spec = tiny_spec(n_trials=2)
-    study = run_study(spec, f"sqlite:///{tmp_path}/s.db", log=lambda m: None)
-    summary = write_report(spec, study, tmp_path / "rep")
+    ss = run_study(spec, f"sqlite:///{tmp_path}/s.db")
+    summary = write_report(spec, ss, tmp_path / "rep")
     for name in ("report.md", "report.json", "accuracy_vs_macs.png", "best_blocks.png", "history.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
-    uni = [t.user_attrs["test_acc"] for t in study.trials if t.user_attrs.get("arm") == "uniform"]
-    g = next(g for g in groups_of(study.trials) if g.arm == "uniform")
+    uni = [t.user_attrs["test_acc"] for t in ss.trials() if t.user_attrs.get("arm") == "uniform"]
+    g = next(g for g in groups_of(ss.trials()) if g.arm == "uniform")
     assert g.n == 2 and g.mean_std("test_acc") == pytest.approx((statistics.fmean(uni), statistics.stdev(uni)))
     c = summary["comparison"]
     assert c["uniform_n"] == 2 and c["best_n"] == 2  # the best candidate was repeated with seed 1
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "optuna-dashboard" in md and "| uniform@200.00K MACs | baseline |" in md
+    assert "`tiny/less-more-less`" in md and "`tiny/baselines`" in md
     assert pareto_front([(1, 0.5), (2, 0.4), (2, 0.7), (3, 0.6), (0.5, 0.1)]) == [4, 0, 2]
 
 
@@ -295,10 +309,16 @@ def test_search_cli_run_report(tmp_path, cli, monkeypatch):
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(tiny_doc(n_trials=1, seeds=[0], baselines=[{"rule": "uniform"}])))
     code, out, err = cli("search", "run", p, "--quiet")
-    assert code == 0 and "study tiny: 2 trials (COMPLETE 2)" in err
+    assert code == 0 and err.splitlines()[-1] == "study tiny: 2 trials (COMPLETE 2)"
     assert (tmp_path / "runs" / "studies" / "tiny.db").is_file()  # the default storage
+    code, out, err = cli("search", "status", p, "--json")
+    assert code == 0 and json.loads(out)["states"] == {"COMPLETE": 2} and json.loads(out)["candidates"] == {
+        "less-more-less": 1}
     code, out, err = cli("search", "report", p, "--out", "rep")
-    assert code == 0 and "best candidate trial-1 (n=1)" in out and (tmp_path / "rep" / "report.md").is_file()
+    assert code == 0 and "best candidate less-more-less#0: test top-1" in out and "(n = 1)" in out
+    assert (tmp_path / "rep" / "report.md").is_file()
+    code, out, err = cli("search", "report", p, "--out", "rep2", "--json")
+    assert code == 0 and json.loads(out)["families"]["less-more-less"]["trials"] == ["less-more-less#0"]
 
 
 def test_search_parser_is_light():
@@ -325,8 +345,9 @@ def test_multi_objective_study_with_searched_budget(tmp_path):
                      budget={"macs": {"low": "150K", "high": "400K"}}, seeds=[0], n_trials=2,
                      baselines=[{"rule": "uniform"}])
     assert spec.directions == ["maximize", "minimize"]
-    study = run_study(spec, f"journal:{tmp_path}/j.log", log=lambda m: None)
-    trials = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    ss = run_study(spec, f"journal:{tmp_path}/j.log")
+    trials = [t for t in ss.trials() if t.state == TrialState.COMPLETE]
+    assert len(trials) == len(ss.trials())  # NSGA-II on its family's own study: no trial fails
     base = sorted(t.user_attrs["budget"] for t in trials if t.user_attrs["role"] == "baseline")
     assert base == pytest.approx([150e3, (150e3 * 400e3) ** 0.5, 400e3])
     for t in trials:
@@ -334,7 +355,7 @@ def test_multi_objective_study_with_searched_budget(tmp_path):
         assert abs(t.user_attrs["macs"] / t.user_attrs["budget"] - 1) <= 0.01
     cands = [t for t in trials if t.user_attrs["role"] == "candidate"]
     assert len(cands) == 2 and all(150e3 <= t.params["budget"] <= 400e3 for t in cands)
-    write_report(spec, study, tmp_path / "rep")
+    write_report(spec, ss, tmp_path / "rep")
     assert (tmp_path / "rep" / "accuracy_vs_macs.png").is_file()
 
 
@@ -343,16 +364,19 @@ def test_repeats_wait_for_running_candidates_of_other_workers(tmp_path):
     import socket
     import threading
 
-    from revit.search.runner import WORKER, enqueue_repeats, open_study, wait_for_candidates
+    from revit.search.attrs import WORKER
+    from revit.search.runner import enqueue_repeats, wait_for_candidates
+    from revit.search.studies import open_studies
 
     spec = tiny_spec(baselines=[])
-    study = open_study(spec, f"journal:{tmp_path}/j.log")
+    ss = open_studies(spec, f"journal:{tmp_path}/j.log")
+    study = ss.families["less-more-less"]
     dist = {"plateau": optuna.distributions.FloatDistribution(0.2, 1.0)}
     early = study.ask(dist)
     study.tell(early, 0.5)
     late = study.ask(dist)  # still running in "another worker" (this live process)
     late.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
     threading.Timer(0.5, lambda: study.tell(late, 0.9)).start()
-    wait_for_candidates(spec, study, poll_s=0.1, log=lambda m: None)
+    wait_for_candidates(ss, poll_s=0.1)
     assert study.trials[late.number].state == TrialState.COMPLETE
-    assert enqueue_repeats(spec, study) == [late.number]
+    assert enqueue_repeats(ss) == [("less-more-less", late.number)]

@@ -37,9 +37,8 @@ def test_space_list_parses_each_family_and_a_mapping_still_works():
     hd, ratio = uni.params
     # head_dim is an integer parameter on the granularity's QK step (micro at 8 px: 4); mlp_ratio a float
     assert (hd.name, hd.low, hd.high, hd.step) == ("head_dim", 8, 32, 4) and ratio.step is None
-    assert spec.optuna_name(uni, "head_dim") == "uniform.head_dim"
     one = StudySpec.from_dict(tiny_study_doc(space=LML), "one.yaml")
-    assert one.family_names == ["less-more-less"] and one.optuna_name(one.spaces[0], "plateau") == "plateau"
+    assert one.family_names == ["less-more-less"]
     assert one.family == "less-more-less" and one.base_rule == "less-more-less"
 
 
@@ -75,7 +74,7 @@ def test_uniform_candidate_is_generated_for_the_budget_like_generate_uniform():
     from revit.search.objective import StudyObjective
 
     spec = two_family_spec()
-    trial = FixedTrial({"uniform.head_dim": 16, "uniform.mlp_ratio": 3.0}, number=4)
+    trial = FixedTrial({"head_dim": 16, "mlp_ratio": 3.0}, number=4)
     trial.set_user_attr("family", "uniform")
     arm = StudyObjective(spec).arm(trial)
     want = generate(uniform_rule(head_dim=16, mlp_ratio=3.0), macs_budget("200K"), spec.setting, space=SearchSpace())
@@ -85,172 +84,89 @@ def test_uniform_candidate_is_generated_for_the_budget_like_generate_uniform():
     assert abs(counting.macs(arm.config) / 200e3 - 1) <= 0.01
 
 
-# per-family sampler and pruner -----------------------------------------------------------------------------
-def _add(study, family, value, curve, number_role="candidate"):
-    study.add_trial(create_trial(state=TrialState.COMPLETE, value=value, params={"x": value},
-                                 distributions={"x": FloatDistribution(0, 1)},
-                                 intermediate_values=dict(enumerate(curve)),
-                                 user_attrs={"role": number_role, "family": family}))
+# one Optuna study per family: its own sampler, seed and pruner ---------------------------------------------
+def _draws(sampler, n=3):
+    study = optuna.create_study()
+    return [sampler.sample_independent(study, create_trial(value=0.0), "x", FloatDistribution(0, 1))
+            for _ in range(n)]
 
 
-def _mixed_study():
-    """Family A learns fast (high curves), family B slowly; one running B trial to judge."""
-    study = optuna.create_study(direction="maximize")
-    for v in (0.90, 0.92, 0.94, 0.96):
-        _add(study, "A", v, [v - 0.1, v - 0.05, v])
-    for v in (0.50, 0.52, 0.54, 0.56):
-        _add(study, "B", v, [v - 0.1, v - 0.05, v])
-    return study
+def test_each_family_study_gets_its_own_sampler_seed_and_pruner(tmp_path):
+    from revit.search.studies import open_studies
+
+    spec = two_family_spec(sampler={"name": "random", "seed": 5})
+    ss = open_studies(spec, f"sqlite:///{tmp_path}/s.db")
+    assert [s.study_name for _, s in ss.parts()] == ["tiny/baselines", "tiny/less-more-less", "tiny/uniform"]
+    assert _draws(ss.families["less-more-less"].sampler) == _draws(optuna.samplers.RandomSampler(5))
+    assert _draws(ss.families["uniform"].sampler) == _draws(optuna.samplers.RandomSampler(6))
+    a, b = ss.families["less-more-less"].pruner, ss.families["uniform"].pruner
+    assert isinstance(a, optuna.pruners.MedianPruner) and a is not b
 
 
-def _running(study, family, curve):
-    t = study.ask()
-    t.set_user_attr("family", family)
-    for step, v in enumerate(curve):
-        t.report(v, step)
-    return study._storage.get_trial(t._trial_id)
+def test_a_resumed_family_does_not_draw_its_first_configs_again(tmp_path):
+    """A run stopped and started again must not train the config it drew before a second time."""
+    from revit.search.runner import run_worker
+    from revit.search.studies import open_studies
+    from revit.search.testing import quick_objective
+
+    spec = two_family_spec(sampler={"name": "random", "seed": 0}, baselines=[], n_trials=1)
+    url = f"sqlite:///{tmp_path}/s.db"
+    run_worker(open_studies(spec, url), objective=quick_objective(spec), n_trials=1)
+    run_worker(open_studies(spec, url), objective=quick_objective(spec), n_trials=2)
+    for fam, study in open_studies(spec, url).families.items():
+        first, second = (t.params for t in study.get_trials())
+        assert first != second, fam
 
 
-class _Recording(optuna.pruners.MedianPruner):
-    """A median pruner that records the families of every trial it is shown."""
+def test_the_pruner_of_a_family_judges_it_only_against_its_own_trials(tmp_path):
+    """A slow-learning family is never pruned for being below a fast family's curves."""
+    from revit.search.runner import run_worker
+    from revit.search.studies import open_studies
 
-    seen: list[str]
+    spec = two_family_spec(n_trials=4, baselines=[], seeds=[0], train={"epochs": 3, "batch_size": 64},
+                           pruner={"name": "median", "n_startup_trials": 1})
+    ss = open_studies(spec, f"journal:{tmp_path}/j.log")
+    seen: dict[str, set] = {}
 
-    def prune(self, study, trial):
-        self.seen = [t.user_attrs.get("family") for t in study.get_trials(deepcopy=False)]
-        return super().prune(study, trial)
-
-
-def test_family_pruner_compares_only_within_the_family():
-    from revit.search.perfamily import FamilyPruner
-
-    study = _mixed_study()
-    frozen = _running(study, "B", [0.48, 0.53])  # above B's median at step 1, far below A's
-    made: list[_Recording] = []
-
-    def make():
-        made.append(_Recording(n_startup_trials=1))
-        return made[-1]
-
-    fp = FamilyPruner(make, default="A")
-    assert fp.prune(study, frozen) is False
-    assert set(made[0].seen) == {"B"}  # it never saw a trial of family A
-    assert bool(optuna.pruners.MedianPruner(n_startup_trials=1).prune(study, frozen))  # a global one prunes
-    low = _running(study, "B", [0.30, 0.35])
-    assert fp.prune(study, low) is True  # below its own family's median: pruned
-    assert len(made) == 1  # one pruner instance per family
-
-
-PRUNERS = {
-    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=1),
-    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=3, reduction_factor=2),
-    "percentile": lambda: optuna.pruners.PercentilePruner(40.0, n_startup_trials=1),
-}
-
-
-@pytest.mark.parametrize("name", ["median", "percentile"])
-def test_family_pruner_equals_the_pruner_on_a_study_of_that_family_alone(name):
-    """Independent check: the same decisions as the plain pruner on a study holding only family B."""
-    from revit.search.perfamily import FamilyPruner
-
-    make = PRUNERS[name]
-    mixed = _mixed_study()
-    alone = optuna.create_study(study_name=mixed.study_name, direction="maximize")
-    for t in mixed.get_trials():
-        if t.user_attrs["family"] == "B":
-            _add(alone, "B", t.value, [t.intermediate_values[k] for k in sorted(t.intermediate_values)])
-    decisions = []
-    for curve in ([0.30, 0.35, 0.40], [0.45, 0.50, 0.55], [0.42, 0.47, 0.66]):
-        a, b = _running(mixed, "B", curve), _running(alone, "B", curve)
-        got = bool(FamilyPruner(make, default="A").prune(mixed, a))
-        assert got == bool(make().prune(alone, b)), curve
-        decisions.append((got, bool(make().prune(mixed, a))))
-    assert (False, True) in decisions  # a case where a pruner over both families would have pruned
-
-
-def _run(pruner, name):
-    """Four fast family-A trials, then four slowly rising family-B trials, through ``pruner``."""
-    study = optuna.create_study(study_name=name, direction="maximize", pruner=pruner)
-    plan = [("A", v) for v in (0.90, 0.92, 0.94, 0.96)] + [("B", v) for v in (0.50, 0.52, 0.54, 0.56)]
-    for fam, _ in plan:
-        study.enqueue_trial({}, user_attrs={"role": "candidate", "family": fam})
-
-    def objective(trial):
-        v = plan[trial.number][1]
-        for step, x in enumerate((v - 0.1, v - 0.05, v)):
-            trial.report(x, step)
+    def objective(trial):  # uniform rises to ~0.9, less-more-less to ~0.5, each slowly rising within its family
+        fam = trial.user_attrs["family"]
+        seen.setdefault(fam, set()).update(t.user_attrs.get("family")
+                                           for t in ss.families[fam].get_trials(deepcopy=False))
+        top = (0.9 if fam == "uniform" else 0.5) + 0.01 * trial.number
+        for step in range(3):
+            trial.report(top * (step + 1) / 3, step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        return v
+        return top
 
-    study.optimize(objective, n_trials=len(plan))
-    return [(t.user_attrs["family"], t.state) for t in study.get_trials()]
-
-
-@pytest.mark.parametrize("name", sorted(PRUNERS))
-def test_family_pruner_in_a_study_never_prunes_against_another_family(name):
-    """Family B's trials rise within B, so B alone never prunes them; a pruner over both families does."""
-    from revit.search.perfamily import FamilyPruner
-
-    per_family = _run(FamilyPruner(PRUNERS[name], default="A"), "s")
-    shared = _run(PRUNERS[name](), "s")  # the same study name: hyperband puts each trial in the same bracket
-    assert [st for fam, st in per_family if fam == "B"] == [TrialState.COMPLETE] * 4
-    assert TrialState.PRUNED in [st for fam, st in shared if fam == "B"]
+    run_worker(ss, objective=objective)
+    for fam, study in ss.families.items():
+        assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 4, fam
+        assert seen[fam] == {fam}  # its study holds its own trials only
+    both = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    for t in ss.families["uniform"].get_trials():
+        both.add_trial(t)
+    slow = both.ask()
+    for step, v in enumerate((0.5 / 3, 1.0 / 3)):
+        slow.report(v, step)
+    assert slow.should_prune()  # the same pruner over both families would have pruned the slow family
 
 
-def test_family_sampler_feeds_each_family_only_its_own_trials():
-    from revit.search.perfamily import FamilySampler
+def test_candidates_alternate_between_families_up_to_n_trials(tmp_path):
+    from revit.search.runner import candidate_counts, run_worker
+    from revit.search.studies import open_studies
+    from revit.search.testing import quick_objective
 
-    class Recording(optuna.samplers.RandomSampler):
-        def __init__(self, seed):
-            super().__init__(seed)
-            self.seen: list[set] = []
+    spec = two_family_spec(n_trials=3, seeds=[0], baselines=[{"rule": "uniform"}])
+    ss = open_studies(spec, f"journal:{tmp_path}/j.log")
+    from revit.search.runner import enqueue_baselines
 
-        def sample_independent(self, study, trial, name, dist):
-            self.seen.append({t.user_attrs.get("family") for t in study.get_trials(deepcopy=False)
-                              if t.number != trial.number})
-            return super().sample_independent(study, trial, name, dist)
-
-    inner = {"A": Recording(0), "B": Recording(1)}
-    study = _mixed_study()
-    study.sampler = FamilySampler(inner, default="A")
-    for fam in ("B", "A", "B"):
-        study.enqueue_trial({}, user_attrs={"role": "candidate", "family": fam})
-        t = study.ask()
-        t.suggest_float("x", 0, 1)
-        study.tell(t, 0.5)
-    assert inner["A"].seen == [{"A"}] and inner["B"].seen == [{"B"}, {"B"}]
-
-
-def test_family_samplers_get_their_own_seeds():
-    from revit.search.samplers import build_family_sampler
-
-    fs = build_family_sampler({"name": "random", "seed": 5}, ["a", "b"])
-    study = optuna.create_study()
-
-    def draws(sampler):
-        return [sampler.sample_independent(study, create_trial(value=0.0), "x", FloatDistribution(0, 1))
-                for _ in range(3)]
-
-    assert draws(fs.samplers["a"]) == draws(optuna.samplers.RandomSampler(5))
-    assert draws(fs.samplers["b"]) == draws(optuna.samplers.RandomSampler(6))
-
-
-def test_candidates_are_enqueued_round_robin_up_to_n_trials_per_family(tmp_path):
-    from revit.search.runner import enqueue_candidates, open_study
-
-    spec = two_family_spec(n_trials=3)
-    study = open_study(spec, f"journal:{tmp_path}/j.log")
-    study.enqueue_trial({}, user_attrs={"role": "baseline", "arm": "uniform", "seed": 0, "budget": 200e3})
-    assert enqueue_candidates(spec, study) == 6
-    tags = [t.user_attrs.get("family") for t in study.get_trials()]
-    assert tags == [None] + ["less-more-less", "uniform"] * 3  # the baseline counts for no family
-    assert enqueue_candidates(spec, study) == 0  # resuming adds nothing
-    # a worker's top-up (at most one at a time) goes to the family with the fewest
-    study.enqueue_trial({}, user_attrs={"role": "candidate", "family": "uniform"})
-    assert enqueue_candidates(spec, study, 4, at_most=1) == 1
-    assert study.get_trials()[-1].user_attrs["family"] == "less-more-less"
-    assert enqueue_candidates(spec, study, 4, at_most=1) == 0
+    enqueue_baselines(ss)
+    run_worker(ss, objective=quick_objective(spec))
+    order = [t.user_attrs["family"] for t in sorted(ss.trials(), key=lambda t: t.datetime_start)]
+    assert order == ["baseline:uniform"] + ["less-more-less", "uniform"] * 3  # baselines first, then by turns
+    assert candidate_counts(ss) == {"less-more-less": 3, "uniform": 3}
+    assert run_worker(ss, objective=quick_objective(spec)).count == 0  # nothing left to run
 
 
 # end to end ------------------------------------------------------------------------------------------------
@@ -271,21 +187,21 @@ def test_two_family_study_end_to_end_with_intervals(tmp_path):
 
     spec = two_family_spec(n_trials=2, pruner={"name": "median", "n_startup_trials": 1}, seeds=[0, 1],
                            baselines=[{"rule": "uniform"}])
-    study = run_study(spec, f"journal:{tmp_path}/j.log", log=lambda m: None)
-    trials = study.get_trials()
+    ss = run_study(spec, f"journal:{tmp_path}/j.log")
+    trials = ss.trials()
     assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
     cands = [t for t in trials if t.user_attrs["role"] == "candidate"]
     originals = [t for t in cands if "repeat_of" not in t.user_attrs]
-    # the same number of sampled candidates per family, each tagged, each with its own parameter names
+    # the same number of sampled candidates per family, each tagged, each in its family's own study
     assert sorted(t.user_attrs["family"] for t in originals) == ["less-more-less"] * 2 + ["uniform"] * 2
-    for t in originals:
-        prefix = t.user_attrs["family"] + "."
-        assert t.params and all(k.startswith(prefix) for k in t.params)
+    for fam, study in ss.families.items():
+        assert {t.user_attrs["family"] for t in study.get_trials()} == {fam}
+        assert set(study.best_trial.params) == {p.name for p in next(s for s in spec.spaces if s.name == fam).params}
     for t in [t for t in trials if t.state == TrialState.COMPLETE]:
         assert abs(t.user_attrs["macs"] / 200e3 - 1) <= 0.01
         if t.user_attrs["family"] == "uniform":  # a searched uniform config: equal blocks, QK = V per head
             blocks = {tuple(b) for b in t.user_attrs["blocks"]}
-            assert len(blocks) == 1 and next(iter(blocks))[1] == next(iter(blocks))[2] == t.params["uniform.head_dim"]
+            assert len(blocks) == 1 and next(iter(blocks))[1] == next(iter(blocks))[2] == t.params["head_dim"]
     base = [t for t in trials if t.user_attrs["role"] == "baseline"]
     assert {(t.user_attrs["family"], t.user_attrs["seed"]) for t in base} == {("baseline:uniform", 0),
                                                                               ("baseline:uniform", 1)}
@@ -299,15 +215,15 @@ def test_two_family_study_end_to_end_with_intervals(tmp_path):
         assert len(rep) == 1 and rep[0].user_attrs["family"] == fam and rep[0].params == best[fam].params
     assert len(repeats) == 2
 
-    summary = write_report(spec, study, tmp_path / "rep")
+    summary = write_report(spec, ss, tmp_path / "rep")
     for name in ("report.md", "report.json", "accuracy_vs_macs.png", "comparison.png", "history.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     # the headline: best less-more-less minus best searched uniform, against the formulas
     test = {fam: [t.user_attrs["test_acc"] for t in trials if t.state == TrialState.COMPLETE
-                  and t.user_attrs.get("group") == f"trial-{best[fam].number}"] for fam in best}
+                  and t.user_attrs.get("group") == f"{fam}#{best[fam].number}"] for fam in best}
     assert len(test["uniform"]) == len(test["less-more-less"]) == 2
     h = summary["headline"]
-    assert (h["a"], h["b"]) == (f"trial-{best['less-more-less'].number}", f"trial-{best['uniform'].number}")
+    assert (h["a"], h["b"]) == (f"less-more-less#{best['less-more-less'].number}", f"uniform#{best['uniform'].number}")
     diff, low, high, p = _welch_by_hand(test["less-more-less"], test["uniform"])
     assert h["diff"] == pytest.approx(statistics.fmean(test["less-more-less"]) - statistics.fmean(test["uniform"]))
     assert (h["diff"], h["low"], h["high"], h["p"]) == pytest.approx((diff, low, high, p), rel=1e-9, abs=1e-12)

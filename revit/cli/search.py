@@ -259,7 +259,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     c = s.get("comparison")
     if c:
-        print(f"best candidate {c['best']} (n={c['best_n']}): test top-1 {pm(c['best_test'])}%; "
-              f"uniform {c['uniform']} (n={c['uniform_n']}): {pm(c['uniform_test'])}%")
+        def side(name: str, ms: Any, n: int) -> str:
+            return f"{name}: test top-1 {pm(ms, unit='%')}" + (f" (n = {n})" if n > 1 else "")
+
+        print(f"best candidate {side(c['best'], c['best_test'], c['best_n'])}; "
+              f"uniform {side(c['uniform'], c['uniform_test'], c['uniform_n'])}")
     info(f"wrote {args.out}/report.md, report.json, {', '.join(p.split('/')[-1] for p in s['plots'].values())}")
     return 0

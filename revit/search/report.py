@@ -151,11 +151,11 @@ def _comparison(best: Group, ref: Group, head: Welch | None, summary: dict[str, 
                              "uniform_family": ref.family, "uniform_test": uv, "uniform_val": uh, "uniform_n": ref.n,
                              "uniform_macs": ref.macs}
     lines = ["", "## Best rule-generated config vs best uniform config", "",
-             f"- best `{best.family}` config `{best.name}` ({best.n} seed(s)): test top-1 **{pm(bv)}%**, "
-             f"held-out {pm(bh)}%, MACs {counting.format_count(best.macs)}, "
+             f"- best `{best.family}` config `{best.name}` ({best.n} seed(s)): test top-1 **{pm(bv, unit='%')}**, "
+             f"held-out {pm(bh, unit='%')}, MACs {counting.format_count(best.macs)}, "
              f"EMB {best.first.user_attrs.get('embed_dim')}",
              f"- {'best searched uniform config' if ref.role == 'candidate' else 'uniform baseline'} `{ref.name}` "
-             f"({ref.family}, {ref.n} seed(s)): test top-1 **{pm(uv)}%**, held-out {pm(uh)}%, "
+             f"({ref.family}, {ref.n} seed(s)): test top-1 **{pm(uv, unit='%')}**, held-out {pm(uh, unit='%')}, "
              f"MACs {counting.format_count(ref.macs)}, EMB {ref.first.user_attrs.get('embed_dim')}"]
     if head is not None:
         summary["headline"] = head.to_json()

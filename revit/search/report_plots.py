@@ -30,7 +30,7 @@ def _blocks_plot(groups: Sequence[Group], path: Path, title: str) -> None:
         blocks = g.first.user_attrs.get("blocks") or []
         style = "--" if g.role == "baseline" else "-"
         label = (f"{g.name} ({g.family}, EMB {g.first.user_attrs.get('embed_dim')}, "
-                 f"{pm(g.mean_std('val_acc'))}%)")
+                 f"{pm(g.mean_std('val_acc'), unit='%')})")
         for i, ax in enumerate(axes):
             ax.plot(range(1, len(blocks) + 1), [b[i] for b in blocks], style, marker="o", ms=3,
                     label=label if i == 0 else None, color=f"C{gi % 10}")

@@ -175,10 +175,10 @@ def best_rule_group(spec: StudySpec, bests: dict[str, Group]) -> Group | None:
     return max(rules, key=lambda g: g.mean_std("val_acc")[0]) if rules else None
 
 
-def pm(ms: tuple[float, float], pct: bool = True) -> str:
-    """``81.09 ± 0.44`` (mean ± std over seeds), ``80.10 (n = 1)`` for one seed, ``-`` for none."""
+def pm(ms: tuple[float, float], pct: bool = True, unit: str = "") -> str:
+    """``81.09 ± 0.44%`` (mean ± std over seeds), ``80.10% (n = 1)`` for one seed, ``-`` for none."""
     m, s = ms
     if math.isnan(m):
         return "-"
     k = 100 if pct else 1
-    return f"{k * m:.2f} (n = 1)" if math.isnan(s) else f"{k * m:.2f} ± {k * s:.2f}"
+    return f"{k * m:.2f}{unit} (n = 1)" if math.isnan(s) else f"{k * m:.2f} ± {k * s:.2f}{unit}"

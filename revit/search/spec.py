@@ -30,10 +30,9 @@ On disk (YAML in ``search/``)::
     repeats: {top_k: 2}           # the best candidates re-run with the other seeds
     baselines: [{rule: uniform}, {rule: paper}]   # rule name/path (+ params), scaled to the same budget
 
-Baselines, candidates and repeats live in the same study as *enqueued trials*, tagged with user
-attributes (``role=baseline``/``candidate``, ``family``, ``arm``, ``seed``, ``group``); see
-:mod:`revit.search.runner`.  With several families, Optuna parameter names carry the family tag
-(``uniform.head_dim``) so that each family's parameters stay its own.
+Each searched family is its own Optuna study (``NAME/FAMILY``: its own sampler, seed and pruner) and the
+baselines are ``NAME/baselines``, all in one storage (:mod:`revit.search.studies`); trials carry user
+attributes (``role``, ``family``, ``arm``, ``seed``, ``group``: :mod:`revit.search.attrs`).
 """
 
 from __future__ import annotations

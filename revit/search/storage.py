@@ -73,6 +73,7 @@ class _RDB(StorageBackend):
         """SQLAlchemy engine arguments (a liveness check on pooled connections)."""
         return {"pool_pre_ping": True}
 
+    unreachable: ClassVar[str] = "cannot reach the study database"
     unreachable_hint: ClassVar[str] = " (is the server running and the URL right?)"
 
     def connect_url(self, url: str, read_only: bool) -> str:
@@ -91,7 +92,7 @@ class _RDB(StorageBackend):
         except sqlalchemy.exc.ArgumentError as e:
             raise StorageError(f"invalid storage URL {_redact(url)!r}: {_first(e)}") from None
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
-            raise StorageError(f"cannot use the study database {_redact(url)}: {_first(getattr(e, 'orig', e))}"
+            raise StorageError(f"{self.unreachable} {_redact(url)}: {_first(getattr(e, 'orig', e))}"
                                f"{self.unreachable_hint}") from None
         except sqlalchemy.exc.SQLAlchemyError as e:
             raise StorageError(f"study database {_redact(url)}: {_first(e)}") from None
@@ -109,6 +110,7 @@ class SQLiteStorage(_RDB):
     multi_host = False
     description = "SQLite file (default): sqlite:///runs/studies/NAME.db"
 
+    unreachable = "cannot use the study database"
     unreachable_hint = ""  # a file: the cause (disk full, read-only, not a database) says it all
 
     def local_path(self, url: str) -> Path | None:

@@ -120,3 +120,41 @@ def storage_url(mode: str, tmp: str | os.PathLike[str], pg_url: str | None = Non
 
 __all__ = ["STORAGE_MODES", "PostgresUnavailable", "free_port", "pg_bindir", "postgres_server", "storage_url",
            "tiny_study_doc"]
+
+
+def _quick_objective_class() -> Any:
+    from revit.search.objective import StudyObjective
+
+    class QuickObjective(StudyObjective):
+        """The study objective with training replaced by a closed-form score of the config (no torch, no data).
+
+        Everything else is the real path: the trial's family suggests its parameters, the config is
+        generated for the budget, its MACs and latency are user attributes, and curves go to the pruner.
+        The score rises with the config's parameters and falls with its distance from the budget's
+        EMB 48 (a smooth landscape), plus a per-seed offset; epochs give a rising curve.
+        """
+
+        def train(self, cfg: Any, seed: int, trial: Any = None) -> tuple[float, float, list[float], float]:
+            import optuna
+
+            from revit import counting
+
+            params = counting.params(cfg)
+            score = 0.5 + 0.4 * (1 - abs(cfg.embed_dim - 48) / 96) + 0.05 * min(params / 1e6, 1) + 0.002 * seed
+            curve = []
+            epochs = self.spec.train.epochs
+            for e in range(epochs):
+                curve.append(score * (e + 1) / epochs)
+                if trial is not None:
+                    trial.report(curve[-1], e)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at epoch {e}")
+            return curve[-1], curve[-1] - 0.01, curve, 0.0
+
+    return QuickObjective
+
+
+def quick_objective(spec: Any) -> Any:
+    """A :class:`~revit.search.objective.StudyObjective` that scores configs in closed form instead of training
+    (samplers, pruners, storages and the runner tested at full speed)."""
+    return _quick_objective_class()(spec)

@@ -384,8 +384,11 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
     if c:
         from revit.search.results import pm
 
-        lines.append(f"- study: best candidate {c['best']} test top-1 {pm(c['best_test'])}% (n={c['best_n']}) vs "
-                     f"uniform {c['uniform']} {pm(c['uniform_test'])}% (n={c['uniform_n']}); details in study/report.md")
+        def side(name: str, ms: Any, n: int) -> str:
+            return f"{name} test top-1 {pm(ms, unit='%')}" + (f" (n = {n})" if n > 1 else "")
+
+        lines.append(f"- study: best candidate {side(c['best'], c['best_test'], c['best_n'])} vs uniform "
+                     f"{side(c['uniform'], c['uniform_test'], c['uniform_n'])}; details in study/report.md")
     lines.append(f"- wall time: {', '.join(f'{k} {v:.0f} s' for k, v in t.items())}")
     lines += ["", "## Plots", ""]
     for title, p in figs:
