@@ -114,8 +114,12 @@ def build_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> Any:
     kw = _kwargs(cls, spec, "sampler")
     if kw.get("seed") is not None and seed_offset:
         kw["seed"] = (int(kw["seed"]) + seed_offset) % (SEED_MAX + 1)
+    import warnings
+
     try:
-        return cls(**kw)
+        with warnings.catch_warnings():  # "experimental" in Optuna's terms; chosen in the spec on purpose
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(**kw)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"sampler {spec['name']!r}: {str(e)[:200]}") from None
 

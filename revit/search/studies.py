@@ -43,7 +43,8 @@ def fingerprint(spec: StudySpec) -> str:
 
     train = {f.name: getattr(spec.train, f.name) for f in fields(spec.train) if f.name not in RUNTIME_FIELDS}
     doc = {"objectives": list(spec.objectives), "budget": asdict(spec.budget),
-           "spaces": [asdict(s) for s in spec.spaces], "setting": asdict(spec.setting), "data": asdict(spec.data),
+           "spaces": [{**asdict(s), "params": sorted(map(asdict, s.params), key=lambda r: r["name"])}
+                      for s in spec.spaces], "setting": asdict(spec.setting), "data": asdict(spec.data),
            "train": train, "seeds": list(spec.seeds), "repeat_top_k": spec.repeat_top_k,
            "baselines": [asdict(b) for b in spec.baselines],
            "sampler": [spec.sampler.name, dict(spec.sampler.kwargs)],
