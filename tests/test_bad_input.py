@@ -282,6 +282,7 @@ case("worker-missing-sqlite", "search worker spec.yaml --storage missing.db", "n
 case("worker-missing-journal", "search worker spec.yaml --storage journal:missing.log", "no such study storage")
 case("report-missing-sqlite", "search report spec.yaml --storage sqlite:///missing.db --out rep", "missing.db")
 case("report-default-storage", "search report spec.yaml --out rep", "no such study storage")
+case("status-missing-sqlite", "search status spec.yaml --storage missing.db", "no such study storage")
 
 SPACE_BAD: dict[str, tuple[str, Any, str]] = {
     "img-size-text": ("setting.img_size", "28", "img_size"),

@@ -354,8 +354,9 @@ def test_latency_build_killed_twice_at_random_measurements(tmp_path: Path, seed:
 
 # --- study worker -------------------------------------------------------------------------------------------
 def _study(tmp_path: Path, name: str) -> tuple[Any, Any, Path, str]:
-    from revit.search.runner import enqueue_baselines, open_study
+    from revit.search.runner import enqueue_baselines
     from revit.search.spec import StudySpec
+    from revit.search.studies import open_studies
     from revit.search.testing import storage_url, tiny_study_doc
 
     url = storage_url("sqlite", tmp_path, name=name)
@@ -364,9 +365,9 @@ def _study(tmp_path: Path, name: str) -> tuple[Any, Any, Path, str]:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     spec = StudySpec.load(path)
-    study = open_study(spec, url)
-    enqueue_baselines(spec, study)
-    return spec, study, path, url
+    ss = open_studies(spec, url)
+    enqueue_baselines(ss)
+    return spec, ss, path, url
 
 
 def kill_and_resume_worker(tmp_path: Path, kill: dict[str, Any]) -> None:
@@ -377,14 +378,16 @@ def kill_and_resume_worker(tmp_path: Path, kill: dict[str, Any]) -> None:
     victim = revit(args, **kill, expect=None)
     assert victim.returncode in (0, -signal.SIGKILL), victim.stderr[-3000:]
     revit(args)  # a new worker fails the dead worker's trial, retries it and finishes the study
-    trials = study.get_trials()
-    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    trials = study.trials()
+    for _, part in study.parts():
+        assert sorted(t.number for t in part.get_trials()) == list(range(len(part.get_trials())))
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) <= 1 and (len(failed) == 1 or "hook" not in kill)
     for f in failed:  # the killed trial: failed and retried exactly once, with the same arm and seed
         assert "is gone" in f.user_attrs.get("error", "is gone")
-        retries = [t for t in trials if t.user_attrs.get("retry_of") == f.number]
+        retries = [t for t in trials if t.user_attrs.get("retry_of") == f.number
+                   and t.user_attrs.get("family") == f.user_attrs.get("family")]
         assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
         assert {k: retries[0].user_attrs.get(k) for k in ("role", "arm", "seed")} == \
             {k: f.user_attrs.get(k) for k in ("role", "arm", "seed")}

@@ -17,7 +17,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @pytest.mark.slow
-def test_run_with_one_worker_process_per_device(tmp_path):
+def test_run_with_one_worker_process_per_device(tmp_path, caplog):
     from revit.search.runner import run_study
     from revit.search.spec import StudySpec
 
@@ -26,9 +26,12 @@ def test_run_with_one_worker_process_per_device(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     spec = StudySpec.load(path)
     url = f"journal:{tmp_path / 's.log'}"
-    lines: list[str] = []
-    study = run_study(spec, url, devices=["cpu", "cpu"], worker_args=["--threads", "1", "--quiet"], log=lines.append)
-    trials = study.get_trials()
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="revit"):
+        study = run_study(spec, url, devices=["cpu", "cpu"], worker_args=["--threads", "1", "--quiet"])
+    lines = [r.getMessage() for r in caplog.records]
+    trials = study.trials()
     assert trials and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= 3
     workers = Counter(t.user_attrs["worker"] for t in trials)

@@ -26,16 +26,17 @@ def _url(mode, tmp_path, request):
 
 
 def _prepare(tmp_path, url, name, **over):
-    from revit.search.runner import enqueue_baselines, open_study
+    from revit.search.runner import enqueue_baselines
     from revit.search.spec import StudySpec
+    from revit.search.studies import open_studies
 
     doc = tiny_doc(name=name, **{"pruner": {"name": "none"}, **over})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     spec = StudySpec.load(path)
-    study = open_study(spec, url)
-    enqueue_baselines(spec, study)
-    return spec, study, path
+    ss = open_studies(spec, url)
+    enqueue_baselines(ss)
+    return spec, ss, path
 
 
 def _worker(path, url, *extra):
@@ -48,11 +49,12 @@ def _ok(t):
     return t.state == TrialState.COMPLETE or (t.state == TrialState.PRUNED and "infeasible" in t.user_attrs)
 
 
-def _check_nothing_lost(study, spec, n_workers):
-    trials = study.get_trials()
+def _check_nothing_lost(ss, spec, n_workers):
+    trials = ss.trials()
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    numbers = [t.number for t in trials]
-    assert sorted(numbers) == list(range(len(trials)))  # every trial once
+    for _, study in ss.parts():  # every trial once, in every part
+        numbers = [t.number for t in study.get_trials()]
+        assert sorted(numbers) == list(range(len(numbers)))
     # every baseline (arm, seed) ran to completion exactly once
     done = Counter((t.user_attrs["arm"], t.user_attrs["seed"]) for t in trials
                    if t.user_attrs.get("role") == "baseline" and t.state == TrialState.COMPLETE)
@@ -92,16 +94,19 @@ def test_worker_killed_mid_trial(mode, tmp_path, request):
     victim_trial = None
     deadline = time.monotonic() + 120
     while victim_trial is None and time.monotonic() < deadline:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in study.trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.user_attrs.get("worker", "").endswith(f":{victim.pid}") and "macs" in t.user_attrs:
                 victim_trial = t.number
+                victim_part = study.baselines if t.user_attrs["role"] == "baseline" else \
+                    study.families[t.user_attrs["family"]]
         time.sleep(0.2)
     assert victim_trial is not None, "the victim never started a trial"
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
     out, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, err[-2000:]
-    trials = _check_nothing_lost(study, spec, 2)
+    _check_nothing_lost(study, spec, 2)
+    trials = victim_part.get_trials()
     by_number = {t.number: t for t in trials}
     assert by_number[victim_trial].state == TrialState.FAIL
     retries = [t for t in trials if t.user_attrs.get("retry_of") == victim_trial]
@@ -111,4 +116,5 @@ def test_worker_killed_mid_trial(mode, tmp_path, request):
         {k: by_number[victim_trial].user_attrs.get(k) for k in ("role", "arm", "seed")}
     # everything but the killed trial completed; the survivor ran everything after the kill
     assert [t.number for t in trials if not _ok(t)] == [victim_trial]
-    assert f"trial {victim_trial} failed (worker" in err and "enqueued a retry" in err
+    assert [t for t in study.trials() if not _ok(t)] == [by_number[victim_trial]]
+    assert f"trial {victim_trial} of {victim_part.study_name} failed (worker" in err and "enqueued a retry" in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg
+from revit.cli._common import add_command, add_overwrite_arg, info
 from revit.validation import check_output_dir, count, non_negative
 
 
@@ -52,5 +52,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         LatencyTable.load(args.table)
     resolve_device(plan.device)  # a missing GPU is one line and exit 2 before anything runs
     check_amp(plan.amp)
-    run_demo(args.out, plan, overwrite=args.overwrite)
-    return 0
+    summary = run_demo(args.out, plan, overwrite=args.overwrite)
+    trials = summary.get("study_trials") or {}
+    if trials.get("line"):
+        info(trials["line"])
+    return 1 if trials.get("failed") else 0

@@ -246,11 +246,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from revit.search.results import pm
     from revit.search.studies import open_studies
 
+    claim = claim_run(args.out, "study-report", resume=True, overwrite=args.overwrite)  # a killed report reruns
+    check_output_dir(args.out)
     spec = _spec(args)
     _check_storage_exists(spec, args.storage)
     studies = open_studies(spec, args.storage, create=False, read_only=True)
-    claim = claim_run(args.out, "study-report", resume=True, overwrite=args.overwrite)  # a killed report reruns
-    check_output_dir(args.out)
     claim.begin()
     s = write_report(spec, studies, args.out, storage_url=studies.url)
     claim.finish()

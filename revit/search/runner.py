@@ -111,11 +111,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _retry(study: Any, t: Any, reason: str) -> None:
+def _retry(study: Any, t: Any, reason: str, level: int = logging.WARNING) -> None:
     attrs = {k: v for k, v in t.user_attrs.items() if k in A.IDENTITY}
     attrs[A.RETRY_OF] = t.number
     study.enqueue_trial(dict(t.params), user_attrs=attrs)
-    log.info("trial %s of %s %s; enqueued a retry", t.number, study.study_name, reason)
+    log.log(level, "trial %s of %s %s; enqueued a retry", t.number, study.study_name, reason)
 
 
 def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
@@ -133,7 +133,7 @@ def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
     for t in trials:
         can_retry = retry and A.RETRY_OF not in t.user_attrs and t.number not in retried
         if t.state == TrialState.FAIL and t.user_attrs.get(A.INTERRUPTED) and retry and t.number not in retried:
-            _retry(study, t, "was interrupted")
+            _retry(study, t, "was interrupted", logging.INFO)
             retried.add(t.number)
             continue
         if t.state != TrialState.RUNNING:

@@ -71,9 +71,9 @@ class StudySet:
         yield BASELINES, self.baselines
         yield from self.families.items()
 
-    def trials(self, states: Sequence[Any] | None = None) -> list[Any]:
-        """Every trial of every part (baselines first), as frozen trials."""
-        return [t for _, s in self.parts() for t in s.get_trials(deepcopy=False, states=states)]
+    def trials(self, deepcopy: bool = False, states: Sequence[Any] | None = None) -> list[Any]:
+        """Every trial of every part (baselines first), as frozen trials (``Study.get_trials``'s arguments)."""
+        return [t for _, s in self.parts() for t in s.get_trials(deepcopy=deepcopy, states=states)]
 
     def states(self) -> dict[str, int]:
         """Trial counts by state name over all parts."""

@@ -88,7 +88,8 @@ class DemoPlan:
             f"lr {self.prune_lr:g}, {self.prune_eval} held-out images scored per step",
             "rule: less-more-less fitted to the trace's last step",
             f"configs: fitted rule, uniform and paper at the pruned latency budget ({self.prune_target:g} x base)",
-            f"study: {self.study_candidates} candidate(s) + baselines (uniform, paper where inside its domain, "
+            f"study: {self.study_candidates} candidate(s) of each searched family (less-more-less, uniform) + "
+            f"baselines (DeiT-ratio uniform, paper where inside its domain, "
             f"the fitted rule), seeds {list(self.seeds)}, best {self.repeat_top_k} repeated; "
             f"{self.study_train_images} training images, {self.study_epochs} epoch(s); {self.workers} worker "
             f"process(es) x 1 thread on a journal file",
@@ -171,13 +172,21 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
     from revit.search.report import write_report
 
     rep = root / "report"
-    summary["study"] = write_report(spec, study, rep / "study", storage_url=url).get("comparison")
+    from revit.search.runner import tally
+
+    report = write_report(spec, study, rep / "study", storage_url=url)
+    summary["study"] = report.get("comparison")
+    summary["study_headline"] = report.get("headline")
+    t = tally(study)
+    summary["study_trials"] = {"states": t.states, "failed": t.unrecovered, "line": t.line(spec.name)}
     timings["report"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     summary["seconds"] = timings
     write_demo_readme(root, rep, plan, summary)
     atomic_write_text(rep / "summary.json", json.dumps(summary, indent=1, default=str))
     claim.finish()
+    if summary.get("study_headline"):
+        log(headline(summary["study_headline"], plan))
     log(f"\ndemo done in {timings['total'] / 60:.1f} min "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items() if k != 'total')}); report: {rep / 'README.md'}")
     return summary
@@ -295,7 +304,8 @@ def write_study_spec(study_dir: Path, plan: DemoPlan, rule_path: Path, budget_s:
     study_dir.mkdir(parents=True, exist_ok=True)
     doc = {
         "schema": "revit/study/v1", "kind": "study", "name": "demo",
-        "description": "demo: less-more-less searched around the fitted rule vs baselines at the pruned latency",
+        "description": "demo: less-more-less searched around the fitted rule vs uniform searched as hard, and "
+                       "baselines, at the pruned latency",
         "storage": f"journal:{study_dir / 'study.log'}",
         "objectives": ["accuracy"],
         "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
@@ -304,10 +314,15 @@ def write_study_spec(study_dir: Path, plan: DemoPlan, rule_path: Path, budget_s:
         "setting": "micro",
         "budget": {"latency_ms": round(budget_s * 1e3, 6), "table": plan.table_path()},
         "latency_table": plan.table_path(),
-        "space": {"family": "less-more-less", "base": str(rule_path),
-                  # ends no wider than the plateau for heads and QK: the micro table stops at 4 heads of 24
-                  "params": {"plateau": [0.2, 1.0], "center": [0.3, 0.7], "mlp_end": [0.25, 1.5],
-                             "heads_end": [0.25, 1.0], "qk_end": [0.25, 1.0]}},
+        # two searched families with the same number of candidates: the comparison is fair only when the
+        # uniform design is searched as hard as the rule (each its own Optuna study, sampler and seed)
+        "space": [{"family": "less-more-less", "base": str(rule_path),
+                   # ends no wider than the plateau for heads and QK: the micro table stops at 4 heads of 24
+                   "params": {"plateau": [0.2, 1.0], "center": [0.3, 0.7], "mlp_end": [0.25, 1.5],
+                              "heads_end": [0.25, 1.0], "qk_end": [0.25, 1.0]}},
+                  # inside the micro table too: heads of at most 24, at most 4 heads, MLP at most 4x EMB
+                  {"family": "uniform", "params": {"head_dim": [8, 24], "mlp_ratio": [1.0, 4.0],
+                                                   "heads_per_emb": [0.015, 0.045]}}],
         "data": {"source": "fashion-mnist", "train_limit": plan.study_train_images, "val_size": plan.val_images,
                  "test_limit": plan.test_images},
         "train": {"epochs": plan.study_epochs, "batch_size": plan.batch_size, "lr": 0.002, "warmup_epochs": 0.2,
@@ -361,6 +376,15 @@ def run_parallel_study(spec_path: Path, study_dir: Path, plan: DemoPlan,
     return spec, studies, studies.url
 
 
+def headline(h: dict[str, Any], plan: DemoPlan) -> str:
+    """The study's headline sentence: best searched rule minus best searched uniform, with its interval."""
+    from revit.search.results import Welch
+
+    return (f"headline (demo-sized: {h['n_a']} vs {h['n_b']} seeds, {plan.study_train_images} training images, "
+            f"{plan.study_epochs} epoch(s); a check of the pipeline, not evidence): best searched less-more-less "
+            f"minus best searched uniform, test top-1: {Welch(**h).describe()}")
+
+
 def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, Any]) -> None:
     """``report/README.md``: the plan, the numbers of every stage and every plot (copied next to it)."""
     rep.mkdir(parents=True, exist_ok=True)
@@ -387,8 +411,12 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
         def side(name: str, ms: Any, n: int) -> str:
             return f"{name} test top-1 {pm(ms, unit='%')}" + (f" (n = {n})" if n > 1 else "")
 
-        lines.append(f"- study: best candidate {side(c['best'], c['best_test'], c['best_n'])} vs uniform "
-                     f"{side(c['uniform'], c['uniform_test'], c['uniform_n'])}; details in study/report.md")
+        h = summary.get("study_headline")
+        if h:
+            lines.append(f"- **{headline(h, plan)}**")
+        lines.append(f"- study: best rule-generated {side(c['best'], c['best_test'], c['best_n'])} vs best uniform "
+                     f"{side(c['uniform'], c['uniform_test'], c['uniform_n'])}; the DeiT-ratio uniform baseline "
+                     "and the others are reference lines in study/report.md")
     lines.append(f"- wall time: {', '.join(f'{k} {v:.0f} s' for k, v in t.items())}")
     lines += ["", "## Plots", ""]
     for title, p in figs:
