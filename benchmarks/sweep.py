@@ -140,13 +140,13 @@ def plot(t: dict, path: Path) -> None:
 
 
 def main() -> None:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=2, help="processes per study (one torch thread each)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--studies", default=",".join(STUDIES))
     ap.add_argument("--out", type=Path, default=OUT, help="folder of the journals and reports")
     args = ap.parse_args()
-    global OUT
     OUT = args.out
     OUT.mkdir(parents=True, exist_ok=True)
     names = args.studies.split(",")
