@@ -44,17 +44,16 @@ def spec_doc(name: str, train_limit: int) -> dict:
 
 
 def measure(url: str, workers: int, seconds: float, tmp: Path, train_limit: int) -> dict:
-    import optuna
     from optuna.trial import TrialState
 
-    from revit.search.runner import open_study
     from revit.search.spec import StudySpec
+    from revit.search.studies import open_studies
 
     name = f"scaling-{workers}w-{int(time.time())}"
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec_doc(name, train_limit)))
     spec = StudySpec.load(path)
-    study = open_study(spec, url)
+    open_studies(spec, url)  # the run creates the study; the workers join it
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "revit", "search", "worker", str(path), "--storage", url,
                                "--timeout", str(seconds), "--quiet"], env=env, stdout=subprocess.PIPE,
@@ -67,7 +66,7 @@ def measure(url: str, workers: int, seconds: float, tmp: Path, train_limit: int)
         m = re.search(r"worker (\S+): (\d+) trial\(s\)", err)
         assert m, err[-2000:]
         reported.append((m.group(1), int(m.group(2))))
-    trials = optuna.load_study(study_name=name, storage=study._storage).get_trials()
+    trials = open_studies(spec, url, create=False, read_only=True).trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     unfinished = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     by_worker = Counter(t.user_attrs.get("worker") for t in trials)

@@ -111,7 +111,8 @@ def plot(t: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"sweep-3m": "3M MACs\n17 tokens", "sweep-12m": "12M MACs\n17 tokens", "sweep-12m-p4": "12M MACs\n50 tokens"}
+    labels = {"sweep-3m": "3M MACs\n17 tokens", "sweep-12m": "12M MACs\n17 tokens",
+              "sweep-12m-p4": "12M MACs\n50 tokens"}
     fig, ax = plt.subplots(figsize=(7, 4))
     names = [n for n in STUDIES if n in t["studies"]]
     for j, (kind, color) in enumerate((("best_rule", "C0"), ("fitted_rule", "C1"))):

@@ -33,10 +33,10 @@ def setup_logging(level: int) -> None:
     """revit's log lines on stderr at ``level`` (plain messages); set once per process."""
     import logging
 
-    class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    class _Stderr(logging.StreamHandler):
         """Writes to whatever ``sys.stderr`` is now (a test's capture, a redirected stream)."""
 
-        @property  # type: ignore[override]
+        @property
         def stream(self) -> Any:
             return sys.stderr
 

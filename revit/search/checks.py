@@ -34,7 +34,7 @@ def check_budget(spec: StudySpec) -> None:
     least one of its arms: a searched family at the middle of its ranges, or a baseline.
     """
     from revit.errors import BudgetError, OutsideDomainError
-    from revit.search.objective import generate_arm, baseline_arm, candidate_rule
+    from revit.search.objective import baseline_arm, candidate_rule, generate_arm
 
     table = None
     if spec.budget.kind == "latency" and spec.budget.table:

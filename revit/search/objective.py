@@ -20,11 +20,10 @@ user attributes.  Single-objective candidate trials report per-epoch accuracy to
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import logging
 
 from revit import counting
 from revit.errors import BudgetError, ConfigError, OutsideDomainError, RuleDomainError

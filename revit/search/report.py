@@ -23,6 +23,7 @@ from typing import Any
 
 from revit import counting
 from revit._io import atomic_write_text
+from revit.search.attrs import trial_ref
 from revit.search.report_plots import _accuracy_plot, _blocks_plot, _colors, _comparison_plot, _history_plot
 from revit.search.results import (
     Group,
@@ -37,7 +38,6 @@ from revit.search.results import (
     reference_group,
     welch,
 )
-from revit.search.attrs import trial_ref
 from revit.search.spec import StudySpec
 from revit.search.studies import BASELINES, StudySet, part_name
 
@@ -114,7 +114,8 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
     lines += _trials_table(trials)
     lines += ["", "## Plots", ""] + [f"![{k}]({p.name})" for k, p in plots.items()]
     lines += ["", "## Open in optuna-dashboard", "", "```", dashboard_hint(url), "```",
-              f"Each searched family is its own Optuna study ({', '.join(f'`{part_name(spec.name, f)}`' for f in spec.family_names)}) "
+              f"Each searched family is its own Optuna study "
+              f"({', '.join(f'`{part_name(spec.name, f)}`' for f in spec.family_names)}) "
               f"and the baselines are `{part_name(spec.name, BASELINES)}`, all in this storage: "
               f"`optuna.load_study(study_name='{part_name(spec.name, spec.family_names[0])}', storage=...).best_trial` "
               "is that family's best candidate.  Trials carry the user attributes role, family, arm, seed, group, "

@@ -65,12 +65,12 @@ def _accuracy_plot(trials: Sequence[Any], groups: Sequence[Group], path: Path, t
                 label="Pareto front (candidate means)")
     for fam, best in family_bests(groups).items():
         m, sd = best.mean_std("val_acc")
-        ax.errorbar([best.macs / 1e6], [100 * m], yerr=[0.0 if math.isnan(sd) else 100 * sd], fmt="*", ms=14, color=colors[fam], capsize=4,
+        ax.errorbar([best.macs / 1e6], [100 * m], yerr=[_err(sd)], fmt="*", ms=14, color=colors[fam], capsize=4,
                     zorder=4, mec="k", label=f"best {fam}: {best.name} (n={best.n})")
     markers = "sD^vP"
     for i, g in enumerate([g for g in groups if g.role == "baseline"]):
         m, sd = g.mean_std("val_acc")
-        ax.errorbar([g.macs / 1e6], [100 * m], yerr=[0.0 if math.isnan(sd) else 100 * sd], fmt=markers[i % len(markers)], ms=9, capsize=4,
+        ax.errorbar([g.macs / 1e6], [100 * m], yerr=[_err(sd)], fmt=markers[i % len(markers)], ms=9, capsize=4,
                     color=colors[g.family], mfc="none", mew=2, label=f"baseline {g.arm} (n={g.n})", zorder=4)
     ax.set_xlabel("MACs (M, attention matmuls included)")
     ax.set_ylabel("held-out top-1 (%)")
@@ -124,6 +124,11 @@ def _finish(fig: Any, ax: Any, title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _err(sd: float) -> float:
+    """An error bar in points: none for one seed (no spread to show)."""
+    return 0.0 if math.isnan(sd) else 100 * sd
 
 
 def _history_plot(trials: Sequence[Any], path: Path, title: str, colors: dict[str, str]) -> None:

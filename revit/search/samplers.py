@@ -69,7 +69,8 @@ def _check_value(v: Any, default: Any, at: str) -> None:
 
 def _kwargs(cls: Any, given: Mapping[str, Any], what: str) -> dict[str, Any]:
     kw = {k: v for k, v in given.items() if k != "name"}
-    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n not in ("self", "args", "kwargs")}
+    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+              if n not in ("self", "args", "kwargs")}
     check_keys(kw, list(params), f"{what} {given['name']!r}", what="argument")
     for k, v in kw.items():
         _check_value(v, params[k].default, f"{what}.{k}")

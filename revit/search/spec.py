@@ -273,14 +273,16 @@ class StudySpec:
         top_k = check_int(repeats.get("top_k", 2) if isinstance(repeats, Mapping) else repeats, "repeats.top_k", 0)
         raw_base = d.get("baselines") or []
         if not isinstance(raw_base, list):
-            raise ConfigError(f"baselines must be a list of rule names or {{rule, params, name}}, got {str(raw_base)[:60]}")
+            raise ConfigError("baselines must be a list of rule names or {rule, params, name}, "
+                              f"got {str(raw_base)[:60]}")
         baselines = tuple(_baseline(b) for b in raw_base)
         arms = [b.arm for b in baselines]
         if len(set(arms)) != len(arms):
             raise ConfigError(f"baselines: two arms have the same name ({arms}); give each a 'name'")
         n_trials = d.get("n_trials", 10)
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or not 0 <= n_trials <= MAX_TRIALS:
-            raise ConfigError(f"n_trials must be an integer in [0, {MAX_TRIALS}] (per family), got {str(n_trials)[:40]}")
+            raise ConfigError(f"n_trials must be an integer in [0, {MAX_TRIALS}] (per family), "
+                              f"got {str(n_trials)[:40]}")
         threads = check_int(d.get("threads", 1), "threads", 1, MAX_THREADS)
         if "latency" in objectives and not (budget.table or d.get("latency_table")):
             raise ConfigError("objective 'latency' needs latency_table: FILE (or a latency budget with a table)")
