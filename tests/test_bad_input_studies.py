@@ -316,3 +316,43 @@ def test_latency_objective_outside_the_table_is_pruned_with_its_reason_and_cover
 
         check_table_coverage(spec)
     assert "latency table covers" in caplog.text
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A small tmpfs filled to the last byte (root only; CI runs as root)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
+    try:
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+        for chunk in (b"\0" * 4096, b"\0"):
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError:
+                pass
+        os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("storage", ["s.db", "journal:s.log"])
+def test_a_full_disk_is_one_line_naming_the_cause_and_blocks_no_later_run(storage, full_disk, tmp_path, capsys,
+                                                                           monkeypatch):
+    p = _write(tmp_path)
+    url = storage.replace("s.", f"{full_disk}/s.")
+    rc, out, err = run(tmp_path, ["search", "run", str(p), "--storage", url], capsys, monkeypatch)
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "server running" not in err and ("space" in err or "full" in err), err
+    (full_disk / "filler").unlink()  # room again: the same command now runs the study
+    rc, out, err = run(tmp_path, ["search", "run", str(p), "--storage", url, "-q"], capsys, monkeypatch)
+    assert rc == 0, err
+    assert err.splitlines()[-1] == "study tiny: 2 trials (COMPLETE 2)"

@@ -115,6 +115,15 @@ def _refuse_legacy(spec: StudySpec, storage: Any, url: str, names: list[str]) ->
 
 def open_studies(spec: StudySpec, storage: str | None = None, *, create: bool = True, seed_offset: int = 0,
                  read_only: bool = False) -> StudySet:
+    """See :func:`_open`; a storage that cannot be written (a full or read-only disk) is one line."""
+    try:
+        return _open(spec, storage, create=create, seed_offset=seed_offset, read_only=read_only)
+    except OSError as e:
+        raise StorageError(f"cannot write the study storage {spec.storage_url(storage)}: "
+                           f"{e.strerror or type(e).__name__}") from None
+
+
+def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: int, read_only: bool) -> StudySet:
     """The Optuna studies of ``spec`` in ``storage`` (default: the spec's); ``create`` makes missing parts.
 
     Each family study gets its own sampler: the spec's seed plus the family's index, plus ``seed_offset``
