@@ -233,3 +233,34 @@ def test_two_family_study_end_to_end_with_intervals(tmp_path):
     assert set(rows) == {"less-more-less", "baseline:uniform"} and rows["baseline:uniform"]["b"] == h["b"]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "95% interval" in md and "Best rule-generated config vs best uniform config" in md
+
+
+def test_optuna_dashboard_lists_the_family_studies_and_marks_a_candidate_best(tmp_path):
+    """Through optuna-dashboard's own WSGI app: every part is a study, and a family's best trials are candidates."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    optuna_dashboard = pytest.importorskip("optuna_dashboard")  # in the dev extra, so CI has it
+    from revit.search.runner import run_study
+    from revit.search.testing import quick_objective
+
+    spec = two_family_spec(n_trials=2, seeds=[0], baselines=[{"rule": "uniform"}])
+    url = f"sqlite:///{tmp_path}/s.db"
+    run_study(spec, url, objective=quick_objective(spec))
+    app = optuna_dashboard.wsgi(url)
+
+    def get(path):
+        env: dict = {}
+        setup_testing_defaults(env)
+        env.update(PATH_INFO=path, REQUEST_METHOD="GET")
+        status = []
+        body = b"".join(app(env, lambda s, h, e=None: status.append(s)))
+        assert status == ["200 OK"], (path, status)
+        return json.loads(body)
+
+    studies = {s["study_name"]: s["study_id"] for s in get("/api/studies")["study_summaries"]}
+    assert set(studies) == {"tiny/baselines", "tiny/less-more-less", "tiny/uniform"}
+    for fam in ("less-more-less", "uniform"):
+        best = get(f"/api/studies/{studies[f'tiny/{fam}']}")["best_trials"]
+        attrs = [{a["key"]: a["value"] for a in t["user_attrs"]} for t in best]
+        assert attrs and all(a["role"] == "candidate" and a["family"] == fam for a in attrs)
