@@ -174,7 +174,7 @@ def test_objective_with_fixed_trial_candidate():
 
 def test_baseline_outside_its_rule_domain_is_a_typed_error():
     from revit.errors import OutsideDomainError, RuleDomainError
-    from revit.search.objective import baseline_arm
+    from revit.search.arms import baseline_arm
 
     spec = tiny_spec()
     paper = next(b for b in spec.baselines if b.rule == "paper")

@@ -11,7 +11,8 @@ import pytest
 from optuna.trial import FixedTrial
 
 from revit.paths import shipped_dir
-from revit.search.objective import StudyObjective, baseline_arm
+from revit.search.arms import baseline_arm
+from revit.search.objective import StudyObjective
 from revit.search.spec import load_spec
 
 SPECS = sorted(p.stem for p in shipped_dir("search").glob("*.yaml"))

@@ -8,7 +8,8 @@ Light to import (no torch, no optuna): the pieces import what they need when cal
 - :mod:`revit.search.samplers` - samplers and pruners by name,
 - :mod:`revit.search.studies` - one Optuna study per searched family plus one for the baselines,
 - :mod:`revit.search.attrs` - the trials' user attributes, one named key each,
-- :mod:`revit.search.objective` - the objective (testable with ``optuna.trial.FixedTrial``),
+- :mod:`revit.search.arms` - which config a trial trains (pure: no torch),
+- :mod:`revit.search.objective` - the objective that trains it (testable with ``optuna.trial.FixedTrial``),
 - :mod:`revit.search.runner` - run / join a study, baselines and repeats, stale-trial recovery,
 - :mod:`revit.search.report` - markdown + PNG report.
 """

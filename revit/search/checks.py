@@ -34,7 +34,7 @@ def check_budget(spec: StudySpec) -> None:
     least one of its arms: a searched family at the middle of its ranges, or a baseline.
     """
     from revit.errors import BudgetError, OutsideDomainError
-    from revit.search.objective import baseline_arm, candidate_rule, generate_arm
+    from revit.search.arms import baseline_arm, candidate_rule, generate_arm
 
     table = None
     if spec.budget.kind == "latency" and spec.budget.table:
@@ -97,7 +97,7 @@ def table_coverage(spec: StudySpec, samples: int = 64) -> dict[str, float]:
 
     from revit.errors import BudgetError, OutsideDomainError
     from revit.latency.table import LatencyTable
-    from revit.search.objective import candidate_rule, generate_arm
+    from revit.search.arms import candidate_rule, generate_arm
 
     assert spec.latency_table is not None
     table = LatencyTable.load(spec.latency_table)

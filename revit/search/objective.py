@@ -22,82 +22,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from revit import counting
-from revit.errors import BudgetError, ConfigError, OutsideDomainError, RuleDomainError
-from revit.search.attrs import ARM, FAMILY, GROUP, INFEASIBLE, REPEAT_OF, RETRY_OF, ROLE, SEED
-from revit.search.spec import BaselineSpec, FamilySpace, StudySpec
+from revit.errors import BudgetError, ConfigError
+from revit.search.arms import Arm, describe, trial_arm
+from revit.search.attrs import ARM, FAMILY, INFEASIBLE, REPEAT_OF, ROLE, SEED
+from revit.search.spec import StudySpec
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Arm:
-    """A generated config and how it was made (what the trial trains)."""
-
-    generated: Any  # revit.rules.Generated
-    role: str
-    arm: str
-    budget: float
-    rule_params: dict[str, float]
-    family: str = ""  # the trial's family tag: a searched family's name, or baseline:ARM
-
-    @property
-    def config(self) -> Any:
-        return self.generated.config
-
-
-def _budget(spec: StudySpec, value: float, table: Any) -> Any:
-    from revit.rules import latency_budget, macs_budget
-
-    return macs_budget(value) if spec.budget.kind == "macs" else latency_budget(value, table)
-
-
-def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str,
-              space: FamilySpace | None = None) -> Any:
-    """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family):
-    what a trial of that family (or a baseline) trains."""
-    from revit.rules import SearchSpace, generate
-
-    fs = space or spec.spaces[0]
-    knobs = SearchSpace(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
-    return generate(rule, _budget(spec, budget_value, table), spec.setting, granularity=fs.granularity,
-                    space=knobs, name=name)
-
-
-def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace | None = None) -> Any:
-    """The rule of a candidate of ``space`` (default: the first family): the base rule's parameters
-    (or the family's defaults) with the sampled ``values`` on top."""
-    from revit.rules import Rule, load_rule
-
-    fs = space or spec.spaces[0]
-    params: dict[str, float] = {}
-    granularity = None
-    if fs.base_rule:
-        base = load_rule(fs.base_rule)
-        if base.family != fs.family:
-            raise ConfigError(f"space.base rule {fs.base_rule!r} is of family {base.family!r}, not {fs.family!r}")
-        params, granularity = dict(base.params), base.granularity
-    params.update(values)
-    return Rule(name=f"{fs.name}-candidate", family=fs.family, params=params, granularity=granularity)
-
-
-def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: Any = None) -> Arm:
-    """The config of baseline ``b`` at ``budget_value``; raises :class:`BudgetError`/:class:`ConfigError`
-    when it cannot be built, and :class:`~revit.errors.RuleDomainError` (an ``OutsideDomainError``) when
-    the rule leaves its own domain (the baseline is then left out)."""
-    from revit.rules import Rule, load_rule
-
-    rule = load_rule(b.rule)
-    if b.params:
-        rule = Rule(name=rule.name, family=rule.family, params={**rule.params, **b.params},
-                    granularity=rule.granularity, description=rule.description)
-    gen = generate_arm(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
-    if gen.outside_domain:
-        raise RuleDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {gen.outside_domain[0]}")
-    return Arm(gen, "baseline", b.arm, budget_value, dict(rule.params), family=f"baseline:{b.arm}")
 
 
 class StudyObjective:
@@ -126,58 +59,12 @@ class StudyObjective:
         return self._table
 
     def arm(self, trial: Any) -> Arm:
-        """The config a trial trains; suggests the search parameters for a candidate trial."""
-        spec = self.spec
-        role = trial.user_attrs.get(ROLE, "candidate")
-        if role == "baseline":
-            name = trial.user_attrs[ARM]
-            b = next((b for b in spec.baselines if b.arm == name), None)
-            if b is None:
-                raise ConfigError(f"trial {trial.number}: baseline arm {name!r} is not in the spec; "
-                                  f"known: {', '.join(x.arm for x in spec.baselines)}")
-            return baseline_arm(spec, b, float(trial.user_attrs["budget"]), self.table())
-        if role != "candidate":
-            raise ConfigError(f"trial {trial.number}: unknown role {role!r} (candidate or baseline)")
-        fs = spec.space(trial.user_attrs.get(FAMILY))
-        values: dict[str, float] = {}
-        for p in fs.params:
-            name = p.name  # each family is its own Optuna study, so its parameters keep their names
-            if p.step is not None:
-                values[p.name] = float(trial.suggest_int(name, int(p.low), int(p.high), step=p.step, log=p.log))
-            else:
-                values[p.name] = trial.suggest_float(name, p.low, p.high, log=p.log)
-        bs = spec.budget
-        if bs.value is not None:
-            budget = bs.value
-        else:
-            assert bs.low is not None and bs.high is not None
-            budget = trial.suggest_float("budget", bs.low, bs.high, log=bs.log)
-        rule = candidate_rule(spec, values, fs)
-        gen = generate_arm(spec, rule, budget, self.table(), name=f"trial_{trial.number}", space=fs)
-        return Arm(gen, "candidate", f"{fs.name}-search", budget, dict(rule.params), family=fs.name)
+        """The config a trial trains (:func:`revit.search.arms.trial_arm`)."""
+        return trial_arm(self.spec, trial, self.table())
 
     def describe(self, trial: Any, arm: Arm) -> dict[str, Any]:
-        """The user attributes that say what a trial trained (before training)."""
-        cfg = arm.config
-        seed = int(trial.user_attrs.get(SEED, self.spec.seeds[0]))
-        attrs: dict[str, Any] = {
-            ROLE: arm.role, FAMILY: arm.family, ARM: arm.arm, SEED: seed, "budget": arm.budget,
-            "macs": counting.macs(cfg), "params": counting.params(cfg), "embed_dim": cfg.embed_dim,
-            "mlp_factor": arm.generated.mlp_factor,
-            "blocks": [[b.heads, b.qk_dim, b.v_dim, b.mlp_dim] for b in cfg.blocks],
-        }
-        if arm.role == "baseline":
-            attrs[GROUP] = f"{arm.arm}@{self.spec.budget.fmt(arm.budget)}"
-        else:
-            first = trial.user_attrs.get(REPEAT_OF, trial.user_attrs.get(RETRY_OF, trial.number))
-            attrs[GROUP] = f"{arm.family}#{first}"
-        table = self.table()
-        if table is not None:
-            try:
-                attrs["latency_ms"] = 1e3 * float(table.predict(cfg).total_s)
-            except OutsideDomainError:
-                attrs["latency_ms"] = None
-        return attrs
+        """The user attributes that say what a trial trains (:func:`revit.search.arms.describe`)."""
+        return describe(self.spec, trial, arm, self.table())
 
     # the objective ------------------------------------------------------------------------------
     def __call__(self, trial: Any) -> float | tuple[float, float]:
@@ -255,7 +142,7 @@ class StudyObjective:
         return curve[-1], test, curve, time.perf_counter() - t0
 
 
-__all__ = ["Arm", "OutsideDomainError", "StudyObjective", "baseline_arm", "candidate_rule", "generate_arm"]
+__all__ = ["StudyObjective", "check_splits"]
 
 
 def check_splits(splits: Any, setting: Any, source: str) -> None:

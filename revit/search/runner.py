@@ -31,7 +31,8 @@ from typing import Any
 
 from revit.errors import BudgetError, ConfigError, OutsideDomainError
 from revit.search import attrs as A
-from revit.search.objective import StudyObjective, baseline_arm
+from revit.search.arms import baseline_arm
+from revit.search.objective import StudyObjective
 from revit.search.spec import StudySpec
 from revit.search.studies import BASELINES, StudySet, open_studies
 
