@@ -39,6 +39,7 @@ class ParamSpec:
     low: float
     high: float
     doc: str
+    integer_step: str | None = None  # an integer searched on this granularity kind's step (qk_dim), else a float
 
 
 class RuleFamily(ABC):
@@ -58,6 +59,8 @@ class RuleFamily(ABC):
     description: ClassVar[str]
     params: ClassVar[dict[str, ParamSpec]] = {}
     reference_depth: ClassVar[int | None] = None
+    # every block equal: the design a redistribution is measured against (a study's reference side)
+    uniform: ClassVar[bool] = False
 
     @property
     def fittable(self) -> bool:

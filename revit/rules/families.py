@@ -179,8 +179,10 @@ class Uniform(RuleFamily):
 
     name = "uniform"
     description = "DeiT-style uniform blocks: heads of head_dim (auto 64, micro 24), MLP = mlp_ratio * EMB"
+    uniform = True
     params = {
-        "head_dim": ParamSpec(0.0, 0.0, 1024.0, "QK and V width per head (0 = auto: 64, or 24 when micro)"),
+        "head_dim": ParamSpec(0.0, 0.0, 1024.0, "QK and V width per head (0 = auto: 64, or 24 when micro)",
+                              integer_step="qk_dim"),
         "mlp_ratio": ParamSpec(4.0, 0.05, 32.0, "MLP width per EMB channel"),
         "heads_per_emb": ParamSpec(0.0, 0.0, 1.0, "heads per EMB channel (0 = EMB / head_dim, DeiT's choice)"),
     }

@@ -160,18 +160,32 @@ def compare(a: Group, b: Group, metric: str = "test_acc") -> Welch:
     return Welch(a.name, b.name, metric, len(va), len(vb), diff, low, high, df, p)
 
 
+def _uniform_family(family: str) -> bool:
+    from revit.rules import get_family
+
+    return bool(get_family(family).uniform)
+
+
+def _uniform_arms(spec: StudySpec) -> list[str]:
+    """The baseline arms whose rule is of a uniform family, in spec order."""
+    from revit.rules import load_rule
+
+    return [b.arm for b in spec.baselines if _uniform_family(load_rule(b.rule).family)]
+
+
 def reference_group(spec: StudySpec, bests: dict[str, Group], baselines: Sequence[Group]) -> Group | None:
-    """The uniform side of a comparison: the best searched uniform config (on held-out), else the
-    uniform baseline."""
-    uni = [bests[s.name] for s in spec.spaces if s.family == "uniform" and s.name in bests]
+    """The uniform side of a comparison: the best searched config of a uniform family (on held-out), else the
+    first baseline of a uniform rule."""
+    uni = [bests[s.name] for s in spec.spaces if _uniform_family(s.family) and s.name in bests]
     if uni:
         return max(uni, key=lambda g: g.mean_std("val_acc")[0])
-    return next((g for g in baselines if g.arm.startswith("uniform")), None)
+    arms = _uniform_arms(spec)
+    return min((g for g in baselines if g.arm in arms), key=lambda g: arms.index(g.arm), default=None)
 
 
 def best_rule_group(spec: StudySpec, bests: dict[str, Group]) -> Group | None:
     """The rule side: the best (on held-out) of the searched families that are not uniform."""
-    rules = [bests[s.name] for s in spec.spaces if s.family != "uniform" and s.name in bests]
+    rules = [bests[s.name] for s in spec.spaces if not _uniform_family(s.family) and s.name in bests]
     return max(rules, key=lambda g: g.mean_std("val_acc")[0]) if rules else None
 
 

@@ -41,8 +41,6 @@ class FamilySpace:
     mlp_factor: tuple[float, float] = (0.5, 2.0)
 
 
-# integer parameters of a family (searched with suggest_int) -> the granularity field giving their default step
-_INTEGER_PARAMS = {("uniform", "head_dim"): "qk_dim"}
 _SPACE_KEYS = ("family", "name", "base", "params", "granularity", "mlp_factor")
 
 
@@ -81,9 +79,10 @@ def _space(raw: Any, where: str, setting: Setting) -> FamilySpace:
             raise ConfigError(f"{where}.params: {pname!r} is not a parameter of family {family!r}; "
                               f"known: {', '.join(fam.params) or 'none'}")
         step = None
-        if (family, pname) in _INTEGER_PARAMS:
+        kind = fam.params[pname].integer_step  # the family says which parameters are integers, on which step
+        if kind is not None:
             gran = Granularity.parse(raw.get("granularity"), setting.img_size)
-            step = int(getattr(gran, _INTEGER_PARAMS[family, pname]))
+            step = int(getattr(gran, kind))
         ranges.append(_range(pname, r, fam.params[pname].low, fam.params[pname].high, f"{where}.params", step))
     if not ranges:
         raise ConfigError(f"{where}.params: give at least one parameter of {family!r} to search: "
