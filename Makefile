@@ -1,11 +1,12 @@
-# Fresh machine: `make demo` sets up and runs the whole pipeline; `make test` sets up and runs the tests.
+# Fresh machine: `make demo` sets up and runs the whole pipeline; `make test` sets up and runs the tests
+# (the default suite also builds the docs with --strict); `make docs` builds the site into build/site.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 
-.PHONY: setup data test-deps demo test test-slow lint bench clean
+.PHONY: setup data test-deps demo test test-slow lint docs bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,7 +15,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
 	# torch first, pinned to the builds that import beside torchvision here
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q torch torchvision
-	$(BIN)/pip install -q -e '.[dev,postgres]'
+	$(BIN)/pip install -q -e '.[dev,postgres,docs]'
 	touch $@
 
 setup: $(VENV)/.installed data
@@ -40,6 +41,10 @@ test: setup test-deps
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# the documentation site (docs/, mkdocs.yml) into build/site; --strict: broken links and references fail
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 PYTHONPATH=. $(BIN)/mkdocs build --strict
 
 lint: setup
 	$(BIN)/ruff check revit tests benchmarks
