@@ -110,7 +110,11 @@ def test_examples_are_found_and_dedicated_ones_have_their_test() -> None:
 
 
 def test_readme_is_a_short_guide() -> None:
-    assert len((ROOT / "README.md").read_text().splitlines()) <= 300
+    """At most 300 lines, and every relative link of it (the docs pages it points to) names an existing file."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    links = [u.split("#")[0] for u in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in u]
+    assert len(links) >= 10 and all((ROOT / u).is_file() for u in links), [u for u in links if not (ROOT / u).is_file()]
 
 
 def test_stale_drafts_are_gone() -> None:
