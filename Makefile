@@ -1,4 +1,5 @@
-# Fresh machine: `make demo` sets up and runs the whole pipeline; `make test` sets up and runs the tests.
+# Fresh machine: `make demo` sets up and runs the whole pipeline; `make test` sets up and runs the tests
+# (the default suite also builds the docs with --strict); `make docs` builds the site into build/site.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,9 +8,9 @@ PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 
 LOCK := constraints.txt
 LATEST := .venv-latest
-EXTRAS := dev,postgres
+EXTRAS := dev,postgres,docs
 
-.PHONY: setup data test-deps demo test test-slow test-latest lock lint bench clean
+.PHONY: setup data test-deps demo test test-slow test-latest lock lint docs bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,6 +61,10 @@ lock:
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# the documentation site (docs/, mkdocs.yml) into build/site; --strict: broken links and references fail
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 PYTHONPATH=. $(BIN)/mkdocs build --strict
 
 lint: setup
 	$(BIN)/ruff check revit tests benchmarks

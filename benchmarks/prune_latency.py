@@ -57,7 +57,7 @@ def main() -> None:
     """Prune twice (latency penalty vs MACs penalty) to the same MACs target, then time both models."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="runs/micro-base/model.safetensors",
-                    help="revit_micro weights to prune (see docs/readme_prune.md for the command that trains them)")
+                    help="revit_micro weights to prune (see docs/evidence/pruning.md for the command that trains them)")
     ap.add_argument("--table", default=str(TABLE))
     ap.add_argument("--target", type=float, default=0.5, help="MACs target (fraction of the base)")
     ap.add_argument("--criterion", default="hessian")
@@ -86,7 +86,7 @@ def main() -> None:
     from revit.runtime import size
 
     if not Path(args.checkpoint).is_file():
-        raise SystemExit(f"{args.checkpoint} not found: train revit_micro first (docs/readme_prune.md) or pass "
+        raise SystemExit(f"{args.checkpoint} not found: train revit_micro first (docs/evidence/pruning.md) or pass "
                          "--checkpoint")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
