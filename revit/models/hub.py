@@ -10,6 +10,7 @@ from (when a table is given), accuracy where known, and provenance (base model, 
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import os
@@ -70,6 +71,8 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
 
     if not isinstance(model, ReViT):
         model = from_timm(model)
+    if any(t.device.type != "cpu" for t in model.state_dict().values()):
+        model = copy.deepcopy(model).cpu()
     cfg: ViTConfig = model.config
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:

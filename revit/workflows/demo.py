@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -33,6 +34,8 @@ from typing import Any
 from revit import counting
 from revit._io import atomic_write_text, dump_yaml
 from revit.paths import shipped_dir
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "cpu_onnxruntime_fp32_bs64_t17.json"
 
@@ -107,7 +110,7 @@ def _data(plan: DemoPlan, train: int | None = None) -> Any:
 
 
 def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwrite: bool = False,
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict[str, Any]:
+             log: Callable[[str], None] = lambda m: logger.info("%s", m)) -> dict[str, Any]:
     """Run every stage into ``out``; return a summary (also written to ``out/report/summary.json``).
 
     ``out`` is a demo run folder (:mod:`revit.runs`): an unfinished demo continues, reusing its finished
@@ -120,11 +123,9 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
     from revit.runs import claim_run
 
     claim = claim_run(out, "demo", resume=True, overwrite=overwrite)
-    table_path = Path(plan.table_path())
-    if not table_path.is_file():
-        from revit.errors import ConfigError
+    from revit.latency.table import resolve_table
 
-        raise ConfigError(f"latency table {table_path}: no such file")
+    resolve_table(plan.table_path())  # a path or a shipped table's name; refused before the folder is begun
     root = Path(out)
     claim.begin()
     t_all = time.perf_counter()
@@ -386,9 +387,12 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
               f"- configs: {json.dumps(summary['configs'], default=str)}"]
     c = summary.get("study")
     if c:
-        lines.append(f"- study: best candidate {c['best']} test top-1 {100 * c['best_test'][0]:.2f} ± "
-                     f"{100 * c['best_test'][1]:.2f}% (n={c['best_n']}) vs uniform {100 * c['uniform_test'][0]:.2f} ± "
-                     f"{100 * c['uniform_test'][1]:.2f}% (n={c['uniform_n']}); details in study/report.md")
+        from revit.counting import format_spread
+
+        best = format_spread(100 * c["best_test"][0], 100 * c["best_test"][1], c["best_n"], unit="%")
+        uni = format_spread(100 * c["uniform_test"][0], 100 * c["uniform_test"][1], c["uniform_n"], unit="%")
+        lines.append(f"- study: best candidate {c['best']} test top-1 {best} vs uniform {uni}; "
+                     "details in study/report.md")
     lines.append(f"- wall time: {', '.join(f'{k} {v:.0f} s' for k, v in t.items())}")
     lines += ["", "## Plots", ""]
     for title, p in figs:
