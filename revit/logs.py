@@ -36,13 +36,13 @@ def verbosity() -> int:
     return _state["verbosity"]
 
 
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+class _Stderr(logging.StreamHandler):
     """A handler on whatever ``sys.stderr`` is at the time of each record (tests and callers may swap it)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 
@@ -76,6 +76,23 @@ def configure(verbosity: int = 0) -> None:
     logger.propagate = False  # a root handler configured elsewhere would print every line twice
 
 
+@contextlib.contextmanager
+def cli_session(verbosity: int = 0) -> Iterator[None]:
+    """:func:`configure` and :func:`warnings_as_log_lines` for one command; the logger's previous handlers,
+    level and propagation come back afterwards (``main()`` called in-process leaves logging as it was)."""
+    logger = logging.getLogger(ROOT)
+    saved = (list(logger.handlers), logger.level, logger.propagate, _state["verbosity"])
+    configure(verbosity)
+    try:
+        with warnings_as_log_lines():
+            yield
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+        _state["verbosity"] = saved[3]
+
+
 def configure_optuna() -> None:
     """Optuna's own logger at the configured verbosity: its INFO lines (one per trial) only with ``-v``.
 
@@ -103,4 +120,4 @@ def warnings_as_log_lines() -> Iterator[None]:
         warnings.showwarning = old
 
 
-__all__ = ["configure", "configure_optuna", "level_for", "verbosity", "warnings_as_log_lines"]
+__all__ = ["cli_session", "configure", "configure_optuna", "level_for", "verbosity", "warnings_as_log_lines"]

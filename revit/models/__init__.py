@@ -12,5 +12,6 @@ from revit.models.vit import ReViT, ReViTDistilled, as_config, build_model, coun
 
 __all__ = [
     "ModelCard", "ReViT", "ReViTDistilled", "as_config", "build_model", "config_from_state_dict", "config_from_timm",
-    "count_params", "from_timm", "load_checkpoint", "load_pretrained", "load_state_dict", "pretrained_cfg", "read_state_dict", "save_pretrained", "to_timm",
+    "count_params", "from_timm", "load_checkpoint", "load_pretrained", "load_state_dict", "pretrained_cfg",
+    "read_state_dict", "save_pretrained", "to_timm",
 ]

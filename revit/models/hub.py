@@ -30,6 +30,7 @@ from revit.errors import ConfigError, OutputError, RevitError
 log = logging.getLogger(__name__)
 
 CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, PLOT_FILE = "README.md", "config.json", "model.safetensors", "trace.png"
+HUB_DIR = "hf"  # the hub-format folder that train and prune runs write inside their run folder
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
     ``model`` is a revit model (a timm ViT/DeiT is converted first, same outputs).  ``table`` is a
     :class:`~revit.latency.table.LatencyTable` (or None): its predicted latency goes into the card.
     The folder is written beside ``out_dir`` and renamed into place, so a failure leaves no half folder;
-    an existing non-empty ``out_dir`` is replaced only with ``overwrite``.
+    an existing model folder is replaced only with ``overwrite``, a folder of other files never.
     """
     from timm.models import save_for_hf
 
@@ -75,8 +76,11 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
         model = copy.deepcopy(model).cpu()
     cfg: ViTConfig = model.config
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise OutputError(f"{out} exists and is not empty", hint="pass overwrite=True (--overwrite) or another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not out.is_dir() or not (out / CONFIG_FILE).is_file():
+            raise OutputError(f"{out} holds files that are no model folder", hint="choose a new or empty folder")
+        if not overwrite:
+            raise OutputError(f"{out} holds a model folder", hint="pass overwrite=True (--overwrite) or another folder")
     card = card or ModelCard()
     arch = architecture_name(cfg)
     try:
@@ -98,7 +102,7 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote %s (%s, %s, %s)", out, CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+    log.debug("wrote %s (%s, %s, %s)", out, CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
     return out
 
 
@@ -164,7 +168,7 @@ def render_card(cfg: ViTConfig, card: ModelCard, *, table: Any = None, plot: str
               f"- **Classes:** {cfg.num_classes}",
               f"- **Embedding width:** {cfg.embed_dim}, **depth:** {cfg.depth}",
               f"- **Params:** {_fmt(params)} ({params:,})",
-              f"- **MACs:** {_fmt(macs)} ({macs:,}) per image, {counting.CONVENTIONS['nvit']}",
+              f"- **MACs:** {_fmt(macs)} per image ({macs:,}; {counting.CONVENTIONS['nvit']})",
               f"- **MACs, linear layers only:** {_fmt(counting.macs(cfg, 'timm'))} ({counting.CONVENTIONS['timm']})"]
     if prediction is not None:
         lines.append(f"- **Predicted latency:** {_ms(prediction.total_s)} per batch of {prediction.batch_size} "
@@ -215,4 +219,4 @@ def render_card(cfg: ViTConfig, card: ModelCard, *, table: Any = None, plot: str
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ModelCard", "load_pretrained", "render_card", "save_pretrained"]
+__all__ = ["HUB_DIR", "ModelCard", "load_pretrained", "render_card", "save_pretrained"]

@@ -10,7 +10,6 @@ from typing import Any
 from revit.config import ViTConfig
 from revit.models.hub import ModelCard
 
-HUB_DIR = "hf"  # the hub-format folder inside a run folder
 TRACE_PLOT = Path("plots") / "widths_vs_step.png"
 
 
@@ -31,4 +30,4 @@ def prune_card(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any], base
                      accuracy=acc, notes=tuple(notes))
 
 
-__all__ = ["HUB_DIR", "TRACE_PLOT", "prune_card"]
+__all__ = ["TRACE_PLOT", "prune_card"]

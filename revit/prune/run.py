@@ -398,8 +398,8 @@ class PruneRun:
             save_atomic(self.out / "pruned.safetensors", lambda tmp: save_file(sd, str(tmp)))
             plot_trace(self.trace_path, self.out / "plots")
             atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
-            from revit.models.hub import save_pretrained
-            from revit.prune.card import HUB_DIR, prune_card
+            from revit.models.hub import HUB_DIR, save_pretrained
+            from revit.prune.card import prune_card
 
             save_pretrained(dense, self.out / HUB_DIR, card=prune_card(self.out, metrics, self.base),
                             table=getattr(p.latency, "table", None), overwrite=True)  # timm's hub format + card

@@ -144,7 +144,7 @@ def _name(rule: Rule, embed_dim: int, name: str | None) -> str:
 
 def apply_rule(rule: Rule | str, embed_dim: int, setting: Setting | str = Setting(), *, granularity: Any = None,
                mlp_factor: float = 1.0, name: str | None = None) -> Generated:
-    """The rule evaluated exactly at ``embed_dim`` (and ``mlp_factor``) in ``setting`` (names as for :func:`generate`)."""
+    """The rule evaluated exactly at ``embed_dim`` (and ``mlp_factor``) in ``setting`` (names as :func:`generate`)."""
     rule, setting = as_rule(rule), as_setting(setting)
     if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
         raise ConfigError(f"embed_dim must be a positive integer, got {embed_dim!r}")

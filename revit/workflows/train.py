@@ -28,21 +28,19 @@ def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
-HUB_DIR = "hf"  # the hub-format folder (config.json, model.safetensors, README.md) inside a run folder
-
-
-def train_card(run_dir: str | os.PathLike[str], metrics: dict[str, Any], cfg: ViTConfig, data: str,
+def train_card(run_dir: str | os.PathLike[str], metrics: dict[str, Any], cfg: ViTConfig, data: str | None = None,
                init: str | None = None) -> Any:
     """The :class:`~revit.models.hub.ModelCard` of a training run from its ``metrics.json`` contents."""
     from revit.models.hub import ModelCard
 
     acc = {f"{k.removesuffix('_acc').replace('_acc_', ' ')} top-1": float(metrics[k])
            for k in ("val_acc", "test_acc", "test_acc_ema") if metrics.get(k) is not None}
-    how = f"fine-tuned from `{Path(init).name}`" if init else "trained from scratch"
-    return ModelCard(title=f"{cfg.name or 'ReViT'} trained on {data}", dataset=str(data), accuracy=acc,
-                     training_run=Path(run_dir).name or str(run_dir), base=cfg.name,
-                     notes=(f"{how.capitalize()} by `revit train` for {metrics.get('epochs', '?')} epochs on "
-                            f"{metrics.get('train_images', '?')} images of {data}.",))
+    how = f"Fine-tuned from `{Path(init).name}`" if init else "Trained"
+    on = f" of {data}" if data else ""
+    return ModelCard(title=f"{cfg.name or 'ReViT'} trained{' on ' + data if data else ''}", dataset=data,
+                     accuracy=acc, training_run=Path(run_dir).name or str(run_dir), base=cfg.name,
+                     notes=(f"{how} by `revit train` for {metrics.get('epochs', '?')} epochs on "
+                            f"{metrics.get('train_images', '?')} images{on}.",))
 
 
 def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.PathLike[str], *,
@@ -103,7 +101,7 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
         if result.ema is not None:
             save_weights(result.ema, out / "model_ema.safetensors")
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
-        from revit.models.hub import save_pretrained
+        from revit.models.hub import HUB_DIR, save_pretrained
 
         save_pretrained(model, out / HUB_DIR, card=train_card(out, metrics, cfg, data.source, init), overwrite=True)
         claim.finish()
