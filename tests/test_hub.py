@@ -182,7 +182,7 @@ def test_card_predicts_latency_with_its_table(tmp_path: Path) -> None:
     card = (out / "README.md").read_text()
     pred = table.predict(cfg)
     assert f"{pred.total_s * 1e3:.3f} ms per batch of 64" in card
-    assert f"| 0 | 4 | 24 | 24 | 384 |" in card and f"{pred.per_block_s[0] * 1e3:.3f} ms |" in card
+    assert "| 0 | 4 | 24 | 24 | 384 |" in card and f"{pred.per_block_s[0] * 1e3:.3f} ms |" in card
     assert "cpu_onnxruntime_fp32_bs64_t17.json" in card
 
 
@@ -230,3 +230,15 @@ def test_cli_prune_json_and_model_save(tmp_path: Path, cli: Any) -> None:
     again = load_file(tmp_path / "again" / "model.safetensors")
     assert all(torch.equal(pruned[k], again[k]) for k in pruned)
     assert json.loads((tmp_path / "again" / "config.json").read_text()) == json.loads((hub / "config.json").read_text())
+
+
+def test_guide_example_runs() -> None:
+    """docs/guide/hub-format.md's Python example, verbatim (it asserts equal outputs after the reload)."""
+    import re
+
+    guide = ROOT / "docs" / "guide" / "hub-format.md"
+    m = re.search(r"<!-- example: hub-save -->\n```python\n(.*?)```", guide.read_text(), re.S)
+    assert m, "the guide lost its example"
+    ns: dict[str, Any] = {}
+    exec(compile(m.group(1), str(guide), "exec"), ns)
+    assert (ns["folder"] / "README.md").is_file() and ns["again"].config == ns["dense"].config

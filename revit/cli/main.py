@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  revit generate --rule paper --macs 4.6G --distilled > revit_s.yaml\n"
         "  revit model info revit_s.yaml",
     )
-    parser.add_argument("--version", action=_Version, help="show revit's version and its dependencies', then exit")
+    parser.add_argument("--version", action=_Version,
+                        help="show the versions of revit and its main dependencies, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"revit.cli.{name}").register(sub)
@@ -81,10 +82,12 @@ def _add_verbosity(parser: argparse.ArgumentParser, top: bool = False) -> None:
     default = 0 if top else argparse.SUPPRESS
     for flags, dest, what in ((("-q", "--quiet"), "log_quiet", "fewer messages on stderr (-qq: errors only)"),
                               (("-v", "--verbose"), "log_verbose", "more messages on stderr (debug lines, Optuna's)")):
-        try:
-            parser.add_argument(*flags, dest=dest, action="count", default=default, help=what)
-        except argparse.ArgumentError:  # the sub-command has an option of that name: keep it, add the short flag
-            parser.add_argument(flags[0], dest=dest, action="count", default=default, help=what)
+        for names in (flags, flags[:1], flags[1:]):  # a sub-command's own option of a name keeps that name
+            try:
+                parser.add_argument(*names, dest=dest, action="count", default=default, help=what)
+                break
+            except argparse.ArgumentError:
+                continue
     children = getattr(parser, "children", None)
     for child in (children.choices.values() if children is not None else ()):
         _add_verbosity(child)

@@ -110,7 +110,7 @@ def load_pretrained(folder: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
     """The model saved in ``folder`` (``timm.create_model('local-dir:ABS_FOLDER', pretrained=True, **kwargs)``)."""
     import timm
 
-    import revit.models  # noqa: F401 - registers the architectures
+    import revit.models.vit  # noqa: F401 - registers the architectures in timm
 
     path = Path(folder).resolve()
     if not (path / CONFIG_FILE).is_file():
