@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,7 @@ def test_cli_prune_json_and_model_save(tmp_path: Path, cli: Any) -> None:
                          "--eval-size", "100", "--out", tmp_path / "run", "--json")
     assert code == 0, err
     doc = json.loads(out)  # one JSON object and nothing else on stdout
+    assert "pruned in" in err and "MACs MACs" not in err and re.search(r"step \d+/\d+: [\d.]+K MACs, target", err)
     assert doc["hub"] == str(tmp_path / "run" / "hf") and doc["metrics"]["macs_ratio"] <= 0.6
     hub = Path(doc["hub"])
     pruned = load_file(tmp_path / "run" / "pruned.safetensors")
@@ -234,8 +236,6 @@ def test_cli_prune_json_and_model_save(tmp_path: Path, cli: Any) -> None:
 
 def test_guide_example_runs() -> None:
     """docs/guide/hub-format.md's Python example, verbatim (it asserts equal outputs after the reload)."""
-    import re
-
     guide = ROOT / "docs" / "guide" / "hub-format.md"
     m = re.search(r"<!-- example: hub-save -->\n```python\n(.*?)```", guide.read_text(), re.S)
     assert m, "the guide lost its example"

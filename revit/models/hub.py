@@ -75,12 +75,7 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
     if any(t.device.type != "cpu" for t in model.state_dict().values()):
         model = copy.deepcopy(model).cpu()
     cfg: ViTConfig = model.config
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not out.is_dir() or not (out / CONFIG_FILE).is_file():
-            raise OutputError(f"{out} holds files that are no model folder", hint="choose a new or empty folder")
-        if not overwrite:
-            raise OutputError(f"{out} holds a model folder", hint="pass overwrite=True (--overwrite) or another folder")
+    out = check_model_folder(out_dir, overwrite)
     card = card or ModelCard()
     arch = architecture_name(cfg)
     try:
@@ -103,6 +98,20 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     log.debug("wrote %s (%s, %s, %s)", out, CONFIG_FILE, WEIGHTS_FILE, CARD_FILE)
+    return out
+
+
+def check_model_folder(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """``out_dir`` as a Path if a model folder may be written there (new, empty, or a model folder with
+    ``overwrite``); else an :class:`OutputError` (a file, a folder of other files, a model without overwrite)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file, not a model folder", hint="choose another folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / CONFIG_FILE).is_file():
+            raise OutputError(f"{out} holds files that are no model folder", hint="choose a new or empty folder")
+        if not overwrite:
+            raise OutputError(f"{out} holds a model folder", hint="pass overwrite=True (--overwrite) or another folder")
     return out
 
 
@@ -139,18 +148,36 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
 
 
+@dataclass(frozen=True)
+class _Latency:
+    """A table's prediction for the card (any :class:`~revit.cost.LatencyTableLike` that predicts ``total_s``)."""
+
+    total_s: float
+    batch_size: int
+    per_block_s: tuple[float, ...] | None
+    fixed_known: bool
+    note: str
+
+
+def _predict(table: Any, cfg: ViTConfig) -> tuple[_Latency | None, str | None]:
+    """The prediction of ``table`` for ``cfg``, or None and why (outside the measured range, other tokens)."""
+    try:
+        p = table.predict(cfg)
+    except RevitError as e:
+        return None, e.message
+    per_block = getattr(p, "per_block_s", None)
+    return _Latency(total_s=float(p.total_s), batch_size=int(getattr(p, "batch_size", table.batch_size)),
+                    per_block_s=tuple(per_block) if per_block is not None else None,
+                    fixed_known=bool(getattr(p, "fixed_known", True)), note=str(getattr(p, "note", ""))), None
+
+
 def render_card(cfg: ViTConfig, card: ModelCard, *, table: Any = None, plot: str | None = None,
                 arch: str = "revit") -> str:
     """The model card (markdown with the Hugging Face front matter) of a config and what is known about it."""
     from revit import __version__
 
     macs, params = counting.macs(cfg), counting.params(cfg)
-    prediction, why_not = None, None
-    if table is not None:
-        try:
-            prediction = table.predict(cfg)
-        except RevitError as e:  # outside the measured range, another token count
-            why_not = e.message
+    prediction, why_not = _predict(table, cfg) if table is not None else (None, None)
     title = card.title or cfg.name or f"ReViT ({_fmt(macs)} MACs)"
     front = ["---", "library_name: timm", f"license: {card.license}", "pipeline_tag: image-classification",
              "tags:", "- image-classification", "- timm", "- revit", "- vision-transformer"]
@@ -172,26 +199,28 @@ def render_card(cfg: ViTConfig, card: ModelCard, *, table: Any = None, plot: str
               f"- **MACs, linear layers only:** {_fmt(counting.macs(cfg, 'timm'))} ({counting.CONVENTIONS['timm']})"]
     if prediction is not None:
         lines.append(f"- **Predicted latency:** {_ms(prediction.total_s)} per batch of {prediction.batch_size} "
-                     f"({_ms(prediction.per_image_s)} per image)"
+                     f"({_ms(prediction.total_s / prediction.batch_size)} per image)"
                      f"{'' if prediction.fixed_known else ', blocks only (the table has no fixed parts)'}")
+    per_block = prediction.per_block_s if prediction is not None else None
     lines += ["", "## Per-block widths", "",
               "QK and V widths are per head; MACs and params per block" + (", latency per block from the table"
-                                                                           if prediction is not None else "") + ".",
+                                                                           if per_block else "") + ".",
               ""]
-    head = "| block | heads | qk/head | v/head | mlp | MACs | params |" + (" latency |" if prediction else "")
+    head = "| block | heads | qk/head | v/head | mlp | MACs | params |" + (" latency |" if per_block else "")
     lines += [head, "|" + "---:|" * (head.count("|") - 1)]
     for i, b in enumerate(cfg.blocks):
         row = (f"| {i} | {b.heads} | {b.qk_dim} | {b.v_dim} | {b.mlp_dim} | "
                f"{_fmt(counting.block_macs(cfg.embed_dim, b, cfg.tokens))} | "
                f"{_fmt(counting.block_params(cfg.embed_dim, b, cfg.qkv_bias))} |")
-        if prediction is not None:
-            row += f" {_ms(prediction.per_block_s[i])} |"
+        if per_block:
+            row += f" {_ms(per_block[i])} |"
         lines.append(row)
     if table is not None:
         lines += ["", "## Latency table", ""]
         source = getattr(table, "source", None)
         name = Path(source).name if source else "(in memory)"
-        lines.append(f"- **Table:** `{name}`: {table.summary()}")
+        summary = table.summary() if hasattr(table, "summary") else type(table).__name__
+        lines.append(f"- **Table:** `{name}`: {summary}")
         if prediction is None:
             lines.append(f"- no prediction: {why_not}")
         elif prediction.note:
@@ -219,4 +248,4 @@ def render_card(cfg: ViTConfig, card: ModelCard, *, table: Any = None, plot: str
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["HUB_DIR", "ModelCard", "load_pretrained", "render_card", "save_pretrained"]
+__all__ = ["HUB_DIR", "ModelCard", "check_model_folder", "load_pretrained", "render_card", "save_pretrained"]

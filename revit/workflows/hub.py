@@ -25,13 +25,15 @@ def save_model(source: str | os.PathLike[str], out: str | os.PathLike[str], *, c
     preset name or a ViT-config YAML (with ``checkpoint`` weights, else a random init, said in the card).
     """
     from revit.models import build_model
-    from revit.models.hub import save_pretrained
+    from revit.models.hub import check_model_folder, save_pretrained
     from revit.presets import resolve_config
 
+    check_model_folder(out, overwrite)  # before anything is built
     src = Path(source)
     if src.is_dir():
         if checkpoint:
-            raise ConfigError(f"{src} is a run folder: it gives its own weights (no --checkpoint)")
+            raise ConfigError(f"{src} is a folder: a run folder gives its own weights; --checkpoint is for a name or "
+                              "a config YAML")
         model, run_card = _from_run(src, use_ema)
         return save_pretrained(model, out, card=card or run_card, table=table, overwrite=overwrite)
     cfg = resolve_config(str(source))
