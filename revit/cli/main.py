@@ -126,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # a usage error (one line, 2) or --help/--version (0): returned, as every other exit
         return _flushed(e.code if isinstance(e.code, int) else 2)
+    except BrokenPipeError:  # --help or --version into a pipe already closed
+        _silence_stdout()
+        return SIGPIPE_EXIT
     verbosity = getattr(args, "log_verbose", 0) - getattr(args, "log_quiet", 0)
     if verbosity < 0 and hasattr(args, "no_progress"):
         args.no_progress = True  # -q: no progress bars either
