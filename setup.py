@@ -14,5 +14,5 @@ SHIPPED = {k: v for k, v in {"rules": ["*.yaml"], "search": ["*.yaml"], "latency
 setup(
     packages=find_packages(include=["revit", "revit.*"]) + [f"revit._shipped.{k}" for k in SHIPPED],
     package_dir={f"revit._shipped.{k}": k for k in SHIPPED},
-    package_data={f"revit._shipped.{k}": v for k, v in SHIPPED.items()},
+    package_data={"revit": ["py.typed"], **{f"revit._shipped.{k}": v for k, v in SHIPPED.items()}},
 )

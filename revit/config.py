@@ -81,6 +81,19 @@ class Granularity:
         return cls.PRESETS["micro" if img_size <= AUTO_MICRO_MAX_IMG else "standard"]
 
     @classmethod
+    def for_widths(cls, embed_dim: int, blocks: Sequence[BlockDims]) -> Granularity:
+        """What ``auto`` means for a model: its widths decide, not its image size.
+
+        ``standard`` when the model is wide enough for NViT's steps (embedding and MLP at least 8 standard
+        steps, 128; QK and V per head at least 4, 32: a DeiT-Tiny keeps 8-wide QK steps at any image size),
+        else ``micro`` (the embedded 96-wide default and smaller test models).
+        """
+        std = cls.PRESETS["standard"]
+        wide = (embed_dim >= 8 * std.embed_dim and max(b.mlp_dim for b in blocks) >= 8 * std.mlp_dim
+                and max(b.qk_dim for b in blocks) >= 4 * std.qk_dim and max(b.v_dim for b in blocks) >= 4 * std.v_dim)
+        return std if wide else cls.PRESETS["micro"]
+
+    @classmethod
     def parse(cls, spec: Any, img_size: int) -> Granularity:
         """``auto``/None, a preset name, ``"E,H,Q,V,M"``, a mapping of the five widths, or a Granularity.
 

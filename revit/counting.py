@@ -93,6 +93,13 @@ def format_count(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
+def format_spread(mean: float, std: float | None, n: int, fmt: str = "{:.2f}", unit: str = "") -> str:
+    """``mean ± std unit (n = N)``, or ``mean unit (n = 1)`` when there is one value and so no spread."""
+    if n <= 1 or std is None:
+        return f"{fmt.format(mean)}{unit} (n = {n})"
+    return f"{fmt.format(mean)} ± {fmt.format(std)}{unit} (n = {n})"
+
+
 def parse_count(text: str) -> int:
     """Parse ``4.6G``, ``150M``, ``2e9`` or ``1200K`` into an integer."""
     t = str(text).strip()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from revit.runtime import (
 
 __all__ = ["GlobalBatchSampler", "TrainConfig", "TrainResult", "dist_info", "distillation_loss", "evaluate",
            "init_distributed", "load_checkpoint_state", "loader", "make_optimizer", "size", "to_cpu", "train"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -386,7 +389,7 @@ def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
                 t.save(out, epoch, record)
             if progress:
                 msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-                print(msg, flush=True)
+                log.info("%s", msg)
         if on_epoch is not None:
             on_epoch(record)
     if t.two_heads:

@@ -376,6 +376,12 @@ case("build-batch-huge", "latency build --preset micro --out t.json --batch 1000
 case("train-threads-dashdash", f"{TRAIN} --threads=--", "--threads")  # argparse alone would store []
 case("prune-eta-dashdash", f"{PRUNE} --eta=--", "--eta")
 case("prune-latency-no-table", "prune --model revit_micro --target-latency 0.5 --out run", "--table")
+case("save-out-other-folder", "model save micro.yaml --out folder", "folder")
+case("save-out-file", "model save micro.yaml --out existing.txt", "existing.txt")
+case("save-no-run", "model save folder --out m", "folder")
+case("save-missing-config", "model save nope.yaml --out m", "nope.yaml")
+case("save-missing-table", "model save micro.yaml --out m --table nope.json", "nope.json")
+case("save-run-with-checkpoint", "model save folder --checkpoint w.safetensors --out m", "--checkpoint")
 
 CASE_IDS = [c.id for c in CASES]
 assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"

@@ -28,4 +28,5 @@ def test_wheel_contains_shipped_data(tmp_path):
         for f in (ROOT / kind).glob(pattern):
             assert f"revit/_shipped/{kind}/{f.name}" in names, f
     assert "revit/cli/main.py" in names and "revit/models/vit.py" in names
+    assert "revit/py.typed" in names  # PEP 561: mypy on user code sees revit's types
     assert any(n.endswith("entry_points.txt") for n in names)

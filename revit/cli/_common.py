@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
@@ -24,9 +25,18 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+log = logging.getLogger("revit.cli")
+
+
 def info(msg: str) -> None:
-    """A human line for stderr (summaries, progress notes), keeping stdout for data."""
-    print(msg, file=sys.stderr)
+    """A human line (summaries, progress notes) logged at INFO: stderr in the CLI, hidden by ``-q``;
+    stdout keeps the command's result alone."""
+    log.info("%s", msg)
+
+
+def warn(msg: str) -> None:
+    """A line about a possible mistake, logged as a warning (``revit: warning: ...`` on stderr)."""
+    log.warning("%s", msg)
 
 
 def setup_logging(level: int) -> None:

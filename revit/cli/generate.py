@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:  # written before anything is printed: a failed write is the only line on stderr
         result.config.save(args.out, derived=counting.derived(result.config))
     for note in notes:
-        info(f"revit: note: {note}")
+        info(f"note: {note}")
     info(result.summary())
     if args.out:
         info(f"wrote {args.out}")

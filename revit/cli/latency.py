@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info, print_json
+from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
 from revit.errors import ConfigError
 from revit.validation import check_output_file, count, non_negative, number
 
@@ -159,7 +159,7 @@ def _query(a: argparse.Namespace) -> int:
     savings = [table.marginal_savings(cfg, i, extrapolate=a.extrapolate) for i in range(cfg.depth)] \
         if a.savings else None
     if a.json:
-        out: dict[str, Any] = {"table": a.table, "model": a.model, **pred.to_dict()}
+        out: dict[str, Any] = {"table": table.source, "model": a.model, **pred.to_dict()}
         if savings is not None:
             out["marginal_savings_s"] = savings
         text = json.dumps(out, indent=2) + "\n"
@@ -185,10 +185,11 @@ def _query_lines(table: Any, cfg: Any, model: str, pred: Any, savings: list[dict
     for i, (b, s) in enumerate(zip(cfg.blocks, pred.per_block_s, strict=True)):
         line = f"  block {i:2d}: heads {b.heads:3d} qk {b.qk_dim:3d} v {b.v_dim:3d} mlp {b.mlp_dim:5d}  {_ms(s)}"
         if savings is not None:
-            line += "  saving/unit: " + " ".join(f"{k} {v:.3g}s" for k, v in savings[i].items() if k != "embed_dim")
+            line += "  saving/unit: " + " ".join(f"{k} {v * 1e3:.3g} ms" for k, v in savings[i].items()
+                                                 if k != "embed_dim")
         lines.append(line)
     if savings is not None:
-        lines.append(f"  embed_dim saving/unit (all blocks): {savings[0]['embed_dim']:.3g}s  "
+        lines.append(f"  embed_dim saving/unit (all blocks): {savings[0]['embed_dim'] * 1e3:.3g} ms  "
                      "(negative savings clipped at 0)")
     return lines
 
@@ -202,20 +203,22 @@ def _validate(a: argparse.Namespace) -> int:
     backend = backend_for_table(table)
     here = backend.info()
     if here["device"] != m["device"] or here["backend_version"] != m["backend_version"]:
-        info(f"warning: table measured on {m['device']} / {m['backend']} {m['backend_version']}, "
+        warn(f"table measured on {m['device']} / {m['backend']} {m['backend_version']}, "
              f"validating on {here['device']} / {here['backend_version']}")
     r = validate(table, backend, a.samples, seed=a.seed, noise_k=a.noise_k, model_source=a.model_source,
                  progress=not a.no_progress)
     if a.json:
         print_json(r.to_dict())
         return 0
-    print(f"table: {table.summary()}")
+    lines = [f"table: {table.summary()}"]
     for c, p, me in zip(r.configs, r.predicted, r.measured, strict=True):
-        print(f"  embed {c.embed_dim:4d}  predicted {_ms(p)}  measured {_ms(me)}  error {(p - me) / me:+.1%}")
+        lines.append(f"  embed {c.embed_dim:4d}  predicted {_ms(p)}  measured {_ms(me)}  error {(p - me) / me:+.1%}")
     floor = "n/a" if r.noise_floor is None else f"{r.noise_floor:.2%}"
-    print(f"{len(r.configs)} configs: MAPE {r.mape:.2%}, worst {r.worst:.2%}, bias {r.bias:+.2%}; "
-          f"noise floor (one config x {len(r.noise_measurements)}) {floor}")
+    lines.append(f"{len(r.configs)} configs: MAPE {r.mape:.2%}, worst {r.worst:.2%}, bias {r.bias:+.2%}; "
+                 f"noise floor (one config x {len(r.noise_measurements)}) {floor}")
     if r.normalised:
         raw_floor = "n/a" if r.raw_noise_floor is None else f"{r.raw_noise_floor:.2%}"
-        print(f"(load-normalised by the table's reference block; raw: MAPE {r.raw_mape:.2%}, noise floor {raw_floor})")
+        lines.append(f"(load-normalised by the table's reference block; raw: MAPE {r.raw_mape:.2%}, "
+                     f"noise floor {raw_floor})")
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
     return 0

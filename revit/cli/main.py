@@ -9,20 +9,32 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from revit import __version__
+from revit import __version__, logs
 from revit.errors import RevitError
+
+log = logging.getLogger(__name__)
 
 # command modules, in the order they appear in --help
 COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "search", "demo")
+OPTUNA_COMMANDS = ("search",)  # commands that run Optuna studies: Optuna's own logger follows -v/-q
+VERSION_PACKAGES = ("torch", "timm", "optuna", "onnxruntime")  # listed by --version (read without importing)
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away (``| head``)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 2 and one line on bad usage, prefixed ``revit: error:`` as every error."""
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self.children = action  # the sub-commands, to add -q/-v to every parser (see _add_verbosity)
+        return action
 
     def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
         # argparse drops a lone "--" value (``--threads=--``) and stores [] without calling ``type``
@@ -52,11 +64,60 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  revit generate --rule paper --macs 4.6G --distilled > revit_s.yaml\n"
         "  revit model info revit_s.yaml",
     )
-    parser.add_argument("--version", action="version", version=f"revit {__version__}")
+    parser.add_argument("--version", action=_Version,
+                        help="show the versions of revit and its main dependencies, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"revit.cli.{name}").register(sub)
+    _add_verbosity(parser, top=True)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``-q/--quiet`` and ``-v/--verbose`` (counted) on ``parser`` and every sub-command below it.
+
+    On the top-level parser they default to 0; below, they are only set when given (a sub-command's
+    own count replaces the top-level one).  A sub-command that already has ``--quiet`` keeps its own.
+    """
+    default = 0 if top else argparse.SUPPRESS
+    for flags, dest, what in ((("-q", "--quiet"), "log_quiet", "fewer messages on stderr (-qq: errors only)"),
+                              (("-v", "--verbose"), "log_verbose", "more messages on stderr (debug lines, Optuna's)")):
+        for names in (flags, flags[:1], flags[1:]):  # a sub-command's own option of a name keeps that name
+            try:
+                parser.add_argument(*names, dest=dest, action="count", default=default, help=what)
+                break
+            except argparse.ArgumentError:
+                continue
+    children = getattr(parser, "children", None)
+    for child in (children.choices.values() if children is not None else ()):
+        _add_verbosity(child)
+
+
+class _Version(argparse.Action):
+    """``--version``: revit's version and those of its main dependencies, read from their metadata
+    (nothing is imported, so it answers at once)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        sys.stdout.write(version_text())
+        parser.exit(0)
+
+
+def version_text() -> str:
+    """``revit X`` and one ``name version`` line per dependency (``not installed`` when missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = [f"revit {__version__}"]
+    for name in VERSION_PACKAGES:
+        try:
+            lines.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            lines.append(f"{name} not installed")
+    lines.append(f"python {sys.version.split()[0]}")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,17 +125,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # a usage error (one line, 2) or --help/--version (0): returned, as every other exit
-        return e.code if isinstance(e.code, int) else 2
+        return _flushed(e.code if isinstance(e.code, int) else 2)
+    except BrokenPipeError:  # --help or --version into a pipe already closed
+        _silence_stdout()
+        return SIGPIPE_EXIT
+    verbosity = getattr(args, "log_verbose", 0) - getattr(args, "log_quiet", 0)
+    if verbosity < 0 and hasattr(args, "no_progress"):
+        args.no_progress = True  # -q: no progress bars either
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
     clean = False
     try:
-        rc = args.func(args)
+        with logs.cli_session(verbosity):
+            if args.command in OPTUNA_COMMANDS:
+                logs.configure_optuna()
+            rc = args.func(args)
+            sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit
         clean = True
     except RevitError as e:
         print(f"revit: error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``revit ... | head``): end quietly, as a shell tool does
+        _silence_stdout()
+        return SIGPIPE_EXIT
     except OSError as e:  # an output on a read-only or full disk, a folder given as a file: one line
         from revit.validation import OUTPUT_ERRNOS, output_error
 
@@ -88,6 +162,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _end_process_group(clean)
     return int(rc or 0)
+
+
+def _flushed(code: int) -> int:
+    """``code``, after flushing stdout (``--help`` or ``--version`` into a closed pipe ends quietly too)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return SIGPIPE_EXIT
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's own flush at exit does not report the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor (a test's captured stdout): nothing to silence
+        pass
 
 
 def _end_process_group(clean: bool) -> None:

@@ -34,6 +34,18 @@ def register(sub: Any) -> None:
                    help=f"example batch size, at most {MAX_EXPORT_BATCH} (the batch axis stays dynamic)")
     e.set_defaults(func=cmd_export)
 
+    s = add_command(msub, "save", "write a model in timm's hub format (config.json, model.safetensors, README.md "
+                    "model card) that timm.create_model('local-dir:DIR', pretrained=True) rebuilds",
+                    "revit model save runs/micro-prune --out hub/micro-pruned --table cpu_onnxruntime_fp32_bs64_t17\n"
+                    "  revit model save pruned.yaml --checkpoint run/model.safetensors --out hub/pruned")
+    s.add_argument("model", help="a finished prune or train run folder, a registered name, or a ViT-config YAML")
+    s.add_argument("--out", required=True, help="folder to write (a model folder; replaced only with --overwrite)")
+    s.add_argument("--checkpoint", help="weights for a name or config (.safetensors/.pth); default: random init")
+    s.add_argument("--use-ema", action="store_true", help="the EMA weights (of a train run or a timm checkpoint)")
+    s.add_argument("--table", help="latency table (file or shipped name): its predicted latency goes into the card")
+    add_overwrite_arg(s)
+    s.set_defaults(func=cmd_save)
+
     c = add_command(msub, "convert", "convert a local timm ViT/DeiT checkpoint into a revit config + weights",
                     "revit model convert deit_small_patch16_224 --checkpoint deit_s.pth --out runs/deit_s")
     c.add_argument("timm_name", help="timm architecture of the checkpoint (e.g. deit_tiny_distilled_patch16_224)")
@@ -100,6 +112,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     x = torch.randn(args.batch, cfg.in_chans, cfg.img_size, cfg.img_size)
     path = export_onnx(model, args.out, x)
     info(f"wrote {path} (input 'images' [batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}], output 'logits')")
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from revit.workflows.hub import save_model
+
+    table = None
+    if args.table:
+        from revit.latency.table import LatencyTable
+
+        table = LatencyTable.load(args.table)
+    out = save_model(args.model, args.out, checkpoint=args.checkpoint, use_ema=args.use_ema, table=table,
+                     overwrite=args.overwrite)
+    info(f"wrote {out}: config.json, model.safetensors and README.md (load with timm.create_model("
+         f"'local-dir:{out.resolve()}', pretrained=True) after import revit.models)")
     return 0
 
 

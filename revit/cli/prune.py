@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_data_args, add_run_folder_args, add_runtime_args, info
+from revit.cli._common import add_command, add_data_args, add_run_folder_args, add_runtime_args, info, print_json
 from revit.validation import check_output_dir, count, fraction, non_negative, number
 
 CRITERIA_NAMES = ("hessian", "nvit-code", "taylor", "magnitude", "random")
@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
     tgt.add_argument("--target-macs", type=fraction(), metavar="R", help="stop at R x the base MACs (0 < R < 1)")
     tgt.add_argument("--target-latency", type=fraction(),
                      metavar="R", help="stop at R x the base latency (needs --table)")
-    p.add_argument("--table", help="latency table (JSON) for --target-latency and the latency penalty")
+    p.add_argument("--table", help="latency table (a JSON file or a shipped table's name) for --target-latency and "
+                                   "the latency penalty")
     p.add_argument("--criterion", default="hessian", choices=CRITERIA_NAMES)
     p.add_argument("--epochs", type=number(0, lo_open=True), default=1.0,
                    help="budget: the removals are spread so the target is reached within this many epochs "
@@ -39,7 +40,9 @@ def register(sub: Any) -> None:
                            "fraction of the base cost per step")
     p.add_argument("--eta", type=number(0), default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
                                                          "weighs a median saliency; 0 = no penalty")
-    p.add_argument("--granularity", default="auto", help="auto, standard, micro, one, or E,H,QK,V,MLP steps")
+    p.add_argument("--granularity", default="auto",
+                   help="auto (from the model's widths: standard steps for DeiT-Tiny and wider, micro below), "
+                        "standard, micro, one, or E,H,QK,V,MLP steps")
     p.add_argument("--batch-size", type=count(), default=128, help="global batch (split across processes)")
     p.add_argument("--lr", type=number(0, lo_open=True),
                    default=1e-4, help="AdamW learning rate while pruning (constant)")
@@ -53,7 +56,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-steps", type=count(), default=10000,
                    help="give up (exit 2) after this many pruning steps without reaching the target")
     add_runtime_args(p, training=False)
-    add_run_folder_args(p, "trace.jsonl, pruned.yaml/.safetensors, metrics, plots", "state.pt", "no progress bar")
+    add_run_folder_args(p, "trace.jsonl, pruned.yaml/.safetensors, metrics, plots, hf/ (timm's hub format + card)",
+                        "state.pt", "no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object (run folder, config, metrics) on stdout")
     p.set_defaults(func=cmd_prune)
 
 
@@ -106,13 +111,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
              f"device {pruner.device}, amp {args.amp}")
     res = pruner.run()
     if pruner.rank == 0:
-        m = res.metrics
-        from revit.counting import format_count
+        from revit.models.hub import HUB_DIR
 
-        acc = " ".join(f"{k}={m[k]:.4f}" for k in ("val_accuracy", "test_accuracy") if k in m)
-        info(f"pruned in {res.steps} steps: MACs {format_count(m['base']['macs'])} -> "
-             f"{format_count(m['pruned']['macs'])} ({m['macs_ratio']:.3f}), params {format_count(m['base']['params'])}"
-             f" -> {format_count(m['pruned']['params'])}, {m['target']['kind']} ratio {m['cost_ratio']:.3f}; {acc}; "
-             f"absolute eta {m['eta_abs']}; dense vs masked max |diff| {m['dense_vs_masked_max_abs_diff']:.2e}")
-        info(f"wrote {args.out}/trace.jsonl, pruned.yaml, pruned.safetensors, metrics.json, plots/")
+        m = res.metrics
+        info(summary(res.steps, m))
+        info(f"wrote {args.out}/trace.jsonl, pruned.yaml, pruned.safetensors, metrics.json, plots/ and {HUB_DIR}/ "
+             "(timm's hub format with a model card)")
+        if args.json:
+            from pathlib import Path
+
+            print_json({"run": str(args.out), "hub": str(Path(args.out) / HUB_DIR), "config": res.config.to_dict(),
+                        "metrics": m})
     return 0
+
+
+def summary(steps: int, m: dict[str, Any]) -> str:
+    """The sentence that ends a pruning run: counts before and after, accuracy, the penalty weight used."""
+    from revit.counting import format_count
+
+    acc = "".join(f", {k.removesuffix('_accuracy')} top-1 {m[k]:.4f}" for k in ("val_accuracy", "test_accuracy")
+                  if k in m)
+    lat = f", latency {m['cost_ratio']:.3f} of the base" if m["target"]["kind"] == "latency" else ""
+    unit = {"macs": "MAC", "latency": "second"}.get(str(m.get("penalty")), "unit of cost")
+    eta = f"; penalty weight {m['eta_abs']:.3g} saliency per {unit} saved" if m.get("eta_abs") else ""
+    return (f"pruned in {steps} steps: MACs {format_count(m['base']['macs'])} -> {format_count(m['pruned']['macs'])} "
+            f"({m['macs_ratio']:.3f} of the base), params {format_count(m['base']['params'])} -> "
+            f"{format_count(m['pruned']['params'])}{lat}{acc}"
+            f"{eta}; dense and masked outputs differ by at most {m['dense_vs_masked_max_abs_diff']:.2e}")

@@ -106,7 +106,7 @@ def run_show(args: argparse.Namespace) -> int:
     for i, b in enumerate(g.config.blocks):
         print(f"#   block {i:2d}: heads {b.heads:3d}  qk {b.qk_dim:4d}  v {b.v_dim:4d}  mlp {b.mlp_dim:5d}")
     for note in g.notes:
-        info(f"revit: note: {note}")
+        info(f"note: {note}")
     return 0
 
 

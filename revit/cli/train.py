@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_data_args, add_run_folder_args, add_runtime_args, runtime_kwargs
+from revit.cli._common import (
+    add_command,
+    add_data_args,
+    add_run_folder_args,
+    add_runtime_args,
+    info,
+    print_json,
+    runtime_kwargs,
+)
 from revit.validation import check_output_dir, count, number
 
 
@@ -43,8 +51,9 @@ def register(sub: Any) -> None:
     p.add_argument("--distill-type", choices=("kl", "hard"),
                    help="kl: KL at --temperature; hard: CE on the teacher's argmax (DeiT); default: the recipe's")
     p.add_argument("--temperature", type=number(0, lo_open=True), default=1.0)
-    add_run_folder_args(p, "checkpoint, log.jsonl, model.safetensors, metrics", "checkpoint.pt",
-                        "no progress bar and no per-epoch lines")
+    add_run_folder_args(p, "checkpoint, log.jsonl, model.safetensors, metrics, hf/ (timm's hub format + card)",
+                        "checkpoint.pt", "no progress bar and no per-epoch lines")
+    p.add_argument("--json", action="store_true", help="print one JSON object (run folder, metrics) on stdout")
     p.set_defaults(func=cmd_train)
 
 
@@ -64,9 +73,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, distill_weight=args.distill_weight if args.teacher else 0.0,
         distill_temperature=args.temperature, distill_type=args.distill_type, mixup=args.mixup, cutmix=args.cutmix,
         model_ema=args.model_ema, model_ema_decay=args.model_ema_decay, **runtime_kwargs(args))
-    run_training(cfg, data_spec_from_args(args, cfg.img_size), tc, args.out, init=args.init,
-                 teacher=args.teacher, teacher_weights=args.teacher_weights, resume=args.resume,
-                 overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress)
+    from pathlib import Path
+
+    from revit.models.hub import HUB_DIR
+    from revit.train import dist_info
+
+    metrics = run_training(cfg, data_spec_from_args(args, cfg.img_size), tc, args.out, init=args.init,
+                           teacher=args.teacher, teacher_weights=args.teacher_weights, resume=args.resume,
+                           overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress)
+    if dist_info()[0] == 0:
+        info(f"wrote {args.out}/model.safetensors, metrics.json and {HUB_DIR}/ (timm's hub format with a model card)")
+        if args.json:
+            print_json({"run": str(args.out), "hub": str(Path(args.out) / HUB_DIR), "metrics": metrics})
     return 0
 
 

@@ -59,7 +59,8 @@ def resolve_table(name_or_path: str | os.PathLike[str]) -> Path:
         if cand.is_file():
             return cand
     known = ", ".join(sorted(q.name for q in shipped.glob("*.json"))) or "none"
-    raise FileFormatError(f"{name_or_path}: no such latency table (shipped: {known})")
+    raise FileFormatError(f"{name_or_path}: no such file, and no shipped latency table of that name (shipped: "
+                          f"{known})")
 
 
 @dataclass(frozen=True)
@@ -344,8 +345,10 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
-        """Read a table; a truncated, corrupted or foreign file gives a one-line FileFormatError."""
-        return cls.from_dict(load_json(path), str(path))
+        """Read a table (a path, or a shipped table's name such as ``cpu_onnxruntime_fp32_bs64_t17``); a
+        missing, truncated, corrupted or foreign file gives a one-line FileFormatError."""
+        found = resolve_table(path)
+        return cls.from_dict(load_json(found), str(found))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file + rename)."""

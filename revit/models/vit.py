@@ -10,8 +10,8 @@ by timm's ``build_model_with_cfg`` from a :class:`~revit.config.ViTConfig`, with
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -26,6 +26,8 @@ from revit.errors import CheckpointError, ConfigError
 from revit.models.checkpoint import load_checkpoint
 from revit.models.layers import Block, PerBlock
 from revit.presets import PRESETS
+
+log = logging.getLogger(__name__)
 
 # Fashion-MNIST's statistics (revit.data.datasets normalises with the same numbers)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -108,6 +110,20 @@ class ReViT(VisionTransformer):
         )
         self._revit_config = c
 
+    # timm records a model's construction arguments in ``_model_args`` (timm's ``create_model`` sets it,
+    # ``timm.models.get_model_args`` and ``save_for_hf`` read it into config.json's ``model_args``).  A
+    # ReViT's architecture is its config, which a path or a ViTConfig object would not carry into a JSON
+    # file and which pruning changes: so the recorded ``config`` is always the current config, as a dict.
+    @property
+    def _model_args(self) -> dict[str, Any]:
+        args = dict(self.__dict__.get("_revit_model_args", {}))
+        args["config"] = self.config.to_dict()
+        return args
+
+    @_model_args.setter
+    def _model_args(self, value: Mapping[str, Any]) -> None:
+        self.__dict__["_revit_model_args"] = dict(value)
+
     @property
     def config(self) -> ViTConfig:
         """The config of the model as it is now (after ``reset_classifier``, ``set_input_size``, pruning)."""
@@ -140,16 +156,39 @@ def pretrained_cfg(cfg: ViTConfig, **overrides: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({name: pretrained_cfg(make()) for name, make in PRESETS.items()})
+default_cfgs = generate_default_cfgs({
+    **{name: pretrained_cfg(make()) for name, make in PRESETS.items()},
+    "revit": pretrained_cfg(PRESETS["revit_deit_small_patch16_224"](), description="ReViT of any config (config=)"),
+})
 _SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id")
+
+
+def architecture_name(cfg: ViTConfig) -> str:
+    """The registered name that describes ``cfg``: the preset it equals (widths and setting), else ``revit``."""
+    return next((name for name, make in PRESETS.items() if make() == cfg), "revit")
+
+
+def describe(cfg: ViTConfig) -> str:
+    """One line saying what a model is (timm's ``pretrained_cfg['description']``)."""
+    from revit import counting
+
+    widths = "uniform blocks" if cfg.is_uniform() else "per-block widths"
+    return (f"ReViT{' ' + cfg.name if cfg.name else ''}: {cfg.depth} blocks, embed {cfg.embed_dim}, {widths}, "
+            f"{cfg.img_size} px / patch {cfg.patch_size}, {cfg.in_chans} channel(s), {cfg.num_classes} classes"
+            f"{', distilled' if cfg.distilled else ''}; {counting.format_count(counting.macs(cfg))} MACs, "
+            f"{counting.format_count(counting.params(cfg))} params")
 
 
 def _create(variant: str | None, pretrained: bool = False, *, config: Any = None, **kwargs: Any) -> ReViT:
     """Build through timm's ``build_model_with_cfg`` (pretrained cfg, weights, ``features_only``)."""
+    if config is None and variant not in PRESETS:
+        raise ConfigError("timm.create_model('revit') needs config=: a ViTConfig, its dict, a YAML path or a "
+                          "preset name")
     cfg = as_config(config) if config is not None else PRESETS[variant]()  # type: ignore[index]
-    if (variant is None or config is not None) and not kwargs.get("pretrained_cfg"):
-        # a config of its own: its pretrained cfg follows the config, not a preset
-        kwargs["pretrained_cfg"] = pretrained_cfg(cfg, architecture=variant or cfg.name or "revit")
+    arch = variant if config is None else architecture_name(cfg)
+    if config is not None and not kwargs.get("pretrained_cfg"):
+        # a config of its own: its pretrained cfg follows the config and names what it is, not the entrypoint
+        kwargs["pretrained_cfg"] = pretrained_cfg(cfg, architecture=arch, description=describe(cfg))
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and not any(overlay.get(k) for k in _SOURCE_KEYS) \
             and not any((kwargs.get("pretrained_cfg") or {}).get(k) for k in _SOURCE_KEYS):
@@ -157,7 +196,7 @@ def _create(variant: str | None, pretrained: bool = False, *, config: Any = None
                               "checkpoint_path=FILE or pretrained_cfg_overlay=dict(file=FILE)")
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
-        ReViTDistilled if cfg.distilled else ReViT, variant or cfg.name or "revit", pretrained,
+        ReViTDistilled if cfg.distilled else ReViT, arch or "revit", pretrained,
         model_cfg=cfg, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
     )
@@ -169,7 +208,7 @@ def build_model(cfg: ViTConfig | Mapping[str, Any] | str | os.PathLike[str], *,
 
     ``kwargs`` are timm factory arguments (``drop_path_rate``, ``num_classes``, ``device``, ...).
     A timm ``train.py`` checkpoint gives its plain weights unless ``use_ema``; when it holds both,
-    the choice is printed to stderr.
+    the choice is logged (INFO).
     """
     from revit import counting
 
@@ -179,7 +218,7 @@ def build_model(cfg: ViTConfig | Mapping[str, Any] | str | os.PathLike[str], *,
     if checkpoint is not None:
         note = load_checkpoint(model, checkpoint, use_ema)
         if "EMA" in note:
-            print(note, file=sys.stderr)
+            log.info(note)
     return model
 
 
@@ -193,7 +232,17 @@ def _make_entrypoint(name: str) -> Any:
     return entrypoint
 
 
-__all__ = ["ReViT", "ReViTDistilled", "as_config", "build_model", "count_params", "pretrained_cfg"]
+__all__ = ["ReViT", "ReViTDistilled", "architecture_name", "as_config", "build_model", "count_params",
+           "describe", "pretrained_cfg"]
+
+
+@register_model
+def revit(pretrained: bool = False, **kwargs: Any) -> ReViT:
+    """A ReViT of any config: ``timm.create_model('revit', config=CFG)`` with CFG a :class:`ViTConfig`, its
+    dict, a YAML path or a preset name (the neutral architecture of pruned and generated models)."""
+    return _create("revit", pretrained, **kwargs)
+
+
 for _name in PRESETS:  # register_model adds each name to __all__
     globals()[_name] = register_model(_make_entrypoint(_name))
 

@@ -17,8 +17,10 @@ user's optimizer stays valid; under DDP rank 0 decides and broadcasts.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +38,8 @@ from revit.prune.policy import Schedule, choose
 from revit.prune.structure import Structure, derive_structure
 from revit.runtime import dist_info
 from revit.trace import SCHEMA, Trace, TraceStep
+
+log = logging.getLogger(__name__)
 
 
 def as_revit(model: nn.Module) -> nn.Module:
@@ -57,6 +61,10 @@ class GlobalPruner:
     table's latency when ``table`` is given, else MACs).  ``total_steps`` spreads the removals so the
     target is reached by then; ``interval`` with ``per_step`` or ``step_fraction`` is NViT's fixed
     schedule instead.  ``evaluator(model) -> accuracy`` is called after every pruning step.
+
+    A revit model is pruned in place (``pruner.model is model``).  A timm ViT/DeiT is converted into an
+    equivalent revit model first (logged as a warning): train ``pruner.model``, not the object passed.
+    ``granularity="auto"`` follows the model's widths (:meth:`Granularity.for_widths`).
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor | None = None, *,
@@ -69,6 +77,12 @@ class GlobalPruner:
                  cuda_graphs: bool | None = None) -> None:
         self.model = as_revit(model)
         self.base: ViTConfig = self.model.config  # type: ignore[assignment]
+        # the timm model the user passed, when it was converted: accumulate() names the mistake of training it
+        self._passed: weakref.ReferenceType[nn.Module] | None = None
+        if self.model is not model:
+            self._passed = weakref.ref(model)
+            log.warning("GlobalPruner converted the %s into a revit model (same outputs): train pruner.model, "
+                        "not the model you passed, which is left unpruned", type(model).__name__)
         self.rank, self.world = dist_info()
         self._check_numbers(target_macs=target_macs, target_latency=target_latency, eta=eta, ema=ema)
         if (target_macs is None) == (target_latency is None):
@@ -82,7 +96,9 @@ class GlobalPruner:
         self.cost: CostModel = latency if target_latency is not None and latency is not None else MacsCost()
         self.ratio = float(target_latency if target_latency is not None else target_macs)  # type: ignore[arg-type]
         self.eta, self.seed = eta, seed
-        self.unit = Granularity.parse(granularity, self.base.img_size).to_dict()
+        gran = Granularity.for_widths(self.base.embed_dim, self.base.blocks) if granularity in (None, "auto") \
+            else Granularity.parse(granularity, self.base.img_size)
+        self.unit = gran.to_dict()
         self.minimum = self._minimum()
         for m in (self.cost, self.penalty):
             try:
@@ -183,11 +199,19 @@ class GlobalPruner:
             params = dict(self.model.named_parameters())
             grads = {k: p.grad for k, p in params.items() if p.grad is not None}
             if self.criterion.needs_grad and not grads:
-                raise ConfigError("accumulate() found no gradients: call it after loss.backward()")
+                raise ConfigError(self._no_grads_message())
             self._score(params, grads)
         if loss is not None:  # a tensor loss is summed on its device: no sync per call
             self._loss[0] = self._loss[0] + (loss.detach().double() if isinstance(loss, torch.Tensor) else float(loss))
             self._loss[1] += 1
+
+    def _no_grads_message(self) -> str:
+        passed = self._passed() if self._passed is not None else None
+        if passed is not None and any(p.grad is not None for p in passed.parameters()):
+            return (f"accumulate() found no gradients in pruner.model, but the {type(passed).__name__} passed to "
+                    "GlobalPruner has some: it was converted into a new revit model, so train pruner.model "
+                    "(net = pruner.model; forward, loss and optimizer on net)")
+        return "accumulate() found no gradients: call it after loss.backward()"
 
     def step(self) -> bool:
         """Re-apply the masks; prune when the schedule says so.  Returns whether units were removed."""

@@ -349,9 +349,12 @@ class PruneRun:
         p = self.pruner
         cfg = p.current_config()
         left = f"/{p.schedule.prune_steps}" if p.schedule.prune_steps else ""
-        lat = f" latency {p.latency.format(p.latency.cost(cfg))}" if p.latency is not None else ""
-        return (f"step {p.steps}{left} {p.cost.name} {p.cost.format(p.cost.cost(cfg))} -> target "
-                f"{p.cost.format(p.target_cost)}{lat} MACs {counting.format_count(counting.macs(cfg))} loss {loss:.3f}")
+        parts = [f"step {p.steps}{left}: {p.cost.format(p.cost.cost(cfg))}, target {p.cost.format(p.target_cost)}"]
+        if p.cost.name != "macs":
+            parts.append(f"{counting.format_count(counting.macs(cfg))} MACs")
+        if p.latency is not None and p.latency is not p.cost:
+            parts.append(f"latency {p.latency.format(p.latency.cost(cfg))}")
+        return ", ".join([*parts, f"loss {loss:.3f}"])
 
     def _after_prune_step(self) -> None:
         self.finished = self.pruner.done
@@ -395,6 +398,11 @@ class PruneRun:
             save_atomic(self.out / "pruned.safetensors", lambda tmp: save_file(sd, str(tmp)))
             plot_trace(self.trace_path, self.out / "plots")
             atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
+            from revit.models.hub import HUB_DIR, save_pretrained
+            from revit.prune.card import prune_card
+
+            save_pretrained(dense, self.out / HUB_DIR, card=prune_card(self.out, metrics, self.base),
+                            table=getattr(p.latency, "table", None), overwrite=True)  # timm's hub format + card
             self.claim.finish()
         return PruneResult(model=dense, config=cfg, metrics=metrics, steps=p.steps)
 

@@ -142,9 +142,10 @@ def _name(rule: Rule, embed_dim: int, name: str | None) -> str:
     return name or f"{rule.name}_e{embed_dim}"
 
 
-def apply_rule(rule: Rule, embed_dim: int, setting: Setting = Setting(), *, granularity: Any = None,
+def apply_rule(rule: Rule | str, embed_dim: int, setting: Setting | str = Setting(), *, granularity: Any = None,
                mlp_factor: float = 1.0, name: str | None = None) -> Generated:
-    """The rule evaluated exactly at ``embed_dim`` (and ``mlp_factor``) in ``setting``."""
+    """The rule evaluated exactly at ``embed_dim`` (and ``mlp_factor``) in ``setting`` (names as :func:`generate`)."""
+    rule, setting = as_rule(rule), as_setting(setting)
     if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
         raise ConfigError(f"embed_dim must be a positive integer, got {embed_dim!r}")
     if not mlp_factor > 0:
@@ -231,13 +232,46 @@ class _Search:
         return best, self.cost(e, best)
 
 
-def generate(rule: Rule, budget: Budget, setting: Setting = Setting(), *, granularity: Any = None,
-             space: SearchSpace = SearchSpace(), name: str | None = None) -> Generated:
+def as_rule(rule: Rule | str) -> Rule:
+    """A :class:`Rule`, or one by name as the CLI's ``--rule`` takes it (``paper``, ``uniform``, a YAML path)."""
+    from revit.rules.rule import load_rule
+
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, str):
+        return load_rule(rule)
+    raise ConfigError(f"rule must be a Rule or a rule name/path such as 'paper', got {type(rule).__name__}")
+
+
+def as_budget(budget: Budget | str | float) -> Budget:
+    """A :class:`Budget`, or a MACs budget as the CLI's ``--macs`` takes it (``1.3G``, ``150M``, a number)."""
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, str) or (isinstance(budget, int | float) and not isinstance(budget, bool)):
+        return macs_budget(budget)
+    raise ConfigError(f"budget must be a Budget or a MACs count such as '1.3G', got {type(budget).__name__} (for a "
+                      "latency budget use latency_budget(seconds, table))")
+
+
+def as_setting(setting: Setting | str) -> Setting:
+    """A :class:`Setting`, or a named one as the CLI's ``--setting`` takes it (``imagenet``, ``micro``)."""
+    if isinstance(setting, Setting):
+        return setting
+    if isinstance(setting, str) and setting in Setting.PRESETS:
+        return Setting.PRESETS[setting]
+    raise ConfigError(f"setting must be a Setting or one of {', '.join(sorted(Setting.PRESETS))}, got {setting!r}")
+
+
+def generate(rule: Rule | str, budget: Budget | str | float, setting: Setting | str = Setting(), *,
+             granularity: Any = None, space: SearchSpace = SearchSpace(), name: str | None = None) -> Generated:
     """The rule's config whose cost is within ``space.tolerance`` of ``budget``.
 
-    Raises :class:`BudgetError` naming the limit when the budget is below the smallest or above
-    the largest legal config of the search space (or, rarely, falls in a gap of the rounding).
+    ``rule``, ``budget`` and ``setting`` may be given as the CLI takes them: ``generate('paper', '1.3G')``,
+    ``generate('paper', '150M', 'micro')``; anything else is a :class:`ConfigError`.  Raises
+    :class:`BudgetError` naming the limit when the budget is below the smallest or above the largest
+    legal config of the search space (or, rarely, falls in a gap of the rounding).
     """
+    rule, budget, setting = as_rule(rule), as_budget(budget), as_setting(setting)
     gran = rule.resolve_granularity(setting.img_size, granularity)
     s = _Search(rule, setting, gran, budget, space)
     i_lo, i_hi = _reachable(s)

@@ -194,5 +194,7 @@ def pm(ms: tuple[float, float], pct: bool = True, unit: str = "") -> str:
     m, s = ms
     if math.isnan(m):
         return "-"
+    from revit.counting import format_spread
+
     k = 100 if pct else 1
-    return f"{k * m:.2f}{unit} (n = 1)" if math.isnan(s) else f"{k * m:.2f} ± {k * s:.2f}{unit}"
+    return format_spread(k * m, None, 1, unit=unit) if math.isnan(s) else f"{k * m:.2f} ± {k * s:.2f}{unit}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -32,6 +33,8 @@ from typing import Any
 from revit import counting
 from revit._io import atomic_write_text, dump_yaml
 from revit.paths import shipped_dir
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "cpu_onnxruntime_fp32_bs64_t17.json"
 
@@ -107,7 +110,7 @@ def _data(plan: DemoPlan, train: int | None = None) -> Any:
 
 
 def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwrite: bool = False,
-             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> dict[str, Any]:
+             log: Callable[[str], None] = lambda m: logger.info("%s", m)) -> dict[str, Any]:
     """Run every stage into ``out``; return a summary (also written to ``out/report/summary.json``).
 
     ``out`` is a demo run folder (:mod:`revit.runs`): an unfinished demo continues, reusing its finished
@@ -120,11 +123,9 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
     from revit.runs import claim_run
 
     claim = claim_run(out, "demo", resume=True, overwrite=overwrite)
-    table_path = Path(plan.table_path())
-    if not table_path.is_file():
-        from revit.errors import ConfigError
+    from revit.latency.table import resolve_table
 
-        raise ConfigError(f"latency table {table_path}: no such file")
+    resolve_table(plan.table_path())  # a path or a shipped table's name; refused before the folder is begun
     root = Path(out)
     claim.begin()
     t_all = time.perf_counter()
@@ -405,10 +406,10 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
               f"- configs: {json.dumps(summary['configs'], default=str)}"]
     c = summary.get("study")
     if c:
-        from revit.search.results import pm
+        from revit.counting import format_spread
 
         def side(name: str, ms: Any, n: int) -> str:
-            return f"{name} test top-1 {pm(ms, unit='%')}" + (f" (n = {n})" if n > 1 else "")
+            return f"{name} test top-1 {format_spread(100 * ms[0], 100 * ms[1], n, unit='%')}"
 
         h = summary.get("study_headline")
         if h:

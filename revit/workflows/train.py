@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from revit.data import DataSpec
 from revit.errors import ConfigError
 from revit.recipes import TrainConfig
 
+log = logging.getLogger(__name__)
+
 
 def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
     """Write a state dict as safetensors, atomically (a full or read-only disk is one OutputError line)."""
@@ -23,6 +26,21 @@ def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
 
     with atomic_output(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
+def train_card(run_dir: str | os.PathLike[str], metrics: dict[str, Any], cfg: ViTConfig, data: str | None = None,
+               init: str | None = None) -> Any:
+    """The :class:`~revit.models.hub.ModelCard` of a training run from its ``metrics.json`` contents."""
+    from revit.models.hub import ModelCard
+
+    acc = {f"{k.removesuffix('_acc').replace('_acc_', ' ')} top-1": float(metrics[k])
+           for k in ("val_acc", "test_acc", "test_acc_ema") if metrics.get(k) is not None}
+    how = f"Fine-tuned from `{Path(init).name}`" if init else "Trained"
+    on = f" of {data}" if data else ""
+    return ModelCard(title=f"{cfg.name or 'ReViT'} trained{' on ' + data if data else ''}", dataset=data,
+                     accuracy=acc, training_run=Path(run_dir).name or str(run_dir), base=cfg.name,
+                     notes=(f"{how} by `revit train` for {metrics.get('epochs', '?')} epochs on "
+                            f"{metrics.get('train_images', '?')} images{on}.",))
 
 
 def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.PathLike[str], *,
@@ -83,9 +101,11 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
         if result.ema is not None:
             save_weights(result.ema, out / "model_ema.safetensors")
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+        from revit.models.hub import HUB_DIR, save_pretrained
+
+        save_pretrained(model, out / HUB_DIR, card=train_card(out, metrics, cfg, data.source, init), overwrite=True)
         claim.finish()
-        if progress:
-            print(f"test top-1 {test_acc:.4f}  ({size(splits.test)} images)  -> {out}", flush=True)
+        log.info("test top-1 %.4f (%d images) -> %s", test_acc, size(splits.test), out)
     return metrics
 
 
