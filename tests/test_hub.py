@@ -235,8 +235,8 @@ def test_cli_prune_json_and_model_save(tmp_path: Path, cli: Any) -> None:
 
 
 def test_guide_example_runs() -> None:
-    """docs/guide/hub-format.md's Python example, verbatim (it asserts equal outputs after the reload)."""
-    guide = ROOT / "docs" / "guide" / "hub-format.md"
+    """docs/guides/hub-format.md's Python example, verbatim (it asserts equal outputs after the reload)."""
+    guide = ROOT / "docs" / "guides" / "hub-format.md"
     m = re.search(r"<!-- example: hub-save -->\n```python\n(.*?)```", guide.read_text(), re.S)
     assert m, "the guide lost its example"
     ns: dict[str, Any] = {}

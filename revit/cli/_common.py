@@ -34,33 +34,17 @@ def info(msg: str) -> None:
     log.info("%s", msg)
 
 
+def outcome(msg: str) -> None:
+    """A command's closing line on stderr, shown even with ``-q`` (hidden by ``-qq``): how a long run ended."""
+    from revit.logs import verbosity
+
+    if verbosity() > -2:
+        print(msg, file=sys.stderr, flush=True)
+
+
 def warn(msg: str) -> None:
     """A line about a possible mistake, logged as a warning (``revit: warning: ...`` on stderr)."""
     log.warning("%s", msg)
-
-
-def setup_logging(level: int) -> None:
-    """revit's log lines on stderr at ``level`` (plain messages); set once per process."""
-    import logging
-
-    class _Stderr(logging.StreamHandler):
-        """Writes to whatever ``sys.stderr`` is now (a test's capture, a redirected stream)."""
-
-        @property
-        def stream(self) -> Any:
-            return sys.stderr
-
-        @stream.setter
-        def stream(self, value: Any) -> None:
-            pass
-
-    root = logging.getLogger("revit")
-    root.setLevel(level)
-    if not any(isinstance(h, logging.StreamHandler) for h in root.handlers):
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
-        root.propagate = False
 
 
 def add_run_folder_args(p: argparse.ArgumentParser, contents: str, state_file: str, progress: str) -> None:

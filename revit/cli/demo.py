@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info
+from revit.cli._common import add_command, add_overwrite_arg, outcome
 from revit.validation import check_output_dir, count, non_negative
 
 
@@ -52,16 +52,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         LatencyTable.load(args.table)
     resolve_device(plan.device)  # a missing GPU is one line and exit 2 before anything runs
     check_amp(plan.amp)
-    import logging
-
-    import optuna
-
-    from revit.cli._common import setup_logging
-
-    setup_logging(logging.INFO)  # the study's trial lines; Optuna's own lines would say each trial again
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     summary = run_demo(args.out, plan, overwrite=args.overwrite)
     trials = summary.get("study_trials") or {}
     if trials.get("line"):
-        info(trials["line"])
+        outcome(trials["line"])
     return 1 if trials.get("failed") else 0

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # command modules, in the order they appear in --help
 COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "search", "demo")
-OPTUNA_COMMANDS = ("search",)  # commands that run Optuna studies: Optuna's own logger follows -v/-q
+OPTUNA_COMMANDS = ("search", "demo")  # commands that run Optuna studies: Optuna's own logger follows -v/-q
 VERSION_PACKAGES = ("torch", "timm", "optuna", "onnxruntime")  # listed by --version (read without importing)
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away (``| head``)
 

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info, print_json
+from revit.cli._common import add_command, add_overwrite_arg, info, outcome, print_json
 from revit.validation import check_output_dir, count, non_negative, number
 
 
@@ -61,8 +61,6 @@ def _common(p: argparse.ArgumentParser, storage_required: bool = False) -> None:
     p.add_argument("--n-trials", type=non_negative(), help="candidate trials of the whole study (default: the spec's)")
     p.add_argument("--timeout", type=number(0, lo_open=True), help="stop starting trials after this many seconds")
     p.add_argument("--threads", type=count(), help="torch threads per worker (default: the spec's)")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final line")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug lines, and Optuna's own log")
     p.add_argument("--json", action="store_true", help="end with one JSON object on stdout (trials by state)")
     p.add_argument("--device", help="device of this process's trials: auto, cpu, cuda, cuda:N (default: the spec's "
                                     "train.device, else auto)")
@@ -107,7 +105,7 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
         v = getattr(args, flag, None)
         if v is not None:
             out += [f"--{flag.replace('_', '-')}", str(v)]
-    return out + (["--quiet"] if args.quiet else [])
+    return out + ["-q"] * getattr(args, "log_quiet", 0) + ["-v"] * getattr(args, "log_verbose", 0)
 
 
 def _gpus(text: str) -> list[str]:
@@ -119,20 +117,6 @@ def _gpus(text: str) -> list[str]:
     if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
         raise ConfigError(f"--gpus takes distinct GPU indices separated by commas (0,1,2,3), got {text!r}")
     return [str(resolve_device(f"cuda:{p}")) for p in parts]
-
-
-def _logging(args: argparse.Namespace) -> None:
-    """revit's search lines at INFO (WARNING with --quiet); Optuna's own logger only with -v, so nothing
-    is said twice."""
-    import logging
-
-    import optuna
-
-    from revit.cli._common import setup_logging
-
-    verbose = getattr(args, "verbose", False)
-    setup_logging(logging.DEBUG if verbose else logging.WARNING if args.quiet else logging.INFO)
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
 def _sigterm_is_interrupt() -> None:
@@ -155,7 +139,7 @@ def _finish(args: argparse.Namespace, studies: Any, extra: dict[str, Any] | None
     if getattr(args, "json", False):
         print_json({"study": studies.name, "storage": studies.url, "states": t.states, "failed": t.unrecovered,
                     "studies": {part: s.study_name for part, s in studies.parts()}, **(extra or {})})
-    info(t.line(studies.name))
+    outcome(t.line(studies.name))
     return 1 if t.unrecovered else 0
 
 
@@ -166,7 +150,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     devices = _gpus(args.gpus) if args.gpus else None
     if devices is None:
         _check_device(spec)
-    _logging(args)
     _check_new_study(spec, args.storage)
     _sigterm_is_interrupt()
     studies = run_study(spec, args.storage, n_trials=args.n_trials, repeats=not args.no_repeats,
@@ -206,7 +189,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     spec = _spec(args)
     _check_device(spec)
     _check_storage_exists(spec, args.storage)
-    _logging(args)
     _sigterm_is_interrupt()
     stats = join_study(spec, args.storage, n_trials=args.n_trials, timeout=args.timeout, max_trials=args.max_trials)
     info(f"worker {stats.worker}: {stats.count} trial(s) in {stats.seconds:.0f} s "
