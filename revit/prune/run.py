@@ -202,13 +202,16 @@ class PruneRun:
 
     def _teacher(self) -> nn.Module:
         """The frozen unpruned model, read back from the run folder (so a resumed run has the same one)."""
-        from safetensors.torch import load_file
-
         from revit.models import build_model
+        from revit.safe_load import load_safetensors
 
         self._barrier()
         teacher = build_model(self.base).to(self.device)
-        teacher.load_state_dict(load_file(str(self.teacher_path)))
+        try:
+            teacher.load_state_dict(load_safetensors(self.teacher_path, "teacher weights"))
+        except RuntimeError as e:
+            raise CheckpointError(f"{self.teacher_path}: holds weights of another model "
+                                  f"({str(e).splitlines()[0][:160]})", hint="use a new --out") from None
         return teacher.eval().requires_grad_(False)
 
     def _barrier(self) -> None:
@@ -233,7 +236,26 @@ class PruneRun:
         save_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def _load_state(self) -> None:
-        st = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        from revit.safe_load import torch_load
+
+        st = torch_load(self.state_path, "pruning state")  # weights_only: a crafted pickle is refused, never run
+        want = {"model": dict, "optimizer": dict, "pruner": dict, "rng": torch.Tensor, "settings": dict,
+                "base_config": dict}
+        if not isinstance(st, dict) or any(not isinstance(st.get(k), t) for k, t in want.items()):
+            raise CheckpointError(f"{self.state_path}: not a revit pruning state (needs {', '.join(want)})")
+        try:
+            self._restore(st)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{self.state_path}: damaged pruning state ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:160] if str(e) else ''})", hint="use a new --out") \
+                from None
+        if self.rank == 0:  # the trace as of the saved state (drops lines written after it)
+            self.claim.begin()
+            self._write_trace()
+        self._barrier()
+
+    def _restore(self, st: dict[str, Any]) -> None:
+        """Model, optimizer, pruner, scaler and RNG from a checked state (another recipe or model is refused)."""
         same = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "workers")}
         if {k: st["settings"].get(k) for k in same} != same:
             diff = [k for k, v in same.items() if st["settings"].get(k) != v]
@@ -249,10 +271,6 @@ class PruneRun:
         self.finished = bool(st.get("finished", False))
         self.prior_seconds = float(st.get("seconds", 0.0))
         torch.set_rng_state(st["rng"])
-        if self.rank == 0:  # the trace as of the saved state (drops lines written after it)
-            self.claim.begin()
-            self._write_trace()
-        self._barrier()
 
     # --- training --------------------------------------------------------------------------------
     def _evaluate(self, model: nn.Module) -> float | None:
