@@ -81,9 +81,17 @@ class TrainConfig:
         return self.batch_size * self.grad_accum
 
     def __post_init__(self) -> None:
+        from revit.validation import MAX_LR, check_count, check_number, check_workers
+
         if self.epochs < 1 or self.batch_size < 1 or not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
                               f"{self.lr})")
+        check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
+        for k in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
+            check_count(getattr(self, k), k)
+        check_number(self.seed, "seed", 0, 2**32 - 1, integer=True)
+        if self.loader_workers:
+            check_workers(self.loader_workers, "loader_workers", lo=0)
         for k in ("min_lr", "weight_decay", "warmup_epochs", "distill_weight", "drop_path_rate"):
             _check(k, getattr(self, k), 0.0, None)
         _check("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)

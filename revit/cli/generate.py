@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument("--table", metavar="T", help="latency table JSON (for --latency-ms)")
     p.add_argument("--head-dim", type=count(), default=None,
                    help="uniform baseline: QK and V width per head (64; 24 with the micro granularity)")
-    p.add_argument("--mlp-factor", type=number(0, lo_open=True), default=1.0,
+    p.add_argument("--mlp-factor", type=number(0, 1000, lo_open=True), default=1.0,
                    help="with --embed-dim: scale every block's MLP width by this factor (default 1 = the rule)")
     g = p.add_argument_group("setting (defaults: ImageNet 224/16, 12 blocks, 1000 classes)")
     g.add_argument("--setting", choices=sorted(Setting.PRESETS), default="imagenet",

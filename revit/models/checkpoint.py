@@ -10,7 +10,6 @@ renaming; parts the per-block model lacks (register tokens, QK norm, ...) are re
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path

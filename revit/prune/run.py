@@ -106,6 +106,15 @@ class PruneConfig:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         CRITERIA.get(self.criterion)  # raises with the known names
+        from revit.validation import MAX_LR, MAX_SEED, check_count, check_number, check_workers
+
+        check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
+        check_number(self.seed, "seed", 0, MAX_SEED, integer=True)
+        for k in ("batch_size", "max_steps", "eval_size", "prune_steps", "interval", "per_step"):
+            if getattr(self, k):
+                check_count(getattr(self, k), k)
+        if self.workers:
+            check_workers(self.workers, "workers", lo=0)
 
     @property
     def fixed_schedule(self) -> bool:
