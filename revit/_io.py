@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from revit.errors import FileFormatError, check_keys
+from revit.errors import FileFormatError, OutputError, check_keys
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -58,6 +58,42 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def append_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
+    """Append ``text`` to ``path`` in one write, never through a symlink (``O_NOFOLLOW``): a link planted
+    where a log goes cannot make revit write outside its folder."""
+    from revit.validation import output_error
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"cannot write {path}: it is a symbolic link; revit never writes through one") \
+                from None
+        raise output_error(e, path) from None
+    try:
+        os.write(fd, text.encode())
+        if fsync:
+            os.fsync(fd)
+    except OSError as e:
+        raise output_error(e, path) from None
+    finally:
+        os.close(fd)
+
+
+def open_new_text(path: str | os.PathLike[str]) -> Any:
+    """A fresh text file for writing (truncated), never opened through a symlink (``O_NOFOLLOW``)."""
+    from revit.validation import output_error
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"cannot write {path}: it is a symbolic link; revit never writes through one") \
+                from None
+        raise output_error(e, path) from None
+    return os.fdopen(fd, "w")
 
 
 def _disk_full(folder: Path) -> bool:

@@ -238,9 +238,9 @@ class _Trainer:
                 atomic_write_text(ckpt.with_name("log.jsonl"), "".join(json.dumps(r) + "\n"
                                                                        for r in self.result.history))
             return epoch
-        if out is not None and self.rank == 0:
+        if out is not None and self.rank == 0:  # no checkpoint, no finished epoch: a fresh log (each epoch once)
             out.mkdir(parents=True, exist_ok=True)
-            if (out / "log.jsonl").exists() and not resume:
+            if (out / "log.jsonl").exists() or (out / "log.jsonl").is_symlink():
                 (out / "log.jsonl").unlink()
         return 0
 
@@ -361,8 +361,9 @@ class _Trainer:
 
     def save(self, out: Path, epoch: int, record: dict[str, Any]) -> None:
         """Append ``record`` to ``log.jsonl`` and write ``checkpoint.pt`` (atomic, CPU tensors)."""
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        from revit._io import append_text
+
+        append_text(out / "log.jsonl", json.dumps(record) + "\n")
         ema, scaler = self.ema, self.scaler
         _atomic_torch_save(to_cpu({
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,

@@ -184,11 +184,16 @@ class PruneRun:
         self.scaler = grad_scaler(self.device, cfg.amp)
         self.finished = False
         self._barrier()  # every rank checked the folder before rank 0 writes
-        if self.claim.resuming and self.state_path.is_file():
-            self._load_state()
-        else:  # new, overwrite, or a run killed before its first state save: (re)start from step 0
-            self._start()
-        self.teacher = self._teacher()
+        try:
+            if self.claim.resuming and self.state_path.is_file():
+                self._load_state()
+            else:  # new, overwrite, or a run killed before its first state save: (re)start from step 0
+                self._start()
+            self.teacher = self._teacher()
+        except BaseException:
+            if self.rank == 0:
+                self.claim.abandon()  # a new folder holding only its marker (a full disk) is removed again
+            raise
 
     # --- setup and persistence -----------------------------------------------------------------
     def _start(self) -> None:
