@@ -169,7 +169,7 @@ def _article(kind: str) -> str:
     return "an" if kind[0] in "aeiou" else "a"
 
 
-def _names(folder: Path, limit: int = 4) -> str:
+def _names(folder: Path, limit: int = 8) -> str:
     """``a, b, c, ... (12 entries)``: what a refused folder holds, for the one-line message."""
     names = sorted(p.name for p in folder.iterdir())
     shown = ", ".join(n[:40] for n in names[:limit])
@@ -393,8 +393,8 @@ def claim_run(folder: str | os.PathLike[str], kind: str, *, resume: bool = False
     check_unlocked(f, flag=flag)
     found = read_marker(f)
     if found is None:
-        raise RunKindError(f"{f} holds files without revit's run marker ({_names(f)}); revit never deletes, "
-                           f"overwrites or resumes them", hint=f"choose a new or empty {flag}")
+        raise RunKindError(f"{f} holds files without revit's run marker ({_names(f)}), not {_article(kind)} {kind} "
+                           "run; revit never deletes, overwrites or resumes them", hint=f"choose a new or empty {flag}")
     if found.kind != kind:
         raise RunKindError(f"{f} holds {_article(found.kind)} {found.kind} run, not {_article(kind)} {kind} run",
                            hint=f"choose another {flag}")
