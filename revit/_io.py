@@ -117,14 +117,20 @@ MAX_YAML_NODES = 1_000_000  # YAML nodes after alias expansion ("billion laughs"
 MAX_DEPTH = 100  # nesting of lists and mappings (revit's deepest format, a table, nests 6)
 
 
-def read_bytes(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> bytes:
-    """A file's bytes, refused in one line when missing, unreadable or larger than ``limit``."""
+def format_limit(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def read_bytes(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """A file's bytes, refused in one line when missing, unreadable or larger than ``limit``
+    (default :data:`MAX_FILE_BYTES`)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     p = Path(path)
     try:
         with open(p, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > limit:
-                raise FileFormatError(f"{path}: {size} bytes, more than the {limit >> 20} MiB revit reads")
+                raise FileFormatError(f"{path}: {size} bytes, more than the {format_limit(limit)} revit reads")
             data = f.read(limit + 1)
     except FileNotFoundError:
         raise FileFormatError(f"{path}: no such file") from None
@@ -133,11 +139,11 @@ def read_bytes(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> byt
     except OSError as e:
         raise FileFormatError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     if len(data) > limit:  # a file that grew, or a pipe
-        raise FileFormatError(f"{path}: more than the {limit >> 20} MiB revit reads")
+        raise FileFormatError(f"{path}: more than the {format_limit(limit)} revit reads")
     return data
 
 
-def read_text(path: str | os.PathLike[str], limit: int = MAX_FILE_BYTES) -> str:
+def read_text(path: str | os.PathLike[str], limit: int | None = None) -> str:
     """A UTF-8 text file (see :func:`read_bytes`); binary bytes are one line, not a UnicodeDecodeError."""
     data = read_bytes(path, limit)
     try:

@@ -191,3 +191,50 @@ def test_demo_workers_beyond_the_cap_start_nothing(tmp_path: Path) -> None:
         assert f"at most {max_workers()} worker process" in err
         assert not children and time.perf_counter() - t0 < 60
         assert not (tmp_path / "d").exists()
+
+
+def test_a_dangling_journal_symlink_is_never_followed(cli: Any, tmp_path: Path) -> None:
+    """Item 6: ``OUT.journal.jsonl`` is a dangling symlink: latency build refuses in one line and creates
+    nothing outside (it used to follow the link and write a 31 KB file there)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "t.json.journal.jsonl").symlink_to(outside / "stolen.jsonl")
+    code, _, err = cli("latency", "build", "--preset", "micro", "--design", "full", "--max-cells", "100000",
+                       "--no-progress", "--out", work / "t.json")
+    assert code == 2 and err.count("\n") == 1 and "symbolic link" in err, err
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in work.iterdir()) == ["t.json.journal.jsonl"]
+
+
+def test_appends_never_go_through_a_symlink(tmp_path: Path) -> None:
+    """Item 6: the log and trace appends (``append_text``) refuse a link planted where the file goes."""
+    from revit._io import append_text, open_new_text
+    from revit.errors import OutputError
+
+    (tmp_path / "log.jsonl").symlink_to(tmp_path / "elsewhere.txt")
+    for write in (lambda: append_text(tmp_path / "log.jsonl", "x\n"), lambda: open_new_text(tmp_path / "log.jsonl")):
+        with pytest.raises(OutputError, match="symbolic link"):
+            write()
+    assert not (tmp_path / "elsewhere.txt").exists()
+
+
+def test_files_past_the_size_limit_are_one_line(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 3: every YAML/JSON file is read with a size limit (256 MiB; lowered here to keep the test small)."""
+    import revit._io
+
+    monkeypatch.setattr(revit._io, "MAX_FILE_BYTES", 1000)
+    (tmp_path / "big.yaml").write_text("# padding\n" * 200 + "embed_dim: 32\n")
+    code, _, err = cli("model", "info", tmp_path / "big.yaml")
+    assert code == 2 and err.count("\n") == 1 and "more than the 1000 bytes" in err, err
+
+
+def test_yaml_aliases_of_ordinary_files_still_load() -> None:
+    """The alias cap refuses bombs, not PyYAML's own dumps (``[block] * 12`` is dumped as anchors and aliases)."""
+    import yaml
+
+    from revit._io import parse_yaml
+
+    doc = {"blocks": [{"heads": 2, "mlp_dim": 64}] * 12}
+    text = yaml.safe_dump(doc)
+    assert "*id" in text and parse_yaml(text, "x.yaml") == doc

@@ -11,7 +11,7 @@ from typing import Any
 
 from revit.cli._common import add_command, info, print_json
 from revit.errors import ConfigError
-from revit.validation import check_number, check_output_file, count, fraction, non_negative, seed
+from revit.validation import check_number, check_output_file, count, fraction, non_negative, seed, short
 
 
 def register(sub: Any) -> None:
@@ -119,7 +119,7 @@ def _parse_fix(items: list[str]) -> dict[str, float]:
                 raise ValueError
             out[key.strip()] = check_number(float(val), f"--fix {key.strip()}")
         except ValueError:
-            raise ConfigError(f"--fix expects NAME=VALUE such as v_end=1, got {it!r}") from None
+            raise ConfigError(f"--fix expects NAME=VALUE such as v_end=1, got {short(it)}") from None
     return out
 
 
@@ -127,9 +127,9 @@ def _embed_dims(text: str) -> list[int]:
     try:
         dims = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--embed-dims must be integers separated by commas, got {text!r}") from None
+        raise ConfigError(f"--embed-dims must be integers separated by commas, got {short(text)}") from None
     if not dims or min(dims) < 1:
-        raise ConfigError(f"--embed-dims must be positive integers, got {text!r}")
+        raise ConfigError(f"--embed-dims must be positive integers, got {short(text)}")
     return dims
 
 

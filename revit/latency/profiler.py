@@ -40,6 +40,7 @@ from revit.latency.backends.base import Backend
 from revit.latency.space import AXES, Space
 from revit.latency.table import FixedParts, LatencyTable
 from revit.runs import FileClaim, claim_output_file, file_kind
+from revit.validation import short
 
 NVIT_CELLS = 9375
 Cell = tuple[int, int, int, int, int]
@@ -67,7 +68,7 @@ class BuildSettings:
         if self.warmup < 0:
             raise ConfigError("warmup must be >= 0")
         if self.design not in ("auto", "full"):
-            raise ConfigError(f"design must be 'auto' or 'full', got {self.design!r}")
+            raise ConfigError(f"design must be 'auto' or 'full', got {short(self.design)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

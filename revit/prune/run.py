@@ -44,6 +44,7 @@ from revit.runtime import (
     to_device,
 )
 from revit.trace import Trace, TraceWriter
+from revit.validation import short
 
 
 class PruneError(RevitError):
@@ -102,9 +103,9 @@ class PruneConfig:
         if self.eval_size < 0 or self.workers < 0:
             raise ConfigError("eval_size and workers must be >= 0")
         if self.target_kind not in ("macs", "latency"):
-            raise ConfigError(f"target_kind must be macs or latency, got {self.target_kind!r}")
+            raise ConfigError(f"target_kind must be macs or latency, got {short(self.target_kind)}")
         if self.amp not in AMP_MODES:
-            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
         CRITERIA.get(self.criterion)  # raises with the known names
         from revit.validation import MAX_LR, MAX_SEED, check_count, check_number, check_workers
 
