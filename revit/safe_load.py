@@ -33,12 +33,22 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
     return text[:limit] + ("..." if len(text) > limit else "")
 
 
+def _unpickler_cause(e: BaseException) -> str:
+    """The restricted unpickler's reason, without PyTorch's boilerplate: ``unsupported GLOBAL posix.mkdir``."""
+    for line in str(e).splitlines():
+        low = line.lower()
+        if "global" in low or "unsupported" in low or "unpickler error:" in low and low.split("error:")[1].strip():
+            text = line.strip().removeprefix("Trying to load ").removeprefix("WeightsUnpickler error: ")
+            return text[:120] + ("..." if len(text) > 120 else "")
+    return "not a plain torch.save file of tensors"
+
+
 def _refusal(path: str | os.PathLike[str], e: BaseException, what: str) -> CheckpointError:
     import pickle
 
     if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e).lower():
-        return CheckpointError(f"{path}: refused to load {what}: it holds objects other than tensors and plain "
-                               f"data, and revit never runs code from a file ({_first_line(e, 100)})")
+        return CheckpointError(f"{path}: refused to load {what} ({_unpickler_cause(e)}): revit loads only tensors "
+                               "and plain data and never runs code from a file")
     return CheckpointError(f"{path}: unreadable {what} ({type(e).__name__}: {_first_line(e)})")
 
 
