@@ -47,8 +47,11 @@ def _refusal(path: str | os.PathLike[str], e: BaseException, what: str) -> Check
     import pickle
 
     if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e).lower():
-        return CheckpointError(f"{path}: refused to load {what} ({_unpickler_cause(e)}): revit loads only tensors "
-                               "and plain data and never runs code from a file")
+        cause = _unpickler_cause(e)
+        if "global" not in cause.lower():  # damaged bytes or a foreign format, not an object reference
+            return CheckpointError(f"{path}: cannot read {what} ({cause}): not a torch.save file of tensors")
+        return CheckpointError(f"{path}: refused to load {what} ({cause}): revit loads only tensors and plain "
+                               "data and never runs code from a file")
     return CheckpointError(f"{path}: unreadable {what} ({type(e).__name__}: {_first_line(e)})")
 
 
@@ -89,10 +92,14 @@ def timm_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> Any:
 
     timm reads with ``weights_only=True`` itself; the check first makes that a property of revit, not
     of the installed timm version."""
+    import warnings
+
     from timm.models import load_state_dict as timm_load_state_dict
 
     checkpoint_top_keys(path)  # refuses a payload before timm opens the file
-    return timm_load_state_dict(str(path), use_ema=use_ema)
+    with warnings.catch_warnings():  # torch's pickle-protocol notes: the answer stays one line
+        warnings.simplefilter("ignore")
+        return timm_load_state_dict(str(path), use_ema=use_ema)
 
 
 def load_safetensors(path: str | os.PathLike[str], what: str = "weights file") -> dict[str, Any]:

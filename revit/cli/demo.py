@@ -17,7 +17,7 @@ def register(sub: Any) -> None:
     p.add_argument("--train-limit", type=count(), help="training images of the base and pruning stages (default 8000)")
     p.add_argument("--study-train-limit", type=count(), help="training images per study trial (default 5000)")
     p.add_argument("--epochs", type=count(), help="epochs per study trial (default 2)")
-    p.add_argument("--candidates", type=count(), help="candidate trials of the study (default 3)")
+    p.add_argument("--candidates", type=count(10_000), help="candidate trials of the study (default 3)")
     p.add_argument("--workers", type=workers(), help="study worker processes (default 2; at most one per CPU "
                    "and GiB of memory)")
     p.add_argument("--threads", type=threads(), help="torch threads of the single-process stages (default 1)")

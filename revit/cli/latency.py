@@ -44,9 +44,9 @@ def register(sub: Any) -> None:
     b.add_argument("--max-cells", type=count(), default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
     b.add_argument("--tol", type=number(0, lo_open=True),
                    default=0.01, help="target relative interpolation error of the knots")
-    b.add_argument("--warmup", type=non_negative(), default=2)
-    b.add_argument("--repeats", type=count(), default=5)
-    b.add_argument("--passes", type=count(), default=3, help="passes over all cells, each in random order")
+    b.add_argument("--warmup", type=non_negative(10_000), default=2)
+    b.add_argument("--repeats", type=count(10_000), default=5)
+    b.add_argument("--passes", type=count(1_000), default=3, help="passes over all cells, each in random order")
     b.add_argument("--graph", default="shared", choices=("shared", "per-cell"), help="onnxruntime block graph")
     b.add_argument("--compile", action="store_true", help="torch backend: torch.compile each module")
     b.add_argument("--cuda-graphs", action="store_true",
@@ -77,7 +77,8 @@ def register(sub: Any) -> None:
     v = add_command(lsub, "validate", "measure random whole models and compare with the table's predictions",
                     "revit latency validate latency_tables/cpu_onnxruntime_fp32_bs64_t17.json --samples 50")
     v.add_argument("table")
-    v.add_argument("--samples", type=count(), default=20)
+    v.add_argument("--samples", type=count(100_000), default=20,
+                   help="random whole models measured (at most 100000)")
     v.add_argument("--noise-k", type=non_negative(),
                    default=10, help="copies of one config measured for the noise floor")
     v.add_argument("--seed", type=seed(), default=1)
