@@ -384,6 +384,9 @@ def claim_run(folder: str | os.PathLike[str], kind: str, *, resume: bool = False
         raise ValueError(f"unknown run kind {kind!r}")
     f = Path(folder)
     flags = (resume, overwrite, flag)
+    if f.is_symlink():
+        raise RunKindError(f"{f} is a symbolic link; revit never creates run files through one",
+                           hint=f"give the folder it points to, or another {flag}")
     if f.exists() and not f.is_dir():
         other = file_kind(f)
         what = f"{_article(other)} {other} output file" if other else "a file"
@@ -407,6 +410,10 @@ def claim_run(folder: str | os.PathLike[str], kind: str, *, resume: bool = False
         raise UnfinishedRunError(f"{f} holds an unfinished {kind} run",
                                  hint=f"pass --resume to continue it, --overwrite to start over, or choose "
                                       f"another {flag}")
+    links = sorted(n for n in {*found.owned, *OUTPUTS[kind]} if (f / n).is_symlink())
+    if links:  # a copied folder could point revit's outputs anywhere: they are never written through
+        raise RunKindError(f"{f / links[0]} is a symbolic link; revit never writes a run's files through one",
+                           hint=f"remove it to resume, pass --overwrite to start over, or choose another {flag}")
     return Claim(f, kind, "resume", found, flags=flags)
 
 

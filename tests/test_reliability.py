@@ -238,3 +238,21 @@ def test_yaml_aliases_of_ordinary_files_still_load() -> None:
     doc = {"blocks": [{"heads": 2, "mlp_dim": 64}] * 12}
     text = yaml.safe_dump(doc)
     assert "*id" in text and parse_yaml(text, "x.yaml") == doc
+
+
+def test_run_folders_are_never_written_through_symlinks(cli: Any, tmp_path: Path, tiny: Path) -> None:
+    """Item 6: an --out that is a link, or a link where a run's file goes (a folder copied from elsewhere),
+    is refused in one line before anything is written; the link's target stays untouched."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep\n")
+    (tmp_path / "link").symlink_to(target)
+    code, _, err = cli("train", tiny, *TRAIN, "--epochs", "1", "--out", tmp_path / "link")
+    assert code == 2 and err.count("\n") == 1 and "symbolic link" in err, err
+    run = tmp_path / "run"
+    run.mkdir()
+    write_marker(run, RunMarker("train", "2026-01-01T00:00:00+00:00", finished=False))
+    (run / "log.jsonl").symlink_to(target / "log.jsonl")
+    code, _, err = cli("train", tiny, *TRAIN, "--epochs", "1", "--resume", "--out", run)
+    assert code == 2 and err.count("\n") == 1 and "log.jsonl is a symbolic link" in err, err
+    assert sorted(p.name for p in target.iterdir()) == ["precious.txt"]
