@@ -82,7 +82,7 @@ class TrainConfig:
         return self.batch_size * self.grad_accum
 
     def __post_init__(self) -> None:
-        from revit.validation import MAX_LR, check_count, check_number, check_workers
+        from revit.validation import MAX_LR, check_count, check_loader_workers, check_number
 
         if self.epochs < 1 or self.batch_size < 1 or not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, "
@@ -91,8 +91,8 @@ class TrainConfig:
         for k in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
             check_count(getattr(self, k), k)
         check_number(self.seed, "seed", 0, 2**32 - 1, integer=True)
-        if self.loader_workers:
-            check_workers(self.loader_workers, "loader_workers", lo=0)
+        if isinstance(self.loader_workers, int) and self.loader_workers > 0:
+            check_loader_workers(self.loader_workers, "loader_workers")
         for k in ("min_lr", "weight_decay", "warmup_epochs", "distill_weight", "drop_path_rate"):
             _check(k, getattr(self, k), 0.0, None)
         _check("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)

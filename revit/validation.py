@@ -206,6 +206,19 @@ def threads() -> Callable[[str], int]:
     return f
 
 
+def loader_workers() -> Callable[[str], int]:
+    """argparse type: DataLoader worker processes per process, in ``[0, max_threads()]`` (four per CPU: they
+    mostly wait on I/O and decoding, unlike the study's training processes of :func:`workers`)."""
+    f = integer(0, max_threads())
+    f.__name__ = "loader_workers"
+    return f
+
+
+def check_loader_workers(value: Any, name: str, *, error: type[RevitError] = ConfigError) -> int:
+    """DataLoader workers read from a file or a dataclass: an integer in ``[0, max_threads()]``."""
+    return check_int(value, name, 0, max_threads(), error=error)
+
+
 def workers(lo: int = 1) -> Callable[[str], int]:
     """argparse type: worker processes, in ``[lo, max_workers()]`` (this machine's CPUs and memory)."""
 
@@ -358,8 +371,8 @@ def check_input_file(path: str | os.PathLike[str], what: str, *, error: type[Rev
     return p
 
 
-__all__ = ["MAX_COUNT", "MAX_SEED", "OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory",
-           "check_input_file", "check_int", "check_number", "check_optional", "check_output_dir", "check_output_file",
-           "check_workers", "count", "cpu_count", "format_bytes", "fraction", "integer", "max_threads", "max_workers",
-           "memory_bytes", "non_negative", "number", "output_error", "range_problem", "seed", "short", "threads",
-           "workers", "workers_problem"]
+__all__ = ["MAX_COUNT", "MAX_LR", "MAX_SEED", "OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory",
+           "check_input_file", "check_int", "check_loader_workers", "check_number", "check_optional",
+           "check_output_dir", "check_output_file", "check_workers", "count", "cpu_count", "format_bytes", "fraction",
+           "integer", "loader_workers", "max_threads", "max_workers", "memory_bytes", "non_negative", "number",
+           "output_error", "range_problem", "seed", "short", "threads", "workers", "workers_problem"]

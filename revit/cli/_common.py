@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from revit.validation import count, non_negative, seed, threads, workers
+from revit.validation import count, loader_workers, non_negative, seed, threads
 
 
 def add_command(sub: Any, name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -74,7 +74,7 @@ def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--worker
         p.add_argument("--grad-accum", type=count(), default=1, metavar="N",
                        help="micro-batches of --batch-size per optimizer step")
     flags = (loader_flag, "-j") if loader_flag == "--workers" else (loader_flag,)
-    p.add_argument(*flags, dest="loader_workers", type=workers(0), default=0, metavar="N",
+    p.add_argument(*flags, dest="loader_workers", type=loader_workers(), default=0, metavar="N",
                    help="DataLoader worker processes per process")
 
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg
-from revit.validation import check_output_dir, count, threads, workers
+from revit.validation import check_output_dir, count, loader_workers, threads, workers
 
 
 def register(sub: Any) -> None:
@@ -24,8 +24,8 @@ def register(sub: Any) -> None:
     p.add_argument("--table", help="latency table JSON (default: the shipped micro table)")
     p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="autocast of every training stage (default off)")
-    p.add_argument("--loader-workers", type=workers(0), help="DataLoader workers per process (default 0; --workers "
-                                                      "counts study processes)")
+    p.add_argument("--loader-workers", type=loader_workers(),
+                   help="DataLoader workers per process (default 0; --workers counts study processes)")
     p.add_argument("--quick", action="store_true", help="a one-minute plan with tiny subsets (smoke test)")
     add_overwrite_arg(p)
     p.set_defaults(func=cmd_demo)

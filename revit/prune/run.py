@@ -107,7 +107,7 @@ class PruneConfig:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
         CRITERIA.get(self.criterion)  # raises with the known names
-        from revit.validation import MAX_LR, MAX_SEED, check_count, check_number, check_workers
+        from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
 
         check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
         check_number(self.seed, "seed", 0, MAX_SEED, integer=True)
@@ -115,7 +115,7 @@ class PruneConfig:
             if getattr(self, k):
                 check_count(getattr(self, k), k)
         if self.workers:
-            check_workers(self.workers, "workers", lo=0)
+            check_loader_workers(self.workers, "workers")
 
     @property
     def fixed_schedule(self) -> bool:
