@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from revit.errors import FileFormatError, check_keys
+from revit.errors import FileFormatError, OutputError, check_keys
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -60,6 +60,42 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
             tmp.unlink()
 
 
+def append_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
+    """Append ``text`` to ``path`` in one write, never through a symlink (``O_NOFOLLOW``): a link planted
+    where a log goes cannot make revit write outside its folder."""
+    from revit.validation import output_error
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"cannot write {path}: it is a symbolic link; revit never writes through one") \
+                from None
+        raise output_error(e, path) from None
+    try:
+        os.write(fd, text.encode())
+        if fsync:
+            os.fsync(fd)
+    except OSError as e:
+        raise output_error(e, path) from None
+    finally:
+        os.close(fd)
+
+
+def open_new_text(path: str | os.PathLike[str]) -> Any:
+    """A fresh text file for writing (truncated), never opened through a symlink (``O_NOFOLLOW``)."""
+    from revit.validation import output_error
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"cannot write {path}: it is a symbolic link; revit never writes through one") \
+                from None
+        raise output_error(e, path) from None
+    return os.fdopen(fd, "w")
+
+
 def _disk_full(folder: Path) -> bool:
     """Whether ``folder``'s file system has (almost) no space left: the cause of a writer's own error."""
     try:
@@ -75,18 +111,97 @@ def _umask() -> int:
     return mask
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
+# limits on what a file may hold: a hostile file is refused in one line, never exhausts the machine
+MAX_FILE_BYTES = 256 << 20  # any YAML/JSON/JSONL file revit reads
+MAX_YAML_NODES = 1_000_000  # YAML nodes after alias expansion ("billion laughs" stops here)
+MAX_DEPTH = 100  # nesting of lists and mappings (revit's deepest format, a table, nests 6)
+
+
+def format_limit(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def read_bytes(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
+    """A file's bytes, refused in one line when missing, unreadable or larger than ``limit``
+    (default :data:`MAX_FILE_BYTES`)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    p = Path(path)
     try:
-        return Path(path).read_text()
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise FileFormatError(f"{path}: {size} bytes, more than the {format_limit(limit)} revit reads")
+            data = f.read(limit + 1)
     except FileNotFoundError:
         raise FileFormatError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FileFormatError(f"{path}: cannot read ({e})") from None
+    except IsADirectoryError:
+        raise FileFormatError(f"{path}: is a folder, not a file") from None
+    except OSError as e:
+        raise FileFormatError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    if len(data) > limit:  # a file that grew, or a pipe
+        raise FileFormatError(f"{path}: more than the {format_limit(limit)} revit reads")
+    return data
+
+
+def read_text(path: str | os.PathLike[str], limit: int | None = None) -> str:
+    """A UTF-8 text file (see :func:`read_bytes`); binary bytes are one line, not a UnicodeDecodeError."""
+    data = read_bytes(path, limit)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{path}: not a UTF-8 text file (byte {e.start} is not text)") from None
+
+
+def check_depth(doc: Any, source: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse a document whose lists and mappings nest deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (list, tuple, dict)):
+            if d > limit:
+                raise FileFormatError(f"{source}: nested more than {limit} levels deep")
+            stack.extend((v, d + 1) for v in (x.values() if isinstance(x, dict) else x))
+
+
+def _yaml_node_limits(root: Any, source: str) -> None:
+    """Refuse a YAML node graph that expands (aliases counted at every use) to more than
+    :data:`MAX_YAML_NODES` nodes, nests deeper than :data:`MAX_DEPTH`, or refers to itself."""
+    import yaml
+
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    busy: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        kids = ([c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode)
+                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            busy.discard(id(node))
+            size[id(node)] = min(1 + sum(size[id(c)] for c in kids), MAX_YAML_NODES + 1)
+            depth[id(node)] = 1 + max((depth[id(c)] for c in kids), default=0)
+            if size[id(node)] > MAX_YAML_NODES:
+                raise FileFormatError(f"{source}: expands to more than {MAX_YAML_NODES} YAML nodes (aliases "
+                                      "counted at every use); refused")
+            if depth[id(node)] > MAX_DEPTH:
+                raise FileFormatError(f"{source}: nested more than {MAX_DEPTH} levels deep")
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in busy:
+            raise FileFormatError(f"{source}: line {node.start_mark.line + 1}: an alias refers to a node that "
+                                  "contains it (a recursive structure)")
+        busy.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in kids if id(c) not in size)
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text strictly: a syntax error or a key given twice is a one-line :class:`FileFormatError`."""
+    """Parse YAML text strictly: a syntax error, a key given twice, a key that is not a scalar, an alias bomb or
+    nesting past :data:`MAX_DEPTH` is a one-line :class:`FileFormatError` (SafeLoader: no Python objects)."""
     import yaml
+
+    from revit.validation import short
 
     class _Strict(yaml.SafeLoader):
         pass
@@ -94,43 +209,68 @@ def parse_yaml(text: str, source: str) -> Any:
     def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
         seen: set[Any] = set()
         for k, _ in node.value:
+            if not isinstance(k, yaml.ScalarNode):
+                what = "list" if isinstance(k, yaml.SequenceNode) else "mapping"
+                raise FileFormatError(f"{source}: line {k.start_mark.line + 1}: a key must be a string or a "
+                                      f"number, not a {what}")
             key = loader.construct_object(k)
             if key in seen:
-                raise FileFormatError(f"{source}: line {k.start_mark.line + 1}: key {key!r} is given twice")
+                raise FileFormatError(f"{source}: line {k.start_mark.line + 1}: key {short(key)} is given twice")
             seen.add(key)
         return loader.construct_mapping(node)
 
     _Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    loader = _Strict(text)
     try:
-        return yaml.load(text, Loader=_Strict)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _yaml_node_limits(node, source)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise FileFormatError(f"{source}:{where} malformed YAML ({problem})") from None
+        raise FileFormatError(f"{source}:{where} malformed YAML ({short(problem, 120, quote=False)})") from None
+    except RecursionError:
+        raise FileFormatError(f"{source}: nested too deeply to parse") from None
+    finally:
+        loader.dispose()
 
 
 def load_yaml(path: str | os.PathLike[str]) -> Any:
-    """Parse a YAML file strictly (see :func:`parse_yaml`)."""
+    """Parse a YAML file strictly (see :func:`parse_yaml`), read with :func:`read_text`'s limits."""
     return parse_yaml(read_text(path), str(path))
 
 
-def load_json(path: str | os.PathLike[str]) -> Any:
-    """Parse a JSON file strictly: a syntax error or a key given twice in one object is one line."""
-    text = read_text(path)
+def parse_json(text: str | bytes, source: str) -> Any:
+    """Parse JSON strictly: a syntax error, a key given twice in one object, or nesting past :data:`MAX_DEPTH`
+    is one line."""
+    from revit.validation import short
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in pairs:
             if k in out:
-                raise FileFormatError(f"{path}: key {k!r} is given twice in one object")
+                raise FileFormatError(f"{source}: key {short(k)} is given twice in one object")
             out[k] = v
         return out
 
     try:
-        return json.loads(text, object_pairs_hook=unique)
+        doc = json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as e:
-        raise FileFormatError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        raise FileFormatError(f"{source}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise FileFormatError(f"{source}: nested too deeply to parse") from None
+    except ValueError as e:  # bytes that are not text, a number of more than 4300 digits
+        raise FileFormatError(f"{source}: malformed JSON ({short(str(e), 100, quote=False)})") from None
+    check_depth(doc, source)
+    return doc
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file strictly (see :func:`parse_json`), read with :func:`read_text`'s limits."""
+    return parse_json(read_text(path), str(path))
 
 
 def dump_yaml(doc: Any) -> str:

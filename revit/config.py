@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml, parse_yaml
 from revit.errors import ConfigError, check_keys
+from revit.validation import short
 
 SCHEMA = "revit/vit-config/v1"
 BLOCK_KEYS = ("heads", "qk_dim", "v_dim", "mlp_dim")
@@ -23,7 +24,7 @@ WIDTH_KINDS = ("embed_dim", *BLOCK_KEYS)  # the five prunable widths, in the ord
 
 def _check_int(value: Any, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
+        raise ConfigError(f"{what} must be an integer, got {short(value)}")
     if value < minimum:
         raise ConfigError(f"{what} must be >= {minimum}, got {value}")
     return value
@@ -31,7 +32,7 @@ def _check_int(value: Any, what: str, minimum: int = 1) -> int:
 
 def _check_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{what} must be true or false, got {value!r}")
+        raise ConfigError(f"{what} must be true or false, got {short(value)}")
     return value
 
 
@@ -60,7 +61,7 @@ class Granularity:
         for k in WIDTH_KINDS:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"granularity {k} must be a positive integer, got {v!r}")
+                raise ConfigError(f"granularity {k} must be a positive integer, got {short(v)}")
 
     def to_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in WIDTH_KINDS}
@@ -159,7 +160,8 @@ class Setting:
         if self.init_values is not None and (isinstance(self.init_values, bool)
                                              or not isinstance(self.init_values, (int, float))
                                              or not self.init_values > 0):
-            raise ConfigError(f"init_values (layer scale) must be a positive number or null, got {self.init_values!r}")
+            raise ConfigError("init_values (layer scale) must be a positive number or null, got "
+                              f"{short(self.init_values)}")
         if self.img_size % self.patch_size:
             raise ConfigError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
         if self.distilled and not self.class_token:
@@ -267,7 +269,7 @@ class BlockDims:
     @classmethod
     def from_dict(cls, d: Any, where: str = "block") -> BlockDims:
         if not isinstance(d, Mapping):
-            raise ConfigError(f"{where} must be a mapping with keys {', '.join(BLOCK_KEYS)}, got {d!r}")
+            raise ConfigError(f"{where} must be a mapping with keys {', '.join(BLOCK_KEYS)}, got {short(d)}")
         check_keys(d, BLOCK_KEYS, where)
         missing = [k for k in BLOCK_KEYS if k not in d]
         if missing:

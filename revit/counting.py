@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from revit.config import BlockDims, ViTConfig
 from revit.errors import ConfigError, RevitError
+from revit.validation import short
 
 Convention = Literal["nvit", "timm"]
 CONVENTIONS: dict[str, str] = {
@@ -113,7 +114,7 @@ def parse_count(text: str) -> int:
     except ValueError:
         raise ConfigError(f"cannot read {text!r} as a count (examples: 4.6G, 150M, 2e9)") from None
     if not math.isfinite(value) or value <= 0:  # nan, inf, 1e400
-        raise ConfigError(f"a count must be a finite positive number, got {text!r}")
+        raise ConfigError(f"a count must be a finite positive number, got {short(text)}")
     return int(round(value))
 
 

@@ -15,14 +15,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from revit.errors import ConfigError
+from revit.validation import short
 
 RECIPES = ("basic", "deit")
 AMP_MODES = ("off", "bf16", "fp16")  # as revit.runtime.AMP_MODES (this module stays torch-free)
 DISTILL_TYPES = ("kl", "hard")
 DEIT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
 # fields that say where and how fast a run goes, not what it learns: a checkpoint resumes under other values
-# upper bounds a run can honour (a larger value is a typo, and would overflow or never end)
-MAX_EPOCHS, MAX_BATCH, MAX_LR = 100_000, 1 << 20, 100.0
 RUNTIME_FIELDS = ("device", "amp", "compile", "channels_last", "loader_workers", "eval_batch_size")
 
 # augmentation values of each recipe (what ``None`` in those fields means)
@@ -83,32 +82,37 @@ class TrainConfig:
         return self.batch_size * self.grad_accum
 
     def __post_init__(self) -> None:
+        from revit.validation import MAX_LR, check_count, check_loader_workers, check_number
+
         if self.epochs < 1 or self.batch_size < 1 or not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"epochs, batch_size and lr must be positive (got {str(self.epochs)[:20]}, "
                               f"{str(self.batch_size)[:20]}, {str(self.lr)[:20]})")
-        if self.epochs > MAX_EPOCHS or self.batch_size > MAX_BATCH or self.lr > MAX_LR:
-            raise ConfigError(f"epochs, batch_size and lr must be at most {MAX_EPOCHS}, {MAX_BATCH} and {MAX_LR:g} "
-                              f"(got {str(self.epochs)[:20]}, {str(self.batch_size)[:20]}, {str(self.lr)[:20]})")
+        check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
+        for k in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
+            check_count(getattr(self, k), k)
+        check_number(self.seed, "seed", 0, 2**32 - 1, integer=True)
+        if isinstance(self.loader_workers, int) and self.loader_workers > 0:
+            check_loader_workers(self.loader_workers, "loader_workers")
         for k in ("min_lr", "weight_decay", "warmup_epochs", "distill_weight", "drop_path_rate"):
             _check(k, getattr(self, k), 0.0, None)
         _check("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         _check("drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_open=True)
         if not _finite(self.distill_temperature) or self.distill_temperature <= 0:
-            raise ConfigError(f"distill_temperature must be a positive number, got {self.distill_temperature!r}")
+            raise ConfigError(f"distill_temperature must be a positive number, got {short(self.distill_temperature)}")
         if self.grad_clip is not None and (not _finite(self.grad_clip) or self.grad_clip <= 0):
-            raise ConfigError(f"grad_clip must be positive or null, got {self.grad_clip!r}")
+            raise ConfigError(f"grad_clip must be positive or null, got {short(self.grad_clip)}")
         for k in ("eval_batch_size", "grad_accum"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{k} must be a positive integer, got {v!r}")
+                raise ConfigError(f"{k} must be a positive integer, got {short(v)}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ConfigError(f"max_steps_per_epoch must be positive or null, got {self.max_steps_per_epoch!r}")
+            raise ConfigError(f"max_steps_per_epoch must be positive or null, got {short(self.max_steps_per_epoch)}")
         if isinstance(self.loader_workers, bool) or not isinstance(self.loader_workers, int) or self.loader_workers < 0:
-            raise ConfigError(f"loader_workers must be an integer >= 0, got {self.loader_workers!r}")
+            raise ConfigError(f"loader_workers must be an integer >= 0, got {short(self.loader_workers)}")
         dev = str(self.device).lower()
         kind, _, idx = dev.partition(":")
         if dev != "auto" and (kind not in ("cpu", "cuda") or (idx and not idx.isdigit())):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {short(self.device)}")
         _one_of("amp", self.amp, AMP_MODES)
         _one_of("recipe", self.recipe, RECIPES)
         if self.distill_type is not None:
@@ -124,7 +128,7 @@ class TrainConfig:
             _check("random_erase", self.random_erase, 0.0, 1.0)
         if self.auto_augment is not None and not isinstance(self.auto_augment, str):
             raise ConfigError(f"auto_augment must be a timm policy string (e.g. {DEIT_AUTO_AUGMENT}) or 'none', "
-                              f"got {self.auto_augment!r}")
+                              f"got {short(self.auto_augment)}")
 
     # --- recipes -----------------------------------------------------------------------------------
     def resolved(self) -> TrainConfig:
@@ -182,12 +186,12 @@ def _check(name: str, v: Any, low: float, high: float | None, high_open: bool = 
     ok = _finite(v) and v >= low and (high is None or (v < high if high_open else v <= high))
     if not ok:
         rng = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"{name} must be a finite number {rng}, got {v!r}")
+        raise ConfigError(f"{name} must be a finite number {rng}, got {short(v)}")
 
 
 def _one_of(name: str, v: Any, allowed: tuple[str, ...]) -> None:
     if v not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {short(v)}")
 
 
 __all__ = ["AMP_MODES", "DEIT_AUTO_AUGMENT", "RECIPES", "RUNTIME_FIELDS", "TrainConfig", "same_recipe"]

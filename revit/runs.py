@@ -1,25 +1,32 @@
-"""Run folders are owned: a marker file says what kind of run a folder holds and whether it finished.
+"""Run folders are owned: a marker file says what kind of run a folder holds, whether it finished, and which
+of its files are revit's.
 
 Every command that writes a run folder (``train``, ``prune``, ``model convert``, ``demo``,
 ``search report``) claims it with :func:`claim_run` *before* it writes anything: a folder of another
 kind is refused, a finished run is only replaced with ``overwrite``, an unfinished one is continued
-with ``resume``, and a non-empty folder that is no revit run is never touched.  The claim only
-reads; :meth:`Claim.begin` writes the marker once the command's own checks have passed and
-:meth:`Claim.finish` marks the run finished after its last output file.  ``latency build`` writes
-one table file, not a folder: :func:`claim_output_file` applies the same rules to it and its journal.
+with ``resume``, and a non-empty folder without revit's marker is never touched (the refusal names
+the files found).  The claim only reads; :meth:`Claim.begin` takes the folder's advisory lock (a
+second run into it refuses in one line), writes the marker once the command's own checks have
+passed and :meth:`Claim.finish` marks the run finished after its last output file.
 
-The marker, ``.revit-run.json``, is JSON with a schema version, written atomically.  Folders written
-before markers existed are recognised by their files (:data:`SIGNATURES`), so they resume as before.
+``--overwrite`` deletes only the entries the marker lists as revit's (:data:`OUTPUTS` of the kind,
+and whatever the run created) and their temp files; a user's own files in the folder stay,
+byte-identical.  ``--resume`` removes the stale temp files of a killed run.  ``latency build``
+writes one file, not a folder: :func:`claim_output_file` applies the same rules to it and its journal.
+
+The marker, ``.revit-run.json``, is JSON with a schema version, written atomically.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +38,17 @@ MARKER = ".revit-run.json"
 SCHEMA = "revit/run/v1"
 KINDS = ("train", "prune", "model-convert", "demo", "study-report", "latency-build")
 
-# folders written before markers existed: (files that say the kind, the file that says it finished)
-SIGNATURES: dict[str, tuple[tuple[str, ...], str]] = {
-    "prune": (("state.pt", "trace.jsonl", "teacher.safetensors", "pruned.yaml"), "metrics.json"),
-    "train": (("checkpoint.pt", "log.jsonl", "history.json"), "metrics.json"),
-    "demo": (("1-base", "2-prune", "5-study"), "report/summary.json"),
-    "study-report": (("report.md", "report.json"), "report.json"),
+# the entries each kind writes into its folder (the marker adds what a run created besides these)
+OUTPUTS: dict[str, tuple[str, ...]] = {
+    "train": ("config.yaml", "checkpoint.pt", "log.jsonl", "history.json", "model.safetensors",
+              "model_ema.safetensors", "metrics.json"),
+    "prune": ("state.pt", "trace.jsonl", "teacher.safetensors", "pruned.yaml", "pruned.safetensors", "metrics.json",
+              "plots"),
+    "model-convert": ("config.yaml", "model.safetensors"),
+    "demo": ("1-base", "2-prune", "3-rule", "4-configs", "5-study", "report"),
+    "study-report": ("report.md", "report.json", "accuracy_vs_macs.png", "comparison.png", "best_blocks.png",
+                     "history.png"),
+    "latency-build": (),
 }
 
 
@@ -87,32 +99,54 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class RunLockedError(RunExistsError):
+    """An output folder (or table journal) is in use by another revit run that holds its lock."""
+
+
 @dataclass(frozen=True)
 class RunMarker:
-    """What a run folder holds: its kind, when it was created, whether it finished, which revit wrote it."""
+    """What a run folder holds: its kind, when it was created, whether it finished, which revit wrote it, and
+    the entries (top-level names) that are revit's: the only ones ``--overwrite`` ever deletes."""
 
     kind: str
     created: str
     finished: bool = False
     revit_version: str = __version__
-    legacy: bool = False  # inferred from the files of a folder written before markers (never saved)
+    files: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = {"schema": SCHEMA, **asdict(self)}
-        d.pop("legacy")
+        d["files"] = sorted(self.files)
         return d
+
+    @property
+    def owned(self) -> tuple[str, ...]:
+        """The entries revit may delete: those listed, else (a marker of an older revit) the kind's outputs."""
+        return self.files or OUTPUTS.get(self.kind, ())
 
     @classmethod
     def from_dict(cls, doc: Any, source: str) -> RunMarker:
+        from revit.validation import short
+
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             got = doc.get("schema") if isinstance(doc, dict) else None
-            raise FileFormatError(f"{source}: schema is {got!r}, expected {SCHEMA!r} (a run-folder marker)")
-        check_keys(doc, ("schema", "kind", "created", "finished", "revit_version"), source, error=FileFormatError)
+            raise FileFormatError(f"{source}: schema is {short(got)}, expected {SCHEMA!r} (a run-folder marker)")
+        check_keys(doc, ("schema", "kind", "created", "finished", "revit_version", "files"), source,
+                   error=FileFormatError)
         d = doc
         if d.get("kind") not in KINDS or not isinstance(d.get("finished", False), bool):
             raise FileFormatError(f"{source}: kind must be one of {', '.join(KINDS)} and finished a boolean")
-        return cls(kind=d["kind"], created=str(d.get("created", "")), finished=d.get("finished", False),
-                   revit_version=str(d.get("revit_version", "")))
+        files = d.get("files", [])
+        if not isinstance(files, list) or not all(_plain_name(f) for f in files) or len(files) > 10_000:
+            raise FileFormatError(f"{source}: files must be a list of plain file names in the run folder")
+        return cls(kind=d["kind"], created=str(d.get("created", ""))[:64], finished=d.get("finished", False),
+                   revit_version=str(d.get("revit_version", ""))[:64], files=tuple(files))
+
+
+def _plain_name(name: Any) -> bool:
+    """A top-level entry name of a folder: no separator, not ``.``/``..``, not the marker itself."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and "/" not in name and "\\" not in name
+            and "\0" not in name and name not in (".", "..", MARKER))
 
 
 def marker_path(folder: str | os.PathLike[str]) -> Path:
@@ -120,17 +154,11 @@ def marker_path(folder: str | os.PathLike[str]) -> Path:
 
 
 def read_marker(folder: str | os.PathLike[str]) -> RunMarker | None:
-    """The folder's marker; for an unmarked folder of a known layout, one inferred from its files; else None."""
-    f = Path(folder)
-    if marker_path(f).is_file():
-        return RunMarker.from_dict(load_json(marker_path(f)), str(marker_path(f)))
-    for kind, (signs, done) in SIGNATURES.items():
-        if any((f / s).exists() for s in signs):
-            return RunMarker(kind=kind, created="", finished=(f / done).exists(), legacy=True)
-    names = {p.name for p in f.iterdir()} if f.is_dir() else set()
-    if names == {"config.yaml", "model.safetensors"}:  # what model convert wrote
-        return RunMarker(kind="model-convert", created="", finished=True, legacy=True)
-    return None
+    """The folder's marker, or None when it has none (then revit never deletes or resumes anything in it)."""
+    m = marker_path(folder)
+    if m.is_symlink() or not m.is_file():
+        return None
+    return RunMarker.from_dict(load_json(m), str(m))
 
 
 def write_marker(folder: str | os.PathLike[str], marker: RunMarker) -> None:
@@ -141,6 +169,92 @@ def _article(kind: str) -> str:
     return "an" if kind[0] in "aeiou" else "a"
 
 
+def _names(folder: Path, limit: int = 8) -> str:
+    """``a, b, c, ... (12 entries)``: what a refused folder holds, for the one-line message."""
+    names = sorted(p.name for p in folder.iterdir())
+    shown = ", ".join(n[:40] for n in names[:limit])
+    return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+
+
+# locks -----------------------------------------------------------------------------------------
+_HELD: dict[str, int] = {}  # realpath of a locked folder or journal -> the descriptor holding its flock
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _try_lock(path: Path, *, directory: bool) -> int | None:
+    """A descriptor of ``path`` holding an exclusive ``flock``, or None when another process holds it."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0) | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def _locked_error(path: Path, flag: str) -> RunLockedError:
+    return RunLockedError(f"{path} is in use by another revit run (it holds the folder's lock)",
+                          hint=f"wait for that run to end or choose another {flag}")
+
+
+def check_unlocked(path: str | os.PathLike[str], *, flag: str = "--out") -> None:
+    """Refuse (reading only) a folder or journal whose lock another process holds."""
+    p = Path(path)
+    if not p.exists() or p.is_symlink() or _key(p) in _HELD:
+        return
+    try:
+        fd = _try_lock(p, directory=p.is_dir())
+    except OSError:
+        return  # unreadable: the command's own checks name it
+    if fd is None:
+        raise _locked_error(p, flag)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def acquire(path: str | os.PathLike[str], *, flag: str = "--out") -> None:
+    """Hold ``path``'s advisory lock until :func:`release` or the end of the process (re-entrant)."""
+    p = Path(path)
+    if _key(p) in _HELD:
+        return
+    try:
+        fd = _try_lock(p, directory=p.is_dir())
+    except OSError as e:
+        from revit.validation import output_error
+
+        raise output_error(e, p) from None
+    if fd is None:
+        raise _locked_error(p, flag)
+    _HELD[_key(p)] = fd
+
+
+def release(path: str | os.PathLike[str]) -> None:
+    """Let go of ``path``'s lock (after the run finished, or when it was abandoned)."""
+    fd = _HELD.pop(_key(Path(path)), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def _is_temp_of(name: str, owned: set[str]) -> bool:
+    """Whether ``name`` is a temp file of revit's atomic writer for one of the ``owned`` entries (or the marker)."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    return any(name.startswith(f".{o}.") for o in (*owned, MARKER))
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
 @dataclass(frozen=True)
 class Claim:
     """A checked claim on a run folder; ``mode`` is ``new``, ``resume`` or ``overwrite``."""
@@ -149,6 +263,8 @@ class Claim:
     kind: str
     mode: str
     found: RunMarker | None = None
+    flags: tuple[bool, bool, str] = (False, False, "--out")  # resume, overwrite, flag: to check again at begin
+    _state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def resuming(self) -> bool:
@@ -156,52 +272,137 @@ class Claim:
         return self.mode == "resume" and self.found is not None
 
     def begin(self) -> None:
-        """Write the marker (unfinished); with ``overwrite``, first remove the replaced run's files."""
-        if self.mode == "overwrite" and self.folder.is_dir():
-            for p in self.folder.iterdir():
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        created = self.found.created if self.resuming and self.found and self.found.created else _now()
-        write_marker(self.folder, RunMarker(kind=self.kind, created=created, finished=False))
+        """Lock the folder, check it again, then clean it (``overwrite``: the replaced run's entries;
+        ``resume``: stale temp files) and write the marker (unfinished).  Idempotent within one process."""
+        if self._state.get("begun"):
+            self._write(finished=False)
+            return
+        created = _missing_chain(self.folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            acquire(self.folder, flag=self.flags[2])
+        except OutputError:
+            _remove_empty(created)
+            raise
+        except RunLockedError:
+            raise
+        try:
+            self._check_unchanged()
+            owned = set(self.found.owned) if self.found is not None else set()
+            for p in list(self.folder.iterdir()):
+                if self.mode == "overwrite" and p.name in owned:
+                    _remove(p)
+                elif self.mode in ("overwrite", "resume") and _is_temp_of(p.name, owned | set(OUTPUTS[self.kind])):
+                    _remove(p)  # a killed run's half-written file
+            self._state.update(begun=True, created=created, present=self._entries(),
+                               files=set(OUTPUTS[self.kind]) | (owned if self.mode == "resume" else set()))
+            self._write(finished=False)
+        except BaseException:
+            release(self.folder)
+            if self.mode == "new":
+                _remove_empty(created if created else [])
+            raise
+
+    def _entries(self) -> set[str]:
+        return {p.name for p in self.folder.iterdir()} - {MARKER}
+
+    def _check_unchanged(self) -> None:
+        """The folder as the claim saw it: no other run started (and finished) in it since."""
+        resume, overwrite, flag = self.flags
+        now = claim_run(self.folder, self.kind, resume=resume, overwrite=overwrite, flag=flag)
+        if now.mode != self.mode and not (self.mode == "new" and now.mode == "new"):
+            raise RunLockedError(f"{self.folder} changed while this run was starting (another revit run wrote it)",
+                                 hint=f"check it, then rerun or choose another {flag}")
+
+    def _write(self, *, finished: bool) -> None:
+        found = read_marker(self.folder)
+        created = found.created if found is not None and found.created else (
+            self.found.created if self.resuming and self.found and self.found.created else _now())
+        files = set(self._state.get("files", OUTPUTS[self.kind]))
+        if finished:  # what this run created besides the declared outputs is revit's too
+            files |= self._entries() - set(self._state.get("present", set())) - {MARKER}
+            files = {f for f in files if not _is_temp_of(f, set())}
+        self._state["files"] = files
+        write_marker(self.folder, RunMarker(kind=self.kind, created=created, finished=finished,
+                                            files=tuple(sorted(f for f in files if _plain_name(f)))))
 
     def finish(self) -> None:
-        """Mark the run finished (after its last output file): from now on only ``overwrite`` replaces it."""
-        found = read_marker(self.folder)
-        created = found.created if found is not None and found.created else _now()
-        write_marker(self.folder, replace(RunMarker(kind=self.kind, created=created), finished=True))
+        """Mark the run finished (after its last output file) and release the lock: from now on only
+        ``overwrite`` replaces it."""
+        self._state.setdefault("files", set(OUTPUTS[self.kind]))
+        self._write(finished=True)
+        release(self.folder)
+
+    def abandon(self) -> None:
+        """A refusal after :meth:`begin`: a new folder that holds nothing but the marker (and files the run
+        can rewrite at once) is removed with the folders begin created, so a refusal leaves nothing behind."""
+        try:
+            if self.mode == "new" and self._state.get("begun") and self.folder.is_dir():
+                left = self._entries()
+                setup = set(SETUP_FILES.get(self.kind, ()))
+                if all(n in setup or _is_temp_of(n, set(OUTPUTS[self.kind])) for n in left):
+                    for n in left:
+                        _remove(self.folder / n)
+                    marker_path(self.folder).unlink(missing_ok=True)
+                    _remove_empty([*self._state.get("created", [])] or [self.folder])
+        finally:
+            release(self.folder)
+
+
+# files a run writes before its first real work, that it writes again at once when started over
+SETUP_FILES: dict[str, tuple[str, ...]] = {"train": ("config.yaml", "log.jsonl"), "model-convert": ("config.yaml",)}
+
+
+def _missing_chain(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first (what ``mkdir(parents=True)`` makes)."""
+    out, q = [], folder
+    while not q.exists() and not q.is_symlink() and q != q.parent:
+        out.append(q)
+        q = q.parent
+    return out
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each folder (deepest first) while it is empty: those a refused run created."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def claim_run(folder: str | os.PathLike[str], kind: str, *, resume: bool = False, overwrite: bool = False,
               flag: str = "--out") -> Claim:
     """Check that ``kind`` may write ``folder`` (reads only; raise a :class:`RunExistsError` subclass if not).
 
-    An empty or missing folder is new; a folder of another kind, or a non-empty one that holds no revit
-    run, is refused; a finished run needs ``overwrite``; an unfinished one ``resume`` (continue) or
-    ``overwrite`` (start over).  ``resume`` on a missing folder starts a new run.
+    An empty or missing folder is new; a folder of another kind, or a non-empty one without revit's
+    marker, is refused (naming its files); a finished run needs ``overwrite``; an unfinished one
+    ``resume`` (continue) or ``overwrite`` (start over).  ``resume`` on a missing folder starts a new run.
+    A folder whose lock another process holds is refused.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown run kind {kind!r}")
     f = Path(folder)
+    flags = (resume, overwrite, flag)
+    if f.is_symlink():
+        raise RunKindError(f"{f} is a symbolic link; revit never creates run files through one",
+                           hint=f"give the folder it points to, or another {flag}")
     if f.exists() and not f.is_dir():
         other = file_kind(f)
         what = f"{_article(other)} {other} output file" if other else "a file"
         raise RunKindError(f"{f} is {what}, not {_article(kind)} {kind} run folder", hint=f"choose another {flag}")
     if not f.exists() or not any(f.iterdir()):
-        return Claim(f, kind, "new")
+        return Claim(f, kind, "new", flags=flags)
+    check_unlocked(f, flag=flag)
     found = read_marker(f)
     if found is None:
-        names = sorted(p.name for p in f.iterdir())
-        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        raise RunKindError(f"{f} holds files that are no revit run ({shown}), not {_article(kind)} {kind} run",
-                           hint=f"choose a new or empty {flag}")
+        raise RunKindError(f"{f} holds files without revit's run marker ({_names(f)}), not {_article(kind)} {kind} "
+                           "run; revit never deletes, overwrites or resumes them", hint=f"choose a new or empty {flag}")
     if found.kind != kind:
         raise RunKindError(f"{f} holds {_article(found.kind)} {found.kind} run, not {_article(kind)} {kind} run",
                            hint=f"choose another {flag}")
     if overwrite:
-        return Claim(f, kind, "overwrite", found)
+        return Claim(f, kind, "overwrite", found, flags=flags)
     if found.finished:
         raise FinishedRunError(f"{f} holds a finished {kind} run",
                                hint=f"pass --overwrite to replace it or choose another {flag}")
@@ -209,7 +410,11 @@ def claim_run(folder: str | os.PathLike[str], kind: str, *, resume: bool = False
         raise UnfinishedRunError(f"{f} holds an unfinished {kind} run",
                                  hint=f"pass --resume to continue it, --overwrite to start over, or choose "
                                       f"another {flag}")
-    return Claim(f, kind, "resume", found)
+    links = sorted(n for n in {*found.owned, *OUTPUTS[kind]} if (f / n).is_symlink())
+    if links:  # a copied folder could point revit's outputs anywhere: they are never written through
+        raise RunKindError(f"{f / links[0]} is a symbolic link; revit never writes a run's files through one",
+                           hint=f"remove it to resume, pass --overwrite to start over, or choose another {flag}")
+    return Claim(f, kind, "resume", found, flags=flags)
 
 
 @dataclass(frozen=True)
@@ -219,11 +424,56 @@ class FileClaim:
     path: Path
     journal: Path
     mode: str  # new | resume | overwrite
+    _state: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def begin(self) -> None:
-        """With ``overwrite``, drop the journal of the replaced build (the old file is replaced at the end)."""
-        if self.mode == "overwrite" and self.journal.exists():
-            self.journal.unlink()
+        """Create (``new``/``overwrite``: exclusively, never through a symlink) and lock the journal; with
+        ``overwrite`` first drop the replaced build's journal, with ``resume`` the stale temp files."""
+        j = self.journal
+        created = _missing_chain(j.parent)
+        try:
+            j.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from revit.validation import output_error
+
+            raise output_error(e, j) from None
+        if self.mode == "overwrite" and (j.exists() or j.is_symlink()):
+            check_unlocked(j)
+            j.unlink()
+        if self.mode in ("new", "overwrite"):
+            try:
+                os.close(os.open(j, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            except FileExistsError:
+                _remove_empty(created)
+                raise RunLockedError(f"{j} was just created by another revit run",
+                                     hint="wait for that run to end or choose another --out") from None
+            except OSError as e:
+                from revit.validation import output_error
+
+                _remove_empty(created)
+                raise output_error(e, j) from None
+        acquire(j)
+        if self.mode in ("resume", "overwrite"):
+            for p in self.path.parent.iterdir():
+                if _is_temp_of(p.name, {self.path.name}):
+                    _remove(p)
+        self._state.update(begun=True, created=created)
+
+    def abandon(self) -> None:
+        """A refusal after :meth:`begin`: a journal of this run that holds no measurement is removed (with the
+        folders begin created), so a refused build leaves nothing behind."""
+        try:
+            j = self.journal
+            if self.mode != "resume" and self._state.get("begun") and j.is_file() and not j.is_symlink():
+                if b'"type":"measure"' not in j.read_bytes()[: 1 << 20]:
+                    j.unlink()
+                    _remove_empty(self._state.get("created", []))
+        finally:
+            release(self.journal)
+
+    def done(self) -> None:
+        """The table is written and the journal removed: let go of the lock."""
+        release(self.journal)
 
 
 def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[str], kind: str,
@@ -236,10 +486,16 @@ def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[s
         found = read_marker(p) if any(p.iterdir()) else None
         what = f"holds {_article(found.kind)} {found.kind} run" if found else "is a folder"
         raise RunKindError(f"{p} {what}, not {_article(kind)} {kind} output file", hint=f"choose another {flag}")
+    if j.is_symlink():
+        raise RunKindError(f"{j} is a symbolic link; revit never creates or appends files through one",
+                           hint=f"remove it or choose another {flag}")
+    if j.exists() and not j.is_file():
+        raise RunKindError(f"{j} is not a file (a journal is)", hint=f"remove it or choose another {flag}")
     if p.exists() and not is_kind(p):
         raise RunKindError(f"{p} is a file that is not {_article(kind)} {kind} output",
                            hint=f"choose another {flag}")
     if j.exists():
+        check_unlocked(j, flag=flag)
         if overwrite and not resume:
             return FileClaim(p, j, "overwrite")
         if not resume:
@@ -254,6 +510,6 @@ def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[s
     return FileClaim(p, j, "new")
 
 
-__all__ = ["KINDS", "MARKER", "Claim", "FileClaim", "FinishedRunError", "OutputWriteError", "RunKindError",
-           "RunMarker", "UnfinishedRunError", "claim_output_file", "claim_run", "file_kind", "read_marker",
-           "save_atomic", "write_marker"]
+__all__ = ["KINDS", "MARKER", "OUTPUTS", "Claim", "FileClaim", "FinishedRunError", "OutputWriteError", "RunKindError",
+           "RunLockedError", "RunMarker", "UnfinishedRunError", "acquire", "check_unlocked", "claim_output_file",
+           "claim_run", "file_kind", "read_marker", "release", "save_atomic", "write_marker"]

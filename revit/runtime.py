@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from revit.errors import ConfigError, DeviceError
 from revit.recipes import AMP_MODES
+from revit.validation import short
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -129,7 +130,7 @@ def shutdown_distributed(clean: bool = True) -> None:
 def check_amp(amp: str) -> str:
     """``amp`` if it is one of :data:`AMP_MODES`, else a :class:`ConfigError`."""
     if amp not in AMP_MODES:
-        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+        raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(amp)}")
     return amp
 
 

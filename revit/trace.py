@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from revit._io import append_text, open_new_text
 from revit.config import BlockDims, ViTConfig
 from revit.errors import FileFormatError
 
@@ -79,16 +80,18 @@ class Trace:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
         """Read a trace; a truncated last line (a run killed mid-write) is ignored."""
+        from revit._io import check_depth, read_text
+
         p = Path(path)
-        try:
-            lines = p.read_text().splitlines()
-        except FileNotFoundError:
-            raise FileFormatError(f"{path}: no such file") from None
+        if p.is_dir():
+            raise FileFormatError(f"{path}: is a folder, not a trace file (give its trace.jsonl)")
+        lines = read_text(p).splitlines()  # size-limited; binary bytes are one line
         if not lines:
             raise FileFormatError(f"{path}: empty trace")
         try:
             header = json.loads(lines[0])
-        except json.JSONDecodeError:
+            check_depth(header, f"{path}: line 1")
+        except (ValueError, RecursionError):
             raise FileFormatError(f"{path}: line 1 is not a JSON trace header") from None
         if not isinstance(header, dict) or header.get("schema") != SCHEMA:
             raise FileFormatError(f"{path}: not a revit trace (schema {SCHEMA!r} expected on line 1)")
@@ -98,10 +101,13 @@ class Trace:
                 continue
             try:
                 d = json.loads(line)
-            except json.JSONDecodeError:
+                check_depth(d, f"{path}: line {i}")
+            except (ValueError, RecursionError):
                 if i == len(lines):
                     break  # torn last line from a kill
                 raise FileFormatError(f"{path}: line {i} is not JSON") from None
+            if not isinstance(d, dict):
+                raise FileFormatError(f"{path}: line {i} is not a trace step")
             steps.append(TraceStep.from_dict(d, f"{path}: line {i}"))
         return cls(header=header, steps=tuple(steps))
 
@@ -116,14 +122,12 @@ class TraceWriter:
             if self.path.exists() and self.path.stat().st_size > 0:
                 raise FileFormatError(f"{path}: trace exists; resume it or choose another output")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w") as f:
+            with open_new_text(self.path) as f:
                 f.write(json.dumps({"schema": SCHEMA, **header}) + "\n")
 
     def append(self, step: TraceStep) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(step.to_dict()) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """One line, never through a symlink (``O_NOFOLLOW``)."""
+        append_text(self.path, json.dumps(step.to_dict()) + "\n", fsync=True)
 
     def iter_steps(self) -> Iterator[TraceStep]:
         return iter(Trace.load(self.path).steps)

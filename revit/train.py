@@ -121,12 +121,12 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Models and optimizers then copy the tensors to their own device in ``load_state_dict``.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"{path}: not a revit training checkpoint")
+    from revit.safe_load import torch_load
+
+    state = torch_load(path, "training checkpoint")  # weights_only: a crafted pickle is refused, never run
+    want = {"model": dict, "optimizer": dict, "epoch": int, "history": list, "rng": torch.Tensor}
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in want.items()):
+        raise CheckpointError(f"{path}: not a revit training checkpoint (needs {', '.join(want)})")
     return state
 
 
@@ -241,15 +241,23 @@ class _Trainer:
                 atomic_write_text(ckpt.with_name("log.jsonl"), "".join(json.dumps(r) + "\n"
                                                                        for r in self.result.history))
             return epoch
-        if out is not None and self.rank == 0:
+        if out is not None and self.rank == 0:  # no checkpoint, no finished epoch: a fresh log (each epoch once)
             out.mkdir(parents=True, exist_ok=True)
-            if (out / "log.jsonl").exists() and not resume:
+            if (out / "log.jsonl").exists() or (out / "log.jsonl").is_symlink():
                 (out / "log.jsonl").unlink()
         return 0
 
     def _load(self, ckpt: Path) -> int:
         """Restore model, optimizer, scaler, EMA, history and RNG from ``ckpt``; the next epoch."""
         state = load_checkpoint_state(ckpt)
+        try:
+            return self._restore(ckpt, state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt}: damaged training checkpoint ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:160] if str(e) else ''})", hint="use a new --out") \
+                from None
+
+    def _restore(self, ckpt: Path, state: dict[str, Any]) -> int:
         if not same_recipe(state.get("train_config") or {}, self.cfg):
             raise CheckpointError(f"{ckpt}: was written with another training recipe; use a new --out")
         self.model.load_state_dict(state["model"])
@@ -356,8 +364,9 @@ class _Trainer:
 
     def save(self, out: Path, epoch: int, record: dict[str, Any]) -> None:
         """Append ``record`` to ``log.jsonl`` and write ``checkpoint.pt`` (atomic, CPU tensors)."""
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        from revit._io import append_text
+
+        append_text(out / "log.jsonl", json.dumps(record) + "\n")
         ema, scaler = self.ema, self.scaler
         _atomic_torch_save(to_cpu({
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,

@@ -29,21 +29,65 @@ from revit.errors import ConfigError, OutputError, RevitError
 Number = int | float
 
 
+# message values --------------------------------------------------------------------------------
+def short(value: Any, limit: int = 40, *, quote: bool = True) -> str:
+    """``value`` for a message: its repr (or str) cut to ``limit`` characters, so a hostile value (a huge
+    number, an expanded YAML alias) never becomes a huge message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {len(str(abs(value))) if value.bit_length() < 10_000 else 'thousands of'} digits"
+    try:
+        text = repr(value) if quote else str(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return text
+
+
+# machine bounds --------------------------------------------------------------------------------
+MAX_COUNT = 2**31 - 1  # counts, sizes, epochs, samples: what an int32 (torch, numpy indexing) holds
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_LR = 10.0  # learning rates: beyond this AdamW diverges at once (1e308 overflowed float32 mid-run)
+WORKER_MEMORY = 1 << 30  # each worker process (torch, a model, a loader) needs about 1 GiB
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """The most worker processes this machine can run at once: one per CPU, and about 1 GiB of memory each."""
+    return max(1, min(cpu_count(), memory_bytes() // WORKER_MEMORY))
+
+
+def max_threads() -> int:
+    """The most threads per process: four per CPU (oversubscription beyond that only slows a run down)."""
+    return 4 * cpu_count()
+
+
 # numbers ---------------------------------------------------------------------------------------
 def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
     """``>= 0 and < 1``: the range as the error message states it."""
+    def fmt(x: float) -> str:
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
     parts = []
     if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+        parts.append(f"{'>' if lo_open else '>='} {fmt(lo)}")
     if hi is not None:
-        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+        parts.append(f"{'<' if hi_open else '<='} {fmt(hi)}")
     return " and ".join(parts)
 
 
 def range_problem(value: Number, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
                   hi_open: bool = False) -> str | None:
-    """Why ``value`` is not a finite number in the range, or None when it is."""
-    if not math.isfinite(value):
+    """Why ``value`` is not a finite number in the range, or None when it is (ints of any size compare exactly)."""
+    if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
     too_high = hi is not None and (value >= hi if hi_open else value > hi)
@@ -61,10 +105,10 @@ def check_number(value: Any, name: str, lo: float | None = None, hi: float | Non
     """
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise error(f"{name} must be {kind}, got {value!r}")
+        raise error(f"{name} must be {kind}, got {short(value)}")
     problem = range_problem(value, lo, hi, lo_open=lo_open, hi_open=hi_open)
     if problem:
-        raise error(f"{name} {problem}, got {value!r}")
+        raise error(f"{name} {problem}, got {short(value)}")
     return value
 
 
@@ -74,9 +118,23 @@ def check_int(value: Any, name: str, lo: int | None = None, hi: int | None = Non
     return int(check_number(value, name, lo, hi, integer=True, error=error))
 
 
-def check_count(value: Any, name: str, *, error: type[RevitError] = ConfigError) -> int:
-    """A count: an integer >= 1."""
-    return check_int(value, name, 1, error=error)
+def check_count(value: Any, name: str, *, hi: int = MAX_COUNT, error: type[RevitError] = ConfigError) -> int:
+    """A count: an integer in ``[1, hi]`` (by default what an int32 holds)."""
+    return check_int(value, name, 1, hi, error=error)
+
+
+def check_workers(value: Any, name: str, *, lo: int = 1, error: type[RevitError] = ConfigError) -> int:
+    """A number of worker processes: at most :func:`max_workers` (this machine's CPUs and memory)."""
+    v = check_int(value, name, lo, error=error)
+    if v > max_workers():
+        raise error(workers_problem(name, v))
+    return v
+
+
+def workers_problem(name: str, value: int) -> str:
+    return (f"{name} {short(value)} is more than this machine can run: at most {max_workers()} worker "
+            f"process(es) ({cpu_count()} CPU(s), {format_bytes(memory_bytes())} of memory, about "
+            f"{format_bytes(WORKER_MEMORY)} each)")
 
 
 def check_optional(value: Any, check: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
@@ -92,41 +150,86 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be a number, got {short(text)}") from None
         problem = range_problem(v, lo, hi, lo_open=lo_open, hi_open=hi_open)
         if problem:
-            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{problem}, got {short(text)}")
         return v
 
     parse.__name__ = "number"
     return parse
 
 
-def integer(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
-    """argparse type: an integer in ``[lo, hi]``."""
+def integer(lo: int | None = None, hi: int | None = MAX_COUNT) -> Callable[[str], int]:
+    """argparse type: an integer in ``[lo, hi]`` (``hi`` defaults to :data:`MAX_COUNT`; digits are counted
+    before converting, so a 5000-digit value is one line too)."""
 
     def parse(text: str) -> int:
+        digits = text.strip().lstrip("+-").replace("_", "")
+        if len(digits) > 40 and digits.isdigit():  # beyond any bound; int() of 4300+ digits raises
+            sign = "-" if text.strip().startswith("-") else ""
+            huge = int(f"{sign}1{'0' * 41}")
+            raise argparse.ArgumentTypeError(f"{range_problem(huge, lo, hi) or 'out of range'}, got an integer of "
+                                             f"{len(digits)} digits")
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be an integer, got {short(text)}") from None
         problem = range_problem(v, lo, hi)
         if problem:
-            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{problem}, got {short(text)}")
         return v
 
     parse.__name__ = "integer"
     return parse
 
 
-def count() -> Callable[[str], int]:
-    """argparse type: an integer >= 1 (sizes, samples, epochs, threads)."""
-    return integer(1)
+def count(hi: int = MAX_COUNT) -> Callable[[str], int]:
+    """argparse type: an integer in ``[1, hi]`` (sizes, samples, epochs)."""
+    return integer(1, hi)
 
 
-def non_negative() -> Callable[[str], int]:
-    """argparse type: an integer >= 0 (worker counts, seeds, ``0: none`` options)."""
-    return integer(0)
+def non_negative(hi: int = MAX_COUNT) -> Callable[[str], int]:
+    """argparse type: an integer in ``[0, hi]`` (``0: none`` options)."""
+    return integer(0, hi)
+
+
+def seed() -> Callable[[str], int]:
+    """argparse type: a seed, an integer in ``[0, 2**32 - 1]`` (numpy's range)."""
+    return integer(0, MAX_SEED)
+
+
+def threads() -> Callable[[str], int]:
+    """argparse type: torch threads per process, in ``[1, max_threads()]`` (four per CPU of this machine)."""
+    f = integer(1, max_threads())
+    f.__name__ = "threads"
+    return f
+
+
+def loader_workers() -> Callable[[str], int]:
+    """argparse type: DataLoader worker processes per process, in ``[0, max_threads()]`` (four per CPU: they
+    mostly wait on I/O and decoding, unlike the study's training processes of :func:`workers`)."""
+    f = integer(0, max_threads())
+    f.__name__ = "loader_workers"
+    return f
+
+
+def check_loader_workers(value: Any, name: str, *, error: type[RevitError] = ConfigError) -> int:
+    """DataLoader workers read from a file or a dataclass: an integer in ``[0, max_threads()]``."""
+    return check_int(value, name, 0, max_threads(), error=error)
+
+
+def workers(lo: int = 1) -> Callable[[str], int]:
+    """argparse type: worker processes, in ``[lo, max_workers()]`` (this machine's CPUs and memory)."""
+
+    def parse(text: str) -> int:
+        v = integer(lo, None)(text)
+        if v > max_workers():
+            raise argparse.ArgumentTypeError(workers_problem("", v).strip())
+        return v
+
+    parse.__name__ = "workers"
+    return parse
 
 
 def fraction(*, lo_open: bool = True, hi_open: bool = True) -> Callable[[str], float]:
@@ -158,9 +261,9 @@ def check_fields(cls: type, raw: Mapping[str, Any], where: str, *, error: type[R
         elif float in args:
             check_number(v, name, error=error)
         elif str in args and not isinstance(v, str):
-            raise error(f"{name} must be a string, got {v!r}")
+            raise error(f"{name} must be a string, got {short(v)}")
         elif bool in args and not isinstance(v, bool):
-            raise error(f"{name} must be true or false, got {v!r}")
+            raise error(f"{name} must be true or false, got {short(v)}")
 
 
 # memory ----------------------------------------------------------------------------------------
@@ -268,6 +371,8 @@ def check_input_file(path: str | os.PathLike[str], what: str, *, error: type[Rev
     return p
 
 
-__all__ = ["OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory", "check_input_file", "check_int",
-           "check_number", "check_optional", "check_output_dir", "check_output_file", "count", "fraction",
-           "format_bytes", "integer", "memory_bytes", "non_negative", "number", "output_error", "range_problem"]
+__all__ = ["MAX_COUNT", "MAX_LR", "MAX_SEED", "OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory",
+           "check_input_file", "check_int", "check_loader_workers", "check_number", "check_optional",
+           "check_output_dir", "check_output_file", "check_workers", "count", "cpu_count", "format_bytes", "fraction",
+           "integer", "loader_workers", "max_threads", "max_workers", "memory_bytes", "non_negative", "number",
+           "output_error", "range_problem", "seed", "short", "threads", "workers", "workers_problem"]

@@ -108,14 +108,14 @@ class Case:
     id: str
     argv: tuple[str, ...]
     needle: str = ""
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str | bytes] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
 
 
 CASES: list[Case] = []
 
 
-def case(id: str, argv: list[str] | str, needle: str = "", files: dict[str, str] | None = None,
+def case(id: str, argv: list[str] | str, needle: str = "", files: dict[str, str | bytes] | None = None,
          env: dict[str, str] | None = None) -> None:
     argv = argv.split() if isinstance(argv, str) else argv
     CASES.append(Case(id, tuple(argv), needle, files or {}, env or {}))
@@ -383,6 +383,104 @@ case("save-missing-config", "model save nope.yaml --out m", "nope.yaml")
 case("save-missing-table", "model save micro.yaml --out m --table nope.json", "nope.json")
 case("save-run-with-checkpoint", "model save folder --checkpoint w.safetensors --out m", "--checkpoint")
 
+# 4. issue 21: the hostile round, one block per numbered class ------------------------------------
+RUN_MARKER = json.dumps({"schema": "revit/run/v1", "kind": "{kind}", "created": "2026-01-01T00:00:00+00:00",
+                         "finished": False, "revit_version": "0"})
+# (1) ownership: files that once made a folder count as an old-style run; --overwrite/--resume refuse, naming them
+USER_DIR = {"mine/results.csv": "a,b\n1,2\n", "mine/trace.jsonl": "{}\n", "mine/metrics.json": "{}",
+            "mine/log.jsonl": "{}\n", "mine/history.json": "[]", "mine/src/main.py": "print(1)\n"}
+case("i21-1-prune-overwrite-user-folder", f"{PRUNE_NO_TARGET.replace('existing.txt', 'mine')} --target-macs 0.5 "
+     "--overwrite", "results.csv", USER_DIR)
+case("i21-1-train-overwrite-user-folder", "train revit_micro --out mine --overwrite", "results.csv", USER_DIR)
+case("i21-1-train-resume-user-folder", "train revit_micro --out mine --resume", "results.csv", USER_DIR)
+case("i21-1-demo-user-folder", "demo --quick --out mine", "results.csv", USER_DIR)
+# (2) code from a file: a pickle that would create PWNED (planted by the ws fixture), in state files and inputs
+case("i21-2-train-resume-payload", "train revit_micro --data digits --out pl_train --resume", "checkpoint.pt",
+     {"pl_train/.revit-run.json": RUN_MARKER.replace("{kind}", "train")})
+case("i21-2-prune-resume-payload", "prune --model revit_micro --data digits --target-macs 0.5 --out pl_prune "
+     "--resume", "state.pt", {"pl_prune/.revit-run.json": RUN_MARKER.replace("{kind}", "prune")})
+case("i21-2-convert-payload", "model convert vit_tiny_patch16_224 --checkpoint payload.pth --out conv", "payload.pth")
+case("i21-2-init-payload", "train revit_micro --data digits --init payload.pth --out run", "payload.pth")
+case("i21-2-build-journal-payload", "latency build --preset micro --out pl.json --resume", "pl.json.journal.jsonl")
+# (3) bounds: huge numbers in options (10**30, 400 and 5000 digits, 1e308), files past their limits
+HUGE = {"1e30": str(10**30), "400-digits": "9" * 400, "5000-digits": "7" * 5000}
+for base, opt in [(DEMO, "--workers"), (DEMO, "--candidates"), (DEMO, "--epochs"), (DEMO, "--threads"),
+                  (DEMO, "--loader-workers"), (TRAIN, "--workers"), (TRAIN, "--epochs"), (TRAIN, "--seed"),
+                  (TRAIN, "--threads"), (TRAIN, "--batch-size"), (TRAIN, "--grad-accum"), (PRUNE, "--seed"),
+                  (PRUNE, "--threads"), (PRUNE, "--workers"), (BUILD, "--threads"), (BUILD, "--repeats"),
+                  (BUILD, "--seed"), (VALIDATE, "--samples"), ("rules fit fixtures/t.jsonl", "--bootstrap"),
+                  ("rules fit fixtures/t.jsonl", "--seed"), (GEN, "--max-embed-dim"), (SEARCH, "--threads")]:
+    words = base.split()
+    for label, v in HUGE.items():
+        case(f"i21-3-{'-'.join(words[:2]) if words[0] in GROUPS else words[0]}{opt}-{label}", [*words, opt, v], opt)
+for base, opt in [(TRAIN, "--lr"), (PRUNE, "--lr"), (GEN_NO_TARGET.replace("--uniform", "--rule paper") +
+                                                       " --embed-dim 64", "--mlp-factor")]:
+    case(f"i21-3-{base.split()[0]}{opt}-1e308", [*base.split(), opt, "1e308"], opt)
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+DEEP_YAML = "[" * 5000 + "]" * 5000 + "\n"
+DEEP_JSON = "[" * 5000 + "]" * 5000
+for where, argv, name in [("config", "model info {f}", "cfg"), ("spec", "search run {f}", "spec"),
+                          ("space", "latency build --space {f} --out t.json", "space"),
+                          ("rule", "rules show {f}", "rule")]:
+    case(f"i21-3-alias-bomb-{where}", argv.format(f=f"bomb_{name}.yaml"), "YAML nodes", {f"bomb_{name}.yaml": BOMB})
+    case(f"i21-3-complex-key-{where}", argv.format(f=f"ck_{name}.yaml"), "a key must be",
+         {f"ck_{name}.yaml": "? [a]\n: 1\nschema: x\n"})
+    case(f"i21-3-flow-complex-key-{where}", argv.format(f=f"fk_{name}.yaml"), "a key must be",
+         {f"fk_{name}.yaml": "{[1, 2]: 3}\n"})
+    case(f"i21-3-deep-yaml-{where}", argv.format(f=f"deep_{name}.yaml"), f"deep_{name}.yaml",
+         {f"deep_{name}.yaml": DEEP_YAML})
+case("i21-3-deep-json-table", "latency query deep_table.json revit_micro", "nested", {"deep_table.json": DEEP_JSON})
+case("i21-3-deep-json-nvit", "latency import-nvit deep_nvit.json --out x.json", "nested",
+     {"deep_nvit.json": DEEP_JSON})
+case("i21-3-deep-json-trace", "rules fit deep_trace.jsonl", "deep_trace.jsonl", {"deep_trace.jsonl": DEEP_JSON})
+_DEEP = json.loads(TABLE.read_text())
+for _ in range(200):
+    _DEEP["values"] = [_DEEP["values"]]
+case("i21-3-deep-table-values", "latency query deep_values.json revit_micro", "nested",
+     {"deep_values.json": json.dumps(_DEEP)})
+case("i21-3-binary-trace", "rules fit binary.jsonl", "not a UTF-8", {"binary.jsonl": b"\x80\x81\xfe\xff" * 64})
+case("i21-3-binary-config", "model info binary.yaml", "not a UTF-8", {"binary.yaml": b"\xff\xfe\x00" * 40})
+case("i21-3-long-value-quoted-short", "model info long.yaml", "embed_dim",
+     {"long.yaml": _yaml(_set(CONFIG, "embed_dim", "x" * 100_000))})
+
+
+# (4) tables validated whole on load: NaN, Infinity, negative and string knots, string cells
+def _table_axis(axis: str, i: int, value: Any) -> str:
+    doc = json.loads(TABLE.read_text())
+    doc["axes"][axis][i] = value
+    return json.dumps(doc)
+
+
+KNOTS = {"nan-knot": ("embed_dim", 1, float("nan"), "knot 1"), "inf-knot": ("embed_dim", 2, float("inf"), "knot 2"),
+         "negative-knot": ("heads", 0, -1, "knot 0"), "string-knot": ("mlp_dim", 3, "56", "knot 3"),
+         "bool-knot": ("qk_dim", 0, True, "knot 0"), "unsorted-knot": ("mlp_dim", 2, 10, "strictly increasing")}
+for cid, (axis, i, v, needle) in KNOTS.items():
+    name = f"table_{cid}.json"
+    files = {name: _table_axis(axis, i, v)}
+    case(f"i21-4-query-{cid}", f"latency query {name} revit_micro", needle, files)
+    case(f"i21-4-generate-{cid}", f"generate --rule paper --setting micro --latency-ms 5 --table {name}", needle, files)
+    case(f"i21-4-validate-{cid}", f"latency validate {name} --samples 2", needle, files)
+    case(f"i21-4-demo-{cid}", f"demo --quick --out d --table {name}", needle, files)
+case("i21-4-string-cell", "latency query table_string_cell.json revit_micro", "not a regular array of numbers",
+     {"table_string_cell.json": _table_with("0.001")})
+case("i21-4-null-cell", "latency query table_null_cell.json revit_micro", "not a regular array of numbers",
+     {"table_null_cell.json": _table_with(None)})
+_FIXED = json.loads(TABLE.read_text())
+_FIXED["fixed"]["embed_dim"][0] = "32"
+case("i21-4-fixed-string-knot", "latency query table_fixed_knot.json revit_micro", "embed_dim knot 0",
+     {"table_fixed_knot.json": json.dumps(_FIXED)})
+case("i21-4-nvit-deep-cell", "latency import-nvit nvit_list_cell.json --out imported.json", "MLP_128",
+     {"nvit_list_cell.json": _nvit_with([[1e-3]])})
+# (6) refusals leave nothing behind, and name the real cause
+_T197 = json.loads(TABLE.read_text())
+_T197["metadata"]["tokens"] = 197
+case("i21-6-demo-table-tokens", "demo --quick --out d --table table_t197.json", "197 tokens",
+     {"table_t197.json": json.dumps(_T197)})
+case("i21-6-train-grad-accum-too-big", "train revit_micro --data digits --train-limit 64 --val-size 16 --test-limit 16 "
+     "--grad-accum 2147483647 --out run", "optimizer step")
+case("i21-6-rules-fit-folder", "rules fit folder", "is a folder")
+
 CASE_IDS = [c.id for c in CASES]
 assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"
 
@@ -420,10 +518,17 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files["fixtures/t.jsonl"] = (ROOT / "tests" / "fixtures" / "micro_prune_trace.jsonl").read_text()
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
+        if isinstance(text, bytes):
+            (root / name).write_bytes(text)
+        else:
+            (root / name).write_text(text)
     import torch
 
     torch.save(torch.nn.Linear(2, 2), root / "module.pth")  # a pickled nn.Module, not a state dict
+    from test_payloads import plant  # issue 21: a pickle that would create PWNED when loaded unsafely
+
+    for f in ("payload.pth", "pl_train/checkpoint.pt", "pl_prune/state.pt", "pl.json.journal.jsonl"):
+        plant(root / f, root / "PWNED", pruner={}, settings={}, base_config={})
     return root
 
 
@@ -434,6 +539,7 @@ def assert_refused(rc: int, out: str, err: str, needle: str) -> None:
     assert err.startswith("revit: error: "), err
     assert "Traceback" not in err and "\x1b" not in err, err
     assert needle in err, f"{needle!r} not in {err!r}"
+    assert len(err) < 2000, f"a {len(err)}-character line: messages quote only a short prefix of a value"
 
 
 def run_in(ws: Path, argv: list[str] | tuple[str, ...], capsys: pytest.CaptureFixture[str],

@@ -131,20 +131,23 @@ def test_claim_reads_only_and_marks(tmp_path):
     assert marker is not None and marker.finished and marker.kind == "prune"
 
 
-def test_legacy_folders_are_recognised(tmp_path):
-    """Folders written before markers: the kind from their files, finished from their last file."""
-    cases = {"prune": ["trace.jsonl", "state.pt"], "train": ["checkpoint.pt", "config.yaml"],
-             "study-report": ["report.md"], "model-convert": ["config.yaml", "model.safetensors"]}
-    for kind, files in cases.items():
-        d = tmp_path / kind
-        d.mkdir()
-        for f in files:
-            (d / f).write_text("x")
-        m = read_marker(d)
-        assert m is not None and m.kind == kind and m.legacy
-        assert m.finished == (kind == "model-convert")
-        if kind in ("train", "prune"):
-            assert claim_run(d, kind, resume=True).resuming
+@pytest.mark.parametrize("kind", ["train", "prune", "demo"])
+def test_folders_without_a_marker_are_never_taken(cli, tmp_path, kind):
+    """Issue 21 item 1: files that once made a folder count as an old-style run (trace.jsonl, log.jsonl,
+    history.json next to metrics.json) no longer do: --overwrite and --resume refuse in one line naming the
+    files found, and every file keeps its bytes."""
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / "results.csv").write_text("a,b\n1,2\n")
+    (d / "trace.jsonl").write_text("{}\n")
+    (d / "log.jsonl").write_text("{}\n")
+    (d / "history.json").write_text("[]")
+    (d / "metrics.json").write_text("{}")
+    (d / "1-base").mkdir()
+    assert read_marker(d) is None
+    for extra in ((), ("--overwrite",), ("--resume",) if kind != "demo" else ()):
+        err = _refused(cli, _argv(kind, d, *extra), tmp_path, "results.csv", "without revit's run marker")
+        assert "--overwrite" not in err and "--resume" not in err  # no flag is suggested that would touch them
 
 
 def test_overwrite_replaces_a_finished_convert(cli, tmp_path):
@@ -152,11 +155,16 @@ def test_overwrite_replaces_a_finished_convert(cli, tmp_path):
     out = tmp_path / "conv"
     assert cli("model", "convert", "vit_tiny_patch16_224", "--out", out)[0] == 0
     first = checksums(out)
-    assert read_marker(out) == RunMarker("model-convert", read_marker(out).created, True)  # type: ignore[union-attr]
+    marker = read_marker(out)
+    assert marker == RunMarker("model-convert", marker.created, True,  # type: ignore[union-attr]
+                               files=("config.yaml", "model.safetensors"))
     _refused(cli, ["model", "convert", "vit_tiny_patch16_224", "--out", str(out)], tmp_path, "--overwrite")
-    (out / "stale.txt").write_text("from the old run")
+    (out / "mine.txt").write_text("the user's own file, not listed in the marker")
+    (out / ".model.safetensors.abc123.tmp").write_bytes(b"half a file of a killed run")
     assert cli("model", "convert", "vit_tiny_patch16_224", "--out", out, "--overwrite")[0] == 0
-    assert not (out / "stale.txt").exists() and set(checksums(out)) == set(first)
+    after = checksums(out)
+    assert (out / "mine.txt").read_text() == "the user's own file, not listed in the marker"  # never revit's
+    assert set(after) == set(first) | {"mine.txt"}  # the stale temp file of revit's is gone
 
 
 _TRAIN = ["--data", "digits", "--train-limit", "256", "--val-size", "64", "--test-limit", "64", "--epochs", "2",

@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any
 
-from revit.validation import count, non_negative
+from revit.validation import count, loader_workers, non_negative, seed, threads
 
 
 def add_command(sub: Any, name: str, help: str, example: str) -> argparse.ArgumentParser:
@@ -73,9 +73,9 @@ def add_data_args(p: argparse.ArgumentParser, *, test_limit_zero: bool = False) 
                        help="score on this many test images (default: all; 0: none)")
     else:
         p.add_argument("--test-limit", type=count(), help="evaluate on this many test images (default: all)")
-    p.add_argument("--seed", type=non_negative(), default=0,
+    p.add_argument("--seed", type=seed(), default=0,
                    help="seed of the split, the batch order and any random init")
-    p.add_argument("--threads", type=count(), help="torch CPU threads per process")
+    p.add_argument("--threads", type=threads(), help="torch CPU threads per process (at most 4 per CPU)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--workers", training: bool = True) -> None:
@@ -92,7 +92,7 @@ def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--worker
         p.add_argument("--grad-accum", type=count(), default=1, metavar="N",
                        help="micro-batches of --batch-size per optimizer step")
     flags = (loader_flag, "-j") if loader_flag == "--workers" else (loader_flag,)
-    p.add_argument(*flags, dest="loader_workers", type=non_negative(), default=0, metavar="N",
+    p.add_argument(*flags, dest="loader_workers", type=loader_workers(), default=0, metavar="N",
                    help="DataLoader worker processes per process")
 
 

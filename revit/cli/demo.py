@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, outcome
-from revit.validation import check_output_dir, count, non_negative
+from revit.validation import check_output_dir, count, loader_workers, threads, workers
 
 
 def register(sub: Any) -> None:
@@ -17,14 +17,15 @@ def register(sub: Any) -> None:
     p.add_argument("--train-limit", type=count(), help="training images of the base and pruning stages (default 8000)")
     p.add_argument("--study-train-limit", type=count(), help="training images per study trial (default 5000)")
     p.add_argument("--epochs", type=count(), help="epochs per study trial (default 2)")
-    p.add_argument("--candidates", type=count(), help="candidate trials of the study (default 3)")
-    p.add_argument("--workers", type=count(), help="study worker processes (default 2)")
-    p.add_argument("--threads", type=count(), help="torch threads of the single-process stages (default 1)")
+    p.add_argument("--candidates", type=count(10_000), help="candidate trials of the study (default 3)")
+    p.add_argument("--workers", type=workers(), help="study worker processes (default 2; at most one per CPU "
+                   "and GiB of memory)")
+    p.add_argument("--threads", type=threads(), help="torch threads of the single-process stages (default 1)")
     p.add_argument("--table", help="latency table JSON (default: the shipped micro table)")
     p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="autocast of every training stage (default off)")
-    p.add_argument("--loader-workers", type=non_negative(), help="DataLoader workers per process (default 0; --workers "
-                                                      "counts study processes)")
+    p.add_argument("--loader-workers", type=loader_workers(),
+                   help="DataLoader workers per process (default 0; --workers counts study processes)")
     p.add_argument("--quick", action="store_true", help="a one-minute plan with tiny subsets (smoke test)")
     add_overwrite_arg(p)
     p.set_defaults(func=cmd_demo)

@@ -13,7 +13,7 @@ from revit.cli._common import add_command, info, print_json
 from revit.config import Setting
 from revit.counting import count_text
 from revit.errors import ConfigError
-from revit.validation import check_output_file, count, non_negative, number, range_problem
+from revit.validation import check_output_file, count, non_negative, number, range_problem, short
 
 
 def register(sub: Any) -> None:
@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument("--table", metavar="T", help="latency table JSON (for --latency-ms)")
     p.add_argument("--head-dim", type=count(), default=None,
                    help="uniform baseline: QK and V width per head (64; 24 with the micro granularity)")
-    p.add_argument("--mlp-factor", type=number(0, lo_open=True), default=1.0,
+    p.add_argument("--mlp-factor", type=number(0, 1000, lo_open=True), default=1.0,
                    help="with --embed-dim: scale every block's MLP width by this factor (default 1 = the rule)")
     g = p.add_argument_group("setting (defaults: ImageNet 224/16, 12 blocks, 1000 classes)")
     g.add_argument("--setting", choices=sorted(Setting.PRESETS), default="imagenet",
@@ -73,9 +73,9 @@ def _factor_range(text: str) -> tuple[float, float]:
     try:
         lo, hi = (float(x) for x in text.split(","))
     except ValueError:
-        raise ConfigError(f"--mlp-factor-range must be LO,HI such as 0.5,2, got {text!r}") from None
+        raise ConfigError(f"--mlp-factor-range must be LO,HI such as 0.5,2, got {short(text)}") from None
     if range_problem(lo, 0, lo_open=True) or range_problem(hi, 0, lo_open=True) or not lo <= hi:
-        raise ConfigError(f"--mlp-factor-range must be finite positive LO <= HI, got {text!r}")
+        raise ConfigError(f"--mlp-factor-range must be finite positive LO <= HI, got {short(text)}")
     return lo, hi
 
 

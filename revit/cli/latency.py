@@ -11,7 +11,7 @@ from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
 from revit.errors import ConfigError
-from revit.validation import check_output_file, count, non_negative, number
+from revit.validation import check_output_file, count, non_negative, number, seed, threads
 
 
 def register(sub: Any) -> None:
@@ -36,23 +36,24 @@ def register(sub: Any) -> None:
     add_overwrite_arg(b)
     b.add_argument("--device", default=None, help="cpu (default; cuda for tensorrt), cuda, tensorrt (ORT provider)")
     b.add_argument("--dtype", default="fp32", help="fp32 (default) or fp16 (tensorrt, torch on cuda)")
-    b.add_argument("--threads", type=count(), default=1, help="intra-op threads (default 1: steadiest on shared CPUs)")
+    b.add_argument("--threads", type=threads(), default=1,
+                   help="intra-op threads (default 1: steadiest on shared CPUs)")
     b.add_argument("--clock", default="auto", choices=("auto", "wall", "thread"),
                    help="auto: thread CPU time for onnxruntime on cpu with 1 thread, else wall clock")
     b.add_argument("--design", default="auto", choices=("auto", "full"), help="sparse grid from pilot sweeps, or full")
     b.add_argument("--max-cells", type=count(), default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
     b.add_argument("--tol", type=number(0, lo_open=True),
                    default=0.01, help="target relative interpolation error of the knots")
-    b.add_argument("--warmup", type=non_negative(), default=2)
-    b.add_argument("--repeats", type=count(), default=5)
-    b.add_argument("--passes", type=count(), default=3, help="passes over all cells, each in random order")
+    b.add_argument("--warmup", type=non_negative(10_000), default=2)
+    b.add_argument("--repeats", type=count(10_000), default=5)
+    b.add_argument("--passes", type=count(1_000), default=3, help="passes over all cells, each in random order")
     b.add_argument("--graph", default="shared", choices=("shared", "per-cell"), help="onnxruntime block graph")
     b.add_argument("--compile", action="store_true", help="torch backend: torch.compile each module")
     b.add_argument("--cuda-graphs", action="store_true",
                    help="torch backend on cuda: time CUDA-graph replays (no launch overhead; recorded in the table)")
     b.add_argument("--no-reference", action="store_true",
                    help="do not normalise by a reference block timed around each measurement")
-    b.add_argument("--seed", type=non_negative(), default=0)
+    b.add_argument("--seed", type=seed(), default=0)
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_build)
 
@@ -76,10 +77,11 @@ def register(sub: Any) -> None:
     v = add_command(lsub, "validate", "measure random whole models and compare with the table's predictions",
                     "revit latency validate latency_tables/cpu_onnxruntime_fp32_bs64_t17.json --samples 50")
     v.add_argument("table")
-    v.add_argument("--samples", type=count(), default=20)
+    v.add_argument("--samples", type=count(100_000), default=20,
+                   help="random whole models measured (at most 100000)")
     v.add_argument("--noise-k", type=non_negative(),
                    default=10, help="copies of one config measured for the noise floor")
-    v.add_argument("--seed", type=non_negative(), default=1)
+    v.add_argument("--seed", type=seed(), default=1)
     v.add_argument("--model-source", default="graph", choices=("graph", "revit-models"),
                    help="graph: onnx.helper model; revit-models: export revit.models' model to ONNX")
     v.add_argument("--json", action="store_true")

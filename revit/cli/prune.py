@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from revit.cli._common import add_command, add_data_args, add_run_folder_args, add_runtime_args, info, print_json
-from revit.validation import check_output_dir, count, fraction, non_negative, number
+from revit.validation import MAX_LR, check_output_dir, count, fraction, non_negative, number
 
 CRITERIA_NAMES = ("hessian", "nvit-code", "taylor", "magnitude", "random")
 
@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
                    help="auto (from the model's widths: standard steps for DeiT-Tiny and wider, micro below), "
                         "standard, micro, one, or E,H,QK,V,MLP steps")
     p.add_argument("--batch-size", type=count(), default=128, help="global batch (split across processes)")
-    p.add_argument("--lr", type=number(0, lo_open=True),
+    p.add_argument("--lr", type=number(0, MAX_LR, lo_open=True),
                    default=1e-4, help="AdamW learning rate while pruning (constant)")
     p.add_argument("--weight-decay", type=number(0), default=0.05)
     p.add_argument("--kl-weight", type=number(0), default=1.0, help="weight of the KL to the unpruned model")

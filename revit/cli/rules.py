@@ -11,7 +11,7 @@ from typing import Any
 
 from revit.cli._common import add_command, info, print_json
 from revit.errors import ConfigError
-from revit.validation import check_number, check_output_file, count, fraction, non_negative
+from revit.validation import check_number, check_output_file, count, fraction, non_negative, seed, short
 
 
 def register(sub: Any) -> None:
@@ -49,13 +49,13 @@ def register(sub: Any) -> None:
     at.add_argument("--at-step", type=non_negative(), help="read at this step number (default: the last step)")
     fit.add_argument("--fix", action="append", default=[], metavar="NAME=VALUE",
                      help="hold a parameter fixed (repeatable), e.g. --fix v_end=1")
-    fit.add_argument("--bootstrap", type=int, metavar="N",
+    fit.add_argument("--bootstrap", type=non_negative(100_000), metavar="N",
                      help="resamples for 95%% percentile intervals per parameter and the non-monotone test "
                           "(default: 200 with traces, 0 = none with --to-rule)")
     fit.add_argument("--bootstrap-unit", default="auto", choices=("auto", "blocks", "traces", "traces+blocks"),
                      help="what is resampled: blocks within each region, whole traces, or both "
                           "(auto: traces+blocks with several traces, blocks with one)")
-    fit.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (0)")
+    fit.add_argument("--seed", type=seed(), default=0, help="seed of the bootstrap resamples (0)")
     fit.add_argument("--name", help="name of the fitted rule (default: the output file's stem)")
     fit.add_argument("--description", help="one-line description written into the rule")
     fit.add_argument("--out", help="write the fitted rule YAML here (default: stdout)")
@@ -119,7 +119,7 @@ def _parse_fix(items: list[str]) -> dict[str, float]:
                 raise ValueError
             out[key.strip()] = check_number(float(val), f"--fix {key.strip()}")
         except ValueError:
-            raise ConfigError(f"--fix expects NAME=VALUE such as v_end=1, got {it!r}") from None
+            raise ConfigError(f"--fix expects NAME=VALUE such as v_end=1, got {short(it)}") from None
     return out
 
 
@@ -127,9 +127,9 @@ def _embed_dims(text: str) -> list[int]:
     try:
         dims = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--embed-dims must be integers separated by commas, got {text!r}") from None
+        raise ConfigError(f"--embed-dims must be integers separated by commas, got {short(text)}") from None
     if not dims or min(dims) < 1:
-        raise ConfigError(f"--embed-dims must be positive integers, got {text!r}")
+        raise ConfigError(f"--embed-dims must be positive integers, got {short(text)}")
     return dims
 
 

@@ -14,7 +14,7 @@ from revit.cli._common import (
     print_json,
     runtime_kwargs,
 )
-from revit.validation import check_output_dir, count, number
+from revit.validation import MAX_LR, check_output_dir, count, number
 
 
 def register(sub: Any) -> None:
@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
                    help="basic: AdamW lr 1e-3, 0.5 warm-up epochs, no augmentation on tensor datasets; deit: "
                         "DeiT's (lr 5e-4 x batch/512, wd 0.05, 5 warm-up epochs, drop path 0.1, RandAugment, "
                         "random erasing 0.25, Mixup 0.8/CutMix 1.0, hard-label distillation)")
-    p.add_argument("--lr", type=number(0, lo_open=True), help="peak learning rate (default: the recipe's)")
+    p.add_argument("--lr", type=number(0, MAX_LR, lo_open=True), help="peak learning rate (default: the recipe's)")
     p.add_argument("--weight-decay", type=number(0), help="default: 0.05")
     p.add_argument("--warmup-epochs", type=number(0), help="default: the recipe's (basic 0.5, deit 5)")
     p.add_argument("--label-smoothing", type=number(0, 1, hi_open=True), help="default: 0.1")

@@ -19,6 +19,7 @@ from revit import __version__
 from revit._io import load_json
 from revit.errors import FileFormatError
 from revit.latency.table import LatencyTable
+from revit.validation import short
 
 NVIT_BATCH = 256
 NVIT_TOKENS = 198  # DeiT-B distilled at 224: 196 patches + cls + dist
@@ -46,7 +47,7 @@ def _cell(x: Any, where: str) -> float:
         try:
             x = float(x)
         except ValueError:
-            raise FileFormatError(f"{where} must be a number, got {x!r}") from None
+            raise FileFormatError(f"{where} must be a number, got {short(x)}") from None
     return float(check_number(x, where, 0, error=FileFormatError))
 
 

@@ -40,6 +40,7 @@ from revit.latency.backends.base import Backend
 from revit.latency.space import AXES, Space
 from revit.latency.table import FixedParts, LatencyTable
 from revit.runs import FileClaim, claim_output_file, file_kind
+from revit.validation import short
 
 NVIT_CELLS = 9375
 Cell = tuple[int, int, int, int, int]
@@ -67,7 +68,7 @@ class BuildSettings:
         if self.warmup < 0:
             raise ConfigError("warmup must be >= 0")
         if self.design not in ("auto", "full"):
-            raise ConfigError(f"design must be 'auto' or 'full', got {self.design!r}")
+            raise ConfigError(f"design must be 'auto' or 'full', got {short(self.design)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -85,7 +86,7 @@ class Journal:
     def append(self, record: dict[str, Any]) -> None:
         """One ``write`` of one complete line, flushed and fsynced: a crash loses at most this line."""
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -101,18 +102,24 @@ class Journal:
 
     def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Header and records; a truncated last line (a crash mid-write) is dropped, other damage is an error."""
-        lines = self.path.read_bytes().split(b"\n")
+        from revit._io import read_bytes
+
+        lines = read_bytes(self.path).split(b"\n")
         recs: list[dict[str, Any]] = []
         for i, raw in enumerate(lines):
             if not raw.strip():
                 continue
             try:
-                recs.append(json.loads(raw))
-            except json.JSONDecodeError:
+                rec = json.loads(raw)
+            except (ValueError, RecursionError):  # malformed JSON, binary bytes, nesting too deep
                 if i == len(lines) - 1:  # no newline after it: cut short by a crash
                     continue
                 raise FileFormatError(f"{self.path}: line {i + 1} is corrupted; delete the journal to rebuild") \
                     from None
+            if not isinstance(rec, dict):
+                raise FileFormatError(f"{self.path}: line {i + 1} is not a journal record; delete the journal to "
+                                      "rebuild")
+            recs.append(rec)
         if not recs or recs[0].get("type") != "header":
             raise FileFormatError(f"{self.path}: not a revit build journal (no header line)")
         return recs[0], recs[1:]
@@ -307,24 +314,28 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
     s.check()
     check_cell_budget(space, s)
     claim = claim_build(out, resume=resume, overwrite=overwrite)
-    claim.begin()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    header, state = _open_journal(claim.journal, _header(space, backend, s), resume)
-    m = _Measurer(space, backend, s, state, Journal(claim.journal), progress, on_measure)
-    knots, design_info = _design(space, s, state, m)
-    grid = [tuple(c) for c in itertools.product(*(knots[a] for a in AXES))]
-    fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
-    m.run([("overhead",)] + [("block", *c) for c in grid] + fixed_keys, "grid")
-    table = _assemble(space, s, state, header, knots, design_info, m.ref_cell, str(out))
-    table.save(out)
+    claim.begin()  # creates and locks the journal (never through a symlink)
+    try:
+        header, state = _open_journal(claim.journal, _header(space, backend, s), resume)
+        m = _Measurer(space, backend, s, state, Journal(claim.journal), progress, on_measure)
+        knots, design_info = _design(space, s, state, m)
+        grid = [tuple(c) for c in itertools.product(*(knots[a] for a in AXES))]
+        fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
+        m.run([("overhead",)] + [("block", *c) for c in grid] + fixed_keys, "grid")
+        table = _assemble(space, s, state, header, knots, design_info, m.ref_cell, str(out))
+        table.save(out)
+    except BaseException:
+        claim.abandon()  # a journal without a measurement is removed; one with measurements stays to resume
+        raise
     claim.journal.unlink()
+    claim.done()
     return table
 
 
 def _open_journal(journal: Path, header: dict[str, Any], resume: bool) -> tuple[dict[str, Any], _State]:
     """Start a journal, or continue one (``resume``) from its records; the header in force and the state."""
     state = _State()
-    if not journal.exists():
+    if not journal.exists() or journal.stat().st_size == 0:  # begin() created it empty
         Journal(journal).append(header)
         return header, state
     if not resume:

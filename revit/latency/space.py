@@ -22,6 +22,7 @@ from typing import Any
 from revit._io import check_schema, load_yaml
 from revit.config import BLOCK_KEYS, Setting
 from revit.errors import ConfigError, check_keys
+from revit.validation import short
 
 AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
 
@@ -80,7 +81,7 @@ class Space:
                 raise ConfigError(f"{source}: axis {a} missing or malformed")
         raw_setting = d.get("setting") or {}
         if not isinstance(raw_setting, Mapping):
-            raise ConfigError(f"{source}: 'setting' must be a mapping of setting fields, got {raw_setting!r}")
+            raise ConfigError(f"{source}: 'setting' must be a mapping of setting fields, got {short(raw_setting)}")
         setting = Setting.from_dict({**raw_setting, "depth": d.get("depth", 12)}, f"{source}: setting")
         return cls(name=str(d.get("name", source)), axes=axes, setting=setting)
 

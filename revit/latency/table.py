@@ -34,16 +34,6 @@ REQUIRED_METADATA = ("device", "backend", "backend_version", "dtype", "batch_siz
 EXTRAPOLATE_HINT = "pass extrapolate=True (--extrapolate) to extrapolate linearly"
 
 
-def _check_cells(a: np.ndarray, what: str) -> None:
-    """Latencies and spreads are finite and never negative: a NaN or negative cell is a broken table."""
-    bad = ~np.isfinite(a) | (a < 0)
-    if np.any(bad):
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        where = f" at {list(idx)}" if a.ndim > 1 else (f" at index {idx[0]}" if idx else "")
-        raise FileFormatError(f"{what} has a negative or non-finite entry {float(a[idx]):g}{where}; "
-                              "latencies are finite and >= 0")
-
-
 def config_setting(cfg: ViTConfig) -> dict[str, Any]:
     """The part of a config that the fixed parts' latency depends on, besides ``embed_dim``."""
     return cfg.setting.fixed_parts()
@@ -73,13 +63,14 @@ class FixedParts:
     spread: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        from revit.latency.validate_table import check_axis, check_grid
+
         if len(self.embed_dim) != len(self.values) or not self.embed_dim:
             raise FileFormatError("fixed parts: 'embed_dim' and 'values' must be non-empty and of equal length")
-        if any(b <= a for a, b in zip(self.embed_dim, self.embed_dim[1:], strict=False)):
-            raise FileFormatError("fixed parts: 'embed_dim' must be strictly increasing")
-        _check_cells(np.asarray(self.values, dtype=np.float64), "fixed parts: values")
+        check_axis("embed_dim", self.embed_dim, "fixed parts")
+        check_grid(list(self.values), (len(self.embed_dim),), "fixed parts: values")
         if self.spread is not None:
-            _check_cells(np.asarray(self.spread, dtype=np.float64), "fixed parts: spread")
+            check_grid(list(self.spread), (len(self.embed_dim),), "fixed parts: spread")
 
     def latency(self, embed_dim: float, extrapolate: bool = False) -> float:
         """Piecewise-linear lookup in embed_dim (linear extrapolation only when asked)."""
@@ -105,11 +96,15 @@ class FixedParts:
     def from_dict(cls, d: Any, source: str) -> FixedParts:
         if not isinstance(d, Mapping) or not {"setting", "embed_dim", "values"} <= set(d):
             raise FileFormatError(f"{source}: 'fixed' must be null or a mapping with setting, embed_dim, values")
+        from revit.latency.validate_table import check_axis, check_grid
+
         try:
             spread = d.get("spread")
-            return cls(setting=dict(d["setting"]), embed_dim=tuple(float(x) for x in d["embed_dim"]),
-                       values=tuple(float(x) for x in d["values"]),
-                       spread=None if spread is None else tuple(float(x) for x in spread))
+            emb = check_axis("embed_dim", d["embed_dim"], f"{source}: fixed parts")
+            values = check_grid(d["values"], (len(emb),), f"{source}: fixed parts: values")
+            spr = None if spread is None else check_grid(spread, (len(emb),), f"{source}: fixed parts: spread")
+            return cls(setting=dict(d["setting"]), embed_dim=emb, values=tuple(float(x) for x in values),
+                       spread=None if spr is None else tuple(float(x) for x in spr))
         except (TypeError, ValueError) as e:
             raise FileFormatError(f"{source}: malformed 'fixed' section ({e})") from None
         except FileFormatError as e:
@@ -162,15 +157,11 @@ class LatencyTable:
         self.source = source
         if set(axes) != set(AXES):
             raise FileFormatError(f"{source}: axes must be exactly {', '.join(AXES)}; got {', '.join(axes)}")
+        from revit.latency.validate_table import check_axis
+
         self.axes: dict[str, tuple[float, ...]] = {}
-        for name in AXES:
-            try:
-                pts = tuple(float(x) for x in axes[name])
-            except (TypeError, ValueError):
-                raise FileFormatError(f"{source}: axis {name} must be a list of numbers") from None
-            if not pts or any(b <= a for a, b in zip(pts, pts[1:], strict=False)):
-                raise FileFormatError(f"{source}: axis {name} must be non-empty and strictly increasing")
-            self.axes[name] = pts
+        for name in AXES:  # finite, >= 0, strictly increasing numbers (validated whole on load)
+            self.axes[name] = check_axis(name, axes[name], source)
         shape = tuple(len(self.axes[a]) for a in AXES)
         self.values = self._array(values, shape, "values")
         self.spread = None if spread is None else self._array(spread, shape, "spread")
@@ -186,17 +177,9 @@ class LatencyTable:
         self._interp: Any = None
 
     def _array(self, data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-        try:
-            a = np.asarray(data, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise FileFormatError(f"{self.source}: {what} is not a regular numeric array (truncated or edited?)") \
-                from None
-        if a.ndim == 1 and a.size == int(np.prod(shape)):
-            a = a.reshape(shape)
-        if a.shape != shape:
-            raise FileFormatError(f"{self.source}: {what} has shape {a.shape}, axes need {shape}")
-        _check_cells(a, f"{self.source}: {what}")
-        return a
+        from revit.latency.validate_table import check_grid
+
+        return check_grid(data, shape, f"{self.source}: {what}")
 
     # properties ------------------------------------------------------------------------------
     @property

@@ -10,7 +10,6 @@ renaming; parts the per-block model lacks (register tokens, QK norm, ...) are re
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,27 +35,24 @@ PLAIN_KEYS = ("state_dict", "model")
 
 
 def _wrapper_keys(path: Path) -> list[str]:
-    """The top-level keys of a ``torch.save``-d dict (read lazily: tensors land on the meta device)."""
-    if path.suffix == ".safetensors":
-        return []
-    with torch.serialization.safe_globals([argparse.Namespace]):  # timm train.py saves its args
-        try:
-            obj = torch.load(path, map_location="meta", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            obj = torch.load(path, map_location="meta", weights_only=True)
-    return [str(k) for k, v in obj.items() if isinstance(v, Mapping)] if isinstance(obj, Mapping) else []
+    """The top-level keys of a ``torch.save``-d dict (read lazily; the one load module: revit.safe_load)."""
+    from revit.safe_load import checkpoint_top_keys
+
+    return checkpoint_top_keys(path)
 
 
 def read_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> tuple[dict[str, torch.Tensor], str]:
     """The flat state dict of a checkpoint file (via timm's loader) and a line saying which weights it holds."""
-    from timm.models import load_state_dict as timm_load_state_dict
+    from revit.safe_load import timm_state_dict
 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         parts = _wrapper_keys(p)
-        sd: Any = timm_load_state_dict(str(p), use_ema=use_ema)
+        sd: Any = timm_state_dict(p, use_ema=use_ema)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(sd, Mapping) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -44,6 +44,7 @@ from revit.runtime import (
     to_device,
 )
 from revit.trace import Trace, TraceWriter
+from revit.validation import short
 
 
 class PruneError(RevitError):
@@ -102,10 +103,19 @@ class PruneConfig:
         if self.eval_size < 0 or self.workers < 0:
             raise ConfigError("eval_size and workers must be >= 0")
         if self.target_kind not in ("macs", "latency"):
-            raise ConfigError(f"target_kind must be macs or latency, got {self.target_kind!r}")
+            raise ConfigError(f"target_kind must be macs or latency, got {short(self.target_kind)}")
         if self.amp not in AMP_MODES:
-            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
         CRITERIA.get(self.criterion)  # raises with the known names
+        from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
+
+        check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
+        check_number(self.seed, "seed", 0, MAX_SEED, integer=True)
+        for k in ("batch_size", "max_steps", "eval_size", "prune_steps", "interval", "per_step"):
+            if getattr(self, k):
+                check_count(getattr(self, k), k)
+        if self.workers:
+            check_loader_workers(self.workers, "workers")
 
     @property
     def fixed_schedule(self) -> bool:
@@ -175,11 +185,16 @@ class PruneRun:
         self.scaler = grad_scaler(self.device, cfg.amp)
         self.finished = False
         self._barrier()  # every rank checked the folder before rank 0 writes
-        if self.claim.resuming and self.state_path.is_file():
-            self._load_state()
-        else:  # new, overwrite, or a run killed before its first state save: (re)start from step 0
-            self._start()
-        self.teacher = self._teacher()
+        try:
+            if self.claim.resuming and self.state_path.is_file():
+                self._load_state()
+            else:  # new, overwrite, or a run killed before its first state save: (re)start from step 0
+                self._start()
+            self.teacher = self._teacher()
+        except BaseException:
+            if self.rank == 0:
+                self.claim.abandon()  # a new folder holding only its marker (a full disk) is removed again
+            raise
 
     # --- setup and persistence -----------------------------------------------------------------
     def _start(self) -> None:
@@ -202,13 +217,16 @@ class PruneRun:
 
     def _teacher(self) -> nn.Module:
         """The frozen unpruned model, read back from the run folder (so a resumed run has the same one)."""
-        from safetensors.torch import load_file
-
         from revit.models import build_model
+        from revit.safe_load import load_safetensors
 
         self._barrier()
         teacher = build_model(self.base).to(self.device)
-        teacher.load_state_dict(load_file(str(self.teacher_path)))
+        try:
+            teacher.load_state_dict(load_safetensors(self.teacher_path, "teacher weights"))
+        except RuntimeError as e:
+            raise CheckpointError(f"{self.teacher_path}: holds weights of another model "
+                                  f"({str(e).splitlines()[0][:160]})", hint="use a new --out") from None
         return teacher.eval().requires_grad_(False)
 
     def _barrier(self) -> None:
@@ -233,7 +251,26 @@ class PruneRun:
         save_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def _load_state(self) -> None:
-        st = torch.load(self.state_path, map_location="cpu", weights_only=False)
+        from revit.safe_load import torch_load
+
+        st = torch_load(self.state_path, "pruning state")  # weights_only: a crafted pickle is refused, never run
+        want = {"model": dict, "optimizer": dict, "pruner": dict, "rng": torch.Tensor, "settings": dict,
+                "base_config": dict}
+        if not isinstance(st, dict) or any(not isinstance(st.get(k), t) for k, t in want.items()):
+            raise CheckpointError(f"{self.state_path}: not a revit pruning state (needs {', '.join(want)})")
+        try:
+            self._restore(st)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{self.state_path}: damaged pruning state ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:160] if str(e) else ''})", hint="use a new --out") \
+                from None
+        if self.rank == 0:  # the trace as of the saved state (drops lines written after it)
+            self.claim.begin()
+            self._write_trace()
+        self._barrier()
+
+    def _restore(self, st: dict[str, Any]) -> None:
+        """Model, optimizer, pruner, scaler and RNG from a checked state (another recipe or model is refused)."""
         same = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "workers")}
         if {k: st["settings"].get(k) for k in same} != same:
             diff = [k for k, v in same.items() if st["settings"].get(k) != v]
@@ -249,10 +286,6 @@ class PruneRun:
         self.finished = bool(st.get("finished", False))
         self.prior_seconds = float(st.get("seconds", 0.0))
         torch.set_rng_state(st["rng"])
-        if self.rank == 0:  # the trace as of the saved state (drops lines written after it)
-            self.claim.begin()
-            self._write_trace()
-        self._barrier()
 
     # --- training --------------------------------------------------------------------------------
     def _evaluate(self, model: nn.Module) -> float | None:

@@ -16,6 +16,7 @@ from typing import ClassVar
 from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError, check_keys
 from revit.registry import Registry
+from revit.validation import short
 
 WIDTH_KINDS = ("heads", "qk_dim", "v_dim", "mlp_dim")
 
@@ -74,7 +75,7 @@ class RuleFamily(ABC):
         for key, spec in self.params.items():
             value = given.get(key, spec.default)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"{source}: parameter {key} must be a number, got {value!r}")
+                raise ConfigError(f"{source}: parameter {key} must be a number, got {short(value)}")
             if not spec.low <= value <= spec.high:
                 raise ConfigError(f"{source}: parameter {key}={value} is outside [{spec.low}, {spec.high}]")
             out[key] = float(value)

@@ -24,6 +24,7 @@ from revit.errors import ConfigError
 from revit.rules.base import WIDTH_KINDS, block_positions, get_family
 from revit.rules.rule import Rule
 from revit.trace import Trace, TraceStep
+from revit.validation import short
 
 
 @dataclass(frozen=True)
@@ -385,7 +386,7 @@ def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str =
     if n < 10:
         raise ConfigError(f"--bootstrap needs at least 10 resamples, got {n}")
     if unit not in BOOT_UNITS:
-        raise ConfigError(f"--bootstrap-unit must be one of {', '.join(BOOT_UNITS)}, got {unit!r}")
+        raise ConfigError(f"--bootstrap-unit must be one of {', '.join(BOOT_UNITS)}, got {short(unit)}")
     if unit == "auto":
         unit = "traces+blocks" if len(result.samples) > 1 else "blocks"
     if unit == "traces" and len(result.samples) < 2:

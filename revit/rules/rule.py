@@ -26,6 +26,7 @@ from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError, FileFormatError, UnknownNameError
 from revit.paths import shipped_dir
 from revit.rules.base import DomainNote, RuleFamily, get_family
+from revit.validation import short
 
 SCHEMA = "revit/rule/v1"
 _KEYS = ("schema", "kind", "name", "family", "description", "depth", "granularity", "params", "provenance")
@@ -97,7 +98,7 @@ class Rule:
             raise FileFormatError(f"{source}: 'params' must be a mapping of parameter names to numbers")
         depth = d.get("depth")
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-            raise FileFormatError(f"{source}: 'depth' must be a positive integer, got {depth!r}")
+            raise FileFormatError(f"{source}: 'depth' must be a positive integer, got {short(depth)}")
         prov = d.get("provenance") or {}
         if not isinstance(prov, Mapping):
             raise FileFormatError(f"{source}: 'provenance' must be a mapping")

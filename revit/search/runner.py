@@ -317,9 +317,13 @@ def start_workers(spec: StudySpec, storage: str, devices: Sequence[str | None], 
     try:
         for i, d in enumerate(devices):
             cmd = [*base, "--device", d] if d else base
-            if log_dir is not None:
-                with open(log_dir / f"worker-{i + 1}.log", "ab") as out:  # the child keeps its own handle
-                    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            if log_dir is not None:  # never written through a symbolic link; the child keeps its own handle
+                fd = os.open(log_dir / f"worker-{i + 1}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                             0o644)
+                try:
+                    p = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env)
+                finally:
+                    os.close(fd)
             else:
                 p = subprocess.Popen(cmd, env=env)
             procs.append((f"{p.pid}" + (f" on {d}" if d else ""), p))

@@ -53,12 +53,11 @@ from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_k
 from revit.paths import shipped_dir
 from revit.recipes import TrainConfig
 from revit.search.space import FamilySpace, ParamRange, parse_spaces
-from revit.validation import check_fields, check_int, check_number
+from revit.validation import MAX_SEED, check_fields, check_int, check_number
 
 SCHEMA = "revit/study/v1"
 MAX_TRIALS = 100_000  # candidates per family: far beyond any study, short of filling a disk
-MAX_THREADS = 1024
-SEED_MAX = 2**31 - 1  # torch.manual_seed and numpy take it
+MAX_THREADS = 1024  # a spec may be written for a bigger machine than this one: no local cap here
 OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "latency": "minimize"}
 _KEYS = ("schema", "kind", "name", "description", "storage", "objectives", "sampler", "pruner", "n_trials",
          "setting", "budget", "latency_table", "space", "data", "train", "threads", "seeds", "repeats",
@@ -397,7 +396,7 @@ def _seeds(raw: Any) -> tuple[int, ...]:
         return (0,)
     if isinstance(raw, (str, Mapping)) or not isinstance(raw, Sequence):
         raise ConfigError(f"seeds must be a list of integers, got {raw!r}")
-    seeds = tuple(check_int(s, "seeds[]", 0, SEED_MAX) for s in raw)
+    seeds = tuple(check_int(s, "seeds[]", 0, MAX_SEED) for s in raw)
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
     return seeds

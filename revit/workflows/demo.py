@@ -115,8 +115,8 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
     ``out`` is a demo run folder (:mod:`revit.runs`): an unfinished demo continues, reusing its finished
     stages; a finished one is only redone from scratch with ``overwrite``.
     """
-    import torch
 
+    from revit.errors import ConfigError
     from revit.latency.table import LatencyTable
     from revit.presets import get_preset
     from revit.runs import claim_run
@@ -124,9 +124,26 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
     claim = claim_run(out, "demo", resume=True, overwrite=overwrite)
     from revit.latency.table import resolve_table
 
-    resolve_table(plan.table_path())  # a path or a shipped table's name; refused before the folder is begun
+    table_path = resolve_table(plan.table_path())  # a path or a shipped table's name
+    base_cfg = get_preset("revit_micro")
+    table = LatencyTable.load(table_path)  # checked whole before the demo folder exists
+    if table.tokens != base_cfg.tokens:
+        raise ConfigError(f"latency table {table_path} was measured at {table.tokens} tokens; the demo's revit_micro "
+                          f"has {base_cfg.tokens}", hint="give a table of the micro setting (28 px, patch 7)")
     root = Path(out)
-    claim.begin()
+    claim.begin()  # locks the folder: a second demo into it refuses in one line
+    try:
+        return _run_stages(root, plan, claim, table, base_cfg, log)
+    except BaseException:
+        claim.abandon()  # a new folder that holds nothing but the marker (a full disk) is removed again
+        raise
+
+
+def _run_stages(root: Path, plan: DemoPlan, claim: Any, table: Any, base_cfg: Any,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """Every stage into ``root`` (claimed and locked by :func:`run_demo`)."""
+    import torch
+
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"plan": dataclasses.asdict(plan)}
@@ -134,10 +151,8 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
     for line in plan.lines():
         log(f"  {line}")
     torch.set_num_threads(plan.threads)
-    base_cfg = get_preset("revit_micro")
 
     t0 = _stage(log, 1, "latency table")
-    table = LatencyTable.load(plan.table_path())
     base_lat = float(table.predict(base_cfg).total_s)
     log(f"  {plan.table_path()}: revit_micro predicted {base_lat * 1e3:.2f} ms per batch of {table.batch_size} "
         f"({base_lat * 1e3 / table.batch_size:.3f} ms/image); build your own with 'revit latency build --preset micro'")
@@ -194,17 +209,31 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
 def _base_stage(base_dir: Path, base_cfg: Any, plan: DemoPlan, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the base model into ``base_dir`` (reused when finished); its test top-1 and MACs."""
     if (base_dir / "metrics.json").is_file():
-        metrics = json.loads((base_dir / "metrics.json").read_text())
+        metrics = _stage_metrics(base_dir, ("test_acc", "macs"))
         log(f"  reusing {base_dir}")
     else:
         from revit.recipes import TrainConfig
         from revit.workflows.train import run_training
 
+        if base_dir.is_symlink():  # never train through a link planted in the demo folder
+            base_dir.unlink()
         shutil.rmtree(base_dir, ignore_errors=True)
         tc = TrainConfig(epochs=plan.base_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.2,
                          device=plan.device, amp=plan.amp, loader_workers=plan.loader_workers)
         metrics = run_training(base_cfg, _data(plan), tc, base_dir, threads=plan.threads)
     return {"test_acc": metrics["test_acc"], "macs": metrics["macs"]}
+
+
+def _stage_metrics(stage: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A finished stage's ``metrics.json`` (size-limited, checked): a damaged one is one line."""
+    from revit._io import load_json
+    from revit.errors import FileFormatError
+
+    m = load_json(stage / "metrics.json")
+    if not isinstance(m, dict) or any(k not in m for k in keys):
+        raise FileFormatError(f"{stage / 'metrics.json'}: not the metrics of a finished stage (needs "
+                              f"{', '.join(keys)})", hint="delete that stage folder to redo it")
+    return m
 
 
 def _prune_stage(prune_dir: Path, base_dir: Path, base_cfg: Any, table: Any, plan: DemoPlan,
@@ -225,7 +254,7 @@ def _prune_stage(prune_dir: Path, base_dir: Path, base_cfg: Any, table: Any, pla
                          workers=plan.loader_workers)
         PruneRun(model, splits.train, splits.val, pc, prune_dir, table=table, resume=True,
                  test_ds=splits.test).run()
-    pm = json.loads((prune_dir / "metrics.json").read_text())
+    pm = _stage_metrics(prune_dir, ("steps", "base", "pruned", "cost_ratio"))
     pruned = ViTConfig.load(prune_dir / "pruned.yaml")
     log(f"  pruned in {pm['steps']} steps: MACs {counting.format_count(pm['base']['macs'])} -> "
         f"{counting.format_count(pm['pruned']['macs'])}, latency ratio {pm['cost_ratio']:.3f}, "

@@ -79,13 +79,22 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
     if teacher:
         t_model = build_model(resolve_config(teacher), checkpoint=teacher_weights)
     out = Path(out)
+    step_images = tc.batch_size * tc.grad_accum
+    if step_images > size(splits.train):  # refused before the folder exists, not after
+        raise ConfigError(f"training set of {size(splits.train)} images is smaller than one optimizer step of "
+                          f"{tc.batch_size} x {tc.grad_accum} images")
     if world > 1:  # every rank checked the folder before rank 0 writes its marker
         torch.distributed.barrier()
-    if rank == 0:
-        claim.begin()
-        cfg.save(out / "config.yaml", derived=counting.derived(cfg))
-    result = train(model, splits.train, splits.val, tc, out, teacher=t_model, resume=claim.resuming,
-                   progress=progress)
+    try:
+        if rank == 0:
+            claim.begin()  # locks the folder: a second run into it refuses in one line
+            cfg.save(out / "config.yaml", derived=counting.derived(cfg))
+        result = train(model, splits.train, splits.val, tc, out, teacher=t_model, resume=claim.resuming,
+                       progress=progress)
+    except BaseException:
+        if rank == 0:
+            claim.abandon()  # a new folder with nothing but its setup files is removed again
+        raise
     test_acc = evaluate(model, splits.test, tc.eval_batch_size, amp=tc.amp, workers=tc.loader_workers)
     metrics = {
         "test_acc": test_acc, "val_acc": result.final.get("val_acc"), "train_loss": result.final.get("train_loss"),
