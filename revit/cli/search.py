@@ -234,7 +234,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     _check_storage_exists(spec, args.storage)
     studies = open_studies(spec, args.storage, create=False, read_only=True)
     claim.begin()
-    s = write_report(spec, studies, args.out, storage_url=studies.url)
+    try:
+        s = write_report(spec, studies, args.out, storage_url=studies.url)
+    except BaseException:
+        claim.abandon()  # a report that could not be written leaves no marker-only folder behind
+        raise
     claim.finish()
     if args.json:
         print_json(s)
