@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clean = False
     try:
         with logs.cli_session(verbosity):
-            if args.command in OPTUNA_COMMANDS:
+            if getattr(args, "command", None) in OPTUNA_COMMANDS:
                 logs.configure_optuna()
             rc = args.func(args)
             sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit

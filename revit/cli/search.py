@@ -191,7 +191,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _check_storage_exists(spec, args.storage)
     _sigterm_is_interrupt()
     stats = join_study(spec, args.storage, n_trials=args.n_trials, timeout=args.timeout, max_trials=args.max_trials)
-    info(f"worker {stats.worker}: {stats.count} trial(s) in {stats.seconds:.0f} s "
+    outcome(f"worker {stats.worker}: {stats.count} trial(s) in {stats.seconds:.0f} s "
          f"({', '.join(f'{k} {len(v)}' for k, v in sorted(stats.trials.items())) or 'none'})")
     studies = open_studies(spec, args.storage, create=False, read_only=True)
     return _finish(args, studies, {"worker": stats.worker, "trials": stats.trials})
