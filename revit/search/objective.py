@@ -27,7 +27,7 @@ from typing import Any
 from revit import counting
 from revit.errors import BudgetError, ConfigError
 from revit.search.arms import Arm, describe, trial_arm
-from revit.search.attrs import ARM, FAMILY, INFEASIBLE, REPEAT_OF, ROLE, SEED
+from revit.search.attrs import ARM, FAMILY, INFEASIBLE, REPEAT_OF, ROLE, SEED, trial_ref
 from revit.search.spec import StudySpec
 
 _log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class StudyObjective:
             why = f"the latency table {self.spec.latency_table} cannot predict this config (outside its axes)"
             trial.set_user_attr(INFEASIBLE, why)
             raise optuna.TrialPruned(why)
-        self.log(f"trial {trial.number} ({attrs[ROLE]} {attrs[ARM]}, family {attrs[FAMILY]}, seed {attrs[SEED]}): "
+        self.log(f"trial {trial_ref(trial)} ({attrs[ROLE]} {attrs[ARM]}, seed {attrs[SEED]}): "
                  f"EMB {attrs['embed_dim']}, MACs {counting.format_count(attrs['macs'])}, "
                  f"MLP factor {attrs['mlp_factor']:g}")
         prunable = (not self.spec.multi_objective and attrs[ROLE] == "candidate"
@@ -98,7 +98,7 @@ class StudyObjective:
         trial.set_user_attr("test_acc", test)
         trial.set_user_attr("val_curve", history)
         trial.set_user_attr("train_seconds", round(seconds, 2))
-        self.log(f"trial {trial.number}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
+        self.log(f"trial {trial_ref(trial)}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
         if second is not None:
             return val, float(attrs["macs"]) if second == "macs" else float(attrs["latency_ms"])
         return val
