@@ -138,7 +138,10 @@ def inject_fault(key: str) -> None:
     if mode == "raise":
         raise RuntimeError(f"fault injected into part {key} ({FAULT_ENV})")
     if mode == "abort":
+        import resource
+
         print(f"aborting part {key} ({FAULT_ENV})", flush=True)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file for a test's fault
         os.abort()
     if mode == "hang":
         print(f"hanging part {key} ({FAULT_ENV})", flush=True)
