@@ -613,8 +613,11 @@ def install_wheels(wheels: Path, site: Path) -> list[str]:
     files = sorted(str(p) for p in wheels.glob("*.whl"))
     if not files:
         raise RuntimeError(f"--wheels {wheels}: no .whl files there (benchmarks/gpu_wheels.sh downloads them)")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                    "--disable-pip-version-check", "--target", str(site), *files], check=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--disable-pip-version-check", "--target", str(site), *files], capture_output=True, text=True,
+                       timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"pip could not install the wheels of {wheels}: {(r.stderr or r.stdout).strip()[-800:]}")
     return [Path(f).name for f in files]
 
 
