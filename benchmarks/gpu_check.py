@@ -650,7 +650,8 @@ def part_h(ctx: Ctx) -> dict[str, Any]:
         n_train, n_held = (256, 128) if ctx.dry else (4096, 512)
         env["REVIT_FASHION_MNIST"] = str(synthetic_fashion_mnist(Path(tmp) / "fashion-mnist", n_train, n_held))
         spec = load_yaml(ROOT / "search" / "smoke.yaml")
-        spec.update(name="gpu-check", n_trials=1, seeds=[0], baselines=[], space=spec["space"][:1],
+        space = spec["space"][:1] if isinstance(spec["space"], list) else spec["space"]  # one family
+        spec.update(name="gpu-check", n_trials=1, seeds=[0], baselines=[], space=space,
                     data={"source": "fashion-mnist", "train_limit": n_train, "val_size": n_held // 2,
                           "test_limit": n_held},
                     train={**spec.get("train", {}), "epochs": 1, "batch_size": 128})
