@@ -41,10 +41,14 @@ TABLE = "cpu_onnxruntime_fp32_bs64_t17"
 MODEL = "revit_micro"
 
 
-def prune(target: float, table: str, out: Path, train_limit: int, seed: int) -> Path:
-    """``revit prune --target-latency target`` on Fashion-MNIST (skipped when ``out/pruned.yaml`` exists)."""
-    if (out / "pruned.yaml").is_file():
-        return out
+def prune(target: float, table: str, base_cost: float, out: Path, train_limit: int, seed: int) -> Path:
+    """``revit prune --target-latency target`` on Fashion-MNIST; a finished run pruned against the same table
+    costs (``base_cost``, the table's prediction of the unpruned model) is reused."""
+    metrics = out / "metrics.json"
+    if (out / "pruned.yaml").is_file() and metrics.is_file():
+        done = json.loads(metrics.read_text())
+        if abs(done["base"]["cost"] / base_cost - 1) < 1e-9 and done["target"]["ratio"] == target:
+            return out
     cmd = [sys.executable, "-m", "revit", "prune", "--model", MODEL, "--data", "fashion-mnist",
            "--train-limit", str(train_limit), "--val-size", "200", "--test-limit", "0", "--eval-size", "0",
            "--seed", str(seed), "--threads", "1", "--target-latency", str(target), "--table", table,
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     cfgs: dict[str, Any] = {"base": get_preset(MODEL)}
     files = {"base": export(cfgs["base"], None, args.work / "base.onnx")}
     for t in targets:
-        run = prune(t, str(table_path), args.work / f"prune-{t:g}", args.train_limit, args.seed)
+        run = prune(t, str(table_path), table.predict(cfgs["base"]).total_s, args.work / f"prune-{t:g}",
+                    args.train_limit, args.seed)
         name = f"pruned-{t:g}"
         cfgs[name] = ViTConfig.load(run / "pruned.yaml")
         files[name] = export(cfgs[name], run / "pruned.safetensors", args.work / f"{name}.onnx")
