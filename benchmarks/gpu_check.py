@@ -725,8 +725,9 @@ def part_i(ctx: Ctx) -> dict[str, Any]:
 
     table, source = load_table(ctx)
     cfg = _dry_cfg() if ctx.dry else get_preset("revit_deit_small_distilled_patch16_224")
-    # the toy model's fixed parts dominate: its target is 0.95 (the pipeline is what a dry run checks)
-    steps, batch, target = (4, 4, 0.95) if ctx.dry else (30, 32, 0.5)
+    # the toy model's latency is mostly fixed parts and its toy table noisy, so no latency target is sure to be
+    # reachable: a dry run prunes it to 50% MACs (latency penalty), since the pipeline is what it checks
+    steps, batch, target = (4, 4, None) if ctx.dry else (30, 32, 0.5)
     torch.manual_seed(0)
     base = build_model(cfg)
     pruner = _prune_once(base.state_dict(), cfg, ctx.device, table, True, steps, batch, 1.0, target_latency=target)
@@ -738,7 +739,8 @@ def part_i(ctx: Ctx) -> dict[str, Any]:
     x = torch.randn(table.batch_size, cfg.in_chans, cfg.img_size, cfg.img_size, device=ctx.device, dtype=dtype)
     rounds, n = (3, 2) if ctx.dry else (20, 20)
     res: dict[str, Any] = {"table": source, "batch": table.batch_size, "dtype": str(dtype).split(".")[-1],
-                           "target_latency": target, "reached": pruner.done, "pruning_steps": pruner.steps,
+                           "target": f"{target} x latency" if target else "0.5 x MACs", "reached": pruner.done,
+                           "pruning_steps": pruner.steps,
                            "predicted_ms": {"base": pred_base * 1e3, "pruned": pred_pruned * 1e3},
                            "predicted_speedup": round(pred_base / pred_pruned, 4),
                            "pruned_config": pcfg.to_dict()}
