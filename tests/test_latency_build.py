@@ -17,7 +17,7 @@ from revit.config import BlockDims, Setting, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency import graphs
 from revit.latency.backends import BACKENDS, Backend, Workload, get_backend
-from revit.latency.profiler import BuildSettings, Journal, build_table, journal_path
+from revit.latency.profiler import BuildSettings, Journal, build_table, journal_path, remeasure_fixed
 from revit.latency.space import Space
 from revit.latency.table import LatencyTable
 from revit.latency.validate import random_configs, validate
@@ -338,6 +338,73 @@ def test_reference_normalisation_removes_common_mode_load(tmp_path: Path, refere
         assert r.normalised and r.mape < 1e-6 and r.raw_mape > 0.05
     else:
         assert spread > 0.2 and t.metadata["measurement"]["reference"] is None
+
+
+class SlowerBackend(LoadedBackend):
+    """The same machine ``factor`` times slower throughout, with ``junction`` seconds more in the fixed parts."""
+
+    def __init__(self, factor: float, junction: float = 0.0) -> None:
+        super().__init__(lambda e, d: factor * stepped(e, d))
+        self.factor, self.junction = factor, junction
+
+    def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
+        return self._next(self.factor * (1e-5 * embed_dim + self.junction))
+
+
+def test_remeasured_fixed_parts_are_in_the_tables_units(tmp_path: Path) -> None:
+    """Fixed parts timed again on a machine 3x slower (and busy) come out in the units of the old cells."""
+    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1, 2), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
+                  Setting(**SETTING, depth=2))
+    t = build_table(space, LoadedBackend(stepped), tmp_path / "t.json",
+                    BuildSettings(passes=1, repeats=1, warmup=0, design="full"), progress=False)
+    same = remeasure_fixed(t, SlowerBackend(3.0), passes=2, repeats=2)
+    assert same.fixed is not None and t.fixed is not None
+    assert same.fixed.values == pytest.approx(t.fixed.values, rel=1e-9)
+    assert np.array_equal(same.values, t.values) and same.axes == t.axes
+    # a fixed-part graph that costs 2e-5 s more (in the build's units: times the build's common factor)
+    more = remeasure_fixed(t, SlowerBackend(3.0, junction=2e-5), passes=2, repeats=2, note="junction")
+    assert more.fixed is not None
+    unit = t.fixed.values[0] / (1e-5 * 16)
+    assert [b - a for a, b in zip(t.fixed.values, more.fixed.values, strict=True)] == pytest.approx([2e-5 * unit] * 2)
+    cfg = ViTConfig(embed_dim=32, blocks=(BlockDims(2, 4, 4, 32),) * 2, **SETTING)
+    assert more.predict(cfg).total_s - t.predict(cfg).total_s == pytest.approx(2e-5 * unit)
+    rec = more.metadata["measurement"]["fixed_remeasured"]
+    assert rec["normalised"] and rec["note"] == "junction" and rec["passes"] == 2
+    more.save(tmp_path / "t2.json")
+    assert LatencyTable.load(tmp_path / "t2.json").fixed == more.fixed
+    # without a reference the figures are seconds now
+    raw = build_table(space, FakeBackend(stepped), tmp_path / "r.json",
+                      BuildSettings(passes=1, repeats=1, warmup=0, design="full", reference=False), progress=False)
+    class Junction(FakeBackend):
+        def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
+            return _Const(1e-5 * embed_dim + 1e-5)
+
+    again = remeasure_fixed(raw, Junction(stepped), passes=1, repeats=1)
+    assert again.fixed is not None and again.fixed.values == pytest.approx((1e-5 * 16 + 1e-5, 1e-5 * 32 + 1e-5))
+
+
+def test_fixed_graph_fuses_the_final_norm_as_a_model_does() -> None:
+    """onnxruntime fuses a model's last residual Add and final norm into SkipLayerNormalization (slow on CPU);
+    the fixed-part graph has the same node, so the fixed parts pay for it."""
+    import onnxruntime as ort
+
+    def ops(model: Any, path: Path) -> set[str]:
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(path)
+        so.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        import onnx
+
+        return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+    import tempfile
+
+    cfg = ViTConfig(embed_dim=32, blocks=(DIMS[0],) * 2, **SETTING)
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = ops(graphs.model_graph(cfg, 4, dynamic_batch=True), Path(tmp) / "m.onnx")
+        fixed = ops(graphs.fixed_graph(SETTING, 32, 4, dynamic_batch=True), Path(tmp) / "f.onnx")
+    assert "SkipLayerNormalization" in whole and "SkipLayerNormalization" in fixed
+    assert "LayerNormalization" not in fixed  # the final norm is the fused one, as in the model
 
 
 @pytest.mark.parametrize("distilled", [False, True])

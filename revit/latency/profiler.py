@@ -474,3 +474,62 @@ def _assemble(space: Space, s: BuildSettings, state: _State, header: dict[str, A
     }
     return LatencyTable({a: knots[a] for a in AXES}, values, metadata=metadata, spread=spread, fixed=fixed,
                         source=source)
+
+
+def remeasure_fixed(table: LatencyTable, backend: Backend, *, passes: int = 5, repeats: int | None = None,
+                    warmup: int | None = None, seed: int = 0, note: str = "") -> LatencyTable:
+    """``table`` with its fixed parts measured again on ``backend``, its cells untouched.
+
+    For a table built before the fixed-part graph changed (see :func:`revit.latency.graphs.fixed_graph`).
+    With a reference block in the metadata, every sample is divided by the reference timed just before
+    and after it and multiplied by the table's reference median, as the build did: the new fixed parts
+    are in the units of the old cells however busy the machine is now.  Without a reference they are
+    seconds now.  ``measurement.fixed_remeasured`` in the metadata records when, how and why.
+    """
+    if table.fixed is None:
+        raise ConfigError(f"{table.source}: the table has no fixed parts to measure again")
+    if passes < 1 or (repeats is not None and repeats < 1):
+        raise ConfigError("passes and repeats must be >= 1")
+    meas = dict(table.metadata.get("measurement") or {})
+    warmup = int(meas.get("warmup", 2)) if warmup is None else warmup
+    repeats = int(meas.get("repeats", 5)) if repeats is None else repeats
+    ref = meas.get("reference")
+    batch, setting = table.batch_size, dict(table.fixed.setting)
+    ref_w = None
+    if ref:
+        c = ref["cell"]
+        ref_w = backend.block(int(c["embed_dim"]), BlockDims(int(c["heads"]), int(c["qk_dim"]), int(c["v_dim"]),
+                                                             int(c["mlp_dim"])), table.tokens, batch)
+        ref_w.time(max(warmup, 1))
+    runs = int(ref.get("runs", 3)) if ref else 0
+
+    def ref_time() -> float:
+        return float(np.median(ref_w.time(runs))) if ref_w is not None else 1.0
+
+    knots = [int(e) for e in table.fixed.embed_dim]
+    ratios: dict[int, list[float]] = {e: [] for e in knots}
+    rng = random.Random(seed)
+    for _ in range(passes):
+        order = knots[:]
+        rng.shuffle(order)
+        for e in order:
+            w = backend.fixed(setting, e, batch)
+            w.time(warmup)
+            r0 = ref_time()
+            t = w.time(repeats)
+            r = (r0 + ref_time()) / 2
+            w.close()
+            ratios[e] += [x / r for x in t]
+    if ref_w is not None:
+        ref_w.close()
+    scale = float(ref["median_s"]) if ref else 1.0
+    fixed = FixedParts(setting=setting, embed_dim=table.fixed.embed_dim,
+                       values=tuple(float(np.median(ratios[e])) * scale for e in knots),
+                       spread=tuple(float(np.subtract(*np.percentile(ratios[e], [75, 25]))) * scale for e in knots))
+    info = backend.info()
+    meas["fixed_remeasured"] = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                "revit_version": __version__, "passes": passes, "repeats": repeats, "warmup": warmup,
+                                "device": info["device"], "backend_version": info["backend_version"],
+                                "normalised": bool(ref), "note": note}
+    return LatencyTable(table.axes, table.values, metadata={**table.metadata, "measurement": meas},
+                        spread=table.spread, fixed=fixed, fixed_note=table.fixed_note, source=table.source)
