@@ -42,13 +42,19 @@ def run_study(name: str, workers: int) -> int:
     run = subprocess.Popen([sys.executable, "-m", "revit", "search", "run", spec, "--storage", url],
                            env=env, stdout=logf, stderr=subprocess.STDOUT)
     time.sleep(20)  # the run process creates the studies and enqueues the baselines first
-    helpers = [subprocess.Popen([sys.executable, "-m", "revit", "search", "worker", spec, "--storage", url],
-                                env=env, stdout=logf, stderr=subprocess.STDOUT) for _ in range(workers - 1)]
-    code = run.wait()
+
+    def worker() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "revit", "search", "worker", spec, "--storage", url],
+                                env=env, stdout=logf, stderr=subprocess.STDOUT)
+
+    helpers = [worker() for _ in range(workers - 1)]
+    while run.poll() is None:  # a worker that found nothing to do ends; the repeats come later: start another
+        time.sleep(60)
+        helpers = [h if h.poll() is None else worker() for h in helpers] if run.poll() is None else helpers
     for h in helpers:
         h.wait()
     logf.close()
-    return code
+    return run.returncode
 
 
 def report(name: str) -> dict | None:
