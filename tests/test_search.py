@@ -380,3 +380,20 @@ def test_repeats_wait_for_running_candidates_of_other_workers(tmp_path):
     wait_for_candidates(ss, poll_s=0.1)
     assert study.trials[late.number].state == TrialState.COMPLETE
     assert enqueue_repeats(ss) == [("less-more-less", late.number)]
+
+
+def test_a_failed_trial_whose_retry_runs_elsewhere_is_pending_not_failed(tmp_path):
+    from revit.search.runner import tally
+    from revit.search.studies import open_studies
+
+    ss = open_studies(tiny_spec(baselines=[]), f"sqlite:///{tmp_path}/s.db")
+    study = ss.families["less-more-less"]
+    dist = {"plateau": optuna.distributions.FloatDistribution(0.2, 1.0)}
+    dead = study.ask(dist)
+    study.tell(dead, state=TrialState.FAIL)
+    retry = study.ask(dist)  # running in another worker
+    retry.set_user_attr("retry_of", dead.number)
+    t = tally(ss)
+    assert t.unrecovered == [] and t.pending == [f"less-more-less#{dead.number}"]
+    study.tell(retry, state=TrialState.FAIL)  # the retry failed too: now it counts
+    assert tally(ss).unrecovered == [f"less-more-less#{dead.number}", f"less-more-less#{retry.number}"]

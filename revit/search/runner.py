@@ -275,24 +275,24 @@ def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n
     return stats
 
 
-def wait_for_candidates(ss: StudySet, *, poll_s: float = 5.0) -> None:
-    """Block until no original candidate trial is RUNNING (other workers' trials included).
-
-    Stale trials of dead workers are failed (and retried) meanwhile, so this cannot hang on them.
-    """
+def wait_for_candidates(ss: StudySet, *, poll_s: float = 5.0, every_trial: bool = False) -> None:
+    """Block until no original candidate trial (``every_trial``: no trial of any part) is RUNNING in any
+    worker.  Stale trials of dead workers are failed (and retried) meanwhile, so this cannot hang on them."""
     from optuna.trial import TrialState
 
     said = False
+    parts = list(ss.parts()) if every_trial else list(ss.families.items())
     while True:
         running = []
-        for fam, study in ss.families.items():
+        for part, study in parts:
             recover(study, ss.spec.grace_s)
-            running += [f"{fam}#{t.number}" for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                        if A.is_original_candidate(t)]
+            running += [f"{part}#{t.number}" for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                        if every_trial or A.is_original_candidate(t)]
         if not running:
             return
         if not said:
-            log.info("waiting for candidate trial(s) %s of other workers before choosing the repeats", running)
+            log.info("waiting for trial(s) %s of other workers %s", running,
+                     "to end" if every_trial else "before choosing the repeats")
             said = True
         time.sleep(poll_s)
 
@@ -396,6 +396,7 @@ def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | No
             log.info("repeating the best candidates %s with seeds %s", [f"{f}#{n}" for f, n in best],
                      list(spec.seeds[1:]))
             work()
+    wait_for_candidates(ss, every_trial=True)  # the study is done when run returns: other workers' trials too
     return ss
 
 
@@ -414,6 +415,7 @@ class Tally:
 
     states: dict[str, int]
     unrecovered: list[str]  # part#number of FAIL trials without a COMPLETE or PRUNED retry
+    pending: list[str] = field(default_factory=list)  # FAIL trials whose retry waits or runs
 
     @property
     def total(self) -> int:
@@ -423,6 +425,8 @@ class Tally:
         """``study NAME: 12 trials (COMPLETE 10, PRUNED 1, FAIL 1); 1 failed: uniform#3``."""
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.states.items())) or "none"
         tail = f"; {len(self.unrecovered)} failed: {', '.join(self.unrecovered[:10])}" if self.unrecovered else ""
+        if self.pending:
+            tail += f"; {len(self.pending)} retried in another worker: {', '.join(self.pending[:10])}"
         return f"study {name}: {self.total} trials ({counts}){tail}"
 
 
@@ -432,20 +436,23 @@ def tally(ss: StudySet) -> Tally:
 
     states: dict[str, int] = {}
     bad: list[str] = []
+    pending: list[str] = []
     for part, study in ss.parts():
         trials = study.get_trials(deepcopy=False)
         ok = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+        later = {t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
         retries = [(t.user_attrs.get(A.RETRY_OF), t.number) for t in trials if A.RETRY_OF in t.user_attrs]
         grew = True
         while grew:  # a trial is made good by a retry that ended well, or was itself made good (chains)
-            before = len(ok)
+            before = len(ok) + len(later)
             ok |= {of for of, n in retries if n in ok}
-            grew = len(ok) > before
+            later |= {of for of, n in retries if n in later} - ok
+            grew = len(ok) + len(later) > before
         for t in trials:
             states[t.state.name] = states.get(t.state.name, 0) + 1
             if t.state == TrialState.FAIL and t.number not in ok:
-                bad.append(f"{part}#{t.number}")
-    return Tally(states, bad)
+                (pending if t.number in later else bad).append(f"{part}#{t.number}")
+    return Tally(states, bad, pending)
 
 
 __all__ = ["Tally", "WorkerStats", "candidate_counts", "enqueue_baselines", "enqueue_repeats", "join_study", "recover",
