@@ -9,6 +9,8 @@ PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 LOCK := constraints.txt
 LATEST := .venv-latest
 EXTRAS := dev,postgres,docs
+# a package that adds a criterion, a latency backend and a rule family through entry points (tests/test_plugins.py)
+TOY_PLUGIN := tests/plugins/revit_toy_plugin
 
 .PHONY: setup data test-deps demo test test-slow test-latest lock lint docs bench clean
 
@@ -17,9 +19,10 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # every package at the version the whole suite last passed with ($(LOCK)); `make test-latest` + `make lock` refresh it
-$(VENV)/.installed: pyproject.toml setup.py $(LOCK) | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py $(LOCK) $(TOY_PLUGIN)/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -c $(LOCK) torch torchvision
 	$(BIN)/pip install -q -c $(LOCK) -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q -e $(TOY_PLUGIN)
 	touch $@
 
 setup: $(VENV)/.installed data
@@ -50,6 +53,7 @@ test-latest: data test-deps
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 || $(LATEST)/bin/pip install -q torch torchvision
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e '.[$(EXTRAS)]'
+	$(LATEST)/bin/pip install -q -e $(TOY_PLUGIN)
 	$(LATEST)/bin/pip list --format=freeze 2>/dev/null | grep -i -E '^(optuna|timm|torch|onnxruntime|sqlalchemy|scipy|numpy)=' || true
 	$(LATEST)/bin/python -m pytest -q
 

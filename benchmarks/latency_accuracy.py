@@ -34,24 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     a = ap.parse_args(argv)
 
-    from revit.cli.latency import _make_backend
+    from revit.latency.backends import BACKENDS
     from revit.latency.profiler import BuildSettings, build_table
     from revit.latency.space import micro
     from revit.latency.table import LatencyTable
-    from revit.latency.validate import validate
+    from revit.latency.validate import backend_for_table, validate
 
     path = a.table
     if a.build:
         t0 = time.perf_counter()
-        build_table(micro(), _make_backend("onnxruntime", "cpu", "fp32", 1, "auto"), a.build, BuildSettings(),
+        ort = BACKENDS.get("onnxruntime")
+        build_table(micro(), ort(device="cpu", threads=1, clock=ort.default_clock("cpu", 1)), a.build, BuildSettings(),
                     progress=a.progress)
         print(f"built {a.build} in {time.perf_counter() - t0:.0f} s wall")
         path = a.build
     table = LatencyTable.load(path)
     m, d = table.metadata, table.metadata["design"]
     meas = m["measurement"]
-    backend = _make_backend("onnxruntime", "cpu", m["dtype"], m["backend_settings"]["intra_op_threads"], meas["clock"],
-                            graph=m["backend_settings"].get("graph", "shared"))
+    backend = backend_for_table(table)  # the table's own backend, threads, clock and graph
     r = validate(table, backend, a.samples, seed=a.seed, noise_k=a.noise_k, model_source=a.model_source,
                  progress=a.progress)
     print(f"table         {path}")

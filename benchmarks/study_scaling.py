@@ -46,6 +46,7 @@ def spec_doc(name: str, train_limit: int) -> dict:
 def measure(url: str, workers: int, seconds: float, tmp: Path, train_limit: int) -> dict:
     from optuna.trial import TrialState
 
+    from revit.search import attrs as A
     from revit.search.spec import StudySpec
     from revit.search.studies import open_studies
 
@@ -69,7 +70,7 @@ def measure(url: str, workers: int, seconds: float, tmp: Path, train_limit: int)
     trials = open_studies(spec, url, create=False, read_only=True).trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     unfinished = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    by_worker = Counter(t.user_attrs.get("worker") for t in trials)
+    by_worker = Counter(t.user_attrs.get(A.WORKER) for t in trials)
     ok = (sum(n for _, n in reported) == len(trials) and not unfinished
           and sorted(by_worker.values()) == sorted(n for _, n in reported))
     start = min(t.datetime_start for t in done)

@@ -18,8 +18,9 @@ from revit.errors import ConfigError, check_keys
 from revit.validation import short
 
 SCHEMA = "revit/vit-config/v1"
-BLOCK_KEYS = ("heads", "qk_dim", "v_dim", "mlp_dim")
-WIDTH_KINDS = ("embed_dim", *BLOCK_KEYS)  # the five prunable widths, in the order of "E,H,Q,V,M"
+BLOCK_KINDS = ("heads", "qk_dim", "v_dim", "mlp_dim")  # the four widths each block has its own value of
+WIDTH_KINDS = ("embed_dim", *BLOCK_KINDS)  # the five prunable widths, in the order of "E,H,Q,V,M"
+PER_HEAD_KINDS = ("qk_dim", "v_dim")  # widths of one head (a block's attention width is heads x these)
 
 
 def _check_int(value: Any, what: str, minimum: int = 1) -> int:
@@ -250,7 +251,7 @@ class BlockDims:
     mlp_dim: int
 
     def __post_init__(self) -> None:
-        for k in BLOCK_KEYS:
+        for k in BLOCK_KINDS:
             _check_int(getattr(self, k), f"block {k}")
 
     @property
@@ -264,17 +265,17 @@ class BlockDims:
         return self.heads * self.v_dim
 
     def to_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in BLOCK_KEYS}
+        return {k: getattr(self, k) for k in BLOCK_KINDS}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "block") -> BlockDims:
         if not isinstance(d, Mapping):
-            raise ConfigError(f"{where} must be a mapping with keys {', '.join(BLOCK_KEYS)}, got {short(d)}")
-        check_keys(d, BLOCK_KEYS, where)
-        missing = [k for k in BLOCK_KEYS if k not in d]
+            raise ConfigError(f"{where} must be a mapping with keys {', '.join(BLOCK_KINDS)}, got {short(d)}")
+        check_keys(d, BLOCK_KINDS, where)
+        missing = [k for k in BLOCK_KINDS if k not in d]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-        return cls(**{k: _check_int(d[k], f"{where} {k}") for k in BLOCK_KEYS})
+        return cls(**{k: _check_int(d[k], f"{where} {k}") for k in BLOCK_KINDS})
 
 
 @dataclass(frozen=True, init=False)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from revit import counting
-from revit.config import BLOCK_KEYS, WIDTH_KINDS, BlockDims, ViTConfig
+from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, ViTConfig
 from revit.errors import ConfigError
 from revit.registry import Registry
 
@@ -68,7 +68,7 @@ def shrink(cfg: ViTConfig, kind: str, block: int | None, units: int) -> ViTConfi
     """``cfg`` with ``units`` fewer of ``kind`` (in ``block``; the embedding for ``embed_dim``)."""
     if kind == "embed_dim":
         return cfg.with_blocks(cfg.blocks, embed_dim=cfg.embed_dim - units)
-    if kind not in BLOCK_KEYS or block is None:
+    if kind not in BLOCK_KINDS or block is None:
         raise ConfigError(f"shrink: kind {kind!r} needs a block index (kinds: {', '.join(WIDTH_KINDS)})")
     blocks = list(cfg.blocks)
     blocks[block] = replace(blocks[block], **{kind: getattr(blocks[block], kind) - units})
@@ -77,7 +77,7 @@ def shrink(cfg: ViTConfig, kind: str, block: int | None, units: int) -> ViTConfi
 
 def min_config(cfg: ViTConfig, minimum: Mapping[str, int]) -> ViTConfig:
     """Every width at its minimum (or its current value when that is already lower)."""
-    blocks = [BlockDims(**{k: min(getattr(b, k), minimum[k]) for k in BLOCK_KEYS}) for b in cfg.blocks]
+    blocks = [BlockDims(**{k: min(getattr(b, k), minimum[k]) for k in BLOCK_KINDS}) for b in cfg.blocks]
     return cfg.with_blocks(blocks, embed_dim=min(cfg.embed_dim, minimum["embed_dim"]))
 
 

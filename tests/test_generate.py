@@ -17,6 +17,7 @@ from revit.rules import (
     SearchSpace,
     Setting,
     apply_rule,
+    family_rules,
     generate,
     load_rule,
     macs_budget,
@@ -104,7 +105,7 @@ def test_budget_above_maximum_names_it():
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--rule", "wiggly", "--macs", "4G"], "known: " + ", ".join(sorted({*shipped_rules(), "uniform"}))),
+    (["--rule", "wiggly", "--macs", "4G"], "known: " + ", ".join(sorted({*shipped_rules(), *family_rules()}))),
     (["--rule", "paper", "--latency-ms", "50"], "--latency-ms needs --table"),
     (["--rule", "paper", "--macs", "lots"], "generate: argument --macs: cannot read 'lots' as a count"),
     (["--uniform", "--macs", "4G", "--granularity", "fine"], "EMB,HEADS,QK,V,MLP"),

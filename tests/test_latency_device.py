@@ -42,13 +42,13 @@ def _fake_table(tmp_path: Path, settings: dict, device: str, dtype: str) -> Late
     """A 1-cell torch table whose metadata says where it was measured."""
     import numpy as np
 
-    from revit.latency.table import AXES
+    from revit.config import WIDTH_KINDS
 
-    knots = {a: (4.0, 8.0) for a in AXES}
+    knots = {a: (4.0, 8.0) for a in WIDTH_KINDS}
     meta = {"device": device, "backend": "torch", "backend_version": torch.__version__, "dtype": dtype,
             "batch_size": 4, "tokens": 5, "backend_settings": settings, "measurement": {"clock": "wall"},
             "created": "2026-01-01T00:00:00+00:00", "revit_version": "0"}
-    return LatencyTable(knots, np.ones((2,) * len(AXES)), metadata=meta)
+    return LatencyTable(knots, np.ones((2,) * len(WIDTH_KINDS)), metadata=meta)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")

@@ -14,9 +14,9 @@ import pytest
 from scipy.interpolate import RegularGridInterpolator
 
 from revit.cli.main import main
-from revit.config import BlockDims, ViTConfig, uniform
+from revit.config import WIDTH_KINDS, BlockDims, ViTConfig, uniform
 from revit.errors import ConfigError, FileFormatError, TableRangeError
-from revit.latency.table import AXES, FixedParts, LatencyTable
+from revit.latency.table import FixedParts, LatencyTable
 
 _DEFAULT_NVIT = Path(__file__).resolve().parents[2] / "shared" / "nvit" / "latency_head.json"
 NVIT_JSON = Path(os.environ.get("REVIT_NVIT_TABLE", _DEFAULT_NVIT))
@@ -41,7 +41,7 @@ def _meta(**kw: object) -> dict[str, object]:
 @pytest.fixture
 def table() -> LatencyTable:
     rng = np.random.default_rng(0)
-    shape = tuple(len(MICRO_AXES[a]) for a in AXES)
+    shape = tuple(len(MICRO_AXES[a]) for a in WIDTH_KINDS)
     values = rng.uniform(1e-4, 1e-3, shape)
     fixed = FixedParts(setting=SETTING, embed_dim=(32.0, 64.0, 96.0), values=(1e-4, 2e-4, 4e-4))
     return LatencyTable(MICRO_AXES, values, metadata=_meta(), spread=values * 0.01, fixed=fixed)
@@ -54,7 +54,7 @@ def _cfg(e: int, blocks: list[BlockDims]) -> ViTConfig:
 def _multilinear(axes: dict[str, list[int]], values: np.ndarray, p: tuple[float, ...]) -> float:
     """Independent multilinear interpolation: weighted sum over the 32 corners of p's cell."""
     lo_idx, weights = [], []
-    for a, x in zip(AXES, p, strict=True):
+    for a, x in zip(WIDTH_KINDS, p, strict=True):
         pts = np.asarray(axes[a], float)
         i = min(max(int(np.searchsorted(pts, x, side="right")) - 1, 0), len(pts) - 2)
         lo_idx.append(i)
@@ -67,15 +67,15 @@ def _multilinear(axes: dict[str, list[int]], values: np.ndarray, p: tuple[float,
 
 
 def test_exact_on_grid_points(table: LatencyTable) -> None:
-    for idx in itertools.product(*(range(len(MICRO_AXES[a])) for a in AXES)):
-        e, h, q, v, m = (MICRO_AXES[a][i] for a, i in zip(AXES, idx, strict=True))
+    for idx in itertools.product(*(range(len(MICRO_AXES[a])) for a in WIDTH_KINDS)):
+        e, h, q, v, m = (MICRO_AXES[a][i] for a, i in zip(WIDTH_KINDS, idx, strict=True))
         assert table.block_latency(e, BlockDims(h, q, v, m)) == pytest.approx(table.values[idx], rel=1e-12)
 
 
 def test_off_grid_is_multilinear(table: LatencyTable) -> None:
     rng = np.random.default_rng(1)
     for _ in range(50):
-        p = tuple(rng.uniform(MICRO_AXES[a][0], MICRO_AXES[a][-1]) for a in AXES)
+        p = tuple(rng.uniform(MICRO_AXES[a][0], MICRO_AXES[a][-1]) for a in WIDTH_KINDS)
         assert table.lookup([p])[0] == pytest.approx(_multilinear(MICRO_AXES, table.values, p), rel=1e-10)
 
 
@@ -223,7 +223,7 @@ def test_nvit_table_is_not_monotone(nvit: LatencyTable) -> None:
 def _monotone_violations(t: LatencyTable) -> list[str]:
     bad = []
     assert t.spread is not None
-    for ax, a in enumerate(AXES):
+    for ax, a in enumerate(WIDTH_KINDS):
         d = np.diff(t.values, axis=ax)
         sl_lo = [slice(None)] * 5
         sl_hi = [slice(None)] * 5

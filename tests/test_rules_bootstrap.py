@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 
 from revit.cli.main import main
+from revit.config import BLOCK_KINDS
 from revit.rules import load_rule
-from revit.rules.base import WIDTH_KINDS
-from revit.rules.fit import bootstrap_fit, fit_family, profile_contrasts, regions, samples_from_traces, select_step
+from revit.rules.fit import (
+    Verdict,
+    bootstrap_fit,
+    fit_family,
+    profile_contrasts,
+    regions,
+    samples_from_traces,
+    select_step,
+)
 from revit.rules.synthetic import linear_profile, write_profile_trace, write_synthetic_trace
 from revit.trace import Trace
 
@@ -70,7 +78,7 @@ def test_non_monotone_verdict_positive_for_less_more_less(tmp_path):
     boot = bootstrap_fit(res, n=60, seed=0)
     assert boot.non_monotone()
     # every kind has narrow ends in TRUE (end ratios < 1), so every kind is significant
-    assert all(boot.verdict(k) == "less-more-less" for k in WIDTH_KINDS)
+    assert all(boot.verdict(k) is Verdict.WIDER_MIDDLE for k in BLOCK_KINDS)
 
 
 def test_non_monotone_verdict_negative_for_monotone_profile(tmp_path):
@@ -78,8 +86,8 @@ def test_non_monotone_verdict_negative_for_monotone_profile(tmp_path):
     res = fit_family("less-more-less", samples)
     boot = bootstrap_fit(res, n=60, seed=0)
     assert not boot.non_monotone()
-    for k in WIDTH_KINDS:
-        assert boot.verdict(k) != "less-more-less"
+    for k in BLOCK_KINDS:
+        assert boot.verdict(k) is not Verdict.WIDER_MIDDLE
         c = boot.contrast[k]
         assert c.first > c.middle > c.last  # falling profile
         # the contrast, computed independently from the observed widths
@@ -117,7 +125,7 @@ def test_cli_stores_intervals_and_verdict(tmp_path, capsys):
     assert prov == rep["bootstrap"]
     assert prov["n"] == 30 and prov["seed"] == 3 and prov["unit"] == "traces+blocks"
     assert set(prov["intervals"]) == set(TRUE) and prov["non_monotone"]["significant"] is True
-    assert set(prov["non_monotone"]["kinds"]) == set(WIDTH_KINDS)
+    assert set(prov["non_monotone"]["kinds"]) == set(BLOCK_KINDS)
     # the same seed gives the same stored intervals
     assert main(["rules", "fit", *map(str, traces), "--at-ratio", "0.5", "--bootstrap", "30", "--seed", "3",
                  "--out", str(tmp_path / "again.yaml"), "--no-plot"]) == 0

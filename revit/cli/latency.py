@@ -11,6 +11,7 @@ from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
 from revit.errors import ConfigError
+from revit.registry import lazy_choices
 from revit.validation import check_output_file, count, non_negative, number, seed, threads
 
 
@@ -26,7 +27,9 @@ def register(sub: Any) -> None:
     b = add_command(lsub, "build", "measure a latency table on this machine (resumable)",
                     "revit latency build --backend onnxruntime --preset micro --batch 64 "
                     "--out latency_tables/cpu_onnxruntime_fp32_bs64_t17.json")
-    b.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), torch or tensorrt")
+    b.add_argument("--backend", default="onnxruntime", choices=lazy_choices("revit.latency.backends", "BACKENDS"),
+                   metavar="NAME", help="latency backend: %(choices)s (default %(default)s; an installed package "
+                                        "adds more through the revit.backends entry point group)")
     src = b.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, help="preset space: micro or deit (default micro)")
     src.add_argument("--space", default=None, help="a space YAML (schema revit/latency-space/v1)")
@@ -34,12 +37,14 @@ def register(sub: Any) -> None:
     b.add_argument("--out", required=True, help="output table JSON")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT.journal.jsonl")
     add_overwrite_arg(b)
-    b.add_argument("--device", default=None, help="cpu (default; cuda for tensorrt), cuda, tensorrt (ORT provider)")
+    b.add_argument("--device", default=None, help="cpu, cuda, or tensorrt (onnxruntime's provider); default: the "
+                                                  "backend's own (cpu, cuda for GPU-only backends)")
     b.add_argument("--dtype", default="fp32", help="fp32 (default) or fp16 (tensorrt, torch on cuda)")
     b.add_argument("--threads", type=threads(), default=1,
                    help="intra-op threads (default 1: steadiest on shared CPUs)")
     b.add_argument("--clock", default="auto", choices=("auto", "wall", "thread"),
-                   help="auto: thread CPU time for onnxruntime on cpu with 1 thread, else wall clock")
+                   help="auto: the backend's choice (onnxruntime: thread CPU time on cpu with 1 thread), "
+                        "else wall clock")
     b.add_argument("--design", default="auto", choices=("auto", "full"), help="sparse grid from pilot sweeps, or full")
     b.add_argument("--max-cells", type=count(), default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
     b.add_argument("--tol", type=number(0, lo_open=True),
@@ -89,15 +94,27 @@ def register(sub: Any) -> None:
     v.set_defaults(func=_validate)
 
 
-def _make_backend(name: str, device: str | None, dtype: str, threads: int | None, clock: str,
-                  **opts: Any) -> Any:
-    from revit.latency.backends import get_backend
+# options of some backends, by constructor keyword: the flag that sets each, and its value when not given
+BACKEND_FLAGS = {"graph": ("--graph", "shared"), "compile": ("--compile", False),
+                 "cuda_graphs": ("--cuda-graphs", False)}
 
-    if device is None:
-        device = "cuda" if name == "tensorrt" else "cpu"
-    if clock == "auto":
-        clock = "thread" if name == "onnxruntime" and device == "cpu" and threads == 1 else "wall"
-    return get_backend(name, device=device, dtype=dtype, threads=threads, clock=clock, **opts)
+
+def _make_backend(a: argparse.Namespace) -> Any:
+    """The backend of ``--backend`` with its defaults, and those of the backend flags that it takes;
+    a backend flag given to a backend that does not take it is refused, naming the backends that do."""
+    from revit.latency.backends import BACKENDS
+
+    cls = BACKENDS.get(a.backend)
+    opts: dict[str, Any] = {}
+    for key, (flag, unset) in BACKEND_FLAGS.items():
+        if key in cls.option_names:
+            opts[key] = getattr(a, key)
+        elif getattr(a, key) != unset:
+            takers = [n for n in BACKENDS.names() if key in BACKENDS.get(n).option_names]
+            raise ConfigError(f"{flag} is an option of --backend {' or '.join(takers)}")
+    device = a.device or cls.default_device
+    clock = cls.default_clock(device, a.threads) if a.clock == "auto" else a.clock
+    return cls(device=device, dtype=a.dtype, threads=a.threads, clock=clock, **opts)
 
 
 def _build(a: argparse.Namespace) -> int:
@@ -107,15 +124,7 @@ def _build(a: argparse.Namespace) -> int:
     claim_build(a.out, resume=a.resume, overwrite=a.overwrite)  # a run of another kind is named first
     check_output_file(a.out)
     space = get_space(a.space or a.preset or "micro")
-    opts: dict[str, Any] = {}
-    if a.backend == "onnxruntime":
-        opts["graph"] = a.graph
-    if a.backend == "torch":
-        opts["compile"] = a.compile
-        opts["cuda_graphs"] = a.cuda_graphs
-    elif a.cuda_graphs:
-        raise ConfigError("--cuda-graphs is an option of --backend torch (on cuda)")
-    backend = _make_backend(a.backend, a.device, a.dtype, a.threads, a.clock, **opts)
+    backend = _make_backend(a)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
                              max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference)
     settings.check()  # every refusal comes before the journal is created

@@ -6,9 +6,8 @@ import argparse
 from typing import Any
 
 from revit.cli._common import add_command, add_data_args, add_run_folder_args, add_runtime_args, info, print_json
+from revit.registry import lazy_choices
 from revit.validation import MAX_LR, check_output_dir, count, fraction, non_negative, number
-
-CRITERIA_NAMES = ("hessian", "nvit-code", "taylor", "magnitude", "random")
 
 
 def register(sub: Any) -> None:
@@ -26,7 +25,9 @@ def register(sub: Any) -> None:
                      metavar="R", help="stop at R x the base latency (needs --table)")
     p.add_argument("--table", help="latency table (a JSON file or a shipped table's name) for --target-latency and "
                                    "the latency penalty")
-    p.add_argument("--criterion", default="hessian", choices=CRITERIA_NAMES)
+    p.add_argument("--criterion", default="hessian", choices=lazy_choices("revit.prune.criteria", "CRITERIA"),
+                   metavar="NAME", help="importance criterion: %(choices)s (default %(default)s; an installed "
+                                        "package adds more through the revit.criteria entry point group)")
     p.add_argument("--epochs", type=number(0, lo_open=True), default=1.0,
                    help="budget: the removals are spread so the target is reached within this many epochs "
                         "(default 1)")

@@ -72,12 +72,15 @@ def _need_sub(p: argparse.ArgumentParser) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from revit.rules import FAMILIES, get_family, load_rule, shipped_rules
+    from revit.rules import FAMILIES, family_rules, get_family, load_rule, shipped_rules
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, path in shipped_rules().items():
         rule = load_rule(str(path))
         rows.append({"name": name, "family": rule.family, "path": str(path), "description": rule.description})
+    for name, rule in family_rules().items():  # shipped by a family (uniform, a plugin's): no file
+        if name not in shipped_rules():
+            rows.append({"name": name, "family": rule.family, "path": None, "description": rule.description})
     fams = [{"family": n, "fittable": get_family(n).fittable, "description": FAMILIES.get(n).description,
              "params": list(FAMILIES.get(n).params)} for n in FAMILIES]
     if args.json:
@@ -85,7 +88,7 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     print("shipped rules:")
     for r in rows:
-        print(f"  {r['name']:16s} family {r['family']:15s} {r['path']}")
+        print(f"  {r['name']:16s} family {r['family']:15s} {r['path'] or '(named by its family)'}")
     print("rule families:")
     for f in fams:
         print(f"  {f['family']:16s} {'fittable' if f['fittable'] else 'fixed   '}  {f['description']}")

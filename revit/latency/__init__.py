@@ -4,6 +4,6 @@ Importing this package is light (numpy/scipy only); backends and the profiler im
 dependencies (onnx, onnxruntime, torch, tensorrt) when used.
 """
 
-from revit.latency.table import AXES, FixedParts, LatencyTable, Prediction
+from revit.latency.table import FixedParts, LatencyTable, Prediction
 
-__all__ = ["AXES", "FixedParts", "LatencyTable", "Prediction"]
+__all__ = ["FixedParts", "LatencyTable", "Prediction"]

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from revit import __version__
-from revit.config import BlockDims
+from revit.config import WIDTH_KINDS, BlockDims
 from revit.errors import ConfigError, FileFormatError, RunExistsError
 from revit.latency.backends.base import Backend
-from revit.latency.space import AXES, Space
+from revit.latency.space import Space
 from revit.latency.table import FixedParts, LatencyTable
 from revit.runs import FileClaim, claim_output_file, file_kind
 from revit.validation import short
@@ -127,11 +127,11 @@ class Journal:
 
 def pilot_cells(space: Space) -> list[Cell]:
     """1-D sweeps of every axis through two anchors: the space's maximum and its middle."""
-    top = tuple(space.axes[a][-1] for a in AXES)
-    mid = tuple(space.axes[a][len(space.axes[a]) // 2] for a in AXES)
+    top = tuple(space.axes[a][-1] for a in WIDTH_KINDS)
+    mid = tuple(space.axes[a][len(space.axes[a]) // 2] for a in WIDTH_KINDS)
     cells: list[Cell] = []
     for anchor in (top, mid):
-        for j, a in enumerate(AXES):
+        for j, a in enumerate(WIDTH_KINDS):
             for v in space.axes[a]:
                 c = list(anchor)
                 c[j] = v
@@ -185,12 +185,12 @@ def check_cell_budget(space: Space, s: BuildSettings) -> None:
 def choose_knots(space: Space, values: dict[Cell, float], noise: float, tol: float,
                  budget: int) -> tuple[dict[str, tuple[int, ...]], float]:
     """Knots per axis from the pilot sweeps; raises the tolerance until the grid fits ``budget`` cells."""
-    top = tuple(space.axes[a][-1] for a in AXES)
-    mid = tuple(space.axes[a][len(space.axes[a]) // 2] for a in AXES)
+    top = tuple(space.axes[a][-1] for a in WIDTH_KINDS)
+    mid = tuple(space.axes[a][len(space.axes[a]) // 2] for a in WIDTH_KINDS)
     tol = max(tol, 2 * noise)
     while True:
         knots: dict[str, tuple[int, ...]] = {}
-        for j, a in enumerate(AXES):
+        for j, a in enumerate(WIDTH_KINDS):
             xs = list(space.axes[a])
             curves = []
             for anchor in (top, mid):
@@ -269,7 +269,7 @@ def _workload(backend: Backend, key: tuple[Any, ...], space: Space, batch: int) 
 
 def reference_cell(space: Space) -> Cell:
     """The block timed around every measurement to remove common-mode load: the space's middle."""
-    c = tuple(space.axes[a][len(space.axes[a]) // 2] for a in AXES)
+    c = tuple(space.axes[a][len(space.axes[a]) // 2] for a in WIDTH_KINDS)
     return (c[0], c[1], c[2], c[3], c[4])
 
 
@@ -319,7 +319,7 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
         header, state = _open_journal(claim.journal, _header(space, backend, s), resume)
         m = _Measurer(space, backend, s, state, Journal(claim.journal), progress, on_measure)
         knots, design_info = _design(space, s, state, m)
-        grid = [tuple(c) for c in itertools.product(*(knots[a] for a in AXES))]
+        grid = [tuple(c) for c in itertools.product(*(knots[a] for a in WIDTH_KINDS))]
         fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
         m.run([("overhead",)] + [("block", *c) for c in grid] + fixed_keys, "grid")
         table = _assemble(space, s, state, header, knots, design_info, m.ref_cell, str(out))
@@ -437,11 +437,11 @@ def _assemble(space: Space, s: BuildSettings, state: _State, header: dict[str, A
               design_info: dict[str, Any], ref_cell: Cell, source: str) -> LatencyTable:
     """The table from the measurements: block values less the call overhead, spreads, fixed parts, metadata."""
     overhead = state.median(("overhead",)) if ("overhead",) in state.samples else 0.0
-    shape = tuple(len(knots[a]) for a in AXES)
+    shape = tuple(len(knots[a]) for a in WIDTH_KINDS)
     values = np.zeros(shape)
     spread = np.zeros(shape)
     for idx in itertools.product(*(range(n) for n in shape)):
-        c = tuple(knots[a][i] for a, i in zip(AXES, idx, strict=True))
+        c = tuple(knots[a][i] for a, i in zip(WIDTH_KINDS, idx, strict=True))
         values[idx] = max(state.median(("block", *c)) - overhead, 0.0)
         spread[idx] = state.iqr(("block", *c))
     fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
@@ -459,7 +459,7 @@ def _assemble(space: Space, s: BuildSettings, state: _State, header: dict[str, A
                         "clock": header["clock"], "order": "random per pass, passes interleaved in time",
                         "overhead_subtracted_s": overhead,
                         "reference": None if not s.reference else {
-                            "cell": dict(zip(AXES, ref_cell, strict=True)), "median_s": state.scale,
+                            "cell": dict(zip(WIDTH_KINDS, ref_cell, strict=True)), "median_s": state.scale,
                             "runs": s.reference_runs,
                             "note": "every sample is divided by the reference block timed just before and after "
                                     "it and multiplied by the reference's median over the build (removes "
@@ -472,7 +472,7 @@ def _assemble(space: Space, s: BuildSettings, state: _State, header: dict[str, A
                    "ratio_to_full_grid": round(measured / space.full_grid_cells, 5),
                    "build_time_s": round(state.seconds, 1), "max_cells": s.max_cells},
     }
-    return LatencyTable({a: knots[a] for a in AXES}, values, metadata=metadata, spread=spread, fixed=fixed,
+    return LatencyTable({a: knots[a] for a in WIDTH_KINDS}, values, metadata=metadata, spread=spread, fixed=fixed,
                         source=source)
 
 

@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from revit._io import check_schema, load_yaml
-from revit.config import BLOCK_KEYS, Setting
+from revit.config import WIDTH_KINDS, Setting
 from revit.errors import ConfigError, check_keys
 from revit.validation import short
-
-AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
 
 
 @dataclass(frozen=True)
@@ -36,8 +34,8 @@ class Space:
     setting: Setting
 
     def __post_init__(self) -> None:
-        if set(self.axes) != set(AXES):
-            raise ConfigError(f"space {self.name}: axes must be exactly {', '.join(AXES)}")
+        if set(self.axes) != set(WIDTH_KINDS):
+            raise ConfigError(f"space {self.name}: axes must be exactly {', '.join(WIDTH_KINDS)}")
         for a, vals in self.axes.items():
             if not vals or any(v < 1 for v in vals) or list(vals) != sorted(set(vals)):
                 raise ConfigError(f"space {self.name}: axis {a} needs increasing positive integers")
@@ -60,7 +58,7 @@ class Space:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "revit/latency-space/v1", "name": self.name, "depth": self.depth,
-                "setting": self.setting.to_dict(depth=False), "axes": {a: list(self.axes[a]) for a in AXES}}
+                "setting": self.setting.to_dict(depth=False), "axes": {a: list(self.axes[a]) for a in WIDTH_KINDS}}
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "space") -> Space:
@@ -68,8 +66,8 @@ class Space:
         axes: dict[str, tuple[int, ...]] = {}
         raw = d.get("axes")
         if not isinstance(raw, Mapping):
-            raise ConfigError(f"{source}: 'axes' must map {', '.join(AXES)} to {{min, max, step}} or a list")
-        for a in AXES:
+            raise ConfigError(f"{source}: 'axes' must map {', '.join(WIDTH_KINDS)} to {{min, max, step}} or a list")
+        for a in WIDTH_KINDS:
             spec = raw.get(a)
             if isinstance(spec, Mapping):
                 axes[a] = _axis_range(spec, f"{source}: axis {a}")

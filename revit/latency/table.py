@@ -21,14 +21,13 @@ from typing import Any
 import numpy as np
 
 from revit._io import atomic_write_text, check_schema, load_json
-from revit.config import BLOCK_KEYS, BlockDims, Setting, ViTConfig
+from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, Setting, ViTConfig
 from revit.errors import ConfigError, FileFormatError, TableRangeError, check_keys
 from revit.paths import shipped_dir
 
 SCHEMA = "revit/latency-table/v1"
 KIND = "latency-table"
-AXES: tuple[str, ...] = ("embed_dim", *BLOCK_KEYS)
-SAVING_KINDS: tuple[str, ...] = (*BLOCK_KEYS, "embed_dim")
+SAVING_KINDS: tuple[str, ...] = (*BLOCK_KINDS, "embed_dim")
 REQUIRED_METADATA = ("device", "backend", "backend_version", "dtype", "batch_size", "tokens", "created",
                      "revit_version", "measurement")
 EXTRAPOLATE_HINT = "pass extrapolate=True (--extrapolate) to extrapolate linearly"
@@ -155,14 +154,14 @@ class LatencyTable:
                  spread: Any = None, fixed: FixedParts | None = None, fixed_note: str = "",
                  source: str = "latency table") -> None:
         self.source = source
-        if set(axes) != set(AXES):
-            raise FileFormatError(f"{source}: axes must be exactly {', '.join(AXES)}; got {', '.join(axes)}")
+        if set(axes) != set(WIDTH_KINDS):
+            raise FileFormatError(f"{source}: axes must be exactly {', '.join(WIDTH_KINDS)}; got {', '.join(axes)}")
         from revit.latency.validate_table import check_axis
 
         self.axes: dict[str, tuple[float, ...]] = {}
-        for name in AXES:  # finite, >= 0, strictly increasing numbers (validated whole on load)
+        for name in WIDTH_KINDS:  # finite, >= 0, strictly increasing numbers (validated whole on load)
             self.axes[name] = check_axis(name, axes[name], source)
-        shape = tuple(len(self.axes[a]) for a in AXES)
+        shape = tuple(len(self.axes[a]) for a in WIDTH_KINDS)
         self.values = self._array(values, shape, "values")
         self.spread = None if spread is None else self._array(spread, shape, "spread")
         missing = [k for k in REQUIRED_METADATA if k not in metadata]
@@ -202,12 +201,12 @@ class LatencyTable:
         if self._interp is None:
             from scipy.interpolate import RegularGridInterpolator
 
-            self._interp = RegularGridInterpolator(tuple(np.asarray(self.axes[a]) for a in AXES), self.values,
+            self._interp = RegularGridInterpolator(tuple(np.asarray(self.axes[a]) for a in WIDTH_KINDS), self.values,
                                                    method="linear", bounds_error=False, fill_value=None)
         return self._interp
 
     def _check_range(self, points: np.ndarray) -> None:
-        for j, a in enumerate(AXES):
+        for j, a in enumerate(WIDTH_KINDS):
             lo, hi = self.axes[a][0], self.axes[a][-1]
             col = points[:, j]
             bad = col[(col < lo) | (col > hi)]
@@ -218,8 +217,8 @@ class LatencyTable:
     def lookup(self, points: Any, extrapolate: bool = False) -> np.ndarray:
         """Block latencies (s) at rows ``(embed_dim, heads, qk_dim, v_dim, mlp_dim)``; vectorised."""
         pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
-        if pts.shape[1] != len(AXES):
-            raise ConfigError(f"a lookup point has {len(AXES)} coordinates ({', '.join(AXES)})")
+        if pts.shape[1] != len(WIDTH_KINDS):
+            raise ConfigError(f"a lookup point has {len(WIDTH_KINDS)} coordinates ({', '.join(WIDTH_KINDS)})")
         if not extrapolate:
             self._check_range(pts)
         return np.asarray(self._interpolator()(pts), dtype=np.float64)
@@ -276,7 +275,7 @@ class LatencyTable:
         rows: list[np.ndarray] = [base]
         kinds: list[str] = []
         want = set(SAVING_KINDS if only is None else only)
-        for j, k in enumerate(BLOCK_KEYS, start=1):
+        for j, k in enumerate(BLOCK_KINDS, start=1):
             if k not in want:
                 continue
             if base[j] - u[k] < u[k]:
@@ -306,7 +305,7 @@ class LatencyTable:
             "schema": SCHEMA,
             "kind": KIND,
             "metadata": self.metadata,
-            "axes": {a: [int(x) if float(x).is_integer() else x for x in self.axes[a]] for a in AXES},
+            "axes": {a: [int(x) if float(x).is_integer() else x for x in self.axes[a]] for a in WIDTH_KINDS},
             "values": _nested(self.values),
             "spread": None if self.spread is None else _nested(self.spread),
             "fixed": None if self.fixed is None else self.fixed.to_dict(),

@@ -22,20 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from revit.config import BlockDims, ViTConfig
+from revit.config import WIDTH_KINDS, BlockDims, ViTConfig
 from revit.errors import ConfigError
-from revit.latency.backends import Backend, Workload, get_backend
-from revit.latency.table import AXES, LatencyTable
-
-_ORT_DEVICES = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda",
-                "TensorrtExecutionProvider": "tensorrt"}
+from revit.latency.backends import BACKENDS, Backend, Workload
+from revit.latency.table import LatencyTable
 
 
 def backend_for_table(table: LatencyTable) -> Backend:
     """The backend a table was measured with, on the same device, dtype, threads, clock and options.
 
-    A torch table is validated on the device it records (``backend_settings.torch_device``; tables
-    from before that key: ``cuda`` unless the device is this kind of CPU name) and with its
+    Each backend reads its own settings back from the table (:meth:`Backend.reopen_kwargs`): a torch
+    table is validated on the device it records (``backend_settings.torch_device``) and with its
     ``compile``/``cuda_graphs`` settings, so an fp16 CUDA table is validated in fp16 on CUDA; when
     that device is missing here the backend raises :class:`~revit.errors.BackendUnavailableError`.
     """
@@ -43,29 +40,15 @@ def backend_for_table(table: LatencyTable) -> Backend:
     if m.get("backend") == "nvit-official":
         raise ConfigError(f"{table.source or 'the table'} is an imported NViT table (V100); validate needs a table "
                           "built on this machine")
-    bs = m.get("backend_settings") or {}
-    meas = m.get("measurement") or {}
-    name = str(m["backend"])
-    opts: dict[str, Any] = {}
-    device: str
-    if name == "onnxruntime":
-        device = _ORT_DEVICES.get(str(bs.get("provider", "")), "cpu")
-        if "graph" in bs:
-            opts["graph"] = bs["graph"]
-    elif name == "torch":
-        device = str(bs.get("torch_device") or ("cpu" if "logical CPUs" in str(m.get("device", "")) else "cuda"))
-        opts = {"compile": bool(bs.get("compile", False)), "cuda_graphs": bool(bs.get("cuda_graphs", False))}
-    else:
-        device = "cuda"
-    return get_backend(name, device=device, dtype=str(m["dtype"]), threads=bs.get("intra_op_threads", 1),
-                       clock=str(meas.get("clock", "wall")), **opts)
+    cls = BACKENDS.get(str(m["backend"]))
+    return cls(**cls.reopen_kwargs(m))
 
 
 def candidates(table: LatencyTable) -> dict[str, list[int]]:
     """Values to draw per axis: the space's granularity when recorded, else every integer in range."""
     space = table.metadata.get("space")
     if space and "axes" in space:
-        return {a: [int(v) for v in space["axes"][a]] for a in AXES}
+        return {a: [int(v) for v in space["axes"][a]] for a in WIDTH_KINDS}
     return {a: list(range(max(1, int(lo)), int(hi) + 1)) for a, (lo, hi) in table.ranges().items()}
 
 

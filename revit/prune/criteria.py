@@ -22,12 +22,13 @@ from typing import Any
 
 import torch
 
+from revit.errors import ConfigError
 from revit.prune.structure import Group, Slice, Structure, head_coord, in_query
-from revit.registry import Registry
+from revit.registry import CRITERIA_GROUP, Registry
 
 Scores = dict[int, torch.Tensor]
 
-CRITERIA: Registry[type[Criterion]] = Registry("importance criterion")
+CRITERIA: Registry[type[Criterion]] = Registry("importance criterion", group=CRITERIA_GROUP)
 
 
 def _reduce(t: torch.Tensor, axis: int) -> torch.Tensor:
@@ -307,9 +308,14 @@ class NvitCode(Criterion):
         return self._fused.per_index((flat / self._norm_on[flat.device]) ** 2)
 
 
-def build_criterion(name: str, structure: Structure, seed: int = 0) -> Criterion:
-    """The criterion registered under ``name`` (an unknown name lists the known ones)."""
-    return CRITERIA.get(name)(seed=seed).bind(structure)
+def build_criterion(criterion: str | Criterion, structure: Structure, seed: int = 0) -> Criterion:
+    """The criterion registered under a name (an unknown name lists the known ones), or a
+    :class:`Criterion` object, bound to ``structure``."""
+    if isinstance(criterion, Criterion):
+        return criterion.bind(structure)
+    if not isinstance(criterion, str):
+        raise ConfigError(f"criterion must be a name ({', '.join(CRITERIA.names())}) or a Criterion object")
+    return CRITERIA.get(criterion)(seed=seed).bind(structure)
 
 
 class ScoreAccumulator:

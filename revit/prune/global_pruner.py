@@ -32,7 +32,7 @@ from revit import counting
 from revit.config import Granularity, ViTConfig
 from revit.cost import CostModel, LatencyCost, LatencyTableLike, MacsCost, min_config
 from revit.errors import BudgetError, ConfigError, TableRangeError
-from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator
+from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_criterion
 from revit.prune.masking import Masks, rebuild_dense
 from revit.prune.policy import Schedule, choose
 from revit.prune.structure import Structure, derive_structure
@@ -113,7 +113,7 @@ class GlobalPruner:
         self.structure: Structure = derive_structure(self.model, example_inputs)
         self.masks = Masks(self.structure)
         self.masks.install(self.model)
-        self.criterion = self._criterion(criterion)
+        self.criterion = build_criterion(criterion, self.structure, self.seed)
         self.acc = ScoreAccumulator(ema)
         self.cuda_graphs = cuda_graphs
         self._graph: _GraphedScores | None = None
@@ -171,13 +171,6 @@ class GlobalPruner:
             raise ConfigError("give total_steps (the schedule spreads the removals over it) or NViT's fixed "
                               "schedule (interval with per_step or step_fraction)")
         return Schedule.by_budget(total_steps, prune_steps)
-
-    def _criterion(self, criterion: str | Criterion) -> Criterion:
-        if isinstance(criterion, Criterion):
-            return criterion.bind(self.structure)
-        if not isinstance(criterion, str):
-            raise ConfigError(f"criterion must be a name ({', '.join(CRITERIA.names())}) or a Criterion object")
-        return CRITERIA.get(criterion)(seed=self.seed).bind(self.structure)
 
     # --- the loop --------------------------------------------------------------------------------
     @property
@@ -334,8 +327,7 @@ class GlobalPruner:
 
     @property
     def criterion_name(self) -> str:
-        return next((n for n in CRITERIA.names() if CRITERIA.get(n) is type(self.criterion)),
-                    type(self.criterion).__name__)
+        return CRITERIA.name_of(type(self.criterion)) or type(self.criterion).__name__
 
     @property
     def trace(self) -> Trace:

@@ -22,11 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from revit.config import BlockDims, ViTConfig
+from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, ViTConfig
 from revit.prune.graph import Analyzer, ParamAxis, StructureError, Tracer
-
-KINDS: tuple[str, ...] = ("embed_dim", "heads", "qk_dim", "v_dim", "mlp_dim")
-BLOCK_KINDS: tuple[str, ...] = KINDS[1:]
 
 
 # --- the result ---------------------------------------------------------------------------------
@@ -232,7 +229,7 @@ def _group(at: _Atoms, atom: int, size: int) -> Group:
 
 def _numbered(groups: list[Group]) -> tuple[list[Group], int]:
     """Groups sorted by (block, kind) and numbered; the depth, after checking each block is complete."""
-    order = {k: i for i, k in enumerate(KINDS)}
+    order = {k: i for i, k in enumerate(WIDTH_KINDS)}
     groups = sorted(groups, key=lambda x: (-1 if x.block is None else x.block, order[x.kind]))
     groups = [Group(i, x.kind, x.block, x.size, x.atom, x.slices) for i, x in enumerate(groups)]
     depth = 1 + max((x.block for x in groups if x.block is not None), default=-1)

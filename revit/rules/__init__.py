@@ -6,7 +6,7 @@ only when called.  :class:`Granularity` and :class:`Setting` live in :mod:`revit
 
 from revit.config import Granularity, Setting
 from revit.rules import families as _families  # noqa: F401  (registers the families)
-from revit.rules.base import FAMILIES, DomainNote, ParamSpec, RuleFamily, get_family
+from revit.rules.base import FAMILIES, DomainNote, NamedRule, ParamSpec, RuleFamily, get_family
 from revit.rules.generate import (
     Budget,
     Generated,
@@ -16,10 +16,10 @@ from revit.rules.generate import (
     latency_budget,
     macs_budget,
 )
-from revit.rules.rule import Rule, load_rule, shipped_rules, uniform_rule
+from revit.rules.rule import Rule, family_rules, load_rule, shipped_rules, uniform_rule
 
 __all__ = [
-    "FAMILIES", "Budget", "DomainNote", "Generated", "Granularity", "ParamSpec", "Rule", "RuleFamily",
-    "SearchSpace", "Setting", "apply_rule", "generate", "get_family", "latency_budget", "load_rule",
+    "FAMILIES", "Budget", "DomainNote", "Generated", "Granularity", "NamedRule", "ParamSpec", "Rule", "RuleFamily",
+    "SearchSpace", "Setting", "apply_rule", "family_rules", "generate", "get_family", "latency_budget", "load_rule",
     "macs_budget", "shipped_rules", "uniform_rule",
 ]

@@ -15,10 +15,8 @@ from typing import ClassVar
 
 from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError, check_keys
-from revit.registry import Registry
+from revit.registry import RULE_FAMILIES_GROUP, Registry
 from revit.validation import short
-
-WIDTH_KINDS = ("heads", "qk_dim", "v_dim", "mlp_dim")
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,14 @@ class ParamSpec:
     integer_step: str | None = None  # an integer searched on this granularity kind's step (qk_dim), else a float
 
 
+@dataclass(frozen=True)
+class NamedRule:
+    """A rule a family ships under a name (``revit generate --rule NAME``): its parameter values."""
+
+    description: str
+    params: Mapping[str, float]
+
+
 class RuleFamily(ABC):
     """A parametric way of shaping a ViT.
 
@@ -62,6 +68,8 @@ class RuleFamily(ABC):
     reference_depth: ClassVar[int | None] = None
     # every block equal: the design a redistribution is measured against (a study's reference side)
     uniform: ClassVar[bool] = False
+    # rules this family ships by name, found by load_rule after the rule files of rules/
+    named_rules: ClassVar[Mapping[str, NamedRule]] = {}
 
     @property
     def fittable(self) -> bool:
@@ -90,6 +98,11 @@ class RuleFamily(ABC):
         """Notes on how (embed_dim, depth) is mapped onto the family; ``outside`` ones leave its domain."""
         return []
 
+    def starting_points(self, samples: Sequence[tuple[int, Mapping[str, Sequence[float]]]]) -> list[dict[str, float]]:
+        """Where least squares starts fitting the family to ``samples`` (EMB, widths per kind of each
+        block); the fit is not convex, so a family may give several.  Default: its defaults."""
+        return [{k: float(s.default) for k, s in self.params.items()}]
+
     def continuous(self, params: Mapping[str, float], embed_dim: int,
                    positions: Sequence[float]) -> dict[str, list[float]]:
         """Unrounded widths per kind at normalised depths ``positions`` (fittable families)."""
@@ -97,7 +110,7 @@ class RuleFamily(ABC):
                           f"fittable: {', '.join(n for n in FAMILIES if get_family(n).fittable)}")
 
 
-FAMILIES: Registry[type[RuleFamily]] = Registry("rule family")
+FAMILIES: Registry[type[RuleFamily]] = Registry("rule family", group=RULE_FAMILIES_GROUP)
 
 
 def get_family(name: str) -> RuleFamily:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError
-from revit.rules.base import FAMILIES, DomainNote, ParamSpec, RuleFamily, block_positions, scale_mlp
+from revit.rules.base import FAMILIES, DomainNote, NamedRule, ParamSpec, RuleFamily, block_positions, scale_mlp
 
 REF_DEPTH = 12  # both paper rules are written for 12 blocks
 MIN_HEADS, MIN_QK = 2, 8  # what section 7 keeps when a paper rule leaves its domain
@@ -120,6 +120,7 @@ def bump(t: float, center: float, plateau: float, softness: float) -> float:
 
 
 LML_KINDS = {"heads": "heads_per_emb", "qk_dim": "qk_per_emb", "v_dim": "v_per_emb", "mlp_dim": "mlp_per_emb"}
+LML_ENDS = {"heads": "heads_end", "qk_dim": "qk_end", "v_dim": "v_end", "mlp_dim": "mlp_end"}
 
 
 @FAMILIES.register("less-more-less")
@@ -149,13 +150,23 @@ class LessMoreLess(RuleFamily):
         "mlp_end": ParamSpec(0.5, 0.05, 3.0, "MLP at the ends relative to the plateau"),
     }
 
+    def starting_points(self, samples: Sequence[tuple[int, Mapping[str, Sequence[float]]]]) -> list[dict[str, float]]:
+        """Data-derived ratios (widest block / EMB, narrowest / widest per kind) and six profile shapes."""
+        start = {k: float(s.default) for k, s in self.params.items()}
+        for kind, key in LML_KINDS.items():
+            start[key] = max(max(w[kind]) / emb for emb, w in samples)
+        for kind, key in LML_ENDS.items():
+            start[key] = min(min(w[kind]) / max(w[kind]) for _, w in samples)
+        return [{**start, "plateau": plateau, "softness": softness}
+                for plateau in (0.3, 0.5, 0.7) for softness in (0.02, 0.08)]
+
     def continuous(self, params: Mapping[str, float], embed_dim: int,
                    positions: Sequence[float]) -> dict[str, list[float]]:
         p = params
         b = [bump(t, p["center"], p["plateau"], p["softness"]) for t in positions]
         base = {"heads": p["heads_per_emb"] * embed_dim, "qk_dim": p["qk_per_emb"] * embed_dim,
                 "v_dim": p["v_per_emb"] * embed_dim, "mlp_dim": p["mlp_per_emb"] * embed_dim}
-        ends = {"heads": p["heads_end"], "qk_dim": p["qk_end"], "v_dim": p["v_end"], "mlp_dim": p["mlp_end"]}
+        ends = {k: p[key] for k, key in LML_ENDS.items()}
         return {k: [base[k] * (ends[k] + (1 - ends[k]) * bi) for bi in b] for k in LML_KINDS}
 
     def blocks(self, params: Mapping[str, float], embed_dim: int, depth: int, gran: Granularity,
@@ -186,6 +197,7 @@ class Uniform(RuleFamily):
         "mlp_ratio": ParamSpec(4.0, 0.05, 32.0, "MLP width per EMB channel"),
         "heads_per_emb": ParamSpec(0.0, 0.0, 1.0, "heads per EMB channel (0 = EMB / head_dim, DeiT's choice)"),
     }
+    named_rules = {"uniform": NamedRule("DeiT-style uniform baseline", {"head_dim": 0, "mlp_ratio": 4.0})}
 
     @property
     def fittable(self) -> bool:

@@ -15,13 +15,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from revit import __version__, counting
-from revit.config import BlockDims
+from revit.config import BLOCK_KINDS, BlockDims
 from revit.errors import ConfigError
-from revit.rules.base import WIDTH_KINDS, block_positions, get_family
+from revit.rules.base import RuleFamily, block_positions, get_family
 from revit.rules.rule import Rule
 from revit.trace import Trace, TraceStep
 from revit.validation import short
@@ -114,7 +115,7 @@ class FitResult:
 
     def summary_lines(self) -> list[str]:
         lines = [f"fitted {self.rule.family} to {len(self.samples)} sample(s):"]
-        for k in WIDTH_KINDS:
+        for k in BLOCK_KINDS:
             r2 = self.r2[k]
             lines.append(f"  {k:8s} R^2 {'n/a (constant)' if r2 is None else f'{r2:.4f}':>14s}  "
                          f"RMSE {self.rmse[k]:.3g}  max |residual| {self.max_abs[k]:.3g}")
@@ -140,7 +141,7 @@ def fit_family(family: str, samples: Sequence[Sample], *, name: str | None = Non
         raise ConfigError("every parameter is fixed; nothing to fit")
     data = _prepare(samples)
     best = None
-    for x0 in _starts(fam.params, free, samples, fixed):
+    for x0 in _starts(fam, free, samples, fixed):
         x, cost = _solve(fam, free, fixed, data, x0)
         if best is None or cost < best[1]:
             best = (x, cost)
@@ -158,12 +159,12 @@ def fit_family(family: str, samples: Sequence[Sample], *, name: str | None = Non
     r2: dict[str, float | None] = {}
     rmse: dict[str, float] = {}
     max_abs: dict[str, float] = {}
-    resid: dict[str, list[list[float]]] = {k: [] for k in WIDTH_KINDS}
+    resid: dict[str, list[list[float]]] = {k: [] for k in BLOCK_KINDS}
     for s, pos, o in zip(samples, positions, obs, strict=True):
         pred = fam.continuous(params, s.embed_dim, pos)
-        for k in WIDTH_KINDS:
+        for k in BLOCK_KINDS:
             resid[k].append([float(v) for v in o[k] - np.asarray(pred[k])])
-    for k in WIDTH_KINDS:
+    for k in BLOCK_KINDS:
         allobs = np.concatenate([o[k] for o in obs])
         allres = np.concatenate([np.array(r) for r in resid[k]])
         ss_tot = float(((allobs - allobs.mean()) ** 2).sum())
@@ -192,9 +193,9 @@ def _prepare(samples: Sequence[Sample]) -> list[tuple[int, Any, dict[str, Any], 
 
     out = []
     for s in samples:
-        o = {k: np.array(s.widths(k)) for k in WIDTH_KINDS}
+        o = {k: np.array(s.widths(k)) for k in BLOCK_KINDS}
         out.append((s.embed_dim, np.array(block_positions(len(s.blocks))), o,
-                    {k: max(float(o[k].mean()), 1e-9) for k in WIDTH_KINDS}))
+                    {k: max(float(o[k].mean()), 1e-9) for k in BLOCK_KINDS}))
     return out
 
 
@@ -213,7 +214,7 @@ def _solve(fam: Any, free: Sequence[str], fixed: Mapping[str, float],
         res = []
         for emb, pos, o, sc in data:
             pred = fam.continuous(p, emb, pos)
-            for k in WIDTH_KINDS:
+            for k in BLOCK_KINDS:
                 res.append((np.asarray(pred[k]) - o[k]) / sc[k])
         return np.concatenate(res)
 
@@ -222,28 +223,13 @@ def _solve(fam: Any, free: Sequence[str], fixed: Mapping[str, float],
     return r.x, float(r.cost)
 
 
-def _starts(specs: Mapping[str, Any], free: Sequence[str], samples: Sequence[Sample],
+def _starts(fam: RuleFamily, free: Sequence[str], samples: Sequence[Sample],
             fixed: Mapping[str, float]) -> list[dict[str, float]]:
-    """Starting points: data-derived ratios and a few profile shapes (the fit is not convex)."""
-    start = {k: float(s.default) for k, s in specs.items()}
-    per_emb = {"heads": "heads_per_emb", "qk_dim": "qk_per_emb", "v_dim": "v_per_emb", "mlp_dim": "mlp_per_emb"}
-    for kind, key in per_emb.items():
-        if key in specs:
-            start[key] = max(max(s.widths(kind)) / s.embed_dim for s in samples)
-    for kind, key in (("heads", "heads_end"), ("qk_dim", "qk_end"), ("v_dim", "v_end"), ("mlp_dim", "mlp_end")):
-        if key in specs:
-            start[key] = min(min(s.widths(kind)) / max(s.widths(kind)) for s in samples)
-    out = []
-    for plateau in (0.3, 0.5, 0.7):
-        for softness in (0.02, 0.08):
-            x = dict(start)
-            if "plateau" in x:
-                x["plateau"] = plateau
-            if "softness" in x:
-                x["softness"] = softness
-            x.update(fixed)
-            out.append({k: min(max(x[k], specs[k].low), specs[k].high) for k in free})
-    return out
+    """The family's starting points (:meth:`RuleFamily.starting_points`), with the fixed values, in bounds."""
+    specs = fam.params
+    widths = [(s.embed_dim, {k: s.widths(k) for k in BLOCK_KINDS}) for s in samples]
+    return [{k: min(max({**x, **fixed}[k], specs[k].low), specs[k].high) for k in free}
+            for x in fam.starting_points(widths)]
 
 
 # --- bootstrap intervals and the non-monotone test ------------------------------------------
@@ -280,7 +266,7 @@ def profile_contrasts(samples: Sequence[Sample],
     the sample's own mean over all its blocks so that traces at different EMB pool.
     """
     out = {}
-    for k in WIDTH_KINDS:
+    for k in BLOCK_KINDS:
         sums = [0.0, 0.0, 0.0]
         counts = [0, 0, 0]
         for j, s in enumerate(samples):
@@ -294,6 +280,17 @@ def profile_contrasts(samples: Sequence[Sample],
         first, middle, last = (sums[r] / max(counts[r], 1) for r in range(3))
         out[k] = ProfileContrast(first, middle, last)
     return out
+
+
+class Verdict(str, Enum):
+    """What the bootstrap says about one kind's middle half against its ends (written as the value)."""
+
+    WIDER_MIDDLE = "less-more-less"
+    NARROWER_MIDDLE = "middle narrower than an end"
+    NOT_SIGNIFICANT = "not significant"
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 @dataclass(frozen=True)
@@ -311,14 +308,14 @@ class Bootstrap:
     at_bound: tuple[str, ...]  # fitted parameters on a bound of their range (their interval is one-sided)
     draws: dict[str, list[float]]  # parameter or "diff:<kind>" -> the n resampled values
 
-    def verdict(self, kind: str) -> str:
-        """``less-more-less`` when the contrast's interval is above 0, ``middle narrower`` when below."""
+    def verdict(self, kind: str) -> Verdict:
+        """:attr:`Verdict.WIDER_MIDDLE` when the contrast's interval is above 0, ``NARROWER_MIDDLE`` below."""
         lo, hi = self.contrast_interval[kind]
-        return "less-more-less" if lo > 0 else ("middle narrower than an end" if hi < 0 else "not significant")
+        return Verdict.WIDER_MIDDLE if lo > 0 else (Verdict.NARROWER_MIDDLE if hi < 0 else Verdict.NOT_SIGNIFICANT)
 
     def non_monotone(self) -> bool:
         """True when some kind is significantly wider in the middle than at both ends."""
-        return any(self.verdict(k) == "less-more-less" for k in WIDTH_KINDS)
+        return any(self.verdict(k) is Verdict.WIDER_MIDDLE for k in BLOCK_KINDS)
 
     def to_dict(self) -> dict[str, Any]:
         """What the rule's provenance stores (rounded; -0.0 written as 0.0)."""
@@ -338,7 +335,7 @@ class Bootstrap:
                               "diff": r4(c.diff),
                               "interval": [r4(self.contrast_interval[k][0]),
                                            r4(self.contrast_interval[k][1])],
-                              "verdict": self.verdict(k), "first_minus_last": r4(c.first - c.last),
+                              "verdict": self.verdict(k).value, "first_minus_last": r4(c.first - c.last),
                               "first_minus_last_interval": [r4(self.first_last_interval[k][0]),
                                                             r4(self.first_last_interval[k][1])]}
                           for k, c in self.contrast.items()},
@@ -399,8 +396,8 @@ def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str =
     x0 = {k: float(result.rule.params[k]) for k in free}
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in free}
-    draws.update({f"diff:{k}": [] for k in WIDTH_KINDS})
-    draws.update({f"first-last:{k}": [] for k in WIDTH_KINDS})
+    draws.update({f"diff:{k}": [] for k in BLOCK_KINDS})
+    draws.update({f"first-last:{k}": [] for k in BLOCK_KINDS})
     for _ in range(n):
         chosen, picks = _resample(result.samples, unit, rng)
         data = []
@@ -420,8 +417,8 @@ def bootstrap_fit(result: FitResult, *, n: int = 200, seed: int = 0, unit: str =
     return Bootstrap(n=n, seed=seed, unit=unit, level=level,
                      intervals={k: interval(draws[k]) for k in free},
                      contrast=profile_contrasts(result.samples),
-                     contrast_interval={k: interval(draws[f"diff:{k}"]) for k in WIDTH_KINDS},
-                     first_last_interval={k: interval(draws[f"first-last:{k}"]) for k in WIDTH_KINDS},
+                     contrast_interval={k: interval(draws[f"diff:{k}"]) for k in BLOCK_KINDS},
+                     first_last_interval={k: interval(draws[f"first-last:{k}"]) for k in BLOCK_KINDS},
                      at_bound=tuple(k for k in free if _on_bound(x0[k], fam.params[k].low, fam.params[k].high)),
                      draws=draws)
 
@@ -443,7 +440,7 @@ def _band(result: FitResult, boot: Bootstrap, embed_dim: int, dense: Sequence[fl
 
     fam = result.rule.family_obj
     free = list(boot.intervals)
-    curves: dict[str, list[list[float]]] = {k: [] for k in WIDTH_KINDS}
+    curves: dict[str, list[list[float]]] = {k: [] for k in BLOCK_KINDS}
     for j in range(boot.n):
         p = {**result.rule.params, **{k: boot.draws[k][j] for k in free}}
         for k, v in fam.continuous(p, embed_dim, dense).items():
@@ -467,7 +464,7 @@ def plot_fit(result: FitResult, path: str | os.PathLike[str], title: str | None 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     dense = [i / 200 for i in range(201)]
     bands = {e: _band(result, boot, e, dense) for e in {s.embed_dim for s in result.samples}} if boot else {}
-    for ax, kind in zip(axes.flat, WIDTH_KINDS, strict=True):
+    for ax, kind in zip(axes.flat, BLOCK_KINDS, strict=True):
         for j, s in enumerate(result.samples):
             c = colors[j % len(colors)]
             pos = block_positions(len(s.blocks))

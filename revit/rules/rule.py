@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml
 from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError, FileFormatError, UnknownNameError
 from revit.paths import shipped_dir
-from revit.rules.base import DomainNote, RuleFamily, get_family
+from revit.rules.base import FAMILIES, DomainNote, RuleFamily, get_family
 from revit.validation import short
 
 SCHEMA = "revit/rule/v1"
@@ -143,20 +143,27 @@ def shipped_rules() -> dict[str, Path]:
     return {p.stem: p for p in sorted(d.glob("*.yaml"), key=lambda q: q.stem)} if d.is_dir() else {}
 
 
+def family_rules() -> dict[str, Rule]:
+    """The rules the registered families ship by name (:attr:`RuleFamily.named_rules`), e.g. ``uniform``."""
+    return {name: Rule(name=name, family=fam, params=dict(nr.params), description=nr.description)
+            for fam in FAMILIES for name, nr in FAMILIES.get(fam).named_rules.items()}
+
+
 def uniform_rule(head_dim: int = 0, mlp_ratio: float = 4.0) -> Rule:
     """The DeiT-style uniform baseline as a rule (head_dim per head, 0 = auto; MLP = mlp_ratio * EMB)."""
-    return Rule(name="uniform", family="uniform", params={"head_dim": head_dim, "mlp_ratio": mlp_ratio},
-                description="DeiT-style uniform baseline")
+    return replace(family_rules()["uniform"], params={"head_dim": head_dim, "mlp_ratio": mlp_ratio})
 
 
 def load_rule(name_or_path: str) -> Rule:
-    """A shipped rule by name (``paper``), ``uniform``, or a path to a rule YAML file."""
+    """A shipped rule by name (``paper``), a rule a family ships (``uniform``, a plugin's), or a path to a
+    rule YAML file."""
     shipped = shipped_rules()
     if name_or_path in shipped:
         return Rule.load(shipped[name_or_path])
-    if name_or_path == "uniform":
-        return uniform_rule()
+    named = family_rules()
+    if name_or_path in named:
+        return named[name_or_path]
     if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or "/" in name_or_path:
         return Rule.load(name_or_path)
-    known = ", ".join(sorted([*shipped, "uniform"]))
+    known = ", ".join(sorted({*shipped, *named}))
     raise UnknownNameError(f"unknown rule {name_or_path!r}; known: {known} (or a path to a rule YAML)")

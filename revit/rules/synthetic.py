@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from revit import counting
-from revit.config import BlockDims, Setting
-from revit.rules.base import WIDTH_KINDS, block_positions, get_family
+from revit.config import BLOCK_KINDS, BlockDims, Setting
+from revit.rules.base import block_positions, get_family
 from revit.trace import TraceStep, TraceWriter
 
 
@@ -35,7 +35,7 @@ def linear_profile(embed_dim: int, depth: int, ratios: Mapping[str, float], *, e
     """A monotone profile: each kind falls linearly from ``ratios[k] * EMB`` to ``end`` times that (or rises)."""
     pos = block_positions(depth)
     out = {}
-    for k in WIDTH_KINDS:
+    for k in BLOCK_KINDS:
         top = ratios[k] * embed_dim
         out[k] = [top * (end + (1 - end) * (t if rising else 1 - t)) for t in pos]
     return out
@@ -48,7 +48,7 @@ def write_profile_trace(path: str | os.PathLike[str], widths: Mapping[str, Seque
     """Write a trace whose 0.5-ratio step is ``widths`` (per kind, per block) with multiplicative noise."""
     depth = len(widths["heads"])
     rng = random.Random(seed)
-    member = tuple(BlockDims(*(max(1, round(widths[k][i] * (1 + rng.gauss(0, noise)))) for k in WIDTH_KINDS))
+    member = tuple(BlockDims(*(max(1, round(widths[k][i] * (1 + rng.gauss(0, noise)))) for k in BLOCK_KINDS))
                    for i in range(depth))
     s = replace(setting or Setting(), depth=depth)
     e0 = 2 * embed_dim

@@ -31,7 +31,10 @@ VAL_ACC, TEST_ACC, VAL_CURVE, TRAIN_SECONDS = "val_acc", "test_acc", "val_curve"
 MACS, PARAMS, LATENCY_MS, EMBED_DIM, MLP_FACTOR, BLOCKS = (
     "macs", "params", "latency_ms", "embed_dim", "mlp_factor", "blocks")
 
-CANDIDATE, BASELINE = "candidate", "baseline"
+CANDIDATE, BASELINE = "candidate", "baseline"  # the values of ROLE
+
+# on the baselines' study (not a trial)
+SKIPPED_BASELINES = "skipped_baselines"  # "ARM@BUDGET: why" of each baseline that cannot be generated
 IDENTITY = (ROLE, FAMILY, ARM, SEED, BUDGET, REPEAT_OF)  # what a retry copies from the trial it retries
 
 
@@ -64,5 +67,5 @@ def is_original_candidate(trial: Any) -> bool:
 
 __all__ = ["ARM", "BASELINE", "BLOCKS", "BUDGET", "CANDIDATE", "EMBED_DIM", "ERROR", "FAMILY", "GROUP", "HEARTBEAT",
            "IDENTITY", "INFEASIBLE", "INTERRUPTED", "LATENCY_MS", "MACS", "MLP_FACTOR", "PARAMS", "REPEAT_OF",
-           "RETRY_OF", "ROLE", "SEED", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC", "VAL_CURVE", "WORKER",
-           "is_original_candidate", "role", "trial_family", "trial_ref"]
+           "RETRY_OF", "ROLE", "SEED", "SKIPPED_BASELINES", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC", "VAL_CURVE",
+           "WORKER", "is_original_candidate", "role", "trial_family", "trial_ref"]

@@ -27,7 +27,24 @@ from typing import Any
 from revit import counting
 from revit.errors import BudgetError, ConfigError
 from revit.search.arms import Arm, describe, trial_arm
-from revit.search.attrs import ARM, FAMILY, INFEASIBLE, REPEAT_OF, ROLE, SEED, trial_ref
+from revit.search.attrs import (
+    ARM,
+    CANDIDATE,
+    EMBED_DIM,
+    FAMILY,
+    INFEASIBLE,
+    LATENCY_MS,
+    MACS,
+    MLP_FACTOR,
+    REPEAT_OF,
+    ROLE,
+    SEED,
+    TEST_ACC,
+    TRAIN_SECONDS,
+    VAL_ACC,
+    VAL_CURVE,
+    trial_ref,
+)
 from revit.search.spec import StudySpec
 
 _log = logging.getLogger(__name__)
@@ -75,8 +92,8 @@ class StudyObjective:
         except BudgetError as e:
             # an infeasible point of the space: pruned (not failed), with the reason kept
             trial.set_user_attr(INFEASIBLE, str(e))
-            trial.set_user_attr(ROLE, trial.user_attrs.get(ROLE, "candidate"))
-            if trial.user_attrs[ROLE] == "candidate":
+            trial.set_user_attr(ROLE, trial.user_attrs.get(ROLE, CANDIDATE))
+            if trial.user_attrs[ROLE] == CANDIDATE:
                 trial.set_user_attr(FAMILY, self.spec.space(trial.user_attrs.get(FAMILY)).name)
             raise optuna.TrialPruned(str(e)) from None
         attrs = self.describe(trial, arm)
@@ -84,23 +101,23 @@ class StudyObjective:
             if trial.user_attrs.get(k) != v:
                 trial.set_user_attr(k, v)
         second = self.spec.objectives[1] if self.spec.multi_objective else None
-        if second == "latency" and attrs.get("latency_ms") is None:
+        if second == "latency" and attrs.get(LATENCY_MS) is None:
             why = f"the latency table {self.spec.latency_table} cannot predict this config (outside its axes)"
             trial.set_user_attr(INFEASIBLE, why)
             raise optuna.TrialPruned(why)
         self.log(f"trial {trial_ref(trial)} ({attrs[ROLE]} {attrs[ARM]}, seed {attrs[SEED]}): "
-                 f"EMB {attrs['embed_dim']}, MACs {counting.format_count(attrs['macs'])}, "
-                 f"MLP factor {attrs['mlp_factor']:g}")
-        prunable = (not self.spec.multi_objective and attrs[ROLE] == "candidate"
+                 f"EMB {attrs[EMBED_DIM]}, MACs {counting.format_count(attrs[MACS])}, "
+                 f"MLP factor {attrs[MLP_FACTOR]:g}")
+        prunable = (not self.spec.multi_objective and attrs[ROLE] == CANDIDATE
                     and REPEAT_OF not in trial.user_attrs and self.spec.pruner.name not in ("none", "nop"))
         val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
-        trial.set_user_attr("val_acc", val)
-        trial.set_user_attr("test_acc", test)
-        trial.set_user_attr("val_curve", history)
-        trial.set_user_attr("train_seconds", round(seconds, 2))
+        trial.set_user_attr(VAL_ACC, val)
+        trial.set_user_attr(TEST_ACC, test)
+        trial.set_user_attr(VAL_CURVE, history)
+        trial.set_user_attr(TRAIN_SECONDS, round(seconds, 2))
         self.log(f"trial {trial_ref(trial)}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
         if second is not None:
-            return val, float(attrs["macs"]) if second == "macs" else float(attrs["latency_ms"])
+            return val, float(attrs[MACS]) if second == "macs" else float(attrs[LATENCY_MS])
         return val
 
     def splits(self) -> Any:
@@ -133,7 +150,7 @@ class StudyObjective:
             if trial is not None:
                 trial.report(float(record["val_acc"]), int(record["epoch"]))
                 if trial.should_prune():
-                    trial.set_user_attr("val_curve", curve)
+                    trial.set_user_attr(VAL_CURVE, curve)
                     raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val top-1 {record['val_acc']:.4f})")
 
         t0 = time.perf_counter()

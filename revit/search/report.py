@@ -23,6 +23,7 @@ from typing import Any
 
 from revit import counting
 from revit._io import atomic_write_text
+from revit.search import attrs as A
 from revit.search.attrs import trial_ref
 from revit.search.report_plots import _accuracy_plot, _blocks_plot, _colors, _comparison_plot, _history_plot
 from revit.search.results import (
@@ -72,7 +73,7 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     bests = family_bests(groups)
-    baselines = [g for g in groups if g.role == "baseline"]
+    baselines = [g for g in groups if g.role == A.BASELINE]
     ref = reference_group(spec, bests, baselines)
     best = best_rule_group(spec, bests) or best_candidate(groups)
     head = compare(best, ref) if best is not None and ref is not None and best is not ref else None
@@ -88,19 +89,19 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
         _comparison_plot(arms, ref, head, colors, plots["comparison"], title)
     else:
         del plots["comparison"]
-    shown = [g for g in groups if g.role == "candidate"][:top]
+    shown = [g for g in groups if g.role == A.CANDIDATE][:top]
     shown += [g for g in bests.values() if g not in shown]
     _blocks_plot(shown + baselines, plots["best_blocks"],
                  f"per-block widths: best candidates and baselines ({spec.name})")
     _history_plot(trials, plots["history"], f"optimisation history ({spec.name})", colors)
 
     summary: dict[str, Any] = {"study": spec.name, "storage": url, "states": states, "groups": [],
-                               "families": {f: {"best": g.name, "n": g.n, "val": g.mean_std("val_acc"),
-                                                "test": g.mean_std("test_acc"), "macs": g.macs,
+                               "families": {f: {"best": g.name, "n": g.n, "val": g.mean_std(A.VAL_ACC),
+                                                "test": g.mean_std(A.TEST_ACC), "macs": g.macs,
                                                 "trials": [trial_ref(t) for t in g.trials]}
                                            for f, g in bests.items()}}
     lines = _header(spec, url, len(trials), states)
-    lines += [f"- baseline left out: {s}" for s in study.user_attrs.get("skipped_baselines", [])]
+    lines += [f"- baseline left out: {s}" for s in study.user_attrs.get(A.SKIPPED_BASELINES, [])]
     if best is not None and ref is not None and best is not ref:
         lines += _comparison(best, ref, head, summary)
     if ref is not None:
@@ -145,8 +146,8 @@ def _header(spec: StudySpec, url: str, n_trials: int, states: dict[str, int]) ->
 
 def _comparison(best: Group, ref: Group, head: Welch | None, summary: dict[str, Any]) -> list[str]:
     """The headline: the best rule-generated config against the best uniform one (or the uniform baseline)."""
-    bv, uv = best.mean_std("test_acc"), ref.mean_std("test_acc")
-    bh, uh = best.mean_std("val_acc"), ref.mean_std("val_acc")
+    bv, uv = best.mean_std(A.TEST_ACC), ref.mean_std(A.TEST_ACC)
+    bh, uh = best.mean_std(A.VAL_ACC), ref.mean_std(A.VAL_ACC)
     summary["comparison"] = {"best": best.name, "best_family": best.family, "best_test": bv, "best_val": bh,
                              "best_n": best.n, "best_macs": best.macs, "uniform": ref.name,
                              "uniform_family": ref.family, "uniform_test": uv, "uniform_val": uh, "uniform_n": ref.n,
@@ -154,10 +155,10 @@ def _comparison(best: Group, ref: Group, head: Welch | None, summary: dict[str, 
     lines = ["", "## Best rule-generated config vs best uniform config", "",
              f"- best `{best.family}` config `{best.name}` ({best.n} seed(s)): test top-1 **{pm(bv, unit='%')}**, "
              f"held-out {pm(bh, unit='%')}, MACs {counting.format_count(best.macs)}, "
-             f"EMB {best.first.user_attrs.get('embed_dim')}",
-             f"- {'best searched uniform config' if ref.role == 'candidate' else 'uniform baseline'} `{ref.name}` "
+             f"EMB {best.first.user_attrs.get(A.EMBED_DIM)}",
+             f"- {'best searched uniform config' if ref.role == A.CANDIDATE else 'uniform baseline'} `{ref.name}` "
              f"({ref.family}, {ref.n} seed(s)): test top-1 **{pm(uv, unit='%')}**, held-out {pm(uh, unit='%')}, "
-             f"MACs {counting.format_count(ref.macs)}, EMB {ref.first.user_attrs.get('embed_dim')}"]
+             f"MACs {counting.format_count(ref.macs)}, EMB {ref.first.user_attrs.get(A.EMBED_DIM)}"]
     if head is not None:
         summary["headline"] = head.to_json()
         lines.append(f"- difference (rule - uniform), test top-1: **{head.describe()}**; "
@@ -180,7 +181,7 @@ def _versus_reference(rivals: list[Group], ref: Group, summary: dict[str, Any]) 
              "|---|---|---|---|---|---|---|---|---|"]
     summary["comparisons"] = []
     for g in [*rivals, ref]:
-        m = g.mean_std("test_acc")
+        m = g.mean_std(A.TEST_ACC)
         cells = ["", "", ""]
         if g is not ref:
             w = compare(g, ref)
@@ -188,7 +189,7 @@ def _versus_reference(rivals: list[Group], ref: Group, summary: dict[str, Any]) 
             cells = [f"{100 * w.diff:+.2f}",
                      "-" if math.isnan(w.low) else f"[{100 * w.low:+.2f}, {100 * w.high:+.2f}]",
                      "-" if math.isnan(w.p) else f"{w.p:.3g}"]
-        lines.append(f"| {g.family} | {g.name} | {g.n} | {pm(m)} | {pm(g.mean_std('val_acc'))} | "
+        lines.append(f"| {g.family} | {g.name} | {g.n} | {pm(m)} | {pm(g.mean_std(A.VAL_ACC))} | "
                      f"{counting.format_count(g.macs)} | {' | '.join(cells)} |")
     return lines
 
@@ -202,16 +203,16 @@ def _configs_table(groups: list[Group], summary: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if lat else "")]
     for g in groups:
         u = g.first.user_attrs
-        row = (f"| {g.name} | {g.role} | {g.family} | {g.arm} | {g.n} | {pm(g.mean_std('val_acc'))} "
-               f"| {pm(g.mean_std('test_acc'))} | {counting.format_count(g.macs)} "
-               f"| {counting.format_count(u.get('params', 0))} | {u.get('embed_dim')} | {u.get('mlp_factor', 1):g} |")
+        row = (f"| {g.name} | {g.role} | {g.family} | {g.arm} | {g.n} | {pm(g.mean_std(A.VAL_ACC))} "
+               f"| {pm(g.mean_std(A.TEST_ACC))} | {counting.format_count(g.macs)} "
+               f"| {counting.format_count(u.get(A.PARAMS, 0))} | {u.get(A.EMBED_DIM)} | {u.get(A.MLP_FACTOR, 1):g} |")
         if lat:
             row += f" {g.latency_ms:.3f} |" if g.latency_ms is not None else " - |"
         lines.append(row)
         summary["groups"].append({"group": g.name, "role": g.role, "family": g.family, "arm": g.arm, "n": g.n,
-                                  "val": g.mean_std("val_acc"), "test": g.mean_std("test_acc"), "macs": g.macs,
-                                  "latency_ms": g.latency_ms, "embed_dim": u.get("embed_dim"),
-                                  "blocks": u.get("blocks"), "params": dict(g.first.params),
+                                  "val": g.mean_std(A.VAL_ACC), "test": g.mean_std(A.TEST_ACC), "macs": g.macs,
+                                  "latency_ms": g.latency_ms, "embed_dim": u.get(A.EMBED_DIM),
+                                  "blocks": u.get(A.BLOCKS), "params": dict(g.first.params),
                                   "trials": [trial_ref(t) for t in g.trials]})
     return lines
 
@@ -221,8 +222,8 @@ def _blocks_table(groups: list[Group]) -> list[str]:
              "|---|---|---|"]
     for g in groups:
         u = g.first.user_attrs
-        blocks = " ".join("/".join(str(x) for x in b) for b in u.get("blocks") or [])
-        lines.append(f"| {g.name} | {u.get('embed_dim')} | {blocks} |")
+        blocks = " ".join("/".join(str(x) for x in b) for b in u.get(A.BLOCKS) or [])
+        lines.append(f"| {g.name} | {u.get(A.EMBED_DIM)} | {blocks} |")
     return lines
 
 
@@ -232,15 +233,15 @@ def _trials_table(trials: list[Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in trials:
         u = t.user_attrs
-        note = u.get("infeasible") or (f"retry of {u['retry_of']}" if "retry_of" in u else "") or (
-            f"repeat of {u['repeat_of']}" if "repeat_of" in u else "") or u.get("error", "")
+        note = u.get(A.INFEASIBLE) or (f"retry of {u[A.RETRY_OF]}" if A.RETRY_OF in u else "") or (
+            f"repeat of {u[A.REPEAT_OF]}" if A.REPEAT_OF in u else "") or u.get(A.ERROR, "")
         note = str(note).splitlines()[0][:80] if note else ""
-        va, te = u.get("val_acc"), u.get("test_acc")
-        lines.append(f"| {trial_ref(t)} | {t.state.name} | {u.get('role', '')} | {u.get('family', '')} "
-                     f"| {u.get('arm', '')} "
-                     f"| {u.get('seed', '')} | "
+        va, te = u.get(A.VAL_ACC), u.get(A.TEST_ACC)
+        lines.append(f"| {trial_ref(t)} | {t.state.name} | {u.get(A.ROLE, '')} | {u.get(A.FAMILY, '')} "
+                     f"| {u.get(A.ARM, '')} "
+                     f"| {u.get(A.SEED, '')} | "
                      f"{'' if va is None else f'{100 * va:.2f}'} | {'' if te is None else f'{100 * te:.2f}'} | "
-                     f"{counting.format_count(u['macs']) if 'macs' in u else ''} | {u.get('worker', '')} | {note} |")
+                     f"{counting.format_count(u[A.MACS]) if A.MACS in u else ''} | {u.get(A.WORKER, '')} | {note} |")
     return lines
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from revit.search import attrs as A
 from revit.search.spec import StudySpec
 
 
@@ -43,11 +44,11 @@ class Group:
 
     @property
     def macs(self) -> float:
-        return statistics.fmean(self._vals("macs"))
+        return statistics.fmean(self._vals(A.MACS))
 
     @property
     def latency_ms(self) -> float | None:
-        v = self._vals("latency_ms")
+        v = self._vals(A.LATENCY_MS)
         return statistics.fmean(v) if v else None
 
     @property
@@ -62,18 +63,17 @@ def groups_of(trials: Sequence[Any]) -> list[Group]:
     """
     from optuna.trial import TrialState
 
-    from revit.search.attrs import trial_family, trial_ref
 
     out: dict[str, Group] = {}
     for t in trials:
-        if t.state != TrialState.COMPLETE or t.user_attrs.get("val_acc") is None:
+        if t.state != TrialState.COMPLETE or t.user_attrs.get(A.VAL_ACC) is None:
             continue
         u = t.user_attrs
-        name = str(u.get("group", trial_ref(t)))
-        g = out.setdefault(name, Group(name, str(u.get("role", "candidate")), str(u.get("arm", "?")),
-                                       trial_family(t)))
+        name = str(u.get(A.GROUP, A.trial_ref(t)))
+        g = out.setdefault(name, Group(name, str(u.get(A.ROLE, A.CANDIDATE)), str(u.get(A.ARM, "?")),
+                                       A.trial_family(t)))
         g.trials.append(t)
-    return sorted(out.values(), key=lambda g: -g.mean_std("val_acc")[0])
+    return sorted(out.values(), key=lambda g: -g.mean_std(A.VAL_ACC)[0])
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -89,17 +89,17 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 def best_candidate(groups: Sequence[Group]) -> Group | None:
     """The candidate group to compare: the best mean held-out top-1 among those with the most seeds."""
-    cands = [g for g in groups if g.role == "candidate"]
+    cands = [g for g in groups if g.role == A.CANDIDATE]
     if not cands:
         return None
     most = max(g.n for g in cands)
-    return max((g for g in cands if g.n == most), key=lambda g: g.mean_std("val_acc")[0])
+    return max((g for g in cands if g.n == most), key=lambda g: g.mean_std(A.VAL_ACC)[0])
 
 
 def family_bests(groups: Sequence[Group]) -> dict[str, Group]:
     """Each searched family's best config (:func:`best_candidate` within the family), in first-seen order."""
     out: dict[str, Group] = {}
-    for fam in dict.fromkeys(g.family for g in groups if g.role == "candidate"):
+    for fam in dict.fromkeys(g.family for g in groups if g.role == A.CANDIDATE):
         best = best_candidate([g for g in groups if g.family == fam])
         if best is not None:
             out[fam] = best
@@ -178,7 +178,7 @@ def reference_group(spec: StudySpec, bests: dict[str, Group], baselines: Sequenc
     first baseline of a uniform rule."""
     uni = [bests[s.name] for s in spec.spaces if _uniform_family(s.family) and s.name in bests]
     if uni:
-        return max(uni, key=lambda g: g.mean_std("val_acc")[0])
+        return max(uni, key=lambda g: g.mean_std(A.VAL_ACC)[0])
     arms = _uniform_arms(spec)
     return min((g for g in baselines if g.arm in arms), key=lambda g: arms.index(g.arm), default=None)
 
@@ -186,7 +186,7 @@ def reference_group(spec: StudySpec, bests: dict[str, Group], baselines: Sequenc
 def best_rule_group(spec: StudySpec, bests: dict[str, Group]) -> Group | None:
     """The rule side: the best (on held-out) of the searched families that are not uniform."""
     rules = [bests[s.name] for s in spec.spaces if not _uniform_family(s.family) and s.name in bests]
-    return max(rules, key=lambda g: g.mean_std("val_acc")[0]) if rules else None
+    return max(rules, key=lambda g: g.mean_std(A.VAL_ACC)[0]) if rules else None
 
 
 def pm(ms: tuple[float, float], pct: bool = True, unit: str = "") -> str:

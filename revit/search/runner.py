@@ -70,8 +70,8 @@ def enqueue_baselines(ss: StudySet, objective: StudyObjective | None = None) -> 
                 if (b.arm, seed, budget) not in have:
                     study.enqueue_trial({}, user_attrs={A.ROLE: A.BASELINE, A.ARM: b.arm, A.SEED: seed,
                                                         A.BUDGET: budget, A.FAMILY: f"baseline:{b.arm}"})
-    if skipped and study.user_attrs.get("skipped_baselines") != skipped:
-        study.set_user_attr("skipped_baselines", skipped)
+    if skipped and study.user_attrs.get(A.SKIPPED_BASELINES) != skipped:
+        study.set_user_attr(A.SKIPPED_BASELINES, skipped)
     return skipped
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from revit import counting
 from revit._io import atomic_write_text, dump_yaml
+from revit.config import BLOCK_KINDS
 from revit.paths import shipped_dir
 
 logger = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ def _plot_configs(cfgs: dict[str, Any], path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     for i, (name, cfg) in enumerate(cfgs.items()):
-        for ax, key in zip(axes, ("heads", "qk_dim", "v_dim", "mlp_dim"), strict=True):
+        for ax, key in zip(axes, BLOCK_KINDS, strict=True):
             ax.plot(range(1, cfg.depth + 1), [getattr(b, key) for b in cfg.blocks], marker="o", ms=3, color=f"C{i}",
                     label=f"{name} (EMB {cfg.embed_dim}, {counting.format_count(counting.macs(cfg))} MACs)")
             ax.set_title(key)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from revit.config import BlockDims, ViTConfig
 from revit.errors import ConfigError
-from revit.registry import Registry
+from revit.registry import BACKENDS_GROUP, Registry
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
 
@@ -33,9 +33,19 @@ class Workload(ABC):
 
 
 class Backend(ABC):
-    """A way of running ViT parts on a device; one instance serves a whole table build."""
+    """A way of running ViT parts on a device; one instance serves a whole table build.
+
+    Besides timing, a backend declares what the command line and validation need to know about it:
+    :attr:`default_device`, the constructor :attr:`option_names` it takes (``--graph``, ``--compile``...),
+    :meth:`default_clock` and :meth:`reopen_kwargs` (how the backend of a table is built again from the
+    table's metadata, on the device, dtype, threads, clock and options recorded there).
+    """
 
     name: ClassVar[str]
+    description: ClassVar[str] = ""
+    default_device: ClassVar[str] = "cpu"
+    # keyword options of the constructor beyond device/dtype/threads/clock, recorded in backend_settings
+    option_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, device: str = "cpu", dtype: str = "fp32", threads: int | None = 1,
                  clock: str = "wall", **options: Any) -> None:
@@ -77,8 +87,35 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources."""
 
+    @classmethod
+    def default_clock(cls, device: str, threads: int | None) -> str:
+        """The clock ``--clock auto`` picks for this backend on ``device`` with ``threads``."""
+        return "wall"
 
-BACKENDS: Registry[type[Backend]] = Registry("latency backend")
+    @classmethod
+    def table_device(cls, metadata: Mapping[str, Any]) -> str:
+        """The device a table of this backend was measured on, from its metadata."""
+        return cls.default_device
+
+    @classmethod
+    def reopen_kwargs(cls, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor arguments that measure again the way the table with ``metadata`` was measured."""
+        bs = metadata.get("backend_settings") or {}
+        meas = metadata.get("measurement") or {}
+        return {"device": cls.table_device(metadata), "dtype": str(metadata["dtype"]),
+                "threads": bs.get("intra_op_threads", 1), "clock": str(meas.get("clock", "wall")),
+                **{k: bs[k] for k in cls.option_names if k in bs}}
+
+
+BACKENDS: Registry[type[Backend]] = Registry("latency backend", group=BACKENDS_GROUP)
+
+
+_CPU_SUFFIX = " logical CPUs)"  # how cpu_name() ends: is_cpu_name() reads it back
+
+
+def is_cpu_name(device: str) -> bool:
+    """Whether ``device`` is a name :func:`cpu_name` wrote (tables that recorded no device kind)."""
+    return device.endswith(_CPU_SUFFIX)
 
 
 def cpu_name() -> str:
@@ -99,4 +136,4 @@ def cpu_name() -> str:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
-    return f"{name} ({n} logical CPUs)"
+    return f"{name} ({n}{_CPU_SUFFIX}"

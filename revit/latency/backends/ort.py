@@ -56,6 +56,8 @@ class OrtBackend(Backend):
     """onnxruntime InferenceSession; ``device`` is cpu, cuda or tensorrt (the execution provider)."""
 
     name = "onnxruntime"
+    description = "ONNX Runtime (default; --device cpu, cuda or tensorrt picks the execution provider)"
+    option_names = ("graph",)
 
     def __init__(self, *, graph: str = "shared", opt_level: str = "all", **kw: Any) -> None:
         super().__init__(**kw)
@@ -90,6 +92,16 @@ class OrtBackend(Backend):
         self._level = levels[opt_level]
         self._shared: Any = None
         self._empty: dict[tuple[int, int], Any] = {}
+
+    @classmethod
+    def default_clock(cls, device: str, threads: int | None) -> str:
+        """One thread on the CPU runs in the calling thread: its CPU time is blind to time-slicing."""
+        return "thread" if device == "cpu" and threads == 1 else "wall"
+
+    @classmethod
+    def table_device(cls, metadata: Mapping[str, Any]) -> str:
+        provider = str((metadata.get("backend_settings") or {}).get("provider", ""))
+        return next((d for d, p in PROVIDERS.items() if p == provider), "cpu")
 
     def info(self) -> dict[str, Any]:
         device = cpu_name() if self.device == "cpu" else self._gpu_name()

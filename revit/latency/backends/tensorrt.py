@@ -93,6 +93,8 @@ class TensorRTBackend(Backend):
     """TensorRT engines (fp32 or fp16) on an NVIDIA GPU; one timing cache across all cells."""
 
     name = "tensorrt"
+    description = "TensorRT engines (fp32 or fp16) on an NVIDIA GPU"
+    default_device = "cuda"
 
     def __init__(self, *, workspace_mb: int = 1024, **kw: Any) -> None:
         kw.setdefault("device", "cuda")

@@ -17,7 +17,7 @@ from typing import Any
 
 from revit.config import BlockDims, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
-from revit.latency.backends.base import BACKENDS, Backend, Workload, cpu_name
+from revit.latency.backends.base import BACKENDS, Backend, Workload, cpu_name, is_cpu_name
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -80,6 +80,8 @@ class TorchBackend(Backend):
     """torch eager (``compile=True`` for torch.compile) on cpu or cuda (``cuda_graphs=True``: graph replays)."""
 
     name = "torch"
+    description = "torch eager on cpu or cuda (--compile: torch.compile; --cuda-graphs: CUDA-graph replays)"
+    option_names = ("compile", "cuda_graphs")
 
     def __init__(self, *, compile: bool = False, cuda_graphs: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
@@ -104,6 +106,12 @@ class TorchBackend(Backend):
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         self.tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
+
+    @classmethod
+    def table_device(cls, metadata: Mapping[str, Any]) -> str:
+        """The recorded ``torch_device``; tables from before that key: cuda unless measured on a CPU."""
+        recorded = (metadata.get("backend_settings") or {}).get("torch_device")
+        return str(recorded or ("cpu" if is_cpu_name(str(metadata.get("device", ""))) else "cuda"))
 
     def info(self) -> dict[str, Any]:
         dev = cpu_name() if self.device == "cpu" else str(self.torch.cuda.get_device_name(self.device))

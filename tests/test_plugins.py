@@ -1,0 +1,150 @@
+"""A user's package adds a criterion, a latency backend and a rule family through entry points, and the
+command line takes them without any edit to revit (tests/plugins/revit_toy_plugin, installed by
+``make test``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import pytest
+import torch
+
+from revit.cli.main import main
+from revit.config import Granularity, Setting
+from revit.latency.table import LatencyTable
+from revit.registry import CRITERIA_GROUP
+
+PLUGIN = Path(__file__).parent / "plugins" / "revit_toy_plugin"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _installed() -> None:
+    try:
+        distribution("revit-toy-plugin")
+    except PackageNotFoundError:
+        pytest.fail(f"the toy plugin is not installed: run `make test`, or pip install -e {PLUGIN}")
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def test_registries_list_plugins_and_import_them_only_when_used():
+    r = _python("""
+        import sys
+        from revit.prune.criteria import CRITERIA
+        from revit.latency.backends import BACKENDS
+        from revit.rules import FAMILIES
+        assert "toy" in CRITERIA.names() and "toy" in BACKENDS and "toy-family" in FAMILIES
+        assert not any(m.startswith("revit_toy_plugin.") for m in sys.modules), "listed names imported a plugin"
+        from revit_toy_plugin.criterion import ToyCriterion
+        assert CRITERIA.get("toy") is ToyCriterion and CRITERIA.name_of(ToyCriterion) == "toy"
+        assert "revit_toy_plugin.backend" not in sys.modules
+    """)
+    assert r.returncode == 0, r.stderr
+
+
+def test_help_lists_the_plugins():
+    for sub, name in ((["prune"], "toy"), (["latency", "build"], "toy")):
+        out = subprocess.run([sys.executable, "-m", "revit", *sub, "--help"], capture_output=True, text=True).stdout
+        assert f", {name}" in " ".join(out.split()), out
+
+
+def test_building_the_parser_imports_no_plugin_and_no_torch():
+    r = _python("""
+        import sys
+        from revit.cli.main import build_parser
+        build_parser().parse_args(["generate", "--rule", "toy-family-rule", "--macs", "20M"])
+        assert "torch" not in sys.modules and not any(m.startswith("revit_toy_plugin") for m in sys.modules)
+    """)
+    assert r.returncode == 0, r.stderr
+
+
+def test_prune_with_the_plugin_criterion(tmp_path):
+    out = tmp_path / "p"
+    assert main(["prune", "--model", "revit_micro", "--data", "digits", "--train-limit", "300", "--target-macs", "0.8",
+                 "--criterion", "toy", "--batch-size", "64", "--eval-size", "0", "--test-limit", "0",
+                 "--threads", "1", "--no-progress", "--out", str(out)]) == 0
+    header = json.loads((out / "trace.jsonl").read_text().splitlines()[0])
+    assert header["criterion"] == "toy" and header["settings"]["criterion"] == "toy"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["macs_ratio"] <= 0.8
+
+
+def test_toy_criterion_is_the_l1_norm_of_what_an_index_owns():
+    """With every weight +-1, an index's L1 norm is its entry count, the square of its L2 norm (magnitude)."""
+    from revit.models import build_model
+    from revit.presets import resolve_config
+    from revit.prune import build_criterion, derive_structure
+
+    model = build_model(resolve_config("revit_micro"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.where(torch.rand_like(p) < 0.5, -1.0, 1.0))
+    s = derive_structure(model)
+    params = dict(model.named_parameters())
+    toy, mag = build_criterion("toy", s)(params, {}), build_criterion("magnitude", s)(params, {})
+    for gid in toy:
+        torch.testing.assert_close(toy[gid], mag[gid] ** 2)
+    assert len({float(v[0]) for v in toy.values()}) > 1  # kinds own different entry counts
+
+
+def test_latency_build_query_and_validate_with_the_plugin_backend(tmp_path, capsys):
+    from revit_toy_plugin.backend import CALL_OVERHEAD_S, SECONDS_PER_MAC, _block_macs
+
+    from revit.config import BlockDims
+
+    out = tmp_path / "t.json"
+    assert main(["latency", "build", "--backend", "toy", "--preset", "micro", "--batch", "8", "--no-reference",
+                 "--passes", "1", "--repeats", "2", "--warmup", "1", "--out", str(out), "--no-progress"]) == 0
+    t = LatencyTable.load(out)
+    assert t.metadata["backend"] == "toy" and t.metadata["backend_settings"]["speed"] == 1.0
+    assert t.metadata["measurement"]["clock"] == "wall"  # the base class's default clock
+    knots = {a: [int(v) for v in t.axes[a]] for a in t.axes}
+    cell = (knots["embed_dim"][-1], knots["heads"][-1], knots["qk_dim"][0], knots["v_dim"][-1], knots["mlp_dim"][-1])
+    want = CALL_OVERHEAD_S + 8 * _block_macs(cell[0], BlockDims(*cell[1:]), 17) * SECONDS_PER_MAC
+    assert float(t.lookup([cell])[0]) == pytest.approx(want, rel=1e-9)
+    capsys.readouterr()
+    assert main(["latency", "validate", str(out), "--samples", "2", "--noise-k", "2", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 2
+
+
+def test_a_backend_flag_the_plugin_does_not_take_is_refused(tmp_path, capsys):
+    assert main(["latency", "build", "--backend", "toy", "--graph", "per-cell", "--out", str(tmp_path / "t.json")]) == 2
+    assert "--graph is an option of --backend onnxruntime" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_generate_with_the_plugin_rule(capsys):
+    from revit_toy_plugin.family import ToyFamily
+
+    assert main(["generate", "--rule", "toy-family-rule", "--embed-dim", "64", "--setting", "micro"]) == 0
+    import yaml
+
+    doc = yaml.safe_load(capsys.readouterr().out)
+    fam = ToyFamily()
+    want = fam.blocks(fam.check_params({"growth": 1.0}), 64, Setting.PRESETS["micro"].depth, Granularity.auto(28))
+    assert [tuple(b.values()) for b in doc["blocks"]] == [(b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in want]
+    assert doc["blocks"][0]["mlp_dim"] < doc["blocks"][-1]["mlp_dim"]
+    assert main(["rules", "list"]) == 0
+    assert "toy-family-rule  family toy-family" in capsys.readouterr().out
+
+
+def test_a_broken_plugin_is_one_line_naming_it(tmp_path):
+    """An entry point whose module is missing: exit 2 and one line that names the entry point."""
+    dist = tmp_path / "broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{CRITERIA_GROUP}]\nbroken = no_such_module_here:Thing\n")
+    r = subprocess.run([sys.executable, "-m", "revit", "prune", "--model", "revit_micro", "--target-macs", "0.5",
+                        "--criterion", "broken", "--out", str(tmp_path / "p")], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "no_such_module_here:Thing" in r.stderr and "failed to load" in r.stderr
