@@ -76,11 +76,6 @@ class TrainConfig:
         """DataLoader worker processes (timm's name for ``loader_workers``)."""
         return self.loader_workers
 
-    @property
-    def accum_batch(self) -> int:
-        """Images per optimizer step: ``batch_size`` x ``grad_accum``."""
-        return self.batch_size * self.grad_accum
-
     def __post_init__(self) -> None:
         from revit.validation import MAX_LR, check_count, check_loader_workers, check_number
 
@@ -134,11 +129,6 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """This config with every ``None`` augmentation field replaced by its recipe's value."""
         return replace(self, **{k: v for k, v in _AUGMENT[self.recipe].items() if getattr(self, k) is None})
-
-    @property
-    def mixup_active(self) -> bool:
-        r = self.resolved()
-        return bool(r.mixup or r.cutmix)
 
     @classmethod
     def for_recipe(cls, recipe: str = "basic", **given: Any) -> TrainConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +127,3 @@ class TraceWriter:
     def append(self, step: TraceStep) -> None:
         """One line, never through a symlink (``O_NOFOLLOW``)."""
         append_text(self.path, json.dumps(step.to_dict()) + "\n", fsync=True)
-
-    def iter_steps(self) -> Iterator[TraceStep]:
-        return iter(Trace.load(self.path).steps)

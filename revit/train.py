@@ -106,7 +106,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def to_cpu(obj: Any) -> Any:
-    """``obj`` (nested dicts/lists of tensors) with every tensor copied to the CPU, for device-agnostic files."""
+    """``obj`` (nested dicts/lists of tensors) with every tensor copied to the CPU, for device-agnostic files
+    (a synchronous copy: a non-blocking device-to-host copy could be read before it lands)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):

@@ -36,8 +36,9 @@ from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_cr
 from revit.prune.masking import Masks, rebuild_dense
 from revit.prune.policy import Schedule, choose
 from revit.prune.structure import Structure, derive_structure
-from revit.runtime import dist_info
+from revit.runtime import dist_info, to_device
 from revit.trace import SCHEMA, Trace, TraceStep
+from revit.train import to_cpu
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ class GlobalPruner:
         self.masks.alive = {int(k): v.clone().cpu().bool() for k, v in state["alive"].items()}
         self.masks.refresh()
         self._done = None
-        self.acc.load_state_dict(_to(state["acc"], device))
+        self.acc.load_state_dict(to_device(state["acc"], device))
         self.criterion.load_state_dict(state["criterion"])
         self.calls, self.steps, self.eta_abs = int(state["calls"]), int(state["steps"]), state["eta_abs"]
         self._loss = list(state["loss"])
@@ -402,16 +403,3 @@ class _GraphedScores:
         self.count = 0
 
 
-def to_cpu(x: Any) -> Any:
-    """``x`` (a tensor or nested dict/list of them) with every tensor on the CPU (device-agnostic state)."""
-    return _to(x, torch.device("cpu"))
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach().to(device)
-    if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return type(x)(_to(v, device) for v in x)
-    return x

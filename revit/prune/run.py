@@ -31,7 +31,7 @@ from revit.config import ViTConfig
 from revit.cost import LatencyTableLike
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.prune.criteria import CRITERIA
-from revit.prune.global_pruner import GlobalPruner, to_cpu
+from revit.prune.global_pruner import GlobalPruner
 from revit.runs import save_atomic
 from revit.runtime import (
     AMP_MODES,
@@ -44,6 +44,7 @@ from revit.runtime import (
     to_device,
 )
 from revit.trace import Trace, TraceWriter
+from revit.train import to_cpu
 from revit.validation import short
 
 
