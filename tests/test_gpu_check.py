@@ -36,7 +36,8 @@ def test_dry_run_every_part_in_its_own_process_survives_a_raise_and_an_abort(tmp
     assert parts["f_nccl"]["status"] == "crashed" and parts["f_nccl"]["returncode"] == -6  # SIGABRT
     assert "SIGABRT" in parts["f_nccl"]["error"] and "aborting part f" in parts["f_nccl"]["output_tail"]
     ok = {k: p for k, p in parts.items() if k not in ("b_prune_overhead", "f_nccl")}
-    bad = {k: (p["status"], p.get("error"), p.get("output_tail", "")[-800:]) for k, p in ok.items() if p["status"] != "ok"}
+    bad = {k: (p["status"], p.get("error"), p.get("output_tail", "")[-800:])
+           for k, p in ok.items() if p["status"] != "ok"}
     assert not bad, bad
     # each part ran in a process of its own, none of which imported optuna or revit.search ((h) runs the CLI)
     assert all(p["search_modules"] == [] for p in ok.values())
