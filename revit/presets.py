@@ -11,6 +11,10 @@ from typing import Any
 from revit.config import BlockDims, ViTConfig, uniform
 from revit.errors import UnknownNameError
 
+# per-channel statistics of Fashion-MNIST's training images (the embedded default's normalisation: data
+# loading applies it, a gray model's pretrained_cfg reports it)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+
 _IMAGENET: dict[str, Any] = dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000)
 
 

@@ -108,7 +108,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                       f"an example batch of {args.batch}", hint="use a smaller --batch")
     model = build_model(cfg)
     if args.checkpoint:
-        info(load_checkpoint(model, args.checkpoint, use_ema=args.use_ema))
+        info(str(load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)))
     x = torch.randn(args.batch, cfg.in_chans, cfg.img_size, cfg.img_size)
     path = export_onnx(model, args.out, x)
     info(f"wrote {path} (input 'images' [batch, {cfg.in_chans}, {cfg.img_size}, {cfg.img_size}], output 'logits')")
@@ -194,7 +194,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         sd, note = read_state_dict(args.checkpoint, use_ema=args.use_ema)  # timm's loader
         check_compatible(tm, sd, args.checkpoint)
         tm.load_state_dict(sd)
-        info(note)
+        info(str(note))
     model = from_timm(tm)
     out = Path(args.out)
     created = not out.exists()

@@ -20,10 +20,10 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from revit.data.spec import DataSpec
 from revit.errors import DatasetError
+from revit.presets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from revit.recipes import TrainConfig
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 INSTALL_HINT = "apt-get install dataset-fashion-mnist"
 
 

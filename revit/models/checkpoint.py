@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,32 @@ def _wrapper_keys(path: Path) -> list[str]:
     return checkpoint_top_keys(path)
 
 
-def read_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> tuple[dict[str, torch.Tensor], str]:
-    """The flat state dict of a checkpoint file (via timm's loader) and a line saying which weights it holds."""
+@dataclass(frozen=True)
+class WeightsChoice:
+    """Which weights of a checkpoint were taken: its EMA or plain entry, or a bare state dict (``str``: one line)."""
+
+    path: str
+    used: str | None  # the entry taken (``state_dict_ema``, ``state_dict``, ...), None for a bare state dict
+    ema: str | None  # the file's EMA entry, if it has one
+    took_ema: bool
+
+    @property
+    def ema_matters(self) -> bool:
+        """The file has EMA weights, so which weights were taken is worth saying."""
+        return self.ema is not None
+
+    def __str__(self) -> str:
+        if self.took_ema:
+            return f"{self.path}: using the EMA weights ({self.ema})"
+        if self.used is not None:
+            return f"{self.path}: using the plain weights ({self.used})" + (
+                f"; it also has EMA weights ({self.ema}): --use-ema / use_ema=True takes those" if self.ema else "")
+        return f"{self.path}: using its state dict"
+
+
+def read_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> tuple[dict[str, torch.Tensor],
+                                                                                   WeightsChoice]:
+    """The flat state dict of a checkpoint file (via timm's loader) and which weights it holds."""
     from revit.safe_load import timm_state_dict
 
     p = Path(path)
@@ -61,14 +86,7 @@ def read_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> tupl
     plain = next((k for k in PLAIN_KEYS if k in parts), None)
     if use_ema and ema is None:
         raise CheckpointError(f"{path}: has no EMA weights (no {' or '.join(EMA_KEYS)}); drop --use-ema")
-    if use_ema:
-        note = f"{path}: using the EMA weights ({ema})"
-    elif plain is not None:
-        note = f"{path}: using the plain weights ({plain})" + (
-            f"; it also has EMA weights ({ema}): --use-ema / use_ema=True takes those" if ema else "")
-    else:
-        note = f"{path}: using its state dict"
-    return dict(sd), note
+    return dict(sd), WeightsChoice(str(path), ema if use_ema else plain, ema, use_ema)
 
 
 def load_state_dict(path: str | os.PathLike[str], use_ema: bool = False) -> dict[str, torch.Tensor]:
@@ -102,7 +120,7 @@ def check_compatible(model: nn.Module, sd: Mapping[str, torch.Tensor], source: s
         raise CheckpointError(f"{source} does not match the config: " + "; ".join(problems))
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], use_ema: bool = False) -> str:
+def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], use_ema: bool = False) -> WeightsChoice:
     """Load a local checkpoint into ``model`` after checking it matches exactly; returns which weights it took."""
     sd, note = read_state_dict(path, use_ema)
     check_compatible(model, sd, str(path))

@@ -25,12 +25,11 @@ from revit.config import ViTConfig
 from revit.errors import CheckpointError, ConfigError
 from revit.models.checkpoint import load_checkpoint
 from revit.models.layers import Block, PerBlock
-from revit.presets import PRESETS
+from revit.presets import FASHION_MNIST_MEAN, FASHION_MNIST_STD, PRESETS
 
 log = logging.getLogger(__name__)
 
 # Fashion-MNIST's statistics (revit.data.datasets normalises with the same numbers)
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 
 
 def as_config(config: ViTConfig | Mapping[str, Any] | str | os.PathLike[str]) -> ViTConfig:
@@ -149,8 +148,8 @@ def pretrained_cfg(cfg: ViTConfig, **overrides: Any) -> dict[str, Any]:
         "url": "", "num_classes": cfg.num_classes, "input_size": (cfg.in_chans, cfg.img_size, cfg.img_size),
         "pool_size": None, "fixed_input_size": True,
         "crop_pct": 1.0 if gray else 0.9, "interpolation": "bilinear" if gray else "bicubic",
-        "mean": FASHION_MNIST_MEAN if gray else IMAGENET_DEFAULT_MEAN,
-        "std": FASHION_MNIST_STD if gray else IMAGENET_DEFAULT_STD,
+        "mean": (FASHION_MNIST_MEAN,) if gray else IMAGENET_DEFAULT_MEAN,
+        "std": (FASHION_MNIST_STD,) if gray else IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj", "classifier": ("head", "head_dist") if cfg.distilled else "head",
         **overrides,
     }
@@ -216,9 +215,9 @@ def build_model(cfg: ViTConfig | Mapping[str, Any] | str | os.PathLike[str], *,
     counting.check_memory(config)  # refuse before allocating
     model = _create(None, config=config, **kwargs)
     if checkpoint is not None:
-        note = load_checkpoint(model, checkpoint, use_ema)
-        if "EMA" in note:
-            log.info(note)
+        choice = load_checkpoint(model, checkpoint, use_ema)
+        if choice.ema_matters:
+            log.info("%s", choice)
     return model
 
 
