@@ -5,9 +5,9 @@ the per-kernel launch overhead of eager mode disappears, which is closer to a de
 (TensorRT, a captured serving graph).  The choice is recorded in the table's metadata
 (``backend_settings.cuda_graphs``, with ``torch_device``), and validation replays the same way.
 
-Blocks, fixed parts and whole models come from ``revit.models`` when it is available (the modules
-the pruner produces: a ``Block``, and a model whose ``blocks`` are emptied for the fixed parts), so
-per-module overheads of eager mode are the model's own; otherwise from :mod:`revit.latency.torch_ref`.
+Blocks, fixed parts and whole models are ``revit.models``' own modules (what the pruner produces: a
+``Block``, and a model whose ``blocks`` are emptied for the fixed parts), so per-module overheads of
+eager mode are the model's own.
 """
 
 from __future__ import annotations
@@ -126,40 +126,20 @@ class TorchBackend(Backend):
         return _TorchRun(self, m, x.to(self.device, self.tdtype))
 
     def block(self, embed_dim: int, dims: BlockDims, tokens: int, batch: int) -> Workload:
-        m: Any
-        try:
-            from revit.models.layers import Block
+        from revit.models.layers import Block
 
-            m = Block(embed_dim, dims)
-        except ImportError:
-            from revit.latency.torch_ref import Block as RefBlock
-
-            m = RefBlock(embed_dim, dims)
-        return self._prep(m, self.torch.randn(batch, tokens, embed_dim))
+        return self._prep(Block(embed_dim, dims), self.torch.randn(batch, tokens, embed_dim))
 
     def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
         s = int(setting["img_size"])
         x = self.torch.randn(batch, int(setting["in_chans"]), s, s)
-        m: Any
-        try:
-            from revit.models import build_model
+        from revit.models import build_model
 
-            m = build_model(ViTConfig(embed_dim=embed_dim, blocks=(BlockDims(1, 1, 1, 1),), **setting))
-            m.blocks = self.torch.nn.Sequential()
-        except ImportError:
-            from revit.latency.torch_ref import ViT
-
-            m = ViT(setting, embed_dim, [])
+        m = build_model(ViTConfig(embed_dim=embed_dim, blocks=(BlockDims(1, 1, 1, 1),), **setting))
+        m.blocks = self.torch.nn.Sequential()  # the fixed parts alone: patch embedding, norm, head
         return self._prep(m, x)
 
     def model(self, cfg: ViTConfig, batch: int) -> Workload:
-        m: Any
-        try:
-            from revit.models import build_model
+        from revit.models import build_model
 
-            m = build_model(cfg)
-        except ImportError:
-            from revit.latency.torch_ref import vit
-
-            m = vit(cfg)
-        return self._prep(m, self.torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size))
+        return self._prep(build_model(cfg), self.torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size))
