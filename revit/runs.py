@@ -69,8 +69,10 @@ def file_kind(path: str | os.PathLike[str]) -> str | None:
 OutputWriteError = OutputError  # the one error of a failed write (revit.errors.OutputError)
 
 
-def save_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *,
-                hint: str = "free space or fix permissions, then rerun with --resume") -> None:
+RESUME_HINT = "free space or fix permissions, then rerun with --resume"
+
+
+def save_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *, hint: str = RESUME_HINT) -> None:
     """``write(tmp)`` a temp file next to ``path`` and rename it over ``path`` (atomic: a reader or a crash sees
     the old file or the new one).  A failed write removes the temp file and is one line naming ``path``
     (:func:`revit._io.atomic_output`, the one atomic writer), with ``hint`` as the fix."""
@@ -512,4 +514,4 @@ def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[s
 
 __all__ = ["KINDS", "MARKER", "OUTPUTS", "Claim", "FileClaim", "FinishedRunError", "OutputWriteError", "RunKindError",
            "RunLockedError", "RunMarker", "UnfinishedRunError", "acquire", "check_unlocked", "claim_output_file",
-           "claim_run", "file_kind", "read_marker", "release", "save_atomic", "write_marker"]
+           "RESUME_HINT", "claim_run", "file_kind", "read_marker", "release", "save_atomic", "write_marker"]

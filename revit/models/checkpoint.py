@@ -175,3 +175,23 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], heads: int | list[int
                      in_chans=int(in_chans), num_classes=num_classes, distilled=distilled,
                      class_token=class_token, qkv_bias="blocks.0.attn.qkv.bias" in sd,
                      init_values=init_values if "blocks.0.ls1.gamma" in sd else None, no_embed_class=no_embed_class)
+
+def save_weights(weights: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
+                 hint: str | None = None) -> None:
+    """Write a model's (or a state dict's) tensors as safetensors on the CPU, atomically: the one safetensors
+    writer (a full or read-only disk is one OutputError line, with ``hint`` as the fix when given)."""
+    from safetensors.torch import save_file
+
+    from revit._io import atomic_output
+    from revit.errors import OutputError
+
+    sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    try:
+        with atomic_output(path) as tmp:
+            save_file(tensors, str(tmp))
+    except OutputError as e:
+        if hint is None:
+            raise
+        raise OutputError(e.message, hint=hint) from None
+

@@ -30,9 +30,10 @@ from revit._io import atomic_write_text
 from revit.config import ViTConfig
 from revit.cost import LatencyTableLike
 from revit.errors import CheckpointError, ConfigError, RevitError
+from revit.models.checkpoint import save_weights
 from revit.prune.criteria import CRITERIA
 from revit.prune.global_pruner import GlobalPruner
-from revit.runs import save_atomic
+from revit.runs import RESUME_HINT, save_atomic
 from revit.runtime import (
     AMP_MODES,
     GlobalBatchSampler,
@@ -201,11 +202,8 @@ class PruneRun:
     def _start(self) -> None:
         """Write the teacher, the trace header with step 0 and a first state (resumable from here on)."""
         if self.rank == 0:
-            from safetensors.torch import save_file
-
             self.claim.begin()
-            sd = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-            save_atomic(self.teacher_path, lambda tmp: save_file(sd, str(tmp)))
+            save_weights(self.model, self.teacher_path, hint=RESUME_HINT)
             self._write_trace()
         self._save_state()
         self._barrier()
@@ -423,13 +421,10 @@ class PruneRun:
         if self.test_ds is not None and size(self.test_ds):
             metrics["test_accuracy"] = evaluate(dense, self.test_ds)
         if self.rank == 0:
-            from safetensors.torch import save_file
-
             from revit.prune.plots import plot_trace
 
             cfg.save(self.out / "pruned.yaml", derived=counting.derived(cfg))
-            sd = {k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}
-            save_atomic(self.out / "pruned.safetensors", lambda tmp: save_file(sd, str(tmp)))
+            save_weights(dense, self.out / "pruned.safetensors", hint=RESUME_HINT)
             plot_trace(self.trace_path, self.out / "plots")
             atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
             from revit.models.hub import HUB_DIR, save_pretrained

@@ -18,16 +18,6 @@ from revit.recipes import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def save_weights(model: Any, path: str | os.PathLike[str]) -> None:
-    """Write a state dict as safetensors, atomically (a full or read-only disk is one OutputError line)."""
-    from safetensors.torch import save_file
-
-    from revit._io import atomic_output
-
-    with atomic_output(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-
-
 def train_card(run_dir: str | os.PathLike[str], metrics: dict[str, Any], cfg: ViTConfig, data: str | None = None,
                init: str | None = None) -> Any:
     """The :class:`~revit.models.hub.ModelCard` of a training run from its ``metrics.json`` contents."""
@@ -57,6 +47,7 @@ def run_training(cfg: ViTConfig, data: DataSpec, tc: TrainConfig, out: str | os.
     from revit import counting
     from revit.data import load_splits
     from revit.models import build_model
+    from revit.models.checkpoint import save_weights
     from revit.presets import resolve_config
     from revit.runs import claim_run
     from revit.runtime import resolve_device
