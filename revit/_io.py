@@ -65,13 +65,7 @@ def append_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False)
     where a log goes cannot make revit write outside its folder."""
     from revit.validation import output_error
 
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise OutputError(f"cannot write {path}: it is a symbolic link; revit never writes through one") \
-                from None
-        raise output_error(e, path) from None
+    fd = open_no_follow(path, os.O_APPEND)
     try:
         os.write(fd, text.encode())
         if fsync:
@@ -82,18 +76,23 @@ def append_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False)
         os.close(fd)
 
 
-def open_new_text(path: str | os.PathLike[str]) -> Any:
-    """A fresh text file for writing (truncated), never opened through a symlink (``O_NOFOLLOW``)."""
+def open_no_follow(path: str | os.PathLike[str], mode: int) -> int:
+    """A descriptor for writing ``path`` (created if missing; ``mode``: ``os.O_APPEND`` or ``os.O_TRUNC``), never
+    through a symlink (``O_NOFOLLOW``); a link or an unwritable path is one OutputError line."""
     from revit.validation import output_error
 
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise OutputError(f"cannot write {path}: it is a symbolic link; revit never writes through one") \
                 from None
         raise output_error(e, path) from None
-    return os.fdopen(fd, "w")
+
+
+def open_new_text(path: str | os.PathLike[str]) -> Any:
+    """A fresh text file for writing (truncated), never opened through a symlink (``O_NOFOLLOW``)."""
+    return os.fdopen(open_no_follow(path, os.O_TRUNC), "w")
 
 
 def _disk_full(folder: Path) -> bool:

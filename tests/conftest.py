@@ -100,3 +100,34 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 KiB tmpfs mounted at a fresh folder, unmounted afterwards (skipped, with the reason, when this is not
+    root or mounting is not allowed; CI runs as root)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; read-only and full-disk outputs are not tested here")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(mnt: Path) -> None:
+    """Fill the file system of ``mnt`` to the last byte (ENOSPC on the next write)."""
+    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    for chunk in (b"\0" * 4096, b"\0"):
+        try:
+            while True:
+                os.write(fd, chunk)
+        except OSError:
+            pass
+    os.close(fd)

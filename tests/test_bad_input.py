@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import fill_disk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -689,34 +690,16 @@ def test_subprocess_sample(ws: Path) -> None:
 
 # read-only and full disks (real tmpfs mounts; root only) -------------------------------------
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs mounted at a fresh folder (skipped with the reason when mounting is not allowed)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; read-only and full-disk outputs are not tested here")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
-    try:
-        (mnt / "old.yaml").write_text("kept: true\n")
-        (mnt / "old").mkdir()
-        (mnt / "old" / "config.yaml").write_text("kept: true\n")
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tmpfs(small_tmpfs: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (conftest's ``small_tmpfs``) holding an old file and folder that must survive."""
+    (small_tmpfs / "old.yaml").write_text("kept: true\n")
+    (small_tmpfs / "old").mkdir()
+    (small_tmpfs / "old" / "config.yaml").write_text("kept: true\n")
+    yield small_tmpfs
 
 
 def _fill(mnt: Path) -> None:
-    """Fill the file system to the last byte (ENOSPC on the next write)."""
-    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
-    for chunk in (b"\0" * 4096, b"\0"):
-        try:
-            while True:
-                os.write(fd, chunk)
-        except OSError:
-            pass
-    os.close(fd)
+    fill_disk(mnt)
 
 
 def _remount_ro(mnt: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from conftest import fill_disk
 from optuna.trial import TrialState
 
 from revit.cli.main import main
@@ -319,29 +320,10 @@ def test_latency_objective_outside_the_table_is_pruned_with_its_reason_and_cover
 
 
 @pytest.fixture
-def full_disk(tmp_path: Path):
-    """A small tmpfs filled to the last byte (root only; CI runs as root)."""
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
-    try:
-        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
-        for chunk in (b"\0" * 4096, b"\0"):
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError:
-                pass
-        os.close(fd)
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def full_disk(small_tmpfs: Path) -> Path:
+    """A small tmpfs filled to the last byte (conftest's; root only, as CI runs)."""
+    fill_disk(small_tmpfs)
+    return small_tmpfs
 
 
 @pytest.mark.parametrize("storage", ["s.db", "journal:s.log"])

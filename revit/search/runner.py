@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from revit._io import open_no_follow
 from revit.errors import BudgetError, ConfigError, OutsideDomainError
 from revit.search import attrs as A
 from revit.search.arms import baseline_arm
@@ -318,8 +319,7 @@ def start_workers(spec: StudySpec, storage: str, devices: Sequence[str | None], 
         for i, d in enumerate(devices):
             cmd = [*base, "--device", d] if d else base
             if log_dir is not None:  # never written through a symbolic link; the child keeps its own handle
-                fd = os.open(log_dir / f"worker-{i + 1}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
-                             0o644)
+                fd = open_no_follow(log_dir / f"worker-{i + 1}.log", os.O_APPEND)
                 try:
                     p = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env)
                 finally:
