@@ -137,6 +137,7 @@ def plot(t: dict, path: Path) -> None:
         if p["n_budgets"]:
             ax.axhspan(100 * p["low"], 100 * p["high"], color=color, alpha=0.12)
     ax.axhline(0, color="0.3", lw=1)
+    ax.set_xlim(-0.5, len(names) - 0.5)
     ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names])
     ax.set_ylabel("test top-1 difference (points), 95% interval")
     ax.set_title("redistribution vs uniform searched as hard (bands: pooled)")
