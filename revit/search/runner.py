@@ -143,7 +143,9 @@ def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
         w = str(t.user_attrs.get(A.WORKER, ""))
         beat = float(t.user_attrs.get(A.HEARTBEAT) or (t.datetime_start.timestamp() if t.datetime_start else now))
         w_host, _, w_pid = w.rpartition(":")
-        stale = not _pid_alive(int(w_pid)) if w_host == host and w_pid.isdigit() else now - beat > grace_s
+        # gone when its process is (same host), or when its heartbeat stopped (any host: a pid of a machine that
+        # restarted may belong to another process now)
+        stale = (w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))) or now - beat > grace_s
         if not stale:
             continue
         try:
