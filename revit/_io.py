@@ -7,7 +7,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,19 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
         if tmp.exists():
             tmp.unlink()
 
+
+
+RESUME_HINT = "free space or fix permissions, then rerun with --resume"
+
+
+def save_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *, hint: str = RESUME_HINT) -> None:
+    """``write(tmp)`` a temp file next to ``path`` and rename it over ``path`` (:func:`atomic_output`, the one
+    atomic writer), a failed write being one line naming ``path`` with ``hint`` as the fix."""
+    try:
+        with atomic_output(path) as tmp:
+            write(tmp)
+    except OutputError as e:
+        raise OutputError(e.message, hint=hint) from None
 
 def append_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
     """Append ``text`` to ``path`` in one write, never through a symlink (``O_NOFOLLOW``): a link planted

@@ -66,25 +66,6 @@ def file_kind(path: str | os.PathLike[str]) -> str | None:
     return next((k for k, sig in FILE_SIGNATURES.items() if sig in head), None)
 
 
-OutputWriteError = OutputError  # the one error of a failed write (revit.errors.OutputError)
-
-
-RESUME_HINT = "free space or fix permissions, then rerun with --resume"
-
-
-def save_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *, hint: str = RESUME_HINT) -> None:
-    """``write(tmp)`` a temp file next to ``path`` and rename it over ``path`` (atomic: a reader or a crash sees
-    the old file or the new one).  A failed write removes the temp file and is one line naming ``path``
-    (:func:`revit._io.atomic_output`, the one atomic writer), with ``hint`` as the fix."""
-    from revit._io import atomic_output
-
-    try:
-        with atomic_output(path) as tmp:
-            write(tmp)
-    except OutputError as e:
-        raise OutputError(e.message, hint=hint) from None
-
-
 class RunKindError(RunExistsError):
     """An output folder holds a run of another kind (or files that are no revit run)."""
 
@@ -512,6 +493,6 @@ def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[s
     return FileClaim(p, j, "new")
 
 
-__all__ = ["KINDS", "MARKER", "OUTPUTS", "Claim", "FileClaim", "FinishedRunError", "OutputWriteError", "RunKindError",
+__all__ = ["KINDS", "MARKER", "OUTPUTS", "Claim", "FileClaim", "FinishedRunError", "RunKindError",
            "RunLockedError", "RunMarker", "UnfinishedRunError", "acquire", "check_unlocked", "claim_output_file",
-           "RESUME_HINT", "claim_run", "file_kind", "read_marker", "release", "save_atomic", "write_marker"]
+           "claim_run", "file_kind", "read_marker", "release", "write_marker"]

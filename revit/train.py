@@ -132,7 +132,7 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from revit.runs import save_atomic
+    from revit._io import save_atomic
 
     save_atomic(path, lambda tmp: torch.save(obj, tmp))
 

@@ -26,14 +26,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from revit import counting
-from revit._io import atomic_write_text
+from revit._io import RESUME_HINT, atomic_write_text, save_atomic
 from revit.config import ViTConfig
 from revit.cost import LatencyTableLike
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.models.checkpoint import save_weights
 from revit.prune.criteria import CRITERIA
 from revit.prune.global_pruner import GlobalPruner
-from revit.runs import RESUME_HINT, save_atomic
 from revit.runtime import (
     AMP_MODES,
     GlobalBatchSampler,
