@@ -262,8 +262,8 @@ def part_b(device: torch.device, dry: bool, budget: Budget) -> dict[str, Any]:
     errors: dict[str, str] = {}
     for name, graphs in variants.items():
         try:
-            p = GlobalPruner(copy.deepcopy(base).to(device), x, target_macs=0.5, criterion="hessian", interval=1,
-                             per_step=8, cuda_graphs=graphs)
+            p = GlobalPruner(copy.deepcopy(base).to(device), x, target_macs=0.5, criterion="hessian",
+                             schedule=Schedule.fixed(interval=1, per_step=8), cuda_graphs=graphs)
             # one real pruning step first, so the masks are not trivially all-alive
             train_steps(p.model, device, amp, batch, img, chans, classes, 1, 0, Budget(60), before=p.accumulate,
                         after=p.step)

@@ -333,15 +333,15 @@ def tp_prune(base: nn.Module, method: str, ratio: float, batches: list[tuple[tor
 # --- revit -------------------------------------------------------------------------------------
 def revit_prune(base: nn.Module, teacher: nn.Module, method: str, ratio: float, splits: Any, seed: int,
                 args: argparse.Namespace, prune_batches: int) -> tuple[nn.Module, dict[str, Any]]:
-    """revit's pruning phase: ``GlobalPruner(total_steps=prune_batches, prune_steps=--prune-steps)`` inside this
+    """revit's pruning phase: ``GlobalPruner(schedule=Schedule.by_budget(prune_batches, --prune-steps))`` inside this
     script's loop (CE + KL(T=3) to the base, AdamW, clip 1), until the first pruning step under the target."""
-    from revit.prune import GlobalPruner
+    from revit.prune import GlobalPruner, Schedule, Target
     from revit.runtime import GlobalBatchSampler
     from revit.train import TrainConfig, distillation_loss, make_optimizer
 
     torch.manual_seed(seed)
-    pruner = GlobalPruner(copy.deepcopy(base).train(), target_macs=ratio, criterion=method,
-                          total_steps=prune_batches, prune_steps=args.prune_steps, eta=1.0, seed=seed)
+    pruner = GlobalPruner(copy.deepcopy(base).train(), target=Target.macs(ratio), criterion=method,
+                          schedule=Schedule.by_budget(prune_batches, args.prune_steps), eta=1.0, seed=seed)
     net = pruner.model
     opt = make_optimizer(net, TrainConfig(lr=args.lr, weight_decay=0.05))
     sampler = GlobalBatchSampler(size(splits.train), args.batch_size, seed)

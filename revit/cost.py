@@ -46,6 +46,7 @@ class CostModel(ABC):
 
     name: str
     unit: str
+    needs_table: bool = False  # built from a latency table (``build_cost(name, table)``)
 
     @abstractmethod
     def cost(self, cfg: ViTConfig) -> float:
@@ -119,6 +120,7 @@ class LatencyCost(CostModel):
     """
 
     name, unit = "latency", "s"
+    needs_table = True
     _CACHE_SIZE = 10000
 
     def __init__(self, table: LatencyTableLike) -> None:
@@ -161,7 +163,7 @@ def build_cost(spec: str | CostModel, table: LatencyTableLike | None = None, **k
     if isinstance(spec, CostModel):
         return spec
     factory = COSTS.get(spec)
-    if spec == "latency":
+    if getattr(factory, "needs_table", False):
         if table is None:
             raise ConfigError("a latency cost needs a latency table (--table TABLE.json)")
         return factory(table, **kwargs)

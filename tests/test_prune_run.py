@@ -29,10 +29,12 @@ def splits() -> Any:
 
 
 def _cfg(**kw: Any) -> Any:
-    from revit.prune import PruneConfig
+    from revit.prune import PruneConfig, Target
 
-    base: dict[str, Any] = dict(target=0.6, interval=3, per_step=4, batch_size=32, lr=1e-3, granularity="one",
-                                eval_size=100)
+    if isinstance(kw.get("target"), float):
+        kw["target"] = Target.macs(kw["target"])
+    base: dict[str, Any] = dict(target=Target.macs(0.6), interval=3, per_step=4, batch_size=32, lr=1e-3,
+                                granularity="one", eval_size=100)
     base.update(kw)
     return PruneConfig(**base)
 
@@ -152,10 +154,11 @@ class _FakeTable:
 
 
 def test_latency_target_with_a_table(tmp_path: Path, splits: Any) -> None:
-    from revit.prune import prune
+    from revit.errors import ConfigError
+    from revit.prune import PruneRun, Target, prune
 
     table = _FakeTable()
-    res = prune(_model(), splits.train, None, _cfg(target=0.6, target_kind="latency", eta=5.0), tmp_path,
+    res = prune(_model(), splits.train, None, _cfg(target=Target.latency(0.6), eta=5.0), tmp_path,
                 table=table, progress=False)
     tr = _trace(tmp_path / "trace.jsonl")
     assert tr[-1]["latency"] <= 0.6 * tr[0]["latency"] < tr[-2]["latency"]
@@ -163,6 +166,12 @@ def test_latency_target_with_a_table(tmp_path: Path, splits: Any) -> None:
     removed = [r["group"] for s in tr for r in s["removed"]]
     assert any(g.endswith("heads") for g in removed)  # the expensive units go first under a strong penalty
     assert res.metrics["eta_abs"] > 0 and res.metrics["penalty"] == "latency"
+    # the one Target travels as a flat pair in the files (trace header, state), as before it was a value
+    header = json.loads((tmp_path / "trace.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["target"] == 0.6 and header["settings"]["target_kind"] == "latency"
+    assert header["target"]["kind"] == "latency" and res.metrics["target"] == {"kind": "latency", "ratio": 0.6}
+    with pytest.raises(ConfigError, match="latency table"):
+        PruneRun(_model(), splits.train, None, _cfg(target=Target.latency(0.6)), tmp_path / "b", progress=False)
 
 
 def test_unreachable_target_fails_before_training(tmp_path: Path, splits: Any) -> None:

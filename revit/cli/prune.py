@@ -70,7 +70,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from revit.errors import ConfigError
     from revit.models import build_model
     from revit.presets import resolve_config
-    from revit.prune import PruneConfig, PruneRun
+    from revit.prune import PruneConfig, PruneRun, Target
     from revit.runs import claim_run
 
     claim_run(args.out, "prune", resume=args.resume, overwrite=args.overwrite)  # before loading any data
@@ -78,16 +78,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     table = None
-    if args.target_latency is not None and not args.table:
-        raise ConfigError("--target-latency needs --table TABLE.json")
-    cfg = resolve_config(args.model)
+    target = Target.of(macs=args.target_macs, latency=args.target_latency)
     if args.table:
         from revit.latency.table import LatencyTable
 
         table = LatencyTable.load(args.table)
+    cost = target.cost_model(table)  # a latency target without a table is refused here, before any data loads
+    cfg = resolve_config(args.model)
     pc = PruneConfig(
-        target=args.target_latency if args.target_latency is not None else args.target_macs,
-        target_kind="latency" if args.target_latency is not None else "macs",
+        target=target,
         criterion=args.criterion, epochs=args.epochs, prune_steps=args.prune_steps, interval=args.interval,
         per_step=args.per_step, step_fraction=args.step_fraction, device=args.device, amp=args.amp,
         workers=args.loader_workers,
@@ -95,7 +94,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         kl_weight=args.kl_weight, ce_weight=args.ce_weight, temperature=args.temperature,
         granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,
     )
-    if args.target_latency is None and table is not None:
+    if table is not None and not cost.needs_table:
         info("note: the latency table sets the penalty; the run stops on the MACs target")
     torch.manual_seed(args.seed)
     splits = load_splits(DataSpec(source=args.data, train_limit=args.train_limit, val_size=args.val_size,

@@ -8,13 +8,13 @@ Imports flow one way: ``structure`` (groups from the model) <- ``criteria`` (sco
 from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_criterion
 from revit.prune.global_pruner import GlobalPruner, as_revit
 from revit.prune.masking import Masks, rebuild_dense
-from revit.prune.policy import Candidate, Choice, Schedule, calibrate_eta, candidates, choose
+from revit.prune.policy import Candidate, Choice, Schedule, Target, calibrate_eta, candidates, choose
 from revit.prune.run import PruneConfig, PruneError, PruneResult, PruneRun, prune
 from revit.prune.structure import Group, Structure, StructureError, derive_structure
 
 __all__ = [
     "CRITERIA", "Candidate", "Choice", "Criterion", "GlobalPruner", "Group", "Masks", "PruneConfig",
     "PruneError", "PruneResult", "PruneRun", "Schedule", "ScoreAccumulator", "Structure", "StructureError",
-    "as_revit", "build_criterion", "calibrate_eta", "candidates", "choose", "derive_structure", "prune",
+    "Target", "as_revit", "build_criterion", "calibrate_eta", "candidates", "choose", "derive_structure", "prune",
     "rebuild_dense",
 ]

@@ -2,7 +2,7 @@
 
 In the style of Torch-Pruning's pruners::
 
-    pruner = GlobalPruner(model, example_inputs=x, target_macs=0.5, criterion="hessian", total_steps=N)
+    pruner = GlobalPruner(model, example_inputs=x, target=Target.macs(0.5), schedule=Schedule.by_budget(N))
     net = pruner.model                  # a revit model (converted from a timm ViT if needed)
     for ...:                            # the user's loop, loss and optimizer
         loss.backward(); pruner.accumulate(); opt.step(); pruner.step()
@@ -30,11 +30,11 @@ from torch import nn
 
 from revit import counting
 from revit.config import Granularity, ViTConfig
-from revit.cost import CostModel, LatencyCost, LatencyTableLike, MacsCost, min_config
+from revit.cost import CostModel, LatencyTableLike, build_cost, min_config
 from revit.errors import BudgetError, ConfigError, TableRangeError
 from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_criterion
 from revit.prune.masking import Masks, rebuild_dense
-from revit.prune.policy import Schedule, choose
+from revit.prune.policy import Schedule, Target, choose
 from revit.prune.structure import Structure, derive_structure
 from revit.runtime import dist_info, to_device
 from revit.trace import SCHEMA, Trace, TraceStep
@@ -56,12 +56,15 @@ def as_revit(model: nn.Module) -> nn.Module:
 class GlobalPruner:
     """Prune every width of every block of a ViT jointly to a MACs or latency target.
 
-    ``target_macs``/``target_latency`` are fractions of the base model's cost.  ``criterion`` is a
-    registered name (``hessian``, ``nvit-code``, ``taylor``, ``magnitude``, ``random``) or a
-    :class:`~revit.prune.criteria.Criterion` object; ``penalty`` a cost model object or None (the
-    table's latency when ``table`` is given, else MACs).  ``total_steps`` spreads the removals so the
-    target is reached by then; ``interval`` with ``per_step`` or ``step_fraction`` is NViT's fixed
-    schedule instead.  ``evaluator(model) -> accuracy`` is called after every pruning step.
+    ``target`` is a :class:`~revit.prune.policy.Target` (``Target.macs(0.5)``; ``Target.latency(0.6)``
+    with ``table``), or give the shorthand ``target_macs=``/``target_latency=`` (fractions of the base
+    cost).  ``schedule`` is a :class:`~revit.prune.policy.Schedule`: ``Schedule.by_budget(N)`` spreads
+    the removals so the target is reached after N steps (the shorthand ``total_steps=N``), NViT's
+    ``Schedule.fixed(interval, per_step or step_fraction)`` prunes at a fixed pace until the target.
+    ``criterion`` is a registered name (``hessian``, ``nvit-code``, ``taylor``, ``magnitude``,
+    ``random``) or a :class:`~revit.prune.criteria.Criterion` object; ``penalty`` a cost model object
+    or None (the table's latency when ``table`` is given, else the target's cost).
+    ``evaluator(model) -> accuracy`` is called after every pruning step.
 
     A revit model is pruned in place (``pruner.model is model``).  A timm ViT/DeiT is converted into an
     equivalent revit model first (logged as a warning): train ``pruner.model``, not the object passed.
@@ -69,13 +72,12 @@ class GlobalPruner:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor | None = None, *,
-                 target_macs: float | None = None, target_latency: float | None = None,
+                 target: Target | None = None, schedule: Schedule | None = None,
+                 target_macs: float | None = None, target_latency: float | None = None, total_steps: int | None = None,
                  table: LatencyTableLike | None = None, criterion: str | Criterion = "hessian",
-                 penalty: CostModel | None = None, total_steps: int | None = None, prune_steps: int | None = None,
-                 interval: int | None = None, per_step: int | None = None, step_fraction: float | None = None,
-                 eta: float = 1.0, ema: float = 0.9, granularity: str | Mapping[str, int] | Granularity = "auto",
-                 seed: int = 0, evaluator: Callable[[nn.Module], float | None] | None = None,
-                 cuda_graphs: bool | None = None) -> None:
+                 penalty: CostModel | None = None, eta: float = 1.0, ema: float = 0.9,
+                 granularity: str | Mapping[str, int] | Granularity = "auto", seed: int = 0,
+                 evaluator: Callable[[nn.Module], float | None] | None = None, cuda_graphs: bool | None = None) -> None:
         self.model = as_revit(model)
         self.base: ViTConfig = self.model.config  # type: ignore[assignment]
         # the timm model the user passed, when it was converted: accumulate() names the mistake of training it
@@ -85,17 +87,16 @@ class GlobalPruner:
             log.warning("GlobalPruner converted the %s into a revit model (same outputs): train pruner.model, "
                         "not the model you passed, which is left unpruned", type(model).__name__)
         self.rank, self.world = dist_info()
-        self._check_numbers(target_macs=target_macs, target_latency=target_latency, eta=eta, ema=ema)
-        if (target_macs is None) == (target_latency is None):
-            raise ConfigError("give exactly one of target_macs and target_latency (fractions of the base cost)")
-        if target_latency is not None and table is None and not isinstance(penalty, LatencyCost):
-            raise ConfigError("a latency target needs a latency table (table=...)")
-        self.penalty: CostModel = penalty or (LatencyCost(table) if table is not None else MacsCost())
-        latency = self.penalty if isinstance(self.penalty, LatencyCost) else (
-            LatencyCost(table) if table is not None else None)
-        self.latency: CostModel | None = latency
-        self.cost: CostModel = latency if target_latency is not None and latency is not None else MacsCost()
-        self.ratio = float(target_latency if target_latency is not None else target_macs)  # type: ignore[arg-type]
+        self._check_numbers(eta=eta, ema=ema)
+        self.target = self._target(target, target_macs, target_latency)
+        self.schedule = self._schedule(schedule, total_steps)
+        self.cost: CostModel = self.target.cost_model(table)
+        # the penalty: the table's latency when there is a table, else the target's cost
+        self.penalty: CostModel = penalty or (
+            build_cost("latency", table) if table is not None and not self.cost.needs_table else self.cost)
+        # the latency recorded in the trace: the table's (through whichever cost model holds it)
+        self.latency: CostModel | None = next((m for m in (self.cost, self.penalty) if m.needs_table), None)
+        self.ratio = float(self.target.ratio)
         self.eta, self.seed = eta, seed
         gran = Granularity.for_widths(self.base.embed_dim, self.base.blocks) if granularity in (None, "auto") \
             else Granularity.parse(granularity, self.base.img_size)
@@ -109,8 +110,6 @@ class GlobalPruner:
         self.base_cost = self.cost.cost(self.base)
         self.target_cost = self.ratio * self.base_cost
         self._check_reachable()
-        self.schedule = self._schedule(total_steps, prune_steps, interval, per_step, step_fraction)
-        self.total_steps = total_steps
         self.structure: Structure = derive_structure(self.model, example_inputs)
         self.masks = Masks(self.structure)
         self.masks.install(self.model)
@@ -129,19 +128,41 @@ class GlobalPruner:
 
     # --- construction helpers --------------------------------------------------------------------
     @staticmethod
-    def _check_numbers(**values: float | None) -> None:
-        for name, v in values.items():
-            if v is not None and not math.isfinite(v):
+    def _check_numbers(eta: float, ema: float) -> None:
+        for name, v in (("eta", eta), ("ema", ema)):
+            if not math.isfinite(v):
                 raise ConfigError(f"{name} must be a finite number, got {v}")
-        for name in ("target_macs", "target_latency"):
-            v = values.get(name)
-            if v is not None and not 0 < v < 1:
-                raise ConfigError(f"{name} must be a fraction in (0, 1) of the base cost, got {v}")
-        eta, ema = values["eta"], values["ema"]
-        if eta is not None and eta < 0:
+        if eta < 0:
             raise ConfigError(f"eta must be >= 0, got {eta}")
-        if ema is not None and not 0 <= ema < 1:
+        if not 0 <= ema < 1:
             raise ConfigError(f"ema must be in [0, 1), got {ema}")
+
+    @staticmethod
+    def _target(target: Target | None, macs: float | None, latency: float | None) -> Target:
+        """``target``, or the one built from the shorthands ``target_macs``/``target_latency``."""
+        if target is None:
+            return Target.of(macs=macs, latency=latency)
+        if not isinstance(target, Target):
+            raise ConfigError(f"target must be a Target (Target.macs(0.5), Target.latency(0.6)), got {target!r}")
+        if macs is not None or latency is not None:
+            raise ConfigError("give target or target_macs/target_latency, not both")
+        return target
+
+    @staticmethod
+    def _schedule(schedule: Schedule | None, total_steps: int | None) -> Schedule:
+        """``schedule``, or by budget over ``total_steps`` (the shorthand)."""
+        if schedule is not None:
+            if not isinstance(schedule, Schedule):
+                raise ConfigError(f"schedule must be a Schedule (Schedule.by_budget(N), Schedule.fixed()), "
+                                  f"got {schedule!r}")
+            if total_steps is not None:
+                raise ConfigError("give schedule or total_steps, not both")
+            return schedule
+        if total_steps is None:
+            raise ConfigError("give total_steps (the schedule spreads the removals over it) or a schedule "
+                              "(Schedule.by_budget(total_steps, prune_steps) or NViT's Schedule.fixed(interval, "
+                              "per_step or step_fraction))")
+        return Schedule.by_budget(total_steps)
 
     def _minimum(self) -> dict[str, int]:
         """The granularity, raised to a latency table's measured range (never extrapolate a prediction)."""
@@ -159,19 +180,6 @@ class GlobalPruner:
             raise BudgetError(f"target {self.ratio:g} x base {self.cost.name} = {self.cost.format(self.target_cost)} "
                               f"cannot be reached: the minimum widths ({mins}) still cost {self.cost.format(floor)} "
                               f"({floor / self.base_cost:.3f} of the base); raise the target or lower the granularity")
-
-    @staticmethod
-    def _schedule(total_steps: int | None, prune_steps: int | None, interval: int | None, per_step: int | None,
-                  step_fraction: float | None) -> Schedule:
-        fixed = interval is not None or per_step is not None or step_fraction is not None
-        if fixed:
-            if per_step is None and step_fraction is None:
-                per_step = 2
-            return Schedule(interval=interval or 100, per_step=per_step, step_fraction=step_fraction)
-        if total_steps is None:
-            raise ConfigError("give total_steps (the schedule spreads the removals over it) or NViT's fixed "
-                              "schedule (interval with per_step or step_fraction)")
-        return Schedule.by_budget(total_steps, prune_steps)
 
     # --- the loop --------------------------------------------------------------------------------
     @property

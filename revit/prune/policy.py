@@ -5,6 +5,7 @@ and a cost model, :func:`choose` removes the globally cheapest units one at a ti
 (NVIT_SPEC.md sections 3-4): every (kind, block) family offers its ``unit`` lowest-scoring alive
 indices as one candidate, whose score is ``saliency - eta * saving``; the lowest score goes, the
 config shrinks, savings are recomputed, and so on until the step's goal cost is met.
+:class:`Target` says what pruning stops at (a cost model and a fraction of the base cost);
 :class:`Schedule` says when a pruning step happens and what cost it aims at.
 """
 
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from revit.config import ViTConfig
+from revit.cost import COSTS, CostModel, LatencyTableLike, build_cost
 from revit.errors import BudgetError, ConfigError
 
 
@@ -144,6 +146,51 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
 
 
 @dataclass(frozen=True)
+class Target:
+    """What pruning stops at: ``ratio`` of the base model's cost under the cost model ``kind``.
+
+    Built once (:meth:`of` from the two exclusive options ``--target-macs``/``--target-latency``, or
+    :meth:`macs`/:meth:`latency`) and validated here; :meth:`cost_model` builds the cost it is measured
+    in (a latency target needs a latency table: the one check of that).
+    """
+
+    kind: str  # a registered cost model: "macs", or "latency" (needs a table)
+    ratio: float
+
+    def __post_init__(self) -> None:
+        COSTS.get(self.kind)  # raises with the known names
+        r = self.ratio
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
+            raise ConfigError(f"target_{self.kind} must be a finite number, got {r!r}")
+        if not 0 < r < 1:
+            raise ConfigError(f"target_{self.kind} must be a fraction in (0, 1) of the base cost, got {r}")
+
+    @classmethod
+    def macs(cls, ratio: float) -> Target:
+        """Stop at ``ratio`` of the base model's MACs."""
+        return cls("macs", ratio)
+
+    @classmethod
+    def latency(cls, ratio: float) -> Target:
+        """Stop at ``ratio`` of the base model's latency predicted by a table."""
+        return cls("latency", ratio)
+
+    @classmethod
+    def of(cls, *, macs: float | None = None, latency: float | None = None) -> Target:
+        """The target from its two exclusive options (exactly one given)."""
+        if (macs is None) == (latency is None):
+            raise ConfigError("give exactly one of target_macs and target_latency (fractions of the base cost)")
+        return cls.latency(latency) if latency is not None else cls.macs(macs)  # type: ignore[arg-type]
+
+    def cost_model(self, table: LatencyTableLike | None = None) -> CostModel:
+        """The cost this target is measured in (raises when it needs a table and none is given)."""
+        return build_cost(self.kind, table)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ratio": self.ratio}
+
+
+@dataclass(frozen=True)
 class Schedule:
     """When pruning steps happen and which cost each aims at.
 
@@ -171,6 +218,17 @@ class Schedule:
             raise ConfigError(f"per_step must be >= 1, got {self.per_step}")
         if self.step_fraction is not None and not 0 < self.step_fraction < 1:
             raise ConfigError(f"step_fraction must be in (0, 1), got {self.step_fraction}")
+
+    @classmethod
+    def fixed(cls, interval: int | None = None, per_step: int | None = None,
+              step_fraction: float | None = None) -> Schedule:
+        """NViT's schedule: a step every ``interval`` (100) calls removing ``per_step`` (2) units, or
+        units worth ``step_fraction`` of the base cost, until the target."""
+        if per_step is not None and step_fraction is not None:
+            raise ConfigError("give at most one of per_step and step_fraction")
+        if per_step is None and step_fraction is None:
+            per_step = 2
+        return cls(interval=100 if interval is None else interval, per_step=per_step, step_fraction=step_fraction)
 
     @classmethod
     def by_budget(cls, total_steps: int, prune_steps: int | None = None, min_interval: int = 2,

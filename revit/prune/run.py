@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.models.checkpoint import save_weights
 from revit.prune.criteria import CRITERIA
 from revit.prune.global_pruner import GlobalPruner
+from revit.prune.policy import Schedule, Target
 from revit.runtime import (
     AMP_MODES,
     GlobalBatchSampler,
@@ -54,15 +55,15 @@ class PruneError(RevitError):
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """A pruning run's recipe; ``target`` is a fraction of the base MACs (or latency, with a table).
+    """A pruning run's recipe; ``target`` is what it stops at (``Target.macs(0.5)``: half the base MACs).
 
     The schedule is *by budget* (``epochs``: the removals are spread so the target is reached by
     the end of that many epochs) unless ``interval``/``per_step``/``step_fraction`` give NViT's fixed
-    schedule (a step every ``interval`` batches removing ``per_step`` units, until the target).
+    schedule (a step every ``interval`` batches removing ``per_step`` units, until the target):
+    :meth:`schedule` builds it.  :meth:`settings` is its flat, JSON form (trace header, state).
     """
 
-    target: float = 0.5
-    target_kind: str = "macs"  # "macs" or "latency" (needs a table)
+    target: Target = Target("macs", 0.5)
     criterion: str = "hessian"
     epochs: float = 1.0
     prune_steps: int | None = None  # by budget: number of pruning steps (None: automatic)
@@ -88,23 +89,19 @@ class PruneConfig:
     workers: int = 0
 
     def __post_init__(self) -> None:
-        for k, v in asdict(self).items():
+        if not isinstance(self.target, Target):
+            raise ConfigError(f"target must be a Target (Target.macs(0.5), Target.latency(0.6)), got {self.target!r}")
+        for k, v in self.settings().items():
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{k} must be a finite number, got {v}")
-        if not 0 < self.target < 1:
-            raise ConfigError(f"target must be a fraction in (0, 1) of the base cost, got {self.target}")
-        if self.per_step is not None and self.step_fraction is not None:
-            raise ConfigError("give at most one of per_step and step_fraction")
         if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or self.max_steps < 1:
             raise ConfigError("epochs, batch_size, lr and max_steps must be positive")
-        if self.interval is not None and self.interval < 1:
-            raise ConfigError(f"interval must be >= 1, got {self.interval}")
+        if self.fixed_schedule:
+            self.schedule(1)  # the fixed schedule's own checks
         if self.eta < 0 or not 0 <= self.ema < 1:
             raise ConfigError(f"eta must be >= 0 and ema in [0, 1) (got {self.eta}, {self.ema})")
         if self.eval_size < 0 or self.workers < 0:
             raise ConfigError("eval_size and workers must be >= 0")
-        if self.target_kind not in ("macs", "latency"):
-            raise ConfigError(f"target_kind must be macs or latency, got {short(self.target_kind)}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
         CRITERIA.get(self.criterion)  # raises with the known names
@@ -121,6 +118,18 @@ class PruneConfig:
     @property
     def fixed_schedule(self) -> bool:
         return self.interval is not None or self.per_step is not None or self.step_fraction is not None
+
+    def schedule(self, batches_per_epoch: int) -> Schedule:
+        """NViT's fixed schedule when asked for, else by budget over ``epochs`` of ``batches_per_epoch``."""
+        if self.fixed_schedule:
+            return Schedule.fixed(self.interval, self.per_step, self.step_fraction)
+        return Schedule.by_budget(max(1, round(self.epochs * batches_per_epoch)), self.prune_steps)
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe as flat JSON values, the target as ``target`` (ratio) and ``target_kind``."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"target": self.target.ratio, "target_kind": self.target.kind,
+                **{k: v for k, v in flat.items() if k != "target"}}
 
 
 @dataclass
@@ -168,16 +177,10 @@ class PruneRun:
         self.per_epoch = len(GlobalBatchSampler(size(train_ds), cfg.batch_size, cfg.seed, 0, self.world))
         if self.per_epoch == 0:
             raise ConfigError(f"training set of {size(train_ds)} images is smaller than one batch of {cfg.batch_size}")
-        total = None if cfg.fixed_schedule else max(1, round(cfg.epochs * self.per_epoch))
-        if cfg.target_kind == "latency" and table is None:
-            raise ConfigError("a latency target needs a latency table (--table)")
         model = model.to(self.device)
-        lat = cfg.target_kind == "latency"
-        self.pruner = GlobalPruner(model, table=table, criterion=cfg.criterion, total_steps=total,
-                                   prune_steps=cfg.prune_steps, interval=cfg.interval, per_step=cfg.per_step,
-                                   step_fraction=cfg.step_fraction, eta=cfg.eta, ema=cfg.ema,
-                                   granularity=cfg.granularity, seed=cfg.seed, evaluator=self._evaluate,
-                                   target_macs=None if lat else cfg.target, target_latency=cfg.target if lat else None)
+        self.pruner = GlobalPruner(model, target=cfg.target, schedule=cfg.schedule(self.per_epoch), table=table,
+                                   criterion=cfg.criterion, eta=cfg.eta, ema=cfg.ema, granularity=cfg.granularity,
+                                   seed=cfg.seed, evaluator=self._evaluate)
         self.model = self.pruner.model
         self.base = self.pruner.base
         from revit.train import TrainConfig, make_optimizer
@@ -209,7 +212,7 @@ class PruneRun:
 
     def _write_trace(self) -> None:
         tr = self.pruner.trace
-        header = self.pruner.header(settings=asdict(self.cfg))
+        header = self.pruner.header(settings=self.cfg.settings())
         lines = [json.dumps(header)] + [json.dumps(s.to_dict()) for s in tr.steps]
         atomic_write_text(self.trace_path, "\n".join(lines) + "\n")
 
@@ -235,7 +238,7 @@ class PruneRun:
         return {"model": to_cpu(self.model.state_dict()), "optimizer": to_cpu(self.opt.state_dict()),
                 "pruner": self.pruner.state_dict(), "rng": torch.get_rng_state(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "settings": asdict(self.cfg), "base_config": self.base.to_dict(), "finished": self.finished,
+                "settings": self.cfg.settings(), "base_config": self.base.to_dict(), "finished": self.finished,
                 "seconds": self.elapsed()}
 
     def elapsed(self) -> float:
@@ -269,7 +272,7 @@ class PruneRun:
 
     def _restore(self, st: dict[str, Any]) -> None:
         """Model, optimizer, pruner, scaler and RNG from a checked state (another recipe or model is refused)."""
-        same = {k: v for k, v in asdict(self.cfg).items() if k not in ("device", "workers")}
+        same = {k: v for k, v in self.cfg.settings().items() if k not in ("device", "workers")}
         if {k: st["settings"].get(k) for k in same} != same:
             diff = [k for k, v in same.items() if st["settings"].get(k) != v]
             raise CheckpointError(f"{self.state_path}: written with other settings ({', '.join(diff)}); "
@@ -406,7 +409,7 @@ class PruneRun:
         p, cfg = self.pruner, self.pruner.current_config()
         metrics: dict[str, Any] = {
             "schema": "revit/prune-metrics/v1", "steps": p.steps, "batches": p.calls,
-            "criterion": self.cfg.criterion, "target": {"kind": p.cost.name, "ratio": self.cfg.target},
+            "criterion": self.cfg.criterion, "target": p.target.to_dict(),
             "schedule": p.schedule.describe(), "eta": self.cfg.eta, "eta_abs": p.eta_abs, "cost_unit": p.cost.unit,
             "penalty": p.penalty.name,
             "base": {"macs": counting.macs(self.base), "params": counting.params(self.base), "cost": p.base_cost},
@@ -448,6 +451,6 @@ class PruneRun:
 def prune(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: PruneConfig,
           out_dir: str | os.PathLike[str], *, table: LatencyTableLike | None = None, resume: bool = False,
           progress: bool = True, test_ds: Dataset[Any] | None = None, overwrite: bool = False) -> PruneResult:
-    """Prune ``model`` to ``cfg.target`` of its MACs (or latency with ``table``) into ``out_dir``."""
+    """Prune ``model`` to ``cfg.target`` (of its MACs, or its latency with ``table``) into ``out_dir``."""
     return PruneRun(model, train_ds, val_ds, cfg, out_dir, table=table, resume=resume, progress=progress,
                     test_ds=test_ds, overwrite=overwrite).run()

@@ -245,11 +245,11 @@ def _prune_stage(prune_dir: Path, base_dir: Path, base_cfg: Any, table: Any, pla
     if not (prune_dir / "metrics.json").is_file():
         from revit.data import load_splits
         from revit.models import build_model
-        from revit.prune import PruneConfig, PruneRun
+        from revit.prune import PruneConfig, PruneRun, Target
 
         splits = load_splits(_data(plan))
         model = build_model(base_cfg, checkpoint=str(base_dir / "model.safetensors"))
-        pc = PruneConfig(target=plan.prune_target, target_kind="latency", interval=plan.prune_interval,
+        pc = PruneConfig(target=Target.latency(plan.prune_target), interval=plan.prune_interval,
                          per_step=None, step_fraction=plan.prune_step_fraction, lr=plan.prune_lr,
                          batch_size=plan.batch_size, eval_size=plan.prune_eval, device=plan.device, amp=plan.amp,
                          workers=plan.loader_workers)
