@@ -103,10 +103,10 @@ class Ctx:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Temp file + rename: a reader never sees half a file, a kill never leaves one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    """Temp file + rename (revit's one atomic writer): a reader never sees half a file, a kill never leaves one."""
+    from revit._io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def sync(device: torch.device) -> None:
