@@ -18,7 +18,8 @@ from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency import graphs
 from revit.latency.backends import BACKENDS, Backend, Workload, get_backend
 from revit.latency.grid import WidthGrid
-from revit.latency.profiler import BuildSettings, Journal, build_table, journal_path, remeasure_fixed
+from revit.latency.profiler import BuildSettings, Journal, build_table, journal_path
+from revit.latency.remeasure import remeasure_fixed
 from revit.latency.table import LatencyTable
 from revit.latency.validate import random_configs, validate
 

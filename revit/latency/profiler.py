@@ -14,8 +14,9 @@ Procedure (``design="auto"``):
 Every cell is measured in ``passes`` passes; each pass visits the pending work in a fresh random
 order, so load changes on a shared machine spread over all cells instead of biasing some.  A cell's
 value is the median of its ``passes x repeats`` samples (after ``warmup`` runs per pass); its
-spread is their interquartile range.  Each measurement is appended to ``OUT.journal.jsonl`` as one
-line (written, flushed and fsynced in one call), so a killed build resumes with nothing measured lost.
+spread is their interquartile range (the timing protocol: :mod:`revit.latency.timing`).  Each
+measurement is appended to ``OUT.journal.jsonl`` as one line (written, flushed and fsynced in one
+call), so a killed build resumes with nothing measured lost.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from revit.errors import ConfigError, FileFormatError, RunExistsError
 from revit.latency.backends.base import Backend
 from revit.latency.grid import WidthGrid
 from revit.latency.table import FixedParts, LatencyTable
+from revit.latency.timing import Reference, time_bracketed
 from revit.runs import FileClaim, claim_output_file, file_kind
 from revit.validation import short
 
@@ -360,14 +362,8 @@ class _Measurer:
         self.grid, self.backend, self.s, self.state, self.journal = grid, backend, s, state, journal
         self.progress, self.on_measure, self.count = progress, on_measure, 0
         self.ref_cell = reference_cell(grid)
-        self.ref_w = None
-        if s.reference:
-            self.ref_w = _workload(backend, ("block", *self.ref_cell), grid, s.batch)
-            self.ref_w.time(max(s.warmup, 1))
-
-    def ref_time(self) -> float:
-        assert self.ref_w is not None
-        return float(np.median(self.ref_w.time(self.s.reference_runs)))
+        self.ref = (Reference(_workload(backend, ("block", *self.ref_cell), grid, s.batch), s.reference_runs, s.warmup)
+                    if s.reference else None)
 
     def run(self, keys: Iterable[tuple[Any, ...]], label: str) -> None:
         """Measure every key not yet measured in every pass (what the journal holds is skipped)."""
@@ -396,12 +392,7 @@ class _Measurer:
         if w is None:
             samples = [0.0]
         else:
-            w.time(self.s.warmup)
-            if self.ref_w is not None:
-                ref.append(self.ref_time())
-            samples = w.time(self.s.repeats)
-            if self.ref_w is not None:
-                ref.append(self.ref_time())
+            samples, ref = time_bracketed(w, self.s.warmup, self.s.repeats, self.ref)
             w.close()
         rec = {"type": "measure", "what": k[0], "cell": list(k[1:]) if k[0] == "block" else
                (k[1] if k[0] == "fixed" else None), "pass": p, "samples": samples,
@@ -474,62 +465,3 @@ def _assemble(grid: WidthGrid, s: BuildSettings, state: _State, header: dict[str
     }
     return LatencyTable({a: knots[a] for a in WIDTH_KINDS}, values, metadata=metadata, spread=spread, fixed=fixed,
                         source=source)
-
-
-def remeasure_fixed(table: LatencyTable, backend: Backend, *, passes: int = 5, repeats: int | None = None,
-                    warmup: int | None = None, seed: int = 0, note: str = "") -> LatencyTable:
-    """``table`` with its fixed parts measured again on ``backend``, its cells untouched.
-
-    For a table built before the fixed-part graph changed (see :func:`revit.latency.graphs.fixed_graph`).
-    With a reference block in the metadata, every sample is divided by the reference timed just before
-    and after it and multiplied by the table's reference median, as the build did: the new fixed parts
-    are in the units of the old cells however busy the machine is now.  Without a reference they are
-    seconds now.  ``measurement.fixed_remeasured`` in the metadata records when, how and why.
-    """
-    if table.fixed is None:
-        raise ConfigError(f"{table.source}: the table has no fixed parts to measure again")
-    if passes < 1 or (repeats is not None and repeats < 1):
-        raise ConfigError("passes and repeats must be >= 1")
-    meas = dict(table.metadata.get("measurement") or {})
-    warmup = int(meas.get("warmup", 2)) if warmup is None else warmup
-    repeats = int(meas.get("repeats", 5)) if repeats is None else repeats
-    ref = meas.get("reference")
-    batch, setting = table.batch_size, dict(table.fixed.setting)
-    ref_w = None
-    if ref:
-        c = ref["cell"]
-        ref_w = backend.block(int(c["embed_dim"]), BlockDims(int(c["heads"]), int(c["qk_dim"]), int(c["v_dim"]),
-                                                             int(c["mlp_dim"])), table.tokens, batch)
-        ref_w.time(max(warmup, 1))
-    runs = int(ref.get("runs", 3)) if ref else 0
-
-    def ref_time() -> float:
-        return float(np.median(ref_w.time(runs))) if ref_w is not None else 1.0
-
-    knots = [int(e) for e in table.fixed.embed_dim]
-    ratios: dict[int, list[float]] = {e: [] for e in knots}
-    rng = random.Random(seed)
-    for _ in range(passes):
-        order = knots[:]
-        rng.shuffle(order)
-        for e in order:
-            w = backend.fixed(setting, e, batch)
-            w.time(warmup)
-            r0 = ref_time()
-            t = w.time(repeats)
-            r = (r0 + ref_time()) / 2
-            w.close()
-            ratios[e] += [x / r for x in t]
-    if ref_w is not None:
-        ref_w.close()
-    scale = float(ref["median_s"]) if ref else 1.0
-    fixed = FixedParts(setting=setting, embed_dim=table.fixed.embed_dim,
-                       values=tuple(float(np.median(ratios[e])) * scale for e in knots),
-                       spread=tuple(float(np.subtract(*np.percentile(ratios[e], [75, 25]))) * scale for e in knots))
-    info = backend.info()
-    meas["fixed_remeasured"] = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                                "revit_version": __version__, "passes": passes, "repeats": repeats, "warmup": warmup,
-                                "device": info["device"], "backend_version": info["backend_version"],
-                                "normalised": bool(ref), "note": note}
-    return LatencyTable(table.axes, table.values, metadata={**table.metadata, "measurement": meas},
-                        spread=table.spread, fixed=fixed, fixed_note=table.fixed_note, source=table.source)
