@@ -103,10 +103,10 @@ class Ctx:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Temp file + rename: a reader never sees half a file, a kill never leaves one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    """Temp file + rename (revit's one atomic writer): a reader never sees half a file, a kill never leaves one."""
+    from revit._io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def sync(device: torch.device) -> None:
@@ -329,15 +329,15 @@ def _backend(name: str, device: torch.device, dtype: str, dry: bool) -> Any:
     return get_backend(name, **kw)
 
 
-def _space(dry: bool) -> Any:
+def _grid(dry: bool) -> Any:
     from revit.config import Setting
-    from revit.latency.space import Space, deit
+    from revit.latency.grid import WidthGrid, deit
 
     if not dry:
         return deit()
-    return Space("dry", {"embed_dim": (32, 64), "heads": (1, 2), "qk_dim": (4, 8), "v_dim": (4, 8),
-                         "mlp_dim": (16, 64)},
-                 Setting(img_size=28, patch_size=7, in_chans=1, num_classes=10, distilled=True, depth=2))
+    return WidthGrid("dry", {"embed_dim": (32, 64), "heads": (1, 2), "qk_dim": (4, 8), "v_dim": (4, 8),
+                             "mlp_dim": (16, 64)},
+                     Setting(img_size=28, patch_size=7, in_chans=1, num_classes=10, distilled=True, depth=2))
 
 
 def build_and_validate(backend_name: str, device: torch.device, dtype: str, out: Path, dry: bool,
@@ -346,7 +346,7 @@ def build_and_validate(backend_name: str, device: torch.device, dtype: str, out:
     from revit.latency.validate import validate
 
     backend = _backend(backend_name, device, dtype, dry)
-    space = _space(dry)
+    width_grid = _grid(dry)
     cells = 48 if dry else 400
     settings = BuildSettings(batch=4 if dry else 64, max_cells=cells, warmup=1 if dry else 3,
                              repeats=2 if dry else 5, passes=1 if dry else 3)
@@ -354,7 +354,7 @@ def build_and_validate(backend_name: str, device: torch.device, dtype: str, out:
     for p in (path, journal_path(path)):
         p.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    table = build_table(space, backend, path, settings, progress=False)
+    table = build_table(width_grid, backend, path, settings, progress=False)
     build_s = time.perf_counter() - t0
     grid = math.prod(len(v) for v in table.axes.values())
     measured = int(table.metadata["design"]["cells_measured"])
@@ -531,7 +531,7 @@ def load_table(ctx: Ctx) -> tuple[Any, str]:
         path = ctx.out / "dry_fallback_table.json"
         settings = BuildSettings(batch=4, max_cells=48, warmup=1, repeats=2, passes=1)
         backend = _backend("torch", ctx.device, "fp32", True)
-        return build_table(_space(True), backend, path, settings, progress=False, overwrite=True), path.name
+        return build_table(_grid(True), backend, path, settings, progress=False, overwrite=True), path.name
     raise RuntimeError(f"no latency table: part (c) wrote none in {ctx.out} and {H200_TABLE} is missing")
 
 

@@ -109,27 +109,27 @@ def main() -> None:
     try:
         from revit.config import Setting
         from revit.latency.backends.torch_backend import TorchBackend
+        from revit.latency.grid import WidthGrid
         from revit.latency.profiler import BuildSettings, build_table
-        from revit.latency.space import Space
         from revit.latency.table import LatencyTable
         from revit.latency.validate import backend_for_table, validate
 
         setting = {"img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000, "distilled": False,
                    "class_token": True}
-        space = Space("tiny-gpu", {"embed_dim": (192, 384), "heads": (3, 6), "qk_dim": (32, 64), "v_dim": (64,),
-                                   "mlp_dim": (768, 1536)}, Setting(**setting, depth=12))
+        grid = WidthGrid("tiny-gpu", {"embed_dim": (192, 384), "heads": (3, 6), "qk_dim": (32, 64), "v_dim": (64,),
+                                      "mlp_dim": (768, 1536)}, Setting(**setting, depth=12))
         cuda = dev.type == "cuda"
         if not cuda:
-            space = Space("tiny-cpu", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,),
-                                       "mlp_dim": (8, 32)}, Setting(**{**setting, "img_size": 8, "patch_size": 4},
-                                                                     depth=2))
+            grid = WidthGrid("tiny-cpu", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,),
+                                          "mlp_dim": (8, 32)}, Setting(**{**setting, "img_size": 8, "patch_size": 4},
+                                                                        depth=2))
         for graphs in ((False, True) if cuda else (False,)):
             t0 = time.perf_counter()
             b = TorchBackend(device=str(dev), dtype="fp16" if cuda else "bf16", cuda_graphs=graphs,
                              threads=None if cuda else 1)
             path = out / f"tbl_graphs{int(graphs)}" / "t.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            build_table(space, b, path, BuildSettings(batch=64 if cuda else 4, design="full", passes=2,
+            build_table(grid, b, path, BuildSettings(batch=64 if cuda else 4, design="full", passes=2,
                                                       repeats=10 if cuda else 2, warmup=3 if cuda else 1),
                         progress=False)
             t = LatencyTable.load(path)

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from revit.latency.backends import BACKENDS
+    from revit.latency.grid import micro
     from revit.latency.profiler import BuildSettings, build_table
-    from revit.latency.space import micro
     from revit.latency.table import LatencyTable
     from revit.latency.validate import backend_for_table, validate
 

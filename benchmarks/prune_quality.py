@@ -48,7 +48,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import shutil
 import statistics
 import sys
@@ -61,6 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from revit._io import atomic_write_text
+from revit.models.checkpoint import save_torch, save_weights
 from revit.runtime import size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,11 +82,8 @@ def log(msg: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    """Atomic JSON write (revit's one atomic writer)."""
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def config_of(model: nn.Module) -> Any:
@@ -108,18 +106,11 @@ def is_revit(model: nn.Module) -> bool:
 
 def save_model(model: nn.Module, path: Path) -> None:
     """Config YAML + safetensors next to each other (atomic weights); a timm fallback model is pickled whole."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not is_revit(model):
-        tmp = path.with_name(f".{path.name}.pt.tmp")
-        torch.save(model, tmp)
-        os.replace(tmp, path.with_suffix(".pt"))
+        save_torch(model, path.with_suffix(".pt"))
         return
     config_of(model).save(path.with_suffix(".yaml"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    save_weights(model, path)
 
 
 def saved(path: Path) -> bool:

@@ -7,34 +7,35 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from revit.errors import FileFormatError, OutputError, check_keys
 
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and a rename, so a crash never leaves half a file."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
-    with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+RESUME_HINT = "free space or fix permissions, then rerun with --resume"
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp", *, hint: str | None = None) -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success it replaces ``path``, on any failure it is removed.
 
-    For writers that take a file name (``safetensors.save_file``, ``torch.save``, ONNX): a crash never
-    leaves half a file and never touches an existing one.  An unwritable destination (a folder given
-    as a file, a read-only or full disk) is one :class:`~revit.errors.OutputError` line naming ``path``.
+    The one atomic writer, for writers that take a file name (``safetensors.save_file``, ``torch.save``, ONNX,
+    ``savefig``): a crash never leaves half a file and never touches an existing one.  An unwritable destination
+    (a folder given as a file, a read-only or full disk) is one :class:`~revit.errors.OutputError` line naming
+    ``path``, with ``hint`` as its fix when given (a run's :data:`RESUME_HINT`).
     """
+    try:
+        with _atomic_output(path, suffix) as tmp:
+            yield tmp
+    except OutputError as e:
+        if hint is None:
+            raise
+        raise OutputError(e.message, hint=hint) from None
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
     from revit.validation import check_output_file, output_error
 
     p = check_output_file(path, "output")
@@ -60,18 +61,13 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
             tmp.unlink()
 
 
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_output` (synced to disk before the rename)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
 
-RESUME_HINT = "free space or fix permissions, then rerun with --resume"
-
-
-def save_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], *, hint: str = RESUME_HINT) -> None:
-    """``write(tmp)`` a temp file next to ``path`` and rename it over ``path`` (:func:`atomic_output`, the one
-    atomic writer), a failed write being one line naming ``path`` with ``hint`` as the fix."""
-    try:
-        with atomic_output(path) as tmp:
-            write(tmp)
-    except OutputError as e:
-        raise OutputError(e.message, hint=hint) from None
 
 def append_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
     """Append ``text`` to ``path`` in one write, never through a symlink (``O_NOFOLLOW``): a link planted

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from revit._io import atomic_write_text
+from revit._io import RESUME_HINT, append_text, atomic_write_text
 from revit.errors import CheckpointError, ConfigError
+from revit.models.checkpoint import save_torch
 from revit.recipes import TrainConfig, same_recipe
 from revit.runtime import (
     GlobalBatchSampler,
@@ -129,12 +130,6 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in want.items()):
         raise CheckpointError(f"{path}: not a revit training checkpoint (needs {', '.join(want)})")
     return state
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    from revit._io import save_atomic
-
-    save_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _set_distilled_training(model: nn.Module, on: bool) -> bool:
@@ -365,18 +360,16 @@ class _Trainer:
 
     def save(self, out: Path, epoch: int, record: dict[str, Any]) -> None:
         """Append ``record`` to ``log.jsonl`` and write ``checkpoint.pt`` (atomic, CPU tensors)."""
-        from revit._io import append_text
-
         append_text(out / "log.jsonl", json.dumps(record) + "\n")
         ema, scaler = self.ema, self.scaler
-        _atomic_torch_save(to_cpu({
+        save_torch(to_cpu({
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,
             "history": self.result.history, "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "model_ema": ema.module.state_dict() if ema is not None else None,
             "seconds": self.result.prior_seconds + time.perf_counter() - self.t_start,
-            "train_config": asdict(self.cfg)}), out / "checkpoint.pt")
+            "train_config": asdict(self.cfg)}), out / "checkpoint.pt", hint=RESUME_HINT)
 
 
 def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: TrainConfig,

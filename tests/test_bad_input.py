@@ -489,14 +489,14 @@ assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"
 # the unmutated inputs are valid: every refusal above comes from its one bad value -------------
 def test_base_inputs_are_valid(ws: Path) -> None:
     from revit.config import ViTConfig
+    from revit.latency.grid import WidthGrid
     from revit.latency.nvit import import_nvit
-    from revit.latency.space import Space
     from revit.latency.table import LatencyTable
     from revit.search.checks import check_study
     from revit.search.spec import load_spec
 
     check_study(load_spec(str(ws / "spec.yaml")))  # budget reachable, data loads and fits the setting
-    Space.load(ws / "space.yaml")
+    WidthGrid.load(ws / "space.yaml")
     LatencyTable.load(ws / "table.json")
     assert import_nvit(ws / "nvit.json").n_cells == 3 * 2 * 1 * 2 * 2
     assert ViTConfig.load(ws / "micro.yaml").embed_dim == 32

@@ -14,7 +14,7 @@ from revit.cli.main import main
 from revit.config import ViTConfig
 from revit.errors import BudgetError, TableRangeError
 from revit.rules import (
-    SearchSpace,
+    GenerationBounds,
     Setting,
     apply_rule,
     family_rules,
@@ -100,7 +100,7 @@ def test_budget_below_minimum_names_it(capsys):
 def test_budget_above_maximum_names_it():
     largest = apply_rule(uniform_rule(), 512, Setting(), mlp_factor=2.0).config
     with pytest.raises(BudgetError, match="above the largest legal config") as e:
-        generate(uniform_rule(), macs_budget("30G"), Setting(), space=SearchSpace(max_embed=512))
+        generate(uniform_rule(), macs_budget("30G"), Setting(), bounds=GenerationBounds(max_embed=512))
     assert counting.format_count(counting.macs(largest)) in str(e.value)
 
 

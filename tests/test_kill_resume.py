@@ -176,12 +176,12 @@ def kill_and_resume_prune(prune_ref: tuple[Path, Path], out: Path, kills: list[d
 
 def test_prune_killed_before_its_first_state_save_resumes(prune_ref: tuple[Path, Path], tmp_path: Path) -> None:
     """Issue 10 item 2: teacher and trace written, no state.pt: --resume starts over and gives the same run."""
-    kill_and_resume_prune(prune_ref, tmp_path / "p", [{"hook": ("revit.prune.run:PruneRun._save_state", 1,
-                                                                "before")}])
+    kill_and_resume_prune(prune_ref, tmp_path / "p", [{"hook": ("revit.prune.run:save_torch", 1, "before")}])
 
 
 PRUNE_POINTS = [
-    ("revit.prune.run:save_atomic", 1, "before"),  # marker only: before the teacher
+    ("revit.prune.run:save_weights", 1, "before"),  # marker only: before the teacher
+    ("torch:save", 1, "after"),  # the first state in its temp file, not yet renamed into place
     ("revit.prune.run:PruneRun._save_state", 1, "after"),  # the first state, nothing trained
     ("revit.trace:TraceWriter.append", 2, "after"),  # step 2's trace line written, its state not
     ("revit.prune.run:PruneRun._save_state", 3, "after"),  # after step 2's state
@@ -253,14 +253,14 @@ def kill_and_resume_train(train_ref: tuple[Path, Path], out: Path, kills: list[d
 
 def test_train_killed_between_log_line_and_checkpoint(train_ref: tuple[Path, Path], tmp_path: Path) -> None:
     """Epoch 2's log line is written, its checkpoint not: the resumed log holds each epoch once."""
-    kill_and_resume_train(train_ref, tmp_path / "t", [{"hook": ("revit.train:_atomic_torch_save", 2, "before")}])
+    kill_and_resume_train(train_ref, tmp_path / "t", [{"hook": ("revit.train:save_torch", 2, "before")}])
 
 
 TRAIN_POINTS = [
     ("revit.train:_Trainer.epoch", 1, "before"),  # marker and config.yaml only
-    ("revit.train:_atomic_torch_save", 1, "after"),  # epoch 1 checkpointed
+    ("revit.train:save_torch", 1, "after"),  # epoch 1 checkpointed
     ("revit.train:_Trainer.epoch", 3, "after"),  # last epoch trained, not checkpointed
-    ("revit.workflows.train:save_weights", 1, "after"),  # weights written, metrics not
+    ("revit.models.checkpoint:save_weights", 1, "after"),  # weights written, metrics not (imported at its call)
     ("revit.runs:Claim.finish", 1, "before"),  # metrics written, the marker not yet finished
 ]
 

@@ -17,8 +17,9 @@ from revit.config import BlockDims, Setting, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency import graphs
 from revit.latency.backends import BACKENDS, Backend, Workload, get_backend
-from revit.latency.profiler import BuildSettings, Journal, build_table, journal_path, remeasure_fixed
-from revit.latency.space import Space
+from revit.latency.grid import WidthGrid
+from revit.latency.profiler import BuildSettings, Journal, build_table, journal_path
+from revit.latency.remeasure import remeasure_fixed
 from revit.latency.table import LatencyTable
 from revit.latency.validate import random_configs, validate
 
@@ -187,15 +188,22 @@ def stepped(e: int, d: BlockDims) -> float:
     return 1e-4 + 1e-8 * macs + (2e-4 if d.mlp_dim > 128 else 0.0)
 
 
-def micro_space() -> Space:
-    from revit.latency.space import micro
+def tiny_grid(heads: tuple[int, ...] = (1,), qk_dim: tuple[int, ...] = (4,),
+              mlp_dim: tuple[int, ...] = (8, 32)) -> WidthGrid:
+    """A grid of a few cells on the tiny setting (two embed widths, one V width)."""
+    axes = {"embed_dim": (16, 32), "heads": heads, "qk_dim": qk_dim, "v_dim": (4,), "mlp_dim": mlp_dim}
+    return WidthGrid("tiny", axes, Setting(**SETTING, depth=2))
+
+
+def micro_grid() -> WidthGrid:
+    from revit.latency.grid import micro
 
     return micro()
 
 
 def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
     b = FakeBackend(stepped)
-    t = build_table(micro_space(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
                     progress=False)
     d = t.metadata["design"]
     assert d["cells_measured"] <= 937 and d["cells_measured"] == b.calls - 1  # + the reference block
@@ -208,8 +216,7 @@ def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
 
 
 def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
-    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4, 8), "v_dim": (4,),
-                           "mlp_dim": (8, 16)}, Setting(**SETTING, depth=2))
+    grid = tiny_grid(qk_dim=(4, 8), mlp_dim=(8, 16))
     s = BuildSettings(passes=2, repeats=2, warmup=0, design="full", reference=False)
     out = tmp_path / "t.json"
 
@@ -225,25 +232,25 @@ def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
 
     first = FakeBackend(lambda e, d: 1.0)
     with pytest.raises(Stop):
-        build_table(space, first, out, s, progress=False, on_measure=stop_after(6))
+        build_table(grid, first, out, s, progress=False, on_measure=stop_after(6))
     header, recs = Journal(journal_path(out)).read()
     assert header["type"] == "header" and len(recs) == 6
     # a crash in the middle of a line: the partial line is dropped, nothing else
     with open(journal_path(out), "a") as f:
         f.write('{"type": "measure", "what": "block", "cel')
     with pytest.raises(ConfigError, match="--resume"):
-        build_table(space, FakeBackend(lambda e, d: 3.0), out, s, progress=False)
+        build_table(grid, FakeBackend(lambda e, d: 3.0), out, s, progress=False)
     with pytest.raises(ConfigError, match="different settings"):
-        build_table(space, FakeBackend(lambda e, d: 3.0), out, BuildSettings(passes=3, repeats=2, warmup=0,
+        build_table(grid, FakeBackend(lambda e, d: 3.0), out, BuildSettings(passes=3, repeats=2, warmup=0,
                     design="full", reference=False), resume=True, progress=False)
     # killed again after 3 more measurements: the journal stays readable (the partial line was dropped)
     with pytest.raises(Stop):
-        build_table(space, FakeBackend(lambda e, d: 3.0), out, s, resume=True, progress=False,
+        build_table(grid, FakeBackend(lambda e, d: 3.0), out, s, resume=True, progress=False,
                     on_measure=stop_after(3))
     _, recs2 = Journal(journal_path(out)).read()
     assert recs2[:6] == recs and len(recs2) == 9
     second = FakeBackend(lambda e, d: 3.0)
-    t = build_table(space, second, out, s, resume=True, progress=False)
+    t = build_table(grid, second, out, s, resume=True, progress=False)
     # 8 cells x 2 passes, + overhead (None here) x 2, + 2 fixed x 2 = 22 measurements; 6 were kept
     first_blocks = [r for r in recs if r["what"] == "block"]
     assert second.calls == 16 - len([r for r in recs2 if r["what"] == "block"])
@@ -258,7 +265,7 @@ def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
 
 def test_validation_of_an_exact_table_has_zero_error(tmp_path: Path) -> None:
     b = FakeBackend(stepped)
-    t = build_table(micro_space(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
                     progress=False)
     r = validate(t, b, 10, noise_k=3, progress=False)
     assert len(r.measured) == 10 and r.mape < 0.01 and r.noise_floor == 0.0
@@ -268,15 +275,14 @@ def test_real_build_and_validate_end_to_end(tmp_path: Path, capsys: pytest.Captu
     """A 4-cell onnxruntime table from a space YAML through the CLI, then query and validate (seconds)."""
     import yaml
 
-    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
-                  Setting(**SETTING, depth=2))
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space.to_dict()))
+    grid = tiny_grid()
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(grid.to_dict()))
     out = tmp_path / "t.json"
     assert main(["latency", "build", "--space", str(tmp_path / "space.yaml"), "--design", "full", "--batch", "4",
                  "--passes", "1", "--repeats", "3", "--warmup", "1", "--out", str(out), "--no-progress"]) == 0
     t = LatencyTable.load(out)
     assert t.metadata["measurement"]["clock"] == "thread" and t.metadata["backend_settings"]["intra_op_threads"] == 1
-    assert t.metadata["space"] == space.to_dict() and t.n_cells == 4
+    assert t.metadata["space"] == grid.to_dict() and t.n_cells == 4
     assert (t.values > 0).all() and t.fixed is not None and t.fixed.setting == SETTING
     capsys.readouterr()
     assert main(["latency", "validate", str(out), "--samples", "3", "--noise-k", "2", "--json", "--no-progress"]) == 0
@@ -323,10 +329,9 @@ class LoadedBackend(FakeBackend):
 
 @pytest.mark.parametrize("reference", [True, False])
 def test_reference_normalisation_removes_common_mode_load(tmp_path: Path, reference: bool) -> None:
-    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1, 2), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
-                  Setting(**SETTING, depth=2))
+    grid = tiny_grid(heads=(1, 2))
     b = LoadedBackend(stepped)
-    t = build_table(space, b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0, design="full",
+    t = build_table(grid, b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0, design="full",
                     reference=reference), progress=False)
     ratios = [t.block_latency(e, BlockDims(h, 4, 4, m)) / stepped(e, BlockDims(h, 4, 4, m))
               for e in (16, 32) for h in (1, 2) for m in (8, 32)]
@@ -353,9 +358,8 @@ class SlowerBackend(LoadedBackend):
 
 def test_remeasured_fixed_parts_are_in_the_tables_units(tmp_path: Path) -> None:
     """Fixed parts timed again on a machine 3x slower (and busy) come out in the units of the old cells."""
-    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1, 2), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
-                  Setting(**SETTING, depth=2))
-    t = build_table(space, LoadedBackend(stepped), tmp_path / "t.json",
+    grid = tiny_grid(heads=(1, 2))
+    t = build_table(grid, LoadedBackend(stepped), tmp_path / "t.json",
                     BuildSettings(passes=1, repeats=1, warmup=0, design="full"), progress=False)
     same = remeasure_fixed(t, SlowerBackend(3.0), passes=2, repeats=2)
     assert same.fixed is not None and t.fixed is not None
@@ -373,7 +377,7 @@ def test_remeasured_fixed_parts_are_in_the_tables_units(tmp_path: Path) -> None:
     more.save(tmp_path / "t2.json")
     assert LatencyTable.load(tmp_path / "t2.json").fixed == more.fixed
     # without a reference the figures are seconds now
-    raw = build_table(space, FakeBackend(stepped), tmp_path / "r.json",
+    raw = build_table(grid, FakeBackend(stepped), tmp_path / "r.json",
                       BuildSettings(passes=1, repeats=1, warmup=0, design="full", reference=False), progress=False)
     class Junction(FakeBackend):
         def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:

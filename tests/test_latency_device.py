@@ -12,7 +12,7 @@ from revit.cli.main import main
 from revit.config import Setting
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency.backends.torch_backend import TorchBackend
-from revit.latency.space import Space
+from revit.latency.grid import WidthGrid
 from revit.latency.table import LatencyTable
 from revit.latency.validate import backend_for_table
 
@@ -20,9 +20,9 @@ SETTING = {"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, "di
 
 
 def test_torch_bf16_table_built_into_a_new_folder_and_validated_on_its_device(tmp_path, capsys):
-    space = Space("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
-                  Setting(**SETTING, depth=2))
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space.to_dict()))
+    grid = WidthGrid("tiny", {"embed_dim": (16, 32), "heads": (1,), "qk_dim": (4,), "v_dim": (4,), "mlp_dim": (8, 32)},
+                     Setting(**SETTING, depth=2))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(grid.to_dict()))
     out = tmp_path / "new" / "deeper" / "t.json"
     assert main(["latency", "build", "--backend", "torch", "--dtype", "bf16", "--space", str(tmp_path / "space.yaml"),
                  "--design", "full", "--batch", "4", "--passes", "1", "--repeats", "3", "--warmup", "1",

@@ -143,10 +143,10 @@ def test_two_train_runs_into_one_new_folder(tmp_path: Path, tiny: Path) -> None:
 HOOK = r"""
 import os, signal, sys
 import revit.train as t
-orig = t._atomic_torch_save
+orig = t.save_torch
 def killed(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
-t._atomic_torch_save = killed
+t.save_torch = killed
 from revit.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -285,7 +285,7 @@ def test_stale_trial_of_dead_worker_failed_and_retried_once(tmp_path):
 
 
 def test_report_groups_mean_std_and_files(tmp_path):
-    from revit.search.report import groups_of, pareto_front, write_report
+    from revit.search.report import config_results, pareto_front, write_report
     from revit.search.runner import run_study
 
     spec = tiny_spec(n_trials=2)
@@ -294,7 +294,7 @@ def test_report_groups_mean_std_and_files(tmp_path):
     for name in ("report.md", "report.json", "accuracy_vs_macs.png", "best_blocks.png", "history.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     uni = [t.user_attrs["test_acc"] for t in ss.trials() if t.user_attrs.get("arm") == "uniform"]
-    g = next(g for g in groups_of(ss.trials()) if g.arm == "uniform")
+    g = next(g for g in config_results(ss.trials()) if g.arm == "uniform")
     assert g.n == 2 and g.mean_std("test_acc") == pytest.approx((statistics.fmean(uni), statistics.stdev(uni)))
     c = summary["comparison"]
     assert c["uniform_n"] == 2 and c["best_n"] == 2  # the best candidate was repeated with seed 1

@@ -70,14 +70,15 @@ def test_uniform_heads_per_emb_sets_the_head_count():
 
 def test_uniform_candidate_is_generated_for_the_budget_like_generate_uniform():
     """A searched uniform trial: sampled head_dim and MLP ratio, EMB solved as `revit generate --uniform`."""
-    from revit.rules import SearchSpace, generate, macs_budget, uniform_rule
+    from revit.rules import GenerationBounds, generate, macs_budget, uniform_rule
     from revit.search.objective import StudyObjective
 
     spec = two_family_spec()
     trial = FixedTrial({"head_dim": 16, "mlp_ratio": 3.0}, number=4)
     trial.set_user_attr("family", "uniform")
     arm = StudyObjective(spec).arm(trial)
-    want = generate(uniform_rule(head_dim=16, mlp_ratio=3.0), macs_budget("200K"), spec.setting, space=SearchSpace())
+    want = generate(uniform_rule(head_dim=16, mlp_ratio=3.0), macs_budget("200K"), spec.setting,
+                    bounds=GenerationBounds())
     assert arm.family == "uniform" and arm.role == "candidate" and arm.config.blocks == want.config.blocks
     assert arm.config.embed_dim == want.config.embed_dim
     assert {(b.qk_dim, b.v_dim) for b in arm.config.blocks} == {(16, 16)}

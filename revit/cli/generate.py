@@ -89,7 +89,7 @@ def _load_table(spec: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     from revit import counting
     from revit.rules import (
-        SearchSpace,
+        GenerationBounds,
         apply_rule,
         generate,
         latency_budget,
@@ -119,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
                             mlp_factor=args.mlp_factor, name=args.name)
     else:
         lo, hi = _factor_range(args.mlp_factor_range)
-        space = SearchSpace(max_embed=args.max_embed_dim, min_mlp_factor=lo, max_mlp_factor=hi,
-                            tolerance=args.tolerance)
+        bounds = GenerationBounds(max_embed=args.max_embed_dim, min_mlp_factor=lo, max_mlp_factor=hi,
+                                  tolerance=args.tolerance)
         if args.latency_ms is not None:
             if not args.table:
                 raise ConfigError("--latency-ms needs --table TABLE.json (a latency table; build one with "
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             budget = latency_budget(args.latency_ms / 1e3, table)
         else:
             budget = macs_budget(args.macs, args.convention)
-        result = generate(rule, budget, setting, granularity=args.granularity, space=space, name=args.name)
+        result = generate(rule, budget, setting, granularity=args.granularity, bounds=bounds, name=args.name)
 
     counting.check_memory(result.config)  # a width no machine here could hold (--embed-dim 1e9)
     notes = [n.text for n in result.notes]

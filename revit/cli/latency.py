@@ -118,19 +118,19 @@ def _make_backend(a: argparse.Namespace) -> Any:
 
 
 def _build(a: argparse.Namespace) -> int:
+    from revit.latency.grid import check_grid_memory, get_grid
     from revit.latency.profiler import BuildSettings, build_table, check_cell_budget, claim_build
-    from revit.latency.space import check_space_memory, get_space
 
     claim_build(a.out, resume=a.resume, overwrite=a.overwrite)  # a run of another kind is named first
     check_output_file(a.out)
-    space = get_space(a.space or a.preset or "micro")
+    grid = get_grid(a.space or a.preset or "micro")
     backend = _make_backend(a)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
                              max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference)
     settings.check()  # every refusal comes before the journal is created
-    check_cell_budget(space, settings)
-    check_space_memory(space, a.batch)
-    table = build_table(space, backend, a.out, settings, resume=a.resume, overwrite=a.overwrite,
+    check_cell_budget(grid, settings)
+    check_grid_memory(grid, a.batch)
+    table = build_table(grid, backend, a.out, settings, resume=a.resume, overwrite=a.overwrite,
                         progress=not a.no_progress)
     d = table.metadata["design"]
     info(f"wrote {a.out}: {table.summary()}")

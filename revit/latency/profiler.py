@@ -14,8 +14,9 @@ Procedure (``design="auto"``):
 Every cell is measured in ``passes`` passes; each pass visits the pending work in a fresh random
 order, so load changes on a shared machine spread over all cells instead of biasing some.  A cell's
 value is the median of its ``passes x repeats`` samples (after ``warmup`` runs per pass); its
-spread is their interquartile range.  Each measurement is appended to ``OUT.journal.jsonl`` as one
-line (written, flushed and fsynced in one call), so a killed build resumes with nothing measured lost.
+spread is their interquartile range (the timing protocol: :mod:`revit.latency.timing`).  Each
+measurement is appended to ``OUT.journal.jsonl`` as one line (written, flushed and fsynced in one
+call), so a killed build resumes with nothing measured lost.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from revit import __version__
 from revit.config import WIDTH_KINDS, BlockDims
 from revit.errors import ConfigError, FileFormatError, RunExistsError
 from revit.latency.backends.base import Backend
-from revit.latency.space import Space
+from revit.latency.grid import WidthGrid
 from revit.latency.table import FixedParts, LatencyTable
+from revit.latency.timing import Reference, time_bracketed
 from revit.runs import FileClaim, claim_output_file, file_kind
 from revit.validation import short
 
@@ -125,14 +127,14 @@ class Journal:
         return recs[0], recs[1:]
 
 
-def pilot_cells(space: Space) -> list[Cell]:
+def pilot_cells(grid: WidthGrid) -> list[Cell]:
     """1-D sweeps of every axis through two anchors: the space's maximum and its middle."""
-    top = tuple(space.axes[a][-1] for a in WIDTH_KINDS)
-    mid = tuple(space.axes[a][len(space.axes[a]) // 2] for a in WIDTH_KINDS)
+    top = tuple(grid.axes[a][-1] for a in WIDTH_KINDS)
+    mid = tuple(grid.axes[a][len(grid.axes[a]) // 2] for a in WIDTH_KINDS)
     cells: list[Cell] = []
     for anchor in (top, mid):
         for j, a in enumerate(WIDTH_KINDS):
-            for v in space.axes[a]:
+            for v in grid.axes[a]:
                 c = list(anchor)
                 c[j] = v
                 t = (c[0], c[1], c[2], c[3], c[4])
@@ -168,30 +170,30 @@ def _greedy_knots(xs: list[int], curves: list[np.ndarray], tol: float) -> list[i
         knots.add(where)
 
 
-def check_cell_budget(space: Space, s: BuildSettings) -> None:
+def check_cell_budget(grid: WidthGrid, s: BuildSettings) -> None:
     """Refuse (before any journal exists) a cell budget that no design can meet."""
     if s.design == "full":
-        if space.full_grid_cells > s.max_cells:
-            raise ConfigError(f"the full grid of space {space.name} has {space.full_grid_cells} cells > --max-cells "
+        if grid.full_grid_cells > s.max_cells:
+            raise ConfigError(f"the full grid of space {grid.name} has {grid.full_grid_cells} cells > --max-cells "
                               f"{s.max_cells}; use --design auto or raise --max-cells")
         return
-    least = int(np.prod([min(2, len(v)) for v in space.axes.values()]))  # each axis keeps its two ends
-    pilot = len(pilot_cells(space))
+    least = int(np.prod([min(2, len(v)) for v in grid.axes.values()]))  # each axis keeps its two ends
+    pilot = len(pilot_cells(grid))
     if least + pilot > s.max_cells:
-        raise ConfigError(f"space {space.name} needs at least {least + pilot} cells ({pilot} pilot cells and the two "
+        raise ConfigError(f"space {grid.name} needs at least {least + pilot} cells ({pilot} pilot cells and the two "
                           f"ends of every axis) > --max-cells {s.max_cells}; raise --max-cells")
 
 
-def choose_knots(space: Space, values: dict[Cell, float], noise: float, tol: float,
+def choose_knots(grid: WidthGrid, values: dict[Cell, float], noise: float, tol: float,
                  budget: int) -> tuple[dict[str, tuple[int, ...]], float]:
     """Knots per axis from the pilot sweeps; raises the tolerance until the grid fits ``budget`` cells."""
-    top = tuple(space.axes[a][-1] for a in WIDTH_KINDS)
-    mid = tuple(space.axes[a][len(space.axes[a]) // 2] for a in WIDTH_KINDS)
+    top = tuple(grid.axes[a][-1] for a in WIDTH_KINDS)
+    mid = tuple(grid.axes[a][len(grid.axes[a]) // 2] for a in WIDTH_KINDS)
     tol = max(tol, 2 * noise)
     while True:
         knots: dict[str, tuple[int, ...]] = {}
         for j, a in enumerate(WIDTH_KINDS):
-            xs = list(space.axes[a])
+            xs = list(grid.axes[a])
             curves = []
             for anchor in (top, mid):
                 ys = []
@@ -205,7 +207,7 @@ def choose_knots(space: Space, values: dict[Cell, float], noise: float, tol: flo
         if n <= budget:
             return knots, tol
         if all(len(v) <= 2 for v in knots.values()):
-            raise ConfigError(f"no design of space {space.name} fits {budget} cells (the axis ends alone need {n})")
+            raise ConfigError(f"no design of space {grid.name} fits {budget} cells (the axis ends alone need {n})")
         tol *= 1.25
 
 
@@ -257,25 +259,25 @@ def _key(what: str, cell: Any) -> tuple[Any, ...]:
     return (what,)
 
 
-def _workload(backend: Backend, key: tuple[Any, ...], space: Space, batch: int) -> Any:
+def _workload(backend: Backend, key: tuple[Any, ...], grid: WidthGrid, batch: int) -> Any:
     if key[0] == "block":
         e, h, q, v, m = key[1:]
-        return backend.block(e, BlockDims(h, q, v, m), space.tokens, batch)
+        return backend.block(e, BlockDims(h, q, v, m), grid.tokens, batch)
     if key[0] == "fixed":
-        return backend.fixed(space.setting.fixed_parts(), key[1], batch)
-    top_e = space.axes["embed_dim"][-1]
-    return backend.overhead(space.tokens, top_e, batch)
+        return backend.fixed(grid.setting.fixed_parts(), key[1], batch)
+    top_e = grid.axes["embed_dim"][-1]
+    return backend.overhead(grid.tokens, top_e, batch)
 
 
-def reference_cell(space: Space) -> Cell:
+def reference_cell(grid: WidthGrid) -> Cell:
     """The block timed around every measurement to remove common-mode load: the space's middle."""
-    c = tuple(space.axes[a][len(space.axes[a]) // 2] for a in WIDTH_KINDS)
+    c = tuple(grid.axes[a][len(grid.axes[a]) // 2] for a in WIDTH_KINDS)
     return (c[0], c[1], c[2], c[3], c[4])
 
 
-def _header(space: Space, backend: Backend, s: BuildSettings) -> dict[str, Any]:
+def _header(grid: WidthGrid, backend: Backend, s: BuildSettings) -> dict[str, Any]:
     info = backend.info()
-    return {"type": "header", "schema": "revit/latency-build-journal/v1", "space": space.to_dict(),
+    return {"type": "header", "schema": "revit/latency-build-journal/v1", "space": grid.to_dict(),
             "backend": info, "clock": backend.clock_name, "settings": s.to_dict(), "revit_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
@@ -303,7 +305,7 @@ def claim_build(out: str | os.PathLike[str], *, resume: bool = False, overwrite:
                              resume=resume, overwrite=overwrite)
 
 
-def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], settings: BuildSettings | None = None,
+def build_table(grid: WidthGrid, backend: Backend, out: str | os.PathLike[str], settings: BuildSettings | None = None,
                 *, resume: bool = False, overwrite: bool = False, progress: bool = True,
                 on_measure: Callable[[int], None] | None = None) -> LatencyTable:
     """Measure ``space`` on ``backend`` and write the table to ``out`` (see the module docstring).
@@ -312,17 +314,17 @@ def build_table(space: Space, backend: Backend, out: str | os.PathLike[str], set
     """
     s = settings or BuildSettings()
     s.check()
-    check_cell_budget(space, s)
+    check_cell_budget(grid, s)
     claim = claim_build(out, resume=resume, overwrite=overwrite)
     claim.begin()  # creates and locks the journal (never through a symlink)
     try:
-        header, state = _open_journal(claim.journal, _header(space, backend, s), resume)
-        m = _Measurer(space, backend, s, state, Journal(claim.journal), progress, on_measure)
-        knots, design_info = _design(space, s, state, m)
-        grid = [tuple(c) for c in itertools.product(*(knots[a] for a in WIDTH_KINDS))]
+        header, state = _open_journal(claim.journal, _header(grid, backend, s), resume)
+        m = _Measurer(grid, backend, s, state, Journal(claim.journal), progress, on_measure)
+        knots, design_info = _design(grid, s, state, m)
+        cells = [tuple(c) for c in itertools.product(*(knots[a] for a in WIDTH_KINDS))]
         fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
-        m.run([("overhead",)] + [("block", *c) for c in grid] + fixed_keys, "grid")
-        table = _assemble(space, s, state, header, knots, design_info, m.ref_cell, str(out))
+        m.run([("overhead",)] + [("block", *c) for c in cells] + fixed_keys, "grid")
+        table = _assemble(grid, s, state, header, knots, design_info, m.ref_cell, str(out))
         table.save(out)
     except BaseException:
         claim.abandon()  # a journal without a measurement is removed; one with measurements stays to resume
@@ -355,19 +357,13 @@ def _open_journal(journal: Path, header: dict[str, Any], resume: bool) -> tuple[
 class _Measurer:
     """Times workloads pass by pass in random order, journals every sample, brackets each by the reference."""
 
-    def __init__(self, space: Space, backend: Backend, s: BuildSettings, state: _State, journal: Journal,
+    def __init__(self, grid: WidthGrid, backend: Backend, s: BuildSettings, state: _State, journal: Journal,
                  progress: bool, on_measure: Callable[[int], None] | None) -> None:
-        self.space, self.backend, self.s, self.state, self.journal = space, backend, s, state, journal
+        self.grid, self.backend, self.s, self.state, self.journal = grid, backend, s, state, journal
         self.progress, self.on_measure, self.count = progress, on_measure, 0
-        self.ref_cell = reference_cell(space)
-        self.ref_w = None
-        if s.reference:
-            self.ref_w = _workload(backend, ("block", *self.ref_cell), space, s.batch)
-            self.ref_w.time(max(s.warmup, 1))
-
-    def ref_time(self) -> float:
-        assert self.ref_w is not None
-        return float(np.median(self.ref_w.time(self.s.reference_runs)))
+        self.ref_cell = reference_cell(grid)
+        self.ref = (Reference(_workload(backend, ("block", *self.ref_cell), grid, s.batch), s.reference_runs, s.warmup)
+                    if s.reference else None)
 
     def run(self, keys: Iterable[tuple[Any, ...]], label: str) -> None:
         """Measure every key not yet measured in every pass (what the journal holds is skipped)."""
@@ -391,17 +387,12 @@ class _Measurer:
 
     def measure(self, k: tuple[Any, ...], p: int) -> None:
         t0 = time.perf_counter()
-        w = _workload(self.backend, k, self.space, self.s.batch)
+        w = _workload(self.backend, k, self.grid, self.s.batch)
         ref: list[float] = []
         if w is None:
             samples = [0.0]
         else:
-            w.time(self.s.warmup)
-            if self.ref_w is not None:
-                ref.append(self.ref_time())
-            samples = w.time(self.s.repeats)
-            if self.ref_w is not None:
-                ref.append(self.ref_time())
+            samples, ref = time_bracketed(w, self.s.warmup, self.s.repeats, self.ref)
             w.close()
         rec = {"type": "measure", "what": k[0], "cell": list(k[1:]) if k[0] == "block" else
                (k[1] if k[0] == "fixed" else None), "pass": p, "samples": samples,
@@ -415,25 +406,25 @@ class _Measurer:
             self.on_measure(self.count)
 
 
-def _design(space: Space, s: BuildSettings, state: _State, m: _Measurer) -> tuple[dict[str, Any], dict[str, Any]]:
+def _design(grid: WidthGrid, s: BuildSettings, state: _State, m: _Measurer) -> tuple[dict[str, Any], dict[str, Any]]:
     """The knots per axis: the full grid, the journal's design, or an auto design from pilot sweeps."""
     if s.design == "full":  # its size was checked by check_cell_budget
-        return dict(space.axes), {"design": "full"}
+        return dict(grid.axes), {"design": "full"}
     if state.design is not None:
         return ({a: tuple(v) for a, v in state.design["knots"].items()},
                 {k: v for k, v in state.design.items() if k != "type"})
-    pilot = pilot_cells(space)
+    pilot = pilot_cells(grid)
     m.run([("overhead",)] + [("block", *c) for c in pilot], "pilot sweeps")
     pv = {c: state.median(("block", *c)) for c in pilot}
     noise = float(np.median([state.value_noise(("block", *c)) / max(pv[c], 1e-12) for c in pilot]))
-    knots, tol = choose_knots(space, pv, noise, s.tol, s.max_cells - len(pilot))
+    knots, tol = choose_knots(grid, pv, noise, s.tol, s.max_cells - len(pilot))
     design_info = {"design": "auto", "knots": {a: list(v) for a, v in knots.items()}, "pilot_cells": len(pilot),
                    "pilot_noise": round(noise, 5), "tol_used": round(tol, 5)}
     m.journal.append({"type": "design", **design_info})
     return knots, design_info
 
 
-def _assemble(space: Space, s: BuildSettings, state: _State, header: dict[str, Any], knots: dict[str, Any],
+def _assemble(grid: WidthGrid, s: BuildSettings, state: _State, header: dict[str, Any], knots: dict[str, Any],
               design_info: dict[str, Any], ref_cell: Cell, source: str) -> LatencyTable:
     """The table from the measurements: block values less the call overhead, spreads, fixed parts, metadata."""
     overhead = state.median(("overhead",)) if ("overhead",) in state.samples else 0.0
@@ -445,14 +436,14 @@ def _assemble(space: Space, s: BuildSettings, state: _State, header: dict[str, A
         values[idx] = max(state.median(("block", *c)) - overhead, 0.0)
         spread[idx] = state.iqr(("block", *c))
     fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
-    fixed = FixedParts(setting=space.setting.fixed_parts(), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
+    fixed = FixedParts(setting=grid.setting.fixed_parts(), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
                        values=tuple(state.median(k) for k in fixed_keys),
                        spread=tuple(state.iqr(k) for k in fixed_keys))
     measured = len({k for k in state.samples if k[0] == "block"})
     info = header["backend"]
     metadata = {
         "device": info["device"], "backend": info["backend"], "backend_version": info["backend_version"],
-        "dtype": info["dtype"], "batch_size": s.batch, "tokens": space.tokens,
+        "dtype": info["dtype"], "batch_size": s.batch, "tokens": grid.tokens,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "revit_version": __version__,
         "measurement": {"warmup": s.warmup, "repeats": s.repeats, "passes": s.passes,
                         "statistic": "median of passes x repeats samples", "spread": "interquartile range (s)",
@@ -466,70 +457,11 @@ def _assemble(space: Space, s: BuildSettings, state: _State, header: dict[str, A
                                     "common-mode load changes on a shared machine)"}},
         "backend_settings": {k: v for k, v in info.items()
                              if k not in ("backend", "backend_version", "device", "dtype")},
-        "space": space.to_dict(),
-        "design": {**design_info, "cells_measured": measured, "full_grid_cells": space.full_grid_cells,
+        "space": grid.to_dict(),
+        "design": {**design_info, "cells_measured": measured, "full_grid_cells": grid.full_grid_cells,
                    "nvit_cells": NVIT_CELLS, "ratio_to_nvit": round(measured / NVIT_CELLS, 4),
-                   "ratio_to_full_grid": round(measured / space.full_grid_cells, 5),
+                   "ratio_to_full_grid": round(measured / grid.full_grid_cells, 5),
                    "build_time_s": round(state.seconds, 1), "max_cells": s.max_cells},
     }
     return LatencyTable({a: knots[a] for a in WIDTH_KINDS}, values, metadata=metadata, spread=spread, fixed=fixed,
                         source=source)
-
-
-def remeasure_fixed(table: LatencyTable, backend: Backend, *, passes: int = 5, repeats: int | None = None,
-                    warmup: int | None = None, seed: int = 0, note: str = "") -> LatencyTable:
-    """``table`` with its fixed parts measured again on ``backend``, its cells untouched.
-
-    For a table built before the fixed-part graph changed (see :func:`revit.latency.graphs.fixed_graph`).
-    With a reference block in the metadata, every sample is divided by the reference timed just before
-    and after it and multiplied by the table's reference median, as the build did: the new fixed parts
-    are in the units of the old cells however busy the machine is now.  Without a reference they are
-    seconds now.  ``measurement.fixed_remeasured`` in the metadata records when, how and why.
-    """
-    if table.fixed is None:
-        raise ConfigError(f"{table.source}: the table has no fixed parts to measure again")
-    if passes < 1 or (repeats is not None and repeats < 1):
-        raise ConfigError("passes and repeats must be >= 1")
-    meas = dict(table.metadata.get("measurement") or {})
-    warmup = int(meas.get("warmup", 2)) if warmup is None else warmup
-    repeats = int(meas.get("repeats", 5)) if repeats is None else repeats
-    ref = meas.get("reference")
-    batch, setting = table.batch_size, dict(table.fixed.setting)
-    ref_w = None
-    if ref:
-        c = ref["cell"]
-        ref_w = backend.block(int(c["embed_dim"]), BlockDims(int(c["heads"]), int(c["qk_dim"]), int(c["v_dim"]),
-                                                             int(c["mlp_dim"])), table.tokens, batch)
-        ref_w.time(max(warmup, 1))
-    runs = int(ref.get("runs", 3)) if ref else 0
-
-    def ref_time() -> float:
-        return float(np.median(ref_w.time(runs))) if ref_w is not None else 1.0
-
-    knots = [int(e) for e in table.fixed.embed_dim]
-    ratios: dict[int, list[float]] = {e: [] for e in knots}
-    rng = random.Random(seed)
-    for _ in range(passes):
-        order = knots[:]
-        rng.shuffle(order)
-        for e in order:
-            w = backend.fixed(setting, e, batch)
-            w.time(warmup)
-            r0 = ref_time()
-            t = w.time(repeats)
-            r = (r0 + ref_time()) / 2
-            w.close()
-            ratios[e] += [x / r for x in t]
-    if ref_w is not None:
-        ref_w.close()
-    scale = float(ref["median_s"]) if ref else 1.0
-    fixed = FixedParts(setting=setting, embed_dim=table.fixed.embed_dim,
-                       values=tuple(float(np.median(ratios[e])) * scale for e in knots),
-                       spread=tuple(float(np.subtract(*np.percentile(ratios[e], [75, 25]))) * scale for e in knots))
-    info = backend.info()
-    meas["fixed_remeasured"] = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                                "revit_version": __version__, "passes": passes, "repeats": repeats, "warmup": warmup,
-                                "device": info["device"], "backend_version": info["backend_version"],
-                                "normalised": bool(ref), "note": note}
-    return LatencyTable(table.axes, table.values, metadata={**table.metadata, "measurement": meas},
-                        spread=table.spread, fixed=fixed, fixed_note=table.fixed_note, source=table.source)

@@ -1,8 +1,8 @@
 """Validate a table against whole-model measurements: random configs, predicted vs measured.
 
 Configs are drawn inside the table's range on the space's granularity (so almost all are off the
-grid and none was measured while building).  Each model is timed with the table's protocol
-(warm-up, repeats, passes in random order).  One config is additionally measured as ``noise_k``
+grid and none was measured while building).  Each model is timed with the table's protocol (warm-up,
+repeats, passes in random order: :mod:`revit.latency.timing`).  One config is additionally measured as ``noise_k``
 independent copies in the same run: the spread of those copies is the *noise floor*, the error
 a perfect predictor would still show on this machine at this moment.
 
@@ -26,6 +26,7 @@ from revit.config import WIDTH_KINDS, BlockDims, ViTConfig
 from revit.errors import ConfigError
 from revit.latency.backends import BACKENDS, Backend, Workload
 from revit.latency.table import LatencyTable
+from revit.latency.timing import Reference, ref_level, shuffled_passes, time_bracketed
 
 
 def backend_for_table(table: LatencyTable) -> Backend:
@@ -172,40 +173,27 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
 
     items = list(range(len(cfgs))) + [-(k + 1) for k in range(noise_k if cfgs else 0)]
     ref_info = meas.get("reference")
-    ref_w = None
-    if ref_info:
-        c = ref_info["cell"]
-        ref_w = backend.block(int(c["embed_dim"]), BlockDims(int(c["heads"]), int(c["qk_dim"]), int(c["v_dim"]),
-                                                             int(c["mlp_dim"])), table.tokens, batch)
-        ref_w.time(max(warmup, 1))
-    ref_runs = int(ref_info.get("runs", 3)) if ref_info else 0
+    ref = Reference.of_table(table, backend, warmup)
     with tempfile.TemporaryDirectory() as tmp:
         loads = {i: _model_workload(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
                  for i in items}
         got: dict[int, list[float]] = {i: [] for i in items}
         ratio: dict[int, list[float]] = {i: [] for i in items}
         bar = tqdm(total=len(items) * passes, desc="validate", unit="model", disable=not progress, leave=False)
-        rng = random.Random(seed)
-        for _ in range(passes):
-            order = items[:]
-            rng.shuffle(order)
-            for i in order:
-                w = loads[i]
-                w.time(warmup)
-                r0 = float(np.median(ref_w.time(ref_runs))) if ref_w is not None else 1.0
-                t = w.time(repeats)
-                r1 = float(np.median(ref_w.time(ref_runs))) if ref_w is not None else 1.0
-                got[i] += t
-                ratio[i] += [x / ((r0 + r1) / 2) for x in t]
-                bar.update(1)
+        for i in shuffled_passes(items, passes, seed):
+            t, refs = time_bracketed(loads[i], warmup, repeats, ref)
+            got[i] += t
+            r = ref_level(refs)
+            ratio[i] += [x / r for x in t]
+            bar.update(1)
         bar.close()
         for w in loads.values():
             w.close()
     raw = [float(np.median(got[i])) for i in range(len(cfgs))]
     raw_noise = [float(np.median(got[i])) for i in items if i < 0]
-    if ref_w is None:
+    if ref is None:
         return ValidationResult(cfgs, predicted, raw, raw_noise, time.perf_counter() - t_start, raw, raw_noise)
-    ref_w.close()
+    ref.close()
     assert ref_info is not None
     scale = float(ref_info["median_s"])
     measured = [float(np.median(ratio[i])) * scale for i in range(len(cfgs))]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from revit._io import atomic_output
 from revit.config import BlockDims, ViTConfig
 from revit.errors import CheckpointError
 
@@ -176,22 +177,21 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], heads: int | list[int
                      class_token=class_token, qkv_bias="blocks.0.attn.qkv.bias" in sd,
                      init_values=init_values if "blocks.0.ls1.gamma" in sd else None, no_embed_class=no_embed_class)
 
+
 def save_weights(weights: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,
                  hint: str | None = None) -> None:
     """Write a model's (or a state dict's) tensors as safetensors on the CPU, atomically: the one safetensors
     writer (a full or read-only disk is one OutputError line, with ``hint`` as the fix when given)."""
     from safetensors.torch import save_file
 
-    from revit._io import atomic_output
-    from revit.errors import OutputError
-
     sd = weights.state_dict() if isinstance(weights, nn.Module) else weights
     tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-    try:
-        with atomic_output(path) as tmp:
-            save_file(tensors, str(tmp))
-    except OutputError as e:
-        if hint is None:
-            raise
-        raise OutputError(e.message, hint=hint) from None
+    with atomic_output(path, hint=hint) as tmp:
+        save_file(tensors, str(tmp))
 
+
+def save_torch(obj: Any, path: str | os.PathLike[str], *, hint: str | None = None) -> None:
+    """``torch.save`` ``obj`` (a run's resumable state, a training checkpoint) atomically: the one torch.save
+    writer (a full or read-only disk is one OutputError line, with ``hint`` as the fix when given)."""
+    with atomic_output(path, hint=hint) as tmp:
+        torch.save(obj, tmp)

@@ -26,11 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from revit import counting
-from revit._io import RESUME_HINT, atomic_write_text, save_atomic
+from revit._io import RESUME_HINT, atomic_write_text
 from revit.config import ViTConfig
 from revit.cost import LatencyTableLike
 from revit.errors import CheckpointError, ConfigError, RevitError
-from revit.models.checkpoint import save_weights
+from revit.models.checkpoint import save_torch, save_weights
 from revit.prune.criteria import CRITERIA
 from revit.prune.global_pruner import GlobalPruner
 from revit.prune.policy import Schedule, Target
@@ -249,7 +249,7 @@ class PruneRun:
         if self.rank != 0:
             return
         state = self._state()
-        save_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
+        save_torch(state, self.state_path, hint=RESUME_HINT)
 
     def _load_state(self) -> None:
         from revit.safe_load import torch_load

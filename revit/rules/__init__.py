@@ -10,7 +10,7 @@ from revit.rules.base import FAMILIES, DomainNote, NamedRule, ParamSpec, RuleFam
 from revit.rules.generate import (
     Budget,
     Generated,
-    SearchSpace,
+    GenerationBounds,
     apply_rule,
     generate,
     latency_budget,
@@ -19,7 +19,7 @@ from revit.rules.generate import (
 from revit.rules.rule import Rule, family_rules, load_rule, shipped_rules, uniform_rule
 
 __all__ = [
-    "FAMILIES", "Budget", "DomainNote", "Generated", "Granularity", "NamedRule", "ParamSpec", "Rule", "RuleFamily",
-    "SearchSpace", "Setting", "apply_rule", "family_rules", "generate", "get_family", "latency_budget", "load_rule",
-    "macs_budget", "shipped_rules", "uniform_rule",
+    "FAMILIES", "Budget", "DomainNote", "Generated", "GenerationBounds", "Granularity", "NamedRule", "ParamSpec",
+    "Rule", "RuleFamily", "Setting", "apply_rule", "family_rules", "generate", "get_family", "latency_budget",
+    "load_rule", "macs_budget", "shipped_rules", "uniform_rule",
 ]

@@ -457,7 +457,7 @@ def plot_fit(result: FitResult, path: str | os.PathLike[str], title: str | None 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from revit._io import atomic_write_bytes
+    from revit._io import atomic_output
 
     fam = result.rule.family_obj
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
@@ -487,9 +487,8 @@ def plot_fit(result: FitResult, path: str | os.PathLike[str], title: str | None 
     band = f", band {100 * boot.level:g}% bootstrap" if boot else ""
     fig.suptitle(title or f"{result.rule.family} fit: dots observed, line fitted{band}, x rounded")
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)

@@ -65,8 +65,9 @@ def latency_budget(seconds: float, table: LatencyTableLike) -> Budget:
 
 
 @dataclass(frozen=True)
-class SearchSpace:
-    """Where generation may look: embedding widths and the MLP factor interval; the tolerance."""
+class GenerationBounds:
+    """The bounds of generation for a budget: the embedding widths and the MLP factor interval it may use, and
+    the largest gap to the budget it accepts (the tolerance)."""
 
     min_embed: int | None = None  # default: the embed granularity
     max_embed: int = 2048
@@ -159,15 +160,16 @@ def apply_rule(rule: Rule | str, embed_dim: int, setting: Setting | str = Settin
 class _Search:
     """Cached cost evaluations over (embed width, MLP factor step) for one rule and setting."""
 
-    def __init__(self, rule: Rule, setting: Setting, gran: Granularity, budget: Budget, space: SearchSpace) -> None:
-        self.rule, self.setting, self.gran, self.budget, self.space = rule, setting, gran, budget, space
-        lo = space.min_embed or gran.embed_dim
+    def __init__(self, rule: Rule, setting: Setting, gran: Granularity, budget: Budget,
+                 bounds: GenerationBounds) -> None:
+        self.rule, self.setting, self.gran, self.budget, self.bounds = rule, setting, gran, budget, bounds
+        lo = bounds.min_embed or gran.embed_dim
         lo = -(-lo // gran.embed_dim) * gran.embed_dim
-        if space.max_embed < lo:
-            raise ConfigError(f"max embed width {space.max_embed} is below the smallest one {lo}")
-        self.grid = list(range(lo, space.max_embed + 1, gran.embed_dim))
-        self.k_min = math.ceil(space.min_mlp_factor * FACTOR_STEP - 1e-9)
-        self.k_max = math.floor(space.max_mlp_factor * FACTOR_STEP + 1e-9)
+        if bounds.max_embed < lo:
+            raise ConfigError(f"max embed width {bounds.max_embed} is below the smallest one {lo}")
+        self.grid = list(range(lo, bounds.max_embed + 1, gran.embed_dim))
+        self.k_min = math.ceil(bounds.min_mlp_factor * FACTOR_STEP - 1e-9)
+        self.k_max = math.floor(bounds.max_mlp_factor * FACTOR_STEP + 1e-9)
         self._cache: dict[tuple[int, int], float] = {}
 
     def config(self, e: int, k: int) -> ViTConfig:
@@ -185,7 +187,7 @@ class _Search:
 
     def within(self, c: float) -> bool:
         """Whether cost ``c`` is within the tolerance of the budget."""
-        return abs(c / self.budget.value - 1) <= self.space.tolerance
+        return abs(c / self.budget.value - 1) <= self.bounds.tolerance
 
     def ok(self, e: int, k: int) -> bool:
         return not math.isnan(self.cost(e, k))
@@ -263,17 +265,18 @@ def as_setting(setting: Setting | str) -> Setting:
 
 
 def generate(rule: Rule | str, budget: Budget | str | float, setting: Setting | str = Setting(), *,
-             granularity: Any = None, space: SearchSpace = SearchSpace(), name: str | None = None) -> Generated:
-    """The rule's config whose cost is within ``space.tolerance`` of ``budget``.
+             granularity: Any = None, bounds: GenerationBounds = GenerationBounds(),
+             name: str | None = None) -> Generated:
+    """The rule's config whose cost is within ``bounds.tolerance`` of ``budget``.
 
     ``rule``, ``budget`` and ``setting`` may be given as the CLI takes them: ``generate('paper', '1.3G')``,
     ``generate('paper', '150M', 'micro')``; anything else is a :class:`ConfigError`.  Raises
     :class:`BudgetError` naming the limit when the budget is below the smallest or above the largest
-    legal config of the search space (or, rarely, falls in a gap of the rounding).
+    legal config within ``bounds`` (or, rarely, falls in a gap of the rounding).
     """
     rule, budget, setting = as_rule(rule), as_budget(budget), as_setting(setting)
     gran = rule.resolve_granularity(setting.img_size, granularity)
-    s = _Search(rule, setting, gran, budget, space)
+    s = _Search(rule, setting, gran, budget, bounds)
     i_lo, i_hi = _reachable(s)
     pivot = _pivot(s, i_lo, i_hi)
     # the rule as written (factor 1) when it already meets the budget
@@ -284,7 +287,7 @@ def generate(rule: Rule | str, budget: Budget | str | float, setting: Setting | 
     # otherwise walk outward on both sides; the first hit on a side has that side's factor nearest 1
     hits = [hit for direction in (+1, -1) if (hit := _walk(s, pivot, direction, i_lo, i_hi)) is not None]
     if not hits:
-        raise BudgetError(f"no config of rule {rule.name!r} is within {100 * space.tolerance:g}% of "
+        raise BudgetError(f"no config of rule {rule.name!r} is within {100 * bounds.tolerance:g}% of "
                           f"{budget.fmt(budget.value)} (a gap of the rounding); try another budget, granularity "
                           "or MLP factor range")
     _, _, e, k = min(hits)
@@ -294,7 +297,7 @@ def generate(rule: Rule | str, budget: Budget | str | float, setting: Setting | 
 def _reachable(s: _Search) -> tuple[int, int]:
     """Grid indices of the narrowest and widest costable widths; BudgetError when the budget is out of reach."""
     valid = _valid_ends(s)
-    b, tol, rule = s.budget.value, s.space.tolerance, s.rule.name
+    b, tol, rule = s.budget.value, s.bounds.tolerance, s.rule.name
     if not valid:
         raise BudgetError(f"no config of rule {rule!r} with EMB {s.grid[0]}..{s.grid[-1]} can be costed "
                           "(outside the latency table's measured range)")
@@ -332,7 +335,7 @@ def _pivot(s: _Search, lo: int, hi: int) -> int:
 
 def _walk(s: _Search, pivot: int, direction: int, i_lo: int, i_hi: int) -> tuple[float, float, int, int] | None:
     """The first width from ``pivot`` in ``direction`` with a factor that meets the budget, as a sort key."""
-    b, tol = s.budget.value, s.space.tolerance
+    b, tol = s.budget.value, s.bounds.tolerance
     i = pivot + 1 if direction > 0 else pivot
     while i_lo <= i <= i_hi:
         e = s.grid[i]

@@ -60,12 +60,12 @@ def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, na
               space: FamilySpace | None = None) -> Any:
     """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family):
     what a trial of that family (or a baseline) trains."""
-    from revit.rules import SearchSpace, generate
+    from revit.rules import GenerationBounds, generate
 
     fs = space or spec.spaces[0]
-    knobs = SearchSpace(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
+    bounds = GenerationBounds(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
     return generate(rule, _budget(spec, budget_value, table), spec.setting, granularity=fs.granularity,
-                    space=knobs, name=name)
+                    bounds=bounds, name=name)
 
 
 def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace | None = None) -> Any:

@@ -1,8 +1,8 @@
 """Study report: a markdown table, a JSON summary and PNG plots from any storage.
 
-Trials are grouped by their ``group`` tag (a candidate and its repeats with other seeds; a baseline
-arm at one budget), and each group gets mean and standard deviation over its seeds of the held-out
-(validation, used for selection) and test top-1.  Each searched family's best config is chosen on
+Trials are gathered by their ``group`` tag into one :class:`ConfigResult` per config (a candidate and
+its repeats with other seeds; a baseline arm at one budget), with mean and standard deviation over its
+seeds of the held-out (validation, used for selection) and test top-1.  Each searched family's best config is chosen on
 held-out top-1 (:func:`family_bests`); every family's best and every baseline is compared with the
 reference - the best *searched* uniform config, or the uniform baseline when no uniform family is
 searched - by Welch's t-test over seeds on test top-1 (never used for selection): difference of the
@@ -27,23 +27,23 @@ from revit.search import attrs as A
 from revit.search.attrs import trial_ref
 from revit.search.report_plots import _accuracy_plot, _blocks_plot, _colors, _comparison_plot, _history_plot
 from revit.search.results import (
-    Group,
+    ConfigResult,
     Welch,
     best_candidate,
-    best_rule_group,
+    best_rule_result,
     compare,
+    config_results,
     family_bests,
-    groups_of,
     pareto_front,
     pm,
-    reference_group,
+    reference_result,
     welch,
 )
 from revit.search.spec import StudySpec
 from revit.search.studies import BASELINES, StudySet, part_name
 
-__all__ = ["Group", "Welch", "best_candidate", "best_rule_group", "compare", "dashboard_hint", "family_bests",
-           "groups_of", "pareto_front", "reference_group", "welch", "write_report"]
+__all__ = ["ConfigResult", "Welch", "best_candidate", "best_rule_result", "compare", "config_results", "dashboard_hint",
+           "family_bests", "pareto_front", "reference_result", "welch", "write_report"]
 
 
 def dashboard_hint(url: str) -> str:
@@ -67,15 +67,15 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     trials = study.trials()
-    groups = groups_of(trials)
+    results = config_results(trials)
     url = storage_url or study.url
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    bests = family_bests(groups)
-    baselines = [g for g in groups if g.role == A.BASELINE]
-    ref = reference_group(spec, bests, baselines)
-    best = best_rule_group(spec, bests) or best_candidate(groups)
+    bests = family_bests(results)
+    baselines = [g for g in results if g.role == A.BASELINE]
+    ref = reference_result(spec, bests, baselines)
+    best = best_rule_result(spec, bests) or best_candidate(results)
     head = compare(best, ref) if best is not None and ref is not None and best is not ref else None
     arms = [*bests.values(), *[g for g in baselines if g not in bests.values()]]
     rivals = [g for g in arms if g is not ref]
@@ -83,13 +83,13 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
     plots = {"accuracy_vs_macs": out_dir / "accuracy_vs_macs.png", "comparison": out_dir / "comparison.png",
              "best_blocks": out_dir / "best_blocks.png", "history": out_dir / "history.png"}
     title = f"study {spec.name}: budget {spec.budget.describe()}"
-    colors = _colors(groups, spec.family_names)
-    _accuracy_plot(trials, groups, plots["accuracy_vs_macs"], title, colors)
+    colors = _colors(results, spec.family_names)
+    _accuracy_plot(trials, results, plots["accuracy_vs_macs"], title, colors)
     if ref is not None and arms:
         _comparison_plot(arms, ref, head, colors, plots["comparison"], title)
     else:
         del plots["comparison"]
-    shown = [g for g in groups if g.role == A.CANDIDATE][:top]
+    shown = [g for g in results if g.role == A.CANDIDATE][:top]
     shown += [g for g in bests.values() if g not in shown]
     _blocks_plot(shown + baselines, plots["best_blocks"],
                  f"per-block widths: best candidates and baselines ({spec.name})")
@@ -106,7 +106,7 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
         lines += _comparison(best, ref, head, summary)
     if ref is not None:
         lines += _versus_reference(rivals, ref, summary)
-    lines += _configs_table(groups, summary)
+    lines += _configs_table(results, summary)
     lines += _blocks_table(shown + baselines)
     for fam, g in bests.items():
         if g.first.params:
@@ -144,7 +144,7 @@ def _header(spec: StudySpec, url: str, n_trials: int, states: dict[str, int]) ->
             "*test* = the dataset's own test set (never used for selection); mean ± std over seeds", ""]
 
 
-def _comparison(best: Group, ref: Group, head: Welch | None, summary: dict[str, Any]) -> list[str]:
+def _comparison(best: ConfigResult, ref: ConfigResult, head: Welch | None, summary: dict[str, Any]) -> list[str]:
     """The headline: the best rule-generated config against the best uniform one (or the uniform baseline)."""
     bv, uv = best.mean_std(A.TEST_ACC), ref.mean_std(A.TEST_ACC)
     bh, uh = best.mean_std(A.VAL_ACC), ref.mean_std(A.VAL_ACC)
@@ -171,7 +171,7 @@ def _comparison(best: Group, ref: Group, head: Welch | None, summary: dict[str, 
     return lines
 
 
-def _versus_reference(rivals: list[Group], ref: Group, summary: dict[str, Any]) -> list[str]:
+def _versus_reference(rivals: list[ConfigResult], ref: ConfigResult, summary: dict[str, Any]) -> list[str]:
     """Every family's best and every baseline minus the reference, with Welch intervals (test top-1)."""
     lines = ["", f"## Every family's best and every baseline vs `{ref.name}` ({ref.family})", "",
              "Test top-1, mean ± std over seeds; difference to the reference with its 95% interval "
@@ -194,14 +194,14 @@ def _versus_reference(rivals: list[Group], ref: Group, summary: dict[str, Any]) 
     return lines
 
 
-def _configs_table(groups: list[Group], summary: dict[str, Any]) -> list[str]:
+def _configs_table(results: list[ConfigResult], summary: dict[str, Any]) -> list[str]:
     """One row per config (complete trials grouped), also appended to ``summary['groups']``."""
-    lat = any(g.latency_ms is not None for g in groups)
+    lat = any(g.latency_ms is not None for g in results)
     lines = ["", "## Configs (complete trials grouped by config; best held-out first)", "",
              "| group | role | family | arm | seeds | held-out top-1 % | test top-1 % | MACs | params | EMB "
              "| MLP factor |" + (" latency ms/batch |" if lat else ""),
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if lat else "")]
-    for g in groups:
+    for g in results:
         u = g.first.user_attrs
         row = (f"| {g.name} | {g.role} | {g.family} | {g.arm} | {g.n} | {pm(g.mean_std(A.VAL_ACC))} "
                f"| {pm(g.mean_std(A.TEST_ACC))} | {counting.format_count(g.macs)} "
@@ -217,10 +217,10 @@ def _configs_table(groups: list[Group], summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _blocks_table(groups: list[Group]) -> list[str]:
+def _blocks_table(results: list[ConfigResult]) -> list[str]:
     lines = ["", "## Per-block widths of the best configs", "", "| group | EMB | blocks (heads/qk/v/mlp) |",
              "|---|---|---|"]
-    for g in groups:
+    for g in results:
         u = g.first.user_attrs
         blocks = " ".join("/".join(str(x) for x in b) for b in u.get(A.BLOCKS) or [])
         lines.append(f"| {g.name} | {u.get(A.EMBED_DIM)} | {blocks} |")
@@ -243,7 +243,3 @@ def _trials_table(trials: list[Any]) -> list[str]:
                      f"{'' if va is None else f'{100 * va:.2f}'} | {'' if te is None else f'{100 * te:.2f}'} | "
                      f"{counting.format_count(u[A.MACS]) if A.MACS in u else ''} | {u.get(A.WORKER, '')} | {note} |")
     return lines
-
-
-__all__ = ["Group", "Welch", "best_candidate", "best_rule_group", "compare", "dashboard_hint", "family_bests",
-           "groups_of", "pareto_front", "reference_group", "welch", "write_report"]

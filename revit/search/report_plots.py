@@ -10,24 +10,24 @@ from typing import Any
 
 from revit.config import BLOCK_KINDS, PER_HEAD_KINDS
 from revit.search import attrs as A
-from revit.search.results import Group, Welch, family_bests, pareto_front, pm
+from revit.search.results import ConfigResult, Welch, family_bests, pareto_front, pm
 
 
-def _colors(groups: Sequence[Group], order: Sequence[str] = ()) -> dict[str, str]:
+def _colors(results: Sequence[ConfigResult], order: Sequence[str] = ()) -> dict[str, str]:
     """One matplotlib colour per family: the searched families in spec ``order``, then the baselines."""
-    fams = list(dict.fromkeys([*order, *[g.family for g in groups if g.role == A.CANDIDATE],
-                               *[g.family for g in groups if g.role != "candidate"]]))
+    fams = list(dict.fromkeys([*order, *[g.family for g in results if g.role == A.CANDIDATE],
+                               *[g.family for g in results if g.role != "candidate"]]))
     return {f: f"C{i % 10}" for i, f in enumerate(fams)}
 
 
-def _blocks_plot(groups: Sequence[Group], path: Path, title: str) -> None:
+def _blocks_plot(results: Sequence[ConfigResult], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
-    for gi, g in enumerate(groups):
+    for gi, g in enumerate(results):
         blocks = g.first.user_attrs.get(A.BLOCKS) or []
         style = "--" if g.role == A.BASELINE else "-"
         label = (f"{g.name} ({g.family}, EMB {g.first.user_attrs.get(A.EMBED_DIM)}, "
@@ -41,12 +41,12 @@ def _blocks_plot(groups: Sequence[Group], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.legend(loc="lower center", ncol=2, fontsize=7, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12 + 0.03 * max(0, len(groups) - 4), 1, 1))
+    fig.tight_layout(rect=(0, 0.12 + 0.03 * max(0, len(results) - 4), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _accuracy_plot(trials: Sequence[Any], groups: Sequence[Group], path: Path, title: str,
+def _accuracy_plot(trials: Sequence[Any], results: Sequence[ConfigResult], path: Path, title: str,
                    colors: dict[str, str]) -> None:
     import matplotlib
 
@@ -54,7 +54,7 @@ def _accuracy_plot(trials: Sequence[Any], groups: Sequence[Group], path: Path, t
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    cg = [g for g in groups if g.role == A.CANDIDATE]
+    cg = [g for g in results if g.role == A.CANDIDATE]
     for fam in dict.fromkeys(g.family for g in cg):
         ts = [t for g in cg if g.family == fam for t in g.trials]
         ax.scatter([t.user_attrs[A.MACS] / 1e6 for t in ts], [100 * t.user_attrs[A.VAL_ACC] for t in ts],
@@ -64,12 +64,12 @@ def _accuracy_plot(trials: Sequence[Any], groups: Sequence[Group], path: Path, t
     if len(front) > 1:
         ax.plot([pts[i][0] / 1e6 for i in front], [100 * pts[i][1] for i in front], "-", color="0.5", lw=1,
                 label="Pareto front (candidate means)")
-    for fam, best in family_bests(groups).items():
+    for fam, best in family_bests(results).items():
         m, sd = best.mean_std(A.VAL_ACC)
         ax.errorbar([best.macs / 1e6], [100 * m], yerr=[_err(sd)], fmt="*", ms=14, color=colors[fam], capsize=4,
                     zorder=4, mec="k", label=f"best {fam}: {best.name} (n={best.n})")
     markers = "sD^vP"
-    for i, g in enumerate([g for g in groups if g.role == A.BASELINE]):
+    for i, g in enumerate([g for g in results if g.role == A.BASELINE]):
         m, sd = g.mean_std(A.VAL_ACC)
         ax.errorbar([g.macs / 1e6], [100 * m], yerr=[_err(sd)], fmt=markers[i % len(markers)], ms=9, capsize=4,
                     color=colors[g.family], mfc="none", mew=2, label=f"baseline {g.arm} (n={g.n})", zorder=4)
@@ -78,8 +78,8 @@ def _accuracy_plot(trials: Sequence[Any], groups: Sequence[Group], path: Path, t
     _finish(fig, ax, title, path)
 
 
-def _comparison_plot(arms: Sequence[Group], ref: Group, head: Welch | None, colors: dict[str, str], path: Path,
-                     title: str) -> None:
+def _comparison_plot(arms: Sequence[ConfigResult], ref: ConfigResult, head: Welch | None, colors: dict[str, str],
+                     path: Path, title: str) -> None:
     """Test top-1 of each compared arm: every seed, the mean and its 95% t-interval; the reference dashed."""
     import matplotlib
 

@@ -1,4 +1,4 @@
-"""Study results as groups of trials (a config over its seeds) and Welch comparisons between them.
+"""Study results per config (its complete trials over the seeds) and Welch comparisons between them.
 
 Used by the report (tables, JSON) and its plots; no plotting and no file I/O here.
 """
@@ -16,8 +16,10 @@ from revit.search.spec import StudySpec
 
 
 @dataclass
-class Group:
-    """Complete trials sharing one config (up to the seed)."""
+class ConfigResult:
+    """One config's complete trials, one per seed: the trials sharing one ``group`` tag (a trial attribute).
+
+    Not :class:`revit.prune.structure.Group`, the prunable channel group: "group" in the code is that one."""
 
     name: str
     role: str
@@ -26,7 +28,7 @@ class Group:
     trials: list[Any] = field(default_factory=list)
 
     def values(self, key: str) -> list[float]:
-        """The metric ``key`` of every complete trial of the group (one per seed)."""
+        """The metric ``key`` of every complete trial of the config (one per seed)."""
         return self._vals(key)
 
     def _vals(self, key: str) -> list[float]:
@@ -56,21 +58,21 @@ class Group:
         return min(self.trials, key=lambda t: t.number)
 
 
-def groups_of(trials: Sequence[Any]) -> list[Group]:
-    """Complete trials grouped by their ``group`` tag, best mean held-out top-1 first.
+def config_results(trials: Sequence[Any]) -> list[ConfigResult]:
+    """One :class:`ConfigResult` per ``group`` tag of the complete trials, best mean held-out top-1 first.
 
-    A group's family is its trials' ``family`` tag (``baseline:ARM`` for baselines).
+    A config's family is its trials' ``family`` tag (``baseline:ARM`` for baselines).
     """
     from optuna.trial import TrialState
 
 
-    out: dict[str, Group] = {}
+    out: dict[str, ConfigResult] = {}
     for t in trials:
         if t.state != TrialState.COMPLETE or t.user_attrs.get(A.VAL_ACC) is None:
             continue
         u = t.user_attrs
         name = str(u.get(A.GROUP, A.trial_ref(t)))
-        g = out.setdefault(name, Group(name, str(u.get(A.ROLE, A.CANDIDATE)), str(u.get(A.ARM, "?")),
+        g = out.setdefault(name, ConfigResult(name, str(u.get(A.ROLE, A.CANDIDATE)), str(u.get(A.ARM, "?")),
                                        A.trial_family(t)))
         g.trials.append(t)
     return sorted(out.values(), key=lambda g: -g.mean_std(A.VAL_ACC)[0])
@@ -87,20 +89,20 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def best_candidate(groups: Sequence[Group]) -> Group | None:
-    """The candidate group to compare: the best mean held-out top-1 among those with the most seeds."""
-    cands = [g for g in groups if g.role == A.CANDIDATE]
+def best_candidate(results: Sequence[ConfigResult]) -> ConfigResult | None:
+    """The candidate config to compare: the best mean held-out top-1 among those with the most seeds."""
+    cands = [g for g in results if g.role == A.CANDIDATE]
     if not cands:
         return None
     most = max(g.n for g in cands)
     return max((g for g in cands if g.n == most), key=lambda g: g.mean_std(A.VAL_ACC)[0])
 
 
-def family_bests(groups: Sequence[Group]) -> dict[str, Group]:
+def family_bests(results: Sequence[ConfigResult]) -> dict[str, ConfigResult]:
     """Each searched family's best config (:func:`best_candidate` within the family), in first-seen order."""
-    out: dict[str, Group] = {}
-    for fam in dict.fromkeys(g.family for g in groups if g.role == A.CANDIDATE):
-        best = best_candidate([g for g in groups if g.family == fam])
+    out: dict[str, ConfigResult] = {}
+    for fam in dict.fromkeys(g.family for g in results if g.role == A.CANDIDATE):
+        best = best_candidate([g for g in results if g.family == fam])
         if best is not None:
             out[fam] = best
     return out
@@ -153,8 +155,8 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[
     return diff, float(ci.low), float(ci.high), float(r.df), float(r.pvalue)
 
 
-def compare(a: Group, b: Group, metric: str = "test_acc") -> Welch:
-    """Welch's comparison of groups ``a`` and ``b`` on ``metric`` over their seeds."""
+def compare(a: ConfigResult, b: ConfigResult, metric: str = "test_acc") -> Welch:
+    """Welch's comparison of configs ``a`` and ``b`` on ``metric`` over their seeds."""
     va, vb = a.values(metric), b.values(metric)
     diff, low, high, df, p = welch(va, vb)
     return Welch(a.name, b.name, metric, len(va), len(vb), diff, low, high, df, p)
@@ -173,7 +175,8 @@ def _uniform_arms(spec: StudySpec) -> list[str]:
     return [b.arm for b in spec.baselines if _uniform_family(load_rule(b.rule).family)]
 
 
-def reference_group(spec: StudySpec, bests: dict[str, Group], baselines: Sequence[Group]) -> Group | None:
+def reference_result(spec: StudySpec, bests: dict[str, ConfigResult],
+                     baselines: Sequence[ConfigResult]) -> ConfigResult | None:
     """The uniform side of a comparison: the best searched config of a uniform family (on held-out), else the
     first baseline of a uniform rule."""
     uni = [bests[s.name] for s in spec.spaces if _uniform_family(s.family) and s.name in bests]
@@ -183,7 +186,7 @@ def reference_group(spec: StudySpec, bests: dict[str, Group], baselines: Sequenc
     return min((g for g in baselines if g.arm in arms), key=lambda g: arms.index(g.arm), default=None)
 
 
-def best_rule_group(spec: StudySpec, bests: dict[str, Group]) -> Group | None:
+def best_rule_result(spec: StudySpec, bests: dict[str, ConfigResult]) -> ConfigResult | None:
     """The rule side: the best (on held-out) of the searched families that are not uniform."""
     rules = [bests[s.name] for s in spec.spaces if not _uniform_family(s.family) and s.name in bests]
     return max(rules, key=lambda g: g.mean_std(A.VAL_ACC)[0]) if rules else None

@@ -1,5 +1,9 @@
-"""The dimension space a table covers: candidate values per axis (the pruning granularity) and the
+"""The width grid a latency table covers: candidate values per axis (the pruning granularity) and the
 model setting (image size, patch, classes) that fixes the token count and the fixed parts.
+
+On disk and on the command line it is a *latency space* (``revit latency build --space FILE``, the table's
+``metadata.space``); in the code it is a :class:`WidthGrid`, so that "space" names one thing: the space a
+search study searches (:mod:`revit.search.space`).
 
 YAML form (``schema: revit/latency-space/v1``)::
 
@@ -26,8 +30,8 @@ from revit.validation import short
 
 
 @dataclass(frozen=True)
-class Space:
-    """Candidate values per axis and the setting (with the depth validation draws) of the models a table serves."""
+class WidthGrid:
+    """Candidate widths per axis and the setting (with the depth validation draws) of the models a table serves."""
 
     name: str
     axes: dict[str, tuple[int, ...]]
@@ -39,7 +43,7 @@ class Space:
         for a, vals in self.axes.items():
             if not vals or any(v < 1 for v in vals) or list(vals) != sorted(set(vals)):
                 raise ConfigError(f"space {self.name}: axis {a} needs increasing positive integers")
-        check_space_memory(self)
+        check_grid_memory(self)
 
     @property
     def depth(self) -> int:
@@ -61,7 +65,7 @@ class Space:
                 "setting": self.setting.to_dict(depth=False), "axes": {a: list(self.axes[a]) for a in WIDTH_KINDS}}
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "space") -> Space:
+    def from_dict(cls, d: Any, source: str = "space") -> WidthGrid:
         d = check_schema(d, "latency-space", source, keys=("schema", "name", "depth", "setting", "axes"))
         axes: dict[str, tuple[int, ...]] = {}
         raw = d.get("axes")
@@ -84,7 +88,7 @@ class Space:
         return cls(name=str(d.get("name", source)), axes=axes, setting=setting)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Space:
+    def load(cls, path: str | os.PathLike[str]) -> WidthGrid:
         return cls.from_dict(load_yaml(path), str(path))
 
 
@@ -107,49 +111,49 @@ def _axis_range(spec: Mapping[str, Any], where: str) -> tuple[int, ...]:
     return tuple(range(lo, hi + 1, step))
 
 
-def block_bytes(space: Space, batch: int = 1) -> int:
+def block_bytes(grid: WidthGrid, batch: int = 1) -> int:
     """Bytes of the widest block of ``space`` in fp32: its weights, plus its activations at ``batch``.
 
     Activations count the widest per-token tensor (QKV, MLP hidden) and the attention matrix.
     """
-    ax = {a: max(v) for a, v in space.axes.items()}
+    ax = {a: max(v) for a, v in grid.axes.items()}
     e, h, q, v, m = ax["embed_dim"], ax["heads"], ax["qk_dim"], ax["v_dim"], ax["mlp_dim"]
     weights = e * h * (2 * q + v) + h * v * e + 2 * e * m + 8 * e
-    t = space.tokens
+    t = grid.tokens
     acts = batch * t * max(h * (2 * q + v), m, e) + batch * h * t * t
     return 4 * (weights + 3 * acts)
 
 
-def check_space_memory(space: Space, batch: int = 1) -> None:
+def check_grid_memory(grid: WidthGrid, batch: int = 1) -> None:
     """Refuse a space whose widest block (at ``batch``) cannot be allocated here, before any allocation."""
     from revit.validation import check_fits_memory
 
-    check_fits_memory(block_bytes(space, batch), f"space {space.name}: the widest block at batch {batch}")
+    check_fits_memory(block_bytes(grid, batch), f"space {grid.name}: the widest block at batch {batch}")
 
 
 def _rng(lo: int, hi: int, step: int) -> tuple[int, ...]:
     return tuple(range(lo, hi + 1, step))
 
 
-def micro() -> Space:
+def micro() -> WidthGrid:
     """DESIGN.md's micro family: 28x28x1, patch 7 (17 tokens), 8 blocks, granularity EMB 8/QK 4/V 4/MLP 8."""
-    return Space("micro", {"embed_dim": _rng(32, 96, 8), "heads": _rng(1, 4, 1), "qk_dim": _rng(4, 24, 4),
-                           "v_dim": _rng(4, 24, 4), "mlp_dim": _rng(8, 384, 8)}, Setting.PRESETS["micro"])
+    return WidthGrid("micro", {"embed_dim": _rng(32, 96, 8), "heads": _rng(1, 4, 1), "qk_dim": _rng(4, 24, 4),
+                               "v_dim": _rng(4, 24, 4), "mlp_dim": _rng(8, 384, 8)}, Setting.PRESETS["micro"])
 
 
-def deit() -> Space:
+def deit() -> WidthGrid:
     """DeiT-B-sized space at 224/16 distilled (198 tokens), NViT's granularity (EMB 16... coarser here)."""
-    return Space("deit", {"embed_dim": _rng(192, 768, 64), "heads": _rng(2, 12, 2), "qk_dim": _rng(8, 64, 8),
-                          "v_dim": _rng(8, 64, 8), "mlp_dim": _rng(128, 3072, 128)}, Setting(distilled=True))
+    return WidthGrid("deit", {"embed_dim": _rng(192, 768, 64), "heads": _rng(2, 12, 2), "qk_dim": _rng(8, 64, 8),
+                              "v_dim": _rng(8, 64, 8), "mlp_dim": _rng(128, 3072, 128)}, Setting(distilled=True))
 
 
 PRESETS = {"micro": micro, "deit": deit}
 
 
-def get_space(name_or_path: str) -> Space:
-    """A preset space name (micro, deit) or a space YAML file."""
+def get_grid(name_or_path: str) -> WidthGrid:
+    """A preset grid name (micro, deit) or a latency-space YAML file."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]()
     if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
-        return Space.load(name_or_path)
+        return WidthGrid.load(name_or_path)
     raise ConfigError(f"unknown space {name_or_path!r}; presets: {', '.join(PRESETS)} (or a SPACE.yaml)")
