@@ -81,7 +81,8 @@ def test_parse_and_format():
 
 
 def test_light_imports_do_not_load_torch():
-    code = ("import sys, revit, revit.config, revit.counting, revit.presets, revit.trace, revit.cli.main;"
+    code = ("import sys, revit, revit.config, revit.counting, revit.presets, revit.trace, revit.workflows,"
+            " revit.cli.main;"
             "revit.cli.main.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     code = ("import sys; from revit.cli.main import main; main(['model', 'info', 'revit_small', '--json']);"

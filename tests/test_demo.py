@@ -68,3 +68,20 @@ def test_quick_demo_end_to_end(tmp_path):
     for f in ("1-base/model.safetensors", "2-prune/pruned.safetensors", "2-prune/trace.jsonl"):
         assert (tmp_path / "demo" / f).read_bytes() == before[tmp_path / "demo" / f]
     assert read_marker(tmp_path / "demo").finished  # type: ignore[union-attr]
+
+
+def test_demo_readme_tabulates_configs_and_r2(tmp_path):
+    from revit.workflows.demo import write_demo_readme
+
+    summary = {"base": {"test_acc": 0.5}, "base_latency_ms": 46.6,
+               "prune": {"steps": 13, "macs_ratio": 0.42, "cost_ratio": 0.499, "test_accuracy": 0.7},
+               "fit_r2": {"heads": None, "mlp_dim": 0.8576},
+               "configs": {"demo-fit": {"macs": 6464144, "embed_dim": 96, "latency_ms": 23.1806, "mlp_factor": 0.896},
+                           "paper": {"error": "outside the table's range"}},
+               "seconds": {"study": 76.0}}
+    write_demo_readme(tmp_path, tmp_path / "report", DemoPlan(), summary)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "heads n/a (constant), mlp_dim 0.86" in text and "{" not in text.split("## Results")[1]
+    rows = [r.split("|")[1:-1] for r in text.splitlines() if r.startswith("| demo-fit") or r.startswith("| paper")]
+    assert [c.strip() for c in rows[0]] == ["demo-fit", "96", "6.46M", "23.18 ms/batch", "0.896"]
+    assert "not generated: outside the table's range" in rows[1][1]

@@ -215,6 +215,43 @@ def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
     assert not journal_path(tmp_path / "t.json").exists()
 
 
+class _Tracked(_Const):
+    open: set[int] = set()
+
+    def __init__(self, v: float) -> None:
+        super().__init__(v)
+        _Tracked.open.add(id(self))
+
+    def close(self) -> None:
+        _Tracked.open.discard(id(self))
+
+
+class TrackingBackend(FakeBackend):
+    """Every block workload it opens is remembered until closed."""
+
+    def block(self, embed_dim: int, dims: BlockDims, tokens: int, batch: int) -> Workload:
+        self.calls += 1
+        return _Tracked(self.fn(embed_dim, dims))
+
+
+@pytest.mark.parametrize("stop_at", [None, 3])
+def test_build_closes_every_workload_including_the_reference(tmp_path: Path, stop_at: int | None) -> None:
+    _Tracked.open.clear()
+
+    def cb(n: int) -> None:
+        if n == stop_at:
+            raise KeyboardInterrupt
+
+    b = TrackingBackend(stepped)
+    s = BuildSettings(passes=1, repeats=1, warmup=0, design="full")
+    if stop_at is None:
+        build_table(tiny_grid(), b, tmp_path / "t.json", s, progress=False, on_measure=cb)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            build_table(tiny_grid(), b, tmp_path / "t.json", s, progress=False, on_measure=cb)
+    assert b.calls > 1 and not _Tracked.open  # the reference block was opened (calls > cells) and closed
+
+
 def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
     grid = tiny_grid(qk_dim=(4, 8), mlp_dim=(8, 16))
     s = BuildSettings(passes=2, repeats=2, warmup=0, design="full", reference=False)

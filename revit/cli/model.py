@@ -168,9 +168,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     from revit.errors import CheckpointError, ConfigError, RevitError
     from revit.models import from_timm, read_state_dict
-    from revit.models.checkpoint import check_compatible
+    from revit.models.checkpoint import check_compatible, save_weights
     from revit.runs import claim_run
-    from revit.workflows import save_weights
 
     if args.pretrained and args.checkpoint:
         raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")

@@ -320,10 +320,13 @@ def build_table(grid: WidthGrid, backend: Backend, out: str | os.PathLike[str], 
     try:
         header, state = _open_journal(claim.journal, _header(grid, backend, s), resume)
         m = _Measurer(grid, backend, s, state, Journal(claim.journal), progress, on_measure)
-        knots, design_info = _design(grid, s, state, m)
-        cells = [tuple(c) for c in itertools.product(*(knots[a] for a in WIDTH_KINDS))]
-        fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
-        m.run([("overhead",)] + [("block", *c) for c in cells] + fixed_keys, "grid")
+        try:
+            knots, design_info = _design(grid, s, state, m)
+            cells = [tuple(c) for c in itertools.product(*(knots[a] for a in WIDTH_KINDS))]
+            fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
+            m.run([("overhead",)] + [("block", *c) for c in cells] + fixed_keys, "grid")
+        finally:
+            m.close()
         table = _assemble(grid, s, state, header, knots, design_info, m.ref_cell, str(out))
         table.save(out)
     except BaseException:
@@ -364,6 +367,11 @@ class _Measurer:
         self.ref_cell = reference_cell(grid)
         self.ref = (Reference(_workload(backend, ("block", *self.ref_cell), grid, s.batch), s.reference_runs, s.warmup)
                     if s.reference else None)
+
+    def close(self) -> None:
+        """Release the reference workload (a backend session or a CUDA graph's memory)."""
+        if self.ref is not None:
+            self.ref.close()
 
     def run(self, keys: Iterable[tuple[Any, ...]], label: str) -> None:
         """Measure every key not yet measured in every pass (what the journal holds is skipped)."""

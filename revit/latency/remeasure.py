@@ -35,14 +35,18 @@ def remeasure_fixed(table: LatencyTable, backend: Backend, *, passes: int = 5, r
     ref = Reference.of_table(table, backend, warmup)
     knots = [int(e) for e in table.fixed.embed_dim]
     ratios: dict[int, list[float]] = {e: [] for e in knots}
-    for e in shuffled_passes(knots, passes, seed):
-        w = backend.fixed(setting, e, batch)
-        t, refs = time_bracketed(w, warmup, repeats, ref)
-        w.close()
-        r = ref_level(refs)
-        ratios[e] += [x / r for x in t]
-    if ref is not None:
-        ref.close()
+    try:
+        for e in shuffled_passes(knots, passes, seed):
+            w = backend.fixed(setting, e, batch)
+            try:
+                t, refs = time_bracketed(w, warmup, repeats, ref)
+            finally:
+                w.close()
+            r = ref_level(refs)
+            ratios[e] += [x / r for x in t]
+    finally:
+        if ref is not None:
+            ref.close()
     scale = float(ref_info["median_s"]) if ref_info else 1.0
     fixed = FixedParts(setting=setting, embed_dim=table.fixed.embed_dim,
                        values=tuple(float(np.median(ratios[e])) * scale for e in knots),

@@ -174,26 +174,30 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
     items = list(range(len(cfgs))) + [-(k + 1) for k in range(noise_k if cfgs else 0)]
     ref_info = meas.get("reference")
     ref = Reference.of_table(table, backend, warmup)
-    with tempfile.TemporaryDirectory() as tmp:
-        loads = {i: _model_workload(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
-                 for i in items}
-        got: dict[int, list[float]] = {i: [] for i in items}
-        ratio: dict[int, list[float]] = {i: [] for i in items}
-        bar = tqdm(total=len(items) * passes, desc="validate", unit="model", disable=not progress, leave=False)
-        for i in shuffled_passes(items, passes, seed):
-            t, refs = time_bracketed(loads[i], warmup, repeats, ref)
-            got[i] += t
-            r = ref_level(refs)
-            ratio[i] += [x / r for x in t]
-            bar.update(1)
-        bar.close()
+    got: dict[int, list[float]] = {i: [] for i in items}
+    ratio: dict[int, list[float]] = {i: [] for i in items}
+    loads: dict[int, Workload] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in items:
+                loads[i] = _model_workload(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
+            with tqdm(total=len(items) * passes, desc="validate", unit="model", disable=not progress,
+                      leave=False) as bar:
+                for i in shuffled_passes(items, passes, seed):
+                    t, refs = time_bracketed(loads[i], warmup, repeats, ref)
+                    got[i] += t
+                    r = ref_level(refs)
+                    ratio[i] += [x / r for x in t]
+                    bar.update(1)
+    finally:
         for w in loads.values():
             w.close()
+        if ref is not None:
+            ref.close()
     raw = [float(np.median(got[i])) for i in range(len(cfgs))]
     raw_noise = [float(np.median(got[i])) for i in items if i < 0]
     if ref is None:
         return ValidationResult(cfgs, predicted, raw, raw_noise, time.perf_counter() - t_start, raw, raw_noise)
-    ref.close()
     assert ref_info is not None
     scale = float(ref_info["median_s"])
     measured = [float(np.median(ratio[i])) * scale for i in range(len(cfgs))]

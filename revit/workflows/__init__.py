@@ -4,8 +4,7 @@ The CLI's ``train`` and ``demo`` commands are thin users of these; importing the
 (torch, data and models load inside the functions).
 """
 
-from revit.models.checkpoint import save_weights
 from revit.workflows.demo import DemoPlan, run_demo
 from revit.workflows.train import run_training
 
-__all__ = ["DemoPlan", "run_demo", "run_training", "save_weights"]
+__all__ = ["DemoPlan", "run_demo", "run_training"]

@@ -1,4 +1,4 @@
-"""``revit demo``: the whole pipeline on the embedded default, end to end, in about 15 minutes.
+"""``revit demo``: the whole pipeline on the embedded default, end to end, in a few minutes (about 2.5 on 2 cores).
 
 Stages (each writes a folder under ``out`` and is skipped when its output is already there, so a
 killed demo continues where it stopped):
@@ -41,7 +41,7 @@ DEFAULT_TABLE = "cpu_onnxruntime_fp32_bs64_t17.json"
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Subset sizes and schedules of the demo (defaults: about 15 minutes on 2 cores)."""
+    """Subset sizes and schedules of the demo (defaults: a few minutes on 2 cores)."""
 
     train_images: int = 8000
     val_images: int = 2000
@@ -414,6 +414,23 @@ def headline(h: dict[str, Any], plan: DemoPlan) -> str:
             f"minus best searched uniform, test top-1: {Welch(**h).describe()}")
 
 
+def _r2_text(r2: dict[str, float | None]) -> str:
+    """``qk_dim 0.26, ...``; a width constant across the blocks has no R^2 (nothing to explain)."""
+    return ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a (constant)" for k, v in r2.items())
+
+
+def _config_table(configs: dict[str, dict[str, Any]]) -> list[str]:
+    """The generated configs as a Markdown table; a rule that could not meet the budget gives its reason."""
+    rows = ["| config | EMB | MACs | predicted latency | MLP factor |", "|---|---:|---:|---:|---:|"]
+    for name, c in configs.items():
+        if "error" in c:
+            rows.append(f"| {name} | not generated: {c['error']} | | | |")
+        else:
+            rows.append(f"| {name} | {c['embed_dim']} | {counting.format_count(c['macs'])} | "
+                        f"{c['latency_ms']:.2f} ms/batch | {c['mlp_factor']:.3f} |")
+    return rows
+
+
 def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, Any]) -> None:
     """``report/README.md``: the plan, the numbers of every stage and every plot (copied next to it)."""
     rep.mkdir(parents=True, exist_ok=True)
@@ -431,8 +448,8 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
               f"predicted latency {summary['base_latency_ms']:.2f} ms/batch",
               f"- pruned: {summary['prune']['steps']} steps, MACs ratio {summary['prune']['macs_ratio']:.3f}, "
               f"latency ratio {summary['prune']['cost_ratio']:.3f}, test top-1 {summary['prune'].get('test_accuracy')}",
-              f"- rule fit R^2: {summary['fit_r2']}",
-              f"- configs: {json.dumps(summary['configs'], default=str)}"]
+              f"- rule fit R^2 per width: {_r2_text(summary['fit_r2'])}", "",
+              *_config_table(summary["configs"]), ""]
     c = summary.get("study")
     if c:
         from revit.counting import format_spread
