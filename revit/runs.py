@@ -39,12 +39,14 @@ SCHEMA = "revit/run/v1"
 KINDS = ("train", "prune", "model-convert", "demo", "study-report", "latency-build")
 
 # the entries each kind writes into its folder (the marker adds what a run created besides these)
+HUB_DIR = "hf"  # the hub-format folder (timm's config.json, weights, card) that train, prune and convert write
+
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "train": ("config.yaml", "checkpoint.pt", "log.jsonl", "history.json", "model.safetensors",
-              "model_ema.safetensors", "metrics.json"),
+              "model_ema.safetensors", "metrics.json", HUB_DIR),
     "prune": ("state.pt", "trace.jsonl", "teacher.safetensors", "pruned.yaml", "pruned.safetensors", "metrics.json",
-              "plots"),
-    "model-convert": ("config.yaml", "model.safetensors"),
+              "plots", HUB_DIR),
+    "model-convert": ("config.yaml", "model.safetensors", HUB_DIR),
     "demo": ("1-base", "2-prune", "3-rule", "4-configs", "5-study", "report"),
     "study-report": ("report.md", "report.json", "accuracy_vs_macs.png", "comparison.png", "best_blocks.png",
                      "history.png"),

@@ -121,7 +121,10 @@ def test_convert_local_timm_checkpoint(cli, tmp_path):
     cfg = resolve_config(str(tmp_path / "conv" / "config.yaml"))
     r = build_model(cfg, checkpoint=tmp_path / "conv" / "model.safetensors").eval()
     x = torch.randn(2, 3, 224, 224)
+    hub = timm.create_model(f"local-dir:{tmp_path / 'conv' / 'hf'}", pretrained=True).eval()  # timm's hub format
     with torch.no_grad():
         torch.testing.assert_close(r(x), t.eval()(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hub(x), t(x), atol=1e-5, rtol=0)
+    assert "deit.pth" in (tmp_path / "conv" / "hf" / "README.md").read_text()
     _one_line_error(*cli("model", "convert", "deit_small_patch16_224", "--checkpoint", tmp_path / "deit.pth",
                          "--out", tmp_path / "bad"), "shape mismatch")

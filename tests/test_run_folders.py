@@ -157,7 +157,7 @@ def test_overwrite_replaces_a_finished_convert(cli, tmp_path):
     first = checksums(out)
     marker = read_marker(out)
     assert marker == RunMarker("model-convert", marker.created, True,  # type: ignore[union-attr]
-                               files=("config.yaml", "model.safetensors"))
+                               files=("config.yaml", "hf", "model.safetensors"))
     _refused(cli, ["model", "convert", "vit_tiny_patch16_224", "--out", str(out)], tmp_path, "--overwrite")
     (out / "mine.txt").write_text("the user's own file, not listed in the marker")
     (out / ".model.safetensors.abc123.tmp").write_bytes(b"half a file of a killed run")

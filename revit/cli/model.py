@@ -46,7 +46,8 @@ def register(sub: Any) -> None:
     add_overwrite_arg(s)
     s.set_defaults(func=cmd_save)
 
-    c = add_command(msub, "convert", "convert a local timm ViT/DeiT checkpoint into a revit config + weights",
+    c = add_command(msub, "convert",
+                    "convert a local timm ViT/DeiT checkpoint into a revit config + weights and a hub folder (hf/)",
                     "revit model convert deit_small_patch16_224 --checkpoint deit_s.pth --out runs/deit_s")
     c.add_argument("timm_name", help="timm architecture of the checkpoint (e.g. deit_tiny_distilled_patch16_224)")
     c.add_argument("--checkpoint", help="local weights (.pth/.safetensors, or timm train.py's last.pth.tar / "
@@ -169,6 +170,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from revit.errors import CheckpointError, ConfigError, RevitError
     from revit.models import from_timm, read_state_dict
     from revit.models.checkpoint import check_compatible, save_weights
+    from revit.models.hub import HUB_DIR, ModelCard, save_pretrained
     from revit.runs import claim_run
 
     if args.pretrained and args.checkpoint:
@@ -201,10 +203,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
         claim.begin()
         model.config.save(out / "config.yaml")
         save_weights(model, out / "model.safetensors")
+        weights = (f"weights from `{Path(args.checkpoint).name}`" + (" (EMA)" if args.use_ema else "")
+                   if args.checkpoint else "timm's pretrained weights" if args.pretrained else "random init")
+        card = ModelCard(base=args.timm_name, notes=(f"Converted from timm's `{args.timm_name}` by `revit model "
+                                                     f"convert`, {weights}.",))
+        save_pretrained(model, out / HUB_DIR, card=card, overwrite=True)
     except (OSError, RevitError):  # a full disk: no half-converted folder left behind
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
     claim.finish()
-    info(f"wrote {out / 'config.yaml'} and {out / 'model.safetensors'}")
+    info(f"wrote {out / 'config.yaml'}, {out / 'model.safetensors'} and {out / HUB_DIR}/ (timm's hub format with a "
+         "model card)")
     return 0

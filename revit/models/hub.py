@@ -26,11 +26,11 @@ from torch import nn
 from revit import counting
 from revit.config import ViTConfig
 from revit.errors import ConfigError, OutputError, RevitError
+from revit.runs import HUB_DIR
 
 log = logging.getLogger(__name__)
 
 CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, PLOT_FILE = "README.md", "config.json", "model.safetensors", "trace.png"
-HUB_DIR = "hf"  # the hub-format folder that train and prune runs write inside their run folder
 
 
 @dataclass(frozen=True)
