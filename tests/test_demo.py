@@ -35,12 +35,25 @@ def test_demo_cli_options(monkeypatch):
     assert args.candidates == 5 and args.quick and args.out == "x"
 
 
+@pytest.mark.parametrize(("flags", "bars"), [([], True), (["-q"], False), (["--no-progress"], False)])
+def test_demo_quiet_turns_the_progress_bars_off(monkeypatch, tmp_path, flags, bars):
+    import revit.workflows.demo as demo
+    from revit.cli.main import main
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda out, plan, overwrite=False, progress=True: seen.update(p=progress)
+                        or {})
+    assert main(["demo", "--out", str(tmp_path / "d"), "--quick", *flags]) == 0
+    assert seen == {"p": bars}
+
+
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path):
+def test_quick_demo_end_to_end(tmp_path, capfd):
     from revit.workflows.demo import run_demo
 
     lines: list[str] = []
-    summary = run_demo(tmp_path / "demo", DemoPlan.quick(), log=lines.append)
+    summary = run_demo(tmp_path / "demo", DemoPlan.quick(), log=lines.append, progress=False)
+    assert "it/s" not in capfd.readouterr().err  # no training or pruning bar
     rep = tmp_path / "demo" / "report"
     for f in ("README.md", "summary.json", "widths_vs_step.png", "final_profile.png", "fit.png", "configs.png",
               "study/accuracy_vs_macs.png", "study/best_blocks.png", "study/history.png", "study/report.md"):

@@ -27,6 +27,7 @@ def register(sub: Any) -> None:
     p.add_argument("--loader-workers", type=loader_workers(),
                    help="DataLoader workers per process (default 0; --workers counts study processes)")
     p.add_argument("--quick", action="store_true", help="a one-minute plan with tiny subsets (smoke test)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (-q sets it too)")
     add_overwrite_arg(p)
     p.set_defaults(func=cmd_demo)
 
@@ -53,7 +54,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         LatencyTable.load(args.table)
     resolve_device(plan.device)  # a missing GPU is one line and exit 2 before anything runs
     check_amp(plan.amp)
-    summary = run_demo(args.out, plan, overwrite=args.overwrite)
+    summary = run_demo(args.out, plan, overwrite=args.overwrite, progress=not args.no_progress)
     trials = summary.get("study_trials") or {}
     if trials.get("line"):
         outcome(trials["line"])

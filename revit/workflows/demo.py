@@ -110,8 +110,10 @@ def _data(plan: DemoPlan, train: int | None = None) -> Any:
 
 
 def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwrite: bool = False,
-             log: Callable[[str], None] = lambda m: logger.info("%s", m)) -> dict[str, Any]:
+             log: Callable[[str], None] = lambda m: logger.info("%s", m), progress: bool = True) -> dict[str, Any]:
     """Run every stage into ``out``; return a summary (also written to ``out/report/summary.json``).
+
+    ``progress``: the training and pruning stages' progress bars (off for ``revit demo -q``).
 
     ``out`` is a demo run folder (:mod:`revit.runs`): an unfinished demo continues, reusing its finished
     stages; a finished one is only redone from scratch with ``overwrite``.
@@ -134,14 +136,14 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
     root = Path(out)
     claim.begin()  # locks the folder: a second demo into it refuses in one line
     try:
-        return _run_stages(root, plan, claim, table, base_cfg, log)
+        return _run_stages(root, plan, claim, table, base_cfg, log, progress)
     except BaseException:
         claim.abandon()  # a new folder that holds nothing but the marker (a full disk) is removed again
         raise
 
 
 def _run_stages(root: Path, plan: DemoPlan, claim: Any, table: Any, base_cfg: Any,
-                log: Callable[[str], None]) -> dict[str, Any]:
+                log: Callable[[str], None], progress: bool = True) -> dict[str, Any]:
     """Every stage into ``root`` (claimed and locked by :func:`run_demo`)."""
     import torch
 
@@ -161,11 +163,12 @@ def _run_stages(root: Path, plan: DemoPlan, claim: Any, table: Any, base_cfg: An
     timings["table"] = time.perf_counter() - t0
 
     t0 = _stage(log, 2, "train the base model (revit_micro)")
-    summary["base"] = _base_stage(root / "1-base", base_cfg, plan, log)
+    summary["base"] = _base_stage(root / "1-base", base_cfg, plan, log, progress)
     timings["base"] = time.perf_counter() - t0
 
     t0 = _stage(log, 3, f"prune revit_micro to {plan.prune_target:g} of its predicted latency")
-    pruned, summary["prune"] = _prune_stage(root / "2-prune", root / "1-base", base_cfg, table, plan, log)
+    pruned, summary["prune"] = _prune_stage(root / "2-prune", root / "1-base", base_cfg, table, plan, log,
+                                             progress)
     timings["prune"] = time.perf_counter() - t0
 
     t0 = _stage(log, 4, "fit the less-more-less rule to the trace")
@@ -207,7 +210,8 @@ def _run_stages(root: Path, plan: DemoPlan, claim: Any, table: Any, base_cfg: An
     return summary
 
 
-def _base_stage(base_dir: Path, base_cfg: Any, plan: DemoPlan, log: Callable[[str], None]) -> dict[str, Any]:
+def _base_stage(base_dir: Path, base_cfg: Any, plan: DemoPlan, log: Callable[[str], None],
+                progress: bool = True) -> dict[str, Any]:
     """Train the base model into ``base_dir`` (reused when finished); its test top-1 and MACs."""
     if (base_dir / "metrics.json").is_file():
         metrics = _stage_metrics(base_dir, ("test_acc", "macs"))
@@ -221,7 +225,7 @@ def _base_stage(base_dir: Path, base_cfg: Any, plan: DemoPlan, log: Callable[[st
         shutil.rmtree(base_dir, ignore_errors=True)
         tc = TrainConfig(epochs=plan.base_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.2,
                          device=plan.device, amp=plan.amp, loader_workers=plan.loader_workers)
-        metrics = run_training(base_cfg, _data(plan), tc, base_dir, threads=plan.threads)
+        metrics = run_training(base_cfg, _data(plan), tc, base_dir, threads=plan.threads, progress=progress)
     return {"test_acc": metrics["test_acc"], "macs": metrics["macs"]}
 
 
@@ -238,7 +242,7 @@ def _stage_metrics(stage: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _prune_stage(prune_dir: Path, base_dir: Path, base_cfg: Any, table: Any, plan: DemoPlan,
-                 log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+                 log: Callable[[str], None], progress: bool = True) -> tuple[Any, dict[str, Any]]:
     """Prune the base to the plan's latency target (resumed when killed); the pruned config and its numbers."""
     from revit.config import ViTConfig
 
@@ -254,7 +258,7 @@ def _prune_stage(prune_dir: Path, base_dir: Path, base_cfg: Any, table: Any, pla
                          batch_size=plan.batch_size, eval_size=plan.prune_eval, device=plan.device, amp=plan.amp,
                          workers=plan.loader_workers)
         PruneRun(model, splits.train, splits.val, pc, prune_dir, table=table, resume=True,
-                 test_ds=splits.test).run()
+                 test_ds=splits.test, progress=progress).run()
     pm = _stage_metrics(prune_dir, ("steps", "base", "pruned", "cost_ratio"))
     pruned = ViTConfig.load(prune_dir / "pruned.yaml")
     log(f"  pruned in {pm['steps']} steps: MACs {counting.format_count(pm['base']['macs'])} -> "
