@@ -45,7 +45,11 @@ class OutsideDomainError(RevitError):
 
 
 class TableRangeError(OutsideDomainError):
-    """A latency-table query falls outside the measured range."""
+    """A latency-table query falls outside the measured range; ``axis`` names the width that does."""
+
+    def __init__(self, message: str = "", *, hint: str | None = None, axis: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.axis = axis
 
 
 class RuleDomainError(OutsideDomainError, ConfigError):

@@ -213,3 +213,20 @@ def test_real_latency_table_if_available(capsys):
     rc, out, err = run_cli(capsys, "generate", "--setting", "micro", "--rule", "less-more-less",
                            "--latency-ms", "1000", "--table", str(table))
     assert rc == 2 and "measured range ends there" in err and err.count("\n") == 1
+
+
+def test_uncostable_rule_names_the_width_outside_the_table(capsys):
+    """The paper rule at micro widths has 10-head end blocks and V 64: the error names a non-EMB width, checked
+    against the table's own refusal of the rule's config at the table's smallest EMB."""
+    from revit.latency.table import LatencyTable
+    from revit.paths import shipped_dir
+
+    table = shipped_dir("latency_tables") / "cpu_onnxruntime_fp32_bs64_t17.json"
+    t = LatencyTable.load(table)
+    emb = int(t.axes["embed_dim"][0])
+    with pytest.raises(TableRangeError) as want:
+        t.predict(apply_rule(load_rule("paper"), emb, Setting.PRESETS["micro"]).config)
+    assert want.value.axis not in (None, "embed_dim")
+    rc, out, err = run_cli(capsys, "generate", "--setting", "micro", "--rule", "paper", "--latency-ms", "20",
+                           "--table", str(table))
+    assert rc == 2 and err.count("\n") == 1 and f"at EMB {emb}: {want.value.message}" in err

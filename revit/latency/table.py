@@ -77,7 +77,7 @@ class FixedParts:
         if not xs[0] <= embed_dim <= xs[-1]:
             if not extrapolate:
                 raise TableRangeError(f"embed_dim={embed_dim:g} is outside the fixed parts' measured range "
-                                      f"[{xs[0]:g}, {xs[-1]:g}]", hint=EXTRAPOLATE_HINT)
+                                      f"[{xs[0]:g}, {xs[-1]:g}]", hint=EXTRAPOLATE_HINT, axis="embed_dim")
             if len(xs) == 1:
                 return float(ys[0])
             i = 0 if embed_dim < xs[0] else len(xs) - 2
@@ -212,7 +212,7 @@ class LatencyTable:
             bad = col[(col < lo) | (col > hi)]
             if bad.size:
                 raise TableRangeError(f"{a}={bad[0]:g} is outside the table's measured range [{lo:g}, {hi:g}] "
-                                      f"({self.source})", hint=EXTRAPOLATE_HINT)
+                                      f"({self.source})", hint=EXTRAPOLATE_HINT, axis=a)
 
     def lookup(self, points: Any, extrapolate: bool = False) -> np.ndarray:
         """Block latencies (s) at rows ``(embed_dim, heads, qk_dim, v_dim, mlp_dim)``; vectorised."""

@@ -16,7 +16,7 @@ from typing import Any
 from revit import counting
 from revit.config import Granularity, Setting, ViTConfig
 from revit.cost import CostModel, LatencyCost, LatencyTableLike, MacsCost
-from revit.errors import BudgetError, ConfigError, OutsideDomainError
+from revit.errors import BudgetError, ConfigError, OutsideDomainError, TableRangeError
 from revit.rules.base import DomainNote
 from revit.rules.rule import Rule
 
@@ -171,6 +171,8 @@ class _Search:
         self.k_min = math.ceil(bounds.min_mlp_factor * FACTOR_STEP - 1e-9)
         self.k_max = math.floor(bounds.max_mlp_factor * FACTOR_STEP + 1e-9)
         self._cache: dict[tuple[int, int], float] = {}
+        self.outside: str | None = None  # why an uncostable config was refused (for the error)
+        self._outside_other = False
 
     def config(self, e: int, k: int) -> ViTConfig:
         blocks = self.rule.blocks(e, self.setting.depth, self.gran, k / FACTOR_STEP)
@@ -181,8 +183,13 @@ class _Search:
         if key not in self._cache:
             try:
                 self._cache[key] = self.budget.model.cost(self.config(e, k))
-            except OutsideDomainError:  # e.g. outside the latency table's measured range: not a candidate
+            except OutsideDomainError as err:  # e.g. outside the latency table's measured range: not a candidate
                 self._cache[key] = math.nan
+                # the reason to show: the first one, unless a later one names a width other than EMB (the
+                # grid runs past the table's EMB range on purpose; another width out of range is the news)
+                other = not (isinstance(err, TableRangeError) and err.axis == "embed_dim")
+                if self.outside is None or (other and not self._outside_other):
+                    self.outside, self._outside_other = f"at EMB {e}: {err.message}", other
         return self._cache[key]
 
     def within(self, c: float) -> bool:
@@ -300,7 +307,7 @@ def _reachable(s: _Search) -> tuple[int, int]:
     b, tol, rule = s.budget.value, s.bounds.tolerance, s.rule.name
     if not valid:
         raise BudgetError(f"no config of rule {rule!r} with EMB {s.grid[0]}..{s.grid[-1]} can be costed "
-                          "(outside the latency table's measured range)")
+                          f"(outside the latency table's measured range; {s.outside})")
     i_lo, i_hi = valid
     kr_lo, kr_hi = s.k_range(s.grid[i_lo]), s.k_range(s.grid[i_hi])
     assert kr_lo is not None and kr_hi is not None
