@@ -76,7 +76,13 @@ lint: setup
 
 # each speed/quality figure of the README, at the scale it was measured (prune_quality: see README for full scale;
 # the GPU figures come from `PYTHONPATH=. python benchmarks/gpu_check.py --out DIR` on an NVIDIA GPU)
-bench: setup
+# the trained base that benchmarks/prune_latency.py prunes (docs/evidence/pruning.md); --resume finishes a killed one
+MICRO_BASE := runs/micro-base/model.safetensors
+$(MICRO_BASE): | setup
+	$(BIN)/revit train revit_micro --data fashion-mnist --train-limit 12000 --epochs 3 --threads 1 --no-progress \
+	  --resume --out runs/micro-base
+
+bench: setup $(MICRO_BASE)
 	$(BIN)/python benchmarks/generate_speed.py
 	$(BIN)/python benchmarks/latency_accuracy.py
 	$(BIN)/python benchmarks/train_micro.py --threads 1
