@@ -74,14 +74,14 @@ lint: setup
 	$(BIN)/ruff check revit tests benchmarks
 	$(BIN)/mypy revit
 
-# each speed/quality figure of the README, at the scale it was measured (prune_quality: see README for full scale;
-# the GPU figures come from `PYTHONPATH=. python benchmarks/gpu_check.py --out DIR` on an NVIDIA GPU)
 # the trained base that benchmarks/prune_latency.py prunes (docs/evidence/pruning.md); --resume finishes a killed one
 MICRO_BASE := runs/micro-base/model.safetensors
 $(MICRO_BASE): | setup
 	$(BIN)/revit train revit_micro --data fashion-mnist --train-limit 12000 --epochs 3 --threads 1 --no-progress \
 	  --resume --out runs/micro-base
 
+# each speed/quality figure of the README, at the scale it was measured (prune_quality: see README for full scale;
+# the GPU figures come from `PYTHONPATH=. python benchmarks/gpu_check.py --out DIR` on an NVIDIA GPU)
 bench: setup $(MICRO_BASE)
 	$(BIN)/python benchmarks/generate_speed.py
 	$(BIN)/python benchmarks/latency_accuracy.py
