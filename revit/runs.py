@@ -38,9 +38,9 @@ MARKER = ".revit-run.json"
 SCHEMA = "revit/run/v1"
 KINDS = ("train", "prune", "model-convert", "demo", "study-report", "latency-build")
 
-# the entries each kind writes into its folder (the marker adds what a run created besides these)
 HUB_DIR = "hf"  # the hub-format folder (timm's config.json, weights, card) that train, prune and convert write
 
+# the entries each kind writes into its folder (the marker adds what a run created besides these)
 OUTPUTS: dict[str, tuple[str, ...]] = {
     "train": ("config.yaml", "checkpoint.pt", "log.jsonl", "history.json", "model.safetensors",
               "model_ema.safetensors", "metrics.json", HUB_DIR),

@@ -170,8 +170,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from revit.errors import CheckpointError, ConfigError, RevitError
     from revit.models import from_timm, read_state_dict
     from revit.models.checkpoint import check_compatible, save_weights
-    from revit.models.hub import HUB_DIR, ModelCard, save_pretrained
+    from revit.models.hub import HUB_DIR, save_pretrained
     from revit.runs import claim_run
+    from revit.workflows.hub import convert_card
 
     if args.pretrained and args.checkpoint:
         raise ConfigError("give either --pretrained (hub download) or --checkpoint FILE, not both")
@@ -203,10 +204,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         claim.begin()
         model.config.save(out / "config.yaml")
         save_weights(model, out / "model.safetensors")
-        weights = (f"weights from `{Path(args.checkpoint).name}`" + (" (EMA)" if args.use_ema else "")
-                   if args.checkpoint else "timm's pretrained weights" if args.pretrained else "random init")
-        card = ModelCard(base=args.timm_name, notes=(f"Converted from timm's `{args.timm_name}` by `revit model "
-                                                     f"convert`, {weights}.",))
+        card = convert_card(args.timm_name, checkpoint=args.checkpoint, use_ema=args.use_ema,
+                            pretrained=args.pretrained)
         save_pretrained(model, out / HUB_DIR, card=card, overwrite=True)
     except (OSError, RevitError):  # a full disk: no half-converted folder left behind
         if created:

@@ -171,8 +171,8 @@ class _Search:
         self.k_min = math.ceil(bounds.min_mlp_factor * FACTOR_STEP - 1e-9)
         self.k_max = math.floor(bounds.max_mlp_factor * FACTOR_STEP + 1e-9)
         self._cache: dict[tuple[int, int], float] = {}
-        self.outside: str | None = None  # why an uncostable config was refused (for the error)
-        self._outside_other = False
+        # why the first uncostable config was refused, keyed by "a width other than EMB was out of range"
+        self._refusals: dict[bool, str] = {}
 
     def config(self, e: int, k: int) -> ViTConfig:
         blocks = self.rule.blocks(e, self.setting.depth, self.gran, k / FACTOR_STEP)
@@ -185,12 +185,15 @@ class _Search:
                 self._cache[key] = self.budget.model.cost(self.config(e, k))
             except OutsideDomainError as err:  # e.g. outside the latency table's measured range: not a candidate
                 self._cache[key] = math.nan
-                # the reason to show: the first one, unless a later one names a width other than EMB (the
-                # grid runs past the table's EMB range on purpose; another width out of range is the news)
                 other = not (isinstance(err, TableRangeError) and err.axis == "embed_dim")
-                if self.outside is None or (other and not self._outside_other):
-                    self.outside, self._outside_other = f"at EMB {e}: {err.message}", other
+                self._refusals.setdefault(other, f"at EMB {e}: {err.message}")
         return self._cache[key]
+
+    @property
+    def outside(self) -> str | None:
+        """The refusal to show: one naming a width other than EMB when there is one (the EMB grid runs past
+        the table's range on purpose, so another width out of range is the news), else the first."""
+        return self._refusals.get(True) or self._refusals.get(False)
 
     def within(self, c: float) -> bool:
         """Whether cost ``c`` is within the tolerance of the budget."""

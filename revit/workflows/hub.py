@@ -43,6 +43,15 @@ def save_model(source: str | os.PathLike[str], out: str | os.PathLike[str], *, c
     return save_pretrained(model, out, card=card, table=table, overwrite=overwrite)
 
 
+def convert_card(timm_name: str, *, checkpoint: str | None = None, use_ema: bool = False,
+                 pretrained: bool = False) -> ModelCard:
+    """The card of ``revit model convert``: the timm architecture and where its weights came from."""
+    weights = (f"weights from `{Path(checkpoint).name}`" + (" (EMA)" if use_ema else "") if checkpoint
+               else "timm's pretrained weights" if pretrained else "random init")
+    return ModelCard(base=timm_name, notes=(f"Converted from timm's `{timm_name}` by `revit model convert`, "
+                                            f"{weights}.",))
+
+
 def _from_run(run: Path, use_ema: bool) -> tuple[Any, ModelCard]:
     """The model and card of a finished run folder (prune: pruned.*; train: config.yaml + model*.safetensors)."""
     from revit.config import ViTConfig
@@ -73,4 +82,4 @@ def _from_run(run: Path, use_ema: bool) -> tuple[Any, ModelCard]:
     return build_model(cfg, checkpoint=str(weights)), train_card(run, metrics, cfg)
 
 
-__all__ = ["save_model"]
+__all__ = ["convert_card", "save_model"]
