@@ -1,6 +1,6 @@
-"""``revit latency build | import-nvit | query | validate``: latency tables from the command line.
+"""``revit latency build | import-nvit | query | validate | calibrate``: latency tables from the command line.
 
-``query`` stays torch-free (table + presets only); ``build`` and ``validate`` import the backend.
+``query`` stays torch-free (table + presets only); ``build``, ``validate`` and ``calibrate`` import the backend.
 """
 
 from __future__ import annotations
@@ -92,6 +92,22 @@ def register(sub: Any) -> None:
     v.add_argument("--json", action="store_true")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=_validate)
+
+    c = add_command(lsub, "calibrate", "scale a table to this machine now, from a few whole models timed (~1 min)",
+                    "revit latency calibrate my_table.json   (a shipped table: --out my_copy.json)")
+    c.add_argument("table")
+    c.add_argument("--out", help="write the calibrated table here (default: the table file itself, in place; "
+                                 "a shipped table needs --out)")
+    add_overwrite_arg(c)
+    c.add_argument("--models", type=count(50), default=4, help="whole models timed (default 4, at most 50)")
+    c.add_argument("--passes", type=count(100), default=5, help="passes over the models, each in random order")
+    c.add_argument("--source", default=None, choices=("exported", "graph"),
+                   help="exported: torch.onnx files as a user deploys them (default where the backend runs ONNX "
+                        "files); graph: the backend's own whole-model graph")
+    c.add_argument("--seed", type=seed(), default=0)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_calibrate)
 
 
 # options of some backends, by constructor keyword: the flag that sets each, and its value when not given
@@ -191,6 +207,7 @@ def _query_lines(table: Any, cfg: Any, model: str, pred: Any, savings: list[dict
     fixed = _ms(pred.fixed_s) if pred.fixed_s is not None else "unknown"
     lines.append(f"predicted: {_ms(pred.total_s)} per batch of {pred.batch_size} ({_ms(pred.per_image_s)} per "
                  f"image); blocks {_ms(pred.blocks_s)}, fixed parts {fixed}")
+    lines.append(f"calibration: {table.calibration_label}")
     if not pred.fixed_known:
         lines.append(f"note: {pred.note}")
     for i, (b, s) in enumerate(zip(cfg.blocks, pred.per_block_s, strict=True)):
@@ -221,7 +238,7 @@ def _validate(a: argparse.Namespace) -> int:
     if a.json:
         print_json(r.to_dict())
         return 0
-    lines = [f"table: {table.summary()}"]
+    lines = [f"table: {table.summary()}", f"calibration: {table.calibration_label}"]
     for c, p, me in zip(r.configs, r.predicted, r.measured, strict=True):
         lines.append(f"  embed {c.embed_dim:4d}  predicted {_ms(p)}  measured {_ms(me)}  error {(p - me) / me:+.1%}")
     floor = "n/a" if r.noise_floor is None else f"{r.noise_floor:.2%}"
@@ -232,4 +249,54 @@ def _validate(a: argparse.Namespace) -> int:
         lines.append(f"(load-normalised by the table's reference block; raw: MAPE {r.raw_mape:.2%}, "
                      f"noise floor {raw_floor})")
     sys.stdout.write("".join(f"{line}\n" for line in lines))
+    return 0
+
+
+def _calibration_target(a: argparse.Namespace) -> str:
+    """Where ``calibrate`` writes: ``--out`` (a new file, or a table with ``--overwrite``), else the table file
+    the user named, in place (never a shipped table named by its name, never through a link)."""
+    import os
+
+    if a.out:
+        check_output_file(a.out)
+        if os.path.lexists(a.out) and not a.overwrite:
+            raise ConfigError(f"--out {a.out}: exists; give a new file or --overwrite (a latency table only)")
+        if os.path.lexists(a.out):
+            from revit.latency.table import LatencyTable
+
+            if os.path.islink(a.out):
+                raise ConfigError(f"--out {a.out}: is a link; revit does not write through links")
+            LatencyTable.load(a.out)  # --overwrite replaces a latency table, nothing else
+        return str(a.out)
+    if not os.path.isfile(a.table):
+        raise ConfigError(f"{a.table} is a shipped table: give --out FILE for the calibrated copy")
+    if os.path.islink(a.table):
+        raise ConfigError(f"{a.table}: is a link; give --out FILE (revit does not write through links)")
+    check_output_file(a.table, "TABLE")
+    return str(a.table)
+
+
+def _calibrate(a: argparse.Namespace) -> int:
+    from revit.latency.calibration import calibrate
+    from revit.latency.table import LatencyTable
+    from revit.latency.validate import backend_for_table
+
+    table = LatencyTable.load(a.table)
+    target = _calibration_target(a)
+    backend = backend_for_table(table)
+    cal = calibrate(table, backend, models=a.models, passes=a.passes, seed=a.seed, source=a.source,
+                    progress=not a.no_progress)
+    table.with_calibration(cal).save(target)
+    if cal.load_average > 1.5:
+        warn(f"load average {cal.load_average:.2f} while calibrating: the scale includes that load; calibrate "
+             "an idle machine for figures that hold when it is idle")
+    if a.json:
+        print_json({"table": target, **cal.to_dict(), "spread": cal.spread})
+        return 0
+    for m in cal.models:
+        info(f"  embed {m.embed_dim:4d}, {m.depth} blocks: table {_ms(m.predicted_s)}, measured {_ms(m.measured_s)} "
+             f"(x{m.ratio:.3f})")
+    ref = "" if cal.reference_ratio is None else f"; reference block x{cal.reference_ratio:.3f} of its build median"
+    info(f"scale x{cal.scale:.3f} (models within {cal.spread:.1%} of it){ref}; {cal.seconds:.0f} s")
+    info(f"wrote {target}: {cal.label}")
     return 0

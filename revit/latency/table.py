@@ -118,6 +118,7 @@ class Prediction:
     fixed_s: float | None
     batch_size: int
     note: str = ""
+    calibration: str = ""  # the calibration the seconds are scaled by ("" for an uncalibrated table)
     blocks_s: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -140,7 +141,7 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         return {"total_s": self.total_s, "per_image_s": self.per_image_s, "batch_size": self.batch_size,
                 "blocks_s": self.blocks_s, "fixed_s": self.fixed_s, "fixed_known": self.fixed_known,
-                "per_block_s": list(self.per_block_s), "note": self.note}
+                "per_block_s": list(self.per_block_s), "note": self.note, "calibration": self.calibration or None}
 
 
 def _nested(a: np.ndarray) -> Any:
@@ -152,7 +153,7 @@ class LatencyTable:
 
     def __init__(self, axes: Mapping[str, Sequence[float]], values: Any, *, metadata: Mapping[str, Any],
                  spread: Any = None, fixed: FixedParts | None = None, fixed_note: str = "",
-                 source: str = "latency table") -> None:
+                 source: str = "latency table", calibrated: bool = True) -> None:
         self.source = source
         if set(axes) != set(WIDTH_KINDS):
             raise FileFormatError(f"{source}: axes must be exactly {', '.join(WIDTH_KINDS)}; got {', '.join(axes)}")
@@ -174,6 +175,12 @@ class LatencyTable:
         self.fixed = fixed
         self.fixed_note = fixed_note
         self._interp: Any = None
+        from revit.latency.calibration import calibrations_of
+
+        self.calibrations = calibrations_of(self.metadata, source)
+        # the calibration predictions are scaled by: the newest one, unless built ``calibrated=False``
+        self.calibration = self.calibrations[-1] if calibrated and self.calibrations else None
+        self.scale = self.calibration.scale if self.calibration is not None else 1.0
 
     def _array(self, data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         from revit.latency.validate_table import check_grid
@@ -221,7 +228,7 @@ class LatencyTable:
             raise ConfigError(f"a lookup point has {len(WIDTH_KINDS)} coordinates ({', '.join(WIDTH_KINDS)})")
         if not extrapolate:
             self._check_range(pts)
-        return np.asarray(self._interpolator()(pts), dtype=np.float64)
+        return np.asarray(self._interpolator()(pts), dtype=np.float64) * self.scale
 
     def block_latency(self, embed_dim: float, dims: BlockDims, extrapolate: bool = False) -> float:
         """Seconds for one block of these widths on one batch of ``batch_size`` images."""
@@ -241,7 +248,7 @@ class LatencyTable:
         if want != have:
             diff = ", ".join(f"{k} {want[k]} vs {have[k]}" for k in want if want[k] != have[k])
             return None, f"fixed parts unknown for this setting ({diff} measured); blocks only"
-        return self.fixed.latency(cfg.embed_dim, extrapolate), ""
+        return self.fixed.latency(cfg.embed_dim, extrapolate) * self.scale, ""
 
     def predict(self, cfg: ViTConfig, extrapolate: bool = False) -> Prediction:
         """Sum of per-block lookups plus the fixed parts, per batch of the table's batch size."""
@@ -249,7 +256,8 @@ class LatencyTable:
         pts = [(cfg.embed_dim, b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in cfg.blocks]
         per_block = tuple(float(x) for x in self.lookup(pts, extrapolate))
         fixed, note = self.fixed_latency(cfg, extrapolate)
-        return Prediction(per_block_s=per_block, fixed_s=fixed, batch_size=self.batch_size, note=note)
+        return Prediction(per_block_s=per_block, fixed_s=fixed, batch_size=self.batch_size, note=note,
+                          calibration=self.calibration_label if self.calibration is not None else "")
 
     def marginal_savings(self, cfg: ViTConfig, block_index: int, units: Mapping[str, int] | None = None, *,
                          clip: bool = True, extrapolate: bool = False,
@@ -299,6 +307,28 @@ class LatencyTable:
             out = {k: max(v, 0.0) for k, v in out.items()}
         return {k: out[k] for k in SAVING_KINDS if k in want}
 
+    # calibration ----------------------------------------------------------------------------
+    @property
+    def calibration_label(self) -> str:
+        """What the predictions are: calibrated (when, where, by how much) or as built."""
+        if self.calibration is not None:
+            return self.calibration.label
+        built = f" {self.metadata['created'][:10]}" if self.metadata.get("created") else ""
+        return f"uncalibrated (as built{built}; `revit latency calibrate` scales it to this machine now)"
+
+    def uncalibrated(self) -> LatencyTable:
+        """This table with its calibrations kept but not applied: the seconds as measured at build time."""
+        return LatencyTable.from_dict(self.to_dict(), self.source, calibrated=False)
+
+    def with_calibration(self, cal: Any) -> LatencyTable:
+        """A copy that records ``cal`` as its newest calibration (the oldest dropped beyond the kept number)."""
+        from revit.latency.calibration import MAX_KEPT
+
+        doc = self.to_dict()
+        doc["metadata"] = dict(doc["metadata"])
+        doc["metadata"]["calibrations"] = ([c.to_dict() for c in self.calibrations] + [cal.to_dict()])[-MAX_KEPT:]
+        return LatencyTable.from_dict(doc, self.source)
+
     # I/O -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -313,7 +343,7 @@ class LatencyTable:
         }
 
     @classmethod
-    def from_dict(cls, doc: Any, source: str = "latency table") -> LatencyTable:
+    def from_dict(cls, doc: Any, source: str = "latency table", calibrated: bool = True) -> LatencyTable:
         d = check_schema(doc, KIND, source)
         for k in ("metadata", "axes", "values"):
             if k not in d:
@@ -323,14 +353,15 @@ class LatencyTable:
         fixed = d.get("fixed")
         return cls(d["axes"], d["values"], metadata=d["metadata"], spread=d.get("spread"),
                    fixed=None if fixed is None else FixedParts.from_dict(fixed, source),
-                   fixed_note=str(d.get("fixed_note") or ""), source=source)
+                   fixed_note=str(d.get("fixed_note") or ""), source=source, calibrated=calibrated)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> LatencyTable:
+    def load(cls, path: str | os.PathLike[str], calibrated: bool = True) -> LatencyTable:
         """Read a table (a path, or a shipped table's name such as ``cpu_onnxruntime_fp32_bs64_t17``); a
-        missing, truncated, corrupted or foreign file gives a one-line FileFormatError."""
+        missing, truncated, corrupted or foreign file gives a one-line FileFormatError.  Predictions use the
+        newest calibration the table records unless ``calibrated=False``."""
         found = resolve_table(path)
-        return cls.from_dict(load_json(found), str(found))
+        return cls.from_dict(load_json(found), str(found), calibrated=calibrated)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file + rename)."""

@@ -199,7 +199,9 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
     if ref is None:
         return ValidationResult(cfgs, predicted, raw, raw_noise, time.perf_counter() - t_start, raw, raw_noise)
     assert ref_info is not None
-    scale = float(ref_info["median_s"])
+    # in the units of the predictions: the build's reference level, or the calibration's when one is applied
+    cal = table.calibration
+    scale = float(ref_info["median_s"]) * (cal.reference_ratio if cal is not None and cal.reference_ratio else 1.0)
     measured = [float(np.median(ratio[i])) * scale for i in range(len(cfgs))]
     noise = [float(np.median(ratio[i])) * scale for i in items if i < 0]
     return ValidationResult(cfgs, predicted, measured, noise, time.perf_counter() - t_start, raw, raw_noise, True)

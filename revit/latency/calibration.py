@@ -1,0 +1,191 @@
+"""Calibration of a latency table to this machine now: one scale from a few whole models timed today.
+
+A table's cells are what a block cost while the table was built, on whatever load the builder's machine had
+then (the reference block only removes load changes *during* the build).  A calibration times the reference
+block and a few whole models - exported with ``torch.onnx`` as a user deploys them, where the backend runs
+ONNX files - and records ``scale = median(measured / predicted)``: the load of the build day and the
+whole-graph-over-its-parts excess in one number.  The table keeps every calibration made of it
+(``metadata.calibrations``, newest last); predictions use the newest and name it.
+
+This module is torch-free except :func:`calibrate`, which times models (and imports torch to export them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from revit.errors import ConfigError, FileFormatError
+
+if TYPE_CHECKING:
+    from revit.config import ViTConfig
+    from revit.latency.backends.base import Backend
+    from revit.latency.table import LatencyTable
+
+# the most calibrations a table keeps (the oldest go first); a scale outside this range is not a calibration
+MAX_KEPT = 20
+SCALE_RANGE = (0.02, 50.0)
+
+
+@dataclass(frozen=True)
+class TimedModel:
+    """One whole model of a calibration: its shape, the table's uncalibrated prediction and today's time (s)."""
+
+    embed_dim: int
+    depth: int
+    predicted_s: float
+    measured_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.measured_s / self.predicted_s
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A table's scale on one machine at one time, with what it was measured on."""
+
+    created: str  # ISO 8601, UTC
+    load_average: float  # the 1-minute load average when the timing started
+    scale: float  # median over the models of measured / predicted
+    models: tuple[TimedModel, ...]
+    source: str  # "exported" (torch.onnx files) or "graph" (the backend's own model graph)
+    seconds: float  # how long the calibration took
+    host: str = ""
+    reference_ratio: float | None = None  # the reference block now / its median over the build
+
+    def __post_init__(self) -> None:
+        lo, hi = SCALE_RANGE
+        if not (math.isfinite(self.scale) and lo <= self.scale <= hi):
+            raise FileFormatError(f"calibration scale {self.scale!r} is outside [{lo:g}, {hi:g}]")
+        if not (math.isfinite(self.load_average) and self.load_average >= 0):
+            raise FileFormatError(f"calibration load average {self.load_average!r} must be a finite number >= 0")
+        if self.source not in ("exported", "graph"):
+            raise FileFormatError(f"calibration source must be 'exported' or 'graph', got {self.source!r}")
+
+    @property
+    def label(self) -> str:
+        """One line naming this calibration (what a prediction that uses it says)."""
+        return (f"calibrated {self.created[:16].replace('T', ' ')} UTC on {self.host or 'this machine'} "
+                f"(load {self.load_average:.2f}, x{self.scale:.3f} from {len(self.models)} {self.source} models)")
+
+    @property
+    def spread(self) -> float:
+        """Largest relative deviation of one model's ratio from the scale: how well one number fits them all."""
+        return max((abs(m.ratio / self.scale - 1) for m in self.models), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"created": self.created, "load_average": self.load_average, "scale": self.scale,
+                "source": self.source, "seconds": round(self.seconds, 1), "host": self.host,
+                "reference_ratio": self.reference_ratio,
+                "models": [{"embed_dim": m.embed_dim, "depth": m.depth, "predicted_s": m.predicted_s,
+                            "measured_s": m.measured_s} for m in self.models]}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str) -> Calibration:
+        """Validated: a malformed record is one FileFormatError naming the table."""
+        from revit.validation import check_int, check_number
+
+        def num(v: Any, name: str) -> float:
+            return float(check_number(v, name, 0, 1e6, lo_open=True, error=FileFormatError))
+
+        if not isinstance(d, Mapping):
+            raise FileFormatError(f"{source}: a calibration must be a mapping")
+        try:
+            models = d.get("models") or []
+            if not isinstance(models, list) or len(models) > 1000:
+                raise ValueError("'models' must be a list of at most 1000 records")
+            timed = tuple(TimedModel(check_int(m["embed_dim"], "embed_dim", 1, 1 << 20, error=FileFormatError),
+                                     check_int(m["depth"], "depth", 0, 10_000, error=FileFormatError),
+                                     num(m["predicted_s"], "predicted_s"), num(m["measured_s"], "measured_s"))
+                          for m in models)
+            ref = d.get("reference_ratio")
+            return cls(created=str(d["created"])[:64],
+                       load_average=float(check_number(d["load_average"], "load_average", 0, 1e6,
+                                                       error=FileFormatError)),
+                       scale=float(check_number(d["scale"], "scale", *SCALE_RANGE, error=FileFormatError)),
+                       models=timed, source=str(d.get("source", "exported")),
+                       seconds=float(check_number(d.get("seconds", 0.0), "seconds", 0, 1e9, error=FileFormatError)),
+                       host=str(d.get("host", ""))[:256],
+                       reference_ratio=None if ref is None else num(ref, "reference_ratio"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise FileFormatError(f"{source}: malformed calibration ({e})") from None
+        except FileFormatError as e:
+            raise FileFormatError(f"{source}: {e}") from None
+
+
+def calibrations_of(metadata: Mapping[str, Any], source: str) -> tuple[Calibration, ...]:
+    """The calibrations a table's metadata records, oldest first (none for tables written before them)."""
+    raw = metadata.get("calibrations")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_KEPT:
+        raise FileFormatError(f"{source}: metadata 'calibrations' must be a list of at most {MAX_KEPT} records")
+    return tuple(Calibration.from_dict(c, source) for c in raw)
+
+
+def calibration_configs(table: LatencyTable, n: int, seed: int = 0) -> list[ViTConfig]:
+    """The whole models a calibration times: the table's widest uniform model, a uniform one on the middle knots,
+    and random per-block ones inside the table (``n`` in all), at the table's setting and depth."""
+    from revit.config import BlockDims, ViTConfig
+    from revit.latency.validate import random_configs, setting_of
+
+    setting, depth = setting_of(table)
+    out: list[ViTConfig] = []
+    for pick in (lambda pts: pts[-1], lambda pts: pts[len(pts) // 2]):
+        emb = int(pick(table.axes["embed_dim"]))
+        dims = BlockDims(*(int(pick(table.axes[k])) for k in ("heads", "qk_dim", "v_dim", "mlp_dim")))
+        out.append(ViTConfig(embed_dim=emb, blocks=(dims,) * depth, **setting))
+    out += random_configs(table, max(0, n - 2), seed=random.Random(seed).randrange(1 << 30))
+    return out[:n]
+
+
+def _load_average() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:  # not on every platform
+        return 0.0
+
+
+def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes: int = 5, seed: int = 0,
+              source: str | None = None, configs: Sequence[ViTConfig] | None = None,
+              progress: bool = False) -> Calibration:
+    """Time ``models`` whole models and the reference block on ``backend`` now; the calibration they give.
+
+    ``source``: ``"exported"`` (``torch.onnx`` files, what a user deploys; the default where the backend runs ONNX
+    files) or ``"graph"`` (the backend's own whole-model graph).  Predictions are the table's uncalibrated ones.
+    """
+    import numpy as np
+
+    from revit.latency.validate import validate
+
+    if source is None:
+        source = "exported" if getattr(backend, "onnx_file", None) is not None else "graph"
+    if models < 1 or passes < 1:
+        raise ConfigError("a calibration times at least one model in at least one pass")
+    raw_table = table.uncalibrated()
+    cfgs = list(configs) if configs is not None else calibration_configs(raw_table, models, seed)
+    t0 = time.perf_counter()
+    load = _load_average()
+    created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    r = validate(raw_table, backend, len(cfgs), seed=seed, noise_k=0, passes=passes,
+                 model_source="revit-models" if source == "exported" else "graph", progress=progress, configs=cfgs)
+    ref_ratio = None
+    if r.normalised:
+        # the reference block during this calibration against its build median (the build day's load in one
+        # number), from the same timings that bracketed the models: raw seconds over reference-normalised ones
+        ref_ratio = float(np.median(np.asarray(r.raw_measured) / np.asarray(r.measured)))
+    # each model's samples were divided by the reference timed around them (load changes during the calibration
+    # cancel) and put back in seconds at the reference's level now; without a reference, the raw seconds
+    now = [m * ref_ratio for m in r.measured] if ref_ratio is not None else r.raw_measured
+    timed = tuple(TimedModel(c.embed_dim, c.depth, p, m) for c, p, m in zip(r.configs, r.predicted, now, strict=True))
+    scale = float(np.median([t.ratio for t in timed]))
+    return Calibration(created=created, load_average=load, scale=scale, models=timed, source=source,
+                       seconds=time.perf_counter() - t0, host=platform.node(), reference_ratio=ref_ratio)
