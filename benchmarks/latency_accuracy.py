@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--noise-k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--model-source", default="graph", choices=("graph", "revit-models"))
+    ap.add_argument("--model-source", default="graph", choices=("graph", "exported", "revit-models"))
     ap.add_argument("--export-check", type=int, default=5,
                     help="also validate N configs exported by revit.models (torch.onnx, ~8 s each); 0 to skip")
     ap.add_argument("--progress", action="store_true")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("export check  skipped: revit.models is not available")
         else:
-            x = validate(table, backend, a.export_check, seed=a.seed + 100, noise_k=0, model_source="revit-models",
+            x = validate(table, backend, a.export_check, seed=a.seed + 100, noise_k=0, model_source="exported",
                          progress=a.progress)
             print(f"export check  {a.export_check} configs exported by revit.models (torch.onnx dynamo): "
                   f"MAPE {x.mape:.2%}, worst {x.worst:.2%}, bias {x.bias:+.2%}")

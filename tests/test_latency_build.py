@@ -322,9 +322,10 @@ def test_real_build_and_validate_end_to_end(tmp_path: Path, capsys: pytest.Captu
     assert t.metadata["space"] == grid.to_dict() and t.n_cells == 4
     assert (t.values > 0).all() and t.fixed is not None and t.fixed.setting == SETTING
     capsys.readouterr()
-    assert main(["latency", "validate", str(out), "--samples", "3", "--noise-k", "2", "--json", "--no-progress"]) == 0
+    assert main(["latency", "validate", str(out), "--samples", "2", "--noise-k", "2", "--json", "--no-progress"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["samples"] == 3 and res["mape"] < 1.0 and res["noise_floor"] is not None and res["normalised"]
+    assert res["samples"] == 2 and res["mape"] < 1.0 and res["noise_floor"] is not None and res["normalised"]
+    assert res["model_source"] == "exported"  # the default: the model a user deploys, through torch.onnx
     cfg = random_configs(t, 1, seed=9)[0]
     cfg.save(tmp_path / "c.yaml")
     assert main(["latency", "query", str(out), str(tmp_path / "c.yaml"), "--json"]) == 0

@@ -87,8 +87,10 @@ def register(sub: Any) -> None:
     v.add_argument("--noise-k", type=non_negative(),
                    default=10, help="copies of one config measured for the noise floor")
     v.add_argument("--seed", type=seed(), default=1)
-    v.add_argument("--model-source", default="graph", choices=("graph", "revit-models"),
-                   help="graph: onnx.helper model; revit-models: export revit.models' model to ONNX")
+    v.add_argument("--model-source", default=None, choices=("exported", "graph", "revit-models"),
+                   help="exported (default where the backend runs ONNX files): revit's model through torch.onnx, "
+                        "as a user deploys it; graph: the backend's own synthetic whole-model graph; "
+                        "revit-models: the old name of exported")
     v.add_argument("--json", action="store_true")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=_validate)
@@ -238,7 +240,8 @@ def _validate(a: argparse.Namespace) -> int:
     if a.json:
         print_json(r.to_dict())
         return 0
-    lines = [f"table: {table.summary()}", f"calibration: {table.calibration_label}"]
+    what = "exported with torch.onnx" if r.model_source == "exported" else "the backend's synthetic graph"
+    lines = [f"table: {table.summary()}", f"calibration: {table.calibration_label}", f"whole models: {what}"]
     for c, p, me in zip(r.configs, r.predicted, r.measured, strict=True):
         lines.append(f"  embed {c.embed_dim:4d}  predicted {_ms(p)}  measured {_ms(me)}  error {(p - me) / me:+.1%}")
     floor = "n/a" if r.noise_floor is None else f"{r.noise_floor:.2%}"

@@ -164,10 +164,9 @@ def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes:
     """
     import numpy as np
 
-    from revit.latency.validate import validate
+    from revit.latency.validate import model_source_for, validate
 
-    if source is None:
-        source = "exported" if getattr(backend, "onnx_file", None) is not None else "graph"
+    source = model_source_for(backend, source)
     if models < 1 or passes < 1:
         raise ConfigError("a calibration times at least one model in at least one pass")
     raw_table = table.uncalibrated()
@@ -176,7 +175,7 @@ def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes:
     load = _load_average()
     created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     r = validate(raw_table, backend, len(cfgs), seed=seed, noise_k=0, passes=passes,
-                 model_source="revit-models" if source == "exported" else "graph", progress=progress, configs=cfgs)
+                 model_source=source, progress=progress, configs=cfgs)
     ref_ratio = None
     if r.normalised:
         # the reference block during this calibration against its build median (the build day's load in one

@@ -88,6 +88,7 @@ class ValidationResult:
     raw_measured: list[float] = field(default_factory=list)
     raw_noise_measurements: list[float] = field(default_factory=list)
     normalised: bool = False
+    model_source: str = "graph"
 
     @property
     def raw_mape(self) -> float:
@@ -131,36 +132,55 @@ class ValidationResult:
         return {"samples": len(self.configs), "mape": self.mape, "worst": self.worst, "bias": self.bias,
                 "noise_floor": self.noise_floor, "noise_measurements": self.noise_measurements,
                 "normalised": self.normalised, "raw_mape": self.raw_mape, "raw_noise_floor": self.raw_noise_floor,
-                "seconds": round(self.seconds, 1),
+                "seconds": round(self.seconds, 1), "model_source": self.model_source,
                 "rows": [{"embed_dim": c.embed_dim, "predicted_s": p, "measured_s": m, "error": (p - m) / m}
                          for c, p, m in zip(self.configs, self.predicted, self.measured, strict=True)]}
+
+
+# where whole models come from: "exported" = revit's torch model through torch.onnx (what a user deploys; the
+# default where the backend runs ONNX files), "graph" = the backend's own synthetic whole-model graph
+MODEL_SOURCES = ("exported", "graph")
+_ALIASES = {"revit-models": "exported"}  # the name before the exported model became the default
+
+
+def model_source_for(backend: Backend, source: str | None) -> str:
+    """The model source to validate with: ``source`` (aliases resolved), or by default the exported model where
+    ``backend`` runs ONNX files and its own graph elsewhere (the torch backend's graph is revit's torch model)."""
+    if source is None:
+        return "exported" if getattr(backend, "onnx_file", None) is not None else "graph"
+    source = _ALIASES.get(source, source)
+    if source not in MODEL_SOURCES:
+        raise ConfigError(f"model source must be one of {', '.join(MODEL_SOURCES)}, got {source!r}")
+    return source
 
 
 def _model_workload(backend: Backend, cfg: ViTConfig, batch: int, source: str, tmp: str) -> Workload:
     if source == "graph":
         return backend.model(cfg, batch)
-    if source == "revit-models":
-        import torch
+    import torch
 
-        from revit.models import build_model
-        from revit.models.export import export_onnx
+    from revit.models import build_model
+    from revit.models.export import export_onnx
 
-        path = os.path.join(tmp, f"m{id(cfg)}.onnx")
-        model = build_model(cfg).eval()
-        export_onnx(model, path, torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size))
-        onnx_file = getattr(backend, "onnx_file", None)
-        if onnx_file is None:
-            raise ConfigError("--model-source revit-models needs the onnxruntime backend")
-        w: Workload = onnx_file(path, cfg, batch)
-        return w
-    raise ConfigError(f"model source must be 'graph' or 'revit-models', got {source!r}")
+    onnx_file = getattr(backend, "onnx_file", None)
+    if onnx_file is None:
+        raise ConfigError("--model-source exported needs a backend that runs ONNX files (onnxruntime); "
+                          "give --model-source graph")
+    path = os.path.join(tmp, f"m{id(cfg)}.onnx")
+    model = build_model(cfg).eval()
+    export_onnx(model, path, torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size))
+    w: Workload = onnx_file(path, cfg, batch)
+    return w
 
 
 def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int = 1, noise_k: int = 10,
              warmup: int | None = None, repeats: int | None = None, passes: int | None = None,
-             model_source: str = "graph", progress: bool = True, configs: list[ViTConfig] | None = None
+             model_source: str | None = None, progress: bool = True, configs: list[ViTConfig] | None = None
              ) -> ValidationResult:
-    """Measure ``samples`` random whole models (plus ``noise_k`` copies of the first) against predictions."""
+    """Measure ``samples`` random whole models (plus ``noise_k`` copies of the first) against predictions.
+
+    ``model_source``: see :func:`model_source_for` (default: the exported model where the backend runs ONNX)."""
+    model_source = model_source_for(backend, model_source)
     meas = table.metadata.get("measurement") or {}
     warmup = int(meas.get("warmup") or 2) if warmup is None else warmup
     repeats = int(meas.get("repeats") or 5) if repeats is None else repeats
@@ -197,11 +217,13 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
     raw = [float(np.median(got[i])) for i in range(len(cfgs))]
     raw_noise = [float(np.median(got[i])) for i in items if i < 0]
     if ref is None:
-        return ValidationResult(cfgs, predicted, raw, raw_noise, time.perf_counter() - t_start, raw, raw_noise)
+        return ValidationResult(cfgs, predicted, raw, raw_noise, time.perf_counter() - t_start, raw, raw_noise,
+                                model_source=model_source)
     assert ref_info is not None
     # in the units of the predictions: the build's reference level, or the calibration's when one is applied
     cal = table.calibration
     scale = float(ref_info["median_s"]) * (cal.reference_ratio if cal is not None and cal.reference_ratio else 1.0)
     measured = [float(np.median(ratio[i])) * scale for i in range(len(cfgs))]
     noise = [float(np.median(ratio[i])) * scale for i in items if i < 0]
-    return ValidationResult(cfgs, predicted, measured, noise, time.perf_counter() - t_start, raw, raw_noise, True)
+    return ValidationResult(cfgs, predicted, measured, noise, time.perf_counter() - t_start, raw, raw_noise, True,
+                            model_source)
