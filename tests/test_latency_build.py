@@ -477,3 +477,35 @@ def test_model_graph_computes_the_revit_model(distilled: bool) -> None:
     (y,) = _ort(g).run(None, {"image": img})
     with torch.no_grad():
         np.testing.assert_allclose(y, model(torch.from_numpy(img)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_held_out_speedups_of_an_exact_table_and_of_a_blind_one(tmp_path: Path) -> None:
+    """An exact table predicts every speedup (error 0); a whole model with a per-head overhead that the blocks
+    never showed makes the table overpromise where that overhead weighs more than in the base."""
+    from revit.latency.speedups import HeldOut, summary, time_speedups
+
+    b = FakeBackend(stepped)
+    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+                    progress=False)
+    cfgs = random_configs(t, 6, seed=3)
+    base, held = cfgs[0], [HeldOut("random" if i % 2 else "pruned", f"c{i}", c) for i, c in enumerate(cfgs[1:])]
+    rows, _ = time_speedups(t, b, base, held, passes=2, warmup=0, repeats=1, progress=False)
+    assert [r.name for r in rows] == [h.name for h in held]
+    assert max(abs(r.error) for r in rows) < 1e-6
+
+    class PerHead(FakeBackend):
+        def model(self, cfg: ViTConfig, batch: int) -> Workload:
+            return _Const(super().model(cfg, batch).time(1)[0] + 5e-5 * sum(blk.heads for blk in cfg.blocks))
+
+    rows, _ = time_speedups(t, PerHead(stepped), base, held, passes=1, warmup=0, repeats=1, progress=False)
+    def share(c: ViTConfig) -> float:  # the hidden overhead's share of what the table prices
+        return 5e-5 * sum(blk.heads for blk in c.blocks) / t.predict(c).total_s
+
+    for r in rows:  # the table overpromises exactly where the hidden share is larger than the base's
+        assert (r.error > 0) == (share(r.config) > share(base))
+        assert r.measured == pytest.approx((t.predict(base).total_s * (1 + share(base)))
+                                           / (t.predict(r.config).total_s * (1 + share(r.config))))
+    s = summary(rows)
+    errs = np.abs([r.error for r in rows])
+    assert s["all"]["n"] == 5 and s["all"]["max"] == pytest.approx(errs.max())
+    assert s["all"]["median"] == pytest.approx(np.median(errs)) and s["pruned"]["n"] == 3 and s["random"]["n"] == 2

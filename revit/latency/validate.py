@@ -154,7 +154,8 @@ def model_source_for(backend: Backend, source: str | None) -> str:
     return source
 
 
-def _model_workload(backend: Backend, cfg: ViTConfig, batch: int, source: str, tmp: str) -> Workload:
+def model_workload(backend: Backend, cfg: ViTConfig, batch: int, source: str, tmp: str) -> Workload:
+    """A whole model of ``cfg`` ready to time on ``backend``: exported into folder ``tmp``, or the backend's graph."""
     if source == "graph":
         return backend.model(cfg, batch)
     import torch
@@ -200,7 +201,7 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for i in items:
-                loads[i] = _model_workload(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
+                loads[i] = model_workload(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
             with tqdm(total=len(items) * passes, desc="validate", unit="model", disable=not progress,
                       leave=False) as bar:
                 for i in shuffled_passes(items, passes, seed):

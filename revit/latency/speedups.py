@@ -1,0 +1,114 @@
+"""Held-out speedup validation: the table's predicted speedup of each config over a base against the measured one.
+
+What a user deploys is a whole model exported with ``torch.onnx``, and what they ask of a table is mostly a
+ratio: "how much faster is this pruned (or generated) model than the one I have?".  This module exports the base
+and every config, times them all with the table's protocol (warm-up, repeats, median; passes over all models in
+a fresh random order each, so load changes spread over all of them), and compares
+``predicted = table(base) / table(config)`` with ``measured = median(base) / median(config)``.
+Configs come in named groups (random, pruned, generated, ...) and the summary gives each group's distribution
+of errors: median, 95th percentile and worst.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from revit.config import ViTConfig
+from revit.latency.backends.base import Backend, Workload
+from revit.latency.table import LatencyTable
+from revit.latency.timing import shuffled_passes
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One config to validate: its group (where it comes from) and a name."""
+
+    group: str
+    name: str
+    config: ViTConfig
+
+
+@dataclass(frozen=True)
+class SpeedupRow:
+    """Predicted and measured speedup of one config over the base (seconds per batch of the table's size)."""
+
+    group: str
+    name: str
+    config: ViTConfig
+    predicted_s: float
+    measured_s: float
+    base_predicted_s: float
+    base_measured_s: float
+
+    @property
+    def predicted(self) -> float:
+        return self.base_predicted_s / self.predicted_s
+
+    @property
+    def measured(self) -> float:
+        return self.base_measured_s / self.measured_s
+
+    @property
+    def error(self) -> float:
+        """Relative error of the predicted speedup (positive: the table promises more than the model gives)."""
+        return self.predicted / self.measured - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "name": self.name, "predicted_speedup": self.predicted,
+                "measured_speedup": self.measured, "error": self.error, "predicted_s": self.predicted_s,
+                "measured_s": self.measured_s, "config": self.config.to_dict()}
+
+
+def summary(rows: Sequence[SpeedupRow]) -> dict[str, dict[str, float]]:
+    """Per group (and ``all``): count, median, 95th percentile and worst of the absolute errors, and the share
+    within 5%."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault(r.group, []).append(abs(r.error))
+        groups.setdefault("all", []).append(abs(r.error))
+    return {g: {"n": len(e), "median": float(np.median(e)), "p95": float(np.percentile(e, 95)),
+                "max": float(np.max(e)), "within_5pct": float(np.mean(np.asarray(e) <= 0.05))}
+            for g, e in groups.items()}
+
+
+def time_speedups(table: LatencyTable, backend: Backend, base: ViTConfig, configs: Sequence[HeldOut], *,
+                  passes: int = 10, warmup: int | None = None, repeats: int | None = None, seed: int = 0,
+                  model_source: str | None = None, progress: bool = True) -> tuple[list[SpeedupRow], float]:
+    """Export and time ``base`` and every config, interleaved; the rows and the seconds the timing took."""
+    from tqdm import tqdm
+
+    from revit.latency.validate import model_source_for, model_workload
+
+    meas = table.metadata.get("measurement") or {}
+    warmup = int(meas.get("warmup") or 2) if warmup is None else warmup
+    repeats = int(meas.get("repeats") or 5) if repeats is None else repeats
+    source = model_source_for(backend, model_source)
+    cfgs = [base] + [h.config for h in configs]
+    samples: dict[int, list[float]] = {i: [] for i in range(len(cfgs))}
+    loads: dict[int, Workload] = {}
+    t0 = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, c in enumerate(tqdm(cfgs, desc="export", unit="model", disable=not progress, leave=False)):
+                loads[i] = model_workload(backend, c, table.batch_size, source, tmp)
+            t0 = time.perf_counter()
+            with tqdm(total=len(cfgs) * passes, desc="time", unit="model", disable=not progress, leave=False) as bar:
+                for i in shuffled_passes(list(range(len(cfgs))), passes, seed):
+                    loads[i].time(warmup)
+                    samples[i] += loads[i].time(repeats)
+                    bar.update(1)
+    finally:
+        for w in loads.values():
+            w.close()
+    seconds = time.perf_counter() - t0
+    med = [float(np.median(samples[i])) for i in range(len(cfgs))]
+    base_pred = table.predict(base).total_s
+    rows = [SpeedupRow(h.group, h.name, h.config, table.predict(h.config).total_s, med[i + 1], base_pred, med[0])
+            for i, h in enumerate(configs)]
+    return rows, seconds
