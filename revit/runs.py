@@ -139,16 +139,24 @@ def marker_path(folder: str | os.PathLike[str]) -> Path:
     return Path(folder) / MARKER
 
 
-def run_file(folder: str | os.PathLike[str], *parts: str) -> Path:
-    """``folder/parts...``, refused (one line) when it or a folder on the way inside ``folder`` is a symbolic
-    link: revit never reads or copies a run's files through one (a link could point at a user's secrets)."""
+def linked_part(folder: str | os.PathLike[str], *parts: str) -> Path | None:
+    """The first of ``folder/parts[0]``, ``folder/parts[0]/parts[1]``, ... that is a symbolic link, else None."""
     path = Path(folder)
     for part in parts:
         path = path / part
         if path.is_symlink():
-            raise FileFormatError(f"{path} is a symbolic link; revit never reads or copies a run's files "
-                                  "through one", hint="replace it with the file itself")
-    return path
+            return path
+    return None
+
+
+def run_file(folder: str | os.PathLike[str], *parts: str) -> Path:
+    """``folder/parts...``, refused (one line) when it or a folder on the way inside ``folder`` is a symbolic
+    link: revit never reads or copies a run's files through one (a link could point at a user's secrets)."""
+    link = linked_part(folder, *parts)
+    if link is not None:
+        raise FileFormatError(f"{link} is a symbolic link; revit never reads or copies a run's files through one",
+                              hint="replace it with the file itself")
+    return Path(folder).joinpath(*parts)
 
 
 def read_marker(folder: str | os.PathLike[str]) -> RunMarker | None:
@@ -454,4 +462,4 @@ def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[s
 
 __all__ = ["KINDS", "MARKER", "OUTPUTS", "Claim", "FileClaim", "FinishedRunError", "RunKindError",
            "RunLockedError", "RunMarker", "UnfinishedRunError", "acquire", "check_unlocked", "claim_output_file",
-           "claim_run", "file_kind", "read_marker", "release", "run_file", "write_marker"]
+           "claim_run", "file_kind", "linked_part", "read_marker", "release", "run_file", "write_marker"]
