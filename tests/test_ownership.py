@@ -321,3 +321,20 @@ def test_a_huge_sparse_checkpoint_is_refused_from_its_header(cli, tmp_path, tiny
     assert cli("model", "save", work / "tiny.yaml", "--checkpoint", tmp_path / "ok.safetensors", "--out",
                work / "hub")[0] == 0
     assert os.path.getsize(work / "hub" / "model.safetensors") > 0
+
+
+def test_the_demo_report_copies_no_plot_through_a_link(tmp_path):
+    """The demo's report copies its stages' plots; one that is a link (to a user's secret) is left out."""
+    from revit.workflows.demo import DemoPlan, write_demo_readme
+
+    plots = tmp_path / "2-prune" / "plots"
+    plots.mkdir(parents=True)
+    (tmp_path / "secret").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (plots / "widths_vs_step.png").symlink_to(tmp_path / "secret")
+    (plots / "final_profile.png").write_bytes(b"\x89PNG a real plot")
+    summary = {"base": {"test_acc": 0.5}, "base_latency_ms": 1.0,
+               "prune": {"steps": 1, "macs_ratio": 0.5, "cost_ratio": 0.5, "test_accuracy": 0.5},
+               "fit_r2": {}, "configs": {}, "seconds": {}}
+    write_demo_readme(tmp_path, tmp_path / "report", DemoPlan(), summary)
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["README.md", "final_profile.png"]
+    assert "widths_vs_step" not in (tmp_path / "report" / "README.md").read_text()
