@@ -127,8 +127,8 @@ def check_model_folder(out_dir: str | os.PathLike[str], overwrite: bool = False)
 
 
 def _owned_by_run(out: Path) -> bool:
-    """Whether ``out`` is an entry (such as ``hf/``) that the marker of the run folder around it lists as revit's."""
-    found = read_marker(out.parent) if out.parent.is_dir() else None
+    """Whether ``out`` is the ``hf/`` folder of a run whose marker lists it as revit's."""
+    found = read_marker(out.parent) if out.name == HUB_DIR and out.parent.is_dir() else None
     return found is not None and found.kind != MODEL_KIND and out.name in found.owned
 
 
