@@ -279,13 +279,14 @@ class Claim:
         """A failure after :meth:`begin` (a full disk): a new run's own outputs (by name, with their temp files)
         and its marker are removed, then the folders begin created, so no half run is left; a user's file
         that appeared meanwhile stays.  A resumed or replaced run keeps its unfinished marker for ``--resume``."""
-        self._clear(lambda left: True)
+        self._clear(lambda left: True, keep_folder=True)
 
     def _own_temp(self, name: str) -> bool:
         return _is_temp_of(name, set(OUTPUTS[self.kind]))
 
-    def _clear(self, whole: Callable[[set[str]], bool]) -> None:
-        """Remove a new run's own entries and marker when ``whole(entries left)`` says so; release the lock."""
+    def _clear(self, whole: Callable[[set[str]], bool], *, keep_folder: bool = False) -> None:
+        """Remove a new run's own entries and marker when ``whole(entries left)`` says so, then the folders begin
+        created (``keep_folder``: only those, never an empty folder that was there before); release the lock."""
         try:
             if self.mode == "new" and self._state.get("begun") and self.folder.is_dir():
                 left = self._entries()
@@ -294,7 +295,8 @@ class Claim:
                         if n in OUTPUTS[self.kind] or self._own_temp(n) or n in SETUP_FILES.get(self.kind, ()):
                             _remove(self.folder / n)
                     marker_path(self.folder).unlink(missing_ok=True)
-                    _remove_empty([*self._state.get("created", [])] or [self.folder])
+                    created = [*self._state.get("created", [])]
+                    _remove_empty(created if keep_folder else created or [self.folder])
         finally:
             release(self.folder)
 

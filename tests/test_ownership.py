@@ -264,6 +264,32 @@ def test_convert_on_a_full_disk_is_one_line_and_leaves_nothing(cli, small_tmpfs,
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]
 
 
+def test_a_failed_run_discards_only_its_own_files(tmp_path):
+    """After a failure (the full disk above), a new run's own outputs, temp files and marker go, with the folders
+    it created; a user's file that appeared meanwhile and an empty folder that was there before stay."""
+    out = tmp_path / "there"
+    out.mkdir()
+    claim = claim_run(out, "model-convert")
+    claim.begin()
+    (out / "config.yaml").write_text("embed_dim: 8\n")
+    (out / ".model.safetensors.abc123.tmp").write_bytes(b"half a file")
+    (out / "mine.txt").write_text("mine")
+    claim.discard()
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    (out / "mine.txt").unlink()
+    claim = claim_run(out, "model-convert")
+    claim.begin()
+    (out / "hf").mkdir()
+    claim.discard()
+    assert out.is_dir() and not any(out.iterdir())  # the user's empty folder stays
+    new = tmp_path / "a" / "b"
+    claim = claim_run(new, "model-convert")
+    claim.begin()
+    (new / "model.safetensors").write_bytes(b"w")
+    claim.discard()
+    assert not (tmp_path / "a").exists()
+
+
 def test_save_pretrained_on_a_full_disk_is_an_output_error(small_tmpfs, tiny_cfg):
     """The one hub writer (train, prune and convert write hf/ with it) turns safetensors' error into OutputError."""
     from revit.errors import OutputError
