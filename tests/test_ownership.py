@@ -63,6 +63,8 @@ def test_a_file_added_during_a_run_is_never_claimed(cli, tmp_path, monkeypatch):
     marker = read_marker(out)
     assert marker is not None and marker.finished and "notes.txt" not in marker.files
     assert set(marker.files) == {"config.yaml", "model.safetensors", "hf"}
+    hf = read_marker(out / "hf")  # the run's hub folder carries the model marker too
+    assert hf is not None and hf.kind == "model" and set(hf.files) == {"config.json", "model.safetensors", "README.md"}
     monkeypatch.setattr(ckpt, "save_weights", save)
     assert cli("model", "convert", "vit_tiny_patch16_224", "--out", out, "--overwrite")[0] == 0
     assert (out / "notes.txt").read_text() == "mine, written while the run went"
