@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from revit.errors import FileFormatError, OutputError, check_keys
+from revit.errors import FileFormatError, OutputError, RevitError, check_keys
 
 RESUME_HINT = "free space or fix permissions, then rerun with --resume"
 
@@ -46,19 +46,32 @@ def _atomic_output(path: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
         raise output_error(e, path) from None
     tmp = Path(name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
-        os.close(fd)
-        yield tmp
-        os.replace(tmp, p)
-    except OSError as e:
-        raise output_error(e, path) from None
-    except Exception:
-        if _disk_full(p.parent):  # writers that wrap ENOSPC in their own errors (torch.save, safetensors)
-            raise output_error(OSError(errno.ENOSPC, "no space left on device"), path) from None
-        raise
+        with writer_errors(path):
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
+            os.close(fd)
+            yield tmp
+            os.replace(tmp, p)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def writer_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Make a writer's failure to write ``path`` one :class:`OutputError` line: an ``OSError``, or (a full disk)
+    the error of a writer that wraps ENOSPC in its own type (``torch.save``, safetensors' ``SafetensorError``)."""
+    from revit.validation import output_error
+
+    try:
+        yield
+    except RevitError:
+        raise
+    except OSError as e:
+        raise output_error(e, path) from None
+    except Exception:
+        if _disk_full(Path(path).parent):
+            raise output_error(OSError(errno.ENOSPC, "no space left on device"), path) from None
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -9,10 +9,12 @@ the files found).  The claim only reads; :meth:`Claim.begin` takes the folder's 
 second run into it refuses in one line), writes the marker once the command's own checks have
 passed and :meth:`Claim.finish` marks the run finished after its last output file.
 
-``--overwrite`` deletes only the entries the marker lists as revit's (:data:`OUTPUTS` of the kind,
-and whatever the run created) and their temp files; a user's own files in the folder stay,
-byte-identical.  ``--resume`` removes the stale temp files of a killed run.  ``latency build``
-writes one file, not a folder: :func:`claim_output_file` applies the same rules to it and its journal.
+``--overwrite`` deletes only the entries the marker lists as revit's (:data:`OUTPUTS` of the kind, by
+name: never "whatever is new", so a file a user adds while a run goes is never claimed) and their temp
+files; a user's own files in the folder stay, byte-identical.  Model folders (kind ``model``) carry the
+same marker.  A run's files are read with :func:`run_file`, never through a link.  ``--resume`` removes the
+stale temp files of a killed run.  ``latency build`` writes one file, not a folder:
+:func:`claim_output_file` applies the same rules to it and its journal.
 
 The marker, ``.revit-run.json``, is JSON with a schema version, written atomically.
 """
@@ -20,8 +22,6 @@ The marker, ``.revit-run.json``, is JSON with a schema version, written atomical
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import fcntl
 import json
 import os
 import shutil
@@ -32,11 +32,12 @@ from typing import Any
 
 from revit import __version__
 from revit._io import atomic_write_text, load_json
+from revit._locks import RunLockedError, acquire, check_unlocked, release
 from revit.errors import FileFormatError, OutputError, RunExistsError, check_keys
 
 MARKER = ".revit-run.json"
 SCHEMA = "revit/run/v1"
-KINDS = ("train", "prune", "model-convert", "demo", "study-report", "latency-build")
+KINDS = ("train", "prune", "model-convert", "demo", "study-report", "latency-build", "model")
 
 HUB_DIR = "hf"  # the hub-format folder (timm's config.json, weights, card) that train, prune and convert write
 
@@ -51,6 +52,8 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "study-report": ("report.md", "report.json", "accuracy_vs_macs.png", "comparison.png", "best_blocks.png",
                      "history.png"),
     "latency-build": (),
+    # a hub model folder (``revit model save``, and the hf/ folder of runs): timm's files and the card
+    "model": ("config.json", "model.safetensors", "README.md", "trace.png"),
 }
 
 
@@ -80,12 +83,10 @@ class UnfinishedRunError(RunExistsError):
     """An output folder holds an unfinished run and neither ``--resume`` nor ``--overwrite`` was given."""
 
 
-def _now() -> str:
+def now() -> str:
+    """The time now (UTC, to the second), as a marker records it."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
-
-class RunLockedError(RunExistsError):
-    """An output folder (or table journal) is in use by another revit run that holds its lock."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,26 @@ def marker_path(folder: str | os.PathLike[str]) -> Path:
     return Path(folder) / MARKER
 
 
+def linked_part(folder: str | os.PathLike[str], *parts: str) -> Path | None:
+    """The first of ``folder/parts[0]``, ``folder/parts[0]/parts[1]``, ... that is a symbolic link, else None."""
+    path = Path(folder)
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            return path
+    return None
+
+
+def run_file(folder: str | os.PathLike[str], *parts: str) -> Path:
+    """``folder/parts...``, refused (one line) when it or a folder on the way inside ``folder`` is a symbolic
+    link: revit never reads or copies a run's files through one (a link could point at a user's secrets)."""
+    link = linked_part(folder, *parts)
+    if link is not None:
+        raise FileFormatError(f"{link} is a symbolic link; revit never reads or copies a run's files through one",
+                              hint="replace it with the file itself")
+    return Path(folder).joinpath(*parts)
+
+
 def read_marker(folder: str | os.PathLike[str]) -> RunMarker | None:
     """The folder's marker, or None when it has none (then revit never deletes or resumes anything in it)."""
     m = marker_path(folder)
@@ -159,71 +180,6 @@ def _names(folder: Path, limit: int = 8) -> str:
     names = sorted(p.name for p in folder.iterdir())
     shown = ", ".join(n[:40] for n in names[:limit])
     return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")
-
-
-# locks -----------------------------------------------------------------------------------------
-_HELD: dict[str, int] = {}  # realpath of a locked folder or journal -> the descriptor holding its flock
-
-
-def _key(path: Path) -> str:
-    return os.path.realpath(path)
-
-
-def _try_lock(path: Path, *, directory: bool) -> int | None:
-    """A descriptor of ``path`` holding an exclusive ``flock``, or None when another process holds it."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0) | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-    return fd
-
-
-def _locked_error(path: Path, flag: str) -> RunLockedError:
-    return RunLockedError(f"{path} is in use by another revit run (it holds the folder's lock)",
-                          hint=f"wait for that run to end or choose another {flag}")
-
-
-def check_unlocked(path: str | os.PathLike[str], *, flag: str = "--out") -> None:
-    """Refuse (reading only) a folder or journal whose lock another process holds."""
-    p = Path(path)
-    if not p.exists() or p.is_symlink() or _key(p) in _HELD:
-        return
-    try:
-        fd = _try_lock(p, directory=p.is_dir())
-    except OSError:
-        return  # unreadable: the command's own checks name it
-    if fd is None:
-        raise _locked_error(p, flag)
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
-
-def acquire(path: str | os.PathLike[str], *, flag: str = "--out") -> None:
-    """Hold ``path``'s advisory lock until :func:`release` or the end of the process (re-entrant)."""
-    p = Path(path)
-    if _key(p) in _HELD:
-        return
-    try:
-        fd = _try_lock(p, directory=p.is_dir())
-    except OSError as e:
-        from revit.validation import output_error
-
-        raise output_error(e, p) from None
-    if fd is None:
-        raise _locked_error(p, flag)
-    _HELD[_key(p)] = fd
-
-
-def release(path: str | os.PathLike[str]) -> None:
-    """Let go of ``path``'s lock (after the run finished, or when it was abandoned)."""
-    fd = _HELD.pop(_key(Path(path)), None)
-    if fd is not None:
-        os.close(fd)  # closing the descriptor drops the flock
 
 
 def _is_temp_of(name: str, owned: set[str]) -> bool:
@@ -279,7 +235,7 @@ class Claim:
                     _remove(p)
                 elif self.mode in ("overwrite", "resume") and _is_temp_of(p.name, owned | set(OUTPUTS[self.kind])):
                     _remove(p)  # a killed run's half-written file
-            self._state.update(begun=True, created=created, present=self._entries(),
+            self._state.update(begun=True, created=created,
                                files=set(OUTPUTS[self.kind]) | (owned if self.mode == "resume" else set()))
             self._write(finished=False)
         except BaseException:
@@ -302,12 +258,8 @@ class Claim:
     def _write(self, *, finished: bool) -> None:
         found = read_marker(self.folder)
         created = found.created if found is not None and found.created else (
-            self.found.created if self.resuming and self.found and self.found.created else _now())
-        files = set(self._state.get("files", OUTPUTS[self.kind]))
-        if finished:  # what this run created besides the declared outputs is revit's too
-            files |= self._entries() - set(self._state.get("present", set())) - {MARKER}
-            files = {f for f in files if not _is_temp_of(f, set())}
-        self._state["files"] = files
+            self.found.created if self.resuming and self.found and self.found.created else now())
+        files = set(self._state.get("files", OUTPUTS[self.kind]))  # by name, from revit's own list of outputs
         write_marker(self.folder, RunMarker(kind=self.kind, created=created, finished=finished,
                                             files=tuple(sorted(f for f in files if _plain_name(f)))))
 
@@ -321,15 +273,30 @@ class Claim:
     def abandon(self) -> None:
         """A refusal after :meth:`begin`: a new folder that holds nothing but the marker (and files the run
         can rewrite at once) is removed with the folders begin created, so a refusal leaves nothing behind."""
+        self._clear(lambda left: all(n in set(SETUP_FILES.get(self.kind, ())) or self._own_temp(n) for n in left))
+
+    def discard(self) -> None:
+        """A failure after :meth:`begin` (a full disk): a new run's own outputs (by name, with their temp files)
+        and its marker are removed, then the folders begin created, so no half run is left; a user's file
+        that appeared meanwhile stays.  A resumed or replaced run keeps its unfinished marker for ``--resume``."""
+        self._clear(lambda left: True, keep_folder=True)
+
+    def _own_temp(self, name: str) -> bool:
+        return _is_temp_of(name, set(OUTPUTS[self.kind]))
+
+    def _clear(self, whole: Callable[[set[str]], bool], *, keep_folder: bool = False) -> None:
+        """Remove a new run's own entries and marker when ``whole(entries left)`` says so, then the folders begin
+        created (``keep_folder``: only those, never an empty folder that was there before); release the lock."""
         try:
             if self.mode == "new" and self._state.get("begun") and self.folder.is_dir():
                 left = self._entries()
-                setup = set(SETUP_FILES.get(self.kind, ()))
-                if all(n in setup or _is_temp_of(n, set(OUTPUTS[self.kind])) for n in left):
+                if whole(left):
                     for n in left:
-                        _remove(self.folder / n)
+                        if n in OUTPUTS[self.kind] or self._own_temp(n) or n in SETUP_FILES.get(self.kind, ()):
+                            _remove(self.folder / n)
                     marker_path(self.folder).unlink(missing_ok=True)
-                    _remove_empty([*self._state.get("created", [])] or [self.folder])
+                    created = [*self._state.get("created", [])]
+                    _remove_empty(created if keep_folder else created or [self.folder])
         finally:
             release(self.folder)
 
@@ -497,4 +464,4 @@ def claim_output_file(path: str | os.PathLike[str], journal: str | os.PathLike[s
 
 __all__ = ["KINDS", "MARKER", "OUTPUTS", "Claim", "FileClaim", "FinishedRunError", "RunKindError",
            "RunLockedError", "RunMarker", "UnfinishedRunError", "acquire", "check_unlocked", "claim_output_file",
-           "claim_run", "file_kind", "read_marker", "release", "write_marker"]
+           "claim_run", "file_kind", "linked_part", "read_marker", "release", "run_file", "write_marker"]

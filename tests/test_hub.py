@@ -97,7 +97,8 @@ def test_pruned_timm_vit_round_trips_through_local_dir(tmp_path: Path) -> None:
     assert widths != _module_widths(model)  # it was pruned
     out = save_pretrained(dense, tmp_path / "hub", card=ModelCard(base="timm VisionTransformer (test)",
                                                                   base_config=trace.base_config))
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".revit-run.json", "README.md", "config.json",
+                                                     "model.safetensors"]  # the marker lists the other three
 
     got = _reload_elsewhere(f"local-dir:{out.resolve()}", x, tmp_path, tmp_path / "elsewhere")
     with torch.no_grad():
@@ -188,17 +189,17 @@ def test_card_predicts_latency_with_its_table(tmp_path: Path) -> None:
 
 
 def test_save_refuses_other_folders_and_replaces_only_with_overwrite(tmp_path: Path, tiny_cfg: Any) -> None:
-    from revit.errors import OutputError
+    from revit.errors import RunExistsError
     from revit.models import build_model, save_pretrained
 
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="no model folder"):
+    with pytest.raises(RunExistsError, match="without revit's run marker"):
         save_pretrained(build_model(tiny_cfg), other, overwrite=True)
     assert (other / "notes.txt").read_text() == "mine"
     out = save_pretrained(build_model(tiny_cfg), tmp_path / "m")
-    with pytest.raises(OutputError, match="overwrite"):
+    with pytest.raises(RunExistsError, match="overwrite"):
         save_pretrained(build_model(tiny_cfg), out)
     save_pretrained(build_model(tiny_cfg), out, overwrite=True)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind

@@ -26,6 +26,7 @@ COMMANDS: dict[str, list[str]] = {
     "study-report": ["search", "report", "smoke", "--out", "OUT"],
     "latency-build": ["latency", "build", "--preset", "micro", "--design", "full", "--max-cells", "100000",
                       "--no-progress", "--out", "OUT"],
+    "model": ["model", "save", "revit_micro", "--out", "OUT"],  # a hub model folder carries the same marker
 }
 
 

@@ -162,14 +162,12 @@ def _check_online(timeout: float = 3.0) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    import shutil
     from pathlib import Path
-
-    import timm
 
     from revit.errors import CheckpointError, ConfigError, RevitError
     from revit.models import from_timm, read_state_dict
-    from revit.models.checkpoint import check_compatible, save_weights
+    from revit.models.checkpoint import check_compatible, check_file_shapes, save_weights
+    from revit.models.convert import create_timm
     from revit.models.hub import HUB_DIR, save_pretrained
     from revit.runs import claim_run
     from revit.workflows.hub import convert_card
@@ -182,24 +180,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     if args.pretrained:
         _check_online()
-    try:
-        tm = timm.create_model(args.timm_name, pretrained=False)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown timm model {args.timm_name!r} ({e})") from None
+    tm = create_timm(args.timm_name)  # hf-hub: without --pretrained is refused here, before any hub access
     if args.pretrained:
         try:
-            tm = timm.create_model(args.timm_name, pretrained=True)
+            tm = create_timm(args.timm_name, pretrained=True)
+        except RevitError:
+            raise
         except Exception as e:  # noqa: BLE001 - offline, hub errors: all mean "no weights"
             raise CheckpointError(f"could not download {args.timm_name} weights ({type(e).__name__}); "
                                   "offline? pass a local file with --checkpoint FILE") from None
     if args.checkpoint:
+        check_file_shapes(tm, args.checkpoint)  # from a safetensors header, before any tensor is read
         sd, note = read_state_dict(args.checkpoint, use_ema=args.use_ema)  # timm's loader
         check_compatible(tm, sd, args.checkpoint)
         tm.load_state_dict(sd)
         info(str(note))
     model = from_timm(tm)
     out = Path(args.out)
-    created = not out.exists()
     try:
         claim.begin()
         model.config.save(out / "config.yaml")
@@ -207,9 +204,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         card = convert_card(args.timm_name, checkpoint=args.checkpoint, use_ema=args.use_ema,
                             pretrained=args.pretrained)
         save_pretrained(model, out / HUB_DIR, card=card, overwrite=True)
-    except (OSError, RevitError):  # a full disk: no half-converted folder left behind
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+    except (OSError, RevitError):  # a full disk: a new folder's own files go, no half-converted folder is left
+        claim.discard()
         raise
     claim.finish()
     info(f"wrote {out / 'config.yaml'}, {out / 'model.safetensors'} and {out / HUB_DIR}/ (timm's hub format with a "

@@ -121,8 +121,42 @@ def check_compatible(model: nn.Module, sd: Mapping[str, torch.Tensor], source: s
         raise CheckpointError(f"{source} does not match the config: " + "; ".join(problems))
 
 
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """The tensor shapes a ``.safetensors`` file declares in its header (read alone, no tensor data), else
+    None (another format, or a header the reader itself will refuse)."""
+    from revit._io import parse_json
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= min(MAX_HEADER_BYTES, path.stat().st_size - 8):
+            return None
+        header = parse_json(f.read(n), str(path))
+    if not isinstance(header, dict):
+        return None
+    shapes = {}
+    for k, v in header.items():
+        shape = v.get("shape") if isinstance(v, dict) else None
+        if k != "__metadata__" and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
+            shapes[k.removeprefix("module.")] = tuple(shape)  # timm's loader drops a DDP prefix too
+    return shapes
+
+
+def check_file_shapes(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Refuse a safetensors checkpoint that does not match ``model`` from its header alone, before any tensor
+    is read (a 30 GB sparse file of the wrong shape costs no memory); other formats are checked after reading."""
+    shapes = _header_shapes(Path(path))
+    if shapes is not None:  # tensors on the meta device: shapes without storage
+        check_compatible(model, {k: torch.empty(s, device="meta") for k, s in shapes.items()}, str(path))
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], use_ema: bool = False) -> WeightsChoice:
     """Load a local checkpoint into ``model`` after checking it matches exactly; returns which weights it took."""
+    check_file_shapes(model, path)
     sd, note = read_state_dict(path, use_ema)
     check_compatible(model, sd, str(path))
     model.load_state_dict(sd, strict=True)

@@ -7,14 +7,61 @@ The per-block model uses timm's parameter names and layouts, so conversion infer
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from revit.config import ViTConfig
-from revit.errors import CheckpointError
+from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.models.checkpoint import check_compatible, config_from_state_dict
 from revit.models.vit import ReViT, build_model
+
+
+def create_timm(name: str, *, pretrained: bool = False) -> nn.Module:
+    """timm's model ``name``: a registered name, ``local-dir:DIR`` or, with ``pretrained``, ``hf-hub:ID``.
+
+    A name timm cannot build is one :class:`ConfigError` that says why (a foreign architecture, a bad
+    argument in ``config.json``), never a traceback; ``hf-hub:`` without ``pretrained`` is refused before
+    any hub access (its config lives on the hub).  Revit's own refusals (the memory a config needs) pass.
+    """
+    import timm
+    from timm.models import parse_model_name
+
+    from revit.validation import short
+
+    source, arch = parse_model_name(name)
+    if source == "hf-hub" and not pretrained:
+        raise ConfigError(f"{short(name, 200)}: a hub model's config is on the Hugging Face hub; revit reaches the "
+                          "hub only with --pretrained", hint="pass --pretrained, or a registered timm name with "
+                                                            "--checkpoint FILE")
+    if source == "local-dir":
+        _check_local_dir(arch, name)
+    elif source is None and not timm.is_model(name):
+        raise ConfigError(f"unknown timm model {short(name, 200)}", hint="see timm.list_models()")
+    try:
+        return timm.create_model(name, pretrained=pretrained)
+    except RevitError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, OSError) as e:
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ConfigError(f"cannot build timm model {short(name, 200)} ({type(e).__name__}: {why})") from None
+
+
+def _check_local_dir(folder: str, name: str) -> None:
+    """A ``local-dir:`` folder's ``config.json`` (read by revit's bounded reader) names a registered timm model."""
+    import timm
+
+    from revit._io import load_json
+    from revit.validation import short
+
+    cfg = Path(folder) / "config.json"
+    if not cfg.is_file():
+        raise ConfigError(f"{short(name, 200)}: no config.json in {short(folder, 200, quote=False)}")
+    doc = load_json(cfg)
+    arch = doc.get("architecture") if isinstance(doc, dict) else None
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise ConfigError(f"{cfg}: architecture {short(arch)} is not a timm model")
 
 
 def config_from_timm(model: nn.Module) -> ViTConfig:

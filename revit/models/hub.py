@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import copy
 import datetime
+import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,13 +26,15 @@ from typing import Any
 from torch import nn
 
 from revit import counting
+from revit._io import writer_errors
 from revit.config import ViTConfig
-from revit.errors import ConfigError, OutputError, RevitError
-from revit.runs import HUB_DIR
+from revit.errors import ConfigError, FileFormatError, RevitError
+from revit.runs import HUB_DIR, MARKER, RunKindError, RunMarker, claim_run, now, read_marker, write_marker
 
 log = logging.getLogger(__name__)
 
 CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, PLOT_FILE = "README.md", "config.json", "model.safetensors", "trace.png"
+MODEL_KIND = "model"  # the run kind of a model folder: its marker lists these files (revit.runs.OUTPUTS)
 
 
 @dataclass(frozen=True)
@@ -78,22 +82,20 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
     out = check_model_folder(out_dir, overwrite)
     card = card or ModelCard()
     arch = architecture_name(cfg)
-    try:
+    with writer_errors(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    except OSError as e:
-        raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
+        # a name revit owns: a fresh temp folder (``_is_temp_of`` the run's hf/ entry), never a user's folder
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        save_for_hf(model, str(tmp), safe_serialization=True,
-                    model_config={"pretrained_cfg": {"architecture": arch, "description": describe(cfg)}})
-        plot = None
-        if card.trace_plot is not None and Path(card.trace_plot).is_file():
-            shutil.copyfile(card.trace_plot, tmp / PLOT_FILE)
-            plot = PLOT_FILE
-        (tmp / CARD_FILE).write_text(render_card(cfg, card, table=table, plot=plot, arch=arch))
-        _replace_dir(tmp, out)
-    except OSError as e:
-        raise OutputError(f"cannot write {out}: {e.strerror or e}") from None
+        with writer_errors(out):
+            save_for_hf(model, str(tmp), safe_serialization=True,
+                        model_config={"pretrained_cfg": {"architecture": arch, "description": describe(cfg)}})
+            plot = PLOT_FILE if card.trace_plot is not None and _copy_plot(card.trace_plot, tmp / PLOT_FILE) else None
+            (tmp / CARD_FILE).write_text(render_card(cfg, card, table=table, plot=plot, arch=arch))
+            written = tuple(sorted(p.name for p in tmp.iterdir()))
+            write_marker(tmp, RunMarker(kind=MODEL_KIND, created=now(), finished=True, files=written))
+            check_model_folder(out, overwrite)  # again: nothing of a user's arrived while the model was written
+            _replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -102,17 +104,51 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
 
 
 def check_model_folder(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """``out_dir`` as a Path if a model folder may be written there (new, empty, or a model folder with
-    ``overwrite``); else an :class:`OutputError` (a file, a folder of other files, a model without overwrite)."""
+    """``out_dir`` as a Path if a model folder may be written there, else a one-line :class:`RunExistsError`.
+
+    A model folder is owned as a run folder is (:mod:`revit.runs`, kind ``model``): a new or empty folder is
+    written; one that carries revit's model marker is replaced only with ``overwrite`` and only when it holds
+    nothing but what the marker lists; any other folder (no marker, whatever it holds; a link; a file) never.
+    The ``hf/`` folder of a run is the run's own (its marker lists it), so the run's claim decides for it.
+    """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file, not a model folder", hint="choose another folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / CONFIG_FILE).is_file():
-            raise OutputError(f"{out} holds files that are no model folder", hint="choose a new or empty folder")
-        if not overwrite:
-            raise OutputError(f"{out} holds a model folder", hint="pass overwrite=True (--overwrite) or another folder")
+    if out.is_symlink():
+        raise RunKindError(f"{out} is a symbolic link; revit never writes a model folder through one",
+                           hint="give the folder it points to, or another --out")
+    if _owned_by_run(out):
+        return out
+    claim = claim_run(out, MODEL_KIND, overwrite=overwrite)
+    if claim.found is not None:
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in {*claim.found.owned, MARKER})
+        if foreign:
+            raise RunKindError(f"{out} holds files revit did not write ({', '.join(n[:40] for n in foreign[:8])}); "
+                               "revit never replaces them", hint="move them out first, or choose another --out")
     return out
+
+
+def _owned_by_run(out: Path) -> bool:
+    """Whether ``out`` is the ``hf/`` folder of a run whose marker lists it as revit's."""
+    found = read_marker(out.parent) if out.name == HUB_DIR and out.parent.is_dir() else None
+    return found is not None and found.kind != MODEL_KIND and out.name in found.owned
+
+
+def _copy_plot(src: str | os.PathLike[str], dst: Path) -> bool:
+    """Copy the plot ``src`` to ``dst`` (False when there is none), never through a link (``O_NOFOLLOW``)."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FileFormatError(f"{src} is a symbolic link; revit never copies a file through one into a model "
+                                  "folder", hint="replace it with the file itself") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return False
+        with open(dst, "wb") as g:
+            shutil.copyfileobj(f, g)
+    return True
 
 
 def load_pretrained(folder: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
@@ -128,14 +164,18 @@ def load_pretrained(folder: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` to ``out``, replacing ``out``'s old contents only at the end."""
+    """Move the finished folder ``tmp`` to ``out``; an old ``out`` (revit's, checked) is first moved aside to a
+    fresh folder revit creates for it (never a name a user may hold, such as ``.NAME.old``) and removed last."""
     old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
+    if out.is_dir():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old.tmp"))
+        os.replace(out, old)  # onto the empty folder just made
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

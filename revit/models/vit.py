@@ -183,7 +183,10 @@ def _create(variant: str | None, pretrained: bool = False, *, config: Any = None
     if config is None and variant not in PRESETS:
         raise ConfigError("timm.create_model('revit') needs config=: a ViTConfig, its dict, a YAML path or a "
                           "preset name")
+    from revit import counting
+
     cfg = as_config(config) if config is not None else PRESETS[variant]()  # type: ignore[index]
+    counting.check_memory(cfg)  # every build, timm.create_model('local-dir:...') too: refuse before allocating
     arch = variant if config is None else architecture_name(cfg)
     if config is not None and not kwargs.get("pretrained_cfg"):
         # a config of its own: its pretrained cfg follows the config and names what it is, not the entrypoint
@@ -209,11 +212,7 @@ def build_model(cfg: ViTConfig | Mapping[str, Any] | str | os.PathLike[str], *,
     A timm ``train.py`` checkpoint gives its plain weights unless ``use_ema``; when it holds both,
     the choice is logged (INFO).
     """
-    from revit import counting
-
-    config = as_config(cfg)
-    counting.check_memory(config)  # refuse before allocating
-    model = _create(None, config=config, **kwargs)
+    model = _create(None, config=as_config(cfg), **kwargs)  # checks the memory it needs first
     if checkpoint is not None:
         choice = load_checkpoint(model, checkpoint, use_ema)
         if choice.ema_matters:

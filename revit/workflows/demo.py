@@ -469,8 +469,10 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
                      "and the others are reference lines in study/report.md")
     lines.append(f"- wall time: {', '.join(f'{k} {v:.0f} s' for k, v in t.items())}")
     lines += ["", "## Plots", ""]
+    from revit.runs import linked_part
+
     for title, p in figs:
-        if p.is_file():
+        if p.is_file() and linked_part(root, *p.relative_to(root).parts) is None:  # never copied through a link
             dst = rep / p.name if p.parent != rep / "study" else p
             if dst != p:
                 shutil.copyfile(p, dst)

@@ -56,27 +56,28 @@ def _from_run(run: Path, use_ema: bool) -> tuple[Any, ModelCard]:
     """The model and card of a finished run folder (prune: pruned.*; train: config.yaml + model*.safetensors)."""
     from revit.config import ViTConfig
     from revit.models import build_model
-    from revit.runs import read_marker
+    from revit.runs import read_marker, run_file
 
     marker = read_marker(run)
     kind = marker.kind if marker is not None else None
     if kind not in ("prune", "train") or marker is None or not marker.finished:
         what = f"an unfinished {kind} run" if kind in ("prune", "train") else (f"a {kind} run" if kind else "no run")
         raise ConfigError(f"{run} holds {what}: give a finished prune or train run folder, a preset or a config YAML")
-    metrics = load_json(run / "metrics.json")
+    metrics = load_json(run_file(run, "metrics.json"))  # every file of the run is read never through a link
     if kind == "prune":
-        from revit.prune.card import prune_card
+        from revit.prune.card import TRACE_PLOT, prune_card
         from revit.trace import Trace
 
         if use_ema:
             raise ConfigError("--use-ema: a prune run has no EMA weights")
-        cfg = ViTConfig.load(run / "pruned.yaml")
-        model = build_model(cfg, checkpoint=str(run / "pruned.safetensors"))
-        return model, prune_card(run, metrics, Trace.load(run / "trace.jsonl").base_config)
+        cfg = ViTConfig.load(run_file(run, "pruned.yaml"))
+        model = build_model(cfg, checkpoint=str(run_file(run, "pruned.safetensors")))
+        run_file(run, *TRACE_PLOT.parts)  # copied into the model folder: refused when it is a link
+        return model, prune_card(run, metrics, Trace.load(run_file(run, "trace.jsonl")).base_config)
     from revit.workflows.train import train_card
 
-    cfg = ViTConfig.load(run / "config.yaml")
-    weights = run / ("model_ema.safetensors" if use_ema else "model.safetensors")
+    cfg = ViTConfig.load(run_file(run, "config.yaml"))
+    weights = run_file(run, "model_ema.safetensors" if use_ema else "model.safetensors")
     if not weights.is_file():
         raise ConfigError(f"{run}: no {weights.name}" + (" (the run kept no EMA)" if use_ema else ""))
     return build_model(cfg, checkpoint=str(weights)), train_card(run, metrics, cfg)
