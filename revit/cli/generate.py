@@ -1,7 +1,8 @@
 """``revit generate``: a ViT config from a rule, at a width or for a MACs or latency budget.
 
 stdout carries the config YAML alone (or JSON with ``--json``); the summary goes to stderr.
-Torch is never imported here; a latency table is loaded only for ``--latency-ms``.
+Torch is never imported here unless ``--measure`` asks to time the chosen config; a latency table is loaded
+only for ``--latency-ms``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def register(sub: Any) -> None:
     target.add_argument("--latency-ms", type=number(0, lo_open=True), metavar="M",
                         help="latency budget in ms per batch of the table's batch size (needs --table)")
     p.add_argument("--table", metavar="T", help="latency table JSON (for --latency-ms)")
+    p.add_argument("--measure", action="store_true",
+                   help="with --latency-ms: export the chosen config, time it on the table's backend and re-solve "
+                        "until it meets the budget as measured (imports torch; seconds per round)")
+    p.add_argument("--measure-tolerance", type=number(0, 0.5, lo_open=True, hi_open=True), default=0.02,
+                   help="with --measure: largest measured gap to the budget accepted (0.02)")
+    p.add_argument("--measure-rounds", type=count(20), default=4, help="with --measure: most solve-and-time rounds")
     p.add_argument("--head-dim", type=count(), default=None,
                    help="uniform baseline: QK and V width per head (64; 24 with the micro granularity)")
     p.add_argument("--mlp-factor", type=number(0, 1000, lo_open=True), default=1.0,
@@ -109,10 +116,13 @@ def run(args: argparse.Namespace) -> int:
         rule = load_rule(args.rule)
     if args.table and args.latency_ms is None:
         raise ConfigError("--table is used with --latency-ms only")
+    if args.measure and args.latency_ms is None:
+        raise ConfigError("--measure times a config against a latency budget: give --latency-ms and --table")
     if args.mlp_factor != 1.0 and args.embed_dim is None:
         raise ConfigError("--mlp-factor applies to --embed-dim; a budget searches the factor itself "
                           "(limit it with --mlp-factor-range)")
     table: Any = None
+    fit: Any = None
 
     if args.embed_dim is not None:
         result = apply_rule(rule, args.embed_dim, setting, granularity=args.granularity,
@@ -130,6 +140,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             budget = macs_budget(args.macs, args.convention)
         result = generate(rule, budget, setting, granularity=args.granularity, bounds=bounds, name=args.name)
+        if args.measure:
+            from revit.latency.measured import ExportedTimer, fit_measured
+
+            counting.check_memory(result.config)
+            fit = fit_measured(
+                lambda s: generate(rule, latency_budget(s, table), setting, granularity=args.granularity,
+                                   bounds=bounds, name=args.name),
+                args.latency_ms / 1e3, lambda c: float(table.predict(c).total_s), ExportedTimer(table),
+                tolerance=args.measure_tolerance, max_rounds=args.measure_rounds)
+            result = fit.generated
 
     counting.check_memory(result.config)  # a width no machine here could hold (--embed-dim 1e9)
     notes = [n.text for n in result.notes]
@@ -145,10 +165,12 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         info(f"note: {note}")
     info(result.summary())
+    if fit is not None:
+        info(f"latency {fit.summary()}")
     if args.out:
         info(f"wrote {args.out}")
     if args.json:
-        print_json(result.to_json())
+        print_json({**result.to_json(), **({"measured": fit.to_json()} if fit is not None else {})})
     elif not args.out:
         print(result.config.to_yaml(derived=counting.derived(result.config)), end="")
     return 0
