@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
+from revit.cli._common import add_command, add_overwrite_arg, info, warn
 from revit.errors import ConfigError
 from revit.registry import lazy_choices
 from revit.validation import check_output_file, count, non_negative, number, seed, threads
@@ -156,9 +156,7 @@ def _ms(s: float) -> str:
 
 
 def _query(a: argparse.Namespace) -> int:
-    import json
-
-    from revit._io import atomic_write_text
+    from revit._io import atomic_write_text, dumps_json
     from revit.latency.table import LatencyTable
     from revit.presets import resolve_config
 
@@ -173,7 +171,7 @@ def _query(a: argparse.Namespace) -> int:
         out: dict[str, Any] = {"table": table.source, "model": a.model, **pred.to_dict()}
         if savings is not None:
             out["marginal_savings_s"] = savings
-        text = json.dumps(out, indent=2) + "\n"
+        text = dumps_json(out, "the prediction", indent=2) + "\n"
     else:
         text = "".join(f"{line}\n" for line in _query_lines(table, cfg, a.model, pred, savings))
     if a.out:
@@ -206,10 +204,12 @@ def _query_lines(table: Any, cfg: Any, model: str, pred: Any, savings: list[dict
 
 
 def _validate(a: argparse.Namespace) -> int:
+    from revit._io import dumps_json
     from revit.latency.table import LatencyTable
-    from revit.latency.validate import backend_for_table, validate
+    from revit.latency.validate import backend_for_table, check_validation_memory, validate
 
     table = LatencyTable.load(a.table)
+    check_validation_memory(table, a.samples, a.noise_k)  # every model is built before timing starts
     m = table.metadata
     backend = backend_for_table(table)
     here = backend.info()
@@ -218,8 +218,9 @@ def _validate(a: argparse.Namespace) -> int:
              f"validating on {here['device']} / {here['backend_version']}")
     r = validate(table, backend, a.samples, seed=a.seed, noise_k=a.noise_k, model_source=a.model_source,
                  progress=not a.no_progress)
+    report = dumps_json(r.to_dict(), "the validation report", indent=2)  # finite, or refused (MAPE inf%)
     if a.json:
-        print_json(r.to_dict())
+        sys.stdout.write(report + "\n")
         return 0
     lines = [f"table: {table.summary()}"]
     for c, p, me in zip(r.configs, r.predicted, r.measured, strict=True):

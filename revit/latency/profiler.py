@@ -104,13 +104,14 @@ class Journal:
 
     def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Header and records; a truncated last line (a crash mid-write) is dropped, other damage is an error."""
-        from revit._io import read_bytes
+        from revit._io import check_json_values, read_bytes
 
         lines = read_bytes(self.path).split(b"\n")
         recs: list[dict[str, Any]] = []
         for i, raw in enumerate(lines):
             if not raw.strip():
                 continue
+            check_json_values(raw, f"{self.path}: line {i + 1}")
             try:
                 rec = json.loads(raw)
             except (ValueError, RecursionError):  # malformed JSON, binary bytes, nesting too deep
