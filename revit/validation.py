@@ -44,6 +44,15 @@ def short(value: Any, limit: int = 40, *, quote: bool = True) -> str:
     return text
 
 
+def elide(text: str, limit: int = 160) -> str:
+    """``text`` cut to about ``limit`` characters by dropping its middle: a 4 KB path keeps its start (where it
+    is) and its end (the file name), with the number of characters left out between them."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit // 2 - 10, 1)
+    return f"{text[:keep]}...({len(text) - 2 * keep} characters)...{text[-keep:]}"
+
+
 # machine bounds --------------------------------------------------------------------------------
 MAX_COUNT = 2**31 - 1  # counts, sizes, epochs, samples: what an int32 (torch, numpy indexing) holds
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
@@ -376,6 +385,6 @@ def check_input_file(path: str | os.PathLike[str], what: str, *, error: type[Rev
 __all__ = ["MAX_BATCH", "MAX_COUNT", "MAX_LATENCY_S", "MAX_LR", "MAX_SEED", "OUTPUT_ERRNOS", "check_count",
            "check_fields", "check_fits_memory", "check_input_file", "check_int", "check_loader_workers",
            "check_number", "check_optional", "check_output_dir", "check_output_file", "check_workers", "count",
-           "cpu_count", "format_bytes", "fraction", "integer", "loader_workers", "max_threads", "max_workers",
+           "cpu_count", "elide", "format_bytes", "fraction", "integer", "loader_workers", "max_threads", "max_workers",
            "memory_bytes", "non_negative", "number", "output_error", "range_problem", "seed", "short", "threads",
            "workers", "workers_problem"]
