@@ -110,7 +110,7 @@ def _make_backend(a: argparse.Namespace) -> Any:
         if key in cls.option_names:
             opts[key] = getattr(a, key)
         elif getattr(a, key) != unset:
-            takers = [n for n in BACKENDS.names() if key in BACKENDS.get(n).option_names]
+            takers = [n for n, c in BACKENDS.loaded().items() if key in c.option_names]
             raise ConfigError(f"{flag} is an option of --backend {' or '.join(takers)}")
     device = a.device or cls.default_device
     clock = cls.default_clock(device, a.threads) if a.clock == "auto" else a.clock
