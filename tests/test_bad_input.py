@@ -482,6 +482,58 @@ case("i21-6-train-grad-accum-too-big", "train revit_micro --data digits --train-
      "--grad-accum 2147483647 --out run", "optimizer step")
 case("i21-6-rules-fit-folder", "rules fit folder", "is a folder")
 
+# 5. issue 27: bounds on counts read from files, a JSON value limit, finite outputs ----------------------
+def _table_meta(**changes: Any) -> str:
+    """The shipped table with ``metadata`` entries changed (a dotted key reaches inside: ``measurement.repeats``)."""
+    doc = json.loads(TABLE.read_text())
+    for key, value in changes.items():
+        doc = _set(doc, "metadata." + key.replace("__", "."), value)
+    return json.dumps(doc)
+
+
+# (8) every count of a table's metadata is bounded: 10**30 was a numpy traceback, 200000 a 3.9 GB allocation
+TABLE_COUNTS = {"batch-1e30": ({"batch_size": 10**30}, "metadata batch_size"),
+                "batch-200000": ({"batch_size": 200_000}, "metadata batch_size"),
+                "batch-text": ({"batch_size": "64"}, "metadata batch_size"),
+                "tokens-1e30": ({"tokens": 10**30}, "metadata tokens"),
+                "tokens-other": ({"tokens": 10**6}, "metadata tokens"),
+                "repeats-1e30": ({"measurement__repeats": 10**30}, "measurement.repeats"),
+                "warmup-negative": ({"measurement__warmup": -1}, "measurement.warmup"),
+                "reference-wide": ({"measurement__reference__cell__embed_dim": 10**9}, "reference.cell.embed_dim"),
+                "reference-runs": ({"measurement__reference__runs": 10**12}, "reference.runs"),
+                "space-depth-1e8": ({"space__depth": 10**8}, "blocks"),
+                "space-axis-text": ({"space__axes__heads": "four"}, "metadata.space"),
+                "space-setting-list": ({"space__setting": [1]}, "metadata.space")}
+for cid, (changes, needle) in TABLE_COUNTS.items():
+    name = f"table_meta_{cid}.json"
+    files = {name: _table_meta(**changes)}
+    case(f"i27-8-validate-{cid}", f"latency validate {name} --samples 2", needle, files)
+    if not cid.startswith(("space", "tokens-other")):  # query reads no space, and tokens only to compare
+        case(f"i27-8-query-{cid}", f"latency query {name} revit_micro", needle, files)
+case("i27-8-validate-memory", "latency validate table_meta_batch-60000.json --samples 100000", "memory",
+     {"table_meta_batch-60000.json": _table_meta(batch_size=60_000)})
+# (9) the JSON reader counts values before it builds them, in every reader (tables, markers, traces, journals)
+MANY = "[" + "0," * 1_000_000 + "0]"  # 1,000,001 values in 2 MB
+case("i27-9-json-values-table", "latency query many.json revit_micro", "JSON values", {"many.json": MANY})
+case("i27-9-json-values-nvit", "latency import-nvit many.json --out x.json", "JSON values")
+case("i27-9-json-values-trace", "rules fit many.json", "JSON values")
+case("i27-9-json-values-marker", "train revit_micro --data digits --out many_run --resume", "JSON values",
+     {"many_run/.revit-run.json": MANY})
+case("i27-9-json-values-journal", "latency build --preset micro --out many_build.json --resume", "JSON values",
+     {"many_build.json.journal.jsonl": MANY + "\n{}\n"})
+# (11, 15) cells are finite and at most an hour, so every prediction is finite: 1.7e308 printed "inf ms"
+for cid, cell, where in [("cell-1.7e308", 1.7e308, "values"), ("cell-1e6", 1e6, "values"),
+                         ("spread-1e300", 1e300, "spread"), ("fixed-1.7e308", 1.7e308, "fixed")]:
+    name = f"table_{cid}.json"
+    files = {name: _table_with(cell, where)}
+    case(f"i27-11-query-{cid}", f"latency query {name} revit_micro", "more than the 3600 s", files)
+    case(f"i27-15-query-json-{cid}", f"latency query {name} revit_micro --json", "more than the 3600 s", files)
+    case(f"i27-11-validate-{cid}", f"latency validate {name} --samples 2", "more than the 3600 s", files)
+    case(f"i27-11-generate-{cid}", f"generate --rule paper --setting micro --latency-ms 5 --table {name}",
+         "more than the 3600 s", files)
+case("i27-11-import-nvit-1e300", "latency import-nvit nvit_1e300.json --out imported.json", "more than the 3600 s",
+     {"nvit_1e300.json": _nvit_with(1e300)})
+
 CASE_IDS = [c.id for c in CASES]
 assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"
 

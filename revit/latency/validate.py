@@ -88,6 +88,8 @@ def check_validation_memory(table: LatencyTable, samples: int, noise_k: int) -> 
     e, h, q, v, m = (top[a] for a in WIDTH_KINDS)
     widest = ViTConfig(embed_dim=e, blocks=(BlockDims(h, q, v, m),) * depth, **setting)
     b, t = table.batch_size, widest.tokens
+    if t != table.tokens:  # the reference block is built at the table's tokens, the models at the setting's
+        raise FileFormatError(f"{table.source}: metadata tokens is {table.tokens}, but the models it serves have {t}")
     per_model = counting.params(widest) + b * widest.in_chans * widest.img_size ** 2
     acts = b * t * max(h * (2 * q + v), m, e) + b * h * t * t  # the widest block's activations (as block_bytes)
     check_fits_memory(4 * ((samples + noise_k) * per_model + 3 * acts),
