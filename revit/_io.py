@@ -269,13 +269,13 @@ def check_json_values(text: str | bytes, source: str, limit: int = MAX_JSON_VALU
     """Refuse JSON ``text`` holding more than ``limit`` values (arrays, objects, scalars; keys not counted),
     counted on the text before parsing, so a 60 MB ``[{}, {}, ...]`` never becomes 3 GB of Python objects.
 
-    The count is a few ``str.count`` passes; only text near the limit has its strings removed and is counted
-    again (commas inside strings are not values)."""
-    if _json_value_bound(text) <= limit:
+    The count is a few ``str.count`` passes; only text above the limit has the commas and brackets inside its
+    strings (which are not values) counted and taken off, one string at a time."""
+    bound = _json_value_bound(text)
+    if bound <= limit:
         return
-    stripped = (_JSON_STRING_BYTES.sub(b"", text) if isinstance(text, bytes)
-                else _JSON_STRING.sub("", text))
-    if _json_value_bound(stripped) > limit:
+    strings = _JSON_STRING_BYTES.finditer(text) if isinstance(text, bytes) else _JSON_STRING.finditer(text)
+    if bound - sum(_json_value_bound(m.group()) - 1 for m in strings) > limit:
         raise FileFormatError(f"{source}: holds more than {limit} JSON values; refused")
 
 

@@ -874,3 +874,120 @@ def test_pretrained_unreachable_hub_fails_at_once(ws: Path, capsys: pytest.Captu
     assert_refused(rc, out, err, "cannot reach 192.0.2.1")
     assert time.perf_counter() - t0 < 15
     assert snapshot(ws) == before
+
+
+# issue 27 class 21: --json errors are JSON on stdout too; error lines cut long paths in the middle ----------
+JSON_REFUSALS = {  # a refused command line of every command that has --json
+    "model info": "model info cfg_embed-1e9.yaml --json",
+    "latency query": "latency query table_cell-1.7e308.json revit_micro --json",
+    "latency validate": "latency validate table_negative.json --samples 2 --json",
+    "rules list": "rules list --json --no-such-flag",
+    "rules fit": "rules fit folder --json",
+    "generate": f"{GEN_NO_TARGET} --macs 900T --json",
+    "prune": f"{PRUNE} --json",
+    "train": f"{TRAIN} --json",
+    "search run": "search run spec_budget-900T.yaml --json",
+    "search status": "search status spec.yaml --storage missing.db --json",
+    "search report": "search report spec.yaml --out existing.txt --json",
+    "search worker": "search worker spec.yaml --storage missing.db --json",
+}
+
+
+def _json_commands() -> set[str]:
+    """Every subcommand of the parser that takes --json."""
+    from revit.cli.main import build_parser
+
+    found = set()
+    top = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, p in top.items():
+        inner = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for sub, q in (inner[0].choices.items() if inner else [("", p)]):
+            if any("--json" in a.option_strings for a in q._actions):
+                found.add(f"{name} {sub}".strip())
+    return found
+
+
+def test_every_json_command_has_a_json_refusal() -> None:
+    assert set(JSON_REFUSALS) == _json_commands()
+
+
+@pytest.mark.parametrize("command", list(JSON_REFUSALS))
+def test_a_json_command_refused_prints_a_json_error_object(command: str, ws: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --json a refusal is the one stderr line and, on stdout, one JSON object holding the same message."""
+    before = snapshot(ws)
+    rc, out, err = run_in(ws, JSON_REFUSALS[command].split(), capsys, monkeypatch)
+    assert_refused(rc, out, err, "")
+    doc = json.loads(out)
+    assert out.count("\n") == 1 and doc["exit_code"] == 2 and doc["type"], out
+    assert f"revit: error: {doc['error']}\n" == err
+    assert snapshot(ws) == before
+    rc, out, err = run_in(ws, [w for w in JSON_REFUSALS[command].split() if w != "--json"], capsys, monkeypatch)
+    assert rc == 2 and out == "", "without --json stdout stays empty"
+
+
+LONG = "/".join(["a" * 200] * 20) + "/end.yaml"  # a 4 KB path of existing-length names
+
+
+@pytest.mark.parametrize("argv", [["model", "info", LONG], ["latency", "query", LONG, "revit_micro"],
+                                  ["rules", "show", LONG], [*GEN.split(), "--out", f"existing.txt/{LONG}"],
+                                  ["model", "info", "x" * 5000]],
+                         ids=["model-info", "latency-query", "rules-show", "generate-out", "one-long-word"])
+def test_error_lines_cut_long_paths_in_the_middle(argv: list[str], ws: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4 KB path is quoted by its start and its end, with the count of what was left out; never whole."""
+    rc, out, err = run_in(ws, argv, capsys, monkeypatch)
+    assert_refused(rc, out, err, "characters)...")
+    assert len(err) < 600, err
+    word = argv[2] if argv[0] != "generate" else argv[-1]
+    assert word[:40] in err and word[-40:] in err
+
+
+def test_one_line_elides_words_and_lines() -> None:
+    """The cut keeps both ends and says how much it dropped; short text is left alone."""
+    from revit.cli.main import MAX_LINE, MAX_WORD, one_line
+
+    assert one_line("a short line\nand its cause") == "a short line; and its cause"
+    word = "p" * 100 + "q" * 4000 + "r" * 100
+    cut = one_line(f"cannot read {word} (no such file)")
+    assert cut.startswith("cannot read " + "p" * 60) and cut.endswith("r" * 60 + " (no such file)")
+    kept = int(cut.split("...(")[1].split(" ")[0])
+    assert kept + 2 * (MAX_WORD // 2 - 10) == len(word)
+    many = " ".join(["w" * 100] * 100)
+    assert len(one_line(many)) <= MAX_LINE + 40
+
+
+def test_json_reader_refuses_many_values_cheaply() -> None:
+    """A 20 MB ``[{}, {}, ...]`` (5M values) is refused before any of it is built: in well under a second
+    and with no memory beyond the text (parsing it took 1.2 GB); text at the limit still parses."""
+    import time
+    import tracemalloc
+
+    from revit._io import MAX_JSON_VALUES, parse_json
+    from revit.errors import FileFormatError
+
+    text = '{"schema": "x", "j": [' + "{}, " * 5_000_000 + "{}]}"
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(FileFormatError, match="more than 1000000 JSON values"):
+        parse_json(text, "big.json")
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 1.0 and peak < 1 << 20, (seconds, peak)
+    at_limit = "[" + "0," * (MAX_JSON_VALUES - 2) + "0]"  # the list and its elements
+    assert len(parse_json(at_limit, "ok.json")) == MAX_JSON_VALUES - 1
+    commas = '["' + "," * (2 * MAX_JSON_VALUES) + '"]'  # commas inside a string are not values
+    assert parse_json(commas, "ok.json") == ["," * (2 * MAX_JSON_VALUES)]
+
+
+def test_json_outputs_are_finite_or_refused() -> None:
+    """NaN and infinities are not JSON: the one writer names where one is and refuses."""
+    from revit._io import dumps_json
+    from revit.errors import RevitError
+
+    assert json.loads(dumps_json({"a": [1.5, {"b": 2}]})) == {"a": [1.5, {"b": 2}]}
+    for bad, where in [({"rows": [{"error": float("nan")}]}, "rows[0].error"), ([1.0, float("inf")], "[1]"),
+                       (float("-inf"), "the value")]:
+        with pytest.raises(RevitError, match=rf"{where.replace('[', '.').replace(']', '.')} is not a finite number"):
+            dumps_json(bad)
