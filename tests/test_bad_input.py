@@ -696,7 +696,8 @@ def test_space_values_of_the_wrong_type(key: str, value: Any, tmp_path_factory: 
 
 
 @HYP
-@given(cell=st.one_of(st.floats(max_value=-1e-12), st.just(float("nan")), st.just(float("inf"))))
+@given(cell=st.one_of(st.floats(max_value=-1e-12), st.just(float("nan")), st.just(float("inf")),
+                     st.floats(min_value=3600.001, max_value=1.7e308)))  # issue 27 (11): at most an hour
 def test_table_cells(cell: float, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str],
                      monkeypatch: pytest.MonkeyPatch) -> None:
     d = tmp_path_factory.mktemp("table")
