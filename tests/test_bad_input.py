@@ -373,7 +373,8 @@ case("generate-macs-unreachable", f"{GEN_NO_TARGET} --macs 900T", "above the lar
 case("rules-show-unknown", "rules show wiggly", "wiggly")
 case("query-missing-table", "latency query nope.json revit_micro", "nope.json")
 case("demo-table-negative", "demo --out d --table table_negative.json", "negative or non-finite")
-case("build-batch-huge", "latency build --preset micro --out t.json --batch 1000000000", "memory")
+case("build-batch-huge", "latency build --preset micro --out t.json --batch 1000000000", "--batch")
+case("build-batch-memory", "latency build --preset deit --out t.json --batch 65536", "memory")
 case("train-threads-dashdash", f"{TRAIN} --threads=--", "--threads")  # argparse alone would store []
 case("prune-eta-dashdash", f"{PRUNE} --eta=--", "--eta")
 case("prune-latency-no-table", "prune --model revit_micro --target-latency 0.5 --out run", "--table")

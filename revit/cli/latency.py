@@ -12,7 +12,7 @@ from typing import Any
 from revit.cli._common import add_command, add_overwrite_arg, info, warn
 from revit.errors import ConfigError
 from revit.registry import lazy_choices
-from revit.validation import check_output_file, count, non_negative, number, seed, threads
+from revit.validation import MAX_BATCH, check_output_file, count, non_negative, number, seed, threads
 
 
 def register(sub: Any) -> None:
@@ -33,7 +33,8 @@ def register(sub: Any) -> None:
     src = b.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, help="preset space: micro or deit (default micro)")
     src.add_argument("--space", default=None, help="a space YAML (schema revit/latency-space/v1)")
-    b.add_argument("--batch", type=count(), default=64, help="batch size the table is measured at (default 64)")
+    b.add_argument("--batch", type=count(MAX_BATCH), default=64,
+                   help=f"batch size the table is measured at (default 64, at most {MAX_BATCH})")
     b.add_argument("--out", required=True, help="output table JSON")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT.journal.jsonl")
     add_overwrite_arg(b)
