@@ -8,6 +8,7 @@ their handler functions.  A :class:`~revit.errors.RevitError` becomes one line o
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -203,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if e.errno not in OUTPUT_ERRNOS or not e.filename:
             raise
+        if e.errno == errno.ENAMETOOLONG:  # an input's path too (Path.is_file raises it): not "cannot write"
+            return report_error(one_line(f"{e.filename}: a name in this path is too long"), "OutputError",
+                                _wants_json(words, args))
         return report_error(one_line(str(output_error(e, e.filename))), "OutputError", _wants_json(words, args))
     except KeyboardInterrupt:
         print("revit: interrupted", file=sys.stderr)
