@@ -72,7 +72,7 @@ class Registry(Generic[T]):
                 owner = "a built-in" if ep.name in self._items else f"package {_package(self._pending[ep.name])}"
                 line = (f"{self._where(ep)} is ignored: the name {ep.name!r} is taken by {owner} {self.family}; "
                         "rename the entry point")
-                log.warning("%s", line)
+                log.debug("%s", line)  # shown by the list commands; a warning would be noise everywhere
                 self._ignored[f"{ep.name} ({_package(ep)})"] = line
                 continue
             self._pending[ep.name] = ep
