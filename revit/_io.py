@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -136,6 +137,7 @@ def _umask() -> int:
 MAX_FILE_BYTES = 256 << 20  # any YAML/JSON/JSONL file revit reads
 MAX_YAML_NODES = 1_000_000  # YAML nodes after alias expansion ("billion laughs" stops here)
 MAX_DEPTH = 100  # nesting of lists and mappings (revit's deepest format, a table, nests 6)
+MAX_JSON_VALUES = 1_000_000  # JSON values in one document or line (a full-grid DeiT table holds about 200k)
 
 
 def format_limit(n: int) -> str:
@@ -264,9 +266,35 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
     return parse_yaml(read_text(path), str(path))
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_STRING_BYTES = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _json_value_bound(text: str | bytes) -> int:
+    """An upper bound on the values in JSON ``text``: each value but the first of a container follows a comma,
+    and each container adds at most its first one (commas inside strings make it only larger)."""
+    if isinstance(text, bytes):
+        return text.count(b",") + text.count(b"[") + text.count(b"{") + 1
+    return text.count(",") + text.count("[") + text.count("{") + 1
+
+
+def check_json_values(text: str | bytes, source: str, limit: int = MAX_JSON_VALUES) -> None:
+    """Refuse JSON ``text`` holding more than ``limit`` values (arrays, objects, scalars; keys not counted),
+    counted on the text before parsing, so a 60 MB ``[{}, {}, ...]`` never becomes 3 GB of Python objects.
+
+    The count is a few ``str.count`` passes; only text above the limit has the commas and brackets inside its
+    strings (which are not values) counted and taken off, one string at a time."""
+    bound = _json_value_bound(text)
+    if bound <= limit:
+        return
+    strings = _JSON_STRING_BYTES.finditer(text) if isinstance(text, bytes) else _JSON_STRING.finditer(text)
+    if bound - sum(_json_value_bound(m.group()) - 1 for m in strings) > limit:
+        raise FileFormatError(f"{source}: holds more than {limit} JSON values; refused")
+
+
 def parse_json(text: str | bytes, source: str) -> Any:
-    """Parse JSON strictly: a syntax error, a key given twice in one object, or nesting past :data:`MAX_DEPTH`
-    is one line."""
+    """Parse JSON strictly: a syntax error, a key given twice in one object, more than :data:`MAX_JSON_VALUES`
+    values or nesting past :data:`MAX_DEPTH` is one line."""
     from revit.validation import short
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -277,6 +305,7 @@ def parse_json(text: str | bytes, source: str) -> Any:
             out[k] = v
         return out
 
+    check_json_values(text, source)
     try:
         doc = json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as e:
@@ -292,6 +321,34 @@ def parse_json(text: str | bytes, source: str) -> Any:
 def load_json(path: str | os.PathLike[str]) -> Any:
     """Parse a JSON file strictly (see :func:`parse_json`), read with :func:`read_text`'s limits."""
     return parse_json(read_text(path), str(path))
+
+
+def _non_finite(obj: Any) -> str | None:
+    """The path (``rows[3].error``) of the first NaN or infinite float in ``obj``, or None (iterative)."""
+    import math
+
+    stack: list[tuple[Any, str]] = [(obj, "")]
+    while stack:
+        x, where = stack.pop()
+        if isinstance(x, float) and not math.isfinite(x):
+            return where or "the value"
+        if isinstance(x, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k)) for k, v in reversed(x.items()))
+        elif isinstance(x, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(x))))
+    return None
+
+
+def dumps_json(obj: Any, what: str = "the output", **kwargs: Any) -> str:
+    """``json.dumps(obj)``, refused in one line when ``obj`` holds a NaN or an infinity: those are not JSON
+    (Python would write ``NaN``/``Infinity``, which other readers reject), and a prediction or report that is
+    not finite is not an answer."""
+    from revit.errors import ConfigError
+
+    bad = _non_finite(obj)
+    if bad is not None:
+        raise ConfigError(f"{what}: {bad} is not a finite number; refused (JSON has no NaN or Infinity)")
+    return json.dumps(obj, allow_nan=False, **kwargs)
 
 
 def dump_yaml(doc: Any) -> str:

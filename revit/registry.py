@@ -31,13 +31,22 @@ RULE_FAMILIES_GROUP = "revit.rule_families"
 
 
 class Registry(Generic[T]):
-    """Maps names to classes (or factories) of one family; unknown names list the valid ones."""
+    """Maps names to classes (or factories) of one family; unknown names list the valid ones.
 
-    def __init__(self, family: str, group: str | None = None) -> None:
+    A plug-in fails alone: an entry point that raises (or calls ``sys.exit``) on import, that is not a
+    subclass of ``base``, or whose name is taken already, is *broken*: a command that names it gets one
+    :class:`~revit.errors.ConfigError` line naming its package, :meth:`broken` lists it for the list
+    commands, and :meth:`loaded` (what iterating code uses) leaves it out.  A built-in keeps its name.
+    """
+
+    def __init__(self, family: str, group: str | None = None, base: type | None = None) -> None:
         self.family = family
         self.group = group
+        self.base = base  # what a member loaded from an entry point must subclass (None: anything)
         self._items: dict[str, T] = {}
         self._pending: dict[str, EntryPoint] = {}  # entry points listed, not imported yet
+        self._broken: dict[str, str] = {}  # a broken entry point's name -> the line saying why
+        self._ignored: dict[str, str] = {}  # "NAME (package)" of an entry point whose name was taken -> why
         self._scanned = group is None
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -53,49 +62,118 @@ class Registry(Generic[T]):
         return deco
 
     def _scan(self) -> None:
-        """Read this registry's entry-point group (once); a name already registered keeps its member."""
+        """Read this registry's entry-point group (once); a name already registered keeps its member, and the
+        entry point that wanted it is listed as broken."""
         if self._scanned:
             return
         self._scanned = True
         for ep in entry_points(group=str(self.group)):
             if ep.name in self._items or ep.name in self._pending:
-                log.warning("ignoring entry point %s = %s: %s %r is already registered", ep.name, ep.value,
-                            self.family, ep.name)
+                owner = "a built-in" if ep.name in self._items else f"package {_package(self._pending[ep.name])}"
+                line = (f"{self._where(ep)} is ignored: the name {ep.name!r} is taken by {owner} {self.family}; "
+                        "rename the entry point")
+                log.debug("%s", line)  # shown by the list commands; a warning would be noise everywhere
+                self._ignored[f"{ep.name} ({_package(ep)})"] = line
                 continue
             self._pending[ep.name] = ep
+
+    def _where(self, ep: EntryPoint) -> str:
+        """``rule family 'x' (entry point m:X of package p)``: a plug-in as its one line names it."""
+        return f"{self.family} {ep.name!r} (entry point {ep.value} of package {_package(ep)})"
+
+    def _load(self, name: str) -> None:
+        """Import the entry point of ``name`` and check its kind; a failure makes it broken, in one line."""
+        ep = self._pending.pop(name)
+        try:
+            obj = ep.load()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - whatever a plug-in raises (SystemExit too), it fails alone
+            from revit.validation import short
+
+            self._broken[name] = (f"{self._where(ep)} failed to load: {type(e).__name__}: "
+                                  f"{short(str(e), 200, quote=False)}")
+            return
+        problem = self._kind_problem(obj)
+        if problem:
+            self._broken[name] = f"{self._where(ep)} {problem}"
+            return
+        self.register(name)(obj)
+
+    def _kind_problem(self, obj: Any) -> str | None:
+        """Why ``obj`` cannot be a member (an int, a function, an unrelated or abstract class), or None."""
+        import inspect
+
+        if self.base is None:
+            return None
+        want = f"a subclass of {self.base.__module__}.{self.base.__qualname__}"
+        if not isinstance(obj, type):
+            return f"is {_describe(obj)}, not {want}"
+        if not issubclass(obj, self.base):
+            return f"is the class {obj.__module__}.{obj.__qualname__}, not {want}"
+        if inspect.isabstract(obj):
+            missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+            return f"is an abstract class (it does not define {missing})"
+        return None
 
     def get(self, name: str) -> T:
         self._scan()
         if name in self._pending and name not in self._items:
-            ep = self._pending[name]
-            try:
-                obj = ep.load()
-            except Exception as e:  # noqa: BLE001 - a broken plugin is named, whatever it raised
-                raise ConfigError(f"{self.family} {name!r} (entry point {ep.value} in group {self.group}) "
-                                  f"failed to load: {type(e).__name__}: {e}") from e
-            self.register(name)(obj)
+            self._load(name)
+        if name in self._broken:
+            raise ConfigError(self._broken[name])
         try:
             return self._items[name]
         except KeyError:
             raise UnknownNameError(f"unknown {self.family} {name!r}; known: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
+        """Every name a command may give: the members, the entry points not imported yet and the broken ones
+        (naming one gives its one-line reason, not "unknown")."""
         self._scan()
-        return sorted({*self._items, *self._pending})
+        return sorted({*self._items, *self._pending, *self._broken})
+
+    def loaded(self) -> dict[str, T]:
+        """Every member that can be used, by name, each entry point imported; broken ones are left out
+        (see :meth:`broken`), so code that goes through all members never fails for a plug-in."""
+        self._scan()
+        for name in list(self._pending):
+            self._load(name)
+        return {n: self._items[n] for n in sorted(self._items)}
+
+    def broken(self) -> dict[str, str]:
+        """The broken entry points (after :meth:`loaded` imported them), by name (``NAME (package)`` for one
+        whose name was taken), and the line saying why."""
+        self.loaded()
+        return dict(sorted({**self._broken, **self._ignored}.items()))
 
     def name_of(self, obj: object) -> str | None:
         """The name ``obj`` is registered under (None when it is not registered)."""
         return next((n for n, o in self._items.items() if o is obj), None)
 
     def __contains__(self, name: object) -> bool:
-        self._scan()
-        return name in self._items or name in self._pending
+        return name in self.names()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
         return len(self.names())
+
+
+def _package(ep: EntryPoint) -> str:
+    """The distribution that declares ``ep`` (its module's top package when the metadata does not say)."""
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", None) if dist is not None else None
+    return str(name) if name else ep.module.split(".")[0]
+
+
+def _describe(obj: Any) -> str:
+    """A few words for a loaded object that is not a class: ``an int (3)``, ``a function (make_thing)``."""
+    from revit.validation import short
+
+    kind = type(obj).__name__
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({getattr(obj, '__qualname__', None) or short(obj, 40)})"
 
 
 class lazy_choices:  # noqa: N801 - used like a function: choices=lazy_choices("module", "REGISTRY")

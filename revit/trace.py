@@ -79,7 +79,7 @@ class Trace:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
         """Read a trace; a truncated last line (a run killed mid-write) is ignored."""
-        from revit._io import check_depth, read_text
+        from revit._io import check_depth, check_json_values, read_text
 
         p = Path(path)
         if p.is_dir():
@@ -87,6 +87,7 @@ class Trace:
         lines = read_text(p).splitlines()  # size-limited; binary bytes are one line
         if not lines:
             raise FileFormatError(f"{path}: empty trace")
+        check_json_values(lines[0], f"{path}: line 1")
         try:
             header = json.loads(lines[0])
             check_depth(header, f"{path}: line 1")
@@ -98,6 +99,7 @@ class Trace:
         for i, line in enumerate(lines[1:], start=2):
             if not line.strip():
                 continue
+            check_json_values(line, f"{path}: line {i}")
             try:
                 d = json.loads(line)
                 check_depth(d, f"{path}: line {i}")

@@ -44,10 +44,21 @@ def short(value: Any, limit: int = 40, *, quote: bool = True) -> str:
     return text
 
 
+def elide(text: str, limit: int = 160) -> str:
+    """``text`` cut to about ``limit`` characters by dropping its middle: a 4 KB path keeps its start (where it
+    is) and its end (the file name), with the number of characters left out between them."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit // 2 - 10, 1)
+    return f"{text[:keep]}...({len(text) - 2 * keep} characters)...{text[-keep:]}"
+
+
 # machine bounds --------------------------------------------------------------------------------
 MAX_COUNT = 2**31 - 1  # counts, sizes, epochs, samples: what an int32 (torch, numpy indexing) holds
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_LR = 10.0  # learning rates: beyond this AdamW diverges at once (1e308 overflowed float32 mid-run)
+MAX_BATCH = 1 << 16  # a batch size read from a file (a latency table's): far beyond any measured batch
+MAX_LATENCY_S = 3600.0  # one block's latency on one batch, in seconds: an hour is beyond any measurement
 WORKER_MEMORY = 1 << 30  # each worker process (torch, a model, a loader) needs about 1 GiB
 
 
@@ -371,8 +382,9 @@ def check_input_file(path: str | os.PathLike[str], what: str, *, error: type[Rev
     return p
 
 
-__all__ = ["MAX_COUNT", "MAX_LR", "MAX_SEED", "OUTPUT_ERRNOS", "check_count", "check_fields", "check_fits_memory",
-           "check_input_file", "check_int", "check_loader_workers", "check_number", "check_optional",
-           "check_output_dir", "check_output_file", "check_workers", "count", "cpu_count", "format_bytes", "fraction",
-           "integer", "loader_workers", "max_threads", "max_workers", "memory_bytes", "non_negative", "number",
-           "output_error", "range_problem", "seed", "short", "threads", "workers", "workers_problem"]
+__all__ = ["MAX_BATCH", "MAX_COUNT", "MAX_LATENCY_S", "MAX_LR", "MAX_SEED", "OUTPUT_ERRNOS", "check_count",
+           "check_fields", "check_fits_memory", "check_input_file", "check_int", "check_loader_workers",
+           "check_number", "check_optional", "check_output_dir", "check_output_file", "check_workers", "count",
+           "cpu_count", "elide", "format_bytes", "fraction", "integer", "loader_workers", "max_threads", "max_workers",
+           "memory_bytes", "non_negative", "number", "output_error", "range_problem", "seed", "short", "threads",
+           "workers", "workers_problem"]

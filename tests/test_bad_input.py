@@ -373,7 +373,8 @@ case("generate-macs-unreachable", f"{GEN_NO_TARGET} --macs 900T", "above the lar
 case("rules-show-unknown", "rules show wiggly", "wiggly")
 case("query-missing-table", "latency query nope.json revit_micro", "nope.json")
 case("demo-table-negative", "demo --out d --table table_negative.json", "negative or non-finite")
-case("build-batch-huge", "latency build --preset micro --out t.json --batch 1000000000", "memory")
+case("build-batch-huge", "latency build --preset micro --out t.json --batch 1000000000", "--batch")
+case("build-batch-memory", "latency build --preset deit --out t.json --batch 65536", "memory")
 case("train-threads-dashdash", f"{TRAIN} --threads=--", "--threads")  # argparse alone would store []
 case("prune-eta-dashdash", f"{PRUNE} --eta=--", "--eta")
 case("prune-latency-no-table", "prune --model revit_micro --target-latency 0.5 --out run", "--table")
@@ -481,6 +482,58 @@ case("i21-6-demo-table-tokens", "demo --quick --out d --table table_t197.json", 
 case("i21-6-train-grad-accum-too-big", "train revit_micro --data digits --train-limit 64 --val-size 16 --test-limit 16 "
      "--grad-accum 2147483647 --out run", "optimizer step")
 case("i21-6-rules-fit-folder", "rules fit folder", "is a folder")
+
+# 5. issue 27: bounds on counts read from files, a JSON value limit, finite outputs ----------------------
+def _table_meta(**changes: Any) -> str:
+    """The shipped table with ``metadata`` entries changed (a dotted key reaches inside: ``measurement.repeats``)."""
+    doc = json.loads(TABLE.read_text())
+    for key, value in changes.items():
+        doc = _set(doc, "metadata." + key.replace("__", "."), value)
+    return json.dumps(doc)
+
+
+# (8) every count of a table's metadata is bounded: 10**30 was a numpy traceback, 200000 a 3.9 GB allocation
+TABLE_COUNTS = {"batch-1e30": ({"batch_size": 10**30}, "metadata batch_size"),
+                "batch-200000": ({"batch_size": 200_000}, "metadata batch_size"),
+                "batch-text": ({"batch_size": "64"}, "metadata batch_size"),
+                "tokens-1e30": ({"tokens": 10**30}, "metadata tokens"),
+                "tokens-other": ({"tokens": 10**6}, "metadata tokens"),
+                "repeats-1e30": ({"measurement__repeats": 10**30}, "measurement.repeats"),
+                "warmup-negative": ({"measurement__warmup": -1}, "measurement.warmup"),
+                "reference-wide": ({"measurement__reference__cell__embed_dim": 10**9}, "reference.cell.embed_dim"),
+                "reference-runs": ({"measurement__reference__runs": 10**12}, "reference.runs"),
+                "space-depth-1e8": ({"space__depth": 10**8}, "blocks"),
+                "space-axis-text": ({"space__axes__heads": "four"}, "metadata.space"),
+                "space-setting-list": ({"space__setting": [1]}, "metadata.space")}
+for cid, (changes, needle) in TABLE_COUNTS.items():
+    name = f"table_meta_{cid}.json"
+    files = {name: _table_meta(**changes)}
+    case(f"i27-8-validate-{cid}", f"latency validate {name} --samples 2", needle, files)
+    if not cid.startswith(("space", "tokens-other")):  # query reads no space, and tokens only to compare
+        case(f"i27-8-query-{cid}", f"latency query {name} revit_micro", needle, files)
+case("i27-8-validate-memory", "latency validate table_meta_batch-60000.json --samples 100000", "memory",
+     {"table_meta_batch-60000.json": _table_meta(batch_size=60_000)})
+# (9) the JSON reader counts values before it builds them, in every reader (tables, markers, traces, journals)
+MANY = "[" + "0," * 1_000_000 + "0]"  # 1,000,001 values in 2 MB
+case("i27-9-json-values-table", "latency query many.json revit_micro", "JSON values", {"many.json": MANY})
+case("i27-9-json-values-nvit", "latency import-nvit many.json --out x.json", "JSON values")
+case("i27-9-json-values-trace", "rules fit many.json", "JSON values")
+case("i27-9-json-values-marker", "train revit_micro --data digits --out many_run --resume", "JSON values",
+     {"many_run/.revit-run.json": MANY})
+case("i27-9-json-values-journal", "latency build --preset micro --out many_build.json --resume", "JSON values",
+     {"many_build.json.journal.jsonl": MANY + "\n{}\n"})
+# (11, 15) cells are finite and at most an hour, so every prediction is finite: 1.7e308 printed "inf ms"
+for cid, cell, where in [("cell-1.7e308", 1.7e308, "values"), ("cell-1e6", 1e6, "values"),
+                         ("spread-1e300", 1e300, "spread"), ("fixed-1.7e308", 1.7e308, "fixed")]:
+    name = f"table_{cid}.json"
+    files = {name: _table_with(cell, where)}
+    case(f"i27-11-query-{cid}", f"latency query {name} revit_micro", "more than the 3600 s", files)
+    case(f"i27-15-query-json-{cid}", f"latency query {name} revit_micro --json", "more than the 3600 s", files)
+    case(f"i27-11-validate-{cid}", f"latency validate {name} --samples 2", "more than the 3600 s", files)
+    case(f"i27-11-generate-{cid}", f"generate --rule paper --setting micro --latency-ms 5 --table {name}",
+         "more than the 3600 s", files)
+case("i27-11-import-nvit-1e300", "latency import-nvit nvit_1e300.json --out imported.json", "more than the 3600 s",
+     {"nvit_1e300.json": _nvit_with(1e300)})
 
 CASE_IDS = [c.id for c in CASES]
 assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"
@@ -644,7 +697,8 @@ def test_space_values_of_the_wrong_type(key: str, value: Any, tmp_path_factory: 
 
 
 @HYP
-@given(cell=st.one_of(st.floats(max_value=-1e-12), st.just(float("nan")), st.just(float("inf"))))
+@given(cell=st.one_of(st.floats(max_value=-1e-12), st.just(float("nan")), st.just(float("inf")),
+                     st.floats(min_value=3600.001, max_value=1.7e308)))  # issue 27 (11): at most an hour
 def test_table_cells(cell: float, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str],
                      monkeypatch: pytest.MonkeyPatch) -> None:
     d = tmp_path_factory.mktemp("table")
@@ -822,3 +876,121 @@ def test_pretrained_unreachable_hub_fails_at_once(ws: Path, capsys: pytest.Captu
     assert_refused(rc, out, err, "cannot reach 192.0.2.1")
     assert time.perf_counter() - t0 < 15
     assert snapshot(ws) == before
+
+
+# issue 27 class 21: --json errors are JSON on stdout too; error lines cut long paths in the middle ----------
+JSON_REFUSALS = {  # a refused command line of every command that has --json
+    "model info": "model info cfg_embed-1e9.yaml --json",
+    "latency query": "latency query table_cell-1.7e308.json revit_micro --json",
+    "latency validate": "latency validate table_negative.json --samples 2 --json",
+    "rules list": "rules list --json --no-such-flag",
+    "rules fit": "rules fit folder --json",
+    "generate": f"{GEN_NO_TARGET} --macs 900T --json",
+    "prune": f"{PRUNE} --json",
+    "train": f"{TRAIN} --json",
+    "search run": "search run spec_budget-900T.yaml --json",
+    "search status": "search status spec.yaml --storage missing.db --json",
+    "search report": "search report spec.yaml --out existing.txt --json",
+    "search worker": "search worker spec.yaml --storage missing.db --json",
+}
+
+
+def _json_commands() -> set[str]:
+    """Every subcommand of the parser that takes --json."""
+    from revit.cli.main import build_parser
+
+    found = set()
+    top = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, p in top.items():
+        inner = [a for a in p._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for sub, q in (inner[0].choices.items() if inner else [("", p)]):
+            if any("--json" in a.option_strings for a in q._actions):
+                found.add(f"{name} {sub}".strip())
+    return found
+
+
+def test_every_json_command_has_a_json_refusal() -> None:
+    assert set(JSON_REFUSALS) == _json_commands()
+
+
+@pytest.mark.parametrize("command", list(JSON_REFUSALS))
+def test_a_json_command_refused_prints_a_json_error_object(command: str, ws: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --json a refusal is the one stderr line and, on stdout, one JSON object holding the same message."""
+    before = snapshot(ws)
+    rc, out, err = run_in(ws, JSON_REFUSALS[command].split(), capsys, monkeypatch)
+    assert_refused(rc, out, err, "")
+    doc = json.loads(out)
+    assert out.count("\n") == 1 and doc["exit_code"] == 2 and doc["type"], out
+    assert f"revit: error: {doc['error']}\n" == err
+    assert snapshot(ws) == before
+    rc, out, err = run_in(ws, [w for w in JSON_REFUSALS[command].split() if w != "--json"], capsys, monkeypatch)
+    assert rc == 2 and out == "", "without --json stdout stays empty"
+
+
+LONG = "/".join(["a" * 200] * 20) + "/end.yaml"  # a 4 KB path of existing-length names
+
+
+@pytest.mark.parametrize("argv", [["model", "info", LONG], ["latency", "query", LONG, "revit_micro"],
+                                  ["rules", "show", LONG], [*GEN.split(), "--out", f"existing.txt/{LONG}"],
+                                  ["model", "info", "x" * 5000], ["latency", "query", "t" * 4000, "revit_micro"]],
+                         ids=["model-info", "latency-query", "rules-show", "generate-out", "one-long-word",
+                              "one-long-name"])
+def test_error_lines_cut_long_paths_in_the_middle(argv: list[str], ws: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 4 KB path is quoted by its start and its end, with the count of what was left out; never whole."""
+    rc, out, err = run_in(ws, argv, capsys, monkeypatch)
+    assert_refused(rc, out, err, "characters)...")
+    assert len(err) < 600, err
+    word = argv[2] if argv[0] != "generate" else argv[-1]
+    assert word[:40] in err and word[-40:] in err and "cannot write" not in err  # only outputs are written
+
+
+def test_one_line_elides_words_and_lines() -> None:
+    """The cut keeps both ends and says how much it dropped; short text is left alone."""
+    from revit.cli.main import MAX_LINE, MAX_WORD, one_line
+
+    assert one_line("a short line\nand its cause") == "a short line; and its cause"
+    word = "p" * 100 + "q" * 4000 + "r" * 100
+    cut = one_line(f"cannot read {word} (no such file)")
+    assert cut.startswith("cannot read " + "p" * 60) and cut.endswith("r" * 60 + " (no such file)")
+    kept = int(cut.split("...(")[1].split(" ")[0])
+    assert kept + 2 * (MAX_WORD // 2 - 10) == len(word)
+    many = " ".join(["w" * 100] * 100)
+    assert len(one_line(many)) <= MAX_LINE + 40
+
+
+def test_json_reader_refuses_many_values_cheaply() -> None:
+    """A 20 MB ``[{}, {}, ...]`` (5M values) is refused before any of it is built: in well under a second
+    and with no memory beyond the text (parsing it took 1.2 GB); text at the limit still parses."""
+    import time
+    import tracemalloc
+
+    from revit._io import MAX_JSON_VALUES, parse_json
+    from revit.errors import FileFormatError
+
+    text = '{"schema": "x", "j": [' + "{}, " * 5_000_000 + "{}]}"
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(FileFormatError, match="more than 1000000 JSON values"):
+        parse_json(text, "big.json")
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 1.0 and peak < 1 << 20, (seconds, peak)
+    at_limit = "[" + "0," * (MAX_JSON_VALUES - 2) + "0]"  # the list and its elements
+    assert len(parse_json(at_limit, "ok.json")) == MAX_JSON_VALUES - 1
+    commas = '["' + "," * (2 * MAX_JSON_VALUES) + '"]'  # commas inside a string are not values
+    assert parse_json(commas, "ok.json") == ["," * (2 * MAX_JSON_VALUES)]
+
+
+def test_json_outputs_are_finite_or_refused() -> None:
+    """NaN and infinities are not JSON: the one writer names where one is and refuses."""
+    from revit._io import dumps_json
+    from revit.errors import RevitError
+
+    assert json.loads(dumps_json({"a": [1.5, {"b": 2}]})) == {"a": [1.5, {"b": 2}]}
+    for bad, where in [({"rows": [{"error": float("nan")}]}, "rows[0].error"), ([1.0, float("inf")], "[1]"),
+                       (float("-inf"), "the value")]:
+        with pytest.raises(RevitError, match=rf"{where.replace('[', '.').replace(']', '.')} is not a finite number"):
+            dumps_json(bad)

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from revit.latency.table import LatencyTable
 from revit.registry import CRITERIA_GROUP
 
 PLUGIN = Path(__file__).parent / "plugins" / "revit_toy_plugin"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -148,3 +150,118 @@ def test_a_broken_plugin_is_one_line_naming_it(tmp_path):
                        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "no_such_module_here:Thing" in r.stderr and "failed to load" in r.stderr
+
+
+# issue 27 class 20, issue 28 item 3: a broken plug-in fails alone -------------------------------------
+BROKEN_PKG = "revit-broken-plugins"
+BROKEN_MODULES = {
+    "revit_broken_kinds.py": "NUMBER = 3\n\ndef make():\n    return 1\n\nclass Unrelated:\n    pass\n",
+    "revit_broken_raises.py": "raise RuntimeError('this plug-in cannot be imported')\n",
+    "revit_broken_exits.py": "import sys\nsys.exit(3)\n",
+}
+BROKEN_ENTRY_POINTS = {  # group -> {name: object}; one distribution declares them all
+    "revit.rule_families": {"fam-raises": "revit_broken_raises:Family", "fam-exits": "revit_broken_exits:Family",
+                            "fam-int": "revit_broken_kinds:NUMBER", "fam-function": "revit_broken_kinds:make",
+                            "fam-class": "revit_broken_kinds:Unrelated", "uniform": "revit_broken_kinds:Unrelated"},
+    CRITERIA_GROUP: {"crit-int": "revit_broken_kinds:NUMBER", "crit-function": "revit_broken_kinds:make",
+                     "crit-class": "revit_broken_kinds:Unrelated", "crit-exits": "revit_broken_exits:Thing",
+                     "hessian": "revit_broken_kinds:Unrelated"},
+    "revit.backends": {"be-int": "revit_broken_kinds:NUMBER", "be-function": "revit_broken_kinds:make",
+                       "be-class": "revit_broken_kinds:Unrelated", "be-raises": "revit_broken_raises:Backend"},
+}
+# each command runs in one process that sees every broken entry point above: those that do not name one work
+BROKEN_RUNS = [
+    ["generate", "--uniform", "--macs", "4.6G"],
+    ["generate", "--rule", "uniform", "--macs", "4.6G"],
+    ["generate", "--rule", "paper", "--macs", "4.6G"],
+    ["rules", "list"],
+    ["rules", "list", "--json"],
+    *(["generate", "--rule", n, "--macs", "4.6G"] for n in ("fam-raises", "fam-exits", "fam-int", "fam-function",
+                                                             "fam-class")),
+    ["generate", "--rule", "no-such-rule", "--macs", "4.6G"],
+    *(["prune", "--model", "revit_micro", "--target-macs", "0.5", "--criterion", n, "--out", f"p-{n}"]
+      for n in ("crit-int", "crit-function", "crit-class", "crit-exits")),
+    *(["latency", "build", "--backend", n, "--out", f"t-{n}.json"] for n in ("be-int", "be-function", "be-class",
+                                                                           "be-raises")),
+]
+BROKEN_SCRIPT = """
+import contextlib, io, json, sys
+from revit.cli.main import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        rc = main(argv)
+    out.append({"argv": argv, "rc": rc, "out": o.getvalue(), "err": e.getvalue()})
+from revit.prune.criteria import CRITERIA, Hessian
+assert CRITERIA.get("hessian") is Hessian, "a plug-in took a built-in's name"
+out.append({"criteria_broken": CRITERIA.broken()})
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def broken_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every run of :data:`BROKEN_RUNS`, in one process whose path holds a package of broken entry points."""
+    root = tmp_path_factory.mktemp("broken_plugins")
+    dist = root / "revit_broken_plugins-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {BROKEN_PKG}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{n} = {v}\n" for n, v in eps.items()) for group, eps in BROKEN_ENTRY_POINTS.items()))
+    for name, text in BROKEN_MODULES.items():
+        (root / name).write_text(text)
+    work = root / "work"
+    work.mkdir()
+    r = subprocess.run([sys.executable, "-c", BROKEN_SCRIPT, json.dumps(BROKEN_RUNS)], capture_output=True, text=True,
+                       cwd=work, env={**os.environ, "OMP_NUM_THREADS": "1",
+                                      "PYTHONPATH": os.pathsep.join([str(root), str(ROOT), *sys.path])})
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = json.loads(r.stdout.splitlines()[-1])
+    return {"runs": {" ".join(x["argv"]): x for x in runs[:-1]}, "criteria_broken": runs[-1]["criteria_broken"],
+            "work": work}
+
+
+def test_a_broken_rule_family_breaks_only_the_commands_that_name_it(broken_runs: dict[str, Any]) -> None:
+    """`generate --uniform` works beside six broken rule-family plug-ins; `generate --rule BROKEN` is one line
+    naming the package; a plug-in that takes a built-in's name (uniform) leaves the built-in in place."""
+    import yaml
+
+    runs = broken_runs["runs"]
+    uniform = runs["generate --uniform --macs 4.6G"]
+    assert uniform["rc"] == 0 and uniform["err"].count("revit: error") == 0, uniform["err"]
+    assert yaml.safe_load(uniform["out"])["embed_dim"] > 0
+    assert runs["generate --rule uniform --macs 4.6G"]["out"] == uniform["out"]
+    assert runs["generate --rule paper --macs 4.6G"]["rc"] == 0
+    for name, why in (("fam-raises", "RuntimeError: this plug-in cannot be imported"), ("fam-exits", "SystemExit: 3"),
+                      ("fam-int", "is an int (3)"), ("fam-function", "is a function (make)"),
+                      ("fam-class", "is the class revit_broken_kinds.Unrelated")):
+        r = runs[f"generate --rule {name} --macs 4.6G"]
+        assert r["rc"] == 2 and r["err"].count("\n") == 1 and r["err"].startswith("revit: error: "), r["err"]
+        assert f"package {BROKEN_PKG}" in r["err"] and why in r["err"] and r["out"] == "", r["err"]
+    unknown = runs["generate --rule no-such-rule --macs 4.6G"]
+    assert unknown["rc"] == 2 and "unknown rule 'no-such-rule'" in unknown["err"] and "fam-raises" in unknown["err"]
+
+
+def test_the_list_command_shows_broken_plugins_with_their_line(broken_runs: dict[str, Any]) -> None:
+    runs = broken_runs["runs"]
+    text, js = runs["rules list"], runs["rules list --json"]
+    assert text["rc"] == 0 and js["rc"] == 0, text["err"] + js["err"]
+    broken = {b["family"]: b["error"] for b in json.loads(js["out"])["broken"]}
+    assert set(broken) == {"fam-raises", "fam-exits", "fam-int", "fam-function", "fam-class",
+                           f"uniform ({BROKEN_PKG})"}
+    assert "the name 'uniform' is taken by a built-in rule family" in broken[f"uniform ({BROKEN_PKG})"]
+    for name, line in broken.items():
+        assert f"package {BROKEN_PKG}" in line and f"{name:16s} broken    {line}" in text["out"]
+    assert {f["family"] for f in json.loads(js["out"])["families"]} >= {"paper", "uniform", "less-more-less"}
+
+
+def test_criteria_and_backends_of_the_wrong_kind_are_one_line_naming_the_package(broken_runs: dict[str, Any]) -> None:
+    runs = broken_runs["runs"]
+    for argv, name in [(r, r[r.index("--criterion") + 1]) for r in BROKEN_RUNS if "--criterion" in r] + \
+                      [(r, r[r.index("--backend") + 1]) for r in BROKEN_RUNS if "--backend" in r]:
+        r = runs[" ".join(argv)]
+        assert r["rc"] == 2 and r["err"].count("\n") == 1 and "Traceback" not in r["err"], r["err"]
+        assert f"{name!r} (entry point" in r["err"] and f"package {BROKEN_PKG}" in r["err"], r["err"]
+    assert sorted(p.name for p in broken_runs["work"].iterdir()) == []  # nothing written
+    assert "taken by a built-in importance criterion" in broken_runs["criteria_broken"][f"hessian ({BROKEN_PKG})"]

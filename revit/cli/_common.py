@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any
@@ -21,8 +20,10 @@ def add_command(sub: Any, name: str, help: str, example: str) -> argparse.Argume
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    """``obj`` as JSON on stdout; a NaN or an infinity in it is refused in one line (never ``NaN`` printed)."""
+    from revit._io import dumps_json
+
+    sys.stdout.write(dumps_json(obj, "the JSON output", indent=2) + "\n")
 
 
 log = logging.getLogger("revit.cli")

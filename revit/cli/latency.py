@@ -9,10 +9,10 @@ import argparse
 import sys
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
+from revit.cli._common import add_command, add_overwrite_arg, info, warn
 from revit.errors import ConfigError
 from revit.registry import lazy_choices
-from revit.validation import check_output_file, count, non_negative, number, seed, threads
+from revit.validation import MAX_BATCH, check_output_file, count, non_negative, number, seed, threads
 
 
 def register(sub: Any) -> None:
@@ -33,7 +33,8 @@ def register(sub: Any) -> None:
     src = b.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, help="preset space: micro or deit (default micro)")
     src.add_argument("--space", default=None, help="a space YAML (schema revit/latency-space/v1)")
-    b.add_argument("--batch", type=count(), default=64, help="batch size the table is measured at (default 64)")
+    b.add_argument("--batch", type=count(MAX_BATCH), default=64,
+                   help=f"batch size the table is measured at (default 64, at most {MAX_BATCH})")
     b.add_argument("--out", required=True, help="output table JSON")
     b.add_argument("--resume", action="store_true", help="continue an interrupted build from OUT.journal.jsonl")
     add_overwrite_arg(b)
@@ -128,7 +129,7 @@ def _make_backend(a: argparse.Namespace) -> Any:
         if key in cls.option_names:
             opts[key] = getattr(a, key)
         elif getattr(a, key) != unset:
-            takers = [n for n in BACKENDS.names() if key in BACKENDS.get(n).option_names]
+            takers = [n for n, c in BACKENDS.loaded().items() if key in c.option_names]
             raise ConfigError(f"{flag} is an option of --backend {' or '.join(takers)}")
     device = a.device or cls.default_device
     clock = cls.default_clock(device, a.threads) if a.clock == "auto" else a.clock
@@ -174,9 +175,7 @@ def _ms(s: float) -> str:
 
 
 def _query(a: argparse.Namespace) -> int:
-    import json
-
-    from revit._io import atomic_write_text
+    from revit._io import atomic_write_text, dumps_json
     from revit.latency.table import LatencyTable
     from revit.presets import resolve_config
 
@@ -191,7 +190,7 @@ def _query(a: argparse.Namespace) -> int:
         out: dict[str, Any] = {"table": table.source, "model": a.model, **pred.to_dict()}
         if savings is not None:
             out["marginal_savings_s"] = savings
-        text = json.dumps(out, indent=2) + "\n"
+        text = dumps_json(out, "the prediction", indent=2) + "\n"
     else:
         text = "".join(f"{line}\n" for line in _query_lines(table, cfg, a.model, pred, savings))
     if a.out:
@@ -225,10 +224,12 @@ def _query_lines(table: Any, cfg: Any, model: str, pred: Any, savings: list[dict
 
 
 def _validate(a: argparse.Namespace) -> int:
+    from revit._io import dumps_json
     from revit.latency.table import LatencyTable
-    from revit.latency.validate import backend_for_table, validate
+    from revit.latency.validate import backend_for_table, check_validation_memory, validate
 
     table = LatencyTable.load(a.table)
+    check_validation_memory(table, a.samples, a.noise_k)  # every model is built before timing starts
     m = table.metadata
     backend = backend_for_table(table)
     here = backend.info()
@@ -237,8 +238,9 @@ def _validate(a: argparse.Namespace) -> int:
              f"validating on {here['device']} / {here['backend_version']}")
     r = validate(table, backend, a.samples, seed=a.seed, noise_k=a.noise_k, model_source=a.model_source,
                  progress=not a.no_progress)
+    report = dumps_json(r.to_dict(), "the validation report", indent=2)  # finite, or refused (MAPE inf%)
     if a.json:
-        print_json(r.to_dict())
+        sys.stdout.write(report + "\n")
         return 0
     what = "exported with torch.onnx" if r.model_source == "exported" else "the backend's synthetic graph"
     lines = [f"table: {table.summary()}", f"calibration: {table.calibration_label}", f"whole models: {what}"]

@@ -8,6 +8,7 @@ their handler functions.  A :class:`~revit.errors.RevitError` becomes one line o
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from revit import __version__, logs
 from revit.errors import RevitError
+from revit.validation import elide
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "search", "demo")
 OPTUNA_COMMANDS = ("search", "demo")  # commands that run Optuna studies: Optuna's own logger follows -v/-q
 VERSION_PACKAGES = ("torch", "timm", "optuna", "onnxruntime")  # listed by --version (read without importing)
+MAX_WORD = 160  # characters an error line quotes of one word (a path, a value) before cutting its middle
+MAX_LINE = 1000  # characters of a whole error line
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away (``| head``)
 
 
@@ -44,16 +48,58 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         where = self.prog.removeprefix("revit").strip()  # the subcommand, e.g. "latency build"
-        self.exit(2, f"revit: error: {where + ': ' if where else ''}{one_line(message)}\n")
+        text = one_line(f"{where + ': ' if where else ''}{message}")
+        sys.stderr.write(f"revit: error: {text}\n")
+        raise UsageError(text)
+
+
+class UsageError(SystemExit):
+    """argparse's refusal of a command line (exit 2, its line already on stderr); ``message`` is that line,
+    kept so that ``--json`` gets its error object too."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_LONG_WORD = re.compile(rf"\S{{{MAX_WORD + 1},}}")
 
 
 def one_line(text: str) -> str:
-    """An error message as one plain line: ANSI colour codes removed, line breaks joined with '; '."""
+    """An error message as one plain line: ANSI colour codes removed, line breaks joined with '; ', and
+    each long word (a 4 KB path, a huge value) and then the line itself cut in the middle (:func:`elide`).
+
+    The one place that shortens what an error line quotes, whichever module raised it."""
     lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
-    return "; ".join(lines)
+    line = _LONG_WORD.sub(lambda m: elide(m.group(), MAX_WORD), "; ".join(lines))
+    return elide(line, MAX_LINE)
+
+
+def json_error(message: str, kind: str) -> str:
+    """The JSON error object a ``--json`` command prints on stdout when it fails (one line)."""
+    import json
+
+    return json.dumps({"error": message, "type": kind, "exit_code": 2}) + "\n"
+
+
+def report_error(message: str, kind: str, as_json: bool) -> int:
+    """One ``revit: error:`` line on stderr (``message`` is already one line); with ``--json`` also a JSON
+    error object on stdout, so a script that parses stdout gets an answer: exit code 2."""
+    if as_json:
+        sys.stdout.write(json_error(message, kind))
+        sys.stdout.flush()
+    print(f"revit: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _wants_json(argv: Sequence[str], args: argparse.Namespace | None) -> bool:
+    """Whether the command asked for JSON: its parsed ``--json``, or (a usage error: nothing parsed) the flag
+    among the options of the command line."""
+    if args is not None:
+        return bool(getattr(args, "json", False))
+    words = list(argv)
+    return "--json" in (words[:words.index("--")] if "--" in words else words)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,9 +168,14 @@ def version_text() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # a usage error (one line, 2) or --help/--version (0): returned, as every other exit
+        args = parser.parse_args(words)
+    except UsageError as e:  # one line on stderr already; --json also gets its error object
+        if _wants_json(words, None):
+            sys.stdout.write(json_error(e.message, "UsageError"))
+        return _flushed(2)
+    except SystemExit as e:  # --help/--version (0): returned, as every other exit
         return _flushed(e.code if isinstance(e.code, int) else 2)
     except BrokenPipeError:  # --help or --version into a pipe already closed
         _silence_stdout()
@@ -144,8 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit
         clean = True
     except RevitError as e:
-        print(f"revit: error: {one_line(str(e))}", file=sys.stderr)
-        return 2
+        return report_error(one_line(str(e)), type(e).__name__, _wants_json(words, args))
     except BrokenPipeError:  # the reader went away (``revit ... | head``): end quietly, as a shell tool does
         _silence_stdout()
         return SIGPIPE_EXIT
@@ -154,8 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if e.errno not in OUTPUT_ERRNOS or not e.filename:
             raise
-        print(f"revit: error: {one_line(str(output_error(e, e.filename)))}", file=sys.stderr)
-        return 2
+        if e.errno == errno.ENAMETOOLONG:  # an input's path too (Path.is_file raises it): not "cannot write"
+            return report_error(one_line(f"{e.filename}: a name in this path is too long"), "OutputError",
+                                _wants_json(words, args))
+        return report_error(one_line(str(output_error(e, e.filename))), "OutputError", _wants_json(words, args))
     except KeyboardInterrupt:
         print("revit: interrupted", file=sys.stderr)
         return 130

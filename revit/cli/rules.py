@@ -72,7 +72,7 @@ def _need_sub(p: argparse.ArgumentParser) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from revit.rules import FAMILIES, family_rules, get_family, load_rule, shipped_rules
+    from revit.rules import FAMILIES, family_rules, load_rule, shipped_rules
 
     rows: list[dict[str, Any]] = []
     for name, path in shipped_rules().items():
@@ -81,10 +81,11 @@ def run_list(args: argparse.Namespace) -> int:
     for name, rule in family_rules().items():  # shipped by a family (uniform, a plugin's): no file
         if name not in shipped_rules():
             rows.append({"name": name, "family": rule.family, "path": None, "description": rule.description})
-    fams = [{"family": n, "fittable": get_family(n).fittable, "description": FAMILIES.get(n).description,
-             "params": list(FAMILIES.get(n).params)} for n in FAMILIES]
+    fams = [{"family": n, "fittable": f().fittable, "description": f.description, "params": list(f.params)}
+            for n, f in FAMILIES.loaded().items()]
+    broken = [{"family": n, "error": line} for n, line in FAMILIES.broken().items()]  # plug-ins that fail alone
     if args.json:
-        print_json({"rules": rows, "families": fams})
+        print_json({"rules": rows, "families": fams, "broken": broken})
         return 0
     print("shipped rules:")
     for r in rows:
@@ -92,6 +93,8 @@ def run_list(args: argparse.Namespace) -> int:
     print("rule families:")
     for f in fams:
         print(f"  {f['family']:16s} {'fittable' if f['fittable'] else 'fixed   '}  {f['description']}")
+    for b in broken:
+        print(f"  {b['family']:16s} broken    {b['error']}")
     return 0
 
 

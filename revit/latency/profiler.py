@@ -64,11 +64,12 @@ class BuildSettings:
     reference_runs: int = 3
 
     def check(self) -> None:
-        for k in ("batch", "repeats", "passes", "max_cells"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"{k} must be >= 1")
-        if self.warmup < 0:
-            raise ConfigError("warmup must be >= 0")
+        """Every count within the bounds a table's metadata is read back with (``MEASUREMENT_COUNTS``)."""
+        from revit.latency.table import MEASUREMENT_COUNTS
+        from revit.validation import MAX_BATCH, MAX_COUNT, check_int
+
+        for k, (lo, hi) in {"batch": (1, MAX_BATCH), "max_cells": (1, MAX_COUNT), **MEASUREMENT_COUNTS}.items():
+            check_int(getattr(self, k), k, lo, hi)
         if self.design not in ("auto", "full"):
             raise ConfigError(f"design must be 'auto' or 'full', got {short(self.design)}")
 
@@ -104,13 +105,14 @@ class Journal:
 
     def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Header and records; a truncated last line (a crash mid-write) is dropped, other damage is an error."""
-        from revit._io import read_bytes
+        from revit._io import check_json_values, read_bytes
 
         lines = read_bytes(self.path).split(b"\n")
         recs: list[dict[str, Any]] = []
         for i, raw in enumerate(lines):
             if not raw.strip():
                 continue
+            check_json_values(raw, f"{self.path}: line {i + 1}")
             try:
                 rec = json.loads(raw)
             except (ValueError, RecursionError):  # malformed JSON, binary bytes, nesting too deep

@@ -12,6 +12,7 @@ read tables without importing torch.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ import numpy as np
 
 from revit._io import atomic_write_text, check_schema, load_json
 from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, Setting, ViTConfig
-from revit.errors import ConfigError, FileFormatError, TableRangeError, check_keys
+from revit.errors import ConfigError, FileFormatError, OutsideDomainError, TableRangeError, check_keys
 from revit.paths import shipped_dir
+from revit.validation import MAX_BATCH, MAX_COUNT, MAX_LATENCY_S, check_int, check_number, short
 
 SCHEMA = "revit/latency-table/v1"
 KIND = "latency-table"
@@ -144,6 +146,38 @@ class Prediction:
                 "per_block_s": list(self.per_block_s), "note": self.note, "calibration": self.calibration or None}
 
 
+# counts of a table's metadata, bounded like the options that set them (``latency build --batch/--repeats``)
+METADATA_COUNTS: dict[str, tuple[int, int]] = {"batch_size": (1, MAX_BATCH), "tokens": (1, MAX_COUNT)}
+MEASUREMENT_COUNTS: dict[str, tuple[int, int]] = {"warmup": (0, 10_000), "repeats": (1, 10_000),
+                                                  "passes": (1, 1_000)}
+
+
+def check_metadata_counts(metadata: Mapping[str, Any], axes: Mapping[str, Sequence[float]], source: str) -> None:
+    """Every count a table's metadata holds is an integer within its bound (``batch_size: 1e30`` ended in a
+    numpy traceback; ``200000`` allocated 3.9 GB before one from onnxruntime); unknown counts may be null."""
+    for k, (lo, hi) in METADATA_COUNTS.items():
+        check_int(metadata[k], f"{source}: metadata {k}", lo, hi, error=FileFormatError)
+    meas = metadata.get("measurement")
+    if meas is not None and not isinstance(meas, Mapping):
+        raise FileFormatError(f"{source}: metadata measurement must be a mapping, got {short(meas)}")
+    for k, (lo, hi) in MEASUREMENT_COUNTS.items():
+        if meas and meas.get(k) is not None:
+            check_int(meas[k], f"{source}: metadata measurement.{k}", lo, hi, error=FileFormatError)
+    if meas and meas.get("reference"):
+        _check_reference(meas["reference"], axes, f"{source}: metadata measurement.reference")
+
+
+def _check_reference(ref: Any, axes: Mapping[str, Sequence[float]], where: str) -> None:
+    """The reference block a table was built with: a cell inside the table's axes, a run count, a median."""
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("cell"), Mapping):
+        raise FileFormatError(f"{where} must be a mapping with a cell of {', '.join(WIDTH_KINDS)}")
+    check_keys(ref["cell"], WIDTH_KINDS, f"{where}.cell", error=FileFormatError)
+    for a in WIDTH_KINDS:
+        check_int(ref["cell"].get(a), f"{where}.cell.{a}", 1, int(axes[a][-1]), error=FileFormatError)
+    check_int(ref.get("runs", 3), f"{where}.runs", 1, MEASUREMENT_COUNTS["repeats"][1], error=FileFormatError)
+    check_number(ref.get("median_s"), f"{where}.median_s", 0, MAX_LATENCY_S, lo_open=True, error=FileFormatError)
+
+
 def _nested(a: np.ndarray) -> Any:
     return a.tolist()
 
@@ -169,9 +203,7 @@ class LatencyTable:
         if missing:
             raise FileFormatError(f"{source}: metadata lacks {', '.join(missing)}")
         self.metadata: dict[str, Any] = dict(metadata)
-        for k in ("batch_size", "tokens"):
-            if isinstance(self.metadata[k], bool) or not isinstance(self.metadata[k], int) or self.metadata[k] < 1:
-                raise FileFormatError(f"{source}: metadata {k} must be a positive integer")
+        check_metadata_counts(self.metadata, self.axes, source)
         self.fixed = fixed
         self.fixed_note = fixed_note
         self._interp: Any = None
@@ -256,8 +288,11 @@ class LatencyTable:
         pts = [(cfg.embed_dim, b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in cfg.blocks]
         per_block = tuple(float(x) for x in self.lookup(pts, extrapolate))
         fixed, note = self.fixed_latency(cfg, extrapolate)
-        return Prediction(per_block_s=per_block, fixed_s=fixed, batch_size=self.batch_size, note=note,
+        pred = Prediction(per_block_s=per_block, fixed_s=fixed, batch_size=self.batch_size, note=note,
                           calibration=self.calibration_label if self.calibration is not None else "")
+        if not math.isfinite(pred.total_s):  # cells are bounded; a far extrapolation is the one way left
+            raise OutsideDomainError(f"the predicted latency of this model is not a finite number ({self.source})")
+        return pred
 
     def marginal_savings(self, cfg: ViTConfig, block_index: int, units: Mapping[str, int] | None = None, *,
                          clip: bool = True, extrapolate: bool = False,

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from revit.config import WIDTH_KINDS, BlockDims, ViTConfig
-from revit.errors import ConfigError
+from revit.errors import ConfigError, FileFormatError
 from revit.latency.backends import BACKENDS, Backend, Workload
+from revit.latency.grid import WidthGrid
 from revit.latency.table import LatencyTable
 from revit.latency.timing import Reference, ref_level, shuffled_passes, time_bracketed
 
@@ -45,22 +46,55 @@ def backend_for_table(table: LatencyTable) -> Backend:
     return cls(**cls.reopen_kwargs(m))
 
 
+def table_space(table: LatencyTable) -> WidthGrid | None:
+    """The space a table records (``metadata.space``), validated as a space file is: its widths, setting and
+    depth are counts read from a file; None when it records none."""
+    space = table.metadata.get("space")
+    if not space:
+        return None
+    try:
+        return WidthGrid.from_dict(space, f"{table.source}: metadata.space")
+    except ConfigError as e:
+        raise FileFormatError(str(e)) from None
+
+
 def candidates(table: LatencyTable) -> dict[str, list[int]]:
     """Values to draw per axis: the space's granularity when recorded, else every integer in range."""
-    space = table.metadata.get("space")
-    if space and "axes" in space:
-        return {a: [int(v) for v in space["axes"][a]] for a in WIDTH_KINDS}
+    space = table_space(table)
+    if space is not None:
+        return {a: list(space.axes[a]) for a in WIDTH_KINDS}
     return {a: list(range(max(1, int(lo)), int(hi) + 1)) for a, (lo, hi) in table.ranges().items()}
 
 
 def setting_of(table: LatencyTable) -> tuple[dict[str, Any], int]:
     """The model setting and depth the table serves (from its space or fixed parts)."""
-    space = table.metadata.get("space")
-    if space:
-        return dict(space["setting"]), int(space.get("depth", 12))
+    space = table_space(table)
+    if space is not None:
+        return space.setting.to_dict(depth=False), space.depth
     if table.fixed is not None:
         return dict(table.fixed.setting), 12
     raise ConfigError("the table records no model setting (img_size, patch, classes); validation needs one")
+
+
+def check_validation_memory(table: LatencyTable, samples: int, noise_k: int) -> None:
+    """Refuse, before any allocation, a validation whose models do not fit here: all ``samples + noise_k``
+    models are built (weights and an input batch each) before timing, and one runs at a time."""
+    from revit import counting
+    from revit.validation import check_fits_memory
+
+    cand = candidates(table)
+    setting, depth = setting_of(table)
+    top = {a: max(cand[a]) for a in WIDTH_KINDS}
+    e, h, q, v, m = (top[a] for a in WIDTH_KINDS)
+    widest = ViTConfig(embed_dim=e, blocks=(BlockDims(h, q, v, m),) * depth, **setting)
+    b, t = table.batch_size, widest.tokens
+    if t != table.tokens:  # the reference block is built at the table's tokens, the models at the setting's
+        raise FileFormatError(f"{table.source}: metadata tokens is {table.tokens}, but the models it serves have {t}")
+    per_model = counting.params(widest) + b * widest.in_chans * widest.img_size ** 2
+    acts = b * t * max(h * (2 * q + v), m, e) + b * h * t * t  # the widest block's activations (as block_bytes)
+    check_fits_memory(4 * ((samples + noise_k) * per_model + 3 * acts),
+                      f"validating {table.source} ({samples + noise_k} models at batch {b})",
+                      hint="use fewer --samples or a table of a smaller batch")
 
 
 def random_configs(table: LatencyTable, n: int, seed: int = 0, depth: int | None = None) -> list[ViTConfig]:

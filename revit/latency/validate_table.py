@@ -7,7 +7,8 @@ first bad entry when:
   an infinite or a negative knot, or is not strictly increasing (an ``Infinity`` knot silently
   changed a prediction from 45.9 ms to 31.9 ms; a NaN knot passed and then broke scipy);
 - a grid (values, spread, fixed parts) is not a regular array of numbers of the axes' shape (a
-  string cell, a ragged row), or holds a NaN, an infinite or a negative latency.
+  string cell, a ragged row), or holds a NaN, an infinite or a negative latency, or one above
+  :data:`~revit.validation.MAX_LATENCY_S` (``1.7e308`` passed and summed to an infinite prediction).
 
 Zero is a legitimate knot and a legitimate latency: NViT's official grid has an ``EMB=0`` plane of
 zeros.  Torch-free and separate from the prediction code on purpose (:mod:`revit.latency.table`).
@@ -55,7 +56,10 @@ def check_axis(name: str, raw: Any, source: str) -> tuple[float, ...]:
 
 def check_grid(data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     """``data`` as a float64 array of ``shape`` (a flat list of that size is reshaped) whose every cell is a
-    finite latency >= 0; ``what`` names it in the one-line refusal (``FILE: values``)."""
+    finite latency in ``[0, MAX_LATENCY_S]`` (so any sum of cells is finite); ``what`` names it in the
+    one-line refusal (``FILE: values``)."""
+    from revit.validation import MAX_LATENCY_S
+
     try:
         a = np.asarray(data)
     except (TypeError, ValueError, OverflowError):
@@ -73,11 +77,21 @@ def check_grid(data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         raise FileFormatError(f"{what} has shape {a.shape}, axes need {shape}")
     bad = ~np.isfinite(a) | (a < 0)
     if np.any(bad):
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        where = f" at {list(idx)}" if a.ndim > 1 else (f" at index {idx[0]}" if idx else "")
+        idx, where = _first(a, bad)
         raise FileFormatError(f"{what} has a negative or non-finite entry {float(a[idx]):g}{where}; "
                               "latencies are finite and >= 0")
+    too_long = a > MAX_LATENCY_S
+    if np.any(too_long):
+        idx, where = _first(a, too_long)
+        raise FileFormatError(f"{what} has an entry of {float(a[idx]):g} s{where}, more than the "
+                              f"{MAX_LATENCY_S:g} s a latency may be")
     return a
+
+
+def _first(a: np.ndarray, mask: np.ndarray) -> tuple[tuple[int, ...], str]:
+    """The index of the first cell of ``a`` where ``mask`` holds, and ``" at [i, j]"`` naming it."""
+    idx = tuple(int(i) for i in np.argwhere(mask)[0])
+    return idx, f" at {list(idx)}" if a.ndim > 1 else (f" at index {idx[0]}" if idx else "")
 
 
 __all__ = ["check_axis", "check_grid"]

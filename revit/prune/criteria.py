@@ -28,9 +28,6 @@ from revit.registry import CRITERIA_GROUP, Registry
 
 Scores = dict[int, torch.Tensor]
 
-CRITERIA: Registry[type[Criterion]] = Registry("importance criterion", group=CRITERIA_GROUP)
-
-
 def _reduce(t: torch.Tensor, axis: int) -> torch.Tensor:
     """``t`` summed over every axis but ``axis``, in float64 (a vector of ``t.shape[axis]``)."""
     dims = [d for d in range(t.ndim) if d != axis]
@@ -181,6 +178,9 @@ class Criterion(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         return None
+
+
+CRITERIA: Registry[type[Criterion]] = Registry("importance criterion", group=CRITERIA_GROUP, base=Criterion)
 
 
 def _wg(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -107,10 +107,10 @@ class RuleFamily(ABC):
                    positions: Sequence[float]) -> dict[str, list[float]]:
         """Unrounded widths per kind at normalised depths ``positions`` (fittable families)."""
         raise ConfigError(f"rule family {self.name!r} has no parameters to fit; "
-                          f"fittable: {', '.join(n for n in FAMILIES if get_family(n).fittable)}")
+                          f"fittable: {', '.join(n for n, f in FAMILIES.loaded().items() if f().fittable)}")
 
 
-FAMILIES: Registry[type[RuleFamily]] = Registry("rule family", group=RULE_FAMILIES_GROUP)
+FAMILIES: Registry[type[RuleFamily]] = Registry("rule family", group=RULE_FAMILIES_GROUP, base=RuleFamily)
 
 
 def get_family(name: str) -> RuleFamily:

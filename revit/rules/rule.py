@@ -144,9 +144,10 @@ def shipped_rules() -> dict[str, Path]:
 
 
 def family_rules() -> dict[str, Rule]:
-    """The rules the registered families ship by name (:attr:`RuleFamily.named_rules`), e.g. ``uniform``."""
+    """The rules the registered families ship by name (:attr:`RuleFamily.named_rules`), e.g. ``uniform``; a
+    plug-in family that fails to load ships none (it breaks only the commands that name it)."""
     return {name: Rule(name=name, family=fam, params=dict(nr.params), description=nr.description)
-            for fam in FAMILIES for name, nr in FAMILIES.get(fam).named_rules.items()}
+            for fam, cls in FAMILIES.loaded().items() for name, nr in cls.named_rules.items()}
 
 
 def uniform_rule(head_dim: int = 0, mlp_ratio: float = 4.0) -> Rule:
@@ -165,5 +166,9 @@ def load_rule(name_or_path: str) -> Rule:
         return named[name_or_path]
     if name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or "/" in name_or_path:
         return Rule.load(name_or_path)
+    broken = FAMILIES.broken()
+    if name_or_path in broken:  # the name of a plug-in family that failed to load: its own line
+        raise ConfigError(broken[name_or_path])
     known = ", ".join(sorted({*shipped, *named}))
-    raise UnknownNameError(f"unknown rule {name_or_path!r}; known: {known} (or a path to a rule YAML)")
+    also = f"; broken rule family plug-ins: {', '.join(broken)} (see revit rules list)" if broken else ""
+    raise UnknownNameError(f"unknown rule {name_or_path!r}; known: {known} (or a path to a rule YAML){also}")

@@ -107,7 +107,7 @@ class Backend(ABC):
                 **{k: bs[k] for k in cls.option_names if k in bs}}
 
 
-BACKENDS: Registry[type[Backend]] = Registry("latency backend", group=BACKENDS_GROUP)
+BACKENDS: Registry[type[Backend]] = Registry("latency backend", group=BACKENDS_GROUP, base=Backend)
 
 
 _CPU_SUFFIX = " logical CPUs)"  # how cpu_name() ends: is_cpu_name() reads it back
