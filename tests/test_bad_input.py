@@ -511,6 +511,13 @@ for cid, (changes, needle) in TABLE_COUNTS.items():
     case(f"i27-8-validate-{cid}", f"latency validate {name} --samples 2", needle, files)
     if not cid.startswith(("space", "tokens-other")):  # query reads no space, and tokens only to compare
         case(f"i27-8-query-{cid}", f"latency query {name} revit_micro", needle, files)
+# latency calibrate: a table read through the same layer; what it must not write is refused before timing
+case("calibrate-table-batch", "latency calibrate table_meta_batch-1e30.json", "batch",
+     {"table_meta_batch-1e30.json": _table_meta(batch_size=10**30)})
+case("calibrate-shipped-by-name", "latency calibrate cpu_onnxruntime_fp32_bs64_t17", "--out")
+case("calibrate-models-0", "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --out c.json --models 0", "--models")
+case("calibrate-out-not-a-table", "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --out notes.txt --overwrite",
+     "notes.txt", {"notes.txt": "mine"})
 case("i27-8-validate-memory", "latency validate table_meta_batch-60000.json --samples 100000", "memory",
      {"table_meta_batch-60000.json": _table_meta(batch_size=60_000)})
 # (9) the JSON reader counts values before it builds them, in every reader (tables, markers, traces, journals)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info, warn
+from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
 from revit.errors import ConfigError
 from revit.registry import lazy_choices
 from revit.validation import MAX_BATCH, check_output_file, count, non_negative, number, seed, threads

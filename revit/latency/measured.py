@@ -44,6 +44,7 @@ class MeasuredFit:
     tolerance: float
     rounds: tuple[Round, ...]
     chosen: int  # index of the round whose config is ``generated``
+    stopped: str = ""  # why the rounds ended early without meeting the budget (the table's reach), if they did
 
     @property
     def measured_s(self) -> float:
@@ -64,12 +65,15 @@ class MeasuredFit:
 
     def summary(self) -> str:
         verdict = "met as measured" if self.met else f"NOT met within {self.tolerance:.1%} (the closest config)"
+        if self.stopped and not self.met:
+            verdict += f"; stopped: {self.stopped}"
         return (f"measured {1e3 * self.measured_s:.3f} ms/batch (predicted {1e3 * self.predicted_s:.3f}), "
                 f"{100 * self.gap:+.2f}% of the budget after {len(self.rounds)} round(s): {verdict}")
 
     def to_json(self) -> dict[str, Any]:
         return {"budget_s": self.budget_s, "measured_s": self.measured_s, "predicted_s": self.predicted_s,
                 "gap": self.gap, "met": self.met, "tolerance": self.tolerance, "established": "measured",
+                "stopped": self.stopped or None,
                 "rounds": [{"asked_s": r.asked_s, "predicted_s": r.predicted_s, "measured_s": r.measured_s}
                            for r in self.rounds]}
 
@@ -84,10 +88,18 @@ def fit_measured(solve: Callable[[float], Generated], budget_s: float, predict: 
     if not 0 < tolerance < 0.5 or max_rounds < 1:
         raise ConfigError(f"measured fit: tolerance must be in (0, 0.5) and rounds >= 1, got {tolerance}, "
                           f"{max_rounds}")
-    asked, rounds, gens = budget_s, [], []
+    from revit.errors import BudgetError
+
+    asked, rounds, gens, stopped = budget_s, [], [], ""
     seen: dict[ViTConfig, float] = {}
     for _ in range(max_rounds):
-        g = solve(asked)
+        try:
+            g = solve(asked)
+        except BudgetError as e:  # the corrected budget is beyond what the table can price: keep the closest
+            if not rounds:
+                raise
+            stopped = str(e)
+            break
         m = seen.get(g.config) or timer(g.config)
         seen[g.config] = m
         rounds.append(Round(asked, predict(g.config), m))
@@ -96,7 +108,7 @@ def fit_measured(solve: Callable[[float], Generated], budget_s: float, predict: 
             break
         asked *= budget_s / m
     best = min(range(len(rounds)), key=lambda i: abs(rounds[i].measured_s / budget_s - 1))
-    return MeasuredFit(gens[best], budget_s, tolerance, tuple(rounds), best)
+    return MeasuredFit(gens[best], budget_s, tolerance, tuple(rounds), best, stopped)
 
 
 class ExportedTimer:
