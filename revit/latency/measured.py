@@ -90,7 +90,9 @@ def fit_measured(solve: Callable[[float], Generated], budget_s: float, predict: 
                           f"{max_rounds}")
     from revit.errors import BudgetError
 
-    asked, rounds, gens, stopped = budget_s, [], [], ""
+    asked, stopped = budget_s, ""
+    rounds: list[Round] = []
+    gens: list[Generated] = []
     seen: dict[ViTConfig, float] = {}
     for _ in range(max_rounds):
         try:
