@@ -1,0 +1,162 @@
+"""Calibration: a table built under load predicts today's exported models after ``revit latency calibrate``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from revit.cli.main import main
+from revit.errors import FileFormatError
+from revit.latency.calibration import Calibration, calibration_configs
+from revit.latency.table import LatencyTable
+from revit.latency.validate import backend_for_table, validate
+
+SHIPPED = "cpu_onnxruntime_fp32_bs64_t17"
+
+
+def loaded_copy(path: Path, factor: float) -> Path:
+    """The shipped table as if built on a machine ``factor`` times slower (every cell, fixed part and the
+    reference block's median scaled alike: what a build under that load records)."""
+    t = LatencyTable.load(SHIPPED)
+    doc: dict[str, Any] = t.to_dict()
+    doc["values"] = (np.asarray(t.values) * factor).tolist()
+    doc["fixed"]["values"] = [v * factor for v in doc["fixed"]["values"]]
+    doc["metadata"]["measurement"]["reference"]["median_s"] *= factor
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def held_out_errors(cal_table: LatencyTable, cfgs: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Errors of the calibrated predictions and of the build's own on exported models timed now.
+
+    The measurements are divided by the reference block timed around each and put at the reference's level of
+    the calibration (what ``validate`` does for a calibrated table), so the other work of a busy CI machine
+    during the test cancels as it does between a calibration and a later measurement on an idle one.
+    """
+    r = validate(cal_table, backend_for_table(cal_table), len(cfgs), noise_k=0, passes=2,
+                 model_source="exported", progress=False, configs=cfgs)
+    pred = np.asarray(r.predicted)
+    return pred / np.asarray(r.measured) - 1, pred / cal_table.scale / np.asarray(r.raw_measured) - 1
+
+
+def test_a_table_built_under_load_is_brought_back_within_5_percent(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    loaded = loaded_copy(tmp_path / "loaded.json", 1.3)
+    before = os.stat(loaded).st_mtime_ns
+    assert main(["latency", "calibrate", str(loaded), "--models", "3", "--passes", "2", "--json",
+                 "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"] == "exported" and len(out["models"]) == 3 and os.stat(loaded).st_mtime_ns != before
+    cal_table = LatencyTable.load(loaded)
+    assert cal_table.calibration is not None and cal_table.scale == pytest.approx(out["scale"])
+    raw = LatencyTable.load(loaded, calibrated=False)
+    # measured again, apart from the calibration: the widest and the middle uniform models (the calibration's
+    # first two; how well a table generalises to other configs is the held-out speedup validation's question)
+    held_out = calibration_configs(raw, 2)
+    after, without = held_out_errors(cal_table, held_out)
+    # the loaded build's own predictions are off by the 1.3x of its build day and more (this machine is not the
+    # one that built the shipped table); calibrated, they are several times closer.  On an idle machine they are
+    # within 5% (docs/evidence/latency.md); on a busy CI machine the measurement itself moves by 10-20%, so the
+    # exact 5% is asserted on a deterministic machine below.
+    assert np.min(np.abs(without)) > 0.25 and np.max(np.abs(after)) < 0.5 * np.min(np.abs(without)), (without, after)
+    # predictions name the calibration they use
+    p = cal_table.predict(held_out[0])
+    assert "calibrated" in p.calibration and p.total_s == pytest.approx(raw.predict(held_out[0]).total_s
+                                                                       * cal_table.scale)
+
+
+def test_calibrations_are_kept_newest_last_and_validated(tmp_path: Path) -> None:
+    t = LatencyTable.load(SHIPPED)
+    cfg = calibration_configs(t, 2)[0]
+    assert cfg.embed_dim == int(t.axes["embed_dim"][-1])
+    a = Calibration(created="2026-12-01T00:00:00+00:00", load_average=0.5, scale=0.8, models=(), source="exported",
+                    seconds=1.0)
+    b = Calibration(created="2026-12-02T00:00:00+00:00", load_average=0.4, scale=0.9, models=(), source="graph",
+                    seconds=1.0)
+    two = t.with_calibration(a).with_calibration(b)
+    path = tmp_path / "t.json"
+    two.save(path)
+    back = LatencyTable.load(path)
+    assert [c.scale for c in back.calibrations] == [0.8, 0.9] and back.scale == 0.9
+    assert back.predict(cfg).total_s == pytest.approx(0.9 * t.predict(cfg).total_s)
+    assert back.uncalibrated().predict(cfg).total_s == pytest.approx(t.predict(cfg).total_s)
+    doc = json.loads(path.read_text())
+    doc["metadata"]["calibrations"][-1]["scale"] = 1e308
+    path.write_text(json.dumps(doc))
+    with pytest.raises(FileFormatError, match="scale"):
+        LatencyTable.load(path)
+
+
+def test_calibrate_refuses_what_it_must_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["latency", "calibrate", SHIPPED]) == 2  # a shipped table by name: needs --out
+    assert "--out" in capsys.readouterr().err
+    mine = tmp_path / "notes.json"
+    mine.write_text("{}")
+    assert main(["latency", "calibrate", SHIPPED, "--out", str(mine)]) == 2
+    assert main(["latency", "calibrate", SHIPPED, "--out", str(mine), "--overwrite"]) == 2
+    assert mine.read_text() == "{}"
+    real = loaded_copy(tmp_path / "real.json", 1.0)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    text = real.read_text()
+    assert main(["latency", "calibrate", str(link)]) == 2
+    assert real.read_text() == text
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("revit: error:") for line in err)
+
+
+class Machine:
+    """A deterministic stand-in machine: blocks cost ``stepped``, a whole model 7% more than its parts (the graph's
+    excess), everything times ``load``."""
+
+    def __init__(self) -> None:
+        self.load = 1.0
+
+    def backend(self) -> Any:
+        from test_latency_build import FakeBackend, _Const, stepped
+
+        machine = self
+
+        class Loaded(FakeBackend):
+            def block(self, embed_dim: int, dims: Any, tokens: int, batch: int) -> Any:
+                return _Const(machine.load * stepped(embed_dim, dims))
+
+            def fixed(self, setting: Any, embed_dim: int, batch: int) -> Any:
+                return _Const(machine.load * 1e-5 * embed_dim)
+
+            def model(self, cfg: Any, batch: int) -> Any:
+                parts = sum(stepped(cfg.embed_dim, b) for b in cfg.blocks) + 1e-5 * cfg.embed_dim
+                return _Const(machine.load * 1.07 * parts)
+
+        return Loaded(stepped)
+
+
+def test_a_build_at_load_1_3_predicts_an_idle_machine_within_5_percent_once_calibrated(tmp_path: Path) -> None:
+    """The must-show on a deterministic machine: built at 1.3x load, the table predicts the idle machine 1.3x (and
+    the graph's 7%) high; one calibration at idle brings random held-out models within 5% (here: within the
+    table's interpolation error, under 1%)."""
+    from test_latency_build import micro_grid
+
+    from revit.latency.calibration import calibrate
+    from revit.latency.profiler import BuildSettings, build_table
+    from revit.latency.validate import random_configs
+
+    m = Machine()
+    m.load = 1.3
+    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+                        progress=False)
+    m.load = 1.0
+    idle = m.backend()
+    held_out = random_configs(built, 8, seed=5)
+    truth = np.array([idle.model(c, 1).time(1)[0] for c in held_out])
+    before = np.array([built.predict(c).total_s for c in held_out]) / truth - 1
+    cal = calibrate(built, idle, models=4, passes=1, source="graph")
+    after = np.array([built.with_calibration(cal).predict(c).total_s for c in held_out]) / truth - 1
+    assert np.allclose(before, 1.3 / 1.07 - 1, atol=0.01)
+    assert np.max(np.abs(after)) <= 0.05 and cal.scale == pytest.approx(1.07 / 1.3, rel=0.02)
+    assert cal.reference_ratio == pytest.approx(1 / 1.3)  # the reference block saw the build day's load too
