@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ROOT
 
 from revit.search.spec import StudySpec
 from revit.workflows.demo import DemoPlan, write_study_spec
@@ -96,5 +97,35 @@ def test_demo_readme_tabulates_configs_and_r2(tmp_path):
     text = (tmp_path / "report" / "README.md").read_text()
     assert "heads n/a (constant), mlp_dim 0.86" in text and "{" not in text.split("## Results")[1]
     rows = [r.split("|")[1:-1] for r in text.splitlines() if r.startswith("| demo-fit") or r.startswith("| paper")]
-    assert [c.strip() for c in rows[0]] == ["demo-fit", "96", "6.46M", "23.18 ms/batch", "0.896"]
+    assert [c.strip() for c in rows[0]] == ["demo-fit", "96", "6.46M", "23.18 ms/batch", "not timed (predicted only)",
+                                            "0.896"]
+    assert "the table's **predictions** (not measured)" in text
     assert "not generated: outside the table's range" in rows[1][1]
+
+
+def test_demo_configs_meet_the_budget_as_measured_and_are_timed_together(tmp_path):
+    """The demo's configs stage on the shipped table: every config re-solved until it meets the budget as measured
+    (exported, onnxruntime), then timed together; the report gives each measured latency and the largest gap."""
+    from revit.latency.table import LatencyTable
+    from revit.presets import resolve_config
+    from revit.workflows.demo import write_demo_readme
+    from revit.workflows.demo_configs import generate_configs
+
+    table = LatencyTable.load("cpu_onnxruntime_fp32_bs64_t17")
+    base = resolve_config("revit_micro")
+    lines: list[str] = []
+    made = generate_configs(ROOT / "rules" / "micro-fit.yaml", 0.5 * table.predict(base).total_s, table,
+                            tmp_path / "configs", base, lines.append)
+    timed = {k: v for k, v in made.items() if "error" not in v}
+    assert {"micro-fit", "uniform"} <= set(timed)
+    for c in timed.values():
+        assert c["established"] == "measured" and c["measured_fit"]["rounds"]
+        assert c["measured_together_ms"] > 0 and c["gap_to_fastest"] >= 0
+    assert min(c["gap_to_fastest"] for c in timed.values()) == 0.0
+    assert any(line.strip().startswith("timed together:") for line in lines)
+    summary = {"base": {"test_acc": 0.5}, "base_latency_ms": 46.6, "fit_r2": {"mlp_dim": 0.8},
+               "prune": {"steps": 13, "macs_ratio": 0.42, "cost_ratio": 0.499, "test_accuracy": 0.7},
+               "configs": made, "seconds": {}}
+    write_demo_readme(tmp_path, tmp_path / "report", DemoPlan(), summary)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "as measured" in text and "above the fastest" in text

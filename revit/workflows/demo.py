@@ -31,8 +31,8 @@ from typing import Any
 
 from revit import counting
 from revit._io import atomic_write_text, dump_yaml
-from revit.config import BLOCK_KINDS
 from revit.paths import shipped_dir
+from revit.workflows.demo_configs import config_table, generate_configs
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +66,15 @@ class DemoPlan:
     device: str = "auto"  # every stage that trains or scores (auto: CUDA when available)
     amp: str = "off"
     loader_workers: int = 0  # DataLoader workers per process (``workers`` counts study processes)
+    # re-solve each generated config until it meets the latency budget as measured (exports and times each)
+    measure_latency: bool = True
 
     @classmethod
     def quick(cls) -> DemoPlan:
         """A plan of about a minute (tests): tiny subsets, one pruning step or two, two trials."""
         return cls(train_images=600, val_images=300, test_images=300, prune_interval=3, prune_step_fraction=0.15,
                    prune_eval=100, study_train_images=300, study_epochs=1, study_candidates=1, seeds=(0,),
-                   repeat_top_k=0, workers=1, batch_size=64)
+                   repeat_top_k=0, workers=1, batch_size=64, measure_latency=False)
 
     def table_path(self) -> str:
         return self.table or str(shipped_dir("latency_tables") / DEFAULT_TABLE)
@@ -89,7 +91,8 @@ class DemoPlan:
             f"every {self.prune_interval} batches removing {self.prune_step_fraction:g} of the base latency, "
             f"lr {self.prune_lr:g}, {self.prune_eval} held-out images scored per step",
             "rule: less-more-less fitted to the trace's last step",
-            f"configs: fitted rule, uniform and paper at the pruned latency budget ({self.prune_target:g} x base)",
+            f"configs: fitted rule, uniform and paper at the pruned latency budget ({self.prune_target:g} x base), "
+            + ("met as measured (each exported and timed)" if self.measure_latency else "as predicted by the table"),
             f"study: {self.study_candidates} candidate(s) of each searched family (less-more-less, uniform) + "
             f"baselines (DeiT-ratio uniform, paper where inside its domain, "
             f"the fitted rule), seeds {list(self.seeds)}, best {self.repeat_top_k} repeated; "
@@ -177,7 +180,8 @@ def _run_stages(root: Path, plan: DemoPlan, claim: Any, table: Any, base_cfg: An
 
     t0 = _stage(log, 5, "generate configs for the latency budget")
     budget_s = plan.prune_target * base_lat
-    summary["configs"] = generate_configs(rule_path, budget_s, table, root / "4-configs", pruned, log)
+    summary["configs"] = generate_configs(rule_path, budget_s, table, root / "4-configs", pruned, log,
+                                          measure=plan.measure_latency)
     timings["configs"] = time.perf_counter() - t0
 
     t0 = _stage(log, 6, "study: searched family vs baselines, scratch-trained")
@@ -282,56 +286,6 @@ def _rule_stage(rule_dir: Path, prune_dir: Path, log: Callable[[str], None]) -> 
     return rule_path, fit.r2
 
 
-def generate_configs(rule_path: Path, budget_s: float, table: Any, out: Path, pruned: Any,
-                     log: Callable[[str], None]) -> dict[str, Any]:
-    """The fitted rule, uniform and paper configs for the latency budget; YAMLs and a per-block plot."""
-    from revit.errors import BudgetError
-    from revit.rules import Rule, Setting, generate, latency_budget, load_rule, uniform_rule
-
-    out.mkdir(parents=True, exist_ok=True)
-    budget = latency_budget(budget_s, table)
-    rules: list[Rule] = [Rule.load(rule_path), uniform_rule(), load_rule("paper")]
-    made: dict[str, Any] = {}
-    cfgs: dict[str, Any] = {"pruned (trace end)": pruned}
-    for r in rules:
-        try:
-            g = generate(r, budget, Setting.PRESETS["micro"], name=f"{r.name}_demo")
-        except BudgetError as e:
-            log(f"  {r.name}: not generated: {e}")
-            made[r.name] = {"error": str(e)}
-            continue
-        g.config.save(out / f"{r.name}.yaml", derived=counting.derived(g.config))
-        log(f"  {g.summary()}")
-        for n in g.notes:
-            log(f"    note: {n}")
-        made[r.name] = {"macs": counting.macs(g.config), "embed_dim": g.config.embed_dim,
-                        "latency_ms": 1e3 * float(g.cost or 0.0), "mlp_factor": g.mlp_factor}
-        cfgs[r.name] = g.config
-    _plot_configs(cfgs, out / "configs.png", f"configs at {budget.fmt(budget_s)}")
-    return made
-
-
-def _plot_configs(cfgs: dict[str, Any], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
-    for i, (name, cfg) in enumerate(cfgs.items()):
-        for ax, key in zip(axes, BLOCK_KINDS, strict=True):
-            ax.plot(range(1, cfg.depth + 1), [getattr(b, key) for b in cfg.blocks], marker="o", ms=3, color=f"C{i}",
-                    label=f"{name} (EMB {cfg.embed_dim}, {counting.format_count(counting.macs(cfg))} MACs)")
-            ax.set_title(key)
-            ax.set_xlabel("block")
-            ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_study_spec(study_dir: Path, plan: DemoPlan, rule_path: Path, budget_s: float) -> Path:
     """The demo's study spec (a normal ``revit/study/v1`` file: rerun it with ``revit search``)."""
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -423,18 +377,6 @@ def _r2_text(r2: dict[str, float | None]) -> str:
     return ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a (constant)" for k, v in r2.items())
 
 
-def _config_table(configs: dict[str, dict[str, Any]]) -> list[str]:
-    """The generated configs as a Markdown table; a rule that could not meet the budget gives its reason."""
-    rows = ["| config | EMB | MACs | predicted latency | MLP factor |", "|---|---:|---:|---:|---:|"]
-    for name, c in configs.items():
-        if "error" in c:
-            rows.append(f"| {name} | not generated: {c['error']} | | | |")
-        else:
-            rows.append(f"| {name} | {c['embed_dim']} | {counting.format_count(c['macs'])} | "
-                        f"{c['latency_ms']:.2f} ms/batch | {c['mlp_factor']:.3f} |")
-    return rows
-
-
 def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, Any]) -> None:
     """``report/README.md``: the plan, the numbers of every stage and every plot (copied next to it)."""
     rep.mkdir(parents=True, exist_ok=True)
@@ -453,7 +395,7 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
               f"- pruned: {summary['prune']['steps']} steps, MACs ratio {summary['prune']['macs_ratio']:.3f}, "
               f"latency ratio {summary['prune']['cost_ratio']:.3f}, test top-1 {summary['prune'].get('test_accuracy')}",
               f"- rule fit R^2 per width: {_r2_text(summary['fit_r2'])}", "",
-              *_config_table(summary["configs"]), ""]
+              *config_table(summary["configs"]), ""]
     c = summary.get("study")
     if c:
         from revit.counting import format_spread

@@ -1,0 +1,140 @@
+"""The demo's configs stage: the fitted rule, the uniform baseline and the paper rule at one latency budget.
+
+A budget on a table's *predictions* is only as fair as the table is on the configs an optimiser picks (the
+optimiser's curse: the rule's config at the demo's budget measured 3.6% slower than the uniform one that the
+table called equal).  With ``measure`` (the default), each config is exported and timed on the table's backend
+and re-solved until it meets the budget *as measured* (:mod:`revit.latency.measured`); the final configs are then
+timed together, interleaved, and the report gives each one's measured latency and the largest gap between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from revit import counting
+from revit.config import BLOCK_KINDS
+
+MEASURE_TOLERANCE = 0.015  # each config within 1.5% of the budget as measured: the pair within 3%
+
+
+def _solver(rule: Any, table: Any, name: str) -> Callable[[float], Any]:
+    from revit.rules import Setting, generate, latency_budget
+
+    return lambda s: generate(rule, latency_budget(s, table), Setting.PRESETS["micro"], name=name)
+
+
+def generate_configs(rule_path: Path, budget_s: float, table: Any, out: Path, pruned: Any,
+                     log: Callable[[str], None], measure: bool = True) -> dict[str, Any]:
+    """The fitted rule, uniform and paper configs for the latency budget (met as measured with ``measure``);
+    YAMLs, a per-block plot, and each config's predicted and measured latency."""
+    from revit.errors import BudgetError
+    from revit.rules import Rule, load_rule, uniform_rule
+
+    out.mkdir(parents=True, exist_ok=True)
+    rules: list[Rule] = [Rule.load(rule_path), uniform_rule(), load_rule("paper")]
+    made: dict[str, Any] = {}
+    cfgs: dict[str, Any] = {"pruned (trace end)": pruned}
+    timer = None
+    if measure:
+        from revit.latency.measured import ExportedTimer
+
+        timer = ExportedTimer(table, passes=3)
+    for r in rules:
+        solve = _solver(r, table, f"{r.name}_demo")
+        try:
+            g = solve(budget_s)
+            fit = None
+            if timer is not None:
+                from revit.latency.measured import fit_measured
+
+                fit = fit_measured(solve, budget_s, lambda c: float(table.predict(c).total_s), timer,
+                                   tolerance=MEASURE_TOLERANCE)
+                g = fit.generated
+        except BudgetError as e:
+            log(f"  {r.name}: not generated: {e}")
+            made[r.name] = {"error": str(e)}
+            continue
+        g.config.save(out / f"{r.name}.yaml", derived=counting.derived(g.config))
+        log(f"  {g.summary()}")
+        if fit is not None:
+            log(f"    latency {fit.summary()}")
+        for n in g.notes:
+            log(f"    note: {n}")
+        made[r.name] = {"macs": counting.macs(g.config), "embed_dim": g.config.embed_dim,
+                        "latency_ms": 1e3 * float(table.predict(g.config).total_s), "mlp_factor": g.mlp_factor,
+                        "established": "measured" if fit is not None else "predicted"}
+        if fit is not None:
+            made[r.name]["measured_fit"] = fit.to_json()
+        cfgs[r.name] = g.config
+    if measure:
+        _time_together(table, {k: v for k, v in cfgs.items() if k in made}, made, log)
+    _plot_configs(cfgs, out / "configs.png", f"configs at {1e3 * budget_s:.2f} ms/batch")
+    return made
+
+
+def _time_together(table: Any, cfgs: dict[str, Any], made: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Time the final configs side by side, interleaved (one session, one load): each one's measured latency and
+    its gap to the fastest, so "equal latency" is checked as measured."""
+    if len(cfgs) < 2:
+        return
+    from revit.latency.speedups import HeldOut, time_speedups
+    from revit.latency.validate import backend_for_table
+
+    names = list(cfgs)
+    rows, _ = time_speedups(table, backend_for_table(table), cfgs[names[0]],
+                            [HeldOut("demo", n, cfgs[n]) for n in names[1:]], passes=6, progress=False)
+    measured = {names[0]: rows[0].base_measured_s, **{r.name: r.measured_s for r in rows}}
+    fastest = min(measured.values())
+    for n, s in measured.items():
+        made[n]["measured_together_ms"] = 1e3 * s
+        made[n]["gap_to_fastest"] = s / fastest - 1
+    spread = max(measured.values()) / fastest - 1
+    log("  timed together: " + ", ".join(f"{n} {1e3 * s:.2f} ms" for n, s in measured.items())
+        + f"; the slowest is {spread:.1%} above the fastest")
+
+
+def _plot_configs(cfgs: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for i, (name, cfg) in enumerate(cfgs.items()):
+        for ax, key in zip(axes, BLOCK_KINDS, strict=True):
+            ax.plot(range(1, cfg.depth + 1), [getattr(b, key) for b in cfg.blocks], marker="o", ms=3, color=f"C{i}",
+                    label=f"{name} (EMB {cfg.embed_dim}, {counting.format_count(counting.macs(cfg))} MACs)")
+            ax.set_title(key)
+            ax.set_xlabel("block")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def config_table(configs: dict[str, Any]) -> list[str]:
+    """The generated configs as a Markdown table (predicted latency, and measured where it was timed); a rule that
+    could not meet the budget gives its reason."""
+    rows = ["| config | EMB | MACs | predicted latency | measured latency | MLP factor |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for name, c in configs.items():
+        if "error" in c:
+            rows.append(f"| {name} | not generated: {c['error']} | | | | |")
+            continue
+        measured = (f"{c['measured_together_ms']:.2f} ms/batch (+{100 * c['gap_to_fastest']:.1f}%)"
+                    if "measured_together_ms" in c else "not timed (predicted only)")
+        rows.append(f"| {name} | {c['embed_dim']} | {counting.format_count(c['macs'])} | "
+                    f"{c['latency_ms']:.2f} ms/batch | {measured} | {c['mlp_factor']:.3f} |")
+    gaps = [c["gap_to_fastest"] for c in configs.values() if "gap_to_fastest" in c]
+    if gaps:
+        spread = max(gaps)
+        rows += ["", f"Each config was re-solved until it met the budget **as measured** (exported with torch.onnx, "
+                     f"timed on the table's backend); timed together, the slowest is {100 * spread:.1f}% above the "
+                     f"fastest (goal: within 3%)."]
+    else:
+        rows += ["", "Latencies are the table's **predictions** (not measured)."]
+    return rows
