@@ -244,10 +244,20 @@ def unpruned_teacher(run: str | os.PathLike[str]) -> Teacher:
     except RuntimeError as e:
         raise CheckpointError(f"{files[1]}: does not match the trace's base config "
                               f"({str(e).splitlines()[0][:160]})") from None
-    return Teacher(name=base.name or "unpruned base", module=module.eval().requires_grad_(False), kind="unpruned",
+    return Teacher(name=base.name or "base config", module=module.eval().requires_grad_(False), kind="unpruned",
                    weights=str(files[1]), sha256=file_sha256(files[1]))
+
+
+def teacher_notes(metrics: Mapping[str, Any]) -> tuple[str, ...]:
+    """One card line naming a run's teachers and their weights (none when it had none)."""
+    ts = metrics.get("teachers") or []
+    if not ts:
+        return ()
+    said = [f"{t.get('role')} `{t.get('name')}` (weight {t.get('weight')}"
+            + (f", weights `{Path(str(t['weights'])).name}`" if t.get("weights") else "") + ")" for t in ts]
+    return ("Distilled from " + " and ".join(said) + ".",)
 
 
 __all__ = ["TEACHER_TYPES", "DistillLoss", "Teacher", "check_fits", "create_timm", "distill_loss",
            "distillation_loss", "file_sha256", "is_revit_name", "is_timm_name", "load_teacher", "load_weights",
-           "teacher_term", "unpruned_teacher"]
+           "teacher_notes", "teacher_term", "unpruned_teacher"]

@@ -45,7 +45,8 @@ from revit.runtime import (
 )
 
 __all__ = ["GlobalBatchSampler", "TrainConfig", "TrainResult", "dist_info", "distillation_loss", "evaluate",
-           "init_distributed", "load_checkpoint_state", "loader", "make_optimizer", "size", "to_cpu", "train"]
+           "init_distributed", "load_checkpoint_state", "loader", "make_optimizer", "set_distilled_training", "size",
+           "to_cpu", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def _set_distilled_training(model: nn.Module, on: bool) -> bool:
+def set_distilled_training(model: nn.Module, on: bool) -> bool:
     """Make a distilled model (DeiT dist token) return (class, distillation) logits in training."""
     setter = getattr(model, "set_distilled_training", None)
     if callable(setter):
@@ -215,7 +216,7 @@ class _Trainer:
         for t in (self.teacher, self.self_teacher):
             if t is not None:
                 t.to(device).eval().requires_grad_(False)
-        self.two_heads = self.distill and _set_distilled_training(model, True)
+        self.two_heads = self.distill and set_distilled_training(model, True)
         self.ema: Any = None
         if cfg.model_ema:
             from timm.utils import ModelEmaV3
@@ -397,7 +398,7 @@ def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
         if on_epoch is not None:
             on_epoch(record)
     if t.two_heads:
-        _set_distilled_training(model, False)
+        set_distilled_training(model, False)
     result = t.result
     result.ema = t.ema.module if t.ema is not None else None
     if out is not None and t.rank == 0:

@@ -10,6 +10,8 @@ from revit.cli._common import (
     add_data_args,
     add_run_folder_args,
     add_runtime_args,
+    add_teacher_args,
+    check_teacher,
     info,
     print_json,
     runtime_kwargs,
@@ -46,18 +48,12 @@ def register(sub: Any) -> None:
     p.add_argument("--model-ema-decay", type=number(0, 1, lo_open=True, hi_open=True), default=0.99996)
     add_runtime_args(p)
     p.add_argument("--init", help="start from these weights (.safetensors/.pth matching the config)")
-    p.add_argument("--teacher", help="distill from this revit config/name or timm model name (e.g. resnet18), with "
-                                     "--teacher-weights; it trains the distillation token of a DeiT-style model, "
-                                     "else the class head")
-    p.add_argument("--teacher-weights", help="local weights of the teacher (.safetensors, or a weights-only torch "
-                                             "file; required with --teacher)")
+    add_teacher_args(p)
     p.add_argument("--self-teacher", metavar="RUN",
                    help="also distill (KL, weight --kl-weight) from the unpruned model of this `revit prune` run "
                         "folder (its teacher.safetensors and trace header)")
     p.add_argument("--kl-weight", type=number(0), default=1.0, help="weight of the KL to --self-teacher's model")
     p.add_argument("--ce-weight", type=number(0), default=1.0, help="weight of the cross-entropy")
-    p.add_argument("--teacher-random-init", action="store_true",
-                   help="distill from a randomly initialised --teacher on purpose (no --teacher-weights)")
     p.add_argument("--distill-weight", "--teacher-weight", dest="distill_weight", type=number(0), default=1.0,
                    help="weight of the teacher's term when --teacher is set")
     p.add_argument("--distill-type", choices=("kl", "hard"),
@@ -102,19 +98,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"run": str(args.out), "hub": str(Path(args.out) / HUB_DIR), "metrics": metrics})
     return 0
-
-
-def check_teacher(args: argparse.Namespace) -> None:
-    """A teacher needs its weights: distilling from a random init is refused unless asked for explicitly."""
-    from revit.errors import ConfigError
-
-    if args.teacher and not args.teacher_weights and not args.teacher_random_init:
-        raise ConfigError(f"--teacher {args.teacher} needs --teacher-weights FILE (or --teacher-random-init to "
-                          "distill from a random init on purpose)")
-    if not args.teacher and (args.teacher_weights or args.teacher_random_init):
-        raise ConfigError("--teacher-weights/--teacher-random-init need --teacher CONFIG")
-    if args.teacher_weights and args.teacher_random_init:
-        raise ConfigError("give --teacher-weights or --teacher-random-init, not both")
 
 
 def data_spec_from_args(args: argparse.Namespace, img_size: int | None) -> Any:

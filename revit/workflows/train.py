@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 def train_card(run_dir: str | os.PathLike[str], metrics: dict[str, Any], cfg: ViTConfig, data: str | None = None,
                init: str | None = None) -> Any:
     """The :class:`~revit.models.hub.ModelCard` of a training run from its ``metrics.json`` contents."""
+    from revit.distill import teacher_notes as _teacher_notes
     from revit.models.hub import ModelCard
 
     acc = {f"{k.removesuffix('_acc').replace('_acc_', ' ')} top-1": float(metrics[k])
@@ -30,17 +31,7 @@ def train_card(run_dir: str | os.PathLike[str], metrics: dict[str, Any], cfg: Vi
     return ModelCard(title=f"{cfg.name or 'ReViT'} trained{' on ' + data if data else ''}", dataset=data,
                      accuracy=acc, training_run=Path(run_dir).name or str(run_dir), base=cfg.name,
                      notes=(f"{how} by `revit train` for {metrics.get('epochs', '?')} epochs on "
-                            f"{metrics.get('train_images', '?')} images{on}.", *teacher_notes(metrics)))
-
-
-def teacher_notes(metrics: dict[str, Any]) -> tuple[str, ...]:
-    """One card line naming a run's teachers and their weights (none when it had none)."""
-    ts = metrics.get("teachers") or []
-    if not ts:
-        return ()
-    said = [f"{t.get('role')} `{t.get('name')}` (weight {t.get('weight')}"
-            + (f", weights `{Path(str(t['weights'])).name}`" if t.get("weights") else "") + ")" for t in ts]
-    return ("Distilled from " + " and ".join(said) + ".",)
+                            f"{metrics.get('train_images', '?')} images{on}.", *_teacher_notes(metrics)))
 
 
 def run_teachers(teacher: Any, self_teacher: Any, tc: TrainConfig) -> list[dict[str, Any]]:
