@@ -167,12 +167,15 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str], name: str) -> 
     if other is not None:
         raise ConfigError(f"teacher {name}: {path} holds a classifier of {other[1]} classes ({other[0]}); the "
                           f"student has {other[2]}")
-    try:
-        module.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
-        raise CheckpointError(f"{path}: does not match teacher {name} ({detail[:200]})",
-                              hint="give the weights of that model") from None
+    own = module.state_dict()
+    missing, unexpected = [k for k in own if k not in sd], [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {what} key(s), e.g. {v[0]}" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if v]
+        raise CheckpointError(f"{path}: does not match teacher {name} ({'; '.join(parts)})",
+                              hint="give the weights of that model")
+    module.load_state_dict(sd, strict=True)
 
 
 def check_fits(module: nn.Module, name: str, *, num_classes: int, in_chans: int, img_size: int) -> None:
@@ -186,10 +189,11 @@ def check_fits(module: nn.Module, name: str, *, num_classes: int, in_chans: int,
                           f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}") from None
     if isinstance(out, tuple):
         out = out[0]
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"teacher {name} gives outputs of shape {got} per batch of 2; the student has "
-                          f"{num_classes} classes")
+        raise ConfigError(f"teacher {name} gives outputs of shape {got} for 2 images, not class logits")
+    if out.shape[1] != num_classes:
+        raise ConfigError(f"teacher {name} has {out.shape[1]} classes; the student has {num_classes}")
 
 
 def load_teacher(name: str, weights: str | os.PathLike[str] | None, *, num_classes: int, in_chans: int,
