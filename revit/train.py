@@ -153,6 +153,7 @@ class _Trainer:
                  progress: bool, self_teacher: nn.Module | None = None) -> None:
         self.model, self.cfg, self.teacher, self.progress = model, cfg, teacher, progress
         self.self_teacher = self_teacher
+        self.extra: dict[str, Any] = {}  # more entries of every checkpoint (what names the teachers)
         self.t_start = time.perf_counter()
         self.r = cfg.resolved()
         self.device = resolve_device(cfg.device)
@@ -368,22 +369,24 @@ class _Trainer:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "model_ema": ema.module.state_dict() if ema is not None else None,
             "seconds": self.result.prior_seconds + time.perf_counter() - self.t_start,
-            "train_config": asdict(self.cfg)}), out / "checkpoint.pt", hint=RESUME_HINT)
+            "train_config": asdict(self.cfg), **self.extra}), out / "checkpoint.pt", hint=RESUME_HINT)
 
 
 def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: TrainConfig,
           out_dir: str | os.PathLike[str] | None = None, teacher: nn.Module | None = None, resume: bool = False,
           on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
-          self_teacher: nn.Module | None = None) -> TrainResult:
+          self_teacher: nn.Module | None = None, checkpoint_extra: dict[str, Any] | None = None) -> TrainResult:
     """Train ``model`` in place on ``cfg.device``; returns per-epoch records (loss, val accuracy, lr, seconds).
 
     ``teacher`` (weight ``cfg.distill_weight``) and ``self_teacher`` (the unpruned model of a pruned one,
     KL with weight ``cfg.self_distill_weight``) are frozen teachers (:class:`revit.distill.DistillLoss`).
     The model (and the teachers) stay on that device afterwards.  With ``out_dir``: ``checkpoint.pt``
     after every epoch (atomic, CPU tensors) and ``log.jsonl``; ``resume`` continues from the last
-    completed epoch (on any device).  ``on_epoch`` may raise to stop (e.g. an Optuna prune).
+    completed epoch (on any device); ``checkpoint_extra`` entries are saved in every checkpoint (plain
+    data: the caller checks them on resume).  ``on_epoch`` may raise to stop (e.g. an Optuna prune).
     """
     t = _Trainer(model, train_ds, cfg, teacher, progress, self_teacher)
+    t.extra = dict(checkpoint_extra or {})
     out = Path(out_dir) if out_dir is not None else None
     for epoch in range(t.start(out, resume), cfg.epochs):
         t0 = time.perf_counter()

@@ -260,3 +260,29 @@ def test_self_teacher_must_be_a_prune_run_revit_wrote(cli: Any, runs: dict[str, 
     (linked / "teacher.safetensors").unlink()
     (linked / "teacher.safetensors").symlink_to(runs["prune"] / "teacher.safetensors")
     _refused(cli, [*base, "--self-teacher", linked], "symbolic link", out)
+
+
+def test_resumed_finetune_refuses_other_teachers(cli: Any, runs: dict[str, Path], tmp_path: Path) -> None:
+    """A fine-tune's checkpoints name its teachers (and their weights' hash): resuming it with another CNN
+    weights file is refused in one line, the folder unchanged; with the same teachers it resumes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "ft"
+    shutil.copytree(runs["ft"], run)
+    marker = json.loads((run / MARKER).read_text())
+    (run / MARKER).write_text(json.dumps({**marker, "finished": False}))  # as if killed after its last epoch
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    other = tmp_path / "other.safetensors"
+    sd = load_file(str(runs["cnn"] / "model.safetensors"))
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}, str(other))
+    args = ["train", runs["prune"] / "pruned.yaml", "--init", runs["prune"] / "pruned.safetensors", *DATA,
+            "--epochs", "1", "--self-teacher", runs["prune"], "--kl-weight", "0.7", "--teacher", CNN, "--out", run,
+            "--resume"]
+    code, _, err = cli(*args, "--teacher-weights", other)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "other teachers" in err, err[-2000:]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    code, _, err = cli(*args, "--teacher-weights", runs["cnn"] / "model.safetensors")
+    assert code == 0, err[-2000:]
+    assert json.loads((run / MARKER).read_text())["finished"]

@@ -79,6 +79,9 @@ def run_training(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, out: str
     s_model = unpruned_teacher(self_teacher) if self_teacher else None
     if s_model is not None:
         check_fits(s_model.module, f"--self-teacher {self_teacher}", **fit)
+    named = teacher_identity(t_model, s_model, tc)
+    if claim.resuming:
+        check_resume_teachers(claim.folder, named)
     out = Path(out)
     step_images = tc.batch_size * tc.grad_accum
     if step_images > size(splits.train):  # refused before the folder exists, not after
@@ -93,7 +96,8 @@ def run_training(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, out: str
                 vit.save(out / "config.yaml", derived=counting.derived(vit))
         result = train(model, splits.train, splits.val, tc, out, resume=claim.resuming, progress=progress,
                        teacher=t_model.module if t_model else None,
-                       self_teacher=s_model.module if s_model else None)
+                       self_teacher=s_model.module if s_model else None,
+                       checkpoint_extra={"teachers": named} if named else None)
     except BaseException:
         if rank == 0:
             claim.abandon()  # a new folder with nothing but its setup files is removed again
@@ -154,6 +158,29 @@ def _size_metrics(cfg: ViTConfig | str, model: Any) -> dict[str, Any]:
     if isinstance(cfg, ViTConfig):
         return {"macs": counting.macs(cfg), "params": counting.params(cfg)}
     return {"macs": None, "params": sum(p.numel() for p in model.parameters()), "timm_model": cfg}
+
+
+def teacher_identity(teacher: Any, self_teacher: Any, tc: TrainConfig) -> list[list[Any]]:
+    """[role, name, SHA-256 of the weights] per teacher of a run: what its checkpoints record and a resume checks."""
+    return [[t["role"], t["name"], t["sha256"]] for t in run_teachers(teacher, self_teacher, tc)]
+
+
+def check_resume_teachers(out: Path, named: list[list[Any]]) -> None:
+    """Refuse to continue a run that distilled from other teachers (names or weights' contents); checkpoints
+    written before teachers were recorded are taken as they are."""
+    from revit.errors import CheckpointError
+    from revit.train import load_checkpoint_state
+
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        return
+    saved = load_checkpoint_state(ckpt).get("teachers")
+    if saved is not None and saved != named:
+        was = ", ".join(f"{r} {n} ({str(h)[:12]})" for r, n, h in saved) or "none"
+        now = ", ".join(f"{r} {n} ({str(h)[:12]})" for r, n, h in named) or "none"
+        raise CheckpointError(f"{ckpt}: was written with other teachers (then {was}; now {now})",
+                              hint="resume with the same --teacher, --teacher-weights and --self-teacher, or use a "
+                                   "new --out")
 
 
 def check_resume(out: Path, cfg: ViTConfig, tc: TrainConfig, model: Any) -> None:
