@@ -286,3 +286,20 @@ def test_resumed_finetune_refuses_other_teachers(cli: Any, runs: dict[str, Path]
     code, _, err = cli(*args, "--teacher-weights", runs["cnn"] / "model.safetensors")
     assert code == 0, err[-2000:]
     assert json.loads((run / MARKER).read_text())["finished"]
+
+
+def test_prune_of_a_distilled_student_with_a_cnn_teacher(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A DeiT-style student (distillation token) prunes with the CNN teacher on its distillation head; the dense
+    export answers like the masked model (both heads averaged at eval) and loads as a distilled model."""
+    from revit.models import build_model
+
+    cfg = tiny(tmp_path / "deit.yaml", distilled=True)
+    out = tmp_path / "p"
+    ok(["prune", "--model", cfg, *DATA, "--target-macs", "0.6", "--epochs", "1", "--eval-size", "64", "--teacher",
+        CNN, "--teacher-weights", runs["cnn"] / "model.safetensors", "--teacher-type", "hard", "--out", out])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dense_vs_masked_max_abs_diff"] < 1e-4 and m["macs_ratio"] <= 0.6
+    model = build_model(ViTConfig.load(out / "pruned.yaml"), checkpoint=out / "pruned.safetensors").eval()
+    assert model.dist_token is not None and model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    header = json.loads((out / "trace.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["teacher_type"] == "hard"
