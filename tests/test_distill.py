@@ -167,17 +167,39 @@ def test_cnn_teacher_trains_the_distillation_token_and_the_unpruned_model_the_cl
         "head.weight": True, "head_dist.weight": True}
 
 
-def test_older_prune_state_without_teacher_keys_resumes(runs: dict[str, Path], tmp_path: Path) -> None:
-    """A prune run written before issue 29 (no teacher keys in its state's settings) still resumes."""
-    cfg, out = runs["cfg"], tmp_path / "old"
+def killed_after_first_state(args: list[Any]) -> None:
+    """Run ``revit ARGS`` (a prune) in a new process, SIGKILLed right after its first ``state.pt``."""
     hook = ("import os, signal, sys; import revit.prune.run as r; f = r.PruneRun._save_state\n"
             "def g(self):\n    f(self); os.kill(os.getpid(), signal.SIGKILL)\n"
             "r.PruneRun._save_state = g\nfrom revit.cli.main import main\nsys.exit(main(sys.argv[1:]))")
-    args = ["prune", "--model", cfg, *DATA, "--target-macs", "0.6", "--epochs", "1", "--eval-size", "64",
-            "--out", out]
     p = subprocess.run([sys.executable, "-c", hook, *map(str, args)], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+
+
+def test_resumed_prune_refuses_other_cnn_weights(cli: Any, runs: dict[str, Path], tmp_path: Path) -> None:
+    """A killed two-teacher prune resumed with another CNN weights file (same name, other contents) is refused
+    in one line, its folder unchanged."""
+    from safetensors.torch import load_file, save_file
+
+    out, other = tmp_path / "p", tmp_path / "other.safetensors"
+    sd = load_file(str(runs["cnn"] / "model.safetensors"))
+    save_file({k: v * 0.5 if v.is_floating_point() else v for k, v in sd.items()}, str(other))
+    args = ["prune", "--model", runs["cfg"], *DATA, "--target-macs", "0.6", "--epochs", "1", "--eval-size", "64",
+            "--teacher", CNN, "--out", out]
+    killed_after_first_state([*args, "--teacher-weights", runs["cnn"] / "model.safetensors"])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, _, err = cli(*args, "--teacher-weights", other, "--resume")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "teacher_sha256" in err, err[-2000:]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_older_prune_state_without_teacher_keys_resumes(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A prune run written before issue 29 (no teacher keys in its state's settings) still resumes."""
+    cfg, out = runs["cfg"], tmp_path / "old"
+    args = ["prune", "--model", cfg, *DATA, "--target-macs", "0.6", "--epochs", "1", "--eval-size", "64",
+            "--out", out]
+    killed_after_first_state(args)
     st = torch.load(out / "state.pt", weights_only=True)
     for k in ("teacher", "teacher_sha256", "teacher_weight", "teacher_type"):
         st["settings"].pop(k)
