@@ -59,7 +59,6 @@ def run_training(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, out: str
     import torch
 
     from revit import counting
-    from revit.distill import check_fits, load_teacher, unpruned_teacher
     from revit.models.checkpoint import save_weights
     from revit.runs import claim_run
     from revit.runtime import resolve_device
@@ -73,15 +72,7 @@ def run_training(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, out: str
     torch.manual_seed(tc.seed)
     vit = cfg if isinstance(cfg, ViTConfig) else None
     model, splits = _student(cfg, data, tc, init, claim)
-    img = int(splits.train[0][0].shape[-1]) if size(splits.train) else (vit.img_size if vit else 0)
-    fit = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": img}
-    t_model = load_teacher(teacher, teacher_weights, **fit) if teacher else None
-    s_model = unpruned_teacher(self_teacher) if self_teacher else None
-    if s_model is not None:
-        check_fits(s_model.module, f"--self-teacher {self_teacher}", **fit)
-    named = teacher_identity(t_model, s_model, tc)
-    if claim.resuming:
-        check_resume_teachers(claim.folder, named)
+    t_model, s_model, named = _teachers(splits, tc, teacher, teacher_weights, self_teacher, claim)
     out = Path(out)
     step_images = tc.batch_size * tc.grad_accum
     if step_images > size(splits.train):  # refused before the folder exists, not after
@@ -127,6 +118,25 @@ def run_training(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, out: str
         claim.finish()
         log.info("test top-1 %.4f (%d images) -> %s", test_acc, size(splits.test), out)
     return metrics
+
+
+def _teachers(splits: Any, tc: TrainConfig, teacher: str | None, weights: str | None, self_teacher: str | None,
+              claim: Any) -> tuple[Any, Any, list[list[Any]]]:
+    """The teacher and the self-teacher (each checked against the student's data), and what names them; on
+    resume, refused when the run's checkpoint names other ones."""
+    from revit.distill import check_fits, load_teacher, unpruned_teacher
+    from revit.train import size
+
+    img = int(splits.train[0][0].shape[-1]) if size(splits.train) else 0
+    fit = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": img}
+    t_model = load_teacher(teacher, weights, **fit) if teacher else None
+    s_model = unpruned_teacher(self_teacher) if self_teacher else None
+    if s_model is not None:
+        check_fits(s_model.module, f"--self-teacher {self_teacher}", **fit)
+    named = teacher_identity(t_model, s_model, tc)
+    if claim.resuming:
+        check_resume_teachers(claim.folder, named)
+    return t_model, s_model, named
 
 
 def _student(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, init: str | None, claim: Any) -> tuple[Any, Any]:
