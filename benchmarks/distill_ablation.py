@@ -19,7 +19,7 @@ re-run skips them, and a killed command resumes (``--resume``).  The table gives
 and after the fine-tune (mean +- std over seeds) and, per arm, its difference to ``both`` with a 95% Welch
 interval; a plot (``ablation.png``) and ``ablation.json`` go beside it.
 
-Full ablation (12k images, 3 seeds; about 3 h on 2 cores):
+Full ablation (12k images, 3 seeds, 24 prune + fine-tune pairs; not yet timed at this scale):
     python benchmarks/distill_ablation.py --out runs/bench-distill-ablation \
         --mirror benchmarks/results/distill-ablation
 Smoke test (under 2 minutes): python benchmarks/distill_ablation.py --quick --out /tmp/distill-quick
