@@ -40,6 +40,12 @@ Reduced scale used for the README figures (``--mirror`` keeps the small result f
 are not re-run, so a run resumes on another machine):
     python benchmarks/prune_quality.py --out runs/bench-prune-quality-12k --base-epochs 6 --train-limit 12000 \
         --val-size 2000 --test-limit 5000 --seeds 0,1,2 --prune-steps 6 --mirror benchmarks/results/prune-quality-12k
+NViT's whole recipe (issue 29): ``--teacher resnet10t`` fine-tunes every method alike with both teachers (the
+unpruned base and a timm CNN trained first by ``revit train resnet10t`` on the same images, or
+``--teacher-weights W``); its settings differ, so it needs its own ``--out`` (copy ``OUT/base`` over to reuse
+the base).  Full scale, 25% MACs:
+    python benchmarks/prune_quality.py --out runs/bench-prune-quality-whole --base-epochs 15 --seeds 0,1,2 \
+        --ratios 0.25 --teacher resnet10t --mirror benchmarks/results/prune-quality-whole
 """
 
 from __future__ import annotations
@@ -364,8 +370,9 @@ def revit_prune(base: nn.Module, teacher: nn.Module, method: str, ratio: float, 
 
 # --- fine-tune, measure ------------------------------------------------------------------------
 def finetune(model: nn.Module, teacher: nn.Module, splits: Any, steps: int, seed: int,
-             args: argparse.Namespace) -> float:
-    """``steps`` optimizer steps of CE + KL(T=3) to the base, cosine lr; returns test top-1."""
+             args: argparse.Namespace, cnn: nn.Module | None = None) -> float:
+    """``steps`` optimizer steps of CE + KL(T=3) to the base, cosine lr; returns test top-1.  With ``cnn``
+    (``--teacher``: NViT's whole recipe), CE + KL(T=3) to the base + KL(T=3) to the CNN, each of weight 1."""
     from revit.train import TrainConfig, evaluate, train
 
     if steps > 0:
@@ -373,9 +380,36 @@ def finetune(model: nn.Module, teacher: nn.Module, splits: Any, steps: int, seed
         epochs = math.ceil(steps / per_epoch)  # more than an epoch: equal slices (rounded up) of each epoch
         tc = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr * 0.02,
                          warmup_epochs=0.0, label_smoothing=0.0, distill_weight=1.0, distill_temperature=3.0,
-                         grad_clip=1.0, seed=seed, max_steps_per_epoch=math.ceil(steps / epochs))
-        train(model, splits.train, None, tc, teacher=teacher, progress=False)
+                         grad_clip=1.0, seed=seed, max_steps_per_epoch=math.ceil(steps / epochs),
+                         self_distill_weight=1.0 if cnn is not None else 0.0)
+        if cnn is None:
+            train(model, splits.train, None, tc, teacher=teacher, progress=False)
+        else:
+            train(model, splits.train, None, tc, teacher=cnn, self_teacher=teacher, progress=False)
     return evaluate(model, splits.test)
+
+
+def cnn_teacher(args: argparse.Namespace, out: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """``--teacher``'s frozen CNN (``--teacher-weights``, else trained here by ``revit train NAME`` on the same
+    images into OUT/cnn-teacher) and what names it (the settings and the results)."""
+    from revit.cli.main import main as revit_main
+    from revit.distill import load_teacher
+    from revit.runs import read_marker
+
+    weights = Path(args.teacher_weights) if args.teacher_weights else out / "cnn-teacher" / "model.safetensors"
+    folder = weights.parent
+    marker = read_marker(folder) if folder.is_dir() else None
+    if not args.teacher_weights and not (marker is not None and marker.finished):
+        argv = ["train", args.teacher, "--data", "fashion-mnist", "--val-size", args.val_size, "--epochs",
+                args.teacher_epochs, "--batch-size", args.batch_size, "--seed", 0, "--threads", args.threads,
+                "--no-progress", "--out", folder, *(["--train-limit", args.train_limit] if args.train_limit else []),
+                *(["--test-limit", args.test_limit] if args.test_limit else []),
+                *(["--resume"] if folder.exists() else [])]
+        log(f"training the CNN teacher: revit {' '.join(map(str, argv))}")
+        if revit_main([str(a) for a in argv]) != 0:
+            raise SystemExit("training the CNN teacher failed")
+    t = load_teacher(args.teacher, weights, num_classes=10, in_chans=1, img_size=28)
+    return t.module, {"teacher": args.teacher, "teacher_sha256": t.sha256}
 
 
 def measure_latency(cfgs: list[Any], batch: int = 64, passes: int = 3, repeats: int = 5, warmup: int = 2,
@@ -395,7 +429,7 @@ def calib_batches(splits: Any, n: int, batch: int, seed: int) -> list[tuple[torc
 
 def run_one(method: str, ratio: float, seed: int, base: nn.Module, teacher: nn.Module, splits: Any,
             args: argparse.Namespace, out: Path, budgets: dict[str, int],
-            base_latency: Callable[[Any], tuple[float, float]]) -> dict[str, Any]:
+            base_latency: Callable[[Any], tuple[float, float]], cnn: nn.Module | None = None) -> dict[str, Any]:
     """Prune, measure and fine-tune one (method, ratio, seed); cached at every stage."""
     from revit import counting
     from revit.train import evaluate
@@ -444,7 +478,7 @@ def run_one(method: str, ratio: float, seed: int, base: nn.Module, teacher: nn.M
                              f"{total}")
         t0 = time.perf_counter()
         model = load_model(pruned_path)
-        acc = finetune(model, teacher, splits, steps, seed, args)
+        acc = finetune(model, teacher, splits, steps, seed, args, cnn)
         write_json(bpath, {"top1": acc, "finetune_steps": steps, "budget_steps": total,
                            "seconds": time.perf_counter() - t0})
         result[f"top1_{name}"] = acc
@@ -562,6 +596,11 @@ def main() -> None:
                     help="re-time all models together for the table with this many interleaved passes (0: keep the "
                          "per-run timings)")
     ap.add_argument("--clean", action="store_true", help="delete per-run work folders once their JSON is written")
+    ap.add_argument("--teacher", help="NViT's whole recipe (issue 29): fine-tune every method (revit and peers alike) "
+                                     "with both teachers, this timm CNN and the unpruned base (off by default)")
+    ap.add_argument("--teacher-weights", help="the CNN's weights (default: trained here by `revit train TEACHER` on "
+                                             "the same images into OUT/cnn-teacher)")
+    ap.add_argument("--teacher-epochs", type=int, default=2, help="epochs of that CNN training")
     ap.add_argument("--mirror", default=None,
                     help="also keep the small result files (settings, base summary, per-run JSON, report) here, e.g. "
                          "under benchmarks/results/ to commit them; runs found there are not re-run")
@@ -579,6 +618,10 @@ def main() -> None:
     out = Path(args.out)
     settings = {k: getattr(args, k) for k in RESULT_KEYS if hasattr(args, k)}
     settings.update(tp_max_ratio=TP_MAX_RATIO, revit_pruner="GlobalPruner(total_steps)")
+    cnn = None
+    if args.teacher:  # only then: the default settings (and caches) stay those of the one-teacher comparison
+        cnn, named = cnn_teacher(args, out)
+        settings.update(named, finetune="CE + KL(T=3) to the base + KL(T=3) to the CNN teacher")
     mirror = Path(args.mirror) if args.mirror else None
     for folder in (out, mirror):
         sp = folder / "settings.json" if folder else None
@@ -622,7 +665,7 @@ def main() -> None:
                         results.append(json.loads(f.read_text()))
                     continue
                 t0 = time.perf_counter()
-                r = run_one(method, ratio, seed, base, teacher, splits, args, out, budgets, base_latency)
+                r = run_one(method, ratio, seed, base, teacher, splits, args, out, budgets, base_latency, cnn)
                 results.append(r)
                 accs = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.startswith("top1"))
                 lat = r["latency_ratio_to_base"]

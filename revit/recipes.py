@@ -47,7 +47,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.1
-    distill_weight: float = 0.0  # weight of the distillation term (0: no teacher)
+    distill_weight: float = 0.0  # weight of the teacher's term (0: no teacher)
+    self_distill_weight: float = 0.0  # weight of the KL to the unpruned model of --self-teacher (0: none)
+    ce_weight: float = 1.0  # weight of the cross-entropy
     distill_temperature: float = 1.0
     drop_path_rate: float = 0.0
     grad_clip: float | None = 1.0
@@ -88,7 +90,8 @@ class TrainConfig:
         check_number(self.seed, "seed", 0, 2**32 - 1, integer=True)
         if isinstance(self.loader_workers, int) and self.loader_workers > 0:
             check_loader_workers(self.loader_workers, "loader_workers")
-        for k in ("min_lr", "weight_decay", "warmup_epochs", "distill_weight", "drop_path_rate"):
+        for k in ("min_lr", "weight_decay", "warmup_epochs", "distill_weight", "self_distill_weight", "ce_weight",
+                  "drop_path_rate"):
             _check(k, getattr(self, k), 0.0, None)
         _check("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         _check("drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_open=True)

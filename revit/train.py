@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from revit._io import RESUME_HINT, append_text, atomic_write_text
+from revit.distill import DistillLoss, distillation_loss
 from revit.errors import CheckpointError, ConfigError
 from revit.models.checkpoint import save_torch
 from revit.recipes import TrainConfig, same_recipe
@@ -44,7 +45,8 @@ from revit.runtime import (
 )
 
 __all__ = ["GlobalBatchSampler", "TrainConfig", "TrainResult", "dist_info", "distillation_loss", "evaluate",
-           "init_distributed", "load_checkpoint_state", "loader", "make_optimizer", "size", "to_cpu", "train"]
+           "init_distributed", "load_checkpoint_state", "loader", "make_optimizer", "set_distilled_training", "size",
+           "to_cpu", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,6 @@ def evaluate(model: nn.Module, ds: Dataset[Any], batch_size: int = 512, *, amp: 
     return float(correct[0]) / max(float(correct[1]), 1.0)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) at temperature T, times T^2 (Hinton), mean over the batch."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean",
-                    log_target=True) * t * t
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (timm's ``create_optimizer_v2``): no weight decay on biases, norms and ``no_weight_decay`` names."""
     from timm.optim import create_optimizer_v2
@@ -132,7 +127,7 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def _set_distilled_training(model: nn.Module, on: bool) -> bool:
+def set_distilled_training(model: nn.Module, on: bool) -> bool:
     """Make a distilled model (DeiT dist token) return (class, distillation) logits in training."""
     setter = getattr(model, "set_distilled_training", None)
     if callable(setter):
@@ -155,8 +150,10 @@ class _Trainer:
     """One run of :func:`train`: its loader, loss, optimizer, schedule, EMA and DDP wrapper, and its epochs."""
 
     def __init__(self, model: nn.Module, train_ds: Dataset[Any], cfg: TrainConfig, teacher: nn.Module | None,
-                 progress: bool) -> None:
+                 progress: bool, self_teacher: nn.Module | None = None) -> None:
         self.model, self.cfg, self.teacher, self.progress = model, cfg, teacher, progress
+        self.self_teacher = self_teacher
+        self.extra: dict[str, Any] = {}  # more entries of every checkpoint (what names the teachers)
         self.t_start = time.perf_counter()
         self.r = cfg.resolved()
         self.device = resolve_device(cfg.device)
@@ -214,9 +211,13 @@ class _Trainer:
         """The frozen teacher, the distilled head switch, the EMA copy and the DDP/compiled forward."""
         cfg, model, device = self.cfg, self.model, self.device
         self.distill = self.teacher is not None and cfg.distill_weight > 0
-        if self.teacher is not None:
-            self.teacher.to(device).eval().requires_grad_(False)
-        self.two_heads = self.distill and _set_distilled_training(model, True)
+        self.self_distill = self.self_teacher is not None and cfg.self_distill_weight > 0
+        self.terms = DistillLoss(kl_weight=cfg.self_distill_weight, teacher_weight=cfg.distill_weight,
+                                 temperature=cfg.distill_temperature, teacher_type=str(self.r.distill_type))
+        for t in (self.teacher, self.self_teacher):
+            if t is not None:
+                t.to(device).eval().requires_grad_(False)
+        self.two_heads = self.distill and set_distilled_training(model, True)
         self.ema: Any = None
         if cfg.model_ema:
             from timm.utils import ModelEmaV3
@@ -270,21 +271,20 @@ class _Trainer:
         return int(state["epoch"]) + 1
 
     def loss_of(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss of one micro-batch: the criterion, plus the teacher's distillation term."""
+        """The loss of one micro-batch: the criterion, plus the teachers' terms (:class:`DistillLoss`): the
+        teacher on the distillation token of a DeiT-style model, the unpruned model's KL on the class head."""
         cfg = self.cfg
         with autocast(self.device, cfg.amp):
             logits = self.forward(x)
-            cls_out, dist_out = logits if isinstance(logits, tuple) else (logits, logits)
+            cls_out = logits[0] if isinstance(logits, tuple) else logits
             loss = self.criterion(cls_out, target)
-            if self.distill:
-                assert self.teacher is not None
+            if cfg.ce_weight != 1.0:
+                loss = cfg.ce_weight * loss
+            if self.distill or self.self_distill:
                 with torch.no_grad():
-                    t_logits = self.teacher(x)
-                if self.r.distill_type == "hard":
-                    loss = loss + cfg.distill_weight * F.cross_entropy(dist_out, t_logits.argmax(-1))
-                else:
-                    loss = loss + cfg.distill_weight * distillation_loss(dist_out.float(), t_logits.float(),
-                                                                          cfg.distill_temperature)
+                    t_logits = self.teacher(x) if self.distill and self.teacher is not None else None
+                    b_logits = self.self_teacher(x) if self.self_distill and self.self_teacher is not None else None
+                loss = loss + self.terms.terms(logits, b_logits, t_logits)
         return loss
 
     def step(self, batches: Any, total: torch.Tensor) -> torch.Tensor:
@@ -369,19 +369,24 @@ class _Trainer:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "model_ema": ema.module.state_dict() if ema is not None else None,
             "seconds": self.result.prior_seconds + time.perf_counter() - self.t_start,
-            "train_config": asdict(self.cfg)}), out / "checkpoint.pt", hint=RESUME_HINT)
+            "train_config": asdict(self.cfg), **self.extra}), out / "checkpoint.pt", hint=RESUME_HINT)
 
 
 def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: TrainConfig,
           out_dir: str | os.PathLike[str] | None = None, teacher: nn.Module | None = None, resume: bool = False,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True) -> TrainResult:
+          on_epoch: Callable[[dict[str, Any]], None] | None = None, progress: bool = True,
+          self_teacher: nn.Module | None = None, checkpoint_extra: dict[str, Any] | None = None) -> TrainResult:
     """Train ``model`` in place on ``cfg.device``; returns per-epoch records (loss, val accuracy, lr, seconds).
 
-    The model (and the teacher) stay on that device afterwards.  With ``out_dir``: ``checkpoint.pt``
+    ``teacher`` (weight ``cfg.distill_weight``) and ``self_teacher`` (the unpruned model of a pruned one,
+    KL with weight ``cfg.self_distill_weight``) are frozen teachers (:class:`revit.distill.DistillLoss`).
+    The model (and the teachers) stay on that device afterwards.  With ``out_dir``: ``checkpoint.pt``
     after every epoch (atomic, CPU tensors) and ``log.jsonl``; ``resume`` continues from the last
-    completed epoch (on any device).  ``on_epoch`` may raise to stop (e.g. an Optuna prune).
+    completed epoch (on any device); ``checkpoint_extra`` entries are saved in every checkpoint (plain
+    data: the caller checks them on resume).  ``on_epoch`` may raise to stop (e.g. an Optuna prune).
     """
-    t = _Trainer(model, train_ds, cfg, teacher, progress)
+    t = _Trainer(model, train_ds, cfg, teacher, progress, self_teacher)
+    t.extra = dict(checkpoint_extra or {})
     out = Path(out_dir) if out_dir is not None else None
     for epoch in range(t.start(out, resume), cfg.epochs):
         t0 = time.perf_counter()
@@ -396,7 +401,7 @@ def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
         if on_epoch is not None:
             on_epoch(record)
     if t.two_heads:
-        _set_distilled_training(model, False)
+        set_distilled_training(model, False)
     result = t.result
     result.ema = t.ema.module if t.ema is not None else None
     if out is not None and t.rank == 0:

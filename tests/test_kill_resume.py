@@ -149,9 +149,10 @@ def check_prune_equal(out: Path, ref: Path) -> None:
     no_temp_files(out)
 
 
-def kill_and_resume_prune(prune_ref: tuple[Path, Path], out: Path, kills: list[dict[str, Any]]) -> None:
+def kill_and_resume_prune(prune_ref: tuple[Path, Path], out: Path, kills: list[dict[str, Any]],
+                          extra: tuple[Any, ...] = ()) -> None:
     cfg, ref = prune_ref
-    args = ["prune", "--model", cfg, *PRUNE, "--out", out]
+    args = ["prune", "--model", cfg, *PRUNE, "--out", out, *extra]
     for k in kills:
         r = revit(args + (["--resume"] if out.exists() else []), **k, expect=None)
         if r.returncode == 0 or finished(out):  # killed after the end (or on the way out): nothing to resume
@@ -231,9 +232,10 @@ def check_train_equal(out: Path, ref: Path) -> None:
     no_temp_files(out)
 
 
-def kill_and_resume_train(train_ref: tuple[Path, Path], out: Path, kills: list[dict[str, Any]]) -> None:
+def kill_and_resume_train(train_ref: tuple[Path, Path], out: Path, kills: list[dict[str, Any]],
+                          extra: tuple[Any, ...] = ()) -> None:
     cfg, ref = train_ref
-    args = ["train", cfg, *TRAIN, "--out", out]
+    args = ["train", cfg, *TRAIN, "--out", out, *extra]
     for k in kills:
         r = revit(args + (["--resume"] if out.exists() else []), **k, expect=None)
         if r.returncode == 0 or finished(out):
@@ -276,6 +278,39 @@ def test_train_killed_at_a_named_point(train_ref: tuple[Path, Path], tmp_path: P
 def test_train_killed_twice_at_random_times(train_ref: tuple[Path, Path], tmp_path: Path, seed: int) -> None:
     rng = random.Random(100 + seed)
     kill_and_resume_train(train_ref, tmp_path / "t", [{"after_s": rng.uniform(2.0, 7.0)} for _ in range(2)])
+
+
+# --- two teachers (issue 29): a timm CNN and the unpruned model, in pruning and in the fine-tune --------------
+@pytest.fixture(scope="module")
+def two_teachers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A trained timm CNN; an uninterrupted two-teacher prune and two-teacher fine-tune of its result."""
+    root = tmp_path_factory.mktemp("two-teachers")
+    cfg = tiny_cfg(root / "tiny.yaml")
+    revit(["train", "test_resnet", *TRAIN[:-5], "--epochs", "1", "--threads", "1", "--no-progress",
+           "--out", root / "cnn"])
+    cnn = ("--teacher", "test_resnet", "--teacher-weights", root / "cnn" / "model.safetensors")
+    prune = (*cnn, "--teacher-weight", "0.5")
+    revit(["prune", "--model", cfg, *PRUNE, "--out", root / "prune", *prune])
+    ft = ("--init", root / "prune" / "pruned.safetensors", *cnn, "--self-teacher", root / "prune")
+    revit(["train", root / "prune" / "pruned.yaml", *TRAIN, "--out", root / "ft", *ft])
+    return {"cfg": cfg, "root": root, "prune": prune, "ft": ft}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [PRUNE_POINTS[3], PRUNE_POINTS[5]], ids=["trace-line", "before-plots"])
+def test_two_teacher_prune_killed_resumes_byte_identical(two_teachers: dict[str, Any], tmp_path: Path,
+                                                         point: Any) -> None:
+    t = two_teachers
+    kill_and_resume_prune((t["cfg"], t["root"] / "prune"), tmp_path / "p", [{"hook": point}], t["prune"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [TRAIN_POINTS[1], TRAIN_POINTS[2]], ids=["checkpointed", "not-checkpointed"])
+def test_two_teacher_finetune_killed_resumes_byte_identical(two_teachers: dict[str, Any], tmp_path: Path,
+                                                            point: Any) -> None:
+    t = two_teachers
+    kill_and_resume_train((t["root"] / "prune" / "pruned.yaml", t["root"] / "ft"), tmp_path / "t",
+                          [{"hook": point}], t["ft"])
 
 
 # --- latency build ------------------------------------------------------------------------------------------

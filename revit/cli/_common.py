@@ -97,6 +97,32 @@ def add_runtime_args(p: argparse.ArgumentParser, *, loader_flag: str = "--worker
                    help="DataLoader worker processes per process")
 
 
+def add_teacher_args(p: argparse.ArgumentParser) -> None:
+    """``--teacher NAME`` (a revit config/name or any timm model name), ``--teacher-weights`` and
+    ``--teacher-random-init``: the DeiT-style teacher of ``train`` and ``prune``."""
+    p.add_argument("--teacher", help="distill from this revit config/name or timm model name (e.g. resnet18, "
+                                     "built by timm.create_model, never downloaded) with --teacher-weights; it "
+                                     "trains the distillation token of a DeiT-style model, else the class head")
+    p.add_argument("--teacher-weights", help="local weights of the teacher (.safetensors, or a weights-only torch "
+                                             "file: no pickle runs; required with --teacher)")
+    p.add_argument("--teacher-random-init", action="store_true",
+                   help="distill from a randomly initialised --teacher on purpose (no --teacher-weights)")
+
+
+def check_teacher(args: argparse.Namespace) -> None:
+    """A teacher needs its weights: distilling from a random init is refused unless asked for explicitly."""
+    from revit.errors import ConfigError
+
+    random_init = getattr(args, "teacher_random_init", False)
+    if args.teacher and not args.teacher_weights and not random_init:
+        raise ConfigError(f"--teacher {args.teacher} needs --teacher-weights FILE (or --teacher-random-init to "
+                          "distill from a random init on purpose)")
+    if not args.teacher and (args.teacher_weights or random_init):
+        raise ConfigError("--teacher-weights/--teacher-random-init need --teacher CONFIG")
+    if args.teacher_weights and random_init:
+        raise ConfigError("give --teacher-weights or --teacher-random-init, not both")
+
+
 def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields of :func:`add_runtime_args`."""
     return {"device": args.device, "amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from revit.cli._common import add_command, add_data_args, add_run_folder_args, add_runtime_args, info, print_json
+from revit.cli._common import (
+    add_command,
+    add_data_args,
+    add_run_folder_args,
+    add_runtime_args,
+    add_teacher_args,
+    check_teacher,
+    info,
+    print_json,
+)
 from revit.registry import lazy_choices
 from revit.validation import MAX_LR, check_output_dir, count, fraction, non_negative, number
 
@@ -15,7 +24,10 @@ def register(sub: Any) -> None:
                     "revit prune --model revit_micro --checkpoint runs/micro-base/model.safetensors "
                     "--data fashion-mnist --target-macs 0.5 --out runs/micro-prune\n"
                     "  torchrun --nproc-per-node 2 -m revit prune --model revit_micro --data digits "
-                    "--target-latency 0.6 --table latency_tables/X.json --out runs/p")
+                    "--target-latency 0.6 --table latency_tables/X.json --out runs/p\n"
+                    "  revit prune --model revit_micro --checkpoint runs/micro-base/model.safetensors "
+                    "--target-macs 0.5 --teacher resnet10t --teacher-weights runs/cnn-teacher/model.safetensors "
+                    "--out runs/p2")
     p.add_argument("--model", required=True, help="registered name or ViT-config YAML")
     p.add_argument("--checkpoint", help="weights to start from (.safetensors/.pth matching the config)")
     add_data_args(p, test_limit_zero=True)
@@ -50,6 +62,11 @@ def register(sub: Any) -> None:
     p.add_argument("--weight-decay", type=number(0), default=0.05)
     p.add_argument("--kl-weight", type=number(0), default=1.0, help="weight of the KL to the unpruned model")
     p.add_argument("--ce-weight", type=number(0), default=1.0, help="weight of the cross-entropy")
+    add_teacher_args(p)
+    p.add_argument("--teacher-weight", type=number(0), default=1.0,
+                   help="weight of --teacher's term, beside the KL to the unpruned model")
+    p.add_argument("--teacher-type", choices=("kl", "hard"), default="kl",
+                   help="kl: KL at --temperature; hard: CE on the teacher's argmax (DeiT)")
     p.add_argument("--temperature", type=number(0, lo_open=True),
                    default=3.0, help="distillation temperature (NViT: 3)")
     p.add_argument("--eval-size", type=non_negative(),
@@ -73,6 +90,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from revit.prune import PruneConfig, PruneRun, Target
     from revit.runs import claim_run
 
+    check_teacher(args)
     claim_run(args.out, "prune", resume=args.resume, overwrite=args.overwrite)  # before loading any data
     check_output_dir(args.out)
     if args.threads:
@@ -92,10 +110,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         workers=args.loader_workers,
         eta=args.eta, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         kl_weight=args.kl_weight, ce_weight=args.ce_weight, temperature=args.temperature,
+        teacher_weight=args.teacher_weight, teacher_type=args.teacher_type,
         granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,
     )
     if table is not None and not cost.needs_table:
         info("note: the latency table sets the penalty; the run stops on the MACs target")
+    teacher = None
+    if args.teacher:  # refused (one line) before any data loads or any training starts
+        from revit.distill import load_teacher
+
+        teacher = load_teacher(args.teacher, args.teacher_weights, num_classes=cfg.num_classes,
+                               in_chans=cfg.in_chans, img_size=cfg.img_size)
     torch.manual_seed(args.seed)
     splits = load_splits(DataSpec(source=args.data, train_limit=args.train_limit, val_size=args.val_size,
                                   test_limit=args.test_limit or None, seed=args.seed, img_size=cfg.img_size))
@@ -105,7 +130,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     model = build_model(cfg, checkpoint=args.checkpoint)
     pruner = PruneRun(model, splits.train, splits.val, pc, args.out, table=table, resume=args.resume,
                     progress=not args.no_progress, test_ds=None if args.test_limit == 0 else splits.test,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, teacher=teacher)
     if pruner.rank == 0:
         info(f"schedule: {pruner.pruner.schedule.describe()}; {pruner.per_epoch} batches per epoch; "
              f"device {pruner.device}, amp {args.amp}")

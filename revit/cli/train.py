@@ -10,6 +10,8 @@ from revit.cli._common import (
     add_data_args,
     add_run_folder_args,
     add_runtime_args,
+    add_teacher_args,
+    check_teacher,
     info,
     print_json,
     runtime_kwargs,
@@ -22,8 +24,12 @@ def register(sub: Any) -> None:
                     "revit train revit_micro --data fashion-mnist --epochs 3 --out runs/micro\n"
                     "  revit train revit_deit_small_patch16_224 --data /datasets/imagenet --recipe deit --amp bf16 "
                     "-j 8 --epochs 300 --batch-size 256 --out runs/deit-s\n"
-                    "  torchrun --nproc-per-node 2 -m revit train revit_micro --epochs 1 --out runs/micro-ddp")
-    p.add_argument("config", help="registered name or ViT-config YAML")
+                    "  torchrun --nproc-per-node 2 -m revit train revit_micro --epochs 1 --out runs/micro-ddp\n"
+                    "  revit train resnet10t --data fashion-mnist --epochs 2 --out runs/cnn-teacher\n"
+                    "  revit train runs/p/pruned.yaml --init runs/p/pruned.safetensors --teacher resnet10t "
+                    "--teacher-weights runs/cnn-teacher/model.safetensors --self-teacher runs/p --out runs/ft")
+    p.add_argument("config", help="registered name or ViT-config YAML, or a timm model name (e.g. resnet10t: a CNN "
+                                  "teacher, built by timm.create_model for the data's classes and channels)")
     add_data_args(p)
     p.add_argument("--epochs", type=count(), default=3)
     p.add_argument("--batch-size", type=count(), default=128, help="global batch (split across processes)")
@@ -42,12 +48,14 @@ def register(sub: Any) -> None:
     p.add_argument("--model-ema-decay", type=number(0, 1, lo_open=True, hi_open=True), default=0.99996)
     add_runtime_args(p)
     p.add_argument("--init", help="start from these weights (.safetensors/.pth matching the config)")
-    p.add_argument("--teacher", help="distill from this config/name (with --teacher-weights)")
-    p.add_argument("--teacher-weights", help="weights of the teacher (required with --teacher)")
-    p.add_argument("--teacher-random-init", action="store_true",
-                   help="distill from a randomly initialised --teacher on purpose (no --teacher-weights)")
-    p.add_argument("--distill-weight", type=number(0), default=1.0,
-                   help="weight of the distillation term when --teacher is set")
+    add_teacher_args(p)
+    p.add_argument("--self-teacher", metavar="RUN",
+                   help="also distill (KL, weight --kl-weight) from the unpruned model of this `revit prune` run "
+                        "folder (its teacher.safetensors and trace header)")
+    p.add_argument("--kl-weight", type=number(0), default=1.0, help="weight of the KL to --self-teacher's model")
+    p.add_argument("--ce-weight", type=number(0), default=1.0, help="weight of the cross-entropy")
+    p.add_argument("--distill-weight", "--teacher-weight", dest="distill_weight", type=number(0), default=1.0,
+                   help="weight of the teacher's term when --teacher is set")
     p.add_argument("--distill-type", choices=("kl", "hard"),
                    help="kl: KL at --temperature; hard: CE on the teacher's argmax (DeiT); default: the recipe's")
     p.add_argument("--temperature", type=number(0, lo_open=True), default=1.0)
@@ -58,6 +66,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from revit.distill import is_timm_name
     from revit.presets import resolve_config
     from revit.recipes import TrainConfig
     from revit.runs import claim_run
@@ -66,11 +75,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_teacher(args)
     claim_run(args.out, "train", resume=args.resume, overwrite=args.overwrite)  # reads only; names another kind
     check_output_dir(args.out)
-    cfg = resolve_config(args.config)
+    cfg: Any = args.config if is_timm_name(args.config) else resolve_config(args.config)
     tc = TrainConfig.for_recipe(
         args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, drop_path_rate=args.drop_path,
-        seed=args.seed, distill_weight=args.distill_weight if args.teacher else 0.0,
+        seed=args.seed, distill_weight=args.distill_weight if args.teacher else 0.0, ce_weight=args.ce_weight,
+        self_distill_weight=args.kl_weight if args.self_teacher else 0.0,
         distill_temperature=args.temperature, distill_type=args.distill_type, mixup=args.mixup, cutmix=args.cutmix,
         model_ema=args.model_ema, model_ema_decay=args.model_ema_decay, **runtime_kwargs(args))
     from pathlib import Path
@@ -78,27 +88,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from revit.models.hub import HUB_DIR
     from revit.train import dist_info
 
-    metrics = run_training(cfg, data_spec_from_args(args, cfg.img_size), tc, args.out, init=args.init,
-                           teacher=args.teacher, teacher_weights=args.teacher_weights, resume=args.resume,
+    metrics = run_training(cfg, data_spec_from_args(args, getattr(cfg, "img_size", None)), tc, args.out,
+                           init=args.init, teacher=args.teacher, teacher_weights=args.teacher_weights,
+                           self_teacher=args.self_teacher, resume=args.resume,
                            overwrite=args.overwrite, threads=args.threads, progress=not args.no_progress)
     if dist_info()[0] == 0:
-        info(f"wrote {args.out}/model.safetensors, metrics.json and {HUB_DIR}/ (timm's hub format with a model card)")
+        hub = f" and {HUB_DIR}/ (timm's hub format with a model card)" if not isinstance(cfg, str) else ""
+        info(f"wrote {args.out}/model.safetensors, metrics.json{hub}")
         if args.json:
             print_json({"run": str(args.out), "hub": str(Path(args.out) / HUB_DIR), "metrics": metrics})
     return 0
-
-
-def check_teacher(args: argparse.Namespace) -> None:
-    """A teacher needs its weights: distilling from a random init is refused unless asked for explicitly."""
-    from revit.errors import ConfigError
-
-    if args.teacher and not args.teacher_weights and not args.teacher_random_init:
-        raise ConfigError(f"--teacher {args.teacher} needs --teacher-weights FILE (or --teacher-random-init to "
-                          "distill from a random init on purpose)")
-    if not args.teacher and (args.teacher_weights or args.teacher_random_init):
-        raise ConfigError("--teacher-weights/--teacher-random-init need --teacher CONFIG")
-    if args.teacher_weights and args.teacher_random_init:
-        raise ConfigError("give --teacher-weights or --teacher-random-init, not both")
 
 
 def data_spec_from_args(args: argparse.Namespace, img_size: int | None) -> Any:

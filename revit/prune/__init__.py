@@ -5,6 +5,7 @@ Imports flow one way: ``structure`` (groups from the model) <- ``criteria`` (sco
 (the library object for the user's own loop) <- ``run`` (revit's loop: DDP, state, teacher, export).
 """
 
+from revit.distill import DistillLoss, distill_loss
 from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_criterion
 from revit.prune.global_pruner import GlobalPruner, as_revit
 from revit.prune.masking import Masks, rebuild_dense
@@ -13,8 +14,8 @@ from revit.prune.run import PruneConfig, PruneError, PruneResult, PruneRun, prun
 from revit.prune.structure import Group, Structure, StructureError, derive_structure
 
 __all__ = [
-    "CRITERIA", "Candidate", "Choice", "Criterion", "GlobalPruner", "Group", "Masks", "PruneConfig",
+    "CRITERIA", "Candidate", "Choice", "Criterion", "DistillLoss", "GlobalPruner", "Group", "Masks", "PruneConfig",
     "PruneError", "PruneResult", "PruneRun", "Schedule", "ScoreAccumulator", "Structure", "StructureError",
-    "Target", "as_revit", "build_criterion", "calibrate_eta", "candidates", "choose", "derive_structure", "prune",
-    "rebuild_dense",
+    "Target", "as_revit", "build_criterion", "calibrate_eta", "candidates", "choose", "derive_structure",
+    "distill_loss", "prune", "rebuild_dense",
 ]

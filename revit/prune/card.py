@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from revit.config import ViTConfig
+from revit.distill import teacher_notes
 from revit.models.hub import ModelCard
 
 TRACE_PLOT = Path("plots") / "widths_vs_step.png"
@@ -24,7 +25,7 @@ def prune_card(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any], base
     notes = [f"Pruned by `revit prune`: criterion {metrics.get('criterion', '?')}, target {target.get('ratio', '?')} "
              f"x the base {target.get('kind', 'MACs')}, penalty {metrics.get('penalty', '?')}, "
              f"{metrics.get('steps', '?')} pruning steps over {metrics.get('batches', '?')} batches "
-             f"({metrics.get('schedule', 'schedule not recorded')})."]
+             f"({metrics.get('schedule', 'schedule not recorded')}).", *teacher_notes(metrics)]
     return ModelCard(title=title, base=base.name or "a custom config (in the run's trace.jsonl header)",
                      base_config=base, pruning_run=run.name or str(run), trace_plot=run / TRACE_PLOT,
                      accuracy=acc, notes=tuple(notes))

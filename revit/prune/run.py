@@ -1,7 +1,8 @@
 """A whole pruning run into a folder: ``GlobalPruner`` inside revit's fine-tuning loop.
 
 Between pruning steps the weights train with KL distillation from the frozen unpruned model plus
-cross-entropy (NVIT_SPEC.md section 4), on any device, with optional autocast, under ``torchrun``.
+cross-entropy (NVIT_SPEC.md section 4) and, given one, a CNN teacher's term as DeiT's (NViT's whole
+objective, :class:`revit.distill.DistillLoss`), on any device, with optional autocast, under ``torchrun``.
 The run writes ``trace.jsonl`` (a line per pruning step), ``state.pt`` (everything needed to
 resume, saved atomically right after the start and after every pruning step, device-agnostic),
 and at the end ``pruned.yaml``, ``pruned.safetensors``, ``metrics.json`` and ``plots/``.  The folder is claimed
@@ -21,7 +22,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
@@ -29,6 +29,7 @@ from revit import counting
 from revit._io import RESUME_HINT, atomic_write_text
 from revit.config import ViTConfig
 from revit.cost import LatencyTableLike
+from revit.distill import DistillLoss, Teacher
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.models.checkpoint import save_torch, save_weights
 from revit.prune.criteria import CRITERIA
@@ -77,6 +78,8 @@ class PruneConfig:
     weight_decay: float = 0.05
     kl_weight: float = 1.0
     ce_weight: float = 1.0
+    teacher_weight: float = 1.0  # weight of the CNN teacher's term (when a teacher is given)
+    teacher_type: str = "kl"  # kl | hard (DeiT: CE on the teacher's argmax)
     temperature: float = 3.0
     label_smoothing: float = 0.0
     grad_clip: float | None = None
@@ -105,6 +108,7 @@ class PruneConfig:
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
         CRITERIA.get(self.criterion)  # raises with the known names
+        self.loss()  # the weights' own checks
         from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
 
         check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
@@ -124,6 +128,12 @@ class PruneConfig:
         if self.fixed_schedule:
             return Schedule.fixed(self.interval, self.per_step, self.step_fraction)
         return Schedule.by_budget(max(1, round(self.epochs * batches_per_epoch)), self.prune_steps)
+
+    def loss(self) -> DistillLoss:
+        """The objective of the training between pruning steps (CE, KL to the unpruned model, teacher)."""
+        return DistillLoss(ce_weight=self.ce_weight, kl_weight=self.kl_weight, teacher_weight=self.teacher_weight,
+                           temperature=self.temperature, teacher_type=self.teacher_type,
+                           label_smoothing=self.label_smoothing)
 
     def settings(self) -> dict[str, Any]:
         """The recipe as flat JSON values, the target as ``target`` (ratio) and ``target_kind``."""
@@ -158,18 +168,23 @@ class _Skip(Sampler[list[int]]):
 
 
 class PruneRun:
-    """One pruning run of a revit model into ``out_dir``; build it, then call :meth:`run`."""
+    """One pruning run of a revit model into ``out_dir``; build it, then call :meth:`run`.
+
+    ``teacher`` (:func:`revit.distill.load_teacher`: a CNN, as DeiT's) adds its term, weight
+    ``cfg.teacher_weight``, to the KL to the unpruned model; the trace header names both teachers.
+    """
 
     def __init__(self, model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: PruneConfig,
                  out_dir: str | os.PathLike[str], *, table: LatencyTableLike | None = None, resume: bool = False,
-                 progress: bool = True, test_ds: Dataset[Any] | None = None, overwrite: bool = False) -> None:
+                 progress: bool = True, test_ds: Dataset[Any] | None = None, overwrite: bool = False,
+                 teacher: Teacher | None = None) -> None:
         from revit.runs import claim_run
 
         self._t0, self.prior_seconds = time.perf_counter(), 0.0
         self.claim = claim_run(out_dir, "prune", resume=resume, overwrite=overwrite)  # reads only
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
-        self.cfg, self.progress = cfg, progress
+        self.cfg, self.progress, self.cnn, self.loss = cfg, progress, teacher, cfg.loss()
         self.train_ds, self.val_ds, self.test_ds = train_ds, val_ds, test_ds
         self.out = Path(out_dir)
         self.trace_path, self.state_path = self.out / "trace.jsonl", self.out / "state.pt"
@@ -178,6 +193,8 @@ class PruneRun:
         if self.per_epoch == 0:
             raise ConfigError(f"training set of {size(train_ds)} images is smaller than one batch of {cfg.batch_size}")
         model = model.to(self.device)
+        if teacher is not None:
+            teacher.module.to(self.device).eval().requires_grad_(False)
         self.pruner = GlobalPruner(model, target=cfg.target, schedule=cfg.schedule(self.per_epoch), table=table,
                                    criterion=cfg.criterion, eta=cfg.eta, ema=cfg.ema, granularity=cfg.granularity,
                                    seed=cfg.seed, evaluator=self._evaluate)
@@ -212,9 +229,22 @@ class PruneRun:
 
     def _write_trace(self) -> None:
         tr = self.pruner.trace
-        header = self.pruner.header(settings=self.cfg.settings())
+        header = {**self.pruner.header(settings=self._settings()), "teachers": self.teachers()}
         lines = [json.dumps(header)] + [json.dumps(s.to_dict()) for s in tr.steps]
         atomic_write_text(self.trace_path, "\n".join(lines) + "\n")
+
+    def _settings(self) -> dict[str, Any]:
+        """The recipe and the CNN teacher's identity (name, hash of its weights): what a resume must match."""
+        t = self.cnn
+        return {**self.cfg.settings(), "teacher": t.name if t else None, "teacher_sha256": t.sha256 if t else None}
+
+    def teachers(self) -> list[dict[str, Any]]:
+        """The run's teachers and their weights, as the trace header and metrics.json name them."""
+        out = [{"role": "unpruned model", "name": self.base.name or "base config", "kind": "unpruned",
+                "weights": self.teacher_path.name, "weight": self.cfg.kl_weight}]
+        if self.cnn is not None:
+            out.append(self.cnn.describe("teacher", self.cfg.teacher_weight))
+        return out
 
     def _teacher(self) -> nn.Module:
         """The frozen unpruned model, read back from the run folder (so a resumed run has the same one)."""
@@ -238,7 +268,7 @@ class PruneRun:
         return {"model": to_cpu(self.model.state_dict()), "optimizer": to_cpu(self.opt.state_dict()),
                 "pruner": self.pruner.state_dict(), "rng": torch.get_rng_state(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                "settings": self.cfg.settings(), "base_config": self.base.to_dict(), "finished": self.finished,
+                "settings": self._settings(), "base_config": self.base.to_dict(), "finished": self.finished,
                 "seconds": self.elapsed()}
 
     def elapsed(self) -> float:
@@ -272,9 +302,10 @@ class PruneRun:
 
     def _restore(self, st: dict[str, Any]) -> None:
         """Model, optimizer, pruner, scaler and RNG from a checked state (another recipe or model is refused)."""
-        same = {k: v for k, v in self.cfg.settings().items() if k not in ("device", "workers")}
-        if {k: st["settings"].get(k) for k in same} != same:
-            diff = [k for k, v in same.items() if st["settings"].get(k) != v]
+        same = {k: v for k, v in self._settings().items() if k not in ("device", "workers")}
+        old = {**PruneConfig().settings(), "teacher": None, "teacher_sha256": None, **st["settings"]}  # older runs
+        if {k: old.get(k) for k in same} != same:
+            diff = [k for k, v in same.items() if old.get(k) != v]
             raise CheckpointError(f"{self.state_path}: written with other settings ({', '.join(diff)}); "
                                   "resume with the same options or use a new --out")
         if st["base_config"] != self.base.to_dict():
@@ -309,16 +340,14 @@ class PruneRun:
             epoch, skip = epoch + 1, 0
 
     def _train_batch(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        from revit.train import distillation_loss
-
         x, y = to_device((x, y), self.device)
         with autocast(self.device, self.cfg.amp):
             logits = net(x)
             with torch.no_grad():
                 t_logits = self.teacher(x)
-        logits, t_logits = logits.float(), t_logits.float()
-        loss = self.cfg.ce_weight * F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-        loss = loss + self.cfg.kl_weight * distillation_loss(logits, t_logits, self.cfg.temperature)
+                c_logits = self.cnn.module(x).float() if self.cnn is not None and self.cfg.teacher_weight else None
+        logits = tuple(v.float() for v in logits) if isinstance(logits, tuple) else logits.float()
+        loss = self.loss(logits, y, base_logits=t_logits.float(), teacher_logits=c_logits)
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -351,7 +380,10 @@ class PruneRun:
         """Prune until the target is met, then rebuild, export and return the dense model."""
         from tqdm import tqdm
 
+        from revit.train import set_distilled_training
+
         self.model.train()
+        set_distilled_training(self.model, self.cnn is not None)  # the teacher trains a DeiT distillation token
         net: nn.Module = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -400,8 +432,9 @@ class PruneRun:
     # --- the end -------------------------------------------------------------------------------
     def finish(self, seconds: float = 0.0) -> PruneResult:
         """Rebuild the dense model, check it against the masked one, export files and plots."""
-        from revit.train import evaluate
+        from revit.train import evaluate, set_distilled_training
 
+        set_distilled_training(self.model, False)
         self.model.eval()
         dense, _ = self.pruner.export()
         dense.eval()
@@ -416,7 +449,8 @@ class PruneRun:
             "pruned": {"macs": counting.macs(cfg), "params": counting.params(cfg), "cost": p.cost.cost(cfg)},
             "macs_ratio": counting.macs(cfg) / counting.macs(self.base), "cost_ratio": p.cost.cost(cfg) / p.base_cost,
             "dense_vs_masked_max_abs_diff": gap, "seconds": seconds, "world_size": self.world,
-            "device": str(self.device), "amp": self.cfg.amp,
+            "device": str(self.device), "amp": self.cfg.amp, "teachers": self.teachers(),
+            "ce_weight": self.cfg.ce_weight,
         }
         if self.val_ds is not None and size(self.val_ds):
             metrics["val_accuracy"] = evaluate(dense, self.val_ds)
