@@ -32,6 +32,7 @@ from typing import Any
 from revit._io import open_no_follow
 from revit.errors import BudgetError, ConfigError, OutsideDomainError
 from revit.search import attrs as A
+from revit.search import signals
 from revit.search.arms import baseline_arm
 from revit.search.objective import StudyObjective
 from revit.search.spec import StudySpec
@@ -216,6 +217,20 @@ def _next_part(ss: StudySet, target: int) -> tuple[str, Any] | None:
     return fam, ss.families[fam]
 
 
+def _tag(trial: Any, part: str, worker: str) -> None:
+    """Tag a trial as it starts: a new candidate's role and family, and the worker running it."""
+    import optuna
+
+    if A.ROLE not in trial.user_attrs:
+        if part == BASELINES:  # another worker took the waiting baseline first
+            trial.set_user_attr(A.INFEASIBLE, "no baseline was left waiting (another worker took it)")
+            raise optuna.TrialPruned("no baseline left")
+        trial.set_user_attr(A.ROLE, A.CANDIDATE)
+        trial.set_user_attr(A.FAMILY, part)
+    trial.set_user_attr(A.WORKER, worker)
+    trial.set_user_attr(A.HEARTBEAT, time.time())
+
+
 def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n_trials: int | None = None,
                max_trials: int | None = None, timeout: float | None = None) -> WorkerStats:
     """Run trials until every family has ``n_trials`` candidates (default: the spec's) and no trial waits.
@@ -234,25 +249,20 @@ def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n
 
     def wrapped(part: str) -> Callable[[Any], Any]:
         def run(trial: Any) -> Any:
-            if A.ROLE not in trial.user_attrs:
-                if part == BASELINES:  # another worker took the waiting baseline first
-                    trial.set_user_attr(A.INFEASIBLE, "no baseline was left waiting (another worker took it)")
-                    raise optuna.TrialPruned("no baseline left")
-                trial.set_user_attr(A.ROLE, A.CANDIDATE)
-                trial.set_user_attr(A.FAMILY, part)
-            trial.set_user_attr(A.WORKER, me)
-            trial.set_user_attr(A.HEARTBEAT, time.time())
-            with _Heartbeat(trial, spec.heartbeat_s):
-                try:
+            # signals are held (signals.held) through the tagging and Optuna's own steps, delivered only in
+            # the training; whatever raises KeyboardInterrupt from the trial's first line on flags it for a retry
+            try:
+                _tag(trial, part, me)
+                with _Heartbeat(trial, spec.heartbeat_s), signals.delivered():
                     return obj(trial)
-                except optuna.TrialPruned:
-                    raise
-                except KeyboardInterrupt:
-                    trial.set_user_attr(A.INTERRUPTED, True)  # the next run or worker retries it
-                    raise
-                except Exception as e:
-                    trial.set_user_attr(A.ERROR, f"{type(e).__name__}: {e}"[:500])  # shown in the report
-                    raise
+            except optuna.TrialPruned:
+                raise
+            except KeyboardInterrupt:
+                trial.set_user_attr(A.INTERRUPTED, True)  # the next run or worker retries it
+                raise
+            except Exception as e:
+                trial.set_user_attr(A.ERROR, f"{type(e).__name__}: {e}"[:500])  # shown in the report
+                raise
         return run
 
     def record(part: str) -> Callable[[Any, Any], None]:
@@ -262,18 +272,20 @@ def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n
                 log.warning("trial %s#%s failed: %s", part, ft.number, ft.user_attrs.get(A.ERROR, "?"))
         return cb
 
-    while True:
-        if timeout is not None and time.monotonic() - t0 >= timeout:
-            break
-        if max_trials is not None and stats.count >= max_trials:
-            break
-        for _, study in ss.parts():
-            recover(study, spec.grace_s)
-        nxt = _next_part(ss, target)
-        if nxt is None:
-            break
-        part, study = nxt
-        study.optimize(wrapped(part), n_trials=1, catch=(Exception,), callbacks=[record(part)])
+    with signals.held():  # a signal between trials stops the loop at the next checkpoint, losing nothing
+        while True:
+            signals.checkpoint()
+            if timeout is not None and time.monotonic() - t0 >= timeout:
+                break
+            if max_trials is not None and stats.count >= max_trials:
+                break
+            for _, study in ss.parts():
+                recover(study, spec.grace_s)
+            nxt = _next_part(ss, target)
+            if nxt is None:
+                break
+            part, study = nxt
+            study.optimize(wrapped(part), n_trials=1, catch=(Exception,), callbacks=[record(part)])
     stats.seconds = time.monotonic() - t0
     return stats
 
@@ -297,7 +309,8 @@ def wait_for_candidates(ss: StudySet, *, poll_s: float = 5.0, every_trial: bool 
             log.info("waiting for trial(s) %s of other workers %s", running,
                      "to end" if every_trial else "before choosing the repeats")
             said = True
-        time.sleep(poll_s)
+        with signals.delivered():
+            time.sleep(poll_s)
 
 
 def start_workers(spec: StudySpec, storage: str, devices: Sequence[str | None], *, n_trials: int | None = None,
@@ -353,7 +366,8 @@ def wait_workers(procs: Sequence[tuple[str, Any]]) -> list[int]:
     codes = []
     try:
         for label, p in procs:
-            codes.append(p.wait())
+            with signals.delivered():
+                codes.append(p.wait())
             if codes[-1] != 0:
                 log.warning("worker process %s exited with code %s", label, codes[-1])
     except BaseException:
@@ -390,15 +404,16 @@ def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | No
         else:
             run_worker(ss, objective=obj, n_trials=n_trials, timeout=timeout)
 
-    work()
-    if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
-        wait_for_candidates(ss)  # pick the best among *all* candidates, not the finished ones
-        best = enqueue_repeats(ss)
-        if best:
-            log.info("repeating the best candidates %s with seeds %s", [f"{f}#{n}" for f, n in best],
-                     list(spec.seeds[1:]))
-            work()
-    wait_for_candidates(ss, every_trial=True)  # the study is done when run returns: other workers' trials too
+    with signals.held():  # failing a stale trial and enqueuing its retry, or the repeats, are never cut in two
+        work()
+        if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
+            wait_for_candidates(ss)  # pick the best among *all* candidates, not the finished ones
+            best = enqueue_repeats(ss)
+            if best:
+                log.info("repeating the best candidates %s with seeds %s", [f"{f}#{n}" for f, n in best],
+                         list(spec.seeds[1:]))
+                work()
+        wait_for_candidates(ss, every_trial=True)  # the study is done when run returns: other workers' trials too
     return ss
 
 
