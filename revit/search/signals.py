@@ -47,7 +47,7 @@ _GUARD = _Guard()
 def _interrupts() -> list[int]:
     """The signals that raise KeyboardInterrupt here: SIGINT with Python's default handler, and SIGTERM
     when a Python handler (the CLI's) was installed for it."""
-    out = []
+    out: list[int] = []
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         out.append(signal.SIGINT)
     if callable(signal.getsignal(signal.SIGTERM)):
