@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -27,12 +28,19 @@ class _Guard:
         self.open = 0  # nesting of delivered()
         self.pending = 0  # signals received while held
         self.saved: dict[int, Any] = {}
+        self.saved_hook: Any = sys.unraisablehook
 
     def handler(self, signum: int, frame: Any) -> None:
-        if self.open or self.pending:
-            self.pending = 0
+        self.pending += 1  # forgotten only once the KeyboardInterrupt is seen to propagate (see delivered)
+        if self.open or self.pending > 1:
             raise KeyboardInterrupt
-        self.pending += 1
+
+    def unraisable(self, u: Any) -> None:
+        """A KeyboardInterrupt raised where Python cannot raise (a garbage-collector callback) is dropped
+        quietly: it is still pending and raised at the next safe point.  Anything else goes to the old hook."""
+        if self.pending and u.exc_type is not None and issubclass(u.exc_type, KeyboardInterrupt):
+            return
+        self.saved_hook(u)
 
     def take(self) -> None:
         """Raise KeyboardInterrupt when a signal is pending (and forget it)."""
@@ -68,6 +76,7 @@ def held() -> Iterator[None]:
     if g.depth == 0:
         g.pending, g.open = 0, 0
         g.saved = {s: signal.getsignal(s) for s in _interrupts()}
+        g.saved_hook, sys.unraisablehook = sys.unraisablehook, g.unraisable
         for s in g.saved:
             signal.signal(s, g.handler)
     g.depth += 1
@@ -78,7 +87,7 @@ def held() -> Iterator[None]:
         if g.depth == 0:
             for s, h in g.saved.items():
                 signal.signal(s, h)
-            g.saved = {}
+            g.saved, sys.unraisablehook = {}, g.saved_hook
             pending, g.pending = g.pending, 0
             if pending:
                 raise KeyboardInterrupt
@@ -86,7 +95,9 @@ def held() -> Iterator[None]:
 
 @contextlib.contextmanager
 def delivered() -> Iterator[None]:
-    """Within the block a signal raises at once (a pending one on entry): a trial's training, a wait."""
+    """Within the block a signal raises at once (a pending one on entry): a trial's training, a wait.
+
+    One that Python swallowed (raised in a garbage-collector callback) stays pending for the next safe point."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -95,6 +106,9 @@ def delivered() -> Iterator[None]:
     g.open += 1
     try:
         yield
+    except KeyboardInterrupt:
+        g.pending = 0  # delivered
+        raise
     finally:
         g.open -= 1
 
