@@ -422,7 +422,7 @@ def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, ti
     """``revit search worker``: join an existing study and run trials until it is done."""
     if not storage:
         raise ConfigError("a worker needs --storage URL (the storage the study runs in)")
-    ss = open_studies(spec, storage, create=False, seed_offset=os.getpid())
+    ss = open_studies(spec, storage, create=False)  # each trial's number seeds its draw
     return run_worker(ss, n_trials=n_trials, timeout=timeout, max_trials=max_trials, objective=objective)
 
 

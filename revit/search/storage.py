@@ -114,12 +114,24 @@ class SQLiteStorage(_RDB):
     unreachable_hint = ""  # a file: the cause (disk full, read-only, not a database) says it all
 
     def local_path(self, url: str) -> Path | None:
-        path = url.split(":///", 1)[1] if ":///" in url else ""
+        """The file SQLAlchemy opens for ``url`` (its ``%XX`` escapes decoded, as SQLAlchemy decodes them)."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            path = make_url(url).database or ""
+        except ArgumentError:
+            path = url.split(":///", 1)[1] if ":///" in url else ""
         return Path(path) if path and path != ":memory:" else None
 
     def connect_url(self, url: str, read_only: bool) -> str:
         path = self.local_path(url)
-        return f"sqlite:///file:{path}?mode=ro&uri=true" if read_only and path is not None else url
+        if not read_only or path is None:
+            return url
+        from urllib.parse import quote
+
+        # SQLite decodes %XX in a file: URI too, so the path is quoted for SQLite, then for SQLAlchemy
+        return sqlite_url(f"file:{quote(str(path))}", {"mode": "ro", "uri": "true"})
 
     def open(self, url: str, read_only: bool = False) -> BaseStorage:
         path = self.local_path(url)
@@ -226,6 +238,14 @@ def _first(e: object) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
+def sqlite_url(path: str, query: dict[str, str] | None = None) -> str:
+    """The SQLite URL of a file path, taken literally: SQLAlchemy's own builder quotes ``%`` and the like,
+    which its parser would otherwise decode (``100%41.db`` is not ``100A.db``)."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=path, query=query or {}).render_as_string(hide_password=False)
+
+
 def normalize_url(url: str) -> str:
     """A storage URL with bare paths turned into ``sqlite:///`` or ``journal:`` URLs."""
     if url.startswith("postgres://"):
@@ -238,7 +258,7 @@ def normalize_url(url: str) -> str:
     suffix = Path(url).suffix.lower()
     if suffix in _SUFFIXES:
         kind = _SUFFIXES[suffix]
-        return f"sqlite:///{url}" if kind == "sqlite" else f"journal:{url}"
+        return sqlite_url(url) if kind == "sqlite" else f"journal:{url}"
     raise UnknownNameError(f"storage {url!r}: not a URL and not a file ending in "
                            f"{', '.join(_SUFFIXES)}; known schemes: {', '.join(STORAGES.names())}")
 
@@ -269,7 +289,8 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
 
 def default_storage(study_name: str, root: str | os.PathLike[str] = "runs/studies") -> str:
     """The default storage of a study: an SQLite file named after it."""
-    return f"sqlite:///{Path(root) / study_name}.db"
+    return sqlite_url(f"{Path(root) / study_name}.db")
 
 
-__all__ = ["STORAGES", "StorageBackend", "backend_for", "default_storage", "normalize_url", "open_storage"]
+__all__ = ["STORAGES", "StorageBackend", "backend_for", "default_storage", "normalize_url", "open_storage",
+           "sqlite_url"]
