@@ -49,6 +49,7 @@ MAX_COUNT = 2**31 - 1  # counts, sizes, epochs, samples: what an int32 (torch, n
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 MAX_LR = 10.0  # learning rates: beyond this AdamW diverges at once (1e308 overflowed float32 mid-run)
 WORKER_MEMORY = 1 << 30  # each worker process (torch, a model, a loader) needs about 1 GiB
+MAX_PID = 1 << 22  # Linux's highest pid_max: a worker id naming a larger pid names no process
 MIN_HEARTBEAT_S = 1.0  # each beat is a storage write (a journal record): 1e-6 s wrote 24k records per trial
 MAX_WAIT_S = 7 * 86400.0  # a heartbeat interval or a grace period: beyond a week, a typo (and threading overflows)
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -157,7 +158,7 @@ def test_a_running_trial_with_a_bad_heartbeat_or_worker_is_failed_and_retried(be
     t = study.ask()
     t.set_user_attr("role", "candidate")
     t.set_user_attr("family", "less-more-less")
-    t.set_user_attr("worker", f"nowhere:{10**30}")  # a pid no kernel has
+    t.set_user_attr("worker", f"{socket.gethostname()}:{10**30}")  # a pid no kernel has, on this host
     t.set_user_attr("heartbeat", beat)
     assert recover(study, grace_s=30) == [t.number]
     trials = study.get_trials()

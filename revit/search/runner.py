@@ -22,7 +22,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from revit.errors import BudgetError, ConfigError, OutsideDomainError
 from revit.search import attrs as A
 from revit.search import signals
 from revit.search.arms import baseline_arm
+from revit.search.liveness import Heartbeat, recover
 from revit.search.objective import StudyObjective
 from revit.search.spec import StudySpec
 from revit.search.studies import BASELINES, StudySet, open_studies
@@ -104,90 +104,6 @@ def enqueue_repeats(ss: StudySet) -> list[tuple[str, int]]:
     return best
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _retry(study: Any, t: Any, reason: str, level: int = logging.WARNING) -> None:
-    attrs = {k: v for k, v in t.user_attrs.items() if k in A.IDENTITY}
-    attrs[A.RETRY_OF] = t.number
-    study.enqueue_trial(dict(t.params), user_attrs=attrs)
-    log.log(level, "trial %s of %s %s; enqueued a retry", t.number, study.study_name, reason)
-
-
-def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
-    """Mark trials of dead workers FAIL, and enqueue one retry of each and of each interrupted trial.
-
-    Returns the numbers of the trials failed here.  A dead worker's trial is retried once (a retry
-    that dies too is not); an interrupted trial is always retried, as the user stopped it, not a fault.
-    """
-    from optuna.trial import TrialState
-
-    now, host = time.time(), socket.gethostname()
-    failed = []
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get(A.RETRY_OF) for t in trials}
-    for t in trials:
-        can_retry = retry and A.RETRY_OF not in t.user_attrs and t.number not in retried
-        if t.state == TrialState.FAIL and t.user_attrs.get(A.INTERRUPTED) and retry and t.number not in retried:
-            _retry(study, t, "was interrupted", logging.INFO)
-            retried.add(t.number)
-            continue
-        if t.state != TrialState.RUNNING:
-            continue
-        w = str(t.user_attrs.get(A.WORKER, ""))
-        beat = float(t.user_attrs.get(A.HEARTBEAT) or (t.datetime_start.timestamp() if t.datetime_start else now))
-        w_host, _, w_pid = w.rpartition(":")
-        # gone when its process is (same host), or when its heartbeat stopped (any host: a pid of a machine that
-        # restarted may belong to another process now)
-        stale = (w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))) or now - beat > grace_s
-        if not stale:
-            continue
-        try:
-            study.tell(t.number, state=TrialState.FAIL)
-        except (RuntimeError, ValueError):
-            continue  # another worker got there first
-        failed.append(t.number)
-        reason = f"failed (worker {w or '?'} is gone)" if w_host == host else \
-            f"failed (no heartbeat for {now - beat:.0f} s)"
-        if can_retry:
-            _retry(study, t, reason)
-            retried.add(t.number)
-        else:
-            log.warning("trial %s of %s %s; already retried once, not again", t.number, study.study_name, reason)
-    return failed
-
-
-class _Heartbeat:
-    """A daemon thread refreshing a trial's heartbeat attribute until stopped."""
-
-    def __init__(self, trial: Any, interval: float) -> None:
-        self.trial, self.interval = trial, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial.number}")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.trial.set_user_attr(A.HEARTBEAT, time.time())
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
-                pass
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 @dataclass
 class WorkerStats:
     """What one worker did: its trials as ``part#number`` by final state."""
@@ -253,7 +169,7 @@ def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n
             # the training; whatever raises KeyboardInterrupt from the trial's first line on flags it for a retry
             try:
                 _tag(trial, part, me)
-                with _Heartbeat(trial, spec.heartbeat_s), signals.delivered():
+                with Heartbeat(trial, spec.heartbeat_s), signals.delivered():
                     return obj(trial)
             except optuna.TrialPruned:
                 raise

@@ -226,6 +226,11 @@ class JournalStorage(StorageBackend):
             raise StorageError(f"cannot open the journal file {path}: {e.strerror}") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise StorageError(f"journal file {path} is corrupt: {_first(e)}") from None
+        except (KeyError, TypeError, AttributeError, IndexError, AssertionError) as e:
+            # Optuna replays every record as it opens the journal; a record of a shape it does not know (an
+            # unknown op_code, a missing trial_id, a line that is no object) fails there, with these types
+            raise StorageError(f"journal file {path} is corrupt: a record Optuna cannot replay "
+                               f"({type(e).__name__}: {_first(e)})") from None
 
 
 _SUFFIXES = {".db": "sqlite", ".sqlite": "sqlite", ".sqlite3": "sqlite",
