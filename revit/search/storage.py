@@ -210,7 +210,7 @@ class JournalStorage(StorageBackend):
         from optuna.storages import JournalStorage as _Journal
         from optuna.storages.journal import JournalFileBackend
 
-        from revit.search.journal import check_journal, repair_torn_tail
+        from revit.search.journal import check_journal, release_dangling_lock, repair_torn_tail
 
         path = self.local_path(url)
         assert path is not None
@@ -220,8 +220,10 @@ class JournalStorage(StorageBackend):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab"):
                     pass
-                repair_torn_tail(path)
-            return _Journal(JournalFileBackend(str(path)))
+                release_dangling_lock(path)
+                repair_torn_tail(path.absolute())
+            # Optuna's lock link points at the path it is given: an absolute one never dangles
+            return _Journal(JournalFileBackend(str(path.absolute())))
         except OSError as e:
             raise StorageError(f"cannot open the journal file {path}: {e.strerror}") from None
         except (ValueError, UnicodeDecodeError) as e:
