@@ -197,3 +197,41 @@ def test_a_report_with_one_seed_is_valid_json_with_null_spreads(tmp_path, capsys
     assert printed == stored or printed.keys() <= stored.keys()
     fam = stored["families"]["less-more-less"]
     assert fam["val"][1] is None and isinstance(fam["val"][0], float) and not math.isnan(fam["val"][0])
+
+
+# 18: a full disk is one line: the report leaves no half report, a journal run no Optuna AssertionError ----------
+def _fill_but(mnt: Path, room: int) -> None:
+    """Fill the file system of ``mnt`` but ``room`` bytes."""
+    st = os.statvfs(mnt)
+    free = st.f_bavail * st.f_frsize
+    with open(mnt / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - room))
+
+
+def test_a_report_on_a_full_disk_is_one_line_and_leaves_no_half_report(small_tmpfs, tmp_path, capsys, monkeypatch):
+    spec = _spec(tmp_path)
+    run_study(spec, f"sqlite:///{tmp_path}/s.db", objective=quick_objective(spec))
+    _fill_but(small_tmpfs, 24 * 1024)  # the marker and the text fit, the plots do not
+    rc, out, err = _cli(tmp_path, ["search", "report", "s.yaml", "--storage", "s.db", "--out", f"{small_tmpfs}/r"],
+                        capsys, monkeypatch)
+    _one_line(rc, err, "no space left")
+    left = sorted(p.name for p in small_tmpfs.rglob("*") if p.name != "filler")
+    assert left == [], left  # no half report, no temp file, no marker-only folder
+    (small_tmpfs / "filler").unlink()
+    rc, out, err = _cli(tmp_path, ["search", "report", "s.yaml", "--storage", "s.db", "--out", f"{small_tmpfs}/r"],
+                        capsys, monkeypatch)
+    assert rc == 0 and (small_tmpfs / "r" / "history.png").is_file(), err
+
+
+@pytest.mark.parametrize("room", [2048, 6 * 1024, 10 * 1024])
+def test_a_journal_run_on_a_disk_that_fills_is_one_line_and_resumes(room, small_tmpfs, tmp_path, capsys,
+                                                                    monkeypatch):
+    _spec(tmp_path, n_trials=2, grace_s=2)  # the rerun (same pid here) fails the stopped trial after 2 s
+    _fill_but(small_tmpfs, room)  # room for the study's creation (some of it), not for its trials
+    url = f"journal:{small_tmpfs}/j.log"
+    rc, out, err = _cli(tmp_path, ["search", "run", "s.yaml", "--storage", url, "-q"], capsys, monkeypatch)
+    assert rc == 2 and "Traceback" not in err and "AssertionError" not in err, err
+    assert err.startswith("revit: error: ") and "no space left" in err.lower() and err.count("\n") == 1, err
+    (small_tmpfs / "filler").unlink()  # room again: the same command finishes the study
+    rc, out, err = _cli(tmp_path, ["search", "run", "s.yaml", "--storage", url, "-q"], capsys, monkeypatch)
+    assert rc == 0, err

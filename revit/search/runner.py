@@ -17,19 +17,20 @@ by Ctrl-C or SIGTERM is FAIL with ``interrupted`` and is retried by the next run
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from revit._io import open_no_follow
-from revit.errors import BudgetError, ConfigError, OutsideDomainError
+from revit.errors import BudgetError, ConfigError, OutsideDomainError, StorageError
 from revit.search import attrs as A
 from revit.search import signals
 from revit.search.arms import baseline_arm
@@ -297,6 +298,33 @@ def spawn_workers(spec: StudySpec, storage: str, devices: Sequence[str | None], 
     return wait_workers(start_workers(spec, storage, devices, **kw))
 
 
+def _os_cause(e: BaseException | None) -> OSError | None:
+    """The OSError in ``e``'s chain (Optuna raises AssertionError when its journal append failed mid-trial)."""
+    seen = 0
+    while e is not None and seen < 16:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """A storage that fails to write mid-study (a full disk under a journal) is one :class:`StorageError` line.
+
+    A trial's own errors never get here (Optuna catches them): what escapes with an OSError in its chain is
+    the storage's.  The trial it left RUNNING is failed and retried by the next run, as a dead worker's.
+    """
+    try:
+        yield
+    except (OSError, AssertionError) as e:
+        cause = _os_cause(e)
+        if cause is None:
+            raise
+        raise StorageError(f"cannot write the study storage {url}: {cause.strerror or type(cause).__name__}; "
+                           "free space, then run the same command again (the study resumes)") from None
+
+
 def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | None = None, repeats: bool = True,
               timeout: float | None = None, devices: Sequence[str] | None = None, worker_args: Sequence[str] = (),
               objective: Callable[[Any], Any] | None = None) -> StudySet:
@@ -320,7 +348,7 @@ def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | No
         else:
             run_worker(ss, objective=obj, n_trials=n_trials, timeout=timeout)
 
-    with signals.held():  # failing a stale trial and enqueuing its retry, or the repeats, are never cut in two
+    with storage_errors(ss.url), signals.held():  # a retry or the repeats are never cut in two by a signal
         work()
         if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
             wait_for_candidates(ss)  # pick the best among *all* candidates, not the finished ones
@@ -339,7 +367,8 @@ def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, ti
     if not storage:
         raise ConfigError("a worker needs --storage URL (the storage the study runs in)")
     ss = open_studies(spec, storage, create=False)  # each trial's number seeds its draw
-    return run_worker(ss, n_trials=n_trials, timeout=timeout, max_trials=max_trials, objective=objective)
+    with storage_errors(ss.url):
+        return run_worker(ss, n_trials=n_trials, timeout=timeout, max_trials=max_trials, objective=objective)
 
 
 @dataclass(frozen=True)
