@@ -30,6 +30,11 @@ class PerTrialSeed(BaseSampler):
         self._one_sequence = SAMPLERS.get(str(spec["name"])).cls == "QMCSampler"
         self._inner = build_sampler(self._spec, offset)
 
+    @property
+    def sampler(self) -> BaseSampler:
+        """The sampler drawing the current trial (the spec's class: ``TPESampler``, ``GPSampler``...)."""
+        return self._inner
+
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if not self._one_sequence:
             self._inner = build_sampler(self._spec, self._offset + STRIDE * trial.number)
