@@ -235,3 +235,20 @@ def test_a_journal_run_on_a_disk_that_fills_is_one_line_and_resumes(room, small_
     (small_tmpfs / "filler").unlink()  # room again: the same command finishes the study
     rc, out, err = _cli(tmp_path, ["search", "run", "s.yaml", "--storage", url, "-q"], capsys, monkeypatch)
     assert rc == 0, err
+
+
+def test_the_demo_readme_reads_a_report_summary_with_null_spreads(tmp_path):
+    """The demo's README and headline take the report's summary as JSON gives it back (null, not NaN)."""
+    from revit.workflows.demo import DemoPlan, write_demo_readme
+
+    summary = {"base": {"test_acc": 0.5}, "base_latency_ms": 46.6, "fit_r2": {"heads": None}, "configs": {},
+               "prune": {"steps": 13, "macs_ratio": 0.42, "cost_ratio": 0.499, "test_accuracy": 0.7},
+               "seconds": {"study": 76.0},
+               "study": {"best": "b", "best_test": [0.8, None], "best_n": 1, "uniform": "u",
+                         "uniform_test": [0.7, None], "uniform_n": 1},
+               "study_headline": {"a": "b", "b": "u", "metric": "test_acc", "n_a": 1, "n_b": 1, "diff": 0.1,
+                                  "low": None, "high": None, "df": None, "p": None}}
+    write_demo_readme(tmp_path, tmp_path / "report", DemoPlan(), summary)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "test top-1 80.00% (n = 1) vs best uniform u test top-1 70.00% (n = 1)" in text
+    assert "+10.00 points (no interval: fewer than 2 seeds on a side" in text
