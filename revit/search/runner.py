@@ -12,7 +12,10 @@ Faults: a trial that raises is FAIL (its error kept as a user attribute) and the
 worker that dies leaves its trial RUNNING; every worker, before each trial, marks such *stale* trials
 FAIL and enqueues one retry (same parameters and tags, ``retry_of``).  A trial is stale when its worker
 process is gone (same host) or its heartbeat is older than ``grace_s`` (other hosts).  A trial stopped
-by Ctrl-C or SIGTERM is FAIL with ``interrupted`` and is retried by the next run or worker.
+by Ctrl-C or SIGTERM is FAIL with ``interrupted`` and is retried by the next run or worker; the signal is
+held through a trial's bookkeeping and delivered only in its training or between trials
+(:mod:`revit.search.signals`), so wherever it lands no trial is lost.  Stale-trial checks live in
+:mod:`revit.search.liveness`.
 """
 
 from __future__ import annotations
