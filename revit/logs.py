@@ -102,6 +102,18 @@ def configure_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.INFO if verbosity() >= 1 else optuna.logging.WARNING)
+    for h in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoInterruptTrace) for f in h.filters):
+            h.addFilter(_NoInterruptTrace())
+
+
+class _NoInterruptTrace(logging.Filter):
+    """Drops Optuna's "trial failed" record of a trial stopped by Ctrl-C or SIGTERM (a traceback of
+    KeyboardInterrupt): revit flags the trial for a retry and ends with one ``revit: interrupted`` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        return not (exc is not None and issubclass(exc, KeyboardInterrupt))
 
 
 @contextlib.contextmanager

@@ -60,6 +60,9 @@ MAX_LR = 10.0  # learning rates: beyond this AdamW diverges at once (1e308 overf
 MAX_BATCH = 1 << 16  # a batch size read from a file (a latency table's): far beyond any measured batch
 MAX_LATENCY_S = 3600.0  # one block's latency on one batch, in seconds: an hour is beyond any measurement
 WORKER_MEMORY = 1 << 30  # each worker process (torch, a model, a loader) needs about 1 GiB
+MAX_PID = 1 << 22  # Linux's highest pid_max: a worker id naming a larger pid names no process
+MIN_HEARTBEAT_S = 1.0  # each beat is a storage write (a journal record): 1e-6 s wrote 24k records per trial
+MAX_WAIT_S = 7 * 86400.0  # a heartbeat interval or a grace period: beyond a week, a typo (and threading overflows)
 
 
 @functools.lru_cache(maxsize=1)

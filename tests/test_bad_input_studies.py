@@ -77,6 +77,17 @@ for cid, text, needle in [
 ]:
     case(f"spec-{cid}", f"search run s_{cid}.yaml", needle, {f"s_{cid}.yaml": text})
 case("storage-question-mark", "search run s.yaml --storage weird?name.db", "'?'")
+# round four (issue 27): liveness counts have sane bounds (a beat is a storage write), journal records are checked
+for cid, over, needle in [("heartbeat-micro", {"heartbeat_s": 0.000001}, "heartbeat_s"),
+                          ("heartbeat-huge", {"heartbeat_s": 1e30}, "heartbeat_s"),
+                          ("grace-below-two-beats", {"heartbeat_s": 10, "grace_s": 15}, "grace_s")]:
+    case(f"spec-{cid}", f"search run s_{cid}.yaml", needle, {f"s_{cid}.yaml": _spec_with(**over)})
+for cid, record in [("unknown-op", {"op_code": 99, "worker_id": "w"}),
+                    ("no-trial-id", {"op_code": 5, "worker_id": "w", "user_attr": {"a": 1}}),
+                    ("a-list", [1, 2, 3])]:
+    for cmd in ("run", "status", "worker"):
+        case(f"journal-record-{cid}-{cmd}", f"search {cmd} s.yaml --storage journal:rec-{cid}.log", f"rec-{cid}.log",
+             {f"rec-{cid}.log": JOURNAL_LINE + json.dumps(record) + "\n"})
 
 # journals are the user's data
 case("journal-not-a-journal", "search run s.yaml --storage journal:notes.txt", "not an Optuna journal",

@@ -48,7 +48,7 @@ def test_sampler_serves_two_families(sampler, n_objectives, tmp_path):
     assert t.unrecovered == [] and set(t.states) <= {"COMPLETE", "PRUNED"}, t.states
     assert len(ss.families) == 2
     for fam, study in ss.families.items():
-        assert type(study.sampler).__name__ == CLASSES[sampler]
+        assert type(study.sampler.sampler).__name__ == CLASSES[sampler]  # seeded per trial (PerTrialSeed)
         trials = study.get_trials()
         originals = [x for x in trials if "repeat_of" not in x.user_attrs]
         assert len(originals) == 3 and {x.user_attrs["family"] for x in trials} == {fam}

@@ -239,9 +239,12 @@ def _silence_stdout() -> None:
 def _end_process_group(clean: bool) -> None:
     """Close a torchrun process group the command started (torch is imported only if it already was)."""
     if "torch.distributed" in sys.modules:
-        from revit.runtime import shutdown_distributed
+        try:
+            from revit.runtime import shutdown_distributed
 
-        shutdown_distributed(clean)
+            shutdown_distributed(clean)
+        except (ImportError, AttributeError):  # a Ctrl-C during ``import torch`` left it half imported: no group
+            pass
 
 
 if __name__ == "__main__":

@@ -51,6 +51,40 @@ def check_journal(path: Path) -> None:
                            "refusing to append to it: give a new file or an existing journal")
 
 
+LOCK_GRACE_S = 30.0  # Optuna's own grace period before it releases a lock link whose journal is not written
+
+
+def release_dangling_lock(path: Path, grace_s: float = LOCK_GRACE_S) -> bool:
+    """Release the lock a killed writer left on ``path`` where Optuna cannot judge it stale; True when released.
+
+    Optuna's lock is a symbolic link ``PATH.lock -> PATH`` judged stale by its target's age.  A writer given
+    a relative path (``journal:sub/j.log``) wrote a link that dangles (a link's target is relative to its own
+    folder), so Optuna retried forever at full speed.  A dangling lock link whose target names this journal
+    is waited for until it is ``grace_s`` old, then removed as Optuna releases a lock (rename, then unlink).
+    revit itself gives Optuna absolute paths, so the links it writes never dangle.
+    """
+    lock = path.with_name(path.name + ".lock")
+    while True:
+        try:
+            st = os.lstat(lock)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISLNK(st.st_mode) or lock.exists() or Path(os.readlink(lock)).name != path.name:
+            return False  # no lock, a live one Optuna judges itself, or not this journal's
+        age = time.time() - st.st_mtime
+        if age < grace_s:
+            time.sleep(min(1.0, grace_s - age))
+            continue
+        side = lock.with_name(f"{lock.name}.{os.getpid()}-{time.monotonic_ns()}.rename")
+        try:
+            os.rename(lock, side)
+        except FileNotFoundError:
+            continue  # another process released it first
+        os.unlink(side)
+        log.warning("journal %s: released the lock a killed writer left (%s, %.0f s old)", path, lock, age)
+        return True
+
+
 def repair_torn_tail(path: Path) -> int:
     """Move a last line without its newline (a killed writer's) aside; return the bytes moved (0: none).
 
@@ -93,4 +127,4 @@ def repair_torn_tail(path: Path) -> int:
     return len(torn)
 
 
-__all__ = ["check_journal", "repair_torn_tail"]
+__all__ = ["LOCK_GRACE_S", "check_journal", "release_dangling_lock", "repair_torn_tail"]

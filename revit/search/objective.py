@@ -26,6 +26,7 @@ from typing import Any
 
 from revit import counting
 from revit.errors import BudgetError, ConfigError
+from revit.search import signals
 from revit.search.arms import Arm, describe, trial_arm
 from revit.search.attrs import (
     ARM,
@@ -111,14 +112,15 @@ class StudyObjective:
         prunable = (not self.spec.multi_objective and attrs[ROLE] == CANDIDATE
                     and REPEAT_OF not in trial.user_attrs and self.spec.pruner.name not in ("none", "nop"))
         val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
-        trial.set_user_attr(VAL_ACC, val)
-        trial.set_user_attr(TEST_ACC, test)
-        trial.set_user_attr(VAL_CURVE, history)
-        trial.set_user_attr(TRAIN_SECONDS, round(seconds, 2))
-        self.log(f"trial {trial_ref(trial)}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
-        if second is not None:
-            return val, float(attrs[MACS]) if second == "macs" else float(attrs[LATENCY_MS])
-        return val
+        with signals.closed():  # trained: a signal now waits until the results are stored and the trial ends
+            trial.set_user_attr(VAL_ACC, val)
+            trial.set_user_attr(TEST_ACC, test)
+            trial.set_user_attr(VAL_CURVE, history)
+            trial.set_user_attr(TRAIN_SECONDS, round(seconds, 2))
+            self.log(f"trial {trial_ref(trial)}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
+            if second is not None:
+                return val, float(attrs[MACS]) if second == "macs" else float(attrs[LATENCY_MS])
+            return val
 
     def splits(self) -> Any:
         if self._splits is None:

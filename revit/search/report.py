@@ -14,15 +14,17 @@ The same study opens in optuna-dashboard (see :func:`dashboard_hint`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from revit import counting
-from revit._io import atomic_write_text
+from revit._io import atomic_output
 from revit.search import attrs as A
 from revit.search.attrs import trial_ref
 from revit.search.report_plots import _accuracy_plot, _blocks_plot, _colors, _comparison_plot, _history_plot
@@ -34,6 +36,7 @@ from revit.search.results import (
     compare,
     config_results,
     family_bests,
+    finite_or_null,
     pareto_front,
     pm,
     reference_result,
@@ -62,7 +65,8 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
 
     The summary has ``families`` (each searched family's best), ``comparisons`` (every family's best
     and every baseline minus the reference, Welch on test top-1), ``headline`` (best rule minus best
-    uniform) and ``comparison`` (the headline pair's means, as before families).
+    uniform) and ``comparison`` (the headline pair's means, as before families).  It is strict JSON: a
+    number that has no value (the spread of one seed, an interval of too few) is null, never NaN.
     """
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,18 +86,20 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
 
     plots = {"accuracy_vs_macs": out_dir / "accuracy_vs_macs.png", "comparison": out_dir / "comparison.png",
              "best_blocks": out_dir / "best_blocks.png", "history": out_dir / "history.png"}
-    title = f"study {spec.name}: budget {spec.budget.describe()}"
-    colors = _colors(results, spec.family_names)
-    _accuracy_plot(trials, results, plots["accuracy_vs_macs"], title, colors)
-    if ref is not None and arms:
-        _comparison_plot(arms, ref, head, colors, plots["comparison"], title)
-    else:
+    if ref is None or not arms:
         del plots["comparison"]
     shown = [g for g in results if g.role == A.CANDIDATE][:top]
     shown += [g for g in bests.values() if g not in shown]
-    _blocks_plot(shown + baselines, plots["best_blocks"],
-                 f"per-block widths: best candidates and baselines ({spec.name})")
-    _history_plot(trials, plots["history"], f"optimisation history ({spec.name})", colors)
+    title = f"study {spec.name}: budget {spec.budget.describe()}"
+    colors = _colors(results, spec.family_names)
+
+    def draw(tmp: dict[str, Path]) -> None:
+        _accuracy_plot(trials, results, tmp["accuracy_vs_macs"], title, colors)
+        if "comparison" in tmp and ref is not None:
+            _comparison_plot(arms, ref, head, colors, tmp["comparison"], title)
+        _blocks_plot(shown + baselines, tmp["best_blocks"],
+                     f"per-block widths: best candidates and baselines ({spec.name})")
+        _history_plot(trials, tmp["history"], f"optimisation history ({spec.name})", colors)
 
     summary: dict[str, Any] = {"study": spec.name, "storage": url, "states": states, "groups": [],
                                "families": {f: {"best": g.name, "n": g.n, "val": g.mean_std(A.VAL_ACC),
@@ -121,10 +127,24 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
               f"`optuna.load_study(study_name='{part_name(spec.name, spec.family_names[0])}', storage=...).best_trial` "
               "is that family's best candidate.  Trials carry the user attributes role, family, arm, seed, group, "
               "macs, params, latency_ms, blocks, val_acc and test_acc.", ""]
-    atomic_write_text(out_dir / "report.md", "\n".join(lines))
     summary["plots"] = {k: str(p) for k, p in plots.items()}
-    atomic_write_text(out_dir / "report.json", json.dumps(summary, indent=1, default=str))
+    summary = finite_or_null(json.loads(json.dumps(summary, default=str)))
+    _publish(out_dir, plots, draw, {"report.md": "\n".join(lines),
+                                    "report.json": json.dumps(summary, indent=1, allow_nan=False)})
     return summary
+
+
+def _publish(out_dir: Path, plots: dict[str, Path], draw: Callable[[dict[str, Path]], None],
+             texts: dict[str, str]) -> None:
+    """Write every file of the report to a temp file beside its name, then rename them all into place: a full
+    disk (or any failure) is one line and leaves no half report, and an older report stays whole."""
+    with contextlib.ExitStack() as stack:
+        draw({k: stack.enter_context(atomic_output(p, ".png")) for k, p in plots.items()})
+        for name, text in texts.items():
+            with open(stack.enter_context(atomic_output(out_dir / name)), "wb") as f:
+                f.write(text.encode())
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def _given(obj: Any) -> dict[str, Any]:

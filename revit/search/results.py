@@ -123,6 +123,11 @@ class Welch:
     df: float
     p: float  # two-sided p-value of Welch's t-test (no difference)
 
+    def __post_init__(self) -> None:
+        for f in ("diff", "low", "high", "df", "p"):  # null in a summary read back from JSON: no value, NaN here
+            if getattr(self, f) is None:
+                object.__setattr__(self, f, math.nan)
+
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -192,12 +197,27 @@ def best_rule_result(spec: StudySpec, bests: dict[str, ConfigResult]) -> ConfigR
     return max(rules, key=lambda g: g.mean_std(A.VAL_ACC)[0]) if rules else None
 
 
-def pm(ms: tuple[float, float], pct: bool = True, unit: str = "") -> str:
-    """``81.09 ± 0.44%`` (mean ± std over seeds), ``80.10% (n = 1)`` for one seed, ``-`` for none."""
+def finite_or_null(doc: Any) -> Any:
+    """``doc`` (parsed JSON) with every NaN or infinite number replaced by None: strict JSON has no NaN, and a
+    spread of one seed or an interval of too few trials has no value (null in ``report.json`` and ``--json``)."""
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    if isinstance(doc, dict):
+        return {k: finite_or_null(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [finite_or_null(v) for v in doc]
+    return doc
+
+
+def pm(ms: Sequence[float | None], pct: bool = True, unit: str = "") -> str:
+    """``81.09 ± 0.44%`` (mean ± std over seeds), ``80.10% (n = 1)`` for one seed, ``-`` for none (NaN or
+    null: a summary read back from JSON)."""
     m, s = ms
-    if math.isnan(m):
+    if m is None or math.isnan(m):
         return "-"
     from revit.counting import format_spread
 
     k = 100 if pct else 1
-    return format_spread(k * m, None, 1, unit=unit) if math.isnan(s) else f"{k * m:.2f} ± {k * s:.2f}{unit}"
+    if s is None or math.isnan(s):
+        return format_spread(k * m, None, 1, unit=unit)
+    return f"{k * m:.2f} ± {k * s:.2f}{unit}"

@@ -12,27 +12,32 @@ Faults: a trial that raises is FAIL (its error kept as a user attribute) and the
 worker that dies leaves its trial RUNNING; every worker, before each trial, marks such *stale* trials
 FAIL and enqueues one retry (same parameters and tags, ``retry_of``).  A trial is stale when its worker
 process is gone (same host) or its heartbeat is older than ``grace_s`` (other hosts).  A trial stopped
-by Ctrl-C or SIGTERM is FAIL with ``interrupted`` and is retried by the next run or worker.
+by Ctrl-C or SIGTERM is FAIL with ``interrupted`` and is retried by the next run or worker; the signal is
+held through a trial's bookkeeping and delivered only in its training or between trials
+(:mod:`revit.search.signals`), so wherever it lands no trial is lost.  Stale-trial checks live in
+:mod:`revit.search.liveness`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from revit._io import open_no_follow
-from revit.errors import BudgetError, ConfigError, OutsideDomainError
+from revit.errors import BudgetError, ConfigError, OutsideDomainError, StorageError
 from revit.search import attrs as A
+from revit.search import signals
 from revit.search.arms import baseline_arm
+from revit.search.liveness import Heartbeat, recover
 from revit.search.objective import StudyObjective
 from revit.search.spec import StudySpec
 from revit.search.studies import BASELINES, StudySet, open_studies
@@ -103,90 +108,6 @@ def enqueue_repeats(ss: StudySet) -> list[tuple[str, int]]:
     return best
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _retry(study: Any, t: Any, reason: str, level: int = logging.WARNING) -> None:
-    attrs = {k: v for k, v in t.user_attrs.items() if k in A.IDENTITY}
-    attrs[A.RETRY_OF] = t.number
-    study.enqueue_trial(dict(t.params), user_attrs=attrs)
-    log.log(level, "trial %s of %s %s; enqueued a retry", t.number, study.study_name, reason)
-
-
-def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
-    """Mark trials of dead workers FAIL, and enqueue one retry of each and of each interrupted trial.
-
-    Returns the numbers of the trials failed here.  A dead worker's trial is retried once (a retry
-    that dies too is not); an interrupted trial is always retried, as the user stopped it, not a fault.
-    """
-    from optuna.trial import TrialState
-
-    now, host = time.time(), socket.gethostname()
-    failed = []
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get(A.RETRY_OF) for t in trials}
-    for t in trials:
-        can_retry = retry and A.RETRY_OF not in t.user_attrs and t.number not in retried
-        if t.state == TrialState.FAIL and t.user_attrs.get(A.INTERRUPTED) and retry and t.number not in retried:
-            _retry(study, t, "was interrupted", logging.INFO)
-            retried.add(t.number)
-            continue
-        if t.state != TrialState.RUNNING:
-            continue
-        w = str(t.user_attrs.get(A.WORKER, ""))
-        beat = float(t.user_attrs.get(A.HEARTBEAT) or (t.datetime_start.timestamp() if t.datetime_start else now))
-        w_host, _, w_pid = w.rpartition(":")
-        # gone when its process is (same host), or when its heartbeat stopped (any host: a pid of a machine that
-        # restarted may belong to another process now)
-        stale = (w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))) or now - beat > grace_s
-        if not stale:
-            continue
-        try:
-            study.tell(t.number, state=TrialState.FAIL)
-        except (RuntimeError, ValueError):
-            continue  # another worker got there first
-        failed.append(t.number)
-        reason = f"failed (worker {w or '?'} is gone)" if w_host == host else \
-            f"failed (no heartbeat for {now - beat:.0f} s)"
-        if can_retry:
-            _retry(study, t, reason)
-            retried.add(t.number)
-        else:
-            log.warning("trial %s of %s %s; already retried once, not again", t.number, study.study_name, reason)
-    return failed
-
-
-class _Heartbeat:
-    """A daemon thread refreshing a trial's heartbeat attribute until stopped."""
-
-    def __init__(self, trial: Any, interval: float) -> None:
-        self.trial, self.interval = trial, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial.number}")
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.trial.set_user_attr(A.HEARTBEAT, time.time())
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
-                pass
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 @dataclass
 class WorkerStats:
     """What one worker did: its trials as ``part#number`` by final state."""
@@ -216,6 +137,20 @@ def _next_part(ss: StudySet, target: int) -> tuple[str, Any] | None:
     return fam, ss.families[fam]
 
 
+def _tag(trial: Any, part: str, worker: str) -> None:
+    """Tag a trial as it starts: a new candidate's role and family, and the worker running it."""
+    import optuna
+
+    if A.ROLE not in trial.user_attrs:
+        if part == BASELINES:  # another worker took the waiting baseline first
+            trial.set_user_attr(A.INFEASIBLE, "no baseline was left waiting (another worker took it)")
+            raise optuna.TrialPruned("no baseline left")
+        trial.set_user_attr(A.ROLE, A.CANDIDATE)
+        trial.set_user_attr(A.FAMILY, part)
+    trial.set_user_attr(A.WORKER, worker)
+    trial.set_user_attr(A.HEARTBEAT, time.time())
+
+
 def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n_trials: int | None = None,
                max_trials: int | None = None, timeout: float | None = None) -> WorkerStats:
     """Run trials until every family has ``n_trials`` candidates (default: the spec's) and no trial waits.
@@ -234,25 +169,20 @@ def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n
 
     def wrapped(part: str) -> Callable[[Any], Any]:
         def run(trial: Any) -> Any:
-            if A.ROLE not in trial.user_attrs:
-                if part == BASELINES:  # another worker took the waiting baseline first
-                    trial.set_user_attr(A.INFEASIBLE, "no baseline was left waiting (another worker took it)")
-                    raise optuna.TrialPruned("no baseline left")
-                trial.set_user_attr(A.ROLE, A.CANDIDATE)
-                trial.set_user_attr(A.FAMILY, part)
-            trial.set_user_attr(A.WORKER, me)
-            trial.set_user_attr(A.HEARTBEAT, time.time())
-            with _Heartbeat(trial, spec.heartbeat_s):
-                try:
+            # signals are held (signals.held) through the tagging and Optuna's own steps, delivered only in
+            # the training; whatever raises KeyboardInterrupt from the trial's first line on flags it for a retry
+            try:
+                _tag(trial, part, me)
+                with Heartbeat(trial, spec.heartbeat_s), signals.delivered():
                     return obj(trial)
-                except optuna.TrialPruned:
-                    raise
-                except KeyboardInterrupt:
-                    trial.set_user_attr(A.INTERRUPTED, True)  # the next run or worker retries it
-                    raise
-                except Exception as e:
-                    trial.set_user_attr(A.ERROR, f"{type(e).__name__}: {e}"[:500])  # shown in the report
-                    raise
+            except optuna.TrialPruned:
+                raise
+            except KeyboardInterrupt:
+                trial.set_user_attr(A.INTERRUPTED, True)  # the next run or worker retries it
+                raise
+            except Exception as e:
+                trial.set_user_attr(A.ERROR, f"{type(e).__name__}: {e}"[:500])  # shown in the report
+                raise
         return run
 
     def record(part: str) -> Callable[[Any, Any], None]:
@@ -262,18 +192,20 @@ def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n
                 log.warning("trial %s#%s failed: %s", part, ft.number, ft.user_attrs.get(A.ERROR, "?"))
         return cb
 
-    while True:
-        if timeout is not None and time.monotonic() - t0 >= timeout:
-            break
-        if max_trials is not None and stats.count >= max_trials:
-            break
-        for _, study in ss.parts():
-            recover(study, spec.grace_s)
-        nxt = _next_part(ss, target)
-        if nxt is None:
-            break
-        part, study = nxt
-        study.optimize(wrapped(part), n_trials=1, catch=(Exception,), callbacks=[record(part)])
+    with signals.held():  # a signal between trials stops the loop at the next checkpoint, losing nothing
+        while True:
+            signals.checkpoint()
+            if timeout is not None and time.monotonic() - t0 >= timeout:
+                break
+            if max_trials is not None and stats.count >= max_trials:
+                break
+            for _, study in ss.parts():
+                recover(study, spec.grace_s)
+            nxt = _next_part(ss, target)
+            if nxt is None:
+                break
+            part, study = nxt
+            study.optimize(wrapped(part), n_trials=1, catch=(Exception,), callbacks=[record(part)])
     stats.seconds = time.monotonic() - t0
     return stats
 
@@ -297,7 +229,8 @@ def wait_for_candidates(ss: StudySet, *, poll_s: float = 5.0, every_trial: bool 
             log.info("waiting for trial(s) %s of other workers %s", running,
                      "to end" if every_trial else "before choosing the repeats")
             said = True
-        time.sleep(poll_s)
+        with signals.delivered():
+            time.sleep(poll_s)
 
 
 def start_workers(spec: StudySpec, storage: str, devices: Sequence[str | None], *, n_trials: int | None = None,
@@ -353,7 +286,8 @@ def wait_workers(procs: Sequence[tuple[str, Any]]) -> list[int]:
     codes = []
     try:
         for label, p in procs:
-            codes.append(p.wait())
+            with signals.delivered():
+                codes.append(p.wait())
             if codes[-1] != 0:
                 log.warning("worker process %s exited with code %s", label, codes[-1])
     except BaseException:
@@ -365,6 +299,33 @@ def wait_workers(procs: Sequence[tuple[str, Any]]) -> list[int]:
 def spawn_workers(spec: StudySpec, storage: str, devices: Sequence[str | None], **kw: Any) -> list[int]:
     """:func:`start_workers`, then :func:`wait_workers`: one worker process per device; their exit codes."""
     return wait_workers(start_workers(spec, storage, devices, **kw))
+
+
+def _os_cause(e: BaseException | None) -> OSError | None:
+    """The OSError in ``e``'s chain (Optuna raises AssertionError when its journal append failed mid-trial)."""
+    seen = 0
+    while e is not None and seen < 16:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """A storage that fails to write mid-study (a full disk under a journal) is one :class:`StorageError` line.
+
+    A trial's own errors never get here (Optuna catches them): what escapes with an OSError in its chain is
+    the storage's.  The trial it left RUNNING is failed and retried by the next run, as a dead worker's.
+    """
+    try:
+        yield
+    except (OSError, AssertionError) as e:
+        cause = _os_cause(e)
+        if cause is None:
+            raise
+        raise StorageError(f"cannot write the study storage {url}: {cause.strerror or type(cause).__name__}; "
+                           "free space, then run the same command again (the study resumes)") from None
 
 
 def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | None = None, repeats: bool = True,
@@ -390,15 +351,16 @@ def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | No
         else:
             run_worker(ss, objective=obj, n_trials=n_trials, timeout=timeout)
 
-    work()
-    if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
-        wait_for_candidates(ss)  # pick the best among *all* candidates, not the finished ones
-        best = enqueue_repeats(ss)
-        if best:
-            log.info("repeating the best candidates %s with seeds %s", [f"{f}#{n}" for f, n in best],
-                     list(spec.seeds[1:]))
-            work()
-    wait_for_candidates(ss, every_trial=True)  # the study is done when run returns: other workers' trials too
+    with storage_errors(ss.url), signals.held():  # a retry or the repeats are never cut in two by a signal
+        work()
+        if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
+            wait_for_candidates(ss)  # pick the best among *all* candidates, not the finished ones
+            best = enqueue_repeats(ss)
+            if best:
+                log.info("repeating the best candidates %s with seeds %s", [f"{f}#{n}" for f, n in best],
+                         list(spec.seeds[1:]))
+                work()
+        wait_for_candidates(ss, every_trial=True)  # the study is done when run returns: other workers' trials too
     return ss
 
 
@@ -407,8 +369,9 @@ def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, ti
     """``revit search worker``: join an existing study and run trials until it is done."""
     if not storage:
         raise ConfigError("a worker needs --storage URL (the storage the study runs in)")
-    ss = open_studies(spec, storage, create=False, seed_offset=os.getpid())
-    return run_worker(ss, n_trials=n_trials, timeout=timeout, max_trials=max_trials, objective=objective)
+    ss = open_studies(spec, storage, create=False)  # each trial's number seeds its draw
+    with storage_errors(ss.url):
+        return run_worker(ss, n_trials=n_trials, timeout=timeout, max_trials=max_trials, objective=objective)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_k
 from revit.paths import shipped_dir
 from revit.recipes import TrainConfig
 from revit.search.space import FamilySpace, ParamRange, parse_spaces
-from revit.validation import MAX_SEED, check_fields, check_int, check_number
+from revit.validation import MAX_SEED, MAX_WAIT_S, MIN_HEARTBEAT_S, check_fields, check_int, check_number
 
 SCHEMA = "revit/study/v1"
 MAX_TRIALS = 100_000  # candidates per family: far beyond any study, short of filling a disk
@@ -288,6 +288,7 @@ class StudySpec:
         storage = d.get("storage")
         if storage is not None and not isinstance(storage, str):
             raise ConfigError(f"storage must be a storage URL or path, got {storage!r}")
+        heartbeat_s, grace_s = _liveness(d)
         description = d.get("description") or ""
         if not isinstance(description, str):
             raise ConfigError(f"description must be a string, got {description!r}")
@@ -296,14 +297,21 @@ class StudySpec:
             sampler=sampler, pruner=pruner, n_trials=n_trials, setting=setting,
             latency_table=_table_path(d.get("latency_table") or budget.table), data=data, train=train, threads=threads,
             seeds=seeds, repeat_top_k=top_k, baselines=baselines,
-            heartbeat_s=float(check_number(d.get("heartbeat_s", 20.0), "heartbeat_s", 0, lo_open=True)),
-            grace_s=float(check_number(d.get("grace_s", 120.0), "grace_s", 0, lo_open=True)),
+            heartbeat_s=heartbeat_s, grace_s=grace_s,
             description=description, source=source,
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> StudySpec:
         return cls.from_dict(load_yaml(path), str(path))
+
+
+def _liveness(d: Mapping[str, Any]) -> tuple[float, float]:
+    """``heartbeat_s`` and ``grace_s``: a beat at most every second (each is a storage write), and a grace of at
+    least two beats (a shorter one declares live trials on other hosts dead)."""
+    beat = float(check_number(d.get("heartbeat_s", 20.0), "heartbeat_s", MIN_HEARTBEAT_S, MAX_WAIT_S))
+    grace = float(check_number(d.get("grace_s", 120.0), "grace_s", 2 * beat, MAX_WAIT_S))
+    return beat, grace
 
 
 def _table_path(p: Any) -> str | None:

@@ -114,12 +114,24 @@ class SQLiteStorage(_RDB):
     unreachable_hint = ""  # a file: the cause (disk full, read-only, not a database) says it all
 
     def local_path(self, url: str) -> Path | None:
-        path = url.split(":///", 1)[1] if ":///" in url else ""
+        """The file SQLAlchemy opens for ``url`` (its ``%XX`` escapes decoded, as SQLAlchemy decodes them)."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            path = make_url(url).database or ""
+        except ArgumentError:
+            path = url.split(":///", 1)[1] if ":///" in url else ""
         return Path(path) if path and path != ":memory:" else None
 
     def connect_url(self, url: str, read_only: bool) -> str:
         path = self.local_path(url)
-        return f"sqlite:///file:{path}?mode=ro&uri=true" if read_only and path is not None else url
+        if not read_only or path is None:
+            return url
+        from urllib.parse import quote
+
+        # SQLite decodes %XX in a file: URI too, so the path is quoted for SQLite, then for SQLAlchemy
+        return sqlite_url(f"file:{quote(str(path))}", {"mode": "ro", "uri": "true"})
 
     def open(self, url: str, read_only: bool = False) -> BaseStorage:
         path = self.local_path(url)
@@ -198,7 +210,7 @@ class JournalStorage(StorageBackend):
         from optuna.storages import JournalStorage as _Journal
         from optuna.storages.journal import JournalFileBackend
 
-        from revit.search.journal import check_journal, repair_torn_tail
+        from revit.search.journal import check_journal, release_dangling_lock, repair_torn_tail
 
         path = self.local_path(url)
         assert path is not None
@@ -208,12 +220,19 @@ class JournalStorage(StorageBackend):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab"):
                     pass
-                repair_torn_tail(path)
-            return _Journal(JournalFileBackend(str(path)))
+                release_dangling_lock(path)
+                repair_torn_tail(path.absolute())
+            # Optuna's lock link points at the path it is given: an absolute one never dangles
+            return _Journal(JournalFileBackend(str(path.absolute())))
         except OSError as e:
             raise StorageError(f"cannot open the journal file {path}: {e.strerror}") from None
         except (ValueError, UnicodeDecodeError) as e:
             raise StorageError(f"journal file {path} is corrupt: {_first(e)}") from None
+        except (KeyError, TypeError, AttributeError, IndexError, AssertionError) as e:
+            # Optuna replays every record as it opens the journal; a record of a shape it does not know (an
+            # unknown op_code, a missing trial_id, a line that is no object) fails there, with these types
+            raise StorageError(f"journal file {path} is corrupt: a record Optuna cannot replay "
+                               f"({type(e).__name__}: {_first(e)})") from None
 
 
 _SUFFIXES = {".db": "sqlite", ".sqlite": "sqlite", ".sqlite3": "sqlite",
@@ -224,6 +243,14 @@ def _first(e: object) -> str:
     """The first line of an error, at most 200 characters."""
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def sqlite_url(path: str, query: dict[str, str] | None = None) -> str:
+    """The SQLite URL of a file path, taken literally: SQLAlchemy's own builder quotes ``%`` and the like,
+    which its parser would otherwise decode (``100%41.db`` is not ``100A.db``)."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=path, query=query or {}).render_as_string(hide_password=False)
 
 
 def normalize_url(url: str) -> str:
@@ -238,7 +265,7 @@ def normalize_url(url: str) -> str:
     suffix = Path(url).suffix.lower()
     if suffix in _SUFFIXES:
         kind = _SUFFIXES[suffix]
-        return f"sqlite:///{url}" if kind == "sqlite" else f"journal:{url}"
+        return sqlite_url(url) if kind == "sqlite" else f"journal:{url}"
     raise UnknownNameError(f"storage {url!r}: not a URL and not a file ending in "
                            f"{', '.join(_SUFFIXES)}; known schemes: {', '.join(STORAGES.names())}")
 
@@ -269,7 +296,8 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
 
 def default_storage(study_name: str, root: str | os.PathLike[str] = "runs/studies") -> str:
     """The default storage of a study: an SQLite file named after it."""
-    return f"sqlite:///{Path(root) / study_name}.db"
+    return sqlite_url(f"{Path(root) / study_name}.db")
 
 
-__all__ = ["STORAGES", "StorageBackend", "backend_for", "default_storage", "normalize_url", "open_storage"]
+__all__ = ["STORAGES", "StorageBackend", "backend_for", "default_storage", "normalize_url", "open_storage",
+           "sqlite_url"]

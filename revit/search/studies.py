@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from revit.errors import StorageError
-from revit.search.samplers import build_pruner, build_sampler
+from revit.search.samplers import build_pruner
 from revit.search.spec import StudySpec
 from revit.search.storage import open_storage
 
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 BASELINES = "baselines"  # the part holding the baselines (no family may take this name)
 SPEC_ATTR = "spec"  # study user attribute: what the spec was, with its fingerprint
-_SEED_STRIDE = 7919  # a resumed family sampler's seed moves by this per trial already in its study
 
 
 def part_name(study: str, part: str) -> str:
@@ -126,19 +125,30 @@ def open_studies(spec: StudySpec, storage: str | None = None, *, create: bool = 
 def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: int, read_only: bool) -> StudySet:
     """The Optuna studies of ``spec`` in ``storage`` (default: the spec's); ``create`` makes missing parts.
 
-    Each family study gets its own sampler: the spec's seed plus the family's index, plus ``seed_offset``
-    (a worker's), plus a stride per trial its study already holds, so a resumed run does not draw the
-    configs it drew before.  Raises :class:`StorageError` when the storage cannot be read, when joining
-    a study that does not exist, when a stored part has other directions or another spec fingerprint,
-    and for a study in the old single-study layout.
+    Each family study gets its own sampler: the spec's seed plus the family's index, plus ``seed_offset``,
+    moved per trial number (:class:`~revit.search.seeding.PerTrialSeed`), so neither a resumed run nor a
+    second process on the storage draws the configs drawn before.  Every stored part is checked before
+    any missing one is created.  Raises :class:`StorageError` when the storage cannot be read, when joining
+    a study that does not exist, when a stored part has other directions or another spec fingerprint or
+    is not revit's (trials without revit's stamp), and for a study in the old single-study layout.
     """
     import optuna
+
+    from revit.search.seeding import PerTrialSeed
 
     url = spec.storage_url(storage)
     st = open_storage(url, read_only=read_only)
     names = _names(st, url)
     _refuse_legacy(spec, st, url, names)
     wanted = [BASELINES, *spec.family_names]
+    fp = fingerprint(spec)
+    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
+    existing: dict[str, Any] = {}
+    for part in wanted:  # every stored part is checked before any missing one is created: a refusal writes nothing
+        name = part_name(spec.name, part)
+        if name in names:
+            existing[part] = optuna.load_study(study_name=name, storage=st)
+            _check_part(spec, existing[part], name, url, fp)
     missing = [p for p in wanted if part_name(spec.name, p) not in names]
     if missing and not create:
         if len(missing) == len(wanted):
@@ -146,25 +156,20 @@ def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: in
                                f"--storage {url}'")
         raise StorageError(f"study {spec.name!r} in {url} has no part {', '.join(missing)}: its spec had other "
                            "families; use the spec it was started with")
-    fp = fingerprint(spec)
-    directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
     parts: dict[str, Any] = {}
     for i, part in enumerate(wanted):
         name = part_name(spec.name, part)
-        if name in names:
-            study = optuna.load_study(study_name=name, storage=st)
-            _check_part(spec, study, name, url, fp)
-        else:
+        study = existing.get(part)
+        if study is None:
             study = optuna.create_study(storage=st, study_name=name, directions=directions, load_if_exists=True)
             _check_part(spec, study, name, url, fp)
-            if SPEC_ATTR not in study.user_attrs:
-                study.set_user_attr(SPEC_ATTR, _spec_attr(spec, part, fp))
+        if SPEC_ATTR not in study.user_attrs and not read_only:  # new, or created by a run stopped right then
+            study.set_user_attr(SPEC_ATTR, _spec_attr(spec, part, fp))
         if part == BASELINES:
             study.sampler = optuna.samplers.RandomSampler()  # baselines have no parameters to sample
             study.pruner = optuna.pruners.NopPruner()
         elif not read_only:
-            have = len(study.get_trials(deepcopy=False))
-            study.sampler = build_sampler(spec.sampler, i - 1 + seed_offset + _SEED_STRIDE * have)
+            study.sampler = PerTrialSeed(spec.sampler, i - 1 + seed_offset)
             study.pruner = build_pruner(spec.pruner)
         parts[part] = study
     baselines = parts.pop(BASELINES)
@@ -183,8 +188,12 @@ def _check_part(spec: StudySpec, study: Any, name: str, url: str, fp: str) -> No
     if have != want:
         raise StorageError(f"study {name!r} in {url} has directions {have}, the spec {want}; "
                            "use another name or storage")
-    stored = study.user_attrs.get(SPEC_ATTR, {})
+    stored = study.user_attrs.get(SPEC_ATTR)
     theirs = stored.get("fingerprint") if isinstance(stored, dict) else None
+    if theirs is None and (stored is not None or study.get_trials(deepcopy=False)):
+        # revit stamps a part before its first trial: trials without the stamp are another program's
+        raise StorageError(f"study {name!r} in {url} was not created by revit (it has trials but no revit spec); "
+                           "refusing to adopt it: use another study name or storage")
     if theirs is not None and theirs != fp:
         raise StorageError(f"study {name!r} in {url} was started from another spec (fingerprint {theirs}, this "
                            f"spec {fp}: budget, families, data, recipe, seeds, baselines or sampler differ); "

@@ -401,7 +401,8 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
         from revit.counting import format_spread
 
         def side(name: str, ms: Any, n: int) -> str:
-            return f"{name} test top-1 {format_spread(100 * ms[0], 100 * ms[1], n, unit='%')}"
+            spread = None if ms[1] is None else 100 * ms[1]  # null: one seed, no spread
+            return f"{name} test top-1 {format_spread(100 * ms[0], spread, n, unit='%')}"
 
         h = summary.get("study_headline")
         if h:
