@@ -896,6 +896,7 @@ JSON_REFUSALS = {  # a refused command line of every command that has --json
     "prune": f"{PRUNE} --json",
     "train": f"{TRAIN} --json",
     "search run": "search run spec_budget-900T.yaml --json",
+    "latency calibrate": "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --json",
     "search status": "search status spec.yaml --storage missing.db --json",
     "search report": "search report spec.yaml --out existing.txt --json",
     "search worker": "search worker spec.yaml --storage missing.db --json",

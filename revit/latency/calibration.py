@@ -134,14 +134,14 @@ def calibrations_of(metadata: Mapping[str, Any], source: str) -> tuple[Calibrati
 def calibration_configs(table: LatencyTable, n: int, seed: int = 0) -> list[ViTConfig]:
     """The whole models a calibration times: the table's widest uniform model, a uniform one on the middle knots,
     and random per-block ones inside the table (``n`` in all), at the table's setting and depth."""
-    from revit.config import BlockDims, ViTConfig
+    from revit.config import BLOCK_KINDS, BlockDims, ViTConfig
     from revit.latency.validate import random_configs, setting_of
 
     setting, depth = setting_of(table)
     out: list[ViTConfig] = []
     for pick in (lambda pts: pts[-1], lambda pts: pts[len(pts) // 2]):
         emb = int(pick(table.axes["embed_dim"]))
-        dims = BlockDims(*(int(pick(table.axes[k])) for k in ("heads", "qk_dim", "v_dim", "mlp_dim")))
+        dims = BlockDims(*(int(pick(table.axes[k])) for k in BLOCK_KINDS))
         out.append(ViTConfig(embed_dim=emb, blocks=(dims,) * depth, **setting))
     out += random_configs(table, max(0, n - 2), seed=random.Random(seed).randrange(1 << 30))
     return out[:n]
