@@ -19,10 +19,17 @@ from revit.latency.validate import backend_for_table, validate
 SHIPPED = "cpu_onnxruntime_fp32_bs64_t17"
 
 
+def as_built() -> LatencyTable:
+    """The shipped table as its build wrote it (the calibrations made of it since left out)."""
+    doc = LatencyTable.load(SHIPPED).to_dict()
+    doc["metadata"] = {k: v for k, v in doc["metadata"].items() if k != "calibrations"}
+    return LatencyTable.from_dict(doc, SHIPPED)
+
+
 def loaded_copy(path: Path, factor: float) -> Path:
     """The shipped table as if built on a machine ``factor`` times slower (every cell, fixed part and the
     reference block's median scaled alike: what a build under that load records)."""
-    t = LatencyTable.load(SHIPPED)
+    t = as_built()
     doc: dict[str, Any] = t.to_dict()
     doc["values"] = (np.asarray(t.values) * factor).tolist()
     doc["fixed"]["values"] = [v * factor for v in doc["fixed"]["values"]]
@@ -71,7 +78,7 @@ def test_a_table_built_under_load_is_brought_back_within_5_percent(tmp_path: Pat
 
 
 def test_calibrations_are_kept_newest_last_and_validated(tmp_path: Path) -> None:
-    t = LatencyTable.load(SHIPPED)
+    t = as_built()
     cfg = calibration_configs(t, 2)[0]
     assert cfg.embed_dim == int(t.axes["embed_dim"][-1])
     a = Calibration(created="2026-12-01T00:00:00+00:00", load_average=0.5, scale=0.8, models=(), source="exported",
@@ -114,8 +121,8 @@ class Machine:
     """A deterministic stand-in machine: blocks cost ``stepped``, a whole model 7% more than its parts (the graph's
     excess), everything times ``load``."""
 
-    def __init__(self) -> None:
-        self.load = 1.0
+    def __init__(self, once_s: float = 0.0) -> None:
+        self.load, self.once_s = 1.0, once_s
 
     def backend(self) -> Any:
         from test_latency_build import FakeBackend, _Const, stepped
@@ -131,7 +138,7 @@ class Machine:
 
             def model(self, cfg: Any, batch: int) -> Any:
                 parts = sum(stepped(cfg.embed_dim, b) for b in cfg.blocks) + 1e-5 * cfg.embed_dim
-                return _Const(machine.load * 1.07 * parts)
+                return _Const(machine.load * (1.07 * parts + machine.once_s))
 
         return Loaded(stepped)
 
@@ -160,3 +167,29 @@ def test_a_build_at_load_1_3_predicts_an_idle_machine_within_5_percent_once_cali
     assert np.allclose(before, 1.3 / 1.07 - 1, atol=0.01)
     assert np.max(np.abs(after)) <= 0.05 and cal.scale == pytest.approx(1.07 / 1.3, rel=0.02)
     assert cal.reference_ratio == pytest.approx(1 / 1.3)  # the reference block saw the build day's load too
+
+
+def test_a_cost_paid_once_per_model_is_found_and_speedups_follow(tmp_path: Path) -> None:
+    """A whole model that pays 2 ms once (a session call the blocks never showed): a scale alone would promise
+    small models too much speedup; the calibration finds the offset, and predicted speedups match the machine's."""
+    from test_latency_build import micro_grid
+
+    from revit.latency.calibration import calibrate
+    from revit.latency.profiler import BuildSettings, build_table
+    from revit.latency.validate import random_configs
+
+    m = Machine(once_s=2e-3)
+    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+                        progress=False)
+    backend = m.backend()
+    cal = calibrate(built, backend, models=6, passes=1, source="graph")
+    assert cal.offset_s == pytest.approx(2e-3, rel=0.05) and cal.scale == pytest.approx(1.07, rel=0.02)
+    table = built.with_calibration(cal)
+    cfgs = random_configs(built, 9, seed=8)
+    base, others = cfgs[0], cfgs[1:]
+    truth = {c: backend.model(c, 1).time(1)[0] for c in cfgs}
+    for c in others:
+        predicted = table.predict(base).total_s / table.predict(c).total_s
+        assert predicted == pytest.approx(truth[base] / truth[c], rel=0.01)
+    assert "+ 2.0" in cal.label and table.predict(base).fixed_s == pytest.approx(
+        cal.scale * built.predict(base).fixed_s + cal.offset_s)

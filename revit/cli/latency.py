@@ -102,7 +102,7 @@ def register(sub: Any) -> None:
     c.add_argument("--out", help="write the calibrated table here (default: the table file itself, in place; "
                                  "a shipped table needs --out)")
     add_overwrite_arg(c)
-    c.add_argument("--models", type=count(50), default=4, help="whole models timed (default 4, at most 50)")
+    c.add_argument("--models", type=count(50), default=6, help="whole models timed (default 6, at most 50)")
     c.add_argument("--passes", type=count(100), default=5, help="passes over the models, each in random order")
     c.add_argument("--source", default=None, choices=("exported", "graph"),
                    help="exported: torch.onnx files as a user deploys them (default where the backend runs ONNX "
@@ -302,6 +302,7 @@ def _calibrate(a: argparse.Namespace) -> int:
         info(f"  embed {m.embed_dim:4d}, {m.depth} blocks: table {_ms(m.predicted_s)}, measured {_ms(m.measured_s)} "
              f"(x{m.ratio:.3f})")
     ref = "" if cal.reference_ratio is None else f"; reference block x{cal.reference_ratio:.3f} of its build median"
-    info(f"scale x{cal.scale:.3f} (models within {cal.spread:.1%} of it){ref}; {cal.seconds:.0f} s")
+    info(f"fit: x{cal.scale:.3f} + {1e3 * cal.offset_s:.3f} ms per model (models within {cal.spread:.1%} of it)"
+         f"{ref}; {cal.seconds:.0f} s")
     info(f"wrote {target}: {cal.label}")
     return 0

@@ -1,11 +1,15 @@
-"""Calibration of a latency table to this machine now: one scale from a few whole models timed today.
+"""Calibration of a latency table to this machine now: a scale and a per-model offset from whole models timed today.
 
 A table's cells are what a block cost while the table was built, on whatever load the builder's machine had
 then (the reference block only removes load changes *during* the build).  A calibration times the reference
 block and a few whole models - exported with ``torch.onnx`` as a user deploys them, where the backend runs
-ONNX files - and records ``scale = median(measured / predicted)``: the load of the build day and the
-whole-graph-over-its-parts excess in one number.  The table keeps every calibration made of it
-(``metadata.calibrations``, newest last); predictions use the newest and name it.
+ONNX files - and fits ``measured = scale * predicted + offset`` over them: the scale holds the load of the
+build day and the whole graph's excess over its parts, the offset what a whole model pays once whatever its
+widths (a session call, the input and output copies), which a sum of blocks cannot see.  Without that offset the
+table promises small models too much speedup over large ones.  With fewer than three models, or models too alike
+in size to separate the two, the offset is 0 and the scale is the median ratio.  The table keeps every calibration
+made of it (``metadata.calibrations``, newest last); predictions use the newest and name it (the offset is counted
+with the fixed parts).
 
 This module is torch-free except :func:`calibrate`, which times models (and imports torch to export them).
 """
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 # the most calibrations a table keeps (the oldest go first); a scale outside this range is not a calibration
 MAX_KEPT = 20
 SCALE_RANGE = (0.02, 50.0)
+MAX_OFFSET_S = 3600.0  # as a table cell
 
 
 @dataclass(frozen=True)
@@ -54,12 +59,13 @@ class Calibration:
 
     created: str  # ISO 8601, UTC
     load_average: float  # the 1-minute load average when the timing started
-    scale: float  # median over the models of measured / predicted
+    scale: float  # slope of measured against predicted over the models (their median ratio without an offset)
     models: tuple[TimedModel, ...]
     source: str  # "exported" (torch.onnx files) or "graph" (the backend's own model graph)
     seconds: float  # how long the calibration took
     host: str = ""
     reference_ratio: float | None = None  # the reference block now / its median over the build
+    offset_s: float = 0.0  # seconds per batch a whole model pays once, beyond ``scale`` x its prediction
 
     def __post_init__(self) -> None:
         lo, hi = SCALE_RANGE
@@ -69,22 +75,29 @@ class Calibration:
             raise FileFormatError(f"calibration load average {self.load_average!r} must be a finite number >= 0")
         if self.source not in ("exported", "graph"):
             raise FileFormatError(f"calibration source must be 'exported' or 'graph', got {self.source!r}")
+        if not (math.isfinite(self.offset_s) and 0 <= self.offset_s <= MAX_OFFSET_S):
+            raise FileFormatError(f"calibration offset {self.offset_s!r} s is outside [0, {MAX_OFFSET_S:g}]")
+
+    def apply(self, predicted_s: float) -> float:
+        """A whole model's seconds per batch on this machine from the table's prediction as built."""
+        return self.scale * predicted_s + self.offset_s
 
     @property
     def label(self) -> str:
         """One line naming this calibration (what a prediction that uses it says)."""
         return (f"calibrated {self.created[:16].replace('T', ' ')} UTC on {self.host or 'this machine'} "
-                f"(load {self.load_average:.2f}, x{self.scale:.3f} from {len(self.models)} {self.source} models)")
+                f"(load {self.load_average:.2f}, x{self.scale:.3f} + {1e3 * self.offset_s:.3f} ms per model, from "
+                f"{len(self.models)} {self.source} models)")
 
     @property
     def spread(self) -> float:
-        """Largest relative deviation of one model's ratio from the scale: how well one number fits them all."""
-        return max((abs(m.ratio / self.scale - 1) for m in self.models), default=0.0)
+        """Largest relative deviation of a timed model from the calibrated prediction: how well the fit holds."""
+        return max((abs(m.measured_s / self.apply(m.predicted_s) - 1) for m in self.models), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"created": self.created, "load_average": self.load_average, "scale": self.scale,
                 "source": self.source, "seconds": round(self.seconds, 1), "host": self.host,
-                "reference_ratio": self.reference_ratio,
+                "reference_ratio": self.reference_ratio, "offset_s": self.offset_s,
                 "models": [{"embed_dim": m.embed_dim, "depth": m.depth, "predicted_s": m.predicted_s,
                             "measured_s": m.measured_s} for m in self.models]}
 
@@ -114,7 +127,9 @@ class Calibration:
                        models=timed, source=str(d.get("source", "exported")),
                        seconds=float(check_number(d.get("seconds", 0.0), "seconds", 0, 1e9, error=FileFormatError)),
                        host=str(d.get("host", ""))[:256],
-                       reference_ratio=None if ref is None else num(ref, "reference_ratio"))
+                       reference_ratio=None if ref is None else num(ref, "reference_ratio"),
+                       offset_s=float(check_number(d.get("offset_s", 0.0), "offset_s", 0, MAX_OFFSET_S,
+                                                   error=FileFormatError)))
         except (KeyError, TypeError, ValueError) as e:
             raise FileFormatError(f"{source}: malformed calibration ({e})") from None
         except FileFormatError as e:
@@ -145,6 +160,22 @@ def calibration_configs(table: LatencyTable, n: int, seed: int = 0) -> list[ViTC
         out.append(ViTConfig(embed_dim=emb, blocks=(dims,) * depth, **setting))
     out += random_configs(table, max(0, n - 2), seed=random.Random(seed).randrange(1 << 30))
     return out[:n]
+
+
+def fit_scale_offset(timed: Sequence[TimedModel]) -> tuple[float, float]:
+    """``measured = scale * predicted + offset`` by least squares, when three or more models differ enough in size
+    (largest prediction at least 1.3x the smallest) and the fit is physical (scale > 0, offset >= 0); else the
+    median ratio and no offset."""
+    import numpy as np
+
+    p = np.array([t.predicted_s for t in timed])
+    m = np.array([t.measured_s for t in timed])
+    if len(timed) >= 3 and p.max() >= 1.3 * p.min():
+        a, b = (float(x) for x in np.polyfit(p, m, 1))
+        lo, hi = SCALE_RANGE
+        if lo <= a <= hi and 0 <= b <= min(MAX_OFFSET_S, 0.5 * float(m.min())):
+            return a, b
+    return float(np.median(m / p)), 0.0
 
 
 def _load_average() -> float:
@@ -185,6 +216,6 @@ def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes:
     # cancel) and put back in seconds at the reference's level now; without a reference, the raw seconds
     now = [m * ref_ratio for m in r.measured] if ref_ratio is not None else r.raw_measured
     timed = tuple(TimedModel(c.embed_dim, c.depth, p, m) for c, p, m in zip(r.configs, r.predicted, now, strict=True))
-    scale = float(np.median([t.ratio for t in timed]))
-    return Calibration(created=created, load_average=load, scale=scale, models=timed, source=source,
+    scale, offset = fit_scale_offset(timed)
+    return Calibration(created=created, load_average=load, scale=scale, offset_s=offset, models=timed, source=source,
                        seconds=time.perf_counter() - t0, host=platform.node(), reference_ratio=ref_ratio)

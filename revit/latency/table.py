@@ -213,6 +213,7 @@ class LatencyTable:
         # the calibration predictions are scaled by: the newest one, unless built ``calibrated=False``
         self.calibration = self.calibrations[-1] if calibrated and self.calibrations else None
         self.scale = self.calibration.scale if self.calibration is not None else 1.0
+        self.offset_s = self.calibration.offset_s if self.calibration is not None else 0.0  # once per whole model
 
     def _array(self, data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
         from revit.latency.validate_table import check_grid
@@ -280,7 +281,7 @@ class LatencyTable:
         if want != have:
             diff = ", ".join(f"{k} {want[k]} vs {have[k]}" for k in want if want[k] != have[k])
             return None, f"fixed parts unknown for this setting ({diff} measured); blocks only"
-        return self.fixed.latency(cfg.embed_dim, extrapolate) * self.scale, ""
+        return self.fixed.latency(cfg.embed_dim, extrapolate) * self.scale + self.offset_s, ""
 
     def predict(self, cfg: ViTConfig, extrapolate: bool = False) -> Prediction:
         """Sum of per-block lookups plus the fixed parts, per batch of the table's batch size."""
