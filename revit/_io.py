@@ -48,7 +48,7 @@ def _atomic_output(path: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
     tmp = Path(name)
     try:
         with writer_errors(path):
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a saved file gets the usual mode
             os.close(fd)
             yield tmp
             os.replace(tmp, p)
@@ -127,7 +127,8 @@ def _disk_full(folder: Path) -> bool:
     return st.f_bavail * st.f_frsize < (1 << 16)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it): what a file or folder revit makes should honour."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

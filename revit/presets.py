@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,27 @@ for _size, (_e, _h) in {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}.
         PRESETS[_n] = _deit(_n, _e, _h, _dist)
 
 
+def hub_folder_config(folder: str) -> ViTConfig:
+    """The ViT config of a hub-format model folder (``config.json``'s ``model_args.config``), read without torch
+    and never through a link; a folder of another model is one line saying what it is."""
+    from revit import counting
+    from revit._io import load_json
+    from revit.errors import ConfigError
+
+    path = os.path.join(folder, "config.json")
+    if os.path.islink(path) or not os.path.isfile(path):
+        raise ConfigError(f"{folder}: is a folder without a config.json (give a config YAML, a preset name or a model "
+                          "folder written by `revit model save`)")
+    doc = load_json(path)
+    args = doc.get("model_args") if isinstance(doc, dict) else None
+    if not isinstance(args, dict) or not isinstance(args.get("config"), dict):
+        raise ConfigError(f"{path}: not a revit model (no model_args.config); a timm model folder is read by "
+                          f"`revit model convert local-dir:{folder}`")
+    cfg = ViTConfig.from_dict(args["config"], f"{path}: model_args.config")
+    counting.check_memory(cfg)
+    return cfg
+
+
 def get_preset(name: str) -> ViTConfig:
     try:
         return PRESETS[name]()
@@ -69,9 +91,12 @@ def get_preset(name: str) -> ViTConfig:
 
 
 def resolve_config(name_or_path: str) -> ViTConfig:
-    """A preset name or a path to a ViT-config YAML file."""
+    """A preset name, a path to a ViT-config YAML file, or a model folder in timm's hub format that revit wrote
+    (``revit model save`` / the ``hf/`` of a run: its ``config.json`` holds the whole config)."""
     if name_or_path in PRESETS:
         return get_preset(name_or_path)
+    if os.path.isdir(name_or_path):
+        return hub_folder_config(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
         from revit import counting
 

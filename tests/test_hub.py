@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,37 @@ def test_guide_example_runs() -> None:
     ns: dict[str, Any] = {}
     exec(compile(m.group(1), str(guide), "exec"), ns)
     assert (ns["folder"] / "README.md").is_file() and ns["again"].config == ns["dense"].config
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_a_model_folder_follows_the_users_umask(tmp_path: Path, tiny_cfg: Any, umask: int) -> None:
+    """A published folder is readable by whoever the user's umask lets read it (mkdtemp alone makes it 0700)."""
+    from revit.models import build_model
+    from revit.models.hub import save_pretrained
+
+    old = os.umask(umask)
+    try:
+        out = save_pretrained(build_model(tiny_cfg), tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE(os.stat(out / "config.json").st_mode) == 0o666 & ~umask
+
+
+def test_model_info_reads_a_model_folder_revit_wrote(tmp_path: Path, tiny_cfg: Any, cli: Any) -> None:
+    from revit.models import build_model
+    from revit.models.hub import save_pretrained
+
+    save_pretrained(build_model(tiny_cfg), tmp_path / "m")
+    code, out, err = cli("model", "info", tmp_path / "m", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert [(b["heads"], b["qk_dim"], b["v_dim"], b["mlp_dim"]) for b in d["blocks"]] == \
+        [(b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in tiny_cfg.blocks] and d["embed_dim"] == tiny_cfg.embed_dim
+    (tmp_path / "plain").mkdir()
+    code, out, err = cli("model", "info", tmp_path / "plain")
+    assert code == 2 and err.count("\n") == 1 and "config.json" in err
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "config.json").write_text('{"architecture": "resnet18", "num_classes": 10}')
+    code, out, err = cli("model", "info", tmp_path / "timm")
+    assert code == 2 and "model convert local-dir:" in err

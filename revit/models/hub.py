@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from revit import counting
-from revit._io import writer_errors
+from revit._io import current_umask, writer_errors
 from revit.config import ViTConfig
 from revit.errors import ConfigError, FileFormatError, RevitError
 from revit.runs import HUB_DIR, MARKER, RunKindError, RunMarker, claim_run, now, read_marker, write_marker
@@ -86,6 +86,7 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
         out.parent.mkdir(parents=True, exist_ok=True)
         # a name revit owns: a fresh temp folder (``_is_temp_of`` the run's hf/ entry), never a user's folder
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a published folder follows the user's umask
     try:
         with writer_errors(out):
             save_for_hf(model, str(tmp), safe_serialization=True,
