@@ -94,7 +94,13 @@ def test_units_of_two_are_offered_together() -> None:
 
 def test_the_goal_cost_stops_the_step() -> None:
     ch = _choose({"mlp_dim": 1.0, "heads": 2.0}, eta_abs=0.0, goal=8.0)  # cost 4 + 6 = 10 at the start
-    assert _picked(ch) == [("mlp_dim0", [1]), ("heads0", [0])]  # 10 -> 9 -> 7 <= 8
+    # 10 -> 9, then the head (next by score) would overshoot to 7: the next MLP unit lands on 8 exactly
+    assert _picked(ch) == [("mlp_dim0", [1]), ("mlp_dim0", [3])]
+
+
+def test_when_every_removal_overshoots_the_smallest_overshoot_is_taken() -> None:
+    ch = _choose({"mlp_dim": 3.0, "heads": 2.0}, eta_abs=0.0, goal=17.5)  # cost 12 + 6: need 0.5, both overshoot
+    assert _picked(ch) == [("heads0", [0])]  # the cheaper one (18 -> 16), not the MLP unit first by score (-> 15)
 
 
 def test_eta_is_calibrated_from_medians_once() -> None:

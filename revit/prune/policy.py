@@ -137,12 +137,28 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
         if eta_abs is None:
             eta_abs = calibrate_eta(eta, cands)
         e = eta_abs
-        best = min(cands, key=lambda c: (c.score(e), c.gid))
+        need = cost.cost(cfg) - goal  # in the target's cost (the penalty may be another: latency for a MACs target)
+        best = _best_within(cands, e, lambda c, cfg=cfg: cost.saving(  # type: ignore[misc]
+            cfg, by_gid[c.gid].kind, by_gid[c.gid].block, len(c.indices)), need)
         now[best.gid][list(best.indices)] = False
         del lowest[best.gid]  # only this group's alive mask changed
         removed.append({"group": by_gid[best.gid].name, "units": len(best.indices), "indices": list(best.indices),
                         "saliency": best.saliency, "saving": best.saving, "score": best.score(eta_abs)})
     return Choice(tuple(removed), now, 0.0 if eta_abs is None else eta_abs)
+
+
+def _best_within(cands: Sequence[Candidate], eta_abs: float, saving: Callable[[Candidate], float],
+                 need: float) -> Candidate:
+    """The lowest-scoring candidate whose removal does not overshoot the step's goal (``saving`` in the target's
+    cost at most ``need``); when every one would, the one that overshoots least.  One removal never takes the model
+    far below its target when a smaller one gets there (an 8-wide embedding slice is 8% of every block's MACs)."""
+    ranked = sorted(cands, key=lambda c: (c.score(eta_abs), c.gid))
+    saved: dict[int, float] = {}
+    for c in ranked:  # lazily: while the goal is far, the first one fits and is the only one priced
+        saved[c.gid] = saving(c)
+        if saved[c.gid] <= need:
+            return c
+    return min(ranked, key=lambda c: saved[c.gid])
 
 
 @dataclass(frozen=True)
