@@ -340,12 +340,28 @@ def _non_finite(obj: Any) -> str | None:
     return None
 
 
-def dumps_json(obj: Any, what: str = "the output", **kwargs: Any) -> str:
-    """``json.dumps(obj)``, refused in one line when ``obj`` holds a NaN or an infinity: those are not JSON
-    (Python would write ``NaN``/``Infinity``, which other readers reject), and a prediction or report that is
-    not finite is not an answer."""
+def finite_or_null(doc: Any) -> Any:
+    """``doc`` with every NaN or infinite number replaced by None (tuples become lists): strict JSON has no NaN,
+    and a value that does not exist (a spread of one seed, the loss of a diverged batch) is null."""
+    import math
+
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return None
+    if isinstance(doc, dict):
+        return {k: finite_or_null(v) for k, v in doc.items()}
+    if isinstance(doc, (list, tuple)):
+        return [finite_or_null(v) for v in doc]
+    return doc
+
+
+def dumps_json(obj: Any, what: str = "the output", *, nonfinite: str = "refuse", **kwargs: Any) -> str:
+    """``json.dumps(obj)`` as strict JSON: a NaN or an infinity is refused in one line (``nonfinite="refuse"``:
+    Python would write ``NaN``/``Infinity``, which other readers reject, and a prediction or report that is not
+    finite is not an answer) or written as null (``"null"``: logs and records, where it means "no value")."""
     from revit.errors import ConfigError
 
+    if nonfinite == "null":
+        obj = finite_or_null(obj)
     bad = _non_finite(obj)
     if bad is not None:
         raise ConfigError(f"{what}: {bad} is not a finite number; refused (JSON has no NaN or Infinity)")

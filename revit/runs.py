@@ -22,7 +22,6 @@ The marker, ``.revit-run.json``, is JSON with a schema version, written atomical
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from revit import __version__
-from revit._io import atomic_write_text, load_json
+from revit._io import atomic_write_text, dumps_json, load_json
 from revit._locks import RunLockedError, acquire, check_unlocked, release
 from revit.errors import FileFormatError, OutputError, RunExistsError, check_keys
 
@@ -168,7 +167,7 @@ def read_marker(folder: str | os.PathLike[str]) -> RunMarker | None:
 
 
 def write_marker(folder: str | os.PathLike[str], marker: RunMarker) -> None:
-    atomic_write_text(marker_path(folder), json.dumps(marker.to_dict(), indent=1) + "\n")
+    atomic_write_text(marker_path(folder), dumps_json(marker.to_dict(), "the run marker", indent=1) + "\n")
 
 
 def _article(kind: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from revit._io import append_text, open_new_text
+from revit._io import append_text, dumps_json, open_new_text
 from revit.config import BlockDims, ViTConfig
 from revit.errors import FileFormatError
 
@@ -124,8 +124,8 @@ class TraceWriter:
                 raise FileFormatError(f"{path}: trace exists; resume it or choose another output")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open_new_text(self.path) as f:
-                f.write(json.dumps({"schema": SCHEMA, **header}) + "\n")
+                f.write(dumps_json({"schema": SCHEMA, **header}, "the trace header") + "\n")
 
     def append(self, step: TraceStep) -> None:
         """One line, never through a symlink (``O_NOFOLLOW``)."""
-        append_text(self.path, json.dumps(step.to_dict()) + "\n", fsync=True)
+        append_text(self.path, dumps_json(step.to_dict(), "a trace step", nonfinite="null") + "\n", fsync=True)

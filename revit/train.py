@@ -11,7 +11,6 @@ tensors and load with ``map_location="cpu"`` on every device, so a run resumes o
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from revit._io import RESUME_HINT, append_text, atomic_write_text
+from revit._io import RESUME_HINT, append_text, atomic_write_text, dumps_json
 from revit.distill import DistillLoss, distillation_loss
 from revit.errors import CheckpointError, ConfigError
 from revit.models.checkpoint import save_torch
@@ -235,8 +234,9 @@ class _Trainer:
         if resume and ckpt is not None and ckpt.is_file():
             epoch = self._load(ckpt)
             if self.rank == 0:  # the log as of the checkpoint (drops a line written after it by a killed run)
-                atomic_write_text(ckpt.with_name("log.jsonl"), "".join(json.dumps(r) + "\n"
-                                                                       for r in self.result.history))
+                atomic_write_text(ckpt.with_name("log.jsonl"),
+                                  "".join(dumps_json(r, "log.jsonl", nonfinite="null") + "\n"
+                                          for r in self.result.history))
             return epoch
         if out is not None and self.rank == 0:  # no checkpoint, no finished epoch: a fresh log (each epoch once)
             out.mkdir(parents=True, exist_ok=True)
@@ -360,7 +360,7 @@ class _Trainer:
 
     def save(self, out: Path, epoch: int, record: dict[str, Any]) -> None:
         """Append ``record`` to ``log.jsonl`` and write ``checkpoint.pt`` (atomic, CPU tensors)."""
-        append_text(out / "log.jsonl", json.dumps(record) + "\n")
+        append_text(out / "log.jsonl", dumps_json(record, "log.jsonl", nonfinite="null") + "\n")
         ema, scaler = self.ema, self.scaler
         save_torch(to_cpu({
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": epoch,
@@ -405,5 +405,5 @@ def train(model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None,
     result = t.result
     result.ema = t.ema.module if t.ema is not None else None
     if out is not None and t.rank == 0:
-        atomic_write_text(out / "history.json", json.dumps(result.history, indent=1))
+        atomic_write_text(out / "history.json", dumps_json(result.history, "history.json", nonfinite="null", indent=1))
     return result

@@ -93,6 +93,14 @@ def _load_table(spec: str) -> Any:
     return LatencyTable.load(resolve_table(spec))
 
 
+def _measured(args: argparse.Namespace, solve: Any, table: Any) -> Any:
+    """``--measure``: the config re-solved until it meets ``--latency-ms`` as timed (imports torch)."""
+    from revit.latency.measured import ExportedTimer, fit_measured
+
+    return fit_measured(solve, args.latency_ms / 1e3, lambda c: float(table.predict(c).total_s), ExportedTimer(table),
+                        tolerance=args.measure_tolerance, max_rounds=args.measure_rounds)
+
+
 def run(args: argparse.Namespace) -> int:
     from revit import counting
     from revit.rules import (
@@ -141,14 +149,10 @@ def run(args: argparse.Namespace) -> int:
             budget = macs_budget(args.macs, args.convention)
         result = generate(rule, budget, setting, granularity=args.granularity, bounds=bounds, name=args.name)
         if args.measure:
-            from revit.latency.measured import ExportedTimer, fit_measured
-
             counting.check_memory(result.config)
-            fit = fit_measured(
-                lambda s: generate(rule, latency_budget(s, table), setting, granularity=args.granularity,
-                                   bounds=bounds, name=args.name),
-                args.latency_ms / 1e3, lambda c: float(table.predict(c).total_s), ExportedTimer(table),
-                tolerance=args.measure_tolerance, max_rounds=args.measure_rounds)
+            fit = _measured(args, lambda s: generate(rule, latency_budget(s, table), setting,
+                                                     granularity=args.granularity, bounds=bounds, name=args.name),
+                            table)
             result = fit.generated
 
     counting.check_memory(result.config)  # a width no machine here could hold (--embed-dim 1e9)

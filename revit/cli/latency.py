@@ -80,6 +80,13 @@ def register(sub: Any) -> None:
     q.add_argument("--out", help="write the output (text, or JSON with --json) to this file, atomically")
     q.set_defaults(func=_query)
 
+    _register_validate(lsub)
+
+    _register_calibrate(lsub)
+
+
+def _register_validate(lsub: Any) -> None:
+    """``revit latency validate``: its parser."""
     v = add_command(lsub, "validate", "measure random whole models and compare with the table's predictions",
                     "revit latency validate latency_tables/cpu_onnxruntime_fp32_bs64_t17.json --samples 50")
     v.add_argument("table")
@@ -96,6 +103,9 @@ def register(sub: Any) -> None:
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=_validate)
 
+
+def _register_calibrate(lsub: Any) -> None:
+    """``revit latency calibrate``: its parser (kept apart so each register function stays short)."""
     c = add_command(lsub, "calibrate", "scale a table to this machine now, from a few whole models timed (~1 min)",
                     "revit latency calibrate my_table.json   (a shipped table: --out my_copy.json)")
     c.add_argument("table")

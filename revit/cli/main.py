@@ -8,6 +8,7 @@ their handler functions.  A :class:`~revit.errors.RevitError` becomes one line o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from revit import __version__, logs
+from revit._io import dumps_json
 from revit.errors import RevitError
 from revit.validation import elide
 
@@ -78,9 +80,8 @@ def one_line(text: str) -> str:
 
 def json_error(message: str, kind: str) -> str:
     """The JSON error object a ``--json`` command prints on stdout when it fails (one line)."""
-    import json
 
-    return json.dumps({"error": message, "type": kind, "exit_code": 2}) + "\n"
+    return dumps_json({"error": message, "type": kind, "exit_code": 2}, "the error") + "\n"
 
 
 def report_error(message: str, kind: str, as_json: bool) -> int:
@@ -239,12 +240,11 @@ def _silence_stdout() -> None:
 def _end_process_group(clean: bool) -> None:
     """Close a torchrun process group the command started (torch is imported only if it already was)."""
     if "torch.distributed" in sys.modules:
-        try:
+        # a Ctrl-C during ``import torch`` can leave it half imported: then there is no group to close
+        with contextlib.suppress(ImportError, AttributeError):
             from revit.runtime import shutdown_distributed
 
             shutdown_distributed(clean)
-        except (ImportError, AttributeError):  # a Ctrl-C during ``import torch`` left it half imported: no group
-            pass
 
 
 if __name__ == "__main__":

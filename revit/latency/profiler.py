@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from revit import __version__
+from revit._io import dumps_json
 from revit.config import WIDTH_KINDS, BlockDims
 from revit.errors import ConfigError, FileFormatError, RunExistsError
 from revit.latency.backends.base import Backend
@@ -88,7 +89,7 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> None:
         """One ``write`` of one complete line, flushed and fsynced: a crash loses at most this line."""
-        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        line = (dumps_json(record, "a build journal record", separators=(",", ":")) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, line)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from revit._io import atomic_write_text, check_schema, load_json
+from revit._io import atomic_write_text, check_schema, dumps_json, load_json
 from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, Setting, ViTConfig
 from revit.errors import ConfigError, FileFormatError, OutsideDomainError, TableRangeError, check_keys
 from revit.paths import shipped_dir
@@ -401,9 +401,8 @@ class LatencyTable:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temp file + rename)."""
-        import json
 
-        atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")) + "\n")
+        atomic_write_text(path, dumps_json(self.to_dict(), str(path), separators=(",", ":")) + "\n")
         self.source = str(path)
 
     def summary(self) -> str:

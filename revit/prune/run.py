@@ -11,7 +11,6 @@ with :func:`revit.runs.claim_run` (kind ``prune``) before anything is written.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from revit import counting
-from revit._io import RESUME_HINT, atomic_write_text
+from revit._io import RESUME_HINT, atomic_write_text, dumps_json
 from revit.config import ViTConfig
 from revit.cost import LatencyTableLike
 from revit.distill import DistillLoss, Teacher
@@ -230,7 +229,8 @@ class PruneRun:
     def _write_trace(self) -> None:
         tr = self.pruner.trace
         header = {**self.pruner.header(settings=self._settings()), "teachers": self.teachers()}
-        lines = [json.dumps(header)] + [json.dumps(s.to_dict()) for s in tr.steps]
+        lines = [dumps_json(header, "the trace header")] + [dumps_json(s.to_dict(), "a trace step", nonfinite="null")
+                                                             for s in tr.steps]
         atomic_write_text(self.trace_path, "\n".join(lines) + "\n")
 
     def _settings(self) -> dict[str, Any]:
@@ -462,7 +462,8 @@ class PruneRun:
             cfg.save(self.out / "pruned.yaml", derived=counting.derived(cfg))
             save_weights(dense, self.out / "pruned.safetensors", hint=RESUME_HINT)
             plot_trace(self.trace_path, self.out / "plots")
-            atomic_write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
+            atomic_write_text(self.out / "metrics.json",
+                              dumps_json(metrics, "metrics.json", nonfinite="null", indent=1))
             from revit.models.hub import HUB_DIR, save_pretrained
             from revit.prune.card import prune_card
 

@@ -114,8 +114,8 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.trial.set_user_attr(A.HEARTBEAT, time.time())
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
-                pass
+            except Exception as e:  # noqa: BLE001 - a missed beat must not kill the trial
+                log.debug("trial %d: heartbeat not written (%s)", self.trial.number, e)
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

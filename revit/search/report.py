@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from revit import counting
-from revit._io import atomic_output
+from revit._io import atomic_output, dumps_json
 from revit.search import attrs as A
 from revit.search.attrs import trial_ref
 from revit.search.report_plots import _accuracy_plot, _blocks_plot, _colors, _comparison_plot, _history_plot
@@ -36,7 +36,6 @@ from revit.search.results import (
     compare,
     config_results,
     family_bests,
-    finite_or_null,
     pareto_front,
     pm,
     reference_result,
@@ -128,9 +127,9 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
               "is that family's best candidate.  Trials carry the user attributes role, family, arm, seed, group, "
               "macs, params, latency_ms, blocks, val_acc and test_acc.", ""]
     summary["plots"] = {k: str(p) for k, p in plots.items()}
-    summary = finite_or_null(json.loads(json.dumps(summary, default=str)))
+    summary = json.loads(dumps_json(summary, "the study report", nonfinite="null", default=str))
     _publish(out_dir, plots, draw, {"report.md": "\n".join(lines),
-                                    "report.json": json.dumps(summary, indent=1, allow_nan=False)})
+                                    "report.json": dumps_json(summary, "the study report", indent=1)})
     return summary
 
 
@@ -157,7 +156,7 @@ def _header(spec: StudySpec, url: str, n_trials: int, states: dict[str, int]) ->
             f"- spec: `{spec.source}`; storage: `{url}`",
             f"- objective(s): {', '.join(spec.objectives)}; sampler {spec.sampler.name}, "
             f"pruner {spec.pruner.name}; budget {spec.budget.describe()}",
-            f"- data: {json.dumps(_given(spec.data))}; training: {json.dumps(_given(spec.train))} "
+            f"- data: {dumps_json(_given(spec.data))}; training: {dumps_json(_given(spec.train))} "
             f"(other fields at their defaults); seeds {list(spec.seeds)}",
             f"- trials: {n_trials} ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})",
             "- accuracy: *held-out* = validation split carved from the training set (the value optimised); "

@@ -197,18 +197,6 @@ def best_rule_result(spec: StudySpec, bests: dict[str, ConfigResult]) -> ConfigR
     return max(rules, key=lambda g: g.mean_std(A.VAL_ACC)[0]) if rules else None
 
 
-def finite_or_null(doc: Any) -> Any:
-    """``doc`` (parsed JSON) with every NaN or infinite number replaced by None: strict JSON has no NaN, and a
-    spread of one seed or an interval of too few trials has no value (null in ``report.json`` and ``--json``)."""
-    if isinstance(doc, float) and not math.isfinite(doc):
-        return None
-    if isinstance(doc, dict):
-        return {k: finite_or_null(v) for k, v in doc.items()}
-    if isinstance(doc, list):
-        return [finite_or_null(v) for v in doc]
-    return doc
-
-
 def pm(ms: Sequence[float | None], pct: bool = True, unit: str = "") -> str:
     """``81.09 ± 0.44%`` (mean ± std over seeds), ``80.10% (n = 1)`` for one seed, ``-`` for none (NaN or
     null: a summary read back from JSON)."""

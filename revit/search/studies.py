@@ -14,12 +14,12 @@ with an edited spec cannot join silently.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from revit._io import dumps_json
 from revit.errors import StorageError
 from revit.search.samplers import build_pruner
 from revit.search.spec import StudySpec
@@ -48,7 +48,7 @@ def fingerprint(spec: StudySpec) -> str:
            "baselines": [asdict(b) for b in spec.baselines],
            "sampler": [spec.sampler.name, dict(spec.sampler.kwargs)],
            "pruner": [spec.pruner.name, dict(spec.pruner.kwargs)]}
-    text = json.dumps(doc, sort_keys=True, default=str)
+    text = dumps_json(doc, "the study spec", sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

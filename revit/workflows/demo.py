@@ -19,7 +19,6 @@ killed demo continues where it stopped):
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from revit import counting
-from revit._io import atomic_write_text, dump_yaml
+from revit._io import atomic_write_text, dump_yaml, dumps_json
 from revit.paths import shipped_dir
 from revit.workflows.demo_configs import config_table, generate_configs
 
@@ -205,7 +204,8 @@ def _run_stages(root: Path, plan: DemoPlan, claim: Any, table: Any, base_cfg: An
     timings["total"] = time.perf_counter() - t_all
     summary["seconds"] = timings
     write_demo_readme(root, rep, plan, summary)
-    atomic_write_text(rep / "summary.json", json.dumps(summary, indent=1, default=str))
+    atomic_write_text(rep / "summary.json",
+                      dumps_json(summary, "the demo summary", nonfinite="null", indent=1, default=str))
     claim.finish()
     if summary.get("study_headline"):
         log(headline(summary["study_headline"], plan))

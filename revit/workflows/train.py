@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from revit._io import atomic_write_text
+from revit._io import atomic_write_text, dumps_json
 from revit.config import ViTConfig
 from revit.data import DataSpec
 from revit.errors import ConfigError
@@ -109,7 +108,7 @@ def run_training(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, out: str
         save_weights(model, out / "model.safetensors")
         if result.ema is not None:
             save_weights(result.ema, out / "model_ema.safetensors")
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+        atomic_write_text(out / "metrics.json", dumps_json(metrics, "metrics.json", nonfinite="null", indent=1))
         if vit is not None:
             from revit.models.hub import HUB_DIR, save_pretrained
 
