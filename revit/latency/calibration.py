@@ -16,6 +16,7 @@ This module is torch-free except :func:`calibrate`, which times models (and impo
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
@@ -82,9 +83,10 @@ class Calibration:
         """A whole model's seconds per batch on this machine from the table's prediction as built."""
         return self.scale * predicted_s + self.offset_s
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
-        """One line naming this calibration (what a prediction that uses it says)."""
+        """One line naming this calibration (what a prediction that uses it says; built once: the pruner predicts
+        on every removal)."""
         return (f"calibrated {self.created[:16].replace('T', ' ')} UTC on {self.host or 'this machine'} "
                 f"(load {self.load_average:.2f}, x{self.scale:.3f} + {1e3 * self.offset_s:.3f} ms per model, from "
                 f"{len(self.models)} {self.source} models)")

@@ -290,7 +290,7 @@ class LatencyTable:
         per_block = tuple(float(x) for x in self.lookup(pts, extrapolate))
         fixed, note = self.fixed_latency(cfg, extrapolate)
         pred = Prediction(per_block_s=per_block, fixed_s=fixed, batch_size=self.batch_size, note=note,
-                          calibration=self.calibration_label if self.calibration is not None else "")
+                          calibration=self.calibration.label if self.calibration is not None else "")
         if not math.isfinite(pred.total_s):  # cells are bounded; a far extrapolation is the one way left
             raise OutsideDomainError(f"the predicted latency of this model is not a finite number ({self.source})")
         return pred
