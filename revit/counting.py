@@ -41,14 +41,23 @@ def block_macs(embed_dim: int, b: BlockDims, tokens: int, convention: Convention
 
 
 def block_params(embed_dim: int, b: BlockDims, qkv_bias: bool = True) -> int:
+    """Parameters of one block; an absent branch (heads 0, mlp_dim 0) has none, its LayerNorm included."""
     e = embed_dim
-    qkv_out = b.heads * (2 * b.qk_dim + b.v_dim)
-    p = 2 * e  # norm1
-    p += e * qkv_out + (qkv_out if qkv_bias else 0)
-    p += b.attn_v * e + e  # proj
-    p += 2 * e  # norm2
-    p += e * b.mlp_dim + b.mlp_dim + b.mlp_dim * e + e  # fc1, fc2
+    p = 0
+    if b.has_attention:
+        qkv_out = b.heads * (2 * b.qk_dim + b.v_dim)
+        p += 2 * e  # norm1
+        p += e * qkv_out + (qkv_out if qkv_bias else 0)
+        p += b.attn_v * e + e  # proj
+    if b.has_mlp:
+        p += 2 * e  # norm2
+        p += e * b.mlp_dim + b.mlp_dim + b.mlp_dim * e + e  # fc1, fc2
     return p
+
+
+def branches(cfg: ViTConfig) -> int:
+    """Number of residual branches (attention and MLP) the config's blocks have."""
+    return sum(int(b.has_attention) + int(b.has_mlp) for b in cfg.blocks)
 
 
 def stem_macs(cfg: ViTConfig) -> int:
@@ -74,7 +83,7 @@ def params(cfg: ViTConfig) -> int:
     p += cfg.num_prefix_tokens * e  # cls / dist tokens
     p += (cfg.num_patches if cfg.no_embed_class else cfg.tokens) * e  # position embedding (DeiT: + prefix)
     p += sum(block_params(e, b, cfg.qkv_bias) for b in cfg.blocks)
-    p += 2 * e * cfg.depth if cfg.init_values else 0  # layer scale gammas (ls1, ls2)
+    p += e * branches(cfg) if cfg.init_values else 0  # layer scale gammas (ls1, ls2) of the branches kept
     p += 2 * e  # final norm (or fc_norm when pooling by average)
     p += (e * cfg.num_classes + cfg.num_classes) * (2 if cfg.distilled else 1)
     return p

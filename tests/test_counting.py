@@ -11,7 +11,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from revit import counting
-from revit.config import BlockDims, ViTConfig
+from revit.config import REMOVED, BlockDims, ViTConfig
 from revit.presets import PRESETS, get_preset
 
 
@@ -47,8 +47,11 @@ def test_deit_b_matches_the_paper():
     assert abs(counting.params(cfg) - 87.3e6) < 0.1e6
 
 
-dims = st.builds(BlockDims, heads=st.integers(1, 6), qk_dim=st.integers(1, 24), v_dim=st.integers(1, 24),
+full = st.builds(BlockDims, heads=st.integers(1, 6), qk_dim=st.integers(1, 24), v_dim=st.integers(1, 24),
                  mlp_dim=st.integers(1, 96))
+# absent branches: no attention (heads 0), no MLP (mlp_dim 0), and removed blocks (the config drops them)
+dims = st.one_of(full, full.map(lambda b: BlockDims(0, 0, 0, b.mlp_dim)),
+                 full.map(lambda b: BlockDims(b.heads, b.qk_dim, b.v_dim, 0)), st.just(REMOVED))
 
 
 @st.composite
@@ -56,10 +59,12 @@ def configs(draw):
     patch = draw(st.sampled_from([2, 4, 7]))
     distilled = draw(st.booleans())
     return ViTConfig(
-        embed_dim=draw(st.integers(4, 64)), blocks=tuple(draw(st.lists(dims, min_size=1, max_size=4))),
+        embed_dim=draw(st.integers(4, 64)),
+        blocks=tuple(draw(st.lists(dims, min_size=1, max_size=4).filter(lambda bs: any(not b.is_removed for b in bs)))),
         img_size=patch * draw(st.integers(1, 4)), patch_size=patch, in_chans=draw(st.integers(1, 3)),
         num_classes=draw(st.integers(1, 12)), distilled=distilled,
         class_token=distilled or draw(st.booleans()), qkv_bias=draw(st.booleans()),
+        init_values=draw(st.sampled_from([None, 0.1])),
     )
 
 
@@ -70,6 +75,26 @@ def test_random_configs_count_exactly(cfg):
 
     macs, linear, params = measured(build_model(cfg), cfg)
     assert (counting.macs(cfg), counting.macs(cfg, "timm"), counting.params(cfg)) == (macs, linear, params)
+
+
+def test_absent_branches_and_blocks_count_exactly(tiny_cfg):
+    """heads 0, mlp_dim 0 and a removed block: counts equal FlopCounterMode and numel, and drop by the branch."""
+    from revit.models import build_model
+
+    no_attn, no_mlp = BlockDims(0, 0, 0, 64), BlockDims(3, 4, 8, 0)
+    cfg = ViTConfig(tiny_cfg.embed_dim, (no_attn, REMOVED, no_mlp, tiny_cfg.blocks[2]), tiny_cfg.setting,
+                    init_values=0.1)
+    model = build_model(cfg)
+    assert len(model.blocks) == 3 and model.blocks[0].attn is None and model.blocks[0].norm1 is None
+    assert model.blocks[1].mlp is None and model.blocks[1].norm2 is None
+    assert (counting.macs(cfg), counting.macs(cfg, "timm"), counting.params(cfg)) == measured(model, cfg)
+    full = ViTConfig(cfg.embed_dim, (BlockDims(3, 4, 8, 64), BlockDims(3, 4, 8, 64), tiny_cfg.blocks[2]),
+                     cfg.setting)
+    e, n = cfg.embed_dim, cfg.tokens
+    attn_params = 2 * e + e * 3 * 16 + 3 * 16 + 3 * 8 * e + e + e  # norm1, qkv, proj, ls1
+    mlp_params = 2 * e + e * 64 + 64 + 64 * e + e + e  # norm2, fc1, fc2, ls2
+    assert counting.params(full) - counting.params(cfg) == attn_params + mlp_params
+    assert counting.macs(full) - counting.macs(cfg) == n * e * 3 * 16 + n * 3 * 8 * e + n * n * 3 * 12 + 2 * n * e * 64
 
 
 def test_parse_and_format():

@@ -49,7 +49,11 @@ class PerHeadAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block as timm's ``Block`` (optional layer scale) with its own widths."""
+    """Pre-norm transformer block as timm's ``Block`` (optional layer scale) with its own widths.
+
+    An absent branch (``heads`` 0 or ``mlp_dim`` 0) has no modules at all, its norm and layer scale
+    included (its attributes are None): the block is the other branch and its residual.
+    """
 
     def __init__(self, dim: int, dims: BlockDims, qkv_bias: bool = True, proj_drop: float = 0.0,
                  attn_drop: float = 0.0, drop_path: float = 0.0, init_values: float | None = None,
@@ -58,18 +62,33 @@ class Block(nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.dims = dims
-        self.norm1 = norm_layer(dim, **dd)
-        self.attn = PerHeadAttention(dim, dims.heads, dims.qk_dim, dims.v_dim, qkv_bias, attn_drop, proj_drop, **dd)
-        self.ls1 = LayerScale(dim, init_values, **dd) if init_values else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = norm_layer(dim, **dd)
-        self.mlp = Mlp(dim, hidden_features=dims.mlp_dim, act_layer=act_layer, drop=proj_drop, **dd)
-        self.ls2 = LayerScale(dim, init_values, **dd) if init_values else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm1: nn.Module | None = None
+        self.attn: PerHeadAttention | None = None
+        self.ls1: nn.Module | None = None
+        self.drop_path1: nn.Module | None = None
+        if dims.has_attention:
+            self.norm1 = norm_layer(dim, **dd)
+            self.attn = PerHeadAttention(dim, dims.heads, dims.qk_dim, dims.v_dim, qkv_bias, attn_drop, proj_drop,
+                                         **dd)
+            self.ls1 = LayerScale(dim, init_values, **dd) if init_values else nn.Identity()
+            self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2: nn.Module | None = None
+        self.mlp: Mlp | None = None
+        self.ls2: nn.Module | None = None
+        self.drop_path2: nn.Module | None = None
+        if dims.has_mlp:
+            self.norm2 = norm_layer(dim, **dd)
+            self.mlp = Mlp(dim, hidden_features=dims.mlp_dim, act_layer=act_layer, drop=proj_drop, **dd)
+            self.ls2 = LayerScale(dim, init_values, **dd) if init_values else nn.Identity()
+            self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        if self.attn is not None:
+            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask,  # type: ignore[misc]
+                                                       is_causal=is_causal)))
+        if self.mlp is not None:
+            x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))  # type: ignore[misc]
+        return x
 
 
 # the options of timm's VisionTransformer block that the per-block model has, at timm's defaults

@@ -100,7 +100,7 @@ class ReViT(VisionTransformer):
         super().__init__(
             img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, num_classes=c.num_classes,
             global_pool=c.global_pool if global_pool is None else global_pool,  # type: ignore[arg-type]
-            embed_dim=c.embed_dim, depth=c.depth, num_heads=c.blocks[0].heads, qkv_bias=c.qkv_bias,
+            embed_dim=c.embed_dim, depth=c.depth, num_heads=max(1, max(b.heads for b in c.blocks)), qkv_bias=c.qkv_bias,
             init_values=c.init_values, class_token=c.class_token, no_embed_class=c.no_embed_class, fc_norm=fc_norm,
             drop_rate=drop_rate, pos_drop_rate=pos_drop_rate, patch_drop_rate=patch_drop_rate,
             proj_drop_rate=proj_drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
@@ -108,6 +108,16 @@ class ReViT(VisionTransformer):
             device=device, dtype=dtype,
         )
         self._revit_config = c
+
+    def fix_init_weight(self) -> None:
+        """timm's ``fix_init`` rescale (output projections by sqrt(2 * layer)), on the branches a block has."""
+        import math
+
+        for layer_id, layer in enumerate(self.blocks, 1):
+            for branch, out in (("attn", "proj"), ("mlp", "fc2")):
+                module = getattr(layer, branch)
+                if module is not None:
+                    getattr(module, out).weight.data.div_(math.sqrt(2.0 * layer_id))
 
     # timm records a model's construction arguments in ``_model_args`` (timm's ``create_model`` sets it,
     # ``timm.models.get_model_args`` and ``save_for_hf`` read it into config.json's ``model_args``).  A
