@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -311,3 +313,66 @@ def test_fused_scoring_launches_fewer_kernels_for_the_same_scores() -> None:
         assert row["max_rel_diff"] < 1e-12
         assert row["kernels_fused"] * 4 < row["kernels_per_group_path"]
         assert row["kernels_add"] == 1 < row["kernels_per_group_add"] == row["groups"]
+
+
+def _depth_models() -> list[tuple[str, Any]]:
+    from timm.models.vision_transformer import VisionTransformer
+
+    from revit.models import build_model, from_timm
+
+    cfg = ViTConfig(embed_dim=16, blocks=(BlockDims(2, 4, 6, 24), BlockDims(3, 2, 4, 16), BlockDims(2, 4, 4, 16),
+                                          BlockDims(2, 4, 4, 32)), img_size=8, patch_size=2, in_chans=1,
+                    num_classes=10, distilled=True)
+    timm_kw = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=16, depth=4, num_heads=2,
+                   mlp_ratio=2.0, init_values=0.5)
+    return [("revit distilled", lambda: build_model(cfg)),
+            ("timm with layer scale", lambda: from_timm(VisionTransformer(**timm_kw)))]
+
+
+@pytest.mark.parametrize("make", [m for _, m in _depth_models()], ids=[n for n, _ in _depth_models()])
+def test_fully_masked_branches_export_as_removed(make: Any) -> None:
+    """All heads of block 0, all MLP units of block 1 and both of block 2 masked: the dense export has block 0
+    without attention, block 1 without MLP and block 2 gone (depth 3), with the masked model's outputs, the
+    counts of FlopCounterMode and numel, and a structure of its own for further pruning."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from revit import counting
+    from revit.models import count_params
+    from revit.prune import Masks, derive_structure, rebuild_dense
+
+    torch.manual_seed(0)
+    model = make().eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    s = derive_structure(model)
+    masks = Masks(s)
+    masks.install(model)
+    masks.alive[s.group("heads", 0).gid][:] = False
+    masks.alive[s.group("mlp_dim", 1).gid][:] = False
+    masks.alive[s.group("v_dim", 2).gid][:] = False  # no V left: the attention goes (its heads and QK with it)
+    masks.alive[s.group("mlp_dim", 2).gid][:] = False
+    masks.alive[s.group("mlp_dim", 3).gid][::3] = False
+    masks.alive[s.embed.gid][::5] = False
+    masks.refresh()
+    masks.apply(model)
+    params = dict(model.named_parameters())
+    assert not params["blocks.0.attn.proj.bias"].any() and not params["blocks.1.mlp.fc2.bias"].any()
+    dense = rebuild_dense(model, s, masks.alive).eval()
+    new = dense.config
+    b3 = model.config.blocks[3]
+    assert new.depth == 3 and new.embed_dim == 12
+    assert new.blocks[0] == BlockDims(0, 0, 0, model.blocks[0].mlp.fc1.out_features)
+    assert not new.blocks[1].has_mlp and new.blocks[1].heads == model.blocks[1].attn.num_heads
+    assert new.blocks[2] == BlockDims(b3.heads, b3.qk_dim, b3.v_dim, b3.mlp_dim - (b3.mlp_dim + 2) // 3)
+    assert dense.blocks[0].attn is None and dense.blocks[0].norm1 is None and dense.blocks[1].norm2 is None
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert (model(x) - dense(x)).abs().max().item() < 1e-5
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        dense(x[:1])
+    assert counting.macs(new) == fc.get_total_flops() // 2
+    assert count_params(dense) == counting.params(new)
+    again = derive_structure(dense)  # a model without a branch is pruned further
+    assert [(g.kind, g.block) for g in again.groups if g.block is not None] == [
+        ("mlp_dim", 0), ("heads", 1), ("qk_dim", 1), ("v_dim", 1), *((k, 2) for k in KIND_ORDER[1:])]

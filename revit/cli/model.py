@@ -90,6 +90,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     for i, b in enumerate(d["blocks"]):
         print(f"{i:>5} {b['heads']:>5} {b['qk_dim']:>5} {b['v_dim']:>5} {b['mlp_dim']:>6} "
               f"{fc(b['macs']):>9} {fc(b['params']):>9}")
+    if not all(b.has_attention and b.has_mlp for b in cfg.blocks):
+        print("heads 0: the block has no attention branch; mlp 0: no MLP branch (neither has weights)")
     print(f"params {fc(d['params'])} ({d['params']:,})")
     print(f"MACs   {fc(d['macs'])} ({d['macs']:,})  [{counting.CONVENTIONS['nvit']}]")
     print(f"MACs   {fc(d['macs_linear_only'])} ({d['macs_linear_only']:,})  [{counting.CONVENTIONS['timm']}]")

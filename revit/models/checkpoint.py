@@ -110,7 +110,7 @@ def check_compatible(model: nn.Module, sd: Mapping[str, torch.Tensor], source: s
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in sd and sd[k].shape != v.shape]
-    problems = []
+    problems = _structure_mismatch(own.keys(), sd.keys())
     if wrong:
         problems.append(f"{len(wrong)} shape mismatch(es), e.g. {'; '.join(wrong[:3])} (checkpoint vs config)")
     if missing:
@@ -119,6 +119,30 @@ def check_compatible(model: nn.Module, sd: Mapping[str, torch.Tensor], source: s
         problems.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:3])}")
     if problems:
         raise CheckpointError(f"{source} does not match the config: " + "; ".join(problems))
+
+
+def _branches(keys: Any) -> dict[int, set[str]]:
+    """Block index -> the branches (``attn``, ``mlp``) that have weights under ``keys``."""
+    out: dict[int, set[str]] = {}
+    for k in keys:
+        parts = str(k).split(".")
+        if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+            branch = {"norm1": "attn", "ls1": "attn", "norm2": "mlp", "ls2": "mlp"}.get(parts[2], parts[2])
+            out.setdefault(int(parts[1]), set()).add(branch)
+    return out
+
+
+def _structure_mismatch(own: Any, theirs: Any) -> list[str]:
+    """The depth or branch difference between a model's keys and a checkpoint's, said first (else nothing)."""
+    mine, file = _branches(own), _branches(theirs)
+    if len(mine) != len(file):
+        return [f"the checkpoint has {len(file)} blocks, the config {len(mine)}"]
+    for i in sorted(mine):
+        for branch, what in (("attn", "attention"), ("mlp", "MLP")):
+            if (branch in mine[i]) != (branch in file.get(i, set())):
+                where = ("the config", "the checkpoint") if branch in mine[i] else ("the checkpoint", "the config")
+                return [f"block {i} has {what} in {where[0]} but not in {where[1]}"]
+    return []
 
 
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on a header
@@ -194,22 +218,31 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor], heads: int | list[int
             raise CheckpointError(f"pos_embed has {pos} tokens: not {prefix} prefix tokens + a square grid")
     head = sd.get("head.weight")
     num_classes = int(head.shape[0]) if head is not None else 0
-    blocks = []
-    for i in range(depth):
-        qkv_out = sd[f"blocks.{i}.attn.qkv.weight"].shape[0]
-        attn_v = sd[f"blocks.{i}.attn.proj.weight"].shape[1]
-        mlp = sd[f"blocks.{i}.mlp.fc1.weight"].shape[0]
-        h = heads[i] if isinstance(heads, list) else heads or max(1, attn_v // head_dim)
-        if attn_v % h or (qkv_out - attn_v) % (2 * h):
-            raise CheckpointError(f"block {i}: widths qkv {qkv_out}, v {attn_v} do not split into {h} heads")
-        qk = (qk_dim[i] if isinstance(qk_dim, list) else qk_dim) or (qkv_out - attn_v) // (2 * h)
-        if 2 * h * qk + attn_v != qkv_out:
-            raise CheckpointError(f"block {i}: qkv width {qkv_out} != heads x (2 x qk + v)")
-        blocks.append(BlockDims(h, qk, attn_v // h, mlp))
+    blocks = [_block_from_state_dict(sd, i, heads, head_dim, qk_dim) for i in range(depth)]
+    has = {k.split(".", 2)[2] for k in sd if k.startswith("blocks.") and k.count(".") >= 2}
     return ViTConfig(embed_dim=int(e), blocks=tuple(blocks), img_size=grid * int(p), patch_size=int(p),
                      in_chans=int(in_chans), num_classes=num_classes, distilled=distilled,
-                     class_token=class_token, qkv_bias="blocks.0.attn.qkv.bias" in sd,
-                     init_values=init_values if "blocks.0.ls1.gamma" in sd else None, no_embed_class=no_embed_class)
+                     class_token=class_token, qkv_bias="attn.qkv.bias" in has,
+                     init_values=init_values if has & {"ls1.gamma", "ls2.gamma"} else None,
+                     no_embed_class=no_embed_class)
+
+
+def _block_from_state_dict(sd: Mapping[str, torch.Tensor], i: int, heads: int | list[int] | None, head_dim: int,
+                           qk_dim: int | list[int] | None) -> BlockDims:
+    """Block ``i``'s widths; a branch without weights is absent (heads 0 or mlp_dim 0)."""
+    fc1 = sd.get(f"blocks.{i}.mlp.fc1.weight")
+    mlp = int(fc1.shape[0]) if fc1 is not None else 0
+    if f"blocks.{i}.attn.qkv.weight" not in sd:
+        return BlockDims(0, 0, 0, mlp)
+    qkv_out = sd[f"blocks.{i}.attn.qkv.weight"].shape[0]
+    attn_v = sd[f"blocks.{i}.attn.proj.weight"].shape[1]
+    h = heads[i] if isinstance(heads, list) else heads or max(1, attn_v // head_dim)
+    if not h or attn_v % h or (qkv_out - attn_v) % (2 * h):
+        raise CheckpointError(f"block {i}: widths qkv {qkv_out}, v {attn_v} do not split into {h} heads")
+    qk = (qk_dim[i] if isinstance(qk_dim, list) else qk_dim) or (qkv_out - attn_v) // (2 * h)
+    if 2 * h * qk + attn_v != qkv_out:
+        raise CheckpointError(f"block {i}: qkv width {qkv_out} != heads x (2 x qk + v)")
+    return BlockDims(h, qk, attn_v // h, mlp)
 
 
 def save_weights(weights: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike[str], *,

@@ -118,6 +118,11 @@ def to_timm(model: nn.Module) -> nn.Module:
 
     cfg: ViTConfig = model.config  # type: ignore[assignment]
     b0 = cfg.blocks[0]
+    partial = next((i for i, b in enumerate(cfg.blocks) if not (b.has_attention and b.has_mlp)), None)
+    if partial is not None:
+        what = "attention" if not cfg.blocks[partial].has_attention else "MLP"
+        raise CheckpointError(f"timm's VisionTransformer has no block without {what} (block {partial} has none): "
+                              "keep it a revit model (timm.create_model('revit', config=...) builds it)")
     if not cfg.is_uniform():
         raise CheckpointError("timm's ViT needs identical blocks; this config's blocks differ")
     if b0.qk_dim != b0.v_dim:

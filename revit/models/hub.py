@@ -256,6 +256,7 @@ def render_card(cfg: ViTConfig, card: ModelCard, *, table: Any = None, plot: str
         if per_block:
             row += f" {_ms(per_block[i])} |"
         lines.append(row)
+    lines += _absent_lines(cfg)
     if table is not None:
         lines += ["", "## Latency table", ""]
         source = getattr(table, "source", None)
@@ -278,6 +279,9 @@ def render_card(cfg: ViTConfig, card: ModelCard, *, table: Any = None, plot: str
         bm, bp = counting.macs(card.base_config), counting.params(card.base_config)
         lines.append(f"- **Base:** {_fmt(bm)} MACs, {_fmt(bp)} params; this model {macs / bm:.3f} x the MACs, "
                      f"{params / bp:.3f} x the params")
+        if card.base_config.depth != cfg.depth:
+            lines.append(f"- **Depth:** {cfg.depth} of the base's {card.base_config.depth} blocks "
+                         f"({card.base_config.depth - cfg.depth} removed)")
     if card.pruning_run:
         lines.append(f"- **Pruning run:** `{card.pruning_run}` (trace: `trace.jsonl`, metrics: `metrics.json`)")
     if card.training_run:
@@ -287,6 +291,18 @@ def render_card(cfg: ViTConfig, card: ModelCard, *, table: Any = None, plot: str
     if plot:
         lines += ["", "### Pruning trace", "", f"![widths at every pruning step]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+def _absent_lines(cfg: ViTConfig) -> list[str]:
+    """The card's note on blocks without a branch (none when every block has both)."""
+    no_attn = [str(i) for i, b in enumerate(cfg.blocks) if not b.has_attention]
+    no_mlp = [str(i) for i, b in enumerate(cfg.blocks) if not b.has_mlp]
+    if not (no_attn or no_mlp):
+        return []
+    parts = ([f"block(s) {', '.join(no_attn)} have no attention (0 heads)"] if no_attn else []) + \
+        ([f"block(s) {', '.join(no_mlp)} have no MLP (mlp 0)"] if no_mlp else [])
+    return ["", f"Absent branches: {'; '.join(parts)}: such a branch has no weights, its LayerNorm included, "
+                "and the block is the other branch and its residual."]
 
 
 __all__ = ["HUB_DIR", "ModelCard", "check_model_folder", "load_pretrained", "render_card", "save_pretrained"]

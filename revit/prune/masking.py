@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from revit.config import ViTConfig
+from revit.config import BlockDims, ViTConfig
 from revit.prune.structure import Structure
 
 
@@ -48,6 +48,8 @@ class Masks:
                 keep = k if keep is None else keep & k
             if keep is not None:
                 self._keep[name] = keep
+        for name in self.structure.dead_branch_params(self.alive):  # a branch with no unit left adds nothing
+            self._keep[name] = torch.zeros([1] * len(self.structure.axis_coords[name]), dtype=torch.bool)
         self._embed_keep = self.alive[self.structure.embed.gid].float()
 
     def counts(self) -> dict[int, int]:
@@ -151,11 +153,36 @@ def _query_scale(structure: Structure, name: str, axis: int, alive: Mapping[int,
 
 
 def rebuild_dense(model: nn.Module, structure: Structure, alive: Mapping[int, torch.Tensor]) -> nn.Module:
-    """A dense :class:`~revit.models.ReViT` with only the alive indices; same outputs as the masked model."""
+    """A dense :class:`~revit.models.ReViT` with only the alive indices; same outputs as the masked model.
+
+    An absent branch's parameters are left out and the blocks after a removed one renumbered.
+    """
     from revit.models import build_model
 
     cfg: ViTConfig = model.config  # type: ignore[assignment]
-    new_cfg = structure.config(cfg, alive)
-    dense = build_model(new_cfg)
-    dense.load_state_dict(dense_state_dict(model, structure, alive), strict=True)
+    dense = build_model(structure.config(cfg, alive))
+    dense.load_state_dict(_renumbered(dense_state_dict(model, structure, alive), structure.block_dims(alive),
+                                      dense.state_dict().keys()), strict=True)
     return dense.to(next(model.parameters()).device)
+
+
+def _renumbered(sd: Mapping[str, torch.Tensor], dims: list[BlockDims], keys: Any) -> dict[str, torch.Tensor]:
+    """``sd`` in the dense model's names: removed blocks dropped, later blocks renumbered, absent branches'
+    parameters (present in ``sd`` with no entry in the dense ``keys``) dropped."""
+    new_index: dict[int, int] = {}
+    for i, b in enumerate(dims):
+        if not b.is_removed:
+            new_index[i] = len(new_index)
+    wanted = set(keys)
+    out: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+            i = int(parts[1])
+            if i not in new_index:
+                continue
+            name = ".".join(["blocks", str(new_index[i]), *parts[2:]])
+            if name not in wanted and not (dims[i].has_attention and dims[i].has_mlp):
+                continue  # a parameter of the block's absent branch
+        out[name] = t
+    return out

@@ -25,6 +25,8 @@ from torch import nn
 from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, ViTConfig
 from revit.prune.graph import Analyzer, ParamAxis, StructureError, Tracer
 
+ATTENTION_KINDS = ("heads", "qk_dim", "v_dim")  # the groups of a block's attention branch
+
 
 # --- the result ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -105,11 +107,33 @@ class Structure:
             keep &= ~present | alive[g.gid][c.clamp(min=0)]
         return keep
 
+    def alive_count(self, kind: str, block: int, alive: Mapping[int, torch.Tensor]) -> int:
+        """Alive indices of a block's group (0 when the block has no such group: an absent branch)."""
+        g = next((x for x in self.groups if x.kind == kind and x.block == block), None)
+        return 0 if g is None else int(alive[g.gid].sum())
+
+    def block_dims(self, alive: Mapping[int, torch.Tensor]) -> list[BlockDims]:
+        """Every block's dense widths; a branch with a group left empty is absent (attention: no head, no QK
+        or no V index left; MLP: no unit left), a block with neither is :data:`~revit.config.REMOVED`."""
+        out = []
+        for i in range(self.depth):
+            attn = [self.alive_count(k, i, alive) for k in ATTENTION_KINDS]
+            h, q, v = attn if min(attn) > 0 else (0, 0, 0)
+            out.append(BlockDims(h, q, v, self.alive_count("mlp_dim", i, alive)))
+        return out
+
+    def dead_branch_params(self, alive: Mapping[int, torch.Tensor]) -> list[str]:
+        """Every parameter of the modules of a branch that :meth:`block_dims` finds absent (its output bias
+        included), which masking zeroes whole so that the masked branch adds nothing, as the removed one."""
+        dims = self.block_dims(alive)
+        modules = {s.module for g in self.groups if g.block is not None
+                   and not (dims[g.block].has_attention if g.kind in ATTENTION_KINDS else dims[g.block].has_mlp)
+                   for s in g.slices}
+        return [name for name in self.axis_coords if name.rpartition(".")[0] in modules]
+
     def config(self, base: ViTConfig, alive: Mapping[int, torch.Tensor]) -> ViTConfig:
-        """The dense config that keeps the alive indices."""
-        n = {g.gid: int(alive[g.gid].sum()) for g in self.groups}
-        blocks = [BlockDims(**{k: n[self.group(k, i).gid] for k in BLOCK_KINDS}) for i in range(self.depth)]
-        return base.with_blocks(blocks, embed_dim=n[self.embed.gid])
+        """The dense config that keeps the alive indices (absent branches and removed blocks as they go)."""
+        return base.with_blocks(self.block_dims(alive), embed_dim=int(alive[self.embed.gid].sum()))
 
 
 def _block_of(param: str) -> int | None:
@@ -233,11 +257,12 @@ def _numbered(groups: list[Group]) -> tuple[list[Group], int]:
     groups = sorted(groups, key=lambda x: (-1 if x.block is None else x.block, order[x.kind]))
     groups = [Group(i, x.kind, x.block, x.size, x.atom, x.slices) for i, x in enumerate(groups)]
     depth = 1 + max((x.block for x in groups if x.block is not None), default=-1)
+    complete = (sorted(BLOCK_KINDS), sorted(ATTENTION_KINDS), ["mlp_dim"])  # both branches, or one (absent other)
     for b in range(depth):
         kinds = sorted(x.kind for x in groups if x.block == b)
-        if kinds != sorted(BLOCK_KINDS):
+        if kinds not in complete:
             raise StructureError(f"block {b}: found dimension families {kinds}, expected one each of "
-                                 f"{', '.join(BLOCK_KINDS)}")
+                                 f"{', '.join(BLOCK_KINDS)} (or of one branch)")
     return groups, depth
 
 
