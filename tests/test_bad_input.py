@@ -330,6 +330,23 @@ for cid, doc, needle in [
     ("patch-mismatch", _set(CONFIG, "patch_size", 5), "multiple"),
 ]:
     case(f"model-info-{cid}", f"model info cfg_{cid}.yaml", needle, {f"cfg_{cid}.yaml": _yaml(doc)})
+# issue 30: a block may lack a branch, but a ViT keeps one block, and a head width needs heads
+REMOVED_BLOCK = {"heads": 0, "qk_dim": 0, "v_dim": 0, "mlp_dim": 0}
+for cid, blocks, needle in [
+    ("depth-0", [], "depth 0"),
+    ("all-removed", [REMOVED_BLOCK] * 2, "every block is removed"),
+    ("heads-0-qk-64", [{"heads": 0, "qk_dim": 64, "v_dim": 0, "mlp_dim": 64}], "needs qk_dim 0 and v_dim 0"),
+]:
+    files = {f"cfg_i30_{cid}.yaml": _yaml(_set(CONFIG, "blocks", blocks))}
+    case(f"i30-model-info-{cid}", f"model info cfg_i30_{cid}.yaml", needle, files)
+    case(f"i30-export-{cid}", f"model export-onnx cfg_i30_{cid}.yaml --out m.onnx", needle, files)
+    case(f"i30-prune-{cid}", f"prune --model cfg_i30_{cid}.yaml --data digits --target-macs 0.5 --out run", needle,
+         files)
+# the weights of a 3-block model (written by the ws fixture) into the 2-block micro.yaml
+case("i30-export-deeper-checkpoint", "model export-onnx micro.yaml --checkpoint deep3.safetensors --out m.onnx",
+     "the checkpoint has 3 blocks, the config 2")
+case("i30-save-deeper-checkpoint", "model save micro.yaml --checkpoint deep3.safetensors --out m",
+     "the checkpoint has 3 blocks, the config 2")
 case("config-duplicate-key", "model info cfg_dup.yaml", "given twice",
      {"cfg_dup.yaml": _yaml(CONFIG) + "embed_dim: 64\n"})
 case("generate-embed-1e9", "generate --uniform --setting micro --embed-dim 1000000000", "memory")
@@ -586,6 +603,12 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     torch.save(torch.nn.Linear(2, 2), root / "module.pth")  # a pickled nn.Module, not a state dict
+    from revit.config import ViTConfig
+    from revit.models import build_model
+    from revit.models.checkpoint import save_weights
+
+    deep = ViTConfig.from_dict(_set(CONFIG, "blocks", CONFIG["blocks"] + CONFIG["blocks"][:1]))
+    save_weights(build_model(deep), root / "deep3.safetensors")  # issue 30: deeper than micro.yaml
     from test_payloads import plant  # issue 21: a pickle that would create PWNED when loaded unsafely
 
     for f in ("payload.pth", "pl_train/checkpoint.pt", "pl_prune/state.pt", "pl.json.journal.jsonl"):
