@@ -278,3 +278,28 @@ def test_model_info_reads_a_model_folder_revit_wrote(tmp_path: Path, tiny_cfg: A
     (tmp_path / "timm" / "config.json").write_text('{"architecture": "resnet18", "num_classes": 10}')
     code, out, err = cli("model", "info", tmp_path / "timm")
     assert code == 2 and "model convert local-dir:" in err
+
+
+def test_blocks_without_a_branch_round_trip_through_local_dir(tmp_path: Path, tiny_cfg: Any) -> None:
+    """A config with an attention-less block, an MLP-less one and a removed one: saved with its card, rebuilt by
+    timm.create_model('local-dir:...', pretrained=True) elsewhere with equal outputs; the card says what is absent."""
+    from revit.config import REMOVED, BlockDims
+    from revit.models import ModelCard, build_model, save_pretrained
+
+    base = tiny_cfg.with_blocks([*tiny_cfg.blocks, tiny_cfg.blocks[0]])
+    cfg = tiny_cfg.with_blocks([BlockDims(0, 0, 0, 64), REMOVED, BlockDims(3, 4, 8, 0), tiny_cfg.blocks[2]])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    out = save_pretrained(model, tmp_path / "hub", card=ModelCard(base="a 4-block test ViT", base_config=base))
+    x = torch.randn(4, cfg.in_chans, cfg.img_size, cfg.img_size)
+    got = _reload_elsewhere(f"local-dir:{out.resolve()}", x, tmp_path, tmp_path / "elsewhere")
+    with torch.no_grad():
+        want = model(x)
+    assert torch.allclose(got["logits"], want, rtol=0, atol=1e-6), float((got["logits"] - want).abs().max())
+    doc = json.loads((out / "config.json").read_text())
+    assert [b["heads"] for b in doc["model_args"]["config"]["blocks"]] == [0, 3, 1]
+    card = (out / "README.md").read_text()
+    assert "| 0 | 0 | 0 | 0 | 64 |" in card and "| 1 | 3 | 4 | 8 | 0 |" in card
+    assert "block(s) 0 have no attention (0 heads)" in card and "block(s) 1 have no MLP (mlp 0)" in card
+    assert "**Depth:** 3 of the base's 4 blocks (1 removed)" in card
+    assert f"{_flop_macs(model, x):,}" in card

@@ -139,3 +139,58 @@ def test_onnx_export_matches_torch(tmp_path, tiny_cfg):
         x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
         (y,) = sess.run(None, {"images": x.numpy()})
         np.testing.assert_allclose(y, model(x).detach().numpy(), atol=1e-5, rtol=1e-4)
+
+
+def _without_parts(tiny_cfg):
+    """tiny_cfg with block 0 attention-less, a removed block, block 1 MLP-less: depth 3 from 4 given blocks."""
+    from revit.config import REMOVED, BlockDims
+
+    return tiny_cfg.with_blocks([BlockDims(0, 0, 0, 64), REMOVED, BlockDims(3, 4, 8, 0), tiny_cfg.blocks[2]])
+
+
+def test_blocks_without_a_branch_forward_export_info_and_convert(cli, tiny_cfg, tmp_path):
+    """Build, forward, forward_intermediates, `revit model export-onnx` (onnxruntime equals torch), `model info`,
+    and to_timm refused in one line: timm's own VisionTransformer has no block without a branch."""
+    import json
+
+    import onnxruntime as ort
+
+    from revit import counting
+    from revit.models.checkpoint import save_weights
+
+    cfg = _without_parts(tiny_cfg)
+    assert cfg.depth == 3
+    torch.manual_seed(0)
+    model = rm.build_model(cfg).eval()
+    assert [n for n, _ in model.blocks[0].named_children()] == ["norm2", "mlp", "ls2", "drop_path2"]
+    assert [n for n, _ in model.blocks[1].named_children()] == ["norm1", "attn", "ls1", "drop_path1"]
+    x = torch.randn(4, cfg.in_chans, cfg.img_size, cfg.img_size)
+    with torch.no_grad():
+        y = model(x)
+        final, inter = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x), rtol=0, atol=0)
+    assert len(inter) == 3 and inter[0].shape == (4, cfg.embed_dim, 4, 4)
+    assert y.shape == (4, cfg.num_classes)
+
+    cfg.save(tmp_path / "c.yaml")
+    save_weights(model, tmp_path / "w.safetensors")
+    code, _, err = cli("model", "export-onnx", tmp_path / "c.yaml", "--checkpoint", tmp_path / "w.safetensors",
+                       "--out", tmp_path / "m.onnx")
+    assert code == 0, err
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(got, y.numpy(), atol=1e-5, rtol=1e-4)
+
+    code, out, _ = cli("model", "info", tmp_path / "c.yaml", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["depth"] == 3 and [b["heads"] for b in d["blocks"]] == [0, 3, 1]
+    assert [b["mlp_dim"] for b in d["blocks"]] == [64, 0, 24] and d["params"] == rm.count_params(model)
+    assert [b["params"] for b in d["blocks"]] == [sum(p.numel() for p in b.parameters()) for b in model.blocks]
+    assert d["params"] == counting.params(cfg)
+    code, out, _ = cli("model", "info", tmp_path / "c.yaml")
+    assert code == 0 and "heads 0: the block has no attention branch" in out
+
+    with pytest.raises(CheckpointError, match="no block without attention") as e:
+        rm.to_timm(model)
+    assert "\n" not in str(e.value)
+    assert rm.from_timm(model).config == cfg  # a revit model converts to itself
