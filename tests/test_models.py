@@ -194,3 +194,7 @@ def test_blocks_without_a_branch_forward_export_info_and_convert(cli, tiny_cfg, 
         rm.to_timm(model)
     assert "\n" not in str(e.value)
     assert rm.from_timm(model).config == cfg  # a revit model converts to itself
+    from revit.models.checkpoint import config_from_state_dict
+
+    # the widths read back from the weights alone (head counts are not in the tensors: given, as for timm)
+    assert config_from_state_dict(model.state_dict(), heads=[0, 3, 1], qk_dim=[0, 4, 16]) == cfg
