@@ -21,6 +21,7 @@ SCHEMA = "revit/vit-config/v1"
 BLOCK_KINDS = ("heads", "qk_dim", "v_dim", "mlp_dim")  # the four widths each block has its own value of
 WIDTH_KINDS = ("embed_dim", *BLOCK_KINDS)  # the five prunable widths, in the order of "E,H,Q,V,M"
 PER_HEAD_KINDS = ("qk_dim", "v_dim")  # widths of one head (a block's attention width is heads x these)
+ATTENTION_KINDS = ("heads", *PER_HEAD_KINDS)  # the widths of a block's attention branch (all 0 without one)
 
 
 def _check_int(value: Any, what: str, minimum: int = 1) -> int:

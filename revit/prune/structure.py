@@ -22,10 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, ViTConfig
+from revit.config import ATTENTION_KINDS, BLOCK_KINDS, WIDTH_KINDS, BlockDims, ViTConfig
 from revit.prune.graph import Analyzer, ParamAxis, StructureError, Tracer
-
-ATTENTION_KINDS = ("heads", "qk_dim", "v_dim")  # the groups of a block's attention branch
 
 
 # --- the result ---------------------------------------------------------------------------------
