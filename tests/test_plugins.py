@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from importlib.metadata import PackageNotFoundError, distribution
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _installed() -> None:
+def _installed() -> Iterator[None]:
+    """The toy plug-in's entry points are installed; its code is imported from beside this file (the checkout
+    under test, whichever checkout the editable install points at), here and in the subprocesses."""
     try:
         distribution("revit-toy-plugin")
     except PackageNotFoundError:
         pytest.fail(f"the toy plugin is not installed: run `make test`, or pip install -e {PLUGIN}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(PLUGIN))
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(PLUGIN), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        yield
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:

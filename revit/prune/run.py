@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from revit.cost import LatencyTableLike
 from revit.distill import DistillLoss, Teacher
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.models.checkpoint import save_torch, save_weights
-from revit.prune.criteria import CRITERIA
+from revit.prune.criteria import check_criterion
 from revit.prune.global_pruner import GlobalPruner
 from revit.prune.policy import Schedule, Target
 from revit.runtime import (
@@ -65,6 +65,7 @@ class PruneConfig:
 
     target: Target = Target("macs", 0.5)
     criterion: str = "hessian"
+    criterion_options: Mapping[str, Any] = field(default_factory=dict)  # the criterion's declared options, by name
     epochs: float = 1.0
     prune_steps: int | None = None  # by budget: number of pruning steps (None: automatic)
     interval: int | None = None
@@ -106,7 +107,7 @@ class PruneConfig:
             raise ConfigError("eval_size and workers must be >= 0")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
-        CRITERIA.get(self.criterion)  # raises with the known names
+        check_criterion(self.criterion, self.criterion_options)  # an unknown name, key or value: one line
         self.loss()  # the weights' own checks
         from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
 
@@ -138,7 +139,7 @@ class PruneConfig:
         """The recipe as flat JSON values, the target as ``target`` (ratio) and ``target_kind``."""
         flat = {f.name: getattr(self, f.name) for f in fields(self)}
         return {"target": self.target.ratio, "target_kind": self.target.kind,
-                **{k: v for k, v in flat.items() if k != "target"}}
+                **{k: v for k, v in flat.items() if k != "target" and (k != "criterion_options" or v)}}
 
 
 @dataclass
@@ -196,7 +197,7 @@ class PruneRun:
             teacher.module.to(self.device).eval().requires_grad_(False)
         self.pruner = GlobalPruner(model, target=cfg.target, schedule=cfg.schedule(self.per_epoch), table=table,
                                    criterion=cfg.criterion, eta=cfg.eta, ema=cfg.ema, granularity=cfg.granularity,
-                                   seed=cfg.seed, evaluator=self._evaluate)
+                                   seed=cfg.seed, evaluator=self._evaluate, criterion_options=cfg.criterion_options)
         self.model = self.pruner.model
         self.base = self.pruner.base
         from revit.train import TrainConfig, make_optimizer

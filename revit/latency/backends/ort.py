@@ -18,6 +18,7 @@ from revit.config import BlockDims, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency import graphs
 from revit.latency.backends.base import BACKENDS, Backend, Workload, cpu_name
+from revit.options import Option
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -51,13 +52,14 @@ class _Run(Workload):
         self._keep.clear()
 
 
-@BACKENDS.register("onnxruntime")
+@BACKENDS.register
 class OrtBackend(Backend):
     """onnxruntime InferenceSession; ``device`` is cpu, cuda or tensorrt (the execution provider)."""
 
     name = "onnxruntime"
     description = "ONNX Runtime (default; --device cpu, cuda or tensorrt picks the execution provider)"
-    option_names = ("graph",)
+    option_specs = (Option("graph", "shared", "onnxruntime block graph: one shared graph whose weights are inputs, "
+                           "or a static graph per cell", choices=("shared", "per-cell")),)
 
     def __init__(self, *, graph: str = "shared", opt_level: str = "all", **kw: Any) -> None:
         super().__init__(**kw)
