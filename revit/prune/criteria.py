@@ -303,7 +303,7 @@ class NvitCode(Criterion):
     """
 
     name = "nvit-code"
-    option_specs = tuple(Option(f"norm_{k}", v, f"normaliser c of a {k} unit's sum (the official code: {v:g})")
+    option_specs = tuple(Option(f"norm_{k}", v, f"divides the sum of one {k} unit (the official code: {v:g})")
                          for k, v in NVIT_NORMALISERS.items())
 
     def __init__(self, structure: Structure | None = None, seed: int = 0,
