@@ -107,7 +107,9 @@ class PruneConfig:
             raise ConfigError("eval_size and workers must be >= 0")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
-        check_criterion(self.criterion, self.criterion_options)  # an unknown name, key or value: one line
+        # an unknown name, key or value is one line; the given options are kept parsed ("0.5" -> 0.5)
+        parsed = check_criterion(self.criterion, self.criterion_options)
+        object.__setattr__(self, "criterion_options", {k: parsed[k] for k in self.criterion_options})
         self.loss()  # the weights' own checks
         from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
 

@@ -145,8 +145,8 @@ def _check_value(v: Any, default: Any, at: str) -> None:
 
 def _kwargs(cls: Any, given: Mapping[str, Any], what: str) -> dict[str, Any]:
     kw = {k: v for k, v in given.items() if k != "name"}
-    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
-              if n not in ("self", "args", "kwargs")}
+    params = {n: p for n, p in inspect.signature(cls).parameters.items()  # a class's or a function's arguments
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     check_keys(kw, list(params), f"{what} {given['name']!r}", what="argument")
     for k, v in kw.items():
         _check_value(v, params[k].default, f"{what}.{k}")
