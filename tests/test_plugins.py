@@ -5,6 +5,7 @@ command line takes them without any edit to revit (tests/plugins/revit_toy_plugi
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 
 from revit.cli.main import main
 from revit.config import Granularity, Setting
+from revit.errors import ConfigError
 from revit.latency.table import LatencyTable
 from revit.registry import CRITERIA_GROUP
 
@@ -272,3 +274,172 @@ def test_criteria_and_backends_of_the_wrong_kind_are_one_line_naming_the_package
         assert f"{name!r} (entry point" in r["err"] and f"package {BROKEN_PKG}" in r["err"], r["err"]
     assert sorted(p.name for p in broken_runs["work"].iterdir()) == []  # nothing written
     assert "taken by a built-in importance criterion" in broken_runs["criteria_broken"][f"hessian ({BROKEN_PKG})"]
+
+
+# issue 28 item 2: plug-ins that carry their own knowledge ---------------------------------------------
+REGISTRIES = {"criteria": ("revit.prune.criteria", "CRITERIA"), "backends": ("revit.latency.backends", "BACKENDS"),
+              "rule-families": ("revit.rules.base", "FAMILIES"), "samplers": ("revit.search.samplers", "SAMPLERS"),
+              "optuna-pruners": ("revit.search.samplers", "PRUNERS"), "storages": ("revit.search.storage", "STORAGES"),
+              "cost-models": ("revit.cost", "COSTS")}
+
+
+def _registry(family: str) -> Any:
+    import importlib
+
+    module, attr = REGISTRIES[family]
+    return getattr(importlib.import_module(module), attr)
+
+
+@pytest.mark.parametrize("family", list(REGISTRIES))
+def test_every_plugin_has_its_name_once_and_a_description(family: str) -> None:
+    """Each member is registered under the name its class carries (or an alias it declares), and has a one-line
+    description; `revit plugins FAMILY --json` shows the same members and descriptions."""
+    reg = _registry(family)
+    members = reg.loaded()
+    assert members
+    for name, cls in members.items():
+        assert getattr(cls, reg.key) == name or name in getattr(cls, "aliases", ()), (name, cls)
+        assert reg.describe(name).strip() and "\n" not in reg.describe(name), name
+    r = subprocess.run([sys.executable, "-m", "revit", "plugins", family, "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)[family]
+    assert {m["name"] for m in listed["members"]} | {a for m in listed["members"] for a in m["aliases"]} == set(members)
+    assert all(m["description"] == reg.describe(m["name"]) for m in listed["members"])
+
+
+def test_the_registry_takes_the_name_from_the_class() -> None:
+    from revit.registry import Registry
+
+    class Base:
+        name = ""
+
+    reg: Registry[type[Base]] = Registry("thing", base=Base)
+
+    @reg.register
+    class One(Base):
+        """The first thing."""
+
+        name, aliases = "one", ("uno",)
+
+    assert reg.get("one") is One and reg.get("uno") is One and reg.name_of(One) == "one"
+    assert reg.describe("one") == "The first thing." and [r["aliases"] for r in reg.catalogue()] == [["uno"]]
+    with pytest.raises(TypeError, match="has no 'name'"):
+        reg.register(Base)
+
+
+def test_help_shows_each_plugin_with_its_description_and_options() -> None:
+    prune = subprocess.run([sys.executable, "-m", "revit", "prune", "--help"], capture_output=True, text=True).stdout
+    assert "importance criterion (--criterion):" in prune and "--criterion-option KEY=VALUE" in prune
+    assert "toy plugin: sum of |w|**power over the weights an index owns" in prune
+    assert "option power=1.0  exponent of |w| summed over the owned weights" in prune
+    assert "option norm_mlp_dim=1.0" in prune  # a built-in's options too
+    build = subprocess.run([sys.executable, "-m", "revit", "latency", "build", "--help"], capture_output=True,
+                           text=True).stdout
+    flat = " ".join(build.split())
+    assert "--speed FLOAT how many times faster than 1 ps per MAC the toy device runs (--backend toy; default 1.0)" \
+        in flat, build
+    assert "--graph shared|per-cell" in build and "(--backend onnxruntime; default shared)" in flat
+    assert "analytic toy device: 1 ps per MAC + 1 us per call" in build
+    r = _python("""
+        import contextlib, io, sys
+        from revit.cli.main import main
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main(["--help"]) == 0
+        assert "latency" in out.getvalue()
+        assert "torch" not in sys.modules and not any(m.startswith("revit_toy_plugin") for m in sys.modules)
+    """)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_backend_option_reaches_the_backend_from_its_own_flag(tmp_path: Path, capsys: Any) -> None:
+    """`--speed 4` (declared by the toy backend) divides every cell's time by 4, and is recorded in the table."""
+    from revit_toy_plugin.backend import CALL_OVERHEAD_S, SECONDS_PER_MAC, _block_macs
+
+    from revit.config import BlockDims
+
+    out = tmp_path / "t.json"
+    assert main(["latency", "build", "--backend", "toy", "--speed", "4", "--preset", "micro", "--batch", "8",
+                 "--no-reference", "--passes", "1", "--repeats", "1", "--warmup", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    t = LatencyTable.load(out)
+    assert t.metadata["backend_settings"]["speed"] == 4.0
+    cell = tuple(int(t.axes[a][0]) for a in t.axes)
+    want = (CALL_OVERHEAD_S + 8 * _block_macs(cell[0], BlockDims(*cell[1:]), 17) * SECONDS_PER_MAC) / 4
+    assert float(t.lookup([cell])[0]) == pytest.approx(want, rel=1e-9)
+    capsys.readouterr()
+    for argv, msg in ((["--backend", "toy", "--speed", "fast"], "backend 'toy': speed must be a number, got 'fast'"),
+                      (["--backend", "toy", "--speed", "0"], "speed must be > 0"),
+                      (["--backend", "onnxruntime", "--speed", "2"], "--speed is an option of --backend toy")):
+        assert main(["latency", "build", *argv, "--out", str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json"]
+    assert main(["latency", "backends", "--json"]) == 0
+    rows = {m["name"]: m for m in json.loads(capsys.readouterr().out)["members"]}
+    assert rows["toy"]["options"] == [{"name": "speed", "default": 1.0, "choices": None,
+                                       "help": "how many times faster than 1 ps per MAC the toy device runs"}]
+    assert rows["torch"]["description"].startswith("torch eager")
+
+
+def _random_weights_model() -> Any:
+    from revit.models import build_model
+    from revit.presets import resolve_config
+
+    torch.manual_seed(0)
+    model = build_model(resolve_config("revit_micro"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))
+    return model
+
+
+def test_criterion_options_reach_the_criterion_from_the_library() -> None:
+    """The toy criterion's `power` (sum |w|^2 is magnitude squared) and nvit-code's normalisers (a normaliser
+    of 2 divides a one-unit index's score by 4), through GlobalPruner's and build_criterion's options."""
+    from revit.prune import GlobalPruner, build_criterion, derive_structure
+
+    model = _random_weights_model()
+    s = derive_structure(model)
+    params = dict(model.named_parameters())
+    toy2 = build_criterion("toy", s, options={"power": 2.0})(params, {})
+    mag = build_criterion("magnitude", s)(params, {})
+    for gid in toy2:
+        torch.testing.assert_close(toy2[gid], mag[gid] ** 2)
+    grads = {k: torch.randn_like(p) for k, p in params.items()}
+    default = build_criterion("nvit-code", s)(params, grads)
+    pruner = GlobalPruner(model, target_macs=0.5, total_steps=4, criterion="nvit-code",
+                          criterion_options={"norm_mlp_dim": 2.0})
+    scaled = pruner.criterion(params, grads)
+    for g in s.groups:
+        torch.testing.assert_close(scaled[g.gid], default[g.gid] / (4 if g.kind == "mlp_dim" else 1))
+    with pytest.raises(ConfigError, match="criterion 'nvit-code' has no option 'norm_mlp'; its options: norm_embed_dim"):
+        build_criterion("nvit-code", s, options={"norm_mlp": 2.0})
+
+
+def test_prune_config_checks_and_parses_criterion_options() -> None:
+    from revit.prune import PruneConfig
+
+    assert PruneConfig(criterion="toy", criterion_options={"power": "2"}).criterion_options == {"power": 2.0}
+    assert "criterion_options" not in PruneConfig().settings()  # traces of runs without options are unchanged
+    assert PruneConfig(criterion="toy", criterion_options={"power": 2}).settings()["criterion_options"] == {"power": 2}
+    for crit, opts, msg in (("hessian", {"x": 1}, "criterion 'hessian' has no option 'x'; its options: none"),
+                            ("toy", {"power": "big"}, "criterion 'toy': power must be a number, got 'big'"),
+                            ("toy", {"power": float("nan")}, "power must be a finite number")):
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            PruneConfig(criterion=crit, criterion_options=opts)
+
+
+@pytest.mark.parametrize(("argv", "msg"), [
+    (["--criterion", "toy", "--criterion-option", "powr=2"], "criterion 'toy' has no option 'powr'; its options: power"),
+    (["--criterion", "toy", "--criterion-option", "power=x"], "criterion 'toy': power must be a number, got 'x'"),
+    (["--criterion", "toy", "--criterion-option", "power"], "--criterion-option takes KEY=VALUE, got 'power'"),
+    (["--criterion-option", "norm_heads=1", "--criterion-option", "norm_heads=2"], "norm_heads is given twice"),
+])
+def test_a_bad_criterion_option_is_one_line_and_writes_nothing(tmp_path: Path, capsys: Any, argv: list[str],
+                                                               msg: str) -> None:
+    out = tmp_path / "p"
+    assert main(["prune", "--model", "revit_micro", "--data", "digits", "--target-macs", "0.8", *argv,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1 and err.startswith("revit: error: "), err
+    assert not out.exists()
