@@ -5,13 +5,13 @@ command line takes them without any edit to revit (tests/plugins/revit_toy_plugi
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import textwrap
-from importlib.metadata import PackageNotFoundError, distribution
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def _installed() -> Iterator[None]:
         pytest.fail(f"the toy plugin is not installed: run `make test`, or pip install -e {PLUGIN}")
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(PLUGIN))
-        mp.setenv("PYTHONPATH", os.pathsep.join([str(PLUGIN), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        mp.setenv("PYTHONPATH", os.pathsep.join([str(PLUGIN), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         yield
 
 
@@ -412,7 +412,7 @@ def test_criterion_options_reach_the_criterion_from_the_library() -> None:
     scaled = pruner.criterion(params, grads)
     for g in s.groups:
         torch.testing.assert_close(scaled[g.gid], default[g.gid] / (4 if g.kind == "mlp_dim" else 1))
-    with pytest.raises(ConfigError, match="criterion 'nvit-code' has no option 'norm_mlp'; its options: norm_embed_dim"):
+    with pytest.raises(ConfigError, match="'nvit-code' has no option 'norm_mlp'; its options: norm_embed_dim"):
         build_criterion("nvit-code", s, options={"norm_mlp": 2.0})
 
 
@@ -430,7 +430,7 @@ def test_prune_config_checks_and_parses_criterion_options() -> None:
 
 
 @pytest.mark.parametrize(("argv", "msg"), [
-    (["--criterion", "toy", "--criterion-option", "powr=2"], "criterion 'toy' has no option 'powr'; its options: power"),
+    (["--criterion", "toy", "--criterion-option", "powr=2"], "'toy' has no option 'powr'; its options: power"),
     (["--criterion", "toy", "--criterion-option", "power=x"], "criterion 'toy': power must be a number, got 'x'"),
     (["--criterion", "toy", "--criterion-option", "power"], "--criterion-option takes KEY=VALUE, got 'power'"),
     (["--criterion-option", "norm_heads=1", "--criterion-option", "norm_heads=2"], "norm_heads is given twice"),
