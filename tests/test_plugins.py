@@ -38,7 +38,8 @@ def _installed() -> Iterator[None]:
         pytest.fail(f"the toy plugin is not installed: run `make test`, or pip install -e {PLUGIN}")
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(PLUGIN))
-        mp.setenv("PYTHONPATH", os.pathsep.join([str(PLUGIN), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        path = [str(PLUGIN), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        mp.setenv("PYTHONPATH", os.pathsep.join(path).rstrip(os.pathsep))
         yield
 
 
