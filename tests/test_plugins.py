@@ -168,6 +168,8 @@ BROKEN_MODULES = {
     "revit_broken_kinds.py": "NUMBER = 3\n\ndef make():\n    return 1\n\nclass Unrelated:\n    pass\n",
     "revit_broken_raises.py": "raise RuntimeError('this plug-in cannot be imported')\n",
     "revit_broken_exits.py": "import sys\nsys.exit(3)\n",
+    "revit_broken_misnamed.py": "from revit.prune.criteria import Hessian\n\nclass Misnamed(Hessian):\n"
+                                "    name = 'other'\n",
 }
 BROKEN_ENTRY_POINTS = {  # group -> {name: object}; one distribution declares them all
     "revit.rule_families": {"fam-raises": "revit_broken_raises:Family", "fam-exits": "revit_broken_exits:Family",
@@ -175,9 +177,12 @@ BROKEN_ENTRY_POINTS = {  # group -> {name: object}; one distribution declares th
                             "fam-class": "revit_broken_kinds:Unrelated", "uniform": "revit_broken_kinds:Unrelated"},
     CRITERIA_GROUP: {"crit-int": "revit_broken_kinds:NUMBER", "crit-function": "revit_broken_kinds:make",
                      "crit-class": "revit_broken_kinds:Unrelated", "crit-exits": "revit_broken_exits:Thing",
-                     "hessian": "revit_broken_kinds:Unrelated"},
+                     "hessian": "revit_broken_kinds:Unrelated", "crit-misnamed": "revit_broken_misnamed:Misnamed"},
     "revit.backends": {"be-int": "revit_broken_kinds:NUMBER", "be-function": "revit_broken_kinds:make",
                        "be-class": "revit_broken_kinds:Unrelated", "be-raises": "revit_broken_raises:Backend"},
+    "revit.samplers": {"samp-raises": "revit_broken_raises:Sampler", "samp-int": "revit_broken_kinds:NUMBER",
+                       "tpe": "revit_broken_kinds:Unrelated"},
+    "revit.optuna_pruners": {"opr-class": "revit_broken_kinds:Unrelated"},
 }
 # each command runs in one process that sees every broken entry point above: those that do not name one work
 BROKEN_RUNS = [
@@ -190,9 +195,11 @@ BROKEN_RUNS = [
                                                              "fam-class")),
     ["generate", "--rule", "no-such-rule", "--macs", "4.6G"],
     *(["prune", "--model", "revit_micro", "--target-macs", "0.5", "--criterion", n, "--out", f"p-{n}"]
-      for n in ("crit-int", "crit-function", "crit-class", "crit-exits")),
+      for n in ("crit-int", "crit-function", "crit-class", "crit-exits", "crit-misnamed")),
     *(["latency", "build", "--backend", n, "--out", f"t-{n}.json"] for n in ("be-int", "be-function", "be-class",
                                                                            "be-raises")),
+    ["plugins", "--json"],
+    *(["search", "run", f"../{n}.yaml", "--storage", f"{n}.db"] for n in ("samp-raises", "samp-int", "opr-class")),
 ]
 BROKEN_SCRIPT = """
 import contextlib, io, json, sys
@@ -221,6 +228,12 @@ def broken_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"[{group}]\n" + "".join(f"{n} = {v}\n" for n, v in eps.items()) for group, eps in BROKEN_ENTRY_POINTS.items()))
     for name, text in BROKEN_MODULES.items():
         (root / name).write_text(text)
+    from revit.search.testing import tiny_study_doc
+
+    for name, doc in (("samp-raises", tiny_study_doc(sampler={"name": "samp-raises"})),
+                      ("samp-int", tiny_study_doc(sampler={"name": "samp-int"})),
+                      ("opr-class", tiny_study_doc(pruner={"name": "opr-class"}))):
+        (root / f"{name}.yaml").write_text(json.dumps(doc))  # JSON is YAML
     work = root / "work"
     work.mkdir()
     r = subprocess.run([sys.executable, "-c", BROKEN_SCRIPT, json.dumps(BROKEN_RUNS)], capture_output=True, text=True,
@@ -444,3 +457,114 @@ def test_a_bad_criterion_option_is_one_line_and_writes_nothing(tmp_path: Path, c
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1 and err.startswith("revit: error: "), err
     assert not out.exists()
+
+
+def test_broken_samplers_and_optuna_pruners_fail_alone(broken_runs: dict[str, Any]) -> None:
+    """The sampler and Optuna-pruner groups fail alone like the others: a spec naming a broken one is one line
+    naming the package, `revit plugins` lists them as broken, a plug-in taking `tpe` leaves Optuna's TPE; a
+    class that calls itself otherwise than its entry point is broken too (a name is written once)."""
+    runs = broken_runs["runs"]
+    for name, why in (("samp-raises", "RuntimeError: this plug-in cannot be imported"), ("samp-int", "is an int (3)"),
+                      ("opr-class", "is the class revit_broken_kinds.Unrelated")):
+        r = runs[f"search run ../{name}.yaml --storage {name}.db"]
+        assert r["rc"] == 2 and r["err"].count("\n") == 1 and why in r["err"], r["err"]
+        assert f"{name!r} (entry point" in r["err"] and f"package {BROKEN_PKG}" in r["err"], r["err"]
+    listed = runs["plugins --json"]
+    assert listed["rc"] == 0, listed["err"]
+    doc = json.loads(listed["out"])
+    assert {b["name"] for b in doc["samplers"]["broken"]} == {"samp-raises", "samp-int", f"tpe ({BROKEN_PKG})"}
+    assert {b["name"] for b in doc["optuna-pruners"]["broken"]} == {"opr-class"}
+    assert "tpe" in {m["name"] for m in doc["samplers"]["members"]}
+    assert doc["samplers"]["entry_point_group"] == "revit.samplers"
+    assert doc["optuna-pruners"]["entry_point_group"] == "revit.optuna_pruners"
+    misnamed = runs[" ".join(next(r for r in BROKEN_RUNS if "crit-misnamed" in r))]["err"]
+    assert "calls itself 'other': write the name once, in the entry point" in misnamed, misnamed
+
+
+# the plug-in guide's example package (docs/guides/plugins.md), installed and run through the command line --------
+EXAMPLE = ROOT / "examples" / "revit_example_plugin"
+
+
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """examples/revit_example_plugin installed without pip: a dist-info whose entry points are those of its
+    pyproject.toml, beside the package on PYTHONPATH (what an install puts in site-packages); returns the env."""
+    import tomllib
+
+    site = tmp_path_factory.mktemp("example_site")
+    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
+    dist = site / f"revit_example_plugin-{project['version']}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{n} = {v}\n" for n, v in eps.items())
+        for group, eps in project["entry-points"].items()))
+    assert set(project["entry-points"]) == {"revit.criteria", "revit.backends", "revit.rule_families",
+                                            "revit.samplers"}
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(site), str(EXAMPLE), str(ROOT), *sys.path])}
+
+
+def _run_all(argvs: list[list[str]], cwd: Path, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each command line through revit's main, in one process that sees the example package."""
+    r = subprocess.run([sys.executable, "-c", BROKEN_SCRIPT, json.dumps(argvs)], capture_output=True, text=True,
+                       cwd=cwd, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {" ".join(x["argv"]): x for x in json.loads(r.stdout.splitlines()[-1])[:-1]}
+
+
+def test_the_guide_example_package_runs_through_the_cli(example_site: dict[str, str], tmp_path: Path) -> None:
+    """Its criterion (with an option), its backend (with its own flag) and its rule family, each by the command
+    that uses it; `revit plugins` lists all four members with their descriptions and options."""
+    from revit import counting
+    from revit.config import BlockDims
+
+    build = ["latency", "build", "--backend", "macs-clock", "--ns-per-mac", "0.002", "--preset", "micro", "--batch",
+             "8", "--no-reference", "--passes", "1", "--repeats", "1", "--warmup", "0", "--out", "t.json",
+             "--no-progress"]
+    prune = ["prune", "--model", "revit_micro", "--data", "digits", "--train-limit", "200", "--target-macs", "0.9",
+             "--criterion", "fisher", "--criterion-option", "power=0.5", "--batch-size", "64", "--eval-size", "0",
+             "--test-limit", "0", "--threads", "1", "--no-progress", "--out", "p"]
+    generate = ["generate", "--rule", "taper-20", "--embed-dim", "64", "--setting", "micro"]
+    runs = _run_all([["plugins", "--json"], build, prune, generate], tmp_path, example_site)
+    assert all(r["rc"] == 0 for r in runs.values()), {k: r["err"][-500:] for k, r in runs.items() if r["rc"]}
+    listed = json.loads(runs["plugins --json"]["out"])
+    for family, name, option in (("criteria", "fisher", "power"), ("backends", "macs-clock", "ns_per_mac"),
+                                 ("rule-families", "taper", None), ("samplers", "tpe-warm", None)):
+        row = next(m for m in listed[family]["members"] if m["name"] == name)
+        assert row["description"] and [o["name"] for o in row["options"]] == ([option] if option else []), row
+    t = LatencyTable.load(tmp_path / "t.json")
+    cell = tuple(int(t.axes[a][-1]) for a in t.axes)
+    per_mac = float(t.lookup([cell])[0]) / (8 * counting.block_macs(cell[0], BlockDims(*cell[1:]), 17))
+    assert per_mac == pytest.approx(0.002e-9, rel=1e-9) and t.metadata["backend_settings"]["ns_per_mac"] == 0.002
+    header = json.loads((tmp_path / "p" / "trace.jsonl").read_text().splitlines()[0])
+    assert header["criterion"] == "fisher" and header["settings"]["criterion_options"] == {"power": 0.5}
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["macs_ratio"] <= 0.9
+    import yaml
+
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from revit_example_plugin.family import Taper
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    want = Taper().blocks({"taper": 0.2, "mlp_ratio": 4.0}, 64, Setting.PRESETS["micro"].depth, Granularity.auto(28))
+    doc = yaml.safe_load(runs[" ".join(generate)]["out"])
+    assert [tuple(b.values()) for b in doc["blocks"]] == [(b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in want]
+    assert doc["blocks"][0]["mlp_dim"] > doc["blocks"][-1]["mlp_dim"]
+
+
+def test_the_guide_example_sampler_runs_a_study(example_site: dict[str, str], tmp_path: Path) -> None:
+    """`revit search run` with `sampler: {name: tpe-warm, warmup: 1}`: an argument only the plug-in's factory
+    takes, so the study ran on the plug-in."""
+    import optuna
+
+    from revit.search.testing import tiny_study_doc
+
+    doc = tiny_study_doc(sampler={"name": "tpe-warm", "seed": 0, "warmup": 1}, pruner={"name": "none"}, n_trials=2,
+                         seeds=[0], repeats={"top_k": 0}, baselines=[])
+    (tmp_path / "s.yaml").write_text(json.dumps(doc))
+    runs = _run_all([["search", "run", "s.yaml", "--storage", "s.db", "-q"]], tmp_path, example_site)
+    r = runs["search run s.yaml --storage s.db -q"]
+    assert r["rc"] == 0, r["err"][-2000:]
+    study = optuna.load_study(study_name="tiny/less-more-less", storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
