@@ -175,7 +175,7 @@ class Registry(Generic[T]):
         entry point: the line saying why)."""
         try:
             obj = self.get(name)
-        except ConfigError as e:
+        except (ConfigError, UnknownNameError) as e:
             return str(e)
         return describe(obj)
 

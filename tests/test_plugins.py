@@ -393,6 +393,11 @@ def test_a_backend_option_reaches_the_backend_from_its_own_flag(tmp_path: Path, 
     assert rows["toy"]["options"] == [{"name": "speed", "default": 1.0, "choices": None,
                                        "help": "how many times faster than 1 ps per MAC the toy device runs"}]
     assert rows["torch"]["description"].startswith("torch eager")
+    from revit.latency.backends import get_backend  # the library checks the same declaration
+
+    assert get_backend("toy", speed="3").speed == 3.0 and get_backend("toy").speed == 1.0
+    with pytest.raises(ConfigError, match="backend 'toy' has no option 'sped'; its options: speed"):
+        get_backend("toy", sped=2)
 
 
 def _random_weights_model() -> Any:
