@@ -305,8 +305,10 @@ class PruneRun:
 
     def _restore(self, st: dict[str, Any]) -> None:
         """Model, optimizer, pruner, scaler and RNG from a checked state (another recipe or model is refused)."""
-        same = {k: v for k, v in self._settings().items() if k not in ("device", "workers")}
-        old = {**PruneConfig().settings(), "teacher": None, "teacher_sha256": None, **st["settings"]}  # older runs
+        same = {"criterion_options": {},
+                **{k: v for k, v in self._settings().items() if k not in ("device", "workers")}}
+        old = {**PruneConfig().settings(), "teacher": None, "teacher_sha256": None, "criterion_options": {},
+               **st["settings"]}  # older runs; criterion options are left out of the settings when none are given
         if {k: old.get(k) for k in same} != same:
             diff = [k for k, v in same.items() if old.get(k) != v]
             raise CheckpointError(f"{self.state_path}: written with other settings ({', '.join(diff)}); "
