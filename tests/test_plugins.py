@@ -573,3 +573,39 @@ def test_the_guide_example_sampler_runs_a_study(example_site: dict[str, str], tm
     assert r["rc"] == 0, r["err"][-2000:]
     study = optuna.load_study(study_name="tiny/less-more-less", storage=f"sqlite:///{tmp_path / 's.db'}")
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
+
+
+def test_a_prune_resumes_only_with_the_criterion_options_it_began_with(tmp_path: Path, digits: Any) -> None:
+    """Options given to a killed run are part of its settings: resuming without them (or with others) is refused,
+    with the same ones it goes on; a run begun without options is refused when resumed with some."""
+    from revit.config import BlockDims, ViTConfig
+    from revit.errors import CheckpointError
+    from revit.models import build_model
+    from revit.prune import PruneConfig, PruneRun, Target
+
+    class Kill(Exception):
+        pass
+
+    class Killed(PruneRun):
+        def _save_state(self) -> None:
+            super()._save_state()
+            if self.pruner.steps == 1:
+                raise Kill
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        return build_model(ViTConfig(embed_dim=16, blocks=(BlockDims(2, 4, 4, 32),) * 2, img_size=8, patch_size=4,
+                                     in_chans=1, num_classes=10))
+
+    def cfg(**opts: float) -> PruneConfig:
+        return PruneConfig(target=Target.macs(0.6), interval=2, per_step=2, batch_size=32, granularity="one",
+                           eval_size=0, criterion="nvit-code", criterion_options=opts)
+
+    for began, resumed in (({"norm_mlp_dim": 2.0}, {}), ({"norm_mlp_dim": 2.0}, {"norm_mlp_dim": 3.0}),
+                           ({}, {"norm_heads": 2.0})):
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(Kill):
+            Killed(model(), digits.train, None, cfg(**began), out, progress=False).run()
+        with pytest.raises(CheckpointError, match=r"other settings \(criterion_options\)"):
+            PruneRun(model(), digits.train, None, cfg(**resumed), out, resume=True, progress=False)
+        PruneRun(model(), digits.train, None, cfg(**began), out, resume=True, progress=False)
