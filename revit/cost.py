@@ -46,6 +46,7 @@ class CostModel(ABC):
 
     name: str
     unit: str
+    description: str = ""  # one line for ``revit plugins`` and --help
     needs_table: bool = False  # built from a latency table (``build_cost(name, table)``)
 
     @abstractmethod
@@ -89,6 +90,7 @@ class MacsCost(CostModel):
     """MACs per image in a counting convention (``nvit``: with the attention matmuls; ``timm``: linear only)."""
 
     name = "macs"
+    description = "MACs per image, counted from the config (no table needed)"
 
     def __init__(self, convention: counting.Convention = "nvit") -> None:
         counting._check(convention)
@@ -120,6 +122,7 @@ class LatencyCost(CostModel):
     """
 
     name, unit = "latency", "s"
+    description = "whole-model latency predicted by a latency table (--table)"
     needs_table = True
     _CACHE_SIZE = 10000
 
@@ -154,8 +157,8 @@ class LatencyCost(CostModel):
         return {k: int(math.ceil(lo)) for k, (lo, _) in self.table.ranges().items() if k in WIDTH_KINDS}
 
 
-COSTS.register("macs")(MacsCost)
-COSTS.register("latency")(LatencyCost)
+COSTS.register(MacsCost)
+COSTS.register(LatencyCost)
 
 
 def build_cost(spec: str | CostModel, table: LatencyTableLike | None = None, **kwargs: Any) -> CostModel:

@@ -6,6 +6,12 @@ imported.  A registry with an entry-point ``group`` (``revit.criteria``, ``revit
 so a user's own package adds a member without editing revit: the group is read once, on the first
 question asked of the registry, and each entry point is imported only when its member is used.
 
+A name is written once: a built-in class carries it (``name = "hessian"``, or the registry's ``key``
+attribute, e.g. a storage's ``scheme``) and ``@REGISTRY.register`` reads it; an entry point's name is the
+name of the class it loads (the registry sets the attribute when the class leaves it out).  Every member
+has a ``description`` (its class attribute, else the first line of its docstring) that ``--help`` and the
+list commands show (:meth:`Registry.catalogue`).
+
 :func:`lazy_choices` lets a command-line parser take its choices from a registry whose module is
 heavy (torch): nothing is imported until the value is checked or the help is printed.
 """
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
 
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 CRITERIA_GROUP = "revit.criteria"
 BACKENDS_GROUP = "revit.backends"
 RULE_FAMILIES_GROUP = "revit.rule_families"
+SAMPLERS_GROUP = "revit.samplers"
+OPTUNA_PRUNERS_GROUP = "revit.optuna_pruners"
 
 
 class Registry(Generic[T]):
@@ -39,27 +47,32 @@ class Registry(Generic[T]):
     commands, and :meth:`loaded` (what iterating code uses) leaves it out.  A built-in keeps its name.
     """
 
-    def __init__(self, family: str, group: str | None = None, base: type | None = None) -> None:
+    def __init__(self, family: str, group: str | None = None, base: type | None = None, key: str = "name") -> None:
         self.family = family
         self.group = group
         self.base = base  # what a member loaded from an entry point must subclass (None: anything)
+        self.key = key  # the class attribute that holds a member's name
         self._items: dict[str, T] = {}
         self._pending: dict[str, EntryPoint] = {}  # entry points listed, not imported yet
         self._broken: dict[str, str] = {}  # a broken entry point's name -> the line saying why
         self._ignored: dict[str, str] = {}  # "NAME (package)" of an entry point whose name was taken -> why
         self._scanned = group is None
 
-    def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: register ``obj`` under ``name``; registering a name twice is a bug."""
+    def register(self, obj: T) -> T:
+        """Class decorator: register ``obj`` under the name it carries (its :attr:`key` attribute) and its
+        ``aliases``; registering a name twice is a bug."""
+        name = getattr(obj, self.key, None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.family} {obj!r} has no {self.key!r}: give the class {self.key} = \"NAME\"")
+        for n in (name, *getattr(obj, "aliases", ())):
+            self._add(n, obj)
+        return obj
 
-        def deco(obj: T) -> T:
-            if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.family} {name!r} is already registered")
-            self._items[name] = obj
-            self._pending.pop(name, None)
-            return obj
-
-        return deco
+    def _add(self, name: str, obj: T) -> None:
+        if name in self._items and self._items[name] is not obj:
+            raise ValueError(f"{self.family} {name!r} is already registered")
+        self._items[name] = obj
+        self._pending.pop(name, None)
 
     def _scan(self) -> None:
         """Read this registry's entry-point group (once); a name already registered keeps its member, and the
@@ -94,11 +107,21 @@ class Registry(Generic[T]):
             self._broken[name] = (f"{self._where(ep)} failed to load: {type(e).__name__}: "
                                   f"{short(str(e), 200, quote=False)}")
             return
-        problem = self._kind_problem(obj)
+        problem = self._kind_problem(obj) or self._name_problem(obj, name)
         if problem:
             self._broken[name] = f"{self._where(ep)} {problem}"
             return
-        self.register(name)(obj)
+        if isinstance(obj, type) and not vars(obj).get(self.key):
+            setattr(obj, self.key, name)  # the entry point names it: the class need not say it again
+        self._add(name, obj)
+
+    def _name_problem(self, obj: Any, name: str) -> str | None:
+        """Why a class that names itself otherwise than its entry point cannot be a member, or None."""
+        own = vars(obj).get(self.key) if isinstance(obj, type) else None
+        if own and own != name:
+            return (f"calls itself {own!r}: write the name once, in the entry point (leave out {self.key} = "
+                    f"{own!r}, or name the entry point {own!r})")
+        return None
 
     def _kind_problem(self, obj: Any) -> str | None:
         """Why ``obj`` cannot be a member (an int, a function, an unrelated or abstract class), or None."""
@@ -147,6 +170,27 @@ class Registry(Generic[T]):
         self.loaded()
         return dict(sorted({**self._broken, **self._ignored}.items()))
 
+    def describe(self, name: str) -> str:
+        """What member ``name`` is, in a line: its ``description``, else its docstring's first line (a broken
+        entry point: the line saying why)."""
+        try:
+            obj = self.get(name)
+        except (ConfigError, UnknownNameError) as e:
+            return str(e)
+        return describe(obj)
+
+    def catalogue(self) -> list[dict[str, Any]]:
+        """Every usable member once (aliases folded in): ``name``, ``aliases``, ``description`` and its declared
+        ``options`` (``Option`` objects, when the class has ``option_specs``), for the list commands and help."""
+        rows = []
+        for name, obj in self.loaded().items():
+            if self.name_of(obj) != name:
+                continue  # an alias
+            aliases = [n for n, o in self._items.items() if o is obj and n != name]
+            rows.append({"name": name, "aliases": aliases, "description": describe(obj),
+                         "options": list(getattr(obj, "option_specs", ()))})
+        return rows
+
     def name_of(self, obj: object) -> str | None:
         """The name ``obj`` is registered under (None when it is not registered)."""
         return next((n for n, o in self._items.items() if o is obj), None)
@@ -166,6 +210,15 @@ def _package(ep: EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     name = getattr(dist, "name", None) if dist is not None else None
     return str(name) if name else ep.module.split(".")[0]
+
+
+def describe(obj: Any) -> str:
+    """A member's ``description`` attribute, else the first line of its docstring (else "")."""
+    text = getattr(obj, "description", None)
+    if isinstance(text, str) and text:
+        return text
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
 
 
 def _describe(obj: Any) -> str:

@@ -70,7 +70,7 @@ def test_spec_sections_are_typed_and_keyed_by_their_fields():
 
 @pytest.mark.parametrize("over, msg", [
     ({"sampler": {"name": "nope"}}, "unknown sampler 'nope'; known: "),
-    ({"pruner": {"name": "nope"}}, "unknown pruner 'nope'; known: "),
+    ({"pruner": {"name": "nope"}}, "unknown Optuna pruner 'nope'; known: "),
     ({"sampler": {"name": "tpe", "bogus": 1}}, "unknown argument(s) bogus"),
     ({"objectives": ["accuracy", "macs"]}, "pruners need a single objective"),
     ({"objectives": ["macs"]}, "objectives must be"),

@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Any
 
+from revit.errors import ConfigError
 from revit.validation import count, loader_workers, non_negative, seed, threads
 
 
@@ -111,8 +112,6 @@ def add_teacher_args(p: argparse.ArgumentParser) -> None:
 
 def check_teacher(args: argparse.Namespace) -> None:
     """A teacher needs its weights: distilling from a random init is refused unless asked for explicitly."""
-    from revit.errors import ConfigError
-
     random_init = getattr(args, "teacher_random_init", False)
     if args.teacher and not args.teacher_weights and not random_init:
         raise ConfigError(f"--teacher {args.teacher} needs --teacher-weights FILE (or --teacher-random-init to "
@@ -127,3 +126,84 @@ def runtime_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields of :func:`add_runtime_args`."""
     return {"device": args.device, "amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
             "grad_accum": args.grad_accum, "loader_workers": args.loader_workers}
+
+
+# ---- plug-ins: flags, help and lists generated from what each plug-in declares -----------------------------
+
+def defer_arguments(p: argparse.ArgumentParser, add: Any) -> None:
+    """Run ``add(p)`` only when ``p`` parses or prints its help (``revit.cli.main._Parser`` does): arguments that
+    come from plug-ins are added then, so building the whole parser imports no plug-in and no torch."""
+    p.deferred = [*getattr(p, "deferred", []), add]  # type: ignore[attr-defined]
+
+
+def run_deferred(p: argparse.ArgumentParser) -> None:
+    """Add the arguments :func:`defer_arguments` put off (once)."""
+    pending = getattr(p, "deferred", [])
+    p.deferred = []  # type: ignore[attr-defined]
+    for add in pending:
+        add(p)
+
+
+def add_option_flags(p: argparse.ArgumentParser, module: str, attr: str, chooser: str) -> None:
+    """One flag per option that the members of registry ``module.attr`` declare (``option_specs``), e.g.
+    ``--graph`` for onnxruntime's ``graph``; left unset (None) unless given, so each member keeps its own
+    default, and :func:`given_options` checks the values against the chosen member's declaration.  A flag
+    that a revit flag already uses is left out with a warning (a plug-in cannot take ``--out``)."""
+    from revit.registry import lazy_choices
+
+    takers: dict[str, list[str]] = {}
+    specs: dict[str, Any] = {}
+    for row in lazy_choices(module, attr).registry().catalogue():
+        for o in row["options"]:
+            takers.setdefault(o.name, []).append(row["name"])
+            specs.setdefault(o.name, o)
+    group = p.add_argument_group(f"options of the {chooser.lstrip('-')}s (each declared by the {chooser} that "
+                                 "takes it)")
+    for name, o in specs.items():
+        who = f"{chooser} {' or '.join(takers[name])}"
+        kw: dict[str, Any] = ({"action": "store_true"} if o.default is False else
+                              {"action": argparse.BooleanOptionalAction} if o.default is True else
+                              {"metavar": "|".join(o.choices) if o.choices else o.kind.upper()})
+        try:
+            group.add_argument(o.flag, dest=f"plugin_option_{name}", default=None,
+                               help=f"{o.help} ({who}; default {o.default_text})", **kw)
+        except argparse.ArgumentError:
+            warn(f"{who}: its option {name!r} is left out, {o.flag} is a flag of revit's own")
+
+
+def given_options(a: argparse.Namespace, cls: Any, registry: Any, chooser: str, where: str) -> dict[str, Any]:
+    """The values of the plug-in option flags given on the command line, checked against ``cls``'s declaration
+    (defaults filled in); a flag of another member's option is refused, naming the members that take it."""
+    from revit.options import check_options
+
+    given = {k.removeprefix("plugin_option_"): v for k, v in vars(a).items()
+             if k.startswith("plugin_option_") and v is not None}
+    own = {o.name for o in getattr(cls, "option_specs", ())}
+    for key in given:
+        if key not in own:
+            takers = [r["name"] for r in registry.catalogue() if key in {o.name for o in r["options"]}]
+            raise ConfigError(f"--{key.replace('_', '-')} is an option of {chooser} {' or '.join(takers)}")
+    return check_options(getattr(cls, "option_specs", ()), given, where)
+
+
+def catalogue_lines(registry: Any, width: int = 16) -> list[str]:
+    """The members of a registry for people: ``NAME  description`` (aliases, options below it), then each
+    broken plug-in with the line saying why; what the list commands print and ``--help`` ends with."""
+    from revit.options import describe_options
+
+    lines = []
+    for row in registry.catalogue():
+        lines.append(f"{row['name']:{width}s}  {row['description']}")
+        if row["aliases"]:
+            lines.append(f"{'':{width}s}    also: {', '.join(row['aliases'])}")
+        lines += [f"{'':{width}s}    option {line}" for line in describe_options(row["options"])]
+    lines += [f"{name:{width}s}  broken: {line}" for name, line in registry.broken().items()]
+    return lines
+
+
+def catalogue_json(registry: Any) -> dict[str, Any]:
+    """The members of a registry as JSON: ``members`` (name, aliases, description, options) and ``broken``."""
+    rows = [{**r, "options": [{"name": o.name, "default": o.default, "help": o.help, "choices": o.choices}
+                              for o in r["options"]]} for r in registry.catalogue()]
+    return {"family": registry.family, "members": rows,
+            "broken": [{"name": n, "error": line} for n, line in registry.broken().items()]}

@@ -1,4 +1,4 @@
-"""``revit latency build | import-nvit | query | validate | calibrate``: latency tables from the command line.
+"""``revit latency build | import-nvit | query | validate | calibrate | backends``: latency tables, by command.
 
 ``query`` stays torch-free (table + presets only); ``build``, ``validate`` and ``calibrate`` import the backend.
 """
@@ -9,7 +9,18 @@ import argparse
 import sys
 from typing import Any
 
-from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
+from revit.cli._common import (
+    add_command,
+    add_option_flags,
+    add_overwrite_arg,
+    catalogue_json,
+    catalogue_lines,
+    defer_arguments,
+    given_options,
+    info,
+    print_json,
+    warn,
+)
 from revit.errors import ConfigError
 from revit.registry import lazy_choices
 from revit.validation import MAX_BATCH, check_output_file, count, non_negative, number, seed, threads
@@ -53,15 +64,18 @@ def register(sub: Any) -> None:
     b.add_argument("--warmup", type=non_negative(10_000), default=2)
     b.add_argument("--repeats", type=count(10_000), default=5)
     b.add_argument("--passes", type=count(1_000), default=3, help="passes over all cells, each in random order")
-    b.add_argument("--graph", default="shared", choices=("shared", "per-cell"), help="onnxruntime block graph")
-    b.add_argument("--compile", action="store_true", help="torch backend: torch.compile each module")
-    b.add_argument("--cuda-graphs", action="store_true",
-                   help="torch backend on cuda: time CUDA-graph replays (no launch overhead; recorded in the table)")
     b.add_argument("--no-reference", action="store_true",
                    help="do not normalise by a reference block timed around each measurement")
     b.add_argument("--seed", type=seed(), default=0)
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_build)
+    # each backend's own options (--graph, --compile, a plug-in's), read from the backends when this command runs
+    defer_arguments(b, lambda p: add_option_flags(p, "revit.latency.backends", "BACKENDS", "--backend"))
+
+    ls = add_command(lsub, "backends", "list the latency backends (built-in and installed), their options and "
+                                       "broken plug-ins", "revit latency backends --json")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_backends)
 
     i = add_command(lsub, "import-nvit", "convert NViT's latency_head.json into a revit table",
                     "revit latency import-nvit shared/nvit/latency_head.json "
@@ -123,27 +137,26 @@ def _register_calibrate(lsub: Any) -> None:
     c.set_defaults(func=_calibrate)
 
 
-# options of some backends, by constructor keyword: the flag that sets each, and its value when not given
-BACKEND_FLAGS = {"graph": ("--graph", "shared"), "compile": ("--compile", False),
-                 "cuda_graphs": ("--cuda-graphs", False)}
-
-
 def _make_backend(a: argparse.Namespace) -> Any:
-    """The backend of ``--backend`` with its defaults, and those of the backend flags that it takes;
-    a backend flag given to a backend that does not take it is refused, naming the backends that do."""
+    """The backend of ``--backend`` with the options it declares (its defaults, and the flags given); a backend
+    flag given to a backend that does not take it is refused, naming the backends that do."""
     from revit.latency.backends import BACKENDS
 
     cls = BACKENDS.get(a.backend)
-    opts: dict[str, Any] = {}
-    for key, (flag, unset) in BACKEND_FLAGS.items():
-        if key in cls.option_names:
-            opts[key] = getattr(a, key)
-        elif getattr(a, key) != unset:
-            takers = [n for n, c in BACKENDS.loaded().items() if key in c.option_names]
-            raise ConfigError(f"{flag} is an option of --backend {' or '.join(takers)}")
+    opts = given_options(a, cls, BACKENDS, "--backend", f"backend {a.backend!r}")
     device = a.device or cls.default_device
     clock = cls.default_clock(device, a.threads) if a.clock == "auto" else a.clock
     return cls(device=device, dtype=a.dtype, threads=a.threads, clock=clock, **opts)
+
+
+def _backends(a: argparse.Namespace) -> int:
+    from revit.latency.backends import BACKENDS
+
+    if a.json:
+        print_json(catalogue_json(BACKENDS))
+    else:
+        sys.stdout.write("".join(f"{line}\n" for line in catalogue_lines(BACKENDS)))
+    return 0
 
 
 def _build(a: argparse.Namespace) -> int:

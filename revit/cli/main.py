@@ -20,13 +20,15 @@ from typing import Any
 
 from revit import __version__, logs
 from revit._io import dumps_json
+from revit.cli._common import catalogue_lines, run_deferred
 from revit.errors import RevitError
+from revit.registry import lazy_choices
 from revit.validation import elide
 
 log = logging.getLogger(__name__)
 
 # command modules, in the order they appear in --help
-COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "search", "demo")
+COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "search", "demo", "plugins")
 OPTUNA_COMMANDS = ("search", "demo")  # commands that run Optuna studies: Optuna's own logger follows -v/-q
 VERSION_PACKAGES = ("torch", "timm", "optuna", "onnxruntime")  # listed by --version (read without importing)
 MAX_WORD = 160  # characters an error line quotes of one word (a path, a value) before cutting its middle
@@ -36,6 +38,27 @@ SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose rea
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with code 2 and one line on bad usage, prefixed ``revit: error:`` as every error."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """An option whose choices come from a registry (``lazy_choices``) also ends the help with that
+        registry's members, each with its description and options (read only when the help is printed)."""
+        action = super().add_argument(*args, **kwargs)
+        choices = kwargs.get("choices")
+        if isinstance(choices, lazy_choices):
+            self.help_tails = [*getattr(self, "help_tails", []), (action.option_strings[-1], choices)]
+        return action
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        run_deferred(self)  # the flags plug-ins declare (``latency build``'s backend options)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        run_deferred(self)
+        text = super().format_help()
+        for flag, choices in getattr(self, "help_tails", []):
+            reg = choices.registry()
+            text += f"\n{reg.family} ({flag}):\n" + "".join(f"  {line}\n" for line in catalogue_lines(reg))
+        return text
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         action = super().add_subparsers(**kwargs)

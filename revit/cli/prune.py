@@ -15,6 +15,7 @@ from revit.cli._common import (
     info,
     print_json,
 )
+from revit.options import parse_assignments
 from revit.registry import lazy_choices
 from revit.validation import MAX_LR, check_output_dir, count, fraction, non_negative, number
 
@@ -40,6 +41,8 @@ def register(sub: Any) -> None:
     p.add_argument("--criterion", default="hessian", choices=lazy_choices("revit.prune.criteria", "CRITERIA"),
                    metavar="NAME", help="importance criterion: %(choices)s (default %(default)s; an installed "
                                         "package adds more through the revit.criteria entry point group)")
+    p.add_argument("--criterion-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option the criterion declares (repeatable; listed below and by revit plugins)")
     p.add_argument("--epochs", type=number(0, lo_open=True), default=1.0,
                    help="budget: the removals are spread so the target is reached within this many epochs "
                         "(default 1)")
@@ -105,7 +108,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.model)
     pc = PruneConfig(
         target=target,
-        criterion=args.criterion, epochs=args.epochs, prune_steps=args.prune_steps, interval=args.interval,
+        criterion=args.criterion, criterion_options=parse_assignments(args.criterion_option, "--criterion-option"),
+        epochs=args.epochs, prune_steps=args.prune_steps, interval=args.interval,
         per_step=args.per_step, step_fraction=args.step_fraction, device=args.device, amp=args.amp,
         workers=args.loader_workers,
         eta=args.eta, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from revit.errors import ConfigError
+from revit.options import Option, check_options
 from revit.prune.structure import Group, Slice, Structure, head_coord, in_query
 from revit.registry import CRITERIA_GROUP, Registry
 
@@ -138,17 +139,42 @@ class Criterion(ABC):
     parameters' device; it must not modify its inputs.  A criterion may be built without a
     structure (``Hessian()``, as Torch-Pruning's importance objects) and bound to one by the pruner
     with :meth:`bind`.  Stateful criteria implement ``state_dict``/``load_state_dict``.
+
+    What a criterion may use (the public API a plug-in is written against):
+
+    - :attr:`structure` (after :meth:`bind`): its ``groups``, each a
+      :class:`~revit.prune.structure.Group` (``gid``, ``kind``, ``block``, ``size``) whose ``slices``
+      (:class:`~revit.prune.structure.Slice`: ``param``, ``axis``, ``role``, ``module``) say which entries
+      of which parameter each index owns: ``coord[i]`` is the index that owns position ``i`` along
+      ``axis`` (-1: none);
+    - :meth:`index_sums`: a per-parameter tensor summed over the entries each index owns, for every
+      group at once (one float64 vector), and :meth:`per_group`: that vector as ``{gid: scores}``;
+    - :attr:`options`: the values of the options the class declares in :attr:`option_specs`
+      (``revit prune --criterion-option KEY=VALUE``, ``PruneConfig(criterion_options=...)``,
+      ``GlobalPruner(criterion_options=...)``), checked against the declaration.
+
+    A subclass sets :attr:`name` (the registry and an entry point read it; a plug-in may leave it to its
+    entry point), :attr:`description` (or a docstring), :attr:`needs_grad` and :attr:`capturable`.
     """
 
-    needs_grad: bool = True
-    capturable: bool = True  # pure tensor work on the parameters' device: can be replayed as a CUDA graph
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    needs_grad: ClassVar[bool] = True
+    capturable: ClassVar[bool] = True  # pure tensor work on the parameters' device: can be replayed as a CUDA graph
+    option_specs: ClassVar[tuple[Option, ...]] = ()  # the keyword options it takes, with their help
 
-    def __init__(self, structure: Structure | None = None, seed: int = 0) -> None:
+    def __init__(self, structure: Structure | None = None, seed: int = 0, **options: Any) -> None:
         self.seed = seed
+        self.options: dict[str, Any] = check_options(self.option_specs, options, f"criterion {self.label()!r}")
         self._plans: dict[int, _Plan] = {}
         self._fused = _FusedPlan({})
         if structure is not None:
             self.bind(structure)
+
+    @classmethod
+    def label(cls) -> str:
+        """The criterion's registered name (its class name when it has none)."""
+        return str(getattr(cls, "name", None) or cls.__name__)
 
     def bind(self, structure: Structure) -> Criterion:
         """Attach the model's structure (and precompute the per-group plans); returns ``self``."""
@@ -160,14 +186,18 @@ class Criterion(ABC):
     def _plan(self, g: Group) -> _Plan:
         return _Plan(g, g.slices, None, 1)
 
-    def _flat_sums(self, per_param: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Every group's per-unit sums of ``per_param`` in one flat float64 vector (see :class:`_FusedPlan`)."""
+    def index_sums(self, per_param: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``per_param`` (a tensor of each parameter's shape, by name) summed over the entries each index owns:
+        one float64 vector of every group's indices, in group order, on the tensors' device.
+
+        One fused scatter for all groups (see :class:`_FusedPlan`); parameters missing from ``per_param``
+        must not be owned by any group.  Turn the vector into scores with :meth:`per_group`."""
         if not hasattr(self, "structure"):
             raise TypeError(f"{type(self).__name__} is not bound to a model structure: call bind(structure)")
         return self._fused.flat(per_param)
 
-    def _scores(self, flat: torch.Tensor) -> Scores:
-        """Per-group scores from a flat per-index vector (groups of one unit per index)."""
+    def per_group(self, flat: torch.Tensor) -> Scores:
+        """A vector of :meth:`index_sums`' layout (or any elementwise function of it) as ``{gid: scores}``."""
         return {gid: v[:, 0] for gid, v in self._fused.split(flat).items()}
 
     @abstractmethod
@@ -194,43 +224,51 @@ def _wg(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -
     return {k: w * g if w.dtype == g.dtype else w.float() * g.float() for k, w, g in zip(names, ws, gs, strict=True)}
 
 
-@CRITERIA.register("hessian")
+@CRITERIA.register
 class Hessian(Criterion):
     """The paper's saliency: squared gate gradient, (sum over owned entries of w * dL/dw)^2."""
 
+    name = "hessian"
+
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        return self._scores(self._flat_sums(_wg(params, grads)) ** 2)
+        return self.per_group(self.index_sums(_wg(params, grads)) ** 2)
 
 
-@CRITERIA.register("taylor")
+@CRITERIA.register
 class Taylor(Criterion):
     """Absolute first-order Taylor term of removing the index: |sum w * dL/dw|."""
 
+    name = "taylor"
+
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        return self._scores(self._flat_sums(_wg(params, grads)).abs())
+        return self.per_group(self.index_sums(_wg(params, grads)).abs())
 
 
-@CRITERIA.register("magnitude")
+@CRITERIA.register
 class Magnitude(Criterion):
     """L2 norm of the weights the index owns (not comparable across kinds: a weak global criterion)."""
+
+    name = "magnitude"
 
     needs_grad = False
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
         sq = {k: v.detach().double() ** 2 for k, v in params.items()}
-        return self._scores(self._flat_sums(sq).sqrt())
+        return self.per_group(self.index_sums(sq).sqrt())
 
 
-@CRITERIA.register("random")
+@CRITERIA.register
 class Random(Criterion):
     """Uniform random scores from a seeded generator (identical on every process)."""
+
+    name = "random"
 
     needs_grad = False
     capturable = False  # draws from a CPU generator
 
-    def __init__(self, structure: Structure | None = None, seed: int = 0) -> None:
+    def __init__(self, structure: Structure | None = None, seed: int = 0, **options: Any) -> None:
         self.gen = torch.Generator().manual_seed(seed + 12345)
-        super().__init__(structure, seed)
+        super().__init__(structure, seed, **options)
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
         device = next(iter(params.values())).device if params else torch.device("cpu")
@@ -248,7 +286,7 @@ class Random(Criterion):
 NVIT_NORMALISERS: dict[str, float] = {"embed_dim": 12.0, "heads": 12.0, "qk_dim": 2.0, "v_dim": 2.0, "mlp_dim": 1.0}
 
 
-@CRITERIA.register("nvit-code")
+@CRITERIA.register
 class NvitCode(Criterion):
     """The official NViT code's saliency (NVIT_SPEC.md section 2, [C]).
 
@@ -260,13 +298,21 @@ class NvitCode(Criterion):
     - head h: one unit: its Q, K and V rows and biases (projection columns unused);
     - EMB channel c: one unit per Linear/Conv layer: its input column c, or its output row c and
       bias (LayerNorms, tokens and position embedding unused).
-    The normalisers are the official constants for 12 blocks (pass ``normalisers`` to change them).
+    The normalisers are the official constants for 12 blocks (options ``norm_KIND``, or ``normalisers``
+    by kind, change them).
     """
 
+    name = "nvit-code"
+    option_specs = tuple(Option(f"norm_{k}", v, f"divides the sum of one {k} unit (the official code: {v:g})")
+                         for k, v in NVIT_NORMALISERS.items())
+
     def __init__(self, structure: Structure | None = None, seed: int = 0,
-                 normalisers: Mapping[str, float] | None = None) -> None:
-        self.norm = dict(NVIT_NORMALISERS, **(normalisers or {}))
-        super().__init__(structure, seed)
+                 normalisers: Mapping[str, float] | None = None, **options: Any) -> None:
+        self.options = check_options(self.option_specs, options, f"criterion {self.name!r}")
+        self.norm = {k: float(self.options[f"norm_{k}"]) for k in NVIT_NORMALISERS} | dict(normalisers or {})
+        if any(not c > 0 for c in self.norm.values()):
+            raise ConfigError(f"criterion {self.name!r}: every normaliser must be > 0, got {self.norm}")
+        super().__init__(structure, seed, **options)
 
     def _plan(self, g: Group) -> _Plan:
         return _Plan(g, *self._units(g))
@@ -302,20 +348,30 @@ class NvitCode(Criterion):
         return self
 
     def __call__(self, params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> Scores:
-        flat = self._flat_sums(_wg(params, grads))
+        flat = self.index_sums(_wg(params, grads))
         if flat.device not in self._norm_on:
             self._norm_on[flat.device] = self._norm.to(flat.device)
         return self._fused.per_index((flat / self._norm_on[flat.device]) ** 2)
 
 
-def build_criterion(criterion: str | Criterion, structure: Structure, seed: int = 0) -> Criterion:
-    """The criterion registered under a name (an unknown name lists the known ones), or a
-    :class:`Criterion` object, bound to ``structure``."""
+def build_criterion(criterion: str | Criterion, structure: Structure, seed: int = 0,
+                    options: Mapping[str, Any] | None = None) -> Criterion:
+    """The criterion registered under a name (an unknown name lists the known ones) built with ``options``
+    (checked against its ``option_specs``), or a :class:`Criterion` object, bound to ``structure``."""
     if isinstance(criterion, Criterion):
+        if options:
+            raise ConfigError("criterion options go with a criterion's name; a Criterion object has its own")
         return criterion.bind(structure)
     if not isinstance(criterion, str):
         raise ConfigError(f"criterion must be a name ({', '.join(CRITERIA.names())}) or a Criterion object")
-    return CRITERIA.get(criterion)(seed=seed).bind(structure)
+    return CRITERIA.get(criterion)(seed=seed, **dict(options or {})).bind(structure)
+
+
+def check_criterion(name: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options of criterion ``name`` with their defaults, ``options`` checked against its declaration
+    (an unknown name, an unknown key or a bad value is one line), without building it."""
+    cls = CRITERIA.get(name)
+    return check_options(cls.option_specs, dict(options or {}), f"criterion {name!r}")
 
 
 class ScoreAccumulator:

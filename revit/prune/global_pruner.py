@@ -62,7 +62,8 @@ class GlobalPruner:
     the removals so the target is reached after N steps (the shorthand ``total_steps=N``), NViT's
     ``Schedule.fixed(interval, per_step or step_fraction)`` prunes at a fixed pace until the target.
     ``criterion`` is a registered name (``hessian``, ``nvit-code``, ``taylor``, ``magnitude``,
-    ``random``) or a :class:`~revit.prune.criteria.Criterion` object; ``penalty`` a cost model object
+    ``random``) or a :class:`~revit.prune.criteria.Criterion` object (``criterion_options``: the named
+    criterion's declared options, e.g. ``{"norm_mlp_dim": 2.0}``); ``penalty`` a cost model object
     or None (the table's latency when ``table`` is given, else the target's cost).
     ``evaluator(model) -> accuracy`` is called after every pruning step.
 
@@ -77,7 +78,8 @@ class GlobalPruner:
                  table: LatencyTableLike | None = None, criterion: str | Criterion = "hessian",
                  penalty: CostModel | None = None, eta: float = 1.0, ema: float = 0.9,
                  granularity: str | Mapping[str, int] | Granularity = "auto", seed: int = 0,
-                 evaluator: Callable[[nn.Module], float | None] | None = None, cuda_graphs: bool | None = None) -> None:
+                 evaluator: Callable[[nn.Module], float | None] | None = None, cuda_graphs: bool | None = None,
+                 criterion_options: Mapping[str, Any] | None = None) -> None:
         self.model = as_revit(model)
         self.base: ViTConfig = self.model.config  # type: ignore[assignment]
         # the timm model the user passed, when it was converted: accumulate() names the mistake of training it
@@ -113,7 +115,7 @@ class GlobalPruner:
         self.structure: Structure = derive_structure(self.model, example_inputs)
         self.masks = Masks(self.structure)
         self.masks.install(self.model)
-        self.criterion = build_criterion(criterion, self.structure, self.seed)
+        self.criterion = build_criterion(criterion, self.structure, self.seed, criterion_options)
         self.acc = ScoreAccumulator(ema)
         self.cuda_graphs = cuda_graphs
         self._graph: _GraphedScores | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from revit.cost import LatencyTableLike
 from revit.distill import DistillLoss, Teacher
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.models.checkpoint import save_torch, save_weights
-from revit.prune.criteria import CRITERIA
+from revit.prune.criteria import check_criterion
 from revit.prune.global_pruner import GlobalPruner
 from revit.prune.policy import Schedule, Target
 from revit.runtime import (
@@ -65,6 +65,7 @@ class PruneConfig:
 
     target: Target = Target("macs", 0.5)
     criterion: str = "hessian"
+    criterion_options: Mapping[str, Any] = field(default_factory=dict)  # the criterion's declared options, by name
     epochs: float = 1.0
     prune_steps: int | None = None  # by budget: number of pruning steps (None: automatic)
     interval: int | None = None
@@ -106,7 +107,9 @@ class PruneConfig:
             raise ConfigError("eval_size and workers must be >= 0")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
-        CRITERIA.get(self.criterion)  # raises with the known names
+        # an unknown name, key or value is one line; the given options are kept parsed ("0.5" -> 0.5)
+        parsed = check_criterion(self.criterion, self.criterion_options)
+        object.__setattr__(self, "criterion_options", {k: parsed[k] for k in self.criterion_options})
         self.loss()  # the weights' own checks
         from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
 
@@ -138,7 +141,7 @@ class PruneConfig:
         """The recipe as flat JSON values, the target as ``target`` (ratio) and ``target_kind``."""
         flat = {f.name: getattr(self, f.name) for f in fields(self)}
         return {"target": self.target.ratio, "target_kind": self.target.kind,
-                **{k: v for k, v in flat.items() if k != "target"}}
+                **{k: v for k, v in flat.items() if k != "target" and (k != "criterion_options" or v)}}
 
 
 @dataclass
@@ -196,7 +199,7 @@ class PruneRun:
             teacher.module.to(self.device).eval().requires_grad_(False)
         self.pruner = GlobalPruner(model, target=cfg.target, schedule=cfg.schedule(self.per_epoch), table=table,
                                    criterion=cfg.criterion, eta=cfg.eta, ema=cfg.ema, granularity=cfg.granularity,
-                                   seed=cfg.seed, evaluator=self._evaluate)
+                                   seed=cfg.seed, evaluator=self._evaluate, criterion_options=cfg.criterion_options)
         self.model = self.pruner.model
         self.base = self.pruner.base
         from revit.train import TrainConfig, make_optimizer
@@ -302,8 +305,10 @@ class PruneRun:
 
     def _restore(self, st: dict[str, Any]) -> None:
         """Model, optimizer, pruner, scaler and RNG from a checked state (another recipe or model is refused)."""
-        same = {k: v for k, v in self._settings().items() if k not in ("device", "workers")}
-        old = {**PruneConfig().settings(), "teacher": None, "teacher_sha256": None, **st["settings"]}  # older runs
+        same = {"criterion_options": {},
+                **{k: v for k, v in self._settings().items() if k not in ("device", "workers")}}
+        old = {**PruneConfig().settings(), "teacher": None, "teacher_sha256": None, "criterion_options": {},
+               **st["settings"]}  # older runs; criterion options are left out of the settings when none are given
         if {k: old.get(k) for k in same} != same:
             diff = [k for k, v in same.items() if old.get(k) != v]
             raise CheckpointError(f"{self.state_path}: written with other settings ({', '.join(diff)}); "

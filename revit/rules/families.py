@@ -33,7 +33,7 @@ def _is_wide(j: int, ref: int = REF_DEPTH) -> bool:
     return ref // 4 <= j < ref - ref // 4
 
 
-@FAMILIES.register("paper")
+@FAMILIES.register
 class PaperRule(RuleFamily):
     """The official NViT code's ReViT rule (NVIT_SPEC.md section 7 [C]); EMB 384 gives ReViT-S."""
 
@@ -72,7 +72,7 @@ class PaperRule(RuleFamily):
         return notes
 
 
-@FAMILIES.register("paper-table6")
+@FAMILIES.register
 class PaperTable6Rule(RuleFamily):
     """The paper text's ReViT rule (NVIT_SPEC.md section 7 [P]): eps = 2 in blocks 4-9, else 1."""
 
@@ -123,7 +123,7 @@ LML_KINDS = {"heads": "heads_per_emb", "qk_dim": "qk_per_emb", "v_dim": "v_per_e
 LML_ENDS = {"heads": "heads_end", "qk_dim": "qk_end", "v_dim": "v_end", "mlp_dim": "mlp_end"}
 
 
-@FAMILIES.register("less-more-less")
+@FAMILIES.register
 class LessMoreLess(RuleFamily):
     """Width profile over normalised depth (a smooth plateau) times per-kind ratios to EMB.
 
@@ -179,7 +179,7 @@ class LessMoreLess(RuleFamily):
         )
 
 
-@FAMILIES.register("uniform")
+@FAMILIES.register
 class Uniform(RuleFamily):
     """DeiT-style baseline: every block equal, heads = E/head_dim (at least 1), MLP = ratio * EMB.
 

@@ -1,4 +1,7 @@
-"""Samplers and pruners chosen by name in a study spec, each behind one small factory.
+"""Samplers and Optuna pruners chosen by name in a study spec: plug-ins, each a small class with a factory.
+
+Optuna's own are registered here (one class each); a package adds its own through the entry-point groups
+``revit.samplers`` and ``revit.optuna_pruners`` (a :class:`Sampler` or :class:`OptunaPruner` subclass).
 
 A spec names an Optuna sampler or pruner and its keyword arguments.  They are checked when the spec
 loads, before any storage exists: unknown names list the known ones, unknown keyword arguments name
@@ -10,44 +13,117 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 from revit.errors import ConfigError, check_keys
-from revit.registry import Registry
+from revit.registry import OPTUNA_PRUNERS_GROUP, SAMPLERS_GROUP, Registry
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed, takes seeds below 2**32
 _INT_MAX = 2**31 - 1
 
 
-@dataclass(frozen=True)
-class SamplerKind:
-    """What revit needs to know of an Optuna sampler: its class, and which studies it can serve."""
+class Sampler(ABC):
+    """A sampler a study spec names (``sampler: {name: tpe, seed: 0}``): a plug-in of :data:`SAMPLERS`.
 
-    cls: str  # the class name in optuna.samplers
-    multi_objective: bool  # handles two objectives
-    finite_only: bool = False  # needs a finite space (every searched parameter an integer, a fixed budget)
-    module: str | None = None  # a package it needs besides optuna (named in the refusal)
+    Contract: :meth:`factory` returns the callable the spec's keyword arguments go to, which returns an Optuna
+    sampler (an ``optuna.samplers.BaseSampler``); its signature is what a spec may set (each argument of the
+    type of its default).  The class says which studies it can serve: :attr:`multi_objective`,
+    :attr:`finite_only` (every searched parameter an integer, a fixed budget), :attr:`requires` (a package it
+    needs besides optuna) and :attr:`one_sequence` (one sequence for the whole study: never rebuilt per
+    trial).  A package adds one through the ``revit.samplers`` entry-point group.
+    """
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    multi_objective: ClassVar[bool] = True
+    finite_only: ClassVar[bool] = False
+    requires: ClassVar[str | None] = None
+    one_sequence: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def factory(cls) -> Callable[..., Any]:
+        """What builds the Optuna sampler from the spec's keyword arguments (imported when called)."""
 
 
-SAMPLERS: Registry[SamplerKind] = Registry("sampler")
-PRUNERS: Registry[str] = Registry("pruner")  # name -> optuna class name
+class OptunaPruner(ABC):
+    """An Optuna pruner a study spec names (``pruner: {name: median}``): a plug-in of :data:`PRUNERS` (called
+    "Optuna pruner" to tell it from revit's ``GlobalPruner``).  :meth:`factory` is the callable the spec's
+    keyword arguments go to; it returns an ``optuna.pruners.BasePruner``.  :attr:`stops_nothing` marks the
+    one that never prunes (the only one a multi-objective study may use).  Entry-point group:
+    ``revit.optuna_pruners``."""
 
-for _names, _kind in ((("tpe",), SamplerKind("TPESampler", True)),
-                      (("random",), SamplerKind("RandomSampler", True)),
-                      (("nsga2", "nsgaii"), SamplerKind("NSGAIISampler", True)),
-                      (("nsga3", "nsgaiii"), SamplerKind("NSGAIIISampler", True)),
-                      (("gp",), SamplerKind("GPSampler", True, module="scipy")),
-                      (("qmc",), SamplerKind("QMCSampler", True, module="scipy")),
-                      (("cmaes",), SamplerKind("CmaEsSampler", False, module="cmaes")),
-                      (("bruteforce", "brute-force"), SamplerKind("BruteForceSampler", True, finite_only=True))):
-    for _name in _names:
-        SAMPLERS.register(_name)(_kind)
-for _name, _cls in (("median", "MedianPruner"), ("hyperband", "HyperbandPruner"),
-                    ("percentile", "PercentilePruner"), ("successive-halving", "SuccessiveHalvingPruner"),
-                    ("none", "NopPruner"), ("nop", "NopPruner")):
-    PRUNERS.register(_name)(_cls)
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    stops_nothing: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def factory(cls) -> Callable[..., Any]:
+        """What builds the Optuna pruner from the spec's keyword arguments."""
+
+
+class _OptunaSampler(Sampler):
+    """One of Optuna's own samplers, by its class name in ``optuna.samplers``."""
+
+    optuna_class: ClassVar[str]
+
+    @classmethod
+    def factory(cls) -> Callable[..., Any]:
+        import optuna
+
+        return getattr(optuna.samplers, cls.optuna_class)
+
+
+class _BuiltinPruner(OptunaPruner):
+    """One of Optuna's own pruners, by its class name in ``optuna.pruners``."""
+
+    optuna_class: ClassVar[str]
+
+    @classmethod
+    def factory(cls) -> Callable[..., Any]:
+        import optuna
+
+        return getattr(optuna.pruners, cls.optuna_class)
+
+
+SAMPLERS: Registry[type[Sampler]] = Registry("sampler", group=SAMPLERS_GROUP, base=Sampler)
+PRUNERS: Registry[type[OptunaPruner]] = Registry("Optuna pruner", group=OPTUNA_PRUNERS_GROUP, base=OptunaPruner)
+
+
+def _builtin(base: type, what: tuple[str, str, str], attrs: Mapping[str, Any]) -> None:
+    """Register Optuna's class ``what[1]`` under the name ``what[0]``, described by ``what[2]`` (one small class
+    each, as a plug-in would write it)."""
+    name, optuna_class, description = what
+    registry: Registry[Any] = SAMPLERS if base is _OptunaSampler else PRUNERS
+    registry.register(type(optuna_class, (base,), {"name": name, "optuna_class": optuna_class,
+                                                   "description": description, "__module__": __name__, **attrs}))
+
+
+for _args, _attrs in (
+        (("tpe", "TPESampler", "Tree-structured Parzen Estimator (Optuna's default)"), {}),
+        (("random", "RandomSampler", "independent uniform draws"), {}),
+        (("nsga2", "NSGAIISampler", "NSGA-II genetic algorithm (several objectives)"), {"aliases": ("nsgaii",)}),
+        (("nsga3", "NSGAIIISampler", "NSGA-III genetic algorithm (many objectives)"), {"aliases": ("nsgaiii",)}),
+        (("gp", "GPSampler", "Gaussian-process Bayesian optimisation (needs scipy)"), {"requires": "scipy"}),
+        (("qmc", "QMCSampler", "quasi-Monte Carlo (Sobol/Halton) sequence (needs scipy)"),
+         {"requires": "scipy", "one_sequence": True}),
+        (("cmaes", "CmaEsSampler", "CMA evolution strategy (one objective; needs cmaes)"),
+         {"requires": "cmaes", "multi_objective": False}),
+        (("bruteforce", "BruteForceSampler", "every point of a finite space once"),
+         {"aliases": ("brute-force",), "finite_only": True})):
+    _builtin(_OptunaSampler, _args, _attrs)
+for _args, _attrs in (
+        (("median", "MedianPruner", "stop a trial below the median of earlier trials at the same step"), {}),
+        (("hyperband", "HyperbandPruner", "Hyperband: successive halving over several brackets"), {}),
+        (("percentile", "PercentilePruner", "stop a trial below a percentile of earlier trials"), {}),
+        (("successive-halving", "SuccessiveHalvingPruner", "asynchronous successive halving"), {}),
+        (("none", "NopPruner", "never stop a trial early"), {"aliases": ("nop",), "stops_nothing": True})):
+    _builtin(_BuiltinPruner, _args, _attrs)
 
 
 def _check_value(v: Any, default: Any, at: str) -> None:
@@ -69,20 +145,20 @@ def _check_value(v: Any, default: Any, at: str) -> None:
 
 def _kwargs(cls: Any, given: Mapping[str, Any], what: str) -> dict[str, Any]:
     kw = {k: v for k, v in given.items() if k != "name"}
-    params = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
-              if n not in ("self", "args", "kwargs")}
+    params = {n: p for n, p in inspect.signature(cls).parameters.items()  # a class's or a function's arguments
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     check_keys(kw, list(params), f"{what} {given['name']!r}", what="argument")
     for k, v in kw.items():
         _check_value(v, params[k].default, f"{what}.{k}")
     return kw
 
 
-def _import(kind: SamplerKind) -> None:
-    if kind.module is not None:
+def _import(kind: type[Sampler]) -> None:
+    if kind.requires is not None:
         import importlib.util
 
-        if importlib.util.find_spec(kind.module) is None:
-            raise ConfigError(f"sampler {kind.cls} needs the package {kind.module!r}: pip install {kind.module}")
+        if importlib.util.find_spec(kind.requires) is None:
+            raise ConfigError(f"sampler {kind.name!r} needs the package {kind.requires!r}: pip install {kind.requires}")
 
 
 def check_sampler(spec: Mapping[str, Any], n_objectives: int = 1, *, finite: bool = True) -> None:
@@ -100,9 +176,19 @@ def check_sampler(spec: Mapping[str, Any], n_objectives: int = 1, *, finite: boo
     build_sampler(spec)  # argument types, and the constructor's own checks (ranges), as one line
 
 
-def check_pruner(spec: Mapping[str, Any]) -> None:
-    """Validate a pruner spec (name, arguments and their types) by building it once."""
+def check_pruner(spec: Mapping[str, Any], n_objectives: int = 1) -> None:
+    """Validate a pruner spec (name, arguments and their types) by building it once; several objectives
+    take only the pruner that stops nothing (Optuna cannot prune multi-objective trials)."""
     build_pruner(spec)
+    if n_objectives > 1 and not stops_nothing(str(spec["name"])):
+        none = PRUNERS.name_of(next(c for c in PRUNERS.loaded().values() if c.stops_nothing))
+        raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
+                          f"set pruner: {{name: {none}}}")
+
+
+def stops_nothing(name: str) -> bool:
+    """Whether the Optuna pruner ``name`` never stops a trial (``none``)."""
+    return PRUNERS.get(name).stops_nothing
 
 
 def build_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> Any:
@@ -111,7 +197,7 @@ def build_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> Any:
 
     kind = SAMPLERS.get(str(spec["name"]))
     _import(kind)
-    cls = getattr(optuna.samplers, kind.cls)
+    cls = kind.factory()
     kw = _kwargs(cls, spec, "sampler")
     if kw.get("seed") is not None and seed_offset:
         kw["seed"] = (int(kw["seed"]) + seed_offset) % (SEED_MAX + 1)
@@ -127,14 +213,12 @@ def build_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> Any:
 
 def build_pruner(spec: Mapping[str, Any]) -> Any:
     """An Optuna pruner from ``{name, **kwargs}``."""
-    import optuna
-
-    cls = getattr(optuna.pruners, PRUNERS.get(str(spec["name"])))
+    cls = PRUNERS.get(str(spec["name"])).factory()
     try:
         return cls(**_kwargs(cls, spec, "pruner"))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"pruner {spec['name']!r}: {str(e)[:200]}") from None
 
 
-__all__ = ["PRUNERS", "SAMPLERS", "SEED_MAX", "SamplerKind", "build_pruner", "build_sampler", "check_pruner",
-           "check_sampler"]
+__all__ = ["PRUNERS", "SAMPLERS", "SEED_MAX", "OptunaPruner", "Sampler", "build_pruner", "build_sampler",
+           "check_pruner", "check_sampler", "stops_nothing"]

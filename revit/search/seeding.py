@@ -27,7 +27,7 @@ class PerTrialSeed(BaseSampler):
 
     def __init__(self, spec: Mapping[str, Any], offset: int = 0) -> None:
         self._spec, self._offset = dict(spec), offset
-        self._one_sequence = SAMPLERS.get(str(spec["name"])).cls == "QMCSampler"
+        self._one_sequence = SAMPLERS.get(str(spec["name"])).one_sequence
         self._inner = build_sampler(self._spec, offset)
 
     @property

@@ -249,10 +249,7 @@ class StudySpec:
             raise ConfigError(f"objectives must be [accuracy] or [accuracy, macs|latency], got {list(objectives)}")
         sampler = PluginSpec.parse(d.get("sampler"), "sampler", "tpe")
         pruner = PluginSpec.parse(d.get("pruner"), "pruner", "median")
-        check_pruner(pruner)
-        if len(objectives) > 1 and pruner.name not in ("none", "nop"):
-            raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
-                              "set pruner: {name: none}")
+        check_pruner(pruner, len(objectives))
 
         setting = Setting.parse(d.get("setting", "micro"), "setting")
 

@@ -53,7 +53,7 @@ class StorageBackend(ABC):
         return None
 
 
-STORAGES: Registry[type[StorageBackend]] = Registry("storage")
+STORAGES: Registry[type[StorageBackend]] = Registry("storage", key="scheme")
 
 
 def _redact(url: str) -> str:
@@ -102,7 +102,7 @@ class _RDB(StorageBackend):
             raise StorageError(f"invalid storage URL {_redact(url)!r}: {_first(e)}") from None
 
 
-@STORAGES.register("sqlite")
+@STORAGES.register
 class SQLiteStorage(_RDB):
     """One SQLite file: the default; the parent folder is created."""
 
@@ -146,7 +146,7 @@ class SQLiteStorage(_RDB):
         return super().open(url, read_only)
 
 
-@STORAGES.register("postgresql")
+@STORAGES.register
 class PostgresStorage(_RDB):
     """A PostgreSQL server (many workers on many machines); driver from ``revit[postgres]``."""
 
@@ -181,7 +181,7 @@ class PostgresStorage(_RDB):
                                       "(psycopg2-binary)")
 
 
-@STORAGES.register("mysql")
+@STORAGES.register
 class MySQLStorage(_RDB):
     """A MySQL/MariaDB server through SQLAlchemy (driver installed by the user, e.g. PyMySQL)."""
 
@@ -190,7 +190,7 @@ class MySQLStorage(_RDB):
     description = "MySQL server: mysql+pymysql://USER:PASSWORD@HOST/DB (install the driver yourself)"
 
 
-@STORAGES.register("journal")
+@STORAGES.register
 class JournalStorage(StorageBackend):
     """Optuna's journal file: append-only log with a file lock (one machine or a shared disk)."""
 

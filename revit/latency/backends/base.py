@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from revit.config import BlockDims, ViTConfig
 from revit.errors import ConfigError
+from revit.options import Option
 from revit.registry import BACKENDS_GROUP, Registry
 
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
@@ -36,16 +37,25 @@ class Backend(ABC):
     """A way of running ViT parts on a device; one instance serves a whole table build.
 
     Besides timing, a backend declares what the command line and validation need to know about it:
-    :attr:`default_device`, the constructor :attr:`option_names` it takes (``--graph``, ``--compile``...),
-    :meth:`default_clock` and :meth:`reopen_kwargs` (how the backend of a table is built again from the
-    table's metadata, on the device, dtype, threads, clock and options recorded there).
+    its :attr:`name` and :attr:`description` (``revit latency backends``, ``--help``),
+    :attr:`default_device`, the keyword options of its constructor in :attr:`option_specs` (each an
+    :class:`~revit.options.Option` with its default and help: ``revit latency build`` gets a flag for each,
+    ``--graph``, ``--compile``..., refused for a backend that does not declare it), :meth:`default_clock`
+    and :meth:`reopen_kwargs` (how the backend of a table is built again from the table's metadata, on
+    the device, dtype, threads, clock and options recorded there).
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     default_device: ClassVar[str] = "cpu"
     # keyword options of the constructor beyond device/dtype/threads/clock, recorded in backend_settings
-    option_names: ClassVar[tuple[str, ...]] = ()
+    option_specs: ClassVar[tuple[Option, ...]] = ()
+    option_names: ClassVar[tuple[str, ...]] = ()  # the names of option_specs (set for each subclass)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "option_specs" in vars(cls):
+            cls.option_names = tuple(o.name for o in cls.option_specs)
 
     def __init__(self, *, device: str = "cpu", dtype: str = "fp32", threads: int | None = 1,
                  clock: str = "wall", **options: Any) -> None:

@@ -18,6 +18,7 @@ from revit.config import BlockDims, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency import graphs
 from revit.latency.backends.base import BACKENDS, Backend, Workload, cpu_name
+from revit.options import Option
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
@@ -51,13 +52,16 @@ class _Run(Workload):
         self._keep.clear()
 
 
-@BACKENDS.register("onnxruntime")
+@BACKENDS.register
 class OrtBackend(Backend):
     """onnxruntime InferenceSession; ``device`` is cpu, cuda or tensorrt (the execution provider)."""
 
     name = "onnxruntime"
     description = "ONNX Runtime (default; --device cpu, cuda or tensorrt picks the execution provider)"
-    option_names = ("graph",)
+    option_specs = (Option("graph", "shared", "onnxruntime block graph: one shared graph whose weights are inputs, "
+                           "or a static graph per cell", choices=("shared", "per-cell")),
+                    Option("opt_level", "all", "ONNX Runtime graph optimisation level",
+                           choices=("all", "extended", "basic", "none")))
 
     def __init__(self, *, graph: str = "shared", opt_level: str = "all", **kw: Any) -> None:
         super().__init__(**kw)
@@ -97,6 +101,13 @@ class OrtBackend(Backend):
     def default_clock(cls, device: str, threads: int | None) -> str:
         """One thread on the CPU runs in the calling thread: its CPU time is blind to time-slicing."""
         return "thread" if device == "cpu" and threads == 1 else "wall"
+
+    @classmethod
+    def reopen_kwargs(cls, metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """The base class's, with the graph optimisation level the table records (``graph_optimization``)."""
+        kw = super().reopen_kwargs(metadata)
+        level = (metadata.get("backend_settings") or {}).get("graph_optimization")
+        return {**kw, "opt_level": str(level)} if level else kw
 
     @classmethod
     def table_device(cls, metadata: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ from revit.config import BlockDims, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency import graphs
 from revit.latency.backends.base import BACKENDS, Backend, Workload
+from revit.options import Option
 
 INSTALL = ("pip install 'revit[tensorrt]' (tensorrt + cuda-python) on a machine with an NVIDIA GPU and driver")
 
@@ -88,17 +89,20 @@ class _TrtRun(Workload):
         cudart.cudaStreamDestroy(self.stream)
 
 
-@BACKENDS.register("tensorrt")
+@BACKENDS.register
 class TensorRTBackend(Backend):
     """TensorRT engines (fp32 or fp16) on an NVIDIA GPU; one timing cache across all cells."""
 
     name = "tensorrt"
     description = "TensorRT engines (fp32 or fp16) on an NVIDIA GPU"
     default_device = "cuda"
+    option_specs = (Option("workspace_mb", 1024, "TensorRT builder workspace in MiB"),)
 
     def __init__(self, *, workspace_mb: int = 1024, **kw: Any) -> None:
         kw.setdefault("device", "cuda")
         super().__init__(**kw)
+        if workspace_mb < 1:
+            raise ConfigError(f"workspace_mb must be >= 1, got {workspace_mb}")
         if self.dtype not in ("fp32", "fp16"):
             raise ConfigError(f"tensorrt dtype must be fp32 or fp16, got {self.dtype!r}")
         try:

@@ -18,6 +18,7 @@ from typing import Any
 from revit.config import BlockDims, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency.backends.base import BACKENDS, Backend, Workload, cpu_name, is_cpu_name
+from revit.options import Option
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -75,13 +76,15 @@ def _capture(torch: Any, module: Any, x: Any) -> Any:
     return replay
 
 
-@BACKENDS.register("torch")
+@BACKENDS.register
 class TorchBackend(Backend):
     """torch eager (``compile=True`` for torch.compile) on cpu or cuda (``cuda_graphs=True``: graph replays)."""
 
     name = "torch"
     description = "torch eager on cpu or cuda (--compile: torch.compile; --cuda-graphs: CUDA-graph replays)"
-    option_names = ("compile", "cuda_graphs")
+    option_specs = (Option("compile", False, "torch.compile each module"),
+                    Option("cuda_graphs", False, "on cuda: time CUDA-graph replays (no launch overhead; recorded in "
+                                                 "the table)"))
 
     def __init__(self, *, compile: bool = False, cuda_graphs: bool = False, **kw: Any) -> None:
         super().__init__(**kw)

@@ -12,6 +12,7 @@ from revit import counting
 from revit.config import BlockDims, ViTConfig
 from revit.errors import ConfigError
 from revit.latency.backends.base import Backend, Workload
+from revit.options import Option
 
 SECONDS_PER_MAC = 1e-12
 CALL_OVERHEAD_S = 1e-6
@@ -35,14 +36,15 @@ def _block_macs(embed_dim: int, d: BlockDims, tokens: int) -> int:
 class ToyBackend(Backend):
     """1 ps per MAC plus 1 us per call, on a made-up device."""
 
-    name = "toy"
     description = "analytic toy device: 1 ps per MAC + 1 us per call (a plugin's example)"
-    option_names = ("speed",)
+    option_specs = (Option("speed", 1.0, "how many times faster than 1 ps per MAC the toy device runs"),)
 
     def __init__(self, *, speed: float = 1.0, **kw: Any) -> None:
         super().__init__(**kw)
         if self.device != "cpu":
             raise ConfigError(f"the toy backend runs on cpu only, got {self.device!r}")
+        if not speed > 0:
+            raise ConfigError(f"speed must be > 0, got {speed}")
         self.speed = float(speed)
 
     def info(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from revit.rules.base import NamedRule, ParamSpec, RuleFamily, block_positions
 class ToyFamily(RuleFamily):
     """Heads of 32 channels, MLP = ratio x EMB x (1 - growth/2 + growth x depth position)."""
 
-    name = "toy-family"
     description = "toy plugin family: uniform attention, MLP widening linearly with depth"
     params = {
         "growth": ParamSpec(1.0, 0.0, 2.0, "how much wider the last MLP is than the first, relative to the mean"),
