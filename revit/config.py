@@ -243,7 +243,12 @@ Setting.PRESETS = {
 # blocks and configs ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockDims:
-    """Widths of one transformer block: heads, QK and V width *per head*, MLP hidden width."""
+    """Widths of one transformer block: heads, QK and V width *per head*, MLP hidden width.
+
+    A branch may be absent: ``heads: 0`` (no attention; ``qk_dim`` and ``v_dim`` must then be 0 too:
+    a head width without heads is refused, not guessed) or ``mlp_dim: 0`` (no MLP).  A block with
+    neither (:data:`REMOVED`, all four 0) is a removed block: a :class:`ViTConfig` drops it.
+    """
 
     heads: int
     qk_dim: int
@@ -252,7 +257,28 @@ class BlockDims:
 
     def __post_init__(self) -> None:
         for k in BLOCK_KINDS:
-            _check_int(getattr(self, k), f"block {k}")
+            _check_int(getattr(self, k), f"block {k}", minimum=0)
+        if self.heads == 0 and (self.qk_dim or self.v_dim):
+            raise ConfigError(f"block heads 0 (no attention) needs qk_dim 0 and v_dim 0, got qk_dim {self.qk_dim} "
+                              f"and v_dim {self.v_dim}: a block without attention has no head width")
+        if self.heads > 0:
+            for k in PER_HEAD_KINDS:
+                _check_int(getattr(self, k), f"block {k} (with {self.heads} heads)")
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether the block has its attention branch (heads > 0)."""
+        return self.heads > 0
+
+    @property
+    def has_mlp(self) -> bool:
+        """Whether the block has its MLP branch (mlp_dim > 0)."""
+        return self.mlp_dim > 0
+
+    @property
+    def is_removed(self) -> bool:
+        """Neither branch: the block is the identity, and a config drops it."""
+        return not (self.has_attention or self.has_mlp)
 
     @property
     def attn_qk(self) -> int:
@@ -269,13 +295,40 @@ class BlockDims:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "block") -> BlockDims:
+        """Read ``{heads, qk_dim, v_dim, mlp_dim}``; with ``heads: 0`` the per-head widths may be left out (0)."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where} must be a mapping with keys {', '.join(BLOCK_KINDS)}, got {short(d)}")
         check_keys(d, BLOCK_KINDS, where)
-        missing = [k for k in BLOCK_KINDS if k not in d]
+        optional = PER_HEAD_KINDS if d.get("heads") == 0 and not isinstance(d.get("heads"), bool) else ()
+        missing = [k for k in BLOCK_KINDS if k not in d and k not in optional]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
-        return cls(**{k: _check_int(d[k], f"{where} {k}") for k in BLOCK_KINDS})
+        widths = {k: _check_int(d.get(k, 0), f"{where} {k}", minimum=0) for k in BLOCK_KINDS}
+        try:
+            return cls(**widths)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+REMOVED = BlockDims(0, 0, 0, 0)  # a removed block (no attention, no MLP), as a trace may record it at its index
+
+
+def _kept_blocks(blocks: Sequence[BlockDims]) -> tuple[BlockDims, ...]:
+    """The blocks a config keeps: removed ones (no attention, no MLP) are dropped, so its depth shrinks.
+
+    Depth 0 and a list whose every block is removed are refused: a ViT needs at least one block.
+    """
+    given = tuple(blocks)
+    for i, b in enumerate(given):
+        if not isinstance(b, BlockDims):
+            raise ConfigError(f"block {i} must be a BlockDims, got {type(b).__name__}")
+    if not given:
+        raise ConfigError("a ViT needs at least one block (depth 0 given)")
+    kept = tuple(b for b in given if not b.is_removed)
+    if not kept:
+        raise ConfigError(f"every block is removed (heads 0 and mlp_dim 0 in all {len(given)}): "
+                          "a ViT needs at least one block")
+    return kept
 
 
 @dataclass(frozen=True, init=False)
@@ -285,6 +338,8 @@ class ViTConfig:
     Built as ``ViTConfig(embed_dim, blocks, setting)`` or with the setting's fields as keywords
     (``ViTConfig(embed_dim=96, blocks=..., img_size=28, patch_size=7)``, on top of ``setting`` when
     both are given); the setting's fields read as attributes (``cfg.img_size``) and are flat in YAML.
+    A block with ``heads: 0`` or ``mlp_dim: 0`` lacks that branch; removed blocks (both 0) are dropped,
+    so a config is always the model as built: its depth is the number of blocks it keeps.
     """
 
     embed_dim: int
@@ -295,10 +350,10 @@ class ViTConfig:
     def __init__(self, embed_dim: int, blocks: Sequence[BlockDims], setting: Setting | None = None, *,
                  name: str | None = None, **setting_fields: Any) -> None:
         check_keys(setting_fields, [f.name for f in fields(Setting)], "ViTConfig", what="argument")
-        blocks = tuple(blocks)
+        blocks = _kept_blocks(blocks)
         if "depth" in setting_fields and setting_fields["depth"] != len(blocks):
             raise ConfigError(f"depth {setting_fields['depth']} given with {len(blocks)} blocks")
-        setting = replace(setting or Setting(), **{**setting_fields, "depth": max(1, len(blocks))})
+        setting = replace(setting or Setting(), **{**setting_fields, "depth": len(blocks)})
         object.__setattr__(self, "embed_dim", embed_dim)
         object.__setattr__(self, "blocks", blocks)
         object.__setattr__(self, "setting", setting)
@@ -307,11 +362,6 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         _check_int(self.embed_dim, "embed_dim")
-        if len(self.blocks) == 0:
-            raise ConfigError("a ViT needs at least one block (depth 0 given)")
-        for i, b in enumerate(self.blocks):
-            if not isinstance(b, BlockDims):
-                raise ConfigError(f"block {i} must be a BlockDims, got {type(b).__name__}")
 
     # the setting's fields and derived numbers --------------------------------------------------
     @property

@@ -58,7 +58,7 @@ def test_negative_dims(cli, tiny_cfg, tmp_path):
     import yaml
 
     (tmp_path / "neg.yaml").write_text(yaml.safe_dump(d))
-    _one_line_error(*cli("model", "info", tmp_path / "neg.yaml"), "heads must be >= 1")
+    _one_line_error(*cli("model", "info", tmp_path / "neg.yaml"), "heads must be >= 0")
 
 
 def test_mismatched_checkpoint_leaves_existing_output_alone(cli, tiny_cfg, tmp_path):

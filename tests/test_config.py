@@ -32,8 +32,11 @@ def test_derived_numbers_in_file_are_ignored(tiny_cfg, tmp_path):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda d: d["blocks"][0].update(heads=0), "heads must be >= 1"),
-        (lambda d: d["blocks"][1].update(mlp_dim=-16), "mlp_dim must be >= 1"),
+        (lambda d: d["blocks"][0].update(heads=0), "heads 0 (no attention) needs qk_dim 0 and v_dim 0"),
+        (lambda d: d["blocks"][0].update(heads=-1), "heads must be >= 0"),
+        (lambda d: d["blocks"][0].update(qk_dim=0), "qk_dim (with"),
+        (lambda d: d["blocks"][1].update(mlp_dim=-16), "mlp_dim must be >= 0"),
+        (lambda d: d.update(blocks=[dict(heads=0, qk_dim=0, v_dim=0, mlp_dim=0)] * 2), "every block is removed"),
         (lambda d: d["blocks"][0].update(qk_dim="8"), "qk_dim must be an integer"),
         (lambda d: d["blocks"][0].update(qk_dim=8.5), "qk_dim must be an integer"),
         (lambda d: d["blocks"][0].update(colour=3), "unknown key(s) colour"),
@@ -142,3 +145,24 @@ def test_a_key_given_twice_is_refused(tmp_path):
         ViTConfig.load(p)
     ok = p.read_text().replace("embed_dim: 96\n", "")
     assert ViTConfig.from_yaml_text(ok).embed_dim == 64
+
+
+def test_absent_branches_and_removed_blocks(tiny_cfg, tmp_path):
+    """heads 0 / mlp_dim 0 keep the block without that branch; a removed block (both 0) shrinks the depth."""
+    from revit.config import REMOVED
+
+    no_attn, no_mlp = BlockDims(0, 0, 0, 40), BlockDims(2, 8, 8, 0)
+    cfg = tiny_cfg.with_blocks([no_attn, REMOVED, no_mlp])
+    assert cfg.blocks == (no_attn, no_mlp) and cfg.depth == cfg.setting.depth == 2
+    assert not no_attn.has_attention and no_attn.has_mlp and not no_mlp.has_mlp and REMOVED.is_removed
+    cfg.save(tmp_path / "c.yaml")
+    assert ViTConfig.load(tmp_path / "c.yaml") == cfg
+    assert [b["mlp_dim"] for b in yaml.safe_load((tmp_path / "c.yaml").read_text())["blocks"]] == [40, 0]
+    # with heads 0 the per-head widths may be left out of the file (they are 0)
+    d = cfg.to_dict()
+    d["blocks"][0] = {"heads": 0, "mlp_dim": 40}
+    assert ViTConfig.from_dict(d) == cfg
+    with pytest.raises(ConfigError, match="no head width"):  # refused, not normalised
+        BlockDims(0, 64, 0, 40)
+    with pytest.raises(ConfigError, match="depth 0"):
+        tiny_cfg.with_blocks([])
