@@ -206,7 +206,10 @@ def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
     t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
                     progress=False)
     d = t.metadata["design"]
-    assert d["cells_measured"] <= 937 and d["cells_measured"] == b.calls - 1  # + the reference block
+    # + the reference block; the half blocks on their sub-grids of the knots come on top of the cell budget
+    assert d["cells_measured"] <= 937 and d["cells_measured"] + d["half_cells_measured"] == b.calls - 1
+    assert d["half_cells_measured"] == t.half_cells == len(t.axes["embed_dim"]) * (
+        len(t.axes["heads"]) * len(t.axes["qk_dim"]) * len(t.axes["v_dim"]) + len(t.axes["mlp_dim"]))
     assert {128, 136} <= set(t.axes["mlp_dim"])  # the step is bracketed by knots
     assert len(t.axes["heads"]) == 2 and len(t.axes["qk_dim"]) == 2  # linear axes need only their ends
     for cfg in random_configs(t, 20, seed=3):
@@ -288,9 +291,10 @@ def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
     assert recs2[:6] == recs and len(recs2) == 9
     second = FakeBackend(lambda e, d: 3.0)
     t = build_table(grid, second, out, s, resume=True, progress=False)
-    # 8 cells x 2 passes, + overhead (None here) x 2, + 2 fixed x 2 = 22 measurements; 6 were kept
+    # 8 cells x 2 passes, + overhead (None here) x 2, + 2 fixed x 2, + 8 half blocks x 2 = 38 measurements
     first_blocks = [r for r in recs if r["what"] == "block"]
-    assert second.calls == 16 - len([r for r in recs2 if r["what"] == "block"])
+    assert t.half_cells == 8
+    assert second.calls == 16 + 2 * 8 - len([r for r in recs2 if r["what"] in ("block", "attention", "mlp")])
     by_pass = {tuple(r["cell"]) for r in first_blocks}
     for cell in by_pass:  # measured once by each backend: median of [1, 1, 3, 3] = 2
         idx = tuple(t.axes[a].index(float(v)) for a, v in zip(t.axes, cell, strict=True))
