@@ -122,7 +122,7 @@ def price_rows(full: Grid, halves: Halves | None, pts: np.ndarray, extrapolate: 
                refuse: Callable[[str], AbsentBranchError]) -> np.ndarray:
     """Block latencies at rows ``(embed_dim, heads, qk_dim, v_dim, mlp_dim)``: a row with both branches from the
     full grid, with ``heads`` 0 from the MLP half, with ``mlp_dim`` 0 from the attention half, with neither 0.
-    ``refuse(branch)`` is raised when a half is needed and the table has none."""
+    ``refuse(absent branch)`` is raised when a half is needed and the table has none."""
     attn, mlp = pts[:, 1] > 0, pts[:, 4] > 0
     both = attn & mlp
     if both.all():  # the common case (every width prune, every v1 query): one lookup
@@ -130,12 +130,12 @@ def price_rows(full: Grid, halves: Halves | None, pts: np.ndarray, extrapolate: 
     out = np.zeros(len(pts))
     if both.any():
         out[both] = full(pts[both], extrapolate)
-    for name, mask in (("attention", attn & ~mlp), ("mlp", mlp & ~attn)):
+    for half, absent, mask in (("attention", "mlp", attn & ~mlp), ("mlp", "attention", mlp & ~attn)):
         if mask.any():
             if halves is None:
-                raise refuse(name)
-            cols = [WIDTH_KINDS.index(a) for a in BRANCH_AXES[name]]
-            out[mask] = halves[name](pts[mask][:, cols], extrapolate)
+                raise refuse(absent)
+            cols = [WIDTH_KINDS.index(a) for a in BRANCH_AXES[half]]
+            out[mask] = halves[half](pts[mask][:, cols], extrapolate)
     return out
 
 
