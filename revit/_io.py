@@ -374,17 +374,19 @@ def dump_yaml(doc: Any) -> str:
     return str(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100))
 
 
-def check_schema(doc: Any, kind: str, source: str = "document", keys: Sequence[str] | None = None) -> dict[str, Any]:
-    """Check that ``doc`` is a mapping carrying ``schema: revit/<kind>/v1`` (and ``kind``, when it has one,
-    equal to ``kind``), with no keys outside ``keys`` when given; return it."""
+def check_schema(doc: Any, kind: str, source: str = "document", keys: Sequence[str] | None = None,
+                 versions: Sequence[int] = (1,)) -> dict[str, Any]:
+    """Check that ``doc`` is a mapping carrying ``schema: revit/<kind>/v<N>`` for an ``N`` in ``versions`` (and
+    ``kind``, when it has one, equal to ``kind``), with no keys outside ``keys`` when given; return it."""
+    wants = [f"revit/{kind}/v{n}" for n in versions]
+    want = " or ".join(repr(w) for w in wants)
     if not isinstance(doc, dict):
-        raise FileFormatError(f"{source}: expected a mapping with 'schema: revit/{kind}/v1'")
+        raise FileFormatError(f"{source}: expected a mapping with 'schema: {wants[-1]}'")
     schema = doc.get("schema")
-    want = f"revit/{kind}/v1"
-    if schema != want:
+    if schema not in wants:
         if isinstance(schema, str) and schema.startswith(f"revit/{kind}/"):
-            raise FileFormatError(f"{source}: unsupported schema version {schema!r} (this revit reads {want!r})")
-        raise FileFormatError(f"{source}: schema is {schema!r}, expected {want!r}")
+            raise FileFormatError(f"{source}: unsupported schema version {schema!r} (this revit reads {want})")
+        raise FileFormatError(f"{source}: schema is {schema!r}, expected {want}")
     if keys is not None:
         check_keys(doc, keys, source, error=FileFormatError)
     if doc.get("kind", kind) != kind:

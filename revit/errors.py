@@ -52,6 +52,17 @@ class TableRangeError(OutsideDomainError):
         self.axis = axis
 
 
+class AbsentBranchError(TableRangeError):
+    """A latency table cannot price a block without its attention or its MLP (a table of schema v1, or an
+    import, has no half-block measurements); ``branch`` names the absent one (``attention`` or ``mlp``).
+    Extrapolation cannot help: the table must be rebuilt."""
+
+    def __init__(self, message: str = "", *, hint: str | None = None, axis: str | None = None,
+                 branch: str = "") -> None:
+        super().__init__(message, hint=hint, axis=axis)
+        self.branch = branch
+
+
 class RuleDomainError(OutsideDomainError, ConfigError):
     """A rule would be applied outside the domain it was written for (e.g. the paper rule below EMB 100)."""
 

@@ -318,7 +318,8 @@ SPACE = {"schema": "revit/latency-space/v1", "name": "tiny", "depth": 2,
          "setting": {"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10},
          "axes": {"embed_dim": [16, 32], "heads": [1, 2], "qk_dim": [4], "v_dim": [4], "mlp_dim": [16, 32]}}
 PASSES = 2
-KEYS = 8 + 1 + 2  # 8 block cells, the call overhead, the fixed parts at both embed_dims
+# 8 block cells, the call overhead, the fixed parts at both embed_dims, the half blocks (4 attention, 4 MLP)
+KEYS = 8 + 1 + 2 + 8
 BUILD = ["--backend", "torch", "--design", "full", "--passes", str(PASSES), "--repeats", "2", "--warmup", "1",
          "--batch", "8", "--no-reference", "--no-progress"]
 
@@ -329,15 +330,16 @@ def _measures(journal: Path) -> list[tuple[Any, ...]]:
     return [(r["what"], json.dumps(r["cell"]), r["pass"]) for r in recs[1:] if r["type"] == "measure"]
 
 
-def expected_table(journal: Path) -> dict[tuple[int, ...], float]:
-    """The table's block values computed from the journal alone: median of a cell's samples less the overhead's."""
+def expected_table(journal: Path) -> dict[tuple[Any, ...], float]:
+    """The table's block and half-block values computed from the journal alone: median of a cell's samples less
+    the overhead's, keyed by (what, *cell)."""
     recs = [json.loads(x) for x in journal.read_text().splitlines()[1:] if x.strip()]
     samples: dict[Any, list[float]] = {}
     for r in recs:
         samples.setdefault((r["what"], json.dumps(r["cell"])), []).extend(r["samples"])
     over = float(np.median(samples[("overhead", "null")]))
-    return {tuple(json.loads(c)): max(float(np.median(s)) - over, 0.0) for (w, c), s in samples.items()
-            if w == "block"}
+    return {(w, *json.loads(c)): max(float(np.median(s)) - over, 0.0) for (w, c), s in samples.items()
+            if w in ("block", "attention", "mlp")}
 
 
 def kill_and_resume_build(tmp_path: Path, kills: list[tuple[str, int, str]]) -> None:
@@ -366,9 +368,11 @@ def kill_and_resume_build(tmp_path: Path, kills: list[tuple[str, int, str]]) -> 
     t = LatencyTable.load(out)
     assert t.metadata["design"]["cells_measured"] == 8
     assert {a: list(v) for a, v in t.axes.items()} == SPACE["axes"]
-    for cell, v in expect.items():
-        idx = tuple(list(t.axes[a]).index(x) for a, x in zip(t.axes, cell, strict=True))
-        assert t.values[idx] == pytest.approx(v, rel=1e-12, abs=1e-15)
+    assert t.branches is not None and len(expect) == 8 + t.half_cells
+    for (what, *cell), v in expect.items():
+        axes, values = (t.axes, t.values) if what == "block" else (t.branches[what].axes, t.branches[what].values)
+        idx = tuple(list(axes[a]).index(x) for a, x in zip(axes, cell, strict=True))
+        assert values[idx] == pytest.approx(v, rel=1e-12, abs=1e-15)
     assert "finished latency-build run" in refused(args + ["--resume"])
 
 

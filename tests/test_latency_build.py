@@ -25,11 +25,24 @@ from revit.latency.validate import random_configs, validate
 
 SETTING = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "distilled": False, "class_token": True}
 DIMS = [BlockDims(3, 8, 12, 40), BlockDims(2, 16, 4, 24), BlockDims(1, 4, 4, 8)]
+HALF_DIMS = [BlockDims(0, 0, 0, 40), BlockDims(2, 8, 12, 0)]  # no attention; no MLP
 
 
 # an independent torch reference of the block (written from the spec, not from revit's code) --------
 def ref_block(x: torch.Tensor, w: Mapping[str, np.ndarray], d: BlockDims) -> torch.Tensor:
     t = {k: torch.from_numpy(np.array(v)) for k, v in w.items()}
+    b, n, e = x.shape
+    if d.heads:
+        x = _ref_attention(x, t, d)
+    if not d.mlp_dim:
+        return x
+    h = F.layer_norm(x, (e,), t["ln2_w"], t["ln2_b"], eps=1e-6)
+    m = h @ t["fc1_w"] + t["fc1_b"]
+    m = 0.5 * m * (1 + torch.erf(m / 2 ** 0.5))
+    return x + m @ t["fc2_w"] + t["fc2_b"]
+
+
+def _ref_attention(x: torch.Tensor, t: Mapping[str, torch.Tensor], d: BlockDims) -> torch.Tensor:
     b, n, e = x.shape
     h = F.layer_norm(x, (e,), t["ln1_w"], t["ln1_b"], eps=1e-6)
     qkv = h @ t["qkv_w"] + t["qkv_b"]
@@ -39,11 +52,7 @@ def ref_block(x: torch.Tensor, w: Mapping[str, np.ndarray], d: BlockDims) -> tor
     v = qkv[..., 2 * hq:].reshape(b, n, d.heads, d.v_dim).permute(0, 2, 1, 3)
     a = torch.softmax(q @ k.transpose(-1, -2) / d.qk_dim ** 0.5, dim=-1)
     o = (a @ v).permute(0, 2, 1, 3).reshape(b, n, d.heads * d.v_dim)
-    x = x + o @ t["proj_w"] + t["proj_b"]
-    h = F.layer_norm(x, (e,), t["ln2_w"], t["ln2_b"], eps=1e-6)
-    m = h @ t["fc1_w"] + t["fc1_b"]
-    m = 0.5 * m * (1 + torch.erf(m / 2 ** 0.5))
-    return x + m @ t["fc2_w"] + t["fc2_b"]
+    return x + o @ t["proj_w"] + t["proj_b"]
 
 
 def ref_model(inits: Mapping[str, np.ndarray], cfg: ViTConfig, img: torch.Tensor) -> torch.Tensor:
@@ -67,9 +76,9 @@ def _ort(model: Any) -> Any:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("d", DIMS, ids=str)
+@pytest.mark.parametrize("d", DIMS + HALF_DIMS, ids=str)
 def test_shared_block_graph_matches_reference(d: BlockDims) -> None:
-    sess = _ort(graphs.shared_block_graph())
+    sess = _ort(graphs.shared_block_graph(d.has_attention, d.has_mlp))
     rng = np.random.default_rng(0)
     for e in (16, 24):
         w = graphs.block_weights(e, d, rng)
@@ -105,17 +114,19 @@ def test_tensorrt_onnx_graphs_run_in_onnxruntime(distilled: bool) -> None:
 
     from revit.latency.backends.tensorrt import TensorRTBackend
 
-    cfg = ViTConfig(embed_dim=24, blocks=tuple(DIMS), **{**SETTING, "distilled": distilled})  # type: ignore[arg-type]
+    cfg = ViTConfig(embed_dim=24, blocks=tuple(DIMS + HALF_DIMS),
+                    **{**SETTING, "distilled": distilled})  # type: ignore[arg-type]
     model = TensorRTBackend.model_onnx(cfg, 3)
     inits = {i.name: nh.to_array(i) for i in model.graph.initializer}
     img = np.random.default_rng(4).standard_normal((3, 1, 28, 28)).astype(np.float32)
     (y,) = _ort(model).run(None, {"image": img})
     np.testing.assert_allclose(y, ref_model(inits, cfg, torch.from_numpy(img)).numpy(), rtol=1e-4, atol=1e-5)
-    blk = TensorRTBackend.block_onnx(24, DIMS[1], cfg.tokens, 2)
-    bw = {i.name[2:]: nh.to_array(i) for i in blk.graph.initializer if i.name.startswith("b_")}
-    x = np.random.default_rng(5).standard_normal((2, cfg.tokens, 24)).astype(np.float32)
-    (yb,) = _ort(blk).run(None, {"x": x})
-    np.testing.assert_allclose(yb, ref_block(torch.from_numpy(x), bw, DIMS[1]).numpy(), rtol=1e-4, atol=1e-5)
+    for d in (DIMS[1], *HALF_DIMS):
+        blk = TensorRTBackend.block_onnx(24, d, cfg.tokens, 2)
+        bw = {i.name[2:]: nh.to_array(i) for i in blk.graph.initializer if i.name.startswith("b_")}
+        x = np.random.default_rng(5).standard_normal((2, cfg.tokens, 24)).astype(np.float32)
+        (yb,) = _ort(blk).run(None, {"x": x})
+        np.testing.assert_allclose(yb, ref_block(torch.from_numpy(x), bw, d).numpy(), rtol=1e-4, atol=1e-5)
     fixed = TensorRTBackend.fixed_onnx({**SETTING, "distilled": distilled}, 24, 3)
     assert _ort(fixed).run(None, {"image": img})[0].shape == (3, 10)
 
@@ -206,7 +217,10 @@ def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
     t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
                     progress=False)
     d = t.metadata["design"]
-    assert d["cells_measured"] <= 937 and d["cells_measured"] == b.calls - 1  # + the reference block
+    # + the reference block; the half blocks on their sub-grids of the knots come on top of the cell budget
+    assert d["cells_measured"] <= 937 and d["cells_measured"] + d["half_cells_measured"] == b.calls - 1
+    assert d["half_cells_measured"] == t.half_cells == len(t.axes["embed_dim"]) * (
+        len(t.axes["heads"]) * len(t.axes["qk_dim"]) * len(t.axes["v_dim"]) + len(t.axes["mlp_dim"]))
     assert {128, 136} <= set(t.axes["mlp_dim"])  # the step is bracketed by knots
     assert len(t.axes["heads"]) == 2 and len(t.axes["qk_dim"]) == 2  # linear axes need only their ends
     for cfg in random_configs(t, 20, seed=3):
@@ -288,9 +302,10 @@ def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
     assert recs2[:6] == recs and len(recs2) == 9
     second = FakeBackend(lambda e, d: 3.0)
     t = build_table(grid, second, out, s, resume=True, progress=False)
-    # 8 cells x 2 passes, + overhead (None here) x 2, + 2 fixed x 2 = 22 measurements; 6 were kept
+    # 8 cells x 2 passes, + overhead (None here) x 2, + 2 fixed x 2, + 8 half blocks x 2 = 38 measurements
     first_blocks = [r for r in recs if r["what"] == "block"]
-    assert second.calls == 16 - len([r for r in recs2 if r["what"] == "block"])
+    assert t.half_cells == 8
+    assert second.calls == 16 + 2 * 8 - len([r for r in recs2 if r["what"] in ("block", "attention", "mlp")])
     by_pass = {tuple(r["cell"]) for r in first_blocks}
     for cell in by_pass:  # measured once by each backend: median of [1, 1, 3, 3] = 2
         idx = tuple(t.axes[a].index(float(v)) for a, v in zip(t.axes, cell, strict=True))

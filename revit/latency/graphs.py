@@ -7,6 +7,8 @@ inference session serves every cell.  :func:`block_graph`, :func:`fixed_graph` a
 whole-model validation need).  The block is the model's (``revit.models``):
 ``x + proj(attn(LN1(x)))`` with a fused qkv laid out ``[Q all heads | K all heads | V all heads]``
 (head-major), scale ``qk_dim**-0.5``, then ``x + fc2(GELU(fc1(LN2(x))))``, LayerNorm eps 1e-6, exact GELU.
+A block without attention (``heads: 0``) is its MLP half alone, one without MLP (``mlp_dim: 0``) its attention
+half alone, each with its LayerNorm and residual add: what a latency table times to price an absent branch.
 """
 
 from __future__ import annotations
@@ -20,9 +22,15 @@ from revit.config import BlockDims, ViTConfig
 
 OPSET = 18
 LN_EPS = 1e-6
-WEIGHT_NAMES = ("ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "ln2_w", "ln2_b",
-                "fc1_w", "fc1_b", "fc2_w", "fc2_b")
+ATTN_WEIGHTS = ("ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b")
+MLP_WEIGHTS = ("ln2_w", "ln2_b", "fc1_w", "fc1_b", "fc2_w", "fc2_b")
+WEIGHT_NAMES = ATTN_WEIGHTS + MLP_WEIGHTS
 SHAPE_NAMES = ("split", "q_shape", "v_shape", "merge_shape", "scale")
+
+
+def weight_names(dims: BlockDims) -> tuple[str, ...]:
+    """The weights a block of ``dims`` has: its attention half's and its MLP half's, for the branches it has."""
+    return (ATTN_WEIGHTS if dims.has_attention else ()) + (MLP_WEIGHTS if dims.has_mlp else ())
 
 
 def _onnx() -> Any:
@@ -40,18 +48,23 @@ def block_weights(embed_dim: int, dims: BlockDims, rng: np.random.Generator, qkv
     def r(*shape: int, s: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(shape) * s).astype(dtype)
 
-    return {
-        "ln1_w": (1 + r(e)).astype(dtype), "ln1_b": r(e),
-        "qkv_w": r(e, qkv_out), "qkv_b": r(qkv_out) if qkv_bias else np.zeros(qkv_out, dtype),
-        "proj_w": r(h * v, e), "proj_b": r(e),
-        "ln2_w": (1 + r(e)).astype(dtype), "ln2_b": r(e),
-        "fc1_w": r(e, m), "fc1_b": r(m), "fc2_w": r(m, e), "fc2_b": r(e),
-    }
+    w: dict[str, np.ndarray] = {}
+    if dims.has_attention:  # drawn in this order whatever the block: a full block's weights do not change
+        w |= {"ln1_w": (1 + r(e)).astype(dtype), "ln1_b": r(e),
+              "qkv_w": r(e, qkv_out), "qkv_b": r(qkv_out) if qkv_bias else np.zeros(qkv_out, dtype),
+              "proj_w": r(h * v, e), "proj_b": r(e)}
+    if dims.has_mlp:
+        w |= {"ln2_w": (1 + r(e)).astype(dtype), "ln2_b": r(e),
+              "fc1_w": r(e, m), "fc1_b": r(m), "fc2_w": r(m, e), "fc2_b": r(e)}
+    return w
 
 
 def block_shapes(dims: BlockDims) -> dict[str, np.ndarray]:
-    """The reshape/split targets and the softmax scale of a block (graph inputs of the shared graph)."""
+    """The reshape/split targets and the softmax scale of a block (graph inputs of the shared graph); none
+    without attention."""
     h, q, v = dims.heads, dims.qk_dim, dims.v_dim
+    if not dims.has_attention:
+        return {}
     return {
         "split": np.array([h * q, h * q, h * v], np.int64),
         "q_shape": np.array([0, 0, h, q], np.int64),
@@ -62,12 +75,31 @@ def block_shapes(dims: BlockDims) -> dict[str, np.ndarray]:
 
 
 def _block_nodes(p: str, x: str, w: Mapping[str, str], s: Mapping[str, str], out: str,
-                 qkv_bias: bool = True) -> list[Any]:
-    """Nodes of one block reading ``x`` and writing ``out``; ``w``/``s`` map weight/shape names to tensors."""
+                 qkv_bias: bool = True, attention: bool = True, mlp: bool = True) -> list[Any]:
+    """Nodes of one block reading ``x`` and writing ``out``; ``w``/``s`` map weight/shape names to tensors.
+
+    ``attention``/``mlp`` False leave that half out (at least one is kept: a removed block is no block)."""
+    if attention and mlp:
+        return _attn_nodes(p, x, w, s, p + "x1", qkv_bias) + _mlp_nodes(p, p + "x1", w, out)
+    if attention:
+        return _attn_nodes(p, x, w, s, out, qkv_bias)
+    return _mlp_nodes(p, x, w, out)
+
+
+def _namer(p: str) -> Any:
+    """``n(op, inputs, name, **attrs)``: a node whose output and name are ``p + name``."""
     H = _onnx().helper.make_node
 
     def n(op: str, ins: list[str], name: str, **kw: Any) -> Any:
         return H(op, ins, [p + name], name=p + name, **kw)
+
+    return n
+
+
+def _attn_nodes(p: str, x: str, w: Mapping[str, str], s: Mapping[str, str], out: str, qkv_bias: bool) -> list[Any]:
+    """``out = x + proj(attention(LN1(x)))``."""
+    H = _onnx().helper.make_node
+    n = _namer(p)
 
     nodes = [
         n("LayerNormalization", [x, w["ln1_w"], w["ln1_b"]], "ln1", axis=-1, epsilon=LN_EPS),
@@ -95,8 +127,18 @@ def _block_nodes(p: str, x: str, w: Mapping[str, str], s: Mapping[str, str], out
         n("Reshape", [p + "ctx1", s["merge_shape"]], "ctx"),
         n("MatMul", [p + "ctx", w["proj_w"]], "proj0"),
         n("Add", [p + "proj0", w["proj_b"]], "proj"),
-        n("Add", [x, p + "proj"], "x1"),
-        n("LayerNormalization", [p + "x1", w["ln2_w"], w["ln2_b"]], "ln2", axis=-1, epsilon=LN_EPS),
+        H("Add", [x, p + "proj"], [out], name=p + "res1"),
+    ]
+    return nodes
+
+
+def _mlp_nodes(p: str, x: str, w: Mapping[str, str], out: str) -> list[Any]:
+    """``out = x + fc2(GELU(fc1(LN2(x))))``."""
+    H = _onnx().helper.make_node
+    n = _namer(p)
+
+    return [
+        n("LayerNormalization", [x, w["ln2_w"], w["ln2_b"]], "ln2", axis=-1, epsilon=LN_EPS),
         n("MatMul", [p + "ln2", w["fc1_w"]], "fc1_0"),
         n("Add", [p + "fc1_0", w["fc1_b"]], "fc1"),
         # exact GELU written as torch's exporter writes it: x * (0.5 * (1 + erf(x / sqrt 2)))
@@ -107,9 +149,8 @@ def _block_nodes(p: str, x: str, w: Mapping[str, str], s: Mapping[str, str], out
         n("Mul", [p + "fc1", p + "g3"], "gelu"),
         n("MatMul", [p + "gelu", w["fc2_w"]], "fc2_0"),
         n("Add", [p + "fc2_0", w["fc2_b"]], "fc2"),
-        H("Add", [p + "x1", p + "fc2"], [out], name=p + "out"),
+        H("Add", [x, p + "fc2"], [out], name=p + "out"),
     ]
-    return nodes
 
 
 def _constants(dtype: Any = np.float32) -> list[Any]:
@@ -126,19 +167,23 @@ def _model(graph: Any) -> Any:
     return m
 
 
-def shared_block_graph() -> Any:
-    """One fp32 block whose weights, split sizes, reshape targets and scale are inputs (symbolic dims)."""
+def shared_block_graph(attention: bool = True, mlp: bool = True) -> Any:
+    """One fp32 block whose weights, split sizes, reshape targets and scale are inputs (symbolic dims);
+    ``attention``/``mlp`` False: the other half alone (a block without that branch)."""
     onnx = _onnx()
     T = onnx.TensorProto
     vi = onnx.helper.make_tensor_value_info
     sym = {"ln1_w": ["E"], "ln1_b": ["E"], "qkv_w": ["E", "QKV"], "qkv_b": ["QKV"], "proj_w": ["HV", "E"],
            "proj_b": ["E"], "ln2_w": ["E"], "ln2_b": ["E"], "fc1_w": ["E", "M"], "fc1_b": ["M"],
            "fc2_w": ["M", "E"], "fc2_b": ["E"]}
+    names = (ATTN_WEIGHTS if attention else ()) + (MLP_WEIGHTS if mlp else ())
     inputs = [vi("x", T.FLOAT, ["B", "N", "E"])]
-    inputs += [vi(k, T.FLOAT, sym[k]) for k in WEIGHT_NAMES]
-    inputs += [vi("split", T.INT64, [3]), vi("q_shape", T.INT64, [4]), vi("v_shape", T.INT64, [4]),
-               vi("merge_shape", T.INT64, [3]), vi("scale", T.FLOAT, [])]
-    nodes = _block_nodes("b_", "x", {k: k for k in WEIGHT_NAMES}, {k: k for k in SHAPE_NAMES}, "y")
+    inputs += [vi(k, T.FLOAT, sym[k]) for k in names]
+    if attention:
+        inputs += [vi("split", T.INT64, [3]), vi("q_shape", T.INT64, [4]), vi("v_shape", T.INT64, [4]),
+                   vi("merge_shape", T.INT64, [3]), vi("scale", T.FLOAT, [])]
+    nodes = _block_nodes("b_", "x", {k: k for k in names}, {k: k for k in SHAPE_NAMES}, "y",
+                         attention=attention, mlp=mlp)
     g = onnx.helper.make_graph(nodes, "revit_block_shared", inputs, [vi("y", T.FLOAT, ["B", "N", "E"])],
                                initializer=_constants())
     return _model(g)
@@ -150,7 +195,7 @@ def _block_initializers(p: str, embed_dim: int, dims: BlockDims, rng: np.random.
     w = block_weights(embed_dim, dims, rng, qkv_bias)
     s = block_shapes(dims)
     inits = [nh.from_array(a, p + k) for k, a in w.items()] + [nh.from_array(a, p + k) for k, a in s.items()]
-    return inits, {k: p + k for k in WEIGHT_NAMES}, {k: p + k for k in SHAPE_NAMES}
+    return inits, {k: p + k for k in w}, {k: p + k for k in s}
 
 
 def block_graph(embed_dim: int, dims: BlockDims, tokens: int, batch: int, seed: int = 0) -> Any:
@@ -159,7 +204,7 @@ def block_graph(embed_dim: int, dims: BlockDims, tokens: int, batch: int, seed: 
     T = onnx.TensorProto
     vi = onnx.helper.make_tensor_value_info
     inits, w, s = _block_initializers("b_", embed_dim, dims, np.random.default_rng(seed), True)
-    nodes = _block_nodes("b_", "x", w, s, "y")
+    nodes = _block_nodes("b_", "x", w, s, "y", attention=dims.has_attention, mlp=dims.has_mlp)
     shape = [batch, tokens, embed_dim]
     g = onnx.helper.make_graph(nodes, "revit_block", [vi("x", T.FLOAT, shape)], [vi("y", T.FLOAT, shape)],
                                initializer=_constants() + inits)
@@ -213,7 +258,7 @@ def _front_back(setting: Mapping[str, Any], embed_dim: int, batch: int, rng: np.
     for i, (dims, qkv_bias) in enumerate(blocks):
         bi, w, s = _block_initializers(f"blk{i}_", e, dims, rng, qkv_bias)
         inits += bi
-        nodes += _block_nodes(f"blk{i}_", x, w, s, f"blk{i}_y", qkv_bias)
+        nodes += _block_nodes(f"blk{i}_", x, w, s, f"blk{i}_y", qkv_bias, dims.has_attention, dims.has_mlp)
         x = f"blk{i}_y"
     if not blocks:  # the fixed parts: the final norm reads a residual sum, as after a model's last block
         nodes.append(H("Add", [x, x], ["t_res"], name="junction"))

@@ -10,6 +10,10 @@ Procedure (``design="auto"``):
    only needed where the device steps or bends.
 3. *Grid*: measure every knot combination, plus the fixed parts at each ``embed_dim`` knot and an
    empty call (its per-call overhead is subtracted from each block: a whole model pays it once).
+4. *Half blocks*: on the same knots, the attention half (a block without MLP) over embed_dim x heads x
+   qk_dim x v_dim and the MLP half (a block without attention) over embed_dim x mlp_dim, in the same
+   passes as the grid: they price a block with an absent branch (:mod:`revit.latency.branches`).  They
+   add ``1/|mlp_dim knots| + 1/(|heads| |qk_dim| |v_dim| knots)`` of the grid's cells, each cheaper.
 
 Every cell is measured in ``passes`` passes; each pass visits the pending work in a fresh random
 order, so load changes on a shared machine spread over all cells instead of biasing some.  A cell's
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
-import json
 import os
 import random
 import time
@@ -35,11 +38,12 @@ from typing import Any
 import numpy as np
 
 from revit import __version__
-from revit._io import dumps_json
 from revit.config import WIDTH_KINDS, BlockDims
-from revit.errors import ConfigError, FileFormatError, RunExistsError
+from revit.errors import ConfigError, RunExistsError
 from revit.latency.backends.base import Backend
+from revit.latency.branches import BRANCH_AXES, Grid
 from revit.latency.grid import WidthGrid
+from revit.latency.journal import Journal
 from revit.latency.table import FixedParts, LatencyTable
 from revit.latency.timing import Reference, time_bracketed
 from revit.runs import FileClaim, claim_output_file, file_kind
@@ -76,58 +80,6 @@ class BuildSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class Journal:
-    """Append-only JSON lines: a header, then one line per measurement (or design decision)."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    def exists(self) -> bool:
-        return self.path.exists()
-
-    def append(self, record: dict[str, Any]) -> None:
-        """One ``write`` of one complete line, flushed and fsynced: a crash loses at most this line."""
-        line = (dumps_json(record, "a build journal record", separators=(",", ":")) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def repair(self) -> None:
-        """Drop a partial last line (a crash mid-write) so that further appends start on a fresh line."""
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-
-    def read(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Header and records; a truncated last line (a crash mid-write) is dropped, other damage is an error."""
-        from revit._io import check_json_values, read_bytes
-
-        lines = read_bytes(self.path).split(b"\n")
-        recs: list[dict[str, Any]] = []
-        for i, raw in enumerate(lines):
-            if not raw.strip():
-                continue
-            check_json_values(raw, f"{self.path}: line {i + 1}")
-            try:
-                rec = json.loads(raw)
-            except (ValueError, RecursionError):  # malformed JSON, binary bytes, nesting too deep
-                if i == len(lines) - 1:  # no newline after it: cut short by a crash
-                    continue
-                raise FileFormatError(f"{self.path}: line {i + 1} is corrupted; delete the journal to rebuild") \
-                    from None
-            if not isinstance(rec, dict):
-                raise FileFormatError(f"{self.path}: line {i + 1} is not a journal record; delete the journal to "
-                                      "rebuild")
-            recs.append(rec)
-        if not recs or recs[0].get("type") != "header":
-            raise FileFormatError(f"{self.path}: not a revit build journal (no header line)")
-        return recs[0], recs[1:]
 
 
 def pilot_cells(grid: WidthGrid) -> list[Cell]:
@@ -255,8 +207,8 @@ class _State:
 
 
 def _key(what: str, cell: Any) -> tuple[Any, ...]:
-    if what == "block":
-        return ("block", *cell)
+    if what in ("block", *BRANCH_AXES):
+        return (what, *cell)
     if what == "fixed":
         return ("fixed", int(cell))
     return (what,)
@@ -266,6 +218,12 @@ def _workload(backend: Backend, key: tuple[Any, ...], grid: WidthGrid, batch: in
     if key[0] == "block":
         e, h, q, v, m = key[1:]
         return backend.block(e, BlockDims(h, q, v, m), grid.tokens, batch)
+    if key[0] == "attention":  # the block without its MLP
+        e, h, q, v = key[1:]
+        return backend.block(e, BlockDims(h, q, v, 0), grid.tokens, batch)
+    if key[0] == "mlp":  # the block without its attention
+        e, m = key[1:]
+        return backend.block(e, BlockDims(0, 0, 0, m), grid.tokens, batch)
     if key[0] == "fixed":
         return backend.fixed(grid.setting.fixed_parts(), key[1], batch)
     top_e = grid.axes["embed_dim"][-1]
@@ -327,7 +285,7 @@ def build_table(grid: WidthGrid, backend: Backend, out: str | os.PathLike[str], 
             knots, design_info = _design(grid, s, state, m)
             cells = [tuple(c) for c in itertools.product(*(knots[a] for a in WIDTH_KINDS))]
             fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
-            m.run([("overhead",)] + [("block", *c) for c in cells] + fixed_keys, "grid")
+            m.run([("overhead",)] + [("block", *c) for c in cells] + fixed_keys + half_keys(knots), "grid")
         finally:
             m.close()
         table = _assemble(grid, s, state, header, knots, design_info, m.ref_cell, str(out))
@@ -338,6 +296,12 @@ def build_table(grid: WidthGrid, backend: Backend, out: str | os.PathLike[str], 
     claim.journal.unlink()
     claim.done()
     return table
+
+
+def half_keys(knots: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The half blocks a build measures: each branch on every combination of its axes' knots."""
+    return [(name, *c) for name, names in BRANCH_AXES.items()
+            for c in itertools.product(*(knots[a] for a in names))]
 
 
 def _open_journal(journal: Path, header: dict[str, Any], resume: bool) -> tuple[dict[str, Any], _State]:
@@ -405,7 +369,7 @@ class _Measurer:
         else:
             samples, ref = time_bracketed(w, self.s.warmup, self.s.repeats, self.ref)
             w.close()
-        rec = {"type": "measure", "what": k[0], "cell": list(k[1:]) if k[0] == "block" else
+        rec = {"type": "measure", "what": k[0], "cell": list(k[1:]) if k[0] in ("block", *BRANCH_AXES) else
                (k[1] if k[0] == "fixed" else None), "pass": p, "samples": samples,
                "dt": round(time.perf_counter() - t0, 6)}
         if ref:
@@ -439,18 +403,14 @@ def _assemble(grid: WidthGrid, s: BuildSettings, state: _State, header: dict[str
               design_info: dict[str, Any], ref_cell: Cell, source: str) -> LatencyTable:
     """The table from the measurements: block values less the call overhead, spreads, fixed parts, metadata."""
     overhead = state.median(("overhead",)) if ("overhead",) in state.samples else 0.0
-    shape = tuple(len(knots[a]) for a in WIDTH_KINDS)
-    values = np.zeros(shape)
-    spread = np.zeros(shape)
-    for idx in itertools.product(*(range(n) for n in shape)):
-        c = tuple(knots[a][i] for a, i in zip(WIDTH_KINDS, idx, strict=True))
-        values[idx] = max(state.median(("block", *c)) - overhead, 0.0)
-        spread[idx] = state.iqr(("block", *c))
+    values, spread = _measured_grid(state, "block", WIDTH_KINDS, knots, overhead)
     fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
     fixed = FixedParts(setting=grid.setting.fixed_parts(), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
                        values=tuple(state.median(k) for k in fixed_keys),
                        spread=tuple(state.iqr(k) for k in fixed_keys))
     measured = len({k for k in state.samples if k[0] == "block"})
+    halves = {name: Grid(names, {a: knots[a] for a in names}, *_measured_grid(state, name, names, knots, overhead),
+                         f"{source}: branches.{name}") for name, names in BRANCH_AXES.items()}
     info = header["backend"]
     metadata = {
         "device": info["device"], "backend": info["backend"], "backend_version": info["backend_version"],
@@ -472,7 +432,20 @@ def _assemble(grid: WidthGrid, s: BuildSettings, state: _State, header: dict[str
         "design": {**design_info, "cells_measured": measured, "full_grid_cells": grid.full_grid_cells,
                    "nvit_cells": NVIT_CELLS, "ratio_to_nvit": round(measured / NVIT_CELLS, 4),
                    "ratio_to_full_grid": round(measured / grid.full_grid_cells, 5),
-                   "build_time_s": round(state.seconds, 1), "max_cells": s.max_cells},
+                   "build_time_s": round(state.seconds, 1), "max_cells": s.max_cells,
+                   "half_cells_measured": sum(g.size for g in halves.values())},
     }
     return LatencyTable({a: knots[a] for a in WIDTH_KINDS}, values, metadata=metadata, spread=spread, fixed=fixed,
-                        source=source)
+                        source=source, branches=halves)
+
+
+def _measured_grid(state: _State, what: str, names: tuple[str, ...], knots: dict[str, Any],
+                   overhead: float) -> tuple[np.ndarray, np.ndarray]:
+    """Values (medians less the call overhead, at least 0) and spreads of ``what`` on the knots of axes ``names``."""
+    shape = tuple(len(knots[a]) for a in names)
+    values, spread = np.zeros(shape), np.zeros(shape)
+    for idx in itertools.product(*(range(n) for n in shape)):
+        key = (what, *(knots[a][i] for a, i in zip(names, idx, strict=True)))
+        values[idx] = max(state.median(key) - overhead, 0.0)
+        spread[idx] = state.iqr(key)
+    return values, spread

@@ -57,4 +57,5 @@ def remeasure_fixed(table: LatencyTable, backend: Backend, *, passes: int = 5, r
                                 "device": info["device"], "backend_version": info["backend_version"],
                                 "normalised": bool(ref_info), "note": note}
     return LatencyTable(table.axes, table.values, metadata={**table.metadata, "measurement": meas},
-                        spread=table.spread, fixed=fixed, fixed_note=table.fixed_note, source=table.source)
+                        spread=table.spread, fixed=fixed, fixed_note=table.fixed_note, source=table.source,
+                        branches=table.branches)

@@ -4,7 +4,9 @@ A table stores, for one device/backend/dtype/batch size/token count, the median 
 of *one transformer block* for one batch at every grid point of the axes ``embed_dim, heads,
 qk_dim, v_dim, mlp_dim`` (``qk_dim``/``v_dim`` per head), the spread of each cell, and the latency
 of the fixed parts (patch embedding, final norm, classifier heads) per ``embed_dim``.  Lookups use
-scipy's ``RegularGridInterpolator`` (multilinear), as NViT's official code does.
+scipy's ``RegularGridInterpolator`` (multilinear), as NViT's official code does.  Schema v2 adds the
+two half blocks measured on their own sub-grids, which price a block without attention or without MLP
+(:mod:`revit.latency.branches`); v1 tables still load and price every block that has both.
 
 This module is torch-free on purpose: ``revit latency query`` and ``revit generate --latency-ms``
 read tables without importing torch.
@@ -23,16 +25,32 @@ import numpy as np
 
 from revit._io import atomic_write_text, check_schema, dumps_json, load_json
 from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, Setting, ViTConfig
-from revit.errors import ConfigError, FileFormatError, OutsideDomainError, TableRangeError, check_keys
+from revit.errors import (
+    AbsentBranchError,
+    ConfigError,
+    FileFormatError,
+    OutsideDomainError,
+    TableRangeError,
+    check_keys,
+)
+from revit.latency.branches import (
+    BRANCH_OF,
+    EXTRAPOLATE_HINT,
+    Grid,
+    absent_branch_error,
+    halves_from_dict,
+    price_rows,
+    without_branch,
+)
 from revit.paths import shipped_dir
 from revit.validation import MAX_BATCH, MAX_COUNT, MAX_LATENCY_S, check_int, check_number, short
 
-SCHEMA = "revit/latency-table/v1"
+SCHEMA_V1 = "revit/latency-table/v1"  # full blocks only
+SCHEMA = "revit/latency-table/v2"  # with the half blocks (``branches``) that price an absent attention or MLP
 KIND = "latency-table"
 SAVING_KINDS: tuple[str, ...] = (*BLOCK_KINDS, "embed_dim")
 REQUIRED_METADATA = ("device", "backend", "backend_version", "dtype", "batch_size", "tokens", "created",
                      "revit_version", "measurement")
-EXTRAPOLATE_HINT = "pass extrapolate=True (--extrapolate) to extrapolate linearly"
 
 
 def config_setting(cfg: ViTConfig) -> dict[str, Any]:
@@ -178,27 +196,23 @@ def _check_reference(ref: Any, axes: Mapping[str, Sequence[float]], where: str) 
     check_number(ref.get("median_s"), f"{where}.median_s", 0, MAX_LATENCY_S, lo_open=True, error=FileFormatError)
 
 
-def _nested(a: np.ndarray) -> Any:
-    return a.tolist()
-
-
 class LatencyTable:
-    """One block's latency on a grid over (embed_dim, heads, qk_dim, v_dim, mlp_dim), plus fixed parts."""
+    """One block's latency on a grid over (embed_dim, heads, qk_dim, v_dim, mlp_dim), plus fixed parts, and (v2)
+    the attention and MLP halves on their own sub-grids (``branches``: ``{"attention": Grid, "mlp": Grid}``)."""
 
     def __init__(self, axes: Mapping[str, Sequence[float]], values: Any, *, metadata: Mapping[str, Any],
                  spread: Any = None, fixed: FixedParts | None = None, fixed_note: str = "",
-                 source: str = "latency table", calibrated: bool = True) -> None:
+                 source: str = "latency table", calibrated: bool = True,
+                 branches: Mapping[str, Grid] | None = None) -> None:
         self.source = source
         if set(axes) != set(WIDTH_KINDS):
             raise FileFormatError(f"{source}: axes must be exactly {', '.join(WIDTH_KINDS)}; got {', '.join(axes)}")
-        from revit.latency.validate_table import check_axis
-
-        self.axes: dict[str, tuple[float, ...]] = {}
-        for name in WIDTH_KINDS:  # finite, >= 0, strictly increasing numbers (validated whole on load)
-            self.axes[name] = check_axis(name, axes[name], source)
-        shape = tuple(len(self.axes[a]) for a in WIDTH_KINDS)
-        self.values = self._array(values, shape, "values")
-        self.spread = None if spread is None else self._array(spread, shape, "spread")
+        # finite, >= 0, strictly increasing knots; finite latencies of the axes' shape (validated whole on load)
+        self._grid = Grid(WIDTH_KINDS, axes, values, spread, source)
+        self.axes: dict[str, tuple[float, ...]] = self._grid.axes
+        self.values = self._grid.values
+        self.spread = self._grid.spread
+        self.branches: dict[str, Grid] | None = None if branches is None else dict(branches)
         missing = [k for k in REQUIRED_METADATA if k not in metadata]
         if missing:
             raise FileFormatError(f"{source}: metadata lacks {', '.join(missing)}")
@@ -206,7 +220,6 @@ class LatencyTable:
         check_metadata_counts(self.metadata, self.axes, source)
         self.fixed = fixed
         self.fixed_note = fixed_note
-        self._interp: Any = None
         from revit.latency.calibration import calibrations_of
 
         self.calibrations = calibrations_of(self.metadata, source)
@@ -214,11 +227,6 @@ class LatencyTable:
         self.calibration = self.calibrations[-1] if calibrated and self.calibrations else None
         self.scale = self.calibration.scale if self.calibration is not None else 1.0
         self.offset_s = self.calibration.offset_s if self.calibration is not None else 0.0  # once per whole model
-
-    def _array(self, data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-        from revit.latency.validate_table import check_grid
-
-        return check_grid(data, shape, f"{self.source}: {what}")
 
     # properties ------------------------------------------------------------------------------
     @property
@@ -231,37 +239,34 @@ class LatencyTable:
 
     @property
     def n_cells(self) -> int:
+        """Cells of the full-block grid."""
         return int(self.values.size)
+
+    @property
+    def prices_absent_branches(self) -> bool:
+        """Whether the table has the half blocks that price a block without attention or MLP (schema v2)."""
+        return self.branches is not None
+
+    @property
+    def half_cells(self) -> int:
+        """Cells of the half-block grids (0 for a v1 table)."""
+        return sum(g.size for g in (self.branches or {}).values())
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         return {a: (pts[0], pts[-1]) for a, pts in self.axes.items()}
 
     # lookups ---------------------------------------------------------------------------------
-    def _interpolator(self) -> Any:
-        if self._interp is None:
-            from scipy.interpolate import RegularGridInterpolator
-
-            self._interp = RegularGridInterpolator(tuple(np.asarray(self.axes[a]) for a in WIDTH_KINDS), self.values,
-                                                   method="linear", bounds_error=False, fill_value=None)
-        return self._interp
-
-    def _check_range(self, points: np.ndarray) -> None:
-        for j, a in enumerate(WIDTH_KINDS):
-            lo, hi = self.axes[a][0], self.axes[a][-1]
-            col = points[:, j]
-            bad = col[(col < lo) | (col > hi)]
-            if bad.size:
-                raise TableRangeError(f"{a}={bad[0]:g} is outside the table's measured range [{lo:g}, {hi:g}] "
-                                      f"({self.source})", hint=EXTRAPOLATE_HINT, axis=a)
-
     def lookup(self, points: Any, extrapolate: bool = False) -> np.ndarray:
-        """Block latencies (s) at rows ``(embed_dim, heads, qk_dim, v_dim, mlp_dim)``; vectorised."""
+        """Block latencies (s) at rows ``(embed_dim, heads, qk_dim, v_dim, mlp_dim)``; vectorised.  A row with
+        ``heads`` 0 is priced by the MLP half, one with ``mlp_dim`` 0 by the attention half, one with both 0 (a
+        removed block) at 0; a table without halves refuses the first two (:class:`AbsentBranchError`)."""
         pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
         if pts.shape[1] != len(WIDTH_KINDS):
             raise ConfigError(f"a lookup point has {len(WIDTH_KINDS)} coordinates ({', '.join(WIDTH_KINDS)})")
-        if not extrapolate:
-            self._check_range(pts)
-        return np.asarray(self._interpolator()(pts), dtype=np.float64) * self.scale
+        return price_rows(self._grid, self.branches, pts, extrapolate, self._refuse) * self.scale
+
+    def _refuse(self, branch: str) -> AbsentBranchError:
+        return absent_branch_error(branch, self.metadata, self.source)
 
     def block_latency(self, embed_dim: float, dims: BlockDims, extrapolate: bool = False) -> float:
         """Seconds for one block of these widths on one batch of ``batch_size`` images."""
@@ -296,14 +301,19 @@ class LatencyTable:
         return pred
 
     def marginal_savings(self, cfg: ViTConfig, block_index: int, units: Mapping[str, int] | None = None, *,
-                         clip: bool = True, extrapolate: bool = False,
-                         only: Sequence[str] | None = None) -> dict[str, float]:
+                         clip: bool = True, extrapolate: bool = False, only: Sequence[str] | None = None,
+                         branches: bool | None = None) -> dict[str, float]:
         """Seconds saved by removing one unit of each kind: in block ``block_index`` for heads, qk_dim,
         v_dim, mlp_dim; summed over all blocks for embed_dim.  ``only`` limits the work (and the
         range checks) to those kinds; the result then holds only them.
 
-        ``units`` gives each kind's unit size (the pruning granularity, default 1).  A removal that would
-        leave less than one unit is impossible and saves 0.  Noisy tables can give negative savings;
+        ``units`` gives each kind's unit size (the pruning granularity, default 1).  Removing the last unit of
+        a branch's width (``heads``, ``qk_dim`` or ``v_dim`` for the attention, ``mlp_dim`` for the MLP) removes
+        the branch: it saves the branch's whole cost with its fixed costs (LayerNorm, residual add, softmax), the
+        block's latency less that of the block without it (all of it when the other branch is gone already).
+        ``branches``: True prices such removals (a table without half blocks raises :class:`AbsentBranchError`),
+        False says they are impossible (0), None (default) prices them when the table can.  Any other removal
+        that would leave less than one unit is impossible and saves 0.  Noisy tables can give negative savings;
         they are clipped at 0 unless ``clip=False``.
         """
         if not 0 <= block_index < cfg.depth:
@@ -312,6 +322,7 @@ class LatencyTable:
         if units:
             check_keys(units, SAVING_KINDS, "marginal_savings units", what="kind")
             u.update({k: int(v) for k, v in units.items()})
+        price_branch = self.prices_absent_branches if branches is None else branches
         e = cfg.embed_dim
         b = cfg.blocks[block_index]
         base = np.array([e, b.heads, b.qk_dim, b.v_dim, b.mlp_dim], dtype=np.float64)
@@ -322,12 +333,16 @@ class LatencyTable:
         for j, k in enumerate(BLOCK_KINDS, start=1):
             if k not in want:
                 continue
-            if base[j] - u[k] < u[k]:
+            left = base[j] - u[k]
+            if left == 0 and price_branch:  # the last unit: the branch goes
+                rows.append(without_branch(base, BRANCH_OF[k]))
+            elif left >= u[k]:
+                r = base.copy()
+                r[j] = left
+                rows.append(r)
+            else:
                 out[k] = 0.0
                 continue
-            r = base.copy()
-            r[j] -= u[k]
-            rows.append(r)
             kinds.append(k)
         lat = self.lookup(np.stack(rows), extrapolate)
         for k, v in zip(kinds, lat[1:], strict=True):
@@ -367,29 +382,40 @@ class LatencyTable:
 
     # I/O -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
+        """The file's content: schema v2 with the half blocks, v1 for a table without them (an old one, an import)."""
+        grid = self._grid.to_dict()
+        doc = {
+            "schema": SCHEMA if self.branches is not None else SCHEMA_V1,
             "kind": KIND,
             "metadata": self.metadata,
-            "axes": {a: [int(x) if float(x).is_integer() else x for x in self.axes[a]] for a in WIDTH_KINDS},
-            "values": _nested(self.values),
-            "spread": None if self.spread is None else _nested(self.spread),
+            "axes": grid["axes"],
+            "values": grid["values"],
+            "spread": grid["spread"],
             "fixed": None if self.fixed is None else self.fixed.to_dict(),
             "fixed_note": self.fixed_note,
         }
+        if self.branches is not None:
+            doc["branches"] = {name: g.to_dict() for name, g in self.branches.items()}
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "latency table", calibrated: bool = True) -> LatencyTable:
-        d = check_schema(doc, KIND, source)
+        """A table of schema v2 (with ``branches``, the half blocks) or v1 (without), validated whole."""
+        d = check_schema(doc, KIND, source, versions=(1, 2))
         for k in ("metadata", "axes", "values"):
             if k not in d:
                 raise FileFormatError(f"{source}: missing '{k}'")
         if not isinstance(d["metadata"], Mapping) or not isinstance(d["axes"], Mapping):
             raise FileFormatError(f"{source}: 'metadata' and 'axes' must be mappings")
+        v2 = d["schema"] == SCHEMA
+        if v2 != ("branches" in d):
+            raise FileFormatError(f"{source}: schema {d['schema']} " + ("needs 'branches' (the half blocks)" if v2 else
+                                                                       "has no 'branches' (they came with v2)"))
         fixed = d.get("fixed")
         return cls(d["axes"], d["values"], metadata=d["metadata"], spread=d.get("spread"),
                    fixed=None if fixed is None else FixedParts.from_dict(fixed, source),
-                   fixed_note=str(d.get("fixed_note") or ""), source=source, calibrated=calibrated)
+                   fixed_note=str(d.get("fixed_note") or ""), source=source, calibrated=calibrated,
+                   branches=halves_from_dict(d["branches"], source) if v2 else None)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], calibrated: bool = True) -> LatencyTable:
@@ -408,5 +434,6 @@ class LatencyTable:
     def summary(self) -> str:
         m = self.metadata
         meas = m.get("measurement") or {}
+        halves = f" + {self.half_cells} half-block cells" if self.branches is not None else " (v1, no half blocks)"
         return (f"{m['device']} | {m['backend']} {m['backend_version']} | {m['dtype']} | batch {self.batch_size} | "
-                f"{self.tokens} tokens | {self.n_cells} cells | statistic {meas.get('statistic', '?')}")
+                f"{self.tokens} tokens | {self.n_cells} cells{halves} | statistic {meas.get('statistic', '?')}")

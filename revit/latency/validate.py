@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from revit.config import WIDTH_KINDS, BlockDims, ViTConfig
+from revit.config import REMOVED, WIDTH_KINDS, BlockDims, ViTConfig
 from revit.errors import ConfigError, FileFormatError
 from revit.latency.backends import BACKENDS, Backend, Workload
 from revit.latency.grid import WidthGrid
@@ -97,17 +97,40 @@ def check_validation_memory(table: LatencyTable, samples: int, noise_k: int) -> 
                       hint="use fewer --samples or a table of a smaller batch")
 
 
-def random_configs(table: LatencyTable, n: int, seed: int = 0, depth: int | None = None) -> list[ViTConfig]:
-    """``n`` random per-block configs inside the table's range (independent widths per block)."""
+# the chance that a block drawn for validation from a table that prices absent branches lacks its attention, and
+# the same for its MLP (half of it again: the block is removed), so that validation covers every block it prices
+ABSENT_RATE = 0.15
+
+
+def random_configs(table: LatencyTable, n: int, seed: int = 0, depth: int | None = None,
+                   absent: float | None = None) -> list[ViTConfig]:
+    """``n`` random per-block configs inside the table's range (independent widths per block).
+
+    Each block loses its attention with probability ``absent``, its MLP with the same, and is removed with half of
+    it (at least one block stays); by default ``ABSENT_RATE`` for a table that prices absent branches, else 0 (the
+    draws of a v1 table are what they were)."""
     cand = candidates(table)
     setting, d = setting_of(table)
+    rate = (ABSENT_RATE if table.prices_absent_branches else 0.0) if absent is None else absent
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         blocks = tuple(BlockDims(rng.choice(cand["heads"]), rng.choice(cand["qk_dim"]), rng.choice(cand["v_dim"]),
                                  rng.choice(cand["mlp_dim"])) for _ in range(depth or d))
+        if rate > 0:
+            blocks = _without_some_branches(blocks, rate, rng)
         out.append(ViTConfig(embed_dim=rng.choice(cand["embed_dim"]), blocks=blocks, **setting))
     return out
+
+
+def _without_some_branches(blocks: tuple[BlockDims, ...], rate: float, rng: random.Random) -> tuple[BlockDims, ...]:
+    """``blocks`` with branches dropped at random (see :func:`random_configs`); never every block removed."""
+    out = []
+    for b in blocks:
+        r = rng.random()
+        out.append(BlockDims(0, 0, 0, b.mlp_dim) if r < rate else BlockDims(b.heads, b.qk_dim, b.v_dim, 0)
+                   if r < 2 * rate else REMOVED if r < 2.5 * rate else b)
+    return tuple(out) if any(not b.is_removed for b in out) else blocks
 
 
 @dataclass

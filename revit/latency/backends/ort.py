@@ -1,7 +1,8 @@
 """ONNX Runtime backend: CPU execution provider by default; CUDA/TensorRT providers when present.
 
 Blocks run through one shared session of :func:`~revit.latency.graphs.shared_block_graph` (weights
-are inputs, so no graph is built per cell); ``graph="per-cell"`` builds a static graph per cell
+are inputs, so no graph is built per cell; a block without attention or without MLP has its own
+shared session of that half); ``graph="per-cell"`` builds a static graph per cell
 instead.  The intra-op thread count is explicit and recorded: on a shared 2-core machine one
 thread gives the steadiest numbers, and with one thread ONNX Runtime runs in the calling thread,
 which also makes the ``thread`` clock (CPU time of this thread, blind to time-slicing) meaningful.
@@ -94,7 +95,7 @@ class OrtBackend(Backend):
             raise ConfigError(f"opt_level must be one of {', '.join(levels)}")
         self.opt_level = opt_level
         self._level = levels[opt_level]
-        self._shared: Any = None
+        self._shared: dict[tuple[bool, bool], Any] = {}  # per (has attention, has MLP)
         self._empty: dict[tuple[int, int], Any] = {}
 
     @classmethod
@@ -149,10 +150,11 @@ class OrtBackend(Backend):
         x = rng.standard_normal((batch, tokens, embed_dim)).astype(np.float32)
         if self.graph == "per-cell":
             return _Run(self, self.session(graphs.block_graph(embed_dim, dims, tokens, batch)), {"x": x})
-        if self._shared is None:
-            self._shared = self.session(graphs.shared_block_graph())
+        parts = (dims.has_attention, dims.has_mlp)
+        if parts not in self._shared:
+            self._shared[parts] = self.session(graphs.shared_block_graph(*parts))
         feeds = {"x": x, **graphs.block_weights(embed_dim, dims, rng), **graphs.block_shapes(dims)}
-        return _Run(self, self._shared, feeds)
+        return _Run(self, self._shared[parts], feeds)
 
     def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
         return self._image_run(graphs.fixed_graph(setting, embed_dim, batch, dynamic_batch=True), setting, batch)

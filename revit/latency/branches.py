@@ -1,0 +1,147 @@
+"""Half-block grids of a latency table (schema v2): what a block costs without its attention or without its MLP.
+
+A block without attention (``heads: 0``) is its MLP half, ``x + fc2(GELU(fc1(LN2(x))))``; one without MLP
+(``mlp_dim: 0``) is its attention half, ``x + proj(attention(LN1(x)))``; each keeps its LayerNorm and residual
+add.  Neither is priced as the full block less a guess: a build times both halves as graphs of their own
+(:func:`revit.latency.graphs.shared_block_graph`) on the full grid's knots of their axes - the attention half over
+embed_dim x heads x qk_dim x v_dim, the MLP half over embed_dim x mlp_dim - in the same randomised passes as the
+full blocks, against the same reference block and less the same per-call overhead.  A block with an absent branch
+costs that half's interpolated value; a removed block costs nothing (the config drops it), and the fixed parts are
+the model's whatever its depth.
+
+A table of schema v1, or an NViT import, has no half grids: asked to price an absent branch it raises one
+:class:`~revit.errors.AbsentBranchError` naming the command that rebuilds it.  Torch-free, like the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from revit.config import WIDTH_KINDS
+from revit.errors import AbsentBranchError, FileFormatError, TableRangeError, check_keys
+
+BRANCH_AXES: dict[str, tuple[str, ...]] = {"attention": ("embed_dim", "heads", "qk_dim", "v_dim"),
+                                           "mlp": ("embed_dim", "mlp_dim")}
+# the branch a block width belongs to: removing the last unit of any of them removes that branch
+BRANCH_OF: dict[str, str] = {"heads": "attention", "qk_dim": "attention", "v_dim": "attention", "mlp_dim": "mlp"}
+ABSENT = {"attention": "heads 0 (no attention)", "mlp": "mlp_dim 0 (no MLP)"}
+EXTRAPOLATE_HINT = "pass extrapolate=True (--extrapolate) to extrapolate linearly"
+
+
+class Grid:
+    """Values on named axes with multilinear lookup, validated whole on construction (:mod:`.validate_table`)."""
+
+    def __init__(self, names: Sequence[str], axes: Mapping[str, Any], values: Any, spread: Any, source: str,
+                 what: str = "") -> None:
+        from revit.latency.validate_table import check_axis, check_grid
+
+        self.names, self.source = tuple(names), source
+        self.axes: dict[str, tuple[float, ...]] = {a: check_axis(a, axes[a], source) for a in self.names}
+        shape = tuple(len(self.axes[a]) for a in self.names)
+        self.values = check_grid(values, shape, f"{source}: {what}values")
+        self.spread = None if spread is None else check_grid(spread, shape, f"{source}: {what}spread")
+        self._interp: Any = None
+
+    def check_range(self, points: np.ndarray) -> None:
+        """Refuse (one :class:`TableRangeError` naming the axis) a point outside the measured range."""
+        for j, a in enumerate(self.names):
+            lo, hi = self.axes[a][0], self.axes[a][-1]
+            col = points[:, j]
+            bad = col[(col < lo) | (col > hi)]
+            if bad.size:
+                raise TableRangeError(f"{a}={bad[0]:g} is outside the table's measured range [{lo:g}, {hi:g}] "
+                                      f"({self.source})", hint=EXTRAPOLATE_HINT, axis=a)
+
+    def __call__(self, points: np.ndarray, extrapolate: bool = False) -> np.ndarray:
+        """Values at ``points`` (one row per point, one column per axis); linear extrapolation only when asked."""
+        if not extrapolate:
+            self.check_range(points)
+        if self._interp is None:
+            from scipy.interpolate import RegularGridInterpolator
+
+            self._interp = RegularGridInterpolator(tuple(np.asarray(self.axes[a]) for a in self.names), self.values,
+                                                   method="linear", bounds_error=False, fill_value=None)
+        return np.asarray(self._interp(points), dtype=np.float64)
+
+    @property
+    def size(self) -> int:
+        return int(self.values.size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": {a: [int(x) if float(x).is_integer() else x for x in self.axes[a]] for a in self.names},
+                "values": self.values.tolist(), "spread": None if self.spread is None else self.spread.tolist()}
+
+
+Halves = Mapping[str, Grid]
+
+
+def halves_from_dict(d: Any, source: str) -> dict[str, Grid]:
+    """The ``branches`` section of a v2 table: ``{attention: {axes, values, spread}, mlp: {...}}``, validated."""
+    if not isinstance(d, Mapping) or set(d) != set(BRANCH_AXES):
+        raise FileFormatError(f"{source}: 'branches' must map {' and '.join(BRANCH_AXES)} to half-block grids")
+    out: dict[str, Grid] = {}
+    for name, names in BRANCH_AXES.items():
+        part = d[name]
+        where = f"{source}: branches.{name}"
+        if not isinstance(part, Mapping) or not {"axes", "values"} <= set(part):
+            raise FileFormatError(f"{where} must be a mapping with axes, values (and spread)")
+        check_keys(part, ("axes", "values", "spread"), where, error=FileFormatError)
+        if not isinstance(part["axes"], Mapping) or set(part["axes"]) != set(names):
+            raise FileFormatError(f"{where}: axes must be exactly {', '.join(names)}")
+        out[name] = Grid(names, part["axes"], part["values"], part.get("spread"), where)
+    return out
+
+
+def rebuild_command(metadata: Mapping[str, Any]) -> str:
+    """The ``revit latency build`` command that measures a v2 table like the one with ``metadata``."""
+    from revit.latency.grid import PRESETS
+
+    space = metadata.get("space")
+    name = space.get("name") if isinstance(space, Mapping) else None
+    src = f"--preset {name}" if name in PRESETS else "--space SPACE.yaml"
+    backend = metadata.get("backend")
+    backend = backend if isinstance(backend, str) and backend != "nvit-official" else "onnxruntime"
+    return f"revit latency build --backend {backend} {src} --batch {metadata.get('batch_size')} --out NEW.json"
+
+
+def absent_branch_error(branch: str, metadata: Mapping[str, Any], source: str) -> AbsentBranchError:
+    """The one-line refusal of a table without half grids asked to price a block with ``branch`` absent."""
+    axis = "heads" if branch == "attention" else "mlp_dim"
+    if metadata.get("backend") == "nvit-official":
+        why = "an imported NViT table has no measurement of a block without attention or MLP"
+    else:
+        why = "this table was built before revit priced blocks without attention or MLP (schema v1)"
+    return AbsentBranchError(f"{source}: {why}; it cannot price a block with {ABSENT[branch]}",
+                             hint=f"rebuild it with `{rebuild_command(metadata)}`", axis=axis, branch=branch)
+
+
+def price_rows(full: Grid, halves: Halves | None, pts: np.ndarray, extrapolate: bool,
+               refuse: Callable[[str], AbsentBranchError]) -> np.ndarray:
+    """Block latencies at rows ``(embed_dim, heads, qk_dim, v_dim, mlp_dim)``: a row with both branches from the
+    full grid, with ``heads`` 0 from the MLP half, with ``mlp_dim`` 0 from the attention half, with neither 0.
+    ``refuse(absent branch)`` is raised when a half is needed and the table has none."""
+    attn, mlp = pts[:, 1] > 0, pts[:, 4] > 0
+    both = attn & mlp
+    if both.all():  # the common case (every width prune, every v1 query): one lookup
+        return full(pts, extrapolate)
+    out = np.zeros(len(pts))
+    if both.any():
+        out[both] = full(pts[both], extrapolate)
+    for half, absent, mask in (("attention", "mlp", attn & ~mlp), ("mlp", "attention", mlp & ~attn)):
+        if mask.any():
+            if halves is None:
+                raise refuse(absent)
+            cols = [WIDTH_KINDS.index(a) for a in BRANCH_AXES[half]]
+            out[mask] = halves[half](pts[mask][:, cols], extrapolate)
+    return out
+
+
+def without_branch(row: np.ndarray, branch: str) -> np.ndarray:
+    """A row of widths with ``branch`` removed (its widths 0)."""
+    r = row.copy()
+    cols = [WIDTH_KINDS.index(k) for k, b in BRANCH_OF.items() if b == branch]
+    r[cols] = 0
+    return r
