@@ -168,11 +168,6 @@ def check_splits(splits: Any, setting: Any, source: str) -> None:
     """The data fits the study's setting (image size, channels, classes) and has held-out images."""
     from revit.train import size
 
-    if (splits.in_chans, splits.num_classes, splits.img_size) != (setting.in_chans, setting.num_classes,
-                                                                  setting.img_size):
-        raise ConfigError(f"data.source {source!r} has {splits.img_size}px, {splits.in_chans} channel(s), "
-                          f"{splits.num_classes} classes; the setting makes {setting.img_size}px "
-                          f"{setting.in_chans}-channel inputs and {setting.num_classes} classes (data.img_size "
-                          "resizes)")
+    splits.check_fits(setting, f"data.source {source!r}")
     if size(splits.val) == 0:
         raise ConfigError("the study needs held-out images: data.val_size must be > 0")
