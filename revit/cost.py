@@ -51,6 +51,7 @@ class CostModel(ABC):
     # attribute of that value), and how many of :attr:`unit` one written unit is (1e-3: milliseconds)
     spec_key: ClassVar[str]
     spec_scale: ClassVar[float] = 1.0
+    per_unit: ClassVar[str] = "unit of cost"  # "saliency per MAC saved": one unit, in words
 
     @classmethod
     def parse_value(cls, raw: Any, what: str = "budget") -> float:
@@ -105,7 +106,7 @@ MACS, LATENCY = "macs", "latency"  # the built-in cost models' names (and the me
 class MacsCost(CostModel):
     """MACs per image in a counting convention (``nvit``: with the attention matmuls; ``timm``: linear only)."""
 
-    name, spec_key = MACS, "macs"
+    name, spec_key, per_unit = MACS, "macs", "MAC"
 
     def __init__(self, convention: counting.Convention = "nvit") -> None:
         counting._check(convention)
@@ -147,7 +148,7 @@ class LatencyCost(CostModel):
     are cached per (embedding, the block's widths, kind, units).
     """
 
-    name, unit, spec_key, spec_scale = LATENCY, "s", "latency_ms", 1e-3
+    name, unit, spec_key, spec_scale, per_unit = LATENCY, "s", "latency_ms", 1e-3, "second"
     needs_table = True
     _CACHE_SIZE = 10000
 
@@ -205,7 +206,7 @@ def build_cost(spec: str | CostModel, table: LatencyTableLike | None = None, **k
     if factory.needs_table:
         if table is None:
             raise ConfigError(f"a {spec} cost needs a latency table (--table TABLE.json)")
-        return factory(table, **kwargs)
+        return factory(table, **kwargs)  # type: ignore[call-arg]  # a table-built model takes it first
     return factory(**kwargs)
 
 

@@ -96,7 +96,7 @@ class GlobalPruner:
             table_cost(table) if table is not None and not self.cost.needs_table else self.cost)
         # the latency recorded in the trace: the table's (through whichever cost model holds it)
         self.latency: CostModel | None = next((m for m in (self.cost, self.penalty) if m.needs_table), None)
-        self.ratio = float(self.target.ratio)
+        self.ratio = float(self.target.ratio or 0.0)  # relative: checked by _target
         self.eta, self.seed = eta, seed
         gran = Granularity.for_widths(self.base.embed_dim, self.base.blocks) if granularity in (None, "auto") \
             else Granularity.parse(granularity, self.base.img_size)
