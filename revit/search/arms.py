@@ -50,12 +50,6 @@ class Arm:
         return self.generated.config
 
 
-def _budget(spec: StudySpec, value: float, table: Any) -> Any:
-    from revit.rules import latency_budget, macs_budget
-
-    return macs_budget(value) if spec.budget.kind == "macs" else latency_budget(value, table)
-
-
 def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str,
               space: FamilySpace | None = None) -> Any:
     """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family):
@@ -64,7 +58,7 @@ def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, na
 
     fs = space or spec.spaces[0]
     bounds = GenerationBounds(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
-    return generate(rule, _budget(spec, budget_value, table), spec.setting, granularity=fs.granularity,
+    return generate(rule, spec.budget.at(budget_value, table), spec.setting, granularity=fs.granularity,
                     bounds=bounds, name=name)
 
 

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from revit import counting
+from revit.cost import COSTS
 from revit.errors import BudgetError, ConfigError
 from revit.search import signals
 from revit.search.arms import Arm, describe, trial_arm
@@ -34,7 +35,6 @@ from revit.search.attrs import (
     EMBED_DIM,
     FAMILY,
     INFEASIBLE,
-    LATENCY_MS,
     MACS,
     MLP_FACTOR,
     REPEAT_OF,
@@ -102,7 +102,8 @@ class StudyObjective:
             if trial.user_attrs.get(k) != v:
                 trial.set_user_attr(k, v)
         second = self.spec.objectives[1] if self.spec.multi_objective else None
-        if second == "latency" and attrs.get(LATENCY_MS) is None:
+        key = COSTS.get(second).spec_key if second is not None else None  # its value in the user's unit
+        if key is not None and attrs.get(key) is None:
             why = f"the latency table {self.spec.latency_table} cannot predict this config (outside its axes)"
             trial.set_user_attr(INFEASIBLE, why)
             raise optuna.TrialPruned(why)
@@ -118,8 +119,8 @@ class StudyObjective:
             trial.set_user_attr(VAL_CURVE, history)
             trial.set_user_attr(TRAIN_SECONDS, round(seconds, 2))
             self.log(f"trial {trial_ref(trial)}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
-            if second is not None:
-                return val, float(attrs[MACS]) if second == "macs" else float(attrs[LATENCY_MS])
+            if key is not None:
+                return val, float(attrs[key])
             return val
 
     def splits(self) -> Any:
