@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from revit import counting
+from revit.cost import COSTS, build_cost
 from revit.errors import ConfigError, OutsideDomainError, RuleDomainError
 from revit.search.attrs import (
     ARM,
@@ -146,6 +147,13 @@ def describe(spec: StudySpec, trial: Any, arm: Arm, table: Any = None) -> dict[s
             attrs[LATENCY_MS] = 1e3 * float(table.predict(cfg).total_s)
         except OutsideDomainError:
             attrs[LATENCY_MS] = None
+    for name in spec.objectives[1:]:  # a cost objective: its value in the unit users write, by its spec key
+        cost = COSTS.get(name)
+        if cost.spec_key not in attrs:
+            try:
+                attrs[cost.spec_key] = build_cost(name, table).cost(cfg) / cost.spec_scale
+            except OutsideDomainError:
+                attrs[cost.spec_key] = None
     return attrs
 
 
