@@ -111,7 +111,7 @@ def test_objects_in_place_of_names_give_the_same_run() -> None:
 def test_target_and_schedule_objects_are_the_shorthands() -> None:
     """``target=CostTarget.macs(r), schedule=Schedule.by_budget(N)`` is the run of ``target_macs=r, total_steps=N``;
     NViT's ``Schedule.fixed(interval, per_step)`` removes ``per_step`` units every ``interval`` calls."""
-    from revit.prune import GlobalPruner, Schedule, CostTarget
+    from revit.prune import CostTarget, GlobalPruner, Schedule
 
     batches = _batches(12)
     a = GlobalPruner(_tiny(), target_macs=0.6, total_steps=12, granularity="one")
@@ -132,13 +132,14 @@ def test_target_and_schedule_objects_are_the_shorthands() -> None:
 
 def test_target_and_schedule_refuse_bad_values() -> None:
     from revit.errors import ConfigError, UnknownNameError
-    from revit.prune import GlobalPruner, Schedule, CostTarget
+    from revit.prune import CostTarget, GlobalPruner, Schedule
 
     with pytest.raises(UnknownNameError, match="flops"):
         CostTarget("flops", 0.5)
     for make, msg in ((lambda: CostTarget.macs(1.0), "fraction"),
                       (lambda: CostTarget.macs(float("inf")), "finite"), (lambda: CostTarget.macs(True), "finite"),
-                      (lambda: CostTarget.of(), "exactly one"), (lambda: CostTarget.of(macs=0.5, latency=0.5), "exactly one"),
+                      (lambda: CostTarget.of(), "exactly one"),
+                      (lambda: CostTarget.of(macs=0.5, latency=0.5), "exactly one"),
                       (lambda: CostTarget.latency(0.5).cost_model(None), "latency table"),
                       (lambda: Schedule.fixed(per_step=2, step_fraction=0.1), "at most one"),
                       (lambda: Schedule.fixed(interval=0), "interval"),

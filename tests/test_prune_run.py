@@ -29,7 +29,7 @@ def splits() -> Any:
 
 
 def _cfg(**kw: Any) -> Any:
-    from revit.prune import PruneConfig, CostTarget
+    from revit.prune import CostTarget, PruneConfig
 
     if isinstance(kw.get("target"), float):
         kw["target"] = CostTarget.macs(kw["target"])
@@ -155,7 +155,7 @@ class _FakeTable:
 
 def test_latency_target_with_a_table(tmp_path: Path, splits: Any) -> None:
     from revit.errors import ConfigError
-    from revit.prune import PruneRun, CostTarget, prune
+    from revit.prune import CostTarget, PruneRun, prune
 
     table = _FakeTable()
     res = prune(_model(), splits.train, None, _cfg(target=CostTarget.latency(0.6), eta=5.0), tmp_path,
