@@ -17,7 +17,7 @@ import pytest
 from revit import counting
 from revit.config import ViTConfig
 from revit.cost import COSTS, CostModel, CostTarget, MacsCost
-from revit.errors import ConfigError
+from revit.errors import ConfigError, RevitError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "cost_target"
@@ -209,3 +209,18 @@ def test_no_string_switch_on_a_cost_models_name_outside_its_module() -> None:
                         "assert 'revit.train' not in sys.modules, 'revit.train imported'"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_no_op_pruner_has_one_home() -> None:
+    from revit.search.samplers import never_prunes
+    from revit.search.spec import StudySpec
+    from revit.search.testing import tiny_study_doc
+
+    assert never_prunes("none") and never_prunes("nop") and not never_prunes("median") and not never_prunes("x")
+    two = dict(objectives=["accuracy", "macs"], sampler={"name": "random", "seed": 0})
+    for name in ("none", "nop"):
+        assert StudySpec.from_dict(tiny_study_doc(pruner={"name": name}, **two)).pruner.name == name
+    with pytest.raises(RevitError, match="single objective"):
+        StudySpec.from_dict(tiny_study_doc(pruner={"name": "median"}, **two))
+    src = [(ROOT / "revit" / "search" / f).read_text() for f in ("spec.py", "objective.py")]
+    assert not any('"nop"' in s for s in src)

@@ -46,6 +46,7 @@ from revit.search.attrs import (
     VAL_CURVE,
     trial_ref,
 )
+from revit.search.samplers import never_prunes
 from revit.search.spec import StudySpec
 
 _log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class StudyObjective:
                  f"EMB {attrs[EMBED_DIM]}, MACs {counting.format_count(attrs[MACS])}, "
                  f"MLP factor {attrs[MLP_FACTOR]:g}")
         prunable = (not self.spec.multi_objective and attrs[ROLE] == CANDIDATE
-                    and REPEAT_OF not in trial.user_attrs and self.spec.pruner.name not in ("none", "nop"))
+                    and REPEAT_OF not in trial.user_attrs and not never_prunes(self.spec.pruner.name))
         val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
         with signals.closed():  # trained: a signal now waits until the results are stored and the trial ends
             trial.set_user_attr(VAL_ACC, val)

@@ -33,6 +33,7 @@ class SamplerKind:
 
 SAMPLERS: Registry[SamplerKind] = Registry("sampler")
 PRUNERS: Registry[str] = Registry("pruner")  # name -> optuna class name
+NOP_PRUNER = "NopPruner"  # the pruner that never prunes
 
 for _names, _kind in ((("tpe",), SamplerKind("TPESampler", True)),
                       (("random",), SamplerKind("RandomSampler", True)),
@@ -46,8 +47,13 @@ for _names, _kind in ((("tpe",), SamplerKind("TPESampler", True)),
         SAMPLERS.register(_name)(_kind)
 for _name, _cls in (("median", "MedianPruner"), ("hyperband", "HyperbandPruner"),
                     ("percentile", "PercentilePruner"), ("successive-halving", "SuccessiveHalvingPruner"),
-                    ("none", "NopPruner"), ("nop", "NopPruner")):
+                    ("none", NOP_PRUNER), ("nop", NOP_PRUNER)):
     PRUNERS.register(_name)(_cls)
+
+
+def never_prunes(name: str) -> bool:
+    """Whether the Optuna pruner ``name`` is Optuna's NopPruner (``none``, ``nop``): the one home of that test."""
+    return name in PRUNERS and PRUNERS.get(name) == NOP_PRUNER
 
 
 def _check_value(v: Any, default: Any, at: str) -> None:

@@ -209,7 +209,7 @@ class StudySpec:
 
     @classmethod
     def _build(cls, d: Mapping[str, Any], source: str) -> StudySpec:
-        from revit.search.samplers import check_pruner, check_sampler
+        from revit.search.samplers import check_pruner, check_sampler, never_prunes
 
         name = d.get("name") or Path(source).stem
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -226,7 +226,7 @@ class StudySpec:
         sampler = PluginSpec.parse(d.get("sampler"), "sampler", "tpe")
         pruner = PluginSpec.parse(d.get("pruner"), "pruner", "median")
         check_pruner(pruner)
-        if len(objectives) > 1 and pruner.name not in ("none", "nop"):
+        if len(objectives) > 1 and not never_prunes(pruner.name):
             raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
                               "set pruner: {name: none}")
 
