@@ -9,6 +9,7 @@ Pure Python: no torch; a latency table brings numpy/scipy with it.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -367,8 +368,11 @@ class CostTarget:
         return self.model if self.model is not None else build_cost(self.kind, table, **kwargs)
 
     def bind(self, table: LatencyTableLike | None = None, **kwargs: Any) -> CostTarget:
-        """This target with its cost model built once (``table`` for a latency one)."""
-        return replace(self, model=self.cost_model(table, **kwargs))
+        """This target with its cost model built once (``table`` for a latency one); the value, validated
+        when the target was made, is not checked again."""
+        bound = copy.copy(self)
+        object.__setattr__(bound, "model", self.cost_model(table, **kwargs))
+        return bound
 
     @property
     def unit(self) -> str:

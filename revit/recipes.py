@@ -11,6 +11,7 @@ and schedule values of a recipe that the caller did not give.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -366,6 +367,13 @@ class PruneConfig:
         return DistillLoss(ce_weight=self.ce_weight, kl_weight=self.kl_weight, teacher_weight=self.teacher_weight,
                            temperature=self.temperature, teacher_type=self.teacher_type,
                            label_smoothing=self.label_smoothing)
+
+    def bound(self, table: Any = None) -> PruneConfig:
+        """This recipe with its target's cost model built (:meth:`CostTarget.bind`, ``table`` for a latency
+        target); nothing is validated again."""
+        out = copy.copy(self)
+        object.__setattr__(out, "target", self.target.bind(table))
+        return out
 
     def settings(self) -> dict[str, Any]:
         """The recipe as flat JSON values (trace header, state), the target as ``target`` (its ratio) and

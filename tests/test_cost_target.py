@@ -142,7 +142,7 @@ def test_a_third_cost_model_works_through_prune_generate_and_a_study(tmp_path: P
     assert generate_arm(spec, load_rule("paper"), 50e3, None, name="x").config.depth == 2
 
 
-def test_the_run_is_claimed_once_and_the_targets_cost_built_once(tmp_path: Path, cli: Any,
+def test_the_run_is_claimed_once_and_the_target_validated_and_its_cost_built_once(tmp_path: Path, cli: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import revit.runs
 
@@ -159,9 +159,12 @@ def test_the_run_is_claimed_once_and_the_targets_cost_built_once(tmp_path: Path,
     built: list[str] = []
     init = MacsCost.__init__
     monkeypatch.setattr(MacsCost, "__init__", lambda self, *a, **k: built.append("macs") or init(self, *a, **k))
+    checked: list[float | None] = []
+    check = CostTarget.__post_init__
+    monkeypatch.setattr(CostTarget, "__post_init__", lambda self: checked.append(self.ratio) or check(self))
     code, _, err = cli(*RUN, "--target-macs", "0.6", "--out", tmp_path / "run")
     assert code == 0, err
-    assert claims == ["workflows/prune.py"] and built == ["macs"]
+    assert claims == ["workflows/prune.py"] and built == ["macs"] and checked == [0.6]
 
 
 def test_train_prune_and_the_study_share_one_data_check(tmp_path: Path, cli: Any,

@@ -53,7 +53,7 @@ def run_prune(cfg: ViTConfig, data: DataSpec, pc: PruneConfig, out: str | os.Pat
     if threads:
         torch.set_num_threads(threads)
     lat = load_table(table)
-    pc = replace(pc, target=pc.target.bind(lat))  # the one cost-model build: a missing table is refused here
+    pc = pc.bound(lat)  # the one cost-model build: a missing table is refused here
     from revit.prune.criteria import CRITERIA
 
     CRITERIA.get(pc.criterion)  # an unknown or broken criterion, before any data loads
