@@ -82,7 +82,7 @@ def main() -> None:
     from revit.latency.table import LatencyTable
     from revit.models import build_model
     from revit.presets import get_preset
-    from revit.prune import PruneConfig, PruneRun, Target
+    from revit.prune import CostTarget, PruneConfig, PruneRun
     from revit.runtime import size
 
     if not Path(args.checkpoint).is_file():
@@ -102,7 +102,7 @@ def main() -> None:
     for eta in etas:
         for kind, tbl in (("latency-aware", table), ("macs-only", None)):
             name = f"{kind} eta {eta:g}"
-            pc = PruneConfig(target=Target.macs(args.target), criterion=args.criterion, interval=args.interval,
+            pc = PruneConfig(target=CostTarget.macs(args.target), criterion=args.criterion, interval=args.interval,
                              per_step=None, step_fraction=args.step_fraction, eta=eta, lr=args.lr, eval_size=0,
                              seed=0)
             torch.manual_seed(0)

@@ -46,7 +46,7 @@ def main() -> None:
     from revit.data import DataSpec, load_splits
     from revit.models import build_model
     from revit.presets import get_preset
-    from revit.prune import PruneConfig, PruneRun, Target
+    from revit.prune import CostTarget, PruneConfig, PruneRun
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from prune_quality import fetch
@@ -66,7 +66,7 @@ def main() -> None:
 
     def make_run(crit: str, folder: str) -> PruneRun:
         torch.manual_seed(0)
-        pc = PruneConfig(target=Target.macs(0.5), criterion=crit, interval=10**9, per_step=2,
+        pc = PruneConfig(target=CostTarget.macs(0.5), criterion=crit, interval=10**9, per_step=2,
                          batch_size=args.batch_size, lr=3e-4, eval_size=0, device="cpu")
         run = PruneRun(build_model(cfg), splits.train, None, pc, f"{tmp}/{folder}", progress=False)
         run.model.train()

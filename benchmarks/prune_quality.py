@@ -332,12 +332,12 @@ def revit_prune(base: nn.Module, teacher: nn.Module, method: str, ratio: float, 
                 args: argparse.Namespace, prune_batches: int) -> tuple[nn.Module, dict[str, Any]]:
     """revit's pruning phase: ``GlobalPruner(schedule=Schedule.by_budget(prune_batches, --prune-steps))`` inside this
     script's loop (CE + KL(T=3) to the base, AdamW, clip 1), until the first pruning step under the target."""
-    from revit.prune import GlobalPruner, Schedule, Target
+    from revit.prune import CostTarget, GlobalPruner, Schedule
     from revit.runtime import GlobalBatchSampler
     from revit.train import TrainConfig, distillation_loss, make_optimizer
 
     torch.manual_seed(seed)
-    pruner = GlobalPruner(copy.deepcopy(base).train(), target=Target.macs(ratio), criterion=method,
+    pruner = GlobalPruner(copy.deepcopy(base).train(), target=CostTarget.macs(ratio), criterion=method,
                           schedule=Schedule.by_budget(prune_batches, args.prune_steps), eta=1.0, seed=seed)
     net = pruner.model
     opt = make_optimizer(net, TrainConfig(lr=args.lr, weight_decay=0.05))

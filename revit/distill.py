@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from revit.errors import CheckpointError, ConfigError
+from revit.recipes import DISTILL_TYPES
 from revit.validation import short
 
-TEACHER_TYPES = ("kl", "hard")  # kl: KL at the temperature; hard: CE on the teacher's argmax (DeiT)
+TEACHER_TYPES = DISTILL_TYPES  # kl: KL at the temperature; hard: CE on the teacher's argmax (DeiT)
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -60,14 +61,11 @@ class DistillLoss:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        for k in ("ce_weight", "kl_weight", "teacher_weight", "temperature", "label_smoothing"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
-                raise ConfigError(f"{k} must be a finite number >= 0, got {short(v)}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be positive, got {short(self.temperature)}")
-        if self.teacher_type not in TEACHER_TYPES:
-            raise ConfigError(f"teacher_type must be one of {', '.join(TEACHER_TYPES)}, got {short(self.teacher_type)}")
+        from revit.recipes import check_loss_weights
+
+        check_loss_weights(ce_weight=self.ce_weight, kl_weight=self.kl_weight, teacher_weight=self.teacher_weight,
+                           temperature=self.temperature, teacher_type=self.teacher_type,
+                           label_smoothing=self.label_smoothing)
 
     def terms(self, logits: Logits, base_logits: torch.Tensor | None = None,
               teacher_logits: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,6 +1,7 @@
-"""Training recipes as typed, torch-free values (read by the CLI, study specs and the training loop).
+"""Training and pruning recipes as typed, torch-free values (read by the CLI, study specs and the loops).
 
-Two recipes: ``basic`` (AdamW, short warm-up, label smoothing, no augmentation on tensor datasets)
+:class:`TrainConfig` is a training recipe, :class:`PruneConfig` a pruning run's (with its :class:`Schedule`).
+Two training recipes: ``basic`` (AdamW, short warm-up, label smoothing, no augmentation on tensor datasets)
 and ``deit`` (DeiT's published recipe: AdamW with lr 5e-4 x batch/512, wd 0.05, 5 warm-up epochs,
 drop path 0.1, RandAugment, random erasing 0.25, Mixup 0.8 / CutMix 1.0, label smoothing 0.1,
 hard-label distillation).  The augmentation fields default to ``None``, meaning "the recipe's
@@ -10,10 +11,13 @@ and schedule values of a recipe that the caller did not give.
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from revit.cost import CostTarget
 from revit.errors import ConfigError
 from revit.validation import short
 
@@ -187,4 +191,207 @@ def _one_of(name: str, v: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {short(v)}")
 
 
-__all__ = ["AMP_MODES", "DEIT_AUTO_AUGMENT", "RECIPES", "RUNTIME_FIELDS", "TrainConfig", "same_recipe"]
+
+
+def check_loss_weights(*, ce_weight: float, kl_weight: float, teacher_weight: float, temperature: float,
+                       teacher_type: str, label_smoothing: float) -> None:
+    """The checks of a distillation objective's weights (:class:`revit.distill.DistillLoss`, :class:`PruneConfig`)."""
+    given = dict(ce_weight=ce_weight, kl_weight=kl_weight, teacher_weight=teacher_weight, temperature=temperature,
+                 label_smoothing=label_smoothing)
+    for k, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+            raise ConfigError(f"{k} must be a finite number >= 0, got {short(v)}")
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be positive, got {short(temperature)}")
+    if teacher_type not in DISTILL_TYPES:
+        raise ConfigError(f"teacher_type must be one of {', '.join(DISTILL_TYPES)}, got {short(teacher_type)}")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When pruning steps happen and which cost each aims at.
+
+    - *by budget* (``total_steps`` given): ``prune_steps`` steps, one every ``interval`` calls, the
+      k-th aiming at ``base - k/K (base - target)``, so the target is reached by the end of the
+      budget; if it is not (minimum widths, rounding), pruning goes on every interval until it is.
+    - *fixed* (NViT's): a step every ``interval`` calls that removes ``per_step`` units, or units
+      until the cost fell by ``step_fraction`` of the base cost, until the target.
+    """
+
+    interval: int
+    prune_steps: int | None = None  # K, by budget
+    per_step: int | None = None
+    step_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.interval < 1:
+            raise ConfigError(f"interval must be >= 1, got {self.interval}")
+        modes = sum(x is not None for x in (self.prune_steps, self.per_step, self.step_fraction))
+        if modes != 1:
+            raise ConfigError("a schedule needs exactly one of prune_steps (by budget), per_step or step_fraction")
+        if self.prune_steps is not None and self.prune_steps < 1:
+            raise ConfigError(f"prune_steps must be >= 1, got {self.prune_steps}")
+        if self.per_step is not None and self.per_step < 1:
+            raise ConfigError(f"per_step must be >= 1, got {self.per_step}")
+        if self.step_fraction is not None and not 0 < self.step_fraction < 1:
+            raise ConfigError(f"step_fraction must be in (0, 1), got {self.step_fraction}")
+
+    @classmethod
+    def fixed(cls, interval: int | None = None, per_step: int | None = None,
+              step_fraction: float | None = None) -> Schedule:
+        """NViT's schedule: a step every ``interval`` (100) calls removing ``per_step`` (2) units, or
+        units worth ``step_fraction`` of the base cost, until the target."""
+        if per_step is not None and step_fraction is not None:
+            raise ConfigError("give at most one of per_step and step_fraction")
+        if per_step is None and step_fraction is None:
+            per_step = 2
+        return cls(interval=100 if interval is None else interval, per_step=per_step, step_fraction=step_fraction)
+
+    @classmethod
+    def by_budget(cls, total_steps: int, prune_steps: int | None = None, min_interval: int = 2,
+                  max_prune_steps: int = 32) -> Schedule:
+        """Spread the removals over ``total_steps`` calls: K steps, at least ``min_interval`` apart."""
+        if total_steps < 1:
+            raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
+        k = prune_steps or max(1, min(max_prune_steps, total_steps // min_interval))
+        k = min(k, total_steps)
+        return cls(interval=max(1, total_steps // k), prune_steps=k)
+
+    @property
+    def budget(self) -> int | None:
+        """Calls by which the target should be reached (by-budget schedules)."""
+        return None if self.prune_steps is None else self.prune_steps * self.interval
+
+    def due(self, calls: int) -> bool:
+        """Whether a pruning step happens after the ``calls``-th call."""
+        return calls > 0 and calls % self.interval == 0
+
+    def goal(self, k: int, start_cost: float, base_cost: float, target_cost: float) -> tuple[float, int | None]:
+        """(goal cost, max units) of the ``k``-th pruning step (1-based), which starts at ``start_cost``."""
+        if self.prune_steps is not None:
+            frac = min(1.0, k / self.prune_steps)
+            return max(target_cost, base_cost - frac * (base_cost - target_cost)), None
+        if self.step_fraction is not None:
+            return max(target_cost, start_cost - self.step_fraction * base_cost), None
+        return target_cost, self.per_step
+
+    def describe(self) -> str:
+        if self.prune_steps is not None:
+            return f"{self.prune_steps} steps, one every {self.interval} batches (by budget)"
+        what = f"{self.per_step} units" if self.per_step is not None else f"{self.step_fraction:g} of the base cost"
+        return f"a step every {self.interval} batches removing {what}, until the target"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """A pruning run's recipe; ``target`` is what it stops at (``CostTarget.macs(0.5)``: half the base MACs).
+
+    The schedule is *by budget* (``epochs``: the removals are spread so the target is reached by
+    the end of that many epochs) unless ``interval``/``per_step``/``step_fraction`` give NViT's fixed
+    schedule (a step every ``interval`` batches removing ``per_step`` units, until the target):
+    :meth:`schedule` builds it.  :meth:`settings` is its flat, JSON form (trace header, state).
+    """
+
+    target: CostTarget = CostTarget.macs(0.5)
+    criterion: str = "hessian"
+    criterion_options: Mapping[str, Any] = field(default_factory=dict)  # the criterion's declared options, by name
+    epochs: float = 1.0
+    prune_steps: int | None = None  # by budget: number of pruning steps (None: automatic)
+    interval: int | None = None
+    per_step: int | None = None
+    step_fraction: float | None = None
+    eta: float = 1.0  # scale-free penalty weight (0: no penalty)
+    ema: float = 0.9
+    batch_size: int = 128  # global batch
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    kl_weight: float = 1.0
+    ce_weight: float = 1.0
+    teacher_weight: float = 1.0  # weight of the CNN teacher's term (when a teacher is given)
+    teacher_type: str = "kl"  # kl | hard (DeiT: CE on the teacher's argmax)
+    temperature: float = 3.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    granularity: str = "auto"
+    eval_size: int = 1000  # held-out images scored after every step (0: never)
+    max_steps: int = 10000
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "off"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, CostTarget) or self.target.ratio is None:
+            raise ConfigError("target must be a relative CostTarget (CostTarget.macs(0.5), CostTarget.latency(0.6)), "
+                              f"got {self.target!r}")
+        for k, v in self.settings().items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{k} must be a finite number, got {v}")
+        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or self.max_steps < 1:
+            raise ConfigError("epochs, batch_size, lr and max_steps must be positive")
+        if self.fixed_schedule:
+            self.schedule(1)  # the fixed schedule's own checks
+        if self.eta < 0 or not 0 <= self.ema < 1:
+            raise ConfigError(f"eta must be >= 0 and ema in [0, 1) (got {self.eta}, {self.ema})")
+        if self.eval_size < 0 or self.workers < 0:
+            raise ConfigError("eval_size and workers must be >= 0")
+        _one_of("amp", self.amp, AMP_MODES)
+        if not isinstance(self.criterion, str) or not self.criterion:
+            raise ConfigError(f"criterion must be a registered criterion's name, got {short(self.criterion)}")
+        if self.criterion_options:
+            # an unknown name, key or value is one line; the options are kept parsed ("0.5" -> 0.5). The
+            # criteria live with torch: only a recipe that names options imports them
+            from revit.prune.criteria import check_criterion
+
+            parsed = check_criterion(self.criterion, self.criterion_options)
+            object.__setattr__(self, "criterion_options", {k: parsed[k] for k in self.criterion_options})
+        check_loss_weights(ce_weight=self.ce_weight, kl_weight=self.kl_weight, teacher_weight=self.teacher_weight,
+                           temperature=self.temperature, teacher_type=self.teacher_type,
+                           label_smoothing=self.label_smoothing)
+        from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
+
+        check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
+        check_number(self.seed, "seed", 0, MAX_SEED, integer=True)
+        for k in ("batch_size", "max_steps", "eval_size", "prune_steps", "interval", "per_step"):
+            if getattr(self, k):
+                check_count(getattr(self, k), k)
+        if self.workers:
+            check_loader_workers(self.workers, "workers")
+
+    @property
+    def fixed_schedule(self) -> bool:
+        return self.interval is not None or self.per_step is not None or self.step_fraction is not None
+
+    def schedule(self, batches_per_epoch: int) -> Schedule:
+        """NViT's fixed schedule when asked for, else by budget over ``epochs`` of ``batches_per_epoch``."""
+        if self.fixed_schedule:
+            return Schedule.fixed(self.interval, self.per_step, self.step_fraction)
+        return Schedule.by_budget(max(1, round(self.epochs * batches_per_epoch)), self.prune_steps)
+
+    def loss(self) -> Any:
+        """The objective of the training between pruning steps (CE, KL to the unpruned model, teacher): a
+        :class:`revit.distill.DistillLoss` (imports torch)."""
+        from revit.distill import DistillLoss
+
+        return DistillLoss(ce_weight=self.ce_weight, kl_weight=self.kl_weight, teacher_weight=self.teacher_weight,
+                           temperature=self.temperature, teacher_type=self.teacher_type,
+                           label_smoothing=self.label_smoothing)
+
+    def bound(self, table: Any = None) -> PruneConfig:
+        """This recipe with its target's cost model built (:meth:`CostTarget.bind`, ``table`` for a latency
+        target); nothing is validated again."""
+        out = copy.copy(self)
+        object.__setattr__(out, "target", self.target.bind(table))
+        return out
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe as flat JSON values (trace header, state), the target as ``target`` (its ratio) and
+        ``target_kind``: the form every earlier run's settings have, so those runs still resume
+        (:meth:`revit.cost.CostTarget.from_dict` reads it back)."""
+        flat = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"target": self.target.ratio, "target_kind": self.target.kind,
+                **{k: v for k, v in flat.items() if k != "target" and (k != "criterion_options" or v)}}
+
+
+__all__ = ["AMP_MODES", "DEIT_AUTO_AUGMENT", "DISTILL_TYPES", "RECIPES", "RUNTIME_FIELDS", "PruneConfig", "Schedule",
+           "TrainConfig", "check_loss_weights", "same_recipe"]

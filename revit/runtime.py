@@ -206,6 +206,18 @@ def make_loader(ds: Dataset[Any], global_batch: int, seed: int = 0, *, rank: int
                       persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed * 7 + rank))
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` (nested dicts/lists of tensors) with every tensor copied to the CPU, for device-agnostic files
+    (a synchronous copy: a non-blocking device-to-host copy could be read before it lands)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def to_device(batch: T, device: torch.device, channels_last: bool = False) -> T:
     """``batch`` (a tensor or a tuple/list/dict of them) on ``device``, copied asynchronously.
 
@@ -224,4 +236,4 @@ def to_device(batch: T, device: torch.device, channels_last: bool = False) -> T:
 
 __all__ = ["AMP_MODES", "GlobalBatchSampler", "autocast", "check_amp", "device_name", "dist_info",
            "grad_scaler", "init_distributed", "make_loader", "resolve_device", "shutdown_distributed", "size",
-           "to_device"]
+           "to_cpu", "to_device"]

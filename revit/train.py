@@ -40,6 +40,7 @@ from revit.runtime import (
     make_loader,
     resolve_device,
     size,
+    to_cpu,
     to_device,
 )
 
@@ -98,18 +99,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     from timm.optim import create_optimizer_v2
 
     return create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def to_cpu(obj: Any) -> Any:
-    """``obj`` (nested dicts/lists of tensors) with every tensor copied to the CPU, for device-agnostic files
-    (a synchronous copy: a non-blocking device-to-host copy could be read before it lands)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
 
 
 def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -109,19 +109,19 @@ def test_objects_in_place_of_names_give_the_same_run() -> None:
 
 
 def test_target_and_schedule_objects_are_the_shorthands() -> None:
-    """``target=Target.macs(r), schedule=Schedule.by_budget(N)`` is the run of ``target_macs=r, total_steps=N``;
+    """``target=CostTarget.macs(r), schedule=Schedule.by_budget(N)`` is the run of ``target_macs=r, total_steps=N``;
     NViT's ``Schedule.fixed(interval, per_step)`` removes ``per_step`` units every ``interval`` calls."""
-    from revit.prune import GlobalPruner, Schedule, Target
+    from revit.prune import CostTarget, GlobalPruner, Schedule
 
     batches = _batches(12)
     a = GlobalPruner(_tiny(), target_macs=0.6, total_steps=12, granularity="one")
     _run(a, batches)
-    b = GlobalPruner(_tiny(), target=Target.macs(0.6), schedule=Schedule.by_budget(12), granularity="one")
+    b = GlobalPruner(_tiny(), target=CostTarget.macs(0.6), schedule=Schedule.by_budget(12), granularity="one")
     _run(b, batches)
     assert [s.to_dict() for s in a.trace.steps] == [s.to_dict() for s in b.trace.steps]
-    assert a.header() == b.header() and b.target == Target("macs", 0.6)
+    assert a.header() == b.header() and b.target == CostTarget("macs", 0.6)
 
-    c = GlobalPruner(_tiny(), target=Target.macs(0.6), schedule=Schedule.fixed(interval=3, per_step=2),
+    c = GlobalPruner(_tiny(), target=CostTarget.macs(0.6), schedule=Schedule.fixed(interval=3, per_step=2),
                      granularity="one")
     _run(c, batches)
     steps = c.trace.steps
@@ -132,26 +132,27 @@ def test_target_and_schedule_objects_are_the_shorthands() -> None:
 
 def test_target_and_schedule_refuse_bad_values() -> None:
     from revit.errors import ConfigError, UnknownNameError
-    from revit.prune import GlobalPruner, Schedule, Target
+    from revit.prune import CostTarget, GlobalPruner, Schedule
 
     with pytest.raises(UnknownNameError, match="flops"):
-        Target("flops", 0.5)
-    for make, msg in ((lambda: Target.macs(1.0), "fraction"),
-                      (lambda: Target.macs(float("inf")), "finite"), (lambda: Target.macs(True), "finite"),
-                      (lambda: Target.of(), "exactly one"), (lambda: Target.of(macs=0.5, latency=0.5), "exactly one"),
-                      (lambda: Target.latency(0.5).cost_model(None), "latency table"),
+        CostTarget("flops", 0.5)
+    for make, msg in ((lambda: CostTarget.macs(1.0), "fraction"),
+                      (lambda: CostTarget.macs(float("inf")), "finite"), (lambda: CostTarget.macs(True), "finite"),
+                      (lambda: CostTarget.of(), "exactly one"),
+                      (lambda: CostTarget.of(macs=0.5, latency=0.5), "exactly one"),
+                      (lambda: CostTarget.latency(0.5).cost_model(None), "latency table"),
                       (lambda: Schedule.fixed(per_step=2, step_fraction=0.1), "at most one"),
                       (lambda: Schedule.fixed(interval=0), "interval"),
                       (lambda: Schedule.by_budget(0), "total_steps")):
         with pytest.raises(ConfigError, match=msg):
             make()
-    for kw, msg in ((dict(target=Target.macs(0.5), target_macs=0.5, total_steps=4), "not both"),
-                    (dict(target=0.5, total_steps=4), "must be a Target"),
-                    (dict(target=Target.macs(0.5), schedule=Schedule.by_budget(4), total_steps=4), "not both"),
-                    (dict(target=Target.macs(0.5), schedule=4), "must be a Schedule")):
+    for kw, msg in ((dict(target=CostTarget.macs(0.5), target_macs=0.5, total_steps=4), "not both"),
+                    (dict(target=0.5, total_steps=4), "must be a relative CostTarget"),
+                    (dict(target=CostTarget.macs(0.5), schedule=Schedule.by_budget(4), total_steps=4), "not both"),
+                    (dict(target=CostTarget.macs(0.5), schedule=4), "must be a Schedule")):
         with pytest.raises(ConfigError, match=msg):
             GlobalPruner(_tiny(), **kw)  # type: ignore[arg-type]
-    assert Target.of(latency=0.6) == Target.latency(0.6) and Target.macs(0.5).cost_model().name == "macs"
+    assert CostTarget.of(latency=0.6) == CostTarget.latency(0.6) and CostTarget.macs(0.5).cost_model().name == "macs"
 
 
 def test_budget_is_met_and_masks_keep_shapes() -> None:

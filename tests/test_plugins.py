@@ -581,7 +581,8 @@ def test_a_prune_resumes_only_with_the_criterion_options_it_began_with(tmp_path:
     from revit.config import BlockDims, ViTConfig
     from revit.errors import CheckpointError
     from revit.models import build_model
-    from revit.prune import PruneConfig, PruneRun, Target
+    from revit.cost import CostTarget
+    from revit.prune import PruneConfig, PruneRun
 
     class Kill(Exception):
         pass
@@ -598,7 +599,7 @@ def test_a_prune_resumes_only_with_the_criterion_options_it_began_with(tmp_path:
                                      in_chans=1, num_classes=10))
 
     def cfg(**opts: float) -> PruneConfig:
-        return PruneConfig(target=Target.macs(0.6), interval=2, per_step=2, batch_size=32, granularity="one",
+        return PruneConfig(target=CostTarget.macs(0.6), interval=2, per_step=2, batch_size=32, granularity="one",
                            eval_size=0, criterion="nvit-code", criterion_options=opts)
 
     for began, resumed in (({"norm_mlp_dim": 2.0}, {}), ({"norm_mlp_dim": 2.0}, {"norm_mlp_dim": 3.0}),

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from revit.errors import BudgetError, ConfigError
-from revit.prune.policy import Schedule, calibrate_eta, candidates, choose
+from revit.prune.policy import calibrate_eta, candidates, choose
+from revit.recipes import Schedule
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ def splits() -> Any:
 
 
 def _cfg(**kw: Any) -> Any:
-    from revit.prune import PruneConfig, Target
+    from revit.prune import CostTarget, PruneConfig
 
     if isinstance(kw.get("target"), float):
-        kw["target"] = Target.macs(kw["target"])
-    base: dict[str, Any] = dict(target=Target.macs(0.6), interval=3, per_step=4, batch_size=32, lr=1e-3,
+        kw["target"] = CostTarget.macs(kw["target"])
+    base: dict[str, Any] = dict(target=CostTarget.macs(0.6), interval=3, per_step=4, batch_size=32, lr=1e-3,
                                 granularity="one", eval_size=100)
     base.update(kw)
     return PruneConfig(**base)
@@ -155,10 +155,10 @@ class _FakeTable:
 
 def test_latency_target_with_a_table(tmp_path: Path, splits: Any) -> None:
     from revit.errors import ConfigError
-    from revit.prune import PruneRun, Target, prune
+    from revit.prune import CostTarget, PruneRun, prune
 
     table = _FakeTable()
-    res = prune(_model(), splits.train, None, _cfg(target=Target.latency(0.6), eta=5.0), tmp_path,
+    res = prune(_model(), splits.train, None, _cfg(target=CostTarget.latency(0.6), eta=5.0), tmp_path,
                 table=table, progress=False)
     tr = _trace(tmp_path / "trace.jsonl")
     assert tr[-1]["latency"] <= 0.6 * tr[0]["latency"] < tr[-2]["latency"]
@@ -166,12 +166,14 @@ def test_latency_target_with_a_table(tmp_path: Path, splits: Any) -> None:
     removed = [r["group"] for s in tr for r in s["removed"]]
     assert any(g.endswith("heads") for g in removed)  # the expensive units go first under a strong penalty
     assert res.metrics["eta_abs"] > 0 and res.metrics["penalty"] == "latency"
-    # the one Target travels as a flat pair in the files (trace header, state), as before it was a value
+    # the settings (trace header, state) keep the flat pair every earlier run has; the header and metrics.json
+    # hold the one target shape with what it came to
     header = json.loads((tmp_path / "trace.jsonl").read_text().splitlines()[0])
     assert header["settings"]["target"] == 0.6 and header["settings"]["target_kind"] == "latency"
-    assert header["target"]["kind"] == "latency" and res.metrics["target"] == {"kind": "latency", "ratio": 0.6}
+    assert header["target"] == res.metrics["target"]
+    assert {k: res.metrics["target"][k] for k in ("kind", "ratio")} == {"kind": "latency", "ratio": 0.6}
     with pytest.raises(ConfigError, match="latency table"):
-        PruneRun(_model(), splits.train, None, _cfg(target=Target.latency(0.6)), tmp_path / "b", progress=False)
+        PruneRun(_model(), splits.train, None, _cfg(target=CostTarget.latency(0.6)), tmp_path / "b", progress=False)
 
 
 def test_unreachable_target_fails_before_training(tmp_path: Path, splits: Any) -> None:

@@ -27,7 +27,7 @@ from revit.validation import MAX_BATCH, check_output_file, count, non_negative, 
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("latency", help="build, import, query and validate latency tables",
+    p = sub.add_parser(__name__.rpartition(".")[2], help="build, import, query and validate latency tables",
                        description="Latency tables: one block's latency on a grid, whole-model prediction.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="example:\n  revit latency query latency_tables/cpu_onnxruntime_fp32_bs64_t17.json "

@@ -28,7 +28,7 @@ from revit.validation import elide
 log = logging.getLogger(__name__)
 
 # command modules, in the order they appear in --help
-COMMAND_MODULES = ("model", "latency", "prune", "train", "rules", "generate", "search", "demo", "plugins")
+COMMAND_MODULES = tuple("model latency prune train rules generate search demo plugins".split())
 OPTUNA_COMMANDS = ("search", "demo")  # commands that run Optuna studies: Optuna's own logger follows -v/-q
 VERSION_PACKAGES = ("torch", "timm", "optuna", "onnxruntime")  # listed by --version (read without importing)
 MAX_WORD = 160  # characters an error line quotes of one word (a path, a value) before cutting its middle

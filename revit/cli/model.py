@@ -8,6 +8,7 @@ from typing import Any
 from revit import counting
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json
 from revit.config import ViTConfig
+from revit.cost import MACS
 from revit.presets import resolve_config
 from revit.validation import check_fits_memory, check_output_dir, check_output_file, integer
 
@@ -67,12 +68,12 @@ def describe(cfg: ViTConfig) -> dict[str, Any]:
         "name": cfg.name, "embed_dim": cfg.embed_dim, "depth": cfg.depth, "tokens": cfg.tokens,
         "img_size": cfg.img_size, "patch_size": cfg.patch_size, "num_classes": cfg.num_classes,
         "distilled": cfg.distilled,
-        "blocks": [{**b.to_dict(), "macs": counting.block_macs(cfg.embed_dim, b, cfg.tokens),
+        "blocks": [{**b.to_dict(), MACS: counting.block_macs(cfg.embed_dim, b, cfg.tokens),
                     "params": counting.block_params(cfg.embed_dim, b, cfg.qkv_bias)} for b in cfg.blocks],
         "params": counting.params(cfg),
-        "macs": counting.macs(cfg, "nvit"),
+        MACS: counting.macs(cfg, "nvit"),
         "macs_linear_only": counting.macs(cfg, "timm"),
-        "conventions": {"macs": counting.CONVENTIONS["nvit"], "macs_linear_only": counting.CONVENTIONS["timm"]},
+        "conventions": {MACS: counting.CONVENTIONS["nvit"], "macs_linear_only": counting.CONVENTIONS["timm"]},
     }
 
 

@@ -15,9 +15,10 @@ from revit.cli._common import (
     info,
     print_json,
 )
+from revit.cost import COSTS, MACS
 from revit.options import parse_assignments
 from revit.registry import lazy_choices
-from revit.validation import MAX_LR, check_output_dir, count, fraction, non_negative, number
+from revit.validation import MAX_LR, count, fraction, non_negative, number
 
 
 def register(sub: Any) -> None:
@@ -33,9 +34,10 @@ def register(sub: Any) -> None:
     p.add_argument("--checkpoint", help="weights to start from (.safetensors/.pth matching the config)")
     add_data_args(p, test_limit_zero=True)
     tgt = p.add_mutually_exclusive_group(required=True)
-    tgt.add_argument("--target-macs", type=fraction(), metavar="R", help="stop at R x the base MACs (0 < R < 1)")
-    tgt.add_argument("--target-latency", type=fraction(),
-                     metavar="R", help="stop at R x the base latency (needs --table)")
+    for name, cost in COSTS.loaded().items():  # one flag per registered cost model: --target-macs, --target-latency
+        needs = " (needs --table)" if cost.needs_table else ""
+        tgt.add_argument(f"--target-{name}", dest=_target_dest(name), type=fraction(), metavar="R",
+                         help=f"stop at R x the base {name} (0 < R < 1){needs}")
     p.add_argument("--table", help="latency table (a JSON file or a shipped table's name) for --target-latency and "
                                    "the latency penalty")
     p.add_argument("--criterion", default="hessian", choices=lazy_choices("revit.prune.criteria", "CRITERIA"),
@@ -83,29 +85,19 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_prune)
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    import torch
+def _target_dest(name: str) -> str:
+    return "target_" + name.replace("-", "_")
 
-    from revit.data import DataSpec, load_splits
-    from revit.errors import ConfigError
-    from revit.models import build_model
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from revit.cost import CostTarget
+    from revit.data import DataSpec
     from revit.presets import resolve_config
-    from revit.prune import PruneConfig, PruneRun, Target
-    from revit.runs import claim_run
+    from revit.recipes import PruneConfig
+    from revit.workflows import run_prune
 
     check_teacher(args)
-    claim_run(args.out, "prune", resume=args.resume, overwrite=args.overwrite)  # before loading any data
-    check_output_dir(args.out)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    table = None
-    target = Target.of(macs=args.target_macs, latency=args.target_latency)
-    if args.table:
-        from revit.latency.table import LatencyTable
-
-        table = LatencyTable.load(args.table)
-    cost = target.cost_model(table)  # a latency target without a table is refused here, before any data loads
-    cfg = resolve_config(args.model)
+    target = CostTarget.of(**{name: getattr(args, _target_dest(name)) for name in COSTS.loaded()})
     pc = PruneConfig(
         target=target,
         criterion=args.criterion, criterion_options=parse_assignments(args.criterion_option, "--criterion-option"),
@@ -117,29 +109,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
         teacher_weight=args.teacher_weight, teacher_type=args.teacher_type,
         granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,
     )
-    if table is not None and not cost.needs_table:
-        info("note: the latency table sets the penalty; the run stops on the MACs target")
-    teacher = None
-    if args.teacher:  # refused (one line) before any data loads or any training starts
-        from revit.distill import load_teacher
+    cfg = resolve_config(args.model)
+    data = DataSpec(source=args.data, train_limit=args.train_limit, val_size=args.val_size,
+                    test_limit=args.test_limit or None, seed=args.seed, img_size=cfg.img_size)
 
-        teacher = load_teacher(args.teacher, args.teacher_weights, num_classes=cfg.num_classes,
-                               in_chans=cfg.in_chans, img_size=cfg.img_size)
-    torch.manual_seed(args.seed)
-    splits = load_splits(DataSpec(source=args.data, train_limit=args.train_limit, val_size=args.val_size,
-                                  test_limit=args.test_limit or None, seed=args.seed, img_size=cfg.img_size))
-    if splits.num_classes != cfg.num_classes or splits.in_chans != cfg.in_chans:
-        raise ConfigError(f"{args.data} has {splits.num_classes} classes and {splits.in_chans} channel(s); the model "
-                          f"expects {cfg.num_classes} and {cfg.in_chans}")
-    model = build_model(cfg, checkpoint=args.checkpoint)
-    pruner = PruneRun(model, splits.train, splits.val, pc, args.out, table=table, resume=args.resume,
-                    progress=not args.no_progress, test_ds=None if args.test_limit == 0 else splits.test,
-                    overwrite=args.overwrite, teacher=teacher)
-    if pruner.rank == 0:
-        info(f"schedule: {pruner.pruner.schedule.describe()}; {pruner.per_epoch} batches per epoch; "
-             f"device {pruner.device}, amp {args.amp}")
-    res = pruner.run()
-    if pruner.rank == 0:
+    def started(run: Any) -> None:
+        if run.rank == 0:
+            info(f"schedule: {run.pruner.schedule.describe()}; {run.per_epoch} batches per epoch; "
+                 f"device {run.device}, amp {args.amp}")
+
+    res = run_prune(cfg, data, pc, args.out, checkpoint=args.checkpoint, table=args.table, teacher=args.teacher,
+                    teacher_weights=args.teacher_weights, resume=args.resume, overwrite=args.overwrite,
+                    threads=args.threads, progress=not args.no_progress, score_test=args.test_limit != 0,
+                    on_start=started)
+    from revit.runtime import dist_info
+
+    if dist_info()[0] == 0:
         from revit.models.hub import HUB_DIR
 
         m = res.metrics
@@ -160,8 +145,9 @@ def summary(steps: int, m: dict[str, Any]) -> str:
 
     acc = "".join(f", {k.removesuffix('_accuracy')} top-1 {m[k]:.4f}" for k in ("val_accuracy", "test_accuracy")
                   if k in m)
-    lat = f", latency {m['cost_ratio']:.3f} of the base" if m["target"]["kind"] == "latency" else ""
-    unit = {"macs": "MAC", "latency": "second"}.get(str(m.get("penalty")), "unit of cost")
+    kind, penalty = str(m["target"]["kind"]), str(m.get("penalty"))
+    lat = f", {kind} {m['cost_ratio']:.3f} of the base" if kind != MACS else ""
+    unit = COSTS.get(penalty).per_unit if penalty in COSTS else "unit of cost"
     eta = f"; penalty weight {m['eta_abs']:.3g} saliency per {unit} saved" if m.get("eta_abs") else ""
     return (f"pruned in {steps} steps: MACs {format_count(m['base']['macs'])} -> {format_count(m['pruned']['macs'])} "
             f"({m['macs_ratio']:.3f} of the base), params {format_count(m['base']['params'])} -> "

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from revit.data.spec import DataSpec
-from revit.errors import DatasetError
+from revit.errors import ConfigError, DatasetError
 from revit.presets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from revit.recipes import TrainConfig
 
@@ -35,6 +35,15 @@ class Splits:
     num_classes: int
     in_chans: int
     img_size: int
+
+    def check_fits(self, cfg: Any, source: str) -> None:
+        """The one "data fits the model" check (train, prune, a study's trials): the data's image size, channels
+        and classes are those of ``cfg`` (a ViT config or a study's Setting), refused in one line before training."""
+        have, want = (self.img_size, self.in_chans, self.num_classes), (cfg.img_size, cfg.in_chans, cfg.num_classes)
+        if have != want:
+            raise ConfigError(f"{source} has {self.img_size}px, {self.in_chans} channel(s) and {self.num_classes} "
+                              f"classes; the model expects {cfg.img_size}px, {cfg.in_chans} channel(s) and "
+                              f"{cfg.num_classes} classes (the data's img_size resizes)")
 
 
 def fashion_mnist_dir() -> Path:

@@ -5,17 +5,19 @@ Imports flow one way: ``structure`` (groups from the model) <- ``criteria`` (sco
 (the library object for the user's own loop) <- ``run`` (revit's loop: DDP, state, teacher, export).
 """
 
+from revit.cost import CostTarget
 from revit.distill import DistillLoss, distill_loss
 from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_criterion
 from revit.prune.global_pruner import GlobalPruner, as_revit
 from revit.prune.masking import Masks, rebuild_dense
-from revit.prune.policy import Candidate, Choice, Schedule, Target, calibrate_eta, candidates, choose
-from revit.prune.run import PruneConfig, PruneError, PruneResult, PruneRun, prune
+from revit.prune.policy import Candidate, Choice, calibrate_eta, candidates, choose
+from revit.prune.run import PruneError, PruneResult, PruneRun, prune
 from revit.prune.structure import Group, Structure, StructureError, derive_structure
+from revit.recipes import PruneConfig, Schedule
 
 __all__ = [
-    "CRITERIA", "Candidate", "Choice", "Criterion", "DistillLoss", "GlobalPruner", "Group", "Masks", "PruneConfig",
-    "PruneError", "PruneResult", "PruneRun", "Schedule", "ScoreAccumulator", "Structure", "StructureError",
-    "Target", "as_revit", "build_criterion", "calibrate_eta", "candidates", "choose", "derive_structure",
+    "CRITERIA", "Candidate", "Choice", "CostTarget", "Criterion", "DistillLoss", "GlobalPruner", "Group", "Masks",
+    "PruneConfig", "PruneError", "PruneResult", "PruneRun", "Schedule", "ScoreAccumulator", "Structure",
+    "StructureError", "as_revit", "build_criterion", "calibrate_eta", "candidates", "choose", "derive_structure",
     "distill_loss", "prune", "rebuild_dense",
 ]

@@ -2,7 +2,7 @@
 
 In the style of Torch-Pruning's pruners::
 
-    pruner = GlobalPruner(model, example_inputs=x, target=Target.macs(0.5), schedule=Schedule.by_budget(N))
+    pruner = GlobalPruner(model, example_inputs=x, target=CostTarget.macs(0.5), schedule=Schedule.by_budget(N))
     net = pruner.model                  # a revit model (converted from a timm ViT if needed)
     for ...:                            # the user's loop, loss and optimizer
         loss.backward(); pruner.accumulate(); opt.step(); pruner.step()
@@ -30,15 +30,15 @@ from torch import nn
 
 from revit import counting
 from revit.config import Granularity, ViTConfig
-from revit.cost import CostModel, LatencyTableLike, build_cost, min_config
+from revit.cost import CostModel, CostTarget, LatencyTableLike, min_config, table_cost
 from revit.errors import BudgetError, ConfigError, TableRangeError
 from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_criterion
 from revit.prune.masking import Masks, rebuild_dense
-from revit.prune.policy import Schedule, Target, choose
+from revit.prune.policy import choose
 from revit.prune.structure import Structure, derive_structure
-from revit.runtime import dist_info, to_device
+from revit.recipes import Schedule
+from revit.runtime import dist_info, to_cpu, to_device
 from revit.trace import SCHEMA, Trace, TraceStep
-from revit.train import to_cpu
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def as_revit(model: nn.Module) -> nn.Module:
 class GlobalPruner:
     """Prune every width of every block of a ViT jointly to a MACs or latency target.
 
-    ``target`` is a :class:`~revit.prune.policy.Target` (``Target.macs(0.5)``; ``Target.latency(0.6)``
+    ``target`` is a :class:`~revit.cost.CostTarget` (``CostTarget.macs(0.5)``; ``CostTarget.latency(0.6)``
     with ``table``), or give the shorthand ``target_macs=``/``target_latency=`` (fractions of the base
     cost).  ``schedule`` is a :class:`~revit.prune.policy.Schedule`: ``Schedule.by_budget(N)`` spreads
     the removals so the target is reached after N steps (the shorthand ``total_steps=N``), NViT's
@@ -73,7 +73,7 @@ class GlobalPruner:
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor | None = None, *,
-                 target: Target | None = None, schedule: Schedule | None = None,
+                 target: CostTarget | None = None, schedule: Schedule | None = None,
                  target_macs: float | None = None, target_latency: float | None = None, total_steps: int | None = None,
                  table: LatencyTableLike | None = None, criterion: str | Criterion = "hessian",
                  penalty: CostModel | None = None, eta: float = 1.0, ema: float = 0.9,
@@ -95,10 +95,10 @@ class GlobalPruner:
         self.cost: CostModel = self.target.cost_model(table)
         # the penalty: the table's latency when there is a table, else the target's cost
         self.penalty: CostModel = penalty or (
-            build_cost("latency", table) if table is not None and not self.cost.needs_table else self.cost)
+            table_cost(table) if table is not None and not self.cost.needs_table else self.cost)
         # the latency recorded in the trace: the table's (through whichever cost model holds it)
         self.latency: CostModel | None = next((m for m in (self.cost, self.penalty) if m.needs_table), None)
-        self.ratio = float(self.target.ratio)
+        self.ratio = float(self.target.ratio or 0.0)  # relative: checked by _target
         self.eta, self.seed = eta, seed
         gran = Granularity.for_widths(self.base.embed_dim, self.base.blocks) if granularity in (None, "auto") \
             else Granularity.parse(granularity, self.base.img_size)
@@ -140,12 +140,13 @@ class GlobalPruner:
             raise ConfigError(f"ema must be in [0, 1), got {ema}")
 
     @staticmethod
-    def _target(target: Target | None, macs: float | None, latency: float | None) -> Target:
+    def _target(target: CostTarget | None, macs: float | None, latency: float | None) -> CostTarget:
         """``target``, or the one built from the shorthands ``target_macs``/``target_latency``."""
         if target is None:
-            return Target.of(macs=macs, latency=latency)
-        if not isinstance(target, Target):
-            raise ConfigError(f"target must be a Target (Target.macs(0.5), Target.latency(0.6)), got {target!r}")
+            return CostTarget.of(macs=macs, latency=latency)
+        if not isinstance(target, CostTarget) or target.ratio is None:
+            raise ConfigError("target must be a relative CostTarget (CostTarget.macs(0.5), CostTarget.latency(0.6)), "
+                              f"got {target!r}")
         if macs is not None or latency is not None:
             raise ConfigError("give target or target_macs/target_latency, not both")
         return target
@@ -330,11 +331,14 @@ class GlobalPruner:
     def header(self, settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The trace header: base config, target, criterion, penalty, schedule and granularity."""
         return {"schema": SCHEMA, "base_config": self.base.to_dict(),
-                "target": {"kind": self.cost.name, "ratio": self.ratio, "value": self.target_cost,
-                           "base": self.base_cost},
+                "target": self.target_record(),
                 "criterion": self.criterion_name, "penalty": self.penalty.name,
                 "schedule": self.schedule.describe(), "settings": dict(settings or {}), "granularity": self.unit,
                 "world_size": self.world, "macs_convention": counting.CONVENTIONS["nvit"]}
+
+    def target_record(self) -> dict[str, Any]:
+        """The target in its one JSON shape with what it came to: ``value`` (the cost to reach) and ``base``."""
+        return {**self.target.to_dict(), "value": self.target_cost, "base": self.base_cost}
 
     @property
     def criterion_name(self) -> str:

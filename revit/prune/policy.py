@@ -5,8 +5,8 @@ and a cost model, :func:`choose` removes the globally cheapest units one at a ti
 (NVIT_SPEC.md sections 3-4): every (kind, block) family offers its ``unit`` lowest-scoring alive
 indices as one candidate, whose score is ``saliency - eta * saving``; the lowest score goes, the
 config shrinks, savings are recomputed, and so on until the step's goal cost is met.
-:class:`Target` says what pruning stops at (a cost model and a fraction of the base cost);
-:class:`Schedule` says when a pruning step happens and what cost it aims at.
+What pruning stops at is a :class:`~revit.cost.CostTarget` (a cost model and a fraction of the base cost);
+:class:`revit.recipes.Schedule` says when a pruning step happens and what cost it aims at.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from revit.config import ViTConfig
-from revit.cost import COSTS, CostModel, LatencyTableLike, build_cost
-from revit.errors import BudgetError, ConfigError
+from revit.errors import BudgetError
 
 
 class GroupLike(Protocol):
@@ -159,123 +158,3 @@ def _best_within(cands: Sequence[Candidate], eta_abs: float, saving: Callable[[C
         if saved[c.gid] <= need:
             return c
     return min(ranked, key=lambda c: saved[c.gid])
-
-
-@dataclass(frozen=True)
-class Target:
-    """What pruning stops at: ``ratio`` of the base model's cost under the cost model ``kind``.
-
-    Built once (:meth:`of` from the two exclusive options ``--target-macs``/``--target-latency``, or
-    :meth:`macs`/:meth:`latency`) and validated here; :meth:`cost_model` builds the cost it is measured
-    in (a latency target needs a latency table: the one check of that).
-    """
-
-    kind: str  # a registered cost model: "macs", or "latency" (needs a table)
-    ratio: float
-
-    def __post_init__(self) -> None:
-        COSTS.get(self.kind)  # raises with the known names
-        r = self.ratio
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r):
-            raise ConfigError(f"target_{self.kind} must be a finite number, got {r!r}")
-        if not 0 < r < 1:
-            raise ConfigError(f"target_{self.kind} must be a fraction in (0, 1) of the base cost, got {r}")
-
-    @classmethod
-    def macs(cls, ratio: float) -> Target:
-        """Stop at ``ratio`` of the base model's MACs."""
-        return cls("macs", ratio)
-
-    @classmethod
-    def latency(cls, ratio: float) -> Target:
-        """Stop at ``ratio`` of the base model's latency predicted by a table."""
-        return cls("latency", ratio)
-
-    @classmethod
-    def of(cls, *, macs: float | None = None, latency: float | None = None) -> Target:
-        """The target from its two exclusive options (exactly one given)."""
-        if (macs is None) == (latency is None):
-            raise ConfigError("give exactly one of target_macs and target_latency (fractions of the base cost)")
-        return cls.latency(latency) if latency is not None else cls.macs(macs)  # type: ignore[arg-type]
-
-    def cost_model(self, table: LatencyTableLike | None = None) -> CostModel:
-        """The cost this target is measured in (raises when it needs a table and none is given)."""
-        return build_cost(self.kind, table)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "ratio": self.ratio}
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """When pruning steps happen and which cost each aims at.
-
-    - *by budget* (``total_steps`` given): ``prune_steps`` steps, one every ``interval`` calls, the
-      k-th aiming at ``base - k/K (base - target)``, so the target is reached by the end of the
-      budget; if it is not (minimum widths, rounding), pruning goes on every interval until it is.
-    - *fixed* (NViT's): a step every ``interval`` calls that removes ``per_step`` units, or units
-      until the cost fell by ``step_fraction`` of the base cost, until the target.
-    """
-
-    interval: int
-    prune_steps: int | None = None  # K, by budget
-    per_step: int | None = None
-    step_fraction: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.interval < 1:
-            raise ConfigError(f"interval must be >= 1, got {self.interval}")
-        modes = sum(x is not None for x in (self.prune_steps, self.per_step, self.step_fraction))
-        if modes != 1:
-            raise ConfigError("a schedule needs exactly one of prune_steps (by budget), per_step or step_fraction")
-        if self.prune_steps is not None and self.prune_steps < 1:
-            raise ConfigError(f"prune_steps must be >= 1, got {self.prune_steps}")
-        if self.per_step is not None and self.per_step < 1:
-            raise ConfigError(f"per_step must be >= 1, got {self.per_step}")
-        if self.step_fraction is not None and not 0 < self.step_fraction < 1:
-            raise ConfigError(f"step_fraction must be in (0, 1), got {self.step_fraction}")
-
-    @classmethod
-    def fixed(cls, interval: int | None = None, per_step: int | None = None,
-              step_fraction: float | None = None) -> Schedule:
-        """NViT's schedule: a step every ``interval`` (100) calls removing ``per_step`` (2) units, or
-        units worth ``step_fraction`` of the base cost, until the target."""
-        if per_step is not None and step_fraction is not None:
-            raise ConfigError("give at most one of per_step and step_fraction")
-        if per_step is None and step_fraction is None:
-            per_step = 2
-        return cls(interval=100 if interval is None else interval, per_step=per_step, step_fraction=step_fraction)
-
-    @classmethod
-    def by_budget(cls, total_steps: int, prune_steps: int | None = None, min_interval: int = 2,
-                  max_prune_steps: int = 32) -> Schedule:
-        """Spread the removals over ``total_steps`` calls: K steps, at least ``min_interval`` apart."""
-        if total_steps < 1:
-            raise ConfigError(f"total_steps must be >= 1, got {total_steps}")
-        k = prune_steps or max(1, min(max_prune_steps, total_steps // min_interval))
-        k = min(k, total_steps)
-        return cls(interval=max(1, total_steps // k), prune_steps=k)
-
-    @property
-    def budget(self) -> int | None:
-        """Calls by which the target should be reached (by-budget schedules)."""
-        return None if self.prune_steps is None else self.prune_steps * self.interval
-
-    def due(self, calls: int) -> bool:
-        """Whether a pruning step happens after the ``calls``-th call."""
-        return calls > 0 and calls % self.interval == 0
-
-    def goal(self, k: int, start_cost: float, base_cost: float, target_cost: float) -> tuple[float, int | None]:
-        """(goal cost, max units) of the ``k``-th pruning step (1-based), which starts at ``start_cost``."""
-        if self.prune_steps is not None:
-            frac = min(1.0, k / self.prune_steps)
-            return max(target_cost, base_cost - frac * (base_cost - target_cost)), None
-        if self.step_fraction is not None:
-            return max(target_cost, start_cost - self.step_fraction * base_cost), None
-        return target_cost, self.per_step
-
-    def describe(self) -> str:
-        if self.prune_steps is not None:
-            return f"{self.prune_steps} steps, one every {self.interval} batches (by budget)"
-        what = f"{self.per_step} units" if self.per_step is not None else f"{self.step_fraction:g} of the base cost"
-        return f"a step every {self.interval} batches removing {what}, until the target"

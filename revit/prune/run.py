@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,121 +27,28 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from revit import counting
 from revit._io import RESUME_HINT, atomic_write_text, dumps_json
 from revit.config import ViTConfig
-from revit.cost import LatencyTableLike
-from revit.distill import DistillLoss, Teacher
+from revit.cost import MACS, LatencyTableLike
+from revit.distill import Teacher
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.models.checkpoint import save_torch, save_weights
-from revit.prune.criteria import check_criterion
 from revit.prune.global_pruner import GlobalPruner
-from revit.prune.policy import Schedule, Target
+from revit.recipes import PruneConfig
+from revit.runs import Claim
 from revit.runtime import (
-    AMP_MODES,
     GlobalBatchSampler,
     autocast,
     grad_scaler,
     init_distributed,
     resolve_device,
     size,
+    to_cpu,
     to_device,
 )
 from revit.trace import Trace, TraceWriter
-from revit.train import to_cpu
-from revit.validation import short
 
 
 class PruneError(RevitError):
     """The pruning run cannot go on (non-finite loss, ...); the last good state is kept."""
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    """A pruning run's recipe; ``target`` is what it stops at (``Target.macs(0.5)``: half the base MACs).
-
-    The schedule is *by budget* (``epochs``: the removals are spread so the target is reached by
-    the end of that many epochs) unless ``interval``/``per_step``/``step_fraction`` give NViT's fixed
-    schedule (a step every ``interval`` batches removing ``per_step`` units, until the target):
-    :meth:`schedule` builds it.  :meth:`settings` is its flat, JSON form (trace header, state).
-    """
-
-    target: Target = Target("macs", 0.5)
-    criterion: str = "hessian"
-    criterion_options: Mapping[str, Any] = field(default_factory=dict)  # the criterion's declared options, by name
-    epochs: float = 1.0
-    prune_steps: int | None = None  # by budget: number of pruning steps (None: automatic)
-    interval: int | None = None
-    per_step: int | None = None
-    step_fraction: float | None = None
-    eta: float = 1.0  # scale-free penalty weight (0: no penalty)
-    ema: float = 0.9
-    batch_size: int = 128  # global batch
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    kl_weight: float = 1.0
-    ce_weight: float = 1.0
-    teacher_weight: float = 1.0  # weight of the CNN teacher's term (when a teacher is given)
-    teacher_type: str = "kl"  # kl | hard (DeiT: CE on the teacher's argmax)
-    temperature: float = 3.0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    granularity: str = "auto"
-    eval_size: int = 1000  # held-out images scored after every step (0: never)
-    max_steps: int = 10000
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "off"
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.target, Target):
-            raise ConfigError(f"target must be a Target (Target.macs(0.5), Target.latency(0.6)), got {self.target!r}")
-        for k, v in self.settings().items():
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{k} must be a finite number, got {v}")
-        if self.epochs <= 0 or self.batch_size < 1 or self.lr <= 0 or self.max_steps < 1:
-            raise ConfigError("epochs, batch_size, lr and max_steps must be positive")
-        if self.fixed_schedule:
-            self.schedule(1)  # the fixed schedule's own checks
-        if self.eta < 0 or not 0 <= self.ema < 1:
-            raise ConfigError(f"eta must be >= 0 and ema in [0, 1) (got {self.eta}, {self.ema})")
-        if self.eval_size < 0 or self.workers < 0:
-            raise ConfigError("eval_size and workers must be >= 0")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {short(self.amp)}")
-        # an unknown name, key or value is one line; the given options are kept parsed ("0.5" -> 0.5)
-        parsed = check_criterion(self.criterion, self.criterion_options)
-        object.__setattr__(self, "criterion_options", {k: parsed[k] for k in self.criterion_options})
-        self.loss()  # the weights' own checks
-        from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
-
-        check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
-        check_number(self.seed, "seed", 0, MAX_SEED, integer=True)
-        for k in ("batch_size", "max_steps", "eval_size", "prune_steps", "interval", "per_step"):
-            if getattr(self, k):
-                check_count(getattr(self, k), k)
-        if self.workers:
-            check_loader_workers(self.workers, "workers")
-
-    @property
-    def fixed_schedule(self) -> bool:
-        return self.interval is not None or self.per_step is not None or self.step_fraction is not None
-
-    def schedule(self, batches_per_epoch: int) -> Schedule:
-        """NViT's fixed schedule when asked for, else by budget over ``epochs`` of ``batches_per_epoch``."""
-        if self.fixed_schedule:
-            return Schedule.fixed(self.interval, self.per_step, self.step_fraction)
-        return Schedule.by_budget(max(1, round(self.epochs * batches_per_epoch)), self.prune_steps)
-
-    def loss(self) -> DistillLoss:
-        """The objective of the training between pruning steps (CE, KL to the unpruned model, teacher)."""
-        return DistillLoss(ce_weight=self.ce_weight, kl_weight=self.kl_weight, teacher_weight=self.teacher_weight,
-                           temperature=self.temperature, teacher_type=self.teacher_type,
-                           label_smoothing=self.label_smoothing)
-
-    def settings(self) -> dict[str, Any]:
-        """The recipe as flat JSON values, the target as ``target`` (ratio) and ``target_kind``."""
-        flat = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {"target": self.target.ratio, "target_kind": self.target.kind,
-                **{k: v for k, v in flat.items() if k != "target" and (k != "criterion_options" or v)}}
 
 
 @dataclass
@@ -179,11 +86,12 @@ class PruneRun:
     def __init__(self, model: nn.Module, train_ds: Dataset[Any], val_ds: Dataset[Any] | None, cfg: PruneConfig,
                  out_dir: str | os.PathLike[str], *, table: LatencyTableLike | None = None, resume: bool = False,
                  progress: bool = True, test_ds: Dataset[Any] | None = None, overwrite: bool = False,
-                 teacher: Teacher | None = None) -> None:
+                 teacher: Teacher | None = None, claim: Claim | None = None) -> None:
         from revit.runs import claim_run
 
         self._t0, self.prior_seconds = time.perf_counter(), 0.0
-        self.claim = claim_run(out_dir, "prune", resume=resume, overwrite=overwrite)  # reads only
+        # the folder's claim (reads only): the caller's when it claimed already (revit.workflows.prune)
+        self.claim = claim or claim_run(out_dir, "prune", resume=resume, overwrite=overwrite)
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
         self.cfg, self.progress, self.cnn, self.loss = cfg, progress, teacher, cfg.loss()
@@ -421,7 +329,7 @@ class PruneRun:
         cfg = p.current_config()
         left = f"/{p.schedule.prune_steps}" if p.schedule.prune_steps else ""
         parts = [f"step {p.steps}{left}: {p.cost.format(p.cost.cost(cfg))}, target {p.cost.format(p.target_cost)}"]
-        if p.cost.name != "macs":
+        if p.cost.name != MACS:
             parts.append(f"{counting.format_count(counting.macs(cfg))} MACs")
         if p.latency is not None and p.latency is not p.cost:
             parts.append(f"latency {p.latency.format(p.latency.cost(cfg))}")
@@ -447,11 +355,11 @@ class PruneRun:
         p, cfg = self.pruner, self.pruner.current_config()
         metrics: dict[str, Any] = {
             "schema": "revit/prune-metrics/v1", "steps": p.steps, "batches": p.calls,
-            "criterion": self.cfg.criterion, "target": p.target.to_dict(),
+            "criterion": self.cfg.criterion, "target": p.target_record(),
             "schedule": p.schedule.describe(), "eta": self.cfg.eta, "eta_abs": p.eta_abs, "cost_unit": p.cost.unit,
             "penalty": p.penalty.name,
-            "base": {"macs": counting.macs(self.base), "params": counting.params(self.base), "cost": p.base_cost},
-            "pruned": {"macs": counting.macs(cfg), "params": counting.params(cfg), "cost": p.cost.cost(cfg)},
+            "base": {MACS: counting.macs(self.base), "params": counting.params(self.base), "cost": p.base_cost},
+            "pruned": {MACS: counting.macs(cfg), "params": counting.params(cfg), "cost": p.cost.cost(cfg)},
             "macs_ratio": counting.macs(cfg) / counting.macs(self.base), "cost_ratio": p.cost.cost(cfg) / p.base_cost,
             "dense_vs_masked_max_abs_diff": gap, "seconds": seconds, "world_size": self.world,
             "device": str(self.device), "amp": self.cfg.amp, "teachers": self.teachers(),

@@ -5,10 +5,10 @@ only when called.  :class:`Granularity` and :class:`Setting` live in :mod:`revit
 """
 
 from revit.config import Granularity, Setting
+from revit.cost import CostTarget
 from revit.rules import families as _families  # noqa: F401  (registers the families)
 from revit.rules.base import FAMILIES, DomainNote, NamedRule, ParamSpec, RuleFamily, get_family
 from revit.rules.generate import (
-    Budget,
     Generated,
     GenerationBounds,
     apply_rule,
@@ -19,7 +19,7 @@ from revit.rules.generate import (
 from revit.rules.rule import Rule, family_rules, load_rule, shipped_rules, uniform_rule
 
 __all__ = [
-    "FAMILIES", "Budget", "DomainNote", "Generated", "GenerationBounds", "Granularity", "NamedRule", "ParamSpec",
+    "FAMILIES", "CostTarget", "DomainNote", "Generated", "GenerationBounds", "Granularity", "NamedRule", "ParamSpec",
     "Rule", "RuleFamily", "Setting", "apply_rule", "family_rules", "generate", "get_family", "latency_budget",
     "load_rule", "macs_budget", "shipped_rules", "uniform_rule",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 
 from revit import counting
 from revit.config import Granularity, Setting, ViTConfig
-from revit.cost import CostModel, LatencyCost, LatencyTableLike, MacsCost
+from revit.cost import LATENCY, MACS, CostTarget, LatencyTableLike, MacsCost
 from revit.errors import BudgetError, ConfigError, OutsideDomainError, TableRangeError
 from revit.rules.base import DomainNote
 from revit.rules.rule import Rule
@@ -23,45 +23,28 @@ from revit.rules.rule import Rule
 FACTOR_STEP = 1000  # MLP factors are searched in steps of 1/1000
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A target value of a cost model (MACs per image, or latency per batch of a table)."""
-
-    model: CostModel
-    value: float
-
-    @property
-    def kind(self) -> str:
-        return self.model.name
-
-    @property
-    def unit(self) -> str:
-        return self.model.unit
-
-    def fmt(self, x: float) -> str:
-        return self.model.format(x)
-
-    def to_json(self) -> dict[str, Any]:
-        batch = self.model.batch_size if isinstance(self.model, LatencyCost) else None
-        return {"kind": self.kind, "value": self.value, "unit": self.unit, "batch_size": batch}
-
-
-def macs_budget(value: float | str, convention: counting.Convention = "nvit") -> Budget:
+def macs_budget(value: float | str, convention: counting.Convention = "nvit") -> CostTarget:
     """A MACs budget (``4.6G``, ``150M`` or a number) in the given counting convention."""
     v = counting.parse_count(value) if isinstance(value, str) else value
-    if not v > 0:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
         raise ConfigError(f"a MACs budget must be positive, got {value!r}")
-    return Budget(MacsCost(convention), float(v))
+    return CostTarget.absolute(MACS, float(v), MacsCost(convention))
 
 
-def latency_budget(seconds: float, table: LatencyTableLike) -> Budget:
+def latency_budget(seconds: float, table: LatencyTableLike) -> CostTarget:
     """A latency budget in seconds per batch of the table's batch size, on the table's predictions.
 
     A config the table cannot predict (outside its measured range) counts as not a candidate.
     """
-    if not seconds > 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
         raise ConfigError(f"a latency budget must be positive, got {seconds!r} s")
-    return Budget(LatencyCost(table), float(seconds))
+    return CostTarget(LATENCY, value=float(seconds)).bind(table)
+
+
+def budget_json(budget: CostTarget) -> dict[str, Any]:
+    """A generation budget as ``revit generate --json`` writes it: the one target shape, with its unit and
+    (for a table's cost) the batch size its values are per."""
+    return {**budget.to_dict(), "unit": budget.unit, "batch_size": getattr(budget.model, "batch_size", None)}
 
 
 @dataclass(frozen=True)
@@ -91,7 +74,7 @@ class Generated:
     rule: Rule
     granularity: Granularity
     mlp_factor: float
-    budget: Budget | None = None
+    budget: CostTarget | None = None
     cost: float | None = None
     notes: tuple[DomainNote, ...] = field(default_factory=tuple)
 
@@ -109,7 +92,7 @@ class Generated:
         """(cost - budget) / budget, or None without a budget."""
         if self.budget is None or self.cost is None:
             return None
-        return self.cost / self.budget.value - 1
+        return self.cost / float(self.budget.value or 0.0) - 1
 
     def summary(self) -> str:
         """One human line: rule, widths, MACs, params, factor and the gap to the budget."""
@@ -119,7 +102,7 @@ class Generated:
                  f"params {counting.format_count(counting.params(cfg))}",
                  f"MLP factor {self.mlp_factor:g}"]
         if self.budget is not None and self.cost is not None:
-            parts.append(f"budget {self.budget.fmt(self.budget.value)}, got {self.budget.fmt(self.cost)} "
+            parts.append(f"budget {self.budget.describe()}, got {self.budget.fmt(self.cost)} "
                          f"({100 * (self.gap or 0.0):+.2f}%)")
         return ", ".join(parts)
 
@@ -133,7 +116,7 @@ class Generated:
             "notes": [n.text for n in self.notes],
         }
         if self.budget is not None:
-            d["budget"] = self.budget.to_json()
+            d["budget"] = budget_json(self.budget)
             d["cost"] = self.cost
             d["gap"] = self.gap
         return d
@@ -160,9 +143,10 @@ def apply_rule(rule: Rule | str, embed_dim: int, setting: Setting | str = Settin
 class _Search:
     """Cached cost evaluations over (embed width, MLP factor step) for one rule and setting."""
 
-    def __init__(self, rule: Rule, setting: Setting, gran: Granularity, budget: Budget,
+    def __init__(self, rule: Rule, setting: Setting, gran: Granularity, budget: CostTarget,
                  bounds: GenerationBounds) -> None:
         self.rule, self.setting, self.gran, self.budget, self.bounds = rule, setting, gran, budget, bounds
+        self.value, self.model = float(budget.value or 0.0), budget.cost_model()  # as_budget: absolute, bound
         lo = bounds.min_embed or gran.embed_dim
         lo = -(-lo // gran.embed_dim) * gran.embed_dim
         if bounds.max_embed < lo:
@@ -182,7 +166,7 @@ class _Search:
         key = (e, k)
         if key not in self._cache:
             try:
-                self._cache[key] = self.budget.model.cost(self.config(e, k))
+                self._cache[key] = self.model.cost(self.config(e, k))
             except OutsideDomainError as err:  # e.g. outside the latency table's measured range: not a candidate
                 self._cache[key] = math.nan
                 other = not (isinstance(err, TableRangeError) and err.axis == "embed_dim")
@@ -197,7 +181,7 @@ class _Search:
 
     def within(self, c: float) -> bool:
         """Whether cost ``c`` is within the tolerance of the budget."""
-        return abs(c / self.budget.value - 1) <= self.bounds.tolerance
+        return abs(c / self.value - 1) <= self.bounds.tolerance
 
     def ok(self, e: int, k: int) -> bool:
         return not math.isnan(self.cost(e, k))
@@ -228,7 +212,7 @@ class _Search:
 
     def solve(self, e: int, kr: tuple[int, int]) -> tuple[int, float]:
         """The factor step at ``e`` whose cost is nearest the budget (cost is monotone in it)."""
-        b = self.budget.value
+        b = self.value
         lo, hi = kr
         if self.cost(e, lo) >= b:
             return lo, self.cost(e, lo)
@@ -255,13 +239,16 @@ def as_rule(rule: Rule | str) -> Rule:
     raise ConfigError(f"rule must be a Rule or a rule name/path such as 'paper', got {type(rule).__name__}")
 
 
-def as_budget(budget: Budget | str | float) -> Budget:
-    """A :class:`Budget`, or a MACs budget as the CLI's ``--macs`` takes it (``1.3G``, ``150M``, a number)."""
-    if isinstance(budget, Budget):
+def as_budget(budget: CostTarget | str | float) -> CostTarget:
+    """An absolute :class:`~revit.cost.CostTarget`, or a MACs budget as the CLI's ``--macs`` takes it (``1.3G``,
+    ``150M``, a number)."""
+    if isinstance(budget, CostTarget):
+        if budget.value is None:
+            raise ConfigError(f"a generation budget is an absolute value (CostTarget.absolute), got {budget!r}")
         return budget
     if isinstance(budget, str) or (isinstance(budget, int | float) and not isinstance(budget, bool)):
         return macs_budget(budget)
-    raise ConfigError(f"budget must be a Budget or a MACs count such as '1.3G', got {type(budget).__name__} (for a "
+    raise ConfigError(f"budget must be a CostTarget or a MACs count such as '1.3G', got {type(budget).__name__} (for a "
                       "latency budget use latency_budget(seconds, table))")
 
 
@@ -274,7 +261,7 @@ def as_setting(setting: Setting | str) -> Setting:
     raise ConfigError(f"setting must be a Setting or one of {', '.join(sorted(Setting.PRESETS))}, got {setting!r}")
 
 
-def generate(rule: Rule | str, budget: Budget | str | float, setting: Setting | str = Setting(), *,
+def generate(rule: Rule | str, budget: CostTarget | str | float, setting: Setting | str = Setting(), *,
              granularity: Any = None, bounds: GenerationBounds = GenerationBounds(),
              name: str | None = None) -> Generated:
     """The rule's config whose cost is within ``bounds.tolerance`` of ``budget``.
@@ -290,7 +277,7 @@ def generate(rule: Rule | str, budget: Budget | str | float, setting: Setting | 
     i_lo, i_hi = _reachable(s)
     pivot = _pivot(s, i_lo, i_hi)
     # the rule as written (factor 1) when it already meets the budget
-    exact = [(abs(s.cost(s.grid[i], FACTOR_STEP) / budget.value - 1), i) for i in (pivot, pivot + 1)
+    exact = [(abs(s.cost(s.grid[i], FACTOR_STEP) / s.value - 1), i) for i in (pivot, pivot + 1)
              if i_lo <= i <= i_hi and s.ok(s.grid[i], FACTOR_STEP) and s.within(s.cost(s.grid[i], FACTOR_STEP))]
     if exact:
         return _result(s, s.grid[min(exact)[1]], FACTOR_STEP, name)
@@ -298,7 +285,7 @@ def generate(rule: Rule | str, budget: Budget | str | float, setting: Setting | 
     hits = [hit for direction in (+1, -1) if (hit := _walk(s, pivot, direction, i_lo, i_hi)) is not None]
     if not hits:
         raise BudgetError(f"no config of rule {rule.name!r} is within {100 * bounds.tolerance:g}% of "
-                          f"{budget.fmt(budget.value)} (a gap of the rounding); try another budget, granularity "
+                          f"{budget.describe()} (a gap of the rounding); try another budget, granularity "
                           "or MLP factor range")
     _, _, e, k = min(hits)
     return _result(s, e, k, name)
@@ -307,7 +294,7 @@ def generate(rule: Rule | str, budget: Budget | str | float, setting: Setting | 
 def _reachable(s: _Search) -> tuple[int, int]:
     """Grid indices of the narrowest and widest costable widths; BudgetError when the budget is out of reach."""
     valid = _valid_ends(s)
-    b, tol, rule = s.budget.value, s.bounds.tolerance, s.rule.name
+    b, tol, rule = s.value, s.bounds.tolerance, s.rule.name
     if not valid:
         raise BudgetError(f"no config of rule {rule!r} with EMB {s.grid[0]}..{s.grid[-1]} can be costed "
                           f"(outside the latency table's measured range; {s.outside})")
@@ -331,7 +318,7 @@ def _reachable(s: _Search) -> tuple[int, int]:
 
 def _pivot(s: _Search, lo: int, hi: int) -> int:
     """Index of the widest embed whose cost at factor 1 is within budget (cost is monotone in the width)."""
-    b = s.budget.value
+    b = s.value
     if s.cost(s.grid[lo], FACTOR_STEP) > b:
         return lo - 1
     while hi - lo > 1:
@@ -345,7 +332,7 @@ def _pivot(s: _Search, lo: int, hi: int) -> int:
 
 def _walk(s: _Search, pivot: int, direction: int, i_lo: int, i_hi: int) -> tuple[float, float, int, int] | None:
     """The first width from ``pivot`` in ``direction`` with a factor that meets the budget, as a sort key."""
-    b, tol = s.budget.value, s.bounds.tolerance
+    b, tol = s.value, s.bounds.tolerance
     i = pivot + 1 if direction > 0 else pivot
     while i_lo <= i <= i_hi:
         e = s.grid[i]

@@ -14,8 +14,8 @@ Light to import (no torch, no optuna): the pieces import what they need when cal
 - :mod:`revit.search.report` - markdown + PNG report.
 """
 
-from revit.search.spec import BaselineSpec, BudgetSpec, FamilySpace, ParamRange, StudySpec, load_spec, resolve_spec
+from revit.search.spec import BaselineSpec, CostTarget, FamilySpace, ParamRange, StudySpec, load_spec, resolve_spec
 from revit.search.storage import STORAGES, StorageBackend, default_storage, open_storage
 
-__all__ = ["STORAGES", "BaselineSpec", "BudgetSpec", "FamilySpace", "ParamRange", "StorageBackend", "StudySpec",
+__all__ = ["STORAGES", "BaselineSpec", "CostTarget", "FamilySpace", "ParamRange", "StorageBackend", "StudySpec",
            "default_storage", "load_spec", "open_storage", "resolve_spec"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from revit import counting
+from revit.cost import COSTS, build_cost
 from revit.errors import ConfigError, OutsideDomainError, RuleDomainError
 from revit.search.attrs import (
     ARM,
@@ -50,12 +51,6 @@ class Arm:
         return self.generated.config
 
 
-def _budget(spec: StudySpec, value: float, table: Any) -> Any:
-    from revit.rules import latency_budget, macs_budget
-
-    return macs_budget(value) if spec.budget.kind == "macs" else latency_budget(value, table)
-
-
 def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str,
               space: FamilySpace | None = None) -> Any:
     """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family):
@@ -64,7 +59,7 @@ def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, na
 
     fs = space or spec.spaces[0]
     bounds = GenerationBounds(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
-    return generate(rule, _budget(spec, budget_value, table), spec.setting, granularity=fs.granularity,
+    return generate(rule, spec.budget.at(budget_value, table), spec.setting, granularity=fs.granularity,
                     bounds=bounds, name=name)
 
 
@@ -152,6 +147,13 @@ def describe(spec: StudySpec, trial: Any, arm: Arm, table: Any = None) -> dict[s
             attrs[LATENCY_MS] = 1e3 * float(table.predict(cfg).total_s)
         except OutsideDomainError:
             attrs[LATENCY_MS] = None
+    for name in spec.objectives[1:]:  # a cost objective: its value in the unit users write, by its spec key
+        cost = COSTS.get(name)
+        if cost.spec_key not in attrs:
+            try:
+                attrs[cost.spec_key] = build_cost(name, table).cost(cfg) / cost.spec_scale
+            except OutsideDomainError:
+                attrs[cost.spec_key] = None
     return attrs
 
 

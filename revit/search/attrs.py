@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from revit.cost import LatencyCost, MacsCost
+
 # what a trial is
 ROLE = "role"  # "candidate" (sampled by its family's sampler) or "baseline"
 FAMILY = "family"  # the searched family's tag (candidates); baselines: "baseline:ARM"
@@ -28,8 +30,8 @@ INFEASIBLE = "infeasible"  # why it was pruned before training (budget unreachab
 
 # what it gave
 VAL_ACC, TEST_ACC, VAL_CURVE, TRAIN_SECONDS = "val_acc", "test_acc", "val_curve", "train_seconds"
-MACS, PARAMS, LATENCY_MS, EMBED_DIM, MLP_FACTOR, BLOCKS = (
-    "macs", "params", "latency_ms", "embed_dim", "mlp_factor", "blocks")
+PARAMS, EMBED_DIM, MLP_FACTOR, BLOCKS = "params", "embed_dim", "mlp_factor", "blocks"
+MACS, LATENCY_MS = MacsCost.spec_key, LatencyCost.spec_key  # a cost's value in the unit users write: its spec key
 
 CANDIDATE, BASELINE = "candidate", "baseline"  # the values of ROLE
 

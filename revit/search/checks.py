@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from revit.cost import COSTS
 from revit.errors import ConfigError
 from revit.search.spec import ParamRange, StudySpec
 
@@ -37,7 +38,7 @@ def check_budget(spec: StudySpec) -> None:
     from revit.search.arms import baseline_arm, candidate_rule, generate_arm
 
     table = None
-    if spec.budget.kind == "latency" and spec.budget.table:
+    if spec.budget.needs_table and spec.budget.table:
         from revit.latency.table import LatencyTable
 
         table = LatencyTable.load(spec.budget.table)
@@ -130,7 +131,7 @@ def table_coverage(spec: StudySpec, samples: int = 64) -> dict[str, float]:
 def check_table_coverage(spec: StudySpec) -> dict[str, float]:
     """With a latency objective: log how much of each family's space the table covers; refuse a family
     the table cannot price at all (every trial would be pruned)."""
-    if "latency" not in spec.objectives:
+    if not any(COSTS.get(o).needs_table for o in spec.objectives[1:]):
         return {}
     cov = table_coverage(spec)
     for fam, share in cov.items():

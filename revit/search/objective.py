@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from revit import counting
+from revit.cost import COSTS
 from revit.errors import BudgetError, ConfigError
 from revit.search import signals
 from revit.search.arms import Arm, describe, trial_arm
@@ -34,7 +35,6 @@ from revit.search.attrs import (
     EMBED_DIM,
     FAMILY,
     INFEASIBLE,
-    LATENCY_MS,
     MACS,
     MLP_FACTOR,
     REPEAT_OF,
@@ -46,6 +46,7 @@ from revit.search.attrs import (
     VAL_CURVE,
     trial_ref,
 )
+from revit.search.samplers import stops_nothing
 from revit.search.spec import StudySpec
 
 _log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class StudyObjective:
             if trial.user_attrs.get(k) != v:
                 trial.set_user_attr(k, v)
         second = self.spec.objectives[1] if self.spec.multi_objective else None
-        if second == "latency" and attrs.get(LATENCY_MS) is None:
+        key = COSTS.get(second).spec_key if second is not None else None  # its value in the user's unit
+        if key is not None and attrs.get(key) is None:
             why = f"the latency table {self.spec.latency_table} cannot predict this config (outside its axes)"
             trial.set_user_attr(INFEASIBLE, why)
             raise optuna.TrialPruned(why)
@@ -110,7 +112,7 @@ class StudyObjective:
                  f"EMB {attrs[EMBED_DIM]}, MACs {counting.format_count(attrs[MACS])}, "
                  f"MLP factor {attrs[MLP_FACTOR]:g}")
         prunable = (not self.spec.multi_objective and attrs[ROLE] == CANDIDATE
-                    and REPEAT_OF not in trial.user_attrs and self.spec.pruner.name not in ("none", "nop"))
+                    and REPEAT_OF not in trial.user_attrs and not stops_nothing(self.spec.pruner.name))
         val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
         with signals.closed():  # trained: a signal now waits until the results are stored and the trial ends
             trial.set_user_attr(VAL_ACC, val)
@@ -118,8 +120,8 @@ class StudyObjective:
             trial.set_user_attr(VAL_CURVE, history)
             trial.set_user_attr(TRAIN_SECONDS, round(seconds, 2))
             self.log(f"trial {trial_ref(trial)}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
-            if second is not None:
-                return val, float(attrs[MACS]) if second == "macs" else float(attrs[LATENCY_MS])
+            if key is not None:
+                return val, float(attrs[key])
             return val
 
     def splits(self) -> Any:
@@ -168,11 +170,6 @@ def check_splits(splits: Any, setting: Any, source: str) -> None:
     """The data fits the study's setting (image size, channels, classes) and has held-out images."""
     from revit.train import size
 
-    if (splits.in_chans, splits.num_classes, splits.img_size) != (setting.in_chans, setting.num_classes,
-                                                                  setting.img_size):
-        raise ConfigError(f"data.source {source!r} has {splits.img_size}px, {splits.in_chans} channel(s), "
-                          f"{splits.num_classes} classes; the setting makes {setting.img_size}px "
-                          f"{setting.in_chans}-channel inputs and {setting.num_classes} classes (data.img_size "
-                          "resizes)")
+    splits.check_fits(setting, f"data.source {source!r}")
     if size(splits.val) == 0:
         raise ConfigError("the study needs held-out images: data.val_size must be > 0")

@@ -102,7 +102,7 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
 
     summary: dict[str, Any] = {"study": spec.name, "storage": url, "states": states, "groups": [],
                                "families": {f: {"best": g.name, "n": g.n, "val": g.mean_std(A.VAL_ACC),
-                                                "test": g.mean_std(A.TEST_ACC), "macs": g.macs,
+                                                "test": g.mean_std(A.TEST_ACC), A.MACS: g.macs,
                                                 "trials": [trial_ref(t) for t in g.trials]}
                                            for f, g in bests.items()}}
     lines = _header(spec, url, len(trials), states)
@@ -229,7 +229,7 @@ def _configs_table(results: list[ConfigResult], summary: dict[str, Any]) -> list
             row += f" {g.latency_ms:.3f} |" if g.latency_ms is not None else " - |"
         lines.append(row)
         summary["groups"].append({"group": g.name, "role": g.role, "family": g.family, "arm": g.arm, "n": g.n,
-                                  "val": g.mean_std(A.VAL_ACC), "test": g.mean_std(A.TEST_ACC), "macs": g.macs,
+                                  "val": g.mean_std(A.VAL_ACC), "test": g.mean_std(A.TEST_ACC), A.MACS: g.macs,
                                   "latency_ms": g.latency_ms, "embed_dim": u.get(A.EMBED_DIM),
                                   "blocks": u.get(A.BLOCKS), "params": dict(g.first.params),
                                   "trials": [trial_ref(t) for t in g.trials]})

@@ -126,6 +126,7 @@ for _args, _attrs in (
     _builtin(_BuiltinPruner, _args, _attrs)
 
 
+
 def _check_value(v: Any, default: Any, at: str) -> None:
     """A keyword argument of the type of its default (bool, int, float); seeds in numpy's range."""
     if at.endswith(".seed") and v is not None:
@@ -187,8 +188,9 @@ def check_pruner(spec: Mapping[str, Any], n_objectives: int = 1) -> None:
 
 
 def stops_nothing(name: str) -> bool:
-    """Whether the Optuna pruner ``name`` never stops a trial (``none``)."""
-    return PRUNERS.get(name).stops_nothing
+    """Whether the Optuna pruner ``name`` never stops a trial (``none``, ``nop``; False for an unknown name):
+    the one home of that test."""
+    return name in PRUNERS and bool(PRUNERS.get(name).stops_nothing)
 
 
 def build_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> Any:

@@ -37,7 +37,6 @@ attributes (``role``, ``family``, ``arm``, ``seed``, ``group``: :mod:`revit.sear
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -47,7 +46,7 @@ from typing import Any, TypeVar
 from revit import counting
 from revit._io import check_schema, load_yaml
 from revit.config import Setting
-from revit.cost import MacsCost
+from revit.cost import COSTS, CostTarget
 from revit.data.spec import DataSpec
 from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_keys
 from revit.paths import shipped_dir
@@ -58,44 +57,19 @@ from revit.validation import MAX_SEED, MAX_WAIT_S, MIN_HEARTBEAT_S, check_fields
 SCHEMA = "revit/study/v1"
 MAX_TRIALS = 100_000  # candidates per family: far beyond any study, short of filling a disk
 MAX_THREADS = 1024  # a spec may be written for a bigger machine than this one: no local cap here
-OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "latency": "minimize"}
+ACCURACY = "accuracy"
+
+
+def objective_directions() -> dict[str, str]:
+    """Each objective a spec may name and its direction: accuracy, then any registered cost model's."""
+    return {ACCURACY: "maximize", **{name: "minimize" for name in COSTS.names()}}
+
+
 _KEYS = ("schema", "kind", "name", "description", "storage", "objectives", "sampler", "pruner", "n_trials",
          "setting", "budget", "latency_table", "space", "data", "train", "threads", "seeds", "repeats",
          "baselines", "heartbeat_s", "grace_s")
 # TrainConfig fields a study sets itself: the seed comes from ``seeds``; trials train from scratch, no teacher
 _TRAIN_SET_BY_STUDY = ("seed", "distill_weight", "distill_temperature")
-
-
-@dataclass(frozen=True)
-class BudgetSpec:
-    """A fixed budget (``value``) or a searched interval (``low``..``high``), in MACs or latency."""
-
-    kind: str  # "macs" or "latency"
-    value: float | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = True
-    table: str | None = None  # latency table for a latency budget
-
-    @property
-    def searched(self) -> bool:
-        return self.value is None
-
-    def fmt(self, v: float) -> str:
-        return MacsCost().format(v) if self.kind == "macs" else f"{v * 1e3:.4g} ms"
-
-    def describe(self) -> str:
-        if self.value is not None:
-            return self.fmt(self.value)
-        assert self.low is not None and self.high is not None
-        return f"{self.fmt(self.low)} .. {self.fmt(self.high)} (searched)"
-
-    def baseline_values(self) -> list[float]:
-        """Budgets at which baselines run: the fixed one, or low, geometric middle and high."""
-        if self.value is not None:
-            return [self.value]
-        assert self.low is not None and self.high is not None
-        return [self.low, math.sqrt(self.low * self.high), self.high]
 
 
 @dataclass(frozen=True)
@@ -150,7 +124,7 @@ class StudySpec:
     """A validated study spec (see the module docstring for the YAML)."""
 
     name: str
-    budget: BudgetSpec
+    budget: CostTarget
     spaces: tuple[FamilySpace, ...]
     storage: str | None = None
     objectives: tuple[str, ...] = ("accuracy",)
@@ -207,7 +181,7 @@ class StudySpec:
 
     @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o] for o in self.objectives]
+        return [objective_directions()[o] for o in self.objectives]
 
     @property
     def multi_objective(self) -> bool:
@@ -242,11 +216,13 @@ class StudySpec:
             raise ConfigError(f"name must be letters, digits, '-', '_' or '.', got {name!r}")
         raw_obj = d.get("objectives") or ["accuracy"]
         if not isinstance(raw_obj, list) or not all(isinstance(o, str) for o in raw_obj):
-            raise ConfigError(f"objectives must be [accuracy] or [accuracy, macs|latency], got {str(raw_obj)[:60]}")
+            raise ConfigError(f"objectives must be [accuracy] or [accuracy, {'|'.join(COSTS.names())}], "
+                              f"got {str(raw_obj)[:60]}")
         objectives = tuple(raw_obj)
-        bad = [o for o in objectives if o not in OBJECTIVES]
+        bad = [o for o in objectives if o not in objective_directions()]
         if bad or objectives[0] != "accuracy" or len(objectives) > 2 or len(set(objectives)) != len(objectives):
-            raise ConfigError(f"objectives must be [accuracy] or [accuracy, macs|latency], got {list(objectives)}")
+            raise ConfigError(f"objectives must be [accuracy] or [accuracy, {'|'.join(COSTS.names())}], "
+                              f"got {list(objectives)}")
         sampler = PluginSpec.parse(d.get("sampler"), "sampler", "tpe")
         pruner = PluginSpec.parse(d.get("pruner"), "pruner", "median")
         check_pruner(pruner, len(objectives))
@@ -280,8 +256,9 @@ class StudySpec:
             raise ConfigError(f"n_trials must be an integer in [0, {MAX_TRIALS}] (per family), "
                               f"got {str(n_trials)[:40]}")
         threads = check_int(d.get("threads", 1), "threads", 1, MAX_THREADS)
-        if "latency" in objectives and not (budget.table or d.get("latency_table")):
-            raise ConfigError("objective 'latency' needs latency_table: FILE (or a latency budget with a table)")
+        tabled = [o for o in objectives[1:] if COSTS.get(o).needs_table]
+        if tabled and not (budget.table or d.get("latency_table")):
+            raise ConfigError(f"objective {tabled[0]!r} needs latency_table: FILE (or a latency budget with a table)")
         storage = d.get("storage")
         if storage is not None and not isinstance(storage, str):
             raise ConfigError(f"storage must be a storage URL or path, got {storage!r}")
@@ -348,34 +325,10 @@ def _num(v: Any, what: str) -> float:
     return float(check_number(v, what))
 
 
-def _budget(raw: Any, table: Any) -> BudgetSpec:
-    if not isinstance(raw, Mapping) or len(set(raw) & {"macs", "latency_ms"}) != 1:
-        raise ConfigError("budget: give exactly one of macs (4.6G, 8M, or {low, high}) and latency_ms "
-                          "(with table: FILE)")
-    check_keys(raw, ("macs", "latency_ms", "table", "log"), "budget")
-    kind = "macs" if "macs" in raw else "latency"
-    v = raw["macs"] if kind == "macs" else raw["latency_ms"]
-    scale = 1.0 if kind == "macs" else 1e-3
-
-    def conv(x: Any, what: str) -> float:
-        if kind == "latency" and isinstance(x, str):
-            raise ConfigError(f"{what} must be a number of milliseconds, got {x!r}")
-        out = _num(x, what) * scale
-        if not out > 0:
-            raise ConfigError(f"{what} must be positive, got {x!r}")
-        return out
-
-    if not isinstance(raw.get("log", True), bool):
-        raise ConfigError(f"budget.log must be true or false, got {raw['log']!r}")
-    tbl = raw.get("table") or table
-    if kind == "latency" and not tbl:
-        raise ConfigError("a latency budget needs budget.table (a latency table JSON)")
-    if isinstance(v, Mapping):
-        lo, hi = conv(v.get("low"), "budget low"), conv(v.get("high"), "budget high")
-        if not lo < hi:
-            raise ConfigError(f"budget: low must be below high ({v!r})")
-        return BudgetSpec(kind, low=lo, high=hi, log=bool(raw.get("log", True)), table=_table_path(tbl))
-    return BudgetSpec(kind, value=conv(v, "budget"), table=_table_path(tbl))
+def _budget(raw: Any, table: Any) -> CostTarget:
+    """The spec's ``budget`` (:meth:`CostTarget.from_spec`), its table as a path."""
+    target = CostTarget.from_spec(raw, table)
+    return replace(target, table=_table_path(target.table)) if target.table else target
 
 
 def _baseline(b: Any) -> BaselineSpec:
@@ -426,4 +379,4 @@ def load_spec(name_or_path: str) -> StudySpec:
     return StudySpec.load(resolve_spec(name_or_path))
 
 
-__all__ = ["BaselineSpec", "BudgetSpec", "FamilySpace", "ParamRange", "StudySpec", "load_spec", "resolve_spec"]
+__all__ = ["BaselineSpec", "CostTarget", "FamilySpace", "ParamRange", "StudySpec", "load_spec", "resolve_spec"]

@@ -41,7 +41,7 @@ def fingerprint(spec: StudySpec) -> str:
     from revit.recipes import RUNTIME_FIELDS
 
     train = {f.name: getattr(spec.train, f.name) for f in fields(spec.train) if f.name not in RUNTIME_FIELDS}
-    doc = {"objectives": list(spec.objectives), "budget": asdict(spec.budget),
+    doc = {"objectives": list(spec.objectives), "budget": spec.budget.fingerprint(),
            "spaces": [{**asdict(s), "params": sorted(map(asdict, s.params), key=lambda r: r["name"])}
                       for s in spec.spaces], "setting": asdict(spec.setting), "data": asdict(spec.data),
            "train": train, "seeds": list(spec.seeds), "repeat_top_k": spec.repeat_top_k,

@@ -86,13 +86,15 @@ def postgres_server(user: str = "nobody") -> Iterator[str]:
 
 def tiny_study_doc(**over: Any) -> dict[str, Any]:
     """A study spec document on scikit-learn digits (8x8), 2 blocks, 1 epoch: about a second per trial."""
+    from revit.cost import MacsCost
+
     doc: dict[str, Any] = {
         "schema": "revit/study/v1", "kind": "study", "name": "tiny",
         "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
         "pruner": {"name": "median", "n_startup_trials": 1},
         "n_trials": 3,
         "setting": {"depth": 2, "img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10},
-        "budget": {"macs": "200K"},
+        "budget": {MacsCost.spec_key: "200K"},
         "space": {"family": "less-more-less", "base": "less-more-less",
                   "params": {"plateau": [0.2, 1.0], "mlp_end": [0.25, 1.0]}},
         "data": {"source": "digits", "val_size": 300},

@@ -251,13 +251,14 @@ def _prune_stage(prune_dir: Path, base_dir: Path, base_cfg: Any, table: Any, pla
     from revit.config import ViTConfig
 
     if not (prune_dir / "metrics.json").is_file():
+        from revit.cost import CostTarget
         from revit.data import load_splits
         from revit.models import build_model
-        from revit.prune import PruneConfig, PruneRun, Target
+        from revit.prune import PruneConfig, PruneRun
 
         splits = load_splits(_data(plan))
         model = build_model(base_cfg, checkpoint=str(base_dir / "model.safetensors"))
-        pc = PruneConfig(target=Target.latency(plan.prune_target), interval=plan.prune_interval,
+        pc = PruneConfig(target=CostTarget.latency(plan.prune_target), interval=plan.prune_interval,
                          per_step=None, step_fraction=plan.prune_step_fraction, lr=plan.prune_lr,
                          batch_size=plan.batch_size, eval_size=plan.prune_eval, device=plan.device, amp=plan.amp,
                          workers=plan.loader_workers)

@@ -154,9 +154,7 @@ def _student(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, init: str | 
     if claim.resuming:
         check_resume(claim.folder, cfg, tc, model)
     splits = load_splits(data, tc, model=model)
-    if (splits.in_chans, splits.num_classes) != (cfg.in_chans, cfg.num_classes):
-        raise ConfigError(f"config expects {cfg.in_chans} channel(s) and {cfg.num_classes} classes; "
-                          f"{data.source} has {splits.in_chans} and {splits.num_classes}")
+    splits.check_fits(cfg, data.source)
     return model, splits
 
 
