@@ -61,7 +61,7 @@ def revit(*argv: Any) -> None:
 
 def finished(folder: Path) -> bool:
     """Whether ``folder`` holds a finished revit run (its marker says so)."""
-    from revit.runs import read_marker
+    from revit.run_folders import read_marker
 
     m = read_marker(folder) if folder.is_dir() else None
     return m is not None and m.finished

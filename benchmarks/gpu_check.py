@@ -117,7 +117,7 @@ def sync(device: torch.device) -> None:
 
 
 def amp_ctx(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    from revit.runtime import autocast
+    from revit.devices import autocast
 
     return autocast(device, amp)
 
@@ -342,8 +342,8 @@ def _grid(dry: bool) -> Any:
 
 def build_and_validate(backend_name: str, device: torch.device, dtype: str, out: Path, dry: bool,
                        budget: Budget) -> tuple[dict[str, Any], Any]:
+    from revit.latency.accuracy import validate
     from revit.latency.profiler import BuildSettings, build_table, journal_path
-    from revit.latency.validate import validate
 
     backend = _backend(backend_name, device, dtype, dry)
     width_grid = _grid(dry)

@@ -47,10 +47,10 @@ def main() -> None:
     import torch
 
     from revit.config import uniform
+    from revit.devices import device_name, resolve_device
     from revit.models import build_model
     from revit.recipes import TrainConfig
-    from revit.runtime import device_name, resolve_device
-    from revit.train import evaluate, train
+    from revit.train_loop import evaluate, train
 
     dev = resolve_device(args.device)
     res["device"] = device_name(dev)
@@ -108,11 +108,11 @@ def main() -> None:
     # (3) CUDA-graph fp16 latency table, validated on its own device and dtype
     try:
         from revit.config import Setting
+        from revit.latency.accuracy import backend_for_table, validate
         from revit.latency.backends.torch_backend import TorchBackend
         from revit.latency.grid import WidthGrid
         from revit.latency.profiler import BuildSettings, build_table
         from revit.latency.table import LatencyTable
-        from revit.latency.validate import backend_for_table, validate
 
         setting = {"img_size": 224, "patch_size": 16, "in_chans": 3, "num_classes": 1000, "distilled": False,
                    "class_token": True}

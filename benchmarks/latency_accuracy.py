@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--progress", action="store_true")
     a = ap.parse_args(argv)
 
+    from revit.latency.accuracy import backend_for_table, validate
     from revit.latency.backends import BACKENDS
     from revit.latency.grid import micro
     from revit.latency.profiler import BuildSettings, build_table
     from revit.latency.table import LatencyTable
-    from revit.latency.validate import backend_for_table, validate
 
     path = a.table
     if a.build:

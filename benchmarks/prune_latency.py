@@ -79,11 +79,11 @@ def main() -> None:
 
     from revit import counting
     from revit.data import DataSpec, load_splits
+    from revit.devices import size
     from revit.latency.table import LatencyTable
     from revit.models import build_model
     from revit.presets import get_preset
     from revit.prune import CostTarget, PruneConfig, PruneRun
-    from revit.runtime import size
 
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"{args.checkpoint} not found: train revit_micro first (docs/evidence/pruning.md) or pass "

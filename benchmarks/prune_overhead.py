@@ -79,7 +79,7 @@ def main() -> None:
     plain_model = plain_run.model
 
     def plain_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        from revit.train import distillation_loss
+        from revit.train_loop import distillation_loss
 
         logits = plain_model(x)
         with torch.no_grad():

@@ -67,8 +67,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from revit._io import atomic_write_text
+from revit.devices import size
 from revit.models.checkpoint import save_torch, save_weights
-from revit.runtime import size
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -149,7 +149,7 @@ def fetch(ds: Any, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 def get_base(args: argparse.Namespace, splits: Any, out: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Train (or load the cached) base model; returns it and its summary."""
     from revit.models import from_timm
-    from revit.train import TrainConfig, evaluate, train
+    from revit.train_loop import TrainConfig, evaluate, train
 
     path, info_path = out / "base" / "model.safetensors", out / "base" / "base.json"
     if path.is_file() and info_path.is_file():
@@ -332,9 +332,9 @@ def revit_prune(base: nn.Module, teacher: nn.Module, method: str, ratio: float, 
                 args: argparse.Namespace, prune_batches: int) -> tuple[nn.Module, dict[str, Any]]:
     """revit's pruning phase: ``GlobalPruner(schedule=Schedule.by_budget(prune_batches, --prune-steps))`` inside this
     script's loop (CE + KL(T=3) to the base, AdamW, clip 1), until the first pruning step under the target."""
+    from revit.devices import GlobalBatchSampler
     from revit.prune import CostTarget, GlobalPruner, Schedule
-    from revit.runtime import GlobalBatchSampler
-    from revit.train import TrainConfig, distillation_loss, make_optimizer
+    from revit.train_loop import TrainConfig, distillation_loss, make_optimizer
 
     torch.manual_seed(seed)
     pruner = GlobalPruner(copy.deepcopy(base).train(), target=CostTarget.macs(ratio), criterion=method,
@@ -373,7 +373,7 @@ def finetune(model: nn.Module, teacher: nn.Module, splits: Any, steps: int, seed
              args: argparse.Namespace, cnn: nn.Module | None = None) -> float:
     """``steps`` optimizer steps of CE + KL(T=3) to the base, cosine lr; returns test top-1.  With ``cnn``
     (``--teacher``: NViT's whole recipe), CE + KL(T=3) to the base + KL(T=3) to the CNN, each of weight 1."""
-    from revit.train import TrainConfig, evaluate, train
+    from revit.train_loop import TrainConfig, evaluate, train
 
     if steps > 0:
         per_epoch = size(splits.train) // args.batch_size
@@ -394,7 +394,7 @@ def cnn_teacher(args: argparse.Namespace, out: Path) -> tuple[nn.Module, dict[st
     images into OUT/cnn-teacher) and what names it (the settings and the results)."""
     from revit.cli.main import main as revit_main
     from revit.distill import load_teacher
-    from revit.runs import read_marker
+    from revit.run_folders import read_marker
 
     weights = Path(args.teacher_weights) if args.teacher_weights else out / "cnn-teacher" / "model.safetensors"
     folder = weights.parent
@@ -432,7 +432,7 @@ def run_one(method: str, ratio: float, seed: int, base: nn.Module, teacher: nn.M
             base_latency: Callable[[Any], tuple[float, float]], cnn: nn.Module | None = None) -> dict[str, Any]:
     """Prune, measure and fine-tune one (method, ratio, seed); cached at every stage."""
     from revit import counting
-    from revit.train import evaluate
+    from revit.train_loop import evaluate
 
     key = f"{method}_r{ratio:g}_s{seed}"
     final = out / "results" / f"{key}.json"

@@ -110,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from revit.config import ViTConfig
+    from revit.latency.accuracy import backend_for_table
     from revit.latency.table import LatencyTable, resolve_table
-    from revit.latency.validate import backend_for_table
     from revit.presets import get_preset
 
     table_path = resolve_table(args.table)

@@ -1,7 +1,7 @@
 """Held-out speedup validation of a latency table on configs a user may deploy (issue 26, item 1).
 
 Groups, none of them chosen by hand:
-- ``random``: random per-block widths inside the table (``revit.latency.validate.random_configs``);
+- ``random``: random per-block widths inside the table (``revit.latency.accuracy.random_configs``);
 - ``macs-pruned``: the final configs of the committed MACs-pruned runs (``benchmarks/results/prune-quality-12k``:
   revit's criteria and Torch-Pruning's at 25% and 50% of the MACs, seed 0) and the 0.7 step of the five committed
   micro traces (``benchmarks/results/traces/micro-s*.jsonl``);
@@ -145,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path)
     a = ap.parse_args(argv)
 
+    from revit.latency.accuracy import backend_for_table, random_configs
     from revit.latency.speedups import HeldOut, summary, time_speedups
     from revit.latency.table import LatencyTable
-    from revit.latency.validate import backend_for_table, random_configs
     from revit.presets import resolve_config
 
     table = LatencyTable.load(a.table)

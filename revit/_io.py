@@ -37,7 +37,7 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = ".tmp", *, hint: s
 
 @contextlib.contextmanager
 def _atomic_output(path: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
-    from revit.validation import check_output_file, output_error
+    from revit.input_checks import check_output_file, output_error
 
     p = check_output_file(path, "output")
     try:
@@ -61,7 +61,7 @@ def _atomic_output(path: str | os.PathLike[str], suffix: str) -> Iterator[Path]:
 def writer_errors(path: str | os.PathLike[str]) -> Iterator[None]:
     """Make a writer's failure to write ``path`` one :class:`OutputError` line: an ``OSError``, or (a full disk)
     the error of a writer that wraps ENOSPC in its own type (``torch.save``, safetensors' ``SafetensorError``)."""
-    from revit.validation import output_error
+    from revit.input_checks import output_error
 
     try:
         yield
@@ -86,7 +86,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def append_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False) -> None:
     """Append ``text`` to ``path`` in one write, never through a symlink (``O_NOFOLLOW``): a link planted
     where a log goes cannot make revit write outside its folder."""
-    from revit.validation import output_error
+    from revit.input_checks import output_error
 
     fd = open_no_follow(path, os.O_APPEND)
     try:
@@ -102,7 +102,7 @@ def append_text(path: str | os.PathLike[str], text: str, *, fsync: bool = False)
 def open_no_follow(path: str | os.PathLike[str], mode: int) -> int:
     """A descriptor for writing ``path`` (created if missing; ``mode``: ``os.O_APPEND`` or ``os.O_TRUNC``), never
     through a symlink (``O_NOFOLLOW``); a link or an unwritable path is one OutputError line."""
-    from revit.validation import output_error
+    from revit.input_checks import output_error
 
     try:
         return os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
@@ -225,7 +225,7 @@ def parse_yaml(text: str, source: str) -> Any:
     nesting past :data:`MAX_DEPTH` is a one-line :class:`FileFormatError` (SafeLoader: no Python objects)."""
     import yaml
 
-    from revit.validation import short
+    from revit.input_checks import short
 
     class _Strict(yaml.SafeLoader):
         pass
@@ -296,7 +296,7 @@ def check_json_values(text: str | bytes, source: str, limit: int = MAX_JSON_VALU
 def parse_json(text: str | bytes, source: str) -> Any:
     """Parse JSON strictly: a syntax error, a key given twice in one object, more than :data:`MAX_JSON_VALUES`
     values or nesting past :data:`MAX_DEPTH` is one line."""
-    from revit.validation import short
+    from revit.input_checks import short
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -67,7 +67,7 @@ def acquire(path: str | os.PathLike[str], *, flag: str = "--out") -> None:
     try:
         fd = _try_lock(p, directory=p.is_dir())
     except OSError as e:
-        from revit.validation import output_error
+        from revit.input_checks import output_error
 
         raise output_error(e, p) from None
     if fd is None:

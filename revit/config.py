@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml, parse_yaml
 from revit.errors import ConfigError, check_keys
-from revit.validation import short
+from revit.input_checks import short
 
 SCHEMA = "revit/vit-config/v1"
 BLOCK_KINDS = ("heads", "qk_dim", "v_dim", "mlp_dim")  # the four widths each block has its own value of
@@ -174,7 +174,7 @@ class Setting:
 
     def check_memory(self) -> None:
         """Refuse a depth whose blocks cannot even be represented here (depth 10^8), before any is made."""
-        from revit.validation import check_fits_memory
+        from revit.input_checks import check_fits_memory
 
         check_fits_memory(self.depth * self.BLOCK_OVERHEAD_BYTES, f"a model of {self.depth} blocks",
                           hint="use fewer blocks")

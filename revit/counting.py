@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from revit.config import BlockDims, ViTConfig
 from revit.errors import ConfigError, RevitError
-from revit.validation import short
+from revit.input_checks import short
 
 Convention = Literal["nvit", "timm"]
 CONVENTIONS: dict[str, str] = {
@@ -130,7 +130,7 @@ def parse_count(text: str) -> int:
 def check_memory(cfg: ViTConfig) -> None:
     """Refuse a config whose fp32 weights cannot fit in this machine's memory (embed 10^9) before anything
     is allocated; the exact count is cheap, so every config a command loads, generates or builds is checked."""
-    from revit.validation import check_fits_memory
+    from revit.input_checks import check_fits_memory
 
     n = params(cfg)
     check_fits_memory(4 * n, f"a config of {format_count(n)} parameters (fp32 weights)")

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from revit.errors import CheckpointError, ConfigError
+from revit.input_checks import short
 from revit.recipes import DISTILL_TYPES
-from revit.validation import short
 
 TEACHER_TYPES = DISTILL_TYPES  # kl: KL at the temperature; hard: CE on the teacher's argmax (DeiT)
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -224,7 +224,7 @@ def unpruned_teacher(run: str | os.PathLike[str]) -> Teacher:
     """The unpruned model that the pruning run in folder ``run`` started from (its ``teacher.safetensors`` and
     its trace header's base config); a folder revit did not write as a prune run is refused in one line."""
     from revit.models import build_model
-    from revit.runs import read_marker
+    from revit.run_folders import read_marker
     from revit.safe_load import load_safetensors
     from revit.trace import Trace
 

@@ -19,10 +19,10 @@ from typing import Any
 
 from revit.cost import CostTarget
 from revit.errors import ConfigError
-from revit.validation import short
+from revit.input_checks import short
 
 RECIPES = ("basic", "deit")
-AMP_MODES = ("off", "bf16", "fp16")  # as revit.runtime.AMP_MODES (this module stays torch-free)
+AMP_MODES = ("off", "bf16", "fp16")  # as revit.devices.AMP_MODES (this module stays torch-free)
 DISTILL_TYPES = ("kl", "hard")
 DEIT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
 # fields that say where and how fast a run goes, not what it learns: a checkpoint resumes under other values
@@ -83,7 +83,7 @@ class TrainConfig:
         return self.loader_workers
 
     def __post_init__(self) -> None:
-        from revit.validation import MAX_LR, check_count, check_loader_workers, check_number
+        from revit.input_checks import MAX_LR, check_count, check_loader_workers, check_number
 
         if self.epochs < 1 or self.batch_size < 1 or not _finite(self.lr) or self.lr <= 0:
             raise ConfigError(f"epochs, batch_size and lr must be positive (got {str(self.epochs)[:20]}, "
@@ -348,7 +348,7 @@ class PruneConfig:
         check_loss_weights(ce_weight=self.ce_weight, kl_weight=self.kl_weight, teacher_weight=self.teacher_weight,
                            temperature=self.temperature, teacher_type=self.teacher_type,
                            label_smoothing=self.label_smoothing)
-        from revit.validation import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
+        from revit.input_checks import MAX_LR, MAX_SEED, check_count, check_loader_workers, check_number
 
         check_number(self.lr, "lr", 0, MAX_LR, lo_open=True)
         check_number(self.seed, "seed", 0, MAX_SEED, integer=True)

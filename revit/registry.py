@@ -102,7 +102,7 @@ class Registry(Generic[T]):
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # noqa: BLE001 - whatever a plug-in raises (SystemExit too), it fails alone
-            from revit.validation import short
+            from revit.input_checks import short
 
             self._broken[name] = (f"{self._where(ep)} failed to load: {type(e).__name__}: "
                                   f"{short(str(e), 200, quote=False)}")
@@ -223,7 +223,7 @@ def describe(obj: Any) -> str:
 
 def _describe(obj: Any) -> str:
     """A few words for a loaded object that is not a class: ``an int (3)``, ``a function (make_thing)``."""
-    from revit.validation import short
+    from revit.input_checks import short
 
     kind = type(obj).__name__
     return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} ({getattr(obj, '__qualname__', None) or short(obj, 40)})"

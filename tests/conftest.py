@@ -38,7 +38,7 @@ def train_resumed():
     def run(make_model, tc, train_ds, val_ds, out, stop_after=None):
         import torch
 
-        from revit.train import train
+        from revit.train_loop import train
 
         torch.manual_seed(0)
         model = make_model()

@@ -866,7 +866,7 @@ def test_atomic_output_failure_leaves_nothing(tmp_path: Path) -> None:
 def test_check_number(value: Any, ok: bool) -> None:
     """Finite, real and in range, or one ConfigError naming the value's name."""
     from revit.errors import ConfigError
-    from revit.validation import check_number
+    from revit.input_checks import check_number
 
     if ok:
         assert check_number(value, "x", 0, lo_open=True) == value
@@ -880,7 +880,7 @@ def test_memory_check_matches_parameter_count() -> None:
     from revit import counting
     from revit.config import uniform
     from revit.errors import ConfigError
-    from revit.validation import memory_bytes
+    from revit.input_checks import memory_bytes
 
     small = uniform(64, 2, 2, img_size=28, patch_size=7, in_chans=1, num_classes=10)
     per_width = 4 * counting.params(small) / 64**2  # weights grow ~ embed^2 (MLP and attention)

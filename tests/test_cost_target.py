@@ -144,10 +144,10 @@ def test_a_third_cost_model_works_through_prune_generate_and_a_study(tmp_path: P
 
 def test_the_run_is_claimed_once_and_the_target_validated_and_its_cost_built_once(tmp_path: Path, cli: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import revit.runs
+    import revit.run_folders
 
     claims: list[str] = []  # the callers of claim_run (a claim re-reads its folder itself as it begins)
-    real = revit.runs.claim_run
+    real = revit.run_folders.claim_run
 
     def counted(folder: Any, *a: Any, **k: Any) -> Any:
         caller = Path(sys._getframe(1).f_code.co_filename)
@@ -155,7 +155,7 @@ def test_the_run_is_claimed_once_and_the_target_validated_and_its_cost_built_onc
             claims.append(f"{caller.parent.name}/{caller.name}")
         return real(folder, *a, **k)
 
-    monkeypatch.setattr(revit.runs, "claim_run", counted)
+    monkeypatch.setattr(revit.run_folders, "claim_run", counted)
     built: list[str] = []
     init = MacsCost.__init__
     monkeypatch.setattr(MacsCost, "__init__", lambda self, *a, **k: built.append("macs") or init(self, *a, **k))
@@ -209,7 +209,7 @@ def test_no_string_switch_on_a_cost_models_name_outside_its_module() -> None:
             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r'"macs"|"latency"', line)]
     assert hits == []
     r = subprocess.run([sys.executable, "-c", "import sys, revit.prune.global_pruner; "
-                        "assert 'revit.train' not in sys.modules, 'revit.train imported'"],
+                        "assert 'revit.train_loop' not in sys.modules, 'revit.train_loop imported'"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
 

@@ -63,7 +63,7 @@ def test_quick_demo_end_to_end(tmp_path, capfd):
     assert json.loads((rep / "summary.json").read_text())["configs"]["uniform"]["embed_dim"] > 0
     assert any(line.startswith("[demo 7/7]") for line in (x.strip() for x in lines))
     # a finished demo is not redone without --overwrite (every file kept) ...
-    from revit.runs import FinishedRunError, RunMarker, read_marker, write_marker
+    from revit.run_folders import FinishedRunError, RunMarker, read_marker, write_marker
 
     def sums():
         return {p: p.read_bytes() for p in (tmp_path / "demo").rglob("*") if p.is_file()}

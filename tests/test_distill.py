@@ -23,7 +23,7 @@ import torch
 from conftest import run_cli
 
 from revit.config import BlockDims, ViTConfig
-from revit.runs import MARKER
+from revit.run_folders import MARKER
 
 DATA = ["--data", "digits", "--train-limit", "256", "--val-size", "64", "--test-limit", "64", "--batch-size", "32",
         "--threads", "1", "--no-progress"]
@@ -62,7 +62,7 @@ def test_revit_train_trains_a_timm_cnn(runs: dict[str, Path]) -> None:
 
     from revit.data import DataSpec, load_splits
     from revit.safe_load import load_safetensors
-    from revit.train import evaluate
+    from revit.train_loop import evaluate
 
     m = json.loads((runs["cnn"] / "metrics.json").read_text())
     assert m["timm_model"] == CNN and m["macs"] is None
@@ -144,7 +144,7 @@ def _heads_after(tmp_path: Path, **tc: Any) -> dict[str, bool]:
 
     from revit.data import DataSpec, load_splits
     from revit.models import build_model
-    from revit.train import TrainConfig, train
+    from revit.train_loop import TrainConfig, train
 
     sp = load_splits(DataSpec("digits", img_size=8, train_limit=128, val_size=0, seed=0))
     torch.manual_seed(0)
@@ -169,7 +169,7 @@ def test_cnn_teacher_trains_the_distillation_token_and_the_unpruned_model_the_cl
 
 def killed_after_first_state(args: list[Any]) -> None:
     """Run ``revit ARGS`` (a prune) in a new process, SIGKILLed right after its first ``state.pt``."""
-    hook = ("import os, signal, sys; import revit.prune.run as r; f = r.PruneRun._save_state\n"
+    hook = ("import os, signal, sys; import revit.prune.loop as r; f = r.PruneRun._save_state\n"
             "def g(self):\n    f(self); os.kill(os.getpid(), signal.SIGKILL)\n"
             "r.PruneRun._save_state = g\nfrom revit.cli.main import main\nsys.exit(main(sys.argv[1:]))")
     p = subprocess.run([sys.executable, "-c", hook, *map(str, args)], capture_output=True, text=True,

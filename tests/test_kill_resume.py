@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from revit.config import BlockDims, ViTConfig
-from revit.runs import MARKER
+from revit.run_folders import MARKER
 
 # run ``revit ARGV`` with TARGET ("module:Owner.attr") patched to SIGKILL the process on its N-th call
 HOOK = r"""
@@ -177,17 +177,17 @@ def kill_and_resume_prune(prune_ref: tuple[Path, Path], out: Path, kills: list[d
 
 def test_prune_killed_before_its_first_state_save_resumes(prune_ref: tuple[Path, Path], tmp_path: Path) -> None:
     """Issue 10 item 2: teacher and trace written, no state.pt: --resume starts over and gives the same run."""
-    kill_and_resume_prune(prune_ref, tmp_path / "p", [{"hook": ("revit.prune.run:save_torch", 1, "before")}])
+    kill_and_resume_prune(prune_ref, tmp_path / "p", [{"hook": ("revit.prune.loop:save_torch", 1, "before")}])
 
 
 PRUNE_POINTS = [
-    ("revit.prune.run:save_weights", 1, "before"),  # marker only: before the teacher
+    ("revit.prune.loop:save_weights", 1, "before"),  # marker only: before the teacher
     ("torch:save", 1, "after"),  # the first state in its temp file, not yet renamed into place
-    ("revit.prune.run:PruneRun._save_state", 1, "after"),  # the first state, nothing trained
+    ("revit.prune.loop:PruneRun._save_state", 1, "after"),  # the first state, nothing trained
     ("revit.trace:TraceWriter.append", 2, "after"),  # step 2's trace line written, its state not
-    ("revit.prune.run:PruneRun._save_state", 3, "after"),  # after step 2's state
+    ("revit.prune.loop:PruneRun._save_state", 3, "after"),  # after step 2's state
     ("revit.prune.plots:plot_trace", 1, "before"),  # pruned.safetensors written, metrics not
-    ("revit.runs:Claim.finish", 1, "before"),  # metrics written, the marker not yet finished
+    ("revit.run_folders:Claim.finish", 1, "before"),  # metrics written, the marker not yet finished
 ]
 
 
@@ -255,15 +255,15 @@ def kill_and_resume_train(train_ref: tuple[Path, Path], out: Path, kills: list[d
 
 def test_train_killed_between_log_line_and_checkpoint(train_ref: tuple[Path, Path], tmp_path: Path) -> None:
     """Epoch 2's log line is written, its checkpoint not: the resumed log holds each epoch once."""
-    kill_and_resume_train(train_ref, tmp_path / "t", [{"hook": ("revit.train:save_torch", 2, "before")}])
+    kill_and_resume_train(train_ref, tmp_path / "t", [{"hook": ("revit.train_loop:save_torch", 2, "before")}])
 
 
 TRAIN_POINTS = [
-    ("revit.train:_Trainer.epoch", 1, "before"),  # marker and config.yaml only
-    ("revit.train:save_torch", 1, "after"),  # epoch 1 checkpointed
-    ("revit.train:_Trainer.epoch", 3, "after"),  # last epoch trained, not checkpointed
+    ("revit.train_loop:_Trainer.epoch", 1, "before"),  # marker and config.yaml only
+    ("revit.train_loop:save_torch", 1, "after"),  # epoch 1 checkpointed
+    ("revit.train_loop:_Trainer.epoch", 3, "after"),  # last epoch trained, not checkpointed
     ("revit.models.checkpoint:save_weights", 1, "after"),  # weights written, metrics not (imported at its call)
-    ("revit.runs:Claim.finish", 1, "before"),  # metrics written, the marker not yet finished
+    ("revit.run_folders:Claim.finish", 1, "before"),  # metrics written, the marker not yet finished
 ]
 
 
@@ -443,7 +443,7 @@ def kill_and_resume_worker(tmp_path: Path, kill: dict[str, Any]) -> None:
 @pytest.mark.slow  # the default suite kills a worker mid-trial on a journal: tests/test_search_workers.py
 def test_study_worker_killed_mid_trial(tmp_path: Path) -> None:
     """The worker dies in its second trial's second epoch (sqlite storage)."""
-    kill_and_resume_worker(tmp_path, {"hook": ("revit.train:_Trainer.epoch", 4, "before")})
+    kill_and_resume_worker(tmp_path, {"hook": ("revit.train_loop:_Trainer.epoch", 4, "before")})
 
 
 @pytest.mark.slow

@@ -17,11 +17,11 @@ from test_latency_build import FakeBackend
 
 from revit.config import REMOVED, WIDTH_KINDS, BlockDims, Setting, ViTConfig
 from revit.errors import AbsentBranchError, FileFormatError
+from revit.latency.accuracy import random_configs, validate
 from revit.latency.calibration import calibrate
 from revit.latency.grid import WidthGrid
 from revit.latency.profiler import BuildSettings, build_table
 from revit.latency.table import LatencyTable
-from revit.latency.validate import random_configs, validate
 from revit.presets import revit_micro
 
 SETTING = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "distilled": False, "class_token": True}

@@ -16,12 +16,12 @@ from revit.cli.main import main
 from revit.config import BlockDims, Setting, ViTConfig
 from revit.errors import BackendUnavailableError, ConfigError
 from revit.latency import graphs
+from revit.latency.accuracy import random_configs, validate
 from revit.latency.backends import BACKENDS, Backend, Workload, get_backend
 from revit.latency.grid import WidthGrid
 from revit.latency.profiler import BuildSettings, Journal, build_table, journal_path
 from revit.latency.remeasure import remeasure_fixed
 from revit.latency.table import LatencyTable
-from revit.latency.validate import random_configs, validate
 
 SETTING = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "distilled": False, "class_token": True}
 DIMS = [BlockDims(3, 8, 12, 40), BlockDims(2, 16, 4, 24), BlockDims(1, 4, 4, 8)]

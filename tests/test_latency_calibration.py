@@ -12,9 +12,9 @@ import pytest
 
 from revit.cli.main import main
 from revit.errors import FileFormatError
+from revit.latency.accuracy import backend_for_table, validate
 from revit.latency.calibration import Calibration, calibration_configs
 from revit.latency.table import LatencyTable
-from revit.latency.validate import backend_for_table, validate
 
 SHIPPED = "cpu_onnxruntime_fp32_bs64_t17"
 
@@ -149,9 +149,9 @@ def test_a_build_at_load_1_3_predicts_an_idle_machine_within_5_percent_once_cali
     table's interpolation error, under 1%)."""
     from test_latency_build import micro_grid
 
+    from revit.latency.accuracy import random_configs
     from revit.latency.calibration import calibrate
     from revit.latency.profiler import BuildSettings, build_table
-    from revit.latency.validate import random_configs
 
     m = Machine()
     m.load = 1.3
@@ -174,9 +174,9 @@ def test_a_cost_paid_once_per_model_is_found_and_speedups_follow(tmp_path: Path)
     small models too much speedup; the calibration finds the offset, and predicted speedups match the machine's."""
     from test_latency_build import micro_grid
 
+    from revit.latency.accuracy import random_configs
     from revit.latency.calibration import calibrate
     from revit.latency.profiler import BuildSettings, build_table
-    from revit.latency.validate import random_configs
 
     m = Machine(once_s=2e-3)
     built = build_table(micro_grid(), m.backend(), tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),

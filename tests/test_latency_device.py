@@ -11,10 +11,10 @@ import yaml
 from revit.cli.main import main
 from revit.config import Setting
 from revit.errors import BackendUnavailableError, ConfigError
+from revit.latency.accuracy import backend_for_table
 from revit.latency.backends.torch_backend import TorchBackend
 from revit.latency.grid import WidthGrid
 from revit.latency.table import LatencyTable
-from revit.latency.validate import backend_for_table
 
 SETTING = {"img_size": 8, "patch_size": 4, "in_chans": 1, "num_classes": 10, "distilled": False, "class_token": True}
 

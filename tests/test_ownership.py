@@ -21,7 +21,7 @@ import pytest
 from conftest import fill_disk, run_cli
 from test_run_folders import checksums
 
-from revit.runs import MARKER, claim_run, read_marker
+from revit.run_folders import MARKER, claim_run, read_marker
 
 
 def _refused(cli: Any, root: Path, *argv: Any, fragments: tuple[str, ...] = ()) -> str:

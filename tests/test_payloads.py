@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from revit.runs import RunMarker, write_marker
+from revit.run_folders import RunMarker, write_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY: dict[str, Any] = {"schema": "revit/vit-config/v1", "embed_dim": 32, "img_size": 8, "patch_size": 4,

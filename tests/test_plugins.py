@@ -579,9 +579,9 @@ def test_a_prune_resumes_only_with_the_criterion_options_it_began_with(tmp_path:
     """Options given to a killed run are part of its settings: resuming without them (or with others) is refused,
     with the same ones it goes on; a run begun without options is refused when resumed with some."""
     from revit.config import BlockDims, ViTConfig
+    from revit.cost import CostTarget
     from revit.errors import CheckpointError
     from revit.models import build_model
-    from revit.cost import CostTarget
     from revit.prune import PruneConfig, PruneRun
 
     class Kill(Exception):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from revit.runs import MARKER, RunMarker, claim_run, read_marker, write_marker
+from revit.run_folders import MARKER, RunMarker, claim_run, read_marker, write_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -142,7 +142,7 @@ def test_two_train_runs_into_one_new_folder(tmp_path: Path, tiny: Path) -> None:
 
 HOOK = r"""
 import os, signal, sys
-import revit.train as t
+import revit.train_loop as t
 orig = t.save_torch
 def killed(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -172,7 +172,7 @@ def test_resume_after_a_kill_before_the_first_checkpoint(tmp_path: Path, tiny: P
 def test_demo_workers_beyond_the_cap_start_nothing(tmp_path: Path) -> None:
     """Item 3: ``revit demo --workers 10**30`` (and the cap plus one) is refused in one line before any worker
     process starts; the cap is at most one process per CPU."""
-    from revit.validation import cpu_count, max_workers
+    from revit.input_checks import cpu_count, max_workers
 
     assert 1 <= max_workers() <= cpu_count()
     for n in (10**30, max_workers() + 1):

@@ -1,4 +1,4 @@
-"""Run folders are owned (revit.runs): every command that writes a run refuses a folder of another kind,
+"""Run folders are owned (revit.run_folders): every command that writes a run refuses a folder of another kind,
 a finished run without --overwrite, an unfinished one without --resume and a folder of foreign files; each
 refusal is one line and exit 2, and every file that was there keeps its checksum."""
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from revit.runs import KINDS, MARKER, RunMarker, claim_run, read_marker, write_marker
+from revit.run_folders import KINDS, MARKER, RunMarker, claim_run, read_marker, write_marker
 
 TABLE = Path(__file__).resolve().parents[1] / "latency_tables" / "cpu_onnxruntime_fp32_bs64_t17.json"
 FOLDER_KINDS = [k for k in KINDS if k != "latency-build"]  # latency build writes one file, not a folder

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from revit.devices import AMP_MODES, autocast, grad_scaler, init_distributed, make_loader, resolve_device, to_device
 from revit.errors import ConfigError, DeviceError, RevitError
-from revit.runtime import AMP_MODES, autocast, grad_scaler, init_distributed, make_loader, resolve_device, to_device
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
 

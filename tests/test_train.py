@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from revit.models import build_model
-from revit.train import GlobalBatchSampler, TrainConfig, evaluate, train
+from revit.train_loop import GlobalBatchSampler, TrainConfig, evaluate, train
 
 
 def _cfg():
@@ -48,7 +48,7 @@ def test_resume_equals_uninterrupted_run(digits, tmp_path, train_resumed):
 
 
 def test_distillation_loss_is_hintons_kl():
-    from revit.train import distillation_loss
+    from revit.train_loop import distillation_loss
 
     s, t, temp = torch.randn(5, 7), torch.randn(5, 7), 3.0
     p_t = torch.softmax(t / temp, -1)

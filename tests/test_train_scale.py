@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from revit.config import uniform
 from revit.data import DataSpec, load_splits
+from revit.devices import GlobalBatchSampler
 from revit.errors import CheckpointError, ConfigError
 from revit.models import build_model
 from revit.recipes import TrainConfig
-from revit.runtime import GlobalBatchSampler
-from revit.train import evaluate, load_checkpoint_state, train
+from revit.train_loop import evaluate, load_checkpoint_state, train
 
 
 def _cfg(**kw):
@@ -69,9 +69,9 @@ def test_grad_accum_equals_one_step_at_double_batch(digits, monkeypatch):
 
     With plain SGD (linear in the gradient, unlike Adam) so that a wrong loss scale shows.
     """
-    import revit.train
+    import revit.train_loop
 
-    monkeypatch.setattr(revit.train, "make_optimizer", lambda m, c: torch.optim.SGD(m.parameters(), lr=c.lr))
+    monkeypatch.setattr(revit.train_loop, "make_optimizer", lambda m, c: torch.optim.SGD(m.parameters(), lr=c.lr))
 
     def run(batch, accum):
         torch.manual_seed(0)

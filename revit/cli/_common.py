@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from revit.errors import ConfigError
-from revit.validation import count, loader_workers, non_negative, seed, threads
+from revit.input_checks import count, loader_workers, non_negative, seed, threads
 
 
 def add_command(sub: Any, name: str, help: str, example: str) -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, outcome
-from revit.validation import check_output_dir, count, loader_workers, threads, workers
+from revit.input_checks import check_output_dir, count, loader_workers, threads, workers
 
 
 def register(sub: Any) -> None:
@@ -43,8 +43,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "threads": args.threads, "table": args.table, "device": args.device, "amp": args.amp,
             "loader_workers": args.loader_workers}
     plan = dataclasses.replace(plan, **{k: v for k, v in over.items() if v is not None})
-    from revit.runs import claim_run
-    from revit.runtime import check_amp, resolve_device
+    from revit.devices import check_amp, resolve_device
+    from revit.run_folders import claim_run
 
     claim_run(args.out, "demo", resume=True, overwrite=args.overwrite)  # reads only; names another kind first
     check_output_dir(args.out)

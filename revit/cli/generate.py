@@ -14,7 +14,7 @@ from revit.cli._common import add_command, info, print_json
 from revit.config import Setting
 from revit.counting import count_text
 from revit.errors import ConfigError
-from revit.validation import check_output_file, count, non_negative, number, range_problem, short
+from revit.input_checks import check_output_file, count, non_negative, number, range_problem, short
 
 
 def register(sub: Any) -> None:

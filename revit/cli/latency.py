@@ -22,8 +22,8 @@ from revit.cli._common import (
     warn,
 )
 from revit.errors import ConfigError
+from revit.input_checks import MAX_BATCH, check_output_file, count, non_negative, number, seed, threads
 from revit.registry import lazy_choices
-from revit.validation import MAX_BATCH, check_output_file, count, non_negative, number, seed, threads
 
 
 def register(sub: Any) -> None:
@@ -248,8 +248,8 @@ def _query_lines(table: Any, cfg: Any, model: str, pred: Any, savings: list[dict
 
 def _validate(a: argparse.Namespace) -> int:
     from revit._io import dumps_json
+    from revit.latency.accuracy import backend_for_table, check_validation_memory, validate
     from revit.latency.table import LatencyTable
-    from revit.latency.validate import backend_for_table, check_validation_memory, validate
 
     table = LatencyTable.load(a.table)
     check_validation_memory(table, a.samples, a.noise_k)  # every model is built before timing starts
@@ -305,9 +305,9 @@ def _calibration_target(a: argparse.Namespace) -> str:
 
 
 def _calibrate(a: argparse.Namespace) -> int:
+    from revit.latency.accuracy import backend_for_table
     from revit.latency.calibration import calibrate
     from revit.latency.table import LatencyTable
-    from revit.latency.validate import backend_for_table
 
     table = LatencyTable.load(a.table)
     target = _calibration_target(a)

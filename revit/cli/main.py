@@ -22,8 +22,8 @@ from revit import __version__, logs
 from revit._io import dumps_json
 from revit.cli._common import catalogue_lines, run_deferred
 from revit.errors import RevitError
+from revit.input_checks import elide
 from revit.registry import lazy_choices
-from revit.validation import elide
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return SIGPIPE_EXIT
     except OSError as e:  # an output on a read-only or full disk, a folder given as a file: one line
-        from revit.validation import OUTPUT_ERRNOS, output_error
+        from revit.input_checks import OUTPUT_ERRNOS, output_error
 
         if e.errno not in OUTPUT_ERRNOS or not e.filename:
             raise
@@ -265,7 +265,7 @@ def _end_process_group(clean: bool) -> None:
     if "torch.distributed" in sys.modules:
         # a Ctrl-C during ``import torch`` can leave it half imported: then there is no group to close
         with contextlib.suppress(ImportError, AttributeError):
-            from revit.runtime import shutdown_distributed
+            from revit.devices import shutdown_distributed
 
             shutdown_distributed(clean)
 

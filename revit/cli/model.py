@@ -9,8 +9,8 @@ from revit import counting
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json
 from revit.config import ViTConfig
 from revit.cost import MACS
+from revit.input_checks import check_fits_memory, check_output_dir, check_output_file, integer
 from revit.presets import resolve_config
-from revit.validation import check_fits_memory, check_output_dir, check_output_file, integer
 
 MAX_EXPORT_BATCH = 4096  # the exported graph's dynamic batch axis goes up to this
 
@@ -172,7 +172,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from revit.models.checkpoint import check_compatible, check_file_shapes, save_weights
     from revit.models.convert import create_timm
     from revit.models.hub import HUB_DIR, save_pretrained
-    from revit.runs import claim_run
+    from revit.run_folders import claim_run
     from revit.workflows.hub import convert_card
 
     if args.pretrained and args.checkpoint:

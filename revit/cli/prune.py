@@ -16,9 +16,9 @@ from revit.cli._common import (
     print_json,
 )
 from revit.cost import COSTS, MACS
+from revit.input_checks import MAX_LR, count, fraction, non_negative, number
 from revit.options import parse_assignments
 from revit.registry import lazy_choices
-from revit.validation import MAX_LR, count, fraction, non_negative, number
 
 
 def register(sub: Any) -> None:
@@ -122,7 +122,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     teacher_weights=args.teacher_weights, resume=args.resume, overwrite=args.overwrite,
                     threads=args.threads, progress=not args.no_progress, score_test=args.test_limit != 0,
                     on_start=started)
-    from revit.runtime import dist_info
+    from revit.devices import dist_info
 
     if dist_info()[0] == 0:
         from revit.models.hub import HUB_DIR

@@ -11,7 +11,7 @@ from typing import Any
 
 from revit.cli._common import add_command, info, print_json
 from revit.errors import ConfigError
-from revit.validation import check_number, check_output_file, count, fraction, non_negative, seed, short
+from revit.input_checks import check_number, check_output_file, count, fraction, non_negative, seed, short
 
 
 def register(sub: Any) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info, outcome, print_json
-from revit.validation import check_output_dir, count, non_negative, number
+from revit.input_checks import check_output_dir, count, non_negative, number
 
 
 def register(sub: Any) -> None:
@@ -92,7 +92,7 @@ def _spec(args: argparse.Namespace) -> Any:
 
 def _check_device(spec: Any) -> None:
     """Fail before the first trial (one line, exit 2) when the trials' device is not on this machine."""
-    from revit.runtime import resolve_device
+    from revit.devices import resolve_device
 
     train = spec.train
     resolve_device(str(train.device if hasattr(train, "device") else train.get("device", "auto")))
@@ -110,8 +110,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 
 def _gpus(text: str) -> list[str]:
     """``0,1,3`` -> [cuda:0, cuda:1, cuda:3], each checked to exist (one line and exit 2 otherwise)."""
+    from revit.devices import resolve_device
     from revit.errors import ConfigError
-    from revit.runtime import resolve_device
 
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
@@ -223,7 +223,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from revit.runs import claim_run
+    from revit.run_folders import claim_run
     from revit.search.report import write_report
     from revit.search.results import pm
     from revit.search.studies import open_studies

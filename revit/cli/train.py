@@ -16,7 +16,7 @@ from revit.cli._common import (
     print_json,
     runtime_kwargs,
 )
-from revit.validation import MAX_LR, check_output_dir, count, number
+from revit.input_checks import MAX_LR, check_output_dir, count, number
 
 
 def register(sub: Any) -> None:
@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from revit.distill import is_timm_name
     from revit.presets import resolve_config
     from revit.recipes import TrainConfig
-    from revit.runs import claim_run
+    from revit.run_folders import claim_run
     from revit.workflows import run_training
 
     check_teacher(args)
@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from revit.models.hub import HUB_DIR
-    from revit.train import dist_info
+    from revit.train_loop import dist_info
 
     metrics = run_training(cfg, data_spec_from_args(args, getattr(cfg, "img_size", None)), tc, args.out,
                            init=args.init, teacher=args.teacher, teacher_weights=args.teacher_weights,

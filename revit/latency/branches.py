@@ -20,23 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from revit.config import WIDTH_KINDS
+from revit.config import ATTENTION_KINDS, BLOCK_KINDS, WIDTH_KINDS
 from revit.errors import AbsentBranchError, FileFormatError, TableRangeError, check_keys
 
-BRANCH_AXES: dict[str, tuple[str, ...]] = {"attention": ("embed_dim", "heads", "qk_dim", "v_dim"),
-                                           "mlp": ("embed_dim", "mlp_dim")}
+_EMBED, *_ = WIDTH_KINDS
+_MLP_KINDS = tuple(k for k in BLOCK_KINDS if k not in ATTENTION_KINDS)
+BRANCH_AXES: dict[str, tuple[str, ...]] = {"attention": (_EMBED, *ATTENTION_KINDS), "mlp": (_EMBED, *_MLP_KINDS)}
 # the branch a block width belongs to: removing the last unit of any of them removes that branch
-BRANCH_OF: dict[str, str] = {"heads": "attention", "qk_dim": "attention", "v_dim": "attention", "mlp_dim": "mlp"}
+BRANCH_OF: dict[str, str] = {k: branch for branch, axes in BRANCH_AXES.items() for k in axes[1:]}
 ABSENT = {"attention": "heads 0 (no attention)", "mlp": "mlp_dim 0 (no MLP)"}
 EXTRAPOLATE_HINT = "pass extrapolate=True (--extrapolate) to extrapolate linearly"
 
 
 class Grid:
-    """Values on named axes with multilinear lookup, validated whole on construction (:mod:`.validate_table`)."""
+    """Values on named axes with multilinear lookup, validated whole on construction (:mod:`.table_checks`)."""
 
     def __init__(self, names: Sequence[str], axes: Mapping[str, Any], values: Any, spread: Any, source: str,
                  what: str = "") -> None:
-        from revit.latency.validate_table import check_axis, check_grid
+        from revit.latency.table_checks import check_axis, check_grid
 
         self.names, self.source = tuple(names), source
         self.axes: dict[str, tuple[float, ...]] = {a: check_axis(a, axes[a], source) for a in self.names}

@@ -106,7 +106,7 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: Any, source: str) -> Calibration:
         """Validated: a malformed record is one FileFormatError naming the table."""
-        from revit.validation import check_int, check_number
+        from revit.input_checks import check_int, check_number
 
         def num(v: Any, name: str) -> float:
             return float(check_number(v, name, 0, 1e6, lo_open=True, error=FileFormatError))
@@ -152,7 +152,7 @@ def calibration_configs(table: LatencyTable, n: int, seed: int = 0) -> list[ViTC
     """The whole models a calibration times: the table's widest uniform model, a uniform one on the middle knots,
     and random per-block ones inside the table (``n`` in all), at the table's setting and depth."""
     from revit.config import BLOCK_KINDS, BlockDims, ViTConfig
-    from revit.latency.validate import random_configs, setting_of
+    from revit.latency.accuracy import random_configs, setting_of
 
     setting, depth = setting_of(table)
     out: list[ViTConfig] = []
@@ -197,7 +197,7 @@ def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes:
     """
     import numpy as np
 
-    from revit.latency.validate import model_source_for, validate
+    from revit.latency.accuracy import model_source_for, validate
 
     source = model_source_for(backend, source)
     if models < 1 or passes < 1:

@@ -26,7 +26,7 @@ from typing import Any
 from revit._io import check_schema, load_yaml
 from revit.config import WIDTH_KINDS, Setting
 from revit.errors import ConfigError, check_keys
-from revit.validation import short
+from revit.input_checks import short
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ MAX_AXIS_VALUES = 4096  # far beyond any measurable table; refuses a 1e9-wide ax
 
 def _axis_range(spec: Mapping[str, Any], where: str) -> tuple[int, ...]:
     """An axis ``{min, max, step}``: integers, min <= max, step >= 1, at most MAX_AXIS_VALUES values."""
-    from revit.validation import check_int
+    from revit.input_checks import check_int
 
     if "min" not in spec or "max" not in spec:
         raise ConfigError(f"{where} needs integer min, max (and step)")
@@ -126,7 +126,7 @@ def block_bytes(grid: WidthGrid, batch: int = 1) -> int:
 
 def check_grid_memory(grid: WidthGrid, batch: int = 1) -> None:
     """Refuse a space whose widest block (at ``batch``) cannot be allocated here, before any allocation."""
-    from revit.validation import check_fits_memory
+    from revit.input_checks import check_fits_memory
 
     check_fits_memory(block_bytes(grid, batch), f"space {grid.name}: the widest block at batch {batch}")
 

@@ -118,7 +118,7 @@ class ExportedTimer:
     backend with its protocol (``passes`` x (warm-up + repeats), median)."""
 
     def __init__(self, table: LatencyTable, backend: Backend | None = None, passes: int = 5) -> None:
-        from revit.latency.validate import backend_for_table, model_source_for
+        from revit.latency.accuracy import backend_for_table, model_source_for
 
         self.table, self.passes = table, passes
         self.backend = backend or backend_for_table(table)
@@ -127,7 +127,7 @@ class ExportedTimer:
         self.warmup, self.repeats = int(meas.get("warmup") or 2), int(meas.get("repeats") or 5)
 
     def __call__(self, cfg: ViTConfig) -> float:
-        from revit.latency.validate import model_workload
+        from revit.latency.accuracy import model_workload
 
         with tempfile.TemporaryDirectory() as tmp:
             w = model_workload(self.backend, cfg, self.table.batch_size, self.source, tmp)

@@ -18,8 +18,8 @@ import numpy as np
 from revit import __version__
 from revit._io import load_json
 from revit.errors import FileFormatError
+from revit.input_checks import short
 from revit.latency.table import LatencyTable
-from revit.validation import short
 
 NVIT_BATCH = 256
 NVIT_TOKENS = 198  # DeiT-B distilled at 224: 196 patches + cls + dist
@@ -41,7 +41,7 @@ def _keys(d: Any, kind: str, where: str) -> dict[tuple[int, ...], Any]:
 
 def _cell(x: Any, where: str) -> float:
     """One latency of the table: a finite number >= 0 (a negative or NaN cell would predict nonsense)."""
-    from revit.validation import check_number
+    from revit.input_checks import check_number
 
     if isinstance(x, str):  # the official file stores numbers; a numeric string is read as the official code does
         try:

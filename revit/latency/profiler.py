@@ -40,14 +40,14 @@ import numpy as np
 from revit import __version__
 from revit.config import WIDTH_KINDS, BlockDims
 from revit.errors import ConfigError, RunExistsError
+from revit.input_checks import short
 from revit.latency.backends.base import Backend
 from revit.latency.branches import BRANCH_AXES, Grid
 from revit.latency.grid import WidthGrid
 from revit.latency.journal import Journal
 from revit.latency.table import FixedParts, LatencyTable
 from revit.latency.timing import Reference, time_bracketed
-from revit.runs import FileClaim, claim_output_file, file_kind
-from revit.validation import short
+from revit.run_folders import FileClaim, claim_output_file, file_kind
 
 NVIT_CELLS = 9375
 Cell = tuple[int, int, int, int, int]
@@ -70,8 +70,8 @@ class BuildSettings:
 
     def check(self) -> None:
         """Every count within the bounds a table's metadata is read back with (``MEASUREMENT_COUNTS``)."""
+        from revit.input_checks import MAX_BATCH, MAX_COUNT, check_int
         from revit.latency.table import MEASUREMENT_COUNTS
-        from revit.validation import MAX_BATCH, MAX_COUNT, check_int
 
         for k, (lo, hi) in {"batch": (1, MAX_BATCH), "max_cells": (1, MAX_COUNT), **MEASUREMENT_COUNTS}.items():
             check_int(getattr(self, k), k, lo, hi)
@@ -261,7 +261,7 @@ def journal_path(out: str | os.PathLike[str]) -> Path:
 
 def claim_build(out: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False) -> FileClaim:
     """Check (reading only) that a build may write table ``out`` and its journal: the rules of run folders
-    (:func:`revit.runs.claim_output_file`): a finished table needs ``overwrite``, a journal ``resume``."""
+    (:func:`revit.run_folders.claim_output_file`): a finished table needs ``overwrite``, a journal ``resume``."""
     return claim_output_file(out, journal_path(out), "latency-build", lambda p: file_kind(p) == "latency-build",
                              resume=resume, overwrite=overwrite)
 

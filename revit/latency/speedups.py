@@ -83,7 +83,7 @@ def time_speedups(table: LatencyTable, backend: Backend, base: ViTConfig, config
     """Export and time ``base`` and every config, interleaved; the rows and the seconds the timing took."""
     from tqdm import tqdm
 
-    from revit.latency.validate import model_source_for, model_workload
+    from revit.latency.accuracy import model_source_for, model_workload
 
     meas = table.metadata.get("measurement") or {}
     warmup = int(meas.get("warmup") or 2) if warmup is None else warmup

@@ -33,6 +33,7 @@ from revit.errors import (
     TableRangeError,
     check_keys,
 )
+from revit.input_checks import MAX_BATCH, MAX_COUNT, MAX_LATENCY_S, check_int, check_number, short
 from revit.latency.branches import (
     BRANCH_OF,
     EXTRAPOLATE_HINT,
@@ -43,7 +44,6 @@ from revit.latency.branches import (
     without_branch,
 )
 from revit.paths import shipped_dir
-from revit.validation import MAX_BATCH, MAX_COUNT, MAX_LATENCY_S, check_int, check_number, short
 
 SCHEMA_V1 = "revit/latency-table/v1"  # full blocks only
 SCHEMA = "revit/latency-table/v2"  # with the half blocks (``branches``) that price an absent attention or MLP
@@ -82,7 +82,7 @@ class FixedParts:
     spread: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        from revit.latency.validate_table import check_axis, check_grid
+        from revit.latency.table_checks import check_axis, check_grid
 
         if len(self.embed_dim) != len(self.values) or not self.embed_dim:
             raise FileFormatError("fixed parts: 'embed_dim' and 'values' must be non-empty and of equal length")
@@ -115,7 +115,7 @@ class FixedParts:
     def from_dict(cls, d: Any, source: str) -> FixedParts:
         if not isinstance(d, Mapping) or not {"setting", "embed_dim", "values"} <= set(d):
             raise FileFormatError(f"{source}: 'fixed' must be null or a mapping with setting, embed_dim, values")
-        from revit.latency.validate_table import check_axis, check_grid
+        from revit.latency.table_checks import check_axis, check_grid
 
         try:
             spread = d.get("spread")

@@ -1,6 +1,6 @@
 """The one timing protocol of latency measurement: warm-up, samples bracketed by a reference block, passes.
 
-A table build (:mod:`revit.latency.profiler`), a validation (:mod:`revit.latency.validate`) and a new
+A table build (:mod:`revit.latency.profiler`), a validation (:mod:`revit.latency.accuracy`) and a new
 measurement of a table's fixed parts (:mod:`revit.latency.remeasure`) time a workload the same way:
 ``warmup`` untimed runs, then ``repeats`` timed ones, with the reference block (when there is one) timed
 just before and just after them.  Dividing the samples by that reference level removes common-mode load

@@ -28,7 +28,7 @@ def create_timm(name: str, *, pretrained: bool = False) -> nn.Module:
     import timm
     from timm.models import parse_model_name
 
-    from revit.validation import short
+    from revit.input_checks import short
 
     source, arch = parse_model_name(name)
     if source == "hf-hub" and not pretrained:
@@ -53,7 +53,7 @@ def _check_local_dir(folder: str, name: str) -> None:
     import timm
 
     from revit._io import load_json
-    from revit.validation import short
+    from revit.input_checks import short
 
     cfg = Path(folder) / "config.json"
     if not cfg.is_file():

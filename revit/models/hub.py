@@ -29,12 +29,12 @@ from revit import counting
 from revit._io import current_umask, writer_errors
 from revit.config import ViTConfig
 from revit.errors import ConfigError, FileFormatError, RevitError
-from revit.runs import HUB_DIR, MARKER, RunKindError, RunMarker, claim_run, now, read_marker, write_marker
+from revit.run_folders import HUB_DIR, MARKER, RunKindError, RunMarker, claim_run, now, read_marker, write_marker
 
 log = logging.getLogger(__name__)
 
 CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, PLOT_FILE = "README.md", "config.json", "model.safetensors", "trace.png"
-MODEL_KIND = "model"  # the run kind of a model folder: its marker lists these files (revit.runs.OUTPUTS)
+MODEL_KIND = "model"  # the run kind of a model folder: its marker lists these files (revit.run_folders.OUTPUTS)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def save_pretrained(model: nn.Module, out_dir: str | os.PathLike[str], *, card: 
 def check_model_folder(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """``out_dir`` as a Path if a model folder may be written there, else a one-line :class:`RunExistsError`.
 
-    A model folder is owned as a run folder is (:mod:`revit.runs`, kind ``model``): a new or empty folder is
+    A model folder is owned as a run folder is (:mod:`revit.run_folders`, kind ``model``): a new or empty folder is
     written; one that carries revit's model marker is replaced only with ``overwrite`` and only when it holds
     nothing but what the marker lists; any other folder (no marker, whatever it holds; a link; a file) never.
     The ``hf/`` folder of a run is the run's own (its marker lists it), so the run's claim decides for it.

@@ -31,13 +31,13 @@ from torch import nn
 from revit import counting
 from revit.config import Granularity, ViTConfig
 from revit.cost import CostModel, CostTarget, LatencyTableLike, min_config, table_cost
+from revit.devices import dist_info, to_cpu, to_device
 from revit.errors import BudgetError, ConfigError, TableRangeError
 from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_criterion
 from revit.prune.masking import Masks, rebuild_dense
 from revit.prune.policy import choose
 from revit.prune.structure import Structure, derive_structure
 from revit.recipes import Schedule
-from revit.runtime import dist_info, to_cpu, to_device
 from revit.trace import SCHEMA, Trace, TraceStep
 
 log = logging.getLogger(__name__)

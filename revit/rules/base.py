@@ -15,8 +15,8 @@ from typing import ClassVar
 
 from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError, check_keys
+from revit.input_checks import short
 from revit.registry import RULE_FAMILIES_GROUP, Registry
-from revit.validation import short
 
 
 @dataclass(frozen=True)

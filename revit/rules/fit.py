@@ -22,10 +22,10 @@ from typing import Any
 from revit import __version__, counting
 from revit.config import BLOCK_KINDS, BlockDims
 from revit.errors import ConfigError
+from revit.input_checks import short
 from revit.rules.base import RuleFamily, block_positions, get_family
 from revit.rules.rule import Rule
 from revit.trace import Trace, TraceStep
-from revit.validation import short
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from typing import Any
 from revit._io import atomic_write_text, check_schema, dump_yaml, load_yaml
 from revit.config import BlockDims, Granularity
 from revit.errors import ConfigError, FileFormatError, UnknownNameError
+from revit.input_checks import short
 from revit.paths import shipped_dir
 from revit.rules.base import FAMILIES, DomainNote, RuleFamily, get_family
-from revit.validation import short
 
 SCHEMA = "revit/rule/v1"
 _KEYS = ("schema", "kind", "name", "family", "description", "depth", "granularity", "params", "provenance")

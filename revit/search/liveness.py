@@ -15,8 +15,8 @@ import time
 from typing import Any
 
 from revit.errors import ConfigError
+from revit.input_checks import MAX_PID, check_int, check_number
 from revit.search import attrs as A
-from revit.validation import MAX_PID, check_int, check_number
 
 log = logging.getLogger(__name__)
 

@@ -138,7 +138,7 @@ class StudyObjective:
         import torch
 
         from revit.models import build_model
-        from revit.train import evaluate, train
+        from revit.train_loop import evaluate, train
 
         if torch.get_num_threads() != self.spec.threads:
             torch.set_num_threads(self.spec.threads)
@@ -168,7 +168,7 @@ __all__ = ["StudyObjective", "check_splits"]
 
 def check_splits(splits: Any, setting: Any, source: str) -> None:
     """The data fits the study's setting (image size, channels, classes) and has held-out images."""
-    from revit.train import size
+    from revit.train_loop import size
 
     splits.check_fits(setting, f"data.source {source!r}")
     if size(splits.val) == 0:

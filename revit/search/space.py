@@ -8,7 +8,7 @@ from typing import Any
 
 from revit.config import Setting
 from revit.errors import ConfigError, check_keys
-from revit.validation import check_number
+from revit.input_checks import check_number
 
 
 @dataclass(frozen=True)

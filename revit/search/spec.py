@@ -49,10 +49,10 @@ from revit.config import Setting
 from revit.cost import COSTS, CostTarget
 from revit.data.spec import DataSpec
 from revit.errors import ConfigError, FileFormatError, UnknownNameError, check_keys
+from revit.input_checks import MAX_SEED, MAX_WAIT_S, MIN_HEARTBEAT_S, check_fields, check_int, check_number
 from revit.paths import shipped_dir
 from revit.recipes import TrainConfig
 from revit.search.space import FamilySpace, ParamRange, parse_spaces
-from revit.validation import MAX_SEED, MAX_WAIT_S, MIN_HEARTBEAT_S, check_fields, check_int, check_number
 
 SCHEMA = "revit/study/v1"
 MAX_TRIALS = 100_000  # candidates per family: far beyond any study, short of filling a disk

@@ -117,14 +117,14 @@ def run_demo(out: str | os.PathLike[str], plan: DemoPlan = DemoPlan(), *, overwr
 
     ``progress``: the training and pruning stages' progress bars (off for ``revit demo -q``).
 
-    ``out`` is a demo run folder (:mod:`revit.runs`): an unfinished demo continues, reusing its finished
+    ``out`` is a demo run folder (:mod:`revit.run_folders`): an unfinished demo continues, reusing its finished
     stages; a finished one is only redone from scratch with ``overwrite``.
     """
 
     from revit.errors import ConfigError
     from revit.latency.table import LatencyTable
     from revit.presets import get_preset
-    from revit.runs import claim_run
+    from revit.run_folders import claim_run
 
     claim = claim_run(out, "demo", resume=True, overwrite=overwrite)
     from revit.latency.table import resolve_table
@@ -413,7 +413,7 @@ def write_demo_readme(root: Path, rep: Path, plan: DemoPlan, summary: dict[str, 
                      "and the others are reference lines in study/report.md")
     lines.append(f"- wall time: {', '.join(f'{k} {v:.0f} s' for k, v in t.items())}")
     lines += ["", "## Plots", ""]
-    from revit.runs import linked_part
+    from revit.run_folders import linked_part
 
     for title, p in figs:
         if p.is_file() and linked_part(root, *p.relative_to(root).parts) is None:  # never copied through a link

@@ -79,8 +79,8 @@ def _time_together(table: Any, cfgs: dict[str, Any], made: dict[str, Any], log: 
     its gap to the fastest, so "equal latency" is checked as measured."""
     if len(cfgs) < 2:
         return
+    from revit.latency.accuracy import backend_for_table
     from revit.latency.speedups import HeldOut, time_speedups
-    from revit.latency.validate import backend_for_table
 
     names = list(cfgs)
     rows, _ = time_speedups(table, backend_for_table(table), cfgs[names[0]],

@@ -56,7 +56,7 @@ def _from_run(run: Path, use_ema: bool) -> tuple[Any, ModelCard]:
     """The model and card of a finished run folder (prune: pruned.*; train: config.yaml + model*.safetensors)."""
     from revit.config import ViTConfig
     from revit.models import build_model
-    from revit.runs import read_marker, run_file
+    from revit.run_folders import read_marker, run_file
 
     marker = read_marker(run)
     kind = marker.kind if marker is not None else None

@@ -45,8 +45,8 @@ def run_prune(cfg: ViTConfig, data: DataSpec, pc: PruneConfig, out: str | os.Pat
     """
     import torch
 
-    from revit.runs import claim_run
-    from revit.validation import check_output_dir
+    from revit.input_checks import check_output_dir
+    from revit.run_folders import claim_run
 
     claim = claim_run(out, "prune", resume=resume, overwrite=overwrite)  # the one claim, before any data loads
     check_output_dir(out)

@@ -58,10 +58,10 @@ def run_training(cfg: ViTConfig | str, data: DataSpec, tc: TrainConfig, out: str
     import torch
 
     from revit import counting
+    from revit.devices import resolve_device
     from revit.models.checkpoint import save_weights
-    from revit.runs import claim_run
-    from revit.runtime import resolve_device
-    from revit.train import dist_info, evaluate, init_distributed, size, train
+    from revit.run_folders import claim_run
+    from revit.train_loop import dist_info, evaluate, init_distributed, size, train
 
     t0 = time.perf_counter()
     claim = claim_run(out, "train", resume=resume, overwrite=overwrite)
@@ -124,7 +124,7 @@ def _teachers(splits: Any, tc: TrainConfig, teacher: str | None, weights: str | 
     """The teacher and the self-teacher (each checked against the student's data), and what names them; on
     resume, refused when the run's checkpoint names other ones."""
     from revit.distill import check_fits, load_teacher, unpruned_teacher
-    from revit.train import size
+    from revit.train_loop import size
 
     img = int(splits.train[0][0].shape[-1]) if size(splits.train) else 0
     fit = {"num_classes": splits.num_classes, "in_chans": splits.in_chans, "img_size": img}
@@ -176,7 +176,7 @@ def check_resume_teachers(out: Path, named: list[list[Any]]) -> None:
     """Refuse to continue a run that distilled from other teachers (names or weights' contents); checkpoints
     written before teachers were recorded are taken as they are."""
     from revit.errors import CheckpointError
-    from revit.train import load_checkpoint_state
+    from revit.train_loop import load_checkpoint_state
 
     ckpt = out / "checkpoint.pt"
     if not ckpt.is_file():
@@ -194,7 +194,7 @@ def check_resume(out: Path, cfg: ViTConfig, tc: TrainConfig, model: Any) -> None
     """Refuse (before anything is written) to continue a run of another model config or recipe."""
     from revit.errors import CheckpointError
     from revit.recipes import same_recipe
-    from revit.train import load_checkpoint_state
+    from revit.train_loop import load_checkpoint_state
 
     if (out / "config.yaml").is_file():
         old = ViTConfig.load(out / "config.yaml")

@@ -27,11 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from revit._io import RESUME_HINT, append_text, atomic_write_text, dumps_json
-from revit.distill import DistillLoss, distillation_loss
-from revit.errors import CheckpointError, ConfigError
-from revit.models.checkpoint import save_torch
-from revit.recipes import TrainConfig, same_recipe
-from revit.runtime import (
+from revit.devices import (
     GlobalBatchSampler,
     autocast,
     dist_info,
@@ -43,6 +39,10 @@ from revit.runtime import (
     to_cpu,
     to_device,
 )
+from revit.distill import DistillLoss, distillation_loss
+from revit.errors import CheckpointError, ConfigError
+from revit.models.checkpoint import save_torch
+from revit.recipes import TrainConfig, same_recipe
 
 __all__ = ["GlobalBatchSampler", "TrainConfig", "TrainResult", "dist_info", "distillation_loss", "evaluate",
            "init_distributed", "load_checkpoint_state", "loader", "make_optimizer", "set_distilled_training", "size",
@@ -66,7 +66,7 @@ class TrainResult:
 
 def loader(ds: Dataset[Any], batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
            rank: int = 0, world: int = 1) -> DataLoader[Any]:
-    """A single-process-loading DataLoader of the global batches (see :func:`revit.runtime.make_loader`)."""
+    """A single-process-loading DataLoader of the global batches (see :func:`revit.devices.make_loader`)."""
     return make_loader(ds, batch_size, seed, rank=rank, world=world, shuffle=shuffle, drop_last=drop_last)
 
 

@@ -111,7 +111,7 @@ class RunMarker:
 
     @classmethod
     def from_dict(cls, doc: Any, source: str) -> RunMarker:
-        from revit.validation import short
+        from revit.input_checks import short
 
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             got = doc.get("schema") if isinstance(doc, dict) else None
@@ -385,7 +385,7 @@ class FileClaim:
         try:
             j.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            from revit.validation import output_error
+            from revit.input_checks import output_error
 
             raise output_error(e, j) from None
         if self.mode == "overwrite" and (j.exists() or j.is_symlink()):
@@ -399,7 +399,7 @@ class FileClaim:
                 raise RunLockedError(f"{j} was just created by another revit run",
                                      hint="wait for that run to end or choose another --out") from None
             except OSError as e:
-                from revit.validation import output_error
+                from revit.input_checks import output_error
 
                 _remove_empty(created)
                 raise output_error(e, j) from None

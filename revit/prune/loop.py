@@ -6,7 +6,7 @@ objective, :class:`revit.distill.DistillLoss`), on any device, with optional aut
 The run writes ``trace.jsonl`` (a line per pruning step), ``state.pt`` (everything needed to
 resume, saved atomically right after the start and after every pruning step, device-agnostic),
 and at the end ``pruned.yaml``, ``pruned.safetensors``, ``metrics.json`` and ``plots/``.  The folder is claimed
-with :func:`revit.runs.claim_run` (kind ``prune``) before anything is written.
+with :func:`revit.run_folders.claim_run` (kind ``prune``) before anything is written.
 """
 
 from __future__ import annotations
@@ -28,13 +28,7 @@ from revit import counting
 from revit._io import RESUME_HINT, atomic_write_text, dumps_json
 from revit.config import ViTConfig
 from revit.cost import MACS, LatencyTableLike
-from revit.distill import Teacher
-from revit.errors import CheckpointError, ConfigError, RevitError
-from revit.models.checkpoint import save_torch, save_weights
-from revit.prune.global_pruner import GlobalPruner
-from revit.recipes import PruneConfig
-from revit.runs import Claim
-from revit.runtime import (
+from revit.devices import (
     GlobalBatchSampler,
     autocast,
     grad_scaler,
@@ -44,6 +38,12 @@ from revit.runtime import (
     to_cpu,
     to_device,
 )
+from revit.distill import Teacher
+from revit.errors import CheckpointError, ConfigError, RevitError
+from revit.models.checkpoint import save_torch, save_weights
+from revit.prune.global_pruner import GlobalPruner
+from revit.recipes import PruneConfig
+from revit.run_folders import Claim
 from revit.trace import Trace, TraceWriter
 
 
@@ -87,7 +87,7 @@ class PruneRun:
                  out_dir: str | os.PathLike[str], *, table: LatencyTableLike | None = None, resume: bool = False,
                  progress: bool = True, test_ds: Dataset[Any] | None = None, overwrite: bool = False,
                  teacher: Teacher | None = None, claim: Claim | None = None) -> None:
-        from revit.runs import claim_run
+        from revit.run_folders import claim_run
 
         self._t0, self.prior_seconds = time.perf_counter(), 0.0
         # the folder's claim (reads only): the caller's when it claimed already (revit.workflows.prune)
@@ -110,7 +110,7 @@ class PruneRun:
                                    seed=cfg.seed, evaluator=self._evaluate, criterion_options=cfg.criterion_options)
         self.model = self.pruner.model
         self.base = self.pruner.base
-        from revit.train import TrainConfig, make_optimizer
+        from revit.train_loop import TrainConfig, make_optimizer
 
         self.opt = make_optimizer(self.model, TrainConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))
         self.scaler = grad_scaler(self.device, cfg.amp)
@@ -234,7 +234,7 @@ class PruneRun:
 
     # --- training --------------------------------------------------------------------------------
     def _evaluate(self, model: nn.Module) -> float | None:
-        from revit.train import evaluate
+        from revit.train_loop import evaluate
 
         ds, limit = self.val_ds, self.cfg.eval_size
         if ds is None or limit == 0 or size(ds) == 0:
@@ -293,7 +293,7 @@ class PruneRun:
         """Prune until the target is met, then rebuild, export and return the dense model."""
         from tqdm import tqdm
 
-        from revit.train import set_distilled_training
+        from revit.train_loop import set_distilled_training
 
         self.model.train()
         set_distilled_training(self.model, self.cnn is not None)  # the teacher trains a DeiT distillation token
@@ -345,7 +345,7 @@ class PruneRun:
     # --- the end -------------------------------------------------------------------------------
     def finish(self, seconds: float = 0.0) -> PruneResult:
         """Rebuild the dense model, check it against the masked one, export files and plots."""
-        from revit.train import evaluate, set_distilled_training
+        from revit.train_loop import evaluate, set_distilled_training
 
         set_distilled_training(self.model, False)
         self.model.eval()

@@ -80,7 +80,7 @@ def check_validation_memory(table: LatencyTable, samples: int, noise_k: int) -> 
     """Refuse, before any allocation, a validation whose models do not fit here: all ``samples + noise_k``
     models are built (weights and an input batch each) before timing, and one runs at a time."""
     from revit import counting
-    from revit.validation import check_fits_memory
+    from revit.input_checks import check_fits_memory
 
     cand = candidates(table)
     setting, depth = setting_of(table)

@@ -25,8 +25,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from revit.errors import ConfigError, DeviceError
+from revit.input_checks import short
 from revit.recipes import AMP_MODES
-from revit.validation import short
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

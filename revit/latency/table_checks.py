@@ -8,7 +8,7 @@ first bad entry when:
   changed a prediction from 45.9 ms to 31.9 ms; a NaN knot passed and then broke scipy);
 - a grid (values, spread, fixed parts) is not a regular array of numbers of the axes' shape (a
   string cell, a ragged row), or holds a NaN, an infinite or a negative latency, or one above
-  :data:`~revit.validation.MAX_LATENCY_S` (``1.7e308`` passed and summed to an infinite prediction).
+  :data:`~revit.input_checks.MAX_LATENCY_S` (``1.7e308`` passed and summed to an infinite prediction).
 
 Zero is a legitimate knot and a legitimate latency: NViT's official grid has an ``EMB=0`` plane of
 zeros.  Torch-free and separate from the prediction code on purpose (:mod:`revit.latency.table`).
@@ -31,7 +31,7 @@ def _is_number(x: Any) -> bool:
 
 def check_axis(name: str, raw: Any, source: str) -> tuple[float, ...]:
     """The knots of axis ``name``: finite, >= 0, strictly increasing real numbers (else one line)."""
-    from revit.validation import short
+    from revit.input_checks import short
 
     if isinstance(raw, np.ndarray):
         raw = raw.tolist()
@@ -58,7 +58,7 @@ def check_grid(data: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     """``data`` as a float64 array of ``shape`` (a flat list of that size is reshaped) whose every cell is a
     finite latency in ``[0, MAX_LATENCY_S]`` (so any sum of cells is finite); ``what`` names it in the
     one-line refusal (``FILE: values``)."""
-    from revit.validation import MAX_LATENCY_S
+    from revit.input_checks import MAX_LATENCY_S
 
     try:
         a = np.asarray(data)
