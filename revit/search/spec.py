@@ -6,9 +6,9 @@ On disk (YAML in ``search/``)::
     kind: study
     name: fashion-mnist
     storage: null                 # any storage URL (revit.search.storage); null: sqlite:///runs/studies/NAME.db
-    objectives: [accuracy]        # accuracy, then optionally macs or latency (-> multi-objective)
-    sampler: {name: tpe, seed: 0} # tpe | random | nsga2 | gp | qmc (+ their keyword arguments)
-    pruner: {name: median}        # median | hyperband | percentile | none (single objective only)
+    objectives: [accuracy]        # accuracy, then optionally a registered cost model's name: macs, latency
+    sampler: {name: tpe, seed: 0} # any registered sampler (+ its keyword arguments): `revit plugins samplers`
+    pruner: {name: median}        # an Optuna pruner: `revit plugins optuna-pruners` (single objective only)
     n_trials: 12                  # candidate (sampled) trials; baselines and repeats come on top
     setting: micro                # a Setting preset (micro, imagenet) or its fields, optionally on a preset:
                                   # {preset: micro, num_classes: 5} or {depth, img_size, patch_size, in_chans, ...}
@@ -144,26 +144,10 @@ class StudySpec:
     description: str = ""
     source: str = "spec"
 
-    # the first searched family (what a study of one family searches; the baselines' generation knobs)
-    @property
-    def family(self) -> str:
-        return self.spaces[0].family
-
-    @property
-    def search_params(self) -> tuple[ParamRange, ...]:
-        return self.spaces[0].params
-
     @property
     def base_rule(self) -> str | None:
+        """The first searched family's base rule (the baselines' generation knobs)."""
         return self.spaces[0].base_rule
-
-    @property
-    def granularity(self) -> Any:
-        return self.spaces[0].granularity
-
-    @property
-    def mlp_factor(self) -> tuple[float, float]:
-        return self.spaces[0].mlp_factor
 
     @property
     def family_names(self) -> list[str]:
