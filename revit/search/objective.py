@@ -259,13 +259,17 @@ def _finished(trial: Any, seeds: tuple[int, ...]) -> dict[int, dict[str, Any]]:
 
 def _among_best(trial: Any, first: float, top_k: int) -> bool:
     """Whether a first seed's held-out top-1 ranks among the best ``top_k`` first seeds of the other configs of
-    the trial's study so far (any state; a retry counts as the config it retries).  True off a study."""
+    the trial's study so far (running ones of other workers too; a FAIL trial counts through its retry, which
+    carries its seeds).  True off a study."""
+    from optuna.trial import TrialState
+
     study = getattr(trial, "study", None)
     if study is None:
         return True
     me = trial.user_attrs.get(GROUP)
     best: dict[Any, float] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
+                                                      TrialState.WAITING)):
         runs = t.user_attrs.get(RUNS)
         group = t.user_attrs.get(GROUP)
         if t.number == trial.number or group == me or not isinstance(runs, list) or not runs:
