@@ -131,6 +131,8 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
               "attributes role, family, arm, seed, group, macs, params, latency_ms, blocks, val_acc and test_acc "
               "(a candidate: the means over its seeds, each seed's in runs); `study.trials_dataframe()` has one "
               "row per trial.", ""]
+    if spec.multi_objective:
+        summary["pareto"] = _pareto_sets(spec, results)
     summary["plots"] = {k: str(p) for k, p in plots.items()}
     summary = json.loads(dumps_json(summary, "the study report", nonfinite="null", default=str))
     _publish(out_dir, plots, draw, {"report.md": "\n".join(lines),
@@ -149,6 +151,23 @@ def _publish(out_dir: Path, plots: dict[str, Path], draw: Callable[[dict[str, Pa
                 f.write(text.encode())
                 f.flush()
                 os.fsync(f.fileno())
+
+
+def _pareto_sets(spec: StudySpec, results: list[ConfigResult]) -> dict[str, list[str]]:
+    """Each family's Pareto set of configs (mean held-out top-1 against the second objective): what its family
+    study's ``best_trials`` holds, as group names by increasing cost."""
+    from revit.search.objective import metric_names
+
+    cost = metric_names(spec)[1]
+    out: dict[str, list[str]] = {}
+    for fam in spec.family_names:
+        gs = [g for g in results if g.role == A.CANDIDATE and g.family == fam and g.values(cost)]
+        pts = [(sum(g.values(cost)) / len(g.values(cost)), g.mean_std(A.VAL_ACC)[0]) for g in gs]
+        order = sorted(range(len(gs)), key=lambda i: (pts[i][0], -pts[i][1]))
+        # not dominated (no other config as cheap and as accurate, and better in one); equal configs all stay
+        out[fam] = [gs[i].name for i in order if not any(c <= pts[i][0] and a >= pts[i][1] and (c, a) != pts[i]
+                                                         for c, a in pts)]
+    return out
 
 
 def _given(obj: Any) -> dict[str, Any]:
