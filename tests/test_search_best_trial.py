@@ -108,3 +108,36 @@ def test_objectives_are_named_and_trials_dataframe_has_one_row_per_config(tmp_pa
     params = [c for c in df.columns if c.startswith("params_")]
     assert len(df) == spec.n_trials == len(df[params].drop_duplicates())  # one row per candidate config
     assert {"values_val_acc", "values_macs", "user_attrs_runs"} <= set(df.columns)
+
+
+def test_a_candidate_stopped_in_its_second_seed_is_retried_without_training_its_first_again(tmp_path):
+    spec = spec_of(baselines=[], n_trials=2)
+    url = f"sqlite:///{tmp_path}/s.db"
+    trained: list[tuple[float, int]] = []
+
+    def counted(stop_in_second_seed: bool) -> Any:
+        """The twisted objective, logging each (config, seed) it trains; optionally Ctrl-C in a second seed."""
+        obj = twisted_objective(spec)
+        inner = obj.train
+
+        def train(cfg: Any, seed: int, trial: Any = None, step0: int = 0) -> Any:
+            if stop_in_second_seed and seed == 1:
+                raise KeyboardInterrupt
+            trained.append((sum(obj.params.values()), seed))
+            return inner(cfg, seed, trial, step0)
+
+        obj.train = train
+        return obj
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, url, objective=counted(True))
+    ss = run_study(spec, url, objective=counted(False))
+    study = ss.families["less-more-less"]
+    stopped = study.trials[0]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["interrupted"] is True
+    assert [r["seed"] for r in stopped.user_attrs["runs"]] == [0]
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
+    assert retry.state == TrialState.COMPLETE and retry.params == stopped.params
+    assert retry.user_attrs["runs"][0] == stopped.user_attrs["runs"][0]  # its first seed, kept, not trained again
+    assert [r["seed"] for r in retry.user_attrs["runs"]] == [0, 1]
+    assert len(trained) == len(set(trained)) and (sum(stopped.params.values()), 0) in trained  # none twice
