@@ -97,7 +97,7 @@ def test_an_interrupted_study_prints_no_optuna_traceback(tmp_path, capsys, monke
     """Class 21 (first bullet): Ctrl-C in a trial ends in the one line ``revit: interrupted``, exit 130."""
     from revit.search.objective import StudyObjective
 
-    def stop(self: Any, cfg: Any, seed: int, trial: Any = None) -> Any:
+    def stop(self: Any, cfg: Any, seed: int, trial: Any = None, step0: int = 0) -> Any:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(StudyObjective, "train", stop)
