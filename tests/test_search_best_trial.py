@@ -141,3 +141,38 @@ def test_a_candidate_stopped_in_its_second_seed_is_retried_without_training_its_
     assert retry.user_attrs["runs"][0] == stopped.user_attrs["runs"][0]  # its first seed, kept, not trained again
     assert [r["seed"] for r in retry.user_attrs["runs"]] == [0, 1]
     assert len(trained) == len(set(trained)) and (sum(stopped.params.values()), 0) in trained  # none twice
+
+
+def test_a_study_of_the_previous_version_is_reported_and_never_resumed(tmp_path, cli):
+    """revit <= 0.1.0 kept each seed repeat as a trial of its own (``repeat_of``): the report still gathers a
+    config's seeds by ``group``; ``run`` refuses to add all-seed trials beside them, in one line."""
+    import yaml
+
+    from revit.search.studies import SPEC_ATTR, open_studies
+
+    doc = tiny_study_doc(baselines=[])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    spec = StudySpec.load(path)
+    url = f"sqlite:///{tmp_path}/old.db"
+    ss = open_studies(spec, url)
+    fam = ss.families["less-more-less"]
+    for _, part in ss.parts():  # stamped as the previous version stamped its parts: no layout
+        part.set_user_attr(SPEC_ATTR, {k: v for k, v in part.user_attrs[SPEC_ATTR].items() if k != "layout"})
+    dist = {"plateau": optuna.distributions.FloatDistribution(0.2, 1.0)}
+    cfg = {"macs": 200e3, "params": 40e3, "embed_dim": 40, "mlp_factor": 1.0, "blocks": [[2, 8, 8, 64]] * 2,
+           "role": "candidate", "family": "less-more-less", "arm": "less-more-less-search"}
+    for plateau, seed, group, val, extra in [(0.3, 0, "less-more-less#0", 0.6, {}),
+                                             (0.3, 1, "less-more-less#0", 0.8, {"repeat_of": 0}),
+                                             (0.9, 0, "less-more-less#2", 0.75, {})]:
+        fam.add_trial(optuna.trial.create_trial(
+            params={"plateau": plateau}, distributions=dist, value=val,
+            user_attrs={**cfg, "seed": seed, "group": group, "val_acc": val, "test_acc": val - 0.1, **extra}))
+    code, out, err = cli("search", "report", path, "--storage", url, "--out", tmp_path / "rep", "--json")
+    assert code == 0, err
+    best = json.loads(out)["families"]["less-more-less"]
+    assert (best["best"], best["n"]) == ("less-more-less#0", 2) and best["val"][0] == pytest.approx(0.7)
+    code, _, err = cli("search", "run", path, "--storage", url)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "earlier revit" in err and "--storage NEW_URL" in err and "report" in err
+    assert len(fam.get_trials()) == 3  # nothing added
