@@ -11,11 +11,15 @@ user attributes, which enqueued trials carry from the start:
   a trial without ``family`` belongs to the first searched family;
 - ``role=baseline`` with ``arm`` and ``budget``: the arm's rule (uniform DeiT-style, ``paper``, a file)
   scaled to the same budget with the same MLP-factor knob, so comparisons are at equal MACs (1%);
-- ``seed``: the training seed (default: the spec's first seed).
+- ``seed``: a baseline's training seed.  A candidate trains every seed of the spec in turn (the others
+  only when its first seed ranks among its family's best ``repeats.top_k`` so far, else it ends PRUNED),
+  each seed's results in ``runs``, so one trial is one config and its family study's ``best_trial`` is
+  the best config.
 
-It returns the held-out (validation) top-1 and, for a two-objective study, MACs or predicted
-latency; test top-1, MACs, params, latency, per-block widths and the per-epoch curve are stored as
-user attributes.  Single-objective candidate trials report per-epoch accuracy to the pruner.
+It returns the held-out (validation) top-1 - a candidate's mean over its seeds - and, for a
+two-objective study, MACs or predicted latency; test top-1, MACs, params, latency, per-block widths and
+the per-epoch curve are stored as user attributes.  Single-objective candidate trials report per-epoch
+accuracy to the pruner (seed ``i``'s epoch ``e`` as step ``i * epochs + e``).
 """
 
 from __future__ import annotations
