@@ -176,3 +176,31 @@ def test_a_study_of_the_previous_version_is_reported_and_never_resumed(tmp_path,
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "earlier revit" in err and "--storage NEW_URL" in err and "report" in err
     assert len(fam.get_trials()) == 3  # nothing added
+
+
+def test_the_pruner_stops_a_bad_config_early_and_the_seeds_are_its_next_steps(tmp_path):
+    """Seed ``i``'s epoch ``e`` is the pruner's step ``i * epochs + e``: a config that falls behind in its first seed
+    is stopped there (PRUNED, no other seed trained), as Optuna's median pruner decides."""
+    spec = spec_of(baselines=[], n_trials=2, train={"epochs": 2, "batch_size": 64},
+                   pruner={"name": "median", "n_startup_trials": 1})
+    trained: list[tuple[int, int]] = []
+
+    class SecondConfigBad(_quick_objective_class()):  # type: ignore[misc]
+        def train(self, cfg: Any, seed: int, trial: Any = None, step0: int = 0) -> tuple[float, float, list[float],
+                                                                                        float]:
+            val = 0.3 if trial.number == 1 else 0.8
+            curve = []
+            for e in range(2):
+                curve.append(val)
+                trial.report(val, step0 + e + 1)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+            trained.append((trial.number, seed))
+            return val, val, curve, 0.0
+
+    ss = run_study(spec, f"sqlite:///{tmp_path}/s.db", objective=SecondConfigBad(spec))
+    first, bad = ss.families["less-more-less"].get_trials()
+    assert first.state == TrialState.COMPLETE and [r["seed"] for r in first.user_attrs["runs"]] == [0, 1]
+    assert sorted(first.intermediate_values) == [1, 2, 3, 4]  # two seeds of two epochs: four steps
+    assert bad.state == TrialState.PRUNED and list(bad.intermediate_values) == [1] and "runs" not in bad.user_attrs
+    assert (1, 0) not in trained and (1, 1) not in trained
