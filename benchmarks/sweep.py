@@ -52,7 +52,7 @@ def run_study(name: str, workers: int) -> int:
                                 env=env, stdout=logf, stderr=subprocess.STDOUT)
 
     helpers = [worker() for _ in range(workers - 1)]
-    while run.poll() is None:  # a worker that found nothing to do ends; the repeats come later: start another
+    while run.poll() is None:  # a worker that found nothing to do ends; retries may come later: start another
         time.sleep(60)
         helpers = [h if h.poll() is None else worker() for h in helpers] if run.poll() is None else helpers
     for h in helpers:

@@ -267,10 +267,10 @@ def test_an_interrupted_trial_is_retried_with_its_parameters_and_not_drawn_again
     quick = quick_objective(spec)
 
     class Stop(type(quick)):  # Ctrl-C during the second candidate
-        def train(self, cfg, seed, trial=None):
+        def train(self, cfg, seed, trial=None, step0=0):
             if trial is None or trial.number == 1:
                 raise KeyboardInterrupt
-            return super().train(cfg, seed, trial)
+            return super().train(cfg, seed, trial, step0)
 
     with pytest.raises(KeyboardInterrupt):
         run_study(spec, url, objective=Stop(spec))

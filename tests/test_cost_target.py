@@ -151,7 +151,7 @@ def test_the_run_is_claimed_once_and_the_target_validated_and_its_cost_built_onc
 
     def counted(folder: Any, *a: Any, **k: Any) -> Any:
         caller = Path(sys._getframe(1).f_code.co_filename)
-        if caller.name != "runs.py":
+        if caller.name != "run_folders.py":
             claims.append(f"{caller.parent.name}/{caller.name}")
         return real(folder, *a, **k)
 

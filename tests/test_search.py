@@ -221,12 +221,21 @@ def test_run_study_baselines_candidates_repeats(tmp_path):
     assert sorted((t.user_attrs["arm"], t.user_attrs["seed"]) for t in base) == [("uniform", 0), ("uniform", 1)]
     assert all(t.user_attrs["role"] == "baseline" and t.params == {} for t in base)
     assert any("outside the domain of rule 'paper'" in s for s in ss.user_attrs["skipped_baselines"])
-    originals = [t for t in fam if "repeat_of" not in t.user_attrs]
-    repeats = [t for t in fam if "repeat_of" in t.user_attrs]
-    assert len(originals) == 3 and len(repeats) == 1 and all(t.user_attrs["role"] == "candidate" for t in fam)
-    best = max((t for t in originals if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    assert repeats[0].user_attrs["repeat_of"] == best.number and repeats[0].params == best.params
-    assert repeats[0].user_attrs["seed"] == 1 and repeats[0].user_attrs["group"] == f"less-more-less#{best.number}"
+    # one trial per candidate config: its seeds are trained inside it, never as trials of their own
+    assert len(fam) == 3 and all(t.user_attrs["role"] == "candidate" and "repeat_of" not in t.user_attrs for t in fam)
+    first = {t.number: t.user_attrs["runs"][0]["val_acc"] for t in fam}
+    for t in fam:
+        runs = t.user_attrs["runs"]
+        assert [r["seed"] for r in runs] == [0, 1][:len(runs)] and runs
+        if t.state == TrialState.COMPLETE:  # every seed, and the value is their mean
+            assert len(runs) == 2 and t.value == pytest.approx(statistics.fmean(r["val_acc"] for r in runs))
+            assert t.user_attrs["val_acc"] == t.value
+        else:  # stopped: by the median pruner (in its first seed, or its second: step 2), or after its first
+            # seed as not among the best top_k (1) first seeds of the configs before it
+            assert t.state == TrialState.PRUNED
+            by_gate = len(runs) == 1 and 2 not in t.intermediate_values
+            assert not by_gate or any(first[n] >= first[t.number] for n in first if n < t.number)
+    assert fam[0].state == TrialState.COMPLETE  # the first config has no better one before it
     # Optuna's own view: the family study's best trial is a candidate of that family, never a baseline
     loaded = optuna.load_study(study_name="tiny/less-more-less", storage=url)
     assert loaded.best_trial.user_attrs["role"] == "candidate"
@@ -234,7 +243,7 @@ def test_run_study_baselines_candidates_repeats(tmp_path):
     assert loaded.best_trial.value == max(t.value for t in fam if t.state == TrialState.COMPLETE)
     # resuming adds nothing: baselines are not enqueued twice, the candidate budget is spent
     again = run_study(spec, url)
-    assert len(again.trials()) == len(ss.trials()) == 2 + 3 + 1
+    assert len(again.trials()) == len(ss.trials()) == 2 + 3
 
 
 def test_trial_that_raises_fails_and_study_goes_on(tmp_path):
@@ -359,27 +368,32 @@ def test_multi_objective_study_with_searched_budget(tmp_path):
     assert (tmp_path / "rep" / "accuracy_vs_macs.png").is_file()
 
 
-def test_repeats_wait_for_running_candidates_of_other_workers(tmp_path):
-    """The best candidates are chosen only after every candidate finished (a late better one counts)."""
-    import socket
-    import threading
-
-    from revit.search.attrs import WORKER
-    from revit.search.runner import enqueue_repeats, wait_for_candidates
+def test_other_seeds_only_for_a_first_seed_among_the_best_so_far(tmp_path):
+    """A candidate goes on to its other seeds when its first seed ranks among its family's best ``top_k`` first
+    seeds so far: configs still running in other workers count, a failed trial counts only through its retry."""
+    from revit.search.objective import _among_best
     from revit.search.studies import open_studies
 
-    spec = tiny_spec(baselines=[])
-    ss = open_studies(spec, f"journal:{tmp_path}/j.log")
+    ss = open_studies(tiny_spec(baselines=[]), f"journal:{tmp_path}/j.log")
     study = ss.families["less-more-less"]
     dist = {"plateau": optuna.distributions.FloatDistribution(0.2, 1.0)}
-    early = study.ask(dist)
-    study.tell(early, 0.5)
-    late = study.ask(dist)  # still running in "another worker" (this live process)
-    late.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
-    threading.Timer(0.5, lambda: study.tell(late, 0.9)).start()
-    wait_for_candidates(ss, poll_s=0.1)
-    assert study.trials[late.number].state == TrialState.COMPLETE
-    assert enqueue_repeats(ss) == [("less-more-less", late.number)]
+
+    def trial(first, state=None):
+        t = study.ask(dist)
+        t.set_user_attr("group", f"less-more-less#{t.number}")
+        t.set_user_attr("runs", [{"seed": 0, "val_acc": first, "test_acc": first, "val_curve": [first],
+                                  "train_seconds": 1.0}])
+        if state is not None:
+            study.tell(t, 0.5 if state == TrialState.COMPLETE else None, state=state)
+        return t
+
+    trial(0.5, TrialState.COMPLETE)
+    trial(0.9)  # running in another worker
+    trial(0.95, TrialState.FAIL)  # counts through its retry only
+    me = trial(0.7)
+    assert not _among_best(me, 0.7, 1) and _among_best(me, 0.91, 1)
+    assert _among_best(me, 0.7, 2) and not _among_best(me, 0.4, 2)
+    assert _among_best(FixedTrial({}), 0.0, 1)  # off a study: every seed
 
 
 def test_a_failed_trial_whose_retry_runs_elsewhere_is_pending_not_failed(tmp_path):

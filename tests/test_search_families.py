@@ -206,22 +206,20 @@ def test_two_family_study_end_to_end_with_intervals(tmp_path):
     base = [t for t in trials if t.user_attrs["role"] == "baseline"]
     assert {(t.user_attrs["family"], t.user_attrs["seed"]) for t in base} == {("baseline:uniform", 0),
                                                                               ("baseline:uniform", 1)}
-    # each family's best original (held-out, seed 0) is repeated with seed 1, in its own family
-    repeats = [t for t in cands if "repeat_of" in t.user_attrs]
+    # one trial per config; each family's best (its study's best_trial) trained both seeds, its value their mean
+    assert originals == cands
     best = {}
     for fam in ("less-more-less", "uniform"):
-        done = [t for t in originals if t.user_attrs["family"] == fam and t.state == TrialState.COMPLETE]
-        best[fam] = max(done, key=lambda t: t.value)
-        rep = [t for t in repeats if t.user_attrs["repeat_of"] == best[fam].number]
-        assert len(rep) == 1 and rep[0].user_attrs["family"] == fam and rep[0].params == best[fam].params
-    assert len(repeats) == 2
+        best[fam] = ss.families[fam].best_trial
+        runs = best[fam].user_attrs["runs"]
+        assert [r["seed"] for r in runs] == [0, 1] and best[fam].params
+        assert best[fam].value == pytest.approx(statistics.fmean(r["val_acc"] for r in runs))
 
     summary = write_report(spec, ss, tmp_path / "rep")
     for name in ("report.md", "report.json", "accuracy_vs_macs.png", "comparison.png", "history.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     # the headline: best less-more-less minus best searched uniform, against the formulas
-    test = {fam: [t.user_attrs["test_acc"] for t in trials if t.state == TrialState.COMPLETE
-                  and t.user_attrs.get("group") == f"{fam}#{best[fam].number}"] for fam in best}
+    test = {fam: [r["test_acc"] for r in best[fam].user_attrs["runs"]] for fam in best}
     assert len(test["uniform"]) == len(test["less-more-less"]) == 2
     h = summary["headline"]
     assert (h["a"], h["b"]) == (f"less-more-less#{best['less-more-less'].number}", f"uniform#{best['uniform'].number}")

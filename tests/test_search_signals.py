@@ -40,9 +40,9 @@ import json, os, sys, time
 from revit.search.objective import StudyObjective
 from revit.search.testing import quick_objective
 
-def train(self, cfg, seed, trial=None):
+def train(self, cfg, seed, trial=None, step0=0):
     time.sleep(float(os.environ["TRAIN_S"]))
-    out = type(quick_objective(self.spec)).train(self, cfg, seed, trial)
+    out = type(quick_objective(self.spec)).train(self, cfg, seed, trial, step0)
     with open(os.environ["TRAINED_LOG"], "a") as f:
         f.write(json.dumps([cfg.embed_dim, [[b.heads, b.qk_dim, b.v_dim, b.mlp_dim] for b in cfg.blocks], seed])
                 + "\\n")
@@ -97,7 +97,7 @@ def test_an_interrupted_study_prints_no_optuna_traceback(tmp_path, capsys, monke
     """Class 21 (first bullet): Ctrl-C in a trial ends in the one line ``revit: interrupted``, exit 130."""
     from revit.search.objective import StudyObjective
 
-    def stop(self: Any, cfg: Any, seed: int, trial: Any = None) -> Any:
+    def stop(self: Any, cfg: Any, seed: int, trial: Any = None, step0: int = 0) -> Any:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(StudyObjective, "train", stop)
@@ -160,8 +160,12 @@ def test_signals_at_random_points_retry_every_trial_and_train_no_config_twice(se
     sent, codes = _signal_runs(tmp_path, log, seed, rounds=6, train_s=0.3)
     ss = open_studies(spec, f"sqlite:///{tmp_path}/s.db", create=False, read_only=True)
     complete = [t for t in ss.trials() if t.state == TrialState.COMPLETE]
-    want = Counter(json.dumps([t.user_attrs["embed_dim"], t.user_attrs["blocks"], t.user_attrs["seed"]])
-                   for t in complete)
+    ended = [t for t in ss.trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # one training per seed of every trial that ended: a candidate's seeds (runs; a PRUNED one stopped after its
+    # first seed), a baseline's seed
+    want = Counter(json.dumps([t.user_attrs["embed_dim"], t.user_attrs["blocks"], seed]) for t in ended
+                   for seed in ([r["seed"] for r in t.user_attrs["runs"]] if "runs" in t.user_attrs
+                                else [t.user_attrs["seed"]] if t.state == TrialState.COMPLETE else []))
     trained = Counter(line for line in log.read_text().splitlines())
     twice = sum(max(0, n - want[k]) for k, n in trained.items())  # two complete trials may share a config
     retried = sum("retry_of" in t.user_attrs for t in ss.trials())
@@ -174,6 +178,7 @@ def test_signals_at_random_points_retry_every_trial_and_train_no_config_twice(se
     assert len(originals) == DOC["n_trials"]
     assert trained == want, "a training completed for a config that is not one complete trial, or twice"
     assert twice == 0 and codes.count(130) >= 1
-    # every baseline and candidate of the search is there, complete, and each with both seeds where repeated
+    # every baseline and candidate of the search is there, complete, and each complete candidate with both seeds
     baselines = [t for t in ss.baselines.get_trials() if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs["seed"] for t in baselines) == [0, 1]
+    assert all([r["seed"] for r in t.user_attrs["runs"]] == [0, 1] for t in complete if "runs" in t.user_attrs)

@@ -21,11 +21,10 @@ def register(sub: Any) -> None:
 
     p.set_defaults(func=usage)
 
-    r = add_command(ss, "run", "create or resume a study: baselines, sampled candidates, repeats with other seeds",
+    r = add_command(ss, "run", "create or resume a study: baselines and sampled candidates (each with its seeds)",
                     "revit search run search/fashion-mnist.yaml --storage journal:runs/studies/fm.log\n"
                     "  revit search run search/imagenet-deit-s.yaml --gpus 0,1,2,3 --storage journal:runs/deit-s.log")
     _common(r)
-    r.add_argument("--no-repeats", action="store_true", help="do not re-run the best candidates with other seeds")
     r.add_argument("--gpus", help="comma-separated GPU indices (0,1,2,3): one worker process per GPU on the same "
                                   "storage, this process waits for them (default: trials run in this process)")
     r.set_defaults(func=cmd_run)
@@ -62,6 +61,8 @@ def _common(p: argparse.ArgumentParser, storage_required: bool = False) -> None:
     p.add_argument("--timeout", type=number(0, lo_open=True), help="stop starting trials after this many seconds")
     p.add_argument("--threads", type=count(), help="torch threads per worker (default: the spec's)")
     p.add_argument("--json", action="store_true", help="end with one JSON object on stdout (trials by state)")
+    p.add_argument("--no-repeats", action="store_true",
+                   help="candidates of this process train their first seed only (no other seeds)")
     p.add_argument("--device", help="device of this process's trials: auto, cpu, cuda, cuda:N (default: the spec's "
                                     "train.device, else auto)")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision of the trials (default: the spec's)")
@@ -190,7 +191,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _check_device(spec)
     _check_storage_exists(spec, args.storage)
     _sigterm_is_interrupt()
-    stats = join_study(spec, args.storage, n_trials=args.n_trials, timeout=args.timeout, max_trials=args.max_trials)
+    stats = join_study(spec, args.storage, n_trials=args.n_trials, timeout=args.timeout, max_trials=args.max_trials,
+                       repeats=not args.no_repeats)
     outcome(f"worker {stats.worker}: {stats.count} trial(s) in {stats.seconds:.0f} s "
          f"({', '.join(f'{k} {len(v)}' for k, v in sorted(stats.trials.items())) or 'none'})")
     studies = open_studies(spec, args.storage, create=False, read_only=True)

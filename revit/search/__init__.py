@@ -10,7 +10,7 @@ Light to import (no torch, no optuna): the pieces import what they need when cal
 - :mod:`revit.search.attrs` - the trials' user attributes, one named key each,
 - :mod:`revit.search.arms` - which config a trial trains (pure: no torch),
 - :mod:`revit.search.objective` - the objective that trains it (testable with ``optuna.trial.FixedTrial``),
-- :mod:`revit.search.runner` - run / join a study, baselines and repeats, stale-trial recovery,
+- :mod:`revit.search.runner` - run / join a study, baselines and candidates, stale-trial recovery,
 - :mod:`revit.search.report` - markdown + PNG report.
 """
 

@@ -18,7 +18,7 @@ ARM = "arm"  # the baseline arm, or "FAMILY-search" for candidates
 SEED = "seed"  # the training seed
 BUDGET = "budget"  # the MACs or latency budget it was generated for
 GROUP = "group"  # the config over seeds it belongs to (a candidate and its repeats; a baseline arm at a budget)
-REPEAT_OF = "repeat_of"  # the trial number (same family study) whose config it repeats with another seed
+REPEAT_OF = "repeat_of"  # studies of revit <= 0.1.0 only: the trial whose config it repeats with another seed
 RETRY_OF = "retry_of"  # the trial number (same study) it retries after a dead worker or an interrupt
 
 # how it ran
@@ -28,7 +28,8 @@ INTERRUPTED = "interrupted"  # set when Ctrl-C stopped it (the next run retries 
 ERROR = "error"  # "Type: message" of the exception that failed it
 INFEASIBLE = "infeasible"  # why it was pruned before training (budget unreachable, outside the table)
 
-# what it gave
+# what it gave (a candidate: VAL_ACC and TEST_ACC are the means over its seeds, RUNS has each seed's)
+RUNS = "runs"  # a candidate's finished seeds, in order: [{seed, val_acc, test_acc, val_curve, train_seconds}]
 VAL_ACC, TEST_ACC, VAL_CURVE, TRAIN_SECONDS = "val_acc", "test_acc", "val_curve", "train_seconds"
 PARAMS, EMBED_DIM, MLP_FACTOR, BLOCKS = "params", "embed_dim", "mlp_factor", "blocks"
 MACS, LATENCY_MS = MacsCost.spec_key, LatencyCost.spec_key  # a cost's value in the unit users write: its spec key
@@ -37,7 +38,8 @@ CANDIDATE, BASELINE = "candidate", "baseline"  # the values of ROLE
 
 # on the baselines' study (not a trial)
 SKIPPED_BASELINES = "skipped_baselines"  # "ARM@BUDGET: why" of each baseline that cannot be generated
-IDENTITY = (ROLE, FAMILY, ARM, SEED, BUDGET, REPEAT_OF)  # what a retry copies from the trial it retries
+# what a retry copies from the trial it retries (with the seeds it finished: none is trained twice)
+IDENTITY = (ROLE, FAMILY, ARM, SEED, BUDGET, REPEAT_OF, RUNS)
 
 
 def role(trial: Any) -> str:
@@ -62,12 +64,12 @@ def trial_ref(trial: Any) -> str:
 
 
 def is_original_candidate(trial: Any) -> bool:
-    """A sampled candidate (not a repeat with another seed, not a retry)."""
+    """A sampled candidate (not a retry; nor, in a study of revit <= 0.1.0, a repeat with another seed)."""
     u = trial.user_attrs
     return u.get(ROLE, CANDIDATE) == CANDIDATE and REPEAT_OF not in u and RETRY_OF not in u
 
 
 __all__ = ["ARM", "BASELINE", "BLOCKS", "BUDGET", "CANDIDATE", "EMBED_DIM", "ERROR", "FAMILY", "GROUP", "HEARTBEAT",
            "IDENTITY", "INFEASIBLE", "INTERRUPTED", "LATENCY_MS", "MACS", "MLP_FACTOR", "PARAMS", "REPEAT_OF",
-           "RETRY_OF", "ROLE", "SEED", "SKIPPED_BASELINES", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC", "VAL_CURVE",
+           "RETRY_OF", "ROLE", "RUNS", "SEED", "SKIPPED_BASELINES", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC", "VAL_CURVE",
            "WORKER", "is_original_candidate", "role", "trial_family", "trial_ref"]

@@ -11,22 +11,28 @@ user attributes, which enqueued trials carry from the start:
   a trial without ``family`` belongs to the first searched family;
 - ``role=baseline`` with ``arm`` and ``budget``: the arm's rule (uniform DeiT-style, ``paper``, a file)
   scaled to the same budget with the same MLP-factor knob, so comparisons are at equal MACs (1%);
-- ``seed``: the training seed (default: the spec's first seed).
+- ``seed``: a baseline's training seed.  A candidate trains every seed of the spec in turn (the others
+  only when its first seed ranks among its family's best ``repeats.top_k`` so far, else it ends PRUNED),
+  each seed's results in ``runs``, so one trial is one config and its family study's ``best_trial`` is
+  the best config.
 
-It returns the held-out (validation) top-1 and, for a two-objective study, MACs or predicted
-latency; test top-1, MACs, params, latency, per-block widths and the per-epoch curve are stored as
-user attributes.  Single-objective candidate trials report per-epoch accuracy to the pruner.
+It returns the held-out (validation) top-1 - a candidate's mean over its seeds - and, for a
+two-objective study, MACs or predicted latency; test top-1, MACs, params, latency, per-block widths and
+the per-epoch curve are stored as user attributes.  Single-objective candidate trials report per-epoch
+accuracy to the pruner (seed ``i``'s epoch ``e`` as step ``i * epochs + e``).
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from typing import Any
 
 from revit import counting
 from revit.cost import COSTS
 from revit.errors import BudgetError, ConfigError
+from revit.input_checks import MAX_SEED, check_int, check_number
 from revit.search import signals
 from revit.search.arms import Arm, describe, trial_arm
 from revit.search.attrs import (
@@ -34,11 +40,13 @@ from revit.search.attrs import (
     CANDIDATE,
     EMBED_DIM,
     FAMILY,
+    GROUP,
     INFEASIBLE,
     MACS,
     MLP_FACTOR,
     REPEAT_OF,
     ROLE,
+    RUNS,
     SEED,
     TEST_ACC,
     TRAIN_SECONDS,
@@ -58,8 +66,9 @@ class StudyObjective:
     Data and the latency table are loaded once per process (first call) and reused.
     """
 
-    def __init__(self, spec: StudySpec, *, progress: bool = False, log: Any = None) -> None:
+    def __init__(self, spec: StudySpec, *, progress: bool = False, log: Any = None, repeats: bool = True) -> None:
         self.spec = spec
+        self.repeats = repeats  # False (--no-repeats): candidates train the first seed only
         self.progress = progress
         self.log = log or _log.info
         self._splits: Any = None
@@ -108,21 +117,61 @@ class StudyObjective:
             why = f"the latency table {self.spec.latency_table} cannot predict this config (outside its axes)"
             trial.set_user_attr(INFEASIBLE, why)
             raise optuna.TrialPruned(why)
-        self.log(f"trial {trial_ref(trial)} ({attrs[ROLE]} {attrs[ARM]}, seed {attrs[SEED]}): "
+        candidate = attrs[ROLE] == CANDIDATE
+        seeds = self.seeds(trial) if candidate else (int(attrs[SEED]),)
+        self.log(f"trial {trial_ref(trial)} ({attrs[ROLE]} {attrs[ARM]}, seed(s) {list(seeds)}): "
                  f"EMB {attrs[EMBED_DIM]}, MACs {counting.format_count(attrs[MACS])}, "
                  f"MLP factor {attrs[MLP_FACTOR]:g}")
-        prunable = (not self.spec.multi_objective and attrs[ROLE] == CANDIDATE
-                    and REPEAT_OF not in trial.user_attrs and not stops_nothing(self.spec.pruner.name))
-        val, test, history, seconds = self.train(arm.config, attrs[SEED], trial if prunable else None)
+        prunable = (not self.spec.multi_objective and candidate and REPEAT_OF not in trial.user_attrs
+                    and not stops_nothing(self.spec.pruner.name))
+        runs = self._run_seeds(trial, arm.config, seeds, prunable, candidate)
         with signals.closed():  # trained: a signal now waits until the results are stored and the trial ends
-            trial.set_user_attr(VAL_ACC, val)
-            trial.set_user_attr(TEST_ACC, test)
-            trial.set_user_attr(VAL_CURVE, history)
-            trial.set_user_attr(TRAIN_SECONDS, round(seconds, 2))
-            self.log(f"trial {trial_ref(trial)}: val top-1 {val:.4f}, test top-1 {test:.4f} ({seconds:.0f} s)")
+            _store_means(trial, runs)
+            val = float(trial.user_attrs[VAL_ACC])
             if key is not None:
                 return val, float(attrs[key])
             return val
+
+    def seeds(self, trial: Any) -> tuple[int, ...]:
+        """The seeds a candidate trains, in order: the spec's (its first alone with ``repeats.top_k: 0`` or
+        ``--no-repeats``); a candidate of a study of revit <= 0.1.0 trains the one seed it was given."""
+        if SEED in trial.user_attrs and REPEAT_OF in trial.user_attrs:
+            return (int(trial.user_attrs[SEED]),)
+        if not self.repeats or self.spec.repeat_top_k == 0:
+            return self.spec.seeds[:1]
+        return self.spec.seeds
+
+    def _run_seeds(self, trial: Any, cfg: Any, seeds: tuple[int, ...], prunable: bool,
+                   candidate: bool) -> list[dict[str, Any]]:
+        """Train ``cfg`` with each seed in turn (a seed the retried trial finished is not trained again); each
+        seed's epochs are the next steps of the pruner.  After the first seed, a candidate whose held-out top-1
+        is not among its family's best ``repeats.top_k`` first seeds so far stops (PRUNED)."""
+        import optuna
+
+        done = _finished(trial, seeds) if candidate else {}
+        runs: list[dict[str, Any]] = []
+        epochs = self.spec.train.epochs
+        for i, seed in enumerate(seeds):
+            if i == 1 and not _among_best(trial, runs[0][VAL_ACC], self.spec.repeat_top_k):
+                with signals.closed():
+                    _store_means(trial, runs)
+                    raise optuna.TrialPruned(f"first seed's held-out top-1 {runs[0][VAL_ACC]:.4f} is not among the "
+                                             f"family's best {self.spec.repeat_top_k}: no other seeds")
+            run = done.get(seed)
+            if run is not None:  # trained by the trial this one retries: its epochs go to the pruner again
+                for j, v in enumerate(run[VAL_CURVE]):
+                    if prunable:
+                        trial.report(float(v), i * epochs + j + 1)
+            else:
+                val, test, curve, sec = self.train(cfg, seed, trial if prunable else None, step0=i * epochs)
+                run = {SEED: seed, VAL_ACC: val, TEST_ACC: test, VAL_CURVE: curve, TRAIN_SECONDS: round(sec, 2)}
+            runs.append(run)
+            if candidate:
+                with signals.closed():
+                    trial.set_user_attr(RUNS, runs)
+                    self.log(f"trial {trial_ref(trial)} seed {seed}: val top-1 {run[VAL_ACC]:.4f}, "
+                             f"test top-1 {run[TEST_ACC]:.4f} ({run[TRAIN_SECONDS]:.0f} s)")
+        return runs
 
     def splits(self) -> Any:
         if self._splits is None:
@@ -132,8 +181,9 @@ class StudyObjective:
             self._splits = load_splits(self.spec.data, self.spec.train_config(self.spec.seeds[0]))
         return self._splits
 
-    def train(self, cfg: Any, seed: int, trial: Any = None) -> tuple[float, float, list[float], float]:
-        """Scratch-train ``cfg`` with the spec's recipe; (val top-1, test top-1, val curve, seconds)."""
+    def train(self, cfg: Any, seed: int, trial: Any = None, step0: int = 0) -> tuple[float, float, list[float], float]:
+        """Scratch-train ``cfg`` with the spec's recipe; (val top-1, test top-1, val curve, seconds).  With
+        ``trial``, epoch ``e``'s held-out top-1 is reported to its pruner as step ``step0 + e``."""
         import optuna
         import torch
 
@@ -152,7 +202,7 @@ class StudyObjective:
         def on_epoch(record: dict[str, Any]) -> None:
             curve.append(float(record["val_acc"]))
             if trial is not None:
-                trial.report(float(record["val_acc"]), int(record["epoch"]))
+                trial.report(float(record["val_acc"]), step0 + len(curve))
                 if trial.should_prune():
                     trial.set_user_attr(VAL_CURVE, curve)
                     raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val top-1 {record['val_acc']:.4f})")
@@ -163,7 +213,13 @@ class StudyObjective:
         return curve[-1], test, curve, time.perf_counter() - t0
 
 
-__all__ = ["StudyObjective", "check_splits"]
+def metric_names(spec: StudySpec) -> list[str]:
+    """The objectives' names, as optuna-dashboard labels them: the user attributes their values come from
+    (held-out top-1, mean over seeds; then a cost in the unit users write it: ``macs``, ``latency_ms``)."""
+    return [VAL_ACC, *(COSTS.get(o).spec_key for o in spec.objectives[1:])]
+
+
+__all__ = ["StudyObjective", "check_splits", "metric_names"]
 
 
 def check_splits(splits: Any, setting: Any, source: str) -> None:
@@ -173,3 +229,55 @@ def check_splits(splits: Any, setting: Any, source: str) -> None:
     splits.check_fits(setting, f"data.source {source!r}")
     if size(splits.val) == 0:
         raise ConfigError("the study needs held-out images: data.val_size must be > 0")
+
+
+def _store_means(trial: Any, runs: list[dict[str, Any]]) -> None:
+    """A trial's results: held-out and test top-1 as the means over its seeds (the trial's value), the first
+    seed's curve, the seconds of all."""
+    trial.set_user_attr(VAL_ACC, statistics.fmean(float(r[VAL_ACC]) for r in runs))
+    trial.set_user_attr(TEST_ACC, statistics.fmean(float(r[TEST_ACC]) for r in runs))
+    trial.set_user_attr(VAL_CURVE, runs[0][VAL_CURVE])
+    trial.set_user_attr(TRAIN_SECONDS, round(sum(float(r[TRAIN_SECONDS]) for r in runs), 2))
+
+
+def _finished(trial: Any, seeds: tuple[int, ...]) -> dict[int, dict[str, Any]]:
+    """The seeds the retried trial finished (its ``runs``, copied by the retry), by seed.  They come from the
+    storage: a record that is not a finished seed of this spec (a foreign or corrupt value) is trained again."""
+    out: dict[int, dict[str, Any]] = {}
+    raw = trial.user_attrs.get(RUNS)
+    for r in raw if isinstance(raw, list) else []:
+        try:
+            seed = check_int(r[SEED], "seed", 0, MAX_SEED)
+            val, test = (float(check_number(r[k], k, 0, 1)) for k in (VAL_ACC, TEST_ACC))
+            curve = [float(check_number(v, VAL_CURVE, 0, 1)) for v in r[VAL_CURVE]]
+            sec = float(check_number(r[TRAIN_SECONDS], TRAIN_SECONDS, 0))
+        except (ConfigError, KeyError, TypeError, ValueError):
+            continue
+        if seed in seeds and curve:
+            out[seed] = {SEED: seed, VAL_ACC: val, TEST_ACC: test, VAL_CURVE: curve, TRAIN_SECONDS: sec}
+    return out
+
+
+def _among_best(trial: Any, first: float, top_k: int) -> bool:
+    """Whether a first seed's held-out top-1 ranks among the best ``top_k`` first seeds of the other configs of
+    the trial's study so far (running ones of other workers too; a FAIL trial counts through its retry, which
+    carries its seeds).  True off a study."""
+    from optuna.trial import TrialState
+
+    study = getattr(trial, "study", None)
+    if study is None:
+        return True
+    me = trial.user_attrs.get(GROUP)
+    best: dict[Any, float] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
+                                                      TrialState.WAITING)):
+        runs = t.user_attrs.get(RUNS)
+        group = t.user_attrs.get(GROUP)
+        if t.number == trial.number or group == me or not isinstance(runs, list) or not runs:
+            continue
+        try:
+            v = float(check_number(runs[0][VAL_ACC], VAL_ACC, 0, 1))
+        except (ConfigError, KeyError, TypeError, ValueError):
+            continue
+        best[group] = max(v, best.get(group, v))
+    return sum(v > first for v in best.values()) < top_k

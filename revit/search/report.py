@@ -1,9 +1,10 @@
 """Study report: a markdown table, a JSON summary and PNG plots from any storage.
 
-Trials are gathered by their ``group`` tag into one :class:`ConfigResult` per config (a candidate and
-its repeats with other seeds; a baseline arm at one budget), with mean and standard deviation over its
-seeds of the held-out (validation, used for selection) and test top-1.  Each searched family's best config is chosen on
-held-out top-1 (:func:`family_bests`); every family's best and every baseline is compared with the
+Trials are gathered by their ``group`` tag into one :class:`ConfigResult` per config (a candidate trial,
+which trains all its seeds; a baseline arm at one budget, one trial per seed), with mean and standard
+deviation over its seeds of the held-out (validation, used for selection) and test top-1.  Each searched
+family's best config is chosen on mean held-out top-1 (:func:`family_bests`): the trial that is its family
+study's ``best_trial``; every family's best and every baseline is compared with the
 reference - the best *searched* uniform config, or the uniform baseline when no uniform family is
 searched - by Welch's t-test over seeds on test top-1 (never used for selection): difference of the
 means, its 95% interval and the two-sided p-value (:func:`welch`, scipy.stats).  Plots: accuracy
@@ -103,6 +104,7 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
     summary: dict[str, Any] = {"study": spec.name, "storage": url, "states": states, "groups": [],
                                "families": {f: {"best": g.name, "n": g.n, "val": g.mean_std(A.VAL_ACC),
                                                 "test": g.mean_std(A.TEST_ACC), A.MACS: g.macs,
+                                                "params": dict(g.first.params),
                                                 "trials": [trial_ref(t) for t in g.trials]}
                                            for f, g in bests.items()}}
     lines = _header(spec, url, len(trials), states)
@@ -124,8 +126,13 @@ def write_report(spec: StudySpec, study: StudySet, out: str | os.PathLike[str], 
               f"({', '.join(f'`{part_name(spec.name, f)}`' for f in spec.family_names)}) "
               f"and the baselines are `{part_name(spec.name, BASELINES)}`, all in this storage: "
               f"`optuna.load_study(study_name='{part_name(spec.name, spec.family_names[0])}', storage=...).best_trial` "
-              "is that family's best candidate.  Trials carry the user attributes role, family, arm, seed, group, "
-              "macs, params, latency_ms, blocks, val_acc and test_acc.", ""]
+              "is that family's best config, the one ranked first here: a candidate trial trains all its seeds and "
+              "its value is their mean held-out top-1 (`best_trials` for two objectives).  Trials carry the user "
+              "attributes role, family, arm, seed, group, macs, params, latency_ms, blocks, val_acc and test_acc "
+              "(a candidate: the means over its seeds, each seed's in runs); `study.trials_dataframe()` has one "
+              "row per trial.", ""]
+    if spec.multi_objective:
+        summary["pareto"] = _pareto_sets(spec, results)
     summary["plots"] = {k: str(p) for k, p in plots.items()}
     summary = json.loads(dumps_json(summary, "the study report", nonfinite="null", default=str))
     _publish(out_dir, plots, draw, {"report.md": "\n".join(lines),
@@ -144,6 +151,23 @@ def _publish(out_dir: Path, plots: dict[str, Path], draw: Callable[[dict[str, Pa
                 f.write(text.encode())
                 f.flush()
                 os.fsync(f.fileno())
+
+
+def _pareto_sets(spec: StudySpec, results: list[ConfigResult]) -> dict[str, list[str]]:
+    """Each family's Pareto set of configs (mean held-out top-1 against the second objective): what its family
+    study's ``best_trials`` holds, as group names by increasing cost."""
+    from revit.search.objective import metric_names
+
+    cost = metric_names(spec)[1]
+    out: dict[str, list[str]] = {}
+    for fam in spec.family_names:
+        gs = [g for g in results if g.role == A.CANDIDATE and g.family == fam and g.values(cost)]
+        pts = [(sum(g.values(cost)) / len(g.values(cost)), g.mean_std(A.VAL_ACC)[0]) for g in gs]
+        order = sorted(range(len(gs)), key=lambda i: (pts[i][0], -pts[i][1]))
+        # not dominated (no other config as cheap and as accurate, and better in one); equal configs all stay
+        out[fam] = [gs[i].name for i in order if not any(c <= pts[i][0] and a >= pts[i][1] and (c, a) != pts[i]
+                                                         for c, a in pts)]
+    return out
 
 
 def _given(obj: Any) -> dict[str, Any]:
@@ -185,8 +209,9 @@ def _comparison(best: ConfigResult, ref: ConfigResult, head: Welch | None, summa
         if min(head.n_a, head.n_b) < 3:
             lines.append("- fewer than 3 seeds on a side: the interval is wide and the p-value rough; "
                          "give the spec 3 or more seeds")
-    lines.append("- each family's best: its repeated config with the best mean held-out top-1 (the repeats were "
-                 "chosen on the first seed's held-out top-1); the interval is on test top-1, which no choice used")
+    lines.append("- each family's best: its config with the best mean held-out top-1 over all its seeds (its family "
+                 "study's best_trial; a candidate whose first seed was not among the family's best "
+                 "repeats.top_k so far stopped there, PRUNED); the interval is on test top-1, which no choice used")
     return lines
 
 
@@ -246,9 +271,17 @@ def _blocks_table(results: list[ConfigResult]) -> list[str]:
     return lines
 
 
+def _seeds_cell(u: dict[str, Any]) -> str:
+    """A trial's seed, or a candidate's finished seeds (``0,1,2``)."""
+    runs = u.get(A.RUNS)
+    if isinstance(runs, list) and runs:
+        return ",".join(str(r.get(A.SEED, "?")) if isinstance(r, dict) else "?" for r in runs)
+    return str(u.get(A.SEED, ""))
+
+
 def _trials_table(trials: list[Any]) -> list[str]:
     lines = ["", "## All trials", "",
-             "| # | state | role | family | arm | seed | held-out | test | MACs | worker | note |",
+             "| # | state | role | family | arm | seed(s) | held-out | test | MACs | worker | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in trials:
         u = t.user_attrs
@@ -258,7 +291,7 @@ def _trials_table(trials: list[Any]) -> list[str]:
         va, te = u.get(A.VAL_ACC), u.get(A.TEST_ACC)
         lines.append(f"| {trial_ref(t)} | {t.state.name} | {u.get(A.ROLE, '')} | {u.get(A.FAMILY, '')} "
                      f"| {u.get(A.ARM, '')} "
-                     f"| {u.get(A.SEED, '')} | "
+                     f"| {_seeds_cell(u)} | "
                      f"{'' if va is None else f'{100 * va:.2f}'} | {'' if te is None else f'{100 * te:.2f}'} | "
                      f"{counting.format_count(u[A.MACS]) if A.MACS in u else ''} | {u.get(A.WORKER, '')} | {note} |")
     return lines

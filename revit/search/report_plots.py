@@ -56,8 +56,8 @@ def _accuracy_plot(trials: Sequence[Any], results: Sequence[ConfigResult], path:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     cg = [g for g in results if g.role == A.CANDIDATE]
     for fam in dict.fromkeys(g.family for g in cg):
-        ts = [t for g in cg if g.family == fam for t in g.trials]
-        ax.scatter([t.user_attrs[A.MACS] / 1e6 for t in ts], [100 * t.user_attrs[A.VAL_ACC] for t in ts],
+        pts = [(g.macs / 1e6, 100 * v) for g in cg if g.family == fam for v in g.values(A.VAL_ACC)]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts],
                    s=16, color=colors[fam], alpha=0.5, label=f"{fam} candidates (each seed)")
     pts = [(g.macs, g.mean_std(A.VAL_ACC)[0]) for g in cg]
     front = pareto_front(pts)
@@ -161,5 +161,5 @@ def _history_plot(trials: Sequence[Any], path: Path, title: str, colors: dict[st
     ax.scatter([t.number for t in base], [100 * t.user_attrs[A.VAL_ACC] for t in base], color="0.4", marker="s",
                s=18, label="baseline")
     ax.set_xlabel("trial (its number in its family's study)")
-    ax.set_ylabel("held-out top-1 (%)")
+    ax.set_ylabel("held-out top-1 (%; a candidate: mean over its seeds)")
     _finish(fig, ax, title, path)

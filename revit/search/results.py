@@ -15,9 +15,20 @@ from revit.search import attrs as A
 from revit.search.spec import StudySpec
 
 
+def seed_runs(trial: Any) -> list[dict[str, Any]]:
+    """A complete trial's seeds, each ``{seed, val_acc, test_acc}``: a candidate's ``runs``, else (a baseline, or a
+    candidate of a study of revit <= 0.1.0) the trial's own seed."""
+    u = trial.user_attrs
+    runs = u.get(A.RUNS)
+    if isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs):
+        return [{k: r.get(k) for k in (A.SEED, A.VAL_ACC, A.TEST_ACC)} for r in runs]
+    return [{A.SEED: u.get(A.SEED), A.VAL_ACC: u.get(A.VAL_ACC), A.TEST_ACC: u.get(A.TEST_ACC)}]
+
+
 @dataclass
 class ConfigResult:
-    """One config's complete trials, one per seed: the trials sharing one ``group`` tag (a trial attribute).
+    """One config's complete trial(s) and its seeds: a candidate is one trial with all its seeds; a baseline (and
+    a candidate of a study of revit <= 0.1.0) one trial per seed, sharing one ``group`` tag (a trial attribute).
 
     Not :class:`revit.prune.structure.Group`, the prunable channel group: "group" in the code is that one."""
 
@@ -27,11 +38,18 @@ class ConfigResult:
     family: str = ""
     trials: list[Any] = field(default_factory=list)
 
+    @property
+    def runs(self) -> list[dict[str, Any]]:
+        """The config's seeds, each ``{seed, val_acc, test_acc}``, in trial order."""
+        return [r for t in sorted(self.trials, key=lambda t: t.number) for r in seed_runs(t)]
+
     def values(self, key: str) -> list[float]:
-        """The metric ``key`` of every complete trial of the config (one per seed)."""
+        """The metric ``key`` of every seed of the config (held-out or test top-1), else of every trial."""
         return self._vals(key)
 
     def _vals(self, key: str) -> list[float]:
+        if key in (A.VAL_ACC, A.TEST_ACC):
+            return [float(r[key]) for r in self.runs if r.get(key) is not None]
         return [float(t.user_attrs[key]) for t in self.trials if t.user_attrs.get(key) is not None]
 
     def mean_std(self, key: str) -> tuple[float, float]:
@@ -42,7 +60,8 @@ class ConfigResult:
 
     @property
     def n(self) -> int:
-        return len(self.trials)
+        """The number of seeds."""
+        return len(self.runs)
 
     @property
     def macs(self) -> float:
@@ -59,7 +78,8 @@ class ConfigResult:
 
 
 def config_results(trials: Sequence[Any]) -> list[ConfigResult]:
-    """One :class:`ConfigResult` per ``group`` tag of the complete trials, best mean held-out top-1 first.
+    """One :class:`ConfigResult` per ``group`` tag of the complete trials, best mean held-out top-1 first (ties:
+    the earlier trial first, as Optuna's ``best_trial``).
 
     A config's family is its trials' ``family`` tag (``baseline:ARM`` for baselines).
     """
@@ -75,7 +95,7 @@ def config_results(trials: Sequence[Any]) -> list[ConfigResult]:
         g = out.setdefault(name, ConfigResult(name, str(u.get(A.ROLE, A.CANDIDATE)), str(u.get(A.ARM, "?")),
                                        A.trial_family(t)))
         g.trials.append(t)
-    return sorted(out.values(), key=lambda g: -g.mean_std(A.VAL_ACC)[0])
+    return sorted(out.values(), key=lambda g: (-g.mean_std(A.VAL_ACC)[0], g.first.number))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -95,7 +115,7 @@ def best_candidate(results: Sequence[ConfigResult]) -> ConfigResult | None:
     if not cands:
         return None
     most = max(g.n for g in cands)
-    return max((g for g in cands if g.n == most), key=lambda g: g.mean_std(A.VAL_ACC)[0])
+    return min((g for g in cands if g.n == most), key=lambda g: (-g.mean_std(A.VAL_ACC)[0], g.first.number))
 
 
 def family_bests(results: Sequence[ConfigResult]) -> dict[str, ConfigResult]:

@@ -1,8 +1,9 @@
-"""Create, join and finish studies: baselines, candidates and repeats, workers, stale and interrupted trials.
+"""Create, join and finish studies: baselines and candidates, workers, stale and interrupted trials.
 
 A study (:class:`~revit.search.studies.StudySet`) is run by one ``run`` process (creates the parts,
-enqueues the baselines, runs trials, then enqueues and runs the repeats of each family's best
-candidates) and any number of ``worker`` processes (join, run trials).  Each process loops: take a
+enqueues the baselines, runs trials) and any number of ``worker`` processes (join, run trials).  A
+candidate trial is one config with all its seeds (:class:`~revit.search.objective.StudyObjective`), so a
+family study holds one trial per config and its ``best_trial`` is the family's best config.  Each process loops: take a
 waiting trial of any part (baselines first), else start one new candidate in the family with the
 fewest, until every family has ``n_trials``.  A new candidate is an ordinary ``optimize`` trial of its
 family's study, drawn by that study's own sampler; nothing is queued ahead, so ``n_trials`` costs
@@ -85,27 +86,6 @@ def candidate_counts(ss: StudySet) -> dict[str, int]:
     """Original candidates (any state) per family, in spec order."""
     return {fam: sum(A.is_original_candidate(t) for t in s.get_trials(deepcopy=False))
             for fam, s in ss.families.items()}
-
-
-def enqueue_repeats(ss: StudySet) -> list[tuple[str, int]]:
-    """Enqueue each family's best ``repeat_top_k`` complete candidates with every other seed; return them
-    as (family, trial number)."""
-    from optuna.trial import TrialState
-
-    spec = ss.spec
-    best: list[tuple[str, int]] = []
-    for fam, study in ss.families.items():
-        trials = study.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state == TrialState.COMPLETE and A.is_original_candidate(t)]
-        done.sort(key=lambda t: -t.values[0])
-        have = {(t.user_attrs.get(A.REPEAT_OF), t.user_attrs.get(A.SEED)) for t in trials}
-        for t in done[: spec.repeat_top_k]:
-            best.append((fam, t.number))
-            for seed in spec.seeds[1:]:
-                if (t.number, seed) not in have:
-                    study.enqueue_trial(dict(t.params), user_attrs={A.ROLE: A.CANDIDATE, A.FAMILY: fam, A.SEED: seed,
-                                                                    A.REPEAT_OF: t.number})
-    return best
 
 
 @dataclass
@@ -227,7 +207,7 @@ def wait_for_candidates(ss: StudySet, *, poll_s: float = 5.0, every_trial: bool 
             return
         if not said:
             log.info("waiting for trial(s) %s of other workers %s", running,
-                     "to end" if every_trial else "before choosing the repeats")
+                     "to end" if every_trial else "(candidates)")
             said = True
         with signals.delivered():
             time.sleep(poll_s)
@@ -331,13 +311,16 @@ def storage_errors(url: str) -> Iterator[None]:
 def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | None = None, repeats: bool = True,
               timeout: float | None = None, devices: Sequence[str] | None = None, worker_args: Sequence[str] = (),
               objective: Callable[[Any], Any] | None = None) -> StudySet:
-    """``revit search run``: create or resume the study, baselines, candidates, then repeats.
+    """``revit search run``: create or resume the study, then run its baselines and candidates.
 
     With ``devices`` (``--gpus``: one ``cuda:N`` each), the trials run in one worker process per
     device on the same storage (:func:`spawn_workers`) while this process waits; otherwise here.
+    ``repeats=False`` (``--no-repeats``): candidates train the first seed only.
     """
     ss = open_studies(spec, storage, create=True)
-    obj = objective or StudyObjective(spec)
+    obj = objective or StudyObjective(spec, repeats=repeats)
+    if not repeats:
+        worker_args = [*worker_args, "--no-repeats"]
     skipped = enqueue_baselines(ss, obj if isinstance(obj, StudyObjective) else None)
     for s in skipped:
         log.info("baseline left out: %s", s)
@@ -351,27 +334,23 @@ def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | No
         else:
             run_worker(ss, objective=obj, n_trials=n_trials, timeout=timeout)
 
-    with storage_errors(ss.url), signals.held():  # a retry or the repeats are never cut in two by a signal
+    with storage_errors(ss.url), signals.held():  # a retry is never cut in two by a signal
         work()
-        if repeats and len(spec.seeds) > 1 and spec.repeat_top_k > 0:
-            wait_for_candidates(ss)  # pick the best among *all* candidates, not the finished ones
-            best = enqueue_repeats(ss)
-            if best:
-                log.info("repeating the best candidates %s with seeds %s", [f"{f}#{n}" for f, n in best],
-                         list(spec.seeds[1:]))
-                work()
         wait_for_candidates(ss, every_trial=True)  # the study is done when run returns: other workers' trials too
     return ss
 
 
 def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, timeout: float | None = None,
-               max_trials: int | None = None, objective: Callable[[Any], Any] | None = None) -> WorkerStats:
-    """``revit search worker``: join an existing study and run trials until it is done."""
+               max_trials: int | None = None, objective: Callable[[Any], Any] | None = None,
+               repeats: bool = True) -> WorkerStats:
+    """``revit search worker``: join an existing study and run trials until it is done (``repeats=False``:
+    candidates train the first seed only)."""
     if not storage:
         raise ConfigError("a worker needs --storage URL (the storage the study runs in)")
     ss = open_studies(spec, storage, create=False)  # each trial's number seeds its draw
     with storage_errors(ss.url):
-        return run_worker(ss, n_trials=n_trials, timeout=timeout, max_trials=max_trials, objective=objective)
+        return run_worker(ss, n_trials=n_trials, timeout=timeout, max_trials=max_trials,
+                          objective=objective or StudyObjective(spec, repeats=repeats))
 
 
 @dataclass(frozen=True)
@@ -420,6 +399,6 @@ def tally(ss: StudySet) -> Tally:
     return Tally(states, bad, pending)
 
 
-__all__ = ["Tally", "WorkerStats", "candidate_counts", "enqueue_baselines", "enqueue_repeats", "join_study", "recover",
+__all__ = ["Tally", "WorkerStats", "candidate_counts", "enqueue_baselines", "join_study", "recover",
            "run_study", "run_worker", "spawn_workers", "start_workers", "stop_workers", "tally", "wait_for_candidates",
            "wait_workers", "worker_id"]

@@ -9,7 +9,7 @@ On disk (YAML in ``search/``)::
     objectives: [accuracy]        # accuracy, then optionally a registered cost model's name: macs, latency
     sampler: {name: tpe, seed: 0} # any registered sampler (+ its keyword arguments): `revit plugins samplers`
     pruner: {name: median}        # an Optuna pruner: `revit plugins optuna-pruners` (single objective only)
-    n_trials: 12                  # candidate (sampled) trials; baselines and repeats come on top
+    n_trials: 12                  # candidate (sampled) trials, each a config with its seeds; baselines on top
     setting: micro                # a Setting preset (micro, imagenet) or its fields, optionally on a preset:
                                   # {preset: micro, num_classes: 5} or {depth, img_size, patch_size, in_chans, ...}
     budget: {macs: 8M}            # or {latency_ms: 2.5, table: FILE} or {macs: {low: 5M, high: 12M}} (searched)
@@ -26,8 +26,8 @@ On disk (YAML in ``search/``)::
     data: {source: fashion-mnist, train_limit: 20000, val_size: 5000}   # revit.data.DataSpec fields
     train: {epochs: 4, batch_size: 128, lr: 0.001}          # revit.recipes.TrainConfig fields (not seed)
     threads: 1                    # torch threads per worker
-    seeds: [0, 1, 2]              # baselines and repeated candidates run with each seed
-    repeats: {top_k: 2}           # the best candidates re-run with the other seeds
+    seeds: [0, 1, 2]              # each baseline and each candidate trial trains with every seed
+    repeats: {top_k: 2}           # a candidate trains its other seeds when its first is among the best 2 so far
     baselines: [{rule: uniform}, {rule: paper}]   # rule name/path (+ params), scaled to the same budget
 
 Each searched family is its own Optuna study (``NAME/FAMILY``: its own sampler, seed and pruner) and the

@@ -6,6 +6,10 @@ the baselines are ``NAME/baselines``.  Optuna's own tools read them as they are:
 of a family study gives that family's ``best_trial``, and optuna-dashboard lists every part.
 :class:`StudySet` is the group as revit's commands see it: one study with parts.
 
+A family study holds one trial per candidate config, with all its seeds (the trial's value is the mean
+over them), so its ``best_trial`` (``best_trials`` for two objectives) is the family's best config, as
+the report ranks them.  The objectives are named (``set_metric_names``) for optuna-dashboard.
+
 Every part stores the spec's *fingerprint* (what decides the trials: budget, spaces, data, recipe,
 seeds, baselines, objectives, sampler); a process whose spec has another one is refused, so a worker
 with an edited spec cannot join silently.
@@ -21,6 +25,7 @@ from typing import Any
 
 from revit._io import dumps_json
 from revit.errors import StorageError
+from revit.search.objective import metric_names
 from revit.search.samplers import build_pruner
 from revit.search.spec import StudySpec
 from revit.search.storage import open_storage
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 
 BASELINES = "baselines"  # the part holding the baselines (no family may take this name)
 SPEC_ATTR = "spec"  # study user attribute: what the spec was, with its fingerprint
+LAYOUT = 2  # 2: a candidate trial trains all its seeds; 1 (absent): seed repeats were trials of their own
 
 
 def part_name(study: str, part: str) -> str:
@@ -122,6 +128,18 @@ def open_studies(spec: StudySpec, storage: str | None = None, *, create: bool = 
                            f"{e.strerror or type(e).__name__}") from None
 
 
+def _name_metrics(study: Any, names: list[str]) -> None:
+    """Name the objectives once (``Study.set_metric_names``, experimental in Optuna: its warning is silenced)."""
+    import warnings
+
+    import optuna
+
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+
+
 def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: int, read_only: bool) -> StudySet:
     """The Optuna studies of ``spec`` in ``storage`` (default: the spec's); ``create`` makes missing parts.
 
@@ -149,6 +167,8 @@ def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: in
         if name in names:
             existing[part] = optuna.load_study(study_name=name, storage=st)
             _check_part(spec, existing[part], name, url, fp)
+            if not read_only:
+                _refuse_repeats_layout(spec, existing[part], name, url)
     missing = [p for p in wanted if part_name(spec.name, p) not in names]
     if missing and not create:
         if len(missing) == len(wanted):
@@ -165,6 +185,8 @@ def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: in
             _check_part(spec, study, name, url, fp)
         if SPEC_ATTR not in study.user_attrs and not read_only:  # new, or created by a run stopped right then
             study.set_user_attr(SPEC_ATTR, _spec_attr(spec, part, fp))
+        if not read_only:
+            _name_metrics(study, metric_names(spec))
         if part == BASELINES:
             study.sampler = optuna.samplers.RandomSampler()  # baselines have no parameters to sample
             study.pruner = optuna.pruners.NopPruner()
@@ -179,7 +201,17 @@ def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: in
 def _spec_attr(spec: StudySpec, part: str, fp: str) -> dict[str, Any]:
     return {"source": spec.source, "fingerprint": fp, "part": part, "objectives": list(spec.objectives),
             "budget": spec.budget.describe(), "families": spec.family_names, "n_trials": spec.n_trials,
-            "seeds": list(spec.seeds)}
+            "seeds": list(spec.seeds), "layout": LAYOUT}
+
+
+def _refuse_repeats_layout(spec: StudySpec, study: Any, name: str, url: str) -> None:
+    """A study of revit <= 0.1.0 (seed repeats as trials of their own) is read by the report, never resumed: its
+    new candidates would train all their seeds beside old single-seed ones, and ``best_trial`` would mix them."""
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if isinstance(stored, dict) and stored.get("layout") != LAYOUT and study.get_trials(deepcopy=False):
+        raise StorageError(f"study {name!r} in {url} was written by an earlier revit, where seed repeats were trials "
+                           f"of their own; 'revit search report' still reads it, but to search on, run it into a new "
+                           f"storage: revit search run {spec.source} --storage NEW_URL")
 
 
 def _check_part(spec: StudySpec, study: Any, name: str, url: str, fp: str) -> None:
@@ -200,4 +232,4 @@ def _check_part(spec: StudySpec, study: Any, name: str, url: str, fp: str) -> No
                            "use the spec it was started with, or another name or storage")
 
 
-__all__ = ["BASELINES", "SPEC_ATTR", "StudySet", "fingerprint", "open_studies", "part_name"]
+__all__ = ["BASELINES", "LAYOUT", "SPEC_ATTR", "StudySet", "fingerprint", "open_studies", "part_name"]

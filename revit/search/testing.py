@@ -136,7 +136,8 @@ def _quick_objective_class() -> Any:
         EMB 48 (a smooth landscape), plus a per-seed offset; epochs give a rising curve.
         """
 
-        def train(self, cfg: Any, seed: int, trial: Any = None) -> tuple[float, float, list[float], float]:
+        def train(self, cfg: Any, seed: int, trial: Any = None,
+                  step0: int = 0) -> tuple[float, float, list[float], float]:
             import optuna
 
             from revit import counting
@@ -148,7 +149,7 @@ def _quick_objective_class() -> Any:
             for e in range(epochs):
                 curve.append(score * (e + 1) / epochs)
                 if trial is not None:
-                    trial.report(curve[-1], e)
+                    trial.report(curve[-1], step0 + e + 1)
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned at epoch {e}")
             return curve[-1], curve[-1] - 0.01, curve, 0.0
@@ -156,7 +157,7 @@ def _quick_objective_class() -> Any:
     return QuickObjective
 
 
-def quick_objective(spec: Any) -> Any:
+def quick_objective(spec: Any, **kw: Any) -> Any:
     """A :class:`~revit.search.objective.StudyObjective` that scores configs in closed form instead of training
-    (samplers, pruners, storages and the runner tested at full speed)."""
-    return _quick_objective_class()(spec)
+    (samplers, pruners, storages and the runner tested at full speed); ``kw`` go to the objective."""
+    return _quick_objective_class()(spec, **kw)

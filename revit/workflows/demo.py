@@ -94,7 +94,8 @@ class DemoPlan:
             + ("met as measured (each exported and timed)" if self.measure_latency else "as predicted by the table"),
             f"study: {self.study_candidates} candidate(s) of each searched family (less-more-less, uniform) + "
             f"baselines (DeiT-ratio uniform, paper where inside its domain, "
-            f"the fitted rule), seeds {list(self.seeds)}, best {self.repeat_top_k} repeated; "
+            f"the fitted rule), seeds {list(self.seeds)} (a candidate trains them all when its first seed is among "
+            f"its family's best {self.repeat_top_k}); "
             f"{self.study_train_images} training images, {self.study_epochs} epoch(s); {self.workers} worker "
             f"process(es) x 1 thread on a journal file",
         ]
@@ -328,7 +329,7 @@ def write_study_spec(study_dir: Path, plan: DemoPlan, rule_path: Path, budget_s:
 def run_parallel_study(spec_path: Path, study_dir: Path, plan: DemoPlan,
                        log: Callable[[str], None]) -> tuple[Any, Any, str]:
     """Run the study with ``plan.workers`` processes: this one plus ``revit search worker`` subprocesses."""
-    from revit.search.runner import enqueue_baselines, enqueue_repeats, run_worker, start_workers, wait_workers
+    from revit.search.runner import enqueue_baselines, run_worker, start_workers, wait_workers
     from revit.search.spec import StudySpec
     from revit.search.studies import open_studies
 
@@ -356,9 +357,7 @@ def run_parallel_study(spec_path: Path, study_dir: Path, plan: DemoPlan,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        phase("search")
-        if len(spec.seeds) > 1 and spec.repeat_top_k > 0 and enqueue_repeats(studies):
-            phase("repeats")
+        phase("search")  # a candidate trains its other seeds when its first is among its family's best top_k
     finally:
         torch.set_num_threads(threads)
     return spec, studies, studies.url
