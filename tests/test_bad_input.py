@@ -277,6 +277,10 @@ SPEC_BAD: dict[str, tuple[str, Any, str]] = {
 }
 for cid, (key, value, needle) in SPEC_BAD.items():
     case(f"spec-{cid}", f"search run spec_{cid}.yaml", needle, {f"spec_{cid}.yaml": _yaml(_set(SPEC, key, value))})
+# the list commands take a family name or nothing: an unknown family or option is one line
+case("plugins-unknown-family", "plugins nope", "invalid choice: 'nope'")
+case("plugins-unknown-option", "plugins criteria --bogus", "--bogus")
+case("latency-backends-unknown-option", "latency backends --bogus", "--bogus")
 case("spec-duplicate-key", "search run spec_dup.yaml", "given twice",
      {"spec_dup.yaml": _yaml(SPEC) + "threads: 1\nthreads: 2\n"})
 case("worker-missing-sqlite", "search worker spec.yaml --storage missing.db", "no such study storage")
