@@ -123,7 +123,7 @@ class StudyObjective:
                  f"EMB {attrs[EMBED_DIM]}, MACs {counting.format_count(attrs[MACS])}, "
                  f"MLP factor {attrs[MLP_FACTOR]:g}")
         prunable = (not self.spec.multi_objective and candidate and REPEAT_OF not in trial.user_attrs
-                    and not stops_nothing(self.spec.pruner.name))
+                    and not stops_nothing(self.spec.optuna_pruner.name))
         runs = self._run_seeds(trial, arm.config, seeds, prunable, candidate)
         with signals.closed():  # trained: a signal now waits until the results are stored and the trial ends
             _store_means(trial, runs)

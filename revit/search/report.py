@@ -179,7 +179,7 @@ def _header(spec: StudySpec, url: str, n_trials: int, states: dict[str, int]) ->
     return [f"# Study `{spec.name}`", "",
             f"- spec: `{spec.source}`; storage: `{url}`",
             f"- objective(s): {', '.join(spec.objectives)}; sampler {spec.sampler.name}, "
-            f"pruner {spec.pruner.name}; budget {spec.budget.describe()}",
+            f"Optuna pruner {spec.optuna_pruner.name}; budget {spec.budget.describe()}",
             f"- data: {dumps_json(_given(spec.data))}; training: {dumps_json(_given(spec.train))} "
             f"(other fields at their defaults); seeds {list(spec.seeds)}",
             f"- trials: {n_trials} ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})",

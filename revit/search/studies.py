@@ -26,7 +26,7 @@ from typing import Any
 from revit._io import dumps_json
 from revit.errors import StorageError
 from revit.search.objective import metric_names
-from revit.search.samplers import build_pruner
+from revit.search.samplers import build_optuna_pruner
 from revit.search.spec import StudySpec
 from revit.search.storage import open_storage
 
@@ -53,7 +53,7 @@ def fingerprint(spec: StudySpec) -> str:
            "train": train, "seeds": list(spec.seeds), "repeat_top_k": spec.repeat_top_k,
            "baselines": [asdict(b) for b in spec.baselines],
            "sampler": [spec.sampler.name, dict(spec.sampler.kwargs)],
-           "pruner": [spec.pruner.name, dict(spec.pruner.kwargs)]}
+           "pruner": [spec.optuna_pruner.name, dict(spec.optuna_pruner.kwargs)]}  # key kept: stored fingerprints
     text = dumps_json(doc, "the study spec", sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -192,7 +192,7 @@ def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: in
             study.pruner = optuna.pruners.NopPruner()
         elif not read_only:
             study.sampler = PerTrialSeed(spec.sampler, i - 1 + seed_offset)
-            study.pruner = build_pruner(spec.pruner)
+            study.pruner = build_optuna_pruner(spec.optuna_pruner)
         parts[part] = study
     baselines = parts.pop(BASELINES)
     return StudySet(spec, url, parts, baselines)
