@@ -17,7 +17,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
 
 STORAGE_MODES = ("sqlite", "journal", "postgresql")
 
@@ -136,7 +139,7 @@ def _quick_objective_class() -> Any:
         EMB 48 (a smooth landscape), plus a per-seed offset; epochs give a rising curve.
         """
 
-        def train(self, cfg: Any, seed: int, trial: Any = None,
+        def train(self, cfg: Any, seed: int, trial: BaseTrial | None = None,
                   step0: int = 0) -> tuple[float, float, list[float], float]:
             import optuna
 
