@@ -19,7 +19,7 @@ user attributes, which enqueued trials carry from the start:
 It returns the held-out (validation) top-1 - a candidate's mean over its seeds - and, for a
 two-objective study, MACs or predicted latency; test top-1, MACs, params, latency, per-block widths and
 the per-epoch curve are stored as user attributes.  Single-objective candidate trials report per-epoch
-accuracy to the pruner (seed ``i``'s epoch ``e`` as step ``i * epochs + e``).
+accuracy to the Optuna pruner (seed ``i``'s epoch ``e`` as step ``i * epochs + e``).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class StudyObjective:
     def _run_seeds(self, trial: BaseTrial, cfg: Any, seeds: tuple[int, ...], prunable: bool,
                    candidate: bool) -> list[dict[str, Any]]:
         """Train ``cfg`` with each seed in turn (a seed the retried trial finished is not trained again); each
-        seed's epochs are the next steps of the pruner.  After the first seed, a candidate whose held-out top-1
+        seed's epochs are the next steps of the Optuna pruner.  After the first seed, a candidate whose held-out top-1
         is not among its family's best ``repeats.top_k`` first seeds so far stops (PRUNED)."""
         import optuna
 
@@ -161,7 +161,7 @@ class StudyObjective:
                     raise optuna.TrialPruned(f"first seed's held-out top-1 {runs[0][VAL_ACC]:.4f} is not among the "
                                              f"family's best {self.spec.repeat_top_k}: no other seeds")
             run = done.get(seed)
-            if run is not None:  # trained by the trial this one retries: its epochs go to the pruner again
+            if run is not None:  # trained by the trial this one retries: its epochs go to the Optuna pruner again
                 for j, v in enumerate(run[VAL_CURVE]):
                     if prunable:
                         trial.report(float(v), i * epochs + j + 1)
@@ -187,7 +187,7 @@ class StudyObjective:
     def train(self, cfg: Any, seed: int, trial: BaseTrial | None = None,
               step0: int = 0) -> tuple[float, float, list[float], float]:
         """Scratch-train ``cfg`` with the spec's recipe; (val top-1, test top-1, val curve, seconds).  With
-        ``trial``, epoch ``e``'s held-out top-1 is reported to its pruner as step ``step0 + e``."""
+        ``trial``, epoch ``e``'s held-out top-1 is reported to its Optuna pruner as step ``step0 + e``."""
         import optuna
         import torch
 

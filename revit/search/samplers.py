@@ -3,10 +3,11 @@
 Optuna's own are registered here (one class each); a package adds its own through the entry-point groups
 ``revit.samplers`` and ``revit.optuna_pruners`` (a :class:`Sampler` or :class:`OptunaPruner` subclass).
 
-A spec names an Optuna sampler or pruner and its keyword arguments.  They are checked when the spec
-loads, before any storage exists: unknown names list the known ones, unknown keyword arguments name
-the accepted ones, and a value of the wrong type (``n_startup_trials: "x"``, ``seed: .nan``) is one
-line.  Every searched family gets its own sampler instance (its own seed) on its own Optuna study.
+A spec names an Optuna sampler and an Optuna pruner (its ``pruner:`` key, Optuna's word) with their keyword
+arguments.  They are checked when the spec loads, before any storage exists: unknown names list the known
+ones, unknown keyword arguments name the accepted ones, and a value of the wrong type
+(``n_startup_trials: "x"``, ``seed: .nan``) is one line.  Every searched family gets its own sampler instance
+(its own seed) on its own Optuna study.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def check_optuna_pruner(spec: Mapping[str, Any], n_objectives: int = 1) -> None:
     build_optuna_pruner(spec)
     if n_objectives > 1 and not stops_nothing(str(spec["name"])):
         none = OPTUNA_PRUNERS.name_of(next(c for c in OPTUNA_PRUNERS.loaded().values() if c.stops_nothing))
-        raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
+        raise ConfigError("Optuna pruners need a single objective (Optuna cannot prune multi-objective trials); "
                           f"set pruner: {{name: {none}}}")
 
 
@@ -226,7 +227,7 @@ def build_optuna_pruner(spec: Mapping[str, Any]) -> BasePruner:
         pruner: BasePruner = cls(**_kwargs(cls, spec, "pruner"))
         return pruner
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"pruner {spec['name']!r}: {str(e)[:200]}") from None
+        raise ConfigError(f"Optuna pruner {spec['name']!r}: {str(e)[:200]}") from None
 
 
 __all__ = ["OPTUNA_PRUNERS", "SAMPLERS", "SEED_MAX", "OptunaPruner", "Sampler", "build_optuna_pruner",

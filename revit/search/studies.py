@@ -1,7 +1,7 @@
 """A revit study as Optuna studies: one per searched family and one for the baselines, in one storage.
 
 Optuna's pattern for separate searches is separate studies, so each searched family of a spec named
-``NAME`` is the Optuna study ``NAME/FAMILY`` (its own sampler, seed and pruner, its trials only), and
+``NAME`` is the Optuna study ``NAME/FAMILY`` (its own sampler, seed and Optuna pruner, its trials only), and
 the baselines are ``NAME/baselines``.  Optuna's own tools read them as they are: ``load_study(...)``
 of a family study gives that family's ``best_trial``, and optuna-dashboard lists every part.
 :class:`StudySet` is the group as revit's commands see it: one study with parts.
