@@ -1,6 +1,6 @@
 """The Optuna seams of revit.search are typed with Optuna's public types, and stay light to import.
 
-An AST walk over revit/search: every parameter named like a trial or a study carries an annotation naming
+An AST walk over revit/search: every parameter named like a trial, trials or a study carries an annotation naming
 ``Trial``, ``FrozenTrial``, ``BaseTrial`` or ``Study`` imported from optuna (never ``Any``); importing the
 modules still imports no optuna (the types come under ``TYPE_CHECKING``). Values read back from a storage
 stay safe to interpret (a ``retry_of`` another program wrote as a list).
@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH = sorted((ROOT / "revit" / "search").glob("*.py"))
-SEAM_NAMES = {"trial", "study", "frozen", "frozen_trial", "ft", "t"}  # what the code calls a trial or a study
+SEAM_NAMES = {"trial", "trials", "study", "frozen", "frozen_trial", "ft", "t"}  # what the code calls trials, studies
 OPTUNA_TYPES = {"Trial", "FrozenTrial", "BaseTrial", "Study"}
 REVIT_TYPES = {"StudySet"}  # revit's own group of Optuna studies (revit.search.studies): typed, not a seam
 
