@@ -222,7 +222,7 @@ def test_the_no_op_pruner_has_one_home() -> None:
     assert stops_nothing("none") and stops_nothing("nop") and not stops_nothing("median") and not stops_nothing("x")
     two = dict(objectives=["accuracy", "macs"], sampler={"name": "random", "seed": 0})
     for name in ("none", "nop"):
-        assert StudySpec.from_dict(tiny_study_doc(pruner={"name": name}, **two)).pruner.name == name
+        assert StudySpec.from_dict(tiny_study_doc(pruner={"name": name}, **two)).optuna_pruner.name == name
     with pytest.raises(RevitError, match="single objective"):
         StudySpec.from_dict(tiny_study_doc(pruner={"name": "median"}, **two))
     src = [(ROOT / "revit" / "search" / f).read_text() for f in ("spec.py", "objective.py")]

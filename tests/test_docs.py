@@ -182,3 +182,41 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     assert "GlobalPruner" in api
     guide = (tmp_path / "site" / "guides" / "pruning" / "index.html").read_text()
     assert "pruner.accumulate" in guide  # the README's example, included by the guide
+
+
+def _builtin_names(module: str, registry: str) -> set[str]:
+    """The names (not aliases) of a registry's members that revit itself ships."""
+    reg = getattr(importlib.import_module(module), registry)
+    return {n for n, obj in reg.loaded().items() if obj.__module__.startswith("revit.") and reg.name_of(obj) == n}
+
+
+def test_search_guide_lists_the_builtin_samplers_and_optuna_pruners() -> None:
+    """The search guide's spec comments and its Samplers paragraph name exactly the samplers and Optuna pruners
+    revit ships (the registries), so a new one or a rename shows up in the guide."""
+    text = (DOCS / "guides" / "search.md").read_text()
+    sampler = re.search(r"^sampler: \{.*?#\s*(.+)$", text, re.M)
+    pruner = re.search(r"^pruner: \{.*?#\s*Optuna pruner:\s*(.+)$", text, re.M)
+    paragraph = re.search(r"^\*\*Samplers\.\*\*(.*?)\n\n", text, re.M | re.S)
+    assert sampler and pruner and paragraph
+    samplers = _builtin_names("revit.search.samplers", "SAMPLERS")
+    assert {s.strip() for s in sampler.group(1).split("|")} == samplers
+    assert {s.strip() for s in pruner.group(1).split("|")} == _builtin_names("revit.search.samplers", "OPTUNA_PRUNERS")
+    assert set(re.findall(r"`([a-z0-9-]+)`", paragraph.group(1))) == samplers
+    assert "`revit plugins samplers`" in text and "`revit plugins optuna-pruners`" in text
+
+
+# names of issue 28's renamed or merged code, as a page would quote them
+STALE_NAMES = re.compile(r"`(?:Target|Budget|BudgetSpec)\b|\brevit\.(?:runs|runtime|train|validation)\b|`run\.py`|"
+                         r"prune/run\.py|latency/validate\.py|validate_table|samplers\.PRUNERS|\b(?:build|check)_pruner\b|"
+                         r"\bspec\.pruner\b")
+
+
+def test_docs_name_no_renamed_code() -> None:
+    """No page names a type, module or function that was renamed or merged (issue 28): the cost target is
+    ``CostTarget``, the modules are run_folders, devices, train_loop, input_checks, prune/loop.py,
+    latency/accuracy.py and table_checks; the Optuna pruner is ``OPTUNA_PRUNERS``/``optuna_pruner``.
+    Measured evidence pages (docs/evidence) quote what ran then and are left out."""
+    pages = [ROOT / "README.md", *(p for p in DOCS.rglob("*.md") if "evidence" not in p.parts)]
+    found = [f"{p.relative_to(ROOT)}:{i}: {m.group(0)}" for p in pages
+             for i, line in enumerate(p.read_text().splitlines(), 1) for m in STALE_NAMES.finditer(line)]
+    assert not found, found

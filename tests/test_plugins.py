@@ -293,8 +293,8 @@ def test_criteria_and_backends_of_the_wrong_kind_are_one_line_naming_the_package
 # issue 28 item 2: plug-ins that carry their own knowledge ---------------------------------------------
 REGISTRIES = {"criteria": ("revit.prune.criteria", "CRITERIA"), "backends": ("revit.latency.backends", "BACKENDS"),
               "rule-families": ("revit.rules.base", "FAMILIES"), "samplers": ("revit.search.samplers", "SAMPLERS"),
-              "optuna-pruners": ("revit.search.samplers", "PRUNERS"), "storages": ("revit.search.storage", "STORAGES"),
-              "cost-models": ("revit.cost", "COSTS")}
+              "optuna-pruners": ("revit.search.samplers", "OPTUNA_PRUNERS"),
+              "storages": ("revit.search.storage", "STORAGES"), "cost-models": ("revit.cost", "COSTS")}
 
 
 def _registry(family: str) -> Any:

@@ -39,7 +39,7 @@ def test_space_list_parses_each_family_and_a_mapping_still_works():
     assert (hd.name, hd.low, hd.high, hd.step) == ("head_dim", 8, 32, 4) and ratio.step is None
     one = StudySpec.from_dict(tiny_study_doc(space=LML), "one.yaml")
     assert one.family_names == ["less-more-less"]
-    assert one.family == "less-more-less" and one.base_rule == "less-more-less"
+    assert one.spaces[0].family == "less-more-less" and one.base_rule == "less-more-less"
 
 
 @pytest.mark.parametrize("space, msg", [

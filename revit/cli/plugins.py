@@ -16,7 +16,7 @@ FAMILIES = {
     "backends": ("revit.latency.backends", "BACKENDS"),
     "rule-families": ("revit.rules.base", "FAMILIES"),
     "samplers": ("revit.search.samplers", "SAMPLERS"),
-    "optuna-pruners": ("revit.search.samplers", "PRUNERS"),
+    "optuna-pruners": ("revit.search.samplers", "OPTUNA_PRUNERS"),
     "storages": ("revit.search.storage", "STORAGES"),
     "cost-models": ("revit.cost", "COSTS"),
 }

@@ -5,7 +5,7 @@ Light to import (no torch, no optuna): the pieces import what they need when cal
 - :mod:`revit.search.spec` - the study spec (``schema: revit/study/v1``),
 - :mod:`revit.search.storage` - storages by URL (SQLite default, PostgreSQL, journal file, ...),
 - :mod:`revit.search.journal` - journal files: refuse what is not one, recover a torn tail,
-- :mod:`revit.search.samplers` - samplers and pruners by name,
+- :mod:`revit.search.samplers` - samplers and Optuna pruners by name,
 - :mod:`revit.search.studies` - one Optuna study per searched family plus one for the baselines,
 - :mod:`revit.search.attrs` - the trials' user attributes, one named key each,
 - :mod:`revit.search.arms` - which config a trial trains (pure: no torch),

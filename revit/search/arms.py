@@ -9,7 +9,7 @@ checks, the report and the torch objective (:mod:`revit.search.objective`) all u
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revit import counting
 from revit.cost import COSTS, build_cost
@@ -33,6 +33,9 @@ from revit.search.attrs import (
     SEED,
 )
 from revit.search.spec import BaselineSpec, FamilySpace, StudySpec
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: A
     return Arm(gen, BASELINE, b.arm, budget_value, dict(rule.params), family=f"baseline:{b.arm}")
 
 
-def trial_arm(spec: StudySpec, trial: Any, table: Any = None) -> Arm:
+def trial_arm(spec: StudySpec, trial: BaseTrial, table: Any = None) -> Arm:
     """The config ``trial`` trains; suggests the search parameters for a candidate trial."""
     role = trial.user_attrs.get(ROLE, CANDIDATE)
     if role == BASELINE:
@@ -127,7 +130,7 @@ def trial_arm(spec: StudySpec, trial: Any, table: Any = None) -> Arm:
     return Arm(gen, CANDIDATE, f"{fs.name}-search", budget, dict(rule.params), family=fs.name)
 
 
-def describe(spec: StudySpec, trial: Any, arm: Arm, table: Any = None) -> dict[str, Any]:
+def describe(spec: StudySpec, trial: BaseTrial, arm: Arm, table: Any = None) -> dict[str, Any]:
     """The user attributes that say what a trial trains (set before training)."""
     cfg = arm.config
     seed = int(trial.user_attrs.get(SEED, spec.seeds[0]))

@@ -7,9 +7,12 @@ spelled once.  What a trial *is* (``role``, ``family``, ``arm``, ``seed``, ``bud
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from revit.cost import LatencyCost, MacsCost
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
 
 # what a trial is
 ROLE = "role"  # "candidate" (sampled by its family's sampler) or "baseline"
@@ -42,12 +45,12 @@ SKIPPED_BASELINES = "skipped_baselines"  # "ARM@BUDGET: why" of each baseline th
 IDENTITY = (ROLE, FAMILY, ARM, SEED, BUDGET, REPEAT_OF, RUNS)
 
 
-def role(trial: Any) -> str:
+def role(trial: BaseTrial) -> str:
     """``candidate`` or ``baseline`` (a trial that has not started yet counts as a candidate)."""
     return str(trial.user_attrs.get(ROLE, CANDIDATE))
 
 
-def trial_family(trial: Any) -> str:
+def trial_family(trial: BaseTrial) -> str:
     """The family tag of a trial: its ``family`` attribute, or ``baseline:ARM`` for a baseline."""
     u = trial.user_attrs
     if FAMILY in u:
@@ -57,13 +60,20 @@ def trial_family(trial: Any) -> str:
     return "?"
 
 
-def trial_ref(trial: Any) -> str:
+def trial_ref(trial: BaseTrial) -> str:
     """``PART#NUMBER``: a trial's name across the study's parts (trial numbers count per part)."""
     part = "baselines" if trial.user_attrs.get(ROLE) == BASELINE else trial.user_attrs.get(FAMILY, "?")
     return f"{part}#{trial.number}"
 
 
-def is_original_candidate(trial: Any) -> bool:
+def retry_of(trial: BaseTrial) -> int | None:
+    """The number of the trial ``trial`` retries, or None: not a retry, or a value that is no trial number (the
+    storage may hold anything another program wrote, even an unhashable list)."""
+    v = trial.user_attrs.get(RETRY_OF)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def is_original_candidate(trial: BaseTrial) -> bool:
     """A sampled candidate (not a retry; nor, in a study of revit <= 0.1.0, a repeat with another seed)."""
     u = trial.user_attrs
     return u.get(ROLE, CANDIDATE) == CANDIDATE and REPEAT_OF not in u and RETRY_OF not in u
@@ -72,4 +82,4 @@ def is_original_candidate(trial: Any) -> bool:
 __all__ = ["ARM", "BASELINE", "BLOCKS", "BUDGET", "CANDIDATE", "EMBED_DIM", "ERROR", "FAMILY", "GROUP", "HEARTBEAT",
            "IDENTITY", "INFEASIBLE", "INTERRUPTED", "LATENCY_MS", "MACS", "MLP_FACTOR", "PARAMS", "REPEAT_OF",
            "RETRY_OF", "ROLE", "RUNS", "SEED", "SKIPPED_BASELINES", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC", "VAL_CURVE",
-           "WORKER", "is_original_candidate", "role", "trial_family", "trial_ref"]
+           "WORKER", "is_original_candidate", "retry_of", "role", "trial_family", "trial_ref"]

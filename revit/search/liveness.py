@@ -12,11 +12,15 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from revit.errors import ConfigError
 from revit.input_checks import MAX_PID, check_int, check_number
 from revit.search import attrs as A
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial, Trial
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ def _process_gone(pid_text: str) -> bool:
     return not _pid_alive(pid)
 
 
-def _last_beat(t: Any, now: float, grace_s: float) -> float:
+def _last_beat(t: FrozenTrial, now: float, grace_s: float) -> float:
     """A trial's last heartbeat: its attribute when that is a time no later than ``now + grace_s``, else (no
     heartbeat, or text, NaN, a time far ahead: a foreign or corrupt value) the time it started."""
     start = t.datetime_start.timestamp() if t.datetime_start else now
@@ -52,14 +56,14 @@ def _last_beat(t: Any, now: float, grace_s: float) -> float:
         return start
 
 
-def _retry(study: Any, t: Any, reason: str, level: int = logging.WARNING) -> None:
+def _retry(study: Study, t: FrozenTrial, reason: str, level: int = logging.WARNING) -> None:
     attrs = {k: v for k, v in t.user_attrs.items() if k in A.IDENTITY}
     attrs[A.RETRY_OF] = t.number
     study.enqueue_trial(dict(t.params), user_attrs=attrs)
     log.log(level, "trial %s of %s %s; enqueued a retry", t.number, study.study_name, reason)
 
 
-def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
+def recover(study: Study, grace_s: float, *, retry: bool = True) -> list[int]:
     """Mark trials of dead workers FAIL, and enqueue one retry of each and of each interrupted trial.
 
     Returns the numbers of the trials failed here.  A dead worker's trial is retried once (a retry
@@ -70,7 +74,7 @@ def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
     now, host = time.time(), socket.gethostname()
     failed = []
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get(A.RETRY_OF) for t in trials}
+    retried = {A.retry_of(t) for t in trials}
     for t in trials:
         can_retry = retry and A.RETRY_OF not in t.user_attrs and t.number not in retried
         if t.state == TrialState.FAIL and t.user_attrs.get(A.INTERRUPTED) and retry and t.number not in retried:
@@ -105,7 +109,7 @@ def recover(study: Any, grace_s: float, *, retry: bool = True) -> list[int]:
 class Heartbeat:
     """A daemon thread refreshing a trial's heartbeat attribute until stopped."""
 
-    def __init__(self, trial: Any, interval: float) -> None:
+    def __init__(self, trial: Trial, interval: float) -> None:
         self.trial, self.interval = trial, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{trial.number}")

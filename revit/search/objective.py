@@ -19,7 +19,7 @@ user attributes, which enqueued trials carry from the start:
 It returns the held-out (validation) top-1 - a candidate's mean over its seeds - and, for a
 two-objective study, MACs or predicted latency; test top-1, MACs, params, latency, per-block widths and
 the per-epoch curve are stored as user attributes.  Single-objective candidate trials report per-epoch
-accuracy to the pruner (seed ``i``'s epoch ``e`` as step ``i * epochs + e``).
+accuracy to the Optuna pruner (seed ``i``'s epoch ``e`` as step ``i * epochs + e``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revit import counting
 from revit.cost import COSTS
@@ -56,6 +56,9 @@ from revit.search.attrs import (
 )
 from revit.search.samplers import stops_nothing
 from revit.search.spec import StudySpec
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
 
 _log = logging.getLogger(__name__)
 
@@ -86,16 +89,16 @@ class StudyObjective:
             self._table_loaded = True
         return self._table
 
-    def arm(self, trial: Any) -> Arm:
+    def arm(self, trial: BaseTrial) -> Arm:
         """The config a trial trains (:func:`revit.search.arms.trial_arm`)."""
         return trial_arm(self.spec, trial, self.table())
 
-    def describe(self, trial: Any, arm: Arm) -> dict[str, Any]:
+    def describe(self, trial: BaseTrial, arm: Arm) -> dict[str, Any]:
         """The user attributes that say what a trial trains (:func:`revit.search.arms.describe`)."""
         return describe(self.spec, trial, arm, self.table())
 
     # the objective ------------------------------------------------------------------------------
-    def __call__(self, trial: Any) -> float | tuple[float, float]:
+    def __call__(self, trial: BaseTrial) -> float | tuple[float, float]:
         import optuna
 
         try:
@@ -123,7 +126,7 @@ class StudyObjective:
                  f"EMB {attrs[EMBED_DIM]}, MACs {counting.format_count(attrs[MACS])}, "
                  f"MLP factor {attrs[MLP_FACTOR]:g}")
         prunable = (not self.spec.multi_objective and candidate and REPEAT_OF not in trial.user_attrs
-                    and not stops_nothing(self.spec.pruner.name))
+                    and not stops_nothing(self.spec.optuna_pruner.name))
         runs = self._run_seeds(trial, arm.config, seeds, prunable, candidate)
         with signals.closed():  # trained: a signal now waits until the results are stored and the trial ends
             _store_means(trial, runs)
@@ -132,7 +135,7 @@ class StudyObjective:
                 return val, float(attrs[key])
             return val
 
-    def seeds(self, trial: Any) -> tuple[int, ...]:
+    def seeds(self, trial: BaseTrial) -> tuple[int, ...]:
         """The seeds a candidate trains, in order: the spec's (its first alone with ``repeats.top_k: 0`` or
         ``--no-repeats``); a candidate of a study of revit <= 0.1.0 trains the one seed it was given."""
         if SEED in trial.user_attrs and REPEAT_OF in trial.user_attrs:
@@ -141,10 +144,10 @@ class StudyObjective:
             return self.spec.seeds[:1]
         return self.spec.seeds
 
-    def _run_seeds(self, trial: Any, cfg: Any, seeds: tuple[int, ...], prunable: bool,
+    def _run_seeds(self, trial: BaseTrial, cfg: Any, seeds: tuple[int, ...], prunable: bool,
                    candidate: bool) -> list[dict[str, Any]]:
         """Train ``cfg`` with each seed in turn (a seed the retried trial finished is not trained again); each
-        seed's epochs are the next steps of the pruner.  After the first seed, a candidate whose held-out top-1
+        seed's epochs are the next steps of the Optuna pruner.  After the first seed, a candidate whose held-out top-1
         is not among its family's best ``repeats.top_k`` first seeds so far stops (PRUNED)."""
         import optuna
 
@@ -158,7 +161,7 @@ class StudyObjective:
                     raise optuna.TrialPruned(f"first seed's held-out top-1 {runs[0][VAL_ACC]:.4f} is not among the "
                                              f"family's best {self.spec.repeat_top_k}: no other seeds")
             run = done.get(seed)
-            if run is not None:  # trained by the trial this one retries: its epochs go to the pruner again
+            if run is not None:  # trained by the trial this one retries: its epochs go to the Optuna pruner again
                 for j, v in enumerate(run[VAL_CURVE]):
                     if prunable:
                         trial.report(float(v), i * epochs + j + 1)
@@ -181,9 +184,10 @@ class StudyObjective:
             self._splits = load_splits(self.spec.data, self.spec.train_config(self.spec.seeds[0]))
         return self._splits
 
-    def train(self, cfg: Any, seed: int, trial: Any = None, step0: int = 0) -> tuple[float, float, list[float], float]:
+    def train(self, cfg: Any, seed: int, trial: BaseTrial | None = None,
+              step0: int = 0) -> tuple[float, float, list[float], float]:
         """Scratch-train ``cfg`` with the spec's recipe; (val top-1, test top-1, val curve, seconds).  With
-        ``trial``, epoch ``e``'s held-out top-1 is reported to its pruner as step ``step0 + e``."""
+        ``trial``, epoch ``e``'s held-out top-1 is reported to its Optuna pruner as step ``step0 + e``."""
         import optuna
         import torch
 
@@ -231,7 +235,7 @@ def check_splits(splits: Any, setting: Any, source: str) -> None:
         raise ConfigError("the study needs held-out images: data.val_size must be > 0")
 
 
-def _store_means(trial: Any, runs: list[dict[str, Any]]) -> None:
+def _store_means(trial: BaseTrial, runs: list[dict[str, Any]]) -> None:
     """A trial's results: held-out and test top-1 as the means over its seeds (the trial's value), the first
     seed's curve, the seconds of all."""
     trial.set_user_attr(VAL_ACC, statistics.fmean(float(r[VAL_ACC]) for r in runs))
@@ -240,7 +244,7 @@ def _store_means(trial: Any, runs: list[dict[str, Any]]) -> None:
     trial.set_user_attr(TRAIN_SECONDS, round(sum(float(r[TRAIN_SECONDS]) for r in runs), 2))
 
 
-def _finished(trial: Any, seeds: tuple[int, ...]) -> dict[int, dict[str, Any]]:
+def _finished(trial: BaseTrial, seeds: tuple[int, ...]) -> dict[int, dict[str, Any]]:
     """The seeds the retried trial finished (its ``runs``, copied by the retry), by seed.  They come from the
     storage: a record that is not a finished seed of this spec (a foreign or corrupt value) is trained again."""
     out: dict[int, dict[str, Any]] = {}
@@ -258,7 +262,7 @@ def _finished(trial: Any, seeds: tuple[int, ...]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _among_best(trial: Any, first: float, top_k: int) -> bool:
+def _among_best(trial: BaseTrial, first: float, top_k: int) -> bool:
     """Whether a first seed's held-out top-1 ranks among the best ``top_k`` first seeds of the other configs of
     the trial's study so far (running ones of other workers too; a FAIL trial counts through its retry, which
     carries its seeds).  True off a study."""

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revit import counting
 from revit._io import atomic_output, dumps_json
@@ -44,6 +44,9 @@ from revit.search.results import (
 )
 from revit.search.spec import StudySpec
 from revit.search.studies import BASELINES, StudySet, part_name
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 __all__ = ["ConfigResult", "Welch", "best_candidate", "best_rule_result", "compare", "config_results", "dashboard_hint",
            "family_bests", "pareto_front", "reference_result", "welch", "write_report"]
@@ -179,7 +182,7 @@ def _header(spec: StudySpec, url: str, n_trials: int, states: dict[str, int]) ->
     return [f"# Study `{spec.name}`", "",
             f"- spec: `{spec.source}`; storage: `{url}`",
             f"- objective(s): {', '.join(spec.objectives)}; sampler {spec.sampler.name}, "
-            f"pruner {spec.pruner.name}; budget {spec.budget.describe()}",
+            f"Optuna pruner {spec.optuna_pruner.name}; budget {spec.budget.describe()}",
             f"- data: {dumps_json(_given(spec.data))}; training: {dumps_json(_given(spec.train))} "
             f"(other fields at their defaults); seeds {list(spec.seeds)}",
             f"- trials: {n_trials} ({', '.join(f'{k} {v}' for k, v in sorted(states.items()))})",
@@ -279,7 +282,7 @@ def _seeds_cell(u: dict[str, Any]) -> str:
     return str(u.get(A.SEED, ""))
 
 
-def _trials_table(trials: list[Any]) -> list[str]:
+def _trials_table(trials: list[FrozenTrial]) -> list[str]:
     lines = ["", "## All trials", "",
              "| # | state | role | family | arm | seed(s) | held-out | test | MACs | worker | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

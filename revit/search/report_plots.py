@@ -6,11 +6,14 @@ import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revit.config import BLOCK_KINDS, PER_HEAD_KINDS
 from revit.search import attrs as A
 from revit.search.results import ConfigResult, Welch, family_bests, pareto_front, pm
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 
 def _colors(results: Sequence[ConfigResult], order: Sequence[str] = ()) -> dict[str, str]:
@@ -46,7 +49,7 @@ def _blocks_plot(results: Sequence[ConfigResult], path: Path, title: str) -> Non
     plt.close(fig)
 
 
-def _accuracy_plot(trials: Sequence[Any], results: Sequence[ConfigResult], path: Path, title: str,
+def _accuracy_plot(trials: Sequence[FrozenTrial], results: Sequence[ConfigResult], path: Path, title: str,
                    colors: dict[str, str]) -> None:
     import matplotlib
 
@@ -132,7 +135,7 @@ def _err(sd: float) -> float:
     return 0.0 if math.isnan(sd) else 100 * sd
 
 
-def _history_plot(trials: Sequence[Any], path: Path, title: str, colors: dict[str, str]) -> None:
+def _history_plot(trials: Sequence[FrozenTrial], path: Path, title: str, colors: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

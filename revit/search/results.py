@@ -9,13 +9,16 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revit.search import attrs as A
 from revit.search.spec import StudySpec
 
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
-def seed_runs(trial: Any) -> list[dict[str, Any]]:
+
+def seed_runs(trial: FrozenTrial) -> list[dict[str, Any]]:
     """A complete trial's seeds, each ``{seed, val_acc, test_acc}``: a candidate's ``runs``, else (a baseline, or a
     candidate of a study of revit <= 0.1.0) the trial's own seed."""
     u = trial.user_attrs
@@ -36,7 +39,7 @@ class ConfigResult:
     role: str
     arm: str
     family: str = ""
-    trials: list[Any] = field(default_factory=list)
+    trials: list[FrozenTrial] = field(default_factory=list)
 
     @property
     def runs(self) -> list[dict[str, Any]]:
@@ -73,11 +76,11 @@ class ConfigResult:
         return statistics.fmean(v) if v else None
 
     @property
-    def first(self) -> Any:
+    def first(self) -> FrozenTrial:
         return min(self.trials, key=lambda t: t.number)
 
 
-def config_results(trials: Sequence[Any]) -> list[ConfigResult]:
+def config_results(trials: Sequence[FrozenTrial]) -> list[ConfigResult]:
     """One :class:`ConfigResult` per ``group`` tag of the complete trials, best mean held-out top-1 first (ties:
     the earlier trial first, as Optuna's ``best_trial``).
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revit._io import open_no_follow
 from revit.errors import BudgetError, ConfigError, OutsideDomainError, StorageError
@@ -43,6 +43,12 @@ from revit.search.objective import StudyObjective
 from revit.search.spec import StudySpec
 from revit.search.studies import BASELINES, StudySet, open_studies
 
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.trial import FrozenTrial, Trial
+
+    Objective = Callable[[Trial], float | Sequence[float]]  # what Study.optimize runs
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +56,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _key(t: Any) -> tuple[Any, ...]:
+def _key(t: FrozenTrial) -> tuple[Any, ...]:
     u = t.user_attrs
     return (u.get(A.ARM), u.get(A.SEED), u.get(A.BUDGET))
 
@@ -101,7 +107,7 @@ class WorkerStats:
         return sum(len(v) for v in self.trials.values())
 
 
-def _next_part(ss: StudySet, target: int) -> tuple[str, Any] | None:
+def _next_part(ss: StudySet, target: int) -> tuple[str, Study] | None:
     """The part to run a trial of: one with a waiting trial (baselines first), else the family with the
     fewest original candidates below ``target``; None when the study has nothing left to run."""
     from optuna.trial import TrialState
@@ -117,7 +123,7 @@ def _next_part(ss: StudySet, target: int) -> tuple[str, Any] | None:
     return fam, ss.families[fam]
 
 
-def _tag(trial: Any, part: str, worker: str) -> None:
+def _tag(trial: Trial, part: str, worker: str) -> None:
     """Tag a trial as it starts: a new candidate's role and family, and the worker running it."""
     import optuna
 
@@ -131,7 +137,7 @@ def _tag(trial: Any, part: str, worker: str) -> None:
     trial.set_user_attr(A.HEARTBEAT, time.time())
 
 
-def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n_trials: int | None = None,
+def run_worker(ss: StudySet, *, objective: Objective | None = None, n_trials: int | None = None,
                max_trials: int | None = None, timeout: float | None = None) -> WorkerStats:
     """Run trials until every family has ``n_trials`` candidates (default: the spec's) and no trial waits.
 
@@ -147,8 +153,8 @@ def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n
     stats = WorkerStats(me)
     t0 = time.monotonic()
 
-    def wrapped(part: str) -> Callable[[Any], Any]:
-        def run(trial: Any) -> Any:
+    def wrapped(part: str) -> Objective:
+        def run(trial: Trial) -> float | Sequence[float]:
             # signals are held (signals.held) through the tagging and Optuna's own steps, delivered only in
             # the training; whatever raises KeyboardInterrupt from the trial's first line on flags it for a retry
             try:
@@ -165,8 +171,8 @@ def run_worker(ss: StudySet, *, objective: Callable[[Any], Any] | None = None, n
                 raise
         return run
 
-    def record(part: str) -> Callable[[Any, Any], None]:
-        def cb(study: Any, ft: Any) -> None:
+    def record(part: str) -> Callable[[Study, FrozenTrial], None]:
+        def cb(study: Study, ft: FrozenTrial) -> None:
             stats.trials.setdefault(ft.state.name, []).append(f"{part}#{ft.number}")
             if ft.state.name == "FAIL":
                 log.warning("trial %s#%s failed: %s", part, ft.number, ft.user_attrs.get(A.ERROR, "?"))
@@ -310,7 +316,7 @@ def storage_errors(url: str) -> Iterator[None]:
 
 def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | None = None, repeats: bool = True,
               timeout: float | None = None, devices: Sequence[str] | None = None, worker_args: Sequence[str] = (),
-              objective: Callable[[Any], Any] | None = None) -> StudySet:
+              objective: Objective | None = None) -> StudySet:
     """``revit search run``: create or resume the study, then run its baselines and candidates.
 
     With ``devices`` (``--gpus``: one ``cuda:N`` each), the trials run in one worker process per
@@ -341,7 +347,7 @@ def run_study(spec: StudySpec, storage: str | None = None, *, n_trials: int | No
 
 
 def join_study(spec: StudySpec, storage: str, *, n_trials: int | None = None, timeout: float | None = None,
-               max_trials: int | None = None, objective: Callable[[Any], Any] | None = None,
+               max_trials: int | None = None, objective: Objective | None = None,
                repeats: bool = True) -> WorkerStats:
     """``revit search worker``: join an existing study and run trials until it is done (``repeats=False``:
     candidates train the first seed only)."""
@@ -385,7 +391,7 @@ def tally(ss: StudySet) -> Tally:
         trials = study.get_trials(deepcopy=False)
         ok = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
         later = {t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)}
-        retries = [(t.user_attrs.get(A.RETRY_OF), t.number) for t in trials if A.RETRY_OF in t.user_attrs]
+        retries = [(of, t.number) for t in trials if (of := A.retry_of(t)) is not None]
         grew = True
         while grew:  # a trial is made good by a retry that ended well, or was itself made good (chains)
             before = len(ok) + len(later)

@@ -3,10 +3,11 @@
 Optuna's own are registered here (one class each); a package adds its own through the entry-point groups
 ``revit.samplers`` and ``revit.optuna_pruners`` (a :class:`Sampler` or :class:`OptunaPruner` subclass).
 
-A spec names an Optuna sampler or pruner and its keyword arguments.  They are checked when the spec
-loads, before any storage exists: unknown names list the known ones, unknown keyword arguments name
-the accepted ones, and a value of the wrong type (``n_startup_trials: "x"``, ``seed: .nan``) is one
-line.  Every searched family gets its own sampler instance (its own seed) on its own Optuna study.
+A spec names an Optuna sampler and an Optuna pruner (its ``pruner:`` key, Optuna's word) with their keyword
+arguments.  They are checked when the spec loads, before any storage exists: unknown names list the known
+ones, unknown keyword arguments name the accepted ones, and a value of the wrong type
+(``n_startup_trials: "x"``, ``seed: .nan``) is one line.  Every searched family gets its own sampler instance
+(its own seed) on its own Optuna study.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from revit.errors import ConfigError, check_keys
 from revit.registry import OPTUNA_PRUNERS_GROUP, SAMPLERS_GROUP, Registry
+
+if TYPE_CHECKING:
+    from optuna.pruners import BasePruner
+    from optuna.samplers import BaseSampler
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState, which Optuna's samplers seed, takes seeds below 2**32
 _INT_MAX = 2**31 - 1
@@ -50,11 +55,11 @@ class Sampler(ABC):
 
 
 class OptunaPruner(ABC):
-    """An Optuna pruner a study spec names (``pruner: {name: median}``): a plug-in of :data:`PRUNERS` (called
-    "Optuna pruner" to tell it from revit's ``GlobalPruner``).  :meth:`factory` is the callable the spec's
-    keyword arguments go to; it returns an ``optuna.pruners.BasePruner``.  :attr:`stops_nothing` marks the
-    one that never prunes (the only one a multi-objective study may use).  Entry-point group:
-    ``revit.optuna_pruners``."""
+    """An Optuna pruner a study spec names (``pruner: {name: median}``, Optuna's own word for it): a plug-in of
+    :data:`OPTUNA_PRUNERS`, called "Optuna pruner" in revit's code to tell it from revit's ``GlobalPruner``.
+    :meth:`factory` is the callable the spec's keyword arguments go to; it returns an
+    ``optuna.pruners.BasePruner``.  :attr:`stops_nothing` marks the one that never prunes (the only one a
+    multi-objective study may use).  Entry-point group: ``revit.optuna_pruners``."""
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -92,14 +97,15 @@ class _BuiltinPruner(OptunaPruner):
 
 
 SAMPLERS: Registry[type[Sampler]] = Registry("sampler", group=SAMPLERS_GROUP, base=Sampler)
-PRUNERS: Registry[type[OptunaPruner]] = Registry("Optuna pruner", group=OPTUNA_PRUNERS_GROUP, base=OptunaPruner)
+OPTUNA_PRUNERS: Registry[type[OptunaPruner]] = Registry("Optuna pruner", group=OPTUNA_PRUNERS_GROUP,
+                                                        base=OptunaPruner)
 
 
 def _builtin(base: type, what: tuple[str, str, str], attrs: Mapping[str, Any]) -> None:
     """Register Optuna's class ``what[1]`` under the name ``what[0]``, described by ``what[2]`` (one small class
     each, as a plug-in would write it)."""
     name, optuna_class, description = what
-    registry: Registry[Any] = SAMPLERS if base is _OptunaSampler else PRUNERS
+    registry: Registry[Any] = SAMPLERS if base is _OptunaSampler else OPTUNA_PRUNERS
     registry.register(type(optuna_class, (base,), {"name": name, "optuna_class": optuna_class,
                                                    "description": description, "__module__": __name__, **attrs}))
 
@@ -177,23 +183,23 @@ def check_sampler(spec: Mapping[str, Any], n_objectives: int = 1, *, finite: boo
     build_sampler(spec)  # argument types, and the constructor's own checks (ranges), as one line
 
 
-def check_pruner(spec: Mapping[str, Any], n_objectives: int = 1) -> None:
-    """Validate a pruner spec (name, arguments and their types) by building it once; several objectives
-    take only the pruner that stops nothing (Optuna cannot prune multi-objective trials)."""
-    build_pruner(spec)
+def check_optuna_pruner(spec: Mapping[str, Any], n_objectives: int = 1) -> None:
+    """Validate an Optuna pruner spec (a study spec's ``pruner:``: name, arguments and their types) by building
+    it once; several objectives take only the one that stops nothing (Optuna cannot prune multi-objective trials)."""
+    build_optuna_pruner(spec)
     if n_objectives > 1 and not stops_nothing(str(spec["name"])):
-        none = PRUNERS.name_of(next(c for c in PRUNERS.loaded().values() if c.stops_nothing))
-        raise ConfigError("pruners need a single objective (Optuna cannot prune multi-objective trials); "
+        none = OPTUNA_PRUNERS.name_of(next(c for c in OPTUNA_PRUNERS.loaded().values() if c.stops_nothing))
+        raise ConfigError("Optuna pruners need a single objective (Optuna cannot prune multi-objective trials); "
                           f"set pruner: {{name: {none}}}")
 
 
 def stops_nothing(name: str) -> bool:
     """Whether the Optuna pruner ``name`` never stops a trial (``none``, ``nop``; False for an unknown name):
     the one home of that test."""
-    return name in PRUNERS and bool(PRUNERS.get(name).stops_nothing)
+    return name in OPTUNA_PRUNERS and bool(OPTUNA_PRUNERS.get(name).stops_nothing)
 
 
-def build_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> Any:
+def build_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> BaseSampler:
     """An Optuna sampler from ``{name, **kwargs}``; ``seed_offset`` is added to its seed (mod 2**32)."""
     import optuna
 
@@ -208,19 +214,21 @@ def build_sampler(spec: Mapping[str, Any], seed_offset: int = 0) -> Any:
     try:
         with warnings.catch_warnings():  # "experimental" in Optuna's terms; chosen in the spec on purpose
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return cls(**kw)
+            sampler: BaseSampler = cls(**kw)
+            return sampler
     except (TypeError, ValueError) as e:
         raise ConfigError(f"sampler {spec['name']!r}: {str(e)[:200]}") from None
 
 
-def build_pruner(spec: Mapping[str, Any]) -> Any:
-    """An Optuna pruner from ``{name, **kwargs}``."""
-    cls = PRUNERS.get(str(spec["name"])).factory()
+def build_optuna_pruner(spec: Mapping[str, Any]) -> BasePruner:
+    """An Optuna pruner from ``{name, **kwargs}`` (a study spec's ``pruner:``)."""
+    cls = OPTUNA_PRUNERS.get(str(spec["name"])).factory()
     try:
-        return cls(**_kwargs(cls, spec, "pruner"))
+        pruner: BasePruner = cls(**_kwargs(cls, spec, "pruner"))
+        return pruner
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"pruner {spec['name']!r}: {str(e)[:200]}") from None
+        raise ConfigError(f"Optuna pruner {spec['name']!r}: {str(e)[:200]}") from None
 
 
-__all__ = ["PRUNERS", "SAMPLERS", "SEED_MAX", "OptunaPruner", "Sampler", "build_pruner", "build_sampler",
-           "check_pruner", "check_sampler", "stops_nothing"]
+__all__ = ["OPTUNA_PRUNERS", "SAMPLERS", "SEED_MAX", "OptunaPruner", "Sampler", "build_optuna_pruner",
+           "build_sampler", "check_optuna_pruner", "check_sampler", "stops_nothing"]

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 
 from revit.search.samplers import SAMPLERS, build_sampler
@@ -49,7 +50,7 @@ class PerTrialSeed(BaseSampler):
         return self._inner.sample_relative(study, trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
-                           param_distribution: Any) -> Any:
+                           param_distribution: BaseDistribution) -> Any:
         return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,

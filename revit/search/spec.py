@@ -8,7 +8,8 @@ On disk (YAML in ``search/``)::
     storage: null                 # any storage URL (revit.search.storage); null: sqlite:///runs/studies/NAME.db
     objectives: [accuracy]        # accuracy, then optionally a registered cost model's name: macs, latency
     sampler: {name: tpe, seed: 0} # any registered sampler (+ its keyword arguments): `revit plugins samplers`
-    pruner: {name: median}        # an Optuna pruner: `revit plugins optuna-pruners` (single objective only)
+    pruner: {name: median}        # an Optuna pruner: `revit plugins optuna-pruners` (single objective only);
+                                  # the key is Optuna's word (StudySpec.optuna_pruner, not revit's GlobalPruner)
     n_trials: 12                  # candidate (sampled) trials, each a config with its seeds; baselines on top
     setting: micro                # a Setting preset (micro, imagenet) or its fields, optionally on a preset:
                                   # {preset: micro, num_classes: 5} or {depth, img_size, patch_size, in_chans, ...}
@@ -30,7 +31,7 @@ On disk (YAML in ``search/``)::
     repeats: {top_k: 2}           # a candidate trains its other seeds when its first is among the best 2 so far
     baselines: [{rule: uniform}, {rule: paper}]   # rule name/path (+ params), scaled to the same budget
 
-Each searched family is its own Optuna study (``NAME/FAMILY``: its own sampler, seed and pruner) and the
+Each searched family is its own Optuna study (``NAME/FAMILY``: its own sampler, seed and Optuna pruner) and the
 baselines are ``NAME/baselines``, all in one storage (:mod:`revit.search.studies`); trials carry user
 attributes (``role``, ``family``, ``arm``, ``seed``, ``group``: :mod:`revit.search.attrs`).
 """
@@ -93,7 +94,7 @@ def _short(params: Mapping[str, float]) -> str:
 
 @dataclass(frozen=True)
 class PluginSpec(Mapping[str, Any]):
-    """An Optuna sampler or pruner by name with its keyword arguments; reads as ``{name, **kwargs}``."""
+    """An Optuna sampler or Optuna pruner by name with its keyword arguments; reads as ``{name, **kwargs}``."""
 
     name: str
     kwargs: Mapping[str, Any] = field(default_factory=dict)
@@ -121,7 +122,11 @@ class PluginSpec(Mapping[str, Any]):
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A validated study spec (see the module docstring for the YAML)."""
+    """A validated study spec (see the module docstring for the YAML).
+
+    ``optuna_pruner`` is the YAML key ``pruner:`` (Optuna's own word, kept so existing specs load); revit's code
+    calls it the Optuna pruner to tell it from :class:`~revit.prune.global_pruner.GlobalPruner`.
+    """
 
     name: str
     budget: CostTarget
@@ -129,7 +134,7 @@ class StudySpec:
     storage: str | None = None
     objectives: tuple[str, ...] = ("accuracy",)
     sampler: PluginSpec = PluginSpec("tpe")
-    pruner: PluginSpec = PluginSpec("median")
+    optuna_pruner: PluginSpec = PluginSpec("median")
     n_trials: int = 10
     setting: Setting = Setting.PRESETS["micro"]
     latency_table: str | None = None
@@ -193,7 +198,7 @@ class StudySpec:
 
     @classmethod
     def _build(cls, d: Mapping[str, Any], source: str) -> StudySpec:
-        from revit.search.samplers import check_pruner, check_sampler
+        from revit.search.samplers import check_optuna_pruner, check_sampler
 
         name = d.get("name") or Path(source).stem
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -208,8 +213,8 @@ class StudySpec:
             raise ConfigError(f"objectives must be [accuracy] or [accuracy, {'|'.join(COSTS.names())}], "
                               f"got {list(objectives)}")
         sampler = PluginSpec.parse(d.get("sampler"), "sampler", "tpe")
-        pruner = PluginSpec.parse(d.get("pruner"), "pruner", "median")
-        check_pruner(pruner, len(objectives))
+        optuna_pruner = PluginSpec.parse(d.get("pruner"), "pruner", "median")
+        check_optuna_pruner(optuna_pruner, len(objectives))
 
         setting = Setting.parse(d.get("setting", "micro"), "setting")
 
@@ -252,7 +257,7 @@ class StudySpec:
             raise ConfigError(f"description must be a string, got {description!r}")
         return cls(
             name=name, budget=budget, spaces=spaces, storage=storage, objectives=objectives,
-            sampler=sampler, pruner=pruner, n_trials=n_trials, setting=setting,
+            sampler=sampler, optuna_pruner=optuna_pruner, n_trials=n_trials, setting=setting,
             latency_table=_table_path(d.get("latency_table") or budget.table), data=data, train=train, threads=threads,
             seeds=seeds, repeat_top_k=top_k, baselines=baselines,
             heartbeat_s=heartbeat_s, grace_s=grace_s,

@@ -1,7 +1,7 @@
 """A revit study as Optuna studies: one per searched family and one for the baselines, in one storage.
 
 Optuna's pattern for separate searches is separate studies, so each searched family of a spec named
-``NAME`` is the Optuna study ``NAME/FAMILY`` (its own sampler, seed and pruner, its trials only), and
+``NAME`` is the Optuna study ``NAME/FAMILY`` (its own sampler, seed and Optuna pruner, its trials only), and
 the baselines are ``NAME/baselines``.  Optuna's own tools read them as they are: ``load_study(...)``
 of a family study gives that family's ``best_trial``, and optuna-dashboard lists every part.
 :class:`StudySet` is the group as revit's commands see it: one study with parts.
@@ -21,14 +21,19 @@ import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from revit._io import dumps_json
 from revit.errors import StorageError
 from revit.search.objective import metric_names
-from revit.search.samplers import build_pruner
+from revit.search.samplers import build_optuna_pruner
 from revit.search.spec import StudySpec
 from revit.search.storage import open_storage
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,9 @@ SPEC_ATTR = "spec"  # study user attribute: what the spec was, with its fingerpr
 LAYOUT = 2  # 2: a candidate trial trains all its seeds; 1 (absent): seed repeats were trials of their own
 
 
-def part_name(study: str, part: str) -> str:
-    """The Optuna study name of one part: ``NAME/FAMILY`` or ``NAME/baselines``."""
-    return f"{study}/{part}"
+def part_name(study_name: str, part: str) -> str:
+    """The Optuna study name of one part of revit study ``study_name``: ``NAME/FAMILY`` or ``NAME/baselines``."""
+    return f"{study_name}/{part}"
 
 
 def fingerprint(spec: StudySpec) -> str:
@@ -53,7 +58,7 @@ def fingerprint(spec: StudySpec) -> str:
            "train": train, "seeds": list(spec.seeds), "repeat_top_k": spec.repeat_top_k,
            "baselines": [asdict(b) for b in spec.baselines],
            "sampler": [spec.sampler.name, dict(spec.sampler.kwargs)],
-           "pruner": [spec.pruner.name, dict(spec.pruner.kwargs)]}
+           "pruner": [spec.optuna_pruner.name, dict(spec.optuna_pruner.kwargs)]}  # key kept: stored fingerprints
     text = dumps_json(doc, "the study spec", sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -64,19 +69,19 @@ class StudySet:
 
     spec: StudySpec
     url: str
-    families: dict[str, Any]
-    baselines: Any
+    families: dict[str, Study]
+    baselines: Study
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    def parts(self) -> Iterator[tuple[str, Any]]:
+    def parts(self) -> Iterator[tuple[str, Study]]:
         """(part, study): the baselines first, then the families in spec order."""
         yield BASELINES, self.baselines
         yield from self.families.items()
 
-    def trials(self, deepcopy: bool = False, states: Sequence[Any] | None = None) -> list[Any]:
+    def trials(self, deepcopy: bool = False, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
         """Every trial of every part (baselines first), as frozen trials (``Study.get_trials``'s arguments)."""
         return [t for _, s in self.parts() for t in s.get_trials(deepcopy=deepcopy, states=states)]
 
@@ -93,7 +98,7 @@ class StudySet:
         return dict(self.baselines.user_attrs)
 
 
-def _names(storage: Any, url: str) -> list[str]:
+def _names(storage: BaseStorage, url: str) -> list[str]:
     import optuna
 
     try:
@@ -102,7 +107,7 @@ def _names(storage: Any, url: str) -> list[str]:
         raise StorageError(f"cannot read the studies in {url}: {type(e).__name__}: {str(e)[:200]}") from None
 
 
-def _refuse_legacy(spec: StudySpec, storage: Any, url: str, names: list[str]) -> None:
+def _refuse_legacy(spec: StudySpec, storage: BaseStorage, url: str, names: list[str]) -> None:
     """A study written by revit before one-study-per-family is refused, never misreported."""
     import optuna
 
@@ -128,7 +133,7 @@ def open_studies(spec: StudySpec, storage: str | None = None, *, create: bool = 
                            f"{e.strerror or type(e).__name__}") from None
 
 
-def _name_metrics(study: Any, names: list[str]) -> None:
+def _name_metrics(study: Study, names: list[str]) -> None:
     """Name the objectives once (``Study.set_metric_names``, experimental in Optuna: its warning is silenced)."""
     import warnings
 
@@ -161,7 +166,7 @@ def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: in
     wanted = [BASELINES, *spec.family_names]
     fp = fingerprint(spec)
     directions = [optuna.study.StudyDirection[d.upper()] for d in spec.directions]
-    existing: dict[str, Any] = {}
+    existing: dict[str, Study] = {}
     for part in wanted:  # every stored part is checked before any missing one is created: a refusal writes nothing
         name = part_name(spec.name, part)
         if name in names:
@@ -176,7 +181,7 @@ def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: in
                                f"--storage {url}'")
         raise StorageError(f"study {spec.name!r} in {url} has no part {', '.join(missing)}: its spec had other "
                            "families; use the spec it was started with")
-    parts: dict[str, Any] = {}
+    parts: dict[str, Study] = {}
     for i, part in enumerate(wanted):
         name = part_name(spec.name, part)
         study = existing.get(part)
@@ -192,7 +197,7 @@ def _open(spec: StudySpec, storage: str | None, *, create: bool, seed_offset: in
             study.pruner = optuna.pruners.NopPruner()
         elif not read_only:
             study.sampler = PerTrialSeed(spec.sampler, i - 1 + seed_offset)
-            study.pruner = build_pruner(spec.pruner)
+            study.pruner = build_optuna_pruner(spec.optuna_pruner)
         parts[part] = study
     baselines = parts.pop(BASELINES)
     return StudySet(spec, url, parts, baselines)
@@ -204,7 +209,7 @@ def _spec_attr(spec: StudySpec, part: str, fp: str) -> dict[str, Any]:
             "seeds": list(spec.seeds), "layout": LAYOUT}
 
 
-def _refuse_repeats_layout(spec: StudySpec, study: Any, name: str, url: str) -> None:
+def _refuse_repeats_layout(spec: StudySpec, study: Study, name: str, url: str) -> None:
     """A study of revit <= 0.1.0 (seed repeats as trials of their own) is read by the report, never resumed: its
     new candidates would train all their seeds beside old single-seed ones, and ``best_trial`` would mix them."""
     stored = study.user_attrs.get(SPEC_ATTR)
@@ -214,7 +219,7 @@ def _refuse_repeats_layout(spec: StudySpec, study: Any, name: str, url: str) -> 
                            f"storage: revit search run {spec.source} --storage NEW_URL")
 
 
-def _check_part(spec: StudySpec, study: Any, name: str, url: str, fp: str) -> None:
+def _check_part(spec: StudySpec, study: Study, name: str, url: str, fp: str) -> None:
     want = [d.upper() for d in spec.directions]
     have = [d.name for d in study.directions]
     if have != want:

@@ -17,7 +17,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.trial import BaseTrial
 
 STORAGE_MODES = ("sqlite", "journal", "postgresql")
 
@@ -131,12 +134,12 @@ def _quick_objective_class() -> Any:
         """The study objective with training replaced by a closed-form score of the config (no torch, no data).
 
         Everything else is the real path: the trial's family suggests its parameters, the config is
-        generated for the budget, its MACs and latency are user attributes, and curves go to the pruner.
+        generated for the budget, its MACs and latency are user attributes, and curves go to the Optuna pruner.
         The score rises with the config's parameters and falls with its distance from the budget's
         EMB 48 (a smooth landscape), plus a per-seed offset; epochs give a rising curve.
         """
 
-        def train(self, cfg: Any, seed: int, trial: Any = None,
+        def train(self, cfg: Any, seed: int, trial: BaseTrial | None = None,
                   step0: int = 0) -> tuple[float, float, list[float], float]:
             import optuna
 
@@ -159,5 +162,5 @@ def _quick_objective_class() -> Any:
 
 def quick_objective(spec: Any, **kw: Any) -> Any:
     """A :class:`~revit.search.objective.StudyObjective` that scores configs in closed form instead of training
-    (samplers, pruners, storages and the runner tested at full speed); ``kw`` go to the objective."""
+    (samplers, Optuna pruners, storages and the runner tested at full speed); ``kw`` go to the objective."""
     return _quick_objective_class()(spec, **kw)
