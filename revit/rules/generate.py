@@ -338,8 +338,7 @@ def _over_depths(rule: Rule, budget: CostTarget, setting: Setting, span: tuple[i
         except BudgetError as e:
             refusals[d] = e.message
             continue
-        note = DomainNote(f"depth {d}: {why} of {low}..{high} at which rule {rule.name!r} meets the budget "
-                          "(revit generate --depth LOW:HIGH)")
+        note = DomainNote(f"depth {d}: {why} of {low}..{high} at which rule {rule.name!r} meets the budget")
         return replace(g, notes=(note, *g.notes), depth_range=span)
     tried = list(refusals)
     ends = "; ".join(f"at depth {d}: {refusals[d]}" for d in dict.fromkeys((tried[0], tried[-1]))) if tried \
