@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any
 
 from revit import counting
 from revit.config import Granularity, Setting, ViTConfig
@@ -25,7 +25,7 @@ from revit.rules.rule import Rule
 
 FACTOR_STEP = 1000  # MLP factors are searched in steps of 1/1000
 # a depth: None (the setting's, as the rule's family builds it), a number of blocks, or (low, high) to search
-Depth = Union[int, tuple[int, int], None]
+Depth = int | tuple[int, int] | None
 
 
 def macs_budget(value: float | str, convention: counting.Convention = "nvit") -> CostTarget:

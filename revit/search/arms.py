@@ -20,6 +20,7 @@ from revit.search.attrs import (
     BLOCKS,
     BUDGET,
     CANDIDATE,
+    DEPTH,
     EMBED_DIM,
     FAMILY,
     GROUP,
@@ -52,15 +53,16 @@ class Arm:
 
 
 def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str,
-              space: FamilySpace | None = None) -> Any:
+                 space: FamilySpace | None = None, depth: Any = None) -> Any:
     """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family):
-    what a trial of that family (or a baseline) trains."""
+    what a trial of that family (or a baseline) trains; ``depth`` as :func:`revit.rules.generate` takes it (None:
+    the setting's)."""
     from revit.rules import GenerationBounds, generate
 
     fs = space or spec.spaces[0]
     bounds = GenerationBounds(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
     return generate(rule, spec.budget.at(budget_value, table), spec.setting, granularity=fs.granularity,
-                    bounds=bounds, name=name)
+                    bounds=bounds, name=name, depth=depth)
 
 
 def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace | None = None) -> Any:
@@ -116,6 +118,7 @@ def trial_arm(spec: StudySpec, trial: Any, table: Any = None) -> Arm:
             values[p.name] = float(trial.suggest_int(name, int(p.low), int(p.high), step=p.step, log=p.log))
         else:
             values[p.name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+    depth = trial.suggest_int(DEPTH, *fs.depth) if fs.depth is not None else None
     bs = spec.budget
     if bs.value is not None:
         budget = bs.value
@@ -123,7 +126,7 @@ def trial_arm(spec: StudySpec, trial: Any, table: Any = None) -> Arm:
         assert bs.low is not None and bs.high is not None
         budget = trial.suggest_float("budget", bs.low, bs.high, log=bs.log)
     rule = candidate_rule(spec, values, fs)
-    gen = generate_arm(spec, rule, budget, table, name=f"trial_{trial.number}", space=fs)
+    gen = generate_arm(spec, rule, budget, table, name=f"trial_{trial.number}", space=fs, depth=depth)
     return Arm(gen, CANDIDATE, f"{fs.name}-search", budget, dict(rule.params), family=fs.name)
 
 
@@ -134,7 +137,7 @@ def describe(spec: StudySpec, trial: Any, arm: Arm, table: Any = None) -> dict[s
     attrs: dict[str, Any] = {
         ROLE: arm.role, FAMILY: arm.family, ARM: arm.arm, SEED: seed, BUDGET: arm.budget,
         MACS: counting.macs(cfg), PARAMS: counting.params(cfg), EMBED_DIM: cfg.embed_dim,
-        MLP_FACTOR: arm.generated.mlp_factor,
+        MLP_FACTOR: arm.generated.mlp_factor, DEPTH: cfg.depth,
         BLOCKS: [[b.heads, b.qk_dim, b.v_dim, b.mlp_dim] for b in cfg.blocks],
     }
     if arm.role == BASELINE:
