@@ -8,7 +8,7 @@ checks, the report and the torch objective (:mod:`revit.search.objective`) all u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from revit import counting
@@ -72,26 +72,26 @@ def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace
 
     fs = space or spec.spaces[0]
     params: dict[str, float] = {}
-    granularity = None
+    granularity, max_depth = None, None
     if fs.base_rule:
         base = load_rule(fs.base_rule)
         if base.family != fs.family:
             raise ConfigError(f"space.base rule {fs.base_rule!r} is of family {base.family!r}, not {fs.family!r}")
-        params, granularity = dict(base.params), base.granularity
+        params, granularity, max_depth = dict(base.params), base.granularity, base.max_depth
     params.update(values)
-    return Rule(name=f"{fs.name}-candidate", family=fs.family, params=params, granularity=granularity)
+    return Rule(name=f"{fs.name}-candidate", family=fs.family, params=params, granularity=granularity,
+                max_depth=max_depth)
 
 
 def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: Any = None) -> Arm:
     """The config of baseline ``b`` at ``budget_value``; raises :class:`BudgetError`/:class:`ConfigError`
     when it cannot be built, and :class:`~revit.errors.RuleDomainError` (an ``OutsideDomainError``) when
     the rule leaves its own domain (the baseline is then left out)."""
-    from revit.rules import Rule, load_rule
+    from revit.rules import load_rule
 
     rule = load_rule(b.rule)
     if b.params:
-        rule = Rule(name=rule.name, family=rule.family, params={**rule.params, **b.params},
-                    granularity=rule.granularity, description=rule.description)
+        rule = replace(rule, params={**rule.params, **b.params})
     gen = generate_arm(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
     if gen.outside_domain:
         raise RuleDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {gen.outside_domain[0]}")
