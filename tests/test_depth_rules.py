@@ -9,6 +9,8 @@ Optuna's own integer distributions.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -171,6 +173,15 @@ def test_generate_depth_meets_a_latency_budget(capsys):
             from revit.rules import latency_budget
 
             generate(load_rule("uniform"), latency_budget(0.020, table), "micro", depth=deeper)
+
+
+def test_a_depth_search_does_not_import_torch():
+    code = ("import sys; from revit.cli.main import main; "
+            "rc = main(['generate', '--rule', 'less-more-less', '--macs', '1.3G', '--depth', '6:14', '--json']); "
+            "assert rc == 0; bad = [m for m in ('torch', 'timm') if m in sys.modules]; "
+            "print('LOADED', bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 0 and "LOADED []" in p.stdout, p.stdout[-300:] + p.stderr[-300:]
 
 
 def test_a_depth_range_that_meets_no_budget_names_both_ends(capsys):
