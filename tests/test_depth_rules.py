@@ -50,12 +50,21 @@ def meets(rule, budget, setting, depth):
         return False
 
 
+def _rules_list_json() -> str:
+    p = subprocess.run([sys.executable, "-m", "revit", "rules", "list", "--json"], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
 # families and rules --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", SHIPPED)
 def test_each_shipped_family_says_what_it_does_with_depth(family):
     cls = FAMILIES.get(family)
     assert "depth" in cls.depth_doc and cls.depth_doc in cls.description  # `revit rules list` shows it
     assert cls.depth_doc in (ROOT / "docs" / "guides" / "rules.md").read_text()  # and the docs, word for word
+    listed = next(f for f in json.loads(_rules_list_json())["families"] if f["family"] == family)
+    assert listed["depth"] == cls.depth_doc
     fam = cls()
     params = fam.check_params({})
     assert fam.depth(params, 7) == 7 and fam.max_depth(params) is None  # the shipped ones keep the asked depth
