@@ -236,6 +236,11 @@ def test_both_families_search_depth_with_optunas_int_distribution(tmp_path):
             assert abs(t.user_attrs["macs"] / 200e3 - 1) <= 0.01  # the budget met at the sampled depth
             depths.add(t.params["depth"])
     assert len(depths) > 1  # depth really varies, in trials that trained
+    from revit.search.report import write_report
+
+    summary = write_report(spec, ss, tmp_path / "rep")  # the report says each config's depth
+    assert {g["depth"] for g in summary["groups"]} == depths
+    assert all(g["depth"] == len(g["blocks"]) for g in summary["groups"])
 
 
 def test_a_study_without_depth_keeps_its_fingerprint():
