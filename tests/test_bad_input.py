@@ -362,7 +362,7 @@ for cid, args, needle in [
 for cid, cmd, needle in [
     ("generate-depth", "generate --rule capped.yaml --setting micro --macs 4M --depth 9", "limit of 8 blocks"),
     ("generate-range", "generate --rule capped.yaml --setting micro --macs 4M --depth 4:12", "limit of 8 blocks"),
-    ("generate-setting", "generate --rule capped.yaml --macs 1G", "depth of rule 'capped' 12 is above"),
+    ("generate-setting", "generate --rule capped.yaml --macs 1G", "the setting's depth 12 is above the limit of 8"),
     ("generate-embed", "generate --rule capped.yaml --setting micro --embed-dim 64 --depth 9", "limit of 8 blocks"),
     ("rules-show", "rules show capped.yaml --depth 9", "limit of 8 blocks"),
 ]:

@@ -109,7 +109,8 @@ def test_a_rule_file_may_cap_depth(tmp_path, capsys):
     for depth in ("7", "4:8"):
         rc, out, err = run_cli(capsys, "generate", "--rule", str(path), "--setting", "micro", "--macs", "4M",
                                "--depth", depth)
-        assert rc == 2 and out == "" and err.count("\n") == 1 and "limit of 6 blocks (its max_depth)" in err
+        assert rc == 2 and out == "" and err.count("\n") == 1
+        assert "limit of 6 blocks of rule 'capped' (its max_depth)" in err
 
 
 def test_depth_order_prefers_the_reference_depth_else_the_deepest():

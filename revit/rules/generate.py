@@ -295,7 +295,7 @@ def at_depth(rule: Rule, setting: Setting, depth: int | None) -> Setting:
     """``setting`` at the depth ``rule`` builds: its family's choice for the setting's depth (``depth`` None), or
     ``depth`` itself (checked against the rule's limit; refused when the family sets another)."""
     if depth is None:
-        built = rule.depth_for(setting.depth)
+        built = rule.depth_for(setting.depth, "the setting's depth")
     else:
         built = rule.depth_for(rule.check_depth(depth))
         if built != depth:

@@ -88,12 +88,12 @@ class Rule:
         limit = self.depth_limit
         if limit is not None and depth > limit:
             whose = "its max_depth" if limit == self.max_depth else f"family {self.family!r}"
-            raise ConfigError(f"{what} {depth} is above rule {self.name!r}'s limit of {limit} blocks ({whose})")
+            raise ConfigError(f"{what} {depth} is above the limit of {limit} blocks of rule {self.name!r} ({whose})")
         return depth
 
-    def depth_for(self, asked: int) -> int:
+    def depth_for(self, asked: int, what: str = "depth") -> int:
         """The depth this rule builds when ``asked`` blocks are wanted (its family may set its own), checked."""
-        return self.check_depth(self.family_obj.depth(self.params, asked), f"depth of rule {self.name!r}")
+        return self.check_depth(self.family_obj.depth(self.params, asked), what)
 
     # I/O -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
