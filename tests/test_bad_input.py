@@ -351,6 +351,29 @@ case("i30-export-deeper-checkpoint", "model export-onnx micro.yaml --checkpoint 
      "the checkpoint has 3 blocks, the config 2")
 case("i30-save-deeper-checkpoint", "model save micro.yaml --checkpoint deep3.safetensors --out m",
      "the checkpoint has 3 blocks, the config 2")
+# issue 30 item 3: a depth or depth range that the rule cannot make, or that meets no budget
+CAPPED_RULE = {"schema": "revit/rule/v1", "kind": "rule", "name": "capped", "family": "uniform", "max_depth": 8,
+               "params": {"mlp_ratio": 4}}
+for cid, args, needle in [
+    ("range-unreachable", "--macs 10K --depth 2:5", "no depth in 2..5 meets"),
+    ("range-unreachable-above", "--macs 900T --depth 2:5", "no depth in 2..5 meets"),
+    ("range-0", "--macs 4M --depth 0:4", "--depth"),
+    ("range-reversed", "--macs 4M --depth 5:2", "--depth"),
+    ("range-text", "--macs 4M --depth 2:x", "--depth"),
+    ("range-with-embed-dim", "--embed-dim 64 --depth 2:4", "--depth LOW:HIGH"),
+]:
+    case(f"i30-generate-depth-{cid}", f"{GEN_NO_TARGET} {args}", needle)
+for cid, cmd, needle in [
+    ("generate-depth", "generate --rule capped.yaml --setting micro --macs 4M --depth 9", "limit of 8 blocks"),
+    ("generate-range", "generate --rule capped.yaml --setting micro --macs 4M --depth 4:12", "limit of 8 blocks"),
+    ("generate-setting", "generate --rule capped.yaml --macs 1G", "the setting's depth 12 is above the limit of 8"),
+    ("generate-embed", "generate --rule capped.yaml --setting micro --embed-dim 64 --depth 9", "limit of 8 blocks"),
+    ("rules-show", "rules show capped.yaml --depth 9", "limit of 8 blocks"),
+]:
+    case(f"i30-max-depth-{cid}", cmd, needle, {"capped.yaml": _yaml(CAPPED_RULE)})
+for cid, value in [("0", 0), ("text", "eight"), ("bool", True)]:
+    case(f"i30-rule-max-depth-{cid}", f"generate --rule capped_{cid}.yaml --setting micro --macs 4M", "'max_depth'",
+         {f"capped_{cid}.yaml": _yaml({**CAPPED_RULE, "max_depth": value})})
 case("config-duplicate-key", "model info cfg_dup.yaml", "given twice",
      {"cfg_dup.yaml": _yaml(CONFIG) + "embed_dim: 64\n"})
 case("generate-embed-1e9", "generate --uniform --setting micro --embed-dim 1000000000", "memory")

@@ -77,6 +77,22 @@ for cid, text, needle in [
 ]:
     case(f"spec-{cid}", f"search run s_{cid}.yaml", needle, {f"s_{cid}.yaml": text})
 case("storage-question-mark", "search run s.yaml --storage weird?name.db", "'?'")
+# issue 30 item 3: a searched depth below 1, above the base rule's limit, or at which no config meets the budget
+LML_CAPPED = {"schema": "revit/rule/v1", "kind": "rule", "name": "lml-capped", "family": "less-more-less",
+              "max_depth": 3}
+for cid, space, needle in [
+    ("0", {**SPEC["space"], "depth": [0, 4]}, "space.depth low"),
+    ("reversed", {**SPEC["space"], "depth": [4, 2]}, "low <= high"),
+    ("text", {**SPEC["space"], "depth": "four"}, "space.depth"),
+    ("float", {**SPEC["space"], "depth": [1, 2.5]}, "space.depth high"),
+    ("extra-key", {**SPEC["space"], "depth": {"low": 1, "high": 4, "step": 2}}, "step"),
+    ("above-base-limit", {**SPEC["space"], "base": "lml_capped.yaml", "depth": [1, 4]}, "limit of 3 blocks"),
+    ("unreachable", [{**SPEC["space"], "depth": [40, 60]}, UNI], "no depth in 40..60 meets"),
+    ("unreachable-uniform", [{**SPEC["space"], "depth": [1, 2]}, {**UNI, "depth": [40, 60]}],
+     "space 'uniform' depth 40..60"),
+]:
+    case(f"spec-i30-depth-{cid}", f"search run s_depth_{cid}.yaml", needle,
+         {f"s_depth_{cid}.yaml": _spec_with(space=space), "lml_capped.yaml": yaml.safe_dump(LML_CAPPED)})
 # round four (issue 27): liveness counts have sane bounds (a beat is a storage write), journal records are checked
 for cid, over, needle in [("heartbeat-micro", {"heartbeat_s": 0.000001}, "heartbeat_s"),
                           ("heartbeat-huge", {"heartbeat_s": 1e30}, "heartbeat_s"),

@@ -14,7 +14,7 @@ from revit.cli._common import add_command, info, print_json
 from revit.config import Setting
 from revit.counting import count_text
 from revit.errors import ConfigError
-from revit.input_checks import check_output_file, count, non_negative, number, range_problem, short
+from revit.input_checks import check_output_file, count, integer, non_negative, number, range_problem, short
 
 
 def register(sub: Any) -> None:
@@ -43,7 +43,9 @@ def register(sub: Any) -> None:
     g = p.add_argument_group("setting (defaults: ImageNet 224/16, 12 blocks, 1000 classes)")
     g.add_argument("--setting", choices=sorted(Setting.PRESETS), default="imagenet",
                    help="start from a named setting; micro = 28x28, patch 7, 1 channel, 8 blocks, 10 classes")
-    g.add_argument("--depth", type=count(), help="number of blocks")
+    g.add_argument("--depth", type=depth_arg, metavar="N|LOW:HIGH",
+                   help="number of blocks (default: the setting's), or LOW:HIGH with a budget: the depth is searched, "
+                        "the rule's reference depth (paper: 12) nearest first, else the deepest that meets it")
     g.add_argument("--img-size", type=count())
     g.add_argument("--patch-size", type=count())
     g.add_argument("--in-chans", type=count())
@@ -69,11 +71,23 @@ def register(sub: Any) -> None:
 
 def _setting(args: argparse.Namespace) -> Setting:
     """The named setting with the flags given on top (validated by :class:`Setting`)."""
-    over = {k: getattr(args, k) for k in ("depth", "img_size", "patch_size", "in_chans", "num_classes")
+    over = {k: getattr(args, k) for k in ("img_size", "patch_size", "in_chans", "num_classes")
             if getattr(args, k) is not None}
     if args.distilled:
         over["distilled"] = True
     return Setting.from_dict(over, "options", base=Setting.PRESETS[args.setting])
+
+
+def depth_arg(text: str) -> int | tuple[int, int]:
+    """argparse type of ``--depth``: a number of blocks (``12``) or a range to search (``6:12``), each at least 1."""
+    one = integer(1)
+    if ":" not in text:
+        return one(text)
+    lo, _, hi = text.partition(":")
+    low, high = one(lo), one(hi)
+    if low > high:
+        raise argparse.ArgumentTypeError(f"a depth range LOW:HIGH needs LOW <= HIGH, got {short(text)}")
+    return low, high
 
 
 def _factor_range(text: str) -> tuple[float, float]:
@@ -133,8 +147,11 @@ def run(args: argparse.Namespace) -> int:
     fit: Any = None
 
     if args.embed_dim is not None:
+        if isinstance(args.depth, tuple):
+            raise ConfigError("--depth LOW:HIGH searches the depth for a budget: give --macs or --latency-ms "
+                              "(or one depth with --embed-dim)")
         result = apply_rule(rule, args.embed_dim, setting, granularity=args.granularity,
-                            mlp_factor=args.mlp_factor, name=args.name)
+                            mlp_factor=args.mlp_factor, name=args.name, depth=args.depth)
     else:
         lo, hi = _factor_range(args.mlp_factor_range)
         bounds = GenerationBounds(max_embed=args.max_embed_dim, min_mlp_factor=lo, max_mlp_factor=hi,
@@ -147,11 +164,13 @@ def run(args: argparse.Namespace) -> int:
             budget = latency_budget(args.latency_ms / 1e3, table)
         else:
             budget = macs_budget(args.macs, args.convention)
-        result = generate(rule, budget, setting, granularity=args.granularity, bounds=bounds, name=args.name)
+        result = generate(rule, budget, setting, granularity=args.granularity, bounds=bounds, name=args.name,
+                          depth=args.depth)
         if args.measure:
             counting.check_memory(result.config)
             fit = _measured(args, lambda s: generate(rule, latency_budget(s, table), setting,
-                                                     granularity=args.granularity, bounds=bounds, name=args.name),
+                                                     granularity=args.granularity, bounds=bounds, name=args.name,
+                                                     depth=args.depth),
                             table)
             result = fit.generated
 

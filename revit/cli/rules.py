@@ -81,7 +81,8 @@ def run_list(args: argparse.Namespace) -> int:
     for name, rule in family_rules().items():  # shipped by a family (uniform, a plugin's): no file
         if name not in shipped_rules():
             rows.append({"name": name, "family": rule.family, "path": None, "description": rule.description})
-    fams = [{"family": n, "fittable": f().fittable, "description": f.description, "params": list(f.params)}
+    fams = [{"family": n, "fittable": f().fittable, "description": f.description, "depth": f.depth_doc,
+             "params": list(f.params)}
             for n, f in FAMILIES.loaded().items()]
     broken = [{"family": n, "error": line} for n, line in FAMILIES.broken().items()]  # plug-ins that fail alone
     if args.json:

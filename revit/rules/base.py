@@ -60,12 +60,19 @@ class RuleFamily(ABC):
       each block's MLP width and rounds it to the granularity.
     - :meth:`continuous` (fittable families only) gives the unrounded widths that
       :meth:`blocks` rounds, as floats, so least squares can fit :attr:`params`.
+    - Depth: :meth:`depth` says how many blocks the family builds when ``asked`` blocks are wanted (default:
+      ``asked``, the setting's depth or ``--depth``; a family may set its own), :meth:`max_depth` the most it
+      builds (default: no limit of its own), and :attr:`depth_doc` says both in a line (``revit rules list``
+      and the docs show it).  A depth search for a budget prefers :attr:`reference_depth` when the family has
+      one, else the deepest depth that meets the budget (:func:`revit.rules.generate.depth_order`).
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     params: ClassVar[dict[str, ParamSpec]] = {}
     reference_depth: ClassVar[int | None] = None
+    # what the family does with depth, one line (shown with the description)
+    depth_doc: ClassVar[str] = "keeps the asked depth (the setting's, or --depth)"
     # every block equal: the design a redistribution is measured against (a study's reference side)
     uniform: ClassVar[bool] = False
     # rules this family ships by name, found by load_rule after the rule files of rules/
@@ -93,6 +100,14 @@ class RuleFamily(ABC):
     def blocks(self, params: Mapping[str, float], embed_dim: int, depth: int, gran: Granularity,
                mlp_factor: float = 1.0) -> tuple[BlockDims, ...]:
         """The rounded widths of every block."""
+
+    def depth(self, params: Mapping[str, float], asked: int) -> int:
+        """The number of blocks the family builds when ``asked`` are wanted: ``asked`` unless it sets its own."""
+        return asked
+
+    def max_depth(self, params: Mapping[str, float]) -> int | None:
+        """The most blocks the family builds (generation refuses deeper ones in one line); None: no limit."""
+        return None
 
     def domain_notes(self, params: Mapping[str, float], embed_dim: int, depth: int) -> list[DomainNote]:
         """Notes on how (embed_dim, depth) is mapped onto the family; ``outside`` ones leave its domain."""

@@ -38,7 +38,10 @@ class PaperRule(RuleFamily):
     """The official NViT code's ReViT rule (NVIT_SPEC.md section 7 [C]); EMB 384 gives ReViT-S."""
 
     name = "paper"
-    description = "official NViT code rule: y=round(E/200), x=round(E/160); ends 2y heads, middle 4y"
+    depth_doc = ("keeps the asked depth; other depths than 12 take the rule block at each block's normalised "
+                 "depth; a depth search prefers 12")
+    description = ("official NViT code rule: y=round(E/200), x=round(E/160); ends 2y heads, middle 4y; depth: "
+                   + depth_doc)
     reference_depth = REF_DEPTH
 
     @staticmethod
@@ -77,7 +80,8 @@ class PaperTable6Rule(RuleFamily):
     """The paper text's ReViT rule (NVIT_SPEC.md section 7 [P]): eps = 2 in blocks 4-9, else 1."""
 
     name = "paper-table6"
-    description = "paper text rule: H=eps*E/100 (even), QK=eps*E/20 (x8), V=64, MLP=3*eps*E"
+    depth_doc = "keeps the asked depth; eps = 2 in its middle half by normalised depth; a depth search prefers 12"
+    description = "paper text rule: H=eps*E/100 (even), QK=eps*E/20 (x8), V=64, MLP=3*eps*E; depth: " + depth_doc
     reference_depth = REF_DEPTH
 
     def blocks(self, params: Mapping[str, float], embed_dim: int, depth: int, gran: Granularity,
@@ -135,7 +139,9 @@ class LessMoreLess(RuleFamily):
     """
 
     name = "less-more-less"
-    description = "smooth plateau over normalised depth, per-kind ratios to EMB and end ratios"
+    depth_doc = ("keeps the asked depth; the profile is over normalised depth, so any depth has one; a depth "
+                 "search takes the deepest that meets the budget")
+    description = "smooth plateau over normalised depth, per-kind ratios to EMB and end ratios; depth: " + depth_doc
     params = {
         "center": ParamSpec(0.5, 0.2, 0.8, "normalised depth of the plateau's centre"),
         "plateau": ParamSpec(0.5, 0.05, 1.0, "width of the wide plateau, fraction of depth"),
@@ -189,7 +195,9 @@ class Uniform(RuleFamily):
     """
 
     name = "uniform"
-    description = "DeiT-style uniform blocks: heads of head_dim (auto 64, micro 24), MLP = mlp_ratio * EMB"
+    depth_doc = "keeps the asked depth, every block equal; a depth search takes the deepest that meets the budget"
+    description = ("DeiT-style uniform blocks: heads of head_dim (auto 64, micro 24), MLP = mlp_ratio * EMB; "
+                   "depth: " + depth_doc)
     uniform = True
     params = {
         "head_dim": ParamSpec(0.0, 0.0, 1024.0, "QK and V width per head (0 = auto: 64, or 24 when micro)",

@@ -4,12 +4,15 @@ Generation is generic over a :class:`~revit.cost.CostModel` (monotone in the wid
 (:func:`macs_budget`) and predicted latency (:func:`latency_budget`) are two such models.
 For a budget it searches the embedding width on its granularity and one global MLP factor (every
 block's MLP scaled, then rounded to its granularity) for a rounded config within the tolerance
-(1%), preferring the factor nearest 1 (the rule as written).  Pure Python: no torch, no numpy.
+(1%), preferring the factor nearest 1 (the rule as written).  A depth range (``depth=(low, high)``) is searched
+too: the depths are tried in the family's order of preference (:func:`depth_order`) and the first that meets the
+budget is taken.  Pure Python: no torch, no numpy.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +24,8 @@ from revit.rules.base import DomainNote
 from revit.rules.rule import Rule
 
 FACTOR_STEP = 1000  # MLP factors are searched in steps of 1/1000
+# a depth: None (the setting's, as the rule's family builds it), a number of blocks, or (low, high) to search
+Depth = int | tuple[int, int] | None
 
 
 def macs_budget(value: float | str, convention: counting.Convention = "nvit") -> CostTarget:
@@ -77,6 +82,7 @@ class Generated:
     budget: CostTarget | None = None
     cost: float | None = None
     notes: tuple[DomainNote, ...] = field(default_factory=tuple)
+    depth_range: tuple[int, int] | None = None  # the depths searched for the budget (None: one depth)
 
     @property
     def embed_dim(self) -> int:
@@ -97,7 +103,8 @@ class Generated:
     def summary(self) -> str:
         """One human line: rule, widths, MACs, params, factor and the gap to the budget."""
         cfg = self.config
-        parts = [f"rule {self.rule.name} ({self.rule.family})", f"EMB {cfg.embed_dim}", f"depth {cfg.depth}",
+        span = f" (searched {self.depth_range[0]}..{self.depth_range[1]})" if self.depth_range else ""
+        parts = [f"rule {self.rule.name} ({self.rule.family})", f"EMB {cfg.embed_dim}", f"depth {cfg.depth}{span}",
                  f"MACs {counting.format_count(counting.macs(cfg))}",
                  f"params {counting.format_count(counting.params(cfg))}",
                  f"MLP factor {self.mlp_factor:g}"]
@@ -114,6 +121,7 @@ class Generated:
             "macs": counting.macs(cfg), "macs_convention": "nvit", "macs_linear_only": counting.macs(cfg, "timm"),
             "params": counting.params(cfg), "granularity": self.granularity.to_dict(),
             "notes": [n.text for n in self.notes],
+            "depth_range": list(self.depth_range) if self.depth_range else None,
         }
         if self.budget is not None:
             d["budget"] = budget_json(self.budget)
@@ -127,9 +135,13 @@ def _name(rule: Rule, embed_dim: int, name: str | None) -> str:
 
 
 def apply_rule(rule: Rule | str, embed_dim: int, setting: Setting | str = Setting(), *, granularity: Any = None,
-               mlp_factor: float = 1.0, name: str | None = None) -> Generated:
-    """The rule evaluated exactly at ``embed_dim`` (and ``mlp_factor``) in ``setting`` (names as :func:`generate`)."""
+               mlp_factor: float = 1.0, name: str | None = None, depth: int | None = None) -> Generated:
+    """The rule evaluated exactly at ``embed_dim`` (and ``mlp_factor``) in ``setting`` (names as :func:`generate`),
+    at ``depth`` blocks (None: the setting's, as the rule's family builds it)."""
     rule, setting = as_rule(rule), as_setting(setting)
+    if depth is not None and not isinstance(depth, int):
+        raise ConfigError(f"apply_rule takes one depth (a range needs a budget: generate), got {depth!r}")
+    setting = at_depth(rule, setting, depth)
     if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1:
         raise ConfigError(f"embed_dim must be a positive integer, got {embed_dim!r}")
     if not mlp_factor > 0:
@@ -263,15 +275,80 @@ def as_setting(setting: Setting | str) -> Setting:
 
 def generate(rule: Rule | str, budget: CostTarget | str | float, setting: Setting | str = Setting(), *,
              granularity: Any = None, bounds: GenerationBounds = GenerationBounds(),
-             name: str | None = None) -> Generated:
+             name: str | None = None, depth: Depth = None) -> Generated:
     """The rule's config whose cost is within ``bounds.tolerance`` of ``budget``.
 
     ``rule``, ``budget`` and ``setting`` may be given as the CLI takes them: ``generate('paper', '1.3G')``,
-    ``generate('paper', '150M', 'micro')``; anything else is a :class:`ConfigError`.  Raises
-    :class:`BudgetError` naming the limit when the budget is below the smallest or above the largest
-    legal config within ``bounds`` (or, rarely, falls in a gap of the rounding).
+    ``generate('paper', '150M', 'micro')``; anything else is a :class:`ConfigError`.  ``depth``: None (the
+    setting's, as the rule's family builds it), a number of blocks, or ``(low, high)``: the first depth of
+    :func:`depth_order` that meets the budget.  Raises :class:`BudgetError` naming the limit when the budget is
+    below the smallest or above the largest legal config within ``bounds`` (or, rarely, falls in a gap of the
+    rounding), at every depth searched.
     """
     rule, budget, setting = as_rule(rule), as_budget(budget), as_setting(setting)
+    if isinstance(depth, Sequence):
+        return _over_depths(rule, budget, setting, check_depth_range(rule, depth), granularity, bounds, name)
+    return _generate_at(rule, budget, at_depth(rule, setting, depth), granularity, bounds, name)
+
+
+def at_depth(rule: Rule, setting: Setting, depth: int | None) -> Setting:
+    """``setting`` at the depth ``rule`` builds: its family's choice for the setting's depth (``depth`` None), or
+    ``depth`` itself (checked against the rule's limit; refused when the family sets another)."""
+    if depth is None:
+        built = rule.depth_for(setting.depth, "the setting's depth")
+    else:
+        built = rule.depth_for(rule.check_depth(depth))
+        if built != depth:
+            raise ConfigError(f"rule {rule.name!r} sets its own depth ({built} blocks); depth {depth} was asked")
+    return setting if built == setting.depth else replace(setting, depth=built)
+
+
+def check_depth_range(rule: Rule, span: Sequence[int]) -> tuple[int, int]:
+    """``(low, high)`` when both ends are depths ``rule`` can make and low <= high; else one-line ConfigError."""
+    if isinstance(span, str) or len(span) != 2:
+        raise ConfigError(f"a depth range is (low, high), got {span!r}")
+    low, high = (rule.check_depth(d, "the depth range's end") for d in span)
+    if low > high:
+        raise ConfigError(f"a depth range needs low <= high, got {low}..{high}")
+    return low, high
+
+
+def depth_order(rule: Rule, low: int, high: int) -> list[int]:
+    """The depths of ``low..high`` in the order a search for a budget tries them: nearest the family's
+    :attr:`~revit.rules.base.RuleFamily.reference_depth` first when it has one (the deeper on a tie), else the
+    deepest first.  The first that meets the budget is taken."""
+    deepest_first = list(range(high, low - 1, -1))
+    ref = rule.family_obj.reference_depth
+    return sorted(deepest_first, key=lambda d: abs(d - ref)) if ref else deepest_first
+
+
+def _over_depths(rule: Rule, budget: CostTarget, setting: Setting, span: tuple[int, int], granularity: Any,
+                 bounds: GenerationBounds, name: str | None) -> Generated:
+    """The config of the first depth of :func:`depth_order` (as the rule builds it) that meets the budget."""
+    low, high = span
+    ref = rule.family_obj.reference_depth
+    why = f"the depth nearest its reference depth {ref}" if ref else "the deepest"
+    refusals: dict[int, str] = {}
+    for asked in depth_order(rule, low, high):
+        d = rule.depth_for(asked)
+        if d in refusals or not low <= d <= high:
+            continue
+        try:
+            g = _generate_at(rule, budget, replace(setting, depth=d), granularity, bounds, name)
+        except BudgetError as e:
+            refusals[d] = e.message
+            continue
+        note = DomainNote(f"depth {d}: {why} of {low}..{high} at which rule {rule.name!r} meets the budget")
+        return replace(g, notes=(note, *g.notes), depth_range=span)
+    tried = list(refusals)
+    ends = "; ".join(f"at depth {d}: {refusals[d]}" for d in dict.fromkeys((tried[0], tried[-1]))) if tried \
+        else f"rule {rule.name!r} builds no depth in that range"
+    raise BudgetError(f"no depth in {low}..{high} meets {budget.describe()} ({ends})")
+
+
+def _generate_at(rule: Rule, budget: CostTarget, setting: Setting, granularity: Any, bounds: GenerationBounds,
+                 name: str | None) -> Generated:
+    """:func:`generate` at the setting's depth."""
     gran = rule.resolve_granularity(setting.img_size, granularity)
     s = _Search(rule, setting, gran, budget, bounds)
     i_lo, i_hi = _reachable(s)

@@ -8,6 +8,7 @@ On disk (``schema: revit/rule/v1``)::
     family: paper
     description: ...
     depth: 12                 # depth the rule was written or fitted for (informational)
+    max_depth: 16             # optional: the deepest config the rule makes (generation refuses deeper)
     granularity: auto         # or standard | micro | one | "E,H,Q,V,M" | {embed_dim, heads, qk_dim, v_dim, mlp_dim}
     params: {}                # the family's parameters; missing ones take the family default
     provenance: {...}         # where it came from: source, traces, fit quality (R^2 per kind)
@@ -29,7 +30,8 @@ from revit.paths import shipped_dir
 from revit.rules.base import FAMILIES, DomainNote, RuleFamily, get_family
 
 SCHEMA = "revit/rule/v1"
-_KEYS = ("schema", "kind", "name", "family", "description", "depth", "granularity", "params", "provenance")
+_KEYS = ("schema", "kind", "name", "family", "description", "depth", "max_depth", "granularity", "params",
+         "provenance")
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,14 @@ class Rule:
     granularity: str | Granularity | None = None  # None/'auto': chosen from the setting; or a preset name
     description: str = ""
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    max_depth: int | None = None  # the deepest config this rule makes (None: the family's limit, if any)
 
     def __post_init__(self) -> None:
         fam = get_family(self.family)
         object.__setattr__(self, "params", fam.check_params(self.params, f"rule {self.name!r}"))
+        if self.max_depth is not None and (isinstance(self.max_depth, bool) or not isinstance(self.max_depth, int)
+                                           or self.max_depth < 1):
+            raise ConfigError(f"rule {self.name!r}: max_depth must be a positive integer, got {short(self.max_depth)}")
         gran = self.granularity
         if gran == "auto":
             object.__setattr__(self, "granularity", None)
@@ -69,6 +75,26 @@ class Rule:
     def domain_notes(self, embed_dim: int, depth: int) -> list[DomainNote]:
         return self.family_obj.domain_notes(self.params, embed_dim, depth)
 
+    @property
+    def depth_limit(self) -> int | None:
+        """The deepest config this rule makes: the smaller of its ``max_depth`` and its family's (None: none)."""
+        limits = [d for d in (self.max_depth, self.family_obj.max_depth(self.params)) if d is not None]
+        return min(limits) if limits else None
+
+    def check_depth(self, depth: int, what: str = "depth") -> int:
+        """``depth`` when this rule can make it; else one-line :class:`ConfigError` naming the limit."""
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ConfigError(f"{what} must be a positive integer (at least 1 block), got {short(depth)}")
+        limit = self.depth_limit
+        if limit is not None and depth > limit:
+            whose = "its max_depth" if limit == self.max_depth else f"family {self.family!r}"
+            raise ConfigError(f"{what} {depth} is above the limit of {limit} blocks of rule {self.name!r} ({whose})")
+        return depth
+
+    def depth_for(self, asked: int, what: str = "depth") -> int:
+        """The depth this rule builds when ``asked`` blocks are wanted (its family may set its own), checked."""
+        return self.check_depth(self.family_obj.depth(self.params, asked), what)
+
     # I/O -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         gran = self.granularity
@@ -78,6 +104,7 @@ class Rule:
             "granularity": gran.to_dict() if isinstance(gran, Granularity) else (gran or "auto"),
             "params": {k: _tidy(v) for k, v in self.params.items()},
             "provenance": _plain(self.provenance),
+            **({"max_depth": self.max_depth} if self.max_depth is not None else {}),
         }
 
     def to_yaml(self) -> str:
@@ -99,13 +126,16 @@ class Rule:
         depth = d.get("depth")
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
             raise FileFormatError(f"{source}: 'depth' must be a positive integer, got {short(depth)}")
+        max_depth = d.get("max_depth")
+        if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):
+            raise FileFormatError(f"{source}: 'max_depth' must be a positive integer, got {short(max_depth)}")
         prov = d.get("provenance") or {}
         if not isinstance(prov, Mapping):
             raise FileFormatError(f"{source}: 'provenance' must be a mapping")
         try:
             return cls(name=str(d.get("name") or Path(source).stem), family=family, params=dict(params),
                        depth=depth, granularity=d.get("granularity"), description=str(d.get("description") or ""),
-                       provenance=dict(prov))
+                       provenance=dict(prov), max_depth=max_depth)
         except UnknownNameError as e:
             raise FileFormatError(f"{source}: {e}") from None
         except ConfigError as e:

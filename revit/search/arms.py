@@ -8,7 +8,7 @@ checks, the report and the torch objective (:mod:`revit.search.objective`) all u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from revit import counting
@@ -20,6 +20,7 @@ from revit.search.attrs import (
     BLOCKS,
     BUDGET,
     CANDIDATE,
+    DEPTH,
     EMBED_DIM,
     FAMILY,
     GROUP,
@@ -55,15 +56,16 @@ class Arm:
 
 
 def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str,
-              space: FamilySpace | None = None) -> Any:
+                 space: FamilySpace | None = None, depth: Any = None) -> Any:
     """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family):
-    what a trial of that family (or a baseline) trains."""
+    what a trial of that family (or a baseline) trains; ``depth`` as :func:`revit.rules.generate` takes it (None:
+    the setting's)."""
     from revit.rules import GenerationBounds, generate
 
     fs = space or spec.spaces[0]
     bounds = GenerationBounds(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
     return generate(rule, spec.budget.at(budget_value, table), spec.setting, granularity=fs.granularity,
-                    bounds=bounds, name=name)
+                    bounds=bounds, name=name, depth=depth)
 
 
 def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace | None = None) -> Any:
@@ -73,26 +75,26 @@ def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace
 
     fs = space or spec.spaces[0]
     params: dict[str, float] = {}
-    granularity = None
+    granularity, max_depth = None, None
     if fs.base_rule:
         base = load_rule(fs.base_rule)
         if base.family != fs.family:
             raise ConfigError(f"space.base rule {fs.base_rule!r} is of family {base.family!r}, not {fs.family!r}")
-        params, granularity = dict(base.params), base.granularity
+        params, granularity, max_depth = dict(base.params), base.granularity, base.max_depth
     params.update(values)
-    return Rule(name=f"{fs.name}-candidate", family=fs.family, params=params, granularity=granularity)
+    return Rule(name=f"{fs.name}-candidate", family=fs.family, params=params, granularity=granularity,
+                max_depth=max_depth)
 
 
 def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: Any = None) -> Arm:
     """The config of baseline ``b`` at ``budget_value``; raises :class:`BudgetError`/:class:`ConfigError`
     when it cannot be built, and :class:`~revit.errors.RuleDomainError` (an ``OutsideDomainError``) when
     the rule leaves its own domain (the baseline is then left out)."""
-    from revit.rules import Rule, load_rule
+    from revit.rules import load_rule
 
     rule = load_rule(b.rule)
     if b.params:
-        rule = Rule(name=rule.name, family=rule.family, params={**rule.params, **b.params},
-                    granularity=rule.granularity, description=rule.description)
+        rule = replace(rule, params={**rule.params, **b.params})
     gen = generate_arm(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
     if gen.outside_domain:
         raise RuleDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {gen.outside_domain[0]}")
@@ -119,6 +121,7 @@ def trial_arm(spec: StudySpec, trial: BaseTrial, table: Any = None) -> Arm:
             values[p.name] = float(trial.suggest_int(name, int(p.low), int(p.high), step=p.step, log=p.log))
         else:
             values[p.name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+    depth = trial.suggest_int(DEPTH, *fs.depth) if fs.depth is not None else None
     bs = spec.budget
     if bs.value is not None:
         budget = bs.value
@@ -126,7 +129,7 @@ def trial_arm(spec: StudySpec, trial: BaseTrial, table: Any = None) -> Arm:
         assert bs.low is not None and bs.high is not None
         budget = trial.suggest_float("budget", bs.low, bs.high, log=bs.log)
     rule = candidate_rule(spec, values, fs)
-    gen = generate_arm(spec, rule, budget, table, name=f"trial_{trial.number}", space=fs)
+    gen = generate_arm(spec, rule, budget, table, name=f"trial_{trial.number}", space=fs, depth=depth)
     return Arm(gen, CANDIDATE, f"{fs.name}-search", budget, dict(rule.params), family=fs.name)
 
 
@@ -137,7 +140,7 @@ def describe(spec: StudySpec, trial: BaseTrial, arm: Arm, table: Any = None) -> 
     attrs: dict[str, Any] = {
         ROLE: arm.role, FAMILY: arm.family, ARM: arm.arm, SEED: seed, BUDGET: arm.budget,
         MACS: counting.macs(cfg), PARAMS: counting.params(cfg), EMBED_DIM: cfg.embed_dim,
-        MLP_FACTOR: arm.generated.mlp_factor,
+        MLP_FACTOR: arm.generated.mlp_factor, DEPTH: cfg.depth,
         BLOCKS: [[b.heads, b.qk_dim, b.v_dim, b.mlp_dim] for b in cfg.blocks],
     }
     if arm.role == BASELINE:

@@ -35,6 +35,7 @@ INFEASIBLE = "infeasible"  # why it was pruned before training (budget unreachab
 RUNS = "runs"  # a candidate's finished seeds, in order: [{seed, val_acc, test_acc, val_curve, train_seconds}]
 VAL_ACC, TEST_ACC, VAL_CURVE, TRAIN_SECONDS = "val_acc", "test_acc", "val_curve", "train_seconds"
 PARAMS, EMBED_DIM, MLP_FACTOR, BLOCKS = "params", "embed_dim", "mlp_factor", "blocks"
+DEPTH = "depth"  # the config's number of blocks; also the searched parameter's name when a family searches depth
 MACS, LATENCY_MS = MacsCost.spec_key, LatencyCost.spec_key  # a cost's value in the unit users write: its spec key
 
 CANDIDATE, BASELINE = "candidate", "baseline"  # the values of ROLE
@@ -79,7 +80,7 @@ def is_original_candidate(trial: BaseTrial) -> bool:
     return u.get(ROLE, CANDIDATE) == CANDIDATE and REPEAT_OF not in u and RETRY_OF not in u
 
 
-__all__ = ["ARM", "BASELINE", "BLOCKS", "BUDGET", "CANDIDATE", "EMBED_DIM", "ERROR", "FAMILY", "GROUP", "HEARTBEAT",
-           "IDENTITY", "INFEASIBLE", "INTERRUPTED", "LATENCY_MS", "MACS", "MLP_FACTOR", "PARAMS", "REPEAT_OF",
-           "RETRY_OF", "ROLE", "RUNS", "SEED", "SKIPPED_BASELINES", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC", "VAL_CURVE",
-           "WORKER", "is_original_candidate", "retry_of", "role", "trial_family", "trial_ref"]
+__all__ = ["ARM", "BASELINE", "BLOCKS", "BUDGET", "CANDIDATE", "DEPTH", "EMBED_DIM", "ERROR", "FAMILY", "GROUP",
+           "HEARTBEAT", "IDENTITY", "INFEASIBLE", "INTERRUPTED", "LATENCY_MS", "MACS", "MLP_FACTOR", "PARAMS",
+           "REPEAT_OF", "RETRY_OF", "ROLE", "RUNS", "SEED", "SKIPPED_BASELINES", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC",
+           "VAL_CURVE", "WORKER", "is_original_candidate", "retry_of", "role", "trial_family", "trial_ref"]

@@ -37,19 +37,13 @@ def check_budget(spec: StudySpec) -> None:
     from revit.errors import BudgetError, OutsideDomainError
     from revit.search.arms import baseline_arm, candidate_rule, generate_arm
 
-    table = None
-    if spec.budget.needs_table and spec.budget.table:
-        from revit.latency.table import LatencyTable
-
-        table = LatencyTable.load(spec.budget.table)
-    b = spec.budget
-    for value in ([b.value] if b.value is not None else [b.low, b.high]):
-        assert value is not None
+    table = _budget_table(spec)
+    for value in _budgets(spec):
         errors: list[str] = []
         for fs, ranges in _searched_families(spec):
             try:
                 generate_arm(spec, candidate_rule(spec, {r.name: _middle(r) for r in ranges}, fs), value, table,
-                             name="check", space=fs)
+                             name="check", space=fs, depth=fs.depth)
                 break
             except (BudgetError, OutsideDomainError) as e:
                 errors.append(str(e))
@@ -64,6 +58,44 @@ def check_budget(spec: StudySpec) -> None:
                 raise ConfigError(f"budget {spec.budget.fmt(value)} cannot be met by any config of this study "
                                   f"(setting {spec.setting.img_size}px/{spec.setting.patch_size}, depth "
                                   f"{spec.setting.depth}): {errors[0]}")
+
+
+def _budget_table(spec: StudySpec) -> Any:
+    """The latency table a latency budget is priced on (None for a MACs budget)."""
+    if spec.budget.needs_table and spec.budget.table:
+        from revit.latency.table import LatencyTable
+
+        return LatencyTable.load(spec.budget.table)
+    return None
+
+
+def _budgets(spec: StudySpec) -> list[float]:
+    """The budgets a study uses: the fixed one, or the low and high ends of a searched one."""
+    b = spec.budget
+    values = [b.value] if b.value is not None else [b.low, b.high]
+    return [float(v) for v in values if v is not None]
+
+
+def check_depths(spec: StudySpec) -> None:
+    """Refuse a searched depth range that a family's rule cannot make (above its limit), or at which no config of
+    the family (at the middle of its ranges) meets a budget of the study: every such trial would be infeasible."""
+    from revit.errors import BudgetError
+    from revit.rules.generate import check_depth_range
+    from revit.search.arms import candidate_rule, generate_arm
+
+    searched = [(fs, ranges) for fs, ranges in _searched_families(spec) if fs.depth is not None]
+    table = _budget_table(spec) if searched else None
+    for fs, ranges in searched:
+        assert fs.depth is not None
+        rule = candidate_rule(spec, {r.name: _middle(r) for r in ranges}, fs)
+        where = f"space {fs.name!r} depth {fs.depth[0]}..{fs.depth[1]}"
+        where += f" (the range of {fs.depth_from}, for a fair comparison)" if fs.depth_from else ""
+        try:
+            check_depth_range(rule, fs.depth)
+            for value in _budgets(spec):
+                generate_arm(spec, rule, value, table, name="check", space=fs, depth=fs.depth)
+        except (BudgetError, ConfigError) as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 def check_data(spec: StudySpec) -> None:
@@ -115,7 +147,8 @@ def table_coverage(spec: StudySpec, samples: int = 64) -> dict[str, float]:
                     r.low + x * (r.high - r.low)
                 values[r.name] = float(min(max(round(v / r.step) * r.step, r.low), r.high)) if r.step else v
             try:
-                gen = generate_arm(spec, candidate_rule(spec, values, fs), budget, table, name="check", space=fs)
+                gen = generate_arm(spec, candidate_rule(spec, values, fs), budget, table, name="check", space=fs,
+                                   depth=fs.depth)
             except (BudgetError, OutsideDomainError):
                 continue
             feasible += 1
@@ -149,6 +182,7 @@ def check_study(spec: StudySpec, *, data: bool = True) -> None:
     """Everything that would make every trial fail (budget, data, setting, a table that prices no config),
     checked before the study is created."""
     check_rules(spec)
+    check_depths(spec)
     check_budget(spec)
     check_table_coverage(spec)
     if data:

@@ -201,10 +201,11 @@ def _comparison(best: ConfigResult, ref: ConfigResult, head: Welch | None, summa
     lines = ["", "## Best rule-generated config vs best uniform config", "",
              f"- best `{best.family}` config `{best.name}` ({best.n} seed(s)): test top-1 **{pm(bv, unit='%')}**, "
              f"held-out {pm(bh, unit='%')}, MACs {counting.format_count(best.macs)}, "
-             f"EMB {best.first.user_attrs.get(A.EMBED_DIM)}",
+             f"EMB {best.first.user_attrs.get(A.EMBED_DIM)}, depth {_depth(best)}",
              f"- {'best searched uniform config' if ref.role == A.CANDIDATE else 'uniform baseline'} `{ref.name}` "
              f"({ref.family}, {ref.n} seed(s)): test top-1 **{pm(uv, unit='%')}**, held-out {pm(uh, unit='%')}, "
-             f"MACs {counting.format_count(ref.macs)}, EMB {ref.first.user_attrs.get(A.EMBED_DIM)}"]
+             f"MACs {counting.format_count(ref.macs)}, EMB {ref.first.user_attrs.get(A.EMBED_DIM)}, "
+             f"depth {_depth(ref)}"]
     if head is not None:
         summary["headline"] = head.to_json()
         lines.append(f"- difference (rule - uniform), test top-1: **{head.describe()}**; "
@@ -216,6 +217,11 @@ def _comparison(best: ConfigResult, ref: ConfigResult, head: Welch | None, summa
                  "study's best_trial; a candidate whose first seed was not among the family's best "
                  "repeats.top_k so far stopped there, PRUNED); the interval is on test top-1, which no choice used")
     return lines
+
+
+def _depth(g: ConfigResult) -> int:
+    """A config's number of blocks (a family may search depth, so configs of one study may differ in it)."""
+    return len(g.first.user_attrs.get(A.BLOCKS) or [])
 
 
 def _versus_reference(rivals: list[ConfigResult], ref: ConfigResult, summary: dict[str, Any]) -> list[str]:
@@ -258,7 +264,7 @@ def _configs_table(results: list[ConfigResult], summary: dict[str, Any]) -> list
         lines.append(row)
         summary["groups"].append({"group": g.name, "role": g.role, "family": g.family, "arm": g.arm, "n": g.n,
                                   "val": g.mean_std(A.VAL_ACC), "test": g.mean_std(A.TEST_ACC), A.MACS: g.macs,
-                                  "latency_ms": g.latency_ms, "embed_dim": u.get(A.EMBED_DIM),
+                                  "latency_ms": g.latency_ms, "embed_dim": u.get(A.EMBED_DIM), "depth": _depth(g),
                                   "blocks": u.get(A.BLOCKS), "params": dict(g.first.params),
                                   "trials": [trial_ref(t) for t in g.trials]})
     return lines

@@ -1,14 +1,20 @@
-"""The searched space of a study: the families (``space:`` one mapping or a list) and their parameter ranges."""
+"""The searched space of a study: the families (``space:`` one mapping or a list) and their parameter ranges.
+
+A family may search depth too (``depth: [low, high]``, integers): each trial then suggests ``depth`` (Optuna's
+``suggest_int``) and its config is generated at that depth.  When a rule family searches depth, every uniform
+family that gives no ``depth`` of its own searches the same range (the hull of the rule families' ranges), so
+the rule-vs-uniform comparison stays fair.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from revit.config import Setting
 from revit.errors import ConfigError, check_keys
-from revit.input_checks import check_number
+from revit.input_checks import check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,11 @@ class FamilySpace:
     base_rule: str | None = None
     granularity: Any = None
     mlp_factor: tuple[float, float] = (0.5, 2.0)
+    depth: tuple[int, int] | None = None  # searched depth (inclusive); None: the setting's depth
+    depth_from: str | None = None  # the rule family whose depth range a uniform family took (fairness)
 
 
-_SPACE_KEYS = ("family", "name", "base", "params", "granularity", "mlp_factor")
+_SPACE_KEYS = ("family", "name", "base", "params", "granularity", "mlp_factor", "depth")
 
 
 def parse_spaces(raw: Any, setting: Setting) -> tuple[FamilySpace, ...]:
@@ -53,7 +61,7 @@ def parse_spaces(raw: Any, setting: Setting) -> tuple[FamilySpace, ...]:
         names = [s.name for s in out]
         if len(set(names)) != len(names):
             raise ConfigError(f"space: two families have the same name ({', '.join(names)}); give each a 'name'")
-        return out
+        return fair_depths(out)
     raise ConfigError("space: a mapping with 'family' (a rule family) and 'params' (searched ranges), "
                       "or a list of such mappings (one per searched family)")
 
@@ -87,6 +95,8 @@ def _space(raw: Any, where: str, setting: Setting) -> FamilySpace:
     if not ranges:
         raise ConfigError(f"{where}.params: give at least one parameter of {family!r} to search: "
                           f"{', '.join(fam.params)}")
+    if raw.get("depth") is not None and "depth" in fam.params:
+        raise ConfigError(f"{where}.depth: family {family!r} has a parameter named depth; search it in params")
     mf = raw.get("mlp_factor", [0.5, 2.0])
     if not (isinstance(mf, Sequence) and not isinstance(mf, str) and len(mf) == 2):
         raise ConfigError(f"{where}.mlp_factor must be [low, high], got {mf!r}")
@@ -95,7 +105,35 @@ def _space(raw: Any, where: str, setting: Setting) -> FamilySpace:
     if not mf[0] <= mf[1]:
         raise ConfigError(f"{where}.mlp_factor must be [low, high] with low <= high, got {list(mf)}")
     return FamilySpace(name, family, tuple(ranges), raw.get("base"), raw.get("granularity"),
-                       (float(mf[0]), float(mf[1])))
+                       (float(mf[0]), float(mf[1])), _depth(raw.get("depth"), f"{where}.depth"))
+
+
+def _depth(raw: Any, at: str) -> tuple[int, int] | None:
+    """``depth``: ``[low, high]`` or ``{low, high}``, integers with 1 <= low <= high (None: not searched)."""
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping):
+        check_keys(raw, ("low", "high"), at)
+        raw = [raw.get("low"), raw.get("high")]
+    if not (isinstance(raw, Sequence) and not isinstance(raw, str) and len(raw) == 2):
+        raise ConfigError(f"{at} must be [low, high] or {{low, high}} (numbers of blocks), got {str(raw)[:60]}")
+    low, high = (check_int(x, f"{at} {end}", 1) for x, end in zip(raw, ("low", "high"), strict=True))
+    if low > high:
+        raise ConfigError(f"{at} must have low <= high, got [{low}, {high}]")
+    return low, high
+
+
+def fair_depths(spaces: tuple[FamilySpace, ...]) -> tuple[FamilySpace, ...]:
+    """The spaces with every uniform family that gives no ``depth`` searching the rule families' depths too (the
+    hull of their ranges), so a rule family that may change depth is compared with a uniform one that may too."""
+    from revit.rules import get_family
+
+    rules = [s for s in spaces if s.depth is not None and not get_family(s.family).uniform]
+    if not rules:
+        return spaces
+    hull = (min(s.depth[0] for s in rules if s.depth), max(s.depth[1] for s in rules if s.depth))
+    return tuple(replace(s, depth=hull, depth_from=", ".join(r.name for r in rules))
+                 if s.depth is None and get_family(s.family).uniform else s for s in spaces)
 
 
 def _range(name: str, r: Any, lo: float, hi: float, where: str = "space.params",

@@ -21,6 +21,7 @@ On disk (YAML in ``search/``)::
         params: {plateau: [0.2, 1.0], mlp_end: [0.25, 1.0]}   # searched: [low, high] or {low, high, log}
         granularity: auto
         mlp_factor: [0.5, 2.0]    # interval of the global MLP factor that generation may use
+        depth: [6, 10]            # optional: depth searched too (suggest_int); uniform families then search it
       - family: uniform           # every block equal; EMB solved for the budget (revit generate --uniform)
         name: uniform             # the trials' ``family`` tag (default: the family); unique
         params: {head_dim: [8, 32], mlp_ratio: [1.0, 6.0]}   # head_dim: integers on the QK step

@@ -53,14 +53,23 @@ def fingerprint(spec: StudySpec) -> str:
 
     train = {f.name: getattr(spec.train, f.name) for f in fields(spec.train) if f.name not in RUNTIME_FIELDS}
     doc = {"objectives": list(spec.objectives), "budget": spec.budget.fingerprint(),
-           "spaces": [{**asdict(s), "params": sorted(map(asdict, s.params), key=lambda r: r["name"])}
-                      for s in spec.spaces], "setting": asdict(spec.setting), "data": asdict(spec.data),
+           "spaces": [_space_doc(s) for s in spec.spaces], "setting": asdict(spec.setting), "data": asdict(spec.data),
            "train": train, "seeds": list(spec.seeds), "repeat_top_k": spec.repeat_top_k,
            "baselines": [asdict(b) for b in spec.baselines],
            "sampler": [spec.sampler.name, dict(spec.sampler.kwargs)],
            "pruner": [spec.optuna_pruner.name, dict(spec.optuna_pruner.kwargs)]}  # key kept: stored fingerprints
     text = dumps_json(doc, "the study spec", sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _space_doc(space: Any) -> dict[str, Any]:
+    """A searched family as the fingerprint reads it; a depth it does not search is left out (studies begun
+    before depth could be searched keep their fingerprint)."""
+    doc = {**asdict(space), "params": sorted(map(asdict, space.params), key=lambda r: r["name"])}
+    for key in ("depth", "depth_from"):
+        if doc[key] is None:
+            del doc[key]
+    return doc
 
 
 @dataclass
