@@ -58,6 +58,9 @@ def register(sub: Any) -> None:
                            "fraction of the base cost per step")
     p.add_argument("--eta", type=number(0), default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
                                                          "weighs a median saliency; 0 = no penalty")
+    p.add_argument("--keep-depth", action="store_true",
+                   help="prune widths only: never remove a block's attention, its MLP or the block (by default a "
+                        "branch whose widths are at their minimum competes as a whole)")
     p.add_argument("--granularity", default="auto",
                    help="auto (from the model's widths: standard steps for DeiT-Tiny and wider, micro below), "
                         "standard, micro, one, or E,H,QK,V,MLP steps")
@@ -108,6 +111,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         kl_weight=args.kl_weight, ce_weight=args.ce_weight, temperature=args.temperature,
         teacher_weight=args.teacher_weight, teacher_type=args.teacher_type,
         granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,
+        keep_depth=args.keep_depth,
     )
     cfg = resolve_config(args.model)
     data = DataSpec(source=args.data, train_limit=args.train_limit, val_size=args.val_size,
