@@ -207,11 +207,11 @@ class GlobalPruner:
         if floor > self.target_cost:
             mins = ", ".join(f"{k} {v}" for k, v in self.minimum.items())
             what = f"the minimum widths ({mins})" + (" with one branch of one block left" if self.removals else "")
-            fix = "raise the target or lower the granularity"
-            if self.keep_depth and self._floor(self.prices_depth) <= self.target_cost:
-                what, fix = f"without removing a branch or a block (keep_depth) {what}", "allow removals"
+            how, fix = "", "raise the target or lower the granularity"
+            if self.keep_depth and self.prices_depth and self._floor(True) <= self.target_cost:
+                how, fix = " without removing a branch or a block (keep_depth)", "allow removals or raise the target"
             raise BudgetError(f"target {self.ratio:g} x base {self.cost.name} = {self.cost.format(self.target_cost)} "
-                              f"cannot be reached {what}: they still cost {self.cost.format(floor)} "
+                              f"cannot be reached{how}: {what} still cost {self.cost.format(floor)} "
                               f"({floor / self.base_cost:.3f} of the base); {fix}")
 
     @property

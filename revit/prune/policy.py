@@ -181,8 +181,9 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
 
     ``eta_abs`` None calibrates it from the first candidate list (:func:`calibrate_eta`).  Ties go
     to the lower group id (a width before a branch).  ``removals`` lets whole branches compete
-    (:func:`branch_candidates`); a removed entry then says ``removes`` (attention, mlp or block) and ``block``
-    (the base model's index).  Raises :class:`BudgetError` when every group is at its minimum first.
+    (:func:`branch_candidates`); a branch's removed entry then says its ``block`` (the base model's index), the
+    ``branch`` and what it ``removes``: the branch, or the block when it was its last.  Raises
+    :class:`BudgetError` when every group is at its minimum first.
     """
     by_gid = {g.gid: g for g in groups}
     # one copy to the host for the whole step: scores may live on a GPU, and candidates() reads them per removal
@@ -213,7 +214,8 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
                 now[gid][:] = False
                 lowest.pop(gid, None)
             gone = block not in block_positions(groups, now)
-            entry.update(group=f"blocks.{block}.{best.branch}", removes="block" if gone else best.branch, block=block)
+            entry.update(group=f"blocks.{block}.{best.branch}", block=block, branch=best.branch,
+                         removes="block" if gone else best.branch)
         removed.append(entry)
     return Choice(tuple(removed), now, 0.0 if eta_abs is None else eta_abs)
 
