@@ -251,3 +251,18 @@ def test_revit_prune_removes_and_records_and_keep_depth_resumes_only_as_begun(cl
     code, _, err = cli(*run, "--target-macs", "0.4", "--out", tmp_path / "kept", "--resume")
     assert code == 2 and "keep_depth" in err and len(err.strip().splitlines()) == 1, err
     assert {p: p.read_bytes() for p in (tmp_path / "kept").rglob("*") if p.is_file()} == before
+
+
+def test_keep_depth_steps_are_the_width_only_ones_written_before_depth(cli: Any, tmp_path: Path) -> None:
+    """``--keep-depth`` reproduces the steps of the trace committed before depth was prunable byte for byte (its
+    header differs only by saying keep_depth)."""
+    from test_cost_target import FIXTURES, RUN, TARGETS
+
+    code, _, err = cli(*RUN, *TARGETS["macs"], "--keep-depth", "--out", tmp_path / "run")
+    assert code == 0, err
+    fresh = (tmp_path / "run" / "trace.jsonl").read_bytes().splitlines()
+    old = (FIXTURES / "prune_macs_trace.jsonl").read_bytes().splitlines()
+    assert fresh[1:] == old[1:]
+    head, before = json.loads(fresh[0]), json.loads(old[0])
+    assert head.pop("keep_depth") is True and head["settings"].pop("keep_depth") is True
+    assert head == before
