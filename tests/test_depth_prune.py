@@ -238,6 +238,16 @@ def test_revit_prune_removes_and_records_and_keep_depth_resumes_only_as_begun(cl
     assert pruned.depth == CFG.depth - sum(r["removes"] == "block" for r in named)
     assert all(len(st["blocks"]) == CFG.depth for st in lines[1:])
     assert "keep_depth" not in lines[0]["settings"]
+    # metrics, the closing line and the model card say what went, by the base's block indices
+    gone = sorted(r["block"] for r in named if r["removes"] == "block")
+    metrics = json.loads((tmp_path / "free" / "metrics.json").read_text())
+    assert metrics["removed"]["blocks"] == gone
+    last = [BlockDims.from_dict(b) for b in lines[-1]["blocks"]]
+    assert metrics["removed"]["attention"] == [i for i, b in enumerate(last) if b.has_mlp and not b.has_attention]
+    assert metrics["removed"]["mlp"] == [i for i, b in enumerate(last) if b.has_attention and not b.has_mlp]
+    said = f"block{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone))}"
+    assert f"removed: {said}" in err
+    assert f"removed {said}" in (tmp_path / "free" / "hf" / "README.md").read_text()
 
     code, _, err = cli(*run, "--target-macs", "0.4", "--keep-depth", "--out", tmp_path / "kept")
     assert code == 0, err

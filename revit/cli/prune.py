@@ -146,14 +146,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def summary(steps: int, m: dict[str, Any]) -> str:
     """The sentence that ends a pruning run: counts before and after, accuracy, the penalty weight used."""
     from revit.counting import format_count
+    from revit.trace import describe_removals
 
     acc = "".join(f", {k.removesuffix('_accuracy')} top-1 {m[k]:.4f}" for k in ("val_accuracy", "test_accuracy")
                   if k in m)
     kind, penalty = str(m["target"]["kind"]), str(m.get("penalty"))
     lat = f", {kind} {m['cost_ratio']:.3f} of the base" if kind != MACS else ""
     unit = COSTS.get(penalty).per_unit if penalty in COSTS else "unit of cost"
+    removed = f", removed: {describe_removals(m['removed'])}" if m.get("removed") else ""
     eta = f"; penalty weight {m['eta_abs']:.3g} saliency per {unit} saved" if m.get("eta_abs") else ""
     return (f"pruned in {steps} steps: MACs {format_count(m['base']['macs'])} -> {format_count(m['pruned']['macs'])} "
             f"({m['macs_ratio']:.3f} of the base), params {format_count(m['base']['params'])} -> "
-            f"{format_count(m['pruned']['params'])}{lat}{acc}"
+            f"{format_count(m['pruned']['params'])}{lat}{acc}{removed}"
             f"{eta}; dense and masked outputs differ by at most {m['dense_vs_masked_max_abs_diff']:.2e}")

@@ -367,6 +367,9 @@ class PruneRun:
             "device": str(self.device), "amp": self.cfg.amp, "teachers": self.teachers(),
             "ce_weight": self.cfg.ce_weight,
         }
+        gone = p.steps_log[-1].removed_parts(self.base)
+        if any(gone.values()):  # the base's block indices (a width-only run's metrics are as before)
+            metrics["removed"] = gone
         if self.val_ds is not None and size(self.val_ds):
             metrics["val_accuracy"] = evaluate(dense, self.val_ds)
         if self.test_ds is not None and size(self.test_ds):
