@@ -276,3 +276,51 @@ def test_keep_depth_steps_are_the_width_only_ones_written_before_depth(cli: Any,
     head, before = json.loads(fresh[0]), json.loads(old[0])
     assert head.pop("keep_depth") is True and head["settings"].pop("keep_depth") is True
     assert head == before
+
+
+def test_a_latency_table_prices_a_branch_with_its_fixed_costs(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                              ) -> None:
+    """Under a v2 table (each half block with a fixed cost) a branch candidate saves what the table predicts for
+    the model without it, and a latency target removes branches; a v1 table cannot price them: widths only, said."""
+    from test_latency_branches import _grid, _v1, synthetic
+    from test_latency_build import FakeBackend
+
+    from revit.cost import LatencyCost
+    from revit.latency.profiler import BuildSettings, build_table
+    from revit.latency.table import LatencyTable
+    from revit.models import build_model
+    from revit.prune import GlobalPruner
+    from revit.prune.policy import block_positions, branch_candidates
+
+    build_table(_grid(), FakeBackend(synthetic), tmp_path / "t.json",
+                BuildSettings(passes=1, repeats=1, warmup=0, design="full"), progress=False)
+    table = LatencyTable.load(tmp_path / "t.json")
+    cfg = ViTConfig(embed_dim=32, blocks=(BlockDims(2, 8, 4, 32),) * 3, img_size=28, patch_size=7, in_chans=1,
+                    num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(8)]
+
+    torch.manual_seed(0)
+    p = GlobalPruner(build_model(cfg), target_latency=0.35, table=table, total_steps=8, granularity="micro")
+    train(p, batches[:5])
+    s, now = p.structure, p.current_config()
+    cands = branch_candidates(s.groups, {g.gid: torch.rand(g.size) for g in s.groups}, p.masks.alive, p.unit,
+                              p.minimum, now, LatencyCost(table), block_positions(s.groups, p.masks.alive))
+    assert cands
+    for c in cands:
+        i = c.price[1]
+        b = now.blocks[i]
+        blocks = list(now.blocks)
+        blocks[i] = BlockDims(0, 0, 0, b.mlp_dim) if c.branch == "attention" else BlockDims(b.heads, b.qk_dim,
+                                                                                             b.v_dim, 0)
+        want = table.predict(now).total_s - table.predict(now.with_blocks(blocks)).total_s
+        assert c.saving == pytest.approx(max(want, 0.0), rel=1e-9, abs=1e-15)
+    train(p, batches[5:])
+    assert p.done and any(st.extra.get("removals") for st in p.trace.steps)
+    assert p.trace.steps[-1].latency <= 0.35 * table.predict(cfg).total_s
+
+    with caplog.at_level("WARNING", logger="revit.prune.global_pruner"):
+        old = GlobalPruner(build_model(cfg), target_latency=0.75, table=_v1(table), total_steps=8, granularity="micro")
+    assert not old.removals and "cannot price a block without its attention or MLP" in caplog.text
+    train(old, batches)
+    assert old.done and not any(st.extra.get("removals") for st in old.trace.steps)
