@@ -97,7 +97,8 @@ def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], 
     """
     out = []
     lowest = {} if lowest is None else lowest
-    pos = block_positions(groups, alive)
+    # blocks keep their index in the config unless some went (only with removals)
+    pos = block_positions(groups, alive) if removals else {g.block: g.block for g in groups if g.block is not None}
     for g in groups:
         a = alive[g.gid]
         u = unit[g.kind]
@@ -119,19 +120,24 @@ def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], 
 
 def block_positions(groups: Sequence[GroupLike], alive: Mapping[int, torch.Tensor]) -> dict[int, int]:
     """Each present block's index in the config (which drops removed blocks) by its index in the base."""
-    present = sorted({g.block for g in groups if g.block is not None
-                      and any(_branch_alive(groups, alive, g.block, b) for b in BRANCH_KINDS)})
+    present = sorted(block for block, branches in _branch_map(groups).items()
+                     if any(_alive(gs, alive) for gs in branches.values()))
     return {b: i for i, b in enumerate(present)}
 
 
-def _branch_groups(groups: Sequence[GroupLike], block: int, branch: str) -> list[GroupLike]:
-    return [g for g in groups if g.block == block and g.kind in BRANCH_KINDS[branch]]
+def _branch_map(groups: Sequence[GroupLike]) -> dict[int, dict[str, list[GroupLike]]]:
+    """Each block's branches and the groups of each (a branch the block lacks has none)."""
+    out: dict[int, dict[str, list[GroupLike]]] = {}
+    for g in groups:
+        for branch, kinds in BRANCH_KINDS.items():
+            if g.block is not None and g.kind in kinds:
+                out.setdefault(g.block, {}).setdefault(branch, []).append(g)
+    return out
 
 
-def _branch_alive(groups: Sequence[GroupLike], alive: Mapping[int, torch.Tensor], block: int, branch: str) -> bool:
-    """Whether ``block`` has ``branch``: its groups exist and none is empty (no head, QK, V or MLP unit left)."""
-    gs = _branch_groups(groups, block, branch)
-    return bool(gs) and all(bool(alive[g.gid].any()) for g in gs)
+def _alive(gs: Sequence[GroupLike], alive: Mapping[int, torch.Tensor]) -> bool:
+    """Whether a branch is there: none of its groups is empty (no head, QK, V or MLP unit left)."""
+    return all(bool(alive[g.gid].any()) for g in gs)
 
 
 def branch_candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor],
@@ -141,12 +147,12 @@ def branch_candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Te
     the sum of its scoring group's alive scores, saving its cost with its fixed costs (the last unit of a
     width priced by the cost model: the branch).  The last present block's last branch is never offered."""
     out = []
+    bmap = _branch_map(groups)
     for block in sorted(pos):
-        present = [b for b in BRANCH_KINDS if _branch_alive(groups, alive, block, b)]
+        present = {b: gs for b, gs in bmap[block].items() if _alive(gs, alive)}
         if len(pos) == 1 and len(present) == 1:
             continue  # a ViT keeps one block
-        for branch in present:
-            gs = _branch_groups(groups, block, branch)
+        for branch, gs in present.items():
             if all(int(alive[g.gid].sum()) - unit[g.kind] >= min(minimum[g.kind], g.size) for g in gs):
                 continue  # every width can still shrink: not the branch's last unit yet
             head = next(g for g in gs if g.kind == SCORED_BY[branch])
