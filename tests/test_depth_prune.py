@@ -324,3 +324,43 @@ def test_a_latency_table_prices_a_branch_with_its_fixed_costs(tmp_path: Path, ca
     assert not old.removals and "cannot price a block without its attention or MLP" in caplog.text
     train(old, batches)
     assert old.done and not any(st.extra.get("removals") for st in old.trace.steps)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing catches it on its way out (tests/test_kill_resume.py kills for real)."""
+
+
+def test_revit_prune_killed_after_a_removal_resumes_byte_identical(cli: Any, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``revit prune`` stopped right after saving the state of the first step that removed a branch (a block goes
+    later), then resumed: the trace, pruned config and weights are those of the uninterrupted run."""
+    from revit.prune.loop import PruneRun
+
+    cfg = tmp_path / "tiny.yaml"
+    CFG.save(cfg)
+    run = ["prune", "--model", cfg, "--data", "digits", "--train-limit", "256", "--val-size", "64", "--test-limit",
+           "0", "--batch-size", "32", "--epochs", "1", "--eval-size", "64", "--threads", "1", "--granularity",
+           "micro", "--no-progress", "--seed", "0", "--target-macs", "0.2"]
+    code, _, err = cli(*run, "--out", tmp_path / "ref")
+    assert code == 0, err
+    steps = [json.loads(x) for x in (tmp_path / "ref" / "trace.jsonl").read_text().splitlines()[1:]]
+    cut = next(s["step"] for s in steps if s.get("removals"))  # the first step that removed a branch
+    assert cut < steps[-1]["step"] and any(r["removes"] == "block" for s in steps[cut:] for r in s.get("removals", []))
+    real, saves = PruneRun._save_state, [0]
+
+    def save_then_die(self: Any) -> None:
+        real(self)
+        saves[0] += 1
+        if saves[0] == cut + 1:  # the first save is the start's, then one per pruning step
+            raise Killed
+
+    monkeypatch.setattr(PruneRun, "_save_state", save_then_die)
+    with pytest.raises(Killed):
+        cli(*run, "--out", tmp_path / "cut")
+    monkeypatch.setattr(PruneRun, "_save_state", real)
+    lines = (tmp_path / "cut" / "trace.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == cut
+    code, _, err = cli(*run, "--out", tmp_path / "cut", "--resume")
+    assert code == 0, err
+    for f in ("trace.jsonl", "pruned.yaml", "pruned.safetensors"):
+        assert (tmp_path / "cut" / f).read_bytes() == (tmp_path / "ref" / f).read_bytes(), f
