@@ -364,3 +364,26 @@ def test_revit_prune_killed_after_a_removal_resumes_byte_identical(cli: Any, tmp
     assert code == 0, err
     for f in ("trace.jsonl", "pruned.yaml", "pruned.safetensors"):
         assert (tmp_path / "cut" / f).read_bytes() == (tmp_path / "ref" / f).read_bytes(), f
+
+
+def test_the_last_units_of_a_width_price_the_whole_branch() -> None:
+    """``MacsCost.saving`` (priced on the block) and the generic saving (``shrink`` on the whole config) of the last
+    units of any attention width are the whole attention's MACs, its matmuls included; of the MLP's, the MLP's;
+    of a block's last branch, the block's."""
+    from revit.cost import CostModel, MacsCost, shrink
+
+    class Generic(MacsCost):  # the base class's saving: the whole config's cost before and after shrink()
+        saving = CostModel.saving
+
+    cfg = ViTConfig(embed_dim=16, blocks=(BlockDims(2, 4, 8, 16), BlockDims(0, 0, 0, 24), BlockDims(3, 4, 4, 0)),
+                    img_size=8, patch_size=2, in_chans=1, num_classes=10)
+    n, e = cfg.tokens, cfg.embed_dim
+    attention = n * e * 2 * (2 * 4 + 8) + n * 2 * 8 * e + n * n * 2 * (4 + 8)  # qkv, proj, QK^T and AV
+    for model in (MacsCost(), Generic()):
+        for kind in ("heads", "qk_dim", "v_dim"):
+            assert model.saving(cfg, kind, 0, getattr(cfg.blocks[0], kind)) == attention
+        assert model.saving(cfg, "mlp_dim", 0, 16) == 2 * n * e * 16
+        assert model.saving(cfg, "mlp_dim", 1, 24) == counting.block_macs(e, cfg.blocks[1], n)  # the block goes
+        assert model.saving(cfg, "heads", 2, 3) == counting.block_macs(e, cfg.blocks[2], n)
+    assert shrink(cfg, "qk_dim", 0, 4).blocks[0] == BlockDims(0, 0, 0, 16)
+    assert shrink(cfg, "heads", 2, 3).depth == 2
