@@ -186,11 +186,11 @@ class GlobalPruner:
         """Whether branches and blocks may go: not with ``keep_depth``, nor when a cost model cannot price them."""
         if not isinstance(keep_depth, bool):
             raise ConfigError(f"keep_depth must be True or False, got {keep_depth!r}")
-        unpriced = [m.name for m in (self.cost, self.penalty) if not m.prices_removals()]
-        if unpriced and not keep_depth:
+        if not keep_depth and not self.prices_depth:
+            unpriced = next(m.name for m in (self.cost, self.penalty) if not m.prices_removals())
             log.warning("the %s cost cannot price a block without its attention or MLP (a latency table of schema "
-                        "v1): pruning widths only; rebuild the table to prune depth", unpriced[0])
-        return not keep_depth and not unpriced
+                        "v1): pruning widths only; rebuild the table to prune depth", unpriced)
+        return not keep_depth and self.prices_depth
 
     def _floor(self, removals: bool) -> float:
         """The least cost pruning can reach: every width at its minimum, and with ``removals`` one block left
