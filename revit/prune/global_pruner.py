@@ -108,13 +108,13 @@ class GlobalPruner:
             else Granularity.parse(granularity, self.base.img_size)
         self.unit = gran.to_dict()
         self.minimum = self._minimum()
-        self.keep_depth = keep_depth
-        self.removals = self._removals(keep_depth)
         for m in (self.cost, self.penalty):
             try:
                 m.cost(self.base)
             except TableRangeError as e:
                 raise TableRangeError(f"the latency table does not cover the model: {e.message}") from None
+        self.keep_depth = keep_depth
+        self.removals = self._removals(keep_depth)  # after the domain check: a refused model gets one line
         self.base_cost = self.cost.cost(self.base)
         self.target_cost = self.ratio * self.base_cost
         self._check_reachable()
