@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 from revit import counting
-from revit.config import BLOCK_KINDS, WIDTH_KINDS, BlockDims, ViTConfig
+from revit.config import ATTENTION_KINDS, BLOCK_KINDS, WIDTH_KINDS, BlockDims, ViTConfig
 from revit.errors import ConfigError
 from revit.registry import Registry
 
@@ -83,15 +83,30 @@ class CostModel(ABC):
         """The smallest width per kind this model can evaluate (kinds without a limit are left out)."""
         return {}
 
+    def prices_removals(self) -> bool:
+        """Whether this model can price a config without a block's attention, MLP or the block (True here;
+        a latency table of schema v1 cannot): the pruner removes structures only when it can."""
+        return True
+
+
+def shrunk_block(b: BlockDims, kind: str, units: int) -> BlockDims:
+    """``b`` with ``units`` fewer of ``kind``; an attention width taken to 0 takes the attention with it
+    (heads, QK and V all 0: no head width without heads)."""
+    left = getattr(b, kind) - units
+    if left == 0 and kind in ATTENTION_KINDS:
+        return replace(b, heads=0, qk_dim=0, v_dim=0)
+    return replace(b, **{kind: left})
+
 
 def shrink(cfg: ViTConfig, kind: str, block: int | None, units: int) -> ViTConfig:
-    """``cfg`` with ``units`` fewer of ``kind`` (in ``block``; the embedding for ``embed_dim``)."""
+    """``cfg`` with ``units`` fewer of ``kind`` (in ``block``; the embedding for ``embed_dim``); the last units
+    of a block's width remove its branch (:func:`shrunk_block`), and a block with neither branch goes."""
     if kind == "embed_dim":
         return cfg.with_blocks(cfg.blocks, embed_dim=cfg.embed_dim - units)
     if kind not in BLOCK_KINDS or block is None:
         raise ConfigError(f"shrink: kind {kind!r} needs a block index (kinds: {', '.join(WIDTH_KINDS)})")
     blocks = list(cfg.blocks)
-    blocks[block] = replace(blocks[block], **{kind: getattr(blocks[block], kind) - units})
+    blocks[block] = shrunk_block(blocks[block], kind, units)
     return cfg.with_blocks(blocks)
 
 
@@ -125,7 +140,7 @@ class MacsCost(CostModel):
         if kind == "embed_dim" or block is None:
             return super().saving(cfg, kind, block, units)
         b = cfg.blocks[block]
-        new = replace(b, **{kind: getattr(b, kind) - units})
+        new = shrunk_block(b, kind, units)  # the last units: the whole branch, its attention matmuls included
         return float(counting.block_macs(cfg.embed_dim, b, cfg.tokens, self.convention)
                      - counting.block_macs(cfg.embed_dim, new, cfg.tokens, self.convention))
 
@@ -196,6 +211,10 @@ class LatencyCost(CostModel):
     def minimum_widths(self) -> dict[str, int]:
         """The table's smallest measured value per axis: below it a prediction would be extrapolated."""
         return {k: int(math.ceil(lo)) for k, (lo, _) in self.table.ranges().items() if k in WIDTH_KINDS}
+
+    def prices_removals(self) -> bool:
+        """Whether the table has the half blocks that price an absent branch (schema v2; a v1 table has not)."""
+        return bool(getattr(self.table, "prices_absent_branches", False))
 
 
 COSTS.register(MacsCost)
@@ -409,4 +428,4 @@ class CostTarget:
 
 
 __all__ = ["COSTS", "LATENCY", "MACS", "CostModel", "CostTarget", "LatencyCost", "LatencyTableLike", "MacsCost",
-           "build_cost", "min_config", "shrink", "table_cost"]
+           "build_cost", "min_config", "shrink", "shrunk_block", "table_cost"]

@@ -282,6 +282,9 @@ class Schedule:
         return f"a step every {self.interval} batches removing {what}, until the target"
 
 
+_WHEN_SET = ("criterion_options", "keep_depth")  # settings written only when given (earlier runs' settings lack them)
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """A pruning run's recipe; ``target`` is what it stops at (``CostTarget.macs(0.5)``: half the base MACs).
@@ -302,6 +305,7 @@ class PruneConfig:
     step_fraction: float | None = None
     eta: float = 1.0  # scale-free penalty weight (0: no penalty)
     ema: float = 0.9
+    keep_depth: bool = False  # forbid removing a block's attention, its MLP or the block (widths only)
     batch_size: int = 128  # global batch
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -333,6 +337,8 @@ class PruneConfig:
             self.schedule(1)  # the fixed schedule's own checks
         if self.eta < 0 or not 0 <= self.ema < 1:
             raise ConfigError(f"eta must be >= 0 and ema in [0, 1) (got {self.eta}, {self.ema})")
+        if not isinstance(self.keep_depth, bool):
+            raise ConfigError(f"keep_depth must be true or false, got {short(self.keep_depth)}")
         if self.eval_size < 0 or self.workers < 0:
             raise ConfigError("eval_size and workers must be >= 0")
         _one_of("amp", self.amp, AMP_MODES)
@@ -387,10 +393,10 @@ class PruneConfig:
     def settings(self) -> dict[str, Any]:
         """The recipe as flat JSON values (trace header, state), the target as ``target`` (its ratio) and
         ``target_kind``: the form every earlier run's settings have, so those runs still resume
-        (:meth:`revit.cost.CostTarget.from_dict` reads it back)."""
+        (:meth:`revit.cost.CostTarget.from_dict` reads it back); criterion options and keep_depth only when set."""
         flat = {f.name: getattr(self, f.name) for f in fields(self)}
         return {"target": self.target.ratio, "target_kind": self.target.kind,
-                **{k: v for k, v in flat.items() if k != "target" and (k != "criterion_options" or v)}}
+                **{k: v for k, v in flat.items() if k != "target" and (k not in _WHEN_SET or v)}}
 
 
 __all__ = ["AMP_MODES", "DEIT_AUTO_AUGMENT", "DISTILL_TYPES", "RECIPES", "RUNTIME_FIELDS", "PruneConfig", "Schedule",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,15 @@ class TraceStep:
         """The full ViT config at this step, with ``base``'s setting (image, classes, tokens)."""
         return base.with_blocks(self.blocks, embed_dim=self.embed_dim)
 
+    def removed_parts(self, base: ViTConfig) -> dict[str, list[int]]:
+        """The base's block indices whose attention or MLP pruning removed (the block still there), and the
+        blocks it removed whole (a branch ``base`` lacks already is not counted)."""
+        pairs = list(zip(base.blocks, self.blocks, strict=True))
+        return {"attention": [i for i, (a, b) in enumerate(pairs) if a.has_attention and not b.has_attention
+                              and not b.is_removed],
+                "mlp": [i for i, (a, b) in enumerate(pairs) if a.has_mlp and not b.has_mlp and not b.is_removed],
+                "blocks": [i for i, (_, b) in enumerate(pairs) if b.is_removed]}
+
 
 @dataclass(frozen=True)
 class Trace:
@@ -111,6 +121,16 @@ class Trace:
                 raise FileFormatError(f"{path}: line {i} is not a trace step")
             steps.append(TraceStep.from_dict(d, f"{path}: line {i}"))
         return cls(header=header, steps=tuple(steps))
+
+
+def describe_removals(removed: Mapping[str, Sequence[int]]) -> str:
+    """``block 2; the attention of blocks 0, 3; the MLP of block 1`` from :meth:`TraceStep.removed_parts`
+    (block indices of the base model; empty when nothing was removed)."""
+    parts = [f"{what}{'s' if len(ix) > 1 else ''} {', '.join(map(str, ix))}"
+             for what, ix in (("block", removed.get("blocks", ())), ("the attention of block",
+                                                                     removed.get("attention", ())),
+                              ("the MLP of block", removed.get("mlp", ()))) if ix]
+    return "; ".join(parts)
 
 
 class TraceWriter:

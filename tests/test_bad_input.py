@@ -346,6 +346,14 @@ for cid, blocks, needle in [
     case(f"i30-export-{cid}", f"model export-onnx cfg_i30_{cid}.yaml --out m.onnx", needle, files)
     case(f"i30-prune-{cid}", f"prune --model cfg_i30_{cid}.yaml --data digits --target-macs 0.5 --out run", needle,
          files)
+# issue 30 item 2: --keep-depth with a target that only removing branches or blocks can reach
+case("i30-prune-keep-depth-unreachable", "prune --model revit_micro --data digits --target-macs 0.1 --granularity "
+     "48,2,12,12,192 --keep-depth --out run", "cannot be reached without removing a branch or a block (keep_depth)")
+# a model already without attention, pruned under a v1 table (which cannot price it): one line, no warning first
+case("i30-prune-absent-branch-v1-table", "prune --model cfg_i30_noattn.yaml --data digits --target-latency 0.5 "
+     f"--table {ROOT / 'latency_tables' / 'cpu_onnxruntime_fp32_bs64_t17.json'} --out run",
+     "cannot price a block with heads 0",
+     {"cfg_i30_noattn.yaml": _yaml(_set(CONFIG, "blocks", [{"heads": 0, "mlp_dim": 64}, *CONFIG["blocks"][:1]]))})
 # the weights of a 3-block model (written by the ws fixture) into the 2-block micro.yaml
 case("i30-export-deeper-checkpoint", "model export-onnx micro.yaml --checkpoint deep3.safetensors --out m.onnx",
      "the checkpoint has 3 blocks, the config 2")

@@ -211,9 +211,11 @@ def test_cli_bad_inputs(tmp_path: Path, cli: Any) -> None:
     from revit.models import build_model
     from revit.presets import get_preset
 
-    code, _, err = cli("prune", "--model", "revit_micro", "--data", "digits", "--target-macs", "0.001",
+    # below what one block with one branch at its minimum widths costs (0.0007 of the MACs; removals allowed)
+    code, _, err = cli("prune", "--model", "revit_micro", "--data", "digits", "--target-macs", "0.0005",
                        "--out", tmp_path / "a", "--no-progress")
     assert code == 2 and "cannot be reached" in err and len(err.strip().splitlines()) == 1
+    assert "with one branch of one block left" in err
     other = build_model(get_preset("revit_micro").with_blocks(get_preset("revit_micro").blocks[:2]))
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "w.safetensors"))
     code, _, err = cli("prune", "--model", "revit_micro", "--checkpoint", tmp_path / "w.safetensors", "--data",

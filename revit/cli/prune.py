@@ -58,6 +58,9 @@ def register(sub: Any) -> None:
                            "fraction of the base cost per step")
     p.add_argument("--eta", type=number(0), default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
                                                          "weighs a median saliency; 0 = no penalty")
+    p.add_argument("--keep-depth", action="store_true",
+                   help="prune widths only: never remove a block's attention, its MLP or the block (by default a "
+                        "branch whose widths are at their minimum competes as a whole)")
     p.add_argument("--granularity", default="auto",
                    help="auto (from the model's widths: standard steps for DeiT-Tiny and wider, micro below), "
                         "standard, micro, one, or E,H,QK,V,MLP steps")
@@ -108,6 +111,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         kl_weight=args.kl_weight, ce_weight=args.ce_weight, temperature=args.temperature,
         teacher_weight=args.teacher_weight, teacher_type=args.teacher_type,
         granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,
+        keep_depth=args.keep_depth,
     )
     cfg = resolve_config(args.model)
     data = DataSpec(source=args.data, train_limit=args.train_limit, val_size=args.val_size,
@@ -142,14 +146,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def summary(steps: int, m: dict[str, Any]) -> str:
     """The sentence that ends a pruning run: counts before and after, accuracy, the penalty weight used."""
     from revit.counting import format_count
+    from revit.trace import describe_removals
 
     acc = "".join(f", {k.removesuffix('_accuracy')} top-1 {m[k]:.4f}" for k in ("val_accuracy", "test_accuracy")
                   if k in m)
     kind, penalty = str(m["target"]["kind"]), str(m.get("penalty"))
     lat = f", {kind} {m['cost_ratio']:.3f} of the base" if kind != MACS else ""
     unit = COSTS.get(penalty).per_unit if penalty in COSTS else "unit of cost"
+    removed = f", removed: {describe_removals(m['removed'])}" if m.get("removed") else ""
     eta = f"; penalty weight {m['eta_abs']:.3g} saliency per {unit} saved" if m.get("eta_abs") else ""
     return (f"pruned in {steps} steps: MACs {format_count(m['base']['macs'])} -> {format_count(m['pruned']['macs'])} "
             f"({m['macs_ratio']:.3f} of the base), params {format_count(m['base']['params'])} -> "
-            f"{format_count(m['pruned']['params'])}{lat}{acc}"
+            f"{format_count(m['pruned']['params'])}{lat}{acc}{removed}"
             f"{eta}; dense and masked outputs differ by at most {m['dense_vs_masked_max_abs_diff']:.2e}")

@@ -10,6 +10,7 @@ from typing import Any
 from revit.config import ViTConfig
 from revit.distill import teacher_notes
 from revit.models.hub import ModelCard
+from revit.trace import describe_removals
 
 TRACE_PLOT = Path("plots") / "widths_vs_step.png"
 
@@ -26,6 +27,8 @@ def prune_card(run_dir: str | os.PathLike[str], metrics: Mapping[str, Any], base
              f"x the base {target.get('kind', 'MACs')}, penalty {metrics.get('penalty', '?')}, "
              f"{metrics.get('steps', '?')} pruning steps over {metrics.get('batches', '?')} batches "
              f"({metrics.get('schedule', 'schedule not recorded')}).", *teacher_notes(metrics)]
+    if metrics.get("removed"):
+        notes.append(f"Depth pruned (block indices of the base): removed {describe_removals(metrics['removed'])}.")
     return ModelCard(title=title, base=base.name or "a custom config (in the run's trace.jsonl header)",
                      base_config=base, pruning_run=run.name or str(run), trace_plot=run / TRACE_PLOT,
                      accuracy=acc, notes=tuple(notes))

@@ -22,6 +22,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -65,7 +66,10 @@ class GlobalPruner:
     ``random``) or a :class:`~revit.prune.criteria.Criterion` object (``criterion_options``: the named
     criterion's declared options, e.g. ``{"norm_mlp_dim": 2.0}``); ``penalty`` a cost model object
     or None (the table's latency when ``table`` is given, else the target's cost).
-    ``evaluator(model) -> accuracy`` is called after every pruning step.
+    ``evaluator(model) -> accuracy`` is called after every pruning step.  A branch whose widths are at their
+    minimum competes as a whole (its attention or MLP, the block with its last branch) unless ``keep_depth``
+    (or a latency table that cannot price an absent branch: schema v1); the trace keeps the base's block
+    indices, a removed part at its index with zero widths.
 
     A revit model is pruned in place (``pruner.model is model``).  A timm ViT/DeiT is converted into an
     equivalent revit model first (logged as a warning): train ``pruner.model``, not the object passed.
@@ -79,7 +83,7 @@ class GlobalPruner:
                  penalty: CostModel | None = None, eta: float = 1.0, ema: float = 0.9,
                  granularity: str | Mapping[str, int] | Granularity = "auto", seed: int = 0,
                  evaluator: Callable[[nn.Module], float | None] | None = None, cuda_graphs: bool | None = None,
-                 criterion_options: Mapping[str, Any] | None = None) -> None:
+                 criterion_options: Mapping[str, Any] | None = None, keep_depth: bool = False) -> None:
         self.model = as_revit(model)
         self.base: ViTConfig = self.model.config  # type: ignore[assignment]
         # the timm model the user passed, when it was converted: accumulate() names the mistake of training it
@@ -109,6 +113,8 @@ class GlobalPruner:
                 m.cost(self.base)
             except TableRangeError as e:
                 raise TableRangeError(f"the latency table does not cover the model: {e.message}") from None
+        self.keep_depth = keep_depth
+        self.removals = self._removals(keep_depth)  # after the domain check: a refused model gets one line
         self.base_cost = self.cost.cost(self.base)
         self.target_cost = self.ratio * self.base_cost
         self._check_reachable()
@@ -176,13 +182,42 @@ class GlobalPruner:
                 minimum[kind] = max(minimum[kind], int(math.ceil(lo / step)) * step)
         return minimum
 
+    def _removals(self, keep_depth: bool) -> bool:
+        """Whether branches and blocks may go: not with ``keep_depth``, nor when a cost model cannot price them."""
+        if not isinstance(keep_depth, bool):
+            raise ConfigError(f"keep_depth must be True or False, got {keep_depth!r}")
+        if not keep_depth and not self.prices_depth:
+            unpriced = next(m.name for m in (self.cost, self.penalty) if not m.prices_removals())
+            log.warning("the %s cost cannot price a block without its attention or MLP (a latency table of schema "
+                        "v1): pruning widths only; rebuild the table to prune depth", unpriced)
+        return not keep_depth and self.prices_depth
+
+    def _floor(self, removals: bool) -> float:
+        """The least cost pruning can reach: every width at its minimum, and with ``removals`` one block left
+        with one branch (the cheapest such)."""
+        low = min_config(self.base, self.minimum)
+        if not removals:
+            return self.cost.cost(low)
+        ones = [one for b in low.blocks for one in (replace(b, mlp_dim=0), replace(b, heads=0, qk_dim=0, v_dim=0))
+                if not one.is_removed]
+        return min(self.cost.cost(low.with_blocks([one])) for one in ones)
+
     def _check_reachable(self) -> None:
-        floor = self.cost.cost(min_config(self.base, self.minimum))
+        floor = self._floor(self.removals)
         if floor > self.target_cost:
             mins = ", ".join(f"{k} {v}" for k, v in self.minimum.items())
+            what = f"the minimum widths ({mins})" + (" with one branch of one block left" if self.removals else "")
+            how, fix = "", "raise the target or lower the granularity"
+            if self.keep_depth and self.prices_depth and self._floor(True) <= self.target_cost:
+                how, fix = " without removing a branch or a block (keep_depth)", "allow removals or raise the target"
             raise BudgetError(f"target {self.ratio:g} x base {self.cost.name} = {self.cost.format(self.target_cost)} "
-                              f"cannot be reached: the minimum widths ({mins}) still cost {self.cost.format(floor)} "
-                              f"({floor / self.base_cost:.3f} of the base); raise the target or lower the granularity")
+                              f"cannot be reached{how}: {what} still cost {self.cost.format(floor)} "
+                              f"({floor / self.base_cost:.3f} of the base); {fix}")
+
+    @property
+    def prices_depth(self) -> bool:
+        """Whether the cost models can price removals (so that they would be allowed without ``keep_depth``)."""
+        return all(m.prices_removals() for m in (self.cost, self.penalty))
 
     # --- the loop --------------------------------------------------------------------------------
     @property
@@ -289,7 +324,8 @@ class GlobalPruner:
         if self.rank == 0:
             ch = choose(self.structure.groups, scores, self.masks.alive, unit=self.unit, minimum=self.minimum,
                         config_of=lambda a: self.structure.config(self.base, a), cost=self.cost,
-                        penalty=self.penalty, goal=goal, eta=self.eta, eta_abs=self.eta_abs, max_units=max_units)
+                        penalty=self.penalty, goal=goal, eta=self.eta, eta_abs=self.eta_abs, max_units=max_units,
+                        removals=self.removals)
             self.masks.alive = {gid: a.clone() for gid, a in ch.alive.items()}
             removed, self.eta_abs = list(ch.removed), ch.eta_abs
         loss_sum = torch.tensor([float(self._loss[0]), self._loss[1]], dtype=torch.float64)
@@ -301,8 +337,10 @@ class GlobalPruner:
         self.steps += 1
         loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else None
         self._loss = [0.0, 0]
-        self._record(loss=loss, extra={"batches": self.calls, "eta_abs": self.eta_abs, "removed": removed,
-                                       self.cost.name: self.cost.cost(self.current_config())})
+        extra = {"batches": self.calls, "eta_abs": self.eta_abs, "removed": removed,
+                 self.cost.name: self.cost.cost(self.current_config())}
+        gone = [{"block": r["block"], "removes": r["removes"]} for r in removed if "removes" in r]
+        self._record(loss=loss, extra={**extra, "removals": gone} if gone else extra)
 
     def _broadcast(self, removed: list[dict[str, Any]], loss_sum: torch.Tensor) -> list[dict[str, Any]]:
         """Rank 0's choice to every process; the loss summed over processes (in place)."""
@@ -323,7 +361,9 @@ class GlobalPruner:
         cfg = self.current_config()
         acc = self.evaluator(self.model) if self.evaluator is not None else None
         lat = self.latency.cost(cfg) if self.latency is not None else None
-        self.steps_log.append(TraceStep(step=self.steps, embed_dim=cfg.embed_dim, blocks=cfg.blocks,
+        # the blocks at the base's indices: a removed branch or block is recorded there with zero widths
+        blocks = tuple(self.structure.block_dims(self.masks.alive))
+        self.steps_log.append(TraceStep(step=self.steps, embed_dim=cfg.embed_dim, blocks=blocks,
                                         macs=counting.macs(cfg), params=counting.params(cfg), latency=lat,
                                         loss=loss, accuracy=acc, extra=extra))
 
@@ -334,7 +374,8 @@ class GlobalPruner:
                 "target": self.target_record(),
                 "criterion": self.criterion_name, "penalty": self.penalty.name,
                 "schedule": self.schedule.describe(), "settings": dict(settings or {}), "granularity": self.unit,
-                "world_size": self.world, "macs_convention": counting.CONVENTIONS["nvit"]}
+                "world_size": self.world, "macs_convention": counting.CONVENTIONS["nvit"],
+                **({"keep_depth": True} if self.keep_depth else {})}
 
     def target_record(self) -> dict[str, Any]:
         """The target in its one JSON shape with what it came to: ``value`` (the cost to reach) and ``base``."""

@@ -107,7 +107,8 @@ class PruneRun:
             teacher.module.to(self.device).eval().requires_grad_(False)
         self.pruner = GlobalPruner(model, target=cfg.target, schedule=cfg.schedule(self.per_epoch), table=table,
                                    criterion=cfg.criterion, eta=cfg.eta, ema=cfg.ema, granularity=cfg.granularity,
-                                   seed=cfg.seed, evaluator=self._evaluate, criterion_options=cfg.criterion_options)
+                                   seed=cfg.seed, evaluator=self._evaluate, criterion_options=cfg.criterion_options,
+                                   keep_depth=cfg.keep_depth)
         self.model = self.pruner.model
         self.base = self.pruner.base
         from revit.train_loop import TrainConfig, make_optimizer
@@ -213,9 +214,10 @@ class PruneRun:
 
     def _restore(self, st: dict[str, Any]) -> None:
         """Model, optimizer, pruner, scaler and RNG from a checked state (another recipe or model is refused)."""
-        same = {"criterion_options": {},
+        same = {"criterion_options": {}, "keep_depth": False,
                 **{k: v for k, v in self._settings().items() if k not in ("device", "workers")}}
         old = {**PruneConfig().settings(), "teacher": None, "teacher_sha256": None, "criterion_options": {},
+               "keep_depth": False,
                **st["settings"]}  # older runs; criterion options are left out of the settings when none are given
         if {k: old.get(k) for k in same} != same:
             diff = [k for k, v in same.items() if old.get(k) != v]
@@ -365,6 +367,9 @@ class PruneRun:
             "device": str(self.device), "amp": self.cfg.amp, "teachers": self.teachers(),
             "ce_weight": self.cfg.ce_weight,
         }
+        gone = p.steps_log[-1].removed_parts(self.base)
+        if any(gone.values()):  # the base's block indices (a width-only run's metrics are as before)
+            metrics["removed"] = gone
         if self.val_ds is not None and size(self.val_ds):
             metrics["val_accuracy"] = evaluate(dense, self.val_ds)
         if self.test_ds is not None and size(self.test_ds):

@@ -5,6 +5,9 @@ and a cost model, :func:`choose` removes the globally cheapest units one at a ti
 (NVIT_SPEC.md sections 3-4): every (kind, block) family offers its ``unit`` lowest-scoring alive
 indices as one candidate, whose score is ``saliency - eta * saving``; the lowest score goes, the
 config shrinks, savings are recomputed, and so on until the step's goal cost is met.
+With removals allowed, a branch whose width is at its minimum (one step) also offers itself whole: its
+saliency is the sum of its remaining units' scores (the attention's heads, the MLP's units), its saving the
+branch's cost with the fixed costs that go with it; removing a block's last branch removes the block.
 What pruning stops at is a :class:`~revit.cost.CostTarget` (a cost model and a fraction of the base cost);
 :class:`revit.recipes.Schedule` says when a pruning step happens and what cost it aims at.
 """
@@ -18,8 +21,11 @@ from typing import Any, Protocol
 
 import torch
 
-from revit.config import ViTConfig
+from revit.config import ATTENTION_KINDS, ViTConfig
 from revit.errors import BudgetError
+
+BRANCH_KINDS = {"attention": ATTENTION_KINDS, "mlp": ("mlp_dim",)}  # a block's branches and the widths of each
+SCORED_BY = {"attention": "heads", "mlp": "mlp_dim"}  # the group whose units' scores cover the whole branch
 
 
 class GroupLike(Protocol):
@@ -53,12 +59,18 @@ class CostLike(Protocol):
 
 @dataclass(frozen=True)
 class Candidate:
-    """The ``unit`` lowest-scoring alive indices of one group, offered for removal together."""
+    """The ``unit`` lowest-scoring alive indices of one group, offered for removal together; or, with
+    ``branch`` set (``attention`` or ``mlp``), a block's whole branch: ``gids`` are the groups it empties and
+    ``indices`` the alive ones of its scoring group ``gid``.  ``price`` is what a cost model is asked the saving
+    of: (kind, the block's position in the config, units)."""
 
     gid: int
     indices: tuple[int, ...]
     saliency: float
     saving: float
+    branch: str | None = None
+    gids: tuple[int, ...] = ()
+    price: tuple[str, int | None, int] = ("", None, 0)
 
     def score(self, eta_abs: float) -> float:
         return self.saliency - eta_abs * self.saving
@@ -75,15 +87,18 @@ class Choice:
 
 def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], alive: Mapping[int, torch.Tensor],
                unit: Mapping[str, int], minimum: Mapping[str, int], cfg: ViTConfig,
-               penalty: CostLike, lowest: dict[int, tuple[int, tuple[int, ...], float]] | None = None
-               ) -> list[Candidate]:
-    """One candidate per group that can still lose ``unit[kind]`` indices without going below its minimum.
+               penalty: CostLike, lowest: dict[int, tuple[int, tuple[int, ...], float]] | None = None,
+               removals: bool = False) -> list[Candidate]:
+    """One candidate per group that can still lose ``unit[kind]`` indices without going below its minimum;
+    with ``removals``, one more per branch that has a width at its minimum (:func:`branch_candidates`).
 
     ``lowest`` caches each group's (alive count, lowest indices, their saliency) between calls; the
     caller drops a group's entry when its alive mask changes (savings are always recomputed).
     """
     out = []
     lowest = {} if lowest is None else lowest
+    # blocks keep their index in the config unless some went (only with removals)
+    pos = block_positions(groups, alive) if removals else {g.block: g.block for g in groups if g.block is not None}
     for g in groups:
         a = alive[g.gid]
         u = unit[g.kind]
@@ -95,12 +110,65 @@ def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], 
         n_alive, indices, saliency = lowest[g.gid]
         if n_alive - u < min(minimum[g.kind], g.size):
             continue  # at its minimum: no candidate, no penalty
-        out.append(Candidate(g.gid, indices, saliency, float(penalty.saving(cfg, g.kind, g.block, u))))
+        where = None if g.block is None else pos[g.block]
+        out.append(Candidate(g.gid, indices, saliency, float(penalty.saving(cfg, g.kind, where, u)),
+                             price=(g.kind, where, u)))
+    if removals:
+        out += branch_candidates(groups, scores, alive, unit, minimum, cfg, penalty, pos)
+    return out
+
+
+def block_positions(groups: Sequence[GroupLike], alive: Mapping[int, torch.Tensor]) -> dict[int, int]:
+    """Each present block's index in the config (which drops removed blocks) by its index in the base."""
+    present = sorted(block for block, branches in _branch_map(groups).items()
+                     if any(_alive(gs, alive) for gs in branches.values()))
+    return {b: i for i, b in enumerate(present)}
+
+
+def _branch_map(groups: Sequence[GroupLike]) -> dict[int, dict[str, list[GroupLike]]]:
+    """Each block's branches and the groups of each (a branch the block lacks has none)."""
+    out: dict[int, dict[str, list[GroupLike]]] = {}
+    for g in groups:
+        for branch, kinds in BRANCH_KINDS.items():
+            if g.block is not None and g.kind in kinds:
+                out.setdefault(g.block, {}).setdefault(branch, []).append(g)
+    return out
+
+
+def _alive(gs: Sequence[GroupLike], alive: Mapping[int, torch.Tensor]) -> bool:
+    """Whether a branch is there: none of its groups is empty (no head, QK, V or MLP unit left)."""
+    return all(bool(alive[g.gid].any()) for g in gs)
+
+
+def branch_candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor],
+                      alive: Mapping[int, torch.Tensor], unit: Mapping[str, int], minimum: Mapping[str, int],
+                      cfg: ViTConfig, penalty: CostLike, pos: Mapping[int, int]) -> list[Candidate]:
+    """A whole branch per block whose width cannot shrink further (a group of it at its minimum): saliency
+    the sum of its scoring group's alive scores, saving its cost with its fixed costs (the last unit of a
+    width priced by the cost model: the branch).  The last present block's last branch is never offered."""
+    out = []
+    bmap = _branch_map(groups)
+    for block in sorted(pos):
+        present = {b: gs for b, gs in bmap[block].items() if _alive(gs, alive)}
+        if len(pos) == 1 and len(present) == 1:
+            continue  # a ViT keeps one block
+        for branch, gs in present.items():
+            if all(int(alive[g.gid].sum()) - unit[g.kind] >= min(minimum[g.kind], g.size) for g in gs):
+                continue  # every width can still shrink: not the branch's last unit yet
+            head = next(g for g in gs if g.kind == SCORED_BY[branch])
+            a = alive[head.gid].cpu()
+            idx = tuple(int(i) for i in torch.nonzero(a).flatten())
+            sal = float(scores[head.gid].detach().double().cpu()[a].sum())
+            width = getattr(cfg.blocks[pos[block]], head.kind)
+            saving = float(penalty.saving(cfg, head.kind, pos[block], width))
+            out.append(Candidate(head.gid, idx, sal, saving, branch=branch, gids=tuple(g.gid for g in gs),
+                                 price=(head.kind, pos[block], width)))
     return out
 
 
 def calibrate_eta(eta: float, cands: Sequence[Candidate]) -> float:
     """Scale-free eta -> absolute: a median saving weighs ``eta`` median saliencies (0 when undefined)."""
+    cands = [c for c in cands if c.branch is None] or list(cands)  # a unit's saliency, not a branch's
     if eta == 0 or not cands:
         return 0.0
     sal = torch.tensor([c.saliency for c in cands], dtype=torch.float64)
@@ -114,11 +182,14 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
            unit: Mapping[str, int], minimum: Mapping[str, int], config_of: Callable[[Mapping[int, torch.Tensor]],
                                                                                     ViTConfig],
            cost: CostLike, penalty: CostLike, goal: float, eta: float, eta_abs: float | None = None,
-           max_units: int | None = None) -> Choice:
+           max_units: int | None = None, removals: bool = False) -> Choice:
     """Remove the lowest-scoring candidates one at a time until ``cost <= goal`` (or ``max_units`` removals).
 
     ``eta_abs`` None calibrates it from the first candidate list (:func:`calibrate_eta`).  Ties go
-    to the lower group id.  Raises :class:`BudgetError` when every group is at its minimum first.
+    to the lower group id (a width before a branch).  ``removals`` lets whole branches compete
+    (:func:`branch_candidates`); a branch's removed entry then says its ``block`` (the base model's index), the
+    ``branch`` and what it ``removes``: the branch, or the block when it was its last.  Raises
+    :class:`BudgetError` when every group is at its minimum first.
     """
     by_gid = {g.gid: g for g in groups}
     # one copy to the host for the whole step: scores may live on a GPU, and candidates() reads them per removal
@@ -130,19 +201,28 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
         cfg = config_of(now)
         if cost.cost(cfg) <= goal or (max_units is not None and len(removed) >= max_units):
             break
-        cands = candidates(groups, scores, now, unit, minimum, cfg, penalty, lowest)
+        cands = candidates(groups, scores, now, unit, minimum, cfg, penalty, lowest, removals)
         if not cands:
             raise BudgetError("every width is at its minimum before the target was reached")
         if eta_abs is None:
             eta_abs = calibrate_eta(eta, cands)
         e = eta_abs
         need = cost.cost(cfg) - goal  # in the target's cost (the penalty may be another: latency for a MACs target)
-        best = _best_within(cands, e, lambda c, cfg=cfg: cost.saving(  # type: ignore[misc]
-            cfg, by_gid[c.gid].kind, by_gid[c.gid].block, len(c.indices)), need)
-        now[best.gid][list(best.indices)] = False
-        del lowest[best.gid]  # only this group's alive mask changed
-        removed.append({"group": by_gid[best.gid].name, "units": len(best.indices), "indices": list(best.indices),
-                        "saliency": best.saliency, "saving": best.saving, "score": best.score(eta_abs)})
+        best = _best_within(cands, e, lambda c, cfg=cfg: cost.saving(cfg, *c.price), need)  # type: ignore[misc]
+        entry = {"group": by_gid[best.gid].name, "units": len(best.indices), "indices": list(best.indices),
+                 "saliency": best.saliency, "saving": best.saving, "score": best.score(eta_abs)}
+        if best.branch is None:
+            now[best.gid][list(best.indices)] = False
+            del lowest[best.gid]  # only this group's alive mask changed
+        else:
+            block = by_gid[best.gid].block
+            for gid in best.gids:
+                now[gid][:] = False
+                lowest.pop(gid, None)
+            gone = block not in block_positions(groups, now)
+            entry.update(group=f"blocks.{block}.{best.branch}", block=block, branch=best.branch,
+                         removes="block" if gone else best.branch)
+        removed.append(entry)
     return Choice(tuple(removed), now, 0.0 if eta_abs is None else eta_abs)
 
 
@@ -151,10 +231,10 @@ def _best_within(cands: Sequence[Candidate], eta_abs: float, saving: Callable[[C
     """The lowest-scoring candidate whose removal does not overshoot the step's goal (``saving`` in the target's
     cost at most ``need``); when every one would, the one that overshoots least.  One removal never takes the model
     far below its target when a smaller one gets there (an 8-wide embedding slice is 8% of every block's MACs)."""
-    ranked = sorted(cands, key=lambda c: (c.score(eta_abs), c.gid))
-    saved: dict[int, float] = {}
+    ranked = sorted(cands, key=lambda c: (c.score(eta_abs), c.gid, c.branch is not None))
+    saved: list[float] = []
     for c in ranked:  # lazily: while the goal is far, the first one fits and is the only one priced
-        saved[c.gid] = saving(c)
-        if saved[c.gid] <= need:
+        saved.append(saving(c))
+        if saved[-1] <= need:
             return c
-    return min(ranked, key=lambda c: saved[c.gid])
+    return ranked[min(range(len(ranked)), key=lambda i: saved[i])]
