@@ -958,6 +958,8 @@ JSON_REFUSALS = {  # a refused command line of every command that has --json
     "search status": "search status spec.yaml --storage missing.db --json",
     "search report": "search report spec.yaml --out existing.txt --json",
     "search worker": "search worker spec.yaml --storage missing.db --json",
+    "plugins": "plugins nope --json",
+    "latency backends": "latency backends --json --no-such-flag",
 }
 
 

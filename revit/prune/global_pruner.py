@@ -188,7 +188,8 @@ class GlobalPruner:
             raise ConfigError(f"keep_depth must be True or False, got {keep_depth!r}")
         if not keep_depth and not self.prices_depth:
             unpriced = next(m.name for m in (self.cost, self.penalty) if not m.prices_removals())
-            log.warning("the %s cost cannot price a block without its attention or MLP (a latency table of schema "
+            # not a warning: an older table is still a good table for widths (the demo's shipped one is v1)
+            log.info("the %s cost cannot price a block without its attention or MLP (a latency table of schema "
                         "v1): pruning widths only; rebuild the table to prune depth", unpriced)
         return not keep_depth and self.prices_depth
 
