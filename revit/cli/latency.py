@@ -1,4 +1,5 @@
-"""``revit latency build | import-nvit | query | validate | calibrate | backends``: latency tables, by command.
+"""``revit latency build | import-nvit | query | validate | calibrate | transfer | room | backends``: latency
+tables, by command.
 
 ``query`` stays torch-free (table + presets only); ``build``, ``validate`` and ``calibrate`` import the backend.
 """
@@ -98,6 +99,10 @@ def register(sub: Any) -> None:
 
     _register_calibrate(lsub)
 
+    _register_transfer(lsub)
+
+    _register_room(lsub)
+
 
 def _register_validate(lsub: Any) -> None:
     """``revit latency validate``: its parser."""
@@ -135,6 +140,53 @@ def _register_calibrate(lsub: Any) -> None:
     c.add_argument("--json", action="store_true")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_calibrate)
+
+
+def _register_transfer(lsub: Any) -> None:
+    """``revit latency transfer``: its parser."""
+    from revit.latency.transfer import MAX_CONFIGS
+
+    t = add_command(lsub, "transfer", "a table for another thread count or batch size (a proxy for another "
+                                      f"device) from at most {MAX_CONFIGS} whole models timed in it",
+                    "revit latency transfer cpu_onnxruntime_fp32_bs64_t17 --threads 2 --configs 10 --out t2.json")
+    t.add_argument("table")
+    t.add_argument("--threads", type=threads(), help="intra-op threads of the new setting (default: the table's)")
+    t.add_argument("--batch", type=count(MAX_BATCH), help="batch size of the new setting (default: the table's)")
+    t.add_argument("--configs", type=int, default=MAX_CONFIGS,
+                   help=f"whole models timed in the new setting (default and most {MAX_CONFIGS}; at least the "
+                        "fit's parameters: 4, or 3 for a v1 table)")
+    t.add_argument("--out", required=True, help="the new table (a new file, or a table with --overwrite)")
+    add_overwrite_arg(t)
+    t.add_argument("--passes", type=count(100), default=3, help="passes over the models, each in random order")
+    t.add_argument("--source", default=None, choices=("exported", "graph"),
+                   help="exported: torch.onnx files (default where the backend runs ONNX files); graph: the "
+                        "backend's own whole-model graph")
+    t.add_argument("--evaluate", metavar="FULL.json",
+                   help="a table built in the new setting: report the transferred table's MAPE against it")
+    t.add_argument("--eval-samples", type=count(100_000), default=200,
+                   help="held-out random configs of --evaluate (default 200)")
+    t.add_argument("--seed", type=seed(), default=0)
+    t.add_argument("--json", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_transfer)
+
+
+def _register_room(lsub: Any) -> None:
+    """``revit latency room``: its parser."""
+    r = add_command(lsub, "room", "the room for latency-awareness: at equal MACs, how far apart attention- and "
+                                  "MLP-heavy configs are, predicted (and measured)",
+                    "revit latency room cpu_onnxruntime_fp32_bs64_t17 --groups 20")
+    r.add_argument("table")
+    r.add_argument("--groups", type=count(1_000), default=20, help="pairs of configs at equal MACs (default 20)")
+    r.add_argument("--measure", action="store_true", help="also time the pairs as whole models on this machine")
+    r.add_argument("--passes", type=count(100), default=3, help="passes over the models with --measure")
+    r.add_argument("--source", default=None, choices=("exported", "graph"),
+                   help="with --measure: exported (torch.onnx files, the default where the backend runs ONNX "
+                        "files) or graph (the backend's own whole-model graph)")
+    r.add_argument("--seed", type=seed(), default=0)
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_room)
 
 
 def _make_backend(a: argparse.Namespace) -> Any:
@@ -328,4 +380,66 @@ def _calibrate(a: argparse.Namespace) -> int:
     info(f"fit: x{cal.scale:.3f} + {1e3 * cal.offset_s:.3f} ms per model (models within {cal.spread:.1%} of it)"
          f"{ref}; {cal.seconds:.0f} s")
     info(f"wrote {target}: {cal.label}")
+    return 0
+
+
+def _transfer(a: argparse.Namespace) -> int:
+    from revit.latency.accuracy import backend_for_table
+    from revit.latency.table import LatencyTable
+    from revit.latency.transfer import check_transfer, evaluate, setting_of_table, transfer
+
+    table = LatencyTable.load(a.table)
+    old = setting_of_table(table)
+    new = {"batch_size": a.batch or old["batch_size"], "threads": a.threads or old["threads"]}
+    check_transfer(table, new, a.configs)  # every refusal before anything is timed
+    target = _calibration_target(a)
+    full = LatencyTable.load(a.evaluate) if a.evaluate else None
+    backend = backend_for_table(table, threads=new["threads"])
+    out = transfer(table, backend, new, configs=a.configs, passes=a.passes, seed=a.seed, source=a.source,
+                   progress=not a.no_progress)
+    ev = evaluate(out, full, a.eval_samples, seed=a.seed + 7) if full is not None else None
+    out.save(target)
+    rec = out.metadata["transfer"]
+    if a.json:
+        print_json({"table": target, "transfer": rec, "evaluation": ev})
+        return 0
+    info(f"timed {len(rec['configs'])} {rec['model_source']} models at batch {new['batch_size']}, "
+         f"{new['threads']} threads in {rec['seconds']:.0f} s (load {rec['load_average']:.2f})")
+    info("fit: " + ", ".join(f"{k} {1e3 * v:.3f} ms" if k == "offset_s" else f"{k} x{v:.3f}"
+                             for k, v in rec["fit"].items())
+         + f"; residuals MAPE {rec['residuals']['mape']:.2%}, worst {rec['residuals']['worst']:.2%}")
+    if ev is not None:
+        info(f"against {ev['full']} on {ev['samples']} held-out configs: MAPE {ev['mape']:.2%} (worst "
+             f"{ev['worst']:.2%}); shape MAPE {ev['shape_mape']:.2%} after a common x{ev['common_scale']:.3f}")
+    info(f"wrote {target}")
+    return 0
+
+
+def _room(a: argparse.Namespace) -> int:
+    from revit.latency.accuracy import backend_for_table
+    from revit.latency.room import room
+    from revit.latency.table import LatencyTable
+
+    table = LatencyTable.load(a.table)
+    backend = backend_for_table(table) if a.measure else None
+    r = room(table, a.groups, seed=a.seed, backend=backend, passes=a.passes, source=a.source,
+             progress=not a.no_progress)
+    if a.json:
+        print_json(r.to_dict())
+        return 0
+    lines = [f"table: {table.summary()}", f"calibration: {table.calibration_label}"]
+    for g in r.groups:
+        b, c = g.attention.blocks[0], g.mlp.blocks[0]
+        line = (f"  embed {g.attention.embed_dim:4d}: attention-heavy {b.heads}x{b.qk_dim}/{b.v_dim} mlp {b.mlp_dim} "
+                f"vs MLP-heavy {c.heads}x{c.qk_dim}/{c.v_dim} mlp {c.mlp_dim}: predicted {_ms(g.predicted[0])} vs "
+                f"{_ms(g.predicted[1])}")
+        if g.measured is not None:
+            line += f", measured {_ms(g.measured[0])} vs {_ms(g.measured[1])}"
+        lines.append(line)
+    for which in ("predicted", "measured"):
+        s = r.summary(which)
+        if s is not None:
+            lines.append(f"{which} room at equal MACs (within 1%): median {s['median']:.1%}, max {s['max']:.1%} "
+                         f"over {s['groups']} groups; attention-heavy slower in {s['attention_heavy_slower']}")
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
     return 0

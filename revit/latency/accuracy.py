@@ -30,8 +30,9 @@ from revit.latency.table import LatencyTable
 from revit.latency.timing import Reference, ref_level, shuffled_passes, time_bracketed
 
 
-def backend_for_table(table: LatencyTable) -> Backend:
-    """The backend a table was measured with, on the same device, dtype, threads, clock and options.
+def backend_for_table(table: LatencyTable, threads: int | None = None) -> Backend:
+    """The backend a table was measured with, on the same device, dtype, threads, clock and options (or with
+    ``threads`` intra-op threads and the backend's clock for them, for ``latency transfer``).
 
     Each backend reads its own settings back from the table (:meth:`Backend.reopen_kwargs`): a torch
     table is validated on the device it records (``backend_settings.torch_device``) and with its
@@ -43,7 +44,10 @@ def backend_for_table(table: LatencyTable) -> Backend:
         raise ConfigError(f"{table.source or 'the table'} is an imported NViT table (V100); validate needs a table "
                           "built on this machine")
     cls = BACKENDS.get(str(m["backend"]))
-    return cls(**cls.reopen_kwargs(m))
+    kw = cls.reopen_kwargs(m)
+    if threads is not None and threads != kw.get("threads"):
+        kw.update(threads=threads, clock=cls.default_clock(kw["device"], threads))
+    return cls(**kw)
 
 
 def table_space(table: LatencyTable) -> WidthGrid | None:
