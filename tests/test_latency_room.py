@@ -27,7 +27,8 @@ CA, CM = 3e-9, 1e-9  # seconds per attention MAC and per MLP MAC (per batch)
 
 def attn_macs(e: int, d: BlockDims) -> int:
     """Attention MACs of one block, written out here (qkv, proj, Q K^T and A V)."""
-    return T * e * d.heads * (2 * d.qk_dim + d.v_dim) + T * d.heads * d.v_dim * e + T * T * d.heads * (d.qk_dim + d.v_dim)
+    h, q, v = d.heads, d.qk_dim, d.v_dim
+    return T * e * h * (2 * q + v) + T * h * v * e + T * T * h * (q + v)
 
 
 def mlp_macs(e: int, d: BlockDims) -> int:

@@ -155,7 +155,10 @@ def transferred_table(table: LatencyTable, params: Mapping[str, float], record: 
     ``metadata`` replaces the source's where given, ``record`` is kept as ``metadata.transfer``."""
     parts = part_tables(table)
     doc = table.uncalibrated().to_dict()
-    doc["values"] = sum(params[p] * t.values for p, t in parts.items()).tolist()
+    values = np.zeros_like(table.values)
+    for p, t in parts.items():
+        values += params[p] * t.values
+    doc["values"] = values.tolist()
     doc["spread"] = None
     if table.branches is not None:
         doc["branches"] = {h: {**g.to_dict(), "values": (params[h] * g.values).tolist(), "spread": None}
