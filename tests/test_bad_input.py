@@ -570,6 +570,21 @@ case("calibrate-shipped-by-name", "latency calibrate cpu_onnxruntime_fp32_bs64_t
 case("calibrate-models-0", "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --out c.json --models 0", "--models")
 case("calibrate-out-not-a-table", "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --out notes.txt --overwrite",
      "notes.txt", {"notes.txt": "mine"})
+# latency transfer and room (issue 26 items 4, 5): refused before anything is timed or written
+SHIPPED_T = "cpu_onnxruntime_fp32_bs64_t17"
+case("transfer-configs-11", f"latency transfer {SHIPPED_T} --threads 2 --configs 11 --out t.json", "at most 10")
+case("transfer-configs-below-params", f"latency transfer {SHIPPED_T} --threads 2 --configs 2 --out t.json",
+     "3 parameters")
+case("transfer-same-setting", f"latency transfer {SHIPPED_T} --threads 1 --batch 64 --out t.json",
+     "is the table's own")
+case("transfer-no-setting", f"latency transfer {SHIPPED_T} --out t.json", "--batch or --threads")
+case("transfer-out-not-a-table", f"latency transfer {SHIPPED_T} --threads 2 --out notes.txt --overwrite",
+     "notes.txt", {"notes.txt": "mine"})
+case("transfer-evaluate-missing", f"latency transfer {SHIPPED_T} --threads 2 --out t.json --evaluate full.json",
+     "full.json")
+case("transfer-threads-0", f"latency transfer {SHIPPED_T} --threads 0 --out t.json", "--threads")
+case("room-groups-0", f"latency room {SHIPPED_T} --groups 0", "--groups")
+case("room-table-negative", "latency room table_negative.json", "table_negative.json")
 case("i27-8-validate-memory", "latency validate table_meta_batch-60000.json --samples 100000", "memory",
      {"table_meta_batch-60000.json": _table_meta(batch_size=60_000)})
 # (9) the JSON reader counts values before it builds them, in every reader (tables, markers, traces, journals)
@@ -955,6 +970,8 @@ JSON_REFUSALS = {  # a refused command line of every command that has --json
     "train": f"{TRAIN} --json",
     "search run": "search run spec_budget-900T.yaml --json",
     "latency calibrate": "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --json",
+    "latency transfer": "latency transfer cpu_onnxruntime_fp32_bs64_t17 --out t.json --json",
+    "latency room": "latency room cpu_onnxruntime_fp32_bs64_t17 --groups 0 --json",
     "search status": "search status spec.yaml --storage missing.db --json",
     "search report": "search report spec.yaml --out existing.txt --json",
     "search worker": "search worker spec.yaml --storage missing.db --json",
