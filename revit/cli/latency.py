@@ -404,7 +404,7 @@ def _transfer(a: argparse.Namespace) -> int:
         print_json({"table": target, "transfer": rec, "evaluation": ev})
         return 0
     info(f"timed {len(rec['configs'])} {rec['model_source']} models at batch {new['batch_size']}, "
-         f"{new['threads']} threads in {rec['seconds']:.0f} s (load {rec['load_average']:.2f})")
+         f"{new['threads']} thread(s) in {rec['seconds']:.0f} s (load {rec['load_average']:.2f})")
     info("fit: " + ", ".join(f"{k} {1e3 * v:.3f} ms" if k == "offset_s" else f"{k} x{v:.3f}"
                              for k, v in rec["fit"].items())
          + f"; residuals MAPE {rec['residuals']['mape']:.2%}, worst {rec['residuals']['worst']:.2%}")
