@@ -146,3 +146,13 @@ def test_the_cli_writes_the_transferred_table_and_refuses_in_one_line(cli: Any, 
         assert code == 2 and err.count("\n") == 1 and what in err and "Traceback" not in err
         assert not out.exists()
     assert np.isfinite(src.values).all()
+
+
+def test_the_backend_of_a_new_thread_count_uses_its_own_clock() -> None:
+    """One onnxruntime thread on the CPU is timed by the thread clock; two threads need the wall clock."""
+    from revit.latency.accuracy import backend_for_table
+
+    t = LatencyTable.load("cpu_onnxruntime_fp32_bs64_t17")
+    same, two = backend_for_table(t), backend_for_table(t, threads=2)
+    assert (same.threads, same.clock_name) == (1, "thread")
+    assert (two.threads, two.clock_name) == (2, "wall")
