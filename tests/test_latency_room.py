@@ -96,3 +96,14 @@ def test_the_cli_reports_the_room_and_refuses_too_narrow_a_table(cli: Any, skewe
     monkeypatch.setattr("revit.latency.room.TRIES", 1)  # one draw per group: some draws miss
     with pytest.raises(ConfigError, match="use fewer --groups"):
         equal_macs_pairs(skewed, 50, seed=0)
+
+
+def test_the_predicted_room_does_not_import_torch() -> None:
+    """Like ``latency query``, the predicted room reads a table only (``--measure`` exports models)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from revit.cli.main import main; "
+            "main(['latency', 'room', 'cpu_onnxruntime_fp32_bs64_t17', '--groups', '3', '--json']); "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=Path(__file__).parents[1])
