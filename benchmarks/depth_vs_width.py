@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill_ablation import finished, revit, run_to_end  # noqa: E402 - benchmarks/ on the path first
+from distill_ablation import revit, run_to_end  # noqa: E402 - benchmarks/ on the path first
 from prune_quality import _ms, log, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
