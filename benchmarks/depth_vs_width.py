@@ -25,7 +25,7 @@ measured latency.
 
 Full scale (not run yet; 2 models x 3 targets x 2 arms x 3 seeds = 36 prune + fine-tune pairs):
     python benchmarks/depth_vs_width.py --out runs/bench-depth-vs-width --mirror benchmarks/results/depth-vs-width \
-        --figure docs/figures/depth-vs-width.png
+        --figure docs/figures/depth_vs_width.png
 Smoke (seconds): python benchmarks/depth_vs_width.py --out /tmp/dvw --models micro --targets macs:0.5 --seeds 0 \
         --train-limit 256 --test-limit 128 --base-epochs 1 --prune-epochs 1 --epochs 1 --latency-passes 1
 """
