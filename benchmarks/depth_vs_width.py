@@ -85,19 +85,35 @@ def data_args(a: argparse.Namespace, seed: int) -> list[Any]:
 def get_table(a: argparse.Namespace, out: Path, mirror: Path | None) -> str:
     """The v2 table for latency targets: ``--table``, or ``revit latency build --preset micro`` once into the cache
     (resumed after a kill), its build time kept in ``table/build.json`` (and the mirror)."""
+    from revit.latency.profiler import journal_path
+
     if a.table:
+        from revit.errors import RevitError
+        from revit.latency.table import LatencyTable
+
+        try:
+            v2 = LatencyTable.load(a.table).prices_absent_branches
+        except RevitError as e:
+            raise SystemExit(f"--table: {e}") from None
+        if not v2:
+            raise SystemExit(f"--table {a.table}: a v1 table cannot price a removal (both arms would prune widths "
+                             "only); rebuild it with `revit latency build`")
         return str(a.table)
     path, info = out / "table" / "micro_v2.json", out / "table" / "build.json"
     if not info.is_file():
         t0 = time.perf_counter()
-        resume = ["--resume"] if (out / "table").is_dir() and any((out / "table").iterdir()) else []
-        revit("latency", "build", "--preset", "micro", "--backend", "onnxruntime", "--out", path, "--no-progress",
-              *resume)
+        found = path.is_file()  # built, then killed before its build time was written: the time is unknown
+        resume = ["--resume"] if not found and journal_path(path).is_file() else []
+        if not found:
+            revit("latency", "build", "--preset", "micro", "--backend", "onnxruntime", "--out", path,
+                  "--no-progress", *resume)
         write_json(info, {"command": "revit latency build --preset micro --backend onnxruntime", "table": str(path),
-                          "seconds": time.perf_counter() - t0, "resumed": bool(resume)})
+                          "seconds": None if found else time.perf_counter() - t0, "resumed": bool(resume)})
+    built = json.loads(info.read_text())
     if mirror is not None:
-        write_json(mirror / "table_build.json", json.loads(info.read_text()))
-    log(f"built table {path}: {json.loads(info.read_text())['seconds']:.0f} s")
+        write_json(mirror / "table_build.json", built)
+    secs = "an unknown time" if built["seconds"] is None else f"{built['seconds']:.0f} s"
+    log(f"table {path}: built in {secs}")
     return str(path)
 
 
@@ -214,7 +230,8 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             rs = [r for r in group if r["arm"] == arm]
             lat = [r["latency_ratio_to_base"] for r in rs if r.get("latency_ratio_to_base") is not None]
             row["arms"][arm] = {
-                "n": len(rs), "macs_ratio": [r["macs_ratio"] for r in rs], "params": [r["params"] for r in rs],
+                "n": len(rs), "macs_ratio": [r["macs_ratio"] for r in rs],
+                "cost_ratio": [r["cost_ratio"] for r in rs], "params": [r["params"] for r in rs],
                 "latency_ms": [r["latency_ms"] for r in rs if r.get("latency_ms") is not None],
                 "latency_ratio": lat, "removed": removal_counts(rs),
                 **{s: [r[f"top1_{s}"] for r in rs if r.get(f"top1_{s}") is not None]
@@ -253,13 +270,14 @@ def report(rows: list[dict[str, Any]], settings: dict[str, Any], bases: dict[str
     lines += [f"- base `{m}`: test top-1 {100 * b['test_acc']:.2f}%" + (
         f", measured {b['latency_ms']:.2f} ms per batch of {LAT_BATCH}" if b.get("latency_ms") else "")
         for m, b in bases.items()]
-    lines += ["", "| model | target | arm | seeds | MACs x base | params | latency ms (x base, measured) | "
-                  "top-1 after pruning | top-1 after fine-tune |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | target | arm | seeds | MACs x base | target's cost x base | params | "
+                  "latency ms (x base, measured) | top-1 after pruning | top-1 after fine-tune |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for arm, v in row["arms"].items():
             lat = f"{_mean(v['latency_ms'], '{:.2f}')} ({_mean(v['latency_ratio'])})" if v["latency_ms"] else "-"
             lines.append(f"| {row['model']} | {row['target']} | {arm} | {v['n']} | {_mean(v['macs_ratio'])} | "
-                         f"{_mean([p / 1e3 for p in v['params']], '{:.0f}K')} | {lat} | "
+                         f"{_mean(v['cost_ratio'])} | {_mean([p / 1e3 for p in v['params']], '{:.0f}K')} | {lat} | "
                          f"{_ms(v['after_pruning'], digits=2)} | {_ms(v['after_finetune'], digits=2)} |")
     lines += ["", "depth - width, top-1 points (mean over seeds, 95% Welch interval), and the measured latency "
                   "ratio of the arms:", "",

@@ -45,9 +45,11 @@ def test_depth_vs_width_smoke_both_arms_equal_steps_removals_and_intervals(
         cfg = ViTConfig.from_dict(r["config"])
         assert r["macs"] == counting.macs(cfg) and r["params"] == counting.params(cfg)
         assert r["macs_ratio"] == pytest.approx(counting.macs(cfg) / base_macs) and r["macs_ratio"] <= 0.1
-        # which blocks lost what: exactly the branches the config lacks
-        assert r["removed"]["attention"] == [i for i, b in enumerate(cfg.blocks) if not b.has_attention]
-        assert r["removed"]["mlp"] == [i for i, b in enumerate(cfg.blocks) if not b.has_mlp]
+        # which blocks lost what (base indices): exactly the blocks and branches the config lacks
+        kept = [i for i in range(revit_micro().depth) if i not in r["removed"]["blocks"]]
+        assert cfg.depth == len(kept) == r["depth"]
+        assert r["removed"]["attention"] == [i for i, b in zip(kept, cfg.blocks, strict=True) if not b.has_attention]
+        assert r["removed"]["mlp"] == [i for i, b in zip(kept, cfg.blocks, strict=True) if not b.has_mlp]
     # equal steps for both arms; only the depth arm removes, and at 10% of the MACs it does
     assert (depth["prune_batches"], depth["finetune_steps"]) == (width["prune_batches"], width["finetune_steps"]) \
         and depth["finetune_steps"] > 0
