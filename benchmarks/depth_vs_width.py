@@ -88,16 +88,6 @@ def get_table(a: argparse.Namespace, out: Path, mirror: Path | None) -> str:
     from revit.latency.profiler import journal_path
 
     if a.table:
-        from revit.errors import RevitError
-        from revit.latency.table import LatencyTable
-
-        try:
-            v2 = LatencyTable.load(a.table).prices_absent_branches
-        except RevitError as e:
-            raise SystemExit(f"--table: {e}") from None
-        if not v2:
-            raise SystemExit(f"--table {a.table}: a v1 table cannot price a removal (both arms would prune widths "
-                             "only); rebuild it with `revit latency build`")
         return str(a.table)
     path, info = out / "table" / "micro_v2.json", out / "table" / "build.json"
     if not info.is_file():
@@ -115,6 +105,20 @@ def get_table(a: argparse.Namespace, out: Path, mirror: Path | None) -> str:
     secs = "an unknown time" if built["seconds"] is None else f"{built['seconds']:.0f} s"
     log(f"table {path}: built in {secs}")
     return str(path)
+
+
+def check_table(table: str) -> None:
+    """Stop in one line unless ``table`` is a v2 latency table (a v1 one cannot price a removal)."""
+    from revit.errors import RevitError
+    from revit.latency.table import LatencyTable
+
+    try:
+        v2 = LatencyTable.load(table).prices_absent_branches
+    except RevitError as e:
+        raise SystemExit(f"--table: {e}") from None
+    if not v2:
+        raise SystemExit(f"--table {table}: a v1 table cannot price a removal (both arms would prune widths only); "
+                         "rebuild it with `revit latency build`")
 
 
 def get_base(model: str, a: argparse.Namespace, out: Path) -> Path:
@@ -353,6 +357,8 @@ def parse() -> argparse.Namespace:
         raise SystemExit(f"--models: unknown {sorted(set(a.models) - set(MODELS))}; known: {', '.join(MODELS)}")
     a.target_list = parse_targets(a.targets)
     a.seed_list = [int(s) for s in a.seeds.split(",")]
+    if a.table:
+        check_table(a.table)
     return a
 
 

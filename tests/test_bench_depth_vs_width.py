@@ -15,6 +15,7 @@ from revit.config import ViTConfig
 from revit.presets import revit_micro
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SHIPPED = BENCH.parent / "latency_tables" / "cpu_onnxruntime_fp32_bs64_t17.json"  # schema v1
 TINY = ["--models", "micro", "--seeds", "0", "--train-limit", "256", "--val-size", "32", "--test-limit", "64",
         "--batch-size", "64", "--base-epochs", "1", "--prune-epochs", "1", "--prune-steps", "4", "--epochs", "1",
         "--threads", "1"]
@@ -97,3 +98,14 @@ def test_depth_vs_width_latency_target_with_a_v2_table_and_measured_latency(
         assert r["latency_ms"] > 0 and r["latency_ratio_to_base"] == pytest.approx(r["latency_ms"] / base_ms)
     assert (out / "onnx" / "micro_base.onnx").is_file() and "latency ms (x base, measured)" in \
         (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--targets", "latency:0.5", "--table", str(SHIPPED)], "a v1 table cannot price a removal"),
+    (["--targets", "macs:1.5"], "is not KIND:R"), (["--targets", "flops:0.5"], "is not KIND:R"),
+    (["--models", "micro,deit"], "--models: unknown ['deit']")])
+def test_depth_vs_width_refuses_what_it_cannot_compare_before_training(
+        argv: list[str], says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit) as e:
+        run_bench(monkeypatch, "--out", tmp_path / "out", *argv)
+    assert says in str(e.value) and not (tmp_path / "out").exists()
