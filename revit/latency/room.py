@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from revit import counting
-from revit.config import BlockDims, ViTConfig
+from revit.config import BLOCK_KINDS, BlockDims, ViTConfig
 from revit.errors import ConfigError
 from revit.latency.table import LatencyTable
 
@@ -91,7 +91,7 @@ def equal_macs_pairs(table: LatencyTable, groups: int, seed: int = 0) -> list[tu
     cand = candidates(table)
     setting, depth = setting_of(table)
     lo, hi = {}, {}
-    for k in ("heads", "qk_dim", "v_dim", "mlp_dim"):
+    for k in BLOCK_KINDS:
         lo[k], hi[k] = _halves(sorted(cand[k]))
     rng = random.Random(seed)
     out: list[tuple[ViTConfig, ViTConfig]] = []
