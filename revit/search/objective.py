@@ -101,25 +101,27 @@ class StudyObjective:
     def __call__(self, trial: BaseTrial) -> float | tuple[float, float]:
         import optuna
 
-        try:
-            arm = self.arm(trial)
-        except BudgetError as e:
-            # an infeasible point of the space: pruned (not failed), with the reason kept
-            trial.set_user_attr(INFEASIBLE, str(e))
-            trial.set_user_attr(ROLE, trial.user_attrs.get(ROLE, CANDIDATE))
-            if trial.user_attrs[ROLE] == CANDIDATE:
-                trial.set_user_attr(FAMILY, self.spec.space(trial.user_attrs.get(FAMILY)).name)
-            raise optuna.TrialPruned(str(e)) from None
-        attrs = self.describe(trial, arm)
-        for k, v in attrs.items():
-            if trial.user_attrs.get(k) != v:
-                trial.set_user_attr(k, v)
-        second = self.spec.objectives[1] if self.spec.multi_objective else None
-        key = COSTS.get(second).spec_key if second is not None else None  # its value in the user's unit
-        if key is not None and attrs.get(key) is None:
-            why = f"the latency table {self.spec.latency_table} cannot predict this config (outside its axes)"
-            trial.set_user_attr(INFEASIBLE, why)
-            raise optuna.TrialPruned(why)
+        with signals.closed():  # storage writes are whole: a signal meanwhile is raised just after
+            try:
+                arm = self.arm(trial)
+            except BudgetError as e:
+                # an infeasible point of the space: pruned (not failed), with the reason kept
+                trial.set_user_attr(INFEASIBLE, str(e))
+                trial.set_user_attr(ROLE, trial.user_attrs.get(ROLE, CANDIDATE))
+                if trial.user_attrs[ROLE] == CANDIDATE:
+                    trial.set_user_attr(FAMILY, self.spec.space(trial.user_attrs.get(FAMILY)).name)
+                raise optuna.TrialPruned(str(e)) from None
+            attrs = self.describe(trial, arm)
+            for k, v in attrs.items():
+                if trial.user_attrs.get(k) != v:
+                    trial.set_user_attr(k, v)
+            second = self.spec.objectives[1] if self.spec.multi_objective else None
+            key = COSTS.get(second).spec_key if second is not None else None  # its value in the user's unit
+            if key is not None and attrs.get(key) is None:
+                why = f"the latency table {self.spec.latency_table} cannot predict this config (outside its axes)"
+                trial.set_user_attr(INFEASIBLE, why)
+                raise optuna.TrialPruned(why)
+        signals.poll()
         candidate = attrs[ROLE] == CANDIDATE
         seeds = self.seeds(trial) if candidate else (int(attrs[SEED]),)
         self.log(f"trial {trial_ref(trial)} ({attrs[ROLE]} {attrs[ARM]}, seed(s) {list(seeds)}): "
@@ -155,7 +157,10 @@ class StudyObjective:
         runs: list[dict[str, Any]] = []
         epochs = self.spec.train.epochs
         for i, seed in enumerate(seeds):
-            if i == 1 and not _among_best(trial, runs[0][VAL_ACC], self.spec.repeat_top_k):
+            with signals.closed():  # a storage read: a signal meanwhile is raised after it (poll)
+                among = i != 1 or _among_best(trial, runs[0][VAL_ACC], self.spec.repeat_top_k)
+            signals.poll()
+            if not among:
                 with signals.closed():
                     _store_means(trial, runs)
                     raise optuna.TrialPruned(f"first seed's held-out top-1 {runs[0][VAL_ACC]:.4f} is not among the "
@@ -164,7 +169,9 @@ class StudyObjective:
             if run is not None:  # trained by the trial this one retries: its epochs go to the Optuna pruner again
                 for j, v in enumerate(run[VAL_CURVE]):
                     if prunable:
-                        trial.report(float(v), i * epochs + j + 1)
+                        with signals.closed():
+                            trial.report(float(v), i * epochs + j + 1)
+                        signals.poll()
             else:
                 val, test, curve, sec = self.train(cfg, seed, trial if prunable else None, step0=i * epochs)
                 run = {SEED: seed, VAL_ACC: val, TEST_ACC: test, VAL_CURVE: curve, TRAIN_SECONDS: round(sec, 2)}
@@ -205,11 +212,8 @@ class StudyObjective:
 
         def on_epoch(record: dict[str, Any]) -> None:
             curve.append(float(record["val_acc"]))
-            if trial is not None:
-                trial.report(float(record["val_acc"]), step0 + len(curve))
-                if trial.should_prune():
-                    trial.set_user_attr(VAL_CURVE, curve)
-                    raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val top-1 {record['val_acc']:.4f})")
+            if trial is not None and report_epoch(trial, float(record["val_acc"]), step0 + len(curve), curve):
+                raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val top-1 {record['val_acc']:.4f})")
 
         t0 = time.perf_counter()
         train(model, splits.train, splits.val, tc, on_epoch=on_epoch, progress=self.progress)
@@ -223,7 +227,7 @@ def metric_names(spec: StudySpec) -> list[str]:
     return [VAL_ACC, *(COSTS.get(o).spec_key for o in spec.objectives[1:])]
 
 
-__all__ = ["StudyObjective", "check_splits", "metric_names"]
+__all__ = ["StudyObjective", "check_splits", "metric_names", "report_epoch"]
 
 
 def check_splits(splits: Any, setting: Any, source: str) -> None:
@@ -233,6 +237,19 @@ def check_splits(splits: Any, setting: Any, source: str) -> None:
     splits.check_fits(setting, f"data.source {source!r}")
     if size(splits.val) == 0:
         raise ConfigError("the study needs held-out images: data.val_size must be > 0")
+
+
+def report_epoch(trial: BaseTrial, value: float, step: int, curve: list[float] | None = None) -> bool:
+    """Report one epoch's held-out top-1 to the Optuna pruner; whether the trial is to stop (its curve is then
+    stored).  The storage writes are whole: a signal during them is raised right after (:func:`signals.poll`),
+    never inside a commit, which would leave the trial neither finished nor failed."""
+    with signals.closed():
+        trial.report(value, step)
+        stop = trial.should_prune()
+        if stop and curve is not None:
+            trial.set_user_attr(VAL_CURVE, curve)
+    signals.poll()
+    return stop
 
 
 def _store_means(trial: BaseTrial, runs: list[dict[str, Any]]) -> None:

@@ -125,9 +125,16 @@ def closed() -> Iterator[None]:
         g.open = opened
 
 
+def poll() -> None:
+    """Inside :func:`delivered`: raise a signal that came during a :func:`closed` block, now that the block's
+    storage write is whole (outside ``delivered`` it stays pending for the next checkpoint)."""
+    if _GUARD.open:
+        _GUARD.take()
+
+
 def checkpoint() -> None:
     """A safe point between trials: raise the signal held meanwhile, if any."""
     _GUARD.take()
 
 
-__all__ = ["checkpoint", "closed", "delivered", "held"]
+__all__ = ["checkpoint", "closed", "delivered", "held", "poll"]

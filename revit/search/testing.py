@@ -128,7 +128,7 @@ __all__ = ["STORAGE_MODES", "PostgresUnavailable", "free_port", "pg_bindir", "po
 
 
 def _quick_objective_class() -> Any:
-    from revit.search.objective import StudyObjective
+    from revit.search.objective import StudyObjective, report_epoch
 
     class QuickObjective(StudyObjective):
         """The study objective with training replaced by a closed-form score of the config (no torch, no data).
@@ -151,10 +151,8 @@ def _quick_objective_class() -> Any:
             epochs = self.spec.train.epochs
             for e in range(epochs):
                 curve.append(score * (e + 1) / epochs)
-                if trial is not None:
-                    trial.report(curve[-1], step0 + e + 1)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at epoch {e}")
+                if trial is not None and report_epoch(trial, curve[-1], step0 + e + 1):
+                    raise optuna.TrialPruned(f"pruned at epoch {e}")
             return curve[-1], curve[-1] - 0.01, curve, 0.0
 
     return QuickObjective
