@@ -355,7 +355,7 @@ def finite_or_null(doc: Any) -> Any:
 
 
 def dumps_json(obj: Any, what: str = "the output", *, nonfinite: str = "refuse", **kwargs: Any) -> str:
-    """``json.dumps(obj)`` as strict JSON: a NaN or an infinity is refused in one line (``nonfinite="refuse"``:
+    """``obj`` serialised as strict JSON: a NaN or an infinity is refused in one line (``nonfinite="refuse"``:
     Python would write ``NaN``/``Infinity``, which other readers reject, and a prediction or report that is not
     finite is not an answer) or written as null (``"null"``: logs and records, where it means "no value")."""
     from revit.errors import ConfigError

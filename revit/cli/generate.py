@@ -115,6 +115,19 @@ def _measured(args: argparse.Namespace, solve: Any, table: Any) -> Any:
                         tolerance=args.measure_tolerance, max_rounds=args.measure_rounds)
 
 
+def _check_combinations(args: argparse.Namespace) -> None:
+    """Options that only make sense together, refused before any rule or table is read."""
+    if not args.uniform and args.head_dim is not None:
+        raise ConfigError("--head-dim applies to --uniform only (a rule sets its own head widths)")
+    if args.table and args.latency_ms is None:
+        raise ConfigError("--table is used with --latency-ms only")
+    if args.measure and args.latency_ms is None:
+        raise ConfigError("--measure times a config against a latency budget: give --latency-ms and --table")
+    if args.mlp_factor != 1.0 and args.embed_dim is None:
+        raise ConfigError("--mlp-factor applies to --embed-dim; a budget searches the factor itself "
+                          "(limit it with --mlp-factor-range)")
+
+
 def run(args: argparse.Namespace) -> int:
     from revit import counting
     from revit.rules import (
@@ -130,19 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_output_file(args.out)
     setting = _setting(args)
-    if args.uniform:
-        rule = uniform_rule(head_dim=args.head_dim or 0)  # 0: 64, or 24 with the micro granularity
-    else:
-        if args.head_dim is not None:
-            raise ConfigError("--head-dim applies to --uniform only (a rule sets its own head widths)")
-        rule = load_rule(args.rule)
-    if args.table and args.latency_ms is None:
-        raise ConfigError("--table is used with --latency-ms only")
-    if args.measure and args.latency_ms is None:
-        raise ConfigError("--measure times a config against a latency budget: give --latency-ms and --table")
-    if args.mlp_factor != 1.0 and args.embed_dim is None:
-        raise ConfigError("--mlp-factor applies to --embed-dim; a budget searches the factor itself "
-                          "(limit it with --mlp-factor-range)")
+    _check_combinations(args)
+    rule = uniform_rule(head_dim=args.head_dim or 0) if args.uniform else load_rule(args.rule)  # 0: 64 (24 micro)
     table: Any = None
     fit: Any = None
 

@@ -180,7 +180,8 @@ def fit_scale_offset(timed: Sequence[TimedModel]) -> tuple[float, float]:
     return float(np.median(m / p)), 0.0
 
 
-def _load_average() -> float:
+def load_average() -> float:
+    """The machine's one-minute load average (0 where the platform has none): recorded beside every timing."""
     try:
         return float(os.getloadavg()[0])
     except OSError:  # not on every platform
@@ -205,7 +206,7 @@ def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes:
     raw_table = table.uncalibrated()
     cfgs = list(configs) if configs is not None else calibration_configs(raw_table, models, seed)
     t0 = time.perf_counter()
-    load = _load_average()
+    load = load_average()
     created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     r = validate(raw_table, backend, len(cfgs), seed=seed, noise_k=0, passes=passes,
                  model_source=source, progress=progress, configs=cfgs)

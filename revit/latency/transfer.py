@@ -195,7 +195,7 @@ def transfer(table: LatencyTable, backend: Backend, new: Mapping[str, int], *, c
     """Time ``configs`` whole models on ``backend`` (set up for the ``new`` setting: ``batch_size``, ``threads``)
     and return the table transferred to it (see the module docstring)."""
     from revit.latency.accuracy import model_source_for, validate
-    from revit.latency.calibration import _load_average
+    from revit.latency.calibration import load_average
 
     new = {"batch_size": int(new["batch_size"]), "threads": int(new["threads"])}
     check_transfer(table, new, configs)
@@ -208,7 +208,7 @@ def transfer(table: LatencyTable, backend: Backend, new: Mapping[str, int], *, c
     timing["metadata"] = {**timing["metadata"], "batch_size": new["batch_size"],
                           "measurement": {k: v for k, v in (raw.metadata.get("measurement") or {}).items()
                                           if k != "reference"}}
-    t0, load = time.perf_counter(), _load_average()
+    t0, load = time.perf_counter(), load_average()
     r = validate(LatencyTable.from_dict(timing, table.source, calibrated=False), backend, len(cfgs), seed=seed,
                  noise_k=0, passes=passes, model_source=source, progress=progress, configs=cfgs)
     y = np.asarray(r.raw_measured, dtype=np.float64)
