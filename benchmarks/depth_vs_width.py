@@ -14,8 +14,9 @@ Everything runs through revit's own commands (``revit.cli.main.main``, in this p
    (``revit.models.export.export_onnx``) and timed interleaved, ``--latency-passes`` passes in a fresh random order
    each (``revit.latency.timing.shuffled_passes``), onnxruntime CPU, 1 thread, thread clock, batch 64, median.
 
-The latency target needs a v2 table (the shipped micro table is v1 and cannot price a removal): ``--table T``, or
-one built once into ``OUT/table/`` by ``revit latency build --preset micro`` (its build time is recorded).
+The latency target needs a v2 table (one that prices a removal): ``--table T`` (the shipped micro table is v2 since
+2026-12-07: ``--table latency_tables/cpu_onnxruntime_fp32_bs64_t17.json``), or one built once into ``OUT/table/`` by
+``revit latency build --preset micro`` (its build time is recorded).
 
 Each finished (model, target, arm, seed) keeps a small JSON under ``OUT/results`` (and ``--mirror DIR/results``); a
 re-run skips them, and a killed command resumes (``--resume``).  ``report.md`` gives per (model, target) both arms
@@ -23,9 +24,10 @@ re-run skips them, and a killed command resumes (``--resume``).  ``report.md`` g
 blocks lost their attention, MLP or the whole block (counts over seeds); ``depth_vs_width.png`` plots top-1 against
 measured latency.
 
-Full scale (not run yet; 2 models x 3 targets x 2 arms x 3 seeds = 36 prune + fine-tune pairs):
+Full scale (2 models x 3 targets x 2 arms x 3 seeds = 36 prune + fine-tune pairs; train with ``--latency-passes 0``
+while other work runs, then time on an idle machine with the same command and ``--latency-passes 10``):
     python benchmarks/depth_vs_width.py --out runs/bench-depth-vs-width --mirror benchmarks/results/depth-vs-width \
-        --figure docs/figures/depth_vs_width.png
+        --table latency_tables/cpu_onnxruntime_fp32_bs64_t17.json --figure docs/figures/depth_vs_width.png
 Smoke (seconds): python benchmarks/depth_vs_width.py --out /tmp/dvw --models micro --targets macs:0.5 --seeds 0 \
         --train-limit 256 --test-limit 128 --base-epochs 1 --prune-epochs 1 --epochs 1 --latency-passes 1
 """

@@ -105,7 +105,7 @@ def costable(table: Any, h: Any) -> bool:
     return True
 
 
-def plot(rows: list[Any], path: Path) -> None:
+def plot(rows: list[Any], path: Path, base: str = "revit_micro") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +120,7 @@ def plot(rows: list[Any], path: Path) -> None:
         pts = [r for r in rows if r.group == g]
         if pts:
             ax.scatter([r.measured for r in pts], [r.predicted for r in pts], marker=m, s=22, label=g)
-    ax.set_xlabel("measured speedup over revit_micro (exported, onnxruntime)")
+    ax.set_xlabel(f"measured speedup over {base} (exported, onnxruntime)")
     ax.set_ylabel("predicted speedup (table)")
     ax.set_xlim(lim)
     ax.set_ylim(lim)

@@ -229,6 +229,47 @@ def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
     assert not journal_path(tmp_path / "t.json").exists()
 
 
+def bent_at_small_mlp(e: int, d: BlockDims) -> float:
+    """MACs-like cost with an embed-width bend that shows only in narrow MLPs (the pilot's anchors are wide)."""
+    bend = 3e-4 * (1.0 - abs(e - 64) / 32) if d.mlp_dim <= 64 and 32 <= e <= 96 else 0.0
+    return stepped(e, d) + max(bend, 0.0)
+
+
+def test_forced_knots_catch_a_bend_the_pilot_sweeps_cannot_see(tmp_path: Path) -> None:
+    cfg = ViTConfig(64, [BlockDims(2, 8, 8, 40)] * 4, Setting(**SETTING, depth=4))
+    want = sum(bent_at_small_mlp(64, b) for b in cfg.blocks) + 1e-5 * 64
+    s = BuildSettings(passes=1, repeats=1, warmup=0)
+    auto = build_table(micro_grid(), FakeBackend(bent_at_small_mlp), tmp_path / "auto.json", s, progress=False)
+    assert 64 not in auto.axes["embed_dim"]  # the anchors' wide MLPs hide the bend: auto design misses it
+    assert abs(auto.predict(cfg).total_s / want - 1) > 0.1
+    forced = BuildSettings(passes=1, repeats=1, warmup=0, knots={"embed_dim": (40, 48, 56, 64, 72, 80, 88)})
+    t = build_table(micro_grid(), FakeBackend(bent_at_small_mlp), tmp_path / "forced.json", forced, progress=False)
+    assert set(forced.knots["embed_dim"]) <= set(t.axes["embed_dim"])
+    assert t.predict(cfg).total_s == pytest.approx(want, rel=0.01)
+    assert t.metadata["design"]["knots"]["embed_dim"] == list(range(32, 97, 8))
+
+
+@pytest.mark.parametrize("knots, words", [({"depth": (1,)}, "not an axis"),
+                                          ({"embed_dim": (33,)}, "not in space micro"),
+                                          ({"embed_dim": tuple(range(32, 97, 8)), "heads": (1, 2, 3, 4),
+                                            "mlp_dim": tuple(range(8, 385, 8))}, "raise --max-cells")])
+def test_forced_knots_are_checked_before_any_journal(tmp_path: Path, knots: dict[str, tuple[int, ...]],
+                                                     words: str) -> None:
+    from revit.latency.profiler import check_cell_budget
+
+    s = BuildSettings(knots=knots)
+    with pytest.raises(ConfigError, match=words):
+        s.check()
+        check_cell_budget(micro_grid(), s)
+    assert not list(tmp_path.iterdir())
+
+
+def test_forced_knots_cli_refuses_bad_text_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["latency", "build", "--backend", "toy", "--knots", "embed_dim=a", "--out", str(tmp_path / "t.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--knots" in err and not list(tmp_path.iterdir())
+
+
 class _Tracked(_Const):
     open: set[int] = set()
 

@@ -23,7 +23,7 @@ from revit.cli._common import (
     warn,
 )
 from revit.errors import ConfigError
-from revit.input_checks import MAX_BATCH, check_output_file, count, non_negative, number, seed, threads
+from revit.input_checks import MAX_BATCH, check_output_file, count, non_negative, number, seed, short, threads
 from revit.registry import lazy_choices
 
 
@@ -62,6 +62,9 @@ def register(sub: Any) -> None:
     b.add_argument("--max-cells", type=count(), default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
     b.add_argument("--tol", type=number(0, lo_open=True),
                    default=0.01, help="target relative interpolation error of the knots")
+    b.add_argument("--knots", action="append", default=[], metavar="AXIS=V,V,...",
+                   help="force these knots on an axis (added to the auto design's; repeatable), e.g. "
+                        "embed_dim=32,40,48 where the device bends between the pilot's sweeps")
     b.add_argument("--warmup", type=non_negative(10_000), default=2)
     b.add_argument("--repeats", type=count(10_000), default=5)
     b.add_argument("--passes", type=count(1_000), default=3, help="passes over all cells, each in random order")
@@ -211,6 +214,21 @@ def _backends(a: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_knots(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """``["embed_dim=32,40", "heads=2"]`` -> {"embed_dim": (32, 40), "heads": (2,)}; bad text is one line."""
+    out: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        axis, eq, vals = item.partition("=")
+        try:
+            values = tuple(int(v) for v in vals.split(",") if v.strip())
+        except ValueError:
+            values = ()
+        if not eq or not values:
+            raise ConfigError(f"--knots: {short(item)} is not AXIS=V,V,... with integer values")
+        out[axis.strip()] = tuple(sorted(set(out.get(axis.strip(), ())) | set(values)))
+    return out
+
+
 def _build(a: argparse.Namespace) -> int:
     from revit.latency.grid import check_grid_memory, get_grid
     from revit.latency.profiler import BuildSettings, build_table, check_cell_budget, claim_build
@@ -220,7 +238,8 @@ def _build(a: argparse.Namespace) -> int:
     grid = get_grid(a.space or a.preset or "micro")
     backend = _make_backend(a)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
-                             max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference)
+                             max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference,
+                             knots=_parse_knots(a.knots))
     settings.check()  # every refusal comes before the journal is created
     check_cell_budget(grid, settings)
     check_grid_memory(grid, a.batch)
@@ -284,6 +303,10 @@ def _query_lines(table: Any, cfg: Any, model: str, pred: Any, savings: list[dict
     lines.append(f"predicted: {_ms(pred.total_s)} per batch of {pred.batch_size} ({_ms(pred.per_image_s)} per "
                  f"image); blocks {_ms(pred.blocks_s)}, fixed parts {fixed}")
     lines.append(f"calibration: {table.calibration_label}")
+    off = table.off_grid(cfg)
+    if off:
+        lines.append(f"note: widths off the table's grid ({'; '.join(off)}) are interpolated; a backend may run them "
+                     f"slower than the grid's neighbours (round them to the grid to deploy what the table prices)")
     if not pred.fixed_known:
         lines.append(f"note: {pred.note}")
     for i, (b, s) in enumerate(zip(cfg.blocks, pred.per_block_s, strict=True)):

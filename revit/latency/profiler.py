@@ -7,7 +7,8 @@ Procedure (``design="auto"``):
    linear interpolation of the sweeps errs most, until the worst error is below ``tol`` (never
    below twice the pilot's own relative noise) and the grid fits in ``max_cells``.  Multilinear
    interpolation is exact for products of linear terms (MACs are such products), so knots are
-   only needed where the device steps or bends.
+   only needed where the device steps or bends.  ``knots`` (``--knots AXIS=V,V``) forces knots where a
+   device is known to bend between sweeps the pilot cannot see (e.g. every ``embed_dim`` of a small space).
 3. *Grid*: measure every knot combination, plus the fixed parts at each ``embed_dim`` knot and an
    empty call (its per-call overhead is subtracted from each block: a whole model pays it once).
 4. *Half blocks*: on the same knots, the attention half (a block without MLP) over embed_dim x heads x
@@ -67,6 +68,7 @@ class BuildSettings:
     seed: int = 0
     reference: bool = True  # normalise by a reference block timed around each measurement
     reference_runs: int = 3
+    knots: dict[str, tuple[int, ...]] = field(default_factory=dict)  # forced knots per axis (added to the auto ones)
 
     def check(self) -> None:
         """Every count within the bounds a table's metadata is read back with (``MEASUREMENT_COUNTS``)."""
@@ -77,9 +79,23 @@ class BuildSettings:
             check_int(getattr(self, k), k, lo, hi)
         if self.design not in ("auto", "full"):
             raise ConfigError(f"design must be 'auto' or 'full', got {short(self.design)}")
+        for axis in self.knots:
+            if axis not in WIDTH_KINDS:
+                raise ConfigError(f"knots: {short(axis)} is not an axis ({', '.join(WIDTH_KINDS)})")
+
+    def check_knots(self, grid: WidthGrid) -> None:
+        """Every forced knot is a value of its axis in ``grid`` (refused before any journal exists)."""
+        for axis, vs in self.knots.items():
+            bad = [v for v in vs if v not in grid.axes[axis]]
+            if bad:
+                raise ConfigError(f"knots: {axis} {bad} not in space {grid.name}'s {axis} axis "
+                                  f"{list(grid.axes[axis])}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k != "knots"}
+        if self.knots:  # absent when none: journals of earlier versions resume
+            d["knots"] = {a: sorted(v) for a, v in self.knots.items()}
+        return d
 
 
 def pilot_cells(grid: WidthGrid) -> list[Cell]:
@@ -132,16 +148,19 @@ def check_cell_budget(grid: WidthGrid, s: BuildSettings) -> None:
             raise ConfigError(f"the full grid of space {grid.name} has {grid.full_grid_cells} cells > --max-cells "
                               f"{s.max_cells}; use --design auto or raise --max-cells")
         return
-    least = int(np.prod([min(2, len(v)) for v in grid.axes.values()]))  # each axis keeps its two ends
+    s.check_knots(grid)
+    least = int(np.prod([len({v[0], v[-1], *s.knots.get(a, ())}) for a, v in grid.axes.items()]))  # ends + forced
     pilot = len(pilot_cells(grid))
     if least + pilot > s.max_cells:
-        raise ConfigError(f"space {grid.name} needs at least {least + pilot} cells ({pilot} pilot cells and the two "
-                          f"ends of every axis) > --max-cells {s.max_cells}; raise --max-cells")
+        raise ConfigError(f"space {grid.name} needs at least {least + pilot} cells ({pilot} pilot cells, the two "
+                          f"ends of every axis and the forced knots) > --max-cells {s.max_cells}; raise --max-cells")
 
 
-def choose_knots(grid: WidthGrid, values: dict[Cell, float], noise: float, tol: float,
-                 budget: int) -> tuple[dict[str, tuple[int, ...]], float]:
-    """Knots per axis from the pilot sweeps; raises the tolerance until the grid fits ``budget`` cells."""
+def choose_knots(grid: WidthGrid, values: dict[Cell, float], noise: float, tol: float, budget: int,
+                 forced: dict[str, tuple[int, ...]] | None = None) -> tuple[dict[str, tuple[int, ...]], float]:
+    """Knots per axis from the pilot sweeps (plus ``forced`` ones); raises the tolerance until the grid fits
+    ``budget`` cells."""
+    forced = forced or {}
     top = tuple(grid.axes[a][-1] for a in WIDTH_KINDS)
     mid = tuple(grid.axes[a][len(grid.axes[a]) // 2] for a in WIDTH_KINDS)
     tol = max(tol, 2 * noise)
@@ -157,12 +176,14 @@ def choose_knots(grid: WidthGrid, values: dict[Cell, float], noise: float, tol: 
                     c[j] = v
                     ys.append(values[(c[0], c[1], c[2], c[3], c[4])])
                 curves.append(np.asarray(ys))
-            knots[a] = tuple(_greedy_knots(xs, curves, tol))
+            knots[a] = tuple(sorted(set(_greedy_knots(xs, curves, tol)) | set(forced.get(a, ()))))
         n = int(np.prod([len(v) for v in knots.values()]))
         if n <= budget:
             return knots, tol
-        if all(len(v) <= 2 for v in knots.values()):
-            raise ConfigError(f"no design of space {grid.name} fits {budget} cells (the axis ends alone need {n})")
+        if all(len(v) <= max(2, len(set(forced.get(a, ())) | {xs[0], xs[-1]}))
+               for a, v in knots.items() for xs in [list(grid.axes[a])]):
+            raise ConfigError(f"no design of space {grid.name} fits {budget} cells (the axis ends and forced knots "
+                              f"alone need {n})")
         tol *= 1.25
 
 
@@ -392,7 +413,7 @@ def _design(grid: WidthGrid, s: BuildSettings, state: _State, m: _Measurer) -> t
     m.run([("overhead",)] + [("block", *c) for c in pilot], "pilot sweeps")
     pv = {c: state.median(("block", *c)) for c in pilot}
     noise = float(np.median([state.value_noise(("block", *c)) / max(pv[c], 1e-12) for c in pilot]))
-    knots, tol = choose_knots(grid, pv, noise, s.tol, s.max_cells - len(pilot))
+    knots, tol = choose_knots(grid, pv, noise, s.tol, s.max_cells - len(pilot), s.knots)
     design_info = {"design": "auto", "knots": {a: list(v) for a, v in knots.items()}, "pilot_cells": len(pilot),
                    "pilot_noise": round(noise, 5), "tol_used": round(tol, 5)}
     m.journal.append({"type": "design", **design_info})

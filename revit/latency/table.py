@@ -288,6 +288,22 @@ class LatencyTable:
             return None, f"fixed parts unknown for this setting ({diff} measured); blocks only"
         return self.fixed.latency(cfg.embed_dim, extrapolate) * self.scale + self.offset_s, ""
 
+    def off_grid(self, cfg: ViTConfig) -> list[str]:
+        """The widths of ``cfg`` between the values of the table's space (``embed_dim 71``, ``qk_dim 13``): priced by
+        interpolation, though a backend may run a width off its kernels' steps slower than either neighbour
+        (docs/evidence/latency.md); empty for a table that does not record its space."""
+        space = (self.metadata.get("space") or {}).get("axes") or {}
+        out = []
+        for kind in WIDTH_KINDS:
+            grid = set(space.get(kind) or ())
+            if not grid:
+                continue
+            widths = [cfg.embed_dim] if kind == "embed_dim" else [getattr(b, kind) for b in cfg.blocks]
+            bad = sorted({w for w in widths if w and w not in grid})
+            if bad:
+                out.append(f"{kind} {', '.join(map(str, bad))}")
+        return out
+
     def predict(self, cfg: ViTConfig, extrapolate: bool = False) -> Prediction:
         """Sum of per-block lookups plus the fixed parts, per batch of the table's batch size."""
         self._check_config(cfg)

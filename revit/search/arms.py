@@ -8,6 +8,7 @@ checks, the report and the torch objective (:mod:`revit.search.objective`) all u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,10 @@ from revit.search.attrs import (
     EMBED_DIM,
     FAMILY,
     GROUP,
+    LATENCY_ESTABLISHED,
     LATENCY_MS,
     MACS,
+    MEASURED_LATENCY_MS,
     MLP_FACTOR,
     PARAMS,
     REPEAT_OF,
@@ -49,6 +52,7 @@ class Arm:
     budget: float
     rule_params: dict[str, float]
     family: str = ""  # the trial's family tag: a searched family's name, or baseline:ARM
+    measured: Any = None  # revit.latency.measured.MeasuredFit: how the config met the budget as timed (if it was)
 
     @property
     def config(self) -> Any:
@@ -60,12 +64,33 @@ def generate_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, na
     """``rule``'s config for the budget, with the generation knobs of ``space`` (default: the first family):
     what a trial of that family (or a baseline) trains; ``depth`` as :func:`revit.rules.generate` takes it (None:
     the setting's)."""
+    return _solver(spec, rule, table, name, space, depth)(budget_value)
+
+
+def _solver(spec: StudySpec, rule: Any, table: Any, name: str, space: FamilySpace | None,
+            depth: Any) -> Callable[[float], Any]:
     from revit.rules import GenerationBounds, generate
 
     fs = space or spec.spaces[0]
     bounds = GenerationBounds(min_mlp_factor=fs.mlp_factor[0], max_mlp_factor=fs.mlp_factor[1])
-    return generate(rule, spec.budget.at(budget_value, table), spec.setting, granularity=fs.granularity,
-                    bounds=bounds, name=name, depth=depth)
+    return lambda value: generate(rule, spec.budget.at(value, table), spec.setting, granularity=fs.granularity,
+                                  bounds=bounds, name=name, depth=depth)
+
+
+def placed_arm(spec: StudySpec, rule: Any, budget_value: float, table: Any, name: str, timer: Any = None,
+               space: FamilySpace | None = None, depth: Any = None) -> tuple[Any, Any]:
+    """``(generated, fit)``: the config for the budget as :func:`generate_arm` gives it, or, with
+    ``spec.measure_latency`` and a ``timer`` (:class:`revit.latency.measured.ExportedTimer`), re-solved until it
+    meets the budget as measured (``fit``: the :class:`~revit.latency.measured.MeasuredFit`; None when predicted)."""
+    solve = _solver(spec, rule, table, name, space, depth)
+    m = spec.measure_latency
+    if timer is None or m is None:
+        return solve(budget_value), None
+    from revit.latency.measured import fit_measured
+
+    fit = fit_measured(solve, budget_value, lambda c: float(table.predict(c).total_s), timer,
+                       tolerance=m.tolerance, max_rounds=m.rounds)
+    return fit.generated, fit
 
 
 def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace | None = None) -> Any:
@@ -86,23 +111,25 @@ def candidate_rule(spec: StudySpec, values: dict[str, float], space: FamilySpace
                 max_depth=max_depth)
 
 
-def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: Any = None) -> Arm:
-    """The config of baseline ``b`` at ``budget_value``; raises :class:`BudgetError`/:class:`ConfigError`
-    when it cannot be built, and :class:`~revit.errors.RuleDomainError` (an ``OutsideDomainError``) when
-    the rule leaves its own domain (the baseline is then left out)."""
+def baseline_arm(spec: StudySpec, b: BaselineSpec, budget_value: float, table: Any = None, timer: Any = None) -> Arm:
+    """The config of baseline ``b`` at ``budget_value`` (met as measured with ``timer``: :func:`placed_arm`);
+    raises :class:`BudgetError`/:class:`ConfigError` when it cannot be built, and
+    :class:`~revit.errors.RuleDomainError` (an ``OutsideDomainError``) when the rule leaves its own domain (the
+    baseline is then left out)."""
     from revit.rules import load_rule
 
     rule = load_rule(b.rule)
     if b.params:
         rule = replace(rule, params={**rule.params, **b.params})
-    gen = generate_arm(spec, rule, budget_value, table, name=f"baseline_{b.arm}")
+    gen, fit = placed_arm(spec, rule, budget_value, table, f"baseline_{b.arm}", timer)
     if gen.outside_domain:
         raise RuleDomainError(f"baseline {b.arm!r} at {spec.budget.fmt(budget_value)}: {gen.outside_domain[0]}")
-    return Arm(gen, BASELINE, b.arm, budget_value, dict(rule.params), family=f"baseline:{b.arm}")
+    return Arm(gen, BASELINE, b.arm, budget_value, dict(rule.params), family=f"baseline:{b.arm}", measured=fit)
 
 
-def trial_arm(spec: StudySpec, trial: BaseTrial, table: Any = None) -> Arm:
-    """The config ``trial`` trains; suggests the search parameters for a candidate trial."""
+def trial_arm(spec: StudySpec, trial: BaseTrial, table: Any = None, timer: Any = None) -> Arm:
+    """The config ``trial`` trains (met as measured with ``timer``: :func:`placed_arm`); suggests the search
+    parameters for a candidate trial."""
     role = trial.user_attrs.get(ROLE, CANDIDATE)
     if role == BASELINE:
         name = trial.user_attrs[ARM]
@@ -110,7 +137,7 @@ def trial_arm(spec: StudySpec, trial: BaseTrial, table: Any = None) -> Arm:
         if b is None:
             raise ConfigError(f"trial {trial.number}: baseline arm {name!r} is not in the spec; "
                               f"known: {', '.join(x.arm for x in spec.baselines)}")
-        return baseline_arm(spec, b, float(trial.user_attrs[BUDGET]), table)
+        return baseline_arm(spec, b, float(trial.user_attrs[BUDGET]), table, timer)
     if role != CANDIDATE:
         raise ConfigError(f"trial {trial.number}: unknown role {role!r} (candidate or baseline)")
     fs = spec.space(trial.user_attrs.get(FAMILY))
@@ -129,8 +156,8 @@ def trial_arm(spec: StudySpec, trial: BaseTrial, table: Any = None) -> Arm:
         assert bs.low is not None and bs.high is not None
         budget = trial.suggest_float("budget", bs.low, bs.high, log=bs.log)
     rule = candidate_rule(spec, values, fs)
-    gen = generate_arm(spec, rule, budget, table, name=f"trial_{trial.number}", space=fs, depth=depth)
-    return Arm(gen, CANDIDATE, f"{fs.name}-search", budget, dict(rule.params), family=fs.name)
+    gen, fit = placed_arm(spec, rule, budget, table, f"trial_{trial.number}", timer, space=fs, depth=depth)
+    return Arm(gen, CANDIDATE, f"{fs.name}-search", budget, dict(rule.params), family=fs.name, measured=fit)
 
 
 def describe(spec: StudySpec, trial: BaseTrial, arm: Arm, table: Any = None) -> dict[str, Any]:
@@ -153,6 +180,10 @@ def describe(spec: StudySpec, trial: BaseTrial, arm: Arm, table: Any = None) -> 
             attrs[LATENCY_MS] = 1e3 * float(table.predict(cfg).total_s)
         except OutsideDomainError:
             attrs[LATENCY_MS] = None
+        attrs[LATENCY_ESTABLISHED] = "predicted"
+    if arm.measured is not None:  # the budget met as timed: what it measured, in how many solves, and whether met
+        attrs[LATENCY_ESTABLISHED] = "measured" if arm.measured.met else "measured, not met"
+        attrs[MEASURED_LATENCY_MS] = 1e3 * arm.measured.measured_s
     for name in spec.objectives[1:]:  # a cost objective: its value in the unit users write, by its spec key
         cost = COSTS.get(name)
         if cost.spec_key not in attrs:
@@ -163,4 +194,4 @@ def describe(spec: StudySpec, trial: BaseTrial, arm: Arm, table: Any = None) -> 
     return attrs
 
 
-__all__ = ["Arm", "baseline_arm", "candidate_rule", "describe", "generate_arm", "trial_arm"]
+__all__ = ["Arm", "baseline_arm", "candidate_rule", "describe", "generate_arm", "placed_arm", "trial_arm"]

@@ -37,6 +37,9 @@ VAL_ACC, TEST_ACC, VAL_CURVE, TRAIN_SECONDS = "val_acc", "test_acc", "val_curve"
 PARAMS, EMBED_DIM, MLP_FACTOR, BLOCKS = "params", "embed_dim", "mlp_factor", "blocks"
 DEPTH = "depth"  # the config's number of blocks; also the searched parameter's name when a family searches depth
 MACS, LATENCY_MS = MacsCost.spec_key, LatencyCost.spec_key  # a cost's value in the unit users write: its spec key
+# how a config's latency was established: "predicted" (by the table), "measured" (met the budget as timed:
+# measure_latency) or "measured, not met" (the closest config after the rounds); the measured ms/batch
+LATENCY_ESTABLISHED, MEASURED_LATENCY_MS = "latency_established", "measured_latency_ms"
 
 CANDIDATE, BASELINE = "candidate", "baseline"  # the values of ROLE
 
@@ -81,6 +84,7 @@ def is_original_candidate(trial: BaseTrial) -> bool:
 
 
 __all__ = ["ARM", "BASELINE", "BLOCKS", "BUDGET", "CANDIDATE", "DEPTH", "EMBED_DIM", "ERROR", "FAMILY", "GROUP",
-           "HEARTBEAT", "IDENTITY", "INFEASIBLE", "INTERRUPTED", "LATENCY_MS", "MACS", "MLP_FACTOR", "PARAMS",
+           "HEARTBEAT", "IDENTITY", "INFEASIBLE", "INTERRUPTED", "LATENCY_ESTABLISHED", "LATENCY_MS", "MACS",
+           "MEASURED_LATENCY_MS", "MLP_FACTOR", "PARAMS",
            "REPEAT_OF", "RETRY_OF", "ROLE", "RUNS", "SEED", "SKIPPED_BASELINES", "TEST_ACC", "TRAIN_SECONDS", "VAL_ACC",
            "VAL_CURVE", "WORKER", "is_original_candidate", "retry_of", "role", "trial_family", "trial_ref"]

@@ -77,6 +77,7 @@ class StudyObjective:
         self._splits: Any = None
         self._table: Any = None
         self._table_loaded = False
+        self._timer: Any = None
 
     # cheap parts (no torch) -------------------------------------------------------------------
     def table(self) -> Any:
@@ -89,9 +90,20 @@ class StudyObjective:
             self._table_loaded = True
         return self._table
 
+    def timer(self) -> Any:
+        """With ``measure_latency``: the timer of exported configs on the table's backend (built once), else None."""
+        if self.spec.measure_latency is None or self.table() is None:
+            return None
+        if self._timer is None:
+            from revit.latency.measured import ExportedTimer
+
+            self._timer = ExportedTimer(self.table(), passes=self.spec.measure_latency.passes)
+        return self._timer
+
     def arm(self, trial: BaseTrial) -> Arm:
-        """The config a trial trains (:func:`revit.search.arms.trial_arm`)."""
-        return trial_arm(self.spec, trial, self.table())
+        """The config a trial trains (:func:`revit.search.arms.trial_arm`; met as measured with
+        ``measure_latency``)."""
+        return trial_arm(self.spec, trial, self.table(), self.timer())
 
     def describe(self, trial: BaseTrial, arm: Arm) -> dict[str, Any]:
         """The user attributes that say what a trial trains (:func:`revit.search.arms.describe`)."""

@@ -248,26 +248,49 @@ def _versus_reference(rivals: list[ConfigResult], ref: ConfigResult, summary: di
 
 
 def _configs_table(results: list[ConfigResult], summary: dict[str, Any]) -> list[str]:
-    """One row per config (complete trials grouped), also appended to ``summary['groups']``."""
+    """One row per config (complete trials grouped), also appended to ``summary['groups']``; with latencies, how
+    each was established (predicted by the table, or measured: ``measure_latency``) and the measured spread."""
     lat = any(g.latency_ms is not None for g in results)
+    measured = [g.measured_latency_ms for g in results if g.measured_latency_ms is not None]
+    one_budget = len({g.first.user_attrs.get(A.BUDGET) for g in results}) == 1
     lines = ["", "## Configs (complete trials grouped by config; best held-out first)", "",
              "| group | role | family | arm | seeds | held-out top-1 % | test top-1 % | MACs | params | EMB "
-             "| MLP factor |" + (" latency ms/batch |" if lat else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if lat else "")]
+             "| MLP factor |" + (" latency ms/batch (table) | measured ms/batch | latency |" if lat else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if lat else "")]
     for g in results:
         u = g.first.user_attrs
         row = (f"| {g.name} | {g.role} | {g.family} | {g.arm} | {g.n} | {pm(g.mean_std(A.VAL_ACC))} "
                f"| {pm(g.mean_std(A.TEST_ACC))} | {counting.format_count(g.macs)} "
                f"| {counting.format_count(u.get(A.PARAMS, 0))} | {u.get(A.EMBED_DIM)} | {u.get(A.MLP_FACTOR, 1):g} |")
         if lat:
-            row += f" {g.latency_ms:.3f} |" if g.latency_ms is not None else " - |"
+            m = g.measured_latency_ms
+            row += (f" {g.latency_ms:.3f} |" if g.latency_ms is not None else " - |") + \
+                   (f" {m:.3f} |" if m is not None else " - |") + f" {u.get(A.LATENCY_ESTABLISHED, 'predicted')} |"
         lines.append(row)
         summary["groups"].append({"group": g.name, "role": g.role, "family": g.family, "arm": g.arm, "n": g.n,
                                   "val": g.mean_std(A.VAL_ACC), "test": g.mean_std(A.TEST_ACC), A.MACS: g.macs,
-                                  "latency_ms": g.latency_ms, "embed_dim": u.get(A.EMBED_DIM), "depth": _depth(g),
+                                  "latency_ms": g.latency_ms, A.MEASURED_LATENCY_MS: g.measured_latency_ms,
+                                  A.LATENCY_ESTABLISHED: u.get(A.LATENCY_ESTABLISHED),
+                                  "embed_dim": u.get(A.EMBED_DIM), "depth": _depth(g),
                                   "blocks": u.get(A.BLOCKS), "params": dict(g.first.params),
                                   "trials": [trial_ref(t) for t in g.trials]})
+    if lat:
+        lines += ["", _established_line(measured, len(results), one_budget)]
     return lines
+
+
+def _established_line(measured: list[float], n: int, one_budget: bool) -> str:
+    """How the configs' latencies were established, and how far apart the measured ones are (at one budget)."""
+    if not measured:
+        return ("Latency: predicted by the study's table for every config (not timed; `measure_latency: true` "
+                "meets the budget as measured).")
+    head = (f"Latency: measured for {len(measured)} of {n} configs (each exported, timed on the table's backend and "
+            f"re-solved until it met the budget as measured)")
+    if not one_budget:
+        return head + "; the budget is searched, so the configs' latencies differ by design."
+    spread = max(measured) / min(measured) - 1
+    return head + (f"; at the one budget they measure {100 * spread:.1f}% apart (slowest / fastest - 1; each timed "
+                   f"when its trial began).")
 
 
 def _blocks_table(results: list[ConfigResult]) -> list[str]:

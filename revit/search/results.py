@@ -76,6 +76,12 @@ class ConfigResult:
         return statistics.fmean(v) if v else None
 
     @property
+    def measured_latency_ms(self) -> float | None:
+        """The measured ms/batch (``measure_latency``), mean over the config's trials; None when predicted."""
+        v = self._vals(A.MEASURED_LATENCY_MS)
+        return statistics.fmean(v) if v else None
+
+    @property
     def first(self) -> FrozenTrial:
         return min(self.trials, key=lambda t: t.number)
 

@@ -15,6 +15,8 @@ On disk (YAML in ``search/``)::
                                   # {preset: micro, num_classes: 5} or {depth, img_size, patch_size, in_chans, ...}
     budget: {macs: 8M}            # or {latency_ms: 2.5, table: FILE} or {macs: {low: 5M, high: 12M}} (searched)
     latency_table: FILE           # optional: predicted latency as a user attribute of every trial
+    measure_latency: true         # with a latency budget: each config is exported, timed and re-solved until it
+                                  # meets the budget as measured ({tolerance: 0.02, rounds: 4, passes: 5})
     space:                        # one searched family, or a list of them (n_trials candidates each)
       - family: less-more-less    # a rule family with parameters
         base: less-more-less      # rule whose values the unsearched parameters take (name or YAML path)
@@ -69,7 +71,7 @@ def objective_directions() -> dict[str, str]:
 
 _KEYS = ("schema", "kind", "name", "description", "storage", "objectives", "sampler", "pruner", "n_trials",
          "setting", "budget", "latency_table", "space", "data", "train", "threads", "seeds", "repeats",
-         "baselines", "heartbeat_s", "grace_s")
+         "baselines", "heartbeat_s", "grace_s", "measure_latency")
 # TrainConfig fields a study sets itself: the seed comes from ``seeds``; trials train from scratch, no teacher
 _TRAIN_SET_BY_STUDY = ("seed", "distill_weight", "distill_temperature")
 
@@ -91,6 +93,36 @@ class BaselineSpec:
 
 def _short(params: Mapping[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in params.items())
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """``measure_latency``: each trial's config is exported, timed on the table's backend and re-solved with the
+    measured correction until it meets the latency budget within ``tolerance`` (at most ``rounds`` solves), so
+    that families and baselines are compared at equal *measured* latency (:mod:`revit.latency.measured`)."""
+
+    tolerance: float = 0.02
+    rounds: int = 4
+    passes: int = 5  # timing passes per config (x the table's warm-up + repeats)
+
+    @classmethod
+    def parse(cls, raw: Any) -> MeasureSpec | None:
+        """``true`` (the defaults), ``false``/absent (None) or ``{tolerance, rounds, passes}``."""
+        if raw is None or raw is False:
+            return None
+        if raw is True:
+            return cls()
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"measure_latency must be true, false or {{tolerance, rounds, passes}}, got "
+                              f"{str(raw)[:60]}")
+        check_keys(raw, ("tolerance", "rounds", "passes"), "measure_latency")
+        tol = check_number(raw.get("tolerance", 0.02), "measure_latency.tolerance", 0, 0.5, lo_open=True,
+                           hi_open=True)
+        return cls(tol, check_int(raw.get("rounds", 4), "measure_latency.rounds", 1, 20),
+                   check_int(raw.get("passes", 5), "measure_latency.passes", 1, 1000))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tolerance": self.tolerance, "rounds": self.rounds, "passes": self.passes}
 
 
 @dataclass(frozen=True)
@@ -147,6 +179,7 @@ class StudySpec:
     baselines: tuple[BaselineSpec, ...] = ()
     heartbeat_s: float = 20.0
     grace_s: float = 120.0
+    measure_latency: MeasureSpec | None = None
     description: str = ""
     source: str = "spec"
 
@@ -253,6 +286,10 @@ class StudySpec:
         if storage is not None and not isinstance(storage, str):
             raise ConfigError(f"storage must be a storage URL or path, got {storage!r}")
         heartbeat_s, grace_s = _liveness(d)
+        measure = MeasureSpec.parse(d.get("measure_latency"))
+        if measure is not None and not COSTS.get(budget.kind).needs_table:
+            raise ConfigError(f"measure_latency times configs against a latency budget; this budget is "
+                              f"{budget.kind} (give budget: {{latency_ms: MS, table: FILE}})")
         description = d.get("description") or ""
         if not isinstance(description, str):
             raise ConfigError(f"description must be a string, got {description!r}")
@@ -261,7 +298,7 @@ class StudySpec:
             sampler=sampler, optuna_pruner=optuna_pruner, n_trials=n_trials, setting=setting,
             latency_table=_table_path(d.get("latency_table") or budget.table), data=data, train=train, threads=threads,
             seeds=seeds, repeat_top_k=top_k, baselines=baselines,
-            heartbeat_s=heartbeat_s, grace_s=grace_s,
+            heartbeat_s=heartbeat_s, grace_s=grace_s, measure_latency=measure,
             description=description, source=source,
         )
 

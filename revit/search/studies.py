@@ -58,6 +58,8 @@ def fingerprint(spec: StudySpec) -> str:
            "baselines": [asdict(b) for b in spec.baselines],
            "sampler": [spec.sampler.name, dict(spec.sampler.kwargs)],
            "pruner": [spec.optuna_pruner.name, dict(spec.optuna_pruner.kwargs)]}  # key kept: stored fingerprints
+    if spec.measure_latency is not None:  # it decides the configs; absent when off, so older studies still match
+        doc["measure_latency"] = spec.measure_latency.to_dict()
     text = dumps_json(doc, "the study spec", sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
