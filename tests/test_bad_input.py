@@ -351,7 +351,7 @@ case("i30-prune-keep-depth-unreachable", "prune --model revit_micro --data digit
      "48,2,12,12,192 --keep-depth --out run", "cannot be reached without removing a branch or a block (keep_depth)")
 # a model already without attention, pruned under a v1 table (which cannot price it): one line, no warning first
 case("i30-prune-absent-branch-v1-table", "prune --model cfg_i30_noattn.yaml --data digits --target-latency 0.5 "
-     f"--table {ROOT / 'latency_tables' / 'cpu_onnxruntime_fp32_bs64_t17.json'} --out run",
+     f"--table {ROOT / 'tests' / 'fixtures' / 'cost_target' / 'cpu_onnxruntime_fp32_bs64_t17_v1_amd.json'} --out run",
      "cannot price a block with heads 0",
      {"cfg_i30_noattn.yaml": _yaml(_set(CONFIG, "blocks", [{"heads": 0, "mlp_dim": 64}, *CONFIG["blocks"][:1]]))})
 # the weights of a 3-block model (written by the ws fixture) into the 2-block micro.yaml

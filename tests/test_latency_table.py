@@ -286,3 +286,24 @@ def test_marginal_savings_only_some_kinds(table: LatencyTable) -> None:
     full = table.marginal_savings(cfg, 0, {"heads": 1, "v_dim": 4, "mlp_dim": 8, "qk_dim": 4, "embed_dim": 8})
     part = table.marginal_savings(cfg, 0, {"mlp_dim": 8}, only=["mlp_dim"])
     assert list(part) == ["mlp_dim"] and part["mlp_dim"] == pytest.approx(full["mlp_dim"])
+
+
+def test_widths_off_the_tables_grid_are_named_and_the_query_says_so(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    """Torch-Pruning leaves widths such as EMB 71 or QK 13; the shipped table's space steps EMB by 8 and QK by 4."""
+    t = LatencyTable.load(SHIPPED)
+    on = ViTConfig(72, [BlockDims(4, 12, 12, 200), BlockDims(0, 0, 0, 96)], img_size=28, patch_size=7, in_chans=1,
+                   num_classes=10)
+    off = ViTConfig(71, [BlockDims(4, 13, 12, 201), BlockDims(0, 0, 0, 96)], img_size=28, patch_size=7, in_chans=1,
+                    num_classes=10)
+    assert t.off_grid(on) == [] and t.off_grid(off) == ["embed_dim 71", "qk_dim 13", "mlp_dim 201"]
+    assert LatencyTable.from_dict({**json.loads(SHIPPED.read_text()), "metadata": {
+        k: v for k, v in json.loads(SHIPPED.read_text())["metadata"].items() if k != "space"}}).off_grid(off) == []
+    path = tmp_path / "off.yaml"
+    off.save(path)
+    assert main(["latency", "query", str(SHIPPED), str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "off the table's grid (embed_dim 71; qk_dim 13; mlp_dim 201)" in out
+    on.save(path)
+    assert main(["latency", "query", str(SHIPPED), str(path)]) == 0
+    assert "off the table's grid" not in capsys.readouterr().out

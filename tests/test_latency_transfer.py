@@ -140,8 +140,10 @@ def test_evaluate_refuses_a_full_table_of_another_setting(tables: Any) -> None:
 def test_the_cli_writes_the_transferred_table_and_refuses_in_one_line(cli: Any, tables: Any, tmp_path: Path) -> None:
     src, _ = tables
     out = tmp_path / "new.json"
-    for args, what in ((["--configs", "11"], "--configs"), (["--configs", "6"], "--batch or --threads"),
-                       (["--configs", "6", "--batch", "8"], "fake")):  # the synthetic backend is not registered
+    # the synthetic backend is not registered: past the count checks, the CLI needs it (for the device it runs on,
+    # which decides whether the table's own setting is a transfer: check_new_setting, tested above)
+    for args, what in ((["--configs", "11"], "--configs"), (["--configs", "6"], "fake"),
+                       (["--configs", "6", "--batch", "8"], "fake")):
         code, _, err = cli("latency", "transfer", src.source, "--out", out, *args)
         assert code == 2 and err.count("\n") == 1 and what in err and "Traceback" not in err
         assert not out.exists()
@@ -156,3 +158,22 @@ def test_the_backend_of_a_new_thread_count_uses_its_own_clock() -> None:
     same, two = backend_for_table(t), backend_for_table(t, threads=2)
     assert (same.threads, same.clock_name) == (1, "thread")
     assert (two.threads, two.clock_name) == (2, "wall")
+
+
+class AnotherDevice(NewSetting):
+    """Another machine at the table's own batch and threads: a transfer too (the device is the change)."""
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "device": "another CPU"}
+
+
+def test_another_device_at_the_tables_own_setting_is_a_transfer(tables: Any) -> None:
+    src, _ = tables
+    same = {"batch_size": 64, "threads": 1}
+    check_transfer(src, same, 6, device="another CPU")  # allowed: the device differs
+    with pytest.raises(ConfigError, match="its own device"):
+        check_transfer(src, same, 6, device=src.metadata["device"])
+    new = transfer(src, AnotherDevice(new_block), same, configs=6, passes=1)
+    assert new.metadata["device"] == "another CPU" and new.batch_size == 64
+    assert new.metadata["transfer"]["fit"] == pytest.approx(
+        {"attention": ATTN, "mlp": MLP, "fixed": FIXED, "offset_s": OFFSET}, rel=1e-6)

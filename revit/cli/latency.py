@@ -409,15 +409,16 @@ def _calibrate(a: argparse.Namespace) -> int:
 def _transfer(a: argparse.Namespace) -> int:
     from revit.latency.accuracy import backend_for_table
     from revit.latency.table import LatencyTable
-    from revit.latency.transfer import check_transfer, evaluate, setting_of_table, transfer
+    from revit.latency.transfer import check_models, check_new_setting, evaluate, setting_of_table, transfer
 
     table = LatencyTable.load(a.table)
     old = setting_of_table(table)
     new = {"batch_size": a.batch or old["batch_size"], "threads": a.threads or old["threads"]}
-    check_transfer(table, new, a.configs)  # every refusal before anything is timed
+    check_models(table, a.configs)  # every refusal before anything is timed
     target = _calibration_target(a)
     full = LatencyTable.load(a.evaluate) if a.evaluate else None
     backend = backend_for_table(table, threads=new["threads"])
+    check_new_setting(table, new, backend.info().get("device"))  # the same setting is a transfer on another device
     out = transfer(table, backend, new, configs=a.configs, passes=a.passes, seed=a.seed, source=a.source,
                    progress=not a.no_progress)
     ev = evaluate(out, full, a.eval_samples, seed=a.seed + 7) if full is not None else None

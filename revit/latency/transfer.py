@@ -55,9 +55,16 @@ def params_of(table: LatencyTable) -> tuple[str, ...]:
     return (*parts, *FIXED_PARAMS)
 
 
-def check_transfer(table: LatencyTable, new: Mapping[str, int], configs: int) -> None:
-    """Refuse, before any timing, a transfer that cannot work: too many or too few models, no fixed parts, or a
-    new setting equal to the table's own."""
+def check_transfer(table: LatencyTable, new: Mapping[str, int], configs: int, device: str | None = None) -> None:
+    """Refuse, before any timing, a transfer that cannot work: too many or too few models, no fixed parts
+    (:func:`check_models`), or a new setting equal to the table's own on the table's own device
+    (:func:`check_new_setting`)."""
+    check_models(table, configs)
+    check_new_setting(table, new, device)
+
+
+def check_models(table: LatencyTable, configs: int) -> None:
+    """Refuse too many or too few models for the fit, or a table without fixed parts (whose scale it fits)."""
     if configs > MAX_CONFIGS:
         raise ConfigError(f"--configs {configs}: a transfer times at most {MAX_CONFIGS} models (for a full "
                           "measurement of the new setting, build a table: `revit latency build`)")
@@ -68,10 +75,16 @@ def check_transfer(table: LatencyTable, new: Mapping[str, int], configs: int) ->
     if table.fixed is None:
         raise ConfigError(f"{table.source}: the table has no measurement of the fixed parts; a transfer fits their "
                           "scale (rebuild it with `revit latency build`)")
+
+
+def check_new_setting(table: LatencyTable, new: Mapping[str, int], device: str | None = None) -> None:
+    """Refuse the table's own batch and threads on its own device (``device``: this machine's, None when not known
+    yet); another device at the same batch and threads is a transfer too."""
     old = setting_of_table(table)
-    if all(new[k] == old[k] for k in old):
+    if all(new[k] == old[k] for k in old) and device in (None, table.metadata.get("device")):
         raise ConfigError(f"the new setting (batch {new['batch_size']}, {new['threads']} threads) is the table's "
-                          "own; give another --batch or --threads (or `revit latency calibrate` for this setting)")
+                          "own on its own device; give another --batch or --threads (or `revit latency calibrate` "
+                          "for this setting)")
 
 
 def _knots(table: LatencyTable) -> np.ndarray:
@@ -198,7 +211,7 @@ def transfer(table: LatencyTable, backend: Backend, new: Mapping[str, int], *, c
     from revit.latency.calibration import load_average
 
     new = {"batch_size": int(new["batch_size"]), "threads": int(new["threads"])}
-    check_transfer(table, new, configs)
+    check_transfer(table, new, configs, backend.info().get("device"))
     source = model_source_for(backend, source)
     raw = table.uncalibrated()
     cfgs = transfer_configs(raw, configs, seed)
