@@ -15,7 +15,8 @@ from revit.config import ViTConfig
 from revit.presets import revit_micro
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SHIPPED = BENCH.parent / "latency_tables" / "cpu_onnxruntime_fp32_bs64_t17.json"  # schema v1
+# a v1 table: the micro table shipped before its v2 rebuild
+SHIPPED_V1 = Path(__file__).resolve().parent / "fixtures" / "cost_target" / "cpu_onnxruntime_fp32_bs64_t17_v1_amd.json"
 TINY = ["--models", "micro", "--seeds", "0", "--train-limit", "256", "--val-size", "32", "--test-limit", "64",
         "--batch-size", "64", "--base-epochs", "1", "--prune-epochs", "1", "--prune-steps", "4", "--epochs", "1",
         "--threads", "1"]
@@ -101,7 +102,7 @@ def test_depth_vs_width_latency_target_with_a_v2_table_and_measured_latency(
 
 
 @pytest.mark.parametrize(("argv", "says"), [
-    (["--targets", "latency:0.5", "--table", str(SHIPPED)], "a v1 table cannot price a removal"),
+    (["--targets", "latency:0.5", "--table", str(SHIPPED_V1)], "a v1 table cannot price a removal"),
     (["--targets", "macs:1.5"], "is not KIND:R"), (["--targets", "flops:0.5"], "is not KIND:R"),
     (["--models", "micro,deit"], "--models: unknown ['deit']")])
 def test_depth_vs_width_refuses_what_it_cannot_compare_before_training(

@@ -25,7 +25,8 @@ from revit.latency.table import LatencyTable
 from revit.presets import revit_micro
 
 SETTING = {"img_size": 28, "patch_size": 7, "in_chans": 1, "num_classes": 10, "distilled": False, "class_token": True}
-SHIPPED = Path(__file__).resolve().parents[1] / "latency_tables" / "cpu_onnxruntime_fp32_bs64_t17.json"
+# a v1 table: the micro table shipped before the v2 rebuild (as the cost-target fixtures keep it)
+V1 = Path(__file__).resolve().parent / "fixtures" / "cost_target" / "cpu_onnxruntime_fp32_bs64_t17_v1_amd.json"
 FUSED = 2e-5  # what a full block saves over its two halves timed apart (a fusion): it is not their sum
 
 
@@ -117,9 +118,9 @@ def test_the_last_unit_of_a_branch_saves_the_whole_branch(v2: LatencyTable) -> N
 
 def test_v1_tables_load_predict_as_before_and_refuse_an_absent_branch_in_one_line(
         cli: Any, tmp_path: Path) -> None:
-    raw = json.loads(SHIPPED.read_text())
+    raw = json.loads(V1.read_text())
     assert raw["schema"] == "revit/latency-table/v1" and "branches" not in raw
-    t = LatencyTable.load(SHIPPED)
+    t = LatencyTable.load(V1)
     assert not t.prices_absent_branches and t.to_dict()["schema"] == "revit/latency-table/v1"
     cfg = revit_micro()  # what it predicted before: the file's own cells, interpolated independently, + fixed parts
     interp = RegularGridInterpolator(tuple(np.asarray(raw["axes"][a], float) for a in WIDTH_KINDS),
@@ -141,7 +142,7 @@ def test_v1_tables_load_predict_as_before_and_refuse_an_absent_branch_in_one_lin
                 "--out NEW.json`") in str(e.value)
     pruned.save(tmp_path / "c.yaml")
     before = (tmp_path / "c.yaml").read_bytes()
-    code, out, err = cli("latency", "query", SHIPPED, tmp_path / "c.yaml", "--out", tmp_path / "q.txt")
+    code, out, err = cli("latency", "query", V1, tmp_path / "c.yaml", "--out", tmp_path / "q.txt")
     assert code == 2 and out == "" and err.count("\n") == 1 and "rebuild it with `revit latency build" in err
     assert "Traceback" not in err and not (tmp_path / "q.txt").exists()
     assert (tmp_path / "c.yaml").read_bytes() == before

@@ -193,3 +193,47 @@ def test_a_cost_paid_once_per_model_is_found_and_speedups_follow(tmp_path: Path)
         assert predicted == pytest.approx(truth[base] / truth[c], rel=0.01)
     assert "+ 2.0" in cal.label and table.predict(base).fixed_s == pytest.approx(
         cal.scale * built.predict(base).fixed_s + cal.offset_s)
+
+
+def test_parts_that_overprice_every_model_by_a_constant_give_a_negative_offset(tmp_path: Path) -> None:
+    """Parts timed one by one each pay their own session (0.3 ms here) that a whole graph pays once: whole models
+    cost less than their parts by a constant. The calibration finds a negative offset (with the narrowest model in
+    its set, the constant is measured, not extrapolated), speedups follow, and no prediction falls below half its
+    scaled value however small the model."""
+    from test_latency_build import micro_grid
+
+    from revit.config import BlockDims, ViTConfig
+    from revit.latency.accuracy import random_configs
+    from revit.latency.calibration import MIN_SHARE, calibrate, fit_scale_offset
+    from revit.latency.profiler import BuildSettings, build_table
+
+    m = Machine(once_s=-3e-4)
+    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+                        progress=False)
+    backend = m.backend()
+    cfgs = calibration_configs(built, 6)
+    narrowest = ViTConfig(embed_dim=32, blocks=(BlockDims(1, 4, 4, 8),) * 8, img_size=28, patch_size=7, in_chans=1,
+                          num_classes=10)
+    assert narrowest in cfgs  # the smallest model the table prices is timed
+    cal = calibrate(built, backend, models=6, passes=1, source="graph")
+    assert cal.offset_s == pytest.approx(-3e-4, rel=0.05) and cal.scale == pytest.approx(1.07, rel=0.02)
+    assert "- 0.300 ms per model" in cal.label
+    table = built.with_calibration(cal)
+    cfgs = random_configs(built, 9, seed=8)
+    truth = {c: backend.model(c, 1).time(1)[0] for c in cfgs}
+    for c in cfgs[1:]:
+        assert table.predict(cfgs[0]).total_s / table.predict(c).total_s == pytest.approx(
+            truth[cfgs[0]] / truth[c], rel=0.01)
+    back = Calibration.from_dict(cal.to_dict(), "t")
+    assert back.offset_s == cal.offset_s
+    # the floor: a one-block model far smaller than any timed keeps half its scaled prediction at least
+    tiny = ViTConfig(embed_dim=32, blocks=(BlockDims(1, 4, 4, 8),), img_size=28, patch_size=7, in_chans=1,
+                     num_classes=10)
+    raw = built.predict(tiny).total_s
+    assert table.predict(tiny).total_s >= MIN_SHARE * cal.scale * raw - 1e-12
+    assert cal.apply(raw) >= MIN_SHARE * cal.scale * raw
+    # an offset beyond the bound is not fitted: the median ratio instead
+    from revit.latency.calibration import TimedModel
+
+    timed = [TimedModel(32, 8, p, 0.1 * p - 1e-4 if p > 2e-3 else 1e-6) for p in (1e-3, 3e-3, 5e-3)]
+    assert fit_scale_offset(timed)[1] == 0.0

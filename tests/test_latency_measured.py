@@ -41,7 +41,8 @@ def test_a_machine_slower_than_its_table_gets_a_smaller_config_that_meets_the_bu
 
 
 def test_a_budget_out_of_the_tables_reach_returns_the_closest_and_says_so(table: LatencyTable) -> None:
-    fit = fit_measured(solver(table), 0.02, lambda c: table.predict(c).total_s,
+    # 12 ms/batch is within the rule's reach on the shipped table (up to 18.6 ms), twice that is not
+    fit = fit_measured(solver(table), 0.012, lambda c: table.predict(c).total_s,
                        lambda c: table.predict(c).total_s * 0.5, tolerance=0.02, max_rounds=3)
     assert not fit.met and 1 <= len(fit.rounds) <= 3 and "NOT met" in fit.summary()
     assert "above the largest legal config" in fit.stopped  # the corrected budget left the table's range

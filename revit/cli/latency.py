@@ -400,8 +400,9 @@ def _calibrate(a: argparse.Namespace) -> int:
         info(f"  embed {m.embed_dim:4d}, {m.depth} blocks: table {_ms(m.predicted_s)}, measured {_ms(m.measured_s)} "
              f"(x{m.ratio:.3f})")
     ref = "" if cal.reference_ratio is None else f"; reference block x{cal.reference_ratio:.3f} of its build median"
-    info(f"fit: x{cal.scale:.3f} + {1e3 * cal.offset_s:.3f} ms per model (models within {cal.spread:.1%} of it)"
-         f"{ref}; {cal.seconds:.0f} s")
+    sign = "-" if cal.offset_s < 0 else "+"
+    info(f"fit: x{cal.scale:.3f} {sign} {1e3 * abs(cal.offset_s):.3f} ms per model (models within "
+         f"{cal.spread:.1%} of it){ref}; {cal.seconds:.0f} s")
     info(f"wrote {target}: {cal.label}")
     return 0
 

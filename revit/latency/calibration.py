@@ -5,11 +5,13 @@ then (the reference block only removes load changes *during* the build).  A cali
 block and a few whole models - exported with ``torch.onnx`` as a user deploys them, where the backend runs
 ONNX files - and fits ``measured = scale * predicted + offset`` over them: the scale holds the load of the
 build day and the whole graph's excess over its parts, the offset what a whole model pays once whatever its
-widths (a session call, the input and output copies), which a sum of blocks cannot see.  Without that offset the
-table promises small models too much speedup over large ones.  With fewer than three models, or models too alike
-in size to separate the two, the offset is 0 and the scale is the median ratio.  The table keeps every calibration
-made of it (``metadata.calibrations``, newest last); predictions use the newest and name it (the offset is counted
-with the fixed parts).
+widths (a session call, the input and output copies), which a sum of blocks cannot see - or, negative, what the
+parts timed one by one pay that a whole graph does not (each part's own session and copies).  Without that offset
+the table's speedups of small models over large ones are off by it.  The models span the table's sizes: its
+widest, its narrowest and a middle uniform model, then random per-block ones.  With fewer than three models, or
+models too alike in size to separate the two, the offset is 0 and the scale is the median ratio.  The table keeps
+every calibration made of it (``metadata.calibrations``, newest last); predictions use the newest and name it (the
+offset is counted with the fixed parts).
 
 This module is torch-free except :func:`calibrate`, which times models (and imports torch to export them).
 """
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 MAX_KEPT = 20
 SCALE_RANGE = (0.02, 50.0)
 MAX_OFFSET_S = 3600.0  # as a table cell
+MIN_SHARE = 0.5  # a negative offset takes at most half of a model's scaled prediction (the fit's bound, and a floor)
 
 
 @dataclass(frozen=True)
@@ -76,19 +79,22 @@ class Calibration:
             raise FileFormatError(f"calibration load average {self.load_average!r} must be a finite number >= 0")
         if self.source not in ("exported", "graph"):
             raise FileFormatError(f"calibration source must be 'exported' or 'graph', got {self.source!r}")
-        if not (math.isfinite(self.offset_s) and 0 <= self.offset_s <= MAX_OFFSET_S):
-            raise FileFormatError(f"calibration offset {self.offset_s!r} s is outside [0, {MAX_OFFSET_S:g}]")
+        if not (math.isfinite(self.offset_s) and -MAX_OFFSET_S <= self.offset_s <= MAX_OFFSET_S):
+            raise FileFormatError(f"calibration offset {self.offset_s!r} s is outside [-{MAX_OFFSET_S:g}, "
+                                  f"{MAX_OFFSET_S:g}]")
 
     def apply(self, predicted_s: float) -> float:
-        """A whole model's seconds per batch on this machine from the table's prediction as built."""
-        return self.scale * predicted_s + self.offset_s
+        """A whole model's seconds per batch on this machine from the table's prediction as built (a negative
+        offset never takes it below half the scaled prediction: :data:`MIN_SHARE`)."""
+        return max(self.scale * predicted_s + self.offset_s, MIN_SHARE * self.scale * predicted_s)
 
     @functools.cached_property
     def label(self) -> str:
         """One line naming this calibration (what a prediction that uses it says; built once: the pruner predicts
         on every removal)."""
         return (f"calibrated {self.created[:16].replace('T', ' ')} UTC on {self.host or 'this machine'} "
-                f"(load {self.load_average:.2f}, x{self.scale:.3f} + {1e3 * self.offset_s:.3f} ms per model, from "
+                f"(load {self.load_average:.2f}, x{self.scale:.3f} {'-' if self.offset_s < 0 else '+'} "
+                f"{1e3 * abs(self.offset_s):.3f} ms per model, from "
                 f"{len(self.models)} {self.source} models)")
 
     @property
@@ -130,7 +136,7 @@ class Calibration:
                        seconds=float(check_number(d.get("seconds", 0.0), "seconds", 0, 1e9, error=FileFormatError)),
                        host=str(d.get("host", ""))[:256],
                        reference_ratio=None if ref is None else num(ref, "reference_ratio"),
-                       offset_s=float(check_number(d.get("offset_s", 0.0), "offset_s", 0, MAX_OFFSET_S,
+                       offset_s=float(check_number(d.get("offset_s", 0.0), "offset_s", -MAX_OFFSET_S, MAX_OFFSET_S,
                                                    error=FileFormatError)))
         except (KeyError, TypeError, ValueError) as e:
             raise FileFormatError(f"{source}: malformed calibration ({e})") from None
@@ -149,24 +155,26 @@ def calibrations_of(metadata: Mapping[str, Any], source: str) -> tuple[Calibrati
 
 
 def calibration_configs(table: LatencyTable, n: int, seed: int = 0) -> list[ViTConfig]:
-    """The whole models a calibration times: the table's widest uniform model, a uniform one on the middle knots,
-    and random per-block ones inside the table (``n`` in all), at the table's setting and depth."""
+    """The whole models a calibration times: the table's widest uniform model, its narrowest, a uniform one on the
+    middle knots, and random per-block ones inside the table (``n`` in all), at the table's setting and depth: the
+    sizes the table prices, so the offset is measured, not extrapolated, for small models."""
     from revit.config import BLOCK_KINDS, BlockDims, ViTConfig
     from revit.latency.accuracy import random_configs, setting_of
 
     setting, depth = setting_of(table)
     out: list[ViTConfig] = []
-    for pick in (lambda pts: pts[-1], lambda pts: pts[len(pts) // 2]):
+    for pick in (lambda pts: pts[-1], lambda pts: pts[0], lambda pts: pts[len(pts) // 2]):
         emb = int(pick(table.axes["embed_dim"]))
         dims = BlockDims(*(int(pick(table.axes[k])) for k in BLOCK_KINDS))
         out.append(ViTConfig(embed_dim=emb, blocks=(dims,) * depth, **setting))
-    out += random_configs(table, max(0, n - 2), seed=random.Random(seed).randrange(1 << 30))
+    out += random_configs(table, max(0, n - 3), seed=random.Random(seed).randrange(1 << 30))
     return out[:n]
 
 
 def fit_scale_offset(timed: Sequence[TimedModel]) -> tuple[float, float]:
     """``measured = scale * predicted + offset`` by least squares, when three or more models differ enough in size
-    (largest prediction at least 1.3x the smallest) and the fit is physical (scale > 0, offset >= 0); else the
+    (largest prediction at least 1.3x the smallest) and the fit is physical (the scale in range; the offset below the
+    fastest model's own time, and a negative one at most half the smallest model's scaled prediction); else the
     median ratio and no offset."""
     import numpy as np
 
@@ -175,7 +183,7 @@ def fit_scale_offset(timed: Sequence[TimedModel]) -> tuple[float, float]:
     if len(timed) >= 3 and p.max() >= 1.3 * p.min():
         a, b = (float(x) for x in np.polyfit(p, m, 1))
         lo, hi = SCALE_RANGE
-        if lo <= a <= hi and 0 <= b <= min(MAX_OFFSET_S, 0.5 * float(m.min())):
+        if lo <= a <= hi and -MIN_SHARE * a * float(p.min()) <= b <= min(MAX_OFFSET_S, 0.9 * float(m.min())):
             return a, b
     return float(np.median(m / p)), 0.0
 

@@ -286,6 +286,7 @@ class LatencyTable:
         if want != have:
             diff = ", ".join(f"{k} {want[k]} vs {have[k]}" for k in want if want[k] != have[k])
             return None, f"fixed parts unknown for this setting ({diff} measured); blocks only"
+        # a negative offset (the parts' own overheads, counted once per model) may exceed the fixed parts alone
         return self.fixed.latency(cfg.embed_dim, extrapolate) * self.scale + self.offset_s, ""
 
     def off_grid(self, cfg: ViTConfig) -> list[str]:
@@ -310,6 +311,11 @@ class LatencyTable:
         pts = [(cfg.embed_dim, b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in cfg.blocks]
         per_block = tuple(float(x) for x in self.lookup(pts, extrapolate))
         fixed, note = self.fixed_latency(cfg, extrapolate)
+        if fixed is not None and self.offset_s < 0:  # the calibration's floor (Calibration.apply) on the whole model
+            from revit.latency.calibration import MIN_SHARE
+
+            blocks = sum(per_block)
+            fixed = max(fixed, MIN_SHARE * (blocks + fixed - self.offset_s) - blocks)
         pred = Prediction(per_block_s=per_block, fixed_s=fixed, batch_size=self.batch_size, note=note,
                           calibration=self.calibration.label if self.calibration is not None else "")
         if not math.isfinite(pred.total_s):  # cells are bounded; a far extrapolation is the one way left
