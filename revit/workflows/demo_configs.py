@@ -3,8 +3,9 @@
 A budget on a table's *predictions* is only as fair as the table is on the configs an optimiser picks (the
 optimiser's curse: the rule's config at the demo's budget measured 3.6% slower than the uniform one that the
 table called equal).  With ``measure`` (the default), each config is exported and timed on the table's backend
-and re-solved until it meets the budget *as measured* (:mod:`revit.latency.measured`); the final configs are then
-timed together, interleaved, and the report gives each one's measured latency and the largest gap between them.
+and re-solved until it meets the budget *as measured* (:mod:`revit.latency.measured`); the configs are then timed
+together, interleaved, and re-solved off the group's mean until the slowest is within 3% of the fastest as timed
+together (or the rounds are spent); the report gives each one's measured latency and the largest gap between them.
 """
 
 from __future__ import annotations
@@ -27,58 +28,96 @@ def _solver(rule: Any, table: Any, name: str) -> Callable[[float], Any]:
 
 def generate_configs(rule_path: Path, budget_s: float, table: Any, out: Path, pruned: Any,
                      log: Callable[[str], None], measure: bool = True) -> dict[str, Any]:
-    """The fitted rule, uniform and paper configs for the latency budget (met as measured with ``measure``);
-    YAMLs, a per-block plot, and each config's predicted and measured latency."""
+    """The fitted rule, uniform and paper configs for the latency budget (met as measured with ``measure``, then
+    equalised on timings taken together: :func:`_equalise`); YAMLs, a per-block plot, and each config's predicted
+    and measured latency."""
     from revit.errors import BudgetError
     from revit.rules import Rule, load_rule, uniform_rule
 
     out.mkdir(parents=True, exist_ok=True)
     rules: list[Rule] = [Rule.load(rule_path), uniform_rule(), load_rule("paper")]
     made: dict[str, Any] = {}
-    cfgs: dict[str, Any] = {"pruned (trace end)": pruned}
+    gens: dict[str, Any] = {}
+    fits: dict[str, Any] = {}
+    solves: dict[str, Callable[[float], Any]] = {}
+    asked: dict[str, float] = {}
     timer = None
     if measure:
         from revit.latency.measured import ExportedTimer
 
         timer = ExportedTimer(table, passes=3)
     for r in rules:
-        solve = _solver(r, table, f"{r.name}_demo")
+        solves[r.name] = solve = _solver(r, table, f"{r.name}_demo")
         try:
-            g = solve(budget_s)
-            fit = None
+            gens[r.name] = solve(budget_s)
+            asked[r.name] = budget_s
             if timer is not None:
                 from revit.latency.measured import fit_measured
 
-                fit = fit_measured(solve, budget_s, lambda c: float(table.predict(c).total_s), timer,
-                                   tolerance=MEASURE_TOLERANCE)
-                g = fit.generated
+                fits[r.name] = fit = fit_measured(solve, budget_s, lambda c: float(table.predict(c).total_s), timer,
+                                                  tolerance=MEASURE_TOLERANCE)
+                gens[r.name], asked[r.name] = fit.generated, fit.rounds[fit.chosen].asked_s
         except BudgetError as e:
             log(f"  {r.name}: not generated: {e}")
             made[r.name] = {"error": str(e)}
-            continue
-        g.config.save(out / f"{r.name}.yaml", derived=counting.derived(g.config))
+    together = _equalise(table, gens, solves, asked, log) if measure else {}
+    for name, g in gens.items():
+        g.config.save(out / f"{name}.yaml", derived=counting.derived(g.config))
         log(f"  {g.summary()}")
-        if fit is not None:
-            log(f"    latency {fit.summary()}")
+        if name in fits and fits[name].generated.config == g.config:
+            log(f"    latency {fits[name].summary()}")
+        elif name in together:
+            log(f"    latency re-solved to the group's mean as timed together: "
+                f"{together[name]['measured_together_ms']:.3f} ms/batch")
         for n in g.notes:
             log(f"    note: {n}")
-        made[r.name] = {"macs": counting.macs(g.config), "embed_dim": g.config.embed_dim,
-                        "latency_ms": 1e3 * float(table.predict(g.config).total_s), "mlp_factor": g.mlp_factor,
-                        "established": "measured" if fit is not None else "predicted"}
-        if fit is not None:
-            made[r.name]["measured_fit"] = fit.to_json()
-        cfgs[r.name] = g.config
-    if measure:
-        _time_together(table, {k: v for k, v in cfgs.items() if k in made}, made, log)
+        made[name] = {"macs": counting.macs(g.config), "embed_dim": g.config.embed_dim,
+                      "latency_ms": 1e3 * float(table.predict(g.config).total_s), "mlp_factor": g.mlp_factor,
+                      "established": "measured" if measure else "predicted", **together.get(name, {})}
+        if name in fits:
+            made[name]["measured_fit"] = fits[name].to_json()
+    cfgs = {"pruned (trace end)": pruned, **{n: g.config for n, g in gens.items()}}
     _plot_configs(cfgs, out / "configs.png", f"configs at {1e3 * budget_s:.2f} ms/batch")
     return made
 
 
-def _time_together(table: Any, cfgs: dict[str, Any], made: dict[str, Any], log: Callable[[str], None]) -> None:
-    """Time the final configs side by side, interleaved (one session, one load): each one's measured latency and
-    its gap to the fastest, so "equal latency" is checked as measured."""
+def _equalise(table: Any, gens: dict[str, Any], solves: dict[str, Callable[[float], Any]], asked: dict[str, float],
+              log: Callable[[str], None], rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Time the configs together (interleaved: one session, one load); while the slowest is more than twice
+    :data:`MEASURE_TOLERANCE` above the fastest, re-solve each one that is off the group's mean by more than the
+    tolerance with that ratio, and time them together again.  Each config timed alone met the budget within the
+    tolerance, but a few percent of noise between sessions is as large as that: the comparison that matters is the
+    one taken together.  Updates ``gens`` and ``asked``; returns each config's measured latency and gap to the
+    fastest in the last timing."""
+    from revit.errors import BudgetError
+
+    measured = _time_together(table, {n: g.config for n, g in gens.items()}, log)
+    for _ in range(rounds):
+        if len(measured) < 2 or max(measured.values()) / min(measured.values()) - 1 <= 2 * MEASURE_TOLERANCE:
+            break
+        mean = sum(measured.values()) / len(measured)
+        changed = False
+        for n, s in measured.items():
+            if abs(s / mean - 1) <= MEASURE_TOLERANCE:
+                continue
+            try:
+                g = solves[n](asked[n] * mean / s)
+            except BudgetError:  # beyond the table's reach: this config stays
+                continue
+            if g.config != gens[n].config:
+                gens[n], asked[n], changed = g, asked[n] * mean / s, True
+        if not changed:
+            break
+        log("  re-solved off the group's mean as timed together; timing again")
+        measured = _time_together(table, {n: g.config for n, g in gens.items()}, log)
+    fastest = min(measured.values(), default=1.0)
+    return {n: {"measured_together_ms": 1e3 * s, "gap_to_fastest": s / fastest - 1} for n, s in measured.items()}
+
+
+def _time_together(table: Any, cfgs: dict[str, Any], log: Callable[[str], None]) -> dict[str, float]:
+    """Time the configs side by side, interleaved (one session, one load): each one's seconds per batch."""
     if len(cfgs) < 2:
-        return
+        return {}
     from revit.latency.accuracy import backend_for_table
     from revit.latency.speedups import HeldOut, time_speedups
 
@@ -86,13 +125,10 @@ def _time_together(table: Any, cfgs: dict[str, Any], made: dict[str, Any], log: 
     rows, _ = time_speedups(table, backend_for_table(table), cfgs[names[0]],
                             [HeldOut("demo", n, cfgs[n]) for n in names[1:]], passes=6, progress=False)
     measured = {names[0]: rows[0].base_measured_s, **{r.name: r.measured_s for r in rows}}
-    fastest = min(measured.values())
-    for n, s in measured.items():
-        made[n]["measured_together_ms"] = 1e3 * s
-        made[n]["gap_to_fastest"] = s / fastest - 1
-    spread = max(measured.values()) / fastest - 1
+    spread = max(measured.values()) / min(measured.values()) - 1
     log("  timed together: " + ", ".join(f"{n} {1e3 * s:.2f} ms" for n, s in measured.items())
         + f"; the slowest is {spread:.1%} above the fastest")
+    return measured
 
 
 def _plot_configs(cfgs: dict[str, Any], path: Path, title: str) -> None:
@@ -133,8 +169,9 @@ def config_table(configs: dict[str, Any]) -> list[str]:
     if gaps:
         spread = max(gaps)
         rows += ["", f"Each config was re-solved until it met the budget **as measured** (exported with torch.onnx, "
-                     f"timed on the table's backend); timed together, the slowest is {100 * spread:.1f}% above the "
-                     f"fastest (goal: within 3%)."]
+                     f"timed on the table's backend), then timed together with the others and re-solved off the "
+                     f"group's mean where they differed; timed together, the slowest is {100 * spread:.1f}% above "
+                     f"the fastest (goal: within 3%)."]
     else:
         rows += ["", "Latencies are the table's **predictions** (not measured)."]
     return rows
