@@ -30,7 +30,7 @@ def test_a_machine_slower_than_its_table_gets_a_smaller_config_that_meets_the_bu
         wide = sum(b.mlp_dim > 200 for b in cfg.blocks) / cfg.depth
         return table.predict(cfg).total_s * 1.15 * (1 + 0.04 * wide)
 
-    budget = 0.018
+    budget = 0.012  # within the rule's reach on the shipped table (up to about 16 ms)
     first = solver(table)(budget)
     assert timer(first.config) / budget - 1 > 0.1  # the table's config misses by the machine's 15%
     fit = fit_measured(solver(table), budget, lambda c: table.predict(c).total_s, timer, tolerance=0.02)
@@ -60,11 +60,11 @@ def test_generate_measure_on_the_cli(monkeypatch: pytest.MonkeyPatch, cli: Any, 
             return float(self.t.predict(cfg).total_s * 1.2)
 
     monkeypatch.setattr(measured, "ExportedTimer", Slower)
-    code, out, err = cli("generate", "--rule", "less-more-less", "--setting", "micro", "--latency-ms", "18",
+    code, out, err = cli("generate", "--rule", "less-more-less", "--setting", "micro", "--latency-ms", "12",
                          "--table", TABLE, "--measure", "--json")
     assert code == 0, err
     d = json.loads(out)
-    assert d["measured"]["met"] and abs(d["measured"]["measured_s"] / 0.018 - 1) <= 0.02
+    assert d["measured"]["met"] and abs(d["measured"]["measured_s"] / 0.012 - 1) <= 0.02
     assert d["measured"]["measured_s"] == pytest.approx(1.2 * table.predict(
         __import__("revit.config", fromlist=["ViTConfig"]).ViTConfig.from_dict(d["config"], "out")).total_s)
     assert "met as measured" in err

@@ -135,9 +135,10 @@ def _signal_runs(tmp: Path, log: Path, seed: int, rounds: int, train_s: float) -
         t0 = time.monotonic()
         while not (tmp / "started").exists() and p.poll() is None and time.monotonic() - t0 < 60:
             time.sleep(0.005)
-        # the first signal lands early (a study of candidates with their seeds inside one trial is short: a
-        # late draw could miss the whole run); the later ones anywhere in it
-        time.sleep(rng.uniform(0, (2 if i == 0 else 6) * train_s))
+        # the first signal lands within the first trial's first training (a study of candidates with their seeds
+        # inside one trial is short: a later draw missed the whole run once on a loaded CI machine); the later
+        # ones anywhere in it
+        time.sleep(rng.uniform(0, (0.5 if i == 0 else 6) * train_s))
         if p.poll() is None:
             p.send_signal(signal.SIGINT if i % 2 == 0 else signal.SIGTERM)
             sent += 1
