@@ -36,9 +36,10 @@ DOC = tiny_study_doc(n_trials=3, seeds=[0, 1], baselines=[{"rule": "uniform"}], 
 
 # the child: `revit search run` with training replaced by a quick score; each finished training is logged
 DRIVER = """
-import json, os, sys, time
-import optuna, optuna.storages, sqlalchemy  # imported before the clock starts: a signal during a fresh venv's
-import revit.search.studies, revit.search.runner  # first (compiling) imports is a library's, not the study's
+import json, os, signal, sys, time
+# a user's terminal: Ctrl-C raises (a test run started in the background, as a CI script may start it, inherits
+# SIGINT ignored, and so would this child: its first signal was then lost and the run ended 0)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from revit.search.objective import StudyObjective
 from revit.search.testing import quick_objective
 
