@@ -62,9 +62,11 @@ def test_a_table_built_under_load_is_brought_back_within_5_percent(tmp_path: Pat
     cal_table = LatencyTable.load(loaded)
     assert cal_table.calibration is not None and cal_table.scale == pytest.approx(out["scale"])
     raw = LatencyTable.load(loaded, calibrated=False)
-    # measured again, apart from the calibration: the widest and the middle uniform models (the calibration's
-    # first two; how well a table generalises to other configs is the held-out speedup validation's question)
-    held_out = calibration_configs(raw, 2)
+    # measured again, apart from the calibration: the widest and the middle uniform models (two of the
+    # calibration's first three; how well a table generalises to other configs is the held-out speedup
+    # validation's question)
+    widest, _narrowest, middle = calibration_configs(raw, 3)  # the narrowest (~2 ms) is the noisiest ratio
+    held_out = [widest, middle]
     after, without = held_out_errors(cal_table, held_out)
     # the loaded build's own predictions are off by the 1.3x of its build day and more (this machine is not the
     # one that built the shipped table); calibrated, they are several times closer.  On an idle machine they are
