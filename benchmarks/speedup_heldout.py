@@ -75,17 +75,21 @@ def latency_pruned(work: Path, ratios: list[float], seeds: list[int], train_limi
     return out
 
 
-def generated(table: Any, base: Any, budgets: list[float]) -> list[Any]:
+def generated(table: Any, base: Any, budgets: list[float],
+              rules: tuple[str, ...] = ("paper", "less-more-less", "micro-fit", "uniform"),
+              setting: Any = "micro") -> list[Any]:
+    """Each rule's config at each budget (a fraction of the base's predicted latency); a rule the table cannot
+    cost there is said and left out."""
     from revit.errors import RevitError
     from revit.latency.speedups import HeldOut
     from revit.rules.generate import generate, latency_budget
 
     out = []
     base_s = table.predict(base).total_s
-    for rule in ("paper", "less-more-less", "micro-fit", "uniform"):
+    for rule in rules:
         for b in budgets:
             try:
-                g = generate(rule, latency_budget(b * base_s, table), "micro")
+                g = generate(rule, latency_budget(b * base_s, table), setting)
             except RevitError as e:  # a rule this table cannot cost at this budget: said, not hidden
                 print(f"skip {rule}@{b}: {e}", flush=True)
                 continue

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from speedup_heldout import costable, plot  # noqa: E402
+from speedup_heldout import costable, generated, plot  # noqa: E402
 
 TABLE = "cpu_onnxruntime_fp32_bs1_t198"
 BASE = "revit_deit_small_distilled_patch16_224"
@@ -106,24 +106,6 @@ def pruned(work: Path, table: str) -> list[Any]:
     return out
 
 
-def generated(table: Any, base: Any, budgets: list[float]) -> list[Any]:
-    from revit.errors import RevitError
-    from revit.latency.speedups import HeldOut
-    from revit.rules.generate import generate, latency_budget
-
-    out = []
-    base_s = table.predict(base).total_s
-    for rule in ("paper", "paper-table6", "less-more-less", "uniform"):
-        for b in budgets:
-            try:
-                g = generate(rule, latency_budget(b * base_s, table), base.setting)
-            except RevitError as e:  # a rule this table cannot cost at this budget: said, not hidden
-                print(f"skip {rule}@{b}: {e}", flush=True)
-                continue
-            out.append(HeldOut("generated", f"{rule}@{b}", g.config))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", default=TABLE)
@@ -146,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     base = resolve_config(BASE)
     held: list[HeldOut] = random_small(table, a.random, a.seed + 11)
     held += pruned(a.work, str(resolve_table(a.table)))
-    held += generated(table, base, [float(x) for x in a.budgets.split(",")])
+    held += generated(table, base, [float(x) for x in a.budgets.split(",")],
+                      rules=("paper", "paper-table6", "less-more-less", "uniform"), setting=base.setting)
     held = [h for h in held if costable(table, h)]
     load_before = os.getloadavg()
     rows, seconds = time_speedups(table, backend_for_table(table), base, held, passes=a.passes, seed=a.seed)
