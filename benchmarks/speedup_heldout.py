@@ -54,7 +54,8 @@ def macs_pruned(base: Any) -> list[Any]:
     return out
 
 
-def latency_pruned(work: Path, ratios: list[float], seeds: list[int], train_limit: int) -> list[Any]:
+def latency_pruned(work: Path, ratios: list[float], seeds: list[int], train_limit: int,
+                   table: str = TABLE) -> list[Any]:
     from revit.config import ViTConfig
     from revit.latency.speedups import HeldOut
 
@@ -66,7 +67,7 @@ def latency_pruned(work: Path, ratios: list[float], seeds: list[int], train_limi
                 cmd = [sys.executable, "-m", "revit", "prune", "--model", "revit_micro", "--data", "fashion-mnist",
                        "--train-limit", str(train_limit), "--val-size", "200", "--test-limit", "0",
                        "--eval-size", "0", "--seed", str(seed), "--threads", "1", "--target-latency", str(r),
-                       "--table", TABLE, "--out", str(run), "--no-progress", "--overwrite", "-q"]
+                       "--table", table, "--out", str(run), "--no-progress", "--overwrite", "-q"]
                 if BASE_WEIGHTS.is_file():
                     cmd += ["--checkpoint", str(BASE_WEIGHTS)]
                 print("+", " ".join(cmd[2:]), flush=True)
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     held = [HeldOut("random", f"random{i}", c) for i, c in enumerate(random_configs(table, a.random, seed=a.seed + 11))]
     held += macs_pruned(base)
     held += latency_pruned(a.work, [float(x) for x in a.lat_ratios.split(",")],
-                           [int(x) for x in a.lat_seeds.split(",")], a.train_limit)
+                           [int(x) for x in a.lat_seeds.split(",")], a.train_limit, a.table)
     held += generated(table, base, [float(x) for x in a.budgets.split(",")])
     held = [h for h in held if costable(table, h)]
     load_before = os.getloadavg()

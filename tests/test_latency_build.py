@@ -565,3 +565,86 @@ def test_held_out_speedups_of_an_exact_table_and_of_a_blind_one(tmp_path: Path) 
     errs = np.abs([r.error for r in rows])
     assert s["all"]["n"] == 5 and s["all"]["max"] == pytest.approx(errs.max())
     assert s["all"]["median"] == pytest.approx(np.median(errs)) and s["pruned"]["n"] == 3 and s["random"]["n"] == 2
+
+
+def per_head_bend(e: int, d: BlockDims) -> float:
+    """An attention whose cost bends with the head count (a kernel per head) and an MLP with a step: additive."""
+    heads = 3e-5 * d.heads ** 2 if d.heads else 0.0
+    return stepped(e, d) + heads
+
+
+def test_additive_design_measures_halves_and_sums_them(tmp_path: Path) -> None:
+    """The additive design times the halves on dense knots plus a few whole blocks, and prices every whole block as
+    attention half + MLP half + join: exact for an additive device, with far fewer cells than the product."""
+    grid = micro_grid()
+    knots = {"heads": (1, 2, 3, 4), "embed_dim": tuple(range(32, 97, 8))}
+    s = BuildSettings(passes=1, repeats=1, warmup=0, design="additive", knots=knots, max_cells=4000)
+    b = FakeBackend(per_head_bend)
+    t = build_table(grid, b, tmp_path / "t.json", s, progress=False)
+    d = t.metadata["design"]
+    assert d["design"] == "additive" and set(knots["heads"]) <= set(d["knots"]["heads"])
+    e = len(d["knots"]["embed_dim"])
+    halves = e * (len(d["knots"]["heads"]) * len(d["knots"]["qk_dim"]) * len(d["knots"]["v_dim"])
+                  + len(d["knots"]["mlp_dim"]))
+    assert d["half_cells_measured"] == halves and d["join_cells"] == 3 * e
+    assert b.calls - 1 == halves + d["cells_measured"]  # + the reference block; no product grid was timed
+    from revit.latency.profiler import join_keys, pilot_cells
+
+    whole = {("block", *c) for c in pilot_cells(grid)} | set(join_keys(d["knots"]))
+    assert d["cells_measured"] == len(whole) < t.n_cells  # whole blocks: the pilot's and the join's only
+    assert d["additive_check"]["held_out_cells"] > 0 and d["additive_check"]["max_abs"] < 1e-9
+    assert set(t.axes["heads"]) == {1, 2, 3, 4}  # the bend keeps every head count in the derived grid
+    for cfg in random_configs(t, 30, seed=4):  # random widths, some branches absent
+        want = sum(per_head_bend(cfg.embed_dim, blk) for blk in cfg.blocks if blk.heads or blk.mlp_dim)
+        want += 1e-5 * cfg.embed_dim
+        assert t.predict(cfg).total_s == pytest.approx(want, rel=0.01)
+    assert LatencyTable.load(tmp_path / "t.json").predict(cfg).total_s == pytest.approx(t.predict(cfg).total_s)
+
+
+def test_additive_design_reports_a_device_that_is_not_additive(tmp_path: Path) -> None:
+    """A whole block that costs more than its halves in a width-dependent way shows in the design's own check."""
+    def joined(e: int, d: BlockDims) -> float:
+        extra = 2e-4 * (d.mlp_dim / 384) * (d.heads / 4) if d.heads and d.mlp_dim else 0.0
+        return stepped(e, d) + extra
+
+    s = BuildSettings(passes=1, repeats=1, warmup=0, design="additive", max_cells=4000)
+    t = build_table(micro_grid(), FakeBackend(joined), tmp_path / "t.json", s, progress=False)
+    check = t.metadata["design"]["additive_check"]
+    assert check["held_out_max_abs"] > 0.05  # the pilot's whole blocks disagree with halves + join
+
+
+def test_additive_design_counts_its_cells_in_the_budget(tmp_path: Path) -> None:
+    from revit.latency.profiler import check_cell_budget, design_cells
+
+    knots = {"embed_dim": tuple(range(32, 97, 8)), "heads": (1, 2, 3, 4), "mlp_dim": tuple(range(8, 385, 8))}
+    full = dict(micro_grid().axes, **knots)
+    assert design_cells(full, "additive") == 9 * (4 * 6 * 6 + 48) + 3 * 9 < design_cells(full, "auto")
+    check_cell_budget(micro_grid(), BuildSettings(design="additive", knots=knots, max_cells=4000))
+    with pytest.raises(ConfigError, match="raise --max-cells"):
+        check_cell_budget(micro_grid(), BuildSettings(design="additive", knots=knots, max_cells=500))
+
+
+def test_half_knots_make_the_halves_dense_and_leave_the_grid_alone(tmp_path: Path) -> None:
+    """``half_knots`` measure a block without attention or MLP on knots of its own: a step in the MLP that the full
+    grid's knots straddle is priced exactly in an MLP-only block, and the full grid's knots are unchanged."""
+    def mlp_step(e: int, d: BlockDims) -> float:
+        # two widths run off their kernel where nothing hides them: in an MLP-only block (the pilot never sees one)
+        return stepped(e, d) + (1e-4 if d.mlp_dim in (168, 176) and not d.heads else 0.0)
+
+    grid = micro_grid()
+    plain = BuildSettings(passes=1, repeats=1, warmup=0)
+    dense = BuildSettings(passes=1, repeats=1, warmup=0, half_knots={"mlp_dim": tuple(range(8, 385, 8))})
+    a = build_table(grid, FakeBackend(mlp_step), tmp_path / "a.json", plain, progress=False)
+    b = build_table(grid, FakeBackend(mlp_step), tmp_path / "b.json", dense, progress=False)
+    assert a.axes == b.axes and np.array_equal(a.values, b.values)
+    assert b.branches is not None and b.branches["mlp"].axes["mlp_dim"] == tuple(range(8, 385, 8))
+    assert b.metadata["design"]["half_knots"]["mlp_dim"] == list(range(8, 385, 8))
+    cfg = ViTConfig(88, [BlockDims(0, 0, 0, 176), BlockDims(2, 8, 8, 0)], Setting(**SETTING, depth=2))
+    want = mlp_step(88, cfg.blocks[0]) + mlp_step(88, cfg.blocks[1]) + 1e-5 * 88
+    assert b.predict(cfg).total_s == pytest.approx(want, rel=1e-6)
+    assert abs(a.predict(cfg).total_s / want - 1) > 0.05
+    with pytest.raises(ConfigError, match="additive"):
+        BuildSettings(design="additive", half_knots={"mlp_dim": (8,)}).check()
+    with pytest.raises(ConfigError, match="half-knots: mlp_dim"):
+        check = BuildSettings(half_knots={"mlp_dim": (9,)})
+        check.check_knots(grid)

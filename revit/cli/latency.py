@@ -58,13 +58,18 @@ def register(sub: Any) -> None:
     b.add_argument("--clock", default="auto", choices=("auto", "wall", "thread"),
                    help="auto: the backend's choice (onnxruntime: thread CPU time on cpu with 1 thread), "
                         "else wall clock")
-    b.add_argument("--design", default="auto", choices=("auto", "full"), help="sparse grid from pilot sweeps, or full")
+    b.add_argument("--design", default="auto", choices=("auto", "full", "additive"),  # profiler.DESIGNS (light import)
+                   help="sparse grid from pilot sweeps (auto), every cell (full), or the two halves on dense knots "
+                        "summed with a measured join (additive; cells grow as a sum, not a product)")
     b.add_argument("--max-cells", type=count(), default=937, help="cell budget (default 937 = NViT's 9,375 / 10)")
     b.add_argument("--tol", type=number(0, lo_open=True),
                    default=0.01, help="target relative interpolation error of the knots")
     b.add_argument("--knots", action="append", default=[], metavar="AXIS=V,V,...",
                    help="force these knots on an axis (added to the auto design's; repeatable), e.g. "
                         "embed_dim=32,40,48 where the device bends between the pilot's sweeps")
+    b.add_argument("--half-knots", action="append", default=[], metavar="AXIS=V,V,...",
+                   help="extra knots for the half blocks only (a block without attention or MLP; repeatable), "
+                        "e.g. mlp_dim=8,16,24: a half is cheap, so its axes can be dense")
     b.add_argument("--warmup", type=non_negative(10_000), default=2)
     b.add_argument("--repeats", type=count(10_000), default=5)
     b.add_argument("--passes", type=count(1_000), default=3, help="passes over all cells, each in random order")
@@ -214,7 +219,7 @@ def _backends(a: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_knots(items: list[str]) -> dict[str, tuple[int, ...]]:
+def _parse_knots(items: list[str], flag: str = "--knots") -> dict[str, tuple[int, ...]]:
     """``["embed_dim=32,40", "heads=2"]`` -> {"embed_dim": (32, 40), "heads": (2,)}; bad text is one line."""
     out: dict[str, tuple[int, ...]] = {}
     for item in items:
@@ -224,7 +229,7 @@ def _parse_knots(items: list[str]) -> dict[str, tuple[int, ...]]:
         except ValueError:
             values = ()
         if not eq or not values:
-            raise ConfigError(f"--knots: {short(item)} is not AXIS=V,V,... with integer values")
+            raise ConfigError(f"{flag}: {short(item)} is not AXIS=V,V,... with integer values")
         out[axis.strip()] = tuple(sorted(set(out.get(axis.strip(), ())) | set(values)))
     return out
 
@@ -239,7 +244,7 @@ def _build(a: argparse.Namespace) -> int:
     backend = _make_backend(a)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
                              max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference,
-                             knots=_parse_knots(a.knots))
+                             knots=_parse_knots(a.knots), half_knots=_parse_knots(a.half_knots, "--half-knots"))
     settings.check()  # every refusal comes before the journal is created
     check_cell_budget(grid, settings)
     check_grid_memory(grid, a.batch)

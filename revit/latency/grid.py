@@ -143,7 +143,7 @@ def micro() -> WidthGrid:
 
 def deit() -> WidthGrid:
     """DeiT-B-sized space at 224/16 distilled (198 tokens), NViT's granularity (EMB 16... coarser here)."""
-    return WidthGrid("deit", {"embed_dim": _rng(192, 768, 64), "heads": _rng(2, 12, 2), "qk_dim": _rng(8, 64, 8),
+    return WidthGrid("deit", {"embed_dim": _rng(192, 768, 64), "heads": _rng(1, 12, 1), "qk_dim": _rng(8, 64, 8),
                               "v_dim": _rng(8, 64, 8), "mlp_dim": _rng(128, 3072, 128)}, Setting(distilled=True))
 
 

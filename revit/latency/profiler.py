@@ -16,6 +16,15 @@ Procedure (``design="auto"``):
    passes as the grid: they price a block with an absent branch (:mod:`revit.latency.branches`).  They
    add ``1/|mlp_dim knots| + 1/(|heads| |qk_dim| |v_dim| knots)`` of the grid's cells, each cheaper.
 
+``design="additive"`` measures the halves only, plus ``JOIN_CELLS`` whole blocks per ``embed_dim`` knot, and
+derives every full block as *attention half + MLP half + join(embed_dim)*: on one stream (a CPU thread, a GPU
+queue) a block runs its two halves one after the other, so its cost is their sum and a per-width join (the
+second LayerNorm's input, the cache hand-over), which the whole blocks measure.  Cells then grow as
+``|E|(|H||QK||V| + |MLP|)`` instead of their product, so knots can be dense where widths bend (every head count,
+every MLP width of a small space).  The table's full-block grid is derived on knots compressed to the design's
+tolerance; the halves keep every knot measured.  The whole blocks measured on the knots that did not fit the join
+(the pilot's) give the additive model's own error (``design.additive_check``).
+
 Every cell is measured in ``passes`` passes; each pass visits the pending work in a fresh random
 order, so load changes on a shared machine spread over all cells instead of biasing some.  A cell's
 value is the median of its ``passes x repeats`` samples (after ``warmup`` runs per pass); its
@@ -31,7 +40,7 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +60,28 @@ from revit.latency.timing import Reference, time_bracketed
 from revit.run_folders import FileClaim, claim_output_file, file_kind
 
 NVIT_CELLS = 9375
+DESIGNS = ("auto", "full", "additive")
+JOIN_CELLS = 3  # whole blocks per embed_dim knot that measure the join of the halves (additive design)
 Cell = tuple[int, int, int, int, int]
+
+
+def design_cells(knots: Mapping[str, Sequence[int]], design: str) -> int:
+    """Cells a design measures on ``knots`` (besides the pilot's): the product of the axes, or (additive) the two
+    halves' sub-grids and the join cells."""
+    if design != "additive":
+        return int(np.prod([len(knots[a]) for a in WIDTH_KINDS]))
+    return int(sum(np.prod([len(knots[a]) for a in names]) for names in BRANCH_AXES.values())
+               + JOIN_CELLS * len(knots["embed_dim"]))
+
+
+def join_keys(knots: Mapping[str, Sequence[int]]) -> list[tuple[Any, ...]]:
+    """The whole blocks of the additive design: at every embed_dim knot, the narrowest, middle and widest block."""
+    out = []
+    for e in knots["embed_dim"]:
+        for pick in (0, None, -1):
+            c = [knots[a][len(knots[a]) // 2 if pick is None else pick] for a in WIDTH_KINDS[1:]]
+            out.append(("block", e, *c))
+    return list(dict.fromkeys(out))
 
 
 @dataclass
@@ -62,13 +92,16 @@ class BuildSettings:
     warmup: int = 2
     repeats: int = 5
     passes: int = 3
-    design: str = "auto"  # auto | full
+    design: str = "auto"  # auto | full | additive
     max_cells: int = NVIT_CELLS // 10
     tol: float = 0.01
     seed: int = 0
     reference: bool = True  # normalise by a reference block timed around each measurement
     reference_runs: int = 3
     knots: dict[str, tuple[int, ...]] = field(default_factory=dict)  # forced knots per axis (added to the auto ones)
+    # knots of the half blocks only (added to the grid's): a half is cheap, so its axes can be dense where a full
+    # block's product grid cannot (auto/full designs; the additive design measures its halves on ``knots``)
+    half_knots: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def check(self) -> None:
         """Every count within the bounds a table's metadata is read back with (``MEASUREMENT_COUNTS``)."""
@@ -77,24 +110,33 @@ class BuildSettings:
 
         for k, (lo, hi) in {"batch": (1, MAX_BATCH), "max_cells": (1, MAX_COUNT), **MEASUREMENT_COUNTS}.items():
             check_int(getattr(self, k), k, lo, hi)
-        if self.design not in ("auto", "full"):
-            raise ConfigError(f"design must be 'auto' or 'full', got {short(self.design)}")
-        for axis in self.knots:
-            if axis not in WIDTH_KINDS:
-                raise ConfigError(f"knots: {short(axis)} is not an axis ({', '.join(WIDTH_KINDS)})")
+        if self.design not in DESIGNS:
+            raise ConfigError(f"design must be one of {', '.join(DESIGNS)}, got {short(self.design)}")
+        for flag, forced in (("knots", self.knots), ("half-knots", self.half_knots)):
+            for axis in forced:
+                if axis not in WIDTH_KINDS:
+                    raise ConfigError(f"{flag}: {short(axis)} is not an axis ({', '.join(WIDTH_KINDS)})")
+        if self.half_knots and self.design == "additive":
+            raise ConfigError("half-knots: the additive design measures its halves on --knots; pass them there")
 
     def check_knots(self, grid: WidthGrid) -> None:
         """Every forced knot is a value of its axis in ``grid`` (refused before any journal exists)."""
-        for axis, vs in self.knots.items():
-            bad = [v for v in vs if v not in grid.axes[axis]]
-            if bad:
-                raise ConfigError(f"knots: {axis} {bad} not in space {grid.name}'s {axis} axis "
-                                  f"{list(grid.axes[axis])}")
+        for flag, forced in (("knots", self.knots), ("half-knots", self.half_knots)):
+            for axis, vs in forced.items():
+                bad = [v for v in vs if v not in grid.axes[axis]]
+                if bad:
+                    raise ConfigError(f"{flag}: {axis} {bad} not in space {grid.name}'s {axis} axis "
+                                      f"{list(grid.axes[axis])}")
+
+    def half_axes(self, knots: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+        """The knots the half blocks are measured on: the grid's, plus ``half_knots``."""
+        return {a: tuple(sorted({*knots[a], *self.half_knots.get(a, ())})) for a in WIDTH_KINDS}
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "knots"}
-        if self.knots:  # absent when none: journals of earlier versions resume
-            d["knots"] = {a: sorted(v) for a, v in self.knots.items()}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("knots", "half_knots")}
+        for k in ("knots", "half_knots"):  # absent when none: journals of earlier versions resume
+            if getattr(self, k):
+                d[k] = {a: sorted(v) for a, v in getattr(self, k).items()}
         return d
 
 
@@ -149,7 +191,8 @@ def check_cell_budget(grid: WidthGrid, s: BuildSettings) -> None:
                               f"{s.max_cells}; use --design auto or raise --max-cells")
         return
     s.check_knots(grid)
-    least = int(np.prod([len({v[0], v[-1], *s.knots.get(a, ())}) for a, v in grid.axes.items()]))  # ends + forced
+    least = design_cells({a: sorted({v[0], v[-1], *s.knots.get(a, ())}) for a, v in grid.axes.items()},
+                         s.design)  # ends + forced
     pilot = len(pilot_cells(grid))
     if least + pilot > s.max_cells:
         raise ConfigError(f"space {grid.name} needs at least {least + pilot} cells ({pilot} pilot cells, the two "
@@ -157,9 +200,10 @@ def check_cell_budget(grid: WidthGrid, s: BuildSettings) -> None:
 
 
 def choose_knots(grid: WidthGrid, values: dict[Cell, float], noise: float, tol: float, budget: int,
-                 forced: dict[str, tuple[int, ...]] | None = None) -> tuple[dict[str, tuple[int, ...]], float]:
-    """Knots per axis from the pilot sweeps (plus ``forced`` ones); raises the tolerance until the grid fits
-    ``budget`` cells."""
+                 forced: dict[str, tuple[int, ...]] | None = None,
+                 design: str = "auto") -> tuple[dict[str, tuple[int, ...]], float]:
+    """Knots per axis from the pilot sweeps (plus ``forced`` ones); raises the tolerance until the ``design``
+    measures at most ``budget`` cells on them."""
     forced = forced or {}
     top = tuple(grid.axes[a][-1] for a in WIDTH_KINDS)
     mid = tuple(grid.axes[a][len(grid.axes[a]) // 2] for a in WIDTH_KINDS)
@@ -177,7 +221,7 @@ def choose_knots(grid: WidthGrid, values: dict[Cell, float], noise: float, tol: 
                     ys.append(values[(c[0], c[1], c[2], c[3], c[4])])
                 curves.append(np.asarray(ys))
             knots[a] = tuple(sorted(set(_greedy_knots(xs, curves, tol)) | set(forced.get(a, ()))))
-        n = int(np.prod([len(v) for v in knots.values()]))
+        n = design_cells(knots, design)
         if n <= budget:
             return knots, tol
         if all(len(v) <= max(2, len(set(forced.get(a, ())) | {xs[0], xs[-1]}))
@@ -304,9 +348,12 @@ def build_table(grid: WidthGrid, backend: Backend, out: str | os.PathLike[str], 
         m = _Measurer(grid, backend, s, state, Journal(claim.journal), progress, on_measure)
         try:
             knots, design_info = _design(grid, s, state, m)
-            cells = [tuple(c) for c in itertools.product(*(knots[a] for a in WIDTH_KINDS))]
+            if s.design == "additive":
+                blocks = join_keys(knots)
+            else:
+                blocks = [("block", *c) for c in itertools.product(*(knots[a] for a in WIDTH_KINDS))]
             fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
-            m.run([("overhead",)] + [("block", *c) for c in cells] + fixed_keys + half_keys(knots), "grid")
+            m.run([("overhead",)] + blocks + fixed_keys + half_keys(s.half_axes(knots)), "grid")
         finally:
             m.close()
         table = _assemble(grid, s, state, header, knots, design_info, m.ref_cell, str(out))
@@ -413,8 +460,8 @@ def _design(grid: WidthGrid, s: BuildSettings, state: _State, m: _Measurer) -> t
     m.run([("overhead",)] + [("block", *c) for c in pilot], "pilot sweeps")
     pv = {c: state.median(("block", *c)) for c in pilot}
     noise = float(np.median([state.value_noise(("block", *c)) / max(pv[c], 1e-12) for c in pilot]))
-    knots, tol = choose_knots(grid, pv, noise, s.tol, s.max_cells - len(pilot), s.knots)
-    design_info = {"design": "auto", "knots": {a: list(v) for a, v in knots.items()}, "pilot_cells": len(pilot),
+    knots, tol = choose_knots(grid, pv, noise, s.tol, s.max_cells - len(pilot), s.knots, s.design)
+    design_info = {"design": s.design, "knots": {a: list(v) for a, v in knots.items()}, "pilot_cells": len(pilot),
                    "pilot_noise": round(noise, 5), "tol_used": round(tol, 5)}
     m.journal.append({"type": "design", **design_info})
     return knots, design_info
@@ -424,14 +471,24 @@ def _assemble(grid: WidthGrid, s: BuildSettings, state: _State, header: dict[str
               design_info: dict[str, Any], ref_cell: Cell, source: str) -> LatencyTable:
     """The table from the measurements: block values less the call overhead, spreads, fixed parts, metadata."""
     overhead = state.median(("overhead",)) if ("overhead",) in state.samples else 0.0
-    values, spread = _measured_grid(state, "block", WIDTH_KINDS, knots, overhead)
+    hk = s.half_axes(knots)
+    halves = {name: Grid(names, {a: hk[a] for a in names}, *_measured_grid(state, name, names, hk, overhead),
+                         f"{source}: branches.{name}") for name, names in BRANCH_AXES.items()}
+    grid_knots = knots
+    if s.design == "additive":
+        grid_knots, values, spread, check = _additive_grid(state, knots, halves, overhead,
+                                                          float(design_info.get("tol_used", s.tol)))
+        design_info = {**design_info, "grid_knots": {a: list(v) for a, v in grid_knots.items()},
+                       "join_cells": len(join_keys(knots)), "additive_check": check}
+    else:
+        values, spread = _measured_grid(state, "block", WIDTH_KINDS, knots, overhead)
+        if s.half_knots:
+            design_info = {**design_info, "half_knots": {a: list(hk[a]) for a in WIDTH_KINDS}}
     fixed_keys = [("fixed", e) for e in knots["embed_dim"]]
     fixed = FixedParts(setting=grid.setting.fixed_parts(), embed_dim=tuple(float(e) for e in knots["embed_dim"]),
                        values=tuple(state.median(k) for k in fixed_keys),
                        spread=tuple(state.iqr(k) for k in fixed_keys))
     measured = len({k for k in state.samples if k[0] == "block"})
-    halves = {name: Grid(names, {a: knots[a] for a in names}, *_measured_grid(state, name, names, knots, overhead),
-                         f"{source}: branches.{name}") for name, names in BRANCH_AXES.items()}
     info = header["backend"]
     metadata = {
         "device": info["device"], "backend": info["backend"], "backend_version": info["backend_version"],
@@ -456,7 +513,7 @@ def _assemble(grid: WidthGrid, s: BuildSettings, state: _State, header: dict[str
                    "build_time_s": round(state.seconds, 1), "max_cells": s.max_cells,
                    "half_cells_measured": sum(g.size for g in halves.values())},
     }
-    return LatencyTable({a: knots[a] for a in WIDTH_KINDS}, values, metadata=metadata, spread=spread, fixed=fixed,
+    return LatencyTable({a: grid_knots[a] for a in WIDTH_KINDS}, values, metadata=metadata, spread=spread, fixed=fixed,
                         source=source, branches=halves)
 
 
@@ -470,3 +527,46 @@ def _measured_grid(state: _State, what: str, names: tuple[str, ...], knots: dict
         values[idx] = max(state.median(key) - overhead, 0.0)
         spread[idx] = state.iqr(key)
     return values, spread
+
+
+def _additive_grid(state: _State, knots: dict[str, Any], halves: Mapping[str, Grid], overhead: float,
+                   tol: float) -> tuple[dict[str, tuple[int, ...]], np.ndarray, np.ndarray, dict[str, Any]]:
+    """The additive design's full-block grid: attention half + MLP half + join(embed_dim), on knots compressed to
+    ``tol`` (every measured knot of an axis along which the halves bend stays), its spreads, and the model's
+    error on the whole blocks measured on the knots (the join cells fit it; the pilot's cells check it)."""
+    attn, mlp = halves["attention"].values, halves["mlp"].values  # [E, H, QK, V] and [E, MLP]
+    emb = list(knots["embed_dim"])
+    joins = set(join_keys(knots))
+    whole = {k: state.median(k) - overhead for k in state.samples if k[0] == "block"
+             and all(x in knots[a] for a, x in zip(WIDTH_KINDS, k[1:], strict=True))}
+
+    def parts(k: tuple[Any, ...]) -> float:
+        i = [list(knots[a]).index(x) for a, x in zip(WIDTH_KINDS, k[1:], strict=True)]
+        return float(attn[i[0], i[1], i[2], i[3]] + mlp[i[0], i[4]])
+
+    join = np.array([float(np.median([whole[k] - parts(k) for k in joins if k[1] == e])) for e in emb])
+    # compress: per axis, the fewest measured knots that interpolate the halves' curves within tol
+    curves = {"embed_dim": [], "mlp_dim": list(mlp)}  # embed_dim keeps every knot (the join is per knot)
+    for j, a in enumerate(("heads", "qk_dim", "v_dim"), start=1):
+        moved = np.moveaxis(attn, j, -1)
+        curves[a] = list(moved.reshape(-1, moved.shape[-1]))
+    grid_knots = {a: tuple(knots[a]) if not curves[a] else tuple(_greedy_knots(list(knots[a]), curves[a], tol))
+                  for a in WIDTH_KINDS}
+    idx = {a: [list(knots[a]).index(x) for x in grid_knots[a]] for a in WIDTH_KINDS}
+    a_sub = attn[np.ix_(idx["embed_dim"], idx["heads"], idx["qk_dim"], idx["v_dim"])]
+    m_sub = mlp[np.ix_(idx["embed_dim"], idx["mlp_dim"])]
+    j_sub = join[idx["embed_dim"]]
+    values = np.maximum(a_sub[..., None] + m_sub[:, None, None, None, :] + j_sub[:, None, None, None, None], 0.0)
+    sa, sm = halves["attention"].spread, halves["mlp"].spread
+    assert sa is not None and sm is not None  # a build measures both
+    spread = np.sqrt(sa[np.ix_(idx["embed_dim"], idx["heads"], idx["qk_dim"], idx["v_dim"])][..., None] ** 2
+                     + sm[np.ix_(idx["embed_dim"], idx["mlp_dim"])][:, None, None, None, :] ** 2)
+    ei = {e: i for i, e in enumerate(emb)}
+    err = {k: (parts(k) + join[ei[k[1]]]) / w - 1 for k, w in whole.items() if w > 0}
+    held = [abs(v) for k, v in err.items() if k not in joins]
+    check = {"cells": len(err), "held_out_cells": len(held),
+             "median_abs": round(float(np.median(np.abs(list(err.values())))), 5) if err else None,
+             "max_abs": round(float(np.max(np.abs(list(err.values())))), 5) if err else None,
+             "held_out_max_abs": round(float(max(held)), 5) if held else None,
+             "join_s": [float(x) for x in join]}
+    return grid_knots, values, spread, check
