@@ -77,7 +77,7 @@ def digits_folder(root: Path) -> Path:
     return root
 
 
-def pruned(work: Path, table: str) -> list[Any]:
+def pruned(work: Path, table: str, ratios: tuple[float, ...] = (0.5, 0.7)) -> list[Any]:
     """DeiT-T/S-shaped configs a global pruner leaves (MACs and latency targets), their blocks put back on the
     base's 1000-class setting for timing."""
     from revit.config import ViTConfig
@@ -91,7 +91,7 @@ def pruned(work: Path, table: str) -> list[Any]:
         cfg = resolve_config(f"revit_deit_{size}_distilled_patch16_224")
         yaml = work / f"deit_{size}_10.yaml"
         ViTConfig(cfg.embed_dim, cfg.blocks, setting, num_classes=10).save(yaml)
-        for kind, r in (("macs", 0.5), ("latency", 0.5)):
+        for kind, r in ((k, r) for r in ratios for k in ("macs", "latency")):
             run = work / f"prune-{size}-{kind}{r}"
             if not (run / "pruned.yaml").is_file():
                 how = ["--target-macs", str(r)] if kind == "macs" else ["--target-latency", str(r), "--table", table]
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--plot", type=Path)
+    ap.add_argument("--ratios", default="0.5,0.7", help="MACs and latency targets of the DeiT-T/S prunes")
     a = ap.parse_args(argv)
 
     from revit.latency.accuracy import backend_for_table
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     table = LatencyTable.load(a.table)
     base = resolve_config(BASE)
     held: list[HeldOut] = random_small(table, a.random, a.seed + 11)
-    held += pruned(a.work, str(resolve_table(a.table)))
+    held += pruned(a.work, str(resolve_table(a.table)), tuple(float(x) for x in a.ratios.split(",")))
     held += generated(table, base, [float(x) for x in a.budgets.split(",")],
                       rules=("paper", "paper-table6", "less-more-less", "uniform"), setting=base.setting)
     held = [h for h in held if costable(table, h)]

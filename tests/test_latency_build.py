@@ -264,10 +264,15 @@ def test_forced_knots_are_checked_before_any_journal(tmp_path: Path, knots: dict
     assert not list(tmp_path.iterdir())
 
 
-def test_forced_knots_cli_refuses_bad_text_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["latency", "build", "--backend", "toy", "--knots", "embed_dim=a", "--out", str(tmp_path / "t.json")])
+@pytest.mark.parametrize("args, words", [(["--knots", "embed_dim=a"], "--knots"),
+                                         (["--half-knots", "mlp_dim="], "--half-knots"),
+                                         (["--half-knots", "mlp_dim=9"], "half-knots: mlp_dim [9] not in space"),
+                                         (["--design", "additive", "--half-knots", "mlp_dim=8"], "additive")])
+def test_forced_knots_cli_refuses_bad_text_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       args: list[str], words: str) -> None:
+    rc = main(["latency", "build", "--backend", "toy", *args, "--out", str(tmp_path / "t.json")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "--knots" in err and not list(tmp_path.iterdir())
+    assert rc == 2 and err.count("\n") == 1 and words in err and not list(tmp_path.iterdir())
 
 
 class _Tracked(_Const):
@@ -648,3 +653,31 @@ def test_half_knots_make_the_halves_dense_and_leave_the_grid_alone(tmp_path: Pat
     with pytest.raises(ConfigError, match="half-knots: mlp_dim"):
         check = BuildSettings(half_knots={"mlp_dim": (9,)})
         check.check_knots(grid)
+
+
+def test_real_additive_build_with_per_cell_graphs_through_the_cli(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """onnxruntime, per-cell graphs (weights as initializers, as a deployed model has them), additive design: the
+    halves and the join cells are measured, the derived whole blocks are the halves' sum plus the join, and the
+    build says how far that sum is from the whole blocks it measured."""
+    import yaml
+
+    grid = tiny_grid(mlp_dim=(8, 16, 32))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(grid.to_dict()))
+    out = tmp_path / "t.json"
+    assert main(["latency", "build", "--space", str(tmp_path / "space.yaml"), "--design", "additive", "--graph",
+                 "per-cell", "--batch", "4", "--passes", "1", "--repeats", "3", "--warmup", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "additive check" in err
+    t = LatencyTable.load(out)
+    d = t.metadata["design"]
+    assert t.metadata["backend_settings"]["graph"] == "per-cell" and d["design"] == "additive"
+    assert t.branches is not None and d["half_cells_measured"] == 2 * (1 + 3)
+    a, m = t.branches["attention"], t.branches["mlp"]
+    join = d["additive_check"]["join_s"]
+    for i, e in enumerate(t.axes["embed_dim"]):
+        for j, mlp in enumerate(t.axes["mlp_dim"]):
+            want = a.values[list(a.axes["embed_dim"]).index(e), 0, 0, 0] + m.values[
+                list(m.axes["embed_dim"]).index(e), list(m.axes["mlp_dim"]).index(mlp)] + join[i]
+            assert t.values[i, 0, 0, 0, j] == pytest.approx(max(want, 0.0))

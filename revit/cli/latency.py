@@ -255,6 +255,10 @@ def _build(a: argparse.Namespace) -> int:
     info(f"cells measured {d['cells_measured']} ({d['ratio_to_nvit']:.1%} of NViT's 9,375; "
          f"{d['ratio_to_full_grid']:.2%} of the full {d['full_grid_cells']}-cell grid), "
          f"measurement time {d['build_time_s']:.0f} s")
+    check = d.get("additive_check")
+    if check and check.get("median_abs") is not None:
+        info(f"additive check (attention half + MLP half + join against {check['cells']} whole blocks measured on "
+             f"the knots): median {check['median_abs']:.1%}, worst {check['max_abs']:.1%}")
     return 0
 
 
