@@ -72,7 +72,9 @@ def test_a_table_built_under_load_is_brought_back_within_5_percent(tmp_path: Pat
     # one that built the shipped table); calibrated, they are several times closer.  On an idle machine they are
     # within 5% (docs/evidence/latency.md); on a busy CI machine the measurement itself moves by 10-20%, so the
     # exact 5% is asserted on a deterministic machine below.
-    assert np.min(np.abs(without)) > 0.25 and np.max(np.abs(after)) < 0.5 * np.min(np.abs(without)), (without, after)
+    # (the shipped table's own build ran at 0.93-0.97 of today's idle speed, so the 1.3x copy is some 30% off idle,
+    # less on a busy machine)
+    assert np.min(np.abs(without)) > 0.15 and np.max(np.abs(after)) < 0.5 * np.min(np.abs(without)), (without, after)
     # predictions name the calibration they use
     p = cal_table.predict(held_out[0])
     assert cal_table.calibration is not None and "calibrated" in p.calibration
