@@ -673,7 +673,8 @@ def test_real_additive_build_with_per_cell_graphs_through_the_cli(tmp_path: Path
     t = LatencyTable.load(out)
     d = t.metadata["design"]
     assert t.metadata["backend_settings"]["graph"] == "per-cell" and d["design"] == "additive"
-    assert t.branches is not None and d["half_cells_measured"] == 2 * (1 + 3)
+    assert t.branches is not None  # 2 EMB knots x (1 attention cell + the MLP knots the pilot chose)
+    assert d["half_cells_measured"] == 2 * (1 + len(d["knots"]["mlp_dim"]))
     a, m = t.branches["attention"], t.branches["mlp"]
     join = d["additive_check"]["join_s"]
     for i, e in enumerate(t.axes["embed_dim"]):

@@ -546,21 +546,20 @@ def _additive_grid(state: _State, knots: dict[str, Any], halves: Mapping[str, Gr
 
     join = np.array([float(np.median([whole[k] - parts(k) for k in joins if k[1] == e])) for e in emb])
     # compress: per axis, the fewest measured knots that interpolate the halves' curves within tol
-    curves = {"embed_dim": [], "mlp_dim": list(mlp)}  # embed_dim keeps every knot (the join is per knot)
-    for j, a in enumerate(("heads", "qk_dim", "v_dim"), start=1):
+    attn_axes, mlp_axes = BRANCH_AXES["attention"], BRANCH_AXES["mlp"]  # (embed, heads, qk, v), (embed, mlp)
+    curves: dict[str, list[np.ndarray]] = {attn_axes[0]: [], mlp_axes[1]: list(mlp)}  # embed: every knot (the join)
+    for j, a in enumerate(attn_axes[1:], start=1):
         moved = np.moveaxis(attn, j, -1)
         curves[a] = list(moved.reshape(-1, moved.shape[-1]))
     grid_knots = {a: tuple(knots[a]) if not curves[a] else tuple(_greedy_knots(list(knots[a]), curves[a], tol))
                   for a in WIDTH_KINDS}
     idx = {a: [list(knots[a]).index(x) for x in grid_knots[a]] for a in WIDTH_KINDS}
-    a_sub = attn[np.ix_(idx["embed_dim"], idx["heads"], idx["qk_dim"], idx["v_dim"])]
-    m_sub = mlp[np.ix_(idx["embed_dim"], idx["mlp_dim"])]
-    j_sub = join[idx["embed_dim"]]
+    a_ix, m_ix = np.ix_(*(idx[a] for a in attn_axes)), np.ix_(*(idx[a] for a in mlp_axes))
+    a_sub, m_sub, j_sub = attn[a_ix], mlp[m_ix], join[idx[attn_axes[0]]]
     values = np.maximum(a_sub[..., None] + m_sub[:, None, None, None, :] + j_sub[:, None, None, None, None], 0.0)
     sa, sm = halves["attention"].spread, halves["mlp"].spread
     assert sa is not None and sm is not None  # a build measures both
-    spread = np.sqrt(sa[np.ix_(idx["embed_dim"], idx["heads"], idx["qk_dim"], idx["v_dim"])][..., None] ** 2
-                     + sm[np.ix_(idx["embed_dim"], idx["mlp_dim"])][:, None, None, None, :] ** 2)
+    spread = np.sqrt(sa[a_ix][..., None] ** 2 + sm[m_ix][:, None, None, None, :] ** 2)
     ei = {e: i for i, e in enumerate(emb)}
     err = {k: (parts(k) + join[ei[k[1]]]) / w - 1 for k, w in whole.items() if w > 0}
     held = [abs(v) for k, v in err.items() if k not in joins]
