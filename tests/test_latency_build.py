@@ -593,7 +593,8 @@ def test_additive_design_measures_halves_and_sums_them(tmp_path: Path) -> None:
                   + len(d["knots"]["mlp_dim"]))
     assert d["half_cells_measured"] == halves and d["join_cells"] == 3 * e
     assert b.calls - 1 == halves + d["cells_measured"]  # + the reference block; no product grid was timed
-    from revit.latency.profiler import join_keys, pilot_cells
+    from revit.latency.additive import join_keys
+    from revit.latency.profiler import pilot_cells
 
     whole = {("block", *c) for c in pilot_cells(grid)} | set(join_keys(d["knots"]))
     assert d["cells_measured"] == len(whole) < t.n_cells  # whole blocks: the pilot's and the join's only

@@ -27,15 +27,8 @@ from revit.input_checks import MAX_BATCH, check_output_file, count, non_negative
 from revit.registry import lazy_choices
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(__name__.rpartition(".")[2], help="build, import, query and validate latency tables",
-                       description="Latency tables: one block's latency on a grid, whole-model prediction.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="example:\n  revit latency query latency_tables/cpu_onnxruntime_fp32_bs64_t17.json "
-                              "revit_micro --savings")
-    lsub = p.add_subparsers(dest="latency_command", metavar="SUBCOMMAND")
-    p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
-
+def _register_build(lsub: Any) -> None:
+    """``revit latency build`` and its options."""
     b = add_command(lsub, "build", "measure a latency table on this machine (resumable)",
                     "revit latency build --backend onnxruntime --preset micro --batch 64 "
                     "--out latency_tables/cpu_onnxruntime_fp32_bs64_t17.json")
@@ -80,6 +73,18 @@ def register(sub: Any) -> None:
     b.set_defaults(func=_build)
     # each backend's own options (--graph, --compile, a plug-in's), read from the backends when this command runs
     defer_arguments(b, lambda p: add_option_flags(p, "revit.latency.backends", "BACKENDS", "--backend"))
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(__name__.rpartition(".")[2], help="build, import, query and validate latency tables",
+                       description="Latency tables: one block's latency on a grid, whole-model prediction.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  revit latency query latency_tables/cpu_onnxruntime_fp32_bs64_t17.json "
+                              "revit_micro --savings")
+    lsub = p.add_subparsers(dest="latency_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda a: (p.print_help(sys.stderr), 2)[1])
+
+    _register_build(lsub)
 
     ls = add_command(lsub, "backends", "list the latency backends (built-in and installed), their options and "
                                        "broken plug-ins", "revit latency backends --json")

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from revit._io import check_schema, load_yaml
 from revit.config import WIDTH_KINDS, Setting
 from revit.errors import ConfigError, check_keys
@@ -109,6 +111,33 @@ def _axis_range(spec: Mapping[str, Any], where: str) -> tuple[int, ...]:
     if n > MAX_AXIS_VALUES:
         raise ConfigError(f"{where} has {n} values ({lo}..{hi} step {step}); at most {MAX_AXIS_VALUES}")
     return tuple(range(lo, hi + 1, step))
+
+
+def _median3(y: np.ndarray) -> np.ndarray:
+    """Running median of 3: drops isolated outliers (a burst of load) but keeps steps wider than one point."""
+    if y.size < 3:
+        return y
+    z = y.copy()
+    z[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
+    return z
+
+
+def greedy_knots(xs: list[int], curves: list[np.ndarray], tol: float) -> list[int]:
+    """Fewest knots (end points first) so that linear interpolation of every curve errs <= tol (relative)."""
+    curves = [_median3(np.asarray(y, dtype=np.float64)) for y in curves]
+    knots = {0, len(xs) - 1}
+    x = np.asarray(xs, dtype=np.float64)
+    while True:
+        worst, where = 0.0, -1
+        k = sorted(knots)
+        for y in curves:
+            err = np.abs(np.interp(x, x[k], y[k]) - y) / np.maximum(y, 1e-12)
+            i = int(np.argmax(err))
+            if err[i] > worst:
+                worst, where = float(err[i]), i
+        if worst <= tol or where < 0 or where in knots:
+            return [xs[i] for i in sorted(knots)]
+        knots.add(where)
 
 
 def block_bytes(grid: WidthGrid, batch: int = 1) -> int:

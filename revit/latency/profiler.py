@@ -17,13 +17,7 @@ Procedure (``design="auto"``):
    add ``1/|mlp_dim knots| + 1/(|heads| |qk_dim| |v_dim| knots)`` of the grid's cells, each cheaper.
 
 ``design="additive"`` measures the halves only, plus ``JOIN_CELLS`` whole blocks per ``embed_dim`` knot, and
-derives every full block as *attention half + MLP half + join(embed_dim)*: on one stream (a CPU thread, a GPU
-queue) a block runs its two halves one after the other, so its cost is their sum and a per-width join (the
-second LayerNorm's input, the cache hand-over), which the whole blocks measure.  Cells then grow as
-``|E|(|H||QK||V| + |MLP|)`` instead of their product, so knots can be dense where widths bend (every head count,
-every MLP width of a small space).  The table's full-block grid is derived on knots compressed to the design's
-tolerance; the halves keep every knot measured.  The whole blocks measured on the knots that did not fit the join
-(the pilot's) give the additive model's own error (``design.additive_check``).
+derives every full block from them (:mod:`revit.latency.additive`).
 
 Every cell is measured in ``passes`` passes; each pass visits the pending work in a fresh random
 order, so load changes on a shared machine spread over all cells instead of biasing some.  A cell's
@@ -51,9 +45,10 @@ from revit import __version__
 from revit.config import WIDTH_KINDS, BlockDims
 from revit.errors import ConfigError, RunExistsError
 from revit.input_checks import short
+from revit.latency.additive import additive_cells, additive_grid, join_keys
 from revit.latency.backends.base import Backend
 from revit.latency.branches import BRANCH_AXES, Grid
-from revit.latency.grid import WidthGrid
+from revit.latency.grid import WidthGrid, greedy_knots
 from revit.latency.journal import Journal
 from revit.latency.table import FixedParts, LatencyTable
 from revit.latency.timing import Reference, time_bracketed
@@ -61,27 +56,15 @@ from revit.run_folders import FileClaim, claim_output_file, file_kind
 
 NVIT_CELLS = 9375
 DESIGNS = ("auto", "full", "additive")
-JOIN_CELLS = 3  # whole blocks per embed_dim knot that measure the join of the halves (additive design)
 Cell = tuple[int, int, int, int, int]
 
 
 def design_cells(knots: Mapping[str, Sequence[int]], design: str) -> int:
     """Cells a design measures on ``knots`` (besides the pilot's): the product of the axes, or (additive) the two
     halves' sub-grids and the join cells."""
-    if design != "additive":
-        return int(np.prod([len(knots[a]) for a in WIDTH_KINDS]))
-    return int(sum(np.prod([len(knots[a]) for a in names]) for names in BRANCH_AXES.values())
-               + JOIN_CELLS * len(knots["embed_dim"]))
-
-
-def join_keys(knots: Mapping[str, Sequence[int]]) -> list[tuple[Any, ...]]:
-    """The whole blocks of the additive design: at every embed_dim knot, the narrowest, middle and widest block."""
-    out = []
-    for e in knots["embed_dim"]:
-        for pick in (0, None, -1):
-            c = [knots[a][len(knots[a]) // 2 if pick is None else pick] for a in WIDTH_KINDS[1:]]
-            out.append(("block", e, *c))
-    return list(dict.fromkeys(out))
+    if design == "additive":
+        return additive_cells(knots)
+    return int(np.prod([len(knots[a]) for a in WIDTH_KINDS]))
 
 
 @dataclass
@@ -156,33 +139,6 @@ def pilot_cells(grid: WidthGrid) -> list[Cell]:
     return cells
 
 
-def _median3(y: np.ndarray) -> np.ndarray:
-    """Running median of 3: drops isolated outliers (a burst of load) but keeps steps wider than one point."""
-    if y.size < 3:
-        return y
-    z = y.copy()
-    z[1:-1] = np.median(np.stack([y[:-2], y[1:-1], y[2:]]), axis=0)
-    return z
-
-
-def _greedy_knots(xs: list[int], curves: list[np.ndarray], tol: float) -> list[int]:
-    """Fewest knots (end points first) so that linear interpolation of every curve errs <= tol (relative)."""
-    curves = [_median3(np.asarray(y, dtype=np.float64)) for y in curves]
-    knots = {0, len(xs) - 1}
-    x = np.asarray(xs, dtype=np.float64)
-    while True:
-        worst, where = 0.0, -1
-        k = sorted(knots)
-        for y in curves:
-            err = np.abs(np.interp(x, x[k], y[k]) - y) / np.maximum(y, 1e-12)
-            i = int(np.argmax(err))
-            if err[i] > worst:
-                worst, where = float(err[i]), i
-        if worst <= tol or where < 0 or where in knots:
-            return [xs[i] for i in sorted(knots)]
-        knots.add(where)
-
-
 def check_cell_budget(grid: WidthGrid, s: BuildSettings) -> None:
     """Refuse (before any journal exists) a cell budget that no design can meet."""
     if s.design == "full":
@@ -220,7 +176,7 @@ def choose_knots(grid: WidthGrid, values: dict[Cell, float], noise: float, tol: 
                     c[j] = v
                     ys.append(values[(c[0], c[1], c[2], c[3], c[4])])
                 curves.append(np.asarray(ys))
-            knots[a] = tuple(sorted(set(_greedy_knots(xs, curves, tol)) | set(forced.get(a, ()))))
+            knots[a] = tuple(sorted(set(greedy_knots(xs, curves, tol)) | set(forced.get(a, ()))))
         n = design_cells(knots, design)
         if n <= budget:
             return knots, tol
@@ -476,8 +432,9 @@ def _assemble(grid: WidthGrid, s: BuildSettings, state: _State, header: dict[str
                          f"{source}: branches.{name}") for name, names in BRANCH_AXES.items()}
     grid_knots = knots
     if s.design == "additive":
-        grid_knots, values, spread, check = _additive_grid(state, knots, halves, overhead,
-                                                          float(design_info.get("tol_used", s.tol)))
+        whole = {k[1:]: state.median(k) - overhead for k in state.samples if k[0] == "block"}
+        grid_knots, values, spread, check = additive_grid(whole, knots, halves, float(design_info.get("tol_used",
+                                                                                                     s.tol)))
         design_info = {**design_info, "grid_knots": {a: list(v) for a, v in grid_knots.items()},
                        "join_cells": len(join_keys(knots)), "additive_check": check}
     else:
@@ -528,44 +485,3 @@ def _measured_grid(state: _State, what: str, names: tuple[str, ...], knots: dict
         spread[idx] = state.iqr(key)
     return values, spread
 
-
-def _additive_grid(state: _State, knots: dict[str, Any], halves: Mapping[str, Grid], overhead: float,
-                   tol: float) -> tuple[dict[str, tuple[int, ...]], np.ndarray, np.ndarray, dict[str, Any]]:
-    """The additive design's full-block grid: attention half + MLP half + join(embed_dim), on knots compressed to
-    ``tol`` (every measured knot of an axis along which the halves bend stays), its spreads, and the model's
-    error on the whole blocks measured on the knots (the join cells fit it; the pilot's cells check it)."""
-    attn, mlp = halves["attention"].values, halves["mlp"].values  # [E, H, QK, V] and [E, MLP]
-    emb = list(knots["embed_dim"])
-    joins = set(join_keys(knots))
-    whole = {k: state.median(k) - overhead for k in state.samples if k[0] == "block"
-             and all(x in knots[a] for a, x in zip(WIDTH_KINDS, k[1:], strict=True))}
-
-    def parts(k: tuple[Any, ...]) -> float:
-        i = [list(knots[a]).index(x) for a, x in zip(WIDTH_KINDS, k[1:], strict=True)]
-        return float(attn[i[0], i[1], i[2], i[3]] + mlp[i[0], i[4]])
-
-    join = np.array([float(np.median([whole[k] - parts(k) for k in joins if k[1] == e])) for e in emb])
-    # compress: per axis, the fewest measured knots that interpolate the halves' curves within tol
-    attn_axes, mlp_axes = BRANCH_AXES["attention"], BRANCH_AXES["mlp"]  # (embed, heads, qk, v), (embed, mlp)
-    curves: dict[str, list[np.ndarray]] = {attn_axes[0]: [], mlp_axes[1]: list(mlp)}  # embed: every knot (the join)
-    for j, a in enumerate(attn_axes[1:], start=1):
-        moved = np.moveaxis(attn, j, -1)
-        curves[a] = list(moved.reshape(-1, moved.shape[-1]))
-    grid_knots = {a: tuple(knots[a]) if not curves[a] else tuple(_greedy_knots(list(knots[a]), curves[a], tol))
-                  for a in WIDTH_KINDS}
-    idx = {a: [list(knots[a]).index(x) for x in grid_knots[a]] for a in WIDTH_KINDS}
-    a_ix, m_ix = np.ix_(*(idx[a] for a in attn_axes)), np.ix_(*(idx[a] for a in mlp_axes))
-    a_sub, m_sub, j_sub = attn[a_ix], mlp[m_ix], join[idx[attn_axes[0]]]
-    values = np.maximum(a_sub[..., None] + m_sub[:, None, None, None, :] + j_sub[:, None, None, None, None], 0.0)
-    sa, sm = halves["attention"].spread, halves["mlp"].spread
-    assert sa is not None and sm is not None  # a build measures both
-    spread = np.sqrt(sa[a_ix][..., None] ** 2 + sm[m_ix][:, None, None, None, :] ** 2)
-    ei = {e: i for i, e in enumerate(emb)}
-    err = {k: (parts(k) + join[ei[k[1]]]) / w - 1 for k, w in whole.items() if w > 0}
-    held = [abs(v) for k, v in err.items() if k not in joins]
-    check = {"cells": len(err), "held_out_cells": len(held),
-             "median_abs": round(float(np.median(np.abs(list(err.values())))), 5) if err else None,
-             "max_abs": round(float(np.max(np.abs(list(err.values())))), 5) if err else None,
-             "held_out_max_abs": round(float(max(held)), 5) if held else None,
-             "join_s": [float(x) for x in join]}
-    return grid_knots, values, spread, check
