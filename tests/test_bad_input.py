@@ -570,6 +570,11 @@ case("calibrate-shipped-by-name", "latency calibrate cpu_onnxruntime_fp32_bs64_t
 case("calibrate-models-0", "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --out c.json --models 0", "--models")
 case("calibrate-out-not-a-table", "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --out notes.txt --overwrite",
      "notes.txt", {"notes.txt": "mine"})
+# latency smooth: a new file or a table with --overwrite; a strength >= 0; never a table smoothed already
+case("smooth-no-out", "latency smooth cpu_onnxruntime_fp32_bs64_t17", "--out")
+case("smooth-lambda-negative", "latency smooth cpu_onnxruntime_fp32_bs64_t17 --out s.json --lambda -1", "--lambda")
+case("smooth-out-not-a-table", "latency smooth cpu_onnxruntime_fp32_bs64_t17 --out notes.txt --overwrite",
+     "notes.txt", {"notes.txt": "mine"})
 # latency transfer and room (issue 26 items 4, 5): refused before anything is timed or written
 SHIPPED_T = "cpu_onnxruntime_fp32_bs64_t17"
 case("transfer-configs-11", f"latency transfer {SHIPPED_T} --threads 2 --configs 11 --out t.json", "at most 10")
@@ -985,6 +990,7 @@ JSON_REFUSALS = {  # a refused command line of every command that has --json
     "search run": "search run spec_budget-900T.yaml --json",
     "latency calibrate": "latency calibrate cpu_onnxruntime_fp32_bs64_t17 --json",
     "latency transfer": "latency transfer cpu_onnxruntime_fp32_bs64_t17 --out t.json --json",
+    "latency smooth": "latency smooth cpu_onnxruntime_fp32_bs64_t17 --out s.json --lambda nan --json",
     "latency room": "latency room cpu_onnxruntime_fp32_bs64_t17 --groups 0 --json",
     "search status": "search status spec.yaml --storage missing.db --json",
     "search report": "search report spec.yaml --out existing.txt --json",

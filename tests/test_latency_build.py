@@ -668,7 +668,7 @@ def test_real_additive_build_with_per_cell_graphs_through_the_cli(tmp_path: Path
     out = tmp_path / "t.json"
     assert main(["latency", "build", "--space", str(tmp_path / "space.yaml"), "--design", "additive", "--graph",
                  "per-cell", "--batch", "4", "--passes", "1", "--repeats", "3", "--warmup", "1", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--smooth", "off", "--no-progress"]) == 0  # the grid is the halves' sum exactly, as measured
     err = capsys.readouterr().err
     assert "additive check" in err
     t = LatencyTable.load(out)

@@ -1,4 +1,4 @@
-"""``revit latency build | import-nvit | query | validate | calibrate | transfer | room | backends``: latency
+"""``revit latency build | import-nvit | query | validate | calibrate | smooth | transfer | room | backends``: latency
 tables, by command.
 
 ``query`` stays torch-free (table + presets only); ``build``, ``validate`` and ``calibrate`` import the backend.
@@ -63,6 +63,9 @@ def _register_build(lsub: Any) -> None:
     b.add_argument("--half-knots", action="append", default=[], metavar="AXIS=V,V,...",
                    help="extra knots for the half blocks only (a block without attention or MLP; repeatable), "
                         "e.g. mlp_dim=8,16,24: a half is cheap, so its axes can be dense")
+    b.add_argument("--smooth", type=_smoothing, default="auto", metavar="auto|off|LAMBDA",
+                   help="denoise the finished grids: auto (default; the strength chosen by cross-validation on the "
+                        "build's own cells), off, or a strength >= 0 (see `revit latency smooth`)")
     b.add_argument("--warmup", type=non_negative(10_000), default=2)
     b.add_argument("--repeats", type=count(10_000), default=5)
     b.add_argument("--passes", type=count(1_000), default=3, help="passes over all cells, each in random order")
@@ -73,6 +76,13 @@ def _register_build(lsub: Any) -> None:
     b.set_defaults(func=_build)
     # each backend's own options (--graph, --compile, a plug-in's), read from the backends when this command runs
     defer_arguments(b, lambda p: add_option_flags(p, "revit.latency.backends", "BACKENDS", "--backend"))
+
+
+def _smoothing(text: str) -> float | str:
+    """``--smooth``/``--lambda``: auto, off (0) or a strength >= 0."""
+    if text in ("auto", "off"):
+        return 0.0 if text == "off" else "auto"
+    return number(0)(text)
 
 
 def register(sub: Any) -> None:
@@ -111,6 +121,8 @@ def register(sub: Any) -> None:
     _register_validate(lsub)
 
     _register_calibrate(lsub)
+
+    _register_smooth(lsub)
 
     _register_transfer(lsub)
 
@@ -153,6 +165,22 @@ def _register_calibrate(lsub: Any) -> None:
     c.add_argument("--json", action="store_true")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_calibrate)
+
+
+def _register_smooth(lsub: Any) -> None:
+    """``revit latency smooth``: its parser."""
+    s = add_command(lsub, "smooth", "denoise a built table's grids (strength chosen by cross-validation on its "
+                                    "cells); writes a new table",
+                    "revit latency smooth my_table.json --out my_table_smooth.json")
+    s.add_argument("table")
+    s.add_argument("--out", required=True, help="the smoothed table (a new file, or a table with --overwrite)")
+    add_overwrite_arg(s)
+    s.add_argument("--lambda", dest="lam", type=_smoothing, default="auto", metavar="auto|LAMBDA",
+                   help="smoothing strength: auto (default: 5-fold cross-validation on the table's own cells, "
+                        "one-standard-error rule) or a number >= 0")
+    s.add_argument("--seed", type=seed(), default=0, help="the cross-validation's folds")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_smooth)
 
 
 def _register_transfer(lsub: Any) -> None:
@@ -249,7 +277,8 @@ def _build(a: argparse.Namespace) -> int:
     backend = _make_backend(a)
     settings = BuildSettings(batch=a.batch, warmup=a.warmup, repeats=a.repeats, passes=a.passes, design=a.design,
                              max_cells=a.max_cells, tol=a.tol, seed=a.seed, reference=not a.no_reference,
-                             knots=_parse_knots(a.knots), half_knots=_parse_knots(a.half_knots, "--half-knots"))
+                             knots=_parse_knots(a.knots), half_knots=_parse_knots(a.half_knots, "--half-knots"),
+                             smooth=a.smooth)
     settings.check()  # every refusal comes before the journal is created
     check_cell_budget(grid, settings)
     check_grid_memory(grid, a.batch)
@@ -418,6 +447,28 @@ def _calibrate(a: argparse.Namespace) -> int:
     info(f"fit: x{cal.scale:.3f} {sign} {1e3 * abs(cal.offset_s):.3f} ms per model (models within "
          f"{cal.spread:.1%} of it){ref}; {cal.seconds:.0f} s")
     info(f"wrote {target}: {cal.label}")
+    return 0
+
+
+def _smooth(a: argparse.Namespace) -> int:
+    from revit.latency.smoothing import describe, smooth_table
+    from revit.latency.table import LatencyTable
+
+    table = LatencyTable.load(a.table, calibrated=False)
+    target = _calibration_target(a)
+    out = smooth_table(table, None if a.lam == "auto" else float(a.lam), seed=a.seed)
+    out.save(target)
+    rec = out.metadata["smoothing"]
+    if a.json:
+        print_json({"table": target, **rec})
+        return 0
+    for name, g in rec["grids"].items():
+        info(f"  {name}: lambda {g['lambda']:g}; cells moved {g['median_change']:.1%} median, "
+             f"{g['max_change']:.1%} at most")
+    if table.calibrations:
+        warn(f"{a.table}'s calibrations were fitted to the values before smoothing and are dropped: run "
+             f"`revit latency calibrate {target}`")
+    info(f"wrote {target}: {describe(out.metadata)}")
     return 0
 
 

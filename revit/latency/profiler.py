@@ -85,6 +85,9 @@ class BuildSettings:
     # knots of the half blocks only (added to the grid's): a half is cheap, so its axes can be dense where a full
     # block's product grid cannot (auto/full designs; the additive design measures its halves on ``knots``)
     half_knots: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # smoothing of the finished grids (:mod:`revit.latency.smoothing`): 0 off, a strength, or "auto" (chosen by
+    # cross-validation on the build's own cells)
+    smooth: float | str = 0.0
 
     def check(self) -> None:
         """Every count within the bounds a table's metadata is read back with (``MEASUREMENT_COUNTS``)."""
@@ -101,6 +104,8 @@ class BuildSettings:
                     raise ConfigError(f"{flag}: {short(axis)} is not an axis ({', '.join(WIDTH_KINDS)})")
         if self.half_knots and self.design == "additive":
             raise ConfigError("half-knots: the additive design measures its halves on --knots; pass them there")
+        if self.smooth != "auto" and not (isinstance(self.smooth, (int, float)) and 0 <= self.smooth < float("inf")):
+            raise ConfigError(f"smooth must be auto, off or a number >= 0, got {short(str(self.smooth))}")
 
     def check_knots(self, grid: WidthGrid) -> None:
         """Every forced knot is a value of its axis in ``grid`` (refused before any journal exists)."""
@@ -116,7 +121,7 @@ class BuildSettings:
         return {a: tuple(sorted({*knots[a], *self.half_knots.get(a, ())})) for a in WIDTH_KINDS}
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("knots", "half_knots")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("knots", "half_knots", "smooth")}
         for k in ("knots", "half_knots"):  # absent when none: journals of earlier versions resume
             if getattr(self, k):
                 d[k] = {a: sorted(v) for a, v in getattr(self, k).items()}
@@ -313,6 +318,10 @@ def build_table(grid: WidthGrid, backend: Backend, out: str | os.PathLike[str], 
         finally:
             m.close()
         table = _assemble(grid, s, state, header, knots, design_info, m.ref_cell, str(out))
+        if s.smooth != 0:  # after the measurements: a resumed build may smooth differently, nothing is re-timed
+            from revit.latency.smoothing import smooth_table
+
+            table = smooth_table(table, None if s.smooth == "auto" else float(s.smooth), seed=s.seed)
         table.save(out)
     except BaseException:
         claim.abandon()  # a journal without a measurement is removed; one with measurements stays to resume

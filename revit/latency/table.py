@@ -218,6 +218,9 @@ class LatencyTable:
             raise FileFormatError(f"{source}: metadata lacks {', '.join(missing)}")
         self.metadata: dict[str, Any] = dict(metadata)
         check_metadata_counts(self.metadata, self.axes, source)
+        from revit.latency.smoothing import check_record
+
+        check_record(self.metadata, source)
         self.fixed = fixed
         self.fixed_note = fixed_note
         from revit.latency.calibration import calibrations_of
