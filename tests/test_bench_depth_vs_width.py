@@ -85,7 +85,7 @@ def test_depth_vs_width_latency_target_with_a_v2_table_and_measured_latency(
     axes = {"embed_dim": (32, 96), "heads": (1, 4), "qk_dim": (4, 24), "v_dim": (4, 24), "mlp_dim": (8, 384)}
     table = tmp_path / "v2.json"
     build_table(WidthGrid("micro-fake", axes, Setting(**SETTING, depth=8)),  # type: ignore[arg-type]
-                FakeBackend(synthetic), table, BuildSettings(passes=1, repeats=1, warmup=0, design="full"),
+                FakeBackend(synthetic), table, BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full"),
                 progress=False)
     out = tmp_path / "out"
     run_bench(monkeypatch, *TINY, "--targets", "latency:0.5", "--table", table, "--latency-passes", "1",

@@ -293,7 +293,7 @@ def test_a_latency_table_prices_a_branch_with_its_fixed_costs(tmp_path: Path, ca
     from revit.prune.policy import block_positions, branch_candidates
 
     build_table(_grid(), FakeBackend(synthetic), tmp_path / "t.json",
-                BuildSettings(passes=1, repeats=1, warmup=0, design="full"), progress=False)
+                BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full"), progress=False)
     table = LatencyTable.load(tmp_path / "t.json")
     cfg = ViTConfig(embed_dim=32, blocks=(BlockDims(2, 8, 4, 32),) * 3, img_size=28, patch_size=7, in_chans=1,
                     num_classes=10)

@@ -53,7 +53,8 @@ def _grid(depth: int = 4) -> WidthGrid:
 @pytest.fixture(scope="module")
 def v2(tmp_path_factory: pytest.TempPathFactory) -> LatencyTable:
     out = tmp_path_factory.mktemp("v2") / "t.json"
-    build_table(_grid(), FakeBackend(synthetic), out, BuildSettings(passes=1, repeats=1, warmup=0, design="full"),
+    build_table(_grid(), FakeBackend(synthetic), out,
+        BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full"),
                 progress=False)
     return LatencyTable.load(out)
 
@@ -215,7 +216,8 @@ def ort_table(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatencyTable, A
     grid = WidthGrid("small", axes, Setting(**SETTING, depth=2))  # type: ignore[arg-type]
     backend = get_backend("onnxruntime", threads=1, clock="thread")
     out = tmp_path_factory.mktemp("ort") / "t.json"
-    table = build_table(grid, backend, out, BuildSettings(batch=16, passes=3, repeats=7, warmup=2, design="full"),
+    table = build_table(grid, backend, out,
+        BuildSettings(smooth=0.0, batch=16, passes=3, repeats=7, warmup=2, design="full"),
                         progress=False)
     return table, backend
 

@@ -214,7 +214,7 @@ def micro_grid() -> WidthGrid:
 
 def test_auto_design_finds_the_step_and_stays_sparse(tmp_path: Path) -> None:
     b = FakeBackend(stepped)
-    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0),
                     progress=False)
     d = t.metadata["design"]
     # + the reference block; the half blocks on their sub-grids of the knots come on top of the cell budget
@@ -238,11 +238,11 @@ def bent_at_small_mlp(e: int, d: BlockDims) -> float:
 def test_forced_knots_catch_a_bend_the_pilot_sweeps_cannot_see(tmp_path: Path) -> None:
     cfg = ViTConfig(64, [BlockDims(2, 8, 8, 40)] * 4, Setting(**SETTING, depth=4))
     want = sum(bent_at_small_mlp(64, b) for b in cfg.blocks) + 1e-5 * 64
-    s = BuildSettings(passes=1, repeats=1, warmup=0)
+    s = BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0)
     auto = build_table(micro_grid(), FakeBackend(bent_at_small_mlp), tmp_path / "auto.json", s, progress=False)
     assert 64 not in auto.axes["embed_dim"]  # the anchors' wide MLPs hide the bend: auto design misses it
     assert abs(auto.predict(cfg).total_s / want - 1) > 0.1
-    forced = BuildSettings(passes=1, repeats=1, warmup=0, knots={"embed_dim": (40, 48, 56, 64, 72, 80, 88)})
+    forced = BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, knots={"embed_dim": (40, 48, 56, 64, 72, 80, 88)})
     t = build_table(micro_grid(), FakeBackend(bent_at_small_mlp), tmp_path / "forced.json", forced, progress=False)
     assert set(forced.knots["embed_dim"]) <= set(t.axes["embed_dim"])
     assert t.predict(cfg).total_s == pytest.approx(want, rel=0.01)
@@ -257,7 +257,7 @@ def test_forced_knots_are_checked_before_any_journal(tmp_path: Path, knots: dict
                                                      words: str) -> None:
     from revit.latency.profiler import check_cell_budget
 
-    s = BuildSettings(knots=knots)
+    s = BuildSettings(smooth=0.0, knots=knots)
     with pytest.raises(ConfigError, match=words):
         s.check()
         check_cell_budget(micro_grid(), s)
@@ -303,7 +303,7 @@ def test_build_closes_every_workload_including_the_reference(tmp_path: Path, sto
             raise KeyboardInterrupt
 
     b = TrackingBackend(stepped)
-    s = BuildSettings(passes=1, repeats=1, warmup=0, design="full")
+    s = BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full")
     if stop_at is None:
         build_table(tiny_grid(), b, tmp_path / "t.json", s, progress=False, on_measure=cb)
     else:
@@ -314,7 +314,7 @@ def test_build_closes_every_workload_including_the_reference(tmp_path: Path, sto
 
 def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
     grid = tiny_grid(qk_dim=(4, 8), mlp_dim=(8, 16))
-    s = BuildSettings(passes=2, repeats=2, warmup=0, design="full", reference=False)
+    s = BuildSettings(smooth=0.0, passes=2, repeats=2, warmup=0, design="full", reference=False)
     out = tmp_path / "t.json"
 
     class Stop(Exception):
@@ -338,7 +338,7 @@ def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--resume"):
         build_table(grid, FakeBackend(lambda e, d: 3.0), out, s, progress=False)
     with pytest.raises(ConfigError, match="different settings"):
-        build_table(grid, FakeBackend(lambda e, d: 3.0), out, BuildSettings(passes=3, repeats=2, warmup=0,
+        build_table(grid, FakeBackend(lambda e, d: 3.0), out, BuildSettings(smooth=0.0, passes=3, repeats=2, warmup=0,
                     design="full", reference=False), resume=True, progress=False)
     # killed again after 3 more measurements: the journal stays readable (the partial line was dropped)
     with pytest.raises(Stop):
@@ -363,7 +363,7 @@ def test_resumed_build_keeps_its_cells(tmp_path: Path) -> None:
 
 def test_validation_of_an_exact_table_has_zero_error(tmp_path: Path) -> None:
     b = FakeBackend(stepped)
-    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0),
                     progress=False)
     r = validate(t, b, 10, noise_k=3, progress=False)
     assert len(r.measured) == 10 and r.mape < 0.01 and r.noise_floor == 0.0
@@ -430,7 +430,8 @@ class LoadedBackend(FakeBackend):
 def test_reference_normalisation_removes_common_mode_load(tmp_path: Path, reference: bool) -> None:
     grid = tiny_grid(heads=(1, 2))
     b = LoadedBackend(stepped)
-    t = build_table(grid, b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0, design="full",
+    t = build_table(grid, b, tmp_path / "t.json",
+        BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full",
                     reference=reference), progress=False)
     ratios = [t.block_latency(e, BlockDims(h, 4, 4, m)) / stepped(e, BlockDims(h, 4, 4, m))
               for e in (16, 32) for h in (1, 2) for m in (8, 32)]
@@ -459,7 +460,7 @@ def test_remeasured_fixed_parts_are_in_the_tables_units(tmp_path: Path) -> None:
     """Fixed parts timed again on a machine 3x slower (and busy) come out in the units of the old cells."""
     grid = tiny_grid(heads=(1, 2))
     t = build_table(grid, LoadedBackend(stepped), tmp_path / "t.json",
-                    BuildSettings(passes=1, repeats=1, warmup=0, design="full"), progress=False)
+                    BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full"), progress=False)
     same = remeasure_fixed(t, SlowerBackend(3.0), passes=2, repeats=2)
     assert same.fixed is not None and t.fixed is not None
     assert same.fixed.values == pytest.approx(t.fixed.values, rel=1e-9)
@@ -477,7 +478,8 @@ def test_remeasured_fixed_parts_are_in_the_tables_units(tmp_path: Path) -> None:
     assert LatencyTable.load(tmp_path / "t2.json").fixed == more.fixed
     # without a reference the figures are seconds now
     raw = build_table(grid, FakeBackend(stepped), tmp_path / "r.json",
-                      BuildSettings(passes=1, repeats=1, warmup=0, design="full", reference=False), progress=False)
+                      BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full", reference=False),
+                      progress=False)
     class Junction(FakeBackend):
         def fixed(self, setting: Mapping[str, Any], embed_dim: int, batch: int) -> Workload:
             return _Const(1e-5 * embed_dim + 1e-5)
@@ -546,7 +548,7 @@ def test_held_out_speedups_of_an_exact_table_and_of_a_blind_one(tmp_path: Path) 
     from revit.latency.speedups import HeldOut, summary, time_speedups
 
     b = FakeBackend(stepped)
-    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+    t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0),
                     progress=False)
     cfgs = random_configs(t, 6, seed=3)
     base, held = cfgs[0], [HeldOut("random" if i % 2 else "pruned", f"c{i}", c) for i, c in enumerate(cfgs[1:])]
@@ -583,7 +585,7 @@ def test_additive_design_measures_halves_and_sums_them(tmp_path: Path) -> None:
     attention half + MLP half + join: exact for an additive device, with far fewer cells than the product."""
     grid = micro_grid()
     knots = {"heads": (1, 2, 3, 4), "embed_dim": tuple(range(32, 97, 8))}
-    s = BuildSettings(passes=1, repeats=1, warmup=0, design="additive", knots=knots, max_cells=4000)
+    s = BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="additive", knots=knots, max_cells=4000)
     b = FakeBackend(per_head_bend)
     t = build_table(grid, b, tmp_path / "t.json", s, progress=False)
     d = t.metadata["design"]
@@ -613,7 +615,7 @@ def test_additive_design_reports_a_device_that_is_not_additive(tmp_path: Path) -
         extra = 2e-4 * (d.mlp_dim / 384) * (d.heads / 4) if d.heads and d.mlp_dim else 0.0
         return stepped(e, d) + extra
 
-    s = BuildSettings(passes=1, repeats=1, warmup=0, design="additive", max_cells=4000)
+    s = BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="additive", max_cells=4000)
     t = build_table(micro_grid(), FakeBackend(joined), tmp_path / "t.json", s, progress=False)
     check = t.metadata["design"]["additive_check"]
     assert check["held_out_max_abs"] > 0.05  # the pilot's whole blocks disagree with halves + join
@@ -625,9 +627,9 @@ def test_additive_design_counts_its_cells_in_the_budget(tmp_path: Path) -> None:
     knots = {"embed_dim": tuple(range(32, 97, 8)), "heads": (1, 2, 3, 4), "mlp_dim": tuple(range(8, 385, 8))}
     full = dict(micro_grid().axes, **knots)
     assert design_cells(full, "additive") == 9 * (4 * 6 * 6 + 48) + 3 * 9 < design_cells(full, "auto")
-    check_cell_budget(micro_grid(), BuildSettings(design="additive", knots=knots, max_cells=4000))
+    check_cell_budget(micro_grid(), BuildSettings(smooth=0.0, design="additive", knots=knots, max_cells=4000))
     with pytest.raises(ConfigError, match="raise --max-cells"):
-        check_cell_budget(micro_grid(), BuildSettings(design="additive", knots=knots, max_cells=500))
+        check_cell_budget(micro_grid(), BuildSettings(smooth=0.0, design="additive", knots=knots, max_cells=500))
 
 
 def test_half_knots_make_the_halves_dense_and_leave_the_grid_alone(tmp_path: Path) -> None:
@@ -638,8 +640,8 @@ def test_half_knots_make_the_halves_dense_and_leave_the_grid_alone(tmp_path: Pat
         return stepped(e, d) + (1e-4 if d.mlp_dim in (168, 176) and not d.heads else 0.0)
 
     grid = micro_grid()
-    plain = BuildSettings(passes=1, repeats=1, warmup=0)
-    dense = BuildSettings(passes=1, repeats=1, warmup=0, half_knots={"mlp_dim": tuple(range(8, 385, 8))})
+    plain = BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0)
+    dense = BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, half_knots={"mlp_dim": tuple(range(8, 385, 8))})
     a = build_table(grid, FakeBackend(mlp_step), tmp_path / "a.json", plain, progress=False)
     b = build_table(grid, FakeBackend(mlp_step), tmp_path / "b.json", dense, progress=False)
     assert a.axes == b.axes and np.array_equal(a.values, b.values)
@@ -650,9 +652,9 @@ def test_half_knots_make_the_halves_dense_and_leave_the_grid_alone(tmp_path: Pat
     assert b.predict(cfg).total_s == pytest.approx(want, rel=1e-6)
     assert abs(a.predict(cfg).total_s / want - 1) > 0.05
     with pytest.raises(ConfigError, match="additive"):
-        BuildSettings(design="additive", half_knots={"mlp_dim": (8,)}).check()
+        BuildSettings(smooth=0.0, design="additive", half_knots={"mlp_dim": (8,)}).check()
     with pytest.raises(ConfigError, match="half-knots: mlp_dim"):
-        check = BuildSettings(half_knots={"mlp_dim": (9,)})
+        check = BuildSettings(smooth=0.0, half_knots={"mlp_dim": (9,)})
         check.check_knots(grid)
 
 

@@ -161,7 +161,8 @@ def test_a_build_at_load_1_3_predicts_an_idle_machine_within_5_percent_once_cali
 
     m = Machine()
     m.load = 1.3
-    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json",
+        BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0),
                         progress=False)
     m.load = 1.0
     idle = m.backend()
@@ -185,7 +186,8 @@ def test_a_cost_paid_once_per_model_is_found_and_speedups_follow(tmp_path: Path)
     from revit.latency.profiler import BuildSettings, build_table
 
     m = Machine(once_s=2e-3)
-    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json",
+        BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0),
                         progress=False)
     backend = m.backend()
     cal = calibrate(built, backend, models=6, passes=1, source="graph")
@@ -214,7 +216,8 @@ def test_parts_that_overprice_every_model_by_a_constant_give_a_negative_offset(t
     from revit.latency.profiler import BuildSettings, build_table
 
     m = Machine(once_s=-3e-4)
-    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json", BuildSettings(passes=1, repeats=1, warmup=0),
+    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json",
+        BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0),
                         progress=False)
     backend = m.backend()
     cfgs = calibration_configs(built, 6)

@@ -46,7 +46,7 @@ def _table(tmp: Path, ca: float, cm: float) -> LatencyTable:
             "mlp_dim": tuple(range(8, 136, 8))}
     grid = WidthGrid("tiny", axes, Setting(**SETTING, depth=2))  # type: ignore[arg-type]
     return build_table(grid, FakeBackend(costs(ca, cm)), tmp / f"t{ca}.json",
-                       BuildSettings(passes=1, repeats=1, warmup=0, design="full"), progress=False)
+                       BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full"), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,15 @@ def test_a_lone_outlier_is_pulled_to_its_neighbours() -> None:
     assert np.median(np.abs(out / t - 1)) < 0.04
 
 
+def test_a_sparse_design_is_left_alone() -> None:
+    """The auto design brackets a step with a close pair of knots (MLP 128 and 136 of 8..384) and keeps 2 knots
+    on linear axes: no axis has neighbours that estimate each other, so nothing moves, whatever the noise."""
+    axes = [[32, 96], [1, 4], [4, 24], [4, 24], [8, 128, 136, 384]]
+    t = truth(axes, step=0.5)
+    out, rec = smooth_grid(noisy(t, 0.02, seed=3), axes)
+    assert rec.lam == 0.0 and rec.cv == () and np.array_equal(out, noisy(t, 0.02, seed=3))
+
+
 def test_zero_strength_gives_the_measurements_back_and_hidden_cells_are_filled() -> None:
     t = truth(AXES)
     assert np.array_equal(smooth_values(t, AXES, 0.0), t)

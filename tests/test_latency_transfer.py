@@ -48,7 +48,7 @@ class NewSetting(FakeBackend):
         return _Const(sum(self.fn(cfg.embed_dim, b) for b in cfg.blocks) + FIXED * 1e-5 * cfg.embed_dim + OFFSET)
 
 
-SETTINGS = BuildSettings(passes=1, repeats=1, warmup=0, design="full")
+SETTINGS = BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatencyTable, Late
     d = tmp_path_factory.mktemp("transfer")
     src = build_table(_grid(), FakeBackend(old_block), d / "src.json", SETTINGS, progress=False)
     full = build_table(_grid(), NewSetting(new_block), d / "full.json",
-                       BuildSettings(batch=8, passes=1, repeats=1, warmup=0, design="full"), progress=False)
+                       BuildSettings(smooth=0.0, batch=8, passes=1, repeats=1, warmup=0, design="full"), progress=False)
     return LatencyTable.load(src.source), LatencyTable.load(full.source)
 
 

@@ -87,7 +87,7 @@ class BuildSettings:
     half_knots: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # smoothing of the finished grids (:mod:`revit.latency.smoothing`): 0 off, a strength, or "auto" (chosen by
     # cross-validation on the build's own cells)
-    smooth: float | str = 0.0
+    smooth: float | str = "auto"
 
     def check(self) -> None:
         """Every count within the bounds a table's metadata is read back with (``MEASUREMENT_COUNTS``)."""

@@ -11,7 +11,8 @@ spacing), weighted by ``lam``.  ``lam`` 0 gives the measurements back.
 predicted by the smoother of the rest), with the one-standard-error rule (the largest ``lam`` whose error is within
 one standard error of the best): the held-out configs a user validates with play no part in the choice.  Real
 steps that neighbours agree on survive a smoother of that strength; a lone cell that disagrees with all of them
-does not.  Torch-free.
+does not.  Only axes of evenly spaced knots are smoothed along (:func:`smoothable`): the knots of a sparse design
+sit where the cost bends, each one needed as measured.  Torch-free.
 """
 
 from __future__ import annotations
@@ -29,10 +30,20 @@ from revit.errors import ConfigError
 CANDIDATES = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 FOLDS = 5
 TINY = 1e-12
+MAX_GAP_RATIO = 4.0  # the widest knot gap of a smoothed axis over its narrowest (DeiT's EMB 192..768: 3)
+MAX_CV_ERROR = 0.25  # a grid whose hidden cells its neighbours miss by more (at every strength) is left alone
+
+
+def smoothable(pts: Sequence[float]) -> bool:
+    """Whether neighbours along an axis estimate each other: at least 3 knots, spaced evenly within a factor of
+    ``MAX_GAP_RATIO``.  An auto design puts a close pair of knots around a step it found (MLP 128 and 136 in a
+    range of 376); smoothing across that pair would erase the step each knot is there for."""
+    gaps = np.diff(np.asarray(pts, dtype=np.float64))
+    return len(pts) >= 3 and float(gaps.max() / gaps.min()) <= MAX_GAP_RATIO
 
 
 def _second_differences(axes: Sequence[Sequence[float]], shape: tuple[int, ...]) -> list[Any]:
-    """One sparse operator per axis of at least 3 knots: the second derivative along it, in units of the axis's
+    """One sparse operator per :func:`smoothable` axis: the second derivative along it, in units of the axis's
     mean knot spacing (so one ``lam`` means the same on every axis)."""
     import scipy.sparse as sp
 
@@ -40,7 +51,7 @@ def _second_differences(axes: Sequence[Sequence[float]], shape: tuple[int, ...])
     for k, pts in enumerate(axes):
         x = np.asarray(pts, dtype=np.float64)
         m = len(x)
-        if m < 3:
+        if not smoothable(x):
             continue
         d = np.zeros((m - 2, m))
         for i in range(1, m - 1):
@@ -129,10 +140,12 @@ def smooth_grid(values: np.ndarray, axes: Sequence[Sequence[float]], lam: float 
                 seed: int = 0) -> tuple[np.ndarray, GridSmoothing]:
     """``values`` smoothed with ``lam`` (None: chosen by :func:`cross_validate`), and the record of it."""
     v = np.asarray(values, dtype=np.float64)
-    if v.size < 3 or sum(len(a) >= 3 for a in axes) == 0:
+    if v.size < 3 or not any(smoothable(a) for a in axes):  # nothing to estimate a cell from
         return v.copy(), GridSmoothing(0.0, (), 0.0, 0.0)
     cv = cross_validate(v, axes, seed=seed) if lam is None else ()
     chosen = choose_lam(cv) if lam is None else float(lam)
+    if lam is None and min(err for _, err, _ in cv) > MAX_CV_ERROR:
+        chosen = 0.0
     out = smooth_values(v, axes, chosen)
     ok = v > 0
     change = np.abs(out[ok] / v[ok] - 1) if ok.any() else np.zeros(1)
