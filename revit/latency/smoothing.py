@@ -51,7 +51,7 @@ def _second_differences(axes: Sequence[Sequence[float]], shape: tuple[int, ...])
     for k, pts in enumerate(axes):
         x = np.asarray(pts, dtype=np.float64)
         m = len(x)
-        if not smoothable(x):
+        if not smoothable(pts):
             continue
         d = np.zeros((m - 2, m))
         for i in range(1, m - 1):
