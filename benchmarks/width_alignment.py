@@ -11,6 +11,7 @@ want.
 Usage (idle machine):
     PYTHONPATH=. python benchmarks/width_alignment.py --table cpu_onnxruntime_fp32_bs64_t17 --passes 10 \\
         --out benchmarks/results/width_alignment_micro.json
+    PYTHONPATH=. python benchmarks/width_alignment.py --passes 10 --spans embed_dim=32-35,46-51,62-66,78-82,96
 """
 
 from __future__ import annotations
@@ -39,11 +40,24 @@ def variants(base: Any, anchor: dict[str, int], spans: dict[str, range]) -> list
     return out
 
 
+def parse_span(text: str) -> tuple[str, list[int]]:
+    """``AXIS=A-B,C``: the axis and its widths (A to B inclusive, and C)."""
+    axis, _, rest = text.partition("=")
+    widths: list[int] = []
+    for part in rest.split(","):
+        lo, _, hi = part.partition("-")
+        widths += list(range(int(lo), int(hi or lo) + 1))
+    return axis, widths
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--table", default="cpu_onnxruntime_fp32_bs64_t17")
     ap.add_argument("--base", default="revit_micro")
     ap.add_argument("--passes", type=int, default=10)
+    ap.add_argument("--spans", action="append", default=[], metavar="AXIS=A-B,C,...",
+                    help="the widths to time per axis (embed_dim, qk_v, mlp_dim; repeatable); default EMB 64-80, "
+                         "QK/V 16-24, MLP 200-216")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
 
@@ -55,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     t = LatencyTable.load(a.table)
     base = resolve_config(a.base)
     anchor = {"embed_dim": 72, "heads": 4, "qk_dim": 24, "v_dim": 24, "mlp_dim": 216}
-    spans = {"embed_dim": range(64, 81), "qk_v": range(16, 25), "mlp_dim": range(200, 217)}
+    spans: dict[str, Any] = ({"embed_dim": range(64, 81), "qk_v": range(16, 25), "mlp_dim": range(200, 217)}
+                             if not a.spans else dict(parse_span(s) for s in a.spans))
     vs = variants(base, anchor, spans)
-    aligned = vs[[i for i, (ax, w, _) in enumerate(vs) if ax == "embed_dim" and w == 72][0]][2]
+    aligned = variants(base, anchor, {"embed_dim": [anchor["embed_dim"]]})[0][2]
     held = [HeldOut(ax, f"{ax}={w}", c) for ax, w, c in vs]
     rows, seconds = time_speedups(t, backend_for_table(t), aligned, held, passes=a.passes)
     print(f"anchor {anchor}; {len(rows)} models, {seconds:.0f} s of timing")
