@@ -29,9 +29,10 @@ import numpy as np
 def rescore(table: Any, files: list[Path]) -> tuple[dict[str, dict[str, float]], dict[tuple[str, str], list[float]]]:
     """Per group (and ``all``): n, median, p95, max of |error|, share within 5%; and every config's errors."""
     from revit.config import ViTConfig
+    from revit.latency.speedups import error_summary
     from revit.presets import resolve_config
 
-    groups: dict[str, list[float]] = {}
+    errors: list[tuple[str, float]] = []
     per_config: dict[tuple[str, str], list[float]] = {}
     for f in files:
         doc = json.loads(f.read_text())
@@ -40,13 +41,10 @@ def rescore(table: Any, files: list[Path]) -> tuple[dict[str, dict[str, float]],
         for r in doc["rows"]:
             cfg = ViTConfig.from_dict(r["config"])
             err = base_s / table.predict(cfg).total_s / r["measured_speedup"] - 1
-            groups.setdefault(r["group"], []).append(err)
-            groups.setdefault("all", []).append(err)
+            errors.append((r["group"], err))
             key = (r["group"], f"{r['name']} {json.dumps(r['config']['blocks'], sort_keys=True)}")
             per_config.setdefault(key, []).append(err)
-    stats = {g: {"n": len(e), "median": float(np.median(np.abs(e))), "p95": float(np.percentile(np.abs(e), 95)),
-                 "max": float(np.max(np.abs(e))), "within_5pct": float(np.mean(np.abs(e) <= 0.05))}
-             for g, e in groups.items()}
+    stats = error_summary(errors)
     return stats, per_config
 
 

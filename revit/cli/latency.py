@@ -22,6 +22,7 @@ from revit.cli._common import (
     print_json,
     warn,
 )
+from revit.cli._tables import register_smooth, smoothing, table_target
 from revit.errors import ConfigError
 from revit.input_checks import MAX_BATCH, check_output_file, count, non_negative, number, seed, short, threads
 from revit.registry import lazy_choices
@@ -63,7 +64,7 @@ def _register_build(lsub: Any) -> None:
     b.add_argument("--half-knots", action="append", default=[], metavar="AXIS=V,V,...",
                    help="extra knots for the half blocks only (a block without attention or MLP; repeatable), "
                         "e.g. mlp_dim=8,16,24: a half is cheap, so its axes can be dense")
-    b.add_argument("--smooth", type=_smoothing, default="auto", metavar="auto|off|LAMBDA",
+    b.add_argument("--smooth", type=smoothing, default="auto", metavar="auto|off|LAMBDA",
                    help="denoise the finished grids: auto (default; the strength chosen by cross-validation on the "
                         "build's own cells), off, or a strength >= 0 (see `revit latency smooth`)")
     b.add_argument("--warmup", type=non_negative(10_000), default=2)
@@ -76,13 +77,6 @@ def _register_build(lsub: Any) -> None:
     b.set_defaults(func=_build)
     # each backend's own options (--graph, --compile, a plug-in's), read from the backends when this command runs
     defer_arguments(b, lambda p: add_option_flags(p, "revit.latency.backends", "BACKENDS", "--backend"))
-
-
-def _smoothing(text: str) -> float | str:
-    """``--smooth``/``--lambda``: auto, off (0) or a strength >= 0."""
-    if text in ("auto", "off"):
-        return 0.0 if text == "off" else "auto"
-    return number(0)(text)
 
 
 def register(sub: Any) -> None:
@@ -122,7 +116,7 @@ def register(sub: Any) -> None:
 
     _register_calibrate(lsub)
 
-    _register_smooth(lsub)
+    register_smooth(lsub)
 
     _register_transfer(lsub)
 
@@ -165,22 +159,6 @@ def _register_calibrate(lsub: Any) -> None:
     c.add_argument("--json", action="store_true")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_calibrate)
-
-
-def _register_smooth(lsub: Any) -> None:
-    """``revit latency smooth``: its parser."""
-    s = add_command(lsub, "smooth", "denoise a built table's grids (strength chosen by cross-validation on its "
-                                    "cells); writes a new table",
-                    "revit latency smooth my_table.json --out my_table_smooth.json")
-    s.add_argument("table")
-    s.add_argument("--out", required=True, help="the smoothed table (a new file, or a table with --overwrite)")
-    add_overwrite_arg(s)
-    s.add_argument("--lambda", dest="lam", type=_smoothing, default="auto", metavar="auto|LAMBDA",
-                   help="smoothing strength: auto (default: 5-fold cross-validation on the table's own cells, "
-                        "one-standard-error rule) or a number >= 0")
-    s.add_argument("--seed", type=seed(), default=0, help="the cross-validation's folds")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=_smooth)
 
 
 def _register_transfer(lsub: Any) -> None:
@@ -398,29 +376,6 @@ def _validate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration_target(a: argparse.Namespace) -> str:
-    """Where ``calibrate`` writes: ``--out`` (a new file, or a table with ``--overwrite``), else the table file
-    the user named, in place (never a shipped table named by its name, never through a link)."""
-    import os
-
-    if a.out:
-        check_output_file(a.out)
-        if os.path.lexists(a.out) and not a.overwrite:
-            raise ConfigError(f"--out {a.out}: exists; give a new file or --overwrite (a latency table only)")
-        if os.path.lexists(a.out):
-            from revit.latency.table import LatencyTable
-
-            if os.path.islink(a.out):
-                raise ConfigError(f"--out {a.out}: is a link; revit does not write through links")
-            LatencyTable.load(a.out)  # --overwrite replaces a latency table, nothing else
-        return str(a.out)
-    if not os.path.isfile(a.table):
-        raise ConfigError(f"{a.table} is a shipped table: give --out FILE for the calibrated copy")
-    if os.path.islink(a.table):
-        raise ConfigError(f"{a.table}: is a link; give --out FILE (revit does not write through links)")
-    check_output_file(a.table, "TABLE")
-    return str(a.table)
-
 
 def _calibrate(a: argparse.Namespace) -> int:
     from revit.latency.accuracy import backend_for_table
@@ -428,7 +383,7 @@ def _calibrate(a: argparse.Namespace) -> int:
     from revit.latency.table import LatencyTable
 
     table = LatencyTable.load(a.table)
-    target = _calibration_target(a)
+    target = table_target(a)
     backend = backend_for_table(table)
     cal = calibrate(table, backend, models=a.models, passes=a.passes, seed=a.seed, source=a.source,
                     progress=not a.no_progress)
@@ -450,28 +405,6 @@ def _calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _smooth(a: argparse.Namespace) -> int:
-    from revit.latency.smoothing import describe, smooth_table
-    from revit.latency.table import LatencyTable
-
-    table = LatencyTable.load(a.table, calibrated=False)
-    target = _calibration_target(a)
-    out = smooth_table(table, None if a.lam == "auto" else float(a.lam), seed=a.seed)
-    out.save(target)
-    rec = out.metadata["smoothing"]
-    if a.json:
-        print_json({"table": target, **rec})
-        return 0
-    for name, g in rec["grids"].items():
-        info(f"  {name}: lambda {g['lambda']:g}; cells moved {g['median_change']:.1%} median, "
-             f"{g['max_change']:.1%} at most")
-    if table.calibrations:
-        warn(f"{a.table}'s calibrations were fitted to the values before smoothing and are dropped: run "
-             f"`revit latency calibrate {target}`")
-    info(f"wrote {target}: {describe(out.metadata)}")
-    return 0
-
-
 def _transfer(a: argparse.Namespace) -> int:
     from revit.latency.accuracy import backend_for_table
     from revit.latency.table import LatencyTable
@@ -481,7 +414,7 @@ def _transfer(a: argparse.Namespace) -> int:
     old = setting_of_table(table)
     new = {"batch_size": a.batch or old["batch_size"], "threads": a.threads or old["threads"]}
     check_models(table, a.configs)  # every refusal before anything is timed
-    target = _calibration_target(a)
+    target = table_target(a)
     full = LatencyTable.load(a.evaluate) if a.evaluate else None
     backend = backend_for_table(table, threads=new["threads"])
     check_new_setting(table, new, backend.info().get("device"))  # the same setting is a transfer on another device

@@ -68,10 +68,15 @@ class SpeedupRow:
 def summary(rows: Sequence[SpeedupRow]) -> dict[str, dict[str, float]]:
     """Per group (and ``all``): count, median, 95th percentile and worst of the absolute errors, and the share
     within 5%."""
+    return error_summary([(r.group, r.error) for r in rows])
+
+
+def error_summary(errors: Sequence[tuple[str, float]]) -> dict[str, dict[str, float]]:
+    """:func:`summary` of ``(group, relative error)`` pairs (errors priced again without timing, say)."""
     groups: dict[str, list[float]] = {}
-    for r in rows:
-        groups.setdefault(r.group, []).append(abs(r.error))
-        groups.setdefault("all", []).append(abs(r.error))
+    for group, err in errors:
+        groups.setdefault(group, []).append(abs(err))
+        groups.setdefault("all", []).append(abs(err))
     return {g: {"n": len(e), "median": float(np.median(e)), "p95": float(np.percentile(e, 95)),
                 "max": float(np.max(e)), "within_5pct": float(np.mean(np.asarray(e) <= 0.05))}
             for g, e in groups.items()}

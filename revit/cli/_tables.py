@@ -1,0 +1,81 @@
+"""Where the latency commands that rewrite a table write it (``calibrate``, ``smooth``, ``transfer``), and
+``revit latency smooth`` itself.  Kept apart from :mod:`revit.cli.latency` so that module stays one page."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
+from revit.errors import ConfigError
+from revit.input_checks import check_output_file, number, seed
+
+
+def smoothing(text: str) -> float | str:
+    """``--smooth``/``--lambda``: auto, off (0) or a strength >= 0."""
+    if text in ("auto", "off"):
+        return 0.0 if text == "off" else "auto"
+    return number(0)(text)
+
+
+def table_target(a: argparse.Namespace) -> str:
+    """Where ``calibrate``, ``smooth`` and ``transfer`` write: ``--out`` (a new file, or a table with
+    ``--overwrite``), else the table file the user named, in place (never a shipped table named by its name, never
+    through a link)."""
+    import os
+
+    if a.out:
+        check_output_file(a.out)
+        if os.path.lexists(a.out) and not a.overwrite:
+            raise ConfigError(f"--out {a.out}: exists; give a new file or --overwrite (a latency table only)")
+        if os.path.lexists(a.out):
+            from revit.latency.table import LatencyTable
+
+            if os.path.islink(a.out):
+                raise ConfigError(f"--out {a.out}: is a link; revit does not write through links")
+            LatencyTable.load(a.out)  # --overwrite replaces a latency table, nothing else
+        return str(a.out)
+    if not os.path.isfile(a.table):
+        raise ConfigError(f"{a.table} is a shipped table: give --out FILE for the calibrated copy")
+    if os.path.islink(a.table):
+        raise ConfigError(f"{a.table}: is a link; give --out FILE (revit does not write through links)")
+    check_output_file(a.table, "TABLE")
+    return str(a.table)
+
+
+def register_smooth(lsub: Any) -> None:
+    """``revit latency smooth``: its parser."""
+    s = add_command(lsub, "smooth", "denoise a built table's grids (strength chosen by cross-validation on its "
+                                    "cells); writes a new table",
+                    "revit latency smooth my_table.json --out my_table_smooth.json")
+    s.add_argument("table")
+    s.add_argument("--out", required=True, help="the smoothed table (a new file, or a table with --overwrite)")
+    add_overwrite_arg(s)
+    s.add_argument("--lambda", dest="lam", type=smoothing, default="auto", metavar="auto|LAMBDA",
+                   help="smoothing strength: auto (default: 5-fold cross-validation on the table's own cells, "
+                        "one-standard-error rule) or a number >= 0")
+    s.add_argument("--seed", type=seed(), default=0, help="the cross-validation's folds")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_smooth)
+
+
+def _smooth(a: argparse.Namespace) -> int:
+    from revit.latency.smoothing import describe, smooth_table
+    from revit.latency.table import LatencyTable
+
+    table = LatencyTable.load(a.table, calibrated=False)
+    target = table_target(a)
+    out = smooth_table(table, None if a.lam == "auto" else float(a.lam), seed=a.seed)
+    out.save(target)
+    rec = out.metadata["smoothing"]
+    if a.json:
+        print_json({"table": target, **rec})
+        return 0
+    for name, g in rec["grids"].items():
+        info(f"  {name}: lambda {g['lambda']:g}; cells moved {g['median_change']:.1%} median, "
+             f"{g['max_change']:.1%} at most")
+    if table.calibrations:
+        warn(f"{a.table}'s calibrations were fitted to the values before smoothing and are dropped: run "
+             f"`revit latency calibrate {target}`")
+    info(f"wrote {target}: {describe(out.metadata)}")
+    return 0
