@@ -575,6 +575,13 @@ case("smooth-no-out", "latency smooth cpu_onnxruntime_fp32_bs64_t17", "--out")
 case("smooth-lambda-negative", "latency smooth cpu_onnxruntime_fp32_bs64_t17 --out s.json --lambda -1", "--lambda")
 case("smooth-out-not-a-table", "latency smooth cpu_onnxruntime_fp32_bs64_t17 --out notes.txt --overwrite",
      "notes.txt", {"notes.txt": "mine"})
+# latency align: where it writes, the axes it probes and the counts, refused before anything is exported or timed
+case("align-shipped-by-name", "latency align cpu_onnxruntime_fp32_bs64_t17", "--out")
+case("align-axes-heads", "latency align cpu_onnxruntime_fp32_bs64_t17 --out a.json --axes heads", "--axes")
+case("align-axes-empty", "latency align cpu_onnxruntime_fp32_bs64_t17 --out a.json --axes ,", "--axes")
+case("align-widths-0", "latency align cpu_onnxruntime_fp32_bs64_t17 --out a.json --widths 0", "--widths")
+case("align-out-not-a-table", "latency align cpu_onnxruntime_fp32_bs64_t17 --out notes.txt --overwrite",
+     "notes.txt", {"notes.txt": "mine"})
 # latency transfer and room (issue 26 items 4, 5): refused before anything is timed or written
 SHIPPED_T = "cpu_onnxruntime_fp32_bs64_t17"
 case("transfer-configs-11", f"latency transfer {SHIPPED_T} --threads 2 --configs 11 --out t.json", "at most 10")
@@ -992,6 +999,7 @@ JSON_REFUSALS = {  # a refused command line of every command that has --json
     "latency transfer": "latency transfer cpu_onnxruntime_fp32_bs64_t17 --out t.json --json",
     "latency smooth": "latency smooth cpu_onnxruntime_fp32_bs64_t17 --out s.json --lambda nan --json",
     "latency room": "latency room cpu_onnxruntime_fp32_bs64_t17 --groups 0 --json",
+    "latency align": "latency align cpu_onnxruntime_fp32_bs64_t17 --out a.json --passes 0 --json",
     "search status": "search status spec.yaml --storage missing.db --json",
     "search report": "search report spec.yaml --out existing.txt --json",
     "search worker": "search worker spec.yaml --storage missing.db --json",

@@ -8,7 +8,7 @@ from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
 from revit.errors import ConfigError
-from revit.input_checks import check_output_file, number, seed
+from revit.input_checks import check_output_file, count, number, seed, short
 
 
 def smoothing(text: str) -> float | str:
@@ -78,4 +78,70 @@ def _smooth(a: argparse.Namespace) -> int:
         warn(f"{a.table}'s calibrations were fitted to the values before smoothing and are dropped: run "
              f"`revit latency calibrate {target}`")
     info(f"wrote {target}: {describe(out.metadata)}")
+    return 0
+
+
+def axis_list(text: str) -> tuple[str, ...]:
+    """``--axes``: a comma-separated subset of the axes an alignment probes."""
+    from revit.latency.alignment import ALIGN_AXES
+
+    axes = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    bad = [a for a in axes if a not in ALIGN_AXES]
+    if bad or not axes:
+        raise argparse.ArgumentTypeError(f"give a comma-separated subset of {', '.join(ALIGN_AXES)}"
+                                         + (f"; {short(bad[0])} is not one" if bad else ""))
+    return axes
+
+
+def register_align(lsub: Any) -> None:
+    """``revit latency align``: its parser."""
+    s = add_command(lsub, "align", "probe the widths between a table's knots on this machine (kernel steps: EMB 65 "
+                                   "costs more than 64 plus an eighth) and price them so; writes a new table",
+                    "revit latency align my_table.json   (a shipped table: --out my_copy.json)")
+    s.add_argument("table")
+    s.add_argument("--out", help="write the aligned table here (default: the table file itself, in place; a "
+                                 "shipped table needs --out)")
+    add_overwrite_arg(s)
+    s.add_argument("--axes", type=axis_list, default=None, metavar="AXIS,...",
+                   help="the axes probed (default: every width axis but heads); the others stay linear")
+    s.add_argument("--widths", type=count(1000), default=24,
+                   help="at most this many whole models per axis, straddling multiples of 4-64 (default 24)")
+    s.add_argument("--passes", type=count(100), default=10, help="passes over the models, each in random order")
+    s.add_argument("--seed", type=seed(), default=0, help="the order of each pass")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_align)
+
+
+def _align(a: argparse.Namespace) -> int:
+    import time
+
+    from revit.latency.accuracy import backend_for_table
+    from revit.latency.alignment import ALIGN_AXES, align_table, describe, probe
+    from revit.latency.table import LatencyTable
+
+    table = LatencyTable.load(a.table, calibrated=False)
+    target = table_target(a)
+    backend = backend_for_table(table)
+    t0 = time.perf_counter()
+    axes = a.axes or ALIGN_AXES
+    probed = probe(table, backend, widths=a.widths, passes=a.passes, seed=a.seed, axes=axes,
+                   progress=not a.no_progress)
+    seconds = round(time.perf_counter() - t0, 1)
+    out = align_table(table, probed, settings={"axes": list(axes), "widths": a.widths, "passes": a.passes,
+                                               "seed": a.seed,
+                                               "seconds": seconds, "device": backend.info()["device"]})
+    out.save(target)
+    rec = out.metadata["alignment"]
+    if a.json:
+        print_json({"table": target, **rec, "probe": probed})
+        return 0
+    for axis, f in rec["axes"].items():
+        verdict = f"step {f['quantum']}, alpha {f['alpha']:g}" if f["kept"] else "linear (no clear step)"
+        info(f"  {axis}: {verdict}; probe interpolation error {f['error_linear']:.2%} linear, "
+             f"{f['error_warped']:.2%} warped ({f['widths']} widths)")
+    if table.calibrations and not out.calibrations:
+        warn(f"{a.table}'s calibrations were fitted to the predictions before aligning and are dropped: run "
+             f"`revit latency calibrate {target}`")
+    info(f"wrote {target}: {describe(out.metadata)}; {seconds:.0f} s")
     return 0

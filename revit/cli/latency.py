@@ -22,7 +22,7 @@ from revit.cli._common import (
     print_json,
     warn,
 )
-from revit.cli._tables import register_smooth, smoothing, table_target
+from revit.cli._tables import register_align, register_smooth, smoothing, table_target
 from revit.errors import ConfigError
 from revit.input_checks import MAX_BATCH, check_output_file, count, non_negative, number, seed, short, threads
 from revit.registry import lazy_choices
@@ -117,6 +117,8 @@ def register(sub: Any) -> None:
     _register_calibrate(lsub)
 
     register_smooth(lsub)
+
+    register_align(lsub)
 
     _register_transfer(lsub)
 

@@ -36,7 +36,7 @@ class Grid:
     """Values on named axes with multilinear lookup, validated whole on construction (:mod:`.table_checks`)."""
 
     def __init__(self, names: Sequence[str], axes: Mapping[str, Any], values: Any, spread: Any, source: str,
-                 what: str = "") -> None:
+                 what: str = "", warps: Mapping[str, Callable[[Any], np.ndarray]] | None = None) -> None:
         from revit.latency.table_checks import check_axis, check_grid
 
         self.names, self.source = tuple(names), source
@@ -44,7 +44,13 @@ class Grid:
         shape = tuple(len(self.axes[a]) for a in self.names)
         self.values = check_grid(values, shape, f"{source}: {what}values")
         self.spread = None if spread is None else check_grid(spread, shape, f"{source}: {what}spread")
+        # per-axis width warps (:mod:`revit.latency.alignment`): knots and queries priced in warped widths
+        self.warps = {a: w for a, w in (warps or {}).items() if a in self.names}
         self._interp: Any = None
+
+    def warped(self, warps: Mapping[str, Callable[[Any], np.ndarray]]) -> Grid:
+        """This grid (same values) interpolating in the widths ``warps`` maps to (replacing any warps it had)."""
+        return Grid(self.names, self.axes, self.values, self.spread, self.source, warps=warps)
 
     def check_range(self, points: np.ndarray) -> None:
         """Refuse (one :class:`TableRangeError` naming the axis) a point outside the measured range."""
@@ -63,9 +69,16 @@ class Grid:
         if self._interp is None:
             from scipy.interpolate import RegularGridInterpolator
 
-            self._interp = RegularGridInterpolator(tuple(np.asarray(self.axes[a]) for a in self.names), self.values,
-                                                   method="linear", bounds_error=False, fill_value=None)
+            self._interp = RegularGridInterpolator(
+                tuple(self._warp(a, np.asarray(self.axes[a])) for a in self.names), self.values, method="linear",
+                bounds_error=False, fill_value=None)
+        if self.warps:
+            points = np.column_stack([self._warp(a, points[:, j]) for j, a in enumerate(self.names)])
         return np.asarray(self._interp(points), dtype=np.float64)
+
+    def _warp(self, axis: str, x: np.ndarray) -> np.ndarray:
+        w = self.warps.get(axis)
+        return np.asarray(x, dtype=np.float64) if w is None else w(x)
 
     @property
     def size(self) -> int:

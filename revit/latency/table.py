@@ -208,14 +208,19 @@ class LatencyTable:
         if set(axes) != set(WIDTH_KINDS):
             raise FileFormatError(f"{source}: axes must be exactly {', '.join(WIDTH_KINDS)}; got {', '.join(axes)}")
         # finite, >= 0, strictly increasing knots; finite latencies of the axes' shape (validated whole on load)
-        self._grid = Grid(WIDTH_KINDS, axes, values, spread, source)
-        self.axes: dict[str, tuple[float, ...]] = self._grid.axes
-        self.values = self._grid.values
-        self.spread = self._grid.spread
-        self.branches: dict[str, Grid] | None = None if branches is None else dict(branches)
         missing = [k for k in REQUIRED_METADATA if k not in metadata]
         if missing:
             raise FileFormatError(f"{source}: metadata lacks {', '.join(missing)}")
+        from revit.latency.alignment import warps_of
+
+        # widths off a backend's kernel steps cost more than linear between knots (metadata.alignment)
+        self.warps = warps_of(metadata, source)
+        self._grid = Grid(WIDTH_KINDS, axes, values, spread, source, warps=self.warps)
+        self.axes: dict[str, tuple[float, ...]] = self._grid.axes
+        self.values = self._grid.values
+        self.spread = self._grid.spread
+        self.branches: dict[str, Grid] | None = (None if branches is None else
+                                                 {k: g.warped(self.warps) for k, g in branches.items()})
         self.metadata: dict[str, Any] = dict(metadata)
         check_metadata_counts(self.metadata, self.axes, source)
         from revit.latency.smoothing import check_record

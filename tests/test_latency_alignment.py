@@ -1,0 +1,187 @@
+"""Width alignment (revit.latency.alignment): the warp, lookups through it against a hand-written interpolation,
+the probe's widths, a known step recovered end to end from a backend that pads, and the record and command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_latency_build import SETTING, FakeBackend
+
+from revit.config import BlockDims, Setting
+from revit.errors import ConfigError, FileFormatError
+from revit.latency.alignment import (
+    AxisWarp,
+    align_table,
+    axis_config,
+    fit_axis,
+    fit_error,
+    probe,
+    probe_widths,
+    with_warps,
+)
+from revit.latency.grid import WidthGrid
+from revit.latency.profiler import BuildSettings, build_table
+from revit.latency.table import LatencyTable
+
+TRUE = AxisWarp(16, 0.5)  # the fake backend's kernels: half of the padding to the next multiple of 16 costs
+
+
+def padded(e: int, d: BlockDims) -> float:
+    """A MACs-like block cost whose embedding width costs as if padded half-way to the next multiple of 16."""
+    w = float(TRUE(e))
+    macs = w * d.heads * (2 * d.qk_dim + d.v_dim) + d.heads * d.v_dim * w + 2 * w * d.mlp_dim
+    return 1e-4 + 1e-8 * macs
+
+
+def built(tmp_path: Path) -> LatencyTable:
+    """A full-design table of the padding backend: EMB knots every 8 (half of them off the steps of 16)."""
+    axes = {"embed_dim": tuple(range(32, 97, 8)), "heads": (2,), "qk_dim": (8, 16), "v_dim": (8, 16),
+            "mlp_dim": (64, 128, 192)}
+    grid = WidthGrid("pad", axes, Setting(**SETTING, depth=2))
+    return build_table(grid, FakeBackend(padded), tmp_path / "t.json",
+                       BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full"), progress=False)
+
+
+def test_the_warp_keeps_multiples_and_is_strictly_increasing() -> None:
+    w = AxisWarp(16, 0.3)
+    assert w(np.array([32, 48, 64])).tolist() == [32, 48, 64]
+    assert float(w(65)) == pytest.approx(65 + 0.3 * 15) and float(w(79)) == pytest.approx(79 + 0.3)
+    xs = np.arange(1, 400, dtype=float)
+    assert np.all(np.diff(w(xs)) > 0)  # so warped knots stay a valid grid
+    for bad in ((16, 1.0), (16, -0.1), (0, 0.5), (True, 0.5)):
+        with pytest.raises(ValueError):
+            AxisWarp(*bad)  # type: ignore[arg-type]
+
+
+def test_lookups_interpolate_in_warped_width(tmp_path: Path) -> None:
+    t = built(tmp_path)
+    w = AxisWarp(16, 0.4)
+    a = with_warps(t, {"embed_dim": w})
+    e_axis = list(t.axes["embed_dim"])
+    cell = (2, 16, 8, 128)
+    col = t.values[:, 0, 1, 0, 1]  # the cells along EMB at heads 2, QK 16, V 8, MLP 128
+    for e in (32, 40, 48, 65, 71, 72, 90):
+        # by hand: the two neighbouring knots, the fraction of the way between them in warped width
+        i = max(j for j, k in enumerate(e_axis) if k <= e) if e < e_axis[-1] else len(e_axis) - 2
+        k0, k1 = e_axis[i], e_axis[i + 1]
+        f = (float(w(e)) - float(w(k0))) / (float(w(k1)) - float(w(k0)))
+        want = col[i] + f * (col[i + 1] - col[i])
+        assert a.lookup([(e, *cell)])[0] == pytest.approx(want, rel=1e-12)
+    assert np.allclose(a.lookup([(k, *cell) for k in e_axis]), t.lookup([(k, *cell) for k in e_axis]))
+    # EMB 65 is just past a step: the warp prices it above the linear interpolation, EMB 64 and 72 alike
+    assert a.lookup([(65, *cell)])[0] > t.lookup([(65, *cell)])[0] * 1.02
+    # the half blocks are warped alike (a row without attention is priced by the MLP half)
+    assert a.lookup([(65, 0, 0, 0, 128)])[0] > t.lookup([(65, 0, 0, 0, 128)])[0]
+
+
+def test_probe_widths_straddle_the_steps() -> None:
+    ws = probe_widths(32, 96, 24)
+    assert len(ws) <= 24 and ws[0] == 32 and ws[-1] == 96
+    for k in (48, 64, 80):  # every multiple of 16 with its neighbours: a step there is a jump between them
+        assert {k - 1, k, k + 1} <= set(ws)
+    assert {40, 41, 56, 57} <= set(ws)  # multiples of 8 and the width past them: a step of 8 shows too
+    coarse = probe_widths(8, 384, 24)
+    assert len(coarse) <= 24 and {127, 128, 129, 256, 257} <= set(coarse) and all(8 <= w <= 384 for w in coarse)
+
+
+def test_fit_error_is_blind_to_scale_and_offset_in_log() -> None:
+    p = np.array([1.0, 2.0, 3.0, 5.0])
+    assert fit_error(p, 3 * p**1.1) == pytest.approx(0, abs=1e-12)
+    assert fit_error(p, p * np.array([1, 1.1, 1, 1])) > 0.02
+
+
+def test_the_probe_recovers_a_known_step_and_leaves_linear_axes_alone(tmp_path: Path) -> None:
+    t = built(tmp_path)
+    probed = probe(t, FakeBackend(padded), widths=24, passes=1, axes=("embed_dim", "mlp_dim"))
+    assert {63, 64, 65} <= {int(x) for x in probed["embed_dim"]["widths"]}
+    out = align_table(t, probed, settings={"passes": 1})
+    rec = out.metadata["alignment"]["axes"]
+    emb = rec["embed_dim"]
+    assert emb["kept"] and emb["quantum"] == 16 and emb["alpha"] == pytest.approx(0.5)
+    assert emb["error_warped"] < 1e-6 < emb["error_linear"]
+    assert not rec["mlp_dim"]["kept"]  # the backend's MLP width is linear: no step is invented
+    assert set(out.warps) == {"embed_dim"}
+    # the aligned table prices an off-step model as the backend runs it; the plain one underprices it
+    cfg = axis_config(t, "embed_dim", 69)
+    measured = FakeBackend(padded).model(cfg, t.batch_size).time(1)[0]
+    assert out.predict(cfg).total_s == pytest.approx(measured, rel=1e-3)
+    assert t.predict(cfg).blocks_s < out.predict(cfg).blocks_s * 0.98
+
+
+def test_fit_axis_keeps_nothing_on_noise(tmp_path: Path) -> None:
+    t = built(tmp_path)
+    ws = probe_widths(32, 96, 24)
+    linear = [t.predict(axis_config(t, "embed_dim", w)).total_s for w in ws]
+    rng = np.random.default_rng(0)
+    measured = np.asarray(linear) * np.exp(rng.normal(0, 0.003, len(ws)))  # linear truth, 0.3% noise
+
+    def predict(warp: AxisWarp | None) -> list[float]:
+        tt = with_warps(t, {} if warp is None else {"embed_dim": warp})
+        return [tt.predict(axis_config(t, "embed_dim", w)).total_s for w in ws]
+
+    assert not fit_axis(ws, measured.tolist(), predict)["kept"]
+    with pytest.raises(ConfigError, match=">= 4"):
+        fit_axis(ws[:3], measured[:3].tolist(), predict)
+
+
+def test_the_record_round_trips_is_validated_and_drops_calibrations_when_predictions_move(tmp_path: Path) -> None:
+    from revit.latency.table import resolve_table
+
+    doc = json.loads(resolve_table("cpu_onnxruntime_fp32_bs64_t17").read_text())
+    doc["metadata"].pop("alignment", None)  # the shipped table as built, smoothed and calibrated
+    shipped = LatencyTable.from_dict(doc)
+    assert shipped.calibrations and not shipped.warps
+    raw = shipped.uncalibrated()
+    ws = probe_widths(32, 96, 24)
+    cfgs = [axis_config(raw, "embed_dim", w) for w in ws]
+
+    def probed(t: LatencyTable) -> dict[str, dict[str, list[float]]]:
+        return {"embed_dim": {"widths": [float(w) for w in ws], "measured": [t.predict(c).total_s for c in cfgs]}}
+
+    still = align_table(shipped, probed(raw))  # measured as the table interpolates: no step, nothing moves
+    assert not still.warps and still.calibrations == shipped.calibrations
+    out = align_table(shipped, probed(with_warps(raw, {"embed_dim": AxisWarp(16, 0.5)})))
+    assert out.warps == {"embed_dim": AxisWarp(16, 0.5)}
+    assert "calibrations" not in out.metadata and out.calibration is None
+    out.save(tmp_path / "a.json")
+    back = LatencyTable.load(tmp_path / "a.json")
+    assert back.warps == out.warps and back.metadata["alignment"]["axes"] == out.metadata["alignment"]["axes"]
+    doc = json.loads((tmp_path / "a.json").read_text())
+    for axes, match in (({"embed_dim": {"quantum": 16, "alpha": 1.5, "kept": True}}, "alpha"),
+                        ({"heads": {"quantum": 4, "alpha": 0.5, "kept": True}}, "heads"),
+                        ({"embed_dim": {"quantum": 16, "alpha": 0.5, "kept": "yes"}}, "kept")):
+        doc["metadata"]["alignment"] = {"axes": axes}
+        with pytest.raises(FileFormatError, match=match):
+            LatencyTable.from_dict(doc)
+    doc["metadata"]["alignment"] = ["no"]
+    with pytest.raises(FileFormatError, match="alignment"):
+        LatencyTable.from_dict(doc)
+
+
+def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``revit latency align``: wired to the probe (stood in for here: the real one exports and times whole models,
+    ``make test-slow``), its record and its refusals."""
+    from revit.cli.main import main
+    from revit.latency import alignment
+
+    t = built(tmp_path)
+    real = alignment.probe
+    monkeypatch.setattr(alignment, "probe", lambda table, backend, **kw: real(table, FakeBackend(padded), **kw))
+    monkeypatch.setattr("revit.latency.accuracy.backend_for_table", lambda table: FakeBackend(padded))
+    out = tmp_path / "a.json"
+    assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(out), "--axes", "embed_dim",
+                 "--passes", "1", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["table"] == str(out) and rec["axes"]["embed_dim"]["kept"] and rec["settings"]["axes"] == ["embed_dim"]
+    assert math.isclose(LatencyTable.load(out).warps["embed_dim"].alpha, 0.5)
+    assert t.metadata.get("alignment") is None  # the source table is untouched
+    assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(out)]) == 2  # exists
+    assert main(["latency", "align", "cpu_onnxruntime_fp32_bs64_t17"]) == 2  # a shipped table needs --out
+    assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(tmp_path / "b.json"),
+                 "--axes", "heads"]) == 2
+    err = capsys.readouterr().err
+    assert "heads" in err and "Traceback" not in err
