@@ -317,6 +317,7 @@ def test_widths_off_the_tables_grid_are_named_and_the_query_says_so(capsys: pyte
     assert main(["latency", "query", str(SHIPPED), str(path)]) == 0
     out = capsys.readouterr().out
     assert "off the table's grid (embed_dim 71; qk_dim 13; mlp_dim 201)" in out
+    assert "alignment found (embed_dim, qk_dim)" in out  # the shipped table is aligned on those axes
     on.save(path)
     assert main(["latency", "query", str(SHIPPED), str(path)]) == 0
     assert "off the table's grid" not in capsys.readouterr().out

@@ -328,8 +328,11 @@ def _query_lines(table: Any, cfg: Any, model: str, pred: Any, savings: list[dict
     lines.append(f"calibration: {table.calibration_label}")
     off = table.off_grid(cfg)
     if off:
-        lines.append(f"note: widths off the table's grid ({'; '.join(off)}) are interpolated; a backend may run them "
-                     f"slower than the grid's neighbours (round them to the grid to deploy what the table prices)")
+        steps = (f"priced past the kernel steps the table's alignment found ({', '.join(table.warps)})"
+                 if table.warps else "a backend may run them slower than the grid's neighbours (`revit latency "
+                                     "align` prices such steps)")
+        lines.append(f"note: widths off the table's grid ({'; '.join(off)}) are interpolated, {steps}; round them "
+                     f"to the grid to deploy what the table measured")
     if not pred.fixed_known:
         lines.append(f"note: {pred.note}")
     for i, (b, s) in enumerate(zip(cfg.blocks, pred.per_block_s, strict=True)):
