@@ -29,7 +29,7 @@ from revit import __version__
 from revit.config import WIDTH_KINDS, BlockDims
 from revit.errors import ConfigError, FileFormatError
 
-ALIGN_AXES = ("embed_dim", "qk_dim", "v_dim", "mlp_dim")
+ALIGN_AXES = tuple(k for k in WIDTH_KINDS if k != "heads")  # heads is a count, not a vector width
 QUANTA = (4, 8, 16, 32, 64)
 ALPHAS = tuple(round(0.05 * i, 2) for i in range(20))  # 0 .. 0.95: alpha < 1 keeps the warped knots increasing
 MIN_GAIN = 0.1  # the warp must cut the probe's cross-validated error by a tenth ...
