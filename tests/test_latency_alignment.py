@@ -179,6 +179,10 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeyp
     assert rec["table"] == str(out) and rec["axes"]["embed_dim"]["kept"] and rec["settings"]["axes"] == ["embed_dim"]
     assert math.isclose(LatencyTable.load(out).warps["embed_dim"].alpha, 0.5)
     assert t.metadata.get("alignment") is None  # the source table is untouched
+    assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(tmp_path / "c.json"), "--axes",
+                 "embed_dim,mlp_dim", "--passes", "1", "--no-progress"]) == 0
+    text = capsys.readouterr().err
+    assert "embed_dim: step 16, alpha 0.5" in text and "mlp_dim: linear" in text and "aligned: embed_dim" in text
     assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(out)]) == 2  # exists
     assert main(["latency", "align", "cpu_onnxruntime_fp32_bs64_t17"]) == 2  # a shipped table needs --out
     assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(tmp_path / "b.json"),

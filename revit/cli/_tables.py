@@ -1,5 +1,6 @@
-"""Where the latency commands that rewrite a table write it (``calibrate``, ``smooth``, ``transfer``), and
-``revit latency smooth`` itself.  Kept apart from :mod:`revit.cli.latency` so that module stays one page."""
+"""Where the latency commands that rewrite a table write it (``calibrate``, ``smooth``, ``align``, ``transfer``),
+and ``revit latency smooth`` and ``revit latency align`` themselves.  Kept apart from :mod:`revit.cli.latency`
+so that module stays one page."""
 
 from __future__ import annotations
 
@@ -129,8 +130,8 @@ def _align(a: argparse.Namespace) -> int:
                    progress=not a.no_progress)
     seconds = round(time.perf_counter() - t0, 1)
     out = align_table(table, probed, settings={"axes": list(axes), "widths": a.widths, "passes": a.passes,
-                                               "seed": a.seed,
-                                               "seconds": seconds, "device": backend.info()["device"]})
+                                               "seed": a.seed, "seconds": seconds,
+                                               "device": backend.info()["device"]})
     out.save(target)
     rec = out.metadata["alignment"]
     if a.json:
@@ -138,8 +139,8 @@ def _align(a: argparse.Namespace) -> int:
         return 0
     for axis, f in rec["axes"].items():
         verdict = f"step {f['quantum']}, alpha {f['alpha']:g}" if f["kept"] else "linear (no clear step)"
-        info(f"  {axis}: {verdict}; probe interpolation error {f['error_linear']:.2%} linear, "
-             f"{f['error_warped']:.2%} warped ({f['widths']} widths)")
+        info(f"  {axis}: {verdict}; error {f['error_linear']:.2%} linear, {f['error_warped']:.2%} warped; left "
+             f"out one at a time {f['cv_linear']:.2%} -> {f['cv_warped']:.2%} ({f['widths']} models)")
     if table.calibrations and not out.calibrations:
         warn(f"{a.table}'s calibrations were fitted to the predictions before aligning and are dropped: run "
              f"`revit latency calibrate {target}`")
