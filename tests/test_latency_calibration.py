@@ -53,7 +53,10 @@ def held_out_errors(cal_table: LatencyTable, cfgs: list[Any]) -> tuple[np.ndarra
 
 def test_a_table_built_under_load_is_brought_back_within_5_percent(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    loaded = loaded_copy(tmp_path / "loaded.json", 1.3)
+    # 1.6x, not the 1.3x (asserted exactly on the deterministic machine below): this machine's own speed
+    # moves by 15-25% within hours (2026-12-07: whole models x1.139 of the build at 13:06, x0.995 at 16:05), and a
+    # fresh-clone CI run found a 1.3x copy only 4.6% off one model, too close to tell from the calibration's noise
+    loaded = loaded_copy(tmp_path / "loaded.json", 1.6)
     before = os.stat(loaded).st_mtime_ns
     assert main(["latency", "calibrate", str(loaded), "--models", "3", "--passes", "2", "--json",
                  "--no-progress"]) == 0
@@ -68,7 +71,7 @@ def test_a_table_built_under_load_is_brought_back_within_5_percent(tmp_path: Pat
     widest, _narrowest, middle = calibration_configs(raw, 3)  # the narrowest (~2 ms) is the noisiest ratio
     held_out = [widest, middle]
     after, without = held_out_errors(cal_table, held_out)
-    # the loaded build's own predictions are off by the 1.3x of its build day and more (this machine is not the
+    # the loaded build's own predictions are off by the 1.6x of its build day and more (this machine is not the
     # one that built the shipped table); calibrated, they are closer.  On an idle machine they are
     # within 5% (docs/evidence/latency.md); on a busy CI machine the measurement itself moves by 10-20%, so the
     # exact 5% is asserted on a deterministic machine below.

@@ -97,7 +97,7 @@ def axis_list(text: str) -> tuple[str, ...]:
 def register_align(lsub: Any) -> None:
     """``revit latency align``: its parser."""
     s = add_command(lsub, "align", "probe the widths between a table's knots on this machine (kernel steps: EMB 65 "
-                                   "costs more than 64 plus an eighth) and price them so; writes a new table",
+                                   "costs more than 64 plus an eighth) and price them so (in place, or --out)",
                     "revit latency align my_table.json   (a shipped table: --out my_copy.json)")
     s.add_argument("table")
     s.add_argument("--out", help="write the aligned table here (default: the table file itself, in place; a "
