@@ -163,14 +163,11 @@ def test_the_record_round_trips_is_validated_and_drops_calibrations_when_predict
 
 
 def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """``revit latency align``: wired to the probe (stood in for here: the real one exports and times whole models,
-    ``make test-slow``), its record and its refusals."""
+    """``revit latency align``: the probe and fit on the table's backend (the padding fake stands in for
+    onnxruntime, whose probe exports and times whole models for minutes), its record, output and refusals."""
     from revit.cli.main import main
-    from revit.latency import alignment
 
     t = built(tmp_path)
-    real = alignment.probe
-    monkeypatch.setattr(alignment, "probe", lambda table, backend, **kw: real(table, FakeBackend(padded), **kw))
     monkeypatch.setattr("revit.latency.accuracy.backend_for_table", lambda table: FakeBackend(padded))
     out = tmp_path / "a.json"
     assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(out), "--axes", "embed_dim",

@@ -15,6 +15,7 @@ A table of schema v1, or an NViT import, has no half grids: asked to price an ab
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -49,8 +50,12 @@ class Grid:
         self._interp: Any = None
 
     def warped(self, warps: Mapping[str, Callable[[Any], np.ndarray]]) -> Grid:
-        """This grid (same values) interpolating in the widths ``warps`` maps to (replacing any warps it had)."""
-        return Grid(self.names, self.axes, self.values, self.spread, self.source, warps=warps)
+        """This grid (same values, validated once already) interpolating in the widths ``warps`` maps to (replacing
+        any warps it had)."""
+        out = copy.copy(self)
+        out.warps = {a: w for a, w in warps.items() if a in self.names}
+        out._interp = None  # built on the new warped knots at the first lookup
+        return out
 
     def check_range(self, points: np.ndarray) -> None:
         """Refuse (one :class:`TableRangeError` naming the axis) a point outside the measured range."""
