@@ -574,6 +574,68 @@ def test_held_out_speedups_of_an_exact_table_and_of_a_blind_one(tmp_path: Path) 
     assert s["all"]["median"] == pytest.approx(np.median(errs)) and s["pruned"]["n"] == 3 and s["random"]["n"] == 2
 
 
+class _Session(Workload):
+    """A whole model as one session runs it: its true time times that session's own speed factor."""
+
+    def __init__(self, v: float, luck: float, closed: list[int]) -> None:
+        self.v, self.closed = v * luck, closed
+
+    def time(self, n: int) -> list[float]:
+        return [self.v] * n
+
+    def close(self) -> None:
+        self.closed.append(1)
+
+
+class SessionLuck(FakeBackend):
+    """Every whole model opened gets its own speed factor (a session's memory layout): the k-th session of the i-th
+    model runs at ``LUCK[(i + k) % 5]``, whose median is 1."""
+
+    LUCK = (1.05, 0.97, 1.0, 1.03, 0.95)
+
+    def __init__(self, fn: Callable[[int, BlockDims], float], reopen: bool, **kw: Any) -> None:
+        super().__init__(fn, **kw)
+        self.reopen, self.opened, self.closed = reopen, 0, []
+        self.seen: dict[ViTConfig, list[int]] = {}
+
+    @property
+    def reopen_models(self) -> bool:
+        return self.reopen
+
+    def model(self, cfg: ViTConfig, batch: int) -> Workload:
+        self.opened += 1
+        i_k = self.seen.setdefault(cfg, [len(self.seen), 0])
+        luck = self.LUCK[sum(i_k) % 5]
+        i_k[1] += 1
+        return _Session(super().model(cfg, batch).time(1)[0], luck, self.closed)
+
+
+def test_whole_models_are_opened_afresh_each_pass_where_the_backend_says_so(tmp_path: Path) -> None:
+    """Where sessions differ in speed and opening is cheap, a median over passes is also one over sessions: the
+    held-out speedups of an exact table are exact again, where one session per model leaves its speed in them."""
+    from revit.latency.speedups import HeldOut, time_speedups
+
+    t = build_table(micro_grid(), FakeBackend(stepped), tmp_path / "t.json",
+                    BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0), progress=False)
+    cfgs = random_configs(t, 6, seed=5)
+    base, held = cfgs[0], [HeldOut("random", f"c{i}", c) for i, c in enumerate(cfgs[1:])]
+    b = SessionLuck(stepped, reopen=False)
+    rows, _ = time_speedups(t, b, base, held, passes=5, warmup=0, repeats=1, progress=False)
+    assert b.opened == len(cfgs) and len(b.closed) == b.opened
+    order = {c: i for c, (i, _) in b.seen.items()}  # one session each: its luck stays in the speedup
+    for r in rows:
+        assert r.error == pytest.approx(SessionLuck.LUCK[order[r.config] % 5] / SessionLuck.LUCK[order[base] % 5] - 1)
+    assert max(abs(r.error) for r in rows) > 0.05
+    b = SessionLuck(stepped, reopen=True)
+    rows, _ = time_speedups(t, b, base, held, passes=5, warmup=0, repeats=1, progress=False)
+    assert b.opened == 5 * len(cfgs) and len(b.closed) == b.opened
+    assert max(abs(r.error) for r in rows) < 1e-9
+    b = SessionLuck(stepped, reopen=True)  # validate (calibrate, align, transfer and room time through it) too
+    r = validate(t, b, 4, seed=2, noise_k=0, passes=5, warmup=0, repeats=1, model_source="graph", progress=False)
+    assert b.opened == 5 * 4 and len(b.closed) == b.opened
+    assert max(abs(m / p - 1) for m, p in zip(r.measured, r.predicted, strict=True)) < 1e-9
+
+
 def per_head_bend(e: int, d: BlockDims) -> float:
     """An attention whose cost bends with the head count (a kernel per head) and an MLP with a step: additive."""
     heads = 3e-5 * d.heads ** 2 if d.heads else 0.0

@@ -17,6 +17,8 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,24 +217,63 @@ def model_source_for(backend: Backend, source: str | None) -> str:
     return source
 
 
-def model_workload(backend: Backend, cfg: ViTConfig, batch: int, source: str, tmp: str) -> Workload:
-    """A whole model of ``cfg`` ready to time on ``backend``: exported into folder ``tmp``, or the backend's graph."""
-    if source == "graph":
-        return backend.model(cfg, batch)
+class WholeModel:
+    """A whole model of ``cfg`` to time on ``backend``: exported once into folder ``tmp`` with ``torch.onnx`` (source
+    ``exported``) or the backend's own graph (``graph``), then opened for each timing visit.
+
+    Where :attr:`Backend.reopen_models` (onnxruntime on CPU) every visit opens a fresh session, so a median over
+    passes is also a median over sessions: a session's own memory layout moves a whole model's speed by about 1%
+    there, which one session would freeze into every pass. Elsewhere one workload is opened and kept."""
+
+    def __init__(self, backend: Backend, cfg: ViTConfig, batch: int, source: str, tmp: str) -> None:
+        self.backend, self.cfg, self.batch = backend, cfg, batch
+        self.path: str | None = None
+        self.opened = 0
+        if source != "graph":
+            self.path = _export(backend, cfg, batch, tmp)
+        self._kept = None if backend.reopen_models else self._open()
+
+    def _open(self) -> Workload:
+        self.opened += 1
+        if self.path is None:
+            return self.backend.model(self.cfg, self.batch)
+        w: Workload = self.backend.onnx_file(self.path, self.cfg, self.batch)  # type: ignore[attr-defined]
+        return w
+
+    @contextmanager
+    def visit(self) -> Iterator[Workload]:
+        """The workload to time now: a fresh one, closed afterwards, or the one kept."""
+        if self._kept is not None:
+            yield self._kept
+            return
+        w = self._open()
+        try:
+            yield w
+        finally:
+            w.close()
+
+    def close(self) -> None:
+        """Release the kept workload, if any."""
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+
+
+def _export(backend: Backend, cfg: ViTConfig, batch: int, tmp: str) -> str:
+    """``cfg``'s revit model exported with ``torch.onnx`` into a new file in folder ``tmp``; its path."""
     import torch
 
     from revit.models import build_model
     from revit.models.export import export_onnx
 
-    onnx_file = getattr(backend, "onnx_file", None)
-    if onnx_file is None:
+    if getattr(backend, "onnx_file", None) is None:
         raise ConfigError("--model-source exported needs a backend that runs ONNX files (onnxruntime); "
                           "give --model-source graph")
-    path = os.path.join(tmp, f"m{id(cfg)}.onnx")
+    fd, path = tempfile.mkstemp(suffix=".onnx", dir=tmp)
+    os.close(fd)
     model = build_model(cfg).eval()
     export_onnx(model, path, torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size))
-    w: Workload = onnx_file(path, cfg, batch)
-    return w
+    return path
 
 
 def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int = 1, noise_k: int = 10,
@@ -258,22 +299,23 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
     ref = Reference.of_table(table, backend, warmup)
     got: dict[int, list[float]] = {i: [] for i in items}
     ratio: dict[int, list[float]] = {i: [] for i in items}
-    loads: dict[int, Workload] = {}
+    loads: dict[int, WholeModel] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for i in items:
-                loads[i] = model_workload(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
+                loads[i] = WholeModel(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
             with tqdm(total=len(items) * passes, desc="validate", unit="model", disable=not progress,
                       leave=False) as bar:
                 for i in shuffled_passes(items, passes, seed):
-                    t, refs = time_bracketed(loads[i], warmup, repeats, ref)
+                    with loads[i].visit() as w:
+                        t, refs = time_bracketed(w, warmup, repeats, ref)
                     got[i] += t
                     r = ref_level(refs)
                     ratio[i] += [x / r for x in t]
                     bar.update(1)
     finally:
-        for w in loads.values():
-            w.close()
+        for m in loads.values():
+            m.close()
         if ref is not None:
             ref.close()
     raw = [float(np.median(got[i])) for i in range(len(cfgs))]

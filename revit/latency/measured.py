@@ -127,15 +127,16 @@ class ExportedTimer:
         self.warmup, self.repeats = int(meas.get("warmup") or 2), int(meas.get("repeats") or 5)
 
     def __call__(self, cfg: ViTConfig) -> float:
-        from revit.latency.accuracy import model_workload
+        from revit.latency.accuracy import WholeModel
 
         with tempfile.TemporaryDirectory() as tmp:
-            w = model_workload(self.backend, cfg, self.table.batch_size, self.source, tmp)
+            model = WholeModel(self.backend, cfg, self.table.batch_size, self.source, tmp)
             try:
                 samples: list[float] = []
                 for _ in range(self.passes):
-                    w.time(self.warmup)
-                    samples += w.time(self.repeats)
+                    with model.visit() as w:
+                        w.time(self.warmup)
+                        samples += w.time(self.repeats)
             finally:
-                w.close()
+                model.close()
         return float(np.median(samples))

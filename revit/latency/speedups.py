@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from revit.config import ViTConfig
-from revit.latency.backends.base import Backend, Workload
+from revit.latency.backends.base import Backend
 from revit.latency.table import LatencyTable
 from revit.latency.timing import shuffled_passes
 
@@ -88,7 +88,7 @@ def time_speedups(table: LatencyTable, backend: Backend, base: ViTConfig, config
     """Export and time ``base`` and every config, interleaved; the rows and the seconds the timing took."""
     from tqdm import tqdm
 
-    from revit.latency.accuracy import model_source_for, model_workload
+    from revit.latency.accuracy import WholeModel, model_source_for
 
     meas = table.metadata.get("measurement") or {}
     warmup = int(meas.get("warmup") or 2) if warmup is None else warmup
@@ -96,21 +96,22 @@ def time_speedups(table: LatencyTable, backend: Backend, base: ViTConfig, config
     source = model_source_for(backend, model_source)
     cfgs = [base] + [h.config for h in configs]
     samples: dict[int, list[float]] = {i: [] for i in range(len(cfgs))}
-    loads: dict[int, Workload] = {}
+    loads: dict[int, WholeModel] = {}
     t0 = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for i, c in enumerate(tqdm(cfgs, desc="export", unit="model", disable=not progress, leave=False)):
-                loads[i] = model_workload(backend, c, table.batch_size, source, tmp)
+                loads[i] = WholeModel(backend, c, table.batch_size, source, tmp)
             t0 = time.perf_counter()
             with tqdm(total=len(cfgs) * passes, desc="time", unit="model", disable=not progress, leave=False) as bar:
                 for i in shuffled_passes(list(range(len(cfgs))), passes, seed):
-                    loads[i].time(warmup)
-                    samples[i] += loads[i].time(repeats)
+                    with loads[i].visit() as w:
+                        w.time(warmup)
+                        samples[i] += w.time(repeats)
                     bar.update(1)
     finally:
-        for w in loads.values():
-            w.close()
+        for m in loads.values():
+            m.close()
     seconds = time.perf_counter() - t0
     med = [float(np.median(samples[i])) for i in range(len(cfgs))]
     base_pred = table.predict(base).total_s

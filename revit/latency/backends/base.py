@@ -97,6 +97,13 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release shared resources."""
 
+    @property
+    def reopen_models(self) -> bool:
+        """Whether whole models are opened afresh for every timing pass, so that a median over passes is also one
+        over sessions: True where opening is cheap and each session's own memory layout moves its speed; False
+        (the default) where opening costs seconds, as a TensorRT engine build does."""
+        return False
+
     @classmethod
     def default_clock(cls, device: str, threads: int | None) -> str:
         """The clock ``--clock auto`` picks for this backend on ``device`` with ``threads``."""

@@ -145,6 +145,12 @@ class OrtBackend(Backend):
             raise BackendUnavailableError(f"onnxruntime fell back to {used} instead of {self.provider}")
         return sess
 
+    @property
+    def reopen_models(self) -> bool:
+        """On CPU a session opens in milliseconds, and whole micro models differ by about 1% (sd) from one session to
+        the next (docs/evidence/latency.md); the TensorRT provider builds an engine per session."""
+        return self.device == "cpu"
+
     def block(self, embed_dim: int, dims: BlockDims, tokens: int, batch: int) -> Workload:
         rng = np.random.default_rng(embed_dim * 7919 + dims.mlp_dim)
         x = rng.standard_normal((batch, tokens, embed_dim)).astype(np.float32)
