@@ -3,9 +3,9 @@
 Both runs start from the same base weights and prune with the same criterion, schedule and data to
 the same MACs target; one penalises each unit by its latency saving from the shipped onnxruntime
 micro table (``--eta`` scale-free), the other by its MACs saving.  Both pruned models are then
-timed as whole models on onnxruntime CPU with the protocol of ``revit latency validate`` (the
-table's batch 64, one intra-op thread, thread clock, 2 warm-ups, then passes x repeats samples in
-a random order per pass so that the models interleave in time; medians).  ``--etas`` gives one pair of
+exported with ``torch.onnx`` and timed whole on onnxruntime CPU with the protocol of ``revit latency validate``
+(the table's batch 64, one intra-op thread, thread clock, 2 warm-ups, then passes x repeats samples in a random
+order per pass so that the models interleave in time, a fresh session each pass; medians).  ``--etas`` gives one pair of
 runs per penalty weight (default 1 and 4): at eta 1 the saliency dominates the choice, a larger eta
 lets the penalty steer towards units that cost more latency per MAC (on this CPU table a head costs
 3.3 ms per MMAC saved, an MLP neuron 1.9).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -28,21 +27,24 @@ TABLE = Path(__file__).resolve().parents[1] / "latency_tables" / "cpu_onnxruntim
 
 def measure_models(cfgs: list[Any], batch: int = 64, passes: int = 3, repeats: int = 5, warmup: int = 2,
                    seed: int = 0, threads: int = 1) -> list[float]:
-    """Median seconds per batch of each whole model (``revit latency validate``'s protocol, interleaved)."""
+    """Median seconds per batch of each whole model as a user deploys it (exported with ``torch.onnx``), with
+    ``revit latency validate``'s protocol: interleaved passes, a fresh onnxruntime session for each."""
+    import tempfile
+
+    from revit.latency.accuracy import WholeModel
     from revit.latency.backends.ort import OrtBackend
+    from revit.latency.timing import shuffled_passes
 
     be = OrtBackend(threads=threads, clock="thread" if threads == 1 else "wall")
-    loads = [be.model(c, batch) for c in cfgs]
     got: list[list[float]] = [[] for _ in cfgs]
-    rng = random.Random(seed)
-    for _ in range(passes):
-        order = list(range(len(cfgs)))
-        rng.shuffle(order)
-        for i in order:
-            loads[i].time(warmup)
-            got[i] += loads[i].time(repeats)
-    for w in loads:
-        w.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        models = [WholeModel(be, c, batch, "exported", tmp) for c in cfgs]
+        for i in shuffled_passes(list(range(len(cfgs))), passes, seed):
+            with models[i].visit() as w:
+                w.time(warmup)
+                got[i] += w.time(repeats)
+        for m in models:
+            m.close()
     be.close()
     return [float(np.median(g)) for g in got]
 

@@ -228,9 +228,12 @@ def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes:
         # the reference block during this calibration against its build median (the build day's load in one
         # number), from the same timings that bracketed the models: raw seconds over reference-normalised ones
         ref_ratio = float(np.median(np.asarray(r.raw_measured) / np.asarray(r.measured)))
-    # each model's samples were divided by the reference timed around them (load changes during the calibration
-    # cancel) and put back in seconds at the reference's level now; without a reference, the raw seconds
-    now = [m * ref_ratio for m in r.measured] if ref_ratio is not None else r.raw_measured
+    # the fit is on raw seconds, as a deployed model (and a held-out speedup) sees them: the models interleave in
+    # passes, so load changes spread over all of them. Dividing by the reference timed around each model would
+    # cancel those changes, but it is biased by the model's size: the reference runs faster after a small model
+    # than after a large one (on the micro table the narrowest model came out 7% dearer relative to the widest
+    # than raw seconds say, and the fitted per-model offset 0.4 ms too large; docs/evidence/latency.md)
+    now = r.raw_measured
     timed = tuple(TimedModel(c.embed_dim, c.depth, p, m) for c, p, m in zip(r.configs, r.predicted, now, strict=True))
     scale, offset = fit_scale_offset(timed)
     return Calibration(created=created, load_average=load, scale=scale, offset_s=offset, models=timed, source=source,
