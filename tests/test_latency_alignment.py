@@ -30,16 +30,19 @@ from revit.latency.table import LatencyTable
 TRUE = AxisWarp(16, 0.5)  # the fake backend's kernels: half of the padding to the next multiple of 16 costs
 
 
-def padded(e: int, d: BlockDims) -> float:
-    """A MACs-like block cost whose embedding width costs as if padded half-way to the next multiple of 16."""
+def padded(e: int, d: BlockDims, v: float | None = None, mlp: float | None = None) -> float:
+    """A MACs-like block cost whose embedding width costs as if padded half-way to the next multiple of 16 (``v`` and
+    ``mlp``: those widths as another backend runs them)."""
     w = float(TRUE(e))
-    macs = w * d.heads * (2 * d.qk_dim + d.v_dim) + d.heads * d.v_dim * w + 2 * w * d.mlp_dim
+    v = d.v_dim if v is None else v
+    mlp = d.mlp_dim if mlp is None else mlp
+    macs = w * d.heads * (2 * d.qk_dim + v) + d.heads * v * w + 2 * w * mlp
     return 1e-4 + 1e-8 * macs
 
 
-def built(tmp_path: Path) -> LatencyTable:
+def built(tmp_path: Path, v_dim: tuple[int, ...] = (8, 16)) -> LatencyTable:
     """A full-design table of the padding backend: EMB knots every 8 (half of them off the steps of 16)."""
-    axes = {"embed_dim": tuple(range(32, 97, 8)), "heads": (2,), "qk_dim": (8, 16), "v_dim": (8, 16),
+    axes = {"embed_dim": tuple(range(32, 97, 8)), "heads": (2,), "qk_dim": (8, 16), "v_dim": v_dim,
             "mlp_dim": (64, 128, 192)}
     grid = WidthGrid("pad", axes, Setting(**SETTING, depth=2))
     return build_table(grid, FakeBackend(padded), tmp_path / "t.json",
@@ -110,6 +113,60 @@ def test_the_probe_recovers_a_known_step_and_leaves_linear_axes_alone(tmp_path: 
     measured = FakeBackend(padded).model(cfg, t.batch_size).time(1)[0]
     assert out.predict(cfg).total_s == pytest.approx(measured, rel=1e-3)
     assert t.predict(cfg).blocks_s < out.predict(cfg).blocks_s * 0.98
+
+
+def padded_v(e: int, d: BlockDims) -> float:
+    """:func:`padded`, and the V width padded half-way to the next multiple of 8 as well."""
+    return padded(e, d, v=float(AxisWarp(8, 0.5)(d.v_dim)))
+
+
+def test_random_models_are_fitted_with_every_axis_warped(tmp_path: Path) -> None:
+    """Uniform models of random integer widths (:func:`odd_configs`) step on every axis at once: fitted with the axis
+    probes, in two sweeps (each axis with the others' warps of the sweep before), both true steps are recovered and
+    the random models are priced exactly."""
+    from revit.latency.alignment import RANDOM, odd_configs
+
+    t = built(tmp_path, v_dim=(8, 16, 24, 32))
+    probed = probe(t, FakeBackend(padded_v), widths=24, passes=1, axes=("embed_dim", "v_dim", "mlp_dim"), random=16)
+    cfgs = odd_configs(t, 16)
+    assert [c.to_dict() for c in cfgs] == probed[RANDOM]["configs"] and len(probed[RANDOM]["measured"]) == 16
+    assert all(len(set(c.blocks)) == 1 for c in cfgs)  # uniform: per-block draws would average the steps away
+    assert any(c.embed_dim % 8 and c.blocks[0].v_dim % 4 for c in cfgs)  # off every step at once
+    out = align_table(t, probed)
+    rec = out.metadata["alignment"]
+    assert out.warps == {"embed_dim": TRUE, "v_dim": AxisWarp(8, 0.5)} and "16 models" in rec["method"]
+    assert all(rec["axes"][a]["random"] == 16 for a in ("embed_dim", "v_dim", "mlp_dim"))
+    assert rec["axes"]["v_dim"]["error_warped"] < 1e-6 and rec["axes"]["embed_dim"]["error_warped"] < 1e-6
+    for c, m in zip(cfgs, probed[RANDOM]["measured"], strict=True):
+        assert out.predict(c).total_s == pytest.approx(m, rel=1e-3)
+
+
+def elsewhere_pads_mlp(e: int, d: BlockDims) -> float:
+    """:func:`padded`, and at every EMB but the reference cell's 64 (another kernel path) the MLP width padded to the
+    next multiple of 16: the worst case for probes along one axis at the reference cell."""
+    return padded(e, d, mlp=float(AxisWarp(16, 0.9)(d.mlp_dim)) if e != 64 else None)
+
+
+def test_random_models_show_a_step_the_reference_cell_hides(tmp_path: Path) -> None:
+    """Where the MLP steps everywhere but at the reference cell, the axis probes alone keep it linear; with uniform
+    models of random widths the MLP axis is warped, and fresh random models are priced closer."""
+    from revit.latency.alignment import odd_configs
+
+    t = built(tmp_path)
+    assert t.metadata["measurement"]["reference"]["cell"]["embed_dim"] == 64
+    backend = FakeBackend(elsewhere_pads_mlp)
+    alone = align_table(t, probe(t, backend, widths=24, passes=1, axes=("embed_dim", "mlp_dim")))
+    assert set(alone.warps) == {"embed_dim"}
+    both = align_table(t, probe(t, backend, widths=24, passes=1, axes=("embed_dim", "mlp_dim"), random=60))
+    assert both.metadata["alignment"]["axes"]["mlp_dim"]["kept"] and both.warps["mlp_dim"].quantum == 16
+    fresh = odd_configs(t, 30, seed=99)
+    truth = np.array([backend.model(c, t.batch_size).time(1)[0] for c in fresh])
+
+    def mape(table: LatencyTable) -> float:
+        pred = np.array([table.predict(c).total_s for c in fresh])
+        return float(np.mean(np.abs(pred / truth - 1)))
+
+    assert mape(both) < 0.7 * mape(alone)
 
 
 def test_fit_axis_keeps_nothing_on_noise(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
 from revit.errors import ConfigError
-from revit.input_checks import check_output_file, count, number, seed, short
+from revit.input_checks import check_output_file, count, non_negative, number, seed, short
 
 
 def smoothing(text: str) -> float | str:
@@ -107,8 +107,12 @@ def register_align(lsub: Any) -> None:
                    help="the axes probed (default: every width axis but heads); the others stay linear")
     s.add_argument("--widths", type=count(1000), default=24,
                    help="at most this many whole models per axis, straddling multiples of 4-64 (default 24)")
+    s.add_argument("--random", type=non_negative(1000), default=0,
+                   help="also this many uniform models of random integer widths, every axis off its steps at once in "
+                        "random contexts of the others; each axis is then fitted on them too (default 0: the axis "
+                        "probes alone)")
     s.add_argument("--passes", type=count(100), default=10, help="passes over the models, each in random order")
-    s.add_argument("--seed", type=seed(), default=0, help="the order of each pass")
+    s.add_argument("--seed", type=seed(), default=0, help="the order of each pass and the random models")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_align)
@@ -126,11 +130,11 @@ def _align(a: argparse.Namespace) -> int:
     backend = backend_for_table(table)
     t0 = time.perf_counter()
     axes = a.axes or ALIGN_AXES
-    probed = probe(table, backend, widths=a.widths, passes=a.passes, seed=a.seed, axes=axes,
+    probed = probe(table, backend, widths=a.widths, passes=a.passes, seed=a.seed, axes=axes, random=a.random,
                    progress=not a.no_progress)
     seconds = round(time.perf_counter() - t0, 1)
-    out = align_table(table, probed, settings={"axes": list(axes), "widths": a.widths, "passes": a.passes,
-                                               "seed": a.seed, "seconds": seconds,
+    out = align_table(table, probed, settings={"axes": list(axes), "widths": a.widths, "random": a.random,
+                                               "passes": a.passes, "seed": a.seed, "seconds": seconds,
                                                "device": backend.info()["device"]})
     out.save(target)
     rec = out.metadata["alignment"]
@@ -140,7 +144,8 @@ def _align(a: argparse.Namespace) -> int:
     for axis, f in rec["axes"].items():
         verdict = f"step {f['quantum']}, alpha {f['alpha']:g}" if f["kept"] else "linear (no clear step)"
         info(f"  {axis}: {verdict}; error {f['error_linear']:.2%} linear, {f['error_warped']:.2%} warped; left "
-             f"out one at a time {f['cv_linear']:.2%} -> {f['cv_warped']:.2%} ({f['widths']} models)")
+             f"out one at a time {f['cv_linear']:.2%} -> {f['cv_warped']:.2%} ({f['widths']} models"
+             f"{' + ' + str(f['random']) + ' random' if f.get('random') else ''})")
     if table.calibrations and not out.calibrations:
         warn(f"{a.table}'s calibrations were fitted to the predictions before aligning and are dropped: run "
              f"`revit latency calibrate {target}`")

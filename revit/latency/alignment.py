@@ -74,8 +74,9 @@ def fit_error(predicted: Any, measured: Any) -> float:
 
 def fit_axis(widths: Sequence[float], measured: Sequence[float],
              predict: Callable[[AxisWarp | None], Sequence[float]]) -> dict[str, Any]:
-    """The (quantum, alpha) under which the models probed along one axis (at ``widths``) are best predicted, and
-    whether it is kept: ``{"quantum", "alpha", "error_linear", "error_warped", "cv_linear", "cv_warped", "kept"}``.
+    """The (quantum, alpha) under which the models probed along one axis (at ``widths``; ``measured`` may go on
+    with other models whose predictions the warp moves too) are best predicted, and whether it is kept:
+    ``{"quantum", "alpha", "error_linear", "error_warped", "cv_linear", "cv_warped", "kept"}``.
 
     ``predict(warp)`` gives the table's predictions of those models with the axis warped (``None``: linear).
     Quanta wider than half the widths' span are not tried (one step is not a period).  A width's own cost varies
@@ -89,7 +90,7 @@ def fit_axis(widths: Sequence[float], measured: Sequence[float],
     preds = [np.asarray(predict(c), dtype=np.float64) for c in cands]
     errs = [fit_error(p, measured) for p in preds]
     best = int(np.argmin(errs))
-    n = len(widths)
+    n = len(measured)  # the axis's own models, then any random ones (:func:`odd_configs`)
     loo_linear, loo_chosen = [], []
     for i in range(n):
         rows = np.arange(n) != i
@@ -152,21 +153,53 @@ def probe_configs(table: Any, widths: int, axes: Sequence[str] = ALIGN_AXES) -> 
     return out
 
 
+def odd_configs(table: Any, n: int, seed: int = 0) -> list[Any]:
+    """``n`` uniform whole models at the table's setting and depth whose widths are random integers inside the
+    table's range (not on the space's granularity): every axis off its kernels' steps at once, in random contexts
+    of the other widths, where the axis probes vary one axis at the reference cell.  Uniform, since random widths
+    per block would average the steps of the blocks into one constant share that a scale absorbs."""
+    import random
+
+    from revit.config import ViTConfig
+    from revit.latency.accuracy import setting_of
+
+    rng = random.Random(seed)
+    setting, depth = setting_of(table)
+
+    def draw(axis: str) -> int:
+        return rng.randint(int(math.ceil(table.axes[axis][0])), int(math.floor(table.axes[axis][-1])))
+
+    out = []
+    for _ in range(n):
+        e = draw("embed_dim")
+        dims = BlockDims(draw("heads"), draw("qk_dim"), draw("v_dim"), draw("mlp_dim"))
+        out.append(ViTConfig(embed_dim=e, blocks=(dims,) * depth, **setting))
+    return out
+
+
+RANDOM = "random"  # the key of :func:`probe`'s random models (:func:`odd_configs`), beside the axes'
+
+
 def probe(table: Any, backend: Any, *, widths: int = 24, passes: int = 10, seed: int = 0,
-          axes: Sequence[str] = ALIGN_AXES, source: str | None = None,
-          progress: bool = False) -> dict[str, dict[str, list[float]]]:
+          axes: Sequence[str] = ALIGN_AXES, random: int = 0, source: str | None = None,
+          progress: bool = False) -> dict[str, dict[str, list[Any]]]:
     """Time whole models (exported, as a user deploys them, where the backend runs ONNX files) along each axis of
-    :data:`ALIGN_AXES` (:func:`probe_configs`), interleaved in ``passes`` random passes with the reference block
-    around each: ``{axis: {"widths": [...], "measured": [s, ...]}}`` in the units of the table's cells."""
+    :data:`ALIGN_AXES` (:func:`probe_configs`) and ``random`` models of random widths (:func:`odd_configs`),
+    interleaved in ``passes`` random passes with the reference block around each: ``{axis: {"widths": [...],
+    "measured": [s, ...]}}`` in the units of the table's cells, and ``{"random": {"configs": [config dicts],
+    "measured": [...]}}`` where ``random`` > 0."""
     from revit.latency.accuracy import validate
 
-    probes = probe_configs(table, widths, axes)
+    probes: list[tuple[str, Any, Any]] = list(probe_configs(table, widths, axes))
+    probes += [(RANDOM, c.to_dict(), c) for c in odd_configs(table, random, seed)]
     r = validate(table.uncalibrated(), backend, len(probes), seed=seed, noise_k=0, passes=passes,
                  model_source=source, progress=progress, configs=[c for _, _, c in probes])
-    out: dict[str, dict[str, list[float]]] = {a: {"widths": [], "measured": []} for a in axes}
-    for (axis, w, _), m in zip(probes, r.measured, strict=True):
-        out[axis]["widths"].append(float(w))
-        out[axis]["measured"].append(float(m))
+    out: dict[str, dict[str, list[Any]]] = {a: {"widths": [], "measured": []} for a in axes}
+    if random:
+        out[RANDOM] = {"configs": [], "measured": []}
+    for (key, w, _), m in zip(probes, r.measured, strict=True):
+        out[key]["configs" if key == RANDOM else "widths"].append(w if key == RANDOM else float(w))
+        out[key]["measured"].append(float(m))
     return out
 
 
@@ -180,29 +213,45 @@ def with_warps(table: Any, warps: Mapping[str, AxisWarp]) -> Any:
                         fixed_note=table.fixed_note, source=table.source, branches=table.branches, calibrated=False)
 
 
-def align_table(table: Any, probed: Mapping[str, Mapping[str, Sequence[float]]], *,
+def align_table(table: Any, probed: Mapping[str, Mapping[str, Sequence[Any]]], *,
                 settings: Mapping[str, Any] | None = None) -> Any:
-    """``table`` with ``metadata.alignment`` fitted from ``probed`` (:func:`probe`'s result), each axis on its own
-    (the others linear).  Where the warps kept differ from the table's, its calibrations are dropped: predictions
-    off the knots moved (``revit latency calibrate`` again).  A table aligned before is aligned afresh: the record
-    describes one probe of one machine."""
+    """``table`` with ``metadata.alignment`` fitted from ``probed`` (:func:`probe`'s result).  Each axis is fitted on
+    its own models and the random ones (:data:`RANDOM`), whose predictions move with every axis's warp: then in
+    two sweeps over the axes, each fitted with the others' warps of the sweep before (without random models, one
+    sweep, each axis on its own with the others linear).  Where the warps kept differ from the table's, its
+    calibrations are dropped: predictions off the knots moved (``revit latency calibrate`` again).  A table
+    aligned before is aligned afresh: the record describes one probe of one machine."""
+    from revit.config import ViTConfig
     from revit.latency.table import LatencyTable
 
-    base = with_warps(table, {})
-    axes = {}
-    for axis, p in probed.items():
-        cfgs = [axis_config(table, axis, int(w)) for w in p["widths"]]
+    rand = probed.get(RANDOM) or {"configs": [], "measured": []}
+    rcfgs = [ViTConfig.from_dict(d) for d in rand["configs"]]
+    rmeas = [float(m) for m in rand["measured"]]
+    axis_probes = {a: p for a, p in probed.items() if a != RANDOM}
+    kept: dict[str, AxisWarp] = {}
+    axes: dict[str, Any] = {}
+    for _sweep in range(2 if rcfgs else 1):
+        for axis, p in axis_probes.items():
+            cfgs = [axis_config(table, axis, int(w)) for w in p["widths"]] + rcfgs
+            others = {a: w for a, w in kept.items() if a != axis}
 
-        def predict(warp: AxisWarp | None, cfgs: list[Any] = cfgs, axis: str = axis) -> list[float]:
-            t = base if warp is None else with_warps(table, {axis: warp})
-            return [t.predict(c).total_s for c in cfgs]
+            def predict(warp: AxisWarp | None, cfgs: list[Any] = cfgs, axis: str = axis,
+                        others: dict[str, AxisWarp] = others) -> list[float]:
+                t = with_warps(table, others if warp is None else {**others, axis: warp})
+                return [t.predict(c).total_s for c in cfgs]
 
-        axes[axis] = {**fit_axis(p["widths"], p["measured"], predict), "widths": len(p["widths"])}
-    kept = {a: AxisWarp(f["quantum"], f["alpha"]) for a, f in axes.items() if f["kept"]}
+            fit = fit_axis(p["widths"], [float(m) for m in p["measured"]] + rmeas, predict)
+            axes[axis] = {**fit, "widths": len(p["widths"]), "random": len(rcfgs)}
+            kept.pop(axis, None)
+            if fit["kept"]:
+                kept[axis] = AxisWarp(fit["quantum"], fit["alpha"])
     moved = kept != table.warps  # the calibrations hold only while the predictions do
     meta = {k: v for k, v in table.metadata.items() if k != "alignment" and not (moved and k == "calibrations")}
-    meta["alignment"] = {"method": "whole uniform models along each axis, the rest at the reference cell; per axis "
-                                   "the quantum and alpha under which the table predicts them best",
+    method = "whole uniform models along each axis, the rest at the reference cell"
+    if rcfgs:
+        method += f", and {len(rcfgs)} models of random integer widths in every block"
+    meta["alignment"] = {"method": method + "; per axis the quantum and alpha under which the table predicts them "
+                                            "best, kept where leave-one-out cross-validation cuts the error",
                          "axes": axes, "settings": dict(settings or {}),
                          "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          "revit_version": __version__}
