@@ -10,6 +10,7 @@ which also makes the ``thread`` clock (CPU time of this thread, blind to time-sl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,7 +131,8 @@ class OrtBackend(Backend):
             return "NVIDIA GPU"
 
     def session(self, model: Any) -> Any:
-        """An InferenceSession with this backend's settings; checks the provider actually used."""
+        """An InferenceSession with this backend's settings on ``model`` (an ONNX ModelProto, or a file's path, which
+        onnxruntime reads itself); checks the provider actually used."""
         so = self.ort.SessionOptions()
         so.graph_optimization_level = self._level
         so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
@@ -139,7 +141,8 @@ class OrtBackend(Backend):
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
-        sess = self.ort.InferenceSession(model.SerializeToString(), so, providers=[self.provider])
+        src = model if isinstance(model, str) else model.SerializeToString()
+        sess = self.ort.InferenceSession(src, so, providers=[self.provider])
         used = sess.get_providers()[0]
         if used != self.provider:
             raise BackendUnavailableError(f"onnxruntime fell back to {used} instead of {self.provider}")
@@ -171,12 +174,11 @@ class OrtBackend(Backend):
         return self._image_run(graphs.model_graph(cfg, batch, dynamic_batch=True), config_setting(cfg), batch)
 
     def onnx_file(self, path: str, cfg: ViTConfig, batch: int) -> Workload:
-        """Time an ONNX file (e.g. ``revit model export-onnx`` output) with this backend's settings."""
-        import onnx
-
+        """Time an ONNX file (e.g. ``revit model export-onnx`` output) with this backend's settings; onnxruntime reads
+        the file itself (a whole model is opened once per timing pass, so no parse and re-serialisation in Python)."""
         from revit.latency.table import config_setting
 
-        return self._image_run(onnx.load(path), config_setting(cfg), batch)
+        return self._image_run(os.fspath(path), config_setting(cfg), batch)
 
     def _image_run(self, model: Any, setting: Mapping[str, Any], batch: int) -> Workload:
         s = int(setting["img_size"])
