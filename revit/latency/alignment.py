@@ -233,7 +233,7 @@ def align_table(table: Any, probed: Mapping[str, Mapping[str, Sequence[Any]]], *
     for _sweep in range(2 if rcfgs else 1):
         for axis, p in axis_probes.items():
             cfgs = [axis_config(table, axis, int(w)) for w in p["widths"]] + rcfgs
-            others = {a: w for a, w in kept.items() if a != axis}
+            others = {a: w for a, w in kept.items() if a != axis} if rcfgs else {}  # axis probes alone: each on its own
 
             def predict(warp: AxisWarp | None, cfgs: list[Any] = cfgs, axis: str = axis,
                         others: dict[str, AxisWarp] = others) -> list[float]:
