@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -30,14 +29,10 @@ ROWS = "benchmarks/results/speedup_heldout.json"
 
 def sessions(table_path: str, rows_path: str, names: list[str], copies: int, passes: int) -> dict[str, object]:
     """Every model opened ``copies`` times, timed interleaved: per-session medians and speedups."""
-    import torch
-
     from revit.config import ViTConfig
-    from revit.latency.accuracy import backend_for_table
+    from revit.latency.accuracy import backend_for_table, export_for_timing
     from revit.latency.table import LatencyTable
     from revit.latency.timing import shuffled_passes
-    from revit.models import build_model
-    from revit.models.export import export_onnx
     from revit.presets import resolve_config
 
     t = LatencyTable.load(table_path)
@@ -47,8 +42,7 @@ def sessions(table_path: str, rows_path: str, names: list[str], copies: int, pas
     with tempfile.TemporaryDirectory() as tmp:
         loads = {}
         for n, c in cfgs.items():
-            path = os.path.join(tmp, f"{len(loads)}.onnx")
-            export_onnx(build_model(c).eval(), path, torch.randn(t.batch_size, c.in_chans, c.img_size, c.img_size))
+            path = export_for_timing(be, c, t.batch_size, tmp)
             for k in range(copies):
                 loads[(n, k)] = be.onnx_file(path, c, t.batch_size)
         samples: dict[tuple[str, int], list[float]] = {key: [] for key in loads}

@@ -574,14 +574,12 @@ def test_held_out_speedups_of_an_exact_table_and_of_a_blind_one(tmp_path: Path) 
     assert s["all"]["median"] == pytest.approx(np.median(errs)) and s["pruned"]["n"] == 3 and s["random"]["n"] == 2
 
 
-class _Session(Workload):
+class _Session(_Const):
     """A whole model as one session runs it: its true time times that session's own speed factor."""
 
     def __init__(self, v: float, luck: float, closed: list[int]) -> None:
-        self.v, self.closed = v * luck, closed
-
-    def time(self, n: int) -> list[float]:
-        return [self.v] * n
+        super().__init__(v * luck)
+        self.closed = closed
 
     def close(self) -> None:
         self.closed.append(1)

@@ -271,15 +271,13 @@ def test_the_fit_is_on_raw_seconds_where_the_reference_is_biased_by_the_model_be
             last[0] = self.v
             return [self.v] * n
 
+    class Ref(_Const):  # the reference block: 20% slower per 10 ms of the model timed just before it
+        def time(self, n: int) -> list[float]:
+            return [self.v * (1 + 20 * last[0])] * n
+
     class AfterEffect(type(m.backend())):  # type: ignore[misc]
         def block(self, embed_dim: int, dims: Any, tokens: int, batch: int) -> Any:
-            machine = self
-
-            class Ref(_Const):  # the reference block: 20% slower per 10 ms of the model timed just before it
-                def time(self, n: int) -> list[float]:
-                    return [self.v * (1 + 20 * last[0])] * n
-
-            return Ref(super(AfterEffect, machine).block(embed_dim, dims, tokens, batch).time(1)[0])
+            return Ref(super().block(embed_dim, dims, tokens, batch).time(1)[0])
 
         def model(self, cfg: Any, batch: int) -> Any:
             return Remembers(super().model(cfg, batch).time(1)[0])

@@ -230,7 +230,7 @@ class WholeModel:
         self.path: str | None = None
         self.opened = 0
         if source != "graph":
-            self.path = _export(backend, cfg, batch, tmp)
+            self.path = export_for_timing(backend, cfg, batch, tmp)
         self._kept = None if backend.reopen_models else self._open()
 
     def _open(self) -> Workload:
@@ -259,7 +259,7 @@ class WholeModel:
             self._kept = None
 
 
-def _export(backend: Backend, cfg: ViTConfig, batch: int, tmp: str) -> str:
+def export_for_timing(backend: Backend, cfg: ViTConfig, batch: int, tmp: str) -> str:
     """``cfg``'s revit model exported with ``torch.onnx`` into a new file in folder ``tmp``; its path."""
     import torch
 

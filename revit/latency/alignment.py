@@ -198,7 +198,10 @@ def probe(table: Any, backend: Any, *, widths: int = 24, passes: int = 10, seed:
     if random:
         out[RANDOM] = {"configs": [], "measured": []}
     for (key, w, _), m in zip(probes, r.measured, strict=True):
-        out[key]["configs" if key == RANDOM else "widths"].append(w if key == RANDOM else float(w))
+        if key == RANDOM:
+            out[key]["configs"].append(w)
+        else:
+            out[key]["widths"].append(float(w))
         out[key]["measured"].append(float(m))
     return out
 
