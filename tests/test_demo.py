@@ -225,3 +225,22 @@ def test_configs_that_swing_past_each_other_end_on_the_closest_combination_timed
     r, u = ms[gens["rule"].config], ms[gens["uniform"].config]  # the configs kept are the ones timed last
     assert timings[-1] == {"rule": r * 1e-3, "uniform": u * 1e-3}
     assert max(o["gap_to_fastest"] for o in out.values()) == _pytest.approx(max(r, u) / min(r, u) - 1)
+
+
+def test_the_demo_takes_the_shipped_table_built_on_this_cpu_model(monkeypatch: Any) -> None:
+    """On a CPU model revit ships a micro table for (whatever its count of logical CPUs), the demo prices with that
+    table; on any other CPU, with the default one (the Intel Xeon's)."""
+    import json
+
+    import revit.latency.backends.base as base
+    from revit.paths import shipped_dir
+    from revit.workflows.demo import DEFAULT_TABLE, DemoPlan, default_table
+
+    shipped = shipped_dir("latency_tables")
+    epyc = json.loads((shipped / "epyc_onnxruntime_fp32_bs64_t17.json").read_text())["metadata"]["device"]
+    assert epyc.startswith("AMD EPYC")
+    monkeypatch.setattr(base, "cpu_name", lambda: epyc.replace("(2 logical", "(16 logical"))
+    assert default_table() == str(shipped / "epyc_onnxruntime_fp32_bs64_t17.json")
+    assert DemoPlan().table_path() == default_table() and DemoPlan(table="t.json").table_path() == "t.json"
+    monkeypatch.setattr(base, "cpu_name", lambda: "Some Other CPU (2 logical CPUs)")
+    assert default_table() == str(shipped / DEFAULT_TABLE)

@@ -310,3 +310,67 @@ def test_the_fit_is_on_relative_residuals_so_the_widest_model_does_not_decide_th
     assert abs((a_abs * p[0] + b_abs) / m[0] - 1) > 0.1
     assert offset == pytest.approx(0.0007, rel=0.05) and scale == pytest.approx(1.06, rel=0.01)
     assert np.abs((scale * p + offset) / m - 1).max() < 0.015
+
+
+def test_a_table_from_another_cpu_whose_shape_does_not_hold_is_named_as_such(tmp_path: Path) -> None:
+    """A table built on one CPU, calibrated on another whose smaller cache makes the MLPs of wide blocks (EMB x
+    MLP above 16K, their activations spilling) half as dear again: no scale fits wide and narrow models alike, and
+    the calibration says the table's shape does not hold there and names both devices; on another CPU whose costs
+    are in the same proportions it says nothing, and on the same CPU model a poor fit is put down to load."""
+    from test_latency_build import _Const, micro_grid
+
+    from revit.latency.calibration import SHAPE_TOLERANCE, calibrate, shape_warning
+    from revit.latency.profiler import BuildSettings, build_table
+
+    m = Machine()
+    built = build_table(micro_grid(), m.backend(), tmp_path / "t.json",
+                        BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0), progress=False)
+    home = str(built.metadata["device"])
+
+    def on(device: str, wide_mlp: float) -> Any:
+        class Other(type(m.backend())):  # type: ignore[misc]
+            def info(self) -> dict[str, Any]:
+                return {**super().info(), "device": device}
+
+            def model(self, cfg: Any, batch: int) -> Any:
+                dear = sum((wide_mlp - 1) * 2e-8 * cfg.embed_dim * b.mlp_dim for b in cfg.blocks
+                           if cfg.embed_dim * b.mlp_dim > 16384)
+                return _Const(super().model(cfg, batch).time(1)[0] + 1.07 * dear)
+
+        return Other(None)
+
+    other = "Other CPU (2 logical CPUs)"
+    cal = calibrate(built, on(other, 1.5), models=6, passes=1, source="graph")
+    assert cal.device == other and other in cal.label
+    assert cal.spread > SHAPE_TOLERANCE
+    said = shape_warning(built.metadata, cal)
+    assert said is not None and home in said and other in said and "revit latency build" in said
+    assert Calibration.from_dict(cal.to_dict(), "t").device == other  # recorded in the table
+    same_shape = calibrate(built, on(other, 1.0), models=6, passes=1, source="graph")
+    assert same_shape.spread < 0.01 and shape_warning(built.metadata, same_shape) is None
+    # the same CPU model with another count of logical CPUs is the same device; a poor fit there is load or noise
+    noisy = calibrate(built, on(f"{home} (8 logical CPUs)", 1.5), models=6, passes=1, source="graph")
+    said = shape_warning({**built.metadata, "device": f"{home} (2 logical CPUs)"}, noisy)
+    assert said is not None and "idle machine" in said and "was built on" not in said
+
+
+def test_a_shipped_table_built_on_this_cpu_is_named_where_there_is_one(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where revit ships a table of the same setting built on the CPU a calibration ran on, the warning names it
+    (another batch, or a file that is not a table, is passed over) instead of sending the user to build one."""
+    import revit.paths
+    from revit.latency.calibration import TimedModel, shape_warning, shipped_built_on
+
+    meta = as_built().metadata
+    here = "Other CPU (4 logical CPUs)"
+    for name, changes in (("other_same", {"device": "Other CPU (2 logical CPUs)"}),
+                          ("other_bs1", {"device": here, "batch_size": 1}), ("xeon_copy", {})):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"metadata": {**meta, **changes}}))
+    (tmp_path / "broken.json").write_text("[1, 2")
+    monkeypatch.setattr(revit.paths, "shipped_dir", lambda kind: tmp_path)
+    assert shipped_built_on(meta, here) == ["other_same"]
+    models = tuple(TimedModel(96, 8, p, p * r) for p, r in ((1e-2, 1.1), (2e-3, 0.92), (5e-3, 1.0)))
+    cal = Calibration(created="2026-12-07T21:00:00+00:00", load_average=0.5, scale=1.0, models=models,
+                      source="exported", seconds=40.0, device=here)
+    said = shape_warning(meta, cal)
+    assert said is not None and "use the shipped table built on this CPU (other_same)" in said

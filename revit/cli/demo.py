@@ -21,7 +21,8 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=workers(), help="study worker processes (default 2; at most one per CPU "
                    "and GiB of memory)")
     p.add_argument("--threads", type=threads(), help="torch threads of the single-process stages (default 1)")
-    p.add_argument("--table", help="latency table JSON (default: the shipped micro table)")
+    p.add_argument("--table", help="latency table JSON (default: the shipped micro table built on this CPU model "
+                   "where there is one, else the Intel Xeon one)")
     p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="autocast of every training stage (default off)")
     p.add_argument("--loader-workers", type=loader_workers(),

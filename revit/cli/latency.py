@@ -384,7 +384,7 @@ def _validate(a: argparse.Namespace) -> int:
 
 def _calibrate(a: argparse.Namespace) -> int:
     from revit.latency.accuracy import backend_for_table
-    from revit.latency.calibration import calibrate
+    from revit.latency.calibration import calibrate, shape_warning
     from revit.latency.table import LatencyTable
 
     table = LatencyTable.load(a.table)
@@ -396,8 +396,11 @@ def _calibrate(a: argparse.Namespace) -> int:
     if cal.load_average > 1.5:
         warn(f"load average {cal.load_average:.2f} while calibrating: the scale includes that load; calibrate "
              "an idle machine for figures that hold when it is idle")
+    shape = shape_warning(table.metadata, cal)
+    if shape:
+        warn(shape)
     if a.json:
-        print_json({"table": target, **cal.to_dict(), "spread": cal.spread})
+        print_json({"table": target, **cal.to_dict(), "spread": cal.spread, "shape_warning": shape})
         return 0
     for m in cal.models:
         info(f"  embed {m.embed_dim:4d}, {m.depth} blocks: table {_ms(m.predicted_s)}, measured {_ms(m.measured_s)} "

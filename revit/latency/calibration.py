@@ -41,6 +41,10 @@ MAX_KEPT = 20
 SCALE_RANGE = (0.02, 50.0)
 MAX_OFFSET_S = 3600.0  # as a table cell
 MIN_SHARE = 0.5  # a negative offset takes at most half of a model's scaled prediction (the fit's bound, and a floor)
+# the widest a calibration's models may sit from its line before revit says the table's shape does not hold here:
+# a table built on another CPU (other caches, other kernels) prices widths in other proportions, which no scale
+# corrects (the Intel Xeon micro table on an AMD EPYC: models within 10.2%, held-out speedups 71% within 5%)
+SHAPE_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Calibration:
     host: str = ""
     reference_ratio: float | None = None  # the reference block now / its median over the build
     offset_s: float = 0.0  # seconds per batch a whole model pays once, beyond ``scale`` x its prediction
+    device: str = ""  # the device the models ran on, as the backend names it (a CPU's model name)
 
     def __post_init__(self) -> None:
         lo, hi = SCALE_RANGE
@@ -92,7 +97,7 @@ class Calibration:
     def label(self) -> str:
         """One line naming this calibration (what a prediction that uses it says; built once: the pruner predicts
         on every removal)."""
-        return (f"calibrated {self.created[:16].replace('T', ' ')} UTC on {self.host or 'this machine'} "
+        return (f"calibrated {self.created[:16].replace('T', ' ')} UTC on {self.device or self.host or 'this machine'} "
                 f"(load {self.load_average:.2f}, x{self.scale:.3f} {'-' if self.offset_s < 0 else '+'} "
                 f"{1e3 * abs(self.offset_s):.3f} ms per model, from "
                 f"{len(self.models)} {self.source} models)")
@@ -105,7 +110,7 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return {"created": self.created, "load_average": self.load_average, "scale": self.scale,
                 "source": self.source, "seconds": round(self.seconds, 1), "host": self.host,
-                "reference_ratio": self.reference_ratio, "offset_s": self.offset_s,
+                "reference_ratio": self.reference_ratio, "offset_s": self.offset_s, "device": self.device,
                 "models": [{"embed_dim": m.embed_dim, "depth": m.depth, "predicted_s": m.predicted_s,
                             "measured_s": m.measured_s} for m in self.models]}
 
@@ -134,7 +139,7 @@ class Calibration:
                        scale=float(check_number(d["scale"], "scale", *SCALE_RANGE, error=FileFormatError)),
                        models=timed, source=str(d.get("source", "exported")),
                        seconds=float(check_number(d.get("seconds", 0.0), "seconds", 0, 1e9, error=FileFormatError)),
-                       host=str(d.get("host", ""))[:256],
+                       host=str(d.get("host", ""))[:256], device=str(d.get("device", ""))[:256],
                        reference_ratio=None if ref is None else num(ref, "reference_ratio"),
                        offset_s=float(check_number(d.get("offset_s", 0.0), "offset_s", -MAX_OFFSET_S, MAX_OFFSET_S,
                                                    error=FileFormatError)))
@@ -237,4 +242,55 @@ def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes:
     timed = tuple(TimedModel(c.embed_dim, c.depth, p, m) for c, p, m in zip(r.configs, r.predicted, now, strict=True))
     scale, offset = fit_scale_offset(timed)
     return Calibration(created=created, load_average=load, scale=scale, offset_s=offset, models=timed, source=source,
-                       seconds=time.perf_counter() - t0, host=platform.node(), reference_ratio=ref_ratio)
+                       seconds=time.perf_counter() - t0, host=platform.node(), reference_ratio=ref_ratio,
+                       device=str(backend.info().get("device") or ""))
+
+
+def _model(device: str) -> str:
+    """A device's name without the count of logical CPUs the process had (a table's timings fix their threads)."""
+    from revit.latency.backends.base import is_cpu_name
+
+    return device.rsplit(" (", 1)[0] if is_cpu_name(device) else device
+
+
+def _setting(metadata: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What two tables must share to price the same models: backend, dtype, batch, tokens, threads, space."""
+    threads = (metadata.get("backend_settings") or {}).get("intra_op_threads")
+    return (metadata.get("backend"), metadata.get("dtype"), metadata.get("batch_size"), metadata.get("tokens"),
+            threads, (metadata.get("space") or {}).get("name"))
+
+
+def shipped_built_on(metadata: Mapping[str, Any], device: str) -> list[str]:
+    """The shipped tables of ``metadata``'s setting that were built on ``device``'s model (by name, sorted)."""
+    import json
+
+    from revit.paths import shipped_dir
+
+    out = []
+    for path in sorted(shipped_dir("latency_tables").glob("*.json")):
+        try:
+            meta = json.loads(path.read_text()).get("metadata") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # not a table: nothing to suggest
+        if _setting(meta) == _setting(metadata) and _model(str(meta.get("device") or "")) == _model(device):
+            out.append(path.stem)
+    return out
+
+
+def shape_warning(metadata: Mapping[str, Any], cal: Calibration) -> str | None:
+    """What to tell a user whose calibration's models sit further than :data:`SHAPE_TOLERANCE` from its line (None
+    when they do not): the table's proportions do not hold on this machine, and a scale cannot fix that.  Where the
+    table (``metadata``) was built on another device than ``cal`` ran on, the cause is named, and the cure: a shipped
+    table of the same setting built on this device where there is one, else a table built here."""
+    if cal.spread <= SHAPE_TOLERANCE:
+        return None
+    head = (f"one scale fits this table's {len(cal.models)} models only within {cal.spread:.1%} here, so its "
+            f"predictions between them can be off by as much")
+    built_on = str(metadata.get("device") or "")
+    if built_on and cal.device and _model(built_on) != _model(cal.device):
+        ours = shipped_built_on(metadata, cal.device)
+        cure = (f"use the shipped table built on this CPU ({', '.join(ours)})" if ours else
+                "build a table on this machine (`revit latency build`)")
+        return (f"{head}: the table was built on {built_on} and this is {cal.device}, whose caches and kernels "
+                f"price widths in other proportions; {cure}")
+    return f"{head}: calibrate again on an idle machine, or build a table on this one (`revit latency build`)"

@@ -38,6 +38,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_TABLE = "cpu_onnxruntime_fp32_bs64_t17.json"
 
 
+def default_table() -> str:
+    """The shipped micro table built on this machine's CPU model where revit ships one, else :data:`DEFAULT_TABLE`
+    (built on an Intel Xeon): a table prices widths in the proportions of the CPU that built it, which a
+    calibration cannot change (docs/guides/latency.md)."""
+    import json
+
+    from revit.latency.backends.base import cpu_name
+    from revit.latency.calibration import shipped_built_on
+
+    shipped = shipped_dir("latency_tables")
+    ours = shipped_built_on(json.loads((shipped / DEFAULT_TABLE).read_text())["metadata"], cpu_name())
+    return str(shipped / f"{ours[0]}.json" if ours else shipped / DEFAULT_TABLE)
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     """Subset sizes and schedules of the demo (defaults: a few minutes on 2 cores)."""
@@ -61,7 +75,7 @@ class DemoPlan:
     # cores a second OpenMP thread made a training batch 6x slower (4.9 s vs 0.75 s) in our measurements.
     threads: int = 1
     batch_size: int = 128
-    table: str | None = None  # latency table (default: the shipped micro table)
+    table: str | None = None  # latency table (default: the shipped micro table built on this CPU: default_table())
     device: str = "auto"  # every stage that trains or scores (auto: CUDA when available)
     amp: str = "off"
     loader_workers: int = 0  # DataLoader workers per process (``workers`` counts study processes)
@@ -76,7 +90,7 @@ class DemoPlan:
                    repeat_top_k=0, workers=1, batch_size=64, measure_latency=False)
 
     def table_path(self) -> str:
-        return self.table or str(shipped_dir("latency_tables") / DEFAULT_TABLE)
+        return self.table or default_table()
 
     def lines(self) -> list[str]:
         """The plan, printed before the demo starts."""
