@@ -177,3 +177,17 @@ def test_another_device_at_the_tables_own_setting_is_a_transfer(tables: Any) -> 
     assert new.metadata["device"] == "another CPU" and new.batch_size == 64
     assert new.metadata["transfer"]["fit"] == pytest.approx(
         {"attention": ATTN, "mlp": MLP, "fixed": FIXED, "offset_s": OFFSET}, rel=1e-6)
+
+
+def test_one_cpu_model_with_another_count_of_logical_cpus_is_the_tables_own_device(tables: Any) -> None:
+    """A table fixes its threads, so the CPU count a process had is not the device: the table's own setting on its
+    CPU model with more logical CPUs is refused as a transfer, as on the same count; another model is allowed."""
+    src, _ = tables
+    doc = src.to_dict()
+    doc["metadata"] = {**doc["metadata"], "device": "Some CPU 9000 (2 logical CPUs)"}
+    own = LatencyTable.from_dict(doc, "own")
+    same = {"batch_size": own.batch_size, "threads": 1}
+    for device in ("Some CPU 9000 (2 logical CPUs)", "Some CPU 9000 (16 logical CPUs)"):
+        with pytest.raises(ConfigError, match="its own device"):
+            check_transfer(own, same, 6, device=device)
+    check_transfer(own, same, 6, device="Other CPU 7000 (2 logical CPUs)")

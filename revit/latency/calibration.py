@@ -246,13 +246,6 @@ def calibrate(table: LatencyTable, backend: Backend, *, models: int = 4, passes:
                        device=str(backend.info().get("device") or ""))
 
 
-def _model(device: str) -> str:
-    """A device's name without the count of logical CPUs the process had (a table's timings fix their threads)."""
-    from revit.latency.backends.base import is_cpu_name
-
-    return device.rsplit(" (", 1)[0] if is_cpu_name(device) else device
-
-
 def _setting(metadata: Mapping[str, Any]) -> tuple[Any, ...]:
     """What two tables must share to price the same models: backend, dtype, batch, tokens, threads, space."""
     threads = (metadata.get("backend_settings") or {}).get("intra_op_threads")
@@ -264,6 +257,7 @@ def shipped_built_on(metadata: Mapping[str, Any], device: str) -> list[str]:
     """The shipped tables of ``metadata``'s setting that were built on ``device``'s model (by name, sorted)."""
     import json
 
+    from revit.latency.backends.base import device_model
     from revit.paths import shipped_dir
 
     out = []
@@ -272,7 +266,7 @@ def shipped_built_on(metadata: Mapping[str, Any], device: str) -> list[str]:
             meta = json.loads(path.read_text()).get("metadata") or {}
         except (OSError, ValueError, AttributeError):
             continue  # not a table: nothing to suggest
-        if _setting(meta) == _setting(metadata) and _model(str(meta.get("device") or "")) == _model(device):
+        if _setting(meta) == _setting(metadata) and device_model(str(meta.get("device") or "")) == device_model(device):
             out.append(path.stem)
     return out
 
@@ -286,8 +280,10 @@ def shape_warning(metadata: Mapping[str, Any], cal: Calibration) -> str | None:
         return None
     head = (f"one scale fits this table's {len(cal.models)} models only within {cal.spread:.1%} here, so its "
             f"predictions between them can be off by as much")
+    from revit.latency.backends.base import device_model
+
     built_on = str(metadata.get("device") or "")
-    if built_on and cal.device and _model(built_on) != _model(cal.device):
+    if built_on and cal.device and device_model(built_on) != device_model(cal.device):
         ours = shipped_built_on(metadata, cal.device)
         cure = (f"use the shipped table built on this CPU ({', '.join(ours)})" if ours else
                 "build a table on this machine (`revit latency build`)")

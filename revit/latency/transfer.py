@@ -80,8 +80,11 @@ def check_models(table: LatencyTable, configs: int) -> None:
 def check_new_setting(table: LatencyTable, new: Mapping[str, int], device: str | None = None) -> None:
     """Refuse the table's own batch and threads on its own device (``device``: this machine's, None when not known
     yet); another device at the same batch and threads is a transfer too."""
+    from revit.latency.backends.base import device_model
+
     old = setting_of_table(table)
-    if all(new[k] == old[k] for k in old) and device in (None, table.metadata.get("device")):
+    own = device is None or device_model(device) == device_model(str(table.metadata.get("device") or ""))
+    if all(new[k] == old[k] for k in old) and own:
         raise ConfigError(f"the new setting (batch {new['batch_size']}, {new['threads']} threads) is the table's "
                           "own on its own device; give another --batch or --threads (or `revit latency calibrate` "
                           "for this setting)")

@@ -135,6 +135,12 @@ def is_cpu_name(device: str) -> bool:
     return device.endswith(_CPU_SUFFIX)
 
 
+def device_model(device: str) -> str:
+    """A device's name without the count of logical CPUs the process had (:func:`cpu_name` appends it): two tables
+    or timings on one CPU model are on the same device whatever that count, since a table fixes its threads."""
+    return device.rsplit(" (", 1)[0] if is_cpu_name(device) else device
+
+
 def cpu_name() -> str:
     """A readable CPU name, with the number of logical CPUs this process may use."""
     import os
