@@ -33,7 +33,7 @@ TARGETS = {"macs": ["--target-macs", "0.5"], "latency": ["--target-latency", "0.
 
 
 def assert_same_trace(fresh: list[bytes], old: list[bytes]) -> None:
-    """Two traces' lines alike: byte for byte on a CPU like the one the fixtures were written on; elsewhere every
+    """Two traces' lines alike: byte for byte on a CPU that reproduces the fixtures (the Xeon did); elsewhere every
     decision (widths, removed units, their order, every key and string) identical and every number within another
     CPU's float rounding (an AMD EPYC's kernels moved saliencies by up to 3e-5 relative, scores near zero by 6e-13)."""
     if fresh == old:
