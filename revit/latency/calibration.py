@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from revit.errors import ConfigError, FileFormatError
@@ -253,22 +254,30 @@ def _setting(metadata: Mapping[str, Any]) -> tuple[Any, ...]:
             threads, (metadata.get("space") or {}).get("name"))
 
 
-def shipped_built_on(metadata: Mapping[str, Any], device: str) -> list[str]:
-    """The shipped tables of ``metadata``'s setting that were built on ``device``'s model (by name, sorted)."""
+@functools.lru_cache(maxsize=4)
+def shipped_tables(folder: Path) -> dict[str, Mapping[str, Any]]:
+    """Each table's metadata by name in ``folder`` (the shipped ``latency_tables``), read once per process and not to
+    be changed by callers: the demo asks for its default table several times, and a table file holds up to a
+    megabyte of cells.  Files that are not tables are left out."""
     import json
 
+    out: dict[str, Mapping[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text()).get("metadata") or {}
+        except (OSError, ValueError, AttributeError):
+            continue  # not a table: nothing to suggest
+    return out
+
+
+def shipped_built_on(metadata: Mapping[str, Any], device: str) -> list[str]:
+    """The shipped tables of ``metadata``'s setting that were built on ``device``'s model (by name, sorted)."""
     from revit.latency.backends.base import device_model
     from revit.paths import shipped_dir
 
-    out = []
-    for path in sorted(shipped_dir("latency_tables").glob("*.json")):
-        try:
-            meta = json.loads(path.read_text()).get("metadata") or {}
-        except (OSError, ValueError, AttributeError):
-            continue  # not a table: nothing to suggest
-        if _setting(meta) == _setting(metadata) and device_model(str(meta.get("device") or "")) == device_model(device):
-            out.append(path.stem)
-    return out
+    return [name for name, meta in shipped_tables(shipped_dir("latency_tables")).items()
+            if _setting(meta) == _setting(metadata)
+            and device_model(str(meta.get("device") or "")) == device_model(device)]
 
 
 def shape_warning(metadata: Mapping[str, Any], cal: Calibration) -> str | None:
@@ -276,12 +285,12 @@ def shape_warning(metadata: Mapping[str, Any], cal: Calibration) -> str | None:
     when they do not): the table's proportions do not hold on this machine, and a scale cannot fix that.  Where the
     table (``metadata``) was built on another device than ``cal`` ran on, the cause is named, and the cure: a shipped
     table of the same setting built on this device where there is one, else a table built here."""
+    from revit.latency.backends.base import device_model
+
     if cal.spread <= SHAPE_TOLERANCE:
         return None
     head = (f"one scale fits this table's {len(cal.models)} models only within {cal.spread:.1%} here, so its "
             f"predictions between them can be off by as much")
-    from revit.latency.backends.base import device_model
-
     built_on = str(metadata.get("device") or "")
     if built_on and cal.device and device_model(built_on) != device_model(cal.device):
         ours = shipped_built_on(metadata, cal.device)

@@ -42,13 +42,11 @@ def default_table() -> str:
     """The shipped micro table built on this machine's CPU model where revit ships one, else :data:`DEFAULT_TABLE`
     (built on an Intel Xeon): a table prices widths in the proportions of the CPU that built it, which a
     calibration cannot change (docs/guides/latency.md)."""
-    import json
-
     from revit.latency.backends.base import cpu_name
-    from revit.latency.calibration import shipped_built_on
+    from revit.latency.calibration import shipped_built_on, shipped_tables
 
     shipped = shipped_dir("latency_tables")
-    ours = shipped_built_on(json.loads((shipped / DEFAULT_TABLE).read_text())["metadata"], cpu_name())
+    ours = shipped_built_on(shipped_tables(shipped)[Path(DEFAULT_TABLE).stem], cpu_name())
     return str(shipped / f"{ours[0]}.json" if ours else shipped / DEFAULT_TABLE)
 
 
