@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import fill_disk
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from revit.cli.main import main
@@ -779,6 +779,7 @@ SPEC_NUMERIC_KEYS = ["threads", "heartbeat_s", "grace_s", "n_trials", "train.lr"
 
 @HYP
 @given(key=st.sampled_from(SPEC_NUMERIC_KEYS), value=WRONG_TYPED)
+@example(key="n_trials", value="\x1b")  # found by CI (2026-12-08): a lone ESC was echoed raw into the error line
 def test_spec_values_of_the_wrong_type(key: str, value: Any, tmp_path_factory: pytest.TempPathFactory,
                                        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     d = tmp_path_factory.mktemp("spec")

@@ -88,16 +88,19 @@ class UsageError(SystemExit):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what is left after the colour codes: shown escaped, never sent raw
 _LONG_WORD = re.compile(rf"\S{{{MAX_WORD + 1},}}")
 
 
 def one_line(text: str) -> str:
-    """An error message as one plain line: ANSI colour codes removed, line breaks joined with '; ', and
+    """An error message as one plain line: ANSI colour codes removed, line breaks joined with '; ', any other
+    control character (a user's stray ESC) written as ``\\xNN``, and
     each long word (a 4 KB path, a huge value) and then the line itself cut in the middle (:func:`elide`).
 
     The one place that shortens what an error line quotes, whichever module raised it."""
     lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
-    line = _LONG_WORD.sub(lambda m: elide(m.group(), MAX_WORD), "; ".join(lines))
+    joined = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", "; ".join(lines))
+    line = _LONG_WORD.sub(lambda m: elide(m.group(), MAX_WORD), joined)
     return elide(line, MAX_LINE)
 
 
