@@ -282,7 +282,11 @@ class Schedule:
         return f"a step every {self.interval} batches removing {what}, until the target"
 
 
-_WHEN_SET = ("criterion_options", "keep_depth")  # settings written only when given (earlier runs' settings lack them)
+# how a pruning step ranks its candidates (revit.prune.policy): by score (NViT), or by score per unit of the
+# target's cost saved (the greedy of a knapsack)
+RANKINGS = ("nvit", "knapsack")
+# settings written only when they differ from these defaults (earlier runs' settings lack them)
+WHEN_SET: Mapping[str, Any] = {"criterion_options": {}, "keep_depth": False, "ranking": "nvit"}
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,7 @@ class PruneConfig:
     eta: float = 1.0  # scale-free penalty weight (0: no penalty)
     ema: float = 0.9
     keep_depth: bool = False  # forbid removing a block's attention, its MLP or the block (widths only)
+    ranking: str = "nvit"  # nvit: by score; knapsack: by score per unit of the target's cost saved (RANKINGS)
     batch_size: int = 128  # global batch
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -342,6 +347,7 @@ class PruneConfig:
         if self.eval_size < 0 or self.workers < 0:
             raise ConfigError("eval_size and workers must be >= 0")
         _one_of("amp", self.amp, AMP_MODES)
+        _one_of("ranking", self.ranking, RANKINGS)
         if not isinstance(self.criterion, str) or not self.criterion:
             raise ConfigError(f"criterion must be a registered criterion's name, got {short(self.criterion)}")
         if self.criterion_options:
@@ -393,11 +399,13 @@ class PruneConfig:
     def settings(self) -> dict[str, Any]:
         """The recipe as flat JSON values (trace header, state), the target as ``target`` (its ratio) and
         ``target_kind``: the form every earlier run's settings have, so those runs still resume
-        (:meth:`revit.cost.CostTarget.from_dict` reads it back); criterion options and keep_depth only when set."""
+        (:meth:`revit.cost.CostTarget.from_dict` reads it back); criterion options, keep_depth and ranking only
+        when not their defaults (:data:`WHEN_SET`)."""
         flat = {f.name: getattr(self, f.name) for f in fields(self)}
         return {"target": self.target.ratio, "target_kind": self.target.kind,
-                **{k: v for k, v in flat.items() if k != "target" and (k not in _WHEN_SET or v)}}
+                **{k: v for k, v in flat.items() if k != "target" and (k not in WHEN_SET or v != WHEN_SET[k])}}
 
 
-__all__ = ["AMP_MODES", "DEIT_AUTO_AUGMENT", "DISTILL_TYPES", "RECIPES", "RUNTIME_FIELDS", "PruneConfig", "Schedule",
+__all__ = ["AMP_MODES", "DEIT_AUTO_AUGMENT", "DISTILL_TYPES", "RANKINGS", "RECIPES", "RUNTIME_FIELDS", "WHEN_SET",
+           "PruneConfig", "Schedule",
            "TrainConfig", "check_loss_weights", "same_recipe"]

@@ -237,7 +237,7 @@ def test_revit_prune_removes_and_records_and_keep_depth_resumes_only_as_begun(cl
     pruned = ViTConfig.from_dict(yaml.safe_load((tmp_path / "free" / "pruned.yaml").read_text()))
     assert pruned.depth == CFG.depth - sum(r["removes"] == "block" for r in named)
     assert all(len(st["blocks"]) == CFG.depth for st in lines[1:])
-    assert "keep_depth" not in lines[0]["settings"]
+    assert "keep_depth" not in lines[0]["settings"] and "ranking" not in lines[0]["settings"]  # defaults unwritten
     # metrics, the closing line and the model card say what went, by the base's block indices
     gone = sorted(r["block"] for r in named if r["removes"] == "block")
     metrics = json.loads((tmp_path / "free" / "metrics.json").read_text())

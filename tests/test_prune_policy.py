@@ -104,6 +104,67 @@ def test_when_every_removal_overshoots_the_smallest_overshoot_is_taken() -> None
     assert _picked(ch) == [("heads0", [0])]  # the cheaper one (18 -> 16), not the MLP unit first by score (-> 15)
 
 
+def test_knapsack_ranks_by_score_per_unit_of_the_targets_cost() -> None:
+    """A head saves 5 of the target's cost, an MLP unit 1: by score the cheap MLP unit goes first, by score per
+    unit saved the head (2 / 5 < 1 / 1)."""
+    weight = {"mlp_dim": 1.0, "heads": 5.0}
+    ch = _choose(weight, eta_abs=0.0, max_units=4, ranking="knapsack")
+    # keys: heads 0: 2/5, heads 2: 4/5, MLP 1: 1, MLP 3: 3; heads 1 is the last head (minimum 1)
+    assert _picked(ch) == [("heads0", [0]), ("heads0", [2]), ("mlp_dim0", [1]), ("mlp_dim0", [3])]
+    assert _picked(_choose(weight, eta_abs=0.0, max_units=4)) == [
+        ("mlp_dim0", [1]), ("heads0", [0]), ("mlp_dim0", [3]), ("heads0", [2])]
+    with pytest.raises(ValueError, match="ranking"):
+        _choose(weight, eta_abs=0.0, max_units=1, ranking="ratio")
+
+
+def test_knapsack_trades_units_dear_in_the_penalty_for_cheap_ones_at_equal_target_cost() -> None:
+    """MACs target (a head 1.6, an MLP unit 1), latency penalty where a head is dear per MAC (8, against 1): by
+    saliency per MAC the MLP unit goes first, with the penalty the heads; a penalty of the target's own cost
+    changes nothing under the knapsack (every key shifts by eta_abs), where by score it does."""
+    macs, lat = Units(GROUPS, {"mlp_dim": 1.0, "heads": 1.6}), Units(GROUPS, {"mlp_dim": 1.0, "heads": 8.0})
+
+    def run(penalty: Units, eta_abs: float, ranking: str) -> Any:
+        return choose(GROUPS, SCORES, _alive(), config_of=lambda a: {gid: int(m.sum()) for gid, m in a.items()},
+                      cost=macs, penalty=penalty, goal=-1.0, unit={"mlp_dim": 1, "heads": 1},
+                      minimum={"mlp_dim": 1, "heads": 1}, eta=1.0, eta_abs=eta_abs, max_units=2, ranking=ranking)
+
+    # eta 0: MLP 1 (1 / 1) before heads 0 (2 / 1.6), then heads 0 before MLP 3 (3 / 1)
+    assert _picked(run(lat, 0.0, "knapsack")) == [("mlp_dim0", [1]), ("heads0", [0])]
+    # eta_abs 1: heads 0 (2 - 8) / 1.6 = -3.75 and heads 2 (4 - 8) / 1.6 = -2.5 before MLP 1 (1 - 1) / 1 = 0
+    assert _picked(run(lat, 1.0, "knapsack")) == [("heads0", [0]), ("heads0", [2])]
+    for eta_abs in (0.5, 3.0, 100.0):
+        assert _picked(run(macs, eta_abs, "knapsack")) == _picked(run(macs, 0.0, "knapsack"))
+    # by score: eta 3 makes heads 0 (2 - 4.8) go before MLP 1 (1 - 3)
+    assert _picked(run(macs, 3.0, "nvit"))[0] == ("heads0", [0]) != _picked(run(macs, 0.0, "nvit"))[0]
+
+
+class Squares(Units):
+    """A cost that is not linear in the heads: removing k heads saves k^2 (one head little, two much more)."""
+
+    def saving(self, counts: Any, kind: str, block: int | None, units: int) -> float:
+        return float(units ** 2) if kind == "heads" else self.weight[kind] * units
+
+
+def test_knapsack_offers_several_units_of_a_group_at_once() -> None:
+    """Under the knapsack a group also offers its 2, 3, ... lowest units together: two heads save 4 where one
+    saves 1, and go together; NViT's ranking offers single units only.  eta is calibrated on single units."""
+    macs, lat = Units(GROUPS, {"mlp_dim": 1.0, "heads": 1.0}), Squares(GROUPS, {"mlp_dim": 1.0, "heads": 1.0})
+
+    def run(ranking: str, eta_abs: float | None = 3.0) -> Any:
+        return choose(GROUPS, SCORES, _alive(), config_of=lambda a: {gid: int(m.sum()) for gid, m in a.items()},
+                      cost=macs, penalty=lat, goal=-1.0, unit={"mlp_dim": 1, "heads": 1},
+                      minimum={"mlp_dim": 1, "heads": 1}, eta=2.0, eta_abs=eta_abs, max_units=1, ranking=ranking)
+
+    # keys (score - 3 x saving) / MACs: MLP 1 -2, heads 0 -1, heads {0, 2} (6 - 12) / 2 = -3, MLP {1, 3} -1,
+    # MLP {1, 3, 0} 0; the last head is kept (minimum 1), so no chunk of three heads
+    ch = run("knapsack")
+    assert [(r["group"], sorted(r["indices"]), r["units"]) for r in ch.removed] == [("heads0", [0, 2], 2)]
+    assert ch.alive[1].tolist() == [False, True, False]
+    assert _picked(run("nvit")) == [("mlp_dim0", [1])]  # scores: MLP 1 -2, heads 0 -1
+    # single units: saliency 1, 2 and savings 1, 1 -> eta_abs = 2 x 1 / 1 (with the chunks' it would be 4)
+    assert run("knapsack", eta_abs=None).eta_abs == 2.0
+
+
 def test_eta_is_calibrated_from_medians_once() -> None:
     cost = Units(GROUPS, {"mlp_dim": 1.0, "heads": 4.0})
     cands = candidates(GROUPS, SCORES, _alive(), {"mlp_dim": 1, "heads": 1}, {"mlp_dim": 1, "heads": 1},

@@ -18,6 +18,7 @@ from revit.cli._common import (
 from revit.cost import COSTS, MACS
 from revit.input_checks import MAX_LR, count, fraction, non_negative, number
 from revit.options import parse_assignments
+from revit.recipes import RANKINGS
 from revit.registry import lazy_choices
 
 
@@ -58,6 +59,10 @@ def register(sub: Any) -> None:
                            "fraction of the base cost per step")
     p.add_argument("--eta", type=number(0), default=1.0, help="scale-free penalty weight: 1 = a unit of median saving "
                                                          "weighs a median saliency; 0 = no penalty")
+    p.add_argument("--ranking", choices=RANKINGS, default="nvit",
+                   help="how a step ranks candidates: nvit (the paper: saliency - eta x saving) or knapsack (that "
+                        "score per unit of the target's cost saved: lets a latency penalty trade dear units for "
+                        "cheap ones at equal MACs; default %(default)s)")
     p.add_argument("--keep-depth", action="store_true",
                    help="prune widths only: never remove a block's attention, its MLP or the block (by default a "
                         "branch whose widths are at their minimum competes as a whole)")
@@ -111,7 +116,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         kl_weight=args.kl_weight, ce_weight=args.ce_weight, temperature=args.temperature,
         teacher_weight=args.teacher_weight, teacher_type=args.teacher_type,
         granularity=args.granularity, eval_size=args.eval_size, max_steps=args.max_steps, seed=args.seed,
-        keep_depth=args.keep_depth,
+        keep_depth=args.keep_depth, ranking=args.ranking,
     )
     cfg = resolve_config(args.model)
     data = DataSpec(source=args.data, train_limit=args.train_limit, val_size=args.val_size,

@@ -343,7 +343,8 @@ class LatencyTable:
         block's latency less that of the block without it (all of it when the other branch is gone already).
         ``branches``: True prices such removals (a table without half blocks raises :class:`AbsentBranchError`),
         False says they are impossible (0), None (default) prices them when the table can.  Any other removal
-        that would leave less than one unit is impossible and saves 0.  Noisy tables can give negative savings;
+        that would leave a width below 1 is impossible and saves 0 (a removal of several units leaving fewer than
+        it removed is priced: the knapsack ranking offers such chunks).  Noisy tables can give negative savings;
         they are clipped at 0 unless ``clip=False``.
         """
         if not 0 <= block_index < cfg.depth:
@@ -366,7 +367,7 @@ class LatencyTable:
             left = base[j] - u[k]
             if left == 0 and price_branch:  # the last unit: the branch goes
                 rows.append(without_branch(base, BRANCH_OF[k]))
-            elif left >= u[k]:
+            elif left >= 1:
                 r = base.copy()
                 r[j] = left
                 rows.append(r)
@@ -377,7 +378,7 @@ class LatencyTable:
         lat = self.lookup(np.stack(rows), extrapolate)
         for k, v in zip(kinds, lat[1:], strict=True):
             out[k] = float(lat[0] - v)
-        if "embed_dim" in want and e - u["embed_dim"] < u["embed_dim"]:
+        if "embed_dim" in want and e - u["embed_dim"] < 1:
             out["embed_dim"] = 0.0
         elif "embed_dim" in want:
             pts = np.array([(e, d.heads, d.qk_dim, d.v_dim, d.mlp_dim) for d in cfg.blocks], dtype=np.float64)

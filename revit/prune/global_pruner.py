@@ -38,7 +38,7 @@ from revit.prune.criteria import CRITERIA, Criterion, ScoreAccumulator, build_cr
 from revit.prune.masking import Masks, rebuild_dense
 from revit.prune.policy import choose
 from revit.prune.structure import Structure, derive_structure
-from revit.recipes import Schedule
+from revit.recipes import RANKINGS, Schedule
 from revit.trace import SCHEMA, Trace, TraceStep
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class GlobalPruner:
     minimum competes as a whole (its attention or MLP, the block with its last branch) unless ``keep_depth``
     (or a latency table that cannot price an absent branch: schema v1); the trace keeps the base's block
     indices, a removed part at its index with zero widths.
+    ``ranking`` ``"nvit"`` (the paper) ranks candidates by ``saliency - eta * saving``; ``"knapsack"`` by that
+    score per unit of the target's cost saved, which is what lets a latency penalty trade dear units for cheap
+    ones at equal MACs (:mod:`revit.prune.policy`).
 
     A revit model is pruned in place (``pruner.model is model``).  A timm ViT/DeiT is converted into an
     equivalent revit model first (logged as a warning): train ``pruner.model``, not the object passed.
@@ -83,7 +86,8 @@ class GlobalPruner:
                  penalty: CostModel | None = None, eta: float = 1.0, ema: float = 0.9,
                  granularity: str | Mapping[str, int] | Granularity = "auto", seed: int = 0,
                  evaluator: Callable[[nn.Module], float | None] | None = None, cuda_graphs: bool | None = None,
-                 criterion_options: Mapping[str, Any] | None = None, keep_depth: bool = False) -> None:
+                 criterion_options: Mapping[str, Any] | None = None, keep_depth: bool = False,
+                 ranking: str = "nvit") -> None:
         self.model = as_revit(model)
         self.base: ViTConfig = self.model.config  # type: ignore[assignment]
         # the timm model the user passed, when it was converted: accumulate() names the mistake of training it
@@ -104,6 +108,9 @@ class GlobalPruner:
         self.latency: CostModel | None = next((m for m in (self.cost, self.penalty) if m.needs_table), None)
         self.ratio = float(self.target.ratio or 0.0)  # relative: checked by _target
         self.eta, self.seed = eta, seed
+        if ranking not in RANKINGS:
+            raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
+        self.ranking = ranking
         gran = Granularity.for_widths(self.base.embed_dim, self.base.blocks) if granularity in (None, "auto") \
             else Granularity.parse(granularity, self.base.img_size)
         self.unit = gran.to_dict()
@@ -326,7 +333,7 @@ class GlobalPruner:
             ch = choose(self.structure.groups, scores, self.masks.alive, unit=self.unit, minimum=self.minimum,
                         config_of=lambda a: self.structure.config(self.base, a), cost=self.cost,
                         penalty=self.penalty, goal=goal, eta=self.eta, eta_abs=self.eta_abs, max_units=max_units,
-                        removals=self.removals)
+                        removals=self.removals, ranking=self.ranking)
             self.masks.alive = {gid: a.clone() for gid, a in ch.alive.items()}
             removed, self.eta_abs = list(ch.removed), ch.eta_abs
         loss_sum = torch.tensor([float(self._loss[0]), self._loss[1]], dtype=torch.float64)
@@ -376,7 +383,8 @@ class GlobalPruner:
                 "criterion": self.criterion_name, "penalty": self.penalty.name,
                 "schedule": self.schedule.describe(), "settings": dict(settings or {}), "granularity": self.unit,
                 "world_size": self.world, "macs_convention": counting.CONVENTIONS["nvit"],
-                **({"keep_depth": True} if self.keep_depth else {})}
+                **({"keep_depth": True} if self.keep_depth else {}),
+                **({"ranking": self.ranking} if self.ranking != "nvit" else {})}
 
     def target_record(self) -> dict[str, Any]:
         """The target in its one JSON shape with what it came to: ``value`` (the cost to reach) and ``base``."""

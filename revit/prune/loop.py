@@ -42,7 +42,7 @@ from revit.distill import Teacher
 from revit.errors import CheckpointError, ConfigError, RevitError
 from revit.models.checkpoint import save_torch, save_weights
 from revit.prune.global_pruner import GlobalPruner
-from revit.recipes import PruneConfig
+from revit.recipes import WHEN_SET, PruneConfig
 from revit.run_folders import Claim
 from revit.trace import Trace, TraceWriter
 
@@ -108,7 +108,7 @@ class PruneRun:
         self.pruner = GlobalPruner(model, target=cfg.target, schedule=cfg.schedule(self.per_epoch), table=table,
                                    criterion=cfg.criterion, eta=cfg.eta, ema=cfg.ema, granularity=cfg.granularity,
                                    seed=cfg.seed, evaluator=self._evaluate, criterion_options=cfg.criterion_options,
-                                   keep_depth=cfg.keep_depth)
+                                   keep_depth=cfg.keep_depth, ranking=cfg.ranking)
         self.model = self.pruner.model
         self.base = self.pruner.base
         from revit.train_loop import TrainConfig, make_optimizer
@@ -214,11 +214,9 @@ class PruneRun:
 
     def _restore(self, st: dict[str, Any]) -> None:
         """Model, optimizer, pruner, scaler and RNG from a checked state (another recipe or model is refused)."""
-        same = {"criterion_options": {}, "keep_depth": False,
-                **{k: v for k, v in self._settings().items() if k not in ("device", "workers")}}
-        old = {**PruneConfig().settings(), "teacher": None, "teacher_sha256": None, "criterion_options": {},
-               "keep_depth": False,
-               **st["settings"]}  # older runs; criterion options are left out of the settings when none are given
+        same = {**WHEN_SET, **{k: v for k, v in self._settings().items() if k not in ("device", "workers")}}
+        old = {**PruneConfig().settings(), "teacher": None, "teacher_sha256": None, **WHEN_SET,
+               **st["settings"]}  # older runs; settings at their defaults are left out (WHEN_SET)
         if {k: old.get(k) for k in same} != same:
             diff = [k for k, v in same.items() if old.get(k) != v]
             raise CheckpointError(f"{self.state_path}: written with other settings ({', '.join(diff)}); "

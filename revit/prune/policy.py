@@ -10,6 +10,15 @@ saliency is the sum of its remaining units' scores (the attention's heads, the M
 branch's cost with the fixed costs that go with it; removing a block's last branch removes the block.
 What pruning stops at is a :class:`~revit.cost.CostTarget` (a cost model and a fraction of the base cost);
 :class:`revit.recipes.Schedule` says when a pruning step happens and what cost it aims at.
+
+Two rankings (:data:`RANKINGS`): ``nvit`` ranks candidates by their score, as the paper does; ``knapsack`` ranks
+them by their score per unit of the target's cost they save (the greedy of a covering knapsack: the least
+saliency lost per MAC or ms removed).  Candidates of a step save very different amounts (a head, 8 MLP
+neurons), and only the second makes a latency penalty trade units whose latency per MAC is high (on a CPU
+where heads are dear, heads) for ones whose is low at equal MACs (docs/evidence/latency.md, the room).
+Under ``knapsack`` a penalty of the target's own cost shifts every key by ``eta_abs`` and changes nothing, and
+each group also offers its 2, 3, ... lowest units at once (a cost need not be linear in a width: on a CPU table
+one head of four saves little latency per MAC, three save much more).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import torch
 
 from revit.config import ATTENTION_KINDS, ViTConfig
 from revit.errors import BudgetError
+from revit.recipes import RANKINGS
 
 BRANCH_KINDS = {"attention": ATTENTION_KINDS, "mlp": ("mlp_dim",)}  # a block's branches and the widths of each
 SCORED_BY = {"attention": "heads", "mlp": "mlp_dim"}  # the group whose units' scores cover the whole branch
@@ -71,6 +81,7 @@ class Candidate:
     branch: str | None = None
     gids: tuple[int, ...] = ()
     price: tuple[str, int | None, int] = ("", None, 0)
+    chunk: int = 1  # how many of the group's units (``unit`` indices each) it removes at once
 
     def score(self, eta_abs: float) -> float:
         return self.saliency - eta_abs * self.saving
@@ -88,9 +99,11 @@ class Choice:
 def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], alive: Mapping[int, torch.Tensor],
                unit: Mapping[str, int], minimum: Mapping[str, int], cfg: ViTConfig,
                penalty: CostLike, lowest: dict[int, tuple[int, tuple[int, ...], float]] | None = None,
-               removals: bool = False) -> list[Candidate]:
+               removals: bool = False, chunks: bool = False) -> list[Candidate]:
     """One candidate per group that can still lose ``unit[kind]`` indices without going below its minimum;
-    with ``removals``, one more per branch that has a width at its minimum (:func:`branch_candidates`).
+    with ``removals``, one more per branch that has a width at its minimum (:func:`branch_candidates`); with
+    ``chunks``, one more per further multiple of the unit the group can lose (its 2, 3, ... lowest units at
+    once), so that a cost that is not linear in a width (three heads dearer than three times one) is seen.
 
     ``lowest`` caches each group's (alive count, lowest indices, their saliency) between calls; the
     caller drops a group's entry when its alive mask changes (savings are always recomputed).
@@ -113,8 +126,26 @@ def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], 
         where = None if g.block is None else pos[g.block]
         out.append(Candidate(g.gid, indices, saliency, float(penalty.saving(cfg, g.kind, where, u)),
                              price=(g.kind, where, u)))
+        if chunks and n_alive - 2 * u >= min(minimum[g.kind], g.size):
+            out += _chunks(g, scores[g.gid], alive[g.gid], u, n_alive - min(minimum[g.kind], g.size), where, cfg,
+                           penalty)
     if removals:
         out += branch_candidates(groups, scores, alive, unit, minimum, cfg, penalty, pos)
+    return out
+
+
+def _chunks(g: GroupLike, scores: torch.Tensor, alive: torch.Tensor, u: int, most: int, where: int | None,
+            cfg: ViTConfig, penalty: CostLike) -> list[Candidate]:
+    """Group ``g``'s 2, 3, ... lowest-scoring units (``u`` alive indices each) as candidates, at most ``most``
+    indices in all."""
+    s = scores.detach().double().cpu().clone()
+    s[~alive.cpu()] = math.inf
+    order = torch.argsort(s, stable=True)
+    out = []
+    for k in range(2, most // u + 1):
+        idx = order[:k * u]
+        out.append(Candidate(g.gid, tuple(int(i) for i in idx), float(s[idx].sum()),
+                             float(penalty.saving(cfg, g.kind, where, k * u)), price=(g.kind, where, k * u), chunk=k))
     return out
 
 
@@ -168,7 +199,7 @@ def branch_candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Te
 
 def calibrate_eta(eta: float, cands: Sequence[Candidate]) -> float:
     """Scale-free eta -> absolute: a median saving weighs ``eta`` median saliencies (0 when undefined)."""
-    cands = [c for c in cands if c.branch is None] or list(cands)  # a unit's saliency, not a branch's
+    cands = [c for c in cands if c.branch is None and c.chunk == 1] or list(cands)  # a unit's, not a branch's
     if eta == 0 or not cands:
         return 0.0
     sal = torch.tensor([c.saliency for c in cands], dtype=torch.float64)
@@ -182,15 +213,18 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
            unit: Mapping[str, int], minimum: Mapping[str, int], config_of: Callable[[Mapping[int, torch.Tensor]],
                                                                                     ViTConfig],
            cost: CostLike, penalty: CostLike, goal: float, eta: float, eta_abs: float | None = None,
-           max_units: int | None = None, removals: bool = False) -> Choice:
+           max_units: int | None = None, removals: bool = False, ranking: str = "nvit") -> Choice:
     """Remove the lowest-scoring candidates one at a time until ``cost <= goal`` (or ``max_units`` removals).
 
-    ``eta_abs`` None calibrates it from the first candidate list (:func:`calibrate_eta`).  Ties go
+    ``eta_abs`` None calibrates it from the first candidate list (:func:`calibrate_eta`); ``ranking`` is one of
+    :data:`RANKINGS` (the score, or the score per unit of ``cost`` saved).  Ties go
     to the lower group id (a width before a branch).  ``removals`` lets whole branches compete
     (:func:`branch_candidates`); a branch's removed entry then says its ``block`` (the base model's index), the
     ``branch`` and what it ``removes``: the branch, or the block when it was its last.  Raises
     :class:`BudgetError` when every group is at its minimum first.
     """
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     by_gid = {g.gid: g for g in groups}
     # one copy to the host for the whole step: scores may live on a GPU, and candidates() reads them per removal
     scores = {gid: v.detach().double().cpu() for gid, v in scores.items()}
@@ -201,14 +235,16 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
         cfg = config_of(now)
         if cost.cost(cfg) <= goal or (max_units is not None and len(removed) >= max_units):
             break
-        cands = candidates(groups, scores, now, unit, minimum, cfg, penalty, lowest, removals)
+        cands = candidates(groups, scores, now, unit, minimum, cfg, penalty, lowest, removals,
+                           chunks=ranking == "knapsack")
         if not cands:
             raise BudgetError("every width is at its minimum before the target was reached")
         if eta_abs is None:
             eta_abs = calibrate_eta(eta, cands)
         e = eta_abs
         need = cost.cost(cfg) - goal  # in the target's cost (the penalty may be another: latency for a MACs target)
-        best = _best_within(cands, e, lambda c, cfg=cfg: cost.saving(cfg, *c.price), need)  # type: ignore[misc]
+        best = _best_within(cands, e, lambda c, cfg=cfg: cost.saving(cfg, *c.price), need,  # type: ignore[misc]
+                            per_cost=ranking == "knapsack")
         entry = {"group": by_gid[best.gid].name, "units": len(best.indices), "indices": list(best.indices),
                  "saliency": best.saliency, "saving": best.saving, "score": best.score(eta_abs)}
         if best.branch is None:
@@ -227,14 +263,21 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
 
 
 def _best_within(cands: Sequence[Candidate], eta_abs: float, saving: Callable[[Candidate], float],
-                 need: float) -> Candidate:
+                 need: float, per_cost: bool = False) -> Candidate:
     """The lowest-scoring candidate whose removal does not overshoot the step's goal (``saving`` in the target's
     cost at most ``need``); when every one would, the one that overshoots least.  One removal never takes the model
-    far below its target when a smaller one gets there (an 8-wide embedding slice is 8% of every block's MACs)."""
-    ranked = sorted(cands, key=lambda c: (c.score(eta_abs), c.gid, c.branch is not None))
+    far below its target when a smaller one gets there (an 8-wide embedding slice is 8% of every block's MACs).
+    ``per_cost`` ranks by score per unit of that saving (a candidate that saves nothing last)."""
+    if per_cost:
+        price = {id(c): saving(c) for c in cands}
+        ranked = sorted(cands, key=lambda c: (price[id(c)] <= 0, c.score(eta_abs) / price[id(c)]
+                                              if price[id(c)] > 0 else 0.0, c.gid, c.branch is not None))
+    else:
+        price = {}
+        ranked = sorted(cands, key=lambda c: (c.score(eta_abs), c.gid, c.branch is not None))
     saved: list[float] = []
     for c in ranked:  # lazily: while the goal is far, the first one fits and is the only one priced
-        saved.append(saving(c))
+        saved.append(price[id(c)] if per_cost else saving(c))
         if saved[-1] <= need:
             return c
     return ranked[min(range(len(ranked)), key=lambda i: saved[i])]
