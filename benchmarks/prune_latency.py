@@ -67,6 +67,7 @@ def main() -> None:
                     help="how both runs rank candidates (revit prune --ranking): nvit by score, knapsack by score per "
                          "MAC saved (the only one under which a latency penalty trades dear units for cheap ones)")
     ap.add_argument("--etas", default="1,4", help="scale-free penalty weights; each gives one pair of runs")
+    ap.add_argument("--keep-depth", action="store_true", help="both runs prune widths only (revit prune --keep-depth)")
     ap.add_argument("--interval", type=int, default=10)
     ap.add_argument("--step-fraction", type=float, default=0.04)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -113,7 +114,7 @@ def main() -> None:
                 continue
             pc = PruneConfig(target=CostTarget.macs(args.target), criterion=args.criterion, interval=args.interval,
                              per_step=None, step_fraction=args.step_fraction, eta=eta, lr=args.lr, eval_size=0,
-                             seed=0, ranking=args.ranking)
+                             seed=0, ranking=args.ranking, keep_depth=args.keep_depth)
             torch.manual_seed(0)
             model = build_model(base_cfg, checkpoint=args.checkpoint)
             t0 = time.perf_counter()
