@@ -31,14 +31,14 @@ def measure_models(cfgs: list[Any], batch: int = 64, passes: int = 3, repeats: i
     ``revit latency validate``'s protocol: interleaved passes, a fresh onnxruntime session for each."""
     import tempfile
 
-    from revit.latency.accuracy import WholeModel
+    from revit.latency.accuracy import whole_models
     from revit.latency.backends.ort import OrtBackend
     from revit.latency.timing import shuffled_passes
 
     be = OrtBackend(threads=threads, clock="thread" if threads == 1 else "wall")
     got: list[list[float]] = [[] for _ in cfgs]
     with tempfile.TemporaryDirectory() as tmp:
-        models = [WholeModel(be, c, batch, "exported", tmp) for c in cfgs]
+        models = whole_models(be, cfgs, batch, "exported", tmp)
         for i in shuffled_passes(list(range(len(cfgs))), passes, seed):
             with models[i].visit() as w:
                 w.time(warmup)

@@ -86,6 +86,33 @@ def test_a_table_built_under_load_is_brought_back_within_5_percent(tmp_path: Pat
     assert p.total_s == pytest.approx(cal_table.calibration.apply(raw.predict(held_out[0]).total_s))
 
 
+@pytest.mark.parametrize("name", ["cpu_onnxruntime_fp32_bs1_t198", "epyc_onnxruntime_fp32_bs1_t198", SHIPPED])
+def test_the_widest_calibration_model_is_the_widest_uniform_one_under_the_time_cap(name: str) -> None:
+    """On the 198-token tables the table's widest model (DeiT-B-sized) is predicted over MAX_MODEL_S: the calibration
+    takes, every axis one knot down at a time, the first uniform model under it; the micro table's widest is under it
+    and taken as it is."""
+    from revit.config import BLOCK_KINDS, BlockDims, ViTConfig
+    from revit.latency.calibration import MAX_MODEL_S
+
+    t = LatencyTable.load(name).uncalibrated()
+    got = calibration_configs(t, 5)[0]
+    b = got.blocks[0]
+    assert got.blocks == (b,) * len(got.blocks) and t.predict(got).total_s <= MAX_MODEL_S
+    # its index from the top, the same on every axis that has that many knots
+    down = {k: len(t.axes[k]) - 1 - list(t.axes[k]).index(v)
+            for k, v in zip(("embed_dim", *BLOCK_KINDS), (got.embed_dim, b.heads, b.qk_dim, b.v_dim, b.mlp_dim),
+                            strict=True)}
+    step = max(down.values())
+    assert all(d == min(step, len(t.axes[k]) - 1) for k, d in down.items()), down
+    if step == 0:
+        assert name == SHIPPED
+        return
+    up = {k: int(t.axes[k][max(len(t.axes[k]) - step, 0)]) for k in down}  # one knot up on every axis
+    wider = ViTConfig(embed_dim=up["embed_dim"], blocks=(BlockDims(*(up[k] for k in BLOCK_KINDS)),) * got.depth,
+                      setting=got.setting)
+    assert t.predict(wider).total_s > MAX_MODEL_S
+
+
 def test_calibrations_are_kept_newest_last_and_validated(tmp_path: Path) -> None:
     t = as_built()
     cfg = calibration_configs(t, 2)[0]

@@ -152,7 +152,7 @@ def _register_calibrate(lsub: Any) -> None:
     c.add_argument("--out", help="write the calibrated table here (default: the table file itself, in place; "
                                  "a shipped table needs --out)")
     add_overwrite_arg(c)
-    c.add_argument("--models", type=count(50), default=6, help="whole models timed (default 6, at most 50)")
+    c.add_argument("--models", type=count(50), default=5, help="whole models timed (default 5, at most 50)")
     c.add_argument("--passes", type=count(100), default=5, help="passes over the models, each in random order")
     c.add_argument("--source", default=None, choices=("exported", "graph"),
                    help="exported: torch.onnx files as a user deploys them (default where the backend runs ONNX "

@@ -225,11 +225,12 @@ class WholeModel:
     passes is also a median over sessions: a session's own memory layout moves a whole model's speed by about 1%
     there, which one session would freeze into every pass. Elsewhere one workload is opened and kept."""
 
-    def __init__(self, backend: Backend, cfg: ViTConfig, batch: int, source: str, tmp: str) -> None:
+    def __init__(self, backend: Backend, cfg: ViTConfig, batch: int, source: str, tmp: str,
+                 path: str | None = None) -> None:
         self.backend, self.cfg, self.batch = backend, cfg, batch
-        self.path: str | None = None
+        self.path: str | None = path  # exported already (:func:`whole_models`)
         self.opened = 0
-        if source != "graph":
+        if source != "graph" and path is None:
             self.path = export_for_timing(backend, cfg, batch, tmp)
         self._kept = None if backend.reopen_models else self._open()
 
@@ -261,6 +262,16 @@ class WholeModel:
 
 def export_for_timing(backend: Backend, cfg: ViTConfig, batch: int, tmp: str) -> str:
     """``cfg``'s revit model exported with ``torch.onnx`` into a new file in folder ``tmp``; its path."""
+    return export_many(backend, [cfg], batch, tmp)[0]
+
+
+def export_many(backend: Backend, cfgs: list[ViTConfig], batch: int, tmp: str, progress: bool = False) -> list[str]:
+    """Each distinct config of ``cfgs`` exported once with ``torch.onnx`` into folder ``tmp``; the path of each.
+
+    An export costs 4-10 s whatever the model's size (tracing and translation, not arithmetic), so the same config
+    is exported once: a validation's noise copies share its file (each visit still opens its own session).  In
+    worker processes they would not be faster on two cores: a fresh process pays torch's import and the exporter's
+    first call, 10 s, before its first model."""
     import torch
 
     from revit.models import build_model
@@ -269,11 +280,23 @@ def export_for_timing(backend: Backend, cfg: ViTConfig, batch: int, tmp: str) ->
     if getattr(backend, "onnx_file", None) is None:
         raise ConfigError("--model-source exported needs a backend that runs ONNX files (onnxruntime); "
                           "give --model-source graph")
-    fd, path = tempfile.mkstemp(suffix=".onnx", dir=tmp)
-    os.close(fd)
-    model = build_model(cfg).eval()
-    export_onnx(model, path, torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size))
-    return path
+    paths: dict[ViTConfig, str] = {}
+    from tqdm import tqdm
+
+    for c in tqdm(list(dict.fromkeys(cfgs)), desc="export", unit="model", disable=not progress, leave=False):
+        fd, paths[c] = tempfile.mkstemp(suffix=".onnx", dir=tmp)
+        os.close(fd)
+        export_onnx(build_model(c).eval(), paths[c], torch.randn(batch, c.in_chans, c.img_size, c.img_size))
+    return [paths[c] for c in cfgs]
+
+
+def whole_models(backend: Backend, cfgs: list[ViTConfig], batch: int, source: str, tmp: str,
+                 progress: bool = False) -> list[WholeModel]:
+    """A :class:`WholeModel` of each config, the exported ones exported first, together (:func:`export_many`)."""
+    paths: list[str | None] = [None] * len(cfgs)
+    if source != "graph":
+        paths = list(export_many(backend, cfgs, batch, tmp, progress))
+    return [WholeModel(backend, c, batch, source, tmp, path=p) for c, p in zip(cfgs, paths, strict=True)]
 
 
 def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int = 1, noise_k: int = 10,
@@ -302,8 +325,8 @@ def validate(table: LatencyTable, backend: Backend, samples: int, *, seed: int =
     loads: dict[int, WholeModel] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for i in items:
-                loads[i] = WholeModel(backend, cfgs[max(i, 0) if i >= 0 else 0], batch, model_source, tmp)
+            made = whole_models(backend, [cfgs[max(i, 0)] for i in items], batch, model_source, tmp, progress)
+            loads = dict(zip(items, made, strict=True))
             with tqdm(total=len(items) * passes, desc="validate", unit="model", disable=not progress,
                       leave=False) as bar:
                 for i in shuffled_passes(items, passes, seed):

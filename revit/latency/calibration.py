@@ -160,19 +160,32 @@ def calibrations_of(metadata: Mapping[str, Any], source: str) -> tuple[Calibrati
     return tuple(Calibration.from_dict(c, source) for c in raw)
 
 
+MAX_MODEL_S = 0.25  # the widest calibration model's predicted seconds per batch at most (see calibration_configs)
+
+
 def calibration_configs(table: LatencyTable, n: int, seed: int = 0) -> list[ViTConfig]:
     """The whole models a calibration times: the table's widest uniform model, its narrowest, a uniform one on the
     middle knots, and random per-block ones inside the table (``n`` in all), at the table's setting and depth: the
-    sizes the table prices, so the offset is measured, not extrapolated, for small models."""
+    sizes the table prices, so the offset is measured, not extrapolated, for small models.
+
+    The widest is the widest uniform model predicted at most :data:`MAX_MODEL_S` per batch (every axis one knot
+    down until it is): on the 198-token table the widest, DeiT-B-sized (0.36 s at batch 1), cost a third of a
+    calibration (an export of 10 s and 13 s of timing) for a point that moved its own prediction by 1% when left
+    out (docs/evidence/latency.md)."""
     from revit.config import BLOCK_KINDS, BlockDims, ViTConfig
     from revit.latency.accuracy import random_configs, setting_of
 
     setting, depth = setting_of(table)
-    out: list[ViTConfig] = []
-    for pick in (lambda pts: pts[-1], lambda pts: pts[0], lambda pts: pts[len(pts) // 2]):
+
+    def uniform(pick: Any) -> ViTConfig:
         emb = int(pick(table.axes["embed_dim"]))
-        dims = BlockDims(*(int(pick(table.axes[k])) for k in BLOCK_KINDS))
-        out.append(ViTConfig(embed_dim=emb, blocks=(dims,) * depth, **setting))
+        return ViTConfig(embed_dim=emb, blocks=(BlockDims(*(int(pick(table.axes[k])) for k in BLOCK_KINDS)),) * depth,
+                         **setting)
+
+    longest = max(len(table.axes[k]) for k in ("embed_dim", *BLOCK_KINDS))
+    widest = [uniform(lambda pts, k=k: pts[max(len(pts) - 1 - k, 0)]) for k in range(longest)]
+    out = [next((c for c in widest if table.predict(c).total_s <= MAX_MODEL_S), widest[-1])]
+    out += [uniform(lambda pts: pts[0]), uniform(lambda pts: pts[len(pts) // 2])]
     out += random_configs(table, max(0, n - 3), seed=random.Random(seed).randrange(1 << 30))
     return out[:n]
 

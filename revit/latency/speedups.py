@@ -88,7 +88,7 @@ def time_speedups(table: LatencyTable, backend: Backend, base: ViTConfig, config
     """Export and time ``base`` and every config, interleaved; the rows and the seconds the timing took."""
     from tqdm import tqdm
 
-    from revit.latency.accuracy import WholeModel, model_source_for
+    from revit.latency.accuracy import WholeModel, model_source_for, whole_models
 
     meas = table.metadata.get("measurement") or {}
     warmup = int(meas.get("warmup") or 2) if warmup is None else warmup
@@ -100,8 +100,7 @@ def time_speedups(table: LatencyTable, backend: Backend, base: ViTConfig, config
     t0 = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for i, c in enumerate(tqdm(cfgs, desc="export", unit="model", disable=not progress, leave=False)):
-                loads[i] = WholeModel(backend, c, table.batch_size, source, tmp)
+            loads = dict(enumerate(whole_models(backend, cfgs, table.batch_size, source, tmp, progress)))
             t0 = time.perf_counter()
             with tqdm(total=len(cfgs) * passes, desc="time", unit="model", disable=not progress, leave=False) as bar:
                 for i in shuffled_passes(list(range(len(cfgs))), passes, seed):
