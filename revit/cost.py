@@ -126,10 +126,13 @@ class MacsCost(CostModel):
     name, spec_key, per_unit = MACS, "macs", "MAC"
     description = "MACs per image, counted from the config (no table needed)"
 
+    _CACHE_SIZE = 10000
+
     def __init__(self, convention: counting.Convention = "nvit") -> None:
         counting._check(convention)
         self.convention: counting.Convention = convention
         self.unit = "MACs" if convention == "nvit" else "MACs (linear only)"
+        self._cache: dict[tuple[Any, ...], float] = {}
 
     def cost(self, cfg: ViTConfig) -> float:
         return float(counting.macs(cfg, self.convention))
@@ -140,9 +143,14 @@ class MacsCost(CostModel):
         if kind == "embed_dim" or block is None:
             return super().saving(cfg, kind, block, units)
         b = cfg.blocks[block]
-        new = shrunk_block(b, kind, units)  # the last units: the whole branch, its attention matmuls included
-        return float(counting.block_macs(cfg.embed_dim, b, cfg.tokens, self.convention)
-                     - counting.block_macs(cfg.embed_dim, new, cfg.tokens, self.convention))
+        key = (cfg.embed_dim, cfg.tokens, b, kind, units)  # cached: the knapsack ranking asks it of every chunk
+        if key not in self._cache:
+            if len(self._cache) > self._CACHE_SIZE:
+                self._cache.clear()
+            new = shrunk_block(b, kind, units)  # the last units: the whole branch, its attention matmuls included
+            self._cache[key] = float(counting.block_macs(cfg.embed_dim, b, cfg.tokens, self.convention)
+                                     - counting.block_macs(cfg.embed_dim, new, cfg.tokens, self.convention))
+        return self._cache[key]
 
     def format(self, value: float) -> str:
         return f"{counting.format_count(value)} {self.unit}"

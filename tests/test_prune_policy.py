@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,17 @@ def test_knapsack_offers_several_units_of_a_group_at_once() -> None:
     assert _picked(run("nvit")) == [("mlp_dim0", [1])]  # scores: MLP 1 -2, heads 0 -1
     # single units: saliency 1, 2 and savings 1, 1 -> eta_abs = 2 x 1 / 1 (with the chunks' it would be 4)
     assert run("knapsack", eta_abs=None).eta_abs == 2.0
+
+
+def test_chunk_sizes_cover_small_counts_and_grow_geometrically() -> None:
+    from revit.prune.policy import chunk_sizes
+
+    assert chunk_sizes(1) == [] and chunk_sizes(2) == [2] and chunk_sizes(8) == list(range(2, 9))
+    for n in (9, 24, 47, 190, 383):
+        got = chunk_sizes(n)
+        assert got[:7] == list(range(2, 9)) and got[-1] == n and got == sorted(set(got))
+        assert all(b <= max(a + 1, round(a * 1.25)) for a, b in zip(got, got[1:], strict=False)), got
+        assert len(got) <= 8 + 2 * math.ceil(math.log(n / 8, 1.25)), got  # geometric, not one per count
 
 
 def test_eta_is_calibrated_from_medians_once() -> None:
