@@ -102,8 +102,8 @@ def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], 
                removals: bool = False, chunks: bool = False) -> list[Candidate]:
     """One candidate per group that can still lose ``unit[kind]`` indices without going below its minimum;
     with ``removals``, one more per branch that has a width at its minimum (:func:`branch_candidates`); with
-    ``chunks``, one more per further multiple of the unit the group can lose (its 2, 3, ... lowest units at
-    once), so that a cost that is not linear in a width (three heads dearer than three times one) is seen.
+    ``chunks``, more per group: its lowest 2, 3, ... units at once (:func:`chunk_sizes`, as far as its minimum
+    allows), so that a cost that is not linear in a width (three heads dearer than three times one) is seen.
 
     ``lowest`` caches each group's (alive count, lowest indices, their saliency) between calls; the
     caller drops a group's entry when its alive mask changes (savings are always recomputed).
