@@ -6,7 +6,9 @@ Groups, none of them chosen by hand:
   revit's criteria and Torch-Pruning's at 25% and 50% of the MACs, seed 0) and the 0.7 step of the five committed
   micro traces (``benchmarks/results/traces/micro-s*.jsonl``);
 - ``latency-pruned``: ``revit prune --target-latency R --table TABLE`` from the micro base at several R
-  (run here, reused when their folders exist);
+  (run here, reused when their folders exist); with ``--knapsack-etas``, also latency-aware prunes as
+  ``benchmarks/prune_latency.py`` runs them (``--target-macs 0.5 --table TABLE --ranking knapsack --eta E``, seed
+  0): configs short of heads or whole branches, which NViT's ranking never makes;
 - ``generated``: ``paper``, ``less-more-less``, ``micro-fit`` and ``uniform`` at several latency budgets on the
   table (``revit.rules.generate``).
 Each config and the unpruned base are exported with ``torch.onnx`` and timed whole with the table's protocol,
@@ -55,24 +57,28 @@ def macs_pruned(base: Any) -> list[Any]:
 
 
 def latency_pruned(work: Path, ratios: list[float], seeds: list[int], train_limit: int,
-                   table: str = TABLE) -> list[Any]:
+                   table: str = TABLE, knapsack_etas: tuple[float, ...] = ()) -> list[Any]:
     from revit.config import ViTConfig
     from revit.latency.speedups import HeldOut
 
+    runs = [(f"lat{r}-s{seed}", seed, ["--target-latency", str(r)]) for r in ratios for seed in seeds]
+    # under the knapsack a latency target makes eta moot (its penalty is the target's cost): a MACs target, as the
+    # latency-aware benchmark prunes
+    runs += [(f"macs0.5-knapsack-eta{e:g}", 0, ["--target-macs", "0.5", "--ranking", "knapsack", "--eta", f"{e:g}"])
+             for e in knapsack_etas]
     out = []
-    for r in ratios:
-        for seed in seeds:
-            run = work / f"prune-lat{r}-s{seed}"
-            if not (run / "pruned.yaml").is_file():
-                cmd = [sys.executable, "-m", "revit", "prune", "--model", "revit_micro", "--data", "fashion-mnist",
-                       "--train-limit", str(train_limit), "--val-size", "200", "--test-limit", "0",
-                       "--eval-size", "0", "--seed", str(seed), "--threads", "1", "--target-latency", str(r),
-                       "--table", table, "--out", str(run), "--no-progress", "--overwrite", "-q"]
-                if BASE_WEIGHTS.is_file():
-                    cmd += ["--checkpoint", str(BASE_WEIGHTS)]
-                print("+", " ".join(cmd[2:]), flush=True)
-                subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-            out.append(HeldOut("latency-pruned", f"lat{r}-s{seed}", ViTConfig.load(run / "pruned.yaml")))
+    for name, seed, extra in runs:
+        run = work / f"prune-{name}"
+        if not (run / "pruned.yaml").is_file():
+            cmd = [sys.executable, "-m", "revit", "prune", "--model", "revit_micro", "--data", "fashion-mnist",
+                   "--train-limit", str(train_limit), "--val-size", "200", "--test-limit", "0",
+                   "--eval-size", "0", "--seed", str(seed), "--threads", "1", *extra,
+                   "--table", table, "--out", str(run), "--no-progress", "--overwrite", "-q"]
+            if BASE_WEIGHTS.is_file():
+                cmd += ["--checkpoint", str(BASE_WEIGHTS)]
+            print("+", " ".join(cmd[2:]), flush=True)
+            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out.append(HeldOut("latency-pruned", name, ViTConfig.load(run / "pruned.yaml")))
     return out
 
 
@@ -142,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random", type=int, default=10, help="random configs")
     ap.add_argument("--lat-ratios", default="0.4,0.55,0.7")
     ap.add_argument("--lat-seeds", default="0,1")
+    ap.add_argument("--knapsack-etas", default="", help="also latency prunes ranked by the knapsack at these etas "
+                                                        "(the middle ratio, seed 0), e.g. 16,256")
     ap.add_argument("--budgets", default="0.4,0.55,0.7", help="latency budgets as fractions of the base's")
     ap.add_argument("--train-limit", type=int, default=3000, help="images of the latency prunes")
     ap.add_argument("--passes", type=int, default=10)
@@ -160,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     held = [HeldOut("random", f"random{i}", c) for i, c in enumerate(random_configs(table, a.random, seed=a.seed + 11))]
     held += macs_pruned(base)
     held += latency_pruned(a.work, [float(x) for x in a.lat_ratios.split(",")],
-                           [int(x) for x in a.lat_seeds.split(",")], a.train_limit, a.table)
+                           [int(x) for x in a.lat_seeds.split(",")], a.train_limit, a.table,
+                           tuple(float(x) for x in a.knapsack_etas.split(",") if x))
     held += generated(table, base, [float(x) for x in a.budgets.split(",")])
     held = [h for h in held if costable(table, h)]
     load_before = os.getloadavg()

@@ -99,6 +99,7 @@ def test_revit_prune_ranking_is_recorded_and_a_resume_that_changes_it_is_refused
            "micro", "--no-progress", "--seed", "0", "--target-macs", "0.5", "--out", tmp_path / "run"]
     code, _, err = cli(*run, "--ranking", "knapsack")
     assert code == 0, err
+    assert "eta 1 is moot" in err  # no table: the penalty is the target's MACs, which the knapsack ranks by
     lines = [json.loads(x) for x in (tmp_path / "run" / "trace.jsonl").read_text().splitlines()]
     assert lines[0]["settings"]["ranking"] == "knapsack" and lines[0]["ranking"] == "knapsack"
     marker = json.loads((tmp_path / "run" / ".revit-run.json").read_text())

@@ -111,6 +111,10 @@ class GlobalPruner:
         if ranking not in RANKINGS:
             raise ConfigError(f"ranking must be one of {', '.join(RANKINGS)}, got {ranking!r}")
         self.ranking = ranking
+        if ranking == "knapsack" and eta > 0 and self.penalty.name == self.cost.name:
+            log.info("ranked by the knapsack, a %s penalty on a %s target changes nothing (eta %g is moot): "
+                     "candidates go by saliency per %s saved; for latency-awareness at equal MACs, target MACs "
+                     "with a latency table", self.penalty.name, self.cost.name, eta, self.cost.per_unit)
         gran = Granularity.for_widths(self.base.embed_dim, self.base.blocks) if granularity in (None, "auto") \
             else Granularity.parse(granularity, self.base.img_size)
         self.unit = gran.to_dict()
