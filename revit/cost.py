@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
@@ -75,6 +75,18 @@ class CostModel(ABC):
         """Cost removed by taking ``units`` of ``kind`` out of ``block`` (the embedding for embed_dim)."""
         return self.cost(cfg) - self.cost(shrink(cfg, kind, block, units))
 
+    _CACHE_SIZE: ClassVar[int] = 10000
+
+    def _memo(self, key: tuple[Any, ...], compute: Callable[[], float]) -> float:
+        """``compute()`` once per ``key`` (the cache emptied when full): the pruner asks the saving of every
+        candidate at every removal, and only the block a removal touched has new ones."""
+        cache: dict[tuple[Any, ...], float] = self.__dict__.setdefault("_savings", {})
+        if key not in cache:
+            if len(cache) > self._CACHE_SIZE:
+                cache.clear()
+            cache[key] = float(compute())
+        return cache[key]
+
     @abstractmethod
     def format(self, value: float) -> str:
         """A value of this cost for humans, with its unit."""
@@ -126,13 +138,10 @@ class MacsCost(CostModel):
     name, spec_key, per_unit = MACS, "macs", "MAC"
     description = "MACs per image, counted from the config (no table needed)"
 
-    _CACHE_SIZE = 10000
-
     def __init__(self, convention: counting.Convention = "nvit") -> None:
         counting._check(convention)
         self.convention: counting.Convention = convention
         self.unit = "MACs" if convention == "nvit" else "MACs (linear only)"
-        self._cache: dict[tuple[Any, ...], float] = {}
 
     def cost(self, cfg: ViTConfig) -> float:
         return float(counting.macs(cfg, self.convention))
@@ -143,14 +152,10 @@ class MacsCost(CostModel):
         if kind == "embed_dim" or block is None:
             return super().saving(cfg, kind, block, units)
         b = cfg.blocks[block]
-        key = (cfg.embed_dim, cfg.tokens, b, kind, units)  # cached: the knapsack ranking asks it of every chunk
-        if key not in self._cache:
-            if len(self._cache) > self._CACHE_SIZE:
-                self._cache.clear()
-            new = shrunk_block(b, kind, units)  # the last units: the whole branch, its attention matmuls included
-            self._cache[key] = float(counting.block_macs(cfg.embed_dim, b, cfg.tokens, self.convention)
-                                     - counting.block_macs(cfg.embed_dim, new, cfg.tokens, self.convention))
-        return self._cache[key]
+        # the last units: the whole branch, its attention matmuls included
+        return self._memo((cfg.embed_dim, cfg.tokens, b, kind, units), lambda: (
+            counting.block_macs(cfg.embed_dim, b, cfg.tokens, self.convention)
+            - counting.block_macs(cfg.embed_dim, shrunk_block(b, kind, units), cfg.tokens, self.convention)))
 
     def format(self, value: float) -> str:
         return f"{counting.format_count(value)} {self.unit}"
@@ -177,11 +182,9 @@ class LatencyCost(CostModel):
     name, unit, spec_key, spec_scale, per_unit = LATENCY, "s", "latency_ms", 1e-3, "second"
     description = "whole-model latency predicted by a latency table (--table)"
     needs_table = True
-    _CACHE_SIZE = 10000
 
     def __init__(self, table: LatencyTableLike) -> None:
         self.table = table
-        self._cache: dict[tuple[Any, ...], float] = {}
 
     @property
     def batch_size(self) -> int:
@@ -194,13 +197,8 @@ class LatencyCost(CostModel):
         # a block width's saving depends on that block's widths and the embedding only (the table is per
         # block): keyed so, it is reused across removals elsewhere; the embedding's depends on every block
         where = cfg.blocks if kind == "embed_dim" or block is None else cfg.blocks[block]
-        key = (cfg.embed_dim, where, kind, units)
-        if key not in self._cache:
-            if len(self._cache) > self._CACHE_SIZE:
-                self._cache.clear()
-            saved = self.table.marginal_savings(cfg, block or 0, units={kind: units}, only=[kind])
-            self._cache[key] = float(saved[kind])
-        return self._cache[key]
+        return self._memo((cfg.embed_dim, where, kind, units), lambda: self.table.marginal_savings(
+            cfg, block or 0, units={kind: units}, only=[kind])[kind])
 
     def format(self, value: float) -> str:
         return f"{value * 1e3:.4g} ms/batch, {value * 1e3 / self.batch_size:.4g} ms/image"

@@ -183,8 +183,8 @@ def calibration_configs(table: LatencyTable, n: int, seed: int = 0) -> list[ViTC
                          **setting)
 
     longest = max(len(table.axes[k]) for k in ("embed_dim", *BLOCK_KINDS))
-    widest = [uniform(lambda pts, k=k: pts[max(len(pts) - 1 - k, 0)]) for k in range(longest)]
-    out = [next((c for c in widest if table.predict(c).total_s <= MAX_MODEL_S), widest[-1])]
+    down = [uniform(lambda pts, k=k: pts[max(len(pts) - 1 - k, 0)]) for k in range(longest)]  # widest first
+    out = [next((c for c in down if table.predict(c).total_s <= MAX_MODEL_S), down[-1])]
     out += [uniform(lambda pts: pts[0]), uniform(lambda pts: pts[len(pts) // 2])]
     out += random_configs(table, max(0, n - 3), seed=random.Random(seed).randrange(1 << 30))
     return out[:n]

@@ -99,17 +99,20 @@ class Choice:
 def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], alive: Mapping[int, torch.Tensor],
                unit: Mapping[str, int], minimum: Mapping[str, int], cfg: ViTConfig,
                penalty: CostLike, lowest: dict[int, tuple[int, tuple[int, ...], float]] | None = None,
-               removals: bool = False, chunks: bool = False) -> list[Candidate]:
+               removals: bool = False, chunks: bool = False,
+               orders: dict[int, tuple[tuple[int, ...], list[float]]] | None = None) -> list[Candidate]:
     """One candidate per group that can still lose ``unit[kind]`` indices without going below its minimum;
     with ``removals``, one more per branch that has a width at its minimum (:func:`branch_candidates`); with
     ``chunks``, more per group: its lowest 2, 3, ... units at once (:func:`chunk_sizes`, as far as its minimum
     allows), so that a cost that is not linear in a width (three heads dearer than three times one) is seen.
 
-    ``lowest`` caches each group's (alive count, lowest indices, their saliency) between calls; the
-    caller drops a group's entry when its alive mask changes (savings are always recomputed).
+    ``lowest`` caches each group's (alive count, lowest indices, their saliency) between calls, ``orders`` its
+    removable indices by score with their running sums (for chunks); the caller drops a group's entries when its
+    alive mask changes (savings are always recomputed).
     """
     out = []
     lowest = {} if lowest is None else lowest
+    orders = {} if orders is None else orders
     # blocks keep their index in the config unless some went (only with removals)
     pos = block_positions(groups, alive) if removals else {g.block: g.block for g in groups if g.block is not None}
     for g in groups:
@@ -126,25 +129,30 @@ def candidates(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], 
         where = None if g.block is None else pos[g.block]
         out.append(Candidate(g.gid, indices, saliency, float(penalty.saving(cfg, g.kind, where, u)),
                              price=(g.kind, where, u)))
-        if chunks and n_alive - 2 * u >= min(minimum[g.kind], g.size):
-            out += _chunks(g, scores[g.gid], alive[g.gid], u, n_alive - min(minimum[g.kind], g.size), where, cfg,
-                           penalty)
+        floor = min(minimum[g.kind], g.size)
+        if chunks and n_alive - 2 * u >= floor:
+            if g.gid not in orders:
+                orders[g.gid] = _removable_order(scores[g.gid], a, n_alive - floor)
+            out += _chunks(g, *orders[g.gid], u, where, cfg, penalty)
     if removals:
         out += branch_candidates(groups, scores, alive, unit, minimum, cfg, penalty, pos)
     return out
 
 
-def _chunks(g: GroupLike, scores: torch.Tensor, alive: torch.Tensor, u: int, most: int, where: int | None,
-            cfg: ViTConfig, penalty: CostLike) -> list[Candidate]:
-    """Group ``g``'s lowest-scoring units, :func:`chunk_sizes` of them at once (``u`` alive indices each), as
-    candidates, at most ``most`` indices in all; the order is sorted and summed once."""
+def _removable_order(scores: torch.Tensor, alive: torch.Tensor, most: int) -> tuple[tuple[int, ...], list[float]]:
+    """The ``most`` lowest-scoring alive indices of a group, in order, and the running sums of their scores."""
     s = scores.detach().double().cpu().clone()
     s[~alive.cpu()] = math.inf
     order = torch.argsort(s, stable=True)[:most]
-    idx = tuple(order.tolist())
-    total = torch.cumsum(s[order], 0).tolist()
+    return tuple(order.tolist()), torch.cumsum(s[order], 0).tolist()
+
+
+def _chunks(g: GroupLike, idx: tuple[int, ...], total: list[float], u: int, where: int | None, cfg: ViTConfig,
+            penalty: CostLike) -> list[Candidate]:
+    """Group ``g``'s lowest-scoring units (``idx``, running sums ``total``), :func:`chunk_sizes` of them at once
+    (``u`` indices each), as candidates."""
     return [Candidate(g.gid, idx[:k * u], total[k * u - 1], float(penalty.saving(cfg, g.kind, where, k * u)),
-                      price=(g.kind, where, k * u), chunk=k) for k in chunk_sizes(most // u)]
+                      price=(g.kind, where, k * u), chunk=k) for k in chunk_sizes(len(idx) // u)]
 
 
 def chunk_sizes(n: int) -> list[int]:
@@ -238,12 +246,13 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
     now = {gid: a.clone() for gid, a in alive.items()}
     removed: list[dict[str, Any]] = []
     lowest: dict[int, tuple[int, tuple[int, ...], float]] = {}
+    orders: dict[int, tuple[tuple[int, ...], list[float]]] = {}
     while True:
         cfg = config_of(now)
         if cost.cost(cfg) <= goal or (max_units is not None and len(removed) >= max_units):
             break
         cands = candidates(groups, scores, now, unit, minimum, cfg, penalty, lowest, removals,
-                           chunks=ranking == "knapsack")
+                           chunks=ranking == "knapsack", orders=orders)
         if not cands:
             raise BudgetError("every width is at its minimum before the target was reached")
         if eta_abs is None:
@@ -256,12 +265,14 @@ def choose(groups: Sequence[GroupLike], scores: Mapping[int, torch.Tensor], aliv
                  "saliency": best.saliency, "saving": best.saving, "score": best.score(eta_abs)}
         if best.branch is None:
             now[best.gid][list(best.indices)] = False
-            del lowest[best.gid]  # only this group's alive mask changed
+            for cache in (lowest, orders):  # only this group's alive mask changed
+                cache.pop(best.gid, None)
         else:
             block = by_gid[best.gid].block
             for gid in best.gids:
                 now[gid][:] = False
-                lowest.pop(gid, None)
+                for cache in (lowest, orders):
+                    cache.pop(gid, None)
             gone = block not in block_positions(groups, now)
             entry.update(group=f"blocks.{block}.{best.branch}", block=block, branch=best.branch,
                          removes="block" if gone else best.branch)
