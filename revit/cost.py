@@ -37,7 +37,8 @@ class LatencyTableLike(Protocol):
 
 
 class CostModel(ABC):
-    """A monotone cost of a config (non-decreasing in every width).
+    """A monotone cost of a config (non-decreasing in every width; an aligned latency table's remainders aside,
+    where a width off its kernels' step may cost more than the next multiple and its saving is clipped at 0).
 
     Contract: :meth:`cost` raises :class:`~revit.errors.OutsideDomainError` for a config the model
     cannot evaluate; :meth:`saving` is the cost removed by taking ``units`` of ``kind`` (one of

@@ -17,10 +17,12 @@ from revit.latency.alignment import (
     AxisWarp,
     align_table,
     axis_config,
+    describe,
     fit_axis,
     fit_error,
     probe,
     probe_widths,
+    totals,
     with_warps,
 )
 from revit.latency.grid import WidthGrid
@@ -55,9 +57,12 @@ def test_the_warp_keeps_multiples_and_is_strictly_increasing() -> None:
     assert float(w(65)) == pytest.approx(65 + 0.3 * 15) and float(w(79)) == pytest.approx(79 + 0.3)
     xs = np.arange(1, 400, dtype=float)
     assert np.all(np.diff(w(xs)) > 0)  # so warped knots stay a valid grid
-    for bad in ((16, 1.0), (16, -0.1), (0, 0.5), (True, 0.5)):
+    for bad in ((16, 1.0), (16, -0.1), (0, 0.5), (True, 0.5), (16, 0.5, -0.01), (16, 0.5, 0.6)):
         with pytest.raises(ValueError):
             AxisWarp(*bad)  # type: ignore[arg-type]
+    r = AxisWarp(16, 0.3, 0.05)  # the remainder prices a width off a multiple, and moves no width
+    assert r.factor(np.array([32, 47, 48, 49, 64])).tolist() == [1.0, 1.05, 1.0, 1.05, 1.0]
+    assert np.array_equal(r(xs), w(xs)) and np.all(AxisWarp(16, 0.3).factor(xs) == 1)
 
 
 def test_lookups_interpolate_in_warped_width(tmp_path: Path) -> None:
@@ -79,6 +84,36 @@ def test_lookups_interpolate_in_warped_width(tmp_path: Path) -> None:
     assert a.lookup([(65, *cell)])[0] > t.lookup([(65, *cell)])[0] * 1.02
     # the half blocks are warped alike (a row without attention is priced by the MLP half)
     assert a.lookup([(65, 0, 0, 0, 128)])[0] > t.lookup([(65, 0, 0, 0, 128)])[0]
+
+
+def test_a_remainder_keeps_every_knot_and_prices_a_width_off_the_step_above_the_next_multiple(tmp_path: Path) -> None:
+    """With a remainder the knots off the step (EMB 40, 56, ...) are interpolated without it and a query off the step
+    gets it back: by hand, every knot as measured, EMB 47 above EMB 48 where the remainder exceeds the slope."""
+    t = built(tmp_path)
+    w = AxisWarp(16, 0.4, 0.08)
+    a = with_warps(t, {"embed_dim": w})
+    e_axis = list(t.axes["embed_dim"])
+    cell = (2, 16, 8, 128)
+    col = t.values[:, 0, 1, 0, 1]
+    bare = col / np.array([1.08 if k % 16 else 1.0 for k in e_axis])  # the knots without their remainder
+    assert np.allclose(a.lookup([(k, *cell) for k in e_axis]), col, rtol=1e-12)
+    for e in (41, 47, 49, 63, 65, 90):
+        i = max(j for j, k in enumerate(e_axis) if k <= e)
+        k0, k1 = e_axis[i], e_axis[i + 1]
+        f = (float(w(e)) - float(w(k0))) / (float(w(k1)) - float(w(k0)))
+        want = (bare[i] + f * (bare[i + 1] - bare[i])) * (1.08 if e % 16 else 1.0)
+        assert a.lookup([(e, *cell)])[0] == pytest.approx(want, rel=1e-12)
+    assert a.lookup([(47, *cell)])[0] > a.lookup([(48, *cell)])[0]
+    cfgs = [axis_config(t, "embed_dim", e) for e in (33, 47, 48, 90)]  # the fit's batched pricing is predict's
+    assert totals(a, cfgs) == pytest.approx([a.predict(c).total_s for c in cfgs], rel=1e-12)
+    # the half blocks carry it alike; a record without a remainder (older tables) prices as before
+    assert a.lookup([(47, 0, 0, 0, 128)])[0] > a.lookup([(48, 0, 0, 0, 128)])[0]
+    old = with_warps(t, {"embed_dim": AxisWarp(16, 0.4)})
+    doc = old.to_dict()
+    del doc["metadata"]["alignment"]["axes"]["embed_dim"]["remainder"]
+    back = LatencyTable.from_dict(doc)
+    assert back.warps == {"embed_dim": AxisWarp(16, 0.4)}
+    assert back.lookup([(47, *cell)])[0] == pytest.approx(old.lookup([(47, *cell)])[0], rel=1e-12)
 
 
 def test_probe_widths_straddle_the_steps() -> None:
@@ -113,6 +148,34 @@ def test_the_probe_recovers_a_known_step_and_leaves_linear_axes_alone(tmp_path: 
     measured = FakeBackend(padded).model(cfg, t.batch_size).time(1)[0]
     assert out.predict(cfg).total_s == pytest.approx(measured, rel=1e-3)
     assert t.predict(cfg).blocks_s < out.predict(cfg).blocks_s * 0.98
+
+
+def remaindered(e: int, d: BlockDims) -> float:
+    """:func:`padded`, and a block whose EMB is off a multiple of 16 costs 5% more than that (a remainder loop)."""
+    return padded(e, d) * (1.05 if e % 16 else 1.0)
+
+
+def test_the_probe_recovers_a_known_remainder(tmp_path: Path) -> None:
+    """Blocks off the step cost 5% more on top of the padding: the probe finds step, share and remainder, and the
+    aligned table prices off-step models as run, EMB 47 above EMB 48 (the warp alone cannot)."""
+    axes = {"embed_dim": tuple(range(32, 97, 8)), "heads": (2,), "qk_dim": (8, 16), "v_dim": (8, 16),
+            "mlp_dim": (64, 128, 192)}
+    backend = FakeBackend(remaindered)
+    t = build_table(WidthGrid("rem", axes, Setting(**SETTING, depth=2)), backend, tmp_path / "t.json",
+                    BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0, design="full"), progress=False)
+    out = align_table(t, probe(t, backend, widths=24, passes=1, axes=("embed_dim",)))
+    assert out.warps == {"embed_dim": AxisWarp(16, 0.5, 0.05)}
+    assert out.metadata["alignment"]["axes"]["embed_dim"]["remainder"] == 0.05
+    for e in (47, 49, 63, 71, 79):
+        cfg = axis_config(t, "embed_dim", e)
+        measured = backend.model(cfg, t.batch_size).time(1)[0]
+        assert out.predict(cfg).total_s == pytest.approx(measured, rel=2e-3)
+        if e % 16 == 15:  # just below a multiple: the warp alone prices it mostly as that multiple, 4% cheap
+            alone = with_warps(t, {"embed_dim": AxisWarp(16, 0.5)}).predict(cfg).blocks_s
+            assert out.predict(cfg).blocks_s / alone > 1.03
+    assert (out.predict(axis_config(t, "embed_dim", 47)).total_s >
+            out.predict(axis_config(t, "embed_dim", 48)).total_s)
+    assert "+5% off it" in describe(out.metadata)
 
 
 def padded_v(e: int, d: BlockDims) -> float:
@@ -176,9 +239,10 @@ def test_fit_axis_keeps_nothing_on_noise(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     measured = np.asarray(linear) * np.exp(rng.normal(0, 0.003, len(ws)))  # linear truth, 0.3% noise
 
+    cfgs = [axis_config(t, "embed_dim", w) for w in ws]
+
     def predict(warp: AxisWarp | None) -> list[float]:
-        tt = with_warps(t, {} if warp is None else {"embed_dim": warp})
-        return [tt.predict(axis_config(t, "embed_dim", w)).total_s for w in ws]
+        return totals(with_warps(t, {} if warp is None else {"embed_dim": warp}), cfgs)
 
     assert not fit_axis(ws, measured.tolist(), predict)["kept"]
     with pytest.raises(ConfigError, match=">= 4"):
@@ -243,3 +307,43 @@ def test_the_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeyp
                  "--axes", "heads"]) == 2
     err = capsys.readouterr().err
     assert "heads" in err and "Traceback" not in err
+
+
+def test_the_command_refits_a_stored_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``revit latency align --probe``: the probe an earlier ``--json`` printed, fitted again without timing (the
+    backend is never asked for a model); the same fit as the timed run, and refusals of a probe taken around
+    other widths or not a probe at all."""
+    from revit.cli.main import main
+
+    built(tmp_path)
+    monkeypatch.setattr("revit.latency.accuracy.backend_for_table", lambda table: FakeBackend(padded))
+    assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(tmp_path / "a.json"), "--axes",
+                 "embed_dim,mlp_dim", "--passes", "1", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["settings"]["cell"] == {"embed_dim": 64, "heads": 2, "qk_dim": 16, "v_dim": 16, "mlp_dim": 128}
+    (tmp_path / "probe.json").write_text(json.dumps(printed))
+
+    def no_backend(table: LatencyTable) -> FakeBackend:
+        raise AssertionError("a stored probe times nothing")
+
+    monkeypatch.setattr("revit.latency.accuracy.backend_for_table", no_backend)
+    assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(tmp_path / "b.json"), "--probe",
+                 str(tmp_path / "probe.json")]) == 0
+    a, b = LatencyTable.load(tmp_path / "a.json"), LatencyTable.load(tmp_path / "b.json")
+    assert a.warps == b.warps == {"embed_dim": TRUE}
+    rec = b.metadata["alignment"]["settings"]
+    assert rec["probe_file"] == str(tmp_path / "probe.json") and rec["passes"] == 1
+    assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(tmp_path / "c.json"), "--probe",
+                 str(tmp_path / "probe.json"), "--axes", "mlp_dim"]) == 0
+    assert not LatencyTable.load(tmp_path / "c.json").warps  # only the axes asked for are fitted
+    capsys.readouterr()
+    printed["settings"]["cell"]["embed_dim"] = 72
+    (tmp_path / "other.json").write_text(json.dumps(printed))
+    (tmp_path / "bad.json").write_text(json.dumps({"probe": {"embed_dim": {"widths": [32, 40], "measured": [1.0]}}}))
+    for bad, match in (("other.json", "reference cell"), ("bad.json", "one length")):
+        assert main(["latency", "align", str(tmp_path / "t.json"), "--out", str(tmp_path / "d.json"), "--probe",
+                     str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err
+    assert not (tmp_path / "d.json").exists()

@@ -611,7 +611,7 @@ class SessionLuck(FakeBackend):
 def test_whole_models_are_opened_afresh_each_pass_where_the_backend_says_so(tmp_path: Path) -> None:
     """Where sessions differ in speed and opening is cheap, a median over passes is also one over sessions: the
     held-out speedups of an exact table are exact again, where one session per model leaves its speed in them."""
-    from revit.latency.speedups import HeldOut, time_speedups
+    from revit.latency.speedups import BASE_VISITS, HeldOut, time_speedups
 
     t = build_table(micro_grid(), FakeBackend(stepped), tmp_path / "t.json",
                     BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0), progress=False)
@@ -626,7 +626,8 @@ def test_whole_models_are_opened_afresh_each_pass_where_the_backend_says_so(tmp_
     assert max(abs(r.error) for r in rows) > 0.05
     b = SessionLuck(stepped, reopen=True)
     rows, _ = time_speedups(t, b, base, held, passes=5, warmup=0, repeats=1, progress=False)
-    assert b.opened == 5 * len(cfgs) and len(b.closed) == b.opened
+    assert b.opened == 5 * (len(held) + BASE_VISITS) and len(b.closed) == b.opened
+    assert b.seen[base][1] == 5 * BASE_VISITS  # the denominator of every speedup: visited most
     assert max(abs(r.error) for r in rows) < 1e-9
     b = SessionLuck(stepped, reopen=True)  # validate (calibrate, align, transfer and room time through it) too
     r = validate(t, b, 4, seed=2, noise_k=0, passes=5, warmup=0, repeats=1, model_source="graph", progress=False)

@@ -9,7 +9,7 @@ from typing import Any
 
 from revit.cli._common import add_command, add_overwrite_arg, info, print_json, warn
 from revit.errors import ConfigError
-from revit.input_checks import check_output_file, count, non_negative, number, seed, short
+from revit.input_checks import check_input_file, check_output_file, count, non_negative, number, seed, short
 
 
 def smoothing(text: str) -> float | str:
@@ -113,6 +113,10 @@ def register_align(lsub: Any) -> None:
                         "probes alone)")
     s.add_argument("--passes", type=count(100), default=10, help="passes over the models, each in random order")
     s.add_argument("--seed", type=seed(), default=0, help="the order of each pass and the random models")
+    s.add_argument("--probe", metavar="ALIGN.json",
+                   help="fit on the probe an earlier `revit latency align --json` printed (its models' widths and "
+                        "times) instead of timing models again: a re-fit in seconds, e.g. of a rebuilt table on the "
+                        "machine the probe was timed on")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_align)
@@ -122,27 +126,45 @@ def _align(a: argparse.Namespace) -> int:
     import time
 
     from revit.latency.accuracy import backend_for_table
-    from revit.latency.alignment import ALIGN_AXES, align_table, describe, probe
+    from revit.latency.alignment import ALIGN_AXES, RANDOM, align_table, describe, probe, probe_cell
     from revit.latency.table import LatencyTable
 
     table = LatencyTable.load(a.table, calibrated=False)
     target = table_target(a)
-    backend = backend_for_table(table)
     t0 = time.perf_counter()
-    axes = a.axes or ALIGN_AXES
-    probed = probe(table, backend, widths=a.widths, passes=a.passes, seed=a.seed, axes=axes, random=a.random,
-                   progress=not a.no_progress)
+    cell = probe_cell(table)  # the widths the axis probes hold
+    if a.probe:
+        from revit._io import load_json
+        from revit.latency.alignment import probed_from_dict
+
+        doc = load_json(check_input_file(a.probe, "--probe"))
+        probed = probed_from_dict(doc, a.probe)
+        if a.axes:
+            probed = {k: v for k, v in probed.items() if k in a.axes or k == RANDOM}
+        old: dict[str, Any] = dict(doc["settings"]) if isinstance(doc.get("settings"), dict) else {}
+        if old.get("cell", cell) != cell:
+            raise ConfigError(f"--probe {a.probe}: its models were timed around widths {old['cell']}, this "
+                              f"table's reference cell is {cell}; probe this table (without --probe)")
+        settings = {**old, "axes": [k for k in probed if k != RANDOM], "probe_file": str(a.probe), "cell": cell}
+    else:
+        backend = backend_for_table(table)
+        axes = a.axes or ALIGN_AXES
+        probed = probe(table, backend, widths=a.widths, passes=a.passes, seed=a.seed, axes=axes, random=a.random,
+                       progress=not a.no_progress)
+        settings = {"axes": list(axes), "widths": a.widths, "random": a.random, "passes": a.passes, "seed": a.seed,
+                    "seconds": round(time.perf_counter() - t0, 1), "device": backend.info()["device"], "cell": cell}
     seconds = round(time.perf_counter() - t0, 1)
-    out = align_table(table, probed, settings={"axes": list(axes), "widths": a.widths, "random": a.random,
-                                               "passes": a.passes, "seed": a.seed, "seconds": seconds,
-                                               "device": backend.info()["device"]})
+    out = align_table(table, probed, settings=settings)
     out.save(target)
     rec = out.metadata["alignment"]
     if a.json:
         print_json({"table": target, **rec, "probe": probed})
         return 0
     for axis, f in rec["axes"].items():
-        verdict = f"step {f['quantum']}, alpha {f['alpha']:g}" if f["kept"] else "linear (no clear step)"
+        verdict = "linear (no clear step)"
+        if f["kept"]:
+            off = f", +{f['remainder']:.0%} off it" if f["remainder"] else ""
+            verdict = f"step {f['quantum']}, alpha {f['alpha']:g}{off}"
         info(f"  {axis}: {verdict}; error {f['error_linear']:.2%} linear, {f['error_warped']:.2%} warped; left "
              f"out one at a time {f['cv_linear']:.2%} -> {f['cv_warped']:.2%} ({f['widths']} models"
              f"{' + ' + str(f['random']) + ' random' if f.get('random') else ''})")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,11 +33,20 @@ ABSENT = {"attention": "heads 0 (no attention)", "mlp": "mlp_dim 0 (no MLP)"}
 EXTRAPOLATE_HINT = "pass extrapolate=True (--extrapolate) to extrapolate linearly"
 
 
+class WidthWarp(Protocol):
+    """How a width is priced off its kernels' steps (:class:`revit.latency.alignment.AxisWarp`): the width it is
+    interpolated at, and the factor on its price."""
+
+    def __call__(self, x: Any) -> np.ndarray: ...
+
+    def factor(self, x: Any) -> np.ndarray: ...
+
+
 class Grid:
     """Values on named axes with multilinear lookup, validated whole on construction (:mod:`.table_checks`)."""
 
     def __init__(self, names: Sequence[str], axes: Mapping[str, Any], values: Any, spread: Any, source: str,
-                 what: str = "", warps: Mapping[str, Callable[[Any], np.ndarray]] | None = None) -> None:
+                 what: str = "", warps: Mapping[str, WidthWarp] | None = None) -> None:
         from revit.latency.table_checks import check_axis, check_grid
 
         self.names, self.source = tuple(names), source
@@ -49,7 +58,7 @@ class Grid:
         self.warps = {a: w for a, w in (warps or {}).items() if a in self.names}
         self._interp: Any = None
 
-    def warped(self, warps: Mapping[str, Callable[[Any], np.ndarray]]) -> Grid:
+    def warped(self, warps: Mapping[str, WidthWarp]) -> Grid:
         """This grid (same values, validated once already) interpolating in the widths ``warps`` maps to (replacing
         any warps it had)."""
         out = copy.copy(self)
@@ -74,12 +83,26 @@ class Grid:
         if self._interp is None:
             from scipy.interpolate import RegularGridInterpolator
 
+            # a knot off a step carries its remainder: interpolated without it, put back on queries off a step
             self._interp = RegularGridInterpolator(
-                tuple(self._warp(a, np.asarray(self.axes[a])) for a in self.names), self.values, method="linear",
-                bounds_error=False, fill_value=None)
-        if self.warps:
-            points = np.column_stack([self._warp(a, points[:, j]) for j, a in enumerate(self.names)])
-        return np.asarray(self._interp(points), dtype=np.float64)
+                tuple(self._warp(a, np.asarray(self.axes[a])) for a in self.names),
+                self.values / self._factor([np.asarray(self.axes[a]) for a in self.names], grid=True),
+                method="linear", bounds_error=False, fill_value=None)
+        if not self.warps:
+            return np.asarray(self._interp(points), dtype=np.float64)
+        factor = self._factor([points[:, j] for j in range(len(self.names))])
+        points = np.column_stack([self._warp(a, points[:, j]) for j, a in enumerate(self.names)])
+        return np.asarray(self._interp(points), dtype=np.float64) * factor
+
+    def _factor(self, cols: Sequence[np.ndarray], grid: bool = False) -> Any:
+        """The warps' price factors of widths ``cols`` (one per axis): per row, or (``grid``) over the outer grid."""
+        out: Any = 1.0
+        for j, a in enumerate(self.names):
+            w = self.warps.get(a)
+            if w is not None:
+                f = w.factor(cols[j])
+                out = out * (f.reshape([-1 if k == j else 1 for k in range(len(self.names))]) if grid else f)
+        return out
 
     def _warp(self, axis: str, x: np.ndarray) -> np.ndarray:
         w = self.warps.get(axis)

@@ -24,6 +24,8 @@ from revit.latency.backends.base import Backend
 from revit.latency.table import LatencyTable
 from revit.latency.timing import shuffled_passes
 
+BASE_VISITS = 5  # visits of the base per pass (every other config: one)
+
 
 @dataclass(frozen=True)
 class HeldOut:
@@ -84,8 +86,14 @@ def error_summary(errors: Sequence[tuple[str, float]]) -> dict[str, dict[str, fl
 
 def time_speedups(table: LatencyTable, backend: Backend, base: ViTConfig, configs: Sequence[HeldOut], *,
                   passes: int = 10, warmup: int | None = None, repeats: int | None = None, seed: int = 0,
-                  model_source: str | None = None, progress: bool = True) -> tuple[list[SpeedupRow], float]:
-    """Export and time ``base`` and every config, interleaved; the rows and the seconds the timing took."""
+                  model_source: str | None = None, progress: bool = True,
+                  base_visits: int = BASE_VISITS) -> tuple[list[SpeedupRow], float]:
+    """Export and time ``base`` and every config, interleaved; the rows and the seconds the timing took.
+
+    The base is the denominator of every speedup, so its noise moves every row alike (on the EPYC of
+    docs/evidence/latency.md it ran 3% faster in one run than in the run five minutes before, its configs not):
+    it is visited ``base_visits`` times a pass, each visit a fresh session where the backend opens one, and its
+    median is taken over all of them."""
     from tqdm import tqdm
 
     from revit.latency.accuracy import WholeModel, model_source_for, whole_models
@@ -102,8 +110,10 @@ def time_speedups(table: LatencyTable, backend: Backend, base: ViTConfig, config
         with tempfile.TemporaryDirectory() as tmp:
             loads = dict(enumerate(whole_models(backend, cfgs, table.batch_size, source, tmp, progress)))
             t0 = time.perf_counter()
-            with tqdm(total=len(cfgs) * passes, desc="time", unit="model", disable=not progress, leave=False) as bar:
-                for i in shuffled_passes(list(range(len(cfgs))), passes, seed):
+            visits = [0] * base_visits + list(range(1, len(cfgs)))
+            with tqdm(total=len(visits) * passes, desc="time", unit="model", disable=not progress,
+                      leave=False) as bar:
+                for i in shuffled_passes(visits, passes, seed):
                     with loads[i].visit() as w:
                         w.time(warmup)
                         samples[i] += w.time(repeats)
