@@ -545,7 +545,7 @@ def test_model_graph_computes_the_revit_model(distilled: bool) -> None:
 def test_held_out_speedups_of_an_exact_table_and_of_a_blind_one(tmp_path: Path) -> None:
     """An exact table predicts every speedup (error 0); a whole model with a per-head overhead that the blocks
     never showed makes the table overpromise where that overhead weighs more than in the base."""
-    from revit.latency.speedups import HeldOut, summary, time_speedups
+    from revit.latency.speedups import HeldOut, base_drift, summary, time_speedups
 
     b = FakeBackend(stepped)
     t = build_table(micro_grid(), b, tmp_path / "t.json", BuildSettings(smooth=0.0, passes=1, repeats=1, warmup=0),
@@ -554,7 +554,7 @@ def test_held_out_speedups_of_an_exact_table_and_of_a_blind_one(tmp_path: Path) 
     base, held = cfgs[0], [HeldOut("random" if i % 2 else "pruned", f"c{i}", c) for i, c in enumerate(cfgs[1:])]
     rows, _ = time_speedups(t, b, base, held, passes=2, warmup=0, repeats=1, progress=False)
     assert [r.name for r in rows] == [h.name for h in held]
-    assert max(abs(r.error) for r in rows) < 1e-6
+    assert max(abs(r.error) for r in rows) < 1e-6 and abs(base_drift(rows)) < 1e-9
 
     class PerHead(FakeBackend):
         def model(self, cfg: ViTConfig, batch: int) -> Workload:
@@ -568,6 +568,7 @@ def test_held_out_speedups_of_an_exact_table_and_of_a_blind_one(tmp_path: Path) 
         assert (r.error > 0) == (share(r.config) > share(base))
         assert r.measured == pytest.approx((t.predict(base).total_s * (1 + share(base)))
                                            / (t.predict(r.config).total_s * (1 + share(r.config))))
+    assert base_drift(rows) == pytest.approx(share(base))  # the base measured dearer than priced, by its share
     s = summary(rows)
     errs = np.abs([r.error for r in rows])
     assert s["all"]["n"] == 5 and s["all"]["max"] == pytest.approx(errs.max())

@@ -25,6 +25,7 @@ from revit.latency.table import LatencyTable
 from revit.latency.timing import shuffled_passes
 
 BASE_VISITS = 5  # visits of the base per pass (every other config: one)
+MAX_BASE_DRIFT = 0.05  # the base measured this far from its calibrated price: the machine moved (base_drift)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,16 @@ class SpeedupRow:
         return {"group": self.group, "name": self.name, "predicted_speedup": self.predicted,
                 "measured_speedup": self.measured, "error": self.error, "predicted_s": self.predicted_s,
                 "measured_s": self.measured_s, "config": self.config.to_dict()}
+
+
+def base_drift(rows: Sequence[SpeedupRow]) -> float:
+    """The base as measured over the (calibrated) table's price of it, less 1: how far this machine's speed has
+    moved since the table's calibration.  Beyond :data:`MAX_BASE_DRIFT` the machine is not the one calibrated
+    (on the EPYC of docs/evidence/latency.md it ran 10% slower for a while, and unevenly: configs moved 2-16%), and
+    the speedups' errors say more about that than about the table: calibrate again on an idle machine."""
+    if not rows:
+        raise ValueError("no rows")
+    return rows[0].base_measured_s / rows[0].base_predicted_s - 1
 
 
 def summary(rows: Sequence[SpeedupRow]) -> dict[str, dict[str, float]]:
