@@ -116,7 +116,8 @@ def register_align(lsub: Any) -> None:
     s.add_argument("--probe", metavar="ALIGN.json",
                    help="fit on the probe an earlier `revit latency align --json` printed (its models' widths and "
                         "times) instead of timing models again: a re-fit in seconds, e.g. of a rebuilt table on the "
-                        "machine the probe was timed on")
+                        "machine the probe was timed on; --widths, --random, --passes and --seed are then the "
+                        "probe's own)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_align)
