@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     from revit.latency.accuracy import backend_for_table, random_configs
-    from revit.latency.speedups import MAX_BASE_DRIFT, HeldOut, base_drift, summary, time_speedups
+    from revit.latency.speedups import HeldOut, base_drift, report, summary, time_speedups
     from revit.latency.table import LatencyTable
     from revit.presets import resolve_config
 
@@ -176,23 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     rows, seconds = time_speedups(table, backend_for_table(table), base, held, passes=a.passes, seed=a.seed)
     load_after = os.getloadavg()
     stats = summary(rows)
-    drift = base_drift(rows)
-    print(f"{len(rows)} configs, timing {seconds:.0f} s, load {load_before[0]:.2f} -> {load_after[0]:.2f}; the base "
-          f"measured {drift:+.1%} from its calibrated price")
-    if abs(drift) > MAX_BASE_DRIFT:
-        print(f"WARNING: the machine's speed moved {drift:+.1%} since the table's calibration: calibrate again on an "
-              "idle machine and rerun (these errors measure the machine more than the table)")
-    print("| group | n | median | p95 | worst | within 5% |\n|---|---|---|---|---|---|")
-    for g, s in stats.items():
-        print(f"| {g} | {s['n']} | {s['median']:.1%} | {s['p95']:.1%} | {s['max']:.1%} | {s['within_5pct']:.0%} |")
-    for r in sorted(rows, key=lambda r: -abs(r.error))[:8]:
-        print(f"  worst: {r.group:15s} {r.name:28s} predicted {r.predicted:.3f} measured {r.measured:.3f} "
-              f"error {r.error:+.1%}")
+    print(f"{len(rows)} configs, timing {seconds:.0f} s, load {load_before[0]:.2f} -> {load_after[0]:.2f}")
+    print(report(rows))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({"table": str(table.source), "calibration": table.calibration_label,
                                      "timing_s": seconds, "loadavg_before": load_before, "loadavg_after": load_after,
-                                     "base_drift": drift,
+                                     "base_drift": base_drift(rows),
                                      "passes": a.passes, "summary": stats,
                                      "command": " ".join(["python benchmarks/speedup_heldout.py",
                                                           *(argv or sys.argv[1:])]),

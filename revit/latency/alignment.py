@@ -241,16 +241,8 @@ def probe(table: Any, backend: Any, *, widths: int = 24, passes: int = 10, seed:
 
 
 def totals(table: Any, cfgs: Sequence[Any]) -> list[float]:
-    """``table.predict(c).total_s`` of each config (uncalibrated), every block of them looked up at once: a fit
-    prices the same few dozen models under hundreds of warps."""
-    rows = [(c.embed_dim, b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for c in cfgs for b in c.blocks]
-    per = np.asarray(table.lookup(rows), dtype=np.float64)
-    out, i = [], 0
-    for c in cfgs:
-        fixed = table.fixed_latency(c)[0]
-        out.append(float(per[i:i + len(c.blocks)].sum()) + (fixed or 0.0))
-        i += len(c.blocks)
-    return out
+    """Each config's predicted seconds (:meth:`LatencyTable.predict_many`: every block looked up at once)."""
+    return [p.total_s for p in table.predict_many(cfgs)]
 
 
 def probed_from_dict(doc: Any, source: str) -> dict[str, dict[str, list[Any]]]:

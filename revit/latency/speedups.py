@@ -78,6 +78,22 @@ def base_drift(rows: Sequence[SpeedupRow]) -> float:
     return rows[0].base_measured_s / rows[0].base_predicted_s - 1
 
 
+def report(rows: Sequence[SpeedupRow], worst: int = 8) -> str:
+    """What a held-out run prints after its own first line: the base's drift (a warning beyond
+    :data:`MAX_BASE_DRIFT`), the per-group table of :func:`summary` in Markdown, and the ``worst`` rows."""
+    drift = base_drift(rows)
+    lines = [f"the base measured {drift:+.1%} from its calibrated price"]
+    if abs(drift) > MAX_BASE_DRIFT:
+        lines.append(f"WARNING: the machine's speed moved {drift:+.1%} since the table's calibration: calibrate again "
+                     "on an idle machine and rerun (these errors measure the machine more than the table)")
+    lines += ["| group | n | median | p95 | worst | within 5% |", "|---|---|---|---|---|---|"]
+    lines += [f"| {g} | {s['n']} | {s['median']:.1%} | {s['p95']:.1%} | {s['max']:.1%} | {s['within_5pct']:.0%} |"
+              for g, s in summary(rows).items()]
+    lines += [f"  worst: {r.group:15s} {r.name:28s} predicted {r.predicted:.3f} measured {r.measured:.3f} "
+              f"error {r.error:+.1%}" for r in sorted(rows, key=lambda r: -abs(r.error))[:worst]]
+    return "\n".join(lines)
+
+
 def summary(rows: Sequence[SpeedupRow]) -> dict[str, dict[str, float]]:
     """Per group (and ``all``): count, median, 95th percentile and worst of the absolute errors, and the share
     within 5%."""

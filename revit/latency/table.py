@@ -315,9 +315,23 @@ class LatencyTable:
 
     def predict(self, cfg: ViTConfig, extrapolate: bool = False) -> Prediction:
         """Sum of per-block lookups plus the fixed parts, per batch of the table's batch size."""
-        self._check_config(cfg)
-        pts = [(cfg.embed_dim, b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for b in cfg.blocks]
-        per_block = tuple(float(x) for x in self.lookup(pts, extrapolate))
+        return self.predict_many([cfg], extrapolate)[0]
+
+    def predict_many(self, cfgs: Sequence[ViTConfig], extrapolate: bool = False) -> list[Prediction]:
+        """:meth:`predict` of each config, every block of them looked up at once (an alignment fit prices the same
+        few dozen models under hundreds of warps)."""
+        for cfg in cfgs:
+            self._check_config(cfg)
+        pts = [(c.embed_dim, b.heads, b.qk_dim, b.v_dim, b.mlp_dim) for c in cfgs for b in c.blocks]
+        per = self.lookup(pts, extrapolate) if pts else np.zeros(0)
+        out, i = [], 0
+        for cfg in cfgs:
+            per_block = tuple(float(x) for x in per[i:i + len(cfg.blocks)])
+            i += len(cfg.blocks)
+            out.append(self._prediction(cfg, per_block, extrapolate))
+        return out
+
+    def _prediction(self, cfg: ViTConfig, per_block: tuple[float, ...], extrapolate: bool) -> Prediction:
         fixed, note = self.fixed_latency(cfg, extrapolate)
         if fixed is not None and self.offset_s < 0:  # the calibration's floor (Calibration.apply) on the whole model
             from revit.latency.calibration import MIN_SHARE
